@@ -1,0 +1,317 @@
+/* cmd_score.c: `mrank tokenize` and `mrank score`: build model inputs from a query and
+ * passages, and score them at the requested exits, width and prune schedule. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "input.h"
+#include "model.h"
+
+typedef struct args {
+    const char *model, *query, *prompt;
+    const char **passages;
+    int n_passages;
+    const char *adapters[MR_MAX_ADAPTERS];
+    int n_adapters, unmerged, json, max_len;
+    mr_run_opts run;
+    int exits_given;
+} args;
+
+static void score_usage(FILE *f, const char *cmd) {
+    fprintf(f,
+            "usage: mrank %s --model DIR --query Q --passage P [--passage P]...\n"
+            "  --max-len N             token budget of query + passage (default %d)\n"
+            "  --prompt TEXT           instruction appended to every pair\n"
+            "  --json                  JSON output\n",
+            cmd, MR_DEFAULT_MAX_LEN);
+    if (!strcmp(cmd, "score"))
+        fputs("  --adapter DIR           PEFT LoRA adapter, repeatable, applied in order\n"
+              "  --unmerged              apply adapters at run time instead of merging\n"
+              "  --exits L,L,...         exit layers (default: the deepest)\n"
+              "  --compress-ratio R      1, 2, 4 or 8\n"
+              "  --compress-layers L,..  layers whose input is compressed\n"
+              "  --pooling mean|attention\n"
+              "  --sigmoid               scores in [0,1]\n"
+              "  --head-by-position      released-code quirk: head = position in --exits\n"
+              "  --prune L:top=K | L:min=T  drop rows at exit L (repeatable)\n",
+              f);
+}
+
+static int parse_prune(const char *s, mr_prune *p) {
+    char kind[8];
+    double v;
+    int n = 0;
+    if (sscanf(s, "%d:%7[a-z]=%lf%n", &p->layer, kind, &v, &n) != 3 || s[n]) goto bad;
+    if (!strcmp(kind, "top") && v >= 1 && v == floor(v) && v < 1e9) {
+        p->top_k = (int)v;
+    } else if (!strcmp(kind, "min") && isfinite(v)) {
+        p->top_k = 0;
+        p->min_score = (float)v;
+    } else {
+        goto bad;
+    }
+    return 0;
+bad:
+    fprintf(stderr, "mrank: --prune: '%s' is not L:top=K or L:min=T\n", s);
+    return -1;
+}
+
+static int parse_args(int argc, char **argv, args *a, int scoring) {
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'},          {"query", 1, 0, 'q'},         {"passage", 1, 0, 'p'},
+        {"prompt", 1, 0, 'P'},         {"max-len", 1, 0, 'L'},       {"json", 0, 0, 'j'},
+        {"adapter", 1, 0, 'a'},        {"unmerged", 0, 0, 'u'},      {"exits", 1, 0, 'e'},
+        {"compress-ratio", 1, 0, 'r'}, {"compress-layers", 1, 0, 'c'},
+        {"pooling", 1, 0, 'o'},        {"sigmoid", 0, 0, 's'},      {"head-by-position", 0, 0, 'H'},
+        {"prune", 1, 0, 'x'},          {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->prompt = MR_DEFAULT_PROMPT;
+    a->max_len = MR_DEFAULT_MAX_LEN;
+    a->run.ratio = 1;
+    a->passages = calloc((size_t)argc, sizeof *a->passages);
+    const char *cmd = argv[0];
+    int ch, n;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (!scoring && ch != 'h' && ch != '?' && !strchr("mqpPLj", ch)) {
+            fprintf(stderr, "mrank %s: option '%s' only applies to mrank score\n", cmd,
+                    argv[optind - 1]);
+            return -1;
+        }
+        switch (ch) {
+        case 'm': a->model = optarg; break;
+        case 'q': a->query = optarg; break;
+        case 'p': a->passages[a->n_passages++] = optarg; break;
+        case 'P': a->prompt = optarg; break;
+        case 'L': if (mr_cli_parse_int("--max-len", optarg, &a->max_len)) return -1; break;
+        case 'j': a->json = 1; break;
+        case 'a':
+            if (a->n_adapters == MR_MAX_ADAPTERS) {
+                fprintf(stderr, "mrank: at most %d adapters\n", MR_MAX_ADAPTERS);
+                return -1;
+            }
+            a->adapters[a->n_adapters++] = optarg;
+            break;
+        case 'u': a->unmerged = 1; break;
+        case 'e':
+            if ((n = mr_cli_parse_ints("--exits", optarg, a->run.exits, MR_MAX_EXITS)) < 1)
+                return -1;
+            a->run.n_exits = n;
+            a->exits_given = 1;
+            break;
+        case 'r': if (mr_cli_parse_int("--compress-ratio", optarg, &a->run.ratio)) return -1; break;
+        case 'c':
+            if ((n = mr_cli_parse_ints("--compress-layers", optarg, a->run.compress_layers,
+                                       MR_MAX_COMPRESS)) < 0)
+                return -1;
+            a->run.n_compress = n;
+            break;
+        case 'o':
+            if (!strcmp(optarg, "mean")) a->run.pooling = MR_POOL_MEAN;
+            else if (!strcmp(optarg, "attention")) a->run.pooling = MR_POOL_ATTENTION;
+            else {
+                fprintf(stderr, "mrank: --pooling: '%s' is not mean or attention\n", optarg);
+                return -1;
+            }
+            break;
+        case 's': a->run.sigmoid = 1; break;
+        case 'H': a->run.head_by_position = 1; break;
+        case 'x':
+            if (a->run.n_prune == MR_MAX_PRUNE) {
+                fprintf(stderr, "mrank: at most %d --prune steps\n", MR_MAX_PRUNE);
+                return -1;
+            }
+            if (parse_prune(optarg, &a->run.prune[a->run.n_prune++])) return -1;
+            break;
+        case 'h': score_usage(stdout, cmd); exit(0);
+        default: score_usage(stderr, cmd); return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mrank %s: unexpected argument '%s'\n", cmd, argv[optind]);
+        return -1;
+    }
+    if (!a->model || !a->query || a->n_passages == 0) {
+        fprintf(stderr, "mrank %s: --model, --query and at least one --passage are required\n",
+                cmd);
+        score_usage(stderr, cmd);
+        return -1;
+    }
+    return 0;
+}
+
+/* Token segments of every passage; q and s are shared. */
+typedef struct inputs {
+    mr_ids q, s, *p;
+    int *truncated;
+    int n;
+} inputs;
+
+static void inputs_free(inputs *in) {
+    mr_ids_free(&in->q);
+    mr_ids_free(&in->s);
+    for (int i = 0; i < in->n; i++) mr_ids_free(&in->p[i]);
+    free(in->p);
+    free(in->truncated);
+}
+
+static int build_inputs(const mr_tokenizer *tok, int32_t bos, const args *a, inputs *in,
+                        mr_err *err) {
+    memset(in, 0, sizeof *in);
+    int rc, tq = 0;
+    in->p = calloc((size_t)a->n_passages, sizeof *in->p);
+    in->truncated = calloc((size_t)a->n_passages, sizeof *in->truncated);
+    if (!in->p || !in->truncated) return mr_err_set(err, MR_ENOMEM, "out of memory");
+    in->n = a->n_passages;
+    if ((rc = mr_input_query(tok, bos, a->query, a->max_len, &in->q, &tq, err)) ||
+        (rc = mr_input_suffix(tok, a->prompt, &in->s, err)))
+        return rc;
+    for (int i = 0; i < in->n; i++) {
+        in->truncated[i] = tq;
+        if ((rc = mr_input_passage(tok, a->passages[i], a->max_len, in->q.n, &in->p[i],
+                                   &in->truncated[i], err)))
+            return rc;
+    }
+    return 0;
+}
+
+static void print_ids(const int32_t *v, size_t n, int json, int *first) {
+    for (size_t i = 0; i < n; i++) {
+        printf(json ? "%s%d" : "%s%d", *first ? "" : (json ? "," : " "), v[i]);
+        *first = 0;
+    }
+}
+
+int mr_cmd_tokenize(int argc, char **argv) {
+    args a;
+    mr_err err = {0};
+    mr_config cfg;
+    mr_tokenizer *tok = NULL;
+    inputs in = {0};
+    char path[1024];
+    int rc = 1;
+    if (parse_args(argc, argv, &a, 0)) goto done;
+    snprintf(path, sizeof path, "%s/config.json", a.model);
+    if (mr_config_load(&cfg, path, &err)) goto fail;
+    snprintf(path, sizeof path, "%s/tokenizer.json", a.model);
+    if (mr_tokenizer_load(&tok, path, &err) || build_inputs(tok, cfg.bos_token_id, &a, &in, &err))
+        goto fail;
+    if (a.json) printf("{\"rows\":[");
+    for (int i = 0; i < in.n; i++) {
+        int first = 1;
+        if (a.json) {
+            printf("%s{\"q\":[", i ? "," : "");
+            print_ids(in.q.v, in.q.n, 1, &first);
+            printf("],\"p\":[");
+            first = 1;
+            print_ids(in.p[i].v, in.p[i].n, 1, &first);
+            printf("],\"s\":[");
+            first = 1;
+            print_ids(in.s.v, in.s.n, 1, &first);
+            printf("],\"truncated\":%s}", in.truncated[i] ? "true" : "false");
+        } else {
+            print_ids(in.q.v, in.q.n, 0, &first);
+            print_ids(in.p[i].v, in.p[i].n, 0, &first);
+            print_ids(in.s.v, in.s.n, 0, &first);
+            putchar('\n');
+        }
+    }
+    if (a.json) printf("]}\n");
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "mrank tokenize: %s\n", err.msg);
+done:
+    inputs_free(&in);
+    mr_tokenizer_free(tok);
+    free(a.passages);
+    return rc;
+}
+
+static void print_scores(const args *a, const inputs *in, const float *scores,
+                         const int *depth) {
+    const mr_run_opts *o = &a->run;
+    if (a->json) {
+        printf("{\"exits\":[");
+        for (int e = 0; e < o->n_exits; e++) printf("%s%d", e ? "," : "", o->exits[e]);
+        printf("],\"results\":[");
+    }
+    for (int i = 0; i < in->n; i++) {
+        const float *s = scores + (size_t)i * o->n_exits;
+        if (a->json) printf("%s{\"index\":%d,\"scores\":[", i ? "," : "", i);
+        for (int e = 0; e < o->n_exits; e++) {
+            const char *sep = e ? (a->json ? "," : " ") : "";
+            if (isnan(s[e])) printf("%s%s", sep, a->json ? "null" : "-");
+            else printf("%s%.9g", sep, s[e]);
+        }
+        if (a->json)
+            printf("],\"depth\":%d,\"tokens\":%zu,\"truncated\":%s}", depth[i],
+                   in->q.n + in->p[i].n + in->s.n, in->truncated[i] ? "true" : "false");
+        else
+            putchar('\n');
+    }
+    if (a->json) printf("]}\n");
+}
+
+int mr_cmd_score(int argc, char **argv) {
+    args a;
+    mr_err err = {0};
+    mr_model m = {0};
+    mr_ctx ctx = {0};
+    inputs in = {0};
+    mr_row *rows = NULL;
+    float *scores = NULL;
+    int *depth = NULL, rc = 1, loaded = 0;
+    if (parse_args(argc, argv, &a, 1)) goto done;
+    mr_model_opts mo = {.adapters = a.adapters, .n_adapters = a.n_adapters,
+                        .merge = !a.unmerged};
+    if (mr_model_load(&m, a.model, &mo, &err)) goto fail;
+    loaded = 1;
+    if (!m.tok) {
+        mr_err_set(&err, MR_ENOTFOUND, "%s/tokenizer.json: no tokenizer in the model folder",
+                   a.model);
+        goto fail;
+    }
+    if (!a.exits_given) {
+        a.run.n_exits = 1;
+        a.run.exits[0] = mr_model_exit_layer(&m, m.n_heads_exit - 1);
+    }
+    a.run.adapter_mask = a.unmerged ? (uint32_t)((1ull << m.n_adapters) - 1) : 0;
+    if (mr_run_opts_check(&a.run, &m, &err) ||
+        build_inputs(m.tok, m.cfg.bos_token_id, &a, &in, &err))
+        goto fail;
+    rows = calloc((size_t)in.n, sizeof *rows);
+    scores = calloc((size_t)in.n * a.run.n_exits, sizeof *scores);
+    depth = calloc((size_t)in.n, sizeof *depth);
+    if (!rows || !scores || !depth) {
+        mr_err_set(&err, MR_ENOMEM, "out of memory");
+        goto fail;
+    }
+    int total = 0, longest = 2;
+    for (int i = 0; i < in.n; i++) {
+        rows[i] = (mr_row){in.q.v, (int)in.q.n, in.p[i].v, (int)in.p[i].n, in.s.v, (int)in.s.n};
+        int len = rows[i].nq + rows[i].np + rows[i].ns;
+        total += len;
+        if (len > longest) longest = len;
+    }
+    if (mr_ctx_init(&ctx, &m, total, in.n, longest, &err) ||
+        mr_model_score(&ctx, rows, in.n, &a.run, scores, depth, &err))
+        goto fail;
+    print_scores(&a, &in, scores, depth);
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "mrank score: %s\n", err.msg);
+done:
+    mr_ctx_close(&ctx);
+    inputs_free(&in);
+    if (loaded) mr_model_close(&m);
+    free(rows);
+    free(scores);
+    free(depth);
+    free(a.passages);
+    return rc;
+}

@@ -1,0 +1,64 @@
+/* main.c: the `mrank` command-line tool: dispatches subcommands; the only place that exits. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+
+#include "cli.h"
+
+static void usage(FILE *f) {
+    fputs("usage: mrank <command> [options]\n"
+          "commands:\n"
+          "  init-checkpoint  write a seeded checkpoint in Hugging Face format\n"
+          "  tokenize         print the model input ids of (query, passage) pairs\n"
+          "  score            score passages against a query at chosen exits and widths\n"
+          "run 'mrank <command> --help' for its options\n", f);
+}
+
+int mr_cli_parse_int(const char *opt, const char *s, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < -2147483647L || v > 2147483647L) {
+        fprintf(stderr, "mrank: %s: '%s' is not an integer\n", opt, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int mr_cli_parse_ints(const char *opt, const char *s, int *out, int cap) {
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || (*end && *end != ',') || v < -2147483647L || v > 2147483647L) {
+            fprintf(stderr, "mrank: %s: '%s' is not a comma-separated list of integers\n", opt,
+                    s);
+            return -1;
+        }
+        if (n == cap) {
+            fprintf(stderr, "mrank: %s: more than %d values\n", opt, cap);
+            return -1;
+        }
+        out[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "init-checkpoint")) return mr_cmd_init_checkpoint(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return mr_cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "score")) return mr_cmd_score(argc - 1, argv + 1);
+    fprintf(stderr, "mrank: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,451 @@
+/* forward.c: the scoring pass of a Matryoshka re-ranker: one pass over packed rows that
+ * returns a score at every requested exit, compresses passage tokens at the listed layers,
+ * drops pruned rows at exits, and at the deepest exit runs only the last token of each row.
+ *
+ * Layout: the residual stream c->x holds the current tokens of the surviving rows packed
+ * back to back (row r: tokens [off[r], off[r] + len[r]) = query | passage | suffix). Width
+ * compression and pruning rewrite that layout in place, front to back, which is safe because
+ * every token only moves towards the start. mr_ctx_init sizes every buffer once;
+ * mr_model_score allocates nothing. Semantics: matryoshka-method.md sections 3-5. */
+#define _GNU_SOURCE /* qsort_r */
+#include "kernels.h"
+#include "model.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+void mr_run_opts_default(mr_run_opts *o, const mr_model *m) {
+    memset(o, 0, sizeof *o);
+    o->n_exits = 1;
+    o->exits[0] = mr_model_exit_layer(m, m->n_heads_exit - 1);
+    o->ratio = 1;
+    o->pooling = MR_POOL_MEAN;
+    o->adapter_mask = m->merged ? 0 : (uint32_t)((1ull << m->n_adapters) - 1);
+}
+
+int mr_run_opts_check(const mr_run_opts *o, const mr_model *m, mr_err *err) {
+    if (o->n_exits < 1 || o->n_exits > MR_MAX_EXITS)
+        return mr_err_set(err, MR_EINVAL, "exits: need 1..%d exit layers", MR_MAX_EXITS);
+    for (int i = 0; i < o->n_exits; i++) {
+        int l = o->exits[i];
+        if (i > 0 && l <= o->exits[i - 1])
+            return mr_err_set(err, MR_EINVAL, "exits: must be strictly increasing (%d after %d)",
+                              l, o->exits[i - 1]);
+        int k = o->head_by_position ? i : mr_model_head_of(m, l);
+        if (l < 1 || l > m->cfg.n_layers || k < 0 || k >= m->n_heads_exit)
+            return mr_err_set(err, MR_EINVAL,
+                              "exits: layer %d has no exit head (valid: %d..%d every %d)", l,
+                              m->cfg.start_layer, mr_model_exit_layer(m, m->n_heads_exit - 1),
+                              m->cfg.layer_sep);
+    }
+    if (o->ratio != 1 && o->ratio != 2 && o->ratio != 4 && o->ratio != 8)
+        return mr_err_set(err, MR_EINVAL, "compress ratio must be 1, 2, 4 or 8, not %d",
+                          o->ratio);
+    if (o->n_compress < 0 || o->n_compress > MR_MAX_COMPRESS)
+        return mr_err_set(err, MR_EINVAL, "compress layers: at most %d", MR_MAX_COMPRESS);
+    for (int i = 0; i < o->n_compress; i++) {
+        int l = o->compress_layers[i];
+        if (l < 0 || l >= m->cfg.n_layers || (i > 0 && l <= o->compress_layers[i - 1]))
+            return mr_err_set(err, MR_EINVAL,
+                              "compress layers must be increasing, in 0..%d (got %d)",
+                              m->cfg.n_layers - 1, l);
+        if (o->pooling == MR_POOL_ATTENTION && l == 0 && o->ratio > 1)
+            return mr_err_set(err, MR_EINVAL,
+                              "attention pooling needs a previous layer: compress layer 0 "
+                              "only works with mean pooling");
+    }
+    if (o->pooling != MR_POOL_MEAN && o->pooling != MR_POOL_ATTENTION)
+        return mr_err_set(err, MR_EINVAL, "unknown pooling %d", (int)o->pooling);
+    if (o->n_prune < 0 || o->n_prune > MR_MAX_PRUNE)
+        return mr_err_set(err, MR_EINVAL, "prune: at most %d steps", MR_MAX_PRUNE);
+    for (int i = 0; i < o->n_prune; i++) {
+        int found = 0;
+        for (int j = 0; j < o->n_exits; j++) found |= o->exits[j] == o->prune[i].layer;
+        if (!found || (i > 0 && o->prune[i].layer <= o->prune[i - 1].layer))
+            return mr_err_set(err, MR_EINVAL,
+                              "prune at layer %d: must be a requested exit, in increasing order",
+                              o->prune[i].layer);
+        if (o->prune[i].top_k < 0 || !isfinite(o->prune[i].min_score))
+            return mr_err_set(err, MR_EINVAL, "prune at layer %d: bad top_k or min_score",
+                              o->prune[i].layer);
+    }
+    uint32_t have = m->n_adapters >= 32 ? 0xffffffffu : (uint32_t)((1ull << m->n_adapters) - 1);
+    if (o->adapter_mask & ~have)
+        return mr_err_set(err, MR_EINVAL, "adapter mask 0x%x names adapters not loaded (%d)",
+                          o->adapter_mask, m->n_adapters);
+    if (m->merged && o->adapter_mask)
+        return mr_err_set(err, MR_EINVAL, "adapters were merged at load: adapter mask must be 0");
+    return 0;
+}
+
+static size_t max_matrix(const mr_config *c) {
+    size_t qd = (size_t)c->n_heads * c->head_dim, a = (size_t)c->d_ff * c->d_model;
+    size_t b = qd * c->d_model;
+    return a > b ? a : b;
+}
+
+int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int max_len,
+                mr_err *err) {
+    memset(c, 0, sizeof *c);
+    const mr_config *k = &m->cfg;
+    if (max_tokens < 1 || max_rows < 1 || max_len < 2 || max_rows > max_tokens)
+        return mr_err_set(err, MR_EINVAL, "context: bad sizes (tokens %d, rows %d, len %d)",
+                          max_tokens, max_rows, max_len);
+    c->m = m;
+    c->max_tokens = max_tokens;
+    c->max_rows = max_rows;
+    c->max_len = max_len;
+    size_t T = (size_t)max_tokens, d = (size_t)k->d_model;
+    size_t qd = (size_t)k->n_heads * k->head_dim, kvd = (size_t)k->n_kv_heads * k->head_dim;
+    int max_rank = 0;
+    for (int i = 0; i < k->n_layers; i++) {
+        const mr_layer *L = &m->layers[i];
+        const mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (int j = 0; j < 7; j++)
+            for (int a = 0; a < lins[j]->n_lora; a++)
+                if (lins[j]->lora[a].rank > max_rank) max_rank = lins[j]->lora[a].rank;
+    }
+    int nthr = omp_get_max_threads();
+    int all_f32 = m->embed->dtype == MR_DT_F32 && k->dtype == MR_DT_F32;
+    int ok = (c->x = malloc(4 * T * d)) && (c->xn = malloc(4 * T * d)) &&
+             (c->q = malloc(4 * T * qd)) && (c->k = malloc(4 * T * kvd)) &&
+             (c->v = malloc(4 * T * kvd)) && (c->att = malloc(4 * T * qd)) &&
+             (c->ff_a = malloc(4 * T * k->d_ff)) && (c->ff_b = malloc(4 * T * k->d_ff)) &&
+             (!max_rank || (c->lora_tmp = malloc(4 * T * max_rank))) &&
+             (c->wbuf = malloc(4 * (all_f32 ? 1 : max_matrix(k)))) &&
+             (c->rope = malloc(4 * (size_t)max_len * k->head_dim)) &&
+             (c->attn_scratch = malloc(4 * (size_t)nthr * max_len)) &&
+             (c->last_probs = malloc(4 * T)) && (c->tmp_d = malloc(4 * d)) &&
+             (c->head_tmp = malloc(4 * d)) && (c->pos = malloc(4 * T));
+    int32_t **ints[] = {&c->off, &c->len, &c->nq, &c->np, &c->ns, &c->row_id, &c->q_off,
+                        &c->q_from, &c->order};
+    for (size_t i = 0; ok && i < sizeof ints / sizeof *ints; i++)
+        ok = (*ints[i] = malloc(4 * (size_t)max_rows)) != NULL;
+    ok = ok && (c->row_score = malloc(4 * (size_t)max_rows));
+    if (!ok) {
+        mr_ctx_close(c);
+        return mr_err_set(err, MR_ENOMEM, "out of memory for a context of %d tokens",
+                          max_tokens);
+    }
+    c->ff_chunk = max_tokens;
+    mr_rope_table(c->rope, max_len, k->head_dim, k->rope_theta);
+    return 0;
+}
+
+void mr_ctx_close(mr_ctx *c) {
+    void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->ff_a, c->ff_b, c->lora_tmp,
+                    c->wbuf, c->rope, c->attn_scratch, c->last_probs, c->tmp_d, c->head_tmp,
+                    c->pos, c->off, c->len, c->nq, c->np, c->ns, c->row_id, c->q_off,
+                    c->q_from, c->order, c->row_score};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    memset(c, 0, sizeof *c);
+}
+
+/* The f32 view of a weight matrix: in place for aligned f32, else converted into c->wbuf. */
+static const float *weight_f32(mr_ctx *c, const mr_tensor *t) {
+    if (t->dtype == MR_DT_F32 && ((uintptr_t)t->data & 3) == 0) return t->data;
+    size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 1 << 16;
+    size_t n_chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n_chunks; i++) {
+        size_t a = i * chunk, len = n - a < chunk ? n - a : chunk;
+        mr_to_f32(c->wbuf + a, (const char *)t->data + a * es, t->dtype, len);
+    }
+    return c->wbuf;
+}
+
+/* y (n, out) = x (n, in) W^T + b + sum over active unmerged adapters of x A^T B^T. */
+static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *y,
+                   uint32_t mask) {
+    mr_matmul_wt(y, x, weight_f32(c, l->w), n, l->in, l->out, 0.0f);
+    if (l->b) {
+        for (int i = 0; i < n; i++) mr_add(y + (size_t)i * l->out, l->b, (size_t)l->out);
+    }
+    for (int a = 0; a < l->n_lora; a++) {
+        const struct mr_lora_f32 *lo = &l->lora[a];
+        if (!(mask >> lo->adapter & 1)) continue;
+        mr_matmul_wt(c->lora_tmp, x, lo->A, n, l->in, lo->rank, 0.0f);
+        mr_matmul_wt(y, c->lora_tmp, lo->B, n, lo->rank, l->out, 1.0f);
+    }
+}
+
+static void set_positions(mr_ctx *c, int n_rows) {
+    for (int r = 0; r < n_rows; r++)
+        for (int i = 0; i < c->len[r]; i++) c->pos[c->off[r] + i] = i;
+}
+
+/* Pools each row's passage tokens into groups of ratio (mean, or weighted by the attention
+ * the last token paid them in the previous layer); returns the new token count. */
+static int compress(mr_ctx *c, int n_rows, int ratio, mr_pooling pooling) {
+    int d = c->m->cfg.d_model, out = 0;
+    for (int r = 0; r < n_rows; r++) {
+        int src = c->off[r], nq = c->nq[r], np = c->np[r], ns = c->ns[r];
+        int groups = (np + ratio - 1) / ratio;
+        memmove(c->x + (size_t)out * d, c->x + (size_t)src * d, sizeof(float) * nq * d);
+        for (int g = 0; g < groups; g++) {
+            int t0 = src + nq + g * ratio, t1 = t0 + ratio < src + nq + np ? t0 + ratio
+                                                                          : src + nq + np;
+            double wsum = 0.0;
+            if (pooling == MR_POOL_ATTENTION)
+                for (int t = t0; t < t1; t++) wsum += c->last_probs[t];
+            memset(c->tmp_d, 0, sizeof(float) * d);
+            for (int t = t0; t < t1; t++) {
+                /* a group the last token could not see (sliding window) falls back to mean */
+                float w = wsum > 0.0 ? (float)(c->last_probs[t] / wsum) : 1.0f / (t1 - t0);
+                const float *xt = c->x + (size_t)t * d;
+                for (int i = 0; i < d; i++) c->tmp_d[i] += w * xt[i];
+            }
+            memcpy(c->x + (size_t)(out + nq + g) * d, c->tmp_d, sizeof(float) * d);
+        }
+        memmove(c->x + (size_t)(out + nq + groups) * d, c->x + (size_t)(src + nq + np) * d,
+                sizeof(float) * ns * d);
+        c->off[r] = out;
+        c->np[r] = groups;
+        c->len[r] = nq + groups + ns;
+        out += c->len[r];
+    }
+    set_positions(c, n_rows);
+    return out;
+}
+
+/* Moves the last token of every row (residual and normed input) to rows 0..n_rows-1. */
+static void gather_last(mr_ctx *c, int n_rows) {
+    int d = c->m->cfg.d_model;
+    for (int r = 0; r < n_rows; r++) {
+        int t = c->off[r] + c->len[r] - 1;
+        memmove(c->x + (size_t)r * d, c->x + (size_t)t * d, sizeof(float) * d);
+        memmove(c->xn + (size_t)r * d, c->xn + (size_t)t * d, sizeof(float) * d);
+        c->q_off[r] = r;
+        c->q_from[r] = c->len[r] - 1;
+    }
+}
+
+/* Decoder layer l over n_tok tokens. At the deepest layer (last) only the rows' last tokens
+ * get queries, attention output and MLP; the layout then becomes one token per row. */
+static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int want_probs,
+                          uint32_t mask) {
+    const mr_model *m = c->m;
+    const mr_config *k = &m->cfg;
+    const mr_layer *L = &m->layers[l];
+    int d = k->d_model, n = last ? n_rows : n_tok;
+    int window = k->sliding_window > 0 && (k->arch != MR_ARCH_GEMMA2 || l % 2 == 0)
+                     ? k->sliding_window : 0;
+
+    mr_rmsnorm(c->xn, c->x, L->attn_norm, n_tok, d, k->rms_eps, m->norm_offset);
+    linear(c, &L->k, c->xn, n_tok, c->k, mask);
+    linear(c, &L->v, c->xn, n_tok, c->v, mask);
+    mr_rope(c->k, c->pos, n_tok, k->n_kv_heads, k->head_dim, c->rope);
+    if (last) gather_last(c, n_rows);
+    linear(c, &L->q, c->xn, n, c->q, mask);
+    mr_rope(c->q, last ? c->q_from : c->pos, n, k->n_heads, k->head_dim, c->rope);
+
+    float scale = 1.0f / sqrtf(k->query_pre_attn_scalar > 0 ? k->query_pre_attn_scalar
+                                                            : (float)k->head_dim);
+    mr_attn_args a = {
+        .q = c->q, .k = c->k, .v = c->v, .out = c->att, .off = c->off, .len = c->len,
+        .q_off = last ? c->q_off : NULL, .q_from = last ? c->q_from : NULL, .n_rows = n_rows,
+        .n_heads = k->n_heads, .n_kv = k->n_kv_heads, .head_dim = k->head_dim,
+        .scale = scale, .softcap = k->attn_softcap, .window = window,
+        .last_probs = want_probs ? c->last_probs : NULL, .scratch = c->attn_scratch,
+        .max_len = c->max_len};
+    mr_attention(&a);
+
+    linear(c, &L->o, c->att, n, c->xn, mask);
+    if (L->post_attn_norm)
+        mr_rmsnorm(c->xn, c->xn, L->post_attn_norm, n, d, k->rms_eps, m->norm_offset);
+    mr_add(c->x, c->xn, (size_t)n * d);
+
+    mr_rmsnorm(c->xn, c->x, L->ffn_norm, n, d, k->rms_eps, m->norm_offset);
+    linear(c, &L->gate, c->xn, n, c->ff_a, mask);
+    linear(c, &L->up, c->xn, n, c->ff_b, mask);
+    if (k->act == MR_ACT_GELU_TANH)
+        mr_geglu_tanh(c->ff_a, c->ff_a, c->ff_b, (size_t)n * k->d_ff);
+    else
+        mr_swiglu(c->ff_a, c->ff_a, c->ff_b, (size_t)n * k->d_ff);
+    linear(c, &L->down, c->ff_a, n, c->xn, mask);
+    if (L->post_ffn_norm)
+        mr_rmsnorm(c->xn, c->xn, L->post_ffn_norm, n, d, k->rms_eps, m->norm_offset);
+    mr_add(c->x, c->xn, (size_t)n * d);
+
+    if (last) {
+        for (int r = 0; r < n_rows; r++) {
+            c->off[r] = r;
+            c->len[r] = 1;
+        }
+    }
+}
+
+/* Scores exit number e (layer o->exits[e]) for the n_rows surviving rows. */
+static void score_exit(mr_ctx *c, int e, int n_rows, const mr_run_opts *o, float *scores,
+                       int *depth) {
+    const mr_model *m = c->m;
+    const mr_config *k = &m->cfg;
+    int d = k->d_model, layer = o->exits[e];
+    int h = o->head_by_position ? e : mr_model_head_of(m, layer);
+    const float *head = m->heads + (size_t)h * d;
+    if (o->adapter_mask) {
+        memcpy(c->head_tmp, head, sizeof(float) * d);
+        for (int a = 0; a < m->n_adapters; a++)
+            if (o->adapter_mask >> a & 1 && m->head_delta[a])
+                mr_add(c->head_tmp, m->head_delta[a] + (size_t)h * d, (size_t)d);
+        head = c->head_tmp;
+    }
+    for (int r = 0; r < n_rows; r++) {
+        const float *xt = c->x + (size_t)(c->off[r] + c->len[r] - 1) * d;
+        mr_rmsnorm(c->tmp_d, xt, m->final_norm, 1, d, k->rms_eps, m->norm_offset);
+        float s = mr_dot(c->tmp_d, head, d);
+        if (k->final_softcap > 0) s = k->final_softcap * tanhf(s / k->final_softcap);
+        c->row_score[r] = s;
+        int id = c->row_id[r];
+        scores[(size_t)id * o->n_exits + e] = o->sigmoid ? 1.0f / (1.0f + expf(-s)) : s;
+        if (depth) depth[id] = layer;
+    }
+}
+
+static int by_score_desc(const void *pa, const void *pb, void *ctx) {
+    const mr_ctx *c = ctx;
+    int a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+    float sa = c->row_score[a], sb = c->row_score[b];
+    if (isnan(sa)) sa = -INFINITY;
+    if (isnan(sb)) sb = -INFINITY;
+    if (sa != sb) return sa > sb ? -1 : 1;
+    return c->row_id[a] - c->row_id[b];
+}
+
+/* Keeps the rows that pass p and packs them to the front; returns the new row count. */
+static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
+    int d = c->m->cfg.d_model;
+    char *keep = (char *)c->q_from; /* free scratch: n_rows bytes */
+    for (int r = 0; r < n_rows; r++) {
+        c->order[r] = r;
+        keep[r] = p->top_k == 0 && c->row_score[r] >= p->min_score;
+    }
+    if (p->top_k > 0) {
+        qsort_r(c->order, (size_t)n_rows, sizeof *c->order, by_score_desc, c);
+        for (int i = 0; i < n_rows && i < p->top_k; i++) keep[c->order[i]] = 1;
+    }
+    int nr = 0, out = 0;
+    for (int r = 0; r < n_rows; r++) {
+        if (!keep[r]) continue;
+        memmove(c->x + (size_t)out * d, c->x + (size_t)c->off[r] * d,
+                sizeof(float) * c->len[r] * d);
+        c->off[nr] = out;
+        c->len[nr] = c->len[r];
+        c->nq[nr] = c->nq[r];
+        c->np[nr] = c->np[r];
+        c->ns[nr] = c->ns[r];
+        c->row_id[nr] = c->row_id[r];
+        out += c->len[r];
+        nr++;
+    }
+    *n_tok = out;
+    set_positions(c, nr);
+    return nr;
+}
+
+static int check_rows(const mr_ctx *c, const mr_row *rows, int n_rows, mr_err *err) {
+    if (n_rows < 0 || n_rows > c->max_rows)
+        return mr_err_set(err, MR_ERANGE, "%d rows exceed the context's %d", n_rows,
+                          c->max_rows);
+    size_t total = 0;
+    int vocab = c->m->cfg.vocab_size;
+    for (int r = 0; r < n_rows; r++) {
+        const mr_row *w = &rows[r];
+        if (w->nq < 1 || w->ns < 1 || w->np < 0)
+            return mr_err_set(err, MR_EINVAL,
+                              "row %d: query and suffix segments must not be empty", r);
+        int len = w->nq + w->np + w->ns;
+        if (len > c->max_len)
+            return mr_err_set(err, MR_ERANGE, "row %d: %d tokens exceed the maximum %d", r, len,
+                              c->max_len);
+        total += (size_t)len;
+        const int32_t *segs[3] = {w->q, w->p, w->s};
+        int lens[3] = {w->nq, w->np, w->ns};
+        for (int s = 0; s < 3; s++)
+            for (int i = 0; i < lens[s]; i++)
+                if (segs[s][i] < 0 || segs[s][i] >= vocab)
+                    return mr_err_set(err, MR_EINVAL, "row %d: token id %d outside vocab 0..%d",
+                                      r, segs[s][i], vocab - 1);
+    }
+    if (total > (size_t)c->max_tokens)
+        return mr_err_set(err, MR_ERANGE, "%zu tokens exceed the context's %d", total,
+                          c->max_tokens);
+    return 0;
+}
+
+static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows) {
+    const mr_model *m = c->m;
+    int d = m->cfg.d_model, t = 0;
+    size_t row_bytes = (size_t)d * mr_dtype_size(m->embed->dtype);
+    for (int r = 0; r < n_rows; r++) {
+        const mr_row *w = &rows[r];
+        c->off[r] = t;
+        c->len[r] = w->nq + w->np + w->ns;
+        c->nq[r] = w->nq;
+        c->np[r] = w->np;
+        c->ns[r] = w->ns;
+        c->row_id[r] = r;
+        const int32_t *segs[3] = {w->q, w->p, w->s};
+        int lens[3] = {w->nq, w->np, w->ns};
+        for (int s = 0; s < 3; s++)
+            for (int i = 0; i < lens[s]; i++, t++) {
+                float *xt = c->x + (size_t)t * d;
+                mr_to_f32(xt, (const char *)m->embed->data + segs[s][i] * row_bytes,
+                          m->embed->dtype, (size_t)d);
+                if (m->embed_scale != 1.0f)
+                    for (int j = 0; j < d; j++) xt[j] *= m->embed_scale;
+            }
+    }
+    set_positions(c, n_rows);
+}
+
+int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o,
+                   float *scores, int *depth, mr_err *err) {
+    int rc;
+    if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = check_rows(c, rows, n_rows, err)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
+    if (n_rows == 0) return 0;
+    embed_rows(c, rows, n_rows);
+    int n_tok = c->off[n_rows - 1] + c->len[n_rows - 1];
+    int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0;
+    for (int l = 0; l < deepest && n_rows > 0; l++) {
+        if (ci < o->n_compress && o->compress_layers[ci] == l) {
+            if (o->ratio > 1) n_tok = compress(c, n_rows, o->ratio, o->pooling);
+            ci++;
+        }
+        int want_probs = o->pooling == MR_POOL_ATTENTION && o->ratio > 1 &&
+                         ci < o->n_compress && o->compress_layers[ci] == l + 1 &&
+                         l + 1 < deepest;
+        int last = l == deepest - 1;
+        layer_forward(c, l, n_tok, n_rows, last, want_probs, o->adapter_mask);
+        if (last) n_tok = n_rows;
+        if (e < o->n_exits && o->exits[e] == l + 1) {
+            score_exit(c, e, n_rows, o, scores, depth);
+            if (pi < o->n_prune && o->prune[pi].layer == l + 1)
+                n_rows = prune_rows(c, n_rows, &n_tok, &o->prune[pi++]);
+            e++;
+        }
+    }
+    return 0;
+}
+
+double mr_model_row_flops(const mr_model *m, const mr_run_opts *o, int nq, int np, int ns) {
+    const mr_config *k = &m->cfg;
+    double d = k->d_model, qd = (double)k->n_heads * k->head_dim,
+           kvd = (double)k->n_kv_heads * k->head_dim;
+    double per_tok_kv = 2 * d * kvd, per_tok_rest = d * qd + qd * d + 3 * d * k->d_ff;
+    int deepest = o->exits[o->n_exits - 1], ci = 0;
+    double macs = 0;
+    for (int l = 0; l < deepest; l++) {
+        if (ci < o->n_compress && o->compress_layers[ci] == l) {
+            np = (np + o->ratio - 1) / o->ratio;
+            ci++;
+        }
+        double len = nq + np + ns;
+        macs += len * per_tok_kv + (l == deepest - 1 ? 1 : len) * per_tok_rest;
+    }
+    return 2 * macs;
+}

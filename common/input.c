@@ -1,0 +1,48 @@
+/* input.c: builds the query segment, passage segment and suffix of a model input (input.h). */
+#include "input.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Appends tok(prefix + text) to out, keeping at most limit of its tokens (limit < 0: all). */
+static int encode_prefixed(const mr_tokenizer *t, const char *prefix, const char *text,
+                           long limit, mr_ids *out, int *truncated, mr_err *err) {
+    size_t lp = strlen(prefix), lt = strlen(text);
+    char *buf = malloc(lp + lt + 1);
+    if (!buf) return mr_err_set(err, MR_ENOMEM, "out of memory tokenizing %zu bytes", lt);
+    memcpy(buf, prefix, lp);
+    memcpy(buf + lp, text, lt + 1);
+    size_t before = out->n;
+    int rc = mr_tokenizer_encode(t, buf, lp + lt, out, err);
+    free(buf);
+    if (rc) return rc;
+    if (limit >= 0 && out->n - before > (size_t)limit) {
+        out->n = before + (size_t)limit;
+        if (truncated) *truncated = 1;
+    }
+    return 0;
+}
+
+int mr_input_query(const mr_tokenizer *t, int32_t bos, const char *query, int max_len,
+                   mr_ids *out, int *truncated, mr_err *err) {
+    if (max_len < 8) return mr_err_set(err, MR_EINVAL, "max_len %d is too small", max_len);
+    int rc;
+    out->n = 0;
+    if ((rc = mr_ids_push(out, bos)) ||
+        (rc = encode_prefixed(t, "A: ", query, (long)max_len * 3 / 4, out, truncated, err)))
+        return rc;
+    return encode_prefixed(t, "", "\n", -1, out, NULL, err);
+}
+
+int mr_input_passage(const mr_tokenizer *t, const char *passage, int max_len, size_t query_len,
+                     mr_ids *out, int *truncated, mr_err *err) {
+    out->n = 0;
+    long budget = (long)max_len - (long)query_len;
+    return encode_prefixed(t, "B: ", passage, budget > 0 ? budget : 0, out, truncated, err);
+}
+
+int mr_input_suffix(const mr_tokenizer *t, const char *prompt, mr_ids *out, mr_err *err) {
+    out->n = 0;
+    int rc = encode_prefixed(t, "", "\n", -1, out, NULL, err);
+    return rc ? rc : encode_prefixed(t, "", prompt, -1, out, NULL, err);
+}

@@ -1,0 +1,283 @@
+/* lora.c: PEFT LoRA adapter folders: adapter_config.json plus adapter_model.safetensors.
+ *
+ * Loading checks the PEFT keys that change the maths (peft_type, r, lora_alpha, use_rslora,
+ * per-module rank/alpha patterns we do not implement) and maps the tensors; lookups check each
+ * pair's shapes against the base module so a mismatched adapter fails with the tensor's name
+ * instead of corrupting a forward pass. Saving writes a folder PEFT itself loads. */
+#include "lora.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define LORA_MAX_RANK 65536
+#define LORA_MAX_CONFIG (1u << 20)
+#define LORA_PREFIX "base_model.model."
+
+static int read_config_text(const char *path, char **out, mr_err *err) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return mr_err_errno(err, "open %s", path);
+    int rc = 0;
+    char *buf = malloc(LORA_MAX_CONFIG + 1);
+    size_t got = buf ? fread(buf, 1, LORA_MAX_CONFIG + 1, fp) : 0;
+    if (!buf)
+        rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
+    else if (got > LORA_MAX_CONFIG || ferror(fp))
+        rc = mr_err_set(err, MR_EFORMAT, "%s: unreadable or larger than %u bytes", path,
+                        LORA_MAX_CONFIG);
+    fclose(fp);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    buf[got] = 0;
+    *out = buf;
+    return 0;
+}
+
+/* rank_pattern / alpha_pattern give some modules another r or alpha; we apply one scale. */
+static int check_no_pattern(const cJSON *root, const char *path, const char *key, mr_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (v && !cJSON_IsNull(v) && !(cJSON_IsObject(v) && !v->child))
+        return mr_err_set(err, MR_EUNSUPPORTED, "%s: key '%s': per-module patterns not supported",
+                          path, key);
+    return 0;
+}
+
+static int parse_adapter_config(mr_adapter *a, const cJSON *root, const char *path,
+                                mr_err *err) {
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
+    if (!cJSON_IsString(pt) || strcmp(pt->valuestring, "LORA"))
+        return mr_err_set(err, MR_EUNSUPPORTED, "%s: key 'peft_type': expected \"LORA\", got %.32s",
+                          path, cJSON_IsString(pt) ? pt->valuestring : "(missing)");
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
+    if (!cJSON_IsNumber(r) || r->valuedouble != floor(r->valuedouble) || r->valuedouble < 1 ||
+        r->valuedouble > LORA_MAX_RANK)
+        return mr_err_set(err, MR_EFORMAT, "%s: key 'r': expected an integer in [1, %d]", path,
+                          LORA_MAX_RANK);
+    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
+    if (!cJSON_IsNumber(alpha) || !isfinite(alpha->valuedouble))
+        return mr_err_set(err, MR_EFORMAT, "%s: key 'lora_alpha': expected a number", path);
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    if (rs && !cJSON_IsBool(rs) && !cJSON_IsNull(rs))
+        return mr_err_set(err, MR_EFORMAT, "%s: key 'use_rslora': expected true or false", path);
+    int rc;
+    if ((rc = check_no_pattern(root, path, "rank_pattern", err)) ||
+        (rc = check_no_pattern(root, path, "alpha_pattern", err)))
+        return rc;
+    a->rank = (int)r->valuedouble;
+    a->alpha = (float)alpha->valuedouble;
+    a->scale = cJSON_IsTrue(rs) ? a->alpha / sqrtf((float)a->rank) : a->alpha / (float)a->rank;
+    return 0;
+}
+
+int mr_adapter_load(mr_adapter *a, const char *dir, mr_err *err) {
+    memset(a, 0, sizeof *a);
+    char path[sizeof a->path + 64];
+    int len = snprintf(a->path, sizeof a->path, "%s", dir);
+    if (len < 0 || (size_t)len >= sizeof a->path)
+        return mr_err_set(err, MR_EINVAL, "adapter folder name too long: %.100s...", dir);
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char *text = NULL;
+    int rc = read_config_text(path, &text, err);
+    if (rc)
+        return rc;
+    cJSON *root = cJSON_Parse(text);
+    if (!cJSON_IsObject(root))
+        rc = mr_err_set(err, MR_EFORMAT, "%s: not a JSON object", path);
+    else if (!(rc = parse_adapter_config(a, root, path, err))) {
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+        rc = mr_st_open_file(&a->st, path, err);
+    }
+    cJSON_Delete(root);
+    free(text);
+    if (rc)
+        mr_adapter_close(a);
+    return rc;
+}
+
+/* Looks up "<prefix><module>.lora_<which>.weight", then the ".default" spelling. */
+static const mr_tensor *find_part(const mr_adapter *a, const char *module, char which) {
+    char name[1024];
+    int len = snprintf(name, sizeof name, LORA_PREFIX "%s.lora_%c.weight", module, which);
+    if (len < 0 || (size_t)len >= sizeof name)
+        return NULL;
+    const mr_tensor *t = mr_st_find(&a->st, name);
+    if (t)
+        return t;
+    snprintf(name, sizeof name, LORA_PREFIX "%s.lora_%c.default.weight", module, which);
+    return mr_st_find(&a->st, name);
+}
+
+static int check_shape(const mr_tensor *t, int64_t d0, int64_t d1, mr_err *err) {
+    if (t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1)
+        return 0;
+    return mr_err_set(err, MR_EFORMAT, "%s: tensor '%s': expected shape [%lld, %lld], got %d-d "
+                      "[%lld, %lld]", t->file, t->name, (long long)d0, (long long)d1, t->ndim,
+                      (long long)(t->ndim > 0 ? t->shape[0] : 0),
+                      (long long)(t->ndim > 1 ? t->shape[1] : 0));
+}
+
+int mr_adapter_find(const mr_adapter *a, const char *module, int64_t in, int64_t out,
+                    const mr_tensor **A, const mr_tensor **B, mr_err *err) {
+    *A = *B = NULL;
+    const mr_tensor *ta = find_part(a, module, 'A'), *tb = find_part(a, module, 'B');
+    if (!ta && !tb)
+        return 0;
+    if (!ta || !tb)
+        return mr_err_set(err, MR_EFORMAT, "%s: tensor '%s': lora_%c present without lora_%c",
+                          (ta ? ta : tb)->file, (ta ? ta : tb)->name, ta ? 'A' : 'B',
+                          ta ? 'B' : 'A');
+    int rc;
+    if ((rc = check_shape(ta, a->rank, in, err)) || (rc = check_shape(tb, out, a->rank, err)))
+        return rc;
+    *A = ta;
+    *B = tb;
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+size_t mr_adapter_count(const mr_adapter *a) {
+    size_t n = 0;
+    for (size_t i = 0; i < a->st.n_tensors; i++) {
+        const char *name = a->st.tensors[i].name;
+        n += ends_with(name, ".lora_A.weight") || ends_with(name, ".lora_A.default.weight");
+    }
+    return n;
+}
+
+void mr_adapter_close(mr_adapter *a) {
+    if (!a)
+        return;
+    mr_st_close(&a->st);
+    a->rank = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* saving                                                                                     */
+
+static const char *last_component(const char *module) {
+    const char *dot = strrchr(module, '.');
+    return dot ? dot + 1 : module;
+}
+
+/* target_modules: distinct last name components in first-seen order (PEFT matches suffixes). */
+static cJSON *target_modules(int n, const char *const *modules) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; arr && i < n; i++) {
+        const char *c = last_component(modules[i]);
+        int seen = 0;
+        for (const cJSON *e = arr->child; e && !seen; e = e->next)
+            seen = strcmp(e->valuestring, c) == 0;
+        cJSON *s = seen ? NULL : cJSON_CreateString(c);
+        if (!seen && (!s || !cJSON_AddItemToArray(arr, s))) {
+            cJSON_Delete(s);
+            cJSON_Delete(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+static int save_config(const char *path, int rank, float alpha, int n,
+                       const char *const *modules, mr_err *err) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *tm = target_modules(n, modules);
+    char *text = NULL;
+    int rc = MR_ENOMEM;
+    if (!o || !tm || !cJSON_AddItemToObject(o, "target_modules", tm)) {
+        cJSON_Delete(tm);
+        goto cleanup;
+    }
+    if (!cJSON_AddStringToObject(o, "peft_type", "LORA") ||
+        !cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM") ||
+        !cJSON_AddNumberToObject(o, "r", rank) ||
+        !cJSON_AddNumberToObject(o, "lora_alpha", alpha) ||
+        !cJSON_AddBoolToObject(o, "use_rslora", 0) ||
+        !cJSON_AddNumberToObject(o, "lora_dropout", 0) ||
+        !cJSON_AddStringToObject(o, "bias", "none") ||
+        !cJSON_AddStringToObject(o, "base_model_name_or_path", "") ||
+        !cJSON_AddBoolToObject(o, "inference_mode", 1) || !(text = cJSON_Print(o)))
+        goto cleanup;
+    FILE *fp = fopen(path, "wb");
+    if (!fp) {
+        rc = mr_err_errno(err, "create %s", path);
+        goto cleanup;
+    }
+    int ok = fputs(text, fp) >= 0 && fputc('\n', fp) != EOF;
+    rc = fclose(fp) == 0 && ok ? 0 : mr_err_errno(err, "write %s", path);
+cleanup:
+    if (rc == MR_ENOMEM)
+        mr_err_set(err, rc, "%s: out of memory", path);
+    free(text);
+    cJSON_Delete(o);
+    return rc;
+}
+
+static int declare_pair(mr_st_writer *w, const char *module, int rank, int64_t in, int64_t out,
+                        mr_dtype dt, mr_err *err) {
+    char name[1024];
+    int64_t sa[2] = {rank, in}, sb[2] = {out, rank};
+    int len = snprintf(name, sizeof name, LORA_PREFIX "%s.lora_A.weight", module);
+    if (len < 0 || (size_t)len >= sizeof name)
+        return mr_err_set(err, MR_EINVAL, "module name too long: %.100s", module);
+    int rc = mr_st_writer_declare(w, name, dt, 2, sa, err);
+    if (rc)
+        return rc;
+    snprintf(name, sizeof name, LORA_PREFIX "%s.lora_B.weight", module);
+    return mr_st_writer_declare(w, name, dt, 2, sb, err);
+}
+
+static int save_tensors(const char *path, int rank, int n, const char *const *modules,
+                        const int64_t *in, const int64_t *out, const float *const *A,
+                        const float *const *B, mr_dtype dt, mr_err *err) {
+    mr_st_writer *w;
+    int rc = mr_st_writer_new(&w, path, err);
+    if (rc)
+        return rc;
+    for (int i = 0; i < n && !rc; i++)
+        rc = declare_pair(w, modules[i], rank, in[i], out[i], dt, err);
+    for (int i = 0; i < n && !rc; i++)
+        if (!(rc = mr_st_writer_put(w, A[i], (size_t)rank * (size_t)in[i], err)))
+            rc = mr_st_writer_put(w, B[i], (size_t)out[i] * (size_t)rank, err);
+    if (rc) {
+        mr_err keep = err ? *err : (mr_err){0};
+        mr_st_writer_finish(w, NULL); /* frees and removes the partial file */
+        if (err)
+            *err = keep;
+        return rc;
+    }
+    return mr_st_writer_finish(w, err);
+}
+
+int mr_adapter_save(const char *dir, int rank, float alpha, int n, const char *const *modules,
+                    const int64_t *in, const int64_t *out, const float *const *A,
+                    const float *const *B, mr_dtype dt, mr_err *err) {
+    if (rank < 1 || rank > LORA_MAX_RANK || n < 0 || !isfinite(alpha))
+        return mr_err_set(err, MR_EINVAL, "%s: bad adapter: rank %d, alpha %g, %d modules", dir,
+                          rank, alpha, n);
+    for (int i = 0; i < n; i++)
+        if (in[i] < 1 || out[i] < 1)
+            return mr_err_set(err, MR_EINVAL, "%s: module '%s': bad in %lld / out %lld", dir,
+                              modules[i], (long long)in[i], (long long)out[i]);
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+        return mr_err_errno(err, "create folder %s", dir);
+    char path[4096];
+    int len = snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    if (len < 0 || (size_t)len >= sizeof path)
+        return mr_err_set(err, MR_EINVAL, "folder name too long: %.100s", dir);
+    int rc = save_tensors(path, rank, n, modules, in, out, A, B, dt, err);
+    if (rc)
+        return rc;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    return save_config(path, rank, alpha, n, modules, err);
+}

@@ -1,0 +1,157 @@
+/* model.h: a loaded Matryoshka re-ranker and its forward pass with exits, width compression
+ * and in-pass pruning.
+ *
+ * mr_model owns the mapped checkpoint (weights are used in place, never copied whole into f32),
+ * the tokenizer and the LoRA adapters. Adapters are merged into (a copy-on-write view of) the
+ * weights at load, or kept unmerged and applied at run time per request (adapter_mask), so one
+ * copy of the base serves several sub-architectures. The model is read-only after load and may
+ * be shared by threads; each thread scores through its own mr_ctx, whose buffers are sized once
+ * at init: mr_model_score allocates nothing.
+ *
+ * Semantics: ../shared/reference/matryoshka-method.md, sections 3-5. Exit heads are picked by
+ * layer number (k = (l - start_layer) / layer_sep) unless head_by_position reproduces the released
+ * code's quirk (k = position of the exit in the sorted list of requested exits). */
+#ifndef MR_MODEL_H
+#define MR_MODEL_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "lora.h"
+#include "mr_err.h"
+#include "safetensors.h"
+#include "tokenizer.h"
+
+#define MR_MAX_EXITS 128
+#define MR_MAX_COMPRESS 64
+#define MR_MAX_PRUNE 16
+#define MR_MAX_ADAPTERS 16
+
+typedef enum mr_pooling { MR_POOL_MEAN = 0, MR_POOL_ATTENTION = 1 } mr_pooling;
+
+/* One linear map: W (out, in) in the checkpoint's dtype, optional bias (out), and the
+ * unmerged low-rank updates of the loaded adapters (A (rank, in), B (out, rank), f32). */
+typedef struct mr_linear {
+    const mr_tensor *w;              /* (out, in), any dtype, in the mapping */
+    float *b;                        /* (out) f32 or NULL, owned */
+    int in, out;
+    int n_lora;
+    struct mr_lora_f32 {
+        int adapter;       /* index into mr_model.adapters */
+        int rank;
+        float scale;
+        float *A, *B;      /* owned by the model */
+    } lora[MR_MAX_ADAPTERS];
+} mr_linear;
+
+typedef struct mr_layer {
+    /* norm weights converted to f32 at load, owned */
+    float *attn_norm;                /* (d) input_layernorm */
+    float *post_attn_norm;           /* (d) gemma2 post_attention_layernorm, else NULL */
+    float *ffn_norm;                 /* (d) llama post_attention_layernorm / gemma2 pre_ff */
+    float *post_ffn_norm;            /* (d) gemma2 post_feedforward_layernorm, else NULL */
+    mr_linear q, k, v, o;            /* (nh*hd, d) (nkv*hd, d) (nkv*hd, d) (d, nh*hd) */
+    mr_linear gate, up, down;        /* (dff, d) (dff, d) (d, dff) */
+} mr_layer;
+
+typedef struct mr_model_opts {
+    const char *const *adapters;     /* adapter folders, applied in order */
+    int n_adapters;
+    int merge;                       /* 1: merge into the weights at load; 0: run-time */
+} mr_model_opts;
+
+typedef struct mr_model {
+    mr_config cfg;
+    char dir[512];
+    mr_st_set st;
+    mr_tokenizer *tok;               /* NULL when the folder has no tokenizer.json */
+    const mr_tensor *embed;          /* (vocab, d) */
+    float *final_norm;               /* (d) f32, owned */
+    float norm_offset;               /* 1 for gemma2's (1 + w) norms, else 0 */
+    mr_layer *layers;                /* (n_layers) */
+    int n_heads_exit;                /* number of exit heads */
+    float *heads;                    /* (n_heads_exit, d) f32, merged adapters included */
+    float *head_delta[MR_MAX_ADAPTERS]; /* (n_heads_exit, d) per unmerged adapter or NULL */
+    float embed_scale;               /* gemma2: sqrt(d) rounded to the storage dtype; else 1 */
+    mr_adapter adapters[MR_MAX_ADAPTERS];
+    int n_adapters;
+    int merged;
+} mr_model;
+
+int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_err *err);
+void mr_model_close(mr_model *m);
+/* Exit layer of head k, and the head of exit layer l (-1 when l has none). */
+int mr_model_exit_layer(const mr_model *m, int k);
+int mr_model_head_of(const mr_model *m, int layer);
+
+/* One (query, passage) pair as token segments (see input.h): the query segment and the
+ * suffix are never compressed; the passage segment is. */
+typedef struct mr_row {
+    const int32_t *q; int nq;        /* [BOS] tok("A: " query) tok("\n") */
+    const int32_t *p; int np;        /* tok("B: " passage), possibly truncated */
+    const int32_t *s; int ns;        /* tok("\n") tok(prompt) */
+} mr_row;
+
+typedef struct mr_prune {
+    int layer;                       /* an exit layer of the run */
+    int top_k;                       /* > 0: keep the best top_k rows (ties: lower index) */
+    float min_score;                 /* used when top_k == 0: keep raw score >= min_score */
+} mr_prune;
+
+typedef struct mr_run_opts {
+    int n_exits;
+    int exits[MR_MAX_EXITS];         /* exit layers, strictly increasing */
+    int ratio;                       /* 1, 2, 4 or 8 */
+    int n_compress;
+    int compress_layers[MR_MAX_COMPRESS]; /* strictly increasing, each in [0, n_layers) */
+    mr_pooling pooling;
+    int sigmoid;
+    int head_by_position;
+    uint32_t adapter_mask;           /* unmerged adapters to apply (bit i = adapter i) */
+    int n_prune;
+    mr_prune prune[MR_MAX_PRUNE];    /* by increasing layer */
+} mr_run_opts;
+
+/* Fills o with defaults: deepest exit only (n_layers), ratio 1, mean pooling, all unmerged
+ * adapters active. */
+void mr_run_opts_default(mr_run_opts *o, const mr_model *m);
+/* Checks o against the model (exits with heads, layers in range, pruning on exits). */
+int mr_run_opts_check(const mr_run_opts *o, const mr_model *m, mr_err *err);
+
+/* Per-thread scratch, sized for up to max_tokens packed tokens, max_rows rows and rows of at
+ * most max_len tokens. */
+typedef struct mr_ctx {
+    const mr_model *m;
+    int max_tokens, max_rows, max_len;
+    float *x, *xn;                   /* (max_tokens, d) residual, normed */
+    float *q, *k, *v, *att;          /* (max_tokens, nh*hd) (.., nkv*hd) x2 (.., nh*hd) */
+    float *ff_a, *ff_b;              /* (ff_chunk, dff) */
+    int ff_chunk;
+    float *lora_tmp;                 /* (max_tokens, max adapter rank) */
+    float *wbuf;                     /* largest weight matrix in f32 (non-f32 checkpoints) */
+    float *rope;                     /* (max_len, hd/2, 2) */
+    float *attn_scratch;             /* (n_threads, max_len) */
+    float *last_probs;               /* (max_tokens) */
+    float *tmp_d;                    /* (d) */
+    float *head_tmp;                 /* (d) */
+    int32_t *pos;                    /* (max_tokens) */
+    int32_t *off, *len, *nq, *np, *ns, *row_id, *q_off, *q_from; /* (max_rows) */
+    float *row_score;                /* (max_rows) */
+    int32_t *order;                  /* (max_rows) */
+} mr_ctx;
+
+int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int max_len,
+                mr_err *err);
+void mr_ctx_close(mr_ctx *c);
+
+/* Scores n_rows rows: scores (n_rows, n_exits) raw (or sigmoid) scores in exit order; rows
+ * pruned before an exit get NAN there. depth (n_rows, optional) receives the deepest exit
+ * layer each row reached. Rows are validated (lengths, ids < vocab) before any compute. */
+int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o,
+                   float *scores, int *depth, mr_err *err);
+
+/* Linear FLOPs of one row of nq + np + ns tokens under o (2 * MACs of the linear layers,
+ * attention excluded): the cost figure the benches and the coordinator use. */
+double mr_model_row_flops(const mr_model *m, const mr_run_opts *o, int nq, int np, int ns);
+
+#endif

@@ -1,0 +1,38 @@
+/* tokenizer.h: Hugging Face tokenizer.json, exact.
+ *
+ * Two model families: SentencePiece-style BPE with byte fallback (Llama, Mistral, Gemma:
+ * normalizer/pre-tokenizer that map spaces to U+2581 and optionally prepend it) and byte-level
+ * BPE with the GPT-2/Qwen2 pre-tokenizer regex (PCRE2) and NFC normalization (utf8proc).
+ * Added/special tokens in the text are matched as whole tokens first, as the HF library does.
+ * Encoding never adds special tokens; callers add BOS themselves (see input.h).
+ * Input text is untrusted: invalid UTF-8 gets MR_EINVAL, never a crash. */
+#ifndef MR_TOKENIZER_H
+#define MR_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mr_err.h"
+
+/* Growable id vector; zero-initialise, free with mr_ids_free. */
+typedef struct mr_ids {
+    int32_t *v;
+    size_t n, cap;
+} mr_ids;
+int mr_ids_push(mr_ids *ids, int32_t id);
+void mr_ids_free(mr_ids *ids);
+
+typedef struct mr_tokenizer mr_tokenizer;
+
+int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err);
+void mr_tokenizer_free(mr_tokenizer *t);
+/* Appends the ids of text[0..len) to out (no special tokens added). */
+int mr_tokenizer_encode(const mr_tokenizer *t, const char *text, size_t len, mr_ids *out,
+                        mr_err *err);
+/* Id of a token string (vocab or added token), or -1. */
+int32_t mr_tokenizer_token_id(const mr_tokenizer *t, const char *token);
+/* Token string of an id, or NULL when out of range. */
+const char *mr_tokenizer_token(const mr_tokenizer *t, int32_t id);
+int32_t mr_tokenizer_vocab_size(const mr_tokenizer *t);   /* largest id + 1 */
+
+#endif
