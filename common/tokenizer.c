@@ -647,8 +647,9 @@ static int find_added(const mr_tokenizer *t, const trie *tr, const char *s, size
         if (a->single_word && ((st > 0 && is_word(cp_before(s, st))) ||
                                (stop < n && is_word(cp_at(s + stop, n - stop)))))
             continue;
-        if (a->lstrip) {
-            while (st > start_off && is_ws(cp_before(s, st))) st -= u8len((unsigned char)s[st - 1] >= 0x80 ? 0xC0 : 0), st = st;
+        while (a->lstrip && st > start_off && is_ws(cp_before(s, st))) {
+            st--;
+            while (st > 0 && ((unsigned char)s[st] & 0xC0) == 0x80) st--;
         }
         if (a->rstrip)
             while (stop < n && is_ws(cp_at(s + stop, n - stop))) stop += u8len((unsigned char)s[stop]);
@@ -703,17 +704,14 @@ static int encode_segment(enc *e, const char *s, size_t n, bool first) {
     int rc = normalize(t, e->md, s, n, &e->norm, &e->tmp, e->err);
     if (rc) return rc;
     if (t->norm_trie.nodes <= 1) return encode_normalized(e, e->norm.b, e->norm.n, first);
+    /* encode_normalized never touches e->norm, so the spans may point into it */
     spans sp = {0};
-    sbuf own = e->norm;   /* encode_normalized reuses e->norm's siblings only, but keep a copy safe */
-    e->norm = (sbuf){0};
-    rc = find_added(t, &t->norm_trie, own.b, own.n, &sp) ? mr_err_set(e->err, MR_ENOMEM, "tokenizer: out of memory") : 0;
+    if (find_added(t, &t->norm_trie, e->norm.b, e->norm.n, &sp)) rc = mr_err_set(e->err, MR_ENOMEM, "tokenizer: out of memory");
     for (size_t i = 0; rc == 0 && i < sp.n; i++) {
         if (sp.v[i].m >= 0) rc = mr_ids_push(e->out, sp.v[i].m);
-        else rc = encode_normalized(e, own.b + sp.v[i].s, sp.v[i].e - sp.v[i].s, first && sp.v[i].s == 0);
+        else rc = encode_normalized(e, e->norm.b + sp.v[i].s, sp.v[i].e - sp.v[i].s, first && sp.v[i].s == 0);
     }
     free(sp.v);
-    free(e->norm.b);
-    e->norm = own;
     return rc;
 }
 
@@ -1053,26 +1051,32 @@ static int load_model(ld *L, const cJSON *m) {
 
 /* ------------------------------------------------------------------ loading: added tokens */
 
+/* The string a trie stores for added token a: its content, or its normalized form. */
+static int trie_key(ld *L, const added_tok *a, pcre2_match_data *md, sbuf *nb, sbuf *tmp,
+                    const char **s, size_t *n) {
+    *s = a->content;
+    *n = a->len;
+    if (!a->normalized) return 0;
+    int rc = normalize(L->t, md, a->content, a->len, nb, tmp, L->err);
+    *s = nb->b;
+    *n = nb->n;
+    return rc;
+}
+
 static int trie_build(ld *L, trie *tr, bool normalized, pcre2_match_data *md) {
     mr_tokenizer *t = L->t;
-    size_t total = 1;
-    for (size_t i = 0; i < t->n_added; i++) total += t->added[i].len * 4 + 8;   /* normalization may grow */
-    tr->tok = malloc(total * sizeof *tr->tok);
-    if (!tr->tok || imap_init(&tr->edges, total)) return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
-    tr->tok[0] = -1;
-    tr->nodes = 1;
     sbuf nb = {0}, tmp = {0};
+    const char *s;
+    size_t n, total = 1;
     int rc = 0;
+    for (size_t i = 0; rc == 0 && i < t->n_added; i++)   /* pass 1: size the node arrays */
+        if (t->added[i].normalized == normalized && (rc = trie_key(L, &t->added[i], md, &nb, &tmp, &s, &n)) == 0)
+            total += n;
+    tr->tok = rc ? NULL : malloc(total * sizeof *tr->tok);
+    if (rc == 0 && (!tr->tok || imap_init(&tr->edges, total))) rc = mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
+    if (rc == 0) { tr->tok[0] = -1; tr->nodes = 1; }
     for (size_t i = 0; rc == 0 && i < t->n_added; i++) {
-        const added_tok *a = &t->added[i];
-        if (a->normalized != normalized) continue;
-        const char *s = a->content;
-        size_t n = a->len;
-        if (normalized) {   /* match the normalized form of the content (refresh_added_tokens) */
-            if ((rc = normalize(t, md, s, n, &nb, &tmp, L->err))) break;
-            s = nb.b; n = nb.n;
-            if (n * 4 > a->len * 4 + 8 && tr->nodes + n > total) { rc = mr_err_set(L->err, MR_EFORMAT, "%s: added token grows too much when normalized", L->path); break; }
-        }
+        if (t->added[i].normalized != normalized || (rc = trie_key(L, &t->added[i], md, &nb, &tmp, &s, &n))) continue;
         int32_t node = 0;
         for (size_t j = 0; j < n; j++) {
             uint64_t key = (uint64_t)node << 8 | (unsigned char)s[j];
@@ -1131,8 +1135,7 @@ static int load_added(ld *L, const cJSON *arr) {
         t->added[t->n_added] = a;
         if (smap_put(&t->added_map, a.content, a.len, (int32_t)t->n_added++)) return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
         if (a.id > max_added) max_added = a.id;
-        if (a.id >= t->n_ids || !t->id_tok[a.id]) rc = set_id_tok(L, a.id, a.content);
-        if (rc) return rc;
+        if ((rc = set_id_tok(L, a.id, a.content))) return rc;   /* added tokens win id_to_token */
     }
     return 0;
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command of the README (and of CI): installs dependencies, builds mrank twice
+# (optimised, and with AddressSanitizer + UBSan), and runs the ctest suite on both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+jobs=$(nproc)
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+(cd build && ctest --output-on-failure -j"$jobs")
+
+# Sanitizer build: same tests, ASan + UBSan, no -march=native.
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMR_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs" -LE slow)
