@@ -255,7 +255,7 @@ struct mr_tokenizer {
 static pcre2_code *re_compile(const char *pat, size_t n, bool literal, char *why, size_t whylen) {
     int code;
     PCRE2_SIZE off;
-    uint32_t opt = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    uint32_t opt = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);   /* LITERAL rejects UCP */
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, n, opt, &code, &off, NULL);
     if (!re) {
         char msg[120];

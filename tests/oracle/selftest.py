@@ -9,7 +9,6 @@ structural identities (r=1 == no compression, identical-token pooling == shorter
 LoRA == no LoRA, hand-computed scores with zeroed blocks, pruning semantics, bf16 / sharded
 loading, head-by-position quirk, ...).
 """
-import copy
 import json
 import math
 import os
@@ -24,7 +23,6 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import mr_ref  # noqa: E402
 from mr_ref import (Model, RefError, compress_row, load_checkpoint_tensors,  # noqa: E402
                     read_safetensors, score, write_safetensors)
 
@@ -360,6 +358,11 @@ def _():
     exp2 = x[6]  # last partial group of one token: weight cancels
     assert torch.allclose(y[2], exp0, atol=1e-14) and torch.allclose(y[4], exp2, atol=1e-14)
     assert torch.equal(y[5:], x[7:])
+    # a group whose weights are all zero (every token outside the sliding window): plain mean
+    w0 = w.clone()
+    w0[2:4] = 0.0
+    y0, _ = compress_row(x, 2, 5, 2, "attention", w0)
+    assert torch.allclose(y0[2], (x[2] + x[3]) / 2, atol=1e-15)
     # the probabilities summed over heads add up to the number of heads
     _, last = m.layer(0, m.embed([1, 2, 3, 4, 5]))
     assert abs(float(last.sum()) - m.cfg.n_heads) < 1e-12
@@ -598,6 +601,116 @@ def _():
         json.dump(req, f)
     rc = subprocess.run([PY, os.path.join(HERE, "mr_ref.py"), p], capture_output=True).returncode
     assert rc == 2
+
+
+FAKE_TRANSFORMERS = r"""
+import types
+import torch
+import mr_ref
+__version__ = "fake (mr_ref-backed)"
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, m, i):
+        super().__init__()
+        self.m, self.i = m, i
+
+    def forward(self, x):
+        return (self.m.layer(self.i, x[0])[0].unsqueeze(0),)
+
+
+class _Norm(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m.rmsnorm(x, "model.norm.weight")
+
+
+class _Base(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+        self.layers = torch.nn.ModuleList([_Layer(m, i) for i in range(m.cfg.n_layers)])
+        self.norm = _Norm(m)
+
+    def forward(self, ids):
+        x = self.m.embed(ids[0].tolist()).unsqueeze(0)
+        hs = [x]
+        for layer in self.layers:
+            x = layer(x)[0]
+            hs.append(x)
+        hs[-1] = self.norm(x)
+        return hs
+
+
+class AutoModelForCausalLM(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.model = _Base(m)
+
+    @classmethod
+    def from_pretrained(cls, d, dtype=None, attn_implementation=None):
+        return cls(mr_ref.Model(d))
+
+    def forward(self, input_ids=None, output_hidden_states=True, use_cache=False):
+        return types.SimpleNamespace(hidden_states=self.model(input_ids))
+
+
+MistralForCausalLM = Gemma2ForCausalLM = Qwen2ForCausalLM = LlamaForCausalLM = AutoModelForCausalLM
+"""
+
+FAKE_SAFETENSORS = r"""
+import mr_ref
+
+
+class safe_open:
+    def __init__(self, path, framework="pt"):
+        self.t = mr_ref.read_safetensors(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def keys(self):
+        return list(self.t)
+
+    def get_tensor(self, name):
+        return self.t[name].float()
+"""
+
+
+@check("scripts/gpu_check_transformers.py logic, run against a fake transformers backed by mr_ref")
+def _():
+    fake = os.path.join(TMP, "fake_pkgs")
+    os.makedirs(os.path.join(fake, "safetensors"), exist_ok=True)
+    with open(os.path.join(fake, "transformers.py"), "w") as f:
+        f.write(FAKE_TRANSFORMERS)
+    with open(os.path.join(fake, "safetensors", "__init__.py"), "w") as f:
+        f.write(FAKE_SAFETENSORS)
+    script = os.path.join(os.path.dirname(os.path.dirname(HERE)), "scripts",
+                          "gpu_check_transformers.py")
+    env = dict(os.environ, PYTHONPATH=fake + os.pathsep + HERE)
+    for mdir, exits, hbp in ((GEMMA, [6, 2, 4], False), (MISTRAL, [5, 3], True)):
+        req = {"model": mdir, "rows": ROWS, "exits": exits, "head_by_position": hbp, "sigmoid": hbp}
+        rp, sp = os.path.join(TMP, "greq.json"), os.path.join(TMP, "gscores.json")
+        with open(rp, "w") as f:
+            json.dump(req, f)
+        scores = ref(mdir, ROWS, exits, head_by_position=hbp, sigmoid=hbp)
+        with open(sp, "w") as f:
+            json.dump({"scores": scores}, f)
+        pr = subprocess.run([PY, script, rp, sp, "--attn", "eager", "--dtypes", "float32"],
+                            capture_output=True, text=True, env=env)
+        assert pr.returncode == 0 and "RESULT: PASS" in pr.stdout, pr.stdout + pr.stderr
+        bad = [[v + (0.01 if j == 1 else 0.0) for j, v in enumerate(rw)] for rw in scores]
+        with open(sp, "w") as f:
+            json.dump({"scores": bad}, f)
+        pr = subprocess.run([PY, script, rp, sp, "--attn", "eager", "--dtypes", "float32"],
+                            capture_output=True, text=True, env=env)
+        assert pr.returncode == 1 and "RESULT: FAIL" in pr.stdout, pr.stdout + pr.stderr
 
 
 def main():

@@ -1,0 +1,139 @@
+/* seeded.c: seeded Hugging Face checkpoints (see seeded.h). */
+#include "seeded.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "safetensors.h"
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t name_seed(uint64_t seed, const char *name) {
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (const char *p = name; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return h;
+}
+
+typedef struct spec {
+    char name[128];
+    int ndim;
+    int64_t shape[2];
+    float center, spread;  /* uniform in center +- spread */
+} spec;
+
+typedef struct specs {
+    spec *v;
+    int n, cap;
+} specs;
+
+static int add(specs *s, float center, float std, int ndim, int64_t d0, int64_t d1,
+               const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static int add(specs *s, float center, float std, int ndim, int64_t d0, int64_t d1,
+               const char *fmt, ...) {
+    if (s->n == s->cap) {
+        int cap = s->cap ? 2 * s->cap : 64;
+        spec *v = realloc(s->v, sizeof *v * (size_t)cap);
+        if (!v) return -1;
+        s->v = v;
+        s->cap = cap;
+    }
+    spec *t = &s->v[s->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t->name, sizeof t->name, fmt, ap);
+    va_end(ap);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    t->center = center;
+    t->spread = std * sqrtf(3.0f);
+    return 0;
+}
+
+static int build_specs(const mr_config *c, specs *s) {
+    float norm_c = c->arch == MR_ARCH_GEMMA2 ? 0.0f : 1.0f, norm_s = 0.05f, w = 0.02f;
+    int64_t d = c->d_model, qd = (int64_t)c->n_heads * c->head_dim,
+            kvd = (int64_t)c->n_kv_heads * c->head_dim, ff = c->d_ff;
+    int rc = add(s, 0, w, 2, c->vocab_size, d, "model.embed_tokens.weight");
+    for (int i = 0; i < c->n_layers && !rc; i++) {
+        const char *p = "model.layers";
+        rc = add(s, norm_c, norm_s, 1, d, 0, "%s.%d.input_layernorm.weight", p, i) ||
+             add(s, 0, w, 2, qd, d, "%s.%d.self_attn.q_proj.weight", p, i) ||
+             add(s, 0, w, 2, kvd, d, "%s.%d.self_attn.k_proj.weight", p, i) ||
+             add(s, 0, w, 2, kvd, d, "%s.%d.self_attn.v_proj.weight", p, i) ||
+             add(s, 0, w, 2, d, qd, "%s.%d.self_attn.o_proj.weight", p, i) ||
+             add(s, norm_c, norm_s, 1, d, 0, "%s.%d.post_attention_layernorm.weight", p, i) ||
+             add(s, 0, w, 2, ff, d, "%s.%d.mlp.gate_proj.weight", p, i) ||
+             add(s, 0, w, 2, ff, d, "%s.%d.mlp.up_proj.weight", p, i) ||
+             add(s, 0, w, 2, d, ff, "%s.%d.mlp.down_proj.weight", p, i);
+        if (!rc && c->attn_bias)
+            rc = add(s, 0, w, 1, qd, 0, "%s.%d.self_attn.q_proj.bias", p, i) ||
+                 add(s, 0, w, 1, kvd, 0, "%s.%d.self_attn.k_proj.bias", p, i) ||
+                 add(s, 0, w, 1, kvd, 0, "%s.%d.self_attn.v_proj.bias", p, i);
+        if (!rc && c->arch == MR_ARCH_GEMMA2)
+            rc = add(s, norm_c, norm_s, 1, d, 0, "%s.%d.pre_feedforward_layernorm.weight", p, i) ||
+                 add(s, norm_c, norm_s, 1, d, 0, "%s.%d.post_feedforward_layernorm.weight", p, i);
+    }
+    if (!rc) rc = add(s, norm_c, norm_s, 1, d, 0, "model.norm.weight");
+    if (!rc && !c->tie_word_embeddings) rc = add(s, 0, w, 2, c->vocab_size, d, "lm_head.weight");
+    int n_heads = (c->n_layers - c->start_layer) / c->layer_sep + 1;
+    for (int k = 0; k < n_heads && !rc; k++)
+        rc = add(s, 0, 1.0f / sqrtf((float)d), 2, 1, d, "lm_head.%d.linear_head.weight", k);
+    return rc;
+}
+
+static int write_weights(const mr_config *c, const char *path, uint64_t seed, mr_err *err) {
+    specs s = {0};
+    mr_st_writer *w = NULL;
+    enum { CHUNK = 1 << 20 };
+    float *buf = malloc(sizeof(float) * CHUNK);
+    int rc;
+    if (!buf || build_specs(c, &s)) {
+        rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+        goto done;
+    }
+    if ((rc = mr_st_writer_new(&w, path, err))) goto done;
+    for (int i = 0; i < s.n; i++)
+        if ((rc = mr_st_writer_declare(w, s.v[i].name, c->dtype, s.v[i].ndim, s.v[i].shape,
+                                       err)))
+            goto done;
+    for (int i = 0; i < s.n; i++) {
+        const spec *t = &s.v[i];
+        uint64_t st = name_seed(seed, t->name);
+        int64_t n = t->ndim == 2 ? t->shape[0] * t->shape[1] : t->shape[0];
+        for (int64_t done = 0; done < n; done += CHUNK) {
+            size_t len = (size_t)(n - done < CHUNK ? n - done : CHUNK);
+            for (size_t j = 0; j < len; j++) {
+                double u = (double)(splitmix(&st) >> 11) * (1.0 / 9007199254740992.0);
+                buf[j] = t->center + t->spread * (float)(2.0 * u - 1.0);
+            }
+            if ((rc = mr_st_writer_put(w, buf, len, err))) goto done;
+        }
+    }
+    rc = mr_st_writer_finish(w, err);
+    w = NULL;
+done:
+    if (w) mr_st_writer_finish(w, NULL);
+    free(buf);
+    free(s.v);
+    return rc;
+}
+
+int mr_seeded_write(const mr_config *c, const char *dir, uint64_t seed, mr_err *err) {
+    char path[1024];
+    int rc = mr_config_validate(c, dir, err);
+    if (rc) return rc;
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", dir) >= sizeof path)
+        return mr_err_set(err, MR_EINVAL, "path too long: %s", dir);
+    if ((rc = mr_config_save(c, path, err))) return rc;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    return write_weights(c, path, seed, err);
+}

@@ -1,0 +1,470 @@
+/* test_forward.c: kernels against naive double-precision references, and properties of the
+ * forward pass that must hold whatever the weights: one pass with many exits equals one pass
+ * per exit; ratio 1 equals no compression; a row scores the same alone or packed with others;
+ * pruning keeps the right rows and leaves survivors' scores unchanged; unmerged LoRA equals
+ * merged LoRA; bad input is refused with a message. Numerical parity with the spec is checked
+ * against the PyTorch oracle in tests/oracle_grid.sh. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kernels.h"
+#include "lora.h"
+#include "model.h"
+#include "seeded.h"
+
+static float frand(unsigned *s) {
+    *s = *s * 1664525u + 1013904223u;
+    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static void assert_close(float got, double want, double rel, const char *what) {
+    double tol = rel * fmax(1.0, fabs(want));
+    if (!(fabs(got - want) <= tol)) fail_msg("%s: got %.9g want %.9g (tol %.3g)", what, got, want, tol);
+}
+
+/* ---- kernels ---- */
+
+static void test_rmsnorm(void **state) {
+    enum { N = 3, D = 37 };
+    float x[N * D], w[D], y[N * D];
+    unsigned s = 1;
+    for (int i = 0; i < N * D; i++) x[i] = 3 * frand(&s);
+    for (int i = 0; i < D; i++) w[i] = frand(&s);
+    for (int off = 0; off < 2; off++) {
+        mr_rmsnorm(y, x, w, N, D, 1e-5f, (float)off);
+        for (int i = 0; i < N; i++) {
+            double ss = 0;
+            for (int j = 0; j < D; j++) ss += (double)x[i * D + j] * x[i * D + j];
+            double r = 1.0 / sqrt(ss / D + 1e-5);
+            for (int j = 0; j < D; j++)
+                assert_close(y[i * D + j], x[i * D + j] * r * (w[j] + off), 1e-5, "rmsnorm");
+        }
+    }
+}
+
+static void test_rope(void **state) {
+    enum { T = 5, H = 2, HD = 8, MAXP = 16 };
+    float x[T * H * HD], ref[T * H * HD], table[MAXP * HD];
+    int32_t pos[T] = {0, 1, 7, 3, 15};
+    unsigned s = 2;
+    for (int i = 0; i < T * H * HD; i++) ref[i] = x[i] = frand(&s);
+    mr_rope_table(table, MAXP, HD, 10000.0);
+    mr_rope(x, pos, T, H, HD, table);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < HD / 2; i++) {
+                double th = pos[t] * pow(10000.0, -2.0 * i / HD);
+                const float *v = ref + (t * H + h) * HD;
+                assert_close(x[(t * H + h) * HD + i], v[i] * cos(th) - v[i + HD / 2] * sin(th),
+                             1e-5, "rope lo");
+                assert_close(x[(t * H + h) * HD + i + HD / 2],
+                             v[i + HD / 2] * cos(th) + v[i] * sin(th), 1e-5, "rope hi");
+            }
+}
+
+/* Naive causal attention for one row in double. */
+static void naive_attention(double *out, const float *q, const float *k, const float *v, int L,
+                            int nh, int nkv, int hd, float scale, float cap, int window,
+                            double *last_probs) {
+    int g = nh / nkv;
+    double *p = malloc(sizeof(double) * L);
+    for (int i = 0; i < L * nh * hd; i++) out[i] = 0;
+    for (int j = 0; j < L; j++) last_probs[j] = 0;
+    for (int h = 0; h < nh; h++)
+        for (int t = 0; t < L; t++) {
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j <= t; j++) {
+                double s = 0;
+                for (int i = 0; i < hd; i++)
+                    s += (double)q[(t * nh + h) * hd + i] * k[(j * nkv + h / g) * hd + i];
+                s *= scale;
+                if (cap > 0) s = cap * tanh(s / cap);
+                if (window > 0 && t - j >= window) s = -INFINITY;
+                p[j] = s;
+                if (s > mx) mx = s;
+            }
+            for (int j = 0; j <= t; j++) sum += p[j] = isinf(p[j]) ? 0 : exp(p[j] - mx);
+            for (int j = 0; j <= t; j++) {
+                p[j] /= sum;
+                if (t == L - 1) last_probs[j] += p[j];
+                for (int i = 0; i < hd; i++)
+                    out[(t * nh + h) * hd + i] += p[j] * v[(j * nkv + h / g) * hd + i];
+            }
+        }
+    free(p);
+}
+
+static void test_attention(void **state) {
+    enum { NH = 4, NKV = 2, HD = 8, MAXL = 9 };
+    int32_t off[3] = {0, 9, 10}, len[3] = {9, 1, 6};
+    int T = 16;
+    float q[16 * NH * HD], k[16 * NKV * HD], v[16 * NKV * HD], out[16 * NH * HD];
+    float scratch[8 * MAXL], probs[16];
+    double ref[MAXL * NH * HD], ref_p[MAXL];
+    unsigned s = 3;
+    for (int i = 0; i < T * NH * HD; i++) q[i] = 2 * frand(&s);
+    for (int i = 0; i < T * NKV * HD; i++) k[i] = 2 * frand(&s), v[i] = frand(&s);
+    for (int variant = 0; variant < 3; variant++) {
+        float cap = variant == 1 ? 1.5f : 0.0f;
+        int window = variant == 2 ? 3 : 0;
+        mr_attn_args a = {.q = q, .k = k, .v = v, .out = out, .off = off, .len = len,
+                          .n_rows = 3, .n_heads = NH, .n_kv = NKV, .head_dim = HD,
+                          .scale = 0.35f, .softcap = cap, .window = window,
+                          .last_probs = probs, .scratch = scratch, .max_len = MAXL};
+        mr_attention(&a);
+        for (int r = 0; r < 3; r++) {
+            naive_attention(ref, q + off[r] * NH * HD, k + off[r] * NKV * HD,
+                            v + off[r] * NKV * HD, len[r], NH, NKV, HD, 0.35f, cap, window,
+                            ref_p);
+            for (int i = 0; i < len[r] * NH * HD; i++)
+                assert_close(out[off[r] * NH * HD + i], ref[i], 1e-5, "attention out");
+            for (int j = 0; j < len[r]; j++)
+                assert_close(probs[off[r] + j], ref_p[j], 1e-5, "attention last probs");
+        }
+    }
+}
+
+/* ---- model ---- */
+
+typedef struct fixture {
+    char dir[256];
+    mr_model m;
+    mr_ctx c;
+} fixture;
+
+static void tiny_config(mr_config *c, mr_arch arch) {
+    *c = (mr_config){.arch = arch, .n_layers = 4, .d_model = 32, .n_heads = 4, .n_kv_heads = 2,
+                     .head_dim = 8, .d_ff = 48, .vocab_size = 64, .max_pos = 256,
+                     .rope_theta = 10000, .rms_eps = 1e-6f, .bos_token_id = 1,
+                     .layer_wise = 1, .start_layer = 1, .layer_sep = 1, .dtype = MR_DT_F32};
+    if (arch == MR_ARCH_QWEN2) c->attn_bias = 1;
+    if (arch == MR_ARCH_GEMMA2) {
+        c->act = MR_ACT_GELU_TANH;
+        c->attn_softcap = 50;
+        c->final_softcap = 30;
+        c->query_pre_attn_scalar = 8;
+        c->tie_word_embeddings = 1;
+        c->sliding_window = 5;
+    }
+}
+
+static fixture *make_fixture(mr_arch arch, const mr_model_opts *mo) {
+    fixture *f = calloc(1, sizeof *f);
+    mr_config cfg;
+    mr_err err = {0};
+    tiny_config(&cfg, arch);
+    snprintf(f->dir, sizeof f->dir, "%s/tfwd-%d-%d", MR_BINARY_DIR, (int)getpid(), (int)arch);
+    mkdir(f->dir, 0755);
+    if (mr_seeded_write(&cfg, f->dir, 7, &err)) fail_msg("seeded: %s", err.msg);
+    if (mr_model_load(&f->m, f->dir, mo, &err)) fail_msg("load: %s", err.msg);
+    if (mr_ctx_init(&f->c, &f->m, 512, 16, 64, &err)) fail_msg("ctx: %s", err.msg);
+    return f;
+}
+
+static void free_fixture(fixture *f) {
+    char cmd[300];
+    mr_ctx_close(&f->c);
+    mr_model_close(&f->m);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    if (system(cmd)) { /* best effort */ }
+    free(f);
+}
+
+/* n rows of varying passage length (row i: 3 + 5 * i tokens), ids from a fixed stream. */
+static int32_t g_ids[16][64];
+static void make_rows(mr_row *rows, int n) {
+    static const int32_t q[4] = {1, 10, 11, 12}, s[3] = {13, 14, 15};
+    unsigned st = 9;
+    for (int i = 0; i < n; i++) {
+        int np = 3 + 5 * i;
+        for (int j = 0; j < np; j++) g_ids[i][j] = 2 + (int32_t)((frand(&st) + 1) * 30);
+        rows[i] = (mr_row){q, 4, g_ids[i], np, s, 3};
+    }
+}
+
+static void score(fixture *f, const mr_row *rows, int n, const mr_run_opts *o, float *out) {
+    mr_err err = {0};
+    if (mr_model_score(&f->c, rows, n, o, out, NULL, &err)) fail_msg("score: %s", err.msg);
+}
+
+static void opts(mr_run_opts *o, const mr_model *m, int n, const int *exits) {
+    mr_run_opts_default(o, m);
+    o->n_exits = n;
+    memcpy(o->exits, exits, sizeof(int) * n);
+}
+
+static void check_exits_in_one_pass(mr_arch arch) {
+    fixture *f = make_fixture(arch, NULL);
+    mr_row rows[5];
+    mr_run_opts o;
+    float all[5 * 4], one[5];
+    make_rows(rows, 5);
+    opts(&o, &f->m, 4, (int[]){1, 2, 3, 4});
+    score(f, rows, 5, &o, all);
+    for (int e = 0; e < 4; e++) {
+        opts(&o, &f->m, 1, (int[]){e + 1});
+        score(f, rows, 5, &o, one);
+        for (int r = 0; r < 5; r++) assert_close(all[r * 4 + e], one[r], 1e-5, "exit alone");
+    }
+    /* packing: each row alone */
+    opts(&o, &f->m, 4, (int[]){1, 2, 3, 4});
+    for (int r = 0; r < 5; r++) {
+        float alone[4];
+        score(f, &rows[r], 1, &o, alone);
+        for (int e = 0; e < 4; e++) assert_close(alone[e], all[r * 4 + e], 1e-5, "row alone");
+    }
+    /* distinct rows give distinct scores (the pass is not constant) */
+    assert_true(fabsf(all[0 * 4 + 3] - all[4 * 4 + 3]) > 1e-6);
+    free_fixture(f);
+}
+
+static void test_exits_llama(void **state) { check_exits_in_one_pass(MR_ARCH_LLAMA); }
+static void test_exits_qwen2(void **state) { check_exits_in_one_pass(MR_ARCH_QWEN2); }
+static void test_exits_gemma2(void **state) { check_exits_in_one_pass(MR_ARCH_GEMMA2); }
+
+static void test_compression(void **state) {
+    fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
+    mr_row rows[4];
+    mr_run_opts o;
+    float base[4 * 2], r1[4 * 2], r2[4 * 2], r2a[4 * 2];
+    make_rows(rows, 4);
+    opts(&o, &f->m, 2, (int[]){2, 4});
+    score(f, rows, 4, &o, base);
+    o.n_compress = 2;
+    o.compress_layers[0] = 1;
+    o.compress_layers[1] = 3;
+    score(f, rows, 4, &o, r1); /* ratio 1: no compression */
+    for (int i = 0; i < 8; i++) assert_close(r1[i], base[i], 1e-6, "ratio 1");
+    o.ratio = 2;
+    score(f, rows, 4, &o, r2);
+    o.pooling = MR_POOL_ATTENTION;
+    score(f, rows, 4, &o, r2a);
+    /* exit 2 only sees the compression at layer 1; rows with >= 2 passage tokens change */
+    for (int r = 0; r < 4; r++) {
+        assert_true(fabsf(r2[r * 2] - base[r * 2]) > 1e-7);
+        assert_true(fabsf(r2a[r * 2 + 1] - r2[r * 2 + 1]) > 1e-7);
+    }
+    /* compress layers at or beyond the deepest exit change nothing */
+    o.pooling = MR_POOL_MEAN;
+    o.n_compress = 1;
+    o.compress_layers[0] = 2;
+    o.n_exits = 1;
+    o.exits[0] = 2;
+    score(f, rows, 4, &o, r2);
+    for (int r = 0; r < 4; r++) assert_close(r2[r], base[r * 2], 1e-6, "compress after exit");
+    free_fixture(f);
+}
+
+static void test_pruning(void **state) {
+    fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
+    mr_row rows[6];
+    mr_run_opts o;
+    float base[6 * 3], pr[6 * 3];
+    int depth[6];
+    mr_err err = {0};
+    make_rows(rows, 6);
+    opts(&o, &f->m, 3, (int[]){1, 2, 4});
+    score(f, rows, 6, &o, base);
+    o.n_prune = 2;
+    o.prune[0] = (mr_prune){.layer = 1, .top_k = 4};
+    o.prune[1] = (mr_prune){.layer = 2, .top_k = 2};
+    assert_int_equal(mr_model_score(&f->c, rows, 6, &o, pr, depth, &err), 0);
+    int kept1 = 0, kept2 = 0;
+    for (int r = 0; r < 6; r++) {
+        assert_close(pr[r * 3], base[r * 3], 1e-6, "exit 1 for all rows");
+        int better = 0;
+        for (int j = 0; j < 6; j++)
+            better += base[j * 3] > base[r * 3] || (base[j * 3] == base[r * 3] && j < r);
+        if (better < 4) {
+            kept1++;
+            assert_close(pr[r * 3 + 1], base[r * 3 + 1], 1e-5, "survivor at exit 2");
+            if (!isnan(pr[r * 3 + 2])) {
+                kept2++;
+                assert_close(pr[r * 3 + 2], base[r * 3 + 2], 1e-5, "survivor at exit 4");
+                assert_int_equal(depth[r], 4);
+            } else {
+                assert_int_equal(depth[r], 2);
+            }
+        } else {
+            assert_true(isnan(pr[r * 3 + 1]) && isnan(pr[r * 3 + 2]));
+            assert_int_equal(depth[r], 1);
+        }
+    }
+    assert_int_equal(kept1, 4);
+    assert_int_equal(kept2, 2);
+    /* threshold pruning: min_score above every score drops all rows after exit 1 */
+    o.n_prune = 1;
+    o.prune[0] = (mr_prune){.layer = 1, .top_k = 0, .min_score = 1e9f};
+    score(f, rows, 6, &o, pr);
+    for (int r = 0; r < 6; r++) assert_true(isnan(pr[r * 3 + 2]));
+    free_fixture(f);
+}
+
+static void write_adapter(const char *dir, const mr_model *m, float bscale) {
+    const mr_config *c = &m->cfg;
+    enum { R = 2 };
+    int n = c->n_layers * 2 + m->n_heads_exit;
+    const char **mods = calloc(n, sizeof *mods);
+    int64_t *in = calloc(n, 8), *out = calloc(n, 8);
+    float **A = calloc(n, sizeof *A), **B = calloc(n, sizeof *B);
+    char (*names)[64] = calloc(n, 64);
+    unsigned s = 11;
+    int i = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        snprintf(names[i], 64, "model.layers.%d.self_attn.q_proj", l);
+        in[i] = c->d_model, out[i] = c->n_heads * c->head_dim, i++;
+        snprintf(names[i], 64, "model.layers.%d.mlp.down_proj", l);
+        in[i] = c->d_ff, out[i] = c->d_model, i++;
+    }
+    for (int k = 0; k < m->n_heads_exit; k++) {
+        snprintf(names[i], 64, "lm_head.%d.linear_head", k);
+        in[i] = c->d_model, out[i] = 1, i++;
+    }
+    for (i = 0; i < n; i++) {
+        mods[i] = names[i];
+        A[i] = malloc(4 * R * in[i]);
+        B[i] = malloc(4 * R * out[i]);
+        for (int j = 0; j < R * in[i]; j++) A[i][j] = 0.2f * frand(&s);
+        for (int j = 0; j < R * out[i]; j++) B[i][j] = bscale * frand(&s);
+    }
+    mr_err err = {0};
+    mkdir(dir, 0755);
+    if (mr_adapter_save(dir, R, 4.0f, n, mods, in, out, (const float *const *)A,
+                        (const float *const *)B, MR_DT_F32, &err))
+        fail_msg("adapter save: %s", err.msg);
+    for (i = 0; i < n; i++) free(A[i]), free(B[i]);
+    free(A), free(B), free(mods), free(in), free(out), free(names);
+}
+
+static void test_lora_merged_equals_unmerged(void **state) {
+    fixture *base = make_fixture(MR_ARCH_LLAMA, NULL);
+    char ad[300], ad0[300];
+    snprintf(ad, sizeof ad, "%s/adapter", base->dir);
+    snprintf(ad0, sizeof ad0, "%s/adapter0", base->dir);
+    write_adapter(ad, &base->m, 0.3f);
+    write_adapter(ad0, &base->m, 0.0f);
+    mr_row rows[3];
+    mr_run_opts o;
+    float s_base[3 * 2], s_m[3 * 2], s_u[3 * 2], s_off[3 * 2];
+    make_rows(rows, 3);
+    opts(&o, &base->m, 2, (int[]){2, 4});
+    score(base, rows, 3, &o, s_base);
+
+    mr_model merged, unmerged;
+    mr_ctx cm, cu;
+    mr_err err = {0};
+    const char *both[2] = {ad0, ad};
+    mr_model_opts mo = {.adapters = both, .n_adapters = 2, .merge = 1};
+    assert_int_equal(mr_model_load(&merged, base->dir, &mo, &err), 0);
+    mo.merge = 0;
+    assert_int_equal(mr_model_load(&unmerged, base->dir, &mo, &err), 0);
+    assert_int_equal(mr_ctx_init(&cm, &merged, 256, 4, 64, &err), 0);
+    assert_int_equal(mr_ctx_init(&cu, &unmerged, 256, 4, 64, &err), 0);
+    o.adapter_mask = 0;
+    assert_int_equal(mr_model_score(&cm, rows, 3, &o, s_m, NULL, &err), 0);
+    o.adapter_mask = 3;
+    assert_int_equal(mr_model_score(&cu, rows, 3, &o, s_u, NULL, &err), 0);
+    o.adapter_mask = 1; /* only the zero-B adapter: the base model */
+    assert_int_equal(mr_model_score(&cu, rows, 3, &o, s_off, NULL, &err), 0);
+    for (int i = 0; i < 6; i++) {
+        assert_close(s_u[i], s_m[i], 1e-4, "unmerged vs merged");
+        assert_close(s_off[i], s_base[i], 1e-6, "zero adapter");
+        assert_true(fabsf(s_m[i] - s_base[i]) > 1e-4);
+    }
+    /* merging must not write through to the checkpoint file: reload the base and compare */
+    mr_model fresh;
+    mr_ctx cf;
+    float s_fresh[3 * 2];
+    assert_int_equal(mr_model_load(&fresh, base->dir, NULL, &err), 0);
+    assert_int_equal(mr_ctx_init(&cf, &fresh, 256, 4, 64, &err), 0);
+    o.adapter_mask = 0;
+    assert_int_equal(mr_model_score(&cf, rows, 3, &o, s_fresh, NULL, &err), 0);
+    for (int i = 0; i < 6; i++) assert_close(s_fresh[i], s_base[i], 0, "base after merge");
+    mr_ctx_close(&cf);
+    mr_model_close(&fresh);
+    mr_ctx_close(&cm);
+    mr_ctx_close(&cu);
+    mr_model_close(&merged);
+    mr_model_close(&unmerged);
+    free_fixture(base);
+}
+
+static void test_bad_input(void **state) {
+    fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
+    mr_row rows[2];
+    mr_run_opts o;
+    float sc[8];
+    mr_err err = {0};
+    make_rows(rows, 2);
+    opts(&o, &f->m, 1, (int[]){4});
+    int32_t bad[3] = {1, 64, 2};
+    mr_row r = rows[0];
+    r.p = bad;
+    r.np = 3;
+    assert_int_equal(mr_model_score(&f->c, &r, 1, &o, sc, NULL, &err), MR_EINVAL);
+    assert_non_null(strstr(err.msg, "64"));
+    r = rows[0];
+    r.ns = 0;
+    assert_int_equal(mr_model_score(&f->c, &r, 1, &o, sc, NULL, &err), MR_EINVAL);
+    o.exits[0] = 5;
+    assert_int_equal(mr_model_score(&f->c, rows, 2, &o, sc, NULL, &err), MR_EINVAL);
+    assert_non_null(strstr(err.msg, "exit"));
+    o.exits[0] = 4;
+    o.ratio = 3;
+    assert_int_equal(mr_model_score(&f->c, rows, 2, &o, sc, NULL, &err), MR_EINVAL);
+    o.ratio = 2;
+    o.pooling = MR_POOL_ATTENTION;
+    o.n_compress = 1;
+    o.compress_layers[0] = 0;
+    assert_int_equal(mr_model_score(&f->c, rows, 2, &o, sc, NULL, &err), MR_EINVAL);
+    o.n_compress = 0;
+    o.n_prune = 1;
+    o.prune[0] = (mr_prune){.layer = 3, .top_k = 1};
+    assert_int_equal(mr_model_score(&f->c, rows, 2, &o, sc, NULL, &err), MR_EINVAL);
+    free_fixture(f);
+}
+
+static void test_missing_tensor(void **state) {
+    mr_config cfg;
+    mr_err err = {0};
+    mr_model m;
+    char dir[256], cmd[600];
+    tiny_config(&cfg, MR_ARCH_LLAMA);
+    snprintf(dir, sizeof dir, "%s/tfwd-missing-%d", MR_BINARY_DIR, (int)getpid());
+    mkdir(dir, 0755);
+    assert_int_equal(mr_seeded_write(&cfg, dir, 1, &err), 0);
+    /* declare one more layer than the file has */
+    cfg.n_layers = 5;
+    snprintf(cmd, sizeof cmd, "%s/config.json", dir);
+    assert_int_equal(mr_config_save(&cfg, cmd, &err), 0);
+    assert_int_not_equal(mr_model_load(&m, dir, NULL, &err), 0);
+    assert_non_null(strstr(err.msg, "model.layers.4."));
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_exits_llama),
+        cmocka_unit_test(test_exits_qwen2),
+        cmocka_unit_test(test_exits_gemma2),
+        cmocka_unit_test(test_compression),
+        cmocka_unit_test(test_pruning),
+        cmocka_unit_test(test_lora_merged_equals_unmerged),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_missing_tensor),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
