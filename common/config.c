@@ -438,6 +438,11 @@ static int add_float(cJSON *o, const char *key, float v) {
     return cJSON_AddRawToObject(o, key, num) ? 0 : -1;
 }
 
+/* transformers tests soft-capping with "is not None": 0 must be written as null, not 0. */
+static int add_cap(cJSON *o, const char *key, float v) {
+    return v > 0 ? add_float(o, key, v) : cJSON_AddNullToObject(o, key) ? 0 : -1;
+}
+
 static int add_int(cJSON *o, const char *key, int v) {
     return cJSON_AddNumberToObject(o, key, v) ? 0 : -1;
 }
@@ -472,9 +477,11 @@ static int add_arch_keys(cJSON *o, const mr_config *c) {
     case MR_ARCH_GEMMA2:
         return bad || add_str(o, "hidden_activation", act) ||
                add_bool(o, "attention_bias", c->attn_bias) ||
-               add_float(o, "attn_logit_softcapping", c->attn_softcap) ||
-               add_float(o, "final_logit_softcapping", c->final_softcap) ||
-               add_float(o, "query_pre_attn_scalar", c->query_pre_attn_scalar);
+               add_cap(o, "attn_logit_softcapping", c->attn_softcap) ||
+               add_cap(o, "final_logit_softcapping", c->final_softcap) ||
+               add_float(o, "query_pre_attn_scalar", c->query_pre_attn_scalar > 0
+                                                         ? c->query_pre_attn_scalar
+                                                         : (float)c->head_dim);
     }
     return -1;
 }

@@ -263,13 +263,13 @@ int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_er
     m->norm_offset = c->arch == MR_ARCH_GEMMA2 ? 1.0f : 0.0f;
     m->embed_scale = 1.0f;
     if (c->arch == MR_ARCH_GEMMA2) {
-        /* transformers multiplies by sqrt(hidden) cast to the model dtype (60.0 in bf16 for
-         * hidden 3584); the trained weights expect that value. */
+        /* transformers multiplies by sqrt(hidden) cast to the model dtype of config.json
+         * (60.0 in bf16 for hidden 3584); the trained weights expect that value. */
         float s = sqrtf((float)c->d_model);
         uint16_t h;
-        if (m->embed->dtype != MR_DT_F32) {
-            mr_from_f32(&h, &s, m->embed->dtype, 1);
-            mr_to_f32(&s, &h, m->embed->dtype, 1);
+        if (c->dtype != MR_DT_F32) {
+            mr_from_f32(&h, &s, c->dtype, 1);
+            mr_to_f32(&s, &h, c->dtype, 1);
         }
         m->embed_scale = s;
     }

@@ -589,8 +589,9 @@ static int open_index(mr_st_set *set, const char *dir, const char *ipath, mr_err
         return rc;
     root = cJSON_Parse(text);
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-    if (!cJSON_IsObject(wm)) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: not JSON with a weight_map object", ipath);
+    if (!cJSON_IsObject(wm) || !wm->child) {
+        rc = mr_err_set(err, MR_EFORMAT, "%s: not JSON with a non-empty weight_map object",
+                        ipath);
         goto cleanup;
     }
     if ((rc = index_shards(ipath, wm, &shards, &n_shards, err)))

@@ -25,7 +25,10 @@ typedef struct mr_tensor {
     int ndim;                         /* 0..MR_TENSOR_MAX_DIMS */
     int64_t shape[MR_TENSOR_MAX_DIMS];
     int64_t numel;                    /* product of shape (1 for ndim 0) */
-    void *data;                       /* inside the mapping; numel * mr_dtype_size(dtype) bytes */
+    void *data;                       /* inside the mapping; numel * mr_dtype_size(dtype) bytes.
+                                         Offsets are arbitrary, so data may be unaligned for
+                                         its dtype (F32 included): read it with mr_to_f32 or
+                                         memcpy, never through a float or uint16_t pointer */
 } mr_tensor;
 
 typedef struct mr_st_file mr_st_file; /* one mapped file (private) */

@@ -592,6 +592,8 @@ static void test_index_missing_tensor(void **state) {
     assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_ENOTFOUND);
     assert_non_null(strstr(err.msg, "model-00009-of-00009.safetensors"));
 
+    write_text(ipath, "{\"weight_map\":{}}");
+    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
     write_text(ipath, "{\"weight_map\":[1,2]}");
     assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
     write_text(ipath, "not json");

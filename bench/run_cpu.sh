@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# run_cpu.sh: the mrank CPU benchmark in one command.
+#   builds mrank and bench_engine (Release), writes a seeded benchmark checkpoint, runs
+#   bench_engine (C engine) and bench/torch_eager.py (PyTorch eager baseline) on the same 100
+#   rows at the same thread count, and prints the final table:
+#   C pairs/s / PyTorch pairs/s per configuration (target >= 1.5x) and the engine's linear-layer
+#   efficiency vs the OpenBLAS sgemm peak measured in the same run (target >= 70%).
+#
+# Environment (all optional): THREADS (default 2), REPS (timed runs per config, default 3),
+# WARMUP (default 1), BATCH (torch batch size, 0 = all rows, default 0), LAYERS HIDDEN HEADS
+# KV_HEADS INTERMEDIATE (checkpoint shape, default 4 512 8 4 1536), BUILD (build folder,
+# default build-bench), OUT (results folder, default $BUILD/bench-cpu), PYTHON (default
+# /usr/bin/python3, the Debian python with torch 1.13 CPU and numpy).
+# OPENBLAS_CORETYPE is left as the environment has it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+THREADS=${THREADS:-2}
+REPS=${REPS:-3}
+WARMUP=${WARMUP:-1}
+BATCH=${BATCH:-0}
+LAYERS=${LAYERS:-4}
+HIDDEN=${HIDDEN:-512}
+HEADS=${HEADS:-8}
+KV_HEADS=${KV_HEADS:-4}
+INTERMEDIATE=${INTERMEDIATE:-1536}
+BUILD=${BUILD:-build-bench}
+OUT=${OUT:-$BUILD/bench-cpu}
+PYTHON=${PYTHON:-/usr/bin/python3}
+export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
+
+echo "== build (Release) into $BUILD"
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD" -j2 --target mrank >/dev/null
+if grep -Eq '^[[:space:]]*add_subdirectory\(bench\)' CMakeLists.txt; then
+  cmake --build "$BUILD" -j2 --target bench_engine >/dev/null
+  BENCH=$BUILD/bench/bench_engine
+else  # the top-level file does not include bench/ yet: standalone build of bench/
+  cmake -S bench -B "$BUILD/bench-standalone" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$BUILD/bench-standalone" -j2 >/dev/null
+  BENCH=$BUILD/bench-standalone/bench_engine
+fi
+
+mkdir -p "$OUT"
+CKPT=$OUT/ckpt-l${LAYERS}-h${HIDDEN}
+TOK=third_party/tokenizers/llama2/tokenizer.json
+echo "== checkpoint $CKPT (mistral, $LAYERS layers, hidden $HIDDEN, heads $HEADS/$KV_HEADS kv," \
+     "intermediate $INTERMEDIATE, f32, seed 1)"
+init() {
+  "$BUILD/mrank" init-checkpoint --arch mistral --layers "$LAYERS" --hidden "$HIDDEN" \
+    --heads "$HEADS" --kv-heads "$KV_HEADS" --intermediate "$INTERMEDIATE" --vocab-from "$1" \
+    --start-layer 1 --dtype f32 --seed 1 --out "$CKPT"
+}
+if ! init "$TOK"; then  # the vocabulary only sizes the embedding; any tokenizer will do
+  echo "   llama2 tokenizer did not load; using qwen3's vocabulary instead"
+  init third_party/tokenizers/qwen3/tokenizer.json
+fi
+
+echo "== machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/.*: *//'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== C engine: OMP_NUM_THREADS=$OMP_NUM_THREADS OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS" \
+     "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+"$BENCH" --model "$CKPT" --reps "$REPS" --warmup "$WARMUP" --rows-out "$OUT/rows.json" \
+  | tee "$OUT/c.txt"
+echo
+echo "== PyTorch eager ($PYTHON), $THREADS threads, load $(cut -d' ' -f1-3 /proc/loadavg)"
+set +e
+"$PYTHON" bench/torch_eager.py --rows "$OUT/rows.json" --threads "$THREADS" --reps "$REPS" \
+  --warmup "$WARMUP" --batch-size "$BATCH" --out "$OUT/torch.json" | tee "$OUT/torch.txt"
+check=${PIPESTATUS[0]}
+set -e
+echo
+"$PYTHON" - "$OUT/rows.json" "$OUT/torch.json" <<'EOF' | tee "$OUT/summary.txt"
+import json, sys
+c = json.load(open(sys.argv[1]))
+t = {r["name"]: r for r in json.load(open(sys.argv[2]))["configs"]}
+print(f"final table ({c['threads']} threads; sgemm peak {c['sgemm_peak_gflops']:.1f} GFLOP/s on the"
+      f" model's layer shape mix, best single shape {c['sgemm_best_shape_gflops']:.1f})")
+print(f"{'config':<20} {'C pairs/s':>10} {'torch pairs/s':>14} {'C/torch':>8} {'target':>7}"
+      f" {'C GFLOP/s':>10} {'lin. eff':>9} {'target':>7} {'rel diff':>9}")
+for cfg in c["configs"]:
+    r = t.get(cfg["name"])
+    if not r:
+        continue
+    sp = cfg["c_pairs_per_s"] / r["torch_pairs_per_s"]
+    eff = 100 * cfg["c_efficiency"]
+    print(f"{cfg['name']:<20} {cfg['c_pairs_per_s']:>10.2f} {r['torch_pairs_per_s']:>14.2f}"
+          f" {sp:>7.2f}x {'ok' if sp >= 1.5 else 'MISS':>7} {cfg['c_gflops']:>10.1f}"
+          f" {eff:>8.1f}% {'ok' if eff >= 70 else 'MISS':>7} {r['max_rel_diff']:>9.1e}")
+EOF
+echo "results in $OUT (c.txt, torch.txt, summary.txt, rows.json, torch.json)"
+exit "$check"

@@ -1,0 +1,190 @@
+#!/usr/bin/python3
+"""grid.py: the C engine (`mrank score`) against the PyTorch oracle (mr_ref.py) over a grid.
+
+Usage: grid.py MRANK_BINARY WORKDIR [--quick]
+
+Checkpoints: tiny Mistral, Qwen2 and Gemma2 models written independently of the C code by
+make_tiny.py (f32; bf16 and sharded variants; Gemma2 with a sliding window shorter than the
+rows), one written by `mrank init-checkpoint`, each with the real tokenizer.json of its family.
+Grid: exits x compress ratio x compress layers x pooling x LoRA (none, one, two adapters in
+order, merged and unmerged) x head indexing x sigmoid x pruning. Token ids come from
+`mrank tokenize --json`, so the oracle scores exactly the C engine's input.
+Tolerance: |c - ref| <= 1e-4 * max(|ref|, 1e-2) (fp32 engine against a float64 oracle).
+Prints 'N passed, M failed'; exit status 1 on any failure.
+"""
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import mr_ref  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(HERE))
+TOK = os.path.join(REPO, "third_party", "tokenizers")
+RTOL, FLOOR = 1e-4, 1e-2
+
+QUERY = "what is the capital of France?"
+PASSAGES = [
+    "Paris is the capital and most populous city of France, on the Seine.",
+    "The population of China is over 1.4 billion people.",
+    "A",
+    "Lyon and Marseille are large French cities; Paris, however, is where the government "
+    "sits, with the president at the Elysee Palace and parliament at the Palais Bourbon. "
+    "The city has been the seat of power for most of the last thousand years.",
+]
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), r.returncode, r.stderr))
+    return r.stdout
+
+
+def make_models(mrank, work):
+    py = "/usr/bin/python3"
+    specs = [
+        ("mistral-f32", "mistral", "llama2", ["--dtype", "f32"]),
+        ("mistral-bf16-shards", "mistral", "llama2", ["--dtype", "bf16", "--shards", "3",
+                                                      "--rope-nested"]),
+        ("qwen2-f32", "qwen2", "qwen3", ["--dtype", "f32"]),
+        ("gemma2-f32", "gemma2", "gemma3", ["--dtype", "f32", "--sliding-window", "12"]),
+    ]
+    models = []
+    for name, arch, tok, extra in specs:
+        d = os.path.join(work, name)
+        vocab = json.load(open(os.path.join(TOK, tok, "tokenizer.json")))
+        n_vocab = max(max(vocab["model"]["vocab"].values()),
+                      max((t["id"] for t in vocab.get("added_tokens", [])), default=0)) + 1
+        run([py, os.path.join(HERE, "make_tiny.py"), d, "--arch", arch, "--layers", "5",
+             "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--head-dim", "8",
+             "--intermediate", "48", "--vocab", str(n_vocab), "--start-layer", "1",
+             "--seed", "5"] + extra)
+        shutil.copy(os.path.join(TOK, tok, "tokenizer.json"), d)
+        models.append((name, d))
+    d = os.path.join(work, "initckpt-mistral")
+    run([mrank, "init-checkpoint", "--arch", "mistral", "--layers", "4", "--hidden", "32",
+         "--heads", "4", "--kv-heads", "2", "--intermediate", "64", "--vocab-from",
+         os.path.join(TOK, "llama2", "tokenizer.json"), "--start-layer", "2", "--dtype", "f32",
+         "--seed", "9", "--out", d])
+    models.append(("initckpt-mistral", d))
+    for name, d in models:
+        for i, seed in enumerate((1, 2)):
+            run([py, os.path.join(HERE, "make_adapter.py"), d, os.path.join(d, "lora%d" % i),
+                 "--rank", "4", "--alpha", "8", "--seed", str(seed), "--heads"])
+    return models
+
+
+def cases(n_layers, start, quick):
+    """Widths x pooling x two exit sets without LoRA; LoRA variants (one adapter merged, two
+    merged in order, two unmerged) on a few widths; then head indexing, sigmoid and pruning."""
+    exits_sets = [[n_layers], sorted({start, n_layers - 2, n_layers})]
+    base = dict(lora=0, merged=True, head_by_position=False, sigmoid=False, prune=[])
+    widths = [(1, [], "mean")] + [
+        (r, cl, pool) for r in (2, 4, 8) for cl in ([1], [1, 3], [0, 2])
+        for pool in ("mean", "attention") if not (pool == "attention" and 0 in cl)]
+    if quick:
+        widths = widths[::3]
+    for exits in exits_sets:
+        for ratio, clayers, pooling in widths:
+            yield dict(base, exits=exits, ratio=ratio, clayers=clayers, pooling=pooling)
+    for lora, merged in ((1, True), (2, True), (2, False)):
+        for ratio, clayers, pooling in ((1, [], "mean"), (2, [1, 3], "mean"),
+                                        (4, [1], "attention")):
+            yield dict(base, exits=exits_sets[1], ratio=ratio, clayers=clayers, pooling=pooling,
+                       lora=lora, merged=merged)
+    ext = sorted({start, n_layers - 1, n_layers})
+    yield dict(base, exits=ext, ratio=2, clayers=[2], pooling="mean", lora=2,
+               head_by_position=True, sigmoid=True)
+    yield dict(base, exits=ext, ratio=1, clayers=[], pooling="mean",
+               prune=[{"layer": ext[0], "top_k": 3}, {"layer": ext[-2], "top_k": 2}])
+    yield dict(base, exits=ext, ratio=4, clayers=[1], pooling="attention", lora=1,
+               merged=False, prune=[{"layer": ext[0], "min_score": 0.0}])
+
+
+def c_scores(mrank, d, case):
+    cmd = [mrank, "score", "--model", d, "--json", "--query", QUERY,
+           "--exits", ",".join(map(str, case["exits"]))]
+    if case["ratio"] > 1 or case["clayers"]:
+        cmd += ["--compress-ratio", str(case["ratio"]),
+                "--compress-layers", ",".join(map(str, case["clayers"]))]
+    cmd += ["--pooling", case["pooling"]]
+    for i in range(case["lora"]):
+        cmd += ["--adapter", os.path.join(d, "lora%d" % i)]
+    if not case["merged"]:
+        cmd.append("--unmerged")
+    if case["head_by_position"]:
+        cmd.append("--head-by-position")
+    if case["sigmoid"]:
+        cmd.append("--sigmoid")
+    for p in case["prune"]:
+        cmd += ["--prune", "%d:top=%d" % (p["layer"], p["top_k"]) if "top_k" in p
+                else "%d:min=%g" % (p["layer"], p["min_score"])]
+    for p in PASSAGES:
+        cmd += ["--passage", p]
+    out = json.loads(run(cmd))
+    return [r["scores"] for r in out["results"]]
+
+
+def main(argv):
+    if len(argv) < 3:
+        sys.stderr.write(__doc__)
+        return 2
+    mrank, work, quick = argv[1], argv[2], "--quick" in argv
+    os.makedirs(work, exist_ok=True)
+    models = make_models(mrank, work)
+    passed = failed = 0
+    worst = 0.0
+    for name, d in models:
+        tok_cmd = [mrank, "tokenize", "--model", d, "--json", "--query", QUERY]
+        for p in PASSAGES:
+            tok_cmd += ["--passage", p]
+        rows = json.loads(run(tok_cmd))["rows"]
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        n_layers, start = cfg["num_hidden_layers"], cfg["start_layer"]
+        oracles = {}
+        model_worst = 0.0
+        for case in cases(n_layers, start, quick):
+            key = case["lora"]
+            if key not in oracles:
+                oracles[key] = mr_ref.Model(d, [os.path.join(d, "lora%d" % i)
+                                                for i in range(key)])
+            ref = mr_ref.score(oracles[key], rows, case["exits"], case["ratio"], case["clayers"],
+                               case["pooling"], case["sigmoid"], case["head_by_position"],
+                               case["prune"])
+            try:
+                got = c_scores(mrank, d, case)
+            except RuntimeError as e:
+                failed += 1
+                print("FAIL %s %s: %s" % (name, case, e))
+                continue
+            bad = None
+            for r, (g, w) in enumerate(zip(got, ref)):
+                for e, (a, b) in enumerate(zip(g, w)):
+                    if (a is None) != (b is None):
+                        bad = "row %d exit %d: pruned mismatch (C %s, ref %s)" % (r, e, a, b)
+                    elif a is not None:
+                        err = abs(a - b) / max(abs(b), FLOOR)
+                        worst = max(worst, err)
+                        model_worst = max(model_worst, err)
+                        if not err <= RTOL:
+                            bad = "row %d exit %d: C %.9g ref %.9g (rel %.2e)" % (r, e, a, b, err)
+            if bad:
+                failed += 1
+                print("FAIL %s %s: %s" % (name, case, bad), flush=True)
+            else:
+                passed += 1
+        print("%s: worst relative error %.2e; %d passed so far, %d failed"
+              % (name, model_worst, passed, failed), flush=True)
+    print("worst relative error %.2e (tolerance %.0e)" % (worst, RTOL))
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
