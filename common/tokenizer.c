@@ -953,7 +953,7 @@ static int load_pretok(ld *L, const cJSON *o, const char *where) {
 
 static int set_id_tok(ld *L, int32_t id, const char *s) {
     mr_tokenizer *t = L->t;
-    if (id >= t->n_ids) {
+    if (id >= t->n_ids) {   /* callers pass the largest id first, so this rarely reallocates */
         const char **v = realloc(t->id_tok, (size_t)(id + 1) * sizeof *v);
         if (!v) return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
         for (int32_t i = t->n_ids; i <= id; i++) v[i] = NULL;
@@ -977,6 +977,9 @@ static int load_vocab(ld *L, const cJSON *vocab) {
         if (smap_put(&t->vocab, it->string, strlen(it->string), (int32_t)it->valuedouble))
             return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
     }
+    int32_t max = -1;
+    for (size_t i = 0; i < t->vocab.n; i++) max = t->vocab.val[i] > max ? t->vocab.val[i] : max;
+    if (max >= 0 && set_id_tok(L, max, NULL)) return MR_ENOMEM;
     for (size_t i = 0; i < t->vocab.n; i++)
         if (set_id_tok(L, t->vocab.val[i], t->vocab.key[i])) return MR_ENOMEM;
     return 0;

@@ -6,7 +6,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs=(build-essential cmake pkg-config git
       libopenblas-dev libcjson-dev libpcre2-dev libutf8proc-dev libcmocka-dev
-      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libuv1-dev libmicrohttpd-dev
+      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler grpc-proto libuv1-dev
+      libmicrohttpd-dev python3-grpcio python3-protobuf golang-go golang-google-grpc-dev golang-goprotobuf-dev
       python3 python3-torch python3-numpy)
 missing=()
 for p in "${pkgs[@]}"; do
