@@ -208,7 +208,7 @@ static double sgemm_peak(const mr_config *k, int M, int reps, double *best, FILE
             if (r > 0 && t < tbest) tbest = t;
         }
         double fl = 2.0 * M * sh[s].in * sh[s].out, gf = fl / tbest / 1e9;
-        fprintf(log, "  sgemm (%d x %d) x (%d x %d)^T  %-13s %7.1f GFLOP/s\n", M, sh[s].in,
+        if (log) fprintf(log, "  sgemm (%d x %d) x (%d x %d)^T  %-13s %7.1f GFLOP/s\n", M, sh[s].in,
                 sh[s].out, sh[s].in, sh[s].name, gf);
         mix_flops += fl * sh[s].count;
         mix_time += tbest * sh[s].count;
@@ -385,7 +385,8 @@ int main(int argc, char **argv) {
         printf("  linear FLOPs %.1f G (mr_model_row_flops; engine's own sgemm calls: %.1f G)\n",
                flops / 1e9, kfl[mi] / 1e9);
         printf("  effective %.1f GFLOP/s -> linear-layer efficiency = %.1f%% of sgemm peak "
-               "(%.1f%% of best single shape)\n", gf, 100 * eff, 100 * gf / best_shape);
+               "(%.1f%% of best single shape; first peak measurement, see summary)\n", gf,
+               100 * eff, 100 * gf / best_shape);
         printf("  breakdown (measured, kernel calls timed via --wrap):\n");
         for (int kk = 0; kk < K_N; kk++) {
             sum_k += ktimes[mi][kk];
@@ -399,7 +400,16 @@ int main(int argc, char **argv) {
         fflush(stdout);
     }
 
-    printf("summary (threads %d):\n", nthr);
+    /* the load on a shared machine varies: measure the peak again after the grid and use the
+     * higher of the two for the summary and the JSON */
+    double best2, peak2 = sgemm_peak(k, total_tok, 3, &best2, NULL);
+    printf("sgemm peak re-measured after the grid: %.1f GFLOP/s (best single shape %.1f); "
+           "using the higher: ", peak2, best2);
+    if (peak2 > peak) peak = peak2;
+    if (best2 > best_shape) best_shape = best2;
+    printf("%.1f GFLOP/s\n\n", peak);
+    for (int ci = 0; ci < n_cfg; ci++) res_eff[ci] = res_gf[ci] / peak;
+    printf("summary (threads %d, efficiency vs sgemm peak %.1f GFLOP/s):\n", nthr, peak);
     printf("  %-22s %10s %12s %10s %10s\n", "config", "pairs/s", "GFLOP/s", "eff", "linear%");
     for (int ci = 0; ci < n_cfg; ci++)
         if (ran[ci])

@@ -22,7 +22,6 @@
 #include <pcre2.h>
 #include <utf8proc.h>
 
-#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -15,3 +15,16 @@ for name in llama2 qwen3 gemma3; do
   [ -f "$tmp/package/models/tokenizer_config.json" ] && cp "$tmp/package/models/tokenizer_config.json" "$dst/$name/"
   rm -rf "$tmp"
 done
+
+# llama.cpp's tokenizer test vectors (models/ggml-vocab-*.gguf.inp/.out): node-llama-cpp ships the
+# llama.cpp sources as a git bundle (llama/gitRelease.bundle); clone it into third_party/llama.cpp.
+# tests/test_tokenizer.c compares the qwen2 and gemma-4 vectors, whose GGUF vocab and merges equal
+# our qwen3 and gemma3 tokenizer.json files.
+if [ ! -d "$here/third_party/llama.cpp/models" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "node-llama-cpp@3.22.1" >/dev/null)
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/llama/gitRelease.bundle
+  rm -rf "$here/third_party/llama.cpp"
+  git -c advice.detachedHead=false clone --quiet "$tmp/package/llama/gitRelease.bundle" "$here/third_party/llama.cpp"
+  rm -rf "$tmp"
+fi

@@ -14,3 +14,9 @@ cmake --build build -j"$jobs"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMR_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs" -LE slow)
+
+# Fuzz smoke run: every parser of untrusted bytes (safetensors, config JSON, tokenizer input,
+# protobuf requests) under libFuzzer + ASan/UBSan for a bounded time each.
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMR_FUZZ=ON -DMR_NATIVE=OFF >/dev/null
+cmake --build build-fuzz -j"$jobs" --target $(cd fuzz && ls fuzz_*.c | sed 's/\.c$//' | tr '\n' ' ')
+bash scripts/fuzz.sh build-fuzz "${MR_FUZZ_SECONDS:-20}"

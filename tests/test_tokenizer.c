@@ -104,6 +104,64 @@ static void test_golden_llama2(void **st) { (void)st; golden("llama2"); }
 static void test_golden_qwen3(void **st) { (void)st; golden("qwen3"); }
 static void test_golden_gemma3(void **st) { (void)st; golden("gemma3"); }
 
+/* llama.cpp's models/ggml-vocab-<vocab>.gguf.inp/.out (inputs separated by a marker line, ids
+ * made by HF AutoTokenizer with add_special_tokens=False) run through one of our tokenizers.
+ * Only vocabularies whose GGUF has the same regular tokens and merges as our file are compared:
+ * qwen2 (Qwen1.5) = qwen3 for ids < 151643. Returns the number of mismatches. */
+static size_t llamacpp(const char *vocab, const char *ours, size_t *total) {
+    char path[1024];
+    snprintf(path, sizeof path, MR_SOURCE_DIR "/third_party/llama.cpp/models/ggml-vocab-%s.gguf.inp", vocab);
+    char *inp = slurp(path, NULL);
+    if (!inp) fail_msg("missing %s: run scripts/fetch-testdata.sh (clones llama.cpp from node-llama-cpp)", path);
+    snprintf(path, sizeof path, MR_SOURCE_DIR "/third_party/llama.cpp/models/ggml-vocab-%s.gguf.out", vocab);
+    char *outs = slurp(path, NULL);
+    if (!outs) fail_msg("missing %s", path);
+    mr_tokenizer *t = load_named(ours);
+    static const char marker[] = "\n__ggml_vocab_test__\n";
+    char *text = inp, *line = outs, *m;
+    size_t bad = 0;
+    *total = 0;
+    while ((m = strstr(text, marker)) && *line) {
+        char *eol = strchr(line, '\n');
+        if (eol) *eol = 0;
+        mr_ids got = {0}, want = {0};
+        for (char *q = line, *e; *q; q = e) {
+            long v = strtol(q, &e, 10);
+            if (e == q) break;
+            mr_ids_push(&want, (int32_t)v);
+        }
+        int rc = mr_tokenizer_encode(t, text, (size_t)(m - text), &got, NULL);
+        bool same = rc == 0 && got.n == want.n && (got.n == 0 || memcmp(got.v, want.v, got.n * sizeof *got.v) == 0);
+        if (!same && bad++ == 0) {
+            fprintf(stderr, "llama.cpp %s via %s: first mismatch, text \"%.*s\"\n", vocab, ours, (int)(m - text), text);
+            print_ids("expected", want.v, want.n);
+            print_ids("got", got.v, got.n);
+        }
+        (*total)++;
+        mr_ids_free(&got); mr_ids_free(&want);
+        text = m + sizeof marker - 1;
+        line = eol ? eol + 1 : line + strlen(line);
+    }
+    fprintf(stderr, "llama.cpp %s via %s: %zu/%zu match\n", vocab, ours, *total - bad, *total);
+    mr_tokenizer_free(t);
+    free(inp); free(outs);
+    return bad;
+}
+
+static void test_llamacpp_qwen2(void **st) {
+    (void)st;
+    size_t total, bad = llamacpp("qwen2", "qwen3", &total);
+    assert_true(total >= 40);
+    assert_int_equal(bad, 0);
+}
+
+static void test_llamacpp_gemma4(void **st) {
+    (void)st;
+    size_t total, bad = llamacpp("gemma-4", "gemma3", &total);
+    assert_true(total >= 40);
+    assert_int_equal(bad, 0);
+}
+
 static void test_lookup(void **st) {
     (void)st;
     mr_tokenizer *t = load_named("llama2");
@@ -318,7 +376,8 @@ static void test_threads(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_llama2),  cmocka_unit_test(test_golden_qwen3),
-        cmocka_unit_test(test_golden_gemma3),  cmocka_unit_test(test_lookup),
+        cmocka_unit_test(test_golden_gemma3),  cmocka_unit_test(test_llamacpp_qwen2),
+        cmocka_unit_test(test_llamacpp_gemma4), cmocka_unit_test(test_lookup),
         cmocka_unit_test(test_empty_and_invalid), cmocka_unit_test(test_special_tokens),
         cmocka_unit_test(test_malformed),      cmocka_unit_test(test_small_file),
         cmocka_unit_test(test_long_input),     cmocka_unit_test(test_threads),

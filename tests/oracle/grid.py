@@ -102,9 +102,28 @@ def cases(n_layers, start, quick):
     yield dict(base, exits=ext, ratio=2, clayers=[2], pooling="mean", lora=2,
                head_by_position=True, sigmoid=True)
     yield dict(base, exits=ext, ratio=1, clayers=[], pooling="mean",
-               prune=[{"layer": ext[0], "top_k": 3}, {"layer": ext[-2], "top_k": 2}])
+               prune=[{"layer": ext[0], "top_k": "auto"}, {"layer": ext[-2], "top_k": "auto"}])
     yield dict(base, exits=ext, ratio=4, clayers=[1], pooling="attention", lora=1,
-               merged=False, prune=[{"layer": ext[0], "min_score": 0.0}])
+               merged=False, prune=[{"layer": ext[-2], "min_score": "auto"}])
+
+
+def fix_prune(case, ref_full):
+    """Turns 'auto' prune steps into concrete ones whose cut falls in the widest gap of the
+    reference scores, so that which rows survive does not hinge on float rounding."""
+    alive = list(range(len(ref_full)))
+    steps = []
+    for st in case["prune"]:
+        e = case["exits"].index(st["layer"])
+        vals = sorted(((ref_full[r][e], r) for r in alive), key=lambda v: (-v[0], v[1]))
+        gaps = [(vals[i][0] - vals[i + 1][0], i + 1) for i in range(len(vals) - 1)]
+        gap, k = max(gaps)
+        if "top_k" in st:
+            steps.append({"layer": st["layer"], "top_k": k})
+        else:
+            steps.append({"layer": st["layer"],
+                          "min_score": (vals[k - 1][0] + vals[k][0]) / 2})
+        alive = [r for _, r in vals[:k]]
+    case["prune"] = steps
 
 
 def c_scores(mrank, d, case):
@@ -124,7 +143,7 @@ def c_scores(mrank, d, case):
         cmd.append("--sigmoid")
     for p in case["prune"]:
         cmd += ["--prune", "%d:top=%d" % (p["layer"], p["top_k"]) if "top_k" in p
-                else "%d:min=%g" % (p["layer"], p["min_score"])]
+                else "%d:min=%.9g" % (p["layer"], p["min_score"])]
     for p in PASSAGES:
         cmd += ["--passage", p]
     out = json.loads(run(cmd))
@@ -150,10 +169,15 @@ def main(argv):
         oracles = {}
         model_worst = 0.0
         for case in cases(n_layers, start, quick):
-            key = case["lora"]
+            # merged adapters are rounded to the weights' dtype; unmerged ones are exact
+            key = (case["lora"], case["merged"])
             if key not in oracles:
                 oracles[key] = mr_ref.Model(d, [os.path.join(d, "lora%d" % i)
-                                                for i in range(key)])
+                                                for i in range(case["lora"])],
+                                            round_merged=case["merged"])
+            if case["prune"]:
+                fix_prune(case, mr_ref.score(oracles[key], rows, case["exits"], case["ratio"],
+                                             case["clayers"], case["pooling"]))
             ref = mr_ref.score(oracles[key], rows, case["exits"], case["ratio"], case["clayers"],
                                case["pooling"], case["sigmoid"], case["head_by_position"],
                                case["prune"])

@@ -226,7 +226,24 @@ class Config:
 # LoRA (PEFT) merging
 # ----------------------------------------------------------------------------------------------
 
-def merge_lora(w, adapter_dir):
+def checkpoint_dtypes(model_dir):
+    """{tensor name: stored dtype (F32, F16, BF16)} over every safetensors file of model_dir."""
+    out = {}
+    for p in glob.glob(os.path.join(model_dir, "*.safetensors")):
+        if not os.path.basename(p).startswith("adapter_model"):
+            out.update({k: v["dtype"] for k, v in read_safetensors_header(p).items()
+                        if k != "__metadata__"})
+    return out
+
+
+_ROUND = {"BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def merge_lora(w, adapter_dir, dtypes=None):
+    """W += scale B A for every pair, in float64. With dtypes ({name: stored dtype}), a merged
+    decoder matrix stored in BF16/F16 is rounded back to that dtype, as PEFT's merge_and_unload
+    on a half-precision model does and as the engine's in-place merge does; exit heads stay
+    exact (the engine keeps them in f32)."""
     with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
         ac = json.load(f)
     if ac.get("rank_pattern") or ac.get("alpha_pattern"):
@@ -258,7 +275,11 @@ def merge_lora(w, adapter_dir):
         W = w[target]
         if A.shape[0] != B.shape[1] or B.shape[0] != W.shape[0] or A.shape[1] != W.shape[1]:
             raise RefError("%s: LoRA shapes for %s do not match" % (path, module))
-        w[target] = W + scale * (B @ A)
+        merged = W + scale * (B @ A)
+        rdt = _ROUND.get((dtypes or {}).get(target))
+        if rdt is not None and not target.startswith("lm_head."):
+            merged = merged.to(rdt).to(F64)
+        w[target] = merged
         n += 1
     for name in t:
         if name.endswith(".lora_B.weight") and name.replace(".lora_B.", ".lora_A.") not in t:
@@ -277,13 +298,14 @@ _TORCH_DT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": to
 
 
 class Model:
-    def __init__(self, model_dir, adapters=()):
+    def __init__(self, model_dir, adapters=(), round_merged=False):
         cp = os.path.join(model_dir, "config.json")
         with open(cp) as f:
             self.cfg = Config(json.load(f), cp)
         self.w = load_checkpoint_tensors(model_dir)
+        dtypes = checkpoint_dtypes(model_dir) if round_merged else None
         for a in adapters:
-            merge_lora(self.w, a)
+            merge_lora(self.w, a, dtypes)
         c = self.cfg
         need = ["model.embed_tokens.weight", "model.norm.weight"]
         for i in range(c.n_layers):

@@ -1,0 +1,117 @@
+/* rpc.h: a small server and client over the gRPC C core, for the worker and the coordinator.
+ *
+ * Messages are opaque bytes here (callers pack and unpack them with protobuf-c); methods are
+ * named by their full path, e.g. "/mrank.v1.Worker/Score". The server owns one completion queue
+ * polled by one thread; arriving calls are handed to a fixed pool of handler threads. It serves
+ * grpc.health.v1.Health/Check itself and answers UNIMPLEMENTED for methods nobody registered.
+ * The client side is a channel (round_robin over every address the target resolves to) with a
+ * blocking unary call and an asynchronous one. No TLS, no client streaming, no reflection.
+ *
+ * Threading: every function may be called from any thread unless noted. A handler runs on a
+ * handler thread and may return before the call is finished: it can pass the call to another
+ * thread (a batcher) which finishes it later. Each call must be finished exactly once, by
+ * mr_rpc_call_finish or mr_rpc_call_fail; the layer frees it afterwards, so the call must not be
+ * touched after that. Message size limit is MR_RPC_MAX_MESSAGE on both sides. gRPC's own log
+ * goes to stderr at ERROR and above unless GRPC_VERBOSITY is set. */
+#ifndef MR_RPC_H
+#define MR_RPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <grpc/status.h>
+
+#include "mr_err.h"
+
+#define MR_RPC_MAX_MESSAGE (64 * 1024 * 1024)
+/* mr_rpc_call_remaining_ms when the client set no deadline. */
+#define MR_RPC_NO_DEADLINE_MS 1e12
+
+/* ---- server ---- */
+
+typedef struct mr_rpc_server mr_rpc_server;
+typedef struct mr_rpc_call mr_rpc_call;
+typedef void (*mr_rpc_handler)(mr_rpc_call *call, void *user);
+
+/* Creates a server that will listen on listen_addr ("127.0.0.1:0", "0.0.0.0:7001", "[::]:0")
+ * with n_threads handler threads (>= 1). Nothing listens until mr_rpc_server_start. */
+int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_threads, mr_err *err);
+/* Registers a method path with a unary (one response) or server-streaming handler; only
+ * before start. MR_EINVAL on a duplicate path or after start. */
+int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user);
+int mr_rpc_server_add_stream(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user);
+/* Binds, starts the threads and begins serving. *bound_port (may be NULL) receives the port,
+ * useful with port 0. MR_EIO when the address cannot be bound. */
+int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err);
+/* Health status reported by grpc.health.v1.Health/Check for service ("" = the whole server).
+ * Every service starts NOT_SERVING, "" included: call with serving=1 once ready. Unknown
+ * services get NOT_FOUND, as the health protocol says. */
+void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving);
+/* Stops serving: every health status goes NOT_SERVING, new calls are refused, calls in flight
+ * get up to drain_ms to finish, then are cancelled (handlers see mr_rpc_call_cancelled and must
+ * still finish them); returns once every call is finished and every thread has stopped. Call
+ * at most once, never from a handler thread. */
+void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms);
+/* Frees the server (shutting it down first, drain 0, if needed). NULL is a no-op. */
+void mr_rpc_server_free(mr_rpc_server *s);
+
+/* The request message (valid until the call is finished; never NULL, possibly len 0). */
+const uint8_t *mr_rpc_call_request(mr_rpc_call *call, size_t *len);
+/* The method path this call was registered under. */
+const char *mr_rpc_call_method(mr_rpc_call *call);
+/* Milliseconds until the client's deadline (negative once passed; MR_RPC_NO_DEADLINE_MS when
+ * none). The deadline arrives rounded up (a 5000 ms deadline may read 5009 ms). */
+double mr_rpc_call_remaining_ms(mr_rpc_call *call);
+/* 1 when the client cancelled, went away, the deadline passed or the server is cancelling
+ * calls at shutdown: work for the call should stop and the call be failed (any status; the
+ * client never sees it). */
+int mr_rpc_call_cancelled(mr_rpc_call *call);
+/* Copies the value of request metadata key (lower case, e.g. "traceparent") into buf;
+ * returns its length, or -1 when absent. */
+int mr_rpc_call_metadata(mr_rpc_call *call, const char *key, char *buf, size_t cap);
+/* Streams: sends one response message and waits until gRPC took it. 0, or MR_ESTATE when the
+ * client is gone (finish the call anyway). Only from one thread at a time per call. */
+int mr_rpc_call_write(mr_rpc_call *call, const uint8_t *buf, size_t len);
+/* Ends the call with OK and a last message (resp may be NULL with len 0 for a stream that has
+ * nothing more to send; a unary call always sends one message). */
+void mr_rpc_call_finish(mr_rpc_call *call, const uint8_t *resp, size_t len);
+/* Ends the call with a non-OK status and message (message may be NULL). */
+void mr_rpc_call_fail(mr_rpc_call *call, grpc_status_code code, const char *message);
+
+/* ---- client ---- */
+
+typedef struct mr_rpc_channel mr_rpc_channel;
+
+/* A channel to target: "127.0.0.1:7001", "localhost:7001", "dns:///workers.svc:7001",
+ * "ipv4:10.0.0.1:7001,10.0.0.2:7001". round_robin over the resolved addresses. Connects
+ * lazily. */
+int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err);
+/* Waits for in-flight asynchronous calls to complete (their callbacks run), then frees. */
+void mr_rpc_channel_free(mr_rpc_channel *ch);
+
+/* Blocking unary call. timeout_ms <= 0 means no deadline; otherwise returns by the deadline
+ * (plus scheduling noise). On return *status and msg (NUL-terminated, may be NULL/0) are set;
+ * on OK, *resp is a malloc'd copy of the response (caller frees; NULL when len 0). Returns 0
+ * on OK, MR_EIO for any non-OK status, MR_EINVAL on bad arguments. Fails fast with
+ * UNAVAILABLE while no server is reachable. */
+int mr_rpc_unary(mr_rpc_channel *ch, const char *method, const uint8_t *req, size_t req_len,
+                 double timeout_ms, uint8_t **resp, size_t *resp_len, grpc_status_code *status,
+                 char *msg, size_t msg_cap);
+
+typedef struct mr_rpc_opts {
+    double timeout_ms;          /* <= 0: no deadline */
+    int wait_for_ready;         /* 1: wait for a connection (until the deadline) instead of
+                                 * failing UNAVAILABLE at once */
+    const char *traceparent;    /* W3C trace context sent as "traceparent" metadata, or NULL */
+} mr_rpc_opts;
+
+/* Called once per asynchronous call on the channel's polling thread (keep it short; do not
+ * free the channel from it). resp is valid only during the callback. */
+typedef void (*mr_rpc_done)(void *user, grpc_status_code status, const char *msg,
+                            const uint8_t *resp, size_t resp_len);
+/* Starts a unary call and returns at once; done runs exactly once when it completes (also on
+ * a start failure, then with a non-OK status). 0, or MR_EINVAL/MR_ENOMEM (done not run). */
+int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *req,
+                       size_t req_len, const mr_rpc_opts *opts, mr_rpc_done done, void *user);
+
+#endif

@@ -1,0 +1,298 @@
+/* rpc_client.c: the gRPC core client behind rpc.h: a channel and unary calls.
+ *
+ * A channel owns one completion queue and one thread polling it; every call is a single batch
+ * (send metadata + message + close, receive metadata + message + status) whose completion runs
+ * the caller's callback on that thread. The blocking mr_rpc_unary is the asynchronous call
+ * plus a condition variable. The call deadline guarantees completion, so a blocking call never
+ * outlives its timeout by more than scheduling noise. Load balancing is round_robin, set both
+ * as the channel's LB policy and in its default service config. */
+#define _GNU_SOURCE
+#include "rpc.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
+#include <grpc/support/time.h>
+
+struct mr_rpc_channel {
+    grpc_channel *ch;
+    grpc_completion_queue *cq;
+    pthread_t poller;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long pending;
+};
+
+typedef struct ucall {
+    mr_rpc_channel *ch;
+    grpc_call *call;
+    mr_rpc_done done;
+    void *user;
+    grpc_byte_buffer *send, *recv;
+    grpc_metadata md[1];
+    grpc_metadata_array init_md, trail_md;
+    grpc_status_code status;
+    grpc_slice details;
+    const char *error_string;
+} ucall;
+
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+static void log_init(void) {
+    if (!getenv("GRPC_VERBOSITY")) gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);
+}
+
+static void complete(ucall *u, int ok) {
+    uint8_t *resp = NULL;
+    size_t len = 0;
+    char msg[512];
+    grpc_status_code st = ok ? u->status : GRPC_STATUS_INTERNAL;
+    size_t dn = GRPC_SLICE_LENGTH(u->details);
+    snprintf(msg, sizeof msg, "%.*s", (int)(dn < 500 ? dn : 500),
+             (const char *)GRPC_SLICE_START_PTR(u->details));
+    if (!ok) snprintf(msg, sizeof msg, "rpc batch failed");
+    grpc_slice all = grpc_empty_slice();
+    if (st == GRPC_STATUS_OK) {
+        grpc_byte_buffer_reader r;
+        if (u->recv && grpc_byte_buffer_reader_init(&r, u->recv)) {
+            all = grpc_byte_buffer_reader_readall(&r);
+            grpc_byte_buffer_reader_destroy(&r);
+            resp = GRPC_SLICE_START_PTR(all);
+            len = GRPC_SLICE_LENGTH(all);
+        } else if (!u->recv) {
+            st = GRPC_STATUS_INTERNAL;
+            snprintf(msg, sizeof msg, "OK status without a response message");
+        }
+    }
+    u->done(u->user, st, msg, resp, len);
+    grpc_slice_unref(all);
+    if (u->send) grpc_byte_buffer_destroy(u->send);
+    if (u->recv) grpc_byte_buffer_destroy(u->recv);
+    grpc_metadata_array_destroy(&u->init_md);
+    grpc_metadata_array_destroy(&u->trail_md);
+    grpc_slice_unref(u->details);
+    if (u->error_string) gpr_free((void *)u->error_string);
+    if (u->call) grpc_call_unref(u->call);
+    mr_rpc_channel *ch = u->ch;
+    free(u);
+    pthread_mutex_lock(&ch->mu);
+    if (--ch->pending == 0) pthread_cond_broadcast(&ch->cv);
+    pthread_mutex_unlock(&ch->mu);
+}
+
+static void *poll_main(void *arg) {
+    mr_rpc_channel *ch = arg;
+    for (;;) {
+        grpc_event ev =
+            grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+        if (ev.type == GRPC_OP_COMPLETE) complete(ev.tag, ev.success);
+    }
+    return NULL;
+}
+
+int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err) {
+    *out = NULL;
+    if (!target || !*target) return mr_err_set(err, MR_EINVAL, "rpc channel: empty target");
+    mr_rpc_channel *ch = calloc(1, sizeof *ch);
+    if (!ch) return mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory");
+    pthread_once(&log_once, log_init);
+    grpc_init();
+    grpc_arg args[6];
+    int n = 0;
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                           .value.integer = MR_RPC_MAX_MESSAGE};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+                           .value.integer = MR_RPC_MAX_MESSAGE};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_STRING, .key = (char *)GRPC_ARG_LB_POLICY_NAME,
+                           .value.string = (char *)"round_robin"};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_STRING, .key = (char *)GRPC_ARG_SERVICE_CONFIG,
+                           .value.string =
+                               (char *)"{\"loadBalancingConfig\":[{\"round_robin\":{}}]}"};
+    /* a restarted worker is found again within a fraction of a second, not after 1 s+ */
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+                           .value.integer = 100};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+                           .value.integer = 2000};
+    grpc_channel_args ca = {(size_t)n, args};
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    ch->ch = grpc_channel_create(target, creds, &ca);
+    grpc_channel_credentials_release(creds);
+    ch->cq = grpc_completion_queue_create_for_next(NULL);
+    pthread_mutex_init(&ch->mu, NULL);
+    pthread_cond_init(&ch->cv, NULL);
+    if (!ch->ch || pthread_create(&ch->poller, NULL, poll_main, ch)) {
+        if (ch->ch) grpc_channel_destroy(ch->ch);
+        grpc_completion_queue_shutdown(ch->cq);
+        while (grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+                   .type != GRPC_QUEUE_SHUTDOWN) {
+        }
+        grpc_completion_queue_destroy(ch->cq);
+        pthread_mutex_destroy(&ch->mu);
+        pthread_cond_destroy(&ch->cv);
+        free(ch);
+        grpc_shutdown();
+        return mr_err_set(err, MR_EIO, "rpc channel: cannot create a channel to '%s'", target);
+    }
+    *out = ch;
+    return 0;
+}
+
+void mr_rpc_channel_free(mr_rpc_channel *ch) {
+    if (!ch) return;
+    pthread_mutex_lock(&ch->mu);
+    while (ch->pending > 0) pthread_cond_wait(&ch->cv, &ch->mu);
+    pthread_mutex_unlock(&ch->mu);
+    grpc_channel_destroy(ch->ch);
+    grpc_completion_queue_shutdown(ch->cq);
+    pthread_join(ch->poller, NULL);
+    grpc_completion_queue_destroy(ch->cq);
+    pthread_mutex_destroy(&ch->mu);
+    pthread_cond_destroy(&ch->cv);
+    free(ch);
+    grpc_shutdown();
+}
+
+int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *req,
+                       size_t req_len, const mr_rpc_opts *opts, mr_rpc_done done, void *user) {
+    if (!ch || !method || !done || (!req && req_len)) return MR_EINVAL;
+    ucall *u = calloc(1, sizeof *u);
+    if (!u) return MR_ENOMEM;
+    u->ch = ch;
+    u->done = done;
+    u->user = user;
+    u->details = grpc_empty_slice();
+    grpc_metadata_array_init(&u->init_md);
+    grpc_metadata_array_init(&u->trail_md);
+    gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    if (opts && opts->timeout_ms > 0)
+        deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                gpr_time_from_micros((int64_t)(opts->timeout_ms * 1e3),
+                                                     GPR_TIMESPAN));
+    grpc_slice mslice = grpc_slice_from_copied_string(method);
+    u->call = grpc_channel_create_call(ch->ch, NULL, GRPC_PROPAGATE_DEFAULTS, ch->cq, mslice,
+                                       NULL, deadline, NULL);
+    grpc_slice_unref(mslice);
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)(req ? req : (const uint8_t *)""),
+                                                  req_len);
+    u->send = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+
+    grpc_op ops[6];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (opts && opts->traceparent && *opts->traceparent) {
+        u->md[0].key = grpc_slice_from_static_string("traceparent");
+        u->md[0].value = grpc_slice_from_copied_string(opts->traceparent);
+        ops[0].data.send_initial_metadata.count = 1;
+        ops[0].data.send_initial_metadata.metadata = u->md;
+    }
+    if (opts && opts->wait_for_ready)
+        ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY |
+                       GRPC_INITIAL_METADATA_WAIT_FOR_READY_EXPLICITLY_SET;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = u->send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &u->init_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &u->recv;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &u->trail_md;
+    ops[5].data.recv_status_on_client.status = &u->status;
+    ops[5].data.recv_status_on_client.status_details = &u->details;
+    ops[5].data.recv_status_on_client.error_string = &u->error_string;
+
+    pthread_mutex_lock(&ch->mu);
+    ch->pending++;
+    pthread_mutex_unlock(&ch->mu);
+    grpc_call_error e = u->call ? grpc_call_start_batch(u->call, ops, 6, u, NULL)
+                                : GRPC_CALL_ERROR;
+    /* metadata values are copied by start_batch */
+    if (ops[0].data.send_initial_metadata.count) grpc_slice_unref(u->md[0].value);
+    if (e != GRPC_CALL_OK) {
+        u->status = GRPC_STATUS_INTERNAL;
+        grpc_slice_unref(u->details);
+        u->details = grpc_slice_from_copied_string("cannot start the call");
+        complete(u, 1);
+    }
+    return 0;
+}
+
+typedef struct sync_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    grpc_status_code status;
+    char *msg;
+    size_t msg_cap;
+    uint8_t *resp;
+    size_t resp_len;
+    int nomem;
+} sync_wait;
+
+static void sync_done(void *user, grpc_status_code status, const char *msg, const uint8_t *resp,
+                      size_t resp_len) {
+    sync_wait *w = user;
+    if (status == GRPC_STATUS_OK && resp_len) {
+        if ((w->resp = malloc(resp_len))) {
+            memcpy(w->resp, resp, resp_len);
+            w->resp_len = resp_len;
+        } else {
+            w->nomem = 1;
+        }
+    }
+    if (w->msg && w->msg_cap) snprintf(w->msg, w->msg_cap, "%s", msg ? msg : "");
+    pthread_mutex_lock(&w->mu);
+    w->status = status;
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+int mr_rpc_unary(mr_rpc_channel *ch, const char *method, const uint8_t *req, size_t req_len,
+                 double timeout_ms, uint8_t **resp, size_t *resp_len, grpc_status_code *status,
+                 char *msg, size_t msg_cap) {
+    if (resp) *resp = NULL;
+    if (resp_len) *resp_len = 0;
+    if (msg && msg_cap) msg[0] = 0;
+    if (status) *status = GRPC_STATUS_INTERNAL;
+    sync_wait w = {.msg = msg, .msg_cap = msg_cap};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    mr_rpc_opts o = {.timeout_ms = timeout_ms};
+    int rc = mr_rpc_unary_async(ch, method, req, req_len, &o, sync_done, &w);
+    if (rc == 0) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+        if (w.nomem) {
+            w.status = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            if (msg && msg_cap) snprintf(msg, msg_cap, "out of memory for the response");
+        }
+        if (status) *status = w.status;
+        if (w.status == GRPC_STATUS_OK) {
+            if (resp) *resp = w.resp;
+            else free(w.resp);
+            if (resp_len) *resp_len = w.resp_len;
+        } else {
+            free(w.resp);
+            rc = MR_EIO;
+        }
+    }
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
+    return rc;
+}

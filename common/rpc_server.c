@@ -1,0 +1,712 @@
+/* rpc_server.c: the gRPC core server behind rpc.h.
+ *
+ * One completion queue, polled by one thread (cq_thread), carries every event: a registered
+ * method's armed request completing (a call arrived), the generic request (a method nobody
+ * registered: answered UNIMPLEMENTED at once), a call's RECV_CLOSE_ON_SERVER (client gone or
+ * deadline passed: sets the cancelled flag), a call's final send, a stream write, and the
+ * server's shutdown notification. Arrived calls go on a mutex+condvar queue drained by the
+ * handler threads; health checks are answered on the queue thread itself.
+ *
+ * Call lifetime: a call starts with two references, the owner's (whoever must finish it) and
+ * the close batch's. Finishing turns the owner's reference into the send batch's; each batch
+ * completion drops its reference, and the last one frees the call and decrements the server's
+ * live-call count. The completion queue is shut down only when that count is zero and the
+ * server is destroyed, so no batch can ever be started on a shut-down queue.
+ *
+ * Lock order: s->mu, then call->mu; health uses its own s->health_mu, never with the others. */
+#define _GNU_SOURCE
+#include "rpc.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/log.h>
+#include <grpc/support/time.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+
+#define MR__REQS_PER_METHOD 8
+#define MR__MAX_METHODS 32
+#define MR__HEALTH_CHECK "/grpc.health.v1.Health/Check"
+
+enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_SHUTDOWN };
+
+typedef struct tag {
+    enum tag_kind kind;
+    void *p;
+} tag;
+
+typedef struct rpc_method {
+    char *path;
+    mr_rpc_handler h;
+    void *user;
+    int stream;
+    int inline_health;   /* answered on the queue thread */
+    void *reg;           /* grpc_server_register_method handle */
+} rpc_method;
+
+/* One armed grpc_server_request_registered_call (or the generic grpc_server_request_call). */
+typedef struct slot {
+    tag t;
+    mr_rpc_server *s;
+    rpc_method *m;           /* NULL for the generic slot */
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+    grpc_call_details details;
+} slot;
+
+struct mr_rpc_call {
+    mr_rpc_server *s;
+    rpc_method *m;
+    grpc_call *call;
+    gpr_timespec deadline;   /* monotonic; inf_future when none */
+    grpc_metadata_array md;
+    uint8_t *req;
+    size_t req_len;
+    tag close_tag, send_tag, write_tag;
+    int close_cancelled;     /* out-param of RECV_CLOSE_ON_SERVER */
+    atomic_int cancelled;
+    atomic_int refs;
+    atomic_int finished;
+    int sent_md;             /* initial metadata already sent */
+    grpc_byte_buffer *send_buf, *write_buf;
+    grpc_slice details;
+    int have_details;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int write_done, write_ok;
+    struct mr_rpc_call *next;    /* handler queue */
+};
+
+typedef struct health_entry {
+    char *service;
+    int serving;
+    struct health_entry *next;
+} health_entry;
+
+struct mr_rpc_server {
+    char *addr;
+    int n_threads;
+    grpc_server *srv;
+    grpc_completion_queue *cq;
+    rpc_method methods[MR__MAX_METHODS];
+    int n_methods;
+    int started, shut;
+    pthread_t cq_thread;
+    pthread_t *workers;
+    int n_workers;
+
+    pthread_mutex_t mu;      /* everything below */
+    pthread_cond_t cv;       /* queue non-empty, or stopping */
+    pthread_cond_t idle_cv;  /* live calls reached 0, or the shutdown tag arrived */
+    mr_rpc_call *qhead, *qtail;
+    int stopping;            /* handler threads exit once the queue is empty */
+    int shutting_down;       /* no re-arming */
+    int shutdown_done;       /* the shutdown tag arrived */
+    long live_calls;
+    tag shutdown_tag;
+
+    pthread_mutex_t health_mu;
+    health_entry *health;
+    atomic_int health_frozen;    /* shutdown began: statuses stay NOT_SERVING */
+};
+
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+static void log_init(void) {
+    if (!getenv("GRPC_VERBOSITY")) gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);
+}
+
+static void *xcalloc(size_t n, size_t sz) { return calloc(n ? n : 1, sz ? sz : 1); }
+
+/* ---- calls ---- */
+
+static void call_unref(mr_rpc_call *c) {
+    if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+    mr_rpc_server *s = c->s;
+    grpc_call_unref(c->call);
+    grpc_metadata_array_destroy(&c->md);
+    if (c->send_buf) grpc_byte_buffer_destroy(c->send_buf);
+    if (c->write_buf) grpc_byte_buffer_destroy(c->write_buf);
+    if (c->have_details) grpc_slice_unref(c->details);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c->req);
+    free(c);
+    pthread_mutex_lock(&s->mu);
+    if (--s->live_calls == 0) pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static uint8_t *read_payload(grpc_byte_buffer *bb, size_t *len) {
+    *len = 0;
+    if (!bb) return xcalloc(1, 1);
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, bb)) return NULL;
+    grpc_slice all = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    size_t n = GRPC_SLICE_LENGTH(all);
+    uint8_t *out = xcalloc(n + 1, 1);
+    if (out) {
+        memcpy(out, GRPC_SLICE_START_PTR(all), n);
+        *len = n;
+    }
+    grpc_slice_unref(all);
+    return out;
+}
+
+/* Takes over slot's call, deadline, metadata and payload; starts the close batch. NULL when
+ * out of memory or the close batch cannot start (the call is then cancelled and released). */
+static mr_rpc_call *call_new(mr_rpc_server *s, slot *sl) {
+    mr_rpc_call *c = xcalloc(1, sizeof *c);
+    size_t len = 0;
+    uint8_t *req = c ? read_payload(sl->payload, &len) : NULL;
+    if (sl->payload) grpc_byte_buffer_destroy(sl->payload);
+    sl->payload = NULL;
+    if (!c || !req) {
+        free(c);
+        free(req);
+        grpc_call_cancel_with_status(sl->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
+                                     NULL);
+        grpc_call_unref(sl->call);
+        grpc_metadata_array_destroy(&sl->md);
+        grpc_metadata_array_init(&sl->md);
+        return NULL;
+    }
+    c->s = s;
+    c->m = sl->m;
+    c->call = sl->call;
+    c->deadline = gpr_convert_clock_type(sl->deadline, GPR_CLOCK_MONOTONIC);
+    c->md = sl->md;   /* moved */
+    grpc_metadata_array_init(&sl->md);
+    c->req = req;
+    c->req_len = len;
+    c->close_tag = (tag){TAG_CLOSE, c};
+    c->send_tag = (tag){TAG_SEND, c};
+    c->write_tag = (tag){TAG_WRITE, c};
+    atomic_init(&c->refs, 2);
+    atomic_init(&c->cancelled, 0);
+    atomic_init(&c->finished, 0);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    pthread_mutex_lock(&s->mu);
+    s->live_calls++;
+    pthread_mutex_unlock(&s->mu);
+
+    grpc_op op = {0};
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+    if (grpc_call_start_batch(c->call, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK) {
+        atomic_store(&c->cancelled, 1);
+        call_unref(c);   /* the close reference; the owner still finishes it */
+    }
+    return c;
+}
+
+const uint8_t *mr_rpc_call_request(mr_rpc_call *c, size_t *len) {
+    if (len) *len = c->req_len;
+    return c->req;
+}
+
+const char *mr_rpc_call_method(mr_rpc_call *c) { return c->m ? c->m->path : ""; }
+
+double mr_rpc_call_remaining_ms(mr_rpc_call *c) {
+    if (gpr_time_cmp(c->deadline, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0)
+        return MR_RPC_NO_DEADLINE_MS;
+    gpr_timespec d = gpr_time_sub(c->deadline, gpr_now(GPR_CLOCK_MONOTONIC));
+    return (double)d.tv_sec * 1e3 + d.tv_nsec / 1e6;
+}
+
+int mr_rpc_call_cancelled(mr_rpc_call *c) {
+    return atomic_load(&c->cancelled) || mr_rpc_call_remaining_ms(c) <= 0;
+}
+
+int mr_rpc_call_metadata(mr_rpc_call *c, const char *key, char *buf, size_t cap) {
+    size_t klen = strlen(key);
+    for (size_t i = 0; i < c->md.count; i++) {
+        grpc_slice k = c->md.metadata[i].key, v = c->md.metadata[i].value;
+        if (GRPC_SLICE_LENGTH(k) != klen || memcmp(GRPC_SLICE_START_PTR(k), key, klen)) continue;
+        size_t n = GRPC_SLICE_LENGTH(v);
+        if (cap) {
+            size_t m = n < cap - 1 ? n : cap - 1;
+            memcpy(buf, GRPC_SLICE_START_PTR(v), m);
+            buf[m] = 0;
+        }
+        return (int)n;
+    }
+    return -1;
+}
+
+static grpc_byte_buffer *make_buffer(const uint8_t *p, size_t len) {
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)p, len);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    return bb;
+}
+
+int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
+    if (atomic_load(&c->finished) || atomic_load(&c->cancelled)) return MR_ESTATE;
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    int n = 0;
+    if (!c->sent_md) {
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        n++;
+    }
+    if (c->write_buf) grpc_byte_buffer_destroy(c->write_buf);
+    c->write_buf = make_buffer(buf ? buf : (const uint8_t *)"", len);
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n].data.send_message.send_message = c->write_buf;
+    n++;
+    pthread_mutex_lock(&c->mu);
+    c->write_done = 0;
+    pthread_mutex_unlock(&c->mu);
+    if (grpc_call_start_batch(c->call, ops, (size_t)n, &c->write_tag, NULL) != GRPC_CALL_OK)
+        return MR_ESTATE;
+    c->sent_md = 1;
+    pthread_mutex_lock(&c->mu);
+    while (!c->write_done) pthread_cond_wait(&c->cv, &c->mu);
+    int ok = c->write_ok;
+    pthread_mutex_unlock(&c->mu);
+    return ok ? 0 : MR_ESTATE;
+}
+
+static void call_end(mr_rpc_call *c, grpc_status_code code, const char *message,
+                     const uint8_t *resp, size_t len, int send_msg) {
+    if (atomic_exchange(&c->finished, 1)) {
+        gpr_log(GPR_ERROR, "mrank rpc: %s finished twice (ignored)", mr_rpc_call_method(c));
+        return;
+    }
+    grpc_op ops[3];
+    memset(ops, 0, sizeof ops);
+    int n = 0;
+    if (!c->sent_md) {
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        n++;
+        c->sent_md = 1;
+    }
+    if (send_msg) {
+        c->send_buf = make_buffer(resp ? resp : (const uint8_t *)"", len);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_buf;
+        n++;
+    }
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = code;
+    if (message && *message) {
+        c->details = grpc_slice_from_copied_string(message);
+        c->have_details = 1;
+        ops[n].data.send_status_from_server.status_details = &c->details;
+    }
+    n++;
+    /* the owner's reference becomes the send batch's */
+    if (grpc_call_start_batch(c->call, ops, (size_t)n, &c->send_tag, NULL) != GRPC_CALL_OK)
+        call_unref(c);
+}
+
+void mr_rpc_call_finish(mr_rpc_call *c, const uint8_t *resp, size_t len) {
+    int send_msg = !(c->m && c->m->stream && !resp && !len);
+    call_end(c, GRPC_STATUS_OK, NULL, resp, len, send_msg);
+}
+
+void mr_rpc_call_fail(mr_rpc_call *c, grpc_status_code code, const char *message) {
+    if (code == GRPC_STATUS_OK) code = GRPC_STATUS_UNKNOWN;
+    call_end(c, code, message, NULL, 0, 0);
+}
+
+/* ---- health ---- */
+
+static int health_get(mr_rpc_server *s, const char *service) {
+    int st = -1;
+    pthread_mutex_lock(&s->health_mu);
+    for (health_entry *e = s->health; e; e = e->next)
+        if (!strcmp(e->service, service)) st = e->serving;
+    pthread_mutex_unlock(&s->health_mu);
+    return st;
+}
+
+void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving) {
+    if (!s) return;
+    if (!service) service = "";
+    pthread_mutex_lock(&s->health_mu);
+    health_entry *e = s->health;
+    while (e && strcmp(e->service, service)) e = e->next;
+    if (!e && (e = xcalloc(1, sizeof *e)) && (e->service = strdup(service))) {
+        e->next = s->health;
+        s->health = e;
+    } else if (e && !e->service) {
+        free(e);
+        e = NULL;
+    }
+    if (e) e->serving = serving && !atomic_load(&s->health_frozen);
+    pthread_mutex_unlock(&s->health_mu);
+}
+
+static void health_check(mr_rpc_call *c, void *user) {
+    mr_rpc_server *s = user;
+    Grpc__Health__V1__HealthCheckRequest *rq =
+        grpc__health__v1__health_check_request__unpack(NULL, c->req_len, c->req);
+    if (!rq) {
+        mr_rpc_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
+        return;
+    }
+    int st = health_get(s, rq->service ? rq->service : "");
+    if (st < 0) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "unknown service '%.200s'", rq->service);
+        grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
+        mr_rpc_call_fail(c, GRPC_STATUS_NOT_FOUND, msg);
+        return;
+    }
+    grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = st ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                     : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+    uint8_t buf[16];
+    size_t n = grpc__health__v1__health_check_response__pack(&resp, buf);
+    mr_rpc_call_finish(c, buf, n);
+}
+
+/* ---- server ---- */
+
+static int add_method(mr_rpc_server *s, const char *path, mr_rpc_handler h, void *user,
+                      int stream) {
+    if (!s || !path || !h || s->started || s->n_methods == MR__MAX_METHODS) return MR_EINVAL;
+    for (int i = 0; i < s->n_methods; i++)
+        if (!strcmp(s->methods[i].path, path)) return MR_EINVAL;
+    rpc_method *m = &s->methods[s->n_methods];
+    if (!(m->path = strdup(path))) return MR_ENOMEM;
+    m->h = h;
+    m->user = user;
+    m->stream = stream;
+    s->n_methods++;
+    return 0;
+}
+
+int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h,
+                            void *user) {
+    return add_method(s, method, h, user, 0);
+}
+
+int mr_rpc_server_add_stream(mr_rpc_server *s, const char *method, mr_rpc_handler h,
+                             void *user) {
+    return add_method(s, method, h, user, 1);
+}
+
+int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_threads,
+                      mr_err *err) {
+    *out = NULL;
+    if (!listen_addr || !*listen_addr || n_threads < 1 || n_threads > 1024)
+        return mr_err_set(err, MR_EINVAL, "rpc server: bad address '%s' or thread count %d",
+                          listen_addr ? listen_addr : "(null)", n_threads);
+    mr_rpc_server *s = xcalloc(1, sizeof *s);
+    if (!s || !(s->addr = strdup(listen_addr))) {
+        free(s);
+        return mr_err_set(err, MR_ENOMEM, "rpc server: out of memory");
+    }
+    s->n_threads = n_threads;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->idle_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&s->health_mu, NULL);
+    s->shutdown_tag = (tag){TAG_SHUTDOWN, s};
+    int rc = add_method(s, MR__HEALTH_CHECK, health_check, s, 0);
+    if (rc) {
+        mr_rpc_server_free(s);
+        return mr_err_set(err, rc, "rpc server: out of memory");
+    }
+    s->methods[0].inline_health = 1;
+    mr_rpc_server_set_health(s, "", 0);
+    *out = s;
+    return 0;
+}
+
+static void slot_free(slot *sl) {
+    grpc_metadata_array_destroy(&sl->md);
+    if (!sl->m) grpc_call_details_destroy(&sl->details);
+    if (sl->payload) grpc_byte_buffer_destroy(sl->payload);
+    free(sl);
+}
+
+/* Arms sl (again); on failure frees it. Caller must not hold s->mu. */
+static void slot_arm(mr_rpc_server *s, slot *sl) {
+    pthread_mutex_lock(&s->mu);
+    int stop = s->shutting_down;
+    pthread_mutex_unlock(&s->mu);
+    if (stop) {
+        slot_free(sl);
+        return;
+    }
+    sl->call = NULL;
+    sl->payload = NULL;
+    grpc_metadata_array_init(&sl->md);
+    grpc_call_error e;
+    if (sl->m) {
+        e = grpc_server_request_registered_call(s->srv, sl->m->reg, &sl->call, &sl->deadline,
+                                                &sl->md, &sl->payload, s->cq, s->cq, &sl->t);
+    } else {
+        grpc_call_details_init(&sl->details);
+        e = grpc_server_request_call(s->srv, &sl->call, &sl->details, &sl->md, s->cq, s->cq,
+                                     &sl->t);
+    }
+    if (e != GRPC_CALL_OK) slot_free(sl);
+}
+
+static void enqueue(mr_rpc_server *s, mr_rpc_call *c) {
+    pthread_mutex_lock(&s->mu);
+    c->next = NULL;
+    if (s->qtail) s->qtail->next = c;
+    else s->qhead = c;
+    s->qtail = c;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void on_request(mr_rpc_server *s, slot *sl, int ok) {
+    if (!ok) {   /* server shutting down */
+        slot_free(sl);
+        return;
+    }
+    if (!sl->m) {   /* generic: nobody registered this method */
+        char path[256];
+        size_t n = GRPC_SLICE_LENGTH(sl->details.method);
+        snprintf(path, sizeof path, "%.*s", (int)(n < 200 ? n : 200),
+                 (const char *)GRPC_SLICE_START_PTR(sl->details.method));
+        sl->deadline = sl->details.deadline;
+        grpc_call_details_destroy(&sl->details);
+        grpc_call_details_init(&sl->details);
+        mr_rpc_call *c = call_new(s, sl);
+        if (c) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "unknown method %s", path);
+            mr_rpc_call_fail(c, GRPC_STATUS_UNIMPLEMENTED, msg);
+        }
+        slot_arm(s, sl);
+        return;
+    }
+    mr_rpc_call *c = call_new(s, sl);
+    rpc_method *m = sl->m;
+    slot_arm(s, sl);
+    if (!c) return;
+    if (m->inline_health) m->h(c, m->user);
+    else enqueue(s, c);
+}
+
+static void *cq_main(void *arg) {
+    mr_rpc_server *s = arg;
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
+                                                   NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+        if (ev.type != GRPC_OP_COMPLETE) continue;
+        tag *t = ev.tag;
+        mr_rpc_call *c = t->p;
+        switch (t->kind) {
+        case TAG_REQ:
+        case TAG_GENERIC: on_request(s, (slot *)t, ev.success); break;
+        case TAG_CLOSE:
+            if (c->close_cancelled || !ev.success) atomic_store(&c->cancelled, 1);
+            call_unref(c);
+            break;
+        case TAG_SEND: call_unref(c); break;
+        case TAG_WRITE:
+            pthread_mutex_lock(&c->mu);
+            c->write_done = 1;
+            c->write_ok = ev.success;
+            pthread_cond_signal(&c->cv);
+            pthread_mutex_unlock(&c->mu);
+            break;
+        case TAG_SHUTDOWN:
+            pthread_mutex_lock(&s->mu);
+            s->shutdown_done = 1;
+            pthread_cond_broadcast(&s->idle_cv);
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void *worker_main(void *arg) {
+    mr_rpc_server *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->qhead && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
+        mr_rpc_call *c = s->qhead;
+        if (!c) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        s->qhead = c->next;
+        if (!s->qhead) s->qtail = NULL;
+        pthread_mutex_unlock(&s->mu);
+        c->m->h(c, c->m->user);
+    }
+    return NULL;
+}
+
+int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
+    if (!s || s->started) return mr_err_set(err, MR_EINVAL, "rpc server: already started");
+    pthread_once(&log_once, log_init);
+    grpc_init();
+    s->started = 1;
+    grpc_arg args[3];
+    args[0] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                         .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                         .value.integer = MR_RPC_MAX_MESSAGE};
+    args[1] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+                         .value.integer = MR_RPC_MAX_MESSAGE};
+    args[2] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT,
+                         .value.integer = 0};
+    grpc_channel_args ca = {3, args};
+    s->srv = grpc_server_create(&ca, NULL);
+    s->cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_server_register_completion_queue(s->srv, s->cq, NULL);
+    for (int i = 0; i < s->n_methods; i++) {
+        s->methods[i].reg = grpc_server_register_method(
+            s->srv, s->methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        if (!s->methods[i].reg) {
+            mr_err_set(err, MR_EINVAL, "rpc server: cannot register %s", s->methods[i].path);
+            goto fail;
+        }
+    }
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int port = grpc_server_add_http2_port(s->srv, s->addr, creds);
+    grpc_server_credentials_release(creds);
+    if (port <= 0) {
+        mr_err_set(err, MR_EIO, "rpc server: cannot listen on %s (in use or bad address)",
+                   s->addr);
+        goto fail;
+    }
+    grpc_server_start(s->srv);
+    if (pthread_create(&s->cq_thread, NULL, cq_main, s)) {
+        /* nothing is armed yet: shut the empty server down right here */
+        mr_err_set(err, MR_ENOMEM, "rpc server: cannot start threads");
+        grpc_server_shutdown_and_notify(s->srv, s->cq, &s->shutdown_tag);
+        grpc_server_cancel_all_calls(s->srv);
+        while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).tag !=
+               &s->shutdown_tag) {
+        }
+        goto fail;
+    }
+    s->workers = xcalloc((size_t)s->n_threads, sizeof *s->workers);
+    for (int i = 0; s->workers && i < s->n_threads; i++) {
+        if (pthread_create(&s->workers[i], NULL, worker_main, s)) break;
+        s->n_workers++;
+    }
+    for (int i = 0; i < s->n_methods; i++) {
+        for (int k = 0; k < MR__REQS_PER_METHOD; k++) {
+            slot *sl = xcalloc(1, sizeof *sl);
+            if (!sl) break;
+            *sl = (slot){.t = {TAG_REQ, NULL}, .s = s, .m = &s->methods[i]};
+            sl->t.p = sl;
+            slot_arm(s, sl);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        slot *sl = xcalloc(1, sizeof *sl);
+        if (!sl) break;
+        *sl = (slot){.t = {TAG_GENERIC, NULL}, .s = s, .m = NULL};
+        sl->t.p = sl;
+        slot_arm(s, sl);
+    }
+    if (s->n_workers == 0) {
+        mr_err_set(err, MR_ENOMEM, "rpc server: cannot start handler threads");
+        mr_rpc_server_shutdown(s, 0);
+        return MR_ENOMEM;
+    }
+    if (bound_port) *bound_port = port;
+    return 0;
+fail:
+    grpc_server_destroy(s->srv);
+    s->srv = NULL;
+    grpc_completion_queue_shutdown(s->cq);
+    while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(s->cq);
+    s->cq = NULL;
+    s->shut = 1;
+    grpc_shutdown();
+    return err ? err->code : MR_EIO;
+}
+
+static void abs_deadline(struct timespec *ts, int ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms) {
+    if (!s || !s->started || s->shut) return;
+    s->shut = 1;
+    atomic_store(&s->health_frozen, 1);
+    pthread_mutex_lock(&s->health_mu);
+    for (health_entry *e = s->health; e; e = e->next) e->serving = 0;
+    pthread_mutex_unlock(&s->health_mu);
+    pthread_mutex_lock(&s->mu);
+    s->shutting_down = 1;
+    pthread_mutex_unlock(&s->mu);
+    grpc_server_shutdown_and_notify(s->srv, s->cq, &s->shutdown_tag);
+
+    /* drain: wait for calls in flight to finish on their own */
+    struct timespec until;
+    abs_deadline(&until, drain_ms > 0 ? drain_ms : 0);
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    while ((s->live_calls > 0 || !s->shutdown_done) && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&s->idle_cv, &s->mu, &until);
+    pthread_mutex_unlock(&s->mu);
+    grpc_server_cancel_all_calls(s->srv);
+    pthread_mutex_lock(&s->mu);
+    while (s->live_calls > 0 || !s->shutdown_done) pthread_cond_wait(&s->idle_cv, &s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < s->n_workers; i++) pthread_join(s->workers[i], NULL);
+    grpc_server_destroy(s->srv);
+    s->srv = NULL;
+    /* every call is freed and no batch can start any more: now the queue may shut down */
+    grpc_completion_queue_shutdown(s->cq);
+    pthread_join(s->cq_thread, NULL);
+    grpc_completion_queue_destroy(s->cq);
+    s->cq = NULL;
+    grpc_shutdown();
+}
+
+void mr_rpc_server_free(mr_rpc_server *s) {
+    if (!s) return;
+    mr_rpc_server_shutdown(s, 0);
+    for (int i = 0; i < s->n_methods; i++) free(s->methods[i].path);
+    for (health_entry *e = s->health, *nx; e; e = nx) {
+        nx = e->next;
+        free(e->service);
+        free(e);
+    }
+    free(s->workers);
+    free(s->addr);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    pthread_cond_destroy(&s->idle_cv);
+    pthread_mutex_destroy(&s->health_mu);
+    free(s);
+}

@@ -1,0 +1,172 @@
+/* cascade.c: keep rules, the cross-stage merge rule, the stage cost model, call splitting and
+ * the deadline decision of the cascade coordinator (see cascade.h). Pure functions over plain
+ * arrays: no gRPC, no locks, no clocks; the coordinator feeds them measured times. */
+#include "cascade.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int mr_cascade_override(mr_keep_rule *rule, const mr_keep_bounds *b, const mr_keep_override *ov,
+                        const char *what, mr_err *err) {
+    mr_keep_rule r = *rule;
+    if (ov->top_k < 0)
+        return mr_err_set(err, MR_ERANGE, "%s.keep_top_k: %d is negative", what, ov->top_k);
+    if (ov->top_k > 0) {
+        if (ov->top_k > b->max_top_k)
+            return mr_err_set(err, MR_ERANGE,
+                              "%s.keep_top_k: %d is above this stage's bound %d", what,
+                              ov->top_k, b->max_top_k);
+        r.top_k = ov->top_k;
+    }
+    if (!isfinite(ov->fraction) || ov->fraction < 0 || ov->fraction > 1)
+        return mr_err_set(err, MR_ERANGE, "%s.keep_fraction: %g is not in [0, 1]", what,
+                          (double)ov->fraction);
+    if (ov->fraction > 0) {
+        if (ov->fraction > b->max_fraction)
+            return mr_err_set(err, MR_ERANGE,
+                              "%s.keep_fraction: %g is above this stage's bound %g", what,
+                              (double)ov->fraction, (double)b->max_fraction);
+        r.fraction = ov->fraction;
+    }
+    if (ov->has_min_score) {
+        if (!isfinite(ov->min_score) || fabsf(ov->min_score) > 1e6f)
+            return mr_err_set(err, MR_ERANGE, "%s.min_score: %g is not a finite score", what,
+                              (double)ov->min_score);
+        r.has_min_score = 1;
+        r.min_score = ov->min_score;
+    }
+    *rule = r;
+    return 0;
+}
+
+/* Score order with NaN below every number; 0 when equal. */
+static int score_cmp(float a, float b) {
+    int na = isnan(a), nb = isnan(b);
+    if (na || nb) return na == nb ? 0 : (na ? 1 : -1);
+    return a > b ? -1 : a < b ? 1 : 0;
+}
+
+int mr_cascade_before(const mr_cand *a, const mr_cand *b) {
+    if (a->stage != b->stage) return a->stage > b->stage;
+    int c = score_cmp(a->score, b->score);
+    if (c) return c < 0;
+    return a->index < b->index;
+}
+
+static int cand_qsort_cmp(const void *pa, const void *pb) {
+    const mr_cand *a = pa, *b = pb;
+    if (mr_cascade_before(a, b)) return -1;
+    if (mr_cascade_before(b, a)) return 1;
+    return 0;
+}
+
+void mr_cascade_sort(mr_cand *c, int n) {
+    /* The comparison is total (index breaks every tie), so qsort's instability is harmless. */
+    if (n > 1) qsort(c, (size_t)n, sizeof *c, cand_qsort_cmp);
+}
+
+int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule) {
+    int k = n;
+    if (rule->top_k > 0 && rule->top_k < k) k = rule->top_k;
+    if (rule->fraction > 0) {
+        /* the 1e-6 slack keeps 0.5 * 10 at 5 despite float rounding */
+        int f = (int)ceil((double)rule->fraction * n - 1e-6);
+        if (f < k) k = f;
+    }
+    if (rule->has_min_score) {
+        int above = 0;
+        for (int i = 0; i < n; i++)
+            if (!isnan(scores[i]) && scores[i] >= rule->min_score) above++;
+        if (above < k) k = above;
+    }
+    return k < 0 ? 0 : k;
+}
+
+int mr_cascade_select(mr_cand *c, int n, const mr_keep_rule *rule) {
+    mr_cascade_sort(c, n);
+    int k = n;
+    if (rule->top_k > 0 && rule->top_k < k) k = rule->top_k;
+    if (rule->fraction > 0) {
+        int f = (int)ceil((double)rule->fraction * n - 1e-6);
+        if (f < k) k = f;
+    }
+    if (rule->has_min_score) {
+        /* sorted: the survivors above the threshold are a prefix */
+        int above = 0;
+        while (above < n && !isnan(c[above].score) && c[above].score >= rule->min_score) above++;
+        if (above < k) k = above;
+    }
+    return k;
+}
+
+double mr_cascade_token_layers(int n_fixed, int n_passage, const mr_cost_arch *a) {
+    double total = 0;
+    long p = n_passage;
+    int ci = 0;
+    for (int l = 0; l < a->depth; l++) {
+        while (a->ratio > 1 && ci < a->n_compress && a->compress_layers[ci] <= l) {
+            if (a->compress_layers[ci] == l) p = (p + a->ratio - 1) / a->ratio;
+            ci++;
+        }
+        total += (double)(n_fixed + p);
+    }
+    return total;
+}
+
+void mr_cost_model_init(mr_cost_model *m, double ns_per_tl, double alpha, double overhead_ms) {
+    m->ns_per_tl = ns_per_tl > 0 && isfinite(ns_per_tl) ? ns_per_tl : MR_CASCADE_DEFAULT_NS_PER_TL;
+    m->alpha = alpha > 0 && alpha <= 1 ? alpha : 0.2;
+    m->overhead_ms = overhead_ms >= 0 ? overhead_ms : 0;
+    m->n_obs = 0;
+}
+
+void mr_cost_model_observe(mr_cost_model *m, double token_layers, double compute_ms,
+                           double wall_ms) {
+    if (!(token_layers > 0) || !(compute_ms > 0) || !isfinite(token_layers) ||
+        !isfinite(compute_ms))
+        return;
+    double ns = compute_ms * 1e6 / token_layers;
+    m->ns_per_tl = m->n_obs == 0 && m->alpha < 1 ? 0.5 * (m->ns_per_tl + ns)
+                                                 : (1 - m->alpha) * m->ns_per_tl + m->alpha * ns;
+    if (wall_ms >= compute_ms && isfinite(wall_ms))
+        m->overhead_ms = (1 - m->alpha) * m->overhead_ms + m->alpha * (wall_ms - compute_ms);
+    m->n_obs++;
+}
+
+double mr_cost_model_estimate_ms(const mr_cost_model *m, double token_layers, int parallel) {
+    if (parallel < 1) parallel = 1;
+    return m->overhead_ms + token_layers * m->ns_per_tl / 1e6 / parallel;
+}
+
+int mr_cascade_n_calls(int n, long total_tokens, int n_workers, long max_call_tokens,
+                       int min_per_call) {
+    if (n <= 0) return 0;
+    if (min_per_call < 1) min_per_call = 1;
+    long calls = 1;
+    if (max_call_tokens > 0) calls = (total_tokens + max_call_tokens - 1) / max_call_tokens;
+    long by_workers = n / min_per_call;
+    if (by_workers > n_workers) by_workers = n_workers;
+    if (by_workers > calls) calls = by_workers;
+    if (calls < 1) calls = 1;
+    if (calls > n) calls = n;
+    return (int)calls;
+}
+
+mr_stage_decision mr_cascade_decide(int stage, double est_ms, double remaining_ms, double safety,
+                                    int allow_degraded) {
+    if (safety < 1) safety = 1;
+    if (remaining_ms > 0 && !(est_ms * safety > remaining_ms)) return MR_STAGE_RUN;
+    return allow_degraded && stage > 0 ? MR_STAGE_SKIP : MR_STAGE_FAIL;
+}
+
+double mr_cascade_remaining_ms(double grpc_remaining_ms, double budget_ms, double elapsed_ms) {
+    double r = isnan(grpc_remaining_ms) ? INFINITY : grpc_remaining_ms;
+    if (budget_ms > 0 && budget_ms - elapsed_ms < r) r = budget_ms - elapsed_ms;
+    return r;
+}
+
+float mr_cascade_sigmoid(float raw) {
+    if (isnan(raw)) return raw;
+    return (float)(1.0 / (1.0 + exp(-(double)raw)));
+}

@@ -1,0 +1,133 @@
+/* cascade.h: the pure decision logic of the cascade coordinator, independent of gRPC.
+ *
+ * What survives a stage (keep rules and bounded request overrides), how the final ranking is
+ * merged across stages, what a stage costs (token-layers times a per-pool ns/token-layer that
+ * an EWMA refines online), how a stage's candidates are split into parallel calls, and whether
+ * a stage may still run within the remaining deadline budget. Nothing here does I/O, allocates
+ * behind the caller's back (except mr_cascade_select's scratch) or takes locks: the coordinator
+ * (coordinator.c) owns the state and the locking; tests/test_cascade.c checks every rule.
+ *
+ * Ordering everywhere is the stable tie-break users expect: score descending, request index
+ * ascending; NaN scores sort below every number. */
+#ifndef MR_CASCADE_H
+#define MR_CASCADE_H
+
+#include "mr_err.h"
+
+/* How many candidates of a stage escalate to the next stage. A zero field is "no limit";
+ * the survivors are the best min(top_k, ceil(fraction * n), #(score >= min_score)). */
+typedef struct mr_keep_rule {
+    int top_k;                  /* 0 = no limit */
+    float fraction;             /* 0 = no limit, else in (0, 1] */
+    int has_min_score;
+    float min_score;            /* raw score threshold (keep >= min_score) */
+} mr_keep_rule;
+
+/* Bounds a request override must stay within (from the profile stage's config). */
+typedef struct mr_keep_bounds {
+    int max_top_k;              /* an override's keep_top_k must be <= this (0: no override) */
+    float max_fraction;         /* an override's keep_fraction must be <= this */
+} mr_keep_bounds;
+
+/* A request override of one stage (proto StageOverride without the stage index). */
+typedef struct mr_keep_override {
+    int top_k;                  /* 0 = keep the profile value */
+    float fraction;             /* 0 = keep the profile value */
+    int has_min_score;
+    float min_score;
+} mr_keep_override;
+
+/* Applies ov to *rule within bounds; MR_ERANGE (message names the field and the bound) when
+ * the override asks for more survivors than the bounds allow, or is not a finite value in
+ * range. *rule is unchanged on error. what names the stage in messages ("overrides[0]"). */
+int mr_cascade_override(mr_keep_rule *rule, const mr_keep_bounds *b, const mr_keep_override *ov,
+                        const char *what, mr_err *err);
+
+/* One candidate of the running ranking. */
+typedef struct mr_cand {
+    int index;                  /* position in the request */
+    int stage;                  /* deepest stage that scored it (-1: none yet) */
+    float score;                /* raw score at that stage */
+} mr_cand;
+
+/* 1 when a ranks before b: deeper stage first, then score desc (NaN last), then index asc. */
+int mr_cascade_before(const mr_cand *a, const mr_cand *b);
+
+/* Sorts c[0..n) by mr_cascade_before (the merge rule). Stable by construction. */
+void mr_cascade_sort(mr_cand *c, int n);
+
+/* Number of survivors among n candidates scored by one stage: applies rule to the scores
+ * (which need not be sorted). */
+int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule);
+
+/* Selection of one stage: sorts c[0..n) (all scored by the same stage) by the merge rule and
+ * returns how many of the leading candidates survive rule. */
+int mr_cascade_select(mr_cand *c, int n, const mr_keep_rule *rule);
+
+/* ---- cost model ---- */
+
+/* Width schedule of a sub-architecture, as the model applies it (spec section 5). */
+typedef struct mr_cost_arch {
+    int depth;                  /* exit layer: layers executed */
+    int ratio;                  /* 1, 2, 4, 8 */
+    int n_compress;
+    const int *compress_layers; /* strictly increasing */
+} mr_cost_arch;
+
+/* Token-layers of one row: sum over executed layers l < depth of the row's width at l, where
+ * n_fixed (query + suffix tokens) never shrink and n_passage is pooled by ratio (ceil) at every
+ * compress layer <= l. Proportional to the row's linear-layer FLOPs. */
+double mr_cascade_token_layers(int n_fixed, int n_passage, const mr_cost_arch *a);
+
+/* Per-pool speed estimate: worker-measured ns per token-layer, refined by an EWMA of what
+ * Score calls actually took (compute_ms / token-layers). */
+typedef struct mr_cost_model {
+    double ns_per_tl;           /* current estimate (> 0) */
+    double alpha;               /* EWMA weight of a new observation, (0, 1] */
+    double overhead_ms;         /* fixed cost of one Score round trip */
+    long n_obs;
+} mr_cost_model;
+
+/* ns_per_tl <= 0 falls back to a conservative default (MR_CASCADE_DEFAULT_NS_PER_TL). */
+#define MR_CASCADE_DEFAULT_NS_PER_TL 2000.0
+void mr_cost_model_init(mr_cost_model *m, double ns_per_tl, double alpha, double overhead_ms);
+/* Folds in one Score call: compute_ms for token_layers refines ns_per_tl, and wall_ms -
+ * compute_ms (queueing and the round trip; wall_ms <= 0: unknown) refines overhead_ms. Ignored
+ * when token_layers or compute_ms is not positive and finite. */
+void mr_cost_model_observe(mr_cost_model *m, double token_layers, double compute_ms,
+                           double wall_ms);
+/* Estimated wall time of a stage: token_layers spread over `parallel` concurrent calls
+ * (>= 1), plus the round-trip overhead. */
+double mr_cost_model_estimate_ms(const mr_cost_model *m, double token_layers, int parallel);
+
+/* ---- splitting ---- */
+
+/* Number of parallel Score calls for n candidates with total_tokens tokens on a pool of
+ * n_workers: at least enough calls to stay under max_call_tokens per call (when > 0), at
+ * least one per worker when there are enough candidates (min_per_call each), at most n. */
+int mr_cascade_n_calls(int n, long total_tokens, int n_workers, long max_call_tokens,
+                       int min_per_call);
+
+/* ---- deadline ---- */
+
+typedef enum mr_stage_decision {
+    MR_STAGE_RUN = 0,           /* the stage fits the remaining budget */
+    MR_STAGE_SKIP = 1,          /* skip it and all deeper stages: answer degraded */
+    MR_STAGE_FAIL = 2           /* cannot answer in time: DEADLINE_EXCEEDED */
+} mr_stage_decision;
+
+/* Decides whether stage `stage` (0-based) may start: it runs when est_ms * safety <=
+ * remaining_ms. Otherwise the answer is the ranking so far (SKIP) when the tier allows degraded
+ * answers and some stage already completed (stage > 0), else FAIL. remaining_ms <= 0 never runs. */
+mr_stage_decision mr_cascade_decide(int stage, double est_ms, double remaining_ms, double safety,
+                                    int allow_degraded);
+
+/* Remaining budget in ms: the smaller of the gRPC deadline's remaining time (INFINITY: no
+ * deadline) and the tier budget minus the time already spent (budget_ms <= 0: no budget);
+ * INFINITY when neither is set. May be negative once the budget is spent. */
+double mr_cascade_remaining_ms(double grpc_remaining_ms, double budget_ms, double elapsed_ms);
+
+/* Calibrated score: 1 / (1 + exp(-raw)); NaN stays NaN. */
+float mr_cascade_sigmoid(float raw);
+
+#endif

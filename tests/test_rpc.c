@@ -1,0 +1,320 @@
+/* test_rpc.c: the gRPC layer (common/rpc_server.c, common/rpc_client.c) in one process over
+ * loopback: unary echo, metadata, UNIMPLEMENTED, deadlines and the cancelled flag, health,
+ * a port clash, and shutdown with calls in flight (run under MR_SANITIZE for leaks). */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "rpc.h"
+
+static atomic_int slow_saw_cancel, slow_started, slow_done;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void echo(mr_rpc_call *call, void *user) {
+    size_t n;
+    const uint8_t *p = mr_rpc_call_request(call, &n);
+    char tp[128] = "";
+    int has = mr_rpc_call_metadata(call, "traceparent", tp, sizeof tp);
+    char *out = malloc(n + 160);
+    int k = snprintf(out, 160, "%s:%s:", (const char *)user, has >= 0 ? tp : "-");
+    memcpy(out + k, p, n);
+    mr_rpc_call_finish(call, (const uint8_t *)out, (size_t)k + n);
+    free(out);
+}
+
+static void fail_handler(mr_rpc_call *call, void *user) {
+    mr_rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "bad input: field x");
+}
+
+/* Waits until the call is cancelled (client deadline, cancel or server shutdown), 5 s max. */
+static void slow(mr_rpc_call *call, void *user) {
+    atomic_fetch_add(&slow_started, 1);
+    double t0 = now_ms();
+    while (!mr_rpc_call_cancelled(call) && now_ms() - t0 < 5000) usleep(2000);
+    if (mr_rpc_call_cancelled(call)) atomic_fetch_add(&slow_saw_cancel, 1);
+    mr_rpc_call_fail(call, GRPC_STATUS_CANCELLED, "gave up");
+    atomic_fetch_add(&slow_done, 1);
+}
+
+typedef struct fixture {
+    mr_rpc_server *s;
+    mr_rpc_channel *ch;
+    int port;
+} fixture;
+
+static int setup(void **state) {
+    fixture *f = calloc(1, sizeof *f);
+    mr_err err = {0};
+    assert_int_equal(mr_rpc_server_new(&f->s, "127.0.0.1:0", 4, &err), 0);
+    assert_int_equal(mr_rpc_server_add_unary(f->s, "/t.T/Echo", echo, "echo"), 0);
+    assert_int_equal(mr_rpc_server_add_unary(f->s, "/t.T/Echo", echo, "echo"), MR_EINVAL);
+    assert_int_equal(mr_rpc_server_add_unary(f->s, "/t.T/Fail", fail_handler, NULL), 0);
+    assert_int_equal(mr_rpc_server_add_unary(f->s, "/t.T/Slow", slow, NULL), 0);
+    assert_int_equal(mr_rpc_server_start(f->s, &f->port, &err), 0);
+    assert_true(f->port > 0);
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", f->port);
+    assert_int_equal(mr_rpc_channel_new(&f->ch, target, &err), 0);
+    atomic_store(&slow_saw_cancel, 0);
+    atomic_store(&slow_started, 0);
+    atomic_store(&slow_done, 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    mr_rpc_channel_free(f->ch);
+    mr_rpc_server_shutdown(f->s, 1000);
+    mr_rpc_server_free(f->s);
+    free(f);
+    return 0;
+}
+
+static void test_echo(void **state) {
+    fixture *f = *state;
+    uint8_t *resp = NULL;
+    size_t n = 0;
+    grpc_status_code st;
+    char msg[256];
+    /* the first call connects; then measure a few round trips */
+    int rc = mr_rpc_unary(f->ch, "/t.T/Echo", (const uint8_t *)"hello", 5, 5000, &resp, &n, &st,
+                          msg, sizeof msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(st, GRPC_STATUS_OK);
+    assert_int_equal(n, strlen("echo:-:hello"));
+    assert_memory_equal(resp, "echo:-:hello", n);
+    free(resp);
+    double t0 = now_ms();
+    for (int i = 0; i < 200; i++) {
+        rc = mr_rpc_unary(f->ch, "/t.T/Echo", (const uint8_t *)"x", 1, 5000, &resp, &n, &st, msg,
+                          sizeof msg);
+        assert_int_equal(rc, 0);
+        free(resp);
+    }
+    fprintf(stderr, "# echo round trip: %.1f us mean over 200\n", (now_ms() - t0) * 1e3 / 200);
+    /* empty request, empty response still OK */
+    rc = mr_rpc_unary(f->ch, "/t.T/Echo", NULL, 0, 5000, &resp, &n, &st, msg, sizeof msg);
+    assert_int_equal(rc, 0);
+    free(resp);
+    /* a large message (over gRPC's 4 MB default) */
+    size_t big = 6u << 20;
+    uint8_t *b = malloc(big);
+    memset(b, 'z', big);
+    rc = mr_rpc_unary(f->ch, "/t.T/Echo", b, big, 10000, &resp, &n, &st, msg, sizeof msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(n, big + strlen("echo:-:"));
+    free(resp);
+    free(b);
+}
+
+static void test_fail_and_unknown(void **state) {
+    fixture *f = *state;
+    uint8_t *resp = (uint8_t *)1;
+    size_t n = 7;
+    grpc_status_code st;
+    char msg[256];
+    int rc = mr_rpc_unary(f->ch, "/t.T/Fail", (const uint8_t *)"a", 1, 5000, &resp, &n, &st, msg,
+                          sizeof msg);
+    assert_int_equal(rc, MR_EIO);
+    assert_int_equal(st, GRPC_STATUS_INVALID_ARGUMENT);
+    assert_string_equal(msg, "bad input: field x");
+    assert_null(resp);
+    assert_int_equal(n, 0);
+    rc = mr_rpc_unary(f->ch, "/t.T/Nope", (const uint8_t *)"a", 1, 5000, &resp, &n, &st, msg,
+                      sizeof msg);
+    assert_int_equal(rc, MR_EIO);
+    assert_int_equal(st, GRPC_STATUS_UNIMPLEMENTED);
+    assert_non_null(strstr(msg, "/t.T/Nope"));
+    /* the server still works after that */
+    rc = mr_rpc_unary(f->ch, "/t.T/Echo", (const uint8_t *)"a", 1, 5000, &resp, &n, &st, msg,
+                      sizeof msg);
+    assert_int_equal(rc, 0);
+    free(resp);
+}
+
+static void test_deadline_and_cancel(void **state) {
+    fixture *f = *state;
+    uint8_t *resp = NULL;
+    size_t n;
+    grpc_status_code st;
+    char msg[256];
+    mr_rpc_unary(f->ch, "/t.T/Echo", (const uint8_t *)"a", 1, 5000, &resp, &n, &st, msg,
+                 sizeof msg);   /* connect first */
+    free(resp);
+    double t0 = now_ms();
+    int rc = mr_rpc_unary(f->ch, "/t.T/Slow", (const uint8_t *)"a", 1, 100, &resp, &n, &st, msg,
+                          sizeof msg);
+    double dt = now_ms() - t0;
+    assert_int_equal(rc, MR_EIO);
+    assert_int_equal(st, GRPC_STATUS_DEADLINE_EXCEEDED);
+    assert_true(dt >= 90 && dt < 600);
+    /* the handler notices (deadline or RECV_CLOSE cancelled) and finishes */
+    for (int i = 0; i < 500 && atomic_load(&slow_done) < 1; i++) usleep(2000);
+    assert_int_equal(atomic_load(&slow_done), 1);
+    assert_int_equal(atomic_load(&slow_saw_cancel), 1);
+}
+
+static void test_server_args(void **state) {
+    (void)state;
+    mr_rpc_server *s = (mr_rpc_server *)1;
+    mr_err err = {0};
+    assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 0, &err), MR_EINVAL);
+    assert_null(s);
+    assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 1, &err), 0);
+    mr_rpc_server_free(s);   /* never started */
+    mr_rpc_server_free(NULL);
+}
+
+static int check_health(mr_rpc_channel *ch, const char *service, grpc_status_code *st) {
+    Grpc__Health__V1__HealthCheckRequest rq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    rq.service = (char *)service;
+    uint8_t buf[256];
+    size_t len = grpc__health__v1__health_check_request__pack(&rq, buf);
+    uint8_t *resp = NULL;
+    size_t n = 0;
+    char msg[256];
+    mr_rpc_unary(ch, "/grpc.health.v1.Health/Check", buf, len, 5000, &resp, &n, st, msg,
+                 sizeof msg);
+    if (*st != GRPC_STATUS_OK) return -1;
+    Grpc__Health__V1__HealthCheckResponse *r =
+        grpc__health__v1__health_check_response__unpack(NULL, n, resp);
+    free(resp);
+    assert_non_null(r);
+    int status = r->status;
+    grpc__health__v1__health_check_response__free_unpacked(r, NULL);
+    return status;
+}
+
+static void test_health(void **state) {
+    fixture *f = *state;
+    grpc_status_code st;
+    assert_int_equal(check_health(f->ch, "", &st),
+                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+    mr_rpc_server_set_health(f->s, "", 1);
+    mr_rpc_server_set_health(f->s, "mrank.v1.Worker", 1);
+    assert_int_equal(check_health(f->ch, "", &st),
+                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    assert_int_equal(check_health(f->ch, "mrank.v1.Worker", &st),
+                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    assert_int_equal(check_health(f->ch, "nope", &st), -1);
+    assert_int_equal(st, GRPC_STATUS_NOT_FOUND);
+    mr_rpc_server_set_health(f->s, "mrank.v1.Worker", 0);
+    assert_int_equal(check_health(f->ch, "mrank.v1.Worker", &st),
+                     GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+}
+
+typedef struct async_res {
+    atomic_int n;
+    atomic_int codes[32];
+    char last[128];
+} async_res;
+
+static void on_done(void *user, grpc_status_code status, const char *msg, const uint8_t *resp,
+                    size_t len) {
+    async_res *r = user;
+    int i = atomic_fetch_add(&r->n, 1);
+    if (i < 32) atomic_store(&r->codes[i], (int)status);
+    if (status == GRPC_STATUS_OK) snprintf(r->last, sizeof r->last, "%.*s", (int)len, resp);
+}
+
+static void test_async_metadata(void **state) {
+    fixture *f = *state;
+    static async_res r;
+    memset(&r, 0, sizeof r);
+    mr_rpc_opts o = {.timeout_ms = 5000, .wait_for_ready = 1,
+                     .traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"};
+    assert_int_equal(mr_rpc_unary_async(f->ch, "/t.T/Echo", (const uint8_t *)"m", 1, &o, on_done,
+                                        &r),
+                     0);
+    for (int i = 0; i < 1000 && atomic_load(&r.n) < 1; i++) usleep(1000);
+    assert_int_equal(atomic_load(&r.n), 1);
+    assert_int_equal(atomic_load(&r.codes[0]), GRPC_STATUS_OK);
+    assert_string_equal(r.last, "echo:00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01:m");
+}
+
+static void test_port_clash(void **state) {
+    fixture *f = *state;
+    mr_rpc_server *s2;
+    mr_err err = {0};
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", f->port);
+    assert_int_equal(mr_rpc_server_new(&s2, addr, 1, &err), 0);
+    assert_int_equal(mr_rpc_server_start(s2, NULL, &err), MR_EIO);
+    assert_non_null(strstr(err.msg, addr));
+    mr_rpc_server_free(s2);
+}
+
+static void test_unreachable(void **state) {
+    (void)state;
+    mr_rpc_channel *ch;
+    mr_err err = {0};
+    assert_int_equal(mr_rpc_channel_new(&ch, "127.0.0.1:1", &err), 0);
+    uint8_t *resp;
+    size_t n;
+    grpc_status_code st;
+    char msg[256];
+    double t0 = now_ms();
+    int rc = mr_rpc_unary(ch, "/t.T/Echo", (const uint8_t *)"a", 1, 2000, &resp, &n, &st, msg,
+                          sizeof msg);
+    assert_int_equal(rc, MR_EIO);
+    assert_int_equal(st, GRPC_STATUS_UNAVAILABLE);
+    assert_true(now_ms() - t0 < 1500);
+    mr_rpc_channel_free(ch);
+}
+
+/* Calls in flight at shutdown: slow handlers are cancelled after the drain and finish; the
+ * clients get a status; nothing crashes or leaks. */
+static void test_shutdown_in_flight(void **state) {
+    fixture *f = *state;
+    static async_res r;
+    memset(&r, 0, sizeof r);
+    mr_rpc_opts o = {.timeout_ms = 10000, .wait_for_ready = 1};
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(mr_rpc_unary_async(f->ch, "/t.T/Slow", (const uint8_t *)"s", 1, &o,
+                                            on_done, &r),
+                         0);
+    for (int i = 0; i < 2000 && atomic_load(&slow_started) < 4; i++) usleep(1000);
+    assert_true(atomic_load(&slow_started) >= 4);   /* 4 handler threads, 2 calls queued */
+    double t0 = now_ms();
+    mr_rpc_server_shutdown(f->s, 100);
+    double dt = now_ms() - t0;
+    fprintf(stderr, "# shutdown with 6 calls in flight: %.1f ms\n", dt);
+    assert_true(dt < 3000);
+    assert_int_equal(atomic_load(&slow_done), atomic_load(&slow_started));
+    for (int i = 0; i < 3000 && atomic_load(&r.n) < 6; i++) usleep(1000);
+    assert_int_equal(atomic_load(&r.n), 6);
+    for (int i = 0; i < 6; i++) assert_int_not_equal(atomic_load(&r.codes[i]), GRPC_STATUS_OK);
+    /* a second shutdown is a no-op; teardown frees */
+    mr_rpc_server_shutdown(f->s, 100);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_echo, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fail_and_unknown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_and_cancel, setup, teardown),
+        cmocka_unit_test(test_server_args),
+        cmocka_unit_test_setup_teardown(test_health, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_metadata, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_port_clash, setup, teardown),
+        cmocka_unit_test(test_unreachable),
+        cmocka_unit_test_setup_teardown(test_shutdown_in_flight, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
