@@ -277,12 +277,14 @@ def main():
                 for _ in range(a.warmup):
                     run()
                 warmed = True
-            times = []
+            times, cpus = [], []
             for _ in range(a.reps):
-                t = time.perf_counter()
+                c0, t = time.process_time(), time.perf_counter()
                 s = run()
                 times.append(time.perf_counter() - t)
-            med = sorted(times)[(len(times) - 1) // 2]
+                cpus.append(time.process_time() - c0)
+            mi = sorted(range(len(times)), key=times.__getitem__)[(len(times) - 1) // 2]
+            med, cpu = times[mi], cpus[mi]
             c = torch.tensor(cfg["c_scores"], dtype=torch.float64)
             t64 = s.double()
             # relative to each score, floored at 1e-3 of the largest |score| so a score near
@@ -294,10 +296,11 @@ def main():
             pps = n / med
             ratio = cfg["c_pairs_per_s"] / pps
             print(f"[{cfg['name']}]  time {med:.3f} s (min {min(times):.3f}, max {max(times):.3f})"
-                  f"  {pps:.2f} pairs/s   C/torch = {ratio:.2f}x   "
+                  f"  {pps:.2f} pairs/s  cpu {cpu:.1f} s  C/torch = {ratio:.2f}x   "
                   f"scores vs C: max rel diff {rel:.2e} (max abs {absd:.2e})"
                   f"{'' if rel <= 1e-3 else '  MISMATCH'}", flush=True)
             results.append({"name": cfg["name"], "torch_pairs_per_s": pps, "time_s": med,
+                            "cpu_s": cpu,
                             "max_rel_diff": rel, "max_abs_diff": absd})
     print(f"\nscores: max rel diff over all configs {worst:.2e} "
           f"({'OK, <= 1e-3' if worst <= 1e-3 else 'FAIL, > 1e-3'})")

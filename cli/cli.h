@@ -5,6 +5,7 @@
 int mr_cmd_init_checkpoint(int argc, char **argv);
 int mr_cmd_tokenize(int argc, char **argv);
 int mr_cmd_score(int argc, char **argv);
+int mr_cmd_worker(int argc, char **argv);
 
 /* Parses "4,8,12" into out (at most cap values); -1 on a malformed list, after printing an
  * error that names the option. */

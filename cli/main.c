@@ -12,6 +12,7 @@ static void usage(FILE *f) {
           "  init-checkpoint  write a seeded checkpoint in Hugging Face format\n"
           "  tokenize         print the model input ids of (query, passage) pairs\n"
           "  score            score passages against a query at chosen exits and widths\n"
+          "  worker           serve a checkpoint over gRPC (mrank.v1.Worker)\n"
           "run 'mrank <command> --help' for its options\n", f);
 }
 
@@ -58,6 +59,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "init-checkpoint")) return mr_cmd_init_checkpoint(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return mr_cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "score")) return mr_cmd_score(argc - 1, argv + 1);
+    if (!strcmp(cmd, "worker")) return mr_cmd_worker(argc - 1, argv + 1);
     fprintf(stderr, "mrank: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -1,0 +1,135 @@
+/* cmd_worker.c: `mrank worker`: serve one checkpoint (and its adapters) as mrank.v1.Worker.
+ *
+ * Parses flags into mr_worker_opts, blocks SIGTERM/SIGINT before any thread starts (so only
+ * sigwait here sees them), runs the worker until a signal, then drains and exits 0. Prints one
+ * line to stderr when serving: "mrank worker: serving on port P metrics-port M ..." (scripts
+ * started with port 0 read the ports from it). */
+#define _GNU_SOURCE
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "worker.h"
+
+static void worker_usage(FILE *f) {
+    fputs("usage: mrank worker --model DIR --listen ADDR [options]\n"
+          "  --model DIR               checkpoint folder (config.json, safetensors, tokenizer.json)\n"
+          "  --adapter NAME=DIR        LoRA adapter kept unmerged, selected per request by NAME\n"
+          "                            (SubArch.adapters); repeatable\n"
+          "  --listen ADDR             gRPC address, e.g. 0.0.0.0:7001 or 127.0.0.1:0\n"
+          "  --threads N               compute (OpenBLAS/OpenMP) threads (default: all CPUs)\n"
+          "  --rpc-threads N           gRPC handler threads, which tokenize (default 4)\n"
+          "  --max-batch-tokens N      tokens per model batch (default 16384)\n"
+          "  --max-wait-ms N           longest a request waits for a batch to fill (default 2)\n"
+          "  --max-inflight-tokens N   admission budget, queued + running (default 65536)\n"
+          "  --metrics-port P          Prometheus /metrics over HTTP (0 = any free port)\n"
+          "  --max-len N               token budget of query + passage (default 512)\n"
+          "  --prompt TEXT             instruction appended to every pair\n"
+          "  --drain-ms N              on SIGTERM, how long in-flight work may finish (default 10000)\n",
+          f);
+}
+
+int mr_cmd_worker(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'},          {"adapter", 1, 0, 'a'},
+        {"listen", 1, 0, 'l'},         {"threads", 1, 0, 't'},
+        {"rpc-threads", 1, 0, 'r'},    {"max-batch-tokens", 1, 0, 'b'},
+        {"max-wait-ms", 1, 0, 'w'},    {"max-inflight-tokens", 1, 0, 'i'},
+        {"metrics-port", 1, 0, 'M'},   {"max-len", 1, 0, 'L'},
+        {"prompt", 1, 0, 'P'},         {"drain-ms", 1, 0, 'd'},
+        {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
+    mr_worker_opts o;
+    mr_worker_opts_default(&o);
+    o.listen = NULL;
+    char *adapter_buf[MR_MAX_ADAPTERS] = {0};
+    int drain_ms = 10000, ch, rc = 2;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'm': o.model_dir = optarg; break;
+        case 'l': o.listen = optarg; break;
+        case 'a': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg || !eq[1]) {
+                fprintf(stderr, "mrank worker: --adapter: '%s' is not NAME=DIR\n", optarg);
+                goto done;
+            }
+            if (o.n_adapters == MR_MAX_ADAPTERS) {
+                fprintf(stderr, "mrank worker: at most %d adapters\n", MR_MAX_ADAPTERS);
+                goto done;
+            }
+            char *copy = strdup(optarg);
+            if (!copy) goto done;
+            copy[eq - optarg] = 0;
+            adapter_buf[o.n_adapters] = copy;
+            o.adapter_names[o.n_adapters] = copy;
+            o.adapter_dirs[o.n_adapters] = copy + (eq - optarg) + 1;
+            o.n_adapters++;
+            break;
+        }
+        case 't': if (mr_cli_parse_int("--threads", optarg, &o.compute_threads)) goto done; break;
+        case 'r': if (mr_cli_parse_int("--rpc-threads", optarg, &o.rpc_threads)) goto done; break;
+        case 'b':
+            if (mr_cli_parse_int("--max-batch-tokens", optarg, &o.max_batch_tokens)) goto done;
+            break;
+        case 'w': if (mr_cli_parse_int("--max-wait-ms", optarg, &o.max_wait_ms)) goto done; break;
+        case 'i':
+            if (mr_cli_parse_int("--max-inflight-tokens", optarg, &o.max_inflight_tokens))
+                goto done;
+            break;
+        case 'M': if (mr_cli_parse_int("--metrics-port", optarg, &o.metrics_port)) goto done; break;
+        case 'L': if (mr_cli_parse_int("--max-len", optarg, &o.max_len)) goto done; break;
+        case 'P': o.prompt = optarg; break;
+        case 'd': if (mr_cli_parse_int("--drain-ms", optarg, &drain_ms)) goto done; break;
+        case 'h': worker_usage(stdout); rc = 0; goto done;
+        default: worker_usage(stderr); goto done;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mrank worker: unexpected argument '%s'\n", argv[optind]);
+        goto done;
+    }
+    if (!o.model_dir || !o.listen) {
+        fprintf(stderr, "mrank worker: --model and --listen are required\n");
+        worker_usage(stderr);
+        goto done;
+    }
+    if (o.metrics_port > 65535 || o.max_batch_tokens < 1 || o.max_inflight_tokens < 1 ||
+        o.max_len < 1 || o.compute_threads < 0 || o.rpc_threads < 1 || o.max_wait_ms < 0) {
+        fprintf(stderr, "mrank worker: a numeric option is out of range\n");
+        goto done;
+    }
+
+    /* every thread created from here on inherits the blocked mask */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    mr_err err = {0};
+    mr_worker *w = NULL;
+    if (mr_worker_new(&w, &o, &err)) {
+        fprintf(stderr, "mrank worker: %s\n", err.msg);
+        rc = 1;
+        goto done;
+    }
+    fprintf(stderr,
+            "mrank worker: serving on port %d metrics-port %d (%.3g ns per token-layer, "
+            "max-batch-tokens %d, max-inflight-tokens %d)\n",
+            mr_worker_port(w), mr_worker_metrics_port(w), mr_worker_ns_per_token_layer(w),
+            o.max_batch_tokens, o.max_inflight_tokens);
+    int sig = 0;
+    sigwait(&set, &sig);
+    fprintf(stderr, "mrank worker: %s: draining (up to %d ms)\n",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
+    mr_worker_shutdown(w, drain_ms);
+    mr_worker_free(w);
+    fprintf(stderr, "mrank worker: stopped\n");
+    rc = 0;
+done:
+    for (int i = 0; i < MR_MAX_ADAPTERS; i++) free(adapter_buf[i]);
+    return rc;
+}

@@ -1,0 +1,40 @@
+/* coord_metrics.h: the coordinator's Prometheus metrics and their HTTP endpoint.
+ *
+ * Counters per (profile stage position, tier): candidates in, survivors kept (survival ratio =
+ * kept / in), escalations (requests that reached a stage after the first), stages skipped for
+ * the deadline; per tier: requests by outcome, degraded answers, deadline misses and a request
+ * latency histogram; per pool: Score retries on another replica; per stage: the cost model's
+ * current ns per token-layer. Served as Prometheus text at GET /metrics by libmicrohttpd on
+ * its own thread. Recording takes one mutex briefly; coordinator.c is the only writer. */
+#ifndef MR_COORD_METRICS_H
+#define MR_COORD_METRICS_H
+
+#include "coord_config.h"
+
+typedef struct mr_coord_metrics mr_coord_metrics;
+
+/* Outcome of one request, for mrank_coord_requests_total{outcome}. */
+typedef enum mr_outcome {
+    MR_OUT_OK = 0, MR_OUT_DEGRADED, MR_OUT_INVALID, MR_OUT_DEADLINE, MR_OUT_UNAVAILABLE,
+    MR_OUT_REJECTED, MR_OUT_ERROR, MR_OUT_N
+} mr_outcome;
+
+/* Allocates counters for cfg (which must outlive the metrics). */
+int mr_coord_metrics_new(mr_coord_metrics **out, const mr_coord_config *cfg, mr_err *err);
+/* Starts the HTTP endpoint on port (all interfaces); port 0 does nothing. */
+int mr_coord_metrics_serve(mr_coord_metrics *m, int port, mr_err *err);
+void mr_coord_metrics_free(mr_coord_metrics *m);
+
+/* stage = index into cfg->stages. */
+void mr_coord_metrics_stage(mr_coord_metrics *m, int stage, int tier, int in, int kept,
+                            int escalated, int skipped, double ms);
+void mr_coord_metrics_request(mr_coord_metrics *m, int tier, mr_outcome out, int deadline_miss,
+                              double ms);
+void mr_coord_metrics_retry(mr_coord_metrics *m, int pool);
+void mr_coord_metrics_cost(mr_coord_metrics *m, int stage, double ns_per_tl);
+void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta);
+
+/* Renders the text exposition into a malloc'd string (caller frees). */
+char *mr_coord_metrics_render(mr_coord_metrics *m);
+
+#endif

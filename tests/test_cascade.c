@@ -1,0 +1,238 @@
+/* test_cascade.c: the pure cascade rules of coordinator/cascade.c: keep rules, bounded
+ * overrides, the cross-stage merge rule with its stable tie-break, token-layer costs, the EWMA
+ * cost model, call splitting and the deadline skip decision. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <string.h>
+
+#include "cascade.h"
+
+static void test_sort_merge_rule(void **state) {
+    /* index 0 stopped at stage 0 with a huge score; it must still rank below every stage-1
+     * survivor. NaN ranks last within its stage. */
+    mr_cand c[] = {{0, 0, 50.0f}, {1, 1, -3.0f}, {2, 1, 2.0f}, {3, 0, 1.0f},
+                   {4, 1, NAN},   {5, -1, NAN}, {6, 0, 7.0f}};
+    mr_cascade_sort(c, 7);
+    int want[] = {2, 1, 4, 0, 6, 3, 5};
+    for (int i = 0; i < 7; i++) assert_int_equal(c[i].index, want[i]);
+}
+
+static void test_sort_ties_stable(void **state) {
+    mr_cand c[] = {{5, 0, 1.0f}, {2, 0, 1.0f}, {9, 0, 1.0f}, {0, 0, 0.5f}, {1, 0, 1.0f}};
+    mr_cascade_sort(c, 5);
+    int want[] = {1, 2, 5, 9, 0};
+    for (int i = 0; i < 5; i++) assert_int_equal(c[i].index, want[i]);
+    mr_cand a = {3, 0, 2.0f}, b = {4, 0, 2.0f};
+    assert_true(mr_cascade_before(&a, &b));
+    assert_false(mr_cascade_before(&b, &a));
+    assert_false(mr_cascade_before(&a, &a));
+}
+
+static void fill(mr_cand *c, const float *s, int n) {
+    for (int i = 0; i < n; i++) c[i] = (mr_cand){i, 0, s[i]};
+}
+
+static void test_keep_rules(void **state) {
+    const float s[10] = {0.1f, 0.9f, 0.5f, 0.3f, 0.7f, 0.2f, 0.8f, 0.4f, 0.6f, 0.0f};
+    mr_cand c[10];
+    mr_keep_rule none = {0};
+    fill(c, s, 10);
+    assert_int_equal(mr_cascade_select(c, 10, &none), 10);
+    assert_int_equal(c[0].index, 1);
+    assert_int_equal(c[9].index, 9);
+
+    mr_keep_rule top3 = {.top_k = 3};
+    fill(c, s, 10);
+    assert_int_equal(mr_cascade_select(c, 10, &top3), 3);
+    assert_int_equal(c[0].index, 1);
+    assert_int_equal(c[1].index, 6);
+    assert_int_equal(c[2].index, 4);
+    assert_int_equal(mr_cascade_keep_count(s, 10, &top3), 3);
+
+    mr_keep_rule half = {.fraction = 0.5f};
+    fill(c, s, 10);
+    assert_int_equal(mr_cascade_select(c, 10, &half), 5);
+    mr_keep_rule third = {.fraction = 0.34f}; /* ceil(3.4) = 4 */
+    assert_int_equal(mr_cascade_keep_count(s, 10, &third), 4);
+    mr_keep_rule tiny = {.fraction = 0.01f}; /* at least one survives a fraction */
+    assert_int_equal(mr_cascade_keep_count(s, 10, &tiny), 1);
+
+    mr_keep_rule min = {.has_min_score = 1, .min_score = 0.55f};
+    fill(c, s, 10);
+    assert_int_equal(mr_cascade_select(c, 10, &min), 4); /* .9 .8 .7 .6 */
+    assert_int_equal(mr_cascade_keep_count(s, 10, &min), 4);
+    mr_keep_rule min_exact = {.has_min_score = 1, .min_score = 0.6f}; /* >= keeps the equal */
+    assert_int_equal(mr_cascade_keep_count(s, 10, &min_exact), 4);
+
+    /* the tightest rule wins */
+    mr_keep_rule all3 = {.top_k = 6, .fraction = 0.5f, .has_min_score = 1, .min_score = 0.65f};
+    fill(c, s, 10);
+    assert_int_equal(mr_cascade_select(c, 10, &all3), 3);
+    mr_keep_rule above_all = {.has_min_score = 1, .min_score = 5.0f};
+    fill(c, s, 10);
+    assert_int_equal(mr_cascade_select(c, 10, &above_all), 0);
+
+    /* NaN scores never pass a min_score rule and sort last */
+    const float sn[3] = {NAN, 1.0f, 2.0f};
+    fill(c, sn, 3);
+    mr_keep_rule m0 = {.has_min_score = 1, .min_score = -1e9f};
+    assert_int_equal(mr_cascade_select(c, 3, &m0), 2);
+    assert_int_equal(c[2].index, 0);
+    /* ties at the cut: the lower index survives */
+    const float st[4] = {1.0f, 2.0f, 1.0f, 1.0f};
+    fill(c, st, 4);
+    assert_int_equal(mr_cascade_select(c, 4, &(mr_keep_rule){.top_k = 2}), 2);
+    assert_int_equal(c[0].index, 1);
+    assert_int_equal(c[1].index, 0);
+}
+
+static void test_override_bounds(void **state) {
+    mr_keep_rule r = {.top_k = 10, .fraction = 0.5f};
+    mr_keep_bounds b = {.max_top_k = 20, .max_fraction = 0.6f};
+    mr_err err = {0};
+    /* tightening and loosening within bounds */
+    mr_keep_override ok = {.top_k = 20, .fraction = 0.25f, .has_min_score = 1, .min_score = -2};
+    assert_int_equal(mr_cascade_override(&r, &b, &ok, "overrides[0]", &err), 0);
+    assert_int_equal(r.top_k, 20);
+    assert_true(fabsf(r.fraction - 0.25f) < 1e-6f);
+    assert_true(r.has_min_score && r.min_score == -2.0f);
+    /* zero fields keep the profile value */
+    mr_keep_override zero = {0};
+    assert_int_equal(mr_cascade_override(&r, &b, &zero, "overrides[0]", &err), 0);
+    assert_int_equal(r.top_k, 20);
+    /* above the bounds: error naming the field, rule unchanged */
+    mr_keep_rule before = r;
+    mr_keep_override big = {.top_k = 21};
+    assert_int_equal(mr_cascade_override(&r, &b, &big, "overrides[1]", &err), MR_ERANGE);
+    assert_non_null(strstr(err.msg, "overrides[1].keep_top_k"));
+    assert_non_null(strstr(err.msg, "20"));
+    assert_memory_equal(&r, &before, sizeof r);
+    mr_keep_override fr = {.fraction = 0.7f};
+    assert_int_equal(mr_cascade_override(&r, &b, &fr, "overrides[0]", &err), MR_ERANGE);
+    assert_non_null(strstr(err.msg, "keep_fraction"));
+    mr_keep_override neg = {.fraction = -0.1f};
+    assert_int_equal(mr_cascade_override(&r, &b, &neg, "overrides[0]", &err), MR_ERANGE);
+    mr_keep_override nanf_ = {.fraction = NAN};
+    assert_int_equal(mr_cascade_override(&r, &b, &nanf_, "overrides[0]", &err), MR_ERANGE);
+    mr_keep_override inf = {.has_min_score = 1, .min_score = INFINITY};
+    assert_int_equal(mr_cascade_override(&r, &b, &inf, "overrides[0]", &err), MR_ERANGE);
+    assert_non_null(strstr(err.msg, "min_score"));
+    mr_keep_override negk = {.top_k = -1};
+    assert_int_equal(mr_cascade_override(&r, &b, &negk, "overrides[0]", &err), MR_ERANGE);
+    assert_memory_equal(&r, &before, sizeof r);
+}
+
+static void test_token_layers(void **state) {
+    /* no compression: (fixed + passage) * depth */
+    mr_cost_arch full = {8, 1, 0, NULL};
+    assert_true(mr_cascade_token_layers(20, 100, &full) == 120.0 * 8);
+    /* r=2 at layer 2, depth 4: layers 0,1 see 100 passage tokens, layers 2,3 see 50 */
+    int l2[] = {2};
+    mr_cost_arch half = {4, 2, 1, l2};
+    assert_true(mr_cascade_token_layers(20, 100, &half) == 2 * 120.0 + 2 * 70.0);
+    /* two compress layers, ceil pooling: 101 -> 26 -> 7 with r=4 */
+    int l13[] = {1, 3};
+    mr_cost_arch q = {4, 4, 2, l13};
+    assert_true(mr_cascade_token_layers(0, 101, &q) == 101.0 + 26.0 + 26.0 + 7.0);
+    /* compress layers at or beyond depth are never reached */
+    int l9[] = {9};
+    mr_cost_arch deep = {4, 2, 1, l9};
+    assert_true(mr_cascade_token_layers(10, 10, &deep) == 80.0);
+    /* the spec's Gemma example: r=2 at layer 8, exit at 25 ~ (8 + 17/2)/42 of the full model */
+    int g8[] = {8};
+    mr_cost_arch g = {25, 2, 1, g8}, gf = {42, 1, 0, NULL};
+    double ratio = mr_cascade_token_layers(0, 1000, &g) / mr_cascade_token_layers(0, 1000, &gf);
+    assert_true(fabs(ratio - (8 + 17 / 2.0) / 42) < 1e-3);
+}
+
+static void test_cost_model(void **state) {
+    mr_cost_model m;
+    mr_cost_model_init(&m, 0, 0.5, 1.0);
+    assert_true(m.ns_per_tl == MR_CASCADE_DEFAULT_NS_PER_TL);
+    mr_cost_model_init(&m, 1000, 0.5, 1.0);
+    /* 1e6 token-layers at 1000 ns = 1000 ms; over 4 calls 250 ms, plus 1 ms overhead */
+    assert_true(fabs(mr_cost_model_estimate_ms(&m, 1e6, 1) - 1001.0) < 1e-9);
+    assert_true(fabs(mr_cost_model_estimate_ms(&m, 1e6, 4) - 251.0) < 1e-9);
+    assert_true(fabs(mr_cost_model_estimate_ms(&m, 1e6, 0) - 1001.0) < 1e-9);
+    /* first observation: mean of the prior and the observation; then EWMA with alpha */
+    mr_cost_model_observe(&m, 1e6, 3000.0, 3004.0); /* 3000 ns per token-layer */
+    assert_true(fabs(m.ns_per_tl - 2000.0) < 1e-6);
+    assert_true(fabs(m.overhead_ms - 2.5) < 1e-9);
+    mr_cost_model_observe(&m, 1e6, 3000.0, 0); /* unknown wall time: overhead unchanged */
+    assert_true(fabs(m.ns_per_tl - 2500.0) < 1e-6);
+    assert_true(fabs(m.overhead_ms - 2.5) < 1e-9);
+    /* garbage observations are ignored */
+    mr_cost_model_observe(&m, 0, 10, 10);
+    mr_cost_model_observe(&m, 1e6, NAN, 10);
+    mr_cost_model_observe(&m, 1e6, -1, 10);
+    assert_true(fabs(m.ns_per_tl - 2500.0) < 1e-6);
+    assert_int_equal(m.n_obs, 2);
+    /* converges toward a new speed */
+    for (int i = 0; i < 50; i++) mr_cost_model_observe(&m, 1e6, 100.0, 0);
+    assert_true(fabs(m.ns_per_tl - 100.0) < 1.0);
+}
+
+static void test_n_calls(void **state) {
+    assert_int_equal(mr_cascade_n_calls(0, 0, 4, 0, 1), 0);
+    /* one call per worker when there are enough candidates */
+    assert_int_equal(mr_cascade_n_calls(100, 5000, 2, 0, 1), 2);
+    assert_int_equal(mr_cascade_n_calls(100, 5000, 2, 0, 8), 2);
+    assert_int_equal(mr_cascade_n_calls(10, 500, 4, 0, 8), 1); /* 10 / 8 -> one call */
+    assert_int_equal(mr_cascade_n_calls(3, 300, 8, 0, 1), 3);  /* never more calls than items */
+    /* token cap per call forces more calls than workers */
+    assert_int_equal(mr_cascade_n_calls(100, 10000, 2, 1000, 1), 10);
+    assert_int_equal(mr_cascade_n_calls(5, 10000, 1, 100, 1), 5);
+}
+
+static void test_decide(void **state) {
+    /* fits: run */
+    assert_int_equal(mr_cascade_decide(0, 10, 100, 1.2, 1), MR_STAGE_RUN);
+    assert_int_equal(mr_cascade_decide(1, 80, 100, 1.2, 0), MR_STAGE_RUN);
+    assert_int_equal(mr_cascade_decide(1, 10, INFINITY, 1.2, 0), MR_STAGE_RUN);
+    /* does not fit with the safety factor: skip when degraded answers are allowed */
+    assert_int_equal(mr_cascade_decide(1, 90, 100, 1.2, 1), MR_STAGE_SKIP);
+    assert_int_equal(mr_cascade_decide(2, 500, 100, 1.0, 1), MR_STAGE_SKIP);
+    /* ... else fail */
+    assert_int_equal(mr_cascade_decide(1, 90, 100, 1.2, 0), MR_STAGE_FAIL);
+    /* the first stage has no ranking to fall back on */
+    assert_int_equal(mr_cascade_decide(0, 200, 100, 1.0, 1), MR_STAGE_FAIL);
+    /* a spent budget never runs */
+    assert_int_equal(mr_cascade_decide(0, 0, 0, 1.0, 1), MR_STAGE_FAIL);
+    assert_int_equal(mr_cascade_decide(1, 0, -5, 1.0, 1), MR_STAGE_SKIP);
+    /* safety below 1 is treated as 1 */
+    assert_int_equal(mr_cascade_decide(1, 100, 100, 0.5, 0), MR_STAGE_RUN);
+}
+
+static void test_remaining(void **state) {
+    assert_true(isinf(mr_cascade_remaining_ms(INFINITY, 0, 5)));
+    assert_true(mr_cascade_remaining_ms(INFINITY, 100, 30) == 70);
+    assert_true(mr_cascade_remaining_ms(50, 100, 30) == 50);
+    assert_true(mr_cascade_remaining_ms(500, 100, 30) == 70);
+    assert_true(mr_cascade_remaining_ms(NAN, 100, 130) == -30);
+    assert_true(mr_cascade_remaining_ms(-3, 0, 0) == -3);
+}
+
+static void test_sigmoid(void **state) {
+    assert_true(mr_cascade_sigmoid(0) == 0.5f);
+    assert_true(fabsf(mr_cascade_sigmoid(2.0f) - 0.8807971f) < 1e-6f);
+    assert_true(mr_cascade_sigmoid(-100.0f) >= 0 && mr_cascade_sigmoid(-100.0f) < 1e-30f);
+    assert_true(mr_cascade_sigmoid(100.0f) == 1.0f);
+    assert_true(isnan(mr_cascade_sigmoid(NAN)));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sort_merge_rule), cmocka_unit_test(test_sort_ties_stable),
+        cmocka_unit_test(test_keep_rules),      cmocka_unit_test(test_override_bounds),
+        cmocka_unit_test(test_token_layers),    cmocka_unit_test(test_cost_model),
+        cmocka_unit_test(test_n_calls),         cmocka_unit_test(test_decide),
+        cmocka_unit_test(test_remaining),       cmocka_unit_test(test_sigmoid),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
