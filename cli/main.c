@@ -13,6 +13,9 @@ static void usage(FILE *f) {
           "  tokenize         print the model input ids of (query, passage) pairs\n"
           "  score            score passages against a query at chosen exits and widths\n"
           "  worker           serve a checkpoint over gRPC (mrank.v1.Worker)\n"
+          "  coordinator      serve the cascade (mrank.v1.Ranker) over worker pools\n"
+          "  up               start a local cluster (workers + coordinator) from a config\n"
+          "  rerank           send a Rerank request to a coordinator\n"
           "run 'mrank <command> --help' for its options\n", f);
 }
 
@@ -60,6 +63,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return mr_cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "score")) return mr_cmd_score(argc - 1, argv + 1);
     if (!strcmp(cmd, "worker")) return mr_cmd_worker(argc - 1, argv + 1);
+    if (!strcmp(cmd, "coordinator")) return mr_cmd_coordinator(argc - 1, argv + 1);
+    if (!strcmp(cmd, "up")) return mr_cmd_up(argc - 1, argv + 1);
+    if (!strcmp(cmd, "rerank")) return mr_cmd_rerank(argc - 1, argv + 1);
     fprintf(stderr, "mrank: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -47,7 +47,12 @@ static void slow(mr_rpc_call *call, void *user) {
     double t0 = now_ms();
     while (!mr_rpc_call_cancelled(call) && now_ms() - t0 < 5000) usleep(2000);
     if (mr_rpc_call_cancelled(call)) atomic_fetch_add(&slow_saw_cancel, 1);
-    mr_rpc_call_fail(call, GRPC_STATUS_CANCELLED, "gave up");
+    /* like the worker: a passed deadline is answered DEADLINE_EXCEEDED, which also keeps the
+     * client's status stable when this answer races the client's own deadline timer */
+    if (mr_rpc_call_remaining_ms(call) <= 0)
+        mr_rpc_call_fail(call, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline passed");
+    else
+        mr_rpc_call_fail(call, GRPC_STATUS_CANCELLED, "gave up");
     atomic_fetch_add(&slow_done, 1);
 }
 

@@ -816,7 +816,7 @@ int mr_train_micro(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twid
         return mr_err_set(err, MR_EINVAL, "batch: need groups of at least 2 candidates");
     size_t ns = (size_t)E * n_rows;
     float *scores = malloc(sizeof(float) * ns), *teach = malloc(sizeof(float) * ns);
-    float *ds = calloc(ns, sizeof(float)), *tp = malloc(sizeof(float) * G);
+    float *ds = calloc(ns, sizeof(float)), *tp = malloc(sizeof(float) * 2 * (size_t)G);
     if (!scores || !teach || !ds || !tp) {
         rc = mr_err_set(err, MR_ENOMEM, "out of memory");
         goto done;
@@ -841,7 +841,7 @@ int mr_train_micro(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twid
         for (int e = 0; e < E; e++) {
             if (m->exit_layer[e] >= D) continue;
             int a = exit_index(m, mr_cascade_anchor(m, o, m->exit_layer[e]));
-            float ttp[G];
+            float *ttp = tp + G; /* tp[0..G) holds the external teacher's targets */
             mr_softmax(ttp, teach + (size_t)a * n_rows + (size_t)g * G, G);
             size_t at = (size_t)e * n_rows + (size_t)g * G;
             L.cascade += mr_softmax_xent(ds + at, scores + at, ttp, G, wgt);

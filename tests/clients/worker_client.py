@@ -13,6 +13,8 @@ channel.unary_unary, so no grpc_tools is needed.
         [--max-len N] [--truncate none] [--prune L:top=K|L:min=T]... [--timeout S]
       prints {"exits":[...],"results":[{"index","scores","depth","tokens","truncated"}],...}
       or, on a non-OK status, {"code":"INVALID_ARGUMENT","message":"..."} and exits 3.
+  worker_client.py multi ADDR FILE                FILE: a JSON list of score argument lists;
+      prints one result line per entry (one process start for many calls)
 """
 import argparse
 import json
@@ -48,7 +50,7 @@ def ints(s):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["wait", "health", "info", "score"])
+    ap.add_argument("cmd", choices=["wait", "health", "info", "score", "multi"])
     ap.add_argument("addr")
     ap.add_argument("extra", nargs="?")
     ap.add_argument("--query")
@@ -106,38 +108,50 @@ def main():
                       mrank_pb2.WorkerInfoResponse, a.timeout)
             print(json.dumps(MessageToDict(r, preserving_proto_field_name=True)))
             return 0
-        req = mrank_pb2.ScoreRequest(query=a.query or "", passages=a.passage,
-                                     exits=ints(a.exits), max_len=a.max_len,
-                                     truncate=mrank_pb2.TRUNCATE_NONE if a.truncate == "none"
-                                     else mrank_pb2.TRUNCATE_END)
-        req.arch.depth = a.depth
-        req.arch.compress_ratio = a.ratio
-        req.arch.compress_layers.extend(ints(a.compress_layers))
-        req.arch.pooling = a.pooling
-        req.arch.adapters.extend(a.adapter)
-        for p in a.prune:
-            layer, rest = p.split(":")
-            kind, val = rest.split("=")
-            step = req.prune.add(layer=int(layer))
-            if kind == "top":
-                step.top_k = int(val)
-            else:
-                step.has_min_score = True
-                step.min_score = float(val)
-        try:
-            r = unary(ch, "/mrank.v1.Worker/Score", req, mrank_pb2.ScoreResponse, a.timeout)
-        except grpc.RpcError as e:
-            print(json.dumps({"code": e.code().name, "message": e.details()}))
-            return 3
-        res = []
-        for i, p in enumerate(r.passages):
-            res.append({"index": i, "scores": [None if math.isnan(s) else s for s in p.scores],
-                        "depth": p.depth, "tokens": p.tokens, "truncated": p.truncated})
-        print(json.dumps({"exits": list(r.exits), "results": res, "queue_ms": r.queue_ms,
-                          "compute_ms": r.compute_ms, "batch_tokens": r.batch_tokens}))
-        return 0
+        if a.cmd == "multi":
+            rc = 0
+            for argv in json.load(open(a.extra)):
+                sub = ap.parse_args(["score", a.addr] + argv)
+                rc = max(rc, score(ch, mrank_pb2, sub))
+            return rc
+        return score(ch, mrank_pb2, a)
     finally:
         ch.close()
+
+
+def score(ch, mrank_pb2, a):
+    req = mrank_pb2.ScoreRequest(query=a.query or "", passages=a.passage,
+                                 exits=ints(a.exits), max_len=a.max_len,
+                                 truncate=mrank_pb2.TRUNCATE_NONE if a.truncate == "none"
+                                 else mrank_pb2.TRUNCATE_END)
+    req.arch.depth = a.depth
+    req.arch.compress_ratio = a.ratio
+    req.arch.compress_layers.extend(ints(a.compress_layers))
+    req.arch.pooling = a.pooling
+    req.arch.adapters.extend(a.adapter)
+    for p in a.prune:
+        layer, rest = p.split(":")
+        kind, val = rest.split("=")
+        step = req.prune.add(layer=int(layer))
+        if kind == "top":
+            step.top_k = int(val)
+        else:
+            step.has_min_score = True
+            step.min_score = float(val)
+    try:
+        r = unary(ch, "/mrank.v1.Worker/Score", req, mrank_pb2.ScoreResponse, a.timeout)
+    except grpc.RpcError as e:
+        print(json.dumps({"code": e.code().name, "message": e.details()}))
+        sys.stdout.flush()
+        return 3
+    res = []
+    for i, p in enumerate(r.passages):
+        res.append({"index": i, "scores": [None if math.isnan(s) else s for s in p.scores],
+                    "depth": p.depth, "tokens": p.tokens, "truncated": p.truncated})
+    print(json.dumps({"exits": list(r.exits), "results": res, "queue_ms": r.queue_ms,
+                      "compute_ms": r.compute_ms, "batch_tokens": r.batch_tokens}))
+    sys.stdout.flush()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,467 @@
+/* test_worker.c: the worker (worker/worker.c) in process, driven over loopback gRPC by the C
+ * client of rpc.h: scores equal a direct mr_model_score run (what `mrank score` does) to 1e-5
+ * at several exits and widths, also when requests are batched together or split over batches;
+ * INVALID_ARGUMENT messages; admission (RESOURCE_EXHAUSTED at once); queued deadlines; Info;
+ * drain at shutdown. The model is a 4-layer seeded checkpoint made with `mrank init-checkpoint`. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "input.h"
+#include "model.h"
+#include "mrank.pb-c.h"
+#include "rpc.h"
+#include "worker.h"
+
+static char model_dir[256];
+static mr_model ref_model;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int group_setup(void **state) {
+    snprintf(model_dir, sizeof model_dir, "/tmp/mrank_test_worker_%d", (int)getpid());
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s/mrank init-checkpoint --arch mistral --layers 4 --hidden 64 --heads 4 "
+             "--kv-heads 2 --intermediate 128 --vocab-from %s/third_party/tokenizers/llama2/"
+             "tokenizer.json --start-layer 1 --dtype f32 --seed 1 --out %s >/dev/null",
+             MR_BINARY_DIR, MR_SOURCE_DIR, model_dir);
+    if (system(cmd)) return -1;
+    mr_err err = {0};
+    mr_model_opts mo = {0};
+    return mr_model_load(&ref_model, model_dir, &mo, &err);
+}
+
+static int group_teardown(void **state) {
+    mr_model_close(&ref_model);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", model_dir);
+    return system(cmd) ? -1 : 0;
+}
+
+/* What `mrank score` computes: scores (n, n_exits). */
+static void ref_score(const char *query, const char *const *passages, int n,
+                      const mr_run_opts *o, float *scores) {
+    mr_err err = {0};
+    mr_ids q = {0}, s = {0};
+    mr_ids *p = calloc((size_t)n, sizeof *p);
+    mr_row *rows = calloc((size_t)n, sizeof *rows);
+    int *depth = calloc((size_t)n, sizeof *depth);
+    int tr = 0, total = 0, longest = 2;
+    assert_int_equal(mr_input_query(ref_model.tok, ref_model.cfg.bos_token_id, query,
+                                    MR_DEFAULT_MAX_LEN, &q, &tr, &err), 0);
+    assert_int_equal(mr_input_suffix(ref_model.tok, MR_DEFAULT_PROMPT, &s, &err), 0);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(mr_input_passage(ref_model.tok, passages[i], MR_DEFAULT_MAX_LEN, q.n,
+                                          &p[i], &tr, &err), 0);
+        rows[i] = (mr_row){q.v, (int)q.n, p[i].v, (int)p[i].n, s.v, (int)s.n};
+        int len = rows[i].nq + rows[i].np + rows[i].ns;
+        total += len;
+        if (len > longest) longest = len;
+    }
+    mr_ctx ctx = {0};
+    assert_int_equal(mr_ctx_init(&ctx, &ref_model, total, n, longest, &err), 0);
+    assert_int_equal(mr_model_score(&ctx, rows, n, o, scores, depth, &err), 0);
+    mr_ctx_close(&ctx);
+    for (int i = 0; i < n; i++) mr_ids_free(&p[i]);
+    mr_ids_free(&q);
+    mr_ids_free(&s);
+    free(p);
+    free(rows);
+    free(depth);
+}
+
+typedef struct wfix {
+    mr_worker *w;
+    mr_rpc_channel *ch;
+} wfix;
+
+static void start_worker(wfix *f, int max_batch, int max_wait, int max_inflight) {
+    mr_worker_opts o;
+    mr_worker_opts_default(&o);
+    o.model_dir = model_dir;
+    o.listen = "127.0.0.1:0";
+    o.compute_threads = 2;
+    o.max_batch_tokens = max_batch;
+    o.max_wait_ms = max_wait;
+    o.max_inflight_tokens = max_inflight;
+    mr_err err = {0};
+    int rc = mr_worker_new(&f->w, &o, &err);
+    if (rc) fprintf(stderr, "worker: %s\n", err.msg);
+    assert_int_equal(rc, 0);
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", mr_worker_port(f->w));
+    assert_int_equal(mr_rpc_channel_new(&f->ch, target, &err), 0);
+}
+
+static void stop_worker(wfix *f) {
+    mr_rpc_channel_free(f->ch);
+    mr_worker_shutdown(f->w, 5000);
+    mr_worker_free(f->w);
+}
+
+/* Packs a ScoreRequest; exits/compress may be NULL. */
+static uint8_t *pack_req(const char *query, const char *const *passages, int n,
+                         const uint32_t *exits, int n_exits, uint32_t ratio,
+                         const uint32_t *compress, int n_compress, size_t *len) {
+    Mrank__V1__ScoreRequest rq = MRANK__V1__SCORE_REQUEST__INIT;
+    Mrank__V1__SubArch arch = MRANK__V1__SUB_ARCH__INIT;
+    rq.query = (char *)query;
+    rq.n_passages = (size_t)n;
+    rq.passages = (char **)passages;
+    rq.n_exits = (size_t)n_exits;
+    rq.exits = (uint32_t *)exits;
+    arch.compress_ratio = ratio;
+    arch.n_compress_layers = (size_t)n_compress;
+    arch.compress_layers = (uint32_t *)compress;
+    rq.arch = &arch;
+    *len = mrank__v1__score_request__get_packed_size(&rq);
+    uint8_t *b = malloc(*len + 1);
+    mrank__v1__score_request__pack(&rq, b);
+    return b;
+}
+
+static void check_resp(const uint8_t *resp, size_t len, const float *ref, int n, int n_exits) {
+    Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, len, resp);
+    assert_non_null(r);
+    assert_int_equal(r->n_passages, n);
+    assert_int_equal(r->n_exits, n_exits);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(r->passages[i]->n_scores, n_exits);
+        for (int e = 0; e < n_exits; e++) {
+            float a = r->passages[i]->scores[e], b = ref[i * n_exits + e];
+            if (fabsf(a - b) > 1e-5f) fail_msg("passage %d exit %d: %.9g vs %.9g", i, e, a, b);
+        }
+        assert_true(r->passages[i]->tokens > 0);
+    }
+    mrank__v1__score_response__free_unpacked(r, NULL);
+}
+
+static const char *const passages[] = {
+    "a fox is a small omnivorous mammal",
+    "paris is the capital of france",
+    "the quick brown fox jumps over the lazy dog",
+    "gradient descent minimises a loss function step by step",
+    "foxes live in forests, grasslands and cities"};
+
+static void test_scores_match_engine(void **state) {
+    wfix f;
+    start_worker(&f, 2048, 2, 65536);
+    struct { uint32_t exits[4]; int ne; uint32_t ratio; uint32_t comp[2]; int nc; } cases[] = {
+        {{1, 2, 3, 4}, 4, 1, {0}, 0}, {{4}, 1, 1, {0}, 0}, {{2, 4}, 2, 2, {1, 2}, 2},
+        {{3}, 1, 4, {0, 2}, 2}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        mr_run_opts o;
+        mr_run_opts_default(&o, &ref_model);
+        o.n_exits = cases[c].ne;
+        for (int e = 0; e < o.n_exits; e++) o.exits[e] = (int)cases[c].exits[e];
+        o.ratio = (int)cases[c].ratio;
+        o.n_compress = cases[c].nc;
+        for (int k = 0; k < o.n_compress; k++) o.compress_layers[k] = (int)cases[c].comp[k];
+        float ref[5 * 4];
+        ref_score("what is a fox", passages, 5, &o, ref);
+        size_t len;
+        uint8_t *req = pack_req("what is a fox", passages, 5, cases[c].exits, cases[c].ne,
+                                cases[c].ratio, cases[c].comp, cases[c].nc, &len);
+        uint8_t *resp = NULL;
+        size_t rlen = 0;
+        grpc_status_code st;
+        char msg[512];
+        double t0 = now_ms();
+        int rc = mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", req, len, 10000, &resp, &rlen, &st,
+                              msg, sizeof msg);
+        if (rc) fail_msg("status %d: %s", st, msg);
+        fprintf(stderr, "# case %zu: %.2f ms\n", c, now_ms() - t0);
+        check_resp(resp, rlen, ref, 5, cases[c].ne);
+        free(req);
+        free(resp);
+    }
+    stop_worker(&f);
+}
+
+typedef struct pending {
+    atomic_int done;
+    grpc_status_code st;
+    char msg[256];
+    uint8_t *resp;
+    size_t len;
+    double t_done;
+} pending;
+
+static void on_done(void *user, grpc_status_code st, const char *msg, const uint8_t *resp,
+                    size_t len) {
+    pending *p = user;
+    p->st = st;
+    snprintf(p->msg, sizeof p->msg, "%s", msg);
+    if (st == GRPC_STATUS_OK) {
+        p->resp = malloc(len + 1);
+        memcpy(p->resp, resp, len);
+        p->len = len;
+    }
+    p->t_done = now_ms();
+    atomic_store(&p->done, 1);
+}
+
+static void wait_all(pending *p, int n) {
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 10000 && !atomic_load(&p[i].done); k++) usleep(1000);
+}
+
+/* Concurrent same-key requests share a batch; a large one is split over batches. */
+static void test_batching_and_split(void **state) {
+    wfix f;
+    start_worker(&f, 1024, 100, 65536);
+    mr_run_opts o;
+    mr_run_opts_default(&o, &ref_model);
+    o.n_exits = 2;
+    o.exits[0] = 2;
+    o.exits[1] = 4;
+    uint32_t exits[2] = {2, 4};
+    float ref[5 * 2];
+    ref_score("what is a fox", passages, 5, &o, ref);
+    static pending p[4];
+    memset(p, 0, sizeof p);
+    size_t len;
+    uint8_t *req = pack_req("what is a fox", passages, 5, exits, 2, 0, NULL, 0, &len);
+    mr_rpc_opts ro = {.timeout_ms = 10000, .wait_for_ready = 1};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", req, len, &ro,
+                                            on_done, &p[i]), 0);
+    wait_all(p, 4);
+    int batched = 0;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(p[i].st, GRPC_STATUS_OK);
+        check_resp(p[i].resp, p[i].len, ref, 5, 2);
+        Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, p[i].len, p[i].resp);
+        uint32_t own = 0;
+        for (size_t k = 0; k < r->n_passages; k++) own += r->passages[k]->tokens;
+        if (r->batch_tokens > own) batched = 1;
+        mrank__v1__score_response__free_unpacked(r, NULL);
+        free(p[i].resp);
+    }
+    assert_true(batched);
+    free(req);
+
+    /* 80 passages (~2600 tokens) over a 1024-token budget: split, same scores */
+    const char *many[80];
+    for (int i = 0; i < 80; i++) many[i] = passages[i % 5];
+    float ref80[80 * 2];
+    ref_score("what is a fox", many, 80, &o, ref80);
+    req = pack_req("what is a fox", many, 80, exits, 2, 0, NULL, 0, &len);
+    uint8_t *resp;
+    size_t rlen;
+    grpc_status_code st;
+    char msg[512];
+    int rc = mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", req, len, 10000, &resp, &rlen, &st,
+                          msg, sizeof msg);
+    if (rc) fail_msg("status %d: %s", st, msg);
+    check_resp(resp, rlen, ref80, 80, 2);
+    Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
+    assert_true(r->batch_tokens <= 1024);
+    mrank__v1__score_response__free_unpacked(r, NULL);
+    free(resp);
+    free(req);
+    stop_worker(&f);
+}
+
+static void expect_invalid(mr_rpc_channel *ch, const Mrank__V1__ScoreRequest *rq,
+                           const char *needle) {
+    size_t len = mrank__v1__score_request__get_packed_size(rq);
+    uint8_t *b = malloc(len + 1);
+    mrank__v1__score_request__pack(rq, b);
+    uint8_t *resp = NULL;
+    size_t rlen;
+    grpc_status_code st;
+    char msg[512];
+    int rc = mr_rpc_unary(ch, "/mrank.v1.Worker/Score", b, len, 5000, &resp, &rlen, &st, msg,
+                          sizeof msg);
+    free(b);
+    assert_int_equal(rc, MR_EIO);
+    if (st != GRPC_STATUS_INVALID_ARGUMENT || !strstr(msg, needle))
+        fail_msg("expected INVALID_ARGUMENT with '%s', got %d '%s'", needle, st, msg);
+}
+
+static void test_invalid(void **state) {
+    wfix f;
+    start_worker(&f, 2048, 2, 65536);
+    Mrank__V1__ScoreRequest rq = MRANK__V1__SCORE_REQUEST__INIT;
+    Mrank__V1__SubArch arch = MRANK__V1__SUB_ARCH__INIT;
+    char *ps[1] = {(char *)"a passage"};
+    rq.passages = ps;
+    rq.n_passages = 1;
+    rq.query = (char *)"";
+    expect_invalid(f.ch, &rq, "query is empty");
+    rq.query = (char *)"q";
+    rq.n_passages = 0;
+    expect_invalid(f.ch, &rq, "no passages");
+    rq.n_passages = 1;
+    rq.arch = &arch;
+    char *ad[1] = {(char *)"legal"};
+    arch.adapters = ad;
+    arch.n_adapters = 1;
+    expect_invalid(f.ch, &rq, "unknown adapter 'legal'");
+    arch.n_adapters = 0;
+    uint32_t ex[2] = {3, 2};
+    rq.exits = ex;
+    rq.n_exits = 2;
+    expect_invalid(f.ch, &rq, "exits");
+    ex[0] = 9;
+    rq.n_exits = 1;
+    expect_invalid(f.ch, &rq, "9");
+    rq.n_exits = 0;
+    arch.compress_ratio = 3;
+    expect_invalid(f.ch, &rq, "ratio");
+    arch.compress_ratio = 0;
+    arch.pooling = (char *)"max";
+    expect_invalid(f.ch, &rq, "pooling 'max'");
+    arch.pooling = NULL;
+    char *longp = malloc(8000);
+    longp[0] = 0;
+    for (int i = 0; i < 700; i++) strcat(longp, "word ");
+    ps[0] = longp;
+    rq.truncate = MRANK__V1__TRUNCATE__TRUNCATE_NONE;
+    expect_invalid(f.ch, &rq, "does not fit max_len");
+    rq.truncate = MRANK__V1__TRUNCATE__TRUNCATE_END;   /* END: accepted, truncated */
+    size_t len = mrank__v1__score_request__get_packed_size(&rq);
+    uint8_t *b = malloc(len);
+    mrank__v1__score_request__pack(&rq, b);
+    uint8_t *resp;
+    size_t rlen;
+    grpc_status_code st;
+    char msg[512];
+    assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", b, len, 5000, &resp, &rlen,
+                                  &st, msg, sizeof msg), 0);
+    Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
+    assert_true(r->passages[0]->truncated);
+    mrank__v1__score_response__free_unpacked(r, NULL);
+    free(resp);
+    free(b);
+    free(longp);
+    /* garbage bytes */
+    assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", (const uint8_t *)"\xff\xff\xff",
+                                  3, 5000, &resp, &rlen, &st, msg, sizeof msg), MR_EIO);
+    assert_int_equal(st, GRPC_STATUS_INVALID_ARGUMENT);
+    stop_worker(&f);
+}
+
+/* Two requests wait in the queue (different keys, long max-wait); the third exceeds the
+ * in-flight budget and is refused at once; a request that passes its deadline in the queue
+ * is dropped. */
+static void test_overload_and_deadline(void **state) {
+    wfix f;
+    start_worker(&f, 2048, 400, 3000);
+    const char *many[40];
+    for (int i = 0; i < 40; i++) many[i] = passages[i % 5];   /* ~1300 tokens */
+    uint32_t e4 = 4, e3 = 3;
+    size_t la, lb;
+    uint8_t *ra = pack_req("what is a fox", many, 40, &e4, 1, 0, NULL, 0, &la);
+    uint8_t *rb = pack_req("what is a fox", many, 40, &e3, 1, 0, NULL, 0, &lb);
+    static pending p[2];
+    memset(p, 0, sizeof p);
+    mr_rpc_opts ro = {.timeout_ms = 10000, .wait_for_ready = 1};
+    /* connect first so the timing below is the worker's */
+    grpc_status_code st;
+    char msg[512];
+    uint8_t *resp;
+    size_t rlen;
+    uint8_t info[1];
+    assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Info", info, 0, 5000, &resp, &rlen, &st,
+                                  msg, sizeof msg), 0);
+    free(resp);
+    assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", ra, la, &ro, on_done,
+                                        &p[0]), 0);
+    usleep(50000);
+    assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", rb, lb, &ro, on_done,
+                                        &p[1]), 0);
+    usleep(50000);
+    double t0 = now_ms();
+    int rc = mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", ra, la, 5000, &resp, &rlen, &st, msg,
+                          sizeof msg);
+    double dt = now_ms() - t0;
+    fprintf(stderr, "# overload answered in %.2f ms: %s\n", dt, msg);
+    assert_int_equal(rc, MR_EIO);
+    assert_int_equal(st, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_non_null(strstr(msg, "worker overloaded"));
+    assert_true(dt < 100);
+    wait_all(p, 2);
+    assert_int_equal(p[0].st, GRPC_STATUS_OK);
+    assert_int_equal(p[1].st, GRPC_STATUS_OK);
+    free(p[0].resp);
+    free(p[1].resp);
+    /* deadline: 100 ms while the batcher would wait 400 ms */
+    t0 = now_ms();
+    rc = mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", rb, lb, 100, &resp, &rlen, &st, msg,
+                      sizeof msg);
+    dt = now_ms() - t0;
+    assert_int_equal(st, GRPC_STATUS_DEADLINE_EXCEEDED);
+    assert_true(dt < 350);
+    usleep(500000);   /* the batcher drops it; the next request still works */
+    rc = mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", rb, lb, 5000, &resp, &rlen, &st, msg,
+                      sizeof msg);
+    assert_int_equal(rc, 0);
+    free(resp);
+    free(ra);
+    free(rb);
+    stop_worker(&f);
+}
+
+static void test_info_and_drain(void **state) {
+    wfix f;
+    start_worker(&f, 2048, 300, 65536);
+    uint8_t *resp;
+    size_t rlen;
+    grpc_status_code st;
+    char msg[512];
+    assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Info", NULL, 0, 5000, &resp, &rlen, &st,
+                                  msg, sizeof msg), 0);
+    Mrank__V1__WorkerInfoResponse *in = mrank__v1__worker_info_response__unpack(NULL, rlen, resp);
+    assert_non_null(in);
+    assert_int_equal(in->num_layers, 4);
+    assert_int_equal(in->n_archs, 4);
+    assert_int_equal(in->max_batch_tokens, 2048);
+    assert_true(in->ns_per_token_layer > 0);
+    mrank__v1__worker_info_response__free_unpacked(in, NULL);
+    free(resp);
+    /* a request waiting in the queue at shutdown is still answered */
+    static pending p;
+    memset(&p, 0, sizeof p);
+    size_t len;
+    uint8_t *req = pack_req("q", passages, 5, NULL, 0, 0, NULL, 0, &len);
+    mr_rpc_opts ro = {.timeout_ms = 10000};
+    assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", req, len, &ro, on_done,
+                                        &p), 0);
+    usleep(100000);
+    double t0 = now_ms();
+    mr_worker_shutdown(f.w, 5000);
+    fprintf(stderr, "# drain took %.1f ms\n", now_ms() - t0);
+    wait_all(&p, 1);
+    assert_int_equal(p.st, GRPC_STATUS_OK);
+    free(p.resp);
+    free(req);
+    stop_worker(&f);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scores_match_engine),
+        cmocka_unit_test(test_batching_and_split),
+        cmocka_unit_test(test_invalid),
+        cmocka_unit_test(test_overload_and_deadline),
+        cmocka_unit_test(test_info_and_drain),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
