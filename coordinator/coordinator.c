@@ -340,7 +340,7 @@ static int run_stage(req *r, int pos, const int *active, int n_active, double es
         if (!isfinite(rem)) rem = NO_BUDGET_TIMEOUT_MS;
         double t_call = rem;
         if (can_failover) {
-            double slice = 4 * est_ms + 250;
+            double slice = 4 * est_ms + 1000;
             if (slice < t_call) t_call = slice;
         }
         int launched = 0;

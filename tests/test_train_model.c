@@ -2,7 +2,7 @@
  *
  * cmocka tests: the training forward scores every exit like the engine's mr_model_score at
  * any width (llama, qwen2 bias, gemma2 softcaps + sliding window); LoRA with B = 0 equals the
- * base; whole-model finite differences of the loss against the backward (full and LoRA,
+ * base; an adapter saved by the trainer scores the same in the engine (merged and unmerged); whole-model finite differences of the loss against the backward (full and LoRA,
  * compressed width); the cascade anchor rule; width sampling; a few AdamW steps lower the loss.
  *
  * Dump mode (used by tests/train_vs_torch.sh, compared with PyTorch autograd in
@@ -167,6 +167,51 @@ static void test_lora_zero_is_base(void **s) {
     mr_tcache_free(c);
     mr_tmodel_close(&a);
     mr_tmodel_close(&b);
+    rm_model(dir);
+}
+
+/* ---- a saved adapter scores the same in the engine ---- */
+
+static void test_adapter_roundtrip(void **s) {
+    char dir[512], ad[600];
+    make_model(dir, sizeof dir, MR_ARCH_GEMMA2);
+    snprintf(ad, sizeof ad, "%s/adapter", dir);
+    mkdir(ad, 0755);
+    mr_tmodel m;
+    load(&m, dir, MR_TRAIN_LORA, 0.3f);
+    mr_err err = {0};
+    if (mr_tmodel_save_adapter(&m, ad, &err)) fail_msg("save adapter: %s", err.msg);
+    mr_tcache *c;
+    assert_int_equal(mr_tcache_new(&c, &err), 0);
+    mr_row rows[NR];
+    make_rows(rows);
+    mr_twidth w = {2, 1, {2}};
+    float got[NR * 8], want[NR * 8];
+    assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, got, &err), 0);
+    for (int merge = 0; merge < 2; merge++) {
+        const char *ads[1] = {ad};
+        mr_model_opts mo = {.adapters = ads, .n_adapters = 1, .merge = merge};
+        mr_model em;
+        mr_ctx ctx;
+        if (mr_model_load(&em, dir, &mo, &err)) fail_msg("engine load: %s", err.msg);
+        assert_int_equal(mr_ctx_init(&ctx, &em, 256, 16, 64, &err), 0);
+        mr_run_opts o;
+        mr_run_opts_default(&o, &em);
+        o.n_exits = m.n_exits;
+        for (int e = 0; e < m.n_exits; e++) o.exits[e] = m.exit_layer[e];
+        o.ratio = 2, o.n_compress = 1, o.compress_layers[0] = 2;
+        assert_int_equal(mr_model_score(&ctx, rows, NR, &o, want, NULL, &err), 0);
+        for (int r = 0; r < NR; r++)
+            for (int e = 0; e < m.n_exits; e++) {
+                float a = got[e * NR + r], b = want[r * m.n_exits + e];
+                if (!(fabsf(a - b) <= 1e-4f * fmaxf(1.0f, fabsf(b))))
+                    fail_msg("merge %d row %d exit %d: train %.7g engine %.7g", merge, r, e, a, b);
+            }
+        mr_ctx_close(&ctx);
+        mr_model_close(&em);
+    }
+    mr_tcache_free(c);
+    mr_tmodel_close(&m);
     rm_model(dir);
 }
 
@@ -428,6 +473,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_llama),     cmocka_unit_test(test_forward_qwen2),
         cmocka_unit_test(test_forward_gemma2),    cmocka_unit_test(test_lora_zero_is_base),
+        cmocka_unit_test(test_adapter_roundtrip),
         cmocka_unit_test(test_fd_full_llama),     cmocka_unit_test(test_fd_full_gemma2),
         cmocka_unit_test(test_fd_lora_qwen2),     cmocka_unit_test(test_anchor_rule),
         cmocka_unit_test(test_width_sample),      cmocka_unit_test(test_training_lowers_loss),
