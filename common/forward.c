@@ -176,36 +176,13 @@ static void set_positions(mr_ctx *c, int n_rows) {
         for (int i = 0; i < c->len[r]; i++) c->pos[c->off[r] + i] = i;
 }
 
-/* Pools each row's passage tokens into groups of ratio (mean, or weighted by the attention
- * the last token paid them in the previous layer); returns the new token count. */
+/* Width compression in place (mr_pool): means, or weights = the attention each token got from
+ * its row's last token in the previous layer. Returns the new token count. */
 static int compress(mr_ctx *c, int n_rows, int ratio, mr_pooling pooling) {
-    int d = c->m->cfg.d_model, out = 0;
-    for (int r = 0; r < n_rows; r++) {
-        int src = c->off[r], nq = c->nq[r], np = c->np[r], ns = c->ns[r];
-        int groups = (np + ratio - 1) / ratio;
-        memmove(c->x + (size_t)out * d, c->x + (size_t)src * d, sizeof(float) * nq * d);
-        for (int g = 0; g < groups; g++) {
-            int t0 = src + nq + g * ratio, t1 = t0 + ratio < src + nq + np ? t0 + ratio
-                                                                          : src + nq + np;
-            double wsum = 0.0;
-            if (pooling == MR_POOL_ATTENTION)
-                for (int t = t0; t < t1; t++) wsum += c->last_probs[t];
-            memset(c->tmp_d, 0, sizeof(float) * d);
-            for (int t = t0; t < t1; t++) {
-                /* a group the last token could not see (sliding window) falls back to mean */
-                float w = wsum > 0.0 ? (float)(c->last_probs[t] / wsum) : 1.0f / (t1 - t0);
-                const float *xt = c->x + (size_t)t * d;
-                for (int i = 0; i < d; i++) c->tmp_d[i] += w * xt[i];
-            }
-            memcpy(c->x + (size_t)(out + nq + g) * d, c->tmp_d, sizeof(float) * d);
-        }
-        memmove(c->x + (size_t)(out + nq + groups) * d, c->x + (size_t)(src + nq + np) * d,
-                sizeof(float) * ns * d);
-        c->off[r] = out;
-        c->np[r] = groups;
-        c->len[r] = nq + groups + ns;
-        out += c->len[r];
-    }
+    int out = mr_pool(c->x, c->x, c->off, c->nq, c->np, c->ns, n_rows, c->m->cfg.d_model, ratio,
+                      pooling == MR_POOL_ATTENTION ? c->last_probs : NULL, c->tmp_d, c->off,
+                      c->np);
+    for (int r = 0; r < n_rows; r++) c->len[r] = c->nq[r] + c->np[r] + c->ns[r];
     set_positions(c, n_rows);
     return out;
 }

@@ -142,6 +142,36 @@ void mr_attention(const mr_attn_args *a) {
     }
 }
 
+int mr_pool(float *y, const float *x, const int32_t *off, const int32_t *nq, const int32_t *np,
+            const int32_t *ns, int n_rows, int d, int r, const float *weights, float *tmp,
+            int32_t *new_off, int32_t *new_np) {
+    size_t row = sizeof(float) * (size_t)d;
+    int out = 0;
+    for (int i = 0; i < n_rows; i++) {
+        int src = off[i], q = nq[i], p = np[i], groups = (p + r - 1) / r;
+        memmove(y + (size_t)out * d, x + (size_t)src * d, row * q);
+        for (int g = 0; g < groups; g++) {
+            int t0 = src + q + g * r, t1 = t0 + r < src + q + p ? t0 + r : src + q + p;
+            double wsum = 0.0;
+            if (weights)
+                for (int t = t0; t < t1; t++) wsum += weights[t];
+            float *acc = tmp ? tmp : y + (size_t)(out + q + g) * d;
+            memset(acc, 0, row);
+            for (int t = t0; t < t1; t++) {
+                float w = wsum > 0.0 ? (float)(weights[t] / wsum) : 1.0f / (float)(t1 - t0);
+                const float *xt = x + (size_t)t * d;
+                for (int j = 0; j < d; j++) acc[j] += w * xt[j];
+            }
+            if (tmp) memcpy(y + (size_t)(out + q + g) * d, tmp, row);
+        }
+        memmove(y + (size_t)(out + q + groups) * d, x + (size_t)(src + q + p) * d, row * ns[i]);
+        new_off[i] = out;
+        new_np[i] = groups;
+        out += q + groups + ns[i];
+    }
+    return out;
+}
+
 void mr_swiglu(float *out, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 4096)
     for (size_t i = 0; i < n; i++) {

@@ -44,6 +44,17 @@ typedef struct mr_attn_args {
 } mr_attn_args;
 void mr_attention(const mr_attn_args *a);
 
+/* Width compression (matryoshka-method.md section 5): each row's passage tokens pooled in
+ * consecutive groups of r. Rows in: off/nq/np/ns (n_rows), tokens [query nq | passage np |
+ * suffix ns] of x (n_in, d). Out: rows packed from 0 in the same order into y as
+ * [query | ceil(np/r) group vectors | suffix]; new_off/new_np (n_rows, may alias off/np) receive
+ * the layout. weights (n_in) NULL = plain means; else a group's vector is sum w_t x_t / sum w_t
+ * (the mean when its weights sum to 0). y may equal x (tokens only move towards the start) when
+ * tmp (d) is given; tmp may be NULL when y does not alias x. Returns the number of tokens out. */
+int mr_pool(float *y, const float *x, const int32_t *off, const int32_t *nq, const int32_t *np,
+            const int32_t *ns, int n_rows, int d, int r, const float *weights, float *tmp,
+            int32_t *new_off, int32_t *new_np);
+
 /* out (n, d) = act(gate) * up, act = SiLU or tanh-approximated GELU. May alias gate. */
 void mr_swiglu(float *out, const float *gate, const float *up, size_t n);
 void mr_geglu_tanh(float *out, const float *gate, const float *up, size_t n);

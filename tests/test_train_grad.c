@@ -237,8 +237,8 @@ typedef struct { int d, r, n_out; int32_t off[4], nq[4], np[4], ns[4], noff[4], 
                  float *x, *y, *R; } pool_ctx;
 static double pool_loss(void *p) {
     pool_ctx *c = p;
-    c->n_out = mr_pool_mean(c->y, c->x, c->off, c->nq, c->np, c->ns, 4, c->d, c->r, c->noff,
-                            c->nnp);
+    c->n_out = mr_pool(c->y, c->x, c->off, c->nq, c->np, c->ns, 4, c->d, c->r, NULL, NULL,
+                       c->noff, c->nnp);
     return dotR(c->y, c->R, (size_t)c->n_out * c->d);
 }
 static void test_pool_mean(void **state) {

@@ -213,32 +213,6 @@ void mr_embedding_backward(float *dE, const float *dx, const int32_t *ids, int n
 
 /* ---- mean pooling ---- */
 
-int mr_pool_mean(float *y, const float *x, const int32_t *off, const int32_t *nq,
-                 const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
-                 int32_t *new_off, int32_t *new_np) {
-    int out = 0;
-    for (int i = 0; i < n_rows; i++) {
-        int src = off[i], groups = (np[i] + r - 1) / r;
-        new_off[i] = out;
-        new_np[i] = groups;
-        memcpy(y + (size_t)out * d, x + (size_t)src * d, sizeof(float) * (size_t)nq[i] * d);
-        for (int g = 0; g < groups; g++) {
-            int t0 = src + nq[i] + g * r, t1 = t0 + r < src + nq[i] + np[i] ? t0 + r
-                                                                           : src + nq[i] + np[i];
-            float *yg = y + (size_t)(out + nq[i] + g) * d, w = 1.0f / (float)(t1 - t0);
-            memset(yg, 0, sizeof(float) * d);
-            for (int t = t0; t < t1; t++) {
-                const float *xt = x + (size_t)t * d;
-                for (int j = 0; j < d; j++) yg[j] += w * xt[j];
-            }
-        }
-        memcpy(y + (size_t)(out + nq[i] + groups) * d, x + (size_t)(src + nq[i] + np[i]) * d,
-               sizeof(float) * (size_t)ns[i] * d);
-        out += nq[i] + groups + ns[i];
-    }
-    return out;
-}
-
 void mr_pool_mean_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
                            const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
                            const int32_t *new_off) {

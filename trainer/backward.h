@@ -57,13 +57,8 @@ void mr_embedding_backward(float *dE, const float *dx, const int32_t *ids, int n
                            float scale);
 
 /* ---- mean pooling of passage groups (width compression, matryoshka-method.md section 5) ---- */
-/* Input rows: off/nq/np/ns (n_rows), tokens [query nq | passage np | suffix ns]. Output rows
- * are packed from 0 in the same order: [query | ceil(np/r) means | suffix]; new_off/new_np
- * (n_rows) receive the output layout. y (n_out, d) must not alias x. Returns n_out. */
-int mr_pool_mean(float *y, const float *x, const int32_t *off, const int32_t *nq,
-                 const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
-                 int32_t *new_off, int32_t *new_np);
-/* dx (n_in, d) += scatter of dy (n_out, d); layouts as given to / returned by mr_pool_mean. */
+/* The forward is the engine's mr_pool (kernels.h) with weights NULL.
+ * dx (n_in, d) += scatter of dy (n_out, d); layouts as given to / returned by mr_pool. */
 void mr_pool_mean_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
                            const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
                            const int32_t *new_off);

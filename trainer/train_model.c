@@ -651,7 +651,8 @@ int mr_tmodel_forward(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_rows
     for (int l = 0; l < D; l++) {
         lcache *L = &c->L[l];
         if (L->compressed) {
-            mr_pool_mean(L->in, L->res, poff, pnq, pnp, pns, n_rows, d, w->ratio, L->off, L->np);
+            mr_pool(L->in, L->res, poff, pnq, pnp, pns, n_rows, d, w->ratio, NULL, NULL, L->off,
+                    L->np);
         } else {
             memcpy(L->off, poff, sizeof(int32_t) * n_rows);
             memcpy(L->np, pnp, sizeof(int32_t) * n_rows);
