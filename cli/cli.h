@@ -9,6 +9,8 @@ int mr_cmd_worker(int argc, char **argv);
 int mr_cmd_coordinator(int argc, char **argv);
 int mr_cmd_up(int argc, char **argv);
 int mr_cmd_rerank(int argc, char **argv);
+int mr_cmd_train(int argc, char **argv);
+int mr_cmd_eval(int argc, char **argv);
 
 /* Parses "4,8,12" into out (at most cap values); -1 on a malformed list, after printing an
  * error that names the option. */

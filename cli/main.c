@@ -66,6 +66,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "coordinator")) return mr_cmd_coordinator(argc - 1, argv + 1);
     if (!strcmp(cmd, "up")) return mr_cmd_up(argc - 1, argv + 1);
     if (!strcmp(cmd, "rerank")) return mr_cmd_rerank(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train")) return mr_cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval")) return mr_cmd_eval(argc - 1, argv + 1);
     fprintf(stderr, "mrank: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -35,6 +35,7 @@ typedef struct endpoint {
     /* under coord.mu */
     double down_until;          /* monotonic ms */
     int info_ok;
+    int warmed;                 /* answered a warm-up Score for every stage of its pool */
     double ns_per_tl;
     int num_layers, max_batch_tokens;
 } endpoint;
@@ -340,7 +341,8 @@ static int run_stage(req *r, int pos, const int *active, int n_active, double es
         if (!isfinite(rem)) rem = NO_BUDGET_TIMEOUT_MS;
         double t_call = rem;
         if (can_failover) {
-            double slice = 4 * est_ms + 1000;
+            /* half the budget (at least 4x the estimate) so a retry still has time */
+            double slice = rem / 2 > 4 * est_ms + 500 ? rem / 2 : 4 * est_ms + 500;
             if (slice < t_call) t_call = slice;
         }
         int launched = 0;
@@ -353,6 +355,11 @@ static int run_stage(req *r, int pos, const int *active, int n_active, double es
         int failed = 0, fatal = -1;
         for (int k = 0; k < n_calls; k++) {
             if (s[k].status == GRPC_STATUS_OK) continue;
+            if (getenv("MRANK_COORD_DEBUG"))
+                fprintf(stderr, "mrank coordinator: stage '%s' call %d on %s: status %d after "
+                        "%.1f ms (timeout %.0f ms): %s\n", st->name, k,
+                        prt->ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms, t_call,
+                        s[k].msg);
             failed++;
             if (!retryable(s[k].status) && fatal < 0) fatal = k;
         }
@@ -802,60 +809,156 @@ static void on_info(mr_rpc_call *call, void *user) {
 /* ------------------------------------------------------------------------------------------ */
 /* prober: Worker Info of every replica, health                                                */
 
-static void probe_once(mr_coord *c) {
-    int all_ok = 1;
-    for (int p = 0; p < c->cfg.n_pools; p++) {
-        pool_rt *pr = &c->pools[p];
-        int any = 0;
-        double ns_sum = 0;
-        int ns_n = 0;
-        for (int e = 0; e < pr->n_ep; e++) {
+/* Sends two small Score calls per stage of pool p to endpoint e: the first pays the worker's
+ * lazy start-up (kernels, buffers) before a client does, the second seeds the stage's cost
+ * model with a measured speed. 0 when every call succeeded. */
+static int warm_up(mr_coord *c, int p, int e) {
+    static char *const passages[] = {
+        "Warm-up passage one: the coordinator checks this replica before serving.",
+        "Warm-up passage two, a little longer than the first, so rows differ in length.",
+        "Three.", "Warm-up passage four closes the batch."};
+    for (int s = 0; s < c->cfg.n_stages; s++) {
+        const mr_cc_stage *st = &c->cfg.stages[s];
+        if (st->pool != p) continue;
+        Mrank__V1__ScoreRequest sr = MRANK__V1__SCORE_REQUEST__INIT;
+        Mrank__V1__SubArch arch = MRANK__V1__SUB_ARCH__INIT;
+        uint32_t cl[MR_CC_MAX_COMPRESS];
+        char *ad[MR_CC_MAX_ADAPTERS];
+        arch.depth = (uint32_t)st->depth;
+        arch.compress_ratio = (uint32_t)st->ratio;
+        for (int i = 0; i < st->n_compress; i++) cl[i] = (uint32_t)st->compress_layers[i];
+        arch.n_compress_layers = (size_t)st->n_compress;
+        arch.compress_layers = cl;
+        arch.pooling = (char *)st->pooling;
+        for (int i = 0; i < st->n_adapters; i++) ad[i] = (char *)st->adapters[i];
+        arch.n_adapters = (size_t)st->n_adapters;
+        arch.adapters = ad;
+        sr.query = "what does the warm-up check?";
+        sr.arch = &arch;
+        sr.n_passages = 4;
+        sr.passages = (char **)passages;
+        uint8_t buf[2048];
+        size_t len = mrank__v1__score_request__get_packed_size(&sr);
+        if (len > sizeof buf) return -1;
+        mrank__v1__score_request__pack(&sr, buf);
+        for (int round = 0; round < 2; round++) {
             uint8_t *resp = NULL;
             size_t rlen = 0;
-            grpc_status_code st;
-            char msg[128];
-            int rc = mr_rpc_unary(pr->ep[e].ch, M_WINFO, NULL, 0, 1000, &resp, &rlen, &st, msg,
-                                  sizeof msg);
-            Mrank__V1__WorkerInfoResponse *wi =
-                rc ? NULL : mrank__v1__worker_info_response__unpack(NULL, rlen, resp);
-            free(resp);
-            pthread_mutex_lock(&c->mu);
-            pr->ep[e].info_ok = wi != NULL;
-            if (wi) {
-                any = 1;
-                pr->ep[e].ns_per_tl = wi->ns_per_token_layer;
-                pr->ep[e].num_layers = (int)wi->num_layers;
-                pr->ep[e].max_batch_tokens = (int)wi->max_batch_tokens;
-                if (wi->ns_per_token_layer > 0) {
-                    ns_sum += wi->ns_per_token_layer;
-                    ns_n++;
-                }
-                if (!*c->model && wi->model) snprintf(c->model, sizeof c->model, "%s", wi->model);
-                c->untrained = wi->untrained;
+            grpc_status_code code;
+            char msg[256];
+            double t0 = now_ms();
+            if (mr_rpc_unary(c->pools[p].ep[e].ch, M_SCORE, buf, len, 60000, &resp, &rlen, &code,
+                             msg, sizeof msg)) {
+                fprintf(stderr, "mrank coordinator: warm-up of stage '%s' on %s: %s\n", st->name,
+                        c->pools[p].ep[e].target, msg);
+                return -1;
             }
-            pthread_mutex_unlock(&c->mu);
-            if (wi) {
-                for (int s = 0; s < c->cfg.n_stages; s++)
-                    if (c->cfg.stages[s].pool == p && wi->num_layers &&
-                        (uint32_t)c->cfg.stages[s].depth > wi->num_layers && !c->ready)
-                        fprintf(stderr, "mrank coordinator: %s: stages[%d] '%s': depth %d > the "
-                                "%u layers of the model at %s\n", c->cfg.path, s,
-                                c->cfg.stages[s].name, c->cfg.stages[s].depth, wi->num_layers,
-                                pr->ep[e].target);
-                mrank__v1__worker_info_response__free_unpacked(wi, NULL);
+            double wall = now_ms() - t0;
+            Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
+            free(resp);
+            if (!r) return -1;
+            if (round == 1) {
+                mr_cost_arch a = arch_of(st);
+                double tl = 0;
+                for (size_t i = 0; i < r->n_passages; i++) {
+                    int tok = (int)r->passages[i]->tokens, fixed = tok > 20 ? tok - 16 : tok;
+                    tl += mr_cascade_token_layers(fixed, tok - fixed, &a);
+                }
+                pthread_mutex_lock(&c->mu);
+                if (c->cost[s].n_obs == 0 && tl > 0 && r->compute_ms > 0) {
+                    c->cost[s].ns_per_tl = r->compute_ms * 1e6 / tl;
+                    c->cost[s].overhead_ms = wall > r->compute_ms ? wall - r->compute_ms : 0;
+                    c->cost[s].n_obs = 1;
+                }
+                pthread_mutex_unlock(&c->mu);
+            }
+            mrank__v1__score_response__free_unpacked(r, NULL);
+        }
+    }
+    return 0;
+}
+
+/* One replica's probe: Worker Info, then the warm-up until it succeeds once. */
+typedef struct probe_job {
+    mr_coord *c;
+    int p, e;
+    pthread_t th;
+    int started;
+} probe_job;
+
+static void *probe_endpoint(void *arg) {
+    probe_job *j = arg;
+    mr_coord *c = j->c;
+    pool_rt *pr = &c->pools[j->p];
+    endpoint *ep = &pr->ep[j->e];
+    uint8_t *resp = NULL;
+    size_t rlen = 0;
+    grpc_status_code st;
+    char msg[128];
+    int rc = mr_rpc_unary(ep->ch, M_WINFO, NULL, 0, 1000, &resp, &rlen, &st, msg, sizeof msg);
+    Mrank__V1__WorkerInfoResponse *wi =
+        rc ? NULL : mrank__v1__worker_info_response__unpack(NULL, rlen, resp);
+    free(resp);
+    pthread_mutex_lock(&c->mu);
+    int warmed = wi ? ep->warmed : 0;
+    pthread_mutex_unlock(&c->mu);
+    if (wi && !warmed) warmed = warm_up(c, j->p, j->e) == 0;
+    pthread_mutex_lock(&c->mu);
+    ep->info_ok = wi != NULL;
+    ep->warmed = warmed;
+    if (wi) {
+        ep->ns_per_tl = wi->ns_per_token_layer;
+        ep->num_layers = (int)wi->num_layers;
+        ep->max_batch_tokens = (int)wi->max_batch_tokens;
+        if (!*c->model && wi->model) snprintf(c->model, sizeof c->model, "%s", wi->model);
+        c->untrained = wi->untrained;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (wi) {
+        for (int s = 0; s < c->cfg.n_stages; s++)
+            if (c->cfg.stages[s].pool == j->p && wi->num_layers &&
+                (uint32_t)c->cfg.stages[s].depth > wi->num_layers && !c->ready)
+                fprintf(stderr, "mrank coordinator: %s: stages[%d] '%s': depth %d > the %u "
+                        "layers of the model at %s\n", c->cfg.path, s, c->cfg.stages[s].name,
+                        c->cfg.stages[s].depth, wi->num_layers, ep->target);
+        mrank__v1__worker_info_response__free_unpacked(wi, NULL);
+    }
+    return NULL;
+}
+
+/* Probes every replica in parallel, seeds cost models from Worker Info until observations
+ * exist, and sets health: SERVING iff every pool has a replica that answered and warmed up. */
+static void probe_once(mr_coord *c) {
+    probe_job jobs[MR_CC_MAX_POOLS * MR_CC_MAX_ADDRS];
+    int n = 0;
+    for (int p = 0; p < c->cfg.n_pools; p++)
+        for (int e = 0; e < c->pools[p].n_ep; e++) {
+            jobs[n] = (probe_job){c, p, e, 0, 0};
+            jobs[n].started = pthread_create(&jobs[n].th, NULL, probe_endpoint, &jobs[n]) == 0;
+            if (!jobs[n].started) probe_endpoint(&jobs[n]);
+            n++;
+        }
+    for (int i = 0; i < n; i++)
+        if (jobs[i].started) pthread_join(jobs[i].th, NULL);
+    int all_ok = 1;
+    pthread_mutex_lock(&c->mu);
+    for (int p = 0; p < c->cfg.n_pools; p++) {
+        pool_rt *pr = &c->pools[p];
+        int any = 0, ns_n = 0;
+        double ns_sum = 0;
+        for (int e = 0; e < pr->n_ep; e++) {
+            if (pr->ep[e].info_ok && pr->ep[e].warmed) any = 1;
+            if (pr->ep[e].info_ok && pr->ep[e].ns_per_tl > 0) {
+                ns_sum += pr->ep[e].ns_per_tl;
+                ns_n++;
             }
         }
-        /* Seed the cost models of this pool's stages until real observations take over. */
-        if (ns_n) {
-            pthread_mutex_lock(&c->mu);
+        if (ns_n)
             for (int s = 0; s < c->cfg.n_stages; s++)
                 if (c->cfg.stages[s].pool == p && c->cost[s].n_obs == 0)
                     c->cost[s].ns_per_tl = ns_sum / ns_n;
-            pthread_mutex_unlock(&c->mu);
-        }
         all_ok &= any;
     }
-    pthread_mutex_lock(&c->mu);
     int was = c->ready, stopping = c->stopping;
     c->ready = all_ok;
     pthread_mutex_unlock(&c->mu);

@@ -747,18 +747,33 @@ static void exit_bwd(mr_tmodel *m, mr_tcache *c, int e, const float *dscores, co
     }
 }
 
+const float *mr_tcache_final(const mr_tcache *c, int *n, const int32_t **off,
+                             const int32_t **len) {
+    const lcache *L = &c->L[c->n_layers - 1];
+    if (n) *n = L->n;
+    if (off) *off = L->off;
+    if (len) *len = L->len;
+    return c->out;
+}
+
 void mr_tmodel_backward(mr_tmodel *m, mr_tcache *c, const float *dscores) {
+    mr_tmodel_backward_ex(m, c, dscores, NULL);
+}
+
+void mr_tmodel_backward_ex(mr_tmodel *m, mr_tcache *c, const float *dscores,
+                           const float *dfinal) {
     const mr_config *k = &m->cfg;
     int D = c->n_layers, d = k->d_model, ei = m->n_exits - 1;
     memset(c->dheads, 0, sizeof(float) * (size_t)m->n_exits * d);
     /* dres: gradient of the residual after layer l (layout of layer l) */
     float *dres = c->dres, *din = c->din;
-    memset(dres, 0, sizeof(float) * (size_t)c->L[D - 1].n * d);
+    if (dfinal) memcpy(dres, dfinal, sizeof(float) * (size_t)c->L[D - 1].n * d);
+    else memset(dres, 0, sizeof(float) * (size_t)c->L[D - 1].n * d);
     for (int l = D - 1; l >= 0; l--) {
         lcache *L = &c->L[l];
         const float *res_out = l + 1 < D ? c->L[l + 1].res : c->out;
         while (ei >= 0 && m->exit_layer[ei] == l + 1) {
-            exit_bwd(m, c, ei, dscores, res_out, L->off, L->len, dres);
+            if (dscores) exit_bwd(m, c, ei, dscores, res_out, L->off, L->len, dres);
             ei--;
         }
         memset(din, 0, sizeof(float) * (size_t)L->n * d);

@@ -9,8 +9,8 @@
  * trainable tensors (all of them in full mode, the LoRA pairs in LoRA mode).
  *
  * Not here: the data pipeline (jsonl -> token rows), the `mrank train` command, checkpoint
- * writing of full models and resume, LoRA dropout, attention-weighted pooling in training
- * (mean pooling only), and the LM pre-training stage. */
+ * writing of full models and resume (trainer/run.h), LoRA dropout, attention-weighted pooling
+ * in training (mean pooling only), and the LM pre-training objective (trainer/lm.h). */
 #ifndef MR_TRAIN_MODEL_H
 #define MR_TRAIN_MODEL_H
 
@@ -135,6 +135,15 @@ int mr_tmodel_forward(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_rows
                       const mr_twidth *w, float *scores, mr_err *err);
 /* Backward of the last forward given dscores (n_exits, n_rows); accumulates into m->grads. */
 void mr_tmodel_backward(mr_tmodel *m, mr_tcache *c, const float *dscores);
+/* Same, plus dfinal (n, d): a gradient on the residual after the deepest exit layer (the
+ * layout of mr_tcache_final), e.g. from the LM objective (trainer/lm.h). dscores or dfinal
+ * may be NULL. */
+void mr_tmodel_backward_ex(mr_tmodel *m, mr_tcache *c, const float *dscores,
+                           const float *dfinal);
+/* The residual after the deepest exit layer of the cached pass (all tokens; every layer when
+ * the deepest exit is n_layers): (n, d), row r at tokens [off[r], off[r] + len[r]). */
+const float *mr_tcache_final(const mr_tcache *c, int *n, const int32_t **off,
+                             const int32_t **len);
 
 /* One micro-batch: teacher pass at full width (when o->cascade and w is not full width; at
  * full width the student's own scores, detached, are the teacher), student pass at width w,

@@ -1,0 +1,63 @@
+/* backend.h: scorer backends as a const ops table (the ggml idea: one static table per backend,
+ * one commented slot per line, NULL where an optional slot is unsupported).
+ *
+ * A backend scores packed (query, passage) rows with exactly the semantics of mr_model_score
+ * (model.h): the same options, the same score layout (n_rows, n_exits) with NAN for rows pruned
+ * before an exit, the same depth output and the same validation errors. "cpu" wraps
+ * mr_ctx_init / mr_model_score; "cuda" (common/backend_cuda.cu) runs the pass on one GPU and
+ * exists only in builds configured with CUDA (MR_HAVE_CUDA, known to backend.c alone).
+ *
+ * Contexts are per thread, like mr_ctx: sized once by ctx_new for max_tokens packed tokens,
+ * max_rows rows and rows of at most max_len tokens; score allocates nothing. The model must
+ * outlive every context made from it. Callers never branch on the device: they pick a table by
+ * name and call through the mr_backend_* wrappers, which treat NULL optional slots as no-ops. */
+#ifndef MR_BACKEND_H
+#define MR_BACKEND_H
+
+#include "model.h"
+#include "mr_err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mr_backend {
+    const char *name;                                   /* "cpu", "cuda" */
+    /* optional: 0 when the backend can run here (e.g. a CUDA device is present), else a
+     * negative MR_E* with a message; NULL = always available */
+    int (*available)(mr_err *err);
+    /* required: a scoring context for m (see model.h for the sizes) */
+    int (*ctx_new)(const mr_model *m, int max_tokens, int max_rows, int max_len, void **ctx,
+                   mr_err *err);
+    /* required: frees a context; accepts NULL */
+    void (*ctx_free)(void *ctx);
+    /* required: mr_model_score semantics; scores (n_rows, n_exits), depth (n_rows) optional */
+    int (*score)(void *ctx, const mr_row *rows, int n_rows, const mr_run_opts *o, float *scores,
+                 int *depth, mr_err *err);
+    /* optional: one line describing the device of ctx (e.g. "NVIDIA H100 80GB HBM3, sm_90");
+     * NULL = the backend name */
+    const char *(*describe)(void *ctx);
+} mr_backend;
+
+/* The table named name ("cpu", "cuda"), or NULL when unknown or not built in. */
+const mr_backend *mr_backend_get(const char *name);
+/* Comma-separated names of the backends built in ("cpu" or "cpu,cuda"). */
+const char *mr_backend_names(void);
+
+/* Wrappers: dispatch through b, NULL optional slots are no-ops. */
+int mr_backend_available(const mr_backend *b, mr_err *err);
+int mr_backend_ctx_new(const mr_backend *b, const mr_model *m, int max_tokens, int max_rows,
+                       int max_len, void **ctx, mr_err *err);
+void mr_backend_ctx_free(const mr_backend *b, void *ctx);
+int mr_backend_score(const mr_backend *b, void *ctx, const mr_row *rows, int n_rows,
+                     const mr_run_opts *o, float *scores, int *depth, mr_err *err);
+const char *mr_backend_describe(const mr_backend *b, void *ctx);
+
+/* The tables themselves (backend_cuda.cu defines mr_backend_cuda in CUDA builds only). */
+extern const mr_backend mr_backend_cpu;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

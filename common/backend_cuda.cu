@@ -1,0 +1,1024 @@
+/* backend_cuda.cu: the CUDA scorer backend (mr_backend_cuda, see backend.h): the pass of
+ * common/forward.c on one GPU, with the same options and results.
+ *
+ * Weights are uploaded once per model from the mapped checkpoint (shared by every context of
+ * that model on the device, reference-counted): linear weights as bf16 (k|v and gate|up fused
+ * along their output dimension), biases, norms and exit heads as f32 masters, unmerged LoRA
+ * pairs as bf16 (A pre-scaled). Merged adapters need nothing: model.c merged them into the
+ * mapped weights at load, which is what gets uploaded. Matrix products are cuBLASLt bf16 x bf16
+ * -> f32 with f32 accumulation; everything else is in cuda/kernels.cuh.
+ *
+ * The layout is forward.c's: the current tokens of the surviving rows packed back to back in
+ * an f32 residual stream. The host keeps the row layout (off/len/segments, a few ints per row)
+ * and, whenever it changes (start, width compression, pruning, the deepest layer), stages the
+ * per-token positions, attention tiles and gather maps through one pinned buffer; compression
+ * and pruning then run on the device as gathers into a second residual buffer. Exit scores stay
+ * on the device until the end of the pass, except at pruning exits, where they come back to
+ * the host (one synchronisation) to pick the survivors with forward.c's tie rule.
+ *
+ * Not implemented (the structs leave room): query-prefix sharing, the FP8 e4m3 weight path,
+ * CUDA graphs. See docs/cuda.md. */
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backend.h"
+#include "kernels.h"
+}
+#include "cuda/kernels.cuh"
+
+/* ---- errors ---- */
+
+#define CK(call)                                                                              \
+    do {                                                                                      \
+        cudaError_t e_ = (call);                                                              \
+        if (e_ != cudaSuccess)                                                                \
+            return mr_err_set(err, MR_EIO, "cuda: %s (%s:%d)", cudaGetErrorString(e_),        \
+                              __FILE__, __LINE__);                                            \
+    } while (0)
+#define CKB(call)                                                                             \
+    do {                                                                                      \
+        cublasStatus_t s_ = (call);                                                           \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                      \
+            return mr_err_set(err, MR_EIO, "cublas: status %d (%s:%d)", (int)s_, __FILE__,    \
+                              __LINE__);                                                      \
+    } while (0)
+#define RC(call)                                                                              \
+    do {                                                                                      \
+        int r_ = (call);                                                                      \
+        if (r_) return r_;                                                                    \
+    } while (0)
+
+/* ---- device weights ---- */
+
+/* One linear map on the device, possibly several of the model's fused along out. */
+typedef struct dlora {
+    int adapter, rank;
+    int col, out;                    /* columns [col, col + out) of the fused output */
+    bf16 *A;                         /* (rank, in), pre-scaled */
+    bf16 *B;                         /* (out, rank) */
+} dlora;
+
+typedef struct dlin {
+    int in, out;
+    bf16 *w;                         /* (out, in) row-major */
+    float *b;                        /* (out) or NULL */
+    /* FP8 e4m3 path (reserved, not implemented): uint8_t *w8 (out, in) and float *w8_scale
+     * (out) per output channel, used by gemm() when non-NULL. */
+    void *w8;
+    float *w8_scale;
+    int n_lora;
+    dlora lora[2 * MR_MAX_ADAPTERS];
+} dlin;
+
+typedef struct dlayer {
+    float *attn_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm; /* (d) f32 or NULL */
+    dlin q, kv, o, gu, down;         /* kv = [k | v], gu = [gate | up] */
+} dlayer;
+
+typedef struct dweights {
+    const mr_model *m;
+    int dev, refs;
+    void *embed;                     /* (vocab, d) bf16 (bf16 checkpoints) or f32 */
+    int embed_f32;
+    float *final_norm;               /* (d) */
+    float *heads;                    /* (n_heads_exit, d) */
+    float *head_delta[MR_MAX_ADAPTERS];
+    dlayer *L;
+    int max_rank;
+    size_t bytes;
+} dweights;
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+#define MR_CUDA_MAX_MODELS 16
+static dweights *g_models[MR_CUDA_MAX_MODELS];
+
+static int dalloc(void **p, size_t bytes, size_t *total, mr_err *err) {
+    *p = NULL;
+    if (!bytes) return 0;
+    CK(cudaMalloc(p, bytes));
+    *total += bytes;
+    return 0;
+}
+
+/* f32 host array (n) to the device. */
+static int up_f32(float **dst, const float *src, size_t n, size_t *total, mr_err *err) {
+    *dst = NULL;
+    if (!src) return 0;
+    RC(dalloc((void **)dst, n * 4, total, err));
+    CK(cudaMemcpy(*dst, src, n * 4, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+/* n values of t (any dtype, possibly unaligned) as bf16 at dst + off (device). */
+static int up_bf16_tensor(bf16 *dst, const mr_tensor *t, uint16_t *hbuf, float *fbuf,
+                          size_t chunk, mr_err *err) {
+    size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype);
+    for (size_t a = 0; a < n; a += chunk) {
+        size_t len = n - a < chunk ? n - a : chunk;
+        const char *src = (const char *)t->data + a * es;
+        if (t->dtype == MR_DT_BF16) {
+            memcpy(hbuf, src, len * 2);
+        } else {
+            mr_to_f32(fbuf, src, t->dtype, len);
+            mr_from_f32(hbuf, fbuf, MR_DT_BF16, len);
+        }
+        CK(cudaMemcpy(dst + a, hbuf, len * 2, cudaMemcpyHostToDevice));
+    }
+    return 0;
+}
+
+static int up_bf16_f32(bf16 **dst, const float *src, size_t n, uint16_t *hbuf, size_t chunk,
+                       size_t *total, mr_err *err) {
+    RC(dalloc((void **)dst, n * 2, total, err));
+    for (size_t a = 0; a < n; a += chunk) {
+        size_t len = n - a < chunk ? n - a : chunk;
+        mr_from_f32(hbuf, src + a, MR_DT_BF16, len);
+        CK(cudaMemcpy(*dst + a, hbuf, len * 2, cudaMemcpyHostToDevice));
+    }
+    return 0;
+}
+
+/* Fuses parts (same in) along out into d. */
+static int up_lin(dlin *d, const mr_linear *const *parts, int n, uint16_t *hbuf, float *fbuf,
+                  size_t chunk, size_t *total, mr_err *err) {
+    memset(d, 0, sizeof *d);
+    d->in = parts[0]->in;
+    int any_b = 0;
+    for (int i = 0; i < n; i++) {
+        d->out += parts[i]->out;
+        any_b |= parts[i]->b != NULL;
+    }
+    RC(dalloc((void **)&d->w, (size_t)d->out * d->in * 2, total, err));
+    if (any_b) RC(dalloc((void **)&d->b, (size_t)d->out * 4, total, err));
+    int col = 0;
+    for (int i = 0; i < n; i++) {
+        const mr_linear *p = parts[i];
+        RC(up_bf16_tensor(d->w + (size_t)col * d->in, p->w, hbuf, fbuf, chunk, err));
+        if (any_b) {
+            if (p->b)
+                CK(cudaMemcpy(d->b + col, p->b, (size_t)p->out * 4, cudaMemcpyHostToDevice));
+            else
+                CK(cudaMemset(d->b + col, 0, (size_t)p->out * 4));
+        }
+        for (int a = 0; a < p->n_lora; a++) {
+            const struct mr_linear::mr_lora_f32 *lo = &p->lora[a];
+            dlora *dl = &d->lora[d->n_lora++];
+            dl->adapter = lo->adapter;
+            dl->rank = lo->rank;
+            dl->col = col;
+            dl->out = p->out;
+            RC(up_bf16_f32(&dl->A, lo->A, (size_t)lo->rank * p->in, hbuf, chunk, total, err));
+            RC(up_bf16_f32(&dl->B, lo->B, (size_t)p->out * lo->rank, hbuf, chunk, total, err));
+        }
+        col += p->out;
+    }
+    return 0;
+}
+
+static void free_lin(dlin *d) {
+    cudaFree(d->w);
+    cudaFree(d->b);
+    for (int a = 0; a < d->n_lora; a++) {
+        cudaFree(d->lora[a].A);
+        cudaFree(d->lora[a].B);
+    }
+    memset(d, 0, sizeof *d);
+}
+
+static void weights_free(dweights *w) {
+    if (!w) return;
+    cudaSetDevice(w->dev);
+    if (w->L) {
+        for (int i = 0; i < w->m->cfg.n_layers; i++) {
+            dlayer *L = &w->L[i];
+            cudaFree(L->attn_norm);
+            cudaFree(L->post_attn_norm);
+            cudaFree(L->ffn_norm);
+            cudaFree(L->post_ffn_norm);
+            free_lin(&L->q);
+            free_lin(&L->kv);
+            free_lin(&L->o);
+            free_lin(&L->gu);
+            free_lin(&L->down);
+        }
+        free(w->L);
+    }
+    cudaFree(w->embed);
+    cudaFree(w->final_norm);
+    cudaFree(w->heads);
+    for (int a = 0; a < MR_MAX_ADAPTERS; a++) cudaFree(w->head_delta[a]);
+    free(w);
+}
+
+static int weights_upload(dweights *w, const mr_model *m, mr_err *err) {
+    const mr_config *k = &m->cfg;
+    size_t d = (size_t)k->d_model, chunk = (size_t)1 << 20;
+    uint16_t *hbuf = NULL;
+    float *fbuf = NULL;
+    int rc = 0;
+    if (!(hbuf = (uint16_t *)malloc(chunk * 2)) || !(fbuf = (float *)malloc(chunk * 4))) {
+        rc = mr_err_set(err, MR_ENOMEM, "out of memory staging weights");
+        goto done;
+    }
+    if (!(w->L = (dlayer *)calloc((size_t)k->n_layers, sizeof *w->L))) {
+        rc = mr_err_set(err, MR_ENOMEM, "out of memory for %d layers", k->n_layers);
+        goto done;
+    }
+    /* embedding: bf16 checkpoints stay bf16 (exact), others become f32 (exact) */
+    {
+        const mr_tensor *e = m->embed;
+        size_t n = (size_t)e->numel;
+        w->embed_f32 = e->dtype != MR_DT_BF16;
+        if ((rc = dalloc(&w->embed, n * (w->embed_f32 ? 4 : 2), &w->bytes, err))) goto done;
+        if (!w->embed_f32) {
+            rc = up_bf16_tensor((bf16 *)w->embed, e, hbuf, fbuf, chunk, err);
+        } else {
+            for (size_t a = 0; a < n && !rc; a += chunk) {
+                size_t len = n - a < chunk ? n - a : chunk;
+                mr_to_f32(fbuf, (const char *)e->data + a * mr_dtype_size(e->dtype), e->dtype,
+                          len);
+                cudaError_t ce = cudaMemcpy((float *)w->embed + a, fbuf, len * 4,
+                                            cudaMemcpyHostToDevice);
+                if (ce != cudaSuccess)
+                    rc = mr_err_set(err, MR_EIO, "cuda: %s uploading the embedding",
+                                    cudaGetErrorString(ce));
+            }
+        }
+        if (rc) goto done;
+    }
+    if ((rc = up_f32(&w->final_norm, m->final_norm, d, &w->bytes, err)) ||
+        (rc = up_f32(&w->heads, m->heads, (size_t)m->n_heads_exit * d, &w->bytes, err)))
+        goto done;
+    for (int a = 0; a < MR_MAX_ADAPTERS; a++)
+        if ((rc = up_f32(&w->head_delta[a], m->head_delta[a], (size_t)m->n_heads_exit * d,
+                         &w->bytes, err)))
+            goto done;
+    for (int i = 0; i < k->n_layers && !rc; i++) {
+        const mr_layer *S = &m->layers[i];
+        dlayer *L = &w->L[i];
+        const mr_linear *q[1] = {&S->q}, *kv[2] = {&S->k, &S->v}, *o[1] = {&S->o},
+                        *gu[2] = {&S->gate, &S->up}, *dn[1] = {&S->down};
+        rc = up_f32(&L->attn_norm, S->attn_norm, d, &w->bytes, err) ||
+             up_f32(&L->post_attn_norm, S->post_attn_norm, d, &w->bytes, err) ||
+             up_f32(&L->ffn_norm, S->ffn_norm, d, &w->bytes, err) ||
+             up_f32(&L->post_ffn_norm, S->post_ffn_norm, d, &w->bytes, err) ||
+             up_lin(&L->q, q, 1, hbuf, fbuf, chunk, &w->bytes, err) ||
+             up_lin(&L->kv, kv, 2, hbuf, fbuf, chunk, &w->bytes, err) ||
+             up_lin(&L->o, o, 1, hbuf, fbuf, chunk, &w->bytes, err) ||
+             up_lin(&L->gu, gu, 2, hbuf, fbuf, chunk, &w->bytes, err) ||
+             up_lin(&L->down, dn, 1, hbuf, fbuf, chunk, &w->bytes, err);
+        if (rc) rc = err && err->code ? err->code : MR_EIO;
+        const dlin *ls[5] = {&L->q, &L->kv, &L->o, &L->gu, &L->down};
+        for (int j = 0; j < 5; j++)
+            for (int a = 0; a < ls[j]->n_lora; a++)
+                if (ls[j]->lora[a].rank > w->max_rank) w->max_rank = ls[j]->lora[a].rank;
+    }
+done:
+    free(hbuf);
+    free(fbuf);
+    return rc;
+}
+
+/* The device weights of m on dev, uploaded on first use; released by weights_put. */
+static int weights_get(const mr_model *m, int dev, dweights **out, mr_err *err) {
+    int rc = 0, slot = -1;
+    *out = NULL;
+    pthread_mutex_lock(&g_mu);
+    for (int i = 0; i < MR_CUDA_MAX_MODELS; i++) {
+        if (g_models[i] && g_models[i]->m == m && g_models[i]->dev == dev) {
+            g_models[i]->refs++;
+            *out = g_models[i];
+            goto done;
+        }
+        if (!g_models[i] && slot < 0) slot = i;
+    }
+    if (slot < 0) {
+        rc = mr_err_set(err, MR_ERANGE, "cuda: more than %d models on the device",
+                        MR_CUDA_MAX_MODELS);
+        goto done;
+    }
+    {
+        dweights *w = (dweights *)calloc(1, sizeof *w);
+        if (!w) {
+            rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+            goto done;
+        }
+        w->m = m;
+        w->dev = dev;
+        w->refs = 1;
+        if ((rc = weights_upload(w, m, err))) {
+            weights_free(w);
+            goto done;
+        }
+        g_models[slot] = w;
+        *out = w;
+    }
+done:
+    pthread_mutex_unlock(&g_mu);
+    return rc;
+}
+
+static void weights_put(dweights *w) {
+    if (!w) return;
+    pthread_mutex_lock(&g_mu);
+    if (--w->refs == 0) {
+        for (int i = 0; i < MR_CUDA_MAX_MODELS; i++)
+            if (g_models[i] == w) g_models[i] = NULL;
+        weights_free(w);
+    }
+    pthread_mutex_unlock(&g_mu);
+}
+
+/* ---- context ---- */
+
+typedef struct gemm_plan {
+    int key[10];
+    int used, ok;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+} gemm_plan;
+#define N_PLANS 128
+
+typedef struct cctx {
+    const mr_model *m;
+    dweights *w;
+    int dev;
+    int T, R, L;                     /* max tokens, rows, row length */
+    int ff_chunk;
+    cudaStream_t st;
+    cublasLtHandle_t lt;
+    cublasHandle_t cb;
+    void *ws;
+    size_t ws_size;
+    gemm_plan plans[N_PLANS];
+    int next_plan;
+    /* device activations */
+    float *x, *x2;                   /* (T, d) residual ping-pong */
+    bf16 *xn;                        /* (T, d) normed input of the next GEMMs */
+    bf16 *xn_last;                   /* (R, d) deepest layer: the rows' last normed tokens */
+    float *q;                        /* (T, nh*hd) */
+    float *kv;                       /* (T, 2*nkv*hd) [k | v] */
+    bf16 *att;                       /* (T, nh*hd) */
+    float *y;                        /* (T, d) o / down output */
+    float *ff;                       /* (ff_chunk, 2*dff) [gate | up] */
+    bf16 *act;                       /* (ff_chunk, dff) */
+    float *lo_f;                     /* (T, max_rank) */
+    bf16 *lo_b;                      /* (T, max_rank) */
+    float *probs, *probs_tmp;        /* (T) last-query attention, scratch */
+    float *rope;                     /* (L, hd/2, 2) */
+    float *d_score;                  /* (MR_MAX_EXITS, R) raw exit scores */
+    int32_t *d_arena;                /* device mirror of h_arena */
+    /* pinned staging, regions of h_arena (ints): */
+    int32_t *h_arena;
+    size_t a_ids, a_pos, a_src, a_cnt, a_tiles, a_off, a_len, a_lsrc, a_qpos, a_ltiles, a_n;
+    int n_tiles;
+    float *h_score;                  /* pinned (MR_MAX_EXITS, R) */
+    cudaEvent_t staged;              /* recorded after the last copy out of h_arena */
+    /* host row layout (like mr_ctx) */
+    int32_t *off, *len, *nq, *np, *ns, *row_id, *order;
+    char *keep;
+    int32_t *ex_rows;                /* (MR_MAX_EXITS, R) row ids at each exit */
+    int ex_n[MR_MAX_EXITS];
+    float *row_score;                /* (R) host copy at pruning exits */
+    char desc[192];
+} cctx;
+
+static int ctx_sync_stage(cctx *c, mr_err *err) {
+    CK(cudaEventSynchronize(c->staged));
+    return 0;
+}
+
+/* Copies h_arena[from, from + n) to the device (stream order). */
+static int stage_copy(cctx *c, size_t from, size_t n, mr_err *err) {
+    if (!n) return 0;
+    CK(cudaMemcpyAsync(c->d_arena + from, c->h_arena + from, n * 4, cudaMemcpyHostToDevice,
+                       c->st));
+    return 0;
+}
+
+static int cuda_available(mr_err *err) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess)
+        return mr_err_set(err, MR_EUNSUPPORTED, "no CUDA device: %s", cudaGetErrorString(e));
+    if (n < 1) return mr_err_set(err, MR_EUNSUPPORTED, "no CUDA device");
+    return 0;
+}
+
+static void cuda_ctx_free(void *p) {
+    cctx *c = (cctx *)p;
+    if (!c) return;
+    cudaSetDevice(c->dev);
+    if (c->st) cudaStreamSynchronize(c->st);
+    for (int i = 0; i < N_PLANS; i++) {
+        gemm_plan *g = &c->plans[i];
+        if (!g->used) continue;
+        cublasLtMatrixLayoutDestroy(g->a);
+        cublasLtMatrixLayoutDestroy(g->b);
+        cublasLtMatrixLayoutDestroy(g->c);
+        cublasLtMatmulDescDestroy(g->op);
+    }
+    void *dev[] = {c->ws, c->x, c->x2, c->xn, c->xn_last, c->q, c->kv, c->att, c->y, c->ff,
+                   c->act, c->lo_f, c->lo_b, c->probs, c->probs_tmp, c->rope, c->d_score,
+                   c->d_arena};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) cudaFree(dev[i]);
+    cudaFreeHost(c->h_arena);
+    cudaFreeHost(c->h_score);
+    if (c->staged) cudaEventDestroy(c->staged);
+    if (c->lt) cublasLtDestroy(c->lt);
+    if (c->cb) cublasDestroy(c->cb);
+    if (c->st) cudaStreamDestroy(c->st);
+    weights_put(c->w);
+    void *host[] = {c->off, c->len, c->nq, c->np, c->ns, c->row_id, c->order, c->keep,
+                    c->ex_rows, c->row_score};
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+    free(c);
+}
+
+static int att_smem(int hd) { return (ATT_KT * (hd + 1) + ATT_KT * hd + ATT_BQ * hd) * 4; }
+
+static int ctx_alloc(cctx *c, mr_err *err) {
+    const mr_config *k = &c->m->cfg;
+    size_t T = (size_t)c->T, R = (size_t)c->R, d = (size_t)k->d_model;
+    size_t qd = (size_t)k->n_heads * k->head_dim, kvd = (size_t)k->n_kv_heads * k->head_dim;
+    size_t dff = (size_t)k->d_ff, rank = (size_t)(c->w->max_rank ? c->w->max_rank : 1);
+    c->ff_chunk = c->T < 4096 ? c->T : 4096;
+    c->ws_size = (size_t)32 << 20;
+    struct { void **p; size_t bytes; } bufs[] = {
+        {&c->ws, c->ws_size}, {(void **)&c->x, T * d * 4}, {(void **)&c->x2, T * d * 4},
+        {(void **)&c->xn, T * d * 2}, {(void **)&c->xn_last, R * d * 2},
+        {(void **)&c->q, T * qd * 4}, {(void **)&c->kv, T * 2 * kvd * 4},
+        {(void **)&c->att, T * qd * 2}, {(void **)&c->y, T * d * 4},
+        {(void **)&c->ff, (size_t)c->ff_chunk * 2 * dff * 4},
+        {(void **)&c->act, (size_t)c->ff_chunk * dff * 2}, {(void **)&c->lo_f, T * rank * 4},
+        {(void **)&c->lo_b, T * rank * 2}, {(void **)&c->probs, T * 4},
+        {(void **)&c->probs_tmp, T * 4},
+        {(void **)&c->rope, (size_t)c->L * k->head_dim * 4},
+        {(void **)&c->d_score, (size_t)MR_MAX_EXITS * R * 4}};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) {
+        cudaError_t e = cudaMalloc(bufs[i].p, bufs[i].bytes);
+        if (e != cudaSuccess)
+            return mr_err_set(err, MR_ENOMEM,
+                              "cuda: %s allocating %zu bytes for a context of %d tokens",
+                              cudaGetErrorString(e), bufs[i].bytes, c->T);
+    }
+    /* staging arena: ids, pos, map src/cnt (T each), tiles (4 per tile), off, len, last-token
+     * src and pos (R each), last-mode tiles (4 R) */
+    size_t max_tiles = T / ATT_BQ + R + 1, o = 0;
+    c->a_ids = o, o += T;
+    c->a_pos = o, o += T;
+    c->a_src = o, o += T;
+    c->a_cnt = o, o += T;
+    c->a_tiles = o, o += 4 * max_tiles;
+    c->a_off = o, o += R;
+    c->a_len = o, o += R;
+    c->a_lsrc = o, o += R;
+    c->a_qpos = o, o += R;
+    c->a_ltiles = o, o += 4 * R;
+    c->a_n = o;
+    CK(cudaMalloc((void **)&c->d_arena, o * 4));
+    CK(cudaMallocHost((void **)&c->h_arena, o * 4));
+    CK(cudaMallocHost((void **)&c->h_score, (size_t)MR_MAX_EXITS * R * 4));
+    int32_t **ints[] = {&c->off, &c->len, &c->nq, &c->np, &c->ns, &c->row_id, &c->order};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
+        if (!(*ints[i] = (int32_t *)malloc(R * 4)))
+            return mr_err_set(err, MR_ENOMEM, "out of memory for a cuda context");
+    if (!(c->keep = (char *)malloc(R)) ||
+        !(c->ex_rows = (int32_t *)malloc((size_t)MR_MAX_EXITS * R * 4)) ||
+        !(c->row_score = (float *)malloc(R * 4)))
+        return mr_err_set(err, MR_ENOMEM, "out of memory for a cuda context");
+    /* RoPE table: the CPU's own (same cos/sin values) */
+    float *tab = (float *)malloc((size_t)c->L * k->head_dim * 4);
+    if (!tab) return mr_err_set(err, MR_ENOMEM, "out of memory for the rope table");
+    mr_rope_table(tab, c->L, k->head_dim, k->rope_theta);
+    cudaError_t e = cudaMemcpy(c->rope, tab, (size_t)c->L * k->head_dim * 4,
+                               cudaMemcpyHostToDevice);
+    free(tab);
+    CK(e);
+    return 0;
+}
+
+static int cuda_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max_len,
+                        void **out, mr_err *err) {
+    *out = NULL;
+    const mr_config *k = &m->cfg;
+    RC(cuda_available(err));
+    if (max_tokens < 1 || max_rows < 1 || max_len < 2 || max_rows > max_tokens)
+        return mr_err_set(err, MR_EINVAL, "context: bad sizes (tokens %d, rows %d, len %d)",
+                          max_tokens, max_rows, max_len);
+    if (k->head_dim > 256 || k->head_dim % 2)
+        return mr_err_set(err, MR_EUNSUPPORTED,
+                          "cuda: head_dim %d (the attention kernel takes even sizes up to 256)",
+                          k->head_dim);
+    if (m->n_adapters > 16)
+        return mr_err_set(err, MR_EUNSUPPORTED, "cuda: at most 16 adapters");
+    cctx *c = (cctx *)calloc(1, sizeof *c);
+    if (!c) return mr_err_set(err, MR_ENOMEM, "out of memory for a cuda context");
+    c->m = m;
+    c->T = max_tokens;
+    c->R = max_rows;
+    c->L = max_len;
+    int rc;
+    cudaDeviceProp prop;
+    cudaError_t e = cudaGetDevice(&c->dev);
+    if (e == cudaSuccess) e = cudaGetDeviceProperties(&prop, c->dev);
+    if (e != cudaSuccess) {
+        rc = mr_err_set(err, MR_EIO, "cuda: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    if ((rc = weights_get(m, c->dev, &c->w, err))) goto fail;
+    if ((e = cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&c->staged, cudaEventDisableTiming)) != cudaSuccess) {
+        rc = mr_err_set(err, MR_EIO, "cuda: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    if (cublasLtCreate(&c->lt) != CUBLAS_STATUS_SUCCESS ||
+        cublasCreate(&c->cb) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetStream(c->cb, c->st) != CUBLAS_STATUS_SUCCESS) {
+        rc = mr_err_set(err, MR_EIO, "cublas: cannot create handles");
+        goto fail;
+    }
+    if ((rc = ctx_alloc(c, err))) goto fail;
+    {
+        int smem = att_smem(k->head_dim);
+        cudaFuncSetAttribute(k_attention<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(k_attention<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(k_attention<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaFuncSetAttribute(k_attention<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    }
+    snprintf(c->desc, sizeof c->desc, "cuda: %s (sm_%d%d), %.1f GiB, weights %.2f GiB",
+             prop.name, prop.major, prop.minor, prop.totalGlobalMem / 1073741824.0,
+             c->w->bytes / 1073741824.0);
+    *out = c;
+    return 0;
+fail:
+    cuda_ctx_free(c);
+    return rc;
+}
+
+static const char *cuda_describe(void *ctx) { return ((cctx *)ctx)->desc; }
+
+/* ---- GEMM: y (n, ldy) = beta * y + x (n, ldx) . W^T, W (out, in) bf16, x bf16, y f32 ---- */
+
+static int align_of(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    int al = 256;
+    while (al > 1 && (a & (uintptr_t)(al - 1))) al >>= 1;
+    return al;
+}
+
+static int gemm(cctx *c, int n, int in, int out, const bf16 *x, int ldx, const bf16 *w,
+                float *y, int ldy, float beta, mr_err *err) {
+    if (n <= 0 || out <= 0) return 0;
+    int key[10] = {out, n, in, ldx, ldy, beta != 0.0f, align_of(w), align_of(x), align_of(y),
+                   1};
+    gemm_plan *g = NULL;
+    for (int i = 0; i < N_PLANS && !g; i++)
+        if (c->plans[i].used && !memcmp(c->plans[i].key, key, sizeof key)) g = &c->plans[i];
+    if (!g) {
+        g = &c->plans[c->next_plan];
+        c->next_plan = (c->next_plan + 1) % N_PLANS;
+        if (g->used) {
+            cublasLtMatrixLayoutDestroy(g->a);
+            cublasLtMatrixLayoutDestroy(g->b);
+            cublasLtMatrixLayoutDestroy(g->c);
+            cublasLtMatmulDescDestroy(g->op);
+            g->used = 0;
+        }
+        memcpy(g->key, key, sizeof key);
+        cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+        CKB(cublasLtMatmulDescCreate(&g->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+        CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+        /* column-major view: D (out, n) = W^T-view (out, in) x X^T-view (in, n) */
+        CKB(cublasLtMatrixLayoutCreate(&g->a, CUDA_R_16BF, in, out, in));
+        CKB(cublasLtMatrixLayoutCreate(&g->b, CUDA_R_16BF, in, n, ldx));
+        CKB(cublasLtMatrixLayoutCreate(&g->c, CUDA_R_32F, out, n, ldy));
+        g->used = 1;
+        g->ok = 0;
+        cublasLtMatmulPreference_t pref;
+        CKB(cublasLtMatmulPreferenceCreate(&pref));
+        uint64_t wsb = c->ws_size;
+        uint32_t al_a = (uint32_t)key[6], al_b = (uint32_t)key[7], al_c = (uint32_t)key[8];
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &wsb, sizeof wsb);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                             &al_a, sizeof al_a);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                             &al_b, sizeof al_b);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                             &al_c, sizeof al_c);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                             &al_c, sizeof al_c);
+        cublasLtMatmulHeuristicResult_t res;
+        int nres = 0;
+        if (cublasLtMatmulAlgoGetHeuristic(c->lt, g->op, g->a, g->b, g->c, g->c, pref, 1, &res,
+                                           &nres) == CUBLAS_STATUS_SUCCESS &&
+            nres > 0) {
+            g->algo = res.algo;
+            g->ok = 1;
+        }
+        cublasLtMatmulPreferenceDestroy(pref);
+    }
+    float one = 1.0f;
+    if (g->ok) {
+        CKB(cublasLtMatmul(c->lt, g->op, &one, w, g->a, x, g->b, &beta, y, g->c, y, g->c,
+                           &g->algo, c->ws, c->ws_size, c->st));
+    } else { /* shapes cuBLASLt has no kernel for (e.g. rank-2 LoRA products) */
+        CKB(cublasGemmEx(c->cb, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, CUDA_R_16BF, in,
+                         x, CUDA_R_16BF, ldx, &beta, y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT));
+    }
+    return 0;
+}
+
+static unsigned blocks(size_t n, unsigned t) { return (unsigned)((n + t - 1) / t); }
+
+/* y (n, ldy) = x W^T + b + sum over active unmerged adapters of x A^T B^T (into their columns) */
+static int linear(cctx *c, const dlin *l, const bf16 *x, int n, float *y, int ldy,
+                  uint32_t mask, mr_err *err) {
+    if (n <= 0) return 0;
+    RC(gemm(c, n, l->in, l->out, x, l->in, l->w, y, ldy, 0.0f, err));
+    if (l->b) {
+        k_add_bias<<<blocks((size_t)n * l->out, 256), 256, 0, c->st>>>(y, ldy, l->b, n, l->out);
+    }
+    for (int a = 0; a < l->n_lora; a++) {
+        const dlora *lo = &l->lora[a];
+        if (!(mask >> lo->adapter & 1)) continue;
+        RC(gemm(c, n, l->in, lo->rank, x, l->in, lo->A, c->lo_f, lo->rank, 0.0f, err));
+        size_t cnt = (size_t)n * lo->rank;
+        k_to_bf16<<<blocks(cnt, 256), 256, 0, c->st>>>(c->lo_b, c->lo_f, cnt);
+        RC(gemm(c, n, lo->rank, lo->out, c->lo_b, lo->rank, lo->B, y + lo->col, ldy, 1.0f,
+                err));
+    }
+    return 0;
+}
+
+/* ---- layout staging ---- */
+
+static void set_layout_host(cctx *c, int n_rows, int *n_tok) {
+    int t = 0;
+    for (int r = 0; r < n_rows; r++) {
+        c->len[r] = c->nq[r] + c->np[r] + c->ns[r];
+        c->off[r] = t;
+        t += c->len[r];
+    }
+    *n_tok = t;
+}
+
+/* Stages positions, attention tiles, rows and the last-token arrays of the current layout
+ * (rows packed from 0). The caller waited for the arena (ctx_sync_stage). */
+static int upload_layout(cctx *c, int n_rows, int n_tok, mr_err *err) {
+    int32_t *A = c->h_arena;
+    int32_t *pos = A + c->a_pos, *tiles = A + c->a_tiles, *off = A + c->a_off,
+            *len = A + c->a_len, *lsrc = A + c->a_lsrc, *qpos = A + c->a_qpos,
+            *lt = A + c->a_ltiles;
+    int nt = 0;
+    for (int r = 0; r < n_rows; r++) {
+        int o = c->off[r], L = c->len[r];
+        for (int i = 0; i < L; i++) pos[o + i] = i;
+        for (int p0 = 0; p0 < L; p0 += ATT_BQ, nt++) {
+            tiles[4 * nt] = o;
+            tiles[4 * nt + 1] = p0;
+            tiles[4 * nt + 2] = L - p0 < ATT_BQ ? L - p0 : ATT_BQ;
+            tiles[4 * nt + 3] = o + p0;
+        }
+        off[r] = o;
+        len[r] = L;
+        lsrc[r] = o + L - 1;
+        qpos[r] = L - 1;
+        lt[4 * r] = o;
+        lt[4 * r + 1] = L - 1;
+        lt[4 * r + 2] = 1;
+        lt[4 * r + 3] = r;
+    }
+    c->n_tiles = nt;
+    RC(stage_copy(c, c->a_pos, (size_t)n_tok, err));
+    RC(stage_copy(c, c->a_tiles, 4 * (size_t)nt, err));
+    RC(stage_copy(c, c->a_off, (size_t)n_rows, err));
+    RC(stage_copy(c, c->a_len, (size_t)n_rows, err));
+    RC(stage_copy(c, c->a_lsrc, (size_t)n_rows, err));
+    RC(stage_copy(c, c->a_qpos, (size_t)n_rows, err));
+    RC(stage_copy(c, c->a_ltiles, 4 * (size_t)n_rows, err));
+    CK(cudaEventRecord(c->staged, c->st));
+    return 0;
+}
+
+/* Gathers x into x2 by the staged map (n_out tokens) and swaps the buffers. */
+static int run_map(cctx *c, int n_out, const float *weights, mr_err *err) {
+    int d = c->m->cfg.d_model;
+    RC(stage_copy(c, c->a_src, (size_t)n_out, err));
+    RC(stage_copy(c, c->a_cnt, (size_t)n_out, err));
+    if (n_out > 0)
+        k_pool<<<n_out, 256, 0, c->st>>>(c->x2, c->x, d, c->d_arena + c->a_src,
+                                         c->d_arena + c->a_cnt, weights);
+    float *t = c->x;
+    c->x = c->x2;
+    c->x2 = t;
+    return 0;
+}
+
+/* Width compression (mr_pool on the device). */
+static int compress(cctx *c, int n_rows, int *n_tok, int ratio, int attention, mr_err *err) {
+    RC(ctx_sync_stage(c, err));
+    int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt;
+    int out = 0;
+    for (int r = 0; r < n_rows; r++) {
+        int s = c->off[r], q = c->nq[r], p = c->np[r], groups = (p + ratio - 1) / ratio;
+        for (int i = 0; i < q; i++, out++) src[out] = s + i, cnt[out] = 1;
+        for (int g = 0; g < groups; g++, out++) {
+            int t0 = s + q + g * ratio, t1 = t0 + ratio < s + q + p ? t0 + ratio : s + q + p;
+            src[out] = t0;
+            cnt[out] = t1 - t0;
+        }
+        for (int i = 0; i < c->ns[r]; i++, out++) src[out] = s + q + p + i, cnt[out] = 1;
+        c->np[r] = groups;
+    }
+    RC(run_map(c, out, attention ? c->probs : NULL, err));
+    set_layout_host(c, n_rows, n_tok);
+    return upload_layout(c, n_rows, *n_tok, err);
+}
+
+static int by_score_desc(const void *pa, const void *pb, void *ctx) {
+    const cctx *c = (const cctx *)ctx;
+    int a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+    float sa = c->row_score[a], sb = c->row_score[b];
+    if (isnan(sa)) sa = -INFINITY;
+    if (isnan(sb)) sb = -INFINITY;
+    if (sa != sb) return sa > sb ? -1 : 1;
+    return c->row_id[a] - c->row_id[b];
+}
+
+/* Keeps the rows passing p (scores of exit e are on the host in h_score); packs them. */
+static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p, mr_err *err) {
+    const float *sc = c->h_score + (size_t)e * c->R;
+    for (int r = 0; r < n_rows; r++) {
+        c->row_score[r] = sc[r];
+        c->order[r] = r;
+        c->keep[r] = p->top_k == 0 && sc[r] >= p->min_score;
+    }
+    if (p->top_k > 0) {
+        qsort_r(c->order, (size_t)n_rows, sizeof *c->order, by_score_desc, c);
+        for (int i = 0; i < n_rows && i < p->top_k; i++) c->keep[c->order[i]] = 1;
+    }
+    RC(ctx_sync_stage(c, err));
+    int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt;
+    int nr = 0, out = 0;
+    for (int r = 0; r < n_rows; r++) {
+        if (!c->keep[r]) continue;
+        for (int i = 0; i < c->len[r]; i++, out++) src[out] = c->off[r] + i, cnt[out] = 1;
+        c->nq[nr] = c->nq[r];
+        c->np[nr] = c->np[r];
+        c->ns[nr] = c->ns[r];
+        c->row_id[nr] = c->row_id[r];
+        nr++;
+    }
+    RC(run_map(c, out, NULL, err));
+    set_layout_host(c, nr, n_tok);
+    RC(upload_layout(c, nr, *n_tok, err));
+    return nr;
+}
+
+/* ---- the pass ---- */
+
+static int launch_attention(cctx *c, const float *q, const int32_t *tiles, int n_tiles,
+                            int window, mr_err *err) {
+    const mr_config *k = &c->m->cfg;
+    int hd = k->head_dim, kvd = k->n_kv_heads * hd;
+    att_args a;
+    a.q = q;
+    a.q_ld = k->n_heads * hd;
+    a.k = c->kv;
+    a.v = c->kv + kvd;
+    a.kv_ld = 2 * kvd;
+    a.out = c->att;
+    a.out_ld = k->n_heads * hd;
+    a.tiles = (const int4 *)tiles;
+    a.n_heads = k->n_heads;
+    a.n_kv = k->n_kv_heads;
+    a.hd = hd;
+    a.scale = 1.0f / sqrtf(k->query_pre_attn_scalar > 0 ? k->query_pre_attn_scalar
+                                                        : (float)k->head_dim);
+    a.softcap = k->attn_softcap;
+    a.window = window;
+    if (n_tiles <= 0) return 0;
+    dim3 grid((unsigned)n_tiles, (unsigned)k->n_heads);
+    int smem = att_smem(hd), th = ATT_NW * 32;
+    if (hd <= 32)
+        k_attention<1><<<grid, th, smem, c->st>>>(a);
+    else if (hd <= 64)
+        k_attention<2><<<grid, th, smem, c->st>>>(a);
+    else if (hd <= 128)
+        k_attention<4><<<grid, th, smem, c->st>>>(a);
+    else
+        k_attention<8><<<grid, th, smem, c->st>>>(a);
+    CK(cudaGetLastError());
+    return 0;
+}
+
+/* Decoder layer l over n_tok tokens (see forward.c's layer_forward). */
+static int layer(cctx *c, int l, int n_tok, int n_rows, int last, int want_probs,
+                 uint32_t mask, mr_err *err) {
+    const mr_model *m = c->m;
+    const mr_config *k = &m->cfg;
+    const dlayer *L = &c->w->L[l];
+    int d = k->d_model, hd = k->head_dim, n = last ? n_rows : n_tok;
+    int qd = k->n_heads * hd, kvd = k->n_kv_heads * hd, dff = k->d_ff;
+    int window = k->sliding_window > 0 && (k->arch != MR_ARCH_GEMMA2 || l % 2 == 0)
+                     ? k->sliding_window : 0;
+    float eps = k->rms_eps, wo = m->norm_offset;
+    const int32_t *D = c->d_arena;
+
+    k_resid_norm<<<n_tok, 256, 0, c->st>>>(c->x, NULL, NULL, L->attn_norm, c->xn, d, eps, wo);
+    RC(linear(c, &L->kv, c->xn, n_tok, c->kv, 2 * kvd, mask, err));
+    k_rope<<<blocks((size_t)n_tok * k->n_kv_heads * (hd / 2), 256), 256, 0, c->st>>>(
+        c->kv, 2 * kvd, D + c->a_pos, n_tok, k->n_kv_heads, hd, c->rope);
+    const bf16 *qin = c->xn;
+    if (last) { /* the rows' last tokens move to rows 0..n_rows-1 */
+        k_gather_bf16<<<n_rows, 256, 0, c->st>>>(c->xn_last, c->xn, d, D + c->a_lsrc);
+        k_pool<<<n_rows, 256, 0, c->st>>>(c->x2, c->x, d, D + c->a_lsrc, NULL, NULL);
+        qin = c->xn_last; /* x and x2 swap after the attention */
+    }
+    RC(linear(c, &L->q, qin, n, c->q, qd, mask, err));
+    k_rope<<<blocks((size_t)n * k->n_heads * (hd / 2), 256), 256, 0, c->st>>>(
+        c->q, qd, last ? D + c->a_qpos : D + c->a_pos, n, k->n_heads, hd, c->rope);
+    RC(launch_attention(c, c->q, last ? D + c->a_ltiles : D + c->a_tiles,
+                        last ? n_rows : c->n_tiles, window, err));
+    if (want_probs) {
+        float scale = 1.0f / sqrtf(k->query_pre_attn_scalar > 0 ? k->query_pre_attn_scalar
+                                                                : (float)k->head_dim);
+        k_last_probs<<<n_rows, 256, 0, c->st>>>(c->q, qd, c->kv, 2 * kvd, D + c->a_off,
+                                                D + c->a_len, k->n_heads, k->n_kv_heads, hd,
+                                                scale, k->attn_softcap, window, c->probs_tmp,
+                                                c->probs);
+    }
+    if (last) {
+        float *t = c->x;
+        c->x = c->x2;
+        c->x2 = t;
+    }
+    RC(linear(c, &L->o, c->att, n, c->y, d, mask, err));
+    k_resid_norm<<<n, 256, 0, c->st>>>(c->x, c->y, L->post_attn_norm, L->ffn_norm, c->xn, d,
+                                       eps, wo);
+    for (int t0 = 0; t0 < n; t0 += c->ff_chunk) {
+        int cn = n - t0 < c->ff_chunk ? n - t0 : c->ff_chunk;
+        RC(linear(c, &L->gu, c->xn + (size_t)t0 * d, cn, c->ff, 2 * dff, mask, err));
+        k_glu<<<blocks((size_t)cn * dff, 256), 256, 0, c->st>>>(
+            c->act, c->ff, cn, dff, k->act == MR_ACT_GELU_TANH);
+        RC(linear(c, &L->down, c->act, cn, c->y + (size_t)t0 * d, d, mask, err));
+    }
+    k_resid_norm<<<n, 256, 0, c->st>>>(c->x, c->y, L->post_ffn_norm, NULL, NULL, d, eps, wo);
+    CK(cudaGetLastError());
+    return 0;
+}
+
+/* Scores exit e for the n_rows rows into d_score[e] (device) and remembers their ids. */
+static int score_exit(cctx *c, int e, int n_rows, int last_mode, const mr_run_opts *o,
+                      mr_err *err) {
+    const mr_model *m = c->m;
+    const mr_config *k = &m->cfg;
+    int d = k->d_model, h = o->head_by_position ? e : mr_model_head_of(m, o->exits[e]);
+    exit_heads eh;
+    memset(&eh, 0, sizeof eh);
+    eh.head = c->w->heads + (size_t)h * d;
+    for (int a = 0; a < m->n_adapters; a++)
+        if (o->adapter_mask >> a & 1 && c->w->head_delta[a])
+            eh.delta[eh.n_delta++] = c->w->head_delta[a] + (size_t)h * d;
+    k_exit<<<n_rows, 256, 0, c->st>>>(c->x, d, c->d_arena + c->a_off, c->d_arena + c->a_len,
+                                      last_mode, c->w->final_norm, k->rms_eps, m->norm_offset,
+                                      eh, k->final_softcap, c->d_score + (size_t)e * c->R);
+    CK(cudaGetLastError());
+    CK(cudaMemcpyAsync(c->h_score + (size_t)e * c->R, c->d_score + (size_t)e * c->R,
+                       (size_t)n_rows * 4, cudaMemcpyDeviceToHost, c->st));
+    memcpy(c->ex_rows + (size_t)e * c->R, c->row_id, (size_t)n_rows * 4);
+    c->ex_n[e] = n_rows;
+    return 0;
+}
+
+static int check_rows(const cctx *c, const mr_row *rows, int n_rows, mr_err *err) {
+    if (n_rows < 0 || n_rows > c->R)
+        return mr_err_set(err, MR_ERANGE, "%d rows exceed the context's %d", n_rows, c->R);
+    size_t total = 0;
+    int vocab = c->m->cfg.vocab_size;
+    for (int r = 0; r < n_rows; r++) {
+        const mr_row *w = &rows[r];
+        if (w->nq < 1 || w->ns < 1 || w->np < 0)
+            return mr_err_set(err, MR_EINVAL,
+                              "row %d: query and suffix segments must not be empty", r);
+        int len = w->nq + w->np + w->ns;
+        if (len > c->L)
+            return mr_err_set(err, MR_ERANGE, "row %d: %d tokens exceed the maximum %d", r, len,
+                              c->L);
+        total += (size_t)len;
+        const int32_t *segs[3] = {w->q, w->p, w->s};
+        int lens[3] = {w->nq, w->np, w->ns};
+        for (int s = 0; s < 3; s++)
+            for (int i = 0; i < lens[s]; i++)
+                if (segs[s][i] < 0 || segs[s][i] >= vocab)
+                    return mr_err_set(err, MR_EINVAL, "row %d: token id %d outside vocab 0..%d",
+                                      r, segs[s][i], vocab - 1);
+    }
+    if (total > (size_t)c->T)
+        return mr_err_set(err, MR_ERANGE, "%zu tokens exceed the context's %d", total, c->T);
+    return 0;
+}
+
+static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, mr_err *err) {
+    const mr_model *m = c->m;
+    int d = m->cfg.d_model, n_tok = 0;
+    RC(ctx_sync_stage(c, err));
+    int32_t *ids = c->h_arena + c->a_ids;
+    for (int r = 0; r < n_rows; r++) {
+        const mr_row *w = &rows[r];
+        c->nq[r] = w->nq;
+        c->np[r] = w->np;
+        c->ns[r] = w->ns;
+        c->row_id[r] = r;
+        memcpy(ids + n_tok, w->q, (size_t)w->nq * 4);
+        memcpy(ids + n_tok + w->nq, w->p, (size_t)w->np * 4);
+        memcpy(ids + n_tok + w->nq + w->np, w->s, (size_t)w->ns * 4);
+        n_tok += w->nq + w->np + w->ns;
+    }
+    set_layout_host(c, n_rows, &n_tok);
+    RC(stage_copy(c, c->a_ids, (size_t)n_tok, err));
+    if (c->w->embed_f32)
+        k_embed<float><<<n_tok, 256, 0, c->st>>>(c->x, (const float *)c->w->embed,
+                                                 c->d_arena + c->a_ids, d, m->embed_scale);
+    else
+        k_embed<bf16><<<n_tok, 256, 0, c->st>>>(c->x, (const bf16 *)c->w->embed,
+                                                c->d_arena + c->a_ids, d, m->embed_scale);
+    RC(upload_layout(c, n_rows, n_tok, err));
+    int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0, last_mode = 0;
+    for (int l = 0; l < deepest && n_rows > 0; l++) {
+        if (ci < o->n_compress && o->compress_layers[ci] == l) {
+            if (o->ratio > 1)
+                RC(compress(c, n_rows, &n_tok, o->ratio, o->pooling == MR_POOL_ATTENTION, err));
+            ci++;
+        }
+        int want_probs = o->pooling == MR_POOL_ATTENTION && o->ratio > 1 &&
+                         ci < o->n_compress && o->compress_layers[ci] == l + 1 &&
+                         l + 1 < deepest;
+        int last = l == deepest - 1;
+        RC(layer(c, l, n_tok, n_rows, last, want_probs, o->adapter_mask, err));
+        if (last) {
+            n_tok = n_rows;
+            last_mode = 1;
+        }
+        if (e < o->n_exits && o->exits[e] == l + 1) {
+            RC(score_exit(c, e, n_rows, last_mode, o, err));
+            /* a pruning step at the deepest exit changes nothing observable: skipped */
+            if (pi < o->n_prune && o->prune[pi].layer == l + 1 && !last) {
+                CK(cudaStreamSynchronize(c->st));
+                int nr = prune(c, e, n_rows, &n_tok, &o->prune[pi++], err);
+                if (nr < 0) return nr;
+                n_rows = nr;
+            }
+            e++;
+        }
+    }
+    CK(cudaStreamSynchronize(c->st));
+    return e; /* exits scored */
+}
+
+static int cuda_score(void *ctx, const mr_row *rows, int n_rows, const mr_run_opts *o,
+                      float *scores, int *depth, mr_err *err) {
+    cctx *c = (cctx *)ctx;
+    int rc;
+    if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = check_rows(c, rows, n_rows, err)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
+    if (n_rows == 0) return 0;
+    CK(cudaSetDevice(c->dev));
+    int n_exit = pass(c, rows, n_rows, o, err);
+    if (n_exit < 0) {
+        cudaStreamSynchronize(c->st);
+        return n_exit;
+    }
+    for (int e = 0; e < n_exit; e++) {
+        const float *sc = c->h_score + (size_t)e * c->R;
+        const int32_t *ids = c->ex_rows + (size_t)e * c->R;
+        for (int r = 0; r < c->ex_n[e]; r++) {
+            float s = sc[r];
+            scores[(size_t)ids[r] * o->n_exits + e] = o->sigmoid ? 1.0f / (1.0f + expf(-s)) : s;
+            if (depth) depth[ids[r]] = o->exits[e];
+        }
+    }
+    return 0;
+}
+
+extern "C" const mr_backend mr_backend_cuda = {
+    "cuda",            /* name */
+    cuda_available,    /* available: a device is present */
+    cuda_ctx_new,      /* ctx_new */
+    cuda_ctx_free,     /* ctx_free */
+    cuda_score,        /* score */
+    cuda_describe,     /* describe */
+};

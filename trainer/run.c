@@ -1,0 +1,330 @@
+/* run.c: data, batch order, checkpoints and resume state of `mrank train` (see run.h). */
+#include "run.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "input.h"
+
+/* ---- randomness ---- */
+
+static uint64_t sm64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t mr_seed_mix(uint64_t seed, uint64_t a, uint64_t b) {
+    uint64_t s = seed;
+    uint64_t x = sm64(&s) ^ a;
+    s = x;
+    x = sm64(&s) ^ b;
+    s = x;
+    return sm64(&s);
+}
+
+int mr_stream_index(uint64_t seed, int n, int64_t i) {
+    /* Feistel-free: a seeded permutation per epoch by sorting keys would cost O(n log n) per
+     * call; instead an affine map a*j + b mod n with gcd(a, n) = 1, a and b drawn per epoch. */
+    if (n <= 1) return 0;
+    int64_t e = i / n, j = i % n;
+    uint64_t r = mr_seed_mix(seed, 0x5eed0000ull + (uint64_t)e, 7);
+    uint64_t a = 1 + r % (uint64_t)(n - 1), b = (r >> 32) % (uint64_t)n;
+    for (;;) {
+        uint64_t x = a, y = (uint64_t)n;
+        while (y) {
+            uint64_t t = x % y;
+            x = y, y = t;
+        }
+        if (x == 1) break;
+        a = a % (uint64_t)(n - 1) + 1;
+    }
+    return (int)((a * (uint64_t)j + b) % (uint64_t)n);
+}
+
+/* ---- LM text ---- */
+
+int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int32_t bos,
+                    int seq_len, mr_err *err) {
+    memset(d, 0, sizeof *d);
+    if (seq_len < 2) return mr_err_set(err, MR_EINVAL, "seq_len must be >= 2");
+    FILE *f = fopen(path, "r");
+    if (!f) return mr_err_errno(err, "%s", path);
+    mr_ids all = {0};
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int rc = 0;
+    size_t cap_off = 0;
+    while ((n = getline(&line, &cap, f)) > 0 && !rc) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+        if (!n) continue;
+        mr_ids doc = {0};
+        if ((rc = mr_ids_push(&doc, bos)) ||
+            (rc = mr_tokenizer_encode(t, line, (size_t)n, &doc, err))) {
+            mr_ids_free(&doc);
+            break;
+        }
+        /* cut into sequences of at most seq_len (each >= 2 tokens) */
+        for (size_t s = 0; s + 1 < doc.n && !rc; s += (size_t)seq_len) {
+            size_t e = s + (size_t)seq_len < doc.n ? s + (size_t)seq_len : doc.n;
+            if (e - s < 2) break;
+            if ((size_t)d->n + 2 > cap_off) {
+                cap_off = cap_off ? 2 * cap_off : 1024;
+                int64_t *o = realloc(d->off, sizeof(int64_t) * cap_off);
+                if (!o) {
+                    rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+                    break;
+                }
+                d->off = o;
+            }
+            d->off[d->n] = (int64_t)all.n;
+            for (size_t i = s; i < e && !rc; i++) rc = mr_ids_push(&all, doc.v[i]);
+            d->n++;
+            d->off[d->n] = (int64_t)all.n;
+        }
+        mr_ids_free(&doc);
+    }
+    free(line);
+    fclose(f);
+    d->ids = all.v;
+    if (!rc && d->n == 0) rc = mr_err_set(err, MR_EINVAL, "%s: no text", path);
+    if (rc) {
+        if (!err || !err->code) mr_err_set(err, rc, "%s: out of memory", path);
+        mr_lm_data_free(d);
+    }
+    return rc;
+}
+
+void mr_lm_data_free(mr_lm_data *d) {
+    free(d->ids);
+    free(d->off);
+    memset(d, 0, sizeof *d);
+}
+
+/* ---- re-ranking jsonl ---- */
+
+static void ex_free(mr_rr_example *e) {
+    mr_ids_free(&e->q);
+    mr_ids_free(&e->s);
+    for (int i = 0; i < e->n_pos + e->n_neg; i++) mr_ids_free(&e->p[i]);
+    free(e->p);
+    free(e->score);
+}
+
+static int str_array(const cJSON *a) {
+    if (!cJSON_IsArray(a)) return -1;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, a) if (!cJSON_IsString(x)) return -1;
+    return cJSON_GetArraySize(a);
+}
+
+int mr_rr_data_load(mr_rr_data *d, const char *path, const mr_tokenizer *t, int32_t bos,
+                    int query_max, int max_len, mr_err *err) {
+    memset(d, 0, sizeof *d);
+    FILE *f = fopen(path, "r");
+    if (!f) return mr_err_errno(err, "%s", path);
+    char *line = NULL;
+    size_t cap = 0, cap_ex = 0;
+    ssize_t n;
+    int rc = 0, lineno = 0;
+    while ((n = getline(&line, &cap, f)) > 0 && !rc) {
+        lineno++;
+        cJSON *j = cJSON_ParseWithLength(line, (size_t)n);
+        if (!j) {
+            int blank = 1;
+            for (ssize_t i = 0; i < n; i++) blank &= line[i] == ' ' || line[i] == '\n' || line[i] == '\r' || line[i] == '\t';
+            if (blank) continue;
+            rc = mr_err_set(err, MR_EFORMAT, "%s:%d: not JSON", path, lineno);
+            break;
+        }
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "query");
+        const cJSON *pos = cJSON_GetObjectItemCaseSensitive(j, "pos");
+        const cJSON *neg = cJSON_GetObjectItemCaseSensitive(j, "neg");
+        const cJSON *ps = cJSON_GetObjectItemCaseSensitive(j, "pos_scores");
+        const cJSON *ns = cJSON_GetObjectItemCaseSensitive(j, "neg_scores");
+        const cJSON *pr = cJSON_GetObjectItemCaseSensitive(j, "prompt");
+        int np = str_array(pos), nn = neg ? str_array(neg) : 0;
+        if (!cJSON_IsString(q) || np < 1 || nn < 0 || (pr && !cJSON_IsString(pr))) {
+            cJSON_Delete(j);
+            rc = mr_err_set(err, MR_EFORMAT,
+                            "%s:%d: need \"query\" (string), \"pos\" (non-empty string array), "
+                            "\"neg\" (string array)", path, lineno);
+            break;
+        }
+        int scored = ps || ns;
+        if (scored && (cJSON_GetArraySize(ps) != np || cJSON_GetArraySize(ns) != nn)) {
+            cJSON_Delete(j);
+            rc = mr_err_set(err, MR_EFORMAT, "%s:%d: pos_scores/neg_scores must match pos/neg",
+                            path, lineno);
+            break;
+        }
+        if ((size_t)d->n == cap_ex) {
+            cap_ex = cap_ex ? 2 * cap_ex : 256;
+            mr_rr_example *e = realloc(d->ex, sizeof *e * cap_ex);
+            if (!e) {
+                cJSON_Delete(j);
+                rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+                break;
+            }
+            d->ex = e;
+        }
+        mr_rr_example *e = &d->ex[d->n];
+        memset(e, 0, sizeof *e);
+        e->p = calloc((size_t)(np + nn), sizeof *e->p);
+        e->score = scored ? calloc((size_t)(np + nn), sizeof(float)) : NULL;
+        if (!e->p || (scored && !e->score)) rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+        int tq = 0, qm = query_max < max_len ? query_max : max_len;
+        if (!rc) rc = mr_input_query(t, bos, q->valuestring, qm * 4 / 3 + 1, &e->q, &tq, err);
+        if (!rc)
+            rc = mr_input_suffix(t, pr ? pr->valuestring : MR_DEFAULT_PROMPT, &e->s, err);
+        for (int i = 0; i < np + nn && !rc; i++) {
+            const cJSON *s = cJSON_GetArrayItem(i < np ? pos : neg, i < np ? i : i - np);
+            rc = mr_input_passage(t, s->valuestring, max_len, e->q.n, &e->p[i], &tq, err);
+            if (scored) {
+                const cJSON *v = cJSON_GetArrayItem(i < np ? ps : ns, i < np ? i : i - np);
+                if (!cJSON_IsNumber(v))
+                    rc = mr_err_set(err, MR_EFORMAT, "%s:%d: scores must be numbers", path,
+                                    lineno);
+                else
+                    e->score[i] = (float)v->valuedouble;
+            }
+        }
+        e->n_pos = np, e->n_neg = nn;
+        cJSON_Delete(j);
+        d->n++;
+        if (rc) break;
+    }
+    free(line);
+    fclose(f);
+    if (!rc && d->n == 0) rc = mr_err_set(err, MR_EINVAL, "%s: no examples", path);
+    if (rc) mr_rr_data_free(d);
+    return rc;
+}
+
+void mr_rr_data_free(mr_rr_data *d) {
+    for (int i = 0; i < d->n; i++) ex_free(&d->ex[i]);
+    free(d->ex);
+    memset(d, 0, sizeof *d);
+}
+
+int mr_rr_group(const mr_rr_example *ex, int G, uint64_t *rng, mr_row *rows, float *teacher) {
+    int pick[512];
+    int p = (int)(sm64(rng) % (uint64_t)ex->n_pos);
+    pick[0] = p;
+    int nn = ex->n_neg;
+    for (int g = 1; g < G && g < 512; g++) {
+        int j;
+        if (nn == 0) { /* no negatives: other positives stand in (degenerate but valid) */
+            j = (int)(sm64(rng) % (uint64_t)ex->n_pos);
+        } else if (nn >= G - 1) { /* without replacement: rejection on the few picked */
+            for (;;) {
+                j = ex->n_pos + (int)(sm64(rng) % (uint64_t)nn);
+                int dup = 0;
+                for (int k = 1; k < g; k++) dup |= pick[k] == j;
+                if (!dup) break;
+            }
+        } else {
+            j = ex->n_pos + (g - 1 < nn ? g - 1 : (int)(sm64(rng) % (uint64_t)nn));
+        }
+        pick[g] = j;
+    }
+    for (int g = 0; g < G; g++) {
+        const mr_ids *pp = &ex->p[pick[g]];
+        rows[g] = (mr_row){ex->q.v, (int)ex->q.n, pp->v, (int)pp->n, ex->s.v, (int)ex->s.n};
+        if (teacher && ex->score) teacher[g] = ex->score[pick[g]];
+    }
+    return ex->score != NULL;
+}
+
+/* ---- checkpoints ---- */
+
+int mr_copy_file(const char *src, const char *dst, mr_err *err) {
+    FILE *a = fopen(src, "rb");
+    if (!a) return mr_err_errno(err, "%s", src);
+    FILE *b = fopen(dst, "wb");
+    if (!b) {
+        fclose(a);
+        return mr_err_errno(err, "%s", dst);
+    }
+    char buf[65536];
+    size_t n;
+    int rc = 0;
+    while ((n = fread(buf, 1, sizeof buf, a)) > 0)
+        if (fwrite(buf, 1, n, b) != n) {
+            rc = mr_err_errno(err, "%s", dst);
+            break;
+        }
+    fclose(a);
+    if (fclose(b) && !rc) rc = mr_err_errno(err, "%s", dst);
+    return rc;
+}
+
+int mr_tmodel_save_hf(const mr_tmodel *m, const char *dir, const char *tok_path, mr_err *err) {
+    if (m->mode != MR_TRAIN_FULL)
+        return mr_err_set(err, MR_ESTATE, "save checkpoint: the model is not in full mode");
+    if (mkdir(dir, 0755) && errno != EEXIST) return mr_err_errno(err, "%s", dir);
+    char path[1024];
+    mr_config c = m->cfg;
+    c.dtype = MR_DT_F32;
+    c.tie_word_embeddings = 1;
+    int rc;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if ((rc = mr_tmodel_save_trainable(m, path, 0, err))) return rc;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if ((rc = mr_config_save(&c, path, err))) return rc;
+    if (tok_path) {
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+        rc = mr_copy_file(tok_path, path, err);
+    }
+    return rc;
+}
+
+#define STATE_MAGIC 0x5354524dU /* "MRTS" */
+
+int mr_state_save(const char *path, const mr_tmodel *m, const mr_adamw *a, mr_err *err) {
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return mr_err_errno(err, "%s", tmp);
+    uint32_t hdr[2] = {STATE_MAGIC, 1};
+    int64_t step = a->step;
+    uint64_t n = m->n_train;
+    int ok = fwrite(hdr, sizeof hdr, 1, f) == 1 && fwrite(&step, sizeof step, 1, f) == 1 &&
+             fwrite(&n, sizeof n, 1, f) == 1 &&
+             fwrite(m->params + m->train_off, sizeof(float), n, f) == n &&
+             fwrite(a->m, sizeof(float), n, f) == n && fwrite(a->v, sizeof(float), n, f) == n;
+    if (fclose(f)) ok = 0;
+    if (!ok) return mr_err_errno(err, "%s", tmp);
+    if (rename(tmp, path)) return mr_err_errno(err, "%s", path);
+    return 0;
+}
+
+int mr_state_load(const char *path, mr_tmodel *m, mr_adamw *a, mr_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return mr_err_errno(err, "%s", path);
+    uint32_t hdr[2];
+    int64_t step;
+    uint64_t n;
+    int rc = 0;
+    if (fread(hdr, sizeof hdr, 1, f) != 1 || hdr[0] != STATE_MAGIC || hdr[1] != 1 ||
+        fread(&step, sizeof step, 1, f) != 1 || fread(&n, sizeof n, 1, f) != 1) {
+        rc = mr_err_set(err, MR_EFORMAT, "%s: not a training state file", path);
+    } else if (n != m->n_train || n != a->n) {
+        rc = mr_err_set(err, MR_EFORMAT, "%s: %llu trainable floats, the model has %zu", path,
+                        (unsigned long long)n, m->n_train);
+    } else if (fread(m->params + m->train_off, sizeof(float), n, f) != n ||
+               fread(a->m, sizeof(float), n, f) != n || fread(a->v, sizeof(float), n, f) != n) {
+        rc = mr_err_set(err, MR_EFORMAT, "%s: truncated", path);
+    } else {
+        a->step = (int)step;
+    }
+    fclose(f);
+    return rc;
+}
