@@ -554,7 +554,7 @@ static int cuda_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max
         cudaFuncSetAttribute(k_attention<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         cudaFuncSetAttribute(k_attention<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     }
-    snprintf(c->desc, sizeof c->desc, "cuda: %s (sm_%d%d), %.1f GiB, weights %.2f GiB",
+    snprintf(c->desc, sizeof c->desc, "cuda: %.100s (sm_%d%d), %.1f GiB, weights %.2f GiB",
              prop.name, prop.major, prop.minor, prop.totalGlobalMem / 1073741824.0,
              c->w->bytes / 1073741824.0);
     *out = c;

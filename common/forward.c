@@ -107,16 +107,20 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
             for (int a = 0; a < lins[j]->n_lora; a++)
                 if (lins[j]->lora[a].rank > max_rank) max_rank = lins[j]->lora[a].rank;
     }
-    int nthr = omp_get_max_threads();
+    /* MLP chunks keep the (chunk, dff) activations in cache and bound their memory */
+    size_t ff_chunk = T < MR_FF_CHUNK ? T : MR_FF_CHUNK;
     int all_f32 = m->embed->dtype == MR_DT_F32 && k->dtype == MR_DT_F32;
     int ok = (c->x = malloc(4 * T * d)) && (c->xn = malloc(4 * T * d)) &&
              (c->q = malloc(4 * T * qd)) && (c->k = malloc(4 * T * kvd)) &&
              (c->v = malloc(4 * T * kvd)) && (c->att = malloc(4 * T * qd)) &&
-             (c->ff_a = malloc(4 * T * k->d_ff)) && (c->ff_b = malloc(4 * T * k->d_ff)) &&
+             (c->ff_a = malloc(4 * ff_chunk * k->d_ff)) &&
+             (c->ff_b = malloc(4 * ff_chunk * k->d_ff)) &&
              (!max_rank || (c->lora_tmp = malloc(4 * T * max_rank))) &&
-             (c->wbuf = malloc(4 * (all_f32 ? 1 : max_matrix(k)))) &&
+             (all_f32 || ((c->wbuf[0] = malloc(4 * max_matrix(k))) &&
+                          (c->wbuf[1] = malloc(4 * max_matrix(k))) &&
+                          (c->wbuf[2] = malloc(4 * max_matrix(k))))) &&
              (c->rope = malloc(4 * (size_t)max_len * k->head_dim)) &&
-             (c->attn_scratch = malloc(4 * (size_t)nthr * max_len)) &&
+             (c->attn_scratch = malloc(4 * mr_attention_scratch(max_len, k->head_dim))) &&
              (c->last_probs = malloc(4 * T)) && (c->tmp_d = malloc(4 * d)) &&
              (c->head_tmp = malloc(4 * d)) && (c->pos = malloc(4 * T));
     int32_t **ints[] = {&c->off, &c->len, &c->nq, &c->np, &c->ns, &c->row_id, &c->q_off,
@@ -129,37 +133,39 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
         return mr_err_set(err, MR_ENOMEM, "out of memory for a context of %d tokens",
                           max_tokens);
     }
-    c->ff_chunk = max_tokens;
+    c->ff_chunk = (int)ff_chunk;
     mr_rope_table(c->rope, max_len, k->head_dim, k->rope_theta);
     return 0;
 }
 
 void mr_ctx_close(mr_ctx *c) {
     void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->ff_a, c->ff_b, c->lora_tmp,
-                    c->wbuf, c->rope, c->attn_scratch, c->last_probs, c->tmp_d, c->head_tmp,
+                    c->wbuf[0], c->wbuf[1], c->wbuf[2], c->rope, c->attn_scratch, c->last_probs, c->tmp_d, c->head_tmp,
                     c->pos, c->off, c->len, c->nq, c->np, c->ns, c->row_id, c->q_off,
                     c->q_from, c->order, c->row_score};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     memset(c, 0, sizeof *c);
 }
 
-/* The f32 view of a weight matrix: in place for aligned f32, else converted into c->wbuf. */
-static const float *weight_f32(mr_ctx *c, const mr_tensor *t) {
+/* The f32 view of a weight matrix: in place for aligned f32, else converted into
+ * c->wbuf[slot]. */
+static const float *weight_f32(mr_ctx *c, const mr_tensor *t, int slot) {
     if (t->dtype == MR_DT_F32 && ((uintptr_t)t->data & 3) == 0) return t->data;
     size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 1 << 16;
     size_t n_chunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n_chunks; i++) {
         size_t a = i * chunk, len = n - a < chunk ? n - a : chunk;
-        mr_to_f32(c->wbuf + a, (const char *)t->data + a * es, t->dtype, len);
+        mr_to_f32(c->wbuf[slot] + a, (const char *)t->data + a * es, t->dtype, len);
     }
-    return c->wbuf;
+    return c->wbuf[slot];
 }
 
-/* y (n, out) = x (n, in) W^T + b + sum over active unmerged adapters of x A^T B^T. */
-static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *y,
-                   uint32_t mask) {
-    mr_matmul_wt(y, x, weight_f32(c, l->w), n, l->in, l->out, 0.0f);
+/* y (n, out) = x (n, in) W^T + b + sum over active unmerged adapters of x A^T B^T, with w the
+ * f32 view of l->w. */
+static void linear_f32(mr_ctx *c, const mr_linear *l, const float *w, const float *x, int n,
+                       float *y, uint32_t mask) {
+    mr_matmul_wt(y, x, w, n, l->in, l->out, 0.0f);
     if (l->b) {
         for (int i = 0; i < n; i++) mr_add(y + (size_t)i * l->out, l->b, (size_t)l->out);
     }
@@ -169,6 +175,11 @@ static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *
         mr_matmul_wt(c->lora_tmp, x, lo->A, n, l->in, lo->rank, 0.0f);
         mr_matmul_wt(y, c->lora_tmp, lo->B, n, lo->rank, l->out, 1.0f);
     }
+}
+
+static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *y,
+                   uint32_t mask) {
+    linear_f32(c, l, weight_f32(c, l->w, 0), x, n, y, mask);
 }
 
 static void set_positions(mr_ctx *c, int n_rows) {
@@ -235,13 +246,20 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
     mr_add(c->x, c->xn, (size_t)n * d);
 
     mr_rmsnorm(c->xn, c->x, L->ffn_norm, n, d, k->rms_eps, m->norm_offset);
-    linear(c, &L->gate, c->xn, n, c->ff_a, mask);
-    linear(c, &L->up, c->xn, n, c->ff_b, mask);
-    if (k->act == MR_ACT_GELU_TANH)
-        mr_geglu_tanh(c->ff_a, c->ff_a, c->ff_b, (size_t)n * k->d_ff);
-    else
-        mr_swiglu(c->ff_a, c->ff_a, c->ff_b, (size_t)n * k->d_ff);
-    linear(c, &L->down, c->ff_a, n, c->xn, mask);
+    const float *wg = weight_f32(c, L->gate.w, 0), *wu = weight_f32(c, L->up.w, 1),
+                *wd = weight_f32(c, L->down.w, 2);
+    for (int t0 = 0; t0 < n; t0 += c->ff_chunk) {
+        /* the chunk's output overwrites its own input rows of xn, already consumed */
+        int nc = n - t0 < c->ff_chunk ? n - t0 : c->ff_chunk;
+        float *xc = c->xn + (size_t)t0 * d;
+        linear_f32(c, &L->gate, wg, xc, nc, c->ff_a, mask);
+        linear_f32(c, &L->up, wu, xc, nc, c->ff_b, mask);
+        if (k->act == MR_ACT_GELU_TANH)
+            mr_geglu_tanh(c->ff_a, c->ff_a, c->ff_b, (size_t)nc * k->d_ff);
+        else
+            mr_swiglu(c->ff_a, c->ff_a, c->ff_b, (size_t)nc * k->d_ff);
+        linear_f32(c, &L->down, wd, c->ff_a, nc, xc, mask);
+    }
     if (L->post_ffn_norm)
         mr_rmsnorm(c->xn, c->xn, L->post_ffn_norm, n, d, k->rms_eps, m->norm_offset);
     mr_add(c->x, c->xn, (size_t)n * d);
@@ -308,6 +326,8 @@ static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
         if (!keep[r]) continue;
         memmove(c->x + (size_t)out * d, c->x + (size_t)c->off[r] * d,
                 sizeof(float) * c->len[r] * d);
+        /* pooling weights of a compression right after this exit move with their tokens */
+        memmove(c->last_probs + out, c->last_probs + c->off[r], sizeof(float) * c->len[r]);
         c->off[nr] = out;
         c->len[nr] = c->len[r];
         c->nq[nr] = c->nq[r];

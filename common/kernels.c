@@ -68,76 +68,79 @@ float mr_dot(const float *a, const float *b, int d) {
     return (float)s;
 }
 
-/* One query of one head against keys [0, n_keys) of its row: softmax-weighted sum of values.
- * p (n_keys) receives the probabilities. */
-static void attend_one(float *out, const float *q, const float *k, const float *v, int n_keys,
-                       int kv_stride, int head_dim, int q_pos, const mr_attn_args *a,
-                       float *p) {
-    float mx = -INFINITY;
-    for (int j = 0; j < n_keys; j++) {
-        float s;
-        if (a->window > 0 && q_pos - j >= a->window) {
-            p[j] = -INFINITY;
-            continue;
-        }
-        const float *kj = k + (size_t)j * kv_stride;
-        s = 0.0f;
-        for (int i = 0; i < head_dim; i++) s += q[i] * kj[i];
-        s *= a->scale;
-        if (a->softcap > 0.0f) s = a->softcap * tanhf(s / a->softcap);
-        p[j] = s;
-        if (s > mx) mx = s;
-    }
-    float sum = 0.0f;
-    for (int j = 0; j < n_keys; j++) {
-        float e = p[j] == -INFINITY ? 0.0f : expf(p[j] - mx);
-        p[j] = e;
-        sum += e;
-    }
+size_t mr_attention_scratch(int max_len, int head_dim) {
+    return (size_t)omp_get_max_threads() * (size_t)(head_dim + 1) * (size_t)max_len;
+}
+
+/* Softmax in place over the logits p[j0..n) (entries before j0 are masked), with the optional
+ * logit softcap; p[0..j0) are set to 0. */
+static void softmax_masked(float *p, int j0, int n, float softcap) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < j0; j++) p[j] = 0.0f;
+    if (softcap > 0.0f)
+        for (int j = j0; j < n; j++) p[j] = softcap * tanhf(p[j] / softcap);
+    for (int j = j0; j < n; j++) mx = p[j] > mx ? p[j] : mx;
+    for (int j = j0; j < n; j++) sum += p[j] = expf(p[j] - mx);
     float inv = 1.0f / sum;
-    memset(out, 0, sizeof(float) * head_dim);
-    for (int j = 0; j < n_keys; j++) {
-        p[j] *= inv;
-        if (p[j] == 0.0f) continue;
-        const float *vj = v + (size_t)j * kv_stride;
-        float w = p[j];
-        for (int i = 0; i < head_dim; i++) out[i] += w * vj[i];
+    for (int j = j0; j < n; j++) p[j] *= inv;
+}
+
+/* Every head of kv head kvh in row r. K is first transposed into kt (head_dim, len) so that the
+ * logits of a query are head_dim contiguous axpys (vectorised, no horizontal sums); p (len)
+ * holds one query's logits, then its probabilities. */
+static void attend_kv_head(const mr_attn_args *a, int r, int kvh, float *kt, float *p) {
+    int hd = a->head_dim, group = a->n_heads / a->n_kv, len = a->len[r];
+    int q_stride = a->n_heads * hd, kv_stride = a->n_kv * hd;
+    int from = a->q_from ? a->q_from[r] : 0, qo = a->q_off ? a->q_off[r] : a->off[r];
+    const float *kr = a->k + (size_t)a->off[r] * kv_stride + (size_t)kvh * hd;
+    const float *vr = a->v + (size_t)a->off[r] * kv_stride + (size_t)kvh * hd;
+    for (int j = 0; j < len; j++)
+        for (int i = 0; i < hd; i++) kt[(size_t)i * len + j] = kr[(size_t)j * kv_stride + i];
+    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        for (int t = from; t < len; t++) {
+            size_t qi = (size_t)(qo + t - from);
+            const float *qv = a->q + qi * q_stride + (size_t)h * hd;
+            float *out = a->out + qi * q_stride + (size_t)h * hd;
+            int n = t + 1, j0 = a->window > 0 && t - a->window + 1 > 0 ? t - a->window + 1 : 0;
+            memset(p, 0, sizeof(float) * (size_t)n);
+            for (int i = 0; i < hd; i++) {
+                float qs = qv[i] * a->scale;
+                const float *kti = kt + (size_t)i * len;
+                for (int j = j0; j < n; j++) p[j] += qs * kti[j];
+            }
+            softmax_masked(p, j0, n, a->softcap);
+            memset(out, 0, sizeof(float) * (size_t)hd);
+            for (int j = j0; j < n; j++) {
+                const float *vj = vr + (size_t)j * kv_stride;
+                float w = p[j];
+                for (int i = 0; i < hd; i++) out[i] += w * vj[i];
+            }
+            if (a->last_probs && t == len - 1) {
+                float *lp = a->last_probs + a->off[r];
+                for (int j = 0; j < n; j++) lp[j] += p[j];
+            }
+        }
     }
 }
 
 void mr_attention(const mr_attn_args *a) {
-    int group = a->n_heads / a->n_kv;
-    int q_stride = a->n_heads * a->head_dim, kv_stride = a->n_kv * a->head_dim;
     if (a->last_probs) {
         for (int r = 0; r < a->n_rows; r++)
             memset(a->last_probs + a->off[r], 0, sizeof(float) * (size_t)a->len[r]);
     }
-    /* Work items are (row, head); the last-query probabilities of a row are summed over its
+    /* Work items are (row, kv head); the last-query probabilities of a row are summed over its
      * heads, so one thread owns all heads of a row when they are requested. */
-    int per_row = a->last_probs ? 1 : a->n_heads;
+    int per_row = a->last_probs ? 1 : a->n_kv;
     int n_items = a->n_rows * per_row;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int it = 0; it < n_items; it++) {
         int r = it / per_row;
-        int h0 = a->last_probs ? 0 : it % per_row, h1 = a->last_probs ? a->n_heads : h0 + 1;
-        float *p = a->scratch + (size_t)omp_get_thread_num() * a->max_len;
-        int from = a->q_from ? a->q_from[r] : 0;
-        int qo = a->q_off ? a->q_off[r] : a->off[r];
-        const float *kr = a->k + (size_t)a->off[r] * kv_stride;
-        const float *vr = a->v + (size_t)a->off[r] * kv_stride;
-        for (int h = h0; h < h1; h++) {
-            int kvh = h / group;
-            for (int t = from; t < a->len[r]; t++) {
-                size_t qi = (size_t)(qo + t - from);
-                attend_one(a->out + qi * q_stride + (size_t)h * a->head_dim,
-                           a->q + qi * q_stride + (size_t)h * a->head_dim,
-                           kr + (size_t)kvh * a->head_dim, vr + (size_t)kvh * a->head_dim,
-                           t + 1, kv_stride, a->head_dim, t, a, p);
-                if (a->last_probs && t == a->len[r] - 1) {
-                    float *lp = a->last_probs + a->off[r];
-                    for (int j = 0; j <= t; j++) lp[j] += p[j];
-                }
-            }
+        float *kt = a->scratch + (size_t)omp_get_thread_num() * (a->head_dim + 1) * a->max_len;
+        float *p = kt + (size_t)a->head_dim * a->max_len;
+        if (a->last_probs) {
+            for (int kvh = 0; kvh < a->n_kv; kvh++) attend_kv_head(a, r, kvh, kt, p);
+        } else {
+            attend_kv_head(a, r, it % per_row, kt, p);
         }
     }
 }

@@ -39,10 +39,12 @@ typedef struct mr_attn_args {
     int window;            /* 0 = off; else keys with q_pos - k_pos >= window are masked */
     float *last_probs;     /* optional (n_tok): attention of each row's last query to each of
                               its keys, summed over heads (for attention-weighted pooling) */
-    float *scratch;        /* (n_threads, max_len) */
+    float *scratch;        /* mr_attention_scratch(max_len, head_dim) floats */
     int max_len;           /* longest row */
 } mr_attn_args;
 void mr_attention(const mr_attn_args *a);
+/* Floats of scratch mr_attention needs for rows of up to max_len tokens (all threads). */
+size_t mr_attention_scratch(int max_len, int head_dim);
 
 /* Width compression (matryoshka-method.md section 5): each row's passage tokens pooled in
  * consecutive groups of r. Rows in: off/nq/np/ns (n_rows), tokens [query nq | passage np |

@@ -26,6 +26,7 @@
 #define MR_MAX_COMPRESS 64
 #define MR_MAX_PRUNE 16
 #define MR_MAX_ADAPTERS 16
+#define MR_FF_CHUNK 512        /* tokens per MLP chunk */
 
 typedef enum mr_pooling { MR_POOL_MEAN = 0, MR_POOL_ATTENTION = 1 } mr_pooling;
 
@@ -125,10 +126,11 @@ typedef struct mr_ctx {
     int max_tokens, max_rows, max_len;
     float *x, *xn;                   /* (max_tokens, d) residual, normed */
     float *q, *k, *v, *att;          /* (max_tokens, nh*hd) (.., nkv*hd) x2 (.., nh*hd) */
-    float *ff_a, *ff_b;              /* (ff_chunk, dff) */
+    float *ff_a, *ff_b;              /* (ff_chunk, dff): the MLP runs in token chunks */
     int ff_chunk;
     float *lora_tmp;                 /* (max_tokens, max adapter rank) */
-    float *wbuf;                     /* largest weight matrix in f32 (non-f32 checkpoints) */
+    float *wbuf[3];                  /* non-f32 checkpoints: f32 copies of the matrices in use,
+                                        [0] attention projections and gate, [1] up, [2] down */
     float *rope;                     /* (max_len, hd/2, 2) */
     float *attn_scratch;             /* (n_threads, max_len) */
     float *last_probs;               /* (max_tokens) */

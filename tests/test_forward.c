@@ -108,7 +108,7 @@ static void test_attention(void **state) {
     int32_t off[3] = {0, 9, 10}, len[3] = {9, 1, 6};
     int T = 16;
     float q[16 * NH * HD], k[16 * NKV * HD], v[16 * NKV * HD], out[16 * NH * HD];
-    float scratch[8 * MAXL], probs[16];
+    float *scratch = malloc(sizeof(float) * mr_attention_scratch(MAXL, HD)), probs[16];
     double ref[MAXL * NH * HD], ref_p[MAXL];
     unsigned s = 3;
     for (int i = 0; i < T * NH * HD; i++) q[i] = 2 * frand(&s);
@@ -131,6 +131,7 @@ static void test_attention(void **state) {
                 assert_close(probs[off[r] + j], ref_p[j], 1e-5, "attention last probs");
         }
     }
+    free(scratch);
 }
 
 /* ---- model ---- */
@@ -301,6 +302,27 @@ static void test_pruning(void **state) {
     }
     assert_int_equal(kept1, 4);
     assert_int_equal(kept2, 2);
+    /* an attention-pooled compression right after a prune exit: survivors keep their scores */
+    float cbase[6 * 3], cpr[6 * 3];
+    opts(&o, &f->m, 3, (int[]){1, 2, 4});
+    o.ratio = 2;
+    o.pooling = MR_POOL_ATTENTION;
+    o.n_compress = 1;
+    o.compress_layers[0] = 2;
+    score(f, rows, 6, &o, cbase);
+    o.n_prune = 1;
+    o.prune[0] = (mr_prune){.layer = 2, .top_k = 3};
+    score(f, rows, 6, &o, cpr);
+    int survivors = 0;
+    for (int r = 0; r < 6; r++) {
+        if (isnan(cpr[r * 3 + 2])) continue;
+        survivors++;
+        assert_close(cpr[r * 3 + 2], cbase[r * 3 + 2], 1e-5, "survivor after pooled exit");
+    }
+    assert_int_equal(survivors, 3);
+    o.n_compress = 0;
+    o.ratio = 1;
+    o.pooling = MR_POOL_MEAN;
     /* threshold pruning: min_score above every score drops all rows after exit 1 */
     o.n_prune = 1;
     o.prune[0] = (mr_prune){.layer = 1, .top_k = 0, .min_score = 1e9f};

@@ -422,8 +422,7 @@ static int cache_prepare(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_r
     }
     nf += 2 * (size_t)m->n_exits * ((size_t)n_rows + d);      /* scores, heads_eff... */
     nf += (size_t)nmax * (3 * d + 2 * qd + 2 * kvd + 3 * ff + rk + 1); /* bwd scratch */
-    size_t nthr = (size_t)omp_get_max_threads();
-    nf += nthr * (size_t)max_len + mr_attention_backward_scratch(max_len);
+    nf += mr_attention_scratch(max_len, k->head_dim) + mr_attention_backward_scratch(max_len);
     nf += 64 * 16; /* slack for alignment */
     if (nf > c->fcap) {
         free(c->fbuf);
@@ -475,7 +474,7 @@ static int cache_prepare(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_r
     c->dq = TAKE(nm * qd), c->datt = TAKE(nm * qd), c->dk = TAKE(nm * kvd), c->dv = TAKE(nm * kvd);
     c->dgate = TAKE(nm * ff), c->dup = TAKE(nm * ff), c->dact = TAKE(nm * ff);
     c->dt = TAKE(nm * (rk ? rk : 1));
-    c->attn_scratch = TAKE(nthr * (size_t)max_len);
+    c->attn_scratch = TAKE(mr_attention_scratch(max_len, k->head_dim));
     c->attn_bscratch = TAKE(mr_attention_backward_scratch(max_len));
 #undef TAKE
 #undef ITAKE

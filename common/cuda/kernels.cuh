@@ -271,7 +271,7 @@ __global__ void __launch_bounds__(ATT_NW * 32) k_attention(att_args a) {
             int qi = warp * ATT_QPW + i;
             if (qi >= nq) break;
             int t = p0 + qi, j = j0 + lane;
-            if (t < j0) break; /* causal: later queries of this warp see more keys, not fewer */
+            if (t < j0) continue; /* causal: no key of this tile is visible yet */
             bool ok = j <= t && (a.window <= 0 || t - j < a.window);
             float s = -INFINITY;
             if (ok) {

