@@ -21,6 +21,7 @@ static void worker_usage(FILE *f) {
           "                            (SubArch.adapters); repeatable\n"
           "  --listen ADDR             gRPC address, e.g. 0.0.0.0:7001 or 127.0.0.1:0\n"
           "  --threads N               compute (OpenBLAS/OpenMP) threads (default: all CPUs)\n"
+          "  --backend cpu|cuda        scorer backend (default cpu; cuda needs a CUDA build and a GPU)\n"
           "  --rpc-threads N           gRPC handler threads, which tokenize (default 4)\n"
           "  --max-batch-tokens N      tokens per model batch (default 16384)\n"
           "  --max-wait-ms N           longest a request waits for a batch to fill (default 2)\n"
@@ -35,7 +36,7 @@ static void worker_usage(FILE *f) {
 int mr_cmd_worker(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},          {"adapter", 1, 0, 'a'},
-        {"listen", 1, 0, 'l'},         {"threads", 1, 0, 't'},
+        {"listen", 1, 0, 'l'},         {"threads", 1, 0, 't'},        {"backend", 1, 0, 'B'},
         {"rpc-threads", 1, 0, 'r'},    {"max-batch-tokens", 1, 0, 'b'},
         {"max-wait-ms", 1, 0, 'w'},    {"max-inflight-tokens", 1, 0, 'i'},
         {"metrics-port", 1, 0, 'M'},   {"max-len", 1, 0, 'L'},
@@ -70,6 +71,7 @@ int mr_cmd_worker(int argc, char **argv) {
             o.n_adapters++;
             break;
         }
+        case 'B': o.backend = optarg; break;
         case 't': if (mr_cli_parse_int("--threads", optarg, &o.compute_threads)) goto done; break;
         case 'r': if (mr_cli_parse_int("--rpc-threads", optarg, &o.rpc_threads)) goto done; break;
         case 'b':

@@ -16,6 +16,7 @@
  * (finishing a call takes no worker lock), so there is no lock-order cycle. */
 #define _GNU_SOURCE
 #include "worker.h"
+#include "backend.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -64,7 +65,8 @@ struct mr_worker {
     char prompt[1024];
     mr_model m;
     int loaded;
-    mr_ctx ctx;
+    const mr_backend *be;        /* scorer backend and its context (batcher thread only) */
+    void *bctx;
     mr_ids suffix;
     int max_rows;
     double ns_per_tl;
@@ -257,7 +259,7 @@ static void run_batch(mr_worker *w, int ne, int nr, long ntok) {
     }
     mr_err err = {0};
     double t0 = now_s();
-    int rc = mr_model_score(&w->ctx, w->rows, nr, o, w->bscores, w->bdepth, &err);
+    int rc = mr_backend_score(w->be, w->bctx, w->rows, nr, o, w->bscores, w->bdepth, &err);
     double dt = now_s() - t0;
     mr__wmetrics_batch(w->met, (int)ntok);
     pthread_mutex_lock(&w->mu);
@@ -520,7 +522,7 @@ static void info_handler(mr_rpc_call *call, void *user) {
     resp.max_batch_tokens = (uint32_t)w->o.max_batch_tokens;
     resp.max_inflight_tokens = (uint32_t)w->o.max_inflight_tokens;
     resp.ns_per_token_layer = w->ns_per_tl;
-    resp.backend = (char *)"cpu";
+    resp.backend = (char *)w->be->name;
     resp.n_adapters = (size_t)w->o.n_adapters;
     resp.adapters = (char **)w->o.adapter_names;
     size_t len = mrank__v1__worker_info_response__get_packed_size(&resp);
@@ -567,7 +569,7 @@ static int warm_up(mr_worker *w, mr_err *err) {
     double dt = 0;
     for (int it = 0; it < 2; it++) {
         double t0 = now_s();
-        if ((rc = mr_model_score(&w->ctx, w->rows, n, &o, w->bscores, w->bdepth, err))) goto done;
+        if ((rc = mr_backend_score(w->be, w->bctx, w->rows, n, &o, w->bscores, w->bdepth, err))) goto done;
         dt = now_s() - t0;
     }
     int layers = o.exits[o.n_exits - 1];
@@ -637,7 +639,15 @@ int mr_worker_new(mr_worker **out, const mr_worker_opts *opts, mr_err *err) {
     }
     w->max_rows = (int)(w->o.max_batch_tokens / (long)(w->suffix.n + 2));
     if (w->max_rows > 4096) w->max_rows = 4096;
-    if ((rc = mr_ctx_init(&w->ctx, &w->m, w->o.max_batch_tokens, w->max_rows, (int)row_max, err)))
+    w->be = mr_backend_get(w->o.backend ? w->o.backend : "cpu");
+    if (!w->be) {
+        rc = mr_err_set(err, MR_EINVAL, "--backend %s: not built in (have: %s)", w->o.backend,
+                        mr_backend_names());
+        goto fail;
+    }
+    if ((rc = mr_backend_available(w->be, err)) ||
+        (rc = mr_backend_ctx_new(w->be, &w->m, w->o.max_batch_tokens, w->max_rows, (int)row_max,
+                                 &w->bctx, err)))
         goto fail;
     int nh = w->m.n_heads_exit > 0 ? w->m.n_heads_exit : 1;
     w->entries = calloc((size_t)w->max_rows, sizeof *w->entries);
@@ -694,7 +704,8 @@ void mr_worker_free(mr_worker *w) {
     mr_worker_shutdown(w, 0);
     mr_rpc_server_free(w->srv);
     mr__wmetrics_free(w->met);
-    mr_ctx_close(&w->ctx);
+    if (w->be) mr_backend_ctx_free(w->be, w->bctx);
+    w->bctx = NULL;
     mr_ids_free(&w->suffix);
     if (w->loaded) mr_model_close(&w->m);
     free(w->entries);

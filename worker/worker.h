@@ -26,6 +26,7 @@ typedef struct mr_worker_opts {
     int metrics_port;            /* -1 off, 0 any free port */
     int max_len;                 /* 0 -> MR_DEFAULT_MAX_LEN */
     const char *prompt;          /* NULL -> MR_DEFAULT_PROMPT */
+    const char *backend;         /* scorer backend (backend.h): NULL -> "cpu", or "cuda" */
 } mr_worker_opts;
 
 void mr_worker_opts_default(mr_worker_opts *o);
