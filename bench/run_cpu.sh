@@ -31,27 +31,10 @@ export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
 
 echo "== build (Release) into $BUILD"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-# mrank is only needed for init-checkpoint. Other people's work in progress may break its link;
-# then a copy saved by an earlier run ($OUT/mrank), or an existing checkpoint, is used.
 mkdir -p "$OUT"
-MRANK=
-if cmake --build "$BUILD" -j2 --target mrank >"$OUT/mrank-build.log" 2>&1; then
-  cp "$BUILD/mrank" "$OUT/mrank"
-  MRANK=$BUILD/mrank
-elif [ -x "$OUT/mrank" ]; then
-  echo "   mrank did not build (see $OUT/mrank-build.log); using the copy saved in $OUT/mrank"
-  MRANK=$OUT/mrank
-else
-  echo "   mrank did not build (see $OUT/mrank-build.log)"
-fi
-if grep -Eq '^[[:space:]]*add_subdirectory\(bench\)' CMakeLists.txt; then
-  cmake --build "$BUILD" -j2 --target bench_engine >/dev/null
-  BENCH=$BUILD/bench/bench_engine
-else  # the top-level file does not include bench/ yet: standalone build of bench/
-  cmake -S bench -B "$BUILD/bench-standalone" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$BUILD/bench-standalone" -j2 >/dev/null
-  BENCH=$BUILD/bench-standalone/bench_engine
-fi
+cmake --build "$BUILD" -j2 --target mrank bench_engine >/dev/null
+MRANK=$BUILD/mrank
+BENCH=$BUILD/bench/bench_engine
 
 CKPT=$OUT/ckpt-l${LAYERS}-h${HIDDEN}
 TOK=third_party/tokenizers/llama2/tokenizer.json
@@ -62,17 +45,7 @@ init() {
     --heads "$HEADS" --kv-heads "$KV_HEADS" --intermediate "$INTERMEDIATE" --vocab-from "$1" \
     --start-layer 1 --dtype f32 --seed 1 --out "$CKPT"
 }
-if [ -z "$MRANK" ]; then
-  if [ -f "$CKPT/model.safetensors" ]; then
-    echo "   no mrank binary: reusing the checkpoint an earlier run wrote (same seed and shape)"
-  else
-    echo "run_cpu.sh: no mrank binary to write the checkpoint with" >&2
-    exit 1
-  fi
-elif ! init "$TOK"; then  # the vocabulary only sizes the embedding; any tokenizer will do
-  echo "   llama2 tokenizer did not load; using qwen3's vocabulary instead"
-  init third_party/tokenizers/qwen3/tokenizer.json
-fi
+[ -f "$CKPT/model.safetensors" ] || init "$TOK"
 
 echo "== machine: $(nproc) cores, $(lscpu | grep 'Model name' | sed 's/.*: *//'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== C engine: OMP_NUM_THREADS=$OMP_NUM_THREADS OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS" \

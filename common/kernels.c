@@ -68,8 +68,15 @@ float mr_dot(const float *a, const float *b, int d) {
     return (float)s;
 }
 
+enum { ATT_JB = 32 }; /* keys per register block of the logits */
+
+/* Per thread: K transposed (head_dim, max_len), the logits (max_len), ATT_JB floats of padding. */
+static size_t att_thread_floats(int max_len, int head_dim) {
+    return (size_t)(head_dim + 1) * (size_t)max_len + ATT_JB;
+}
+
 size_t mr_attention_scratch(int max_len, int head_dim) {
-    return (size_t)omp_get_max_threads() * (size_t)(head_dim + 1) * (size_t)max_len;
+    return (size_t)omp_get_max_threads() * att_thread_floats(max_len, head_dim);
 }
 
 /* Softmax in place over the logits p[j0..n) (entries before j0 are masked), with the optional
@@ -83,6 +90,27 @@ static void softmax_masked(float *p, int j0, int n, float softcap) {
     for (int j = j0; j < n; j++) sum += p[j] = expf(p[j] - mx);
     float inv = 1.0f / sum;
     for (int j = j0; j < n; j++) p[j] *= inv;
+}
+
+/* out (hd) = sum over j in [j0, n) of p[j] * v_j, v_j = v + j * stride; head_dim multiples of
+ * ATT_IB accumulate a block at a time in registers. */
+enum { ATT_IB = 64 };
+static void weighted_sum(float *out, const float *p, const float *v, int j0, int n, int stride,
+                         int hd) {
+    if (hd % ATT_IB) {
+        memset(out, 0, sizeof(float) * (size_t)hd);
+        for (int j = j0; j < n; j++)
+            for (int i = 0; i < hd; i++) out[i] += p[j] * v[(size_t)j * stride + i];
+        return;
+    }
+    for (int i0 = 0; i0 < hd; i0 += ATT_IB) {
+        float acc[ATT_IB] = {0};
+        for (int j = j0; j < n; j++) {
+            const float *vj = v + (size_t)j * stride + i0;
+            for (int i = 0; i < ATT_IB; i++) acc[i] += p[j] * vj[i];
+        }
+        memcpy(out + i0, acc, sizeof acc);
+    }
 }
 
 /* Every head of kv head kvh in row r. K is first transposed into kt (head_dim, len) so that the
@@ -102,19 +130,19 @@ static void attend_kv_head(const mr_attn_args *a, int r, int kvh, float *kt, flo
             const float *qv = a->q + qi * q_stride + (size_t)h * hd;
             float *out = a->out + qi * q_stride + (size_t)h * hd;
             int n = t + 1, j0 = a->window > 0 && t - a->window + 1 > 0 ? t - a->window + 1 : 0;
-            memset(p, 0, sizeof(float) * (size_t)n);
-            for (int i = 0; i < hd; i++) {
-                float qs = qv[i] * a->scale;
-                const float *kti = kt + (size_t)i * len;
-                for (int j = j0; j < n; j++) p[j] += qs * kti[j];
+            /* logits in blocks of ATT_JB keys held in registers across the head_dim loop; a
+             * block may read up to ATT_JB - 1 floats past the row of kt (scratch is padded) */
+            for (int jb = j0; jb < n; jb += ATT_JB) {
+                float acc[ATT_JB] = {0};
+                for (int i = 0; i < hd; i++) {
+                    float qs = qv[i] * a->scale;
+                    const float *kti = kt + (size_t)i * len + jb;
+                    for (int jj = 0; jj < ATT_JB; jj++) acc[jj] += qs * kti[jj];
+                }
+                memcpy(p + jb, acc, sizeof(float) * (size_t)(n - jb < ATT_JB ? n - jb : ATT_JB));
             }
             softmax_masked(p, j0, n, a->softcap);
-            memset(out, 0, sizeof(float) * (size_t)hd);
-            for (int j = j0; j < n; j++) {
-                const float *vj = vr + (size_t)j * kv_stride;
-                float w = p[j];
-                for (int i = 0; i < hd; i++) out[i] += w * vj[i];
-            }
+            weighted_sum(out, p, vr, j0, n, kv_stride, hd);
             if (a->last_probs && t == len - 1) {
                 float *lp = a->last_probs + a->off[r];
                 for (int j = 0; j < n; j++) lp[j] += p[j];
@@ -135,7 +163,8 @@ void mr_attention(const mr_attn_args *a) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int it = 0; it < n_items; it++) {
         int r = it / per_row;
-        float *kt = a->scratch + (size_t)omp_get_thread_num() * (a->head_dim + 1) * a->max_len;
+        float *kt = a->scratch +
+                    (size_t)omp_get_thread_num() * att_thread_floats(a->max_len, a->head_dim);
         float *p = kt + (size_t)a->head_dim * a->max_len;
         if (a->last_probs) {
             for (int kvh = 0; kvh < a->n_kv; kvh++) attend_kv_head(a, r, kvh, kt, p);

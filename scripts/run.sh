@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# The main job of the README: installs dependencies, builds mrank, writes a small seeded
-# (untrained) checkpoint with the Mistral tokenizer and scores two passages against a query.
+# The main job of the README: installs dependencies, builds mrank, starts a local cascade
+# cluster (`mrank up`: a coordinator and two worker pools on loopback, deploy/local.json, with the
+# bundled model: until a trained one ships, a seeded *untrained* checkpoint made here), sends one
+# rerank over gRPC, prints the ranking and stops the cluster.
+# KEEP_RUNNING=1 leaves the cluster up until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
-model=out/seeded-mistral
-if [ ! -f "$model/model.safetensors" ]; then
-  ./build/mrank init-checkpoint --arch mistral --layers 8 --hidden 256 --heads 8 --kv-heads 4 \
-    --intermediate 768 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
-    --start-layer 2 --dtype bf16 --seed 1 --out "$model"
+
+log=$(mktemp)
+./build/mrank up --config deploy/local.json > "$log" 2>&1 &
+up=$!
+trap 'kill -TERM $up 2>/dev/null || true; wait $up 2>/dev/null || true; rm -f "$log" "${docs:-}"' EXIT
+for _ in $(seq 1 240); do
+  grep -q '^coordinator: ' "$log" && break
+  kill -0 $up 2>/dev/null || { cat "$log"; echo "mrank up exited" >&2; exit 1; }
+  sleep 0.5
+done
+cat "$log"
+addr=$(sed -n 's/^coordinator: //p' "$log" | head -1)
+[ -n "$addr" ] || { echo "cluster did not come up" >&2; exit 1; }
+docs=$(mktemp)
+printf '%s\n' "Paris is the capital and most populous city of France." \
+  "The population of China is over 1.4 billion people." \
+  "Berlin is the capital of Germany." \
+  "France is a country in Western Europe; its capital is Paris." > "$docs"
+./build/mrank rerank --addr "$addr" --query "what is the capital of France?" --docs "$docs"
+if [ "${KEEP_RUNNING:-0}" = 1 ]; then
+  echo "cluster running at $addr; Ctrl-C to stop"
+  wait $up
 fi
-echo "scores at exits 2,4,8 (model is seeded, untrained: the numbers are not relevance):"
-./build/mrank score --model "$model" --exits 2,4,8 --compress-ratio 2 --compress-layers 4 \
-  --query "what is the capital of France?" \
-  --passage "Paris is the capital of France." \
-  --passage "The population of China is over 1.4 billion people."

@@ -103,27 +103,30 @@ static void naive_attention(double *out, const float *q, const float *k, const f
     free(p);
 }
 
-static void test_attention(void **state) {
-    enum { NH = 4, NKV = 2, HD = 8, MAXL = 9 };
+/* Three packed rows (9, 1 and 6 tokens) against the naive reference, plain, with a softcap and
+ * with a sliding window. head_dim 64 takes the register-blocked path of the value sum. */
+static void check_attention(int NH, int NKV, int HD) {
+    enum { MAXL = 9, T = 16 };
     int32_t off[3] = {0, 9, 10}, len[3] = {9, 1, 6};
-    int T = 16;
-    float q[16 * NH * HD], k[16 * NKV * HD], v[16 * NKV * HD], out[16 * NH * HD];
-    float *scratch = malloc(sizeof(float) * mr_attention_scratch(MAXL, HD)), probs[16];
-    double ref[MAXL * NH * HD], ref_p[MAXL];
+    float *q = malloc(sizeof(float) * T * NH * HD), *k = malloc(sizeof(float) * T * NKV * HD);
+    float *v = malloc(sizeof(float) * T * NKV * HD), *out = malloc(sizeof(float) * T * NH * HD);
+    float *scratch = malloc(sizeof(float) * mr_attention_scratch(MAXL, HD)), probs[T];
+    double *ref = malloc(sizeof(double) * MAXL * NH * HD), ref_p[MAXL];
     unsigned s = 3;
     for (int i = 0; i < T * NH * HD; i++) q[i] = 2 * frand(&s);
     for (int i = 0; i < T * NKV * HD; i++) k[i] = 2 * frand(&s), v[i] = frand(&s);
+    float scale = 1.0f / sqrtf((float)HD) * 2;
     for (int variant = 0; variant < 3; variant++) {
         float cap = variant == 1 ? 1.5f : 0.0f;
         int window = variant == 2 ? 3 : 0;
         mr_attn_args a = {.q = q, .k = k, .v = v, .out = out, .off = off, .len = len,
                           .n_rows = 3, .n_heads = NH, .n_kv = NKV, .head_dim = HD,
-                          .scale = 0.35f, .softcap = cap, .window = window,
+                          .scale = scale, .softcap = cap, .window = window,
                           .last_probs = probs, .scratch = scratch, .max_len = MAXL};
         mr_attention(&a);
         for (int r = 0; r < 3; r++) {
             naive_attention(ref, q + off[r] * NH * HD, k + off[r] * NKV * HD,
-                            v + off[r] * NKV * HD, len[r], NH, NKV, HD, 0.35f, cap, window,
+                            v + off[r] * NKV * HD, len[r], NH, NKV, HD, scale, cap, window,
                             ref_p);
             for (int i = 0; i < len[r] * NH * HD; i++)
                 assert_close(out[off[r] * NH * HD + i], ref[i], 1e-5, "attention out");
@@ -131,7 +134,12 @@ static void test_attention(void **state) {
                 assert_close(probs[off[r] + j], ref_p[j], 1e-5, "attention last probs");
         }
     }
-    free(scratch);
+    free(q), free(k), free(v), free(out), free(scratch), free(ref);
+}
+
+static void test_attention(void **state) {
+    check_attention(4, 2, 8);
+    check_attention(4, 1, 64);
 }
 
 /* ---- model ---- */
