@@ -387,7 +387,6 @@ typedef struct cctx {
     char *keep;
     int32_t *ex_rows;                /* (MR_MAX_EXITS, R) row ids at each exit */
     int ex_n[MR_MAX_EXITS];
-    float *row_score;                /* (R) host copy at pruning exits */
     char desc[192];
 } cctx;
 
@@ -438,7 +437,7 @@ static void cuda_ctx_free(void *p) {
     if (c->st) cudaStreamDestroy(c->st);
     weights_put(c->w);
     void *host[] = {c->off, c->len, c->nq, c->np, c->ns, c->row_id, c->order, c->keep,
-                    c->ex_rows, c->row_score};
+                    c->ex_rows};
     for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
     free(c);
 }
@@ -492,8 +491,7 @@ static int ctx_alloc(cctx *c, mr_err *err) {
         if (!(*ints[i] = (int32_t *)malloc(R * 4)))
             return mr_err_set(err, MR_ENOMEM, "out of memory for a cuda context");
     if (!(c->keep = (char *)malloc(R)) ||
-        !(c->ex_rows = (int32_t *)malloc((size_t)MR_MAX_EXITS * R * 4)) ||
-        !(c->row_score = (float *)malloc(R * 4)))
+        !(c->ex_rows = (int32_t *)malloc((size_t)MR_MAX_EXITS * R * 4)))
         return mr_err_set(err, MR_ENOMEM, "out of memory for a cuda context");
     /* RoPE table: the CPU's own (same cos/sin values) */
     float *tab = (float *)malloc((size_t)c->L * k->head_dim * 4);
@@ -747,28 +745,11 @@ static int compress(cctx *c, int n_rows, int *n_tok, int ratio, int attention, m
     return upload_layout(c, n_rows, *n_tok, err);
 }
 
-static int by_score_desc(const void *pa, const void *pb, void *ctx) {
-    const cctx *c = (const cctx *)ctx;
-    int a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    float sa = c->row_score[a], sb = c->row_score[b];
-    if (isnan(sa)) sa = -INFINITY;
-    if (isnan(sb)) sb = -INFINITY;
-    if (sa != sb) return sa > sb ? -1 : 1;
-    return c->row_id[a] - c->row_id[b];
-}
 
 /* Keeps the rows passing p (scores of exit e are on the host in h_score); packs them. */
 static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p, mr_err *err) {
     const float *sc = c->h_score + (size_t)e * c->R;
-    for (int r = 0; r < n_rows; r++) {
-        c->row_score[r] = sc[r];
-        c->order[r] = r;
-        c->keep[r] = p->top_k == 0 && sc[r] >= p->min_score;
-    }
-    if (p->top_k > 0) {
-        qsort_r(c->order, (size_t)n_rows, sizeof *c->order, by_score_desc, c);
-        for (int i = 0; i < n_rows && i < p->top_k; i++) c->keep[c->order[i]] = 1;
-    }
+    mr_prune_select(sc, c->row_id, n_rows, p, c->keep, c->order);
     RC(ctx_sync_stage(c, err));
     int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt;
     int nr = 0, out = 0;
@@ -903,33 +884,6 @@ static int score_exit(cctx *c, int e, int n_rows, int last_mode, const mr_run_op
     return 0;
 }
 
-static int check_rows(const cctx *c, const mr_row *rows, int n_rows, mr_err *err) {
-    if (n_rows < 0 || n_rows > c->R)
-        return mr_err_set(err, MR_ERANGE, "%d rows exceed the context's %d", n_rows, c->R);
-    size_t total = 0;
-    int vocab = c->m->cfg.vocab_size;
-    for (int r = 0; r < n_rows; r++) {
-        const mr_row *w = &rows[r];
-        if (w->nq < 1 || w->ns < 1 || w->np < 0)
-            return mr_err_set(err, MR_EINVAL,
-                              "row %d: query and suffix segments must not be empty", r);
-        int len = w->nq + w->np + w->ns;
-        if (len > c->L)
-            return mr_err_set(err, MR_ERANGE, "row %d: %d tokens exceed the maximum %d", r, len,
-                              c->L);
-        total += (size_t)len;
-        const int32_t *segs[3] = {w->q, w->p, w->s};
-        int lens[3] = {w->nq, w->np, w->ns};
-        for (int s = 0; s < 3; s++)
-            for (int i = 0; i < lens[s]; i++)
-                if (segs[s][i] < 0 || segs[s][i] >= vocab)
-                    return mr_err_set(err, MR_EINVAL, "row %d: token id %d outside vocab 0..%d",
-                                      r, segs[s][i], vocab - 1);
-    }
-    if (total > (size_t)c->T)
-        return mr_err_set(err, MR_ERANGE, "%zu tokens exceed the context's %d", total, c->T);
-    return 0;
-}
 
 static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, mr_err *err) {
     const mr_model *m = c->m;
@@ -992,7 +946,7 @@ static int cuda_score(void *ctx, const mr_row *rows, int n_rows, const mr_run_op
                       float *scores, int *depth, mr_err *err) {
     cctx *c = (cctx *)ctx;
     int rc;
-    if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = check_rows(c, rows, n_rows, err)))
+    if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = mr_rows_check(c->m, rows, n_rows, c->R, c->L, c->T, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
     if (n_rows == 0) return 0;

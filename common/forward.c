@@ -299,28 +299,39 @@ static void score_exit(mr_ctx *c, int e, int n_rows, const mr_run_opts *o, float
     }
 }
 
+typedef struct prune_keys {
+    const float *score;
+    const int32_t *row_id;
+} prune_keys;
+
 static int by_score_desc(const void *pa, const void *pb, void *ctx) {
-    const mr_ctx *c = ctx;
+    const prune_keys *k = ctx;
     int a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    float sa = c->row_score[a], sb = c->row_score[b];
+    float sa = k->score[a], sb = k->score[b];
     if (isnan(sa)) sa = -INFINITY;
     if (isnan(sb)) sb = -INFINITY;
     if (sa != sb) return sa > sb ? -1 : 1;
-    return c->row_id[a] - c->row_id[b];
+    return k->row_id[a] - k->row_id[b];
+}
+
+void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_prune *p,
+                     char *keep, int32_t *order) {
+    for (int r = 0; r < n; r++) {
+        order[r] = r;
+        keep[r] = p->top_k == 0 && score[r] >= p->min_score;
+    }
+    if (p->top_k > 0) {
+        prune_keys k = {score, row_id};
+        qsort_r(order, (size_t)n, sizeof *order, by_score_desc, &k);
+        for (int i = 0; i < n && i < p->top_k; i++) keep[order[i]] = 1;
+    }
 }
 
 /* Keeps the rows that pass p and packs them to the front; returns the new row count. */
 static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
     int d = c->m->cfg.d_model;
     char *keep = (char *)c->q_from; /* free scratch: n_rows bytes */
-    for (int r = 0; r < n_rows; r++) {
-        c->order[r] = r;
-        keep[r] = p->top_k == 0 && c->row_score[r] >= p->min_score;
-    }
-    if (p->top_k > 0) {
-        qsort_r(c->order, (size_t)n_rows, sizeof *c->order, by_score_desc, c);
-        for (int i = 0; i < n_rows && i < p->top_k; i++) keep[c->order[i]] = 1;
-    }
+    mr_prune_select(c->row_score, c->row_id, n_rows, p, keep, c->order);
     int nr = 0, out = 0;
     for (int r = 0; r < n_rows; r++) {
         if (!keep[r]) continue;
@@ -342,21 +353,21 @@ static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
     return nr;
 }
 
-static int check_rows(const mr_ctx *c, const mr_row *rows, int n_rows, mr_err *err) {
-    if (n_rows < 0 || n_rows > c->max_rows)
-        return mr_err_set(err, MR_ERANGE, "%d rows exceed the context's %d", n_rows,
-                          c->max_rows);
+int mr_rows_check(const mr_model *m, const mr_row *rows, int n_rows, int max_rows, int max_len,
+                  int max_tokens, mr_err *err) {
+    if (n_rows < 0 || n_rows > max_rows)
+        return mr_err_set(err, MR_ERANGE, "%d rows exceed the context's %d", n_rows, max_rows);
     size_t total = 0;
-    int vocab = c->m->cfg.vocab_size;
+    int vocab = m->cfg.vocab_size;
     for (int r = 0; r < n_rows; r++) {
         const mr_row *w = &rows[r];
         if (w->nq < 1 || w->ns < 1 || w->np < 0)
             return mr_err_set(err, MR_EINVAL,
                               "row %d: query and suffix segments must not be empty", r);
         int len = w->nq + w->np + w->ns;
-        if (len > c->max_len)
+        if (len > max_len)
             return mr_err_set(err, MR_ERANGE, "row %d: %d tokens exceed the maximum %d", r, len,
-                              c->max_len);
+                              max_len);
         total += (size_t)len;
         const int32_t *segs[3] = {w->q, w->p, w->s};
         int lens[3] = {w->nq, w->np, w->ns};
@@ -366,9 +377,9 @@ static int check_rows(const mr_ctx *c, const mr_row *rows, int n_rows, mr_err *e
                     return mr_err_set(err, MR_EINVAL, "row %d: token id %d outside vocab 0..%d",
                                       r, segs[s][i], vocab - 1);
     }
-    if (total > (size_t)c->max_tokens)
+    if (total > (size_t)max_tokens)
         return mr_err_set(err, MR_ERANGE, "%zu tokens exceed the context's %d", total,
-                          c->max_tokens);
+                          max_tokens);
     return 0;
 }
 
@@ -401,7 +412,7 @@ static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows) {
 int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o,
                    float *scores, int *depth, mr_err *err) {
     int rc;
-    if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = check_rows(c, rows, n_rows, err)))
+    if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = mr_rows_check(c->m, rows, n_rows, c->max_rows, c->max_len, c->max_tokens, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
     if (n_rows == 0) return 0;

@@ -152,6 +152,18 @@ void mr_ctx_close(mr_ctx *c);
 int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o,
                    float *scores, int *depth, mr_err *err);
 
+/* Checks rows against a context's limits (max_rows rows, max_len tokens per row, max_tokens in
+ * all) and the vocabulary: MR_EINVAL / MR_ERANGE with a message naming the row. Every backend
+ * runs it before any compute. */
+int mr_rows_check(const mr_model *m, const mr_row *rows, int n_rows, int max_rows, int max_len,
+                  int max_tokens, mr_err *err);
+
+/* Prune step p over n surviving rows with raw scores score (n) and request indices row_id (n):
+ * keep[r] = 1 for the top_k best (ties: lower row_id first; NaN ranks lowest), or for
+ * score >= min_score when top_k is 0. order (n) is scratch. Shared by every backend. */
+void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_prune *p,
+                     char *keep, int32_t *order);
+
 /* Linear FLOPs of one row of nq + np + ns tokens under o (2 * MACs of the linear layers,
  * attention excluded): the cost figure the benches and the coordinator use. */
 double mr_model_row_flops(const mr_model *m, const mr_run_opts *o, int nq, int np, int ns);
