@@ -181,20 +181,26 @@ static mr_cost_arch arch_of(const mr_cc_stage *st) {
     return (mr_cost_arch){st->depth, st->ratio, st->n_compress, st->compress_layers};
 }
 
+/* The wire form of a stage's sub-architecture; cl and ad are the caller's backing arrays. */
+static void fill_subarch(Mrank__V1__SubArch *arch, const mr_cc_stage *st, uint32_t *cl,
+                         char **ad) {
+    arch->depth = (uint32_t)st->depth;
+    arch->compress_ratio = (uint32_t)st->ratio;
+    for (int i = 0; i < st->n_compress; i++) cl[i] = (uint32_t)st->compress_layers[i];
+    arch->n_compress_layers = (size_t)st->n_compress;
+    arch->compress_layers = cl;
+    arch->pooling = (char *)st->pooling;
+    for (int i = 0; i < st->n_adapters; i++) ad[i] = (char *)st->adapters[i];
+    arch->n_adapters = (size_t)st->n_adapters;
+    arch->adapters = ad;
+}
+
 static int pack_score(const req *r, const mr_cc_stage *st, slot *s) {
     Mrank__V1__ScoreRequest sr = MRANK__V1__SCORE_REQUEST__INIT;
     Mrank__V1__SubArch arch = MRANK__V1__SUB_ARCH__INIT;
     uint32_t cl[MR_CC_MAX_COMPRESS];
     char *ad[MR_CC_MAX_ADAPTERS];
-    arch.depth = (uint32_t)st->depth;
-    arch.compress_ratio = (uint32_t)st->ratio;
-    for (int i = 0; i < st->n_compress; i++) cl[i] = (uint32_t)st->compress_layers[i];
-    arch.n_compress_layers = (size_t)st->n_compress;
-    arch.compress_layers = cl;
-    arch.pooling = (char *)st->pooling;
-    for (int i = 0; i < st->n_adapters; i++) ad[i] = (char *)st->adapters[i];
-    arch.n_adapters = (size_t)st->n_adapters;
-    arch.adapters = ad;
+    fill_subarch(&arch, st, cl, ad);
     sr.query = r->in->query;
     sr.arch = &arch;
     sr.max_len = (uint32_t)r->co->cfg.max_tokens_per_pair;
@@ -824,15 +830,7 @@ static int warm_up(mr_coord *c, int p, int e) {
         Mrank__V1__SubArch arch = MRANK__V1__SUB_ARCH__INIT;
         uint32_t cl[MR_CC_MAX_COMPRESS];
         char *ad[MR_CC_MAX_ADAPTERS];
-        arch.depth = (uint32_t)st->depth;
-        arch.compress_ratio = (uint32_t)st->ratio;
-        for (int i = 0; i < st->n_compress; i++) cl[i] = (uint32_t)st->compress_layers[i];
-        arch.n_compress_layers = (size_t)st->n_compress;
-        arch.compress_layers = cl;
-        arch.pooling = (char *)st->pooling;
-        for (int i = 0; i < st->n_adapters; i++) ad[i] = (char *)st->adapters[i];
-        arch.n_adapters = (size_t)st->n_adapters;
-        arch.adapters = ad;
+        fill_subarch(&arch, st, cl, ad);
         sr.query = "what does the warm-up check?";
         sr.arch = &arch;
         sr.n_passages = 4;
