@@ -16,6 +16,8 @@ static void usage(FILE *f) {
           "  coordinator      serve the cascade (mrank.v1.Ranker) over worker pools\n"
           "  up               start a local cluster (workers + coordinator) from a config\n"
           "  rerank           send a Rerank request to a coordinator\n"
+          "  train            train a model: LM pretraining, re-ranker, compensation adapters\n"
+          "  eval             re-rank a BEIR collection's BM25 run: nDCG@10, MRR@10, FLOPs\n"
           "run 'mrank <command> --help' for its options\n", f);
 }
 
