@@ -2,11 +2,13 @@
  * nDCG@10 and MRR@10 of BM25, of a random order (expected value) and of the model at each
  * requested exit, plus the linear FLOPs per pair (mr_model_row_flops). Writes the model's
  * TREC run (deepest requested exit). Collections: BEIR layout (../shared/data/ir/README.md). */
+#include <cjson/cJSON.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "cli.h"
@@ -19,6 +21,9 @@ typedef struct eargs {
     const char *adapters[MR_MAX_ADAPTERS];
     int n_adapters, max_queries, max_len, exits_given, quiet;
     mr_run_opts run;
+    /* --grid */
+    int grid, n_ratios, ratios[4], heldout_max, heldout_group;
+    const char *comp, *reference, *tsv, *label, *heldout;
 } eargs;
 
 static void eval_usage(FILE *f) {
@@ -33,7 +38,22 @@ static void eval_usage(FILE *f) {
           "  --prompt TEXT          instruction (default: the spec's)\n"
           "  --candidates FILE      run to re-rank (default COLLECTION/bm25_top100.run)\n"
           "  --out FILE             TREC run of the model (default mrank-eval.run)\n"
-          "  --quiet\n",
+          "  --quiet\n"
+          "grid mode (every exit x width of one checkpoint, all exits of a width in one pass):\n"
+          "  --grid                 exits start_layer..n_layers x --grid-ratios; per point FLOPs\n"
+          "                         per pair, nDCG@10, MRR@10, top-10 overlap and Kendall tau\n"
+          "                         (all candidates) against the full model's ranking\n"
+          "  --grid-ratios R,..     widths (default 1,2,4,8; compress layers: --compress-layers,\n"
+          "                         default every layer from 1 below the deepest exit)\n"
+          "  --comp DIR             compensation adapters of `mrank train --stage compensate`:\n"
+          "                         DIR/vertical at every width, DIR/width-R added at ratio R\n"
+          "                         (run-time, unmerged; one load serves every width)\n"
+          "  --reference FILE       TREC run of the full model (default: ratio 1, deepest exit\n"
+          "                         of this grid, written to --out)\n"
+          "  --heldout FILE         re-ranking jsonl: mean listwise CE (-log softmax of the\n"
+          "                         positive) per point over --heldout-max rows (default 100)\n"
+          "                         of 1 positive + --heldout-group - 1 negatives (default 16)\n"
+          "  --tsv FILE             per-point table for plotting; --label NAME its system column\n",
           f);
 }
 
@@ -43,12 +63,17 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
         {"compress-ratio", 1, 0, 'r'}, {"compress-layers", 1, 0, 'l'}, {"adapter", 1, 0, 'a'},
         {"max-queries", 1, 0, 'n'},  {"max-len", 1, 0, 'L'},       {"prompt", 1, 0, 'P'},
         {"candidates", 1, 0, 'C'},   {"out", 1, 0, 'o'},           {"quiet", 0, 0, 'q'},
+        {"grid", 0, 0, 1000},        {"grid-ratios", 1, 0, 1001},  {"comp", 1, 0, 1002},
+        {"reference", 1, 0, 1003},   {"tsv", 1, 0, 1004},          {"label", 1, 0, 1005},
+        {"heldout", 1, 0, 1006},     {"heldout-max", 1, 0, 1007},  {"heldout-group", 1, 0, 1008},
         {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->run.ratio = 1;
     a->max_len = 256;
     a->prompt = MR_DEFAULT_PROMPT;
     a->out = "mrank-eval.run";
+    a->n_ratios = 4, a->ratios[0] = 1, a->ratios[1] = 2, a->ratios[2] = 4, a->ratios[3] = 8;
+    a->heldout_max = 100, a->heldout_group = 16, a->label = "model";
     int ch, n;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -80,6 +105,30 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
         case 'C': a->run_name = optarg; break;
         case 'o': a->out = optarg; break;
         case 'q': a->quiet = 1; break;
+        case 1000: a->grid = 1; break;
+        case 1001:
+            if ((n = mr_cli_parse_ints("--grid-ratios", optarg, a->ratios, 4)) < 1) return -1;
+            a->n_ratios = n;
+            for (int i = 0; i < n; i++)
+                if ((a->ratios[i] != 1 && a->ratios[i] != 2 && a->ratios[i] != 4 &&
+                     a->ratios[i] != 8) || (i && a->ratios[i] <= a->ratios[i - 1])) {
+                    fprintf(stderr, "mrank eval: --grid-ratios: increasing, each of 1,2,4,8\n");
+                    return -1;
+                }
+            break;
+        case 1002: a->comp = optarg; break;
+        case 1003: a->reference = optarg; break;
+        case 1004: a->tsv = optarg; break;
+        case 1005: a->label = optarg; break;
+        case 1006: a->heldout = optarg; break;
+        case 1007: if (mr_cli_parse_int("--heldout-max", optarg, &a->heldout_max)) return -1; break;
+        case 1008:
+            if (mr_cli_parse_int("--heldout-group", optarg, &a->heldout_group) ||
+                a->heldout_group < 2) {
+                fprintf(stderr, "mrank eval: --heldout-group must be >= 2\n");
+                return -1;
+            }
+            break;
         case 'h': eval_usage(stdout); exit(0);
         default: eval_usage(stderr); return -1;
         }
@@ -87,6 +136,14 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
     if (optind < argc || !a->model || !a->coll) {
         fprintf(stderr, "mrank eval: --model and --collection are required\n");
         eval_usage(stderr);
+        return -1;
+    }
+    if (!a->grid && (a->comp || a->reference || a->tsv || a->heldout)) {
+        fprintf(stderr, "mrank eval: --comp, --reference, --tsv and --heldout need --grid\n");
+        return -1;
+    }
+    if (a->grid && !a->reference && a->ratios[0] != 1) {
+        fprintf(stderr, "mrank eval: --grid without ratio 1 needs --reference\n");
         return -1;
     }
     if (a->max_len < 8) {
@@ -102,6 +159,8 @@ static int cand_cmp(const void *x, const void *y) {
     if (a->s != b->s) return a->s < b->s ? 1 : -1;
     return a->idx - b->idx; /* ties keep the BM25 order */
 }
+
+static int eval_grid(eargs *a);
 
 int mr_cmd_eval(int argc, char **argv) {
     eargs a;
@@ -120,6 +179,7 @@ int mr_cmd_eval(int argc, char **argv) {
     int *gains = NULL, ideal[4096];
     cand *cs = NULL;
     if (parse_eargs(argc, argv, &a)) return 2;
+    if (a.grid) return eval_grid(&a);
     mr_model_opts mo = {.adapters = a.adapters, .n_adapters = a.n_adapters, .merge = 1};
     if (mr_model_load(&m, a.model, &mo, &err)) goto fail;
     loaded = 1;
@@ -265,6 +325,370 @@ done:
     mr_ids_free(&qids), mr_ids_free(&sids);
     mr_texts_free(&corpus), mr_texts_free(&queries);
     mr_qrels_free(&qrels), mr_run_free(&run);
+    if (loaded) mr_model_close(&m);
+    return rc;
+}
+
+/* ============================== --grid ============================== */
+
+/* Agreement of a ranking (cs, n) with the reference positions refpos[candidate]: top-10 overlap
+ * (|top10 ∩ ref top10| / min(10, n)) and Kendall tau over all n candidates (both are total
+ * orders, so tau-a = tau-b). */
+static void agreement(const cand *cs, int n, const int *refpos, double *top10, double *tau) {
+    int k = n < 10 ? n : 10, ov = 0;
+    for (int i = 0; i < k; i++) ov += refpos[cs[i].idx] < k;
+    *top10 = k ? (double)ov / k : 0;
+    long c = 0, d = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++) {
+            if (refpos[cs[i].idx] < refpos[cs[j].idx]) c++;
+            else d++;
+        }
+    *tau = n > 1 ? (double)(c - d) / ((double)n * (n - 1) / 2) : 1;
+}
+
+typedef struct gpoint {
+    double flops, ndcg, mrr, top10, tau, ce;
+    long pairs, ce_rows;
+} gpoint;
+
+/* Held-out rows: query, positive and negatives, tokenized. */
+typedef struct hrow { mr_ids q; mr_ids p[64]; int n; } hrow;
+
+static int load_heldout(const eargs *a, const mr_model *m, hrow **out, int *n_out, mr_err *err) {
+    FILE *f = fopen(a->heldout, "r");
+    if (!f) return mr_err_errno(err, "%s", a->heldout);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int n = 0, rc = 0, G = a->heldout_group < 64 ? a->heldout_group : 64;
+    hrow *h = calloc((size_t)(a->heldout_max > 0 ? a->heldout_max : 1), sizeof *h);
+    if (!h) { fclose(f); return mr_err_set(err, MR_ENOMEM, "out of memory"); }
+    while (n < a->heldout_max && (len = getline(&line, &cap, f)) > 0) {
+        cJSON *j = cJSON_ParseWithLength(line, (size_t)len);
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "query");
+        const cJSON *pos = cJSON_GetObjectItemCaseSensitive(j, "pos");
+        const cJSON *neg = cJSON_GetObjectItemCaseSensitive(j, "neg");
+        if (!cJSON_IsString(q) || !cJSON_GetArraySize(pos) || cJSON_GetArraySize(neg) < 1) {
+            cJSON_Delete(j);
+            continue;
+        }
+        int tq = 0, tr = 0;
+        if ((rc = mr_input_query(m->tok, m->cfg.bos_token_id, q->valuestring, a->max_len, &h[n].q,
+                                 &tq, err))) {
+            cJSON_Delete(j);
+            break;
+        }
+        const cJSON *it = cJSON_GetArrayItem(pos, 0);
+        int k = 0;
+        if (!cJSON_IsString(it)) { /* the positive must come first */
+            cJSON_Delete(j);
+            mr_ids_free(&h[n].q);
+            continue;
+        }
+        rc = mr_input_passage(m->tok, it->valuestring, a->max_len, h[n].q.n, &h[n].p[k++], &tr,
+                              err);
+        cJSON_ArrayForEach(it, neg) {
+            if (rc || k >= G) break;
+            if (cJSON_IsString(it))
+                rc = mr_input_passage(m->tok, it->valuestring, a->max_len, h[n].q.n, &h[n].p[k++],
+                                      &tr, err);
+        }
+        cJSON_Delete(j);
+        if (rc) break;
+        h[n].n = k;
+        if (k >= 2) n++;
+        else {
+            mr_ids_free(&h[n].q);
+            for (int i = 0; i < k; i++) mr_ids_free(&h[n].p[i]);
+            memset(&h[n], 0, sizeof h[n]);
+        }
+    }
+    free(line);
+    fclose(f);
+    *out = h, *n_out = n;
+    return rc;
+}
+
+static int eval_grid(eargs *a) {
+    mr_err err = {0};
+    mr_model m = {0};
+    mr_ctx ctx = {0};
+    mr_texts corpus = {0}, queries = {0};
+    mr_qrels qrels = {0};
+    mr_run run = {0}, ref = {0};
+    FILE *out = NULL, *tsv = NULL;
+    int rc = 1, loaded = 0, ctx_ok = 0, maxc = 1, n_hr = 0;
+    char path[1200], vdir[1100], wdir[4][1100];
+    mr_ids qids = {0}, sids = {0}, *pids = NULL;
+    mr_row *rows = NULL;
+    float *scores = NULL;
+    int *gains = NULL, *refpos = NULL, *rg = NULL, ideal[4096];
+    cand *cs = NULL;
+    gpoint *pt = NULL;
+    hrow *hr = NULL;
+    /* adapters: --adapter (always on), then DIR/vertical, DIR/width-R (run-time, unmerged) */
+    const char *ad[MR_MAX_ADAPTERS];
+    int nad = 0, vbit = -1, wbit[4] = {-1, -1, -1, -1};
+    for (int i = 0; i < a->n_adapters; i++) ad[nad++] = a->adapters[i];
+    uint32_t base_mask = (uint32_t)((1u << nad) - 1);
+    if (a->comp) {
+        struct stat st;
+        snprintf(vdir, sizeof vdir, "%s/vertical", a->comp);
+        if (!stat(vdir, &st) && nad < MR_MAX_ADAPTERS) vbit = nad, ad[nad++] = vdir;
+        for (int r = 0; r < a->n_ratios; r++) {
+            if (a->ratios[r] == 1) continue;
+            snprintf(wdir[r], sizeof wdir[r], "%s/width-%d", a->comp, a->ratios[r]);
+            if (!stat(wdir[r], &st) && nad < MR_MAX_ADAPTERS) wbit[r] = nad, ad[nad++] = wdir[r];
+        }
+        if (vbit < 0 && nad == a->n_adapters) {
+            fprintf(stderr, "mrank eval: --comp %s: no vertical/ or width-R/ adapter\n", a->comp);
+            return 1;
+        }
+    }
+    mr_model_opts mo = {.adapters = ad, .n_adapters = nad, .merge = 0};
+    if (mr_model_load(&m, a->model, &mo, &err)) goto fail;
+    loaded = 1;
+    if (!m.tok) {
+        mr_err_set(&err, MR_ENOTFOUND, "%s: no tokenizer.json", a->model);
+        goto fail;
+    }
+    int E = m.n_heads_exit, D = mr_model_exit_layer(&m, E - 1), R = a->n_ratios;
+    mr_run_opts o[4];
+    for (int r = 0; r < R; r++) {
+        mr_run_opts_default(&o[r], &m);
+        o[r].n_exits = E;
+        for (int e = 0; e < E; e++) o[r].exits[e] = mr_model_exit_layer(&m, e);
+        o[r].ratio = a->ratios[r];
+        o[r].adapter_mask = base_mask | (vbit >= 0 ? 1u << vbit : 0) |
+                            (wbit[r] >= 0 ? 1u << wbit[r] : 0);
+        if (a->ratios[r] > 1) {
+            if (a->run.n_compress) {
+                o[r].n_compress = a->run.n_compress;
+                memcpy(o[r].compress_layers, a->run.compress_layers, sizeof a->run.compress_layers);
+            } else {
+                for (int l = 1; l < D; l++) o[r].compress_layers[o[r].n_compress++] = l;
+            }
+        }
+        if (mr_run_opts_check(&o[r], &m, &err)) goto fail;
+    }
+    snprintf(path, sizeof path, "%s/corpus.jsonl", a->coll);
+    if (mr_texts_load(&corpus, path, &err)) goto fail;
+    snprintf(path, sizeof path, "%s/queries.jsonl", a->coll);
+    if (mr_texts_load(&queries, path, &err)) goto fail;
+    snprintf(path, sizeof path, "%s/qrels/test.tsv", a->coll);
+    if (mr_qrels_load(&qrels, path, &err)) goto fail;
+    if (a->run_name) snprintf(path, sizeof path, "%s", a->run_name);
+    else snprintf(path, sizeof path, "%s/bm25_top100.run", a->coll);
+    if (mr_run_load(&run, path, &err)) goto fail;
+    if (a->reference && mr_run_load(&ref, a->reference, &err)) goto fail;
+    if (!(out = fopen(a->out, "w"))) {
+        mr_err_errno(&err, "%s", a->out);
+        goto fail;
+    }
+    if (a->tsv && !(tsv = fopen(a->tsv, "w"))) {
+        mr_err_errno(&err, "%s", a->tsv);
+        goto fail;
+    }
+    for (int q = 0; q < run.n_q; q++) maxc = run.count[q] > maxc ? run.count[q] : maxc;
+    if (maxc < a->heldout_group) maxc = a->heldout_group;
+    pids = calloc((size_t)maxc, sizeof *pids);
+    rows = calloc((size_t)maxc, sizeof *rows);
+    scores = calloc((size_t)maxc * E, sizeof *scores);
+    gains = calloc((size_t)maxc, sizeof *gains);
+    refpos = calloc((size_t)maxc, sizeof *refpos);
+    rg = calloc((size_t)maxc, sizeof *rg);
+    cs = calloc((size_t)maxc, sizeof *cs);
+    pt = calloc((size_t)R * E, sizeof *pt);
+    if (!pids || !rows || !scores || !gains || !refpos || !rg || !cs || !pt) {
+        mr_err_set(&err, MR_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (mr_input_suffix(m.tok, a->prompt, &sids, &err)) goto fail;
+    int row_cap = a->max_len + (int)sids.n;
+    if (mr_ctx_init(&ctx, &m, maxc * row_cap, maxc, row_cap, &err)) goto fail;
+    ctx_ok = 1;
+    int nq = 0;
+    long pairs = 0;
+    double bm_ndcg = 0, bm_mrr = 0, rnd_ndcg = 0, rnd_mrr = 0, bm_top = 0, bm_tau = 0,
+           rnd_top = 0, wall[4] = {0};
+    for (int q = 0; q < run.n_q && (!a->max_queries || nq < a->max_queries); q++) {
+        const char *qid = run.qid[q];
+        int n_ideal = mr_qrels_gains(&qrels, qid, ideal, 4096);
+        if (n_ideal == 0) continue;
+        const char *qtext = mr_texts_get(&queries, qid);
+        if (!qtext) {
+            mr_err_set(&err, MR_ENOTFOUND, "query %s of the run is not in queries.jsonl", qid);
+            goto fail;
+        }
+        int n = run.count[q], tq = 0;
+        qids.n = 0;
+        if (mr_input_query(m.tok, m.cfg.bos_token_id, qtext, a->max_len, &qids, &tq, &err))
+            goto fail;
+        for (int i = 0; i < n; i++) {
+            const char *did = run.doc[run.first[q] + i];
+            const char *dt = mr_texts_get(&corpus, did);
+            if (!dt) {
+                mr_err_set(&err, MR_ENOTFOUND, "document %s of the run is not in the corpus", did);
+                goto fail;
+            }
+            pids[i].n = 0;
+            int tr = 0;
+            if (mr_input_passage(m.tok, dt, a->max_len, qids.n, &pids[i], &tr, &err)) goto fail;
+            rows[i] = (mr_row){qids.v, (int)qids.n, pids[i].v, (int)pids[i].n, sids.v,
+                               (int)sids.n};
+            gains[i] = mr_qrels_get(&qrels, qid, did);
+        }
+        if (a->reference) { /* reference positions; candidates it lacks go last */
+            int rq = -1;
+            for (int k = 0; k < ref.n_q && rq < 0; k++)
+                if (!strcmp(ref.qid[k], qid)) rq = k;
+            if (rq < 0) {
+                mr_err_set(&err, MR_ENOTFOUND, "query %s is not in --reference", qid);
+                goto fail;
+            }
+            for (int i = 0; i < n; i++) {
+                refpos[i] = n + i;
+                for (int k = 0; k < ref.count[rq]; k++)
+                    if (!strcmp(ref.doc[ref.first[rq] + k], run.doc[run.first[q] + i])) {
+                        refpos[i] = k;
+                        break;
+                    }
+            }
+            for (int i = 0; i < n; i++) cs[i] = (cand){i, (float)-refpos[i]};
+            qsort(cs, (size_t)n, sizeof *cs, cand_cmp);
+            for (int i = 0; i < n; i++) refpos[cs[i].idx] = i;
+        }
+        pairs += n;
+        for (int r = 0; r < R; r++) {
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            if (mr_model_score(&ctx, rows, n, &o[r], scores, NULL, &err)) goto fail;
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            wall[r] += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+            if (r == 0 && !a->reference) { /* ratio 1, deepest exit: the full model */
+                for (int i = 0; i < n; i++) cs[i] = (cand){i, scores[(size_t)i * E + E - 1]};
+                qsort(cs, (size_t)n, sizeof *cs, cand_cmp);
+                for (int i = 0; i < n; i++) refpos[cs[i].idx] = i;
+                for (int i = 0; i < n; i++)
+                    fprintf(out, "%s Q0 %s %d %.6f mrank\n", qid,
+                            run.doc[run.first[q] + cs[i].idx], i + 1, cs[i].s);
+            }
+            for (int e = 0; e < E; e++) {
+                gpoint *p = &pt[r * E + e];
+                mr_run_opts o1 = o[r];
+                o1.n_exits = 1, o1.exits[0] = o[r].exits[e];
+                for (int i = 0; i < n; i++)
+                    p->flops += mr_model_row_flops(&m, &o1, rows[i].nq, rows[i].np, rows[i].ns);
+                p->pairs += n;
+                for (int i = 0; i < n; i++) cs[i] = (cand){i, scores[(size_t)i * E + e]};
+                qsort(cs, (size_t)n, sizeof *cs, cand_cmp);
+                for (int i = 0; i < n; i++) rg[i] = gains[cs[i].idx];
+                p->ndcg += mr_ndcg_at(rg, n, ideal, n_ideal, 10);
+                p->mrr += mr_mrr_at(rg, n, 10);
+                double t10, tau;
+                agreement(cs, n, refpos, &t10, &tau);
+                p->top10 += t10, p->tau += tau;
+            }
+        }
+        bm_ndcg += mr_ndcg_at(gains, n, ideal, n_ideal, 10);
+        bm_mrr += mr_mrr_at(gains, n, 10);
+        rnd_ndcg += mr_ndcg_at_random(gains, n, ideal, n_ideal, 10);
+        rnd_mrr += mr_mrr_at_random(gains, n, 10);
+        {
+            double t10, tau;
+            for (int i = 0; i < n; i++) cs[i] = (cand){i, (float)-i}; /* BM25 order */
+            agreement(cs, n, refpos, &t10, &tau);
+            bm_top += t10, bm_tau += tau;
+            rnd_top += (double)(n < 10 ? n : 10) / n; /* E|random top-k ∩ ref top-k| / k = k/n */
+        }
+        nq++;
+        if (!a->quiet)
+            fprintf(stderr, "\r[grid %s] %d queries, %ld pairs, full nDCG@10 %.4f (BM25 %.4f)\033[K",
+                    a->label, nq, pairs, pt[E - 1].ndcg / nq, bm_ndcg / nq);
+    }
+    if (!a->quiet) fputc('\n', stderr);
+    if (nq == 0) {
+        mr_err_set(&err, MR_EINVAL, "no judged query in the run");
+        goto fail;
+    }
+    if (a->heldout) { /* held-out listwise CE per point */
+        if (load_heldout(a, &m, &hr, &n_hr, &err)) goto fail;
+        for (int h = 0; h < n_hr; h++) {
+            int n = hr[h].n;
+            for (int i = 0; i < n; i++)
+                rows[i] = (mr_row){hr[h].q.v, (int)hr[h].q.n, hr[h].p[i].v, (int)hr[h].p[i].n,
+                                   sids.v, (int)sids.n};
+            for (int r = 0; r < R; r++) {
+                if (mr_model_score(&ctx, rows, n, &o[r], scores, NULL, &err)) goto fail;
+                for (int e = 0; e < E; e++) {
+                    double mx = -INFINITY, z = 0;
+                    for (int i = 0; i < n; i++)
+                        mx = fmax(mx, (double)scores[(size_t)i * E + e]);
+                    for (int i = 0; i < n; i++) z += exp(scores[(size_t)i * E + e] - mx);
+                    pt[r * E + e].ce += -(scores[e] - mx - log(z)); /* row 0 is the positive */
+                    pt[r * E + e].ce_rows++;
+                }
+            }
+        }
+    }
+    double full = pt[E - 1].flops / pt[E - 1].pairs;
+    printf("collection %s: %d judged queries, %ld pairs, max_len %d, system %s%s%s\n", a->coll, nq,
+           pairs, a->max_len, a->label, a->reference ? ", reference " : "",
+           a->reference ? a->reference : "");
+    printf("%-8s %5s %5s %10s %6s %8s %8s %7s %7s %8s %8s\n", "ranking", "exit", "ratio",
+           "FLOPs/pair", "frac", "nDCG@10", "MRR@10", "top10", "tau", "heldCE", "pairs/s");
+    printf("%-8s %5s %5s %10s %6s %8.4f %8.4f %7.3f %7.3f\n", "bm25", "-", "-", "-", "-",
+           bm_ndcg / nq, bm_mrr / nq, bm_top / nq, bm_tau / nq);
+    printf("%-8s %5s %5s %10s %6s %8.4f %8.4f %7.3f %7.3f\n", "random", "-", "-", "-", "-",
+           rnd_ndcg / nq, rnd_mrr / nq, rnd_top / nq, 0.0);
+    const char *cname = strrchr(a->coll, '/');
+    cname = cname && cname[1] ? cname + 1 : a->coll;
+    if (tsv) {
+        fprintf(tsv, "system\tcollection\texit\tratio\tflops\tflops_frac\tndcg10\tmrr10\ttop10\ttau"
+                     "\theldout_ce\tqueries\n");
+        fprintf(tsv, "bm25\t%s\t0\t0\t0\t0\t%.5f\t%.5f\t%.4f\t%.4f\tnan\t%d\n", cname,
+                bm_ndcg / nq, bm_mrr / nq, bm_top / nq, bm_tau / nq, nq);
+        fprintf(tsv, "random\t%s\t0\t0\t0\t0\t%.5f\t%.5f\t%.4f\t0\tnan\t%d\n", cname,
+                rnd_ndcg / nq, rnd_mrr / nq, rnd_top / nq, nq);
+    }
+    for (int r = 0; r < R; r++)
+        for (int e = 0; e < E; e++) {
+            gpoint *p = &pt[r * E + e];
+            double f = p->flops / p->pairs, ce = p->ce_rows ? p->ce / p->ce_rows : NAN;
+            printf("%-8s %5d %5d %10.4g %6.3f %8.4f %8.4f %7.3f %7.3f %8.4f %8.1f\n", "model",
+                   o[r].exits[e], o[r].ratio, f, f / full, p->ndcg / nq, p->mrr / nq,
+                   p->top10 / nq, p->tau / nq, ce, (double)pairs / (wall[r] > 0 ? wall[r] : 1e-9));
+            if (tsv)
+                fprintf(tsv, "%s\t%s\t%d\t%d\t%.6g\t%.5f\t%.5f\t%.5f\t%.4f\t%.4f\t%.5f\t%d\n",
+                        a->label, cname, o[r].exits[e], o[r].ratio, f, f / full, p->ndcg / nq,
+                        p->mrr / nq, p->top10 / nq, p->tau / nq, ce, nq);
+        }
+    printf("compress layers at ratio > 1:");
+    for (int i = 0; i < (R > 1 ? o[R - 1].n_compress : 0); i++)
+        printf(" %d", o[R - 1].compress_layers[i]);
+    printf("; adapters:");
+    for (int i = 0; i < nad; i++) printf(" %s", ad[i]);
+    printf("%s\n", a->reference ? "" : "; full-model run written to --out");
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "mrank eval: %s\n", err.msg);
+done:
+    if (out) fclose(out);
+    if (tsv) fclose(tsv);
+    if (ctx_ok) mr_ctx_close(&ctx);
+    if (pids)
+        for (int i = 0; i < maxc; i++) mr_ids_free(&pids[i]);
+    for (int h = 0; hr && h < a->heldout_max; h++) {
+        mr_ids_free(&hr[h].q);
+        for (int i = 0; i < 64; i++) mr_ids_free(&hr[h].p[i]);
+    }
+    free(hr), free(pids), free(rows), free(scores), free(gains), free(refpos), free(rg), free(cs);
+    free(pt);
+    mr_ids_free(&qids), mr_ids_free(&sids);
+    mr_texts_free(&corpus), mr_texts_free(&queries);
+    mr_qrels_free(&qrels), mr_run_free(&run), mr_run_free(&ref);
     if (loaded) mr_model_close(&m);
     return rc;
 }

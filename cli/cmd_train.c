@@ -24,7 +24,7 @@ typedef struct targs {
     int layers, hidden, heads, kv_heads, ff, start_layer;
     int steps, batch, accum, warmup, seq_len, group, max_len, query_max;
     int save_every, stop_after, resume, lora_rank, cascade, cascade_step, width_step;
-    int keep_heads, no_vertical, n_ratios, ratios[4], quiet;
+    int keep_heads, no_vertical, n_ratios, ratios[4], quiet, full_only;
     float lr, wd, clip, lora_alpha;
     unsigned long long seed;
 } targs;
@@ -44,6 +44,8 @@ static void train_usage(FILE *f) {
           "  --max-len N           rerank: query + passage token budget (default 160)\n"
           "  --query-max-len N     rerank: query tokens (default 32)\n"
           "  --no-cascade          rerank: no cascade term\n"
+          "  --full-only           rerank: full width, loss at the deepest exit only, no cascade\n"
+          "                        (the naive-truncation baseline)\n"
           "  --cascade-step K --width-step S  anchors / compress-layer spacing (0 = auto)\n"
           "  --keep-heads          rerank: keep exit heads (default: the LM head's Yes row)\n"
           "  --lora-rank R --lora-alpha A     compensate adapters (default 32, 64)\n"
@@ -79,7 +81,8 @@ static int parse_targs(int argc, char **argv, targs *a) {
         {"cascade-step", 1, 0, 20}, {"width-step", 1, 0, 21},    {"keep-heads", 0, 0, 22},
         {"no-vertical", 0, 0, 23},  {"ratios", 1, 0, 24},        {"lr", 1, 0, 25},
         {"weight-decay", 1, 0, 26}, {"clip", 1, 0, 27},          {"lora-alpha", 1, 0, 28},
-        {"seed", 1, 0, 29},         {"quiet", 0, 0, 30},         {"help", 0, 0, 'h'},
+        {"seed", 1, 0, 29},         {"quiet", 0, 0, 30},         {"full-only", 0, 0, 31},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     *a = (targs){.layers = 4, .hidden = 128, .heads = 4, .kv_heads = 2, .ff = 384,
                  .start_layer = 1, .steps = 100, .batch = 0, .accum = 1, .warmup = -1,
@@ -116,6 +119,7 @@ static int parse_targs(int argc, char **argv, targs *a) {
         case 17: a->resume = 1; break;
         case 18: ip = &a->lora_rank, on = "--lora-rank"; break;
         case 19: a->cascade = 0; break;
+        case 31: a->full_only = 1, a->cascade = 0; break;
         case 20: ip = &a->cascade_step, on = "--cascade-step"; break;
         case 21: ip = &a->width_step, on = "--width-step"; break;
         case 22: a->keep_heads = 1; break;
@@ -261,8 +265,10 @@ static int micro_step(const job *j, mr_tmodel *m, mr_tcache *c, int step, int mi
             }
         }
     }
+    if (j->kind == 1 && a->full_only) w.ratio = 1, w.n_compress = 0;
     mr_tbatch tb = {rows, B, G, j->kind == 1 && scored ? teacher : NULL};
-    mr_loss_opts lo = {.cascade = j->kind == 1 && a->cascade, .cascade_step = a->cascade_step};
+    mr_loss_opts lo = {.cascade = j->kind == 1 && a->cascade, .cascade_step = a->cascade_step,
+                       .deepest_only = j->kind == 1 && a->full_only};
     rc = mr_train_micro(m, c, &tb, &w, &lo, gs, parts, err);
     if (!rc) *loss = parts->total;
     free(rows), free(teacher);

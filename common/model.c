@@ -280,6 +280,8 @@ int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_er
     for (int i = 0; i < c->n_layers; i++)
         if ((rc = bind_layer(m, i, err))) goto fail;
     if ((rc = bind_heads(m, err)) || (rc = load_tokenizer(m, err))) goto fail;
+    snprintf(path, sizeof path, "%s/SEEDED", dir);
+    m->untrained = access(path, F_OK) == 0;
     int n_ad = opts ? opts->n_adapters : 0;
     if (n_ad > MR_MAX_ADAPTERS) {
         rc = mr_err_set(err, MR_ERANGE, "at most %d adapters", MR_MAX_ADAPTERS);

@@ -77,6 +77,7 @@ typedef struct mr_model {
     mr_adapter adapters[MR_MAX_ADAPTERS];
     int n_adapters;
     int merged;
+    int untrained;                   /* DIR/SEEDED exists: seeded weights (seeded.h) */
 } mr_model;
 
 int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_err *err);

@@ -134,6 +134,14 @@ int mr_seeded_write(const mr_config *c, const char *dir, uint64_t seed, mr_err *
     if ((size_t)snprintf(path, sizeof path, "%s/config.json", dir) >= sizeof path)
         return mr_err_set(err, MR_EINVAL, "path too long: %s", dir);
     if ((rc = mr_config_save(c, path, err))) return rc;
+    snprintf(path, sizeof path, "%s/SEEDED", dir);
+    FILE *f = fopen(path, "w");
+    if (!f || fprintf(f, "untrained: weights drawn from seed %llu by mrank (mr_seeded_write)\n",
+                      (unsigned long long)seed) < 0) {
+        if (f) fclose(f);
+        return mr_err_errno(err, "write %s", path);
+    }
+    if (fclose(f)) return mr_err_errno(err, "write %s", path);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     return write_weights(c, path, seed, err);
 }

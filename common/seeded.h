@@ -15,7 +15,8 @@
 #include "config.h"
 #include "mr_err.h"
 
-/* Writes DIR/config.json and DIR/model.safetensors (DIR must exist). */
+/* Writes DIR/config.json, DIR/model.safetensors and the marker DIR/SEEDED that tells loaders
+ * (mr_model.untrained) and users the weights are not trained (DIR must exist). */
 int mr_seeded_write(const mr_config *c, const char *dir, uint64_t seed, mr_err *err);
 
 #endif

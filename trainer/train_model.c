@@ -848,6 +848,7 @@ int mr_train_micro(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twid
     for (int g = 0; g < B; g++) {
         if (b->teacher) mr_softmax(tp, b->teacher + (size_t)g * G, G);
         for (int e = 0; e < E; e++) {
+            if (o && o->deepest_only && m->exit_layer[e] < D) continue;
             size_t at = (size_t)e * n_rows + (size_t)g * G;
             L.ce += mr_softmax_xent(ds + at, scores + at, NULL, G, wgt);
             if (b->teacher) L.ext += mr_softmax_xent(ds + at, scores + at, tp, G, wgt);

@@ -45,7 +45,7 @@ typedef struct mr_tweights {
 } mr_tweights;
 
 typedef struct mr_tparam {
-    char name[128];       /* HF / PEFT tensor name */
+    char name[160];       /* HF / PEFT tensor name */
     int ndim;
     int64_t shape[2];
     size_t off;           /* floats from the start of the parameter arena */
@@ -114,6 +114,8 @@ typedef struct mr_loss_opts {
     int cascade;            /* 1: cascade term from a full-width teacher pass */
     int cascade_step;       /* anchor spacing k: a(l) = min(D, k ceil((l+1)/k)), rounded up to
                                an exit layer; 0 -> max(1, D/4) (8 for 32 layers, as the paper) */
+    int deepest_only;       /* 1: listwise and teacher terms at the deepest exit only (the
+                               full-depth baseline of the ablation; other heads get no gradient) */
 } mr_loss_opts;
 
 /* Anchor exit layer a(l) of exit layer l (l < D) under o; D for l = D. */

@@ -523,6 +523,7 @@ static void info_handler(mr_rpc_call *call, void *user) {
     resp.max_inflight_tokens = (uint32_t)w->o.max_inflight_tokens;
     resp.ns_per_token_layer = w->ns_per_tl;
     resp.backend = (char *)w->be->name;
+    resp.untrained = w->m.untrained;
     resp.n_adapters = (size_t)w->o.n_adapters;
     resp.adapters = (char **)w->o.adapter_names;
     size_t len = mrank__v1__worker_info_response__get_packed_size(&resp);
