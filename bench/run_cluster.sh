@@ -6,7 +6,7 @@
 # Env: DUR (seconds per measured point, default 6), WARM (warm-up seconds excluded at the start
 # of each point, default 1), DOCS (documents per request, default 16), CONC (closed-loop
 # concurrency for saturation, default 8), LOW_RATE (req/s for the overhead comparison, default
-# 10), C_DOCS (documents per request for the overhead comparison, default 4), THREADS (compute threads per worker, default 1), RESULTS (output folder, default a new
+# 20), C_DOCS (documents per request for the overhead comparison, default 2), THREADS (compute threads per worker, default 1), RESULTS (output folder, default a new
 # /tmp/mrank-bench-cluster.XXXX).
 #
 # Measures, on a seeded 4-layer hidden-128 Mistral-shaped checkpoint (untrained: only the
@@ -17,7 +17,9 @@
 #  (b) saturation throughput of the cheap pool alone (profile cheap-only) with 1, 2, 4 workers;
 #  (c) coordinator overhead: Rerank (profile full-only, one stage, one Score call) vs Score sent
 #      straight to the same full-pool worker with the same documents and sub-architecture, at
-#      LOW_RATE, alternated twice (A B A B).
+#      LOW_RATE, 2*DUR seconds each, alternated three times (A B A B A B);
+#  (d) cost-model check: tier interactive at 2 req/s on a fresh coordinator, then after a 4 s
+#      closed-loop burst of full-only (tier batch), then after 6 s of tier standard.
 # Every process it starts is killed on exit (trap). Prints markdown tables at the end and keeps
 # raw loadgen output + results.jsonl in RESULTS.
 set -euo pipefail
@@ -28,8 +30,8 @@ DUR=${DUR:-6}
 WARM=${WARM:-1}
 DOCS=${DOCS:-16}
 CONC=${CONC:-8}
-LOW_RATE=${LOW_RATE:-10}
-C_DOCS=${C_DOCS:-4}
+LOW_RATE=${LOW_RATE:-20}
+C_DOCS=${C_DOCS:-2}
 THREADS=${THREADS:-1}
 PY=/usr/bin/python3
 
@@ -117,17 +119,32 @@ start_cluster() {
   "$MRANK" worker --model "$model" --listen "127.0.0.1:$pf" --threads "$THREADS" --max-len 256 \
     2>"$work/w-full.log" &
   pids+=($!)
-  "$MRANK" coordinator --config "$work/cluster-$n.json" 2>"$work/coord-$n.log" &
-  pids+=($!)
   COORD=127.0.0.1:$pc
   FULL=127.0.0.1:$pf
   METRICS=127.0.0.1:$pm
+  CONF=$work/cluster-$n.json
+  start_coord
+}
+
+# start_coord: (re)starts the coordinator of the current cluster (a fresh cost model, warmed up
+# by the coordinator's own warm-up Score calls) and waits until it answers a Rerank.
+start_coord() {
+  if [ -n "${COORD_PID:-}" ] && kill -0 "$COORD_PID" 2>/dev/null; then
+    kill -TERM "$COORD_PID"
+    wait "$COORD_PID" 2>/dev/null || true
+    local keep=() p
+    for p in "${pids[@]}"; do [ "$p" != "$COORD_PID" ] && keep+=("$p"); done
+    pids=("${keep[@]}")
+  fi
+  "$MRANK" coordinator --config "$CONF" 2>>"$work/coord.log" &
+  COORD_PID=$!
+  pids+=($COORD_PID)
   for _ in $(seq 1 300); do
     "$MRANK" rerank --addr "$COORD" --query q --docs "$work/probe.txt" --timeout-ms 2000 \
       >/dev/null 2>&1 && return 0
     sleep 0.2
   done
-  echo "cluster ($n cheap workers) did not answer in 60 s" >&2
+  echo "cluster ($CONF) did not answer in 60 s" >&2
   tail -5 "$work"/*.log >&2
   exit 1
 }
@@ -152,14 +169,14 @@ log "warm-up (discarded)"
 "$LG" --addr "$COORD" --concurrency 4 --duration 1 --docs "$DOCS" --tier batch >/dev/null
 
 log "(c) coordinator overhead at $LOW_RATE req/s: Score direct vs Rerank full-only (A B A B)"
-for rep in 1 2; do
+for rep in 1 2 3; do
   lg "c-score-direct-$rep" --addr "$FULL" --mode score --depth 4 --compress-ratio 1 \
-    --max-len 256 --rate "$LOW_RATE" --duration "$DUR" --warmup-s "$WARM" --docs "$C_DOCS" \
+    --max-len 256 --rate "$LOW_RATE" --duration $((DUR * 2)) --warmup-s "$WARM" --docs "$C_DOCS" \
     >/dev/null
   lg "c-rerank-full-only-$rep" --addr "$COORD" --tier batch --profile full-only \
-    --rate "$LOW_RATE" --duration "$DUR" --warmup-s "$WARM" --docs "$C_DOCS" >/dev/null
+    --rate "$LOW_RATE" --duration $((DUR * 2)) --warmup-s "$WARM" --docs "$C_DOCS" >/dev/null
 done
-tail -n 4 "$RESULTS/results.jsonl" | $PY -c '
+tail -n 6 "$RESULTS/results.jsonl" | $PY -c '
 import json, sys
 for l in sys.stdin:
     r = json.loads(l); print("    %-24s p50 %7.2f  p99 %7.2f ms  ok %d/%d" % (r["label"], r["p50"], r["p99"], r["ok"], r["sent"]))'
@@ -179,12 +196,29 @@ for tier in interactive standard batch; do
     log "  $tier: saturation throughput is 0 (every request failed), rates skipped"
     continue
   fi
+  # A fresh coordinator per tier: the cost model of a stage is inflated by a preceding
+  # saturation run and only recovers when the stage runs again (see docs/bench-cluster.md).
+  start_coord
   for pct in 25 50 90; do
     rate=$($PY -c "print(round($sat * $pct / 100, 3))")
     lg "a-$tier-$pct" --addr "$COORD" --tier "$tier" --rate "$rate" --duration "$DUR" \
       --warmup-s "$WARM" >/dev/null
   done
 done
+log "(d) cost model after a burst: interactive 2 req/s, fresh / after batch burst / after standard"
+nsptl() { curl -s "http://$METRICS/metrics" | sed -n 's/^mrank_coord_stage_ns_per_token_layer{stage="full"} //p'; }
+start_coord
+lg "d-interactive-fresh" --addr "$COORD" --tier interactive --rate 2 --duration 6 >/dev/null
+n1=$(nsptl)
+lg "d-batch-burst" --addr "$COORD" --tier batch --concurrency "$CONC" --duration 4 >/dev/null
+n2=$(nsptl)
+lg "d-interactive-after-burst" --addr "$COORD" --tier interactive --rate 2 --duration 6 >/dev/null
+n3=$(nsptl)
+lg "d-standard" --addr "$COORD" --tier standard --rate 2 --duration 6 >/dev/null
+n4=$(nsptl)
+lg "d-interactive-after-standard" --addr "$COORD" --tier interactive --rate 2 --duration 6 >/dev/null
+n5=$(nsptl)
+echo "{\"label\":\"d-ns\",\"ns\":[${n1:-0},${n2:-0},${n3:-0},${n4:-0},${n5:-0}]}" >>"$RESULTS/results.jsonl"
 curl -s "http://$METRICS/metrics" 2>/dev/null | grep -E '^mrank_coord_(requests_total|degraded_total|deadline_misses_total|retries_total)' \
   >"$RESULTS/coord-metrics-1.txt" || true
 stop_all
@@ -232,14 +266,21 @@ for n in [1, 2, 4]:
 print("\n### (c) coordinator overhead (same worker, same documents, same rate)\n")
 print("| run | path | rate req/s | ok/sent | p50 ms | p90 ms | p99 ms | max ms |")
 print("|---|---|---|---|---|---|---|---|")
-for rep in [1, 2]:
+for rep in [1, 2, 3]:
     for lab, path in [("c-score-direct", "Worker/Score direct"), ("c-rerank-full-only", "Ranker/Rerank, full-only")]:
         r = rs.get(f"{lab}-{rep}")
         if r: print(f"| {rep} | {path} | {r['rate']:.1f} | {r['ok']}/{r['sent']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['max']:.2f} |")
 print("\n| run | overhead p50 ms | overhead p99 ms |")
 print("|---|---|---|")
-for rep in [1, 2]:
+for rep in [1, 2, 3]:
     a, b = rs.get(f"c-score-direct-{rep}"), rs.get(f"c-rerank-full-only-{rep}")
     if a and b: print(f"| {rep} | {b['p50'] - a['p50']:+.2f} | {b['p99'] - a['p99']:+.2f} |")
+print("\n### (d) cost model after a burst (tier interactive at 2 req/s, 16 docs)\n")
+ns = rs.get("d-ns", {}).get("ns", [])
+print("| step | sent | ok | degraded | errors | p50 ms | p99 ms | full-stage ns/token-layer after |")
+print("|---|---|---|---|---|---|---|---|")
+for i, lab in enumerate(["d-interactive-fresh", "d-batch-burst", "d-interactive-after-burst", "d-standard", "d-interactive-after-standard"]):
+    r = rs.get(lab)
+    if r: print(f"| {lab[2:]} | {r['sent']} | {r['ok']} | {r['degraded']} | {err(r)} | {r['p50']:.2f} | {r['p99']:.2f} | {ns[i] if i < len(ns) else '-'} |")
 EOF
 log "results in $RESULTS"

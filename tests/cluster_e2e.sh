@@ -48,7 +48,7 @@ gocache=${TMPDIR:-/tmp}/mrank-go-client
 gobin=$gocache/rc_go_$(cat tests/clients/go/main.go tests/clients/go/build.sh proto/mrank.proto | md5sum | cut -c1-16)
 ( if [ -x "$gobin" ]; then echo 0; else
     mkdir -p "$gocache"
-    if timeout 55 bash tests/clients/go/build.sh "$gobin.tmp" >"$work/go_build.log" 2>&1; then
+    if timeout 240 bash tests/clients/go/build.sh "$gobin.tmp" >"$work/go_build.log" 2>&1; then
       mv "$gobin.tmp" "$gobin"; echo 0
     else echo $?; fi
   fi >"$work/go_build.rc" ) &
@@ -90,7 +90,7 @@ w1pid=${pids[0]}
 "$MRANK" coordinator --config "$work/cluster.json" --listen 127.0.0.1:$PC --metrics-port $PM \
   2>"$work/coord.log" &
 pids+=($!)
-$RC wait 127.0.0.1:$PC --timeout 30 >/dev/null || fail "coordinator not SERVING in 30 s"
+$RC wait 127.0.0.1:$PC --timeout 120 >/dev/null || fail "coordinator not SERVING in 120 s"
 ADDR=127.0.0.1:$PC
 
 # 40 documents, about half on topic; the model is untrained, so only the mechanics matter.
@@ -277,10 +277,10 @@ c = json.load(sys.stdin)
 c["coordinator"] = {"listen": "127.0.0.1:" + sys.argv[1], "metrics_port": 0}
 json.dump(c, open(sys.argv[2], "w"))
 ' $UPC "$work/up.json"
-"$MRANK" up --config "$work/up.json" --threads 1 --timeout-s 30 >"$work/up.out" 2>"$work/up.log" &
+"$MRANK" up --config "$work/up.json" --threads 1 --timeout-s 120 >"$work/up.out" 2>"$work/up.log" &
 uppid=$!
 pids+=($uppid)
-for _ in $(seq 1 300); do
+for _ in $(seq 1 1200); do
   grep -q "^coordinator: " "$work/up.out" 2>/dev/null && break
   kill -0 $uppid 2>/dev/null || fail "mrank up exited: $(cat "$work/up.log")"
   sleep 0.1
