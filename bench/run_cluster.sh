@@ -3,7 +3,7 @@
 #
 #   bash bench/run_cluster.sh [BUILD_DIR]          (from anywhere; BUILD_DIR default build-cl)
 #
-# Env: DUR (seconds per measured point, default 6), WARM (warm-up seconds excluded at the start
+# Env: DUR (seconds per measured point, default 8), WARM (warm-up seconds excluded at the start
 # of each point, default 1), DOCS (documents per request, default 16), CONC (closed-loop
 # concurrency for saturation, default 8), LOW_RATE (req/s for the overhead comparison, default
 # 20), C_DOCS (documents per request for the overhead comparison, default 2), THREADS (compute threads per worker, default 1), RESULTS (output folder, default a new
@@ -26,7 +26,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 B=$(readlink -f "${1:-build-cl}")
-DUR=${DUR:-6}
+DUR=${DUR:-8}
 WARM=${WARM:-1}
 DOCS=${DOCS:-16}
 CONC=${CONC:-8}
