@@ -168,7 +168,7 @@ log "warm-up (discarded)"
 "$LG" --addr "$COORD" --concurrency 4 --duration 2 --docs "$DOCS" --tier standard >/dev/null
 "$LG" --addr "$COORD" --concurrency 4 --duration 1 --docs "$DOCS" --tier batch >/dev/null
 
-log "(c) coordinator overhead at $LOW_RATE req/s: Score direct vs Rerank full-only (A B A B)"
+log "(c) coordinator overhead at $LOW_RATE req/s: Score direct vs Rerank full-only (A B A B A B)"
 for rep in 1 2 3; do
   lg "c-score-direct-$rep" --addr "$FULL" --mode score --depth 4 --compress-ratio 1 \
     --max-len 256 --rate "$LOW_RATE" --duration $((DUR * 2)) --warmup-s "$WARM" --docs "$C_DOCS" \
@@ -264,12 +264,13 @@ for n in [1, 2, 4]:
     ratio = "%.2fx" % (r["throughput"] / base) if base else "-"
     print(f"| {n} | {r['concurrency']} | {r['ok']} | {err(r)} | {r['throughput']:.2f} | {ratio} | {r['p50']:.2f} | {r['p99']:.2f} |")
 print("\n### (c) coordinator overhead (same worker, same documents, same rate)\n")
-print("| run | path | rate req/s | ok/sent | p50 ms | p90 ms | p99 ms | max ms |")
-print("|---|---|---|---|---|---|---|---|")
+print("| run | path | rate req/s | ok/sent | p50 ms | p90 ms | p99 ms | max ms | client - server-reported p50 / p99 ms | coordinator outside stages p50 / p99 ms | sender lag max ms |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for rep in [1, 2, 3]:
     for lab, path in [("c-score-direct", "Worker/Score direct"), ("c-rerank-full-only", "Ranker/Rerank, full-only")]:
         r = rs.get(f"{lab}-{rep}")
-        if r: print(f"| {rep} | {path} | {r['rate']:.1f} | {r['ok']}/{r['sent']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['max']:.2f} |")
+        inner = f"{r['inner_p50']:.3f} / {r['inner_p99']:.3f}" if r and r.get("inner_p50", -1) >= 0 else "-"
+        if r: print(f"| {rep} | {path} | {r['rate']:.1f} | {r['ok']}/{r['sent']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['max']:.2f} | {r.get('xport_p50', -1):.2f} / {r.get('xport_p99', -1):.2f} | {inner} | {r.get('sender_lag_ms', 0):.1f} |")
 print("\n| run | overhead p50 ms | overhead p99 ms |")
 print("|---|---|---|")
 for rep in [1, 2, 3]:

@@ -12,7 +12,9 @@
 # Writes out/ablation/grid-*.tsv, out/ablation/ablation.md and docs/*.png (gnuplot).
 # Steps already done (their output exists) are skipped; FORCE=1 redoes everything.
 # Env: LM (default out/run2/lm), STEPS (300), Q (cranfield queries, 50), QO (others, 20),
-#      HELD (held-out rows, 100), MAXLEN (128), COLLS (cranfield medline cacm npl), M (mrank).
+#      HELD (held-out rows, 100), MAXLEN (128), COLLS (cranfield medline cacm npl), M (mrank),
+#      O (output folder, out/ablation), TAG (suffix of the plot names, none).
+# Example: LM=out/run1/lm O=out/ablation-run1 TAG=-run1 bash scripts/ablation.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
@@ -26,7 +28,8 @@ MAXLEN=${MAXLEN:-128}
 COLLS=${COLLS:-cranfield medline cacm npl}
 IR=${IR:-../shared/data/ir}
 D=third_party/train-data
-O=out/ablation
+O=${O:-out/ablation}
+TAG=${TAG:-}
 mkdir -p "$O" docs
 [ -x "$M" ] || { echo "ablation.sh: $M not built (cmake --build build-trn)" >&2; exit 1; }
 [ -d "$LM" ] || { echo "ablation.sh: no LM checkpoint $LM" >&2; exit 1; }
@@ -74,8 +77,10 @@ done
 log "tables and plots"
 python3 trainer/ablation_table.py $O > $O/ablation.md
 if command -v gnuplot >/dev/null; then
-  gnuplot -e "dir='$O'" trainer/ablation.gp
+  for c in $COLLS; do
+    [ -f "$O/plot-full-$c.dat" ] && gnuplot -e "dir='$O'; coll='$c'; tag='$TAG'" trainer/ablation.gp
+  done
 else
   echo "ablation.sh: gnuplot missing (apt-get install gnuplot-nox): no plots" >&2
 fi
-log "done: $O/ablation.md, docs/ablation-*.png"
+log "done: $O/ablation.md, docs/ablation-*$TAG.png"

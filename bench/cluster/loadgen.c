@@ -24,8 +24,10 @@
  *
  * Output: a human-readable summary and one line "JSON {...}" with sent, ok, errors by status
  * code, achieved throughput, exact p50/p90/p99/max latency (ms, over OK requests, sorted from
- * all samples, nearest rank) and the degraded count. Requests that arrive during --warmup-s are
- * sent but left out of every figure. */
+ * all samples, nearest rank) and the degraded count; also client latency minus the
+ * server-reported time (Score: queue_ms + compute_ms; Rerank: total_ms), i.e. transport and
+ * gRPC overhead, and for Rerank total_ms minus the stages' ms (the coordinator's own time).
+ * Requests that arrive during --warmup-s are sent but left out of every figure. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
@@ -74,6 +76,8 @@ typedef struct {
     int status;       /* grpc status, -1 = not completed */
     int degraded;
     int warm;         /* in the warm-up window: excluded */
+    double srv_ms;    /* server-reported time: Score queue_ms + compute_ms; Rerank total_ms */
+    double inner_ms;  /* Rerank: total_ms - sum of stage ms (coordinator's own time); else 0 */
 } sample;
 
 typedef struct {
@@ -113,13 +117,25 @@ static void on_done(void *user, grpc_status_code status, const char *msg, const 
     int idx = (int)(intptr_t)user;
     double t = now_s();
     int deg = 0;
+    double srv = NAN, inner = NAN;
     if (status == GRPC_STATUS_OK && G.mode_rerank) {
         Mrank__V1__RerankResponse *r = mrank__v1__rerank_response__unpack(NULL, resp_len, resp);
         if (r) {
             deg = r->degraded ? 1 : 0;
+            srv = r->total_ms;
+            inner = r->total_ms;
+            for (size_t i = 0; i < r->n_stages; i++) inner -= r->stages[i]->ms;
             mrank__v1__rerank_response__free_unpacked(r, NULL);
         } else {
             status = GRPC_STATUS_DATA_LOSS; /* undecodable answer */
+        }
+    } else if (status == GRPC_STATUS_OK) {
+        Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, resp_len, resp);
+        if (r) {
+            srv = r->queue_ms + r->compute_ms;
+            mrank__v1__score_response__free_unpacked(r, NULL);
+        } else {
+            status = GRPC_STATUS_DATA_LOSS;
         }
     }
     pthread_mutex_lock(&G.mu);
@@ -127,6 +143,8 @@ static void on_done(void *user, grpc_status_code status, const char *msg, const 
     s->lat_ms = (t - s->sched) * 1e3;
     s->status = (int)status;
     s->degraded = deg;
+    s->srv_ms = srv;
+    s->inner_ms = inner;
     if (t > G.last_done) G.last_done = t;
     G.inflight--;
     pthread_cond_broadcast(&G.cv);
@@ -363,7 +381,9 @@ int main(int argc, char **argv) {
     /* statistics over the measured window (arrivals at or after warm-up) */
     size_t sent = 0, ok = 0, degraded = 0, by_code[101] = {0};
     double *lat = malloc((n + 1) * sizeof *lat);
-    if (!lat) return 1;
+    double *xport = malloc((n + 1) * sizeof *xport), *inner = malloc((n + 1) * sizeof *inner);
+    size_t n_inner = 0;
+    if (!lat || !xport || !inner) return 1;
     double first = 1e30, last = 0;
     for (size_t i = 0; i < n; i++) {
         sample *s = &G.s[i];
@@ -375,11 +395,15 @@ int main(int argc, char **argv) {
         int c = s->status < 0 || s->status > 100 ? 100 : s->status;
         by_code[c]++;
         if (c == 0) {
+            xport[ok] = s->lat_ms - s->srv_ms;
+            if (rerank) inner[n_inner++] = s->inner_ms;
             lat[ok++] = s->lat_ms;
             degraded += (size_t)s->degraded;
         }
     }
     qsort(lat, ok, sizeof *lat, cmp_d);
+    qsort(xport, ok, sizeof *xport, cmp_d);
+    qsort(inner, n_inner, sizeof *inner, cmp_d);
     double window = rate > 0 ? duration - warmup : send_end - warmup;
     double span = last > first ? last - first : window;
     double thr = ok / (span > window ? span : window);
@@ -395,6 +419,12 @@ int main(int argc, char **argv) {
            degraded, thr, sent / window);
     printf("  latency ms: p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  mean %.2f\n", pct(lat, ok, 50),
            pct(lat, ok, 90), pct(lat, ok, 99), ok ? lat[ok - 1] : NAN, mean);
+    printf("  client latency - server-reported time (%s), ms: p50 %.2f  p99 %.2f\n",
+           rerank ? "Rerank total_ms" : "Score queue_ms + compute_ms", pct(xport, ok, 50),
+           pct(xport, ok, 99));
+    if (rerank)
+        printf("  coordinator time outside stages (total_ms - stage ms), ms: p50 %.3f  p99 %.3f\n",
+               pct(inner, n_inner, 50), pct(inner, n_inner, 99));
     if (sent != ok || skipped) {
         printf("  errors:");
         for (int c = 1; c <= 100; c++)
@@ -406,10 +436,14 @@ int main(int argc, char **argv) {
     printf("JSON {\"label\":\"%s\",\"mode\":\"%s\",\"rate\":%.3f,\"concurrency\":%d,\"docs\":%d,"
            "\"tier\":\"%s\",\"profile\":\"%s\",\"window_s\":%.3f,\"sent\":%zu,\"ok\":%zu,"
            "\"degraded\":%zu,\"throughput\":%.3f,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
-           "\"max\":%.3f,\"mean\":%.3f,\"sender_lag_ms\":%.2f,\"not_sent\":%zu,\"errors\":{",
+           "\"max\":%.3f,\"mean\":%.3f,\"xport_p50\":%.3f,\"xport_p99\":%.3f,"
+           "\"inner_p50\":%.3f,\"inner_p99\":%.3f,\"sender_lag_ms\":%.2f,\"not_sent\":%zu,"
+           "\"errors\":{",
            label, mode, rate, conc, n_docs, tier, profile, window, sent, ok, degraded, thr,
            ok ? pct(lat, ok, 50) : -1, ok ? pct(lat, ok, 90) : -1, ok ? pct(lat, ok, 99) : -1,
-           ok ? lat[ok - 1] : -1, ok ? mean : -1, max_lag * 1e3, skipped);
+           ok ? lat[ok - 1] : -1, ok ? mean : -1, ok ? pct(xport, ok, 50) : -1,
+           ok ? pct(xport, ok, 99) : -1, n_inner ? pct(inner, n_inner, 50) : -1,
+           n_inner ? pct(inner, n_inner, 99) : -1, max_lag * 1e3, skipped);
     int first_e = 1;
     for (int c = 1; c <= 100; c++)
         if (by_code[c]) {
@@ -418,6 +452,8 @@ int main(int argc, char **argv) {
         }
     printf("}}\n");
     free(lat);
+    free(xport);
+    free(inner);
     free(G.s);
     for (int v = 0; v < N_VARIANTS; v++) free(rq_buf[v]);
     for (int i = 0; i < DOC_POOL; i++) free(pool[i]);
