@@ -118,7 +118,14 @@ void mr_cost_model_init(mr_cost_model *m, double ns_per_tl, double alpha, double
     m->ns_per_tl = ns_per_tl > 0 && isfinite(ns_per_tl) ? ns_per_tl : MR_CASCADE_DEFAULT_NS_PER_TL;
     m->alpha = alpha > 0 && alpha <= 1 ? alpha : 0.2;
     m->overhead_ms = overhead_ms >= 0 ? overhead_ms : 0;
+    m->base_ns_per_tl = m->ns_per_tl;
+    m->base_overhead_ms = m->overhead_ms;
     m->n_obs = 0;
+}
+
+void mr_cost_model_relax(mr_cost_model *m) {
+    m->ns_per_tl += m->alpha * (m->base_ns_per_tl - m->ns_per_tl);
+    m->overhead_ms += m->alpha * (m->base_overhead_ms - m->overhead_ms);
 }
 
 void mr_cost_model_observe(mr_cost_model *m, double token_layers, double compute_ms,
@@ -131,6 +138,10 @@ void mr_cost_model_observe(mr_cost_model *m, double token_layers, double compute
                                                  : (1 - m->alpha) * m->ns_per_tl + m->alpha * ns;
     if (wall_ms >= compute_ms && isfinite(wall_ms))
         m->overhead_ms = (1 - m->alpha) * m->overhead_ms + m->alpha * (wall_ms - compute_ms);
+    if (m->n_obs == 0) {   /* the first call (the coordinator's warm-up) sets the baseline */
+        m->base_ns_per_tl = m->ns_per_tl;
+        m->base_overhead_ms = m->overhead_ms;
+    }
     m->n_obs++;
 }
 

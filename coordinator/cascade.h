@@ -83,6 +83,8 @@ double mr_cascade_token_layers(int n_fixed, int n_passage, const mr_cost_arch *a
  * Score calls actually took (compute_ms / token-layers). */
 typedef struct mr_cost_model {
     double ns_per_tl;           /* current estimate (> 0) */
+    double base_ns_per_tl;      /* the estimate at init (warm-up), what relax returns to */
+    double base_overhead_ms;    /* (both set again by the first observation: the warm-up) */
     double alpha;               /* EWMA weight of a new observation, (0, 1] */
     double overhead_ms;         /* fixed cost of one Score round trip */
     long n_obs;
@@ -96,6 +98,10 @@ void mr_cost_model_init(mr_cost_model *m, double ns_per_tl, double alpha, double
  * when token_layers or compute_ms is not positive and finite. */
 void mr_cost_model_observe(mr_cost_model *m, double token_layers, double compute_ms,
                            double wall_ms);
+/* A stage that was not run for lack of budget observes nothing, so an estimate inflated by a
+ * burst of load would keep it skipped for good: each skip moves the estimate one EWMA step back
+ * towards its warm-up value; runs that really are slow push it up again. */
+void mr_cost_model_relax(mr_cost_model *m);
 /* Estimated wall time of a stage: token_layers spread over `parallel` concurrent calls
  * (>= 1), plus the round-trip overhead. */
 double mr_cost_model_estimate_ms(const mr_cost_model *m, double token_layers, int parallel);

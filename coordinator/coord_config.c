@@ -36,7 +36,7 @@ static int check_keys(const ctx *x, const cJSON *obj, const char *path, const ch
         for (const char *const *k = known; *k && !ok; k++) ok = !strcmp(it->string, *k);
         if (!ok) {
             char p[384];
-            snprintf(p, sizeof p, "%s%s%s", path, *path ? "." : "", it->string);
+            snprintf(p, sizeof p, "%.250s%s%.120s", path, *path ? "." : "", it->string);
             return bad(x, MR_EINVAL, p, "unknown key");
         }
     }

@@ -666,6 +666,9 @@ static void serve_rerank(mr_rpc_call *call, mr_coord *c, int stream) {
             mr_cascade_decide(pos, est, rem, c->cfg.safety, tier->allow_degraded);
         if (dec != MR_STAGE_RUN) {
             miss = 1;
+            pthread_mutex_lock(&c->mu);
+            mr_cost_model_relax(&c->cost[si]);
+            pthread_mutex_unlock(&c->mu);
             if (dec == MR_STAGE_FAIL) {
                 code = GRPC_STATUS_DEADLINE_EXCEEDED;
                 snprintf(msg, sizeof msg, "stage '%s' needs about %.1f ms, %.1f ms of the budget "

@@ -176,6 +176,16 @@ static void test_cost_model(void **state) {
     /* converges toward a new speed */
     for (int i = 0; i < 50; i++) mr_cost_model_observe(&m, 1e6, 100.0, 0);
     assert_true(fabs(m.ns_per_tl - 100.0) < 1.0);
+    /* skips relax an inflated estimate back to the warm-up baseline (the first observation:
+     * 2000 ns, 2.5 ms), so a burst of load does not keep a stage skipped for good */
+    for (int i = 0; i < 3; i++) mr_cost_model_observe(&m, 1e6, 40000.0, 40010.0);
+    double inflated = m.ns_per_tl;
+    assert_true(inflated > 10000.0);
+    mr_cost_model_relax(&m);
+    assert_true(m.ns_per_tl < inflated && m.ns_per_tl > 2000.0);
+    for (int i = 0; i < 60; i++) mr_cost_model_relax(&m);
+    assert_true(fabs(m.ns_per_tl - 2000.0) < 1.0);
+    assert_true(fabs(m.overhead_ms - 2.5) < 0.01);
 }
 
 static void test_n_calls(void **state) {

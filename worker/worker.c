@@ -275,7 +275,7 @@ static void run_batch(mr_worker *w, int ne, int nr, long ntok) {
         }
         k += b->nrows;
         r->rows_done += b->nrows;
-        r->compute_s += dt;
+        r->compute_s += dt * b->nrows / nr;   /* its share of the batch, by rows */
         r->batch_tokens = (int)ntok;
         if (rc) {   /* each request has one entry per batch: fail it here, once */
             if (r->next_row < r->n) unlink_locked(w, r);   /* still queued, partly taken */
