@@ -35,26 +35,11 @@ C_DOCS=${C_DOCS:-2}
 THREADS=${THREADS:-1}
 PY=/usr/bin/python3
 
-# ---- build: mrank, and loadgen (CMake target when bench/CMakeLists.txt has
-# add_subdirectory(cluster), else compiled directly against the build's static libraries) ----
-if [ ! -x "$B/mrank" ]; then
-  cmake -S "$ROOT" -B "$B" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$B" -j"$(nproc)" --target mrank
-fi
+# ---- build: mrank and loadgen ----
+cmake -S "$ROOT" -B "$B" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$B" -j"$(nproc)" --target mrank loadgen >/dev/null
 MRANK=$B/mrank
-if grep -qs 'add_subdirectory(cluster)' bench/CMakeLists.txt; then
-  cmake --build "$B" --target loadgen >/dev/null
-  LG=$B/bench/cluster/loadgen
-else
-  mkdir -p "$B/bench-cluster"
-  LG=$B/bench-cluster/loadgen
-  if [ ! -x "$LG" ] || [ bench/cluster/loadgen.c -nt "$LG" ]; then
-    cmake --build "$B" --target mrank_serve >/dev/null
-    cc -std=c11 -O2 -Wall -Wextra -I common -I "$B/pb" bench/cluster/loadgen.c -o "$LG" \
-      "$B/libmrank_serve.a" "$B/libmrank_pb.a" "$B/libmrank_core.a" \
-      -lgrpc -lgpr -lprotobuf-c -lm -lpthread
-  fi
-fi
+LG=$B/bench/cluster/loadgen
 
 RESULTS=${RESULTS:-$(mktemp -d /tmp/mrank-bench-cluster.XXXX)}
 mkdir -p "$RESULTS"
