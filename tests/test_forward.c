@@ -71,6 +71,25 @@ static void test_rope(void **state) {
             }
 }
 
+static void test_glu(void **state) {
+    enum { N = 4000 };
+    float *g = malloc(sizeof(float) * N), *u = malloc(sizeof(float) * N);
+    float *o = malloc(sizeof(float) * N);
+    unsigned s = 5;
+    for (int i = 0; i < N; i++) g[i] = 30 * frand(&s) * frand(&s), u[i] = frand(&s);
+    g[0] = -100, g[1] = 100, g[2] = 0, g[3] = -88.5f;
+    mr_swiglu(o, g, u, N);
+    for (int i = 0; i < N; i++)
+        assert_close(o[i], g[i] / (1.0 + exp(-(double)g[i])) * u[i], 1e-6, "swiglu");
+    mr_geglu_tanh(o, g, u, N);
+    for (int i = 0; i < N; i++) {
+        double x = g[i];
+        double want = 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) * u[i];
+        assert_close(o[i], want, 1e-6, "geglu");
+    }
+    free(g), free(u), free(o);
+}
+
 /* Naive causal attention for one row in double. */
 static void naive_attention(double *out, const float *q, const float *k, const float *v, int L,
                             int nh, int nkv, int hd, float scale, float cap, int window,
@@ -487,6 +506,7 @@ int main(void) {
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_glu),
         cmocka_unit_test(test_exits_llama),
         cmocka_unit_test(test_exits_qwen2),
         cmocka_unit_test(test_exits_gemma2),
