@@ -26,7 +26,7 @@
 #define MR_MAX_COMPRESS 64
 #define MR_MAX_PRUNE 16
 #define MR_MAX_ADAPTERS 16
-#define MR_FF_CHUNK 512        /* tokens per MLP chunk */
+#define MR_FF_CHUNK 2048       /* tokens per MLP chunk */
 
 typedef enum mr_pooling { MR_POOL_MEAN = 0, MR_POOL_ATTENTION = 1 } mr_pooling;
 
