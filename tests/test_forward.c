@@ -20,11 +20,7 @@
 #include "lora.h"
 #include "model.h"
 #include "seeded.h"
-
-static float frand(unsigned *s) {
-    *s = *s * 1664525u + 1013904223u;
-    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
+#include "testutil.h"
 
 static void assert_close(float got, double want, double rel, const char *what) {
     double tol = rel * fmax(1.0, fabs(want));
@@ -360,13 +356,9 @@ static void test_pruning(void **state) {
 
 static void write_adapter(const char *dir, const mr_model *m, float bscale) {
     const mr_config *c = &m->cfg;
-    enum { R = 2 };
     int n = c->n_layers * 2 + m->n_heads_exit;
-    const char **mods = calloc(n, sizeof *mods);
     int64_t *in = calloc(n, 8), *out = calloc(n, 8);
-    float **A = calloc(n, sizeof *A), **B = calloc(n, sizeof *B);
     char (*names)[64] = calloc(n, 64);
-    unsigned s = 11;
     int i = 0;
     for (int l = 0; l < c->n_layers; l++) {
         snprintf(names[i], 64, "model.layers.%d.self_attn.q_proj", l);
@@ -378,20 +370,8 @@ static void write_adapter(const char *dir, const mr_model *m, float bscale) {
         snprintf(names[i], 64, "lm_head.%d.linear_head", k);
         in[i] = c->d_model, out[i] = 1, i++;
     }
-    for (i = 0; i < n; i++) {
-        mods[i] = names[i];
-        A[i] = malloc(4 * R * in[i]);
-        B[i] = malloc(4 * R * out[i]);
-        for (int j = 0; j < R * in[i]; j++) A[i][j] = 0.2f * frand(&s);
-        for (int j = 0; j < R * out[i]; j++) B[i][j] = bscale * frand(&s);
-    }
-    mr_err err = {0};
-    mkdir(dir, 0755);
-    if (mr_adapter_save(dir, R, 4.0f, n, mods, in, out, (const float *const *)A,
-                        (const float *const *)B, MR_DT_F32, &err))
-        fail_msg("adapter save: %s", err.msg);
-    for (i = 0; i < n; i++) free(A[i]), free(B[i]);
-    free(A), free(B), free(mods), free(in), free(out), free(names);
+    write_random_adapter(dir, n, names, in, out, bscale);
+    free(in), free(out), free(names);
 }
 
 static void test_lora_merged_equals_unmerged(void **state) {
