@@ -763,6 +763,14 @@ static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p, mr_e
         nr++;
     }
     RC(run_map(c, out, NULL, err));
+    /* pooling weights of a compression right after this exit move with their tokens (as in
+     * forward.c's prune_rows) */
+    if (out > 0)
+        k_pool<<<out, 32, 0, c->st>>>(c->probs_tmp, c->probs, 1, c->d_arena + c->a_src,
+                                      c->d_arena + c->a_cnt, NULL);
+    float *pt = c->probs;
+    c->probs = c->probs_tmp;
+    c->probs_tmp = pt;
     set_layout_host(c, nr, n_tok);
     RC(upload_layout(c, nr, *n_tok, err));
     return nr;
