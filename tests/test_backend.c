@@ -32,22 +32,6 @@
 
 enum { MAXR = 12, MAXT = 1024, MAXL = 128 };
 
-static void tiny_config(mr_config *c, mr_arch arch, mr_dtype dt) {
-    *c = (mr_config){.arch = arch, .n_layers = 4, .d_model = 32, .n_heads = 4, .n_kv_heads = 2,
-                     .head_dim = 8, .d_ff = 48, .vocab_size = 64, .max_pos = 256,
-                     .rope_theta = 10000, .rms_eps = 1e-6f, .bos_token_id = 1,
-                     .layer_wise = 1, .start_layer = 1, .layer_sep = 1, .dtype = dt};
-    if (arch == MR_ARCH_QWEN2) c->attn_bias = 1;
-    if (arch == MR_ARCH_GEMMA2) {
-        c->act = MR_ACT_GELU_TANH;
-        c->attn_softcap = 50;
-        c->final_softcap = 30;
-        c->query_pre_attn_scalar = 8;
-        c->tie_word_embeddings = 1;
-        c->sliding_window = 5;
-    }
-}
-
 static void make_dir(char *dir, size_t n, const char *tag) {
     snprintf(dir, n, "%s/tbk-%d-%s", MR_BINARY_DIR, (int)getpid(), tag);
     mkdir(dir, 0755);

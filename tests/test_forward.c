@@ -165,27 +165,11 @@ typedef struct fixture {
     mr_ctx c;
 } fixture;
 
-static void tiny_config(mr_config *c, mr_arch arch) {
-    *c = (mr_config){.arch = arch, .n_layers = 4, .d_model = 32, .n_heads = 4, .n_kv_heads = 2,
-                     .head_dim = 8, .d_ff = 48, .vocab_size = 64, .max_pos = 256,
-                     .rope_theta = 10000, .rms_eps = 1e-6f, .bos_token_id = 1,
-                     .layer_wise = 1, .start_layer = 1, .layer_sep = 1, .dtype = MR_DT_F32};
-    if (arch == MR_ARCH_QWEN2) c->attn_bias = 1;
-    if (arch == MR_ARCH_GEMMA2) {
-        c->act = MR_ACT_GELU_TANH;
-        c->attn_softcap = 50;
-        c->final_softcap = 30;
-        c->query_pre_attn_scalar = 8;
-        c->tie_word_embeddings = 1;
-        c->sliding_window = 5;
-    }
-}
-
 static fixture *make_fixture(mr_arch arch, const mr_model_opts *mo) {
     fixture *f = calloc(1, sizeof *f);
     mr_config cfg;
     mr_err err = {0};
-    tiny_config(&cfg, arch);
+    tiny_config(&cfg, arch, MR_DT_F32);
     snprintf(f->dir, sizeof f->dir, "%s/tfwd-%d-%d", MR_BINARY_DIR, (int)getpid(), (int)arch);
     mkdir(f->dir, 0755);
     if (mr_seeded_write(&cfg, f->dir, 7, &err)) fail_msg("seeded: %s", err.msg);
@@ -467,7 +451,7 @@ static void test_missing_tensor(void **state) {
     mr_err err = {0};
     mr_model m;
     char dir[256], cmd[600];
-    tiny_config(&cfg, MR_ARCH_LLAMA);
+    tiny_config(&cfg, MR_ARCH_LLAMA, MR_DT_F32);
     snprintf(dir, sizeof dir, "%s/tfwd-missing-%d", MR_BINARY_DIR, (int)getpid());
     mkdir(dir, 0755);
     assert_int_equal(mr_seeded_write(&cfg, dir, 1, &err), 0);

@@ -1,5 +1,6 @@
 /* testutil.h: helpers shared by the engine's cmocka tests (static functions, included by each
- * test file that needs them): a small seeded random stream, and a random PEFT adapter writer. */
+ * test file that needs them): a small seeded random stream, a tiny model config, and a random
+ * PEFT adapter writer. */
 #ifndef MR_TESTUTIL_H
 #define MR_TESTUTIL_H
 
@@ -7,12 +8,31 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "config.h"
 #include "lora.h"
 
 /* Uniform in [-1, 1) from a 32-bit LCG. */
 static float frand(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* A 4-layer, 32-wide model of arch (Gemma2 with its softcaps and a 5-token sliding window),
+ * exits at every layer, vocabulary 64. */
+static void tiny_config(mr_config *c, mr_arch arch, mr_dtype dt) {
+    *c = (mr_config){.arch = arch, .n_layers = 4, .d_model = 32, .n_heads = 4, .n_kv_heads = 2,
+                     .head_dim = 8, .d_ff = 48, .vocab_size = 64, .max_pos = 256,
+                     .rope_theta = 10000, .rms_eps = 1e-6f, .bos_token_id = 1,
+                     .layer_wise = 1, .start_layer = 1, .layer_sep = 1, .dtype = dt};
+    if (arch == MR_ARCH_QWEN2) c->attn_bias = 1;
+    if (arch == MR_ARCH_GEMMA2) {
+        c->act = MR_ACT_GELU_TANH;
+        c->attn_softcap = 50;
+        c->final_softcap = 30;
+        c->query_pre_attn_scalar = 8;
+        c->tie_word_embeddings = 1;
+        c->sliding_window = 5;
+    }
 }
 
 /* Writes DIR as a rank-2 (alpha 4) PEFT adapter over n modules: A ~ 0.2 U[-1,1), B ~ bscale
