@@ -464,9 +464,10 @@ static void test_overload_keeps_admitted_latency(void **state) {
             loaded, refused);
     assert_int_equal(p[0].st, GRPC_STATUS_OK);
     assert_true(refused > 0);
-    /* generous for a shared 2-core CI machine; rejections that stalled the batcher or the
-     * handler threads would cost seconds */
-    assert_true(loaded < 2 * alone + 100);
+    /* Refusals cost their tokenization (admission is counted in tokens), which shares the two
+     * cores of a CI machine with the batcher: the bound is generous, and catches what matters,
+     * refusals that stall the batcher or queue behind it (seconds). */
+    assert_true(loaded < 2 * alone + 500);
     free(p[0].resp);
     free(ra);
     free(rh);
