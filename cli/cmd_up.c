@@ -344,7 +344,7 @@ int mr_cmd_up(int argc, char **argv) {
             }
             av[k] = NULL;
             child *c = &kids[n];
-            snprintf(c->what, sizeof c->what, "worker %s[%d] (%s)", pc->name, a, pc->addrs[a]);
+            snprintf(c->what, sizeof c->what, "worker %.40s[%d] (%.80s)", pc->name, a, pc->addrs[a]);
             snprintf(c->addr, sizeof c->addr, "%s", pc->addrs[a]);
             if ((c->pid = spawn(av, &old)) < 0) {
                 fprintf(stderr, "mrank up: fork: %s\n", strerror(errno));
