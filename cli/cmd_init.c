@@ -140,7 +140,14 @@ int mr_cmd_init_checkpoint(int argc, char **argv) {
         return 2;
     }
     if (!c.n_kv_heads) c.n_kv_heads = c.n_heads;
-    if (!c.head_dim && c.n_heads > 0) c.head_dim = c.d_model / c.n_heads;
+    if (!c.head_dim && c.n_heads > 0) {
+        if (c.d_model % c.n_heads) {
+            fprintf(stderr, "mrank init-checkpoint: --hidden %d is not a multiple of --heads %d: "
+                            "give --head-dim\n", c.d_model, c.n_heads);
+            return 2;
+        }
+        c.head_dim = c.d_model / c.n_heads;
+    }
     if (c.arch == MR_ARCH_GEMMA2 && !c.query_pre_attn_scalar) c.query_pre_attn_scalar = c.head_dim;
     c.layer_wise = 1;
     mr_tokenizer *tok = NULL;

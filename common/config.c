@@ -377,6 +377,9 @@ static int check_sizes(const mr_config *c, const char *path, mr_err *err) {
     if (c->n_heads % c->n_kv_heads)
         return mr_err_set(err, MR_ERANGE, "%s: key 'num_attention_heads' %d not divisible by "
                           "'num_key_value_heads' %d", path, c->n_heads, c->n_kv_heads);
+    if (c->head_dim % 2)   /* RoPE rotates pairs (i, i + head_dim/2) */
+        return mr_err_set(err, MR_EINVAL, "%s: key 'head_dim': %d is odd; rotary embeddings need "
+                          "an even head dimension", path, c->head_dim);
     /* q_proj is (heads*head_dim, hidden): bound it like hidden_size */
     if ((long long)c->n_heads * c->head_dim > CFG_MAX_HIDDEN)
         return mr_err_set(err, MR_ERANGE, "%s: key 'head_dim': %d x %d heads exceeds %d", path,

@@ -292,6 +292,9 @@ static void test_bad_values(void **state) {
     expect_bad("{\"model_type\":\"mistral\",\"num_hidden_layers\":4,\"hidden_size\":64,"
                "\"num_attention_heads\":4,\"head_dim\":4096,\"intermediate_size\":8,"
                "\"vocab_size\":100}", MR_ERANGE, "head_dim");
+    expect_bad("{\"model_type\":\"mistral\",\"num_hidden_layers\":4,\"hidden_size\":28,"
+               "\"num_attention_heads\":4,\"intermediate_size\":8,\"vocab_size\":100}",
+               MR_EINVAL, "odd");
     expect_bad("{\"model_type\":\"mistral\",\"hidden_size\":64,\"num_attention_heads\":4,"
                "\"intermediate_size\":128,\"vocab_size\":100}", MR_EFORMAT, "num_hidden_layers");
     expect_bad("{\"model_type\":\"mistral\",", MR_EFORMAT, NULL);
