@@ -164,6 +164,38 @@ static int cand_cmp(const void *x, const void *y) {
     return a->idx - b->idx; /* ties keep the BM25 order */
 }
 
+/* The inputs of query q of the run: its query segment (qids), each candidate's passage segment
+ * (pids) and model row (rows, sharing qids and the suffix sids), and each candidate's relevance
+ * gain. Returns the number of candidates, or a negative MR_E* naming the missing query or
+ * document. */
+static int query_rows(const mr_model *m, int max_len, const mr_run *run, int q,
+                      const mr_texts *queries, const mr_texts *corpus, const mr_qrels *qrels,
+                      mr_ids *qids, mr_ids *pids, const mr_ids *sids, mr_row *rows, int *gains,
+                      mr_err *err) {
+    const char *qid = run->qid[q];
+    const char *qtext = mr_texts_get(queries, qid);
+    if (!qtext)
+        return mr_err_set(err, MR_ENOTFOUND, "query %s of the run is not in queries.jsonl", qid);
+    int n = run->count[q], tq = 0, rc;
+    qids->n = 0;
+    if ((rc = mr_input_query(m->tok, m->cfg.bos_token_id, qtext, max_len, qids, &tq, err)))
+        return rc;
+    for (int i = 0; i < n; i++) {
+        const char *did = run->doc[run->first[q] + i];
+        const char *dt = mr_texts_get(corpus, did);
+        if (!dt)
+            return mr_err_set(err, MR_ENOTFOUND, "document %s of the run is not in the corpus",
+                              did);
+        int tr = 0;
+        pids[i].n = 0;
+        if ((rc = mr_input_passage(m->tok, dt, max_len, qids->n, &pids[i], &tr, err))) return rc;
+        rows[i] = (mr_row){qids->v, (int)qids->n, pids[i].v, (int)pids[i].n, sids->v,
+                           (int)sids->n};
+        gains[i] = mr_qrels_get(qrels, qid, did);
+    }
+    return n;
+}
+
 static int eval_grid(eargs *a);
 
 int mr_cmd_eval(int argc, char **argv) {
@@ -238,31 +270,11 @@ int mr_cmd_eval(int argc, char **argv) {
         const char *qid = run.qid[q];
         int n_ideal = mr_qrels_gains(&qrels, qid, ideal, 4096);
         if (n_ideal == 0) continue; /* unjudged: skipped, as trec_eval */
-        const char *qtext = mr_texts_get(&queries, qid);
-        if (!qtext) {
-            mr_err_set(&err, MR_ENOTFOUND, "query %s of the run is not in queries.jsonl", qid);
-            goto fail;
-        }
-        int n = run.count[q], tq = 0;
-        qids.n = 0;
-        if (mr_input_query(m.tok, m.cfg.bos_token_id, qtext, a.max_len, &qids, &tq, &err))
-            goto fail;
-        for (int i = 0; i < n; i++) {
-            const char *did = run.doc[run.first[q] + i];
-            const char *dt = mr_texts_get(&corpus, did);
-            if (!dt) {
-                mr_err_set(&err, MR_ENOTFOUND, "document %s of the run is not in the corpus",
-                           did);
-                goto fail;
-            }
-            pids[i].n = 0;
-            int tr = 0;
-            if (mr_input_passage(m.tok, dt, a.max_len, qids.n, &pids[i], &tr, &err)) goto fail;
-            rows[i] = (mr_row){qids.v, (int)qids.n, pids[i].v, (int)pids[i].n, sids.v,
-                               (int)sids.n};
+        int n = query_rows(&m, a.max_len, &run, q, &queries, &corpus, &qrels, &qids, pids,
+                           &sids, rows, gains, &err);
+        if (n < 0) goto fail;
+        for (int i = 0; i < n; i++)
             flops += mr_model_row_flops(&m, &a.run, rows[i].nq, rows[i].np, rows[i].ns);
-            gains[i] = mr_qrels_get(&qrels, qid, did);
-        }
         pairs += n;
         if (mr_model_score(&ctx, rows, n, &a.run, scores, NULL, &err)) goto fail;
         bm_ndcg += mr_ndcg_at(gains, n, ideal, n_ideal, 10);
@@ -523,30 +535,11 @@ static int eval_grid(eargs *a) {
         const char *qid = run.qid[q];
         int n_ideal = mr_qrels_gains(&qrels, qid, ideal, 4096);
         if (n_ideal == 0) continue;
-        const char *qtext = mr_texts_get(&queries, qid);
-        if (!qtext) {
-            mr_err_set(&err, MR_ENOTFOUND, "query %s of the run is not in queries.jsonl", qid);
-            goto fail;
-        }
-        int n = run.count[q], tq = 0;
-        qids.n = 0;
-        if (mr_input_query(m.tok, m.cfg.bos_token_id, qtext, a->max_len, &qids, &tq, &err))
-            goto fail;
-        for (int i = 0; i < n; i++) {
-            const char *did = run.doc[run.first[q] + i];
-            const char *dt = mr_texts_get(&corpus, did);
-            if (!dt) {
-                mr_err_set(&err, MR_ENOTFOUND, "document %s of the run is not in the corpus", did);
-                goto fail;
-            }
-            pids[i].n = 0;
-            int tr = 0;
-            if (mr_input_passage(m.tok, dt, a->max_len, qids.n, &pids[i], &tr, &err)) goto fail;
-            rows[i] = (mr_row){qids.v, (int)qids.n, pids[i].v, (int)pids[i].n, sids.v,
-                               (int)sids.n};
-            gains[i] = mr_qrels_get(&qrels, qid, did);
+        int n = query_rows(&m, a->max_len, &run, q, &queries, &corpus, &qrels, &qids, pids,
+                           &sids, rows, gains, &err);
+        if (n < 0) goto fail;
+        for (int i = 0; i < n; i++)
             full_flops += mr_model_row_flops(&m, &ofull, rows[i].nq, rows[i].np, rows[i].ns);
-        }
         if (a->reference) { /* reference positions; candidates it lacks go last */
             int rq = -1;
             for (int k = 0; k < ref.n_q && rq < 0; k++)
