@@ -66,7 +66,8 @@ void mr_cascade_sort(mr_cand *c, int n) {
     if (n > 1) qsort(c, (size_t)n, sizeof *c, cand_qsort_cmp);
 }
 
-int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule) {
+/* The count the top_k and fraction parts of rule allow out of n. */
+static int keep_bound(const mr_keep_rule *rule, int n) {
     int k = n;
     if (rule->top_k > 0 && rule->top_k < k) k = rule->top_k;
     if (rule->fraction > 0) {
@@ -74,6 +75,11 @@ int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule) 
         int f = (int)ceil((double)rule->fraction * n - 1e-6);
         if (f < k) k = f;
     }
+    return k;
+}
+
+int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule) {
+    int k = keep_bound(rule, n);
     if (rule->has_min_score) {
         int above = 0;
         for (int i = 0; i < n; i++)
@@ -85,12 +91,7 @@ int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule) 
 
 int mr_cascade_select(mr_cand *c, int n, const mr_keep_rule *rule) {
     mr_cascade_sort(c, n);
-    int k = n;
-    if (rule->top_k > 0 && rule->top_k < k) k = rule->top_k;
-    if (rule->fraction > 0) {
-        int f = (int)ceil((double)rule->fraction * n - 1e-6);
-        if (f < k) k = f;
-    }
+    int k = keep_bound(rule, n);
     if (rule->has_min_score) {
         /* sorted: the survivors above the threshold are a prefix */
         int above = 0;
