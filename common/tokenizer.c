@@ -11,7 +11,7 @@
  *      <0xNN> or (fused) unk for unknown characters, then a heap-ordered merge by rank, ties broken
  *      by position, exactly as bpe::Word::merge_all does.
  * Regexes are PCRE2 in UTF+UCP mode (Oniguruma's \s and \w are Unicode-aware); NFC/NFD/NFKC/NFKD
- * come from utf8proc; JSON from cJSON. Input that is not valid UTF-8 is rejected with MR_EINVAL:
+ * and Lowercase come from utf8proc; JSON from cJSON. Input that is not valid UTF-8 is rejected with MR_EINVAL:
  * the Rust library only accepts `str`, so there is no HF behaviour to copy for it.
  * The tokenizer is immutable after load; encode keeps all scratch state on its own stack/heap, so
  * one tokenizer may be shared by many threads. Nothing is cached globally. */
@@ -202,7 +202,7 @@ static long imap_find(const imap *m, uint64_t key) {
 
 /* ------------------------------------------------------------------ tokenizer object */
 
-enum norm_kind { N_PREPEND, N_REPLACE, N_NFC, N_NFD, N_NFKC, N_NFKD };
+enum norm_kind { N_PREPEND, N_REPLACE, N_NFC, N_NFD, N_NFKC, N_NFKD, N_LOWERCASE };
 typedef struct normalizer {
     enum norm_kind kind;
     char *str;            /* Prepend text or Replace content */
@@ -304,6 +304,30 @@ static int norm_utf8proc(const char *s, size_t n, utf8proc_option_t opt, sbuf *o
     return rc ? mr_err_set(err, MR_ENOMEM, "tokenizer: out of memory") : 0;
 }
 
+/* HF's Lowercase: each code point through its Unicode lowercase mapping, no context rules.
+ * The one simple mapping that differs from Rust's char::to_lowercase is U+0130 (I with dot
+ * above), which lowercases to two code points there. Invalid UTF-8 was refused before. */
+static int norm_lowercase(const char *s, size_t n, sbuf *out, mr_err *err) {
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    utf8proc_ssize_t left = (utf8proc_ssize_t)n;
+    while (left > 0) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate(p, left, &c);
+        if (k <= 0) return mr_err_set(err, MR_EINVAL, "tokenizer: invalid UTF-8 in input");
+        utf8proc_uint8_t enc[8];
+        utf8proc_ssize_t m;
+        if (c == 0x130) {
+            m = utf8proc_encode_char('i', enc);
+            m += utf8proc_encode_char(0x307, enc + m);
+        } else {
+            m = utf8proc_encode_char(utf8proc_tolower(c), enc);
+        }
+        if (sb_put(out, enc, (size_t)m)) return mr_err_set(err, MR_ENOMEM, "tokenizer: out of memory");
+        p += k, left -= k;
+    }
+    return 0;
+}
+
 /* Replaces every match of re in s by rep. */
 static int norm_replace(const normalizer *nz, pcre2_match_data *md, const char *s, size_t n,
                         sbuf *out, mr_err *err) {
@@ -332,6 +356,7 @@ static int norm_one(const normalizer *nz, pcre2_match_data *md, const char *s, s
     case N_NFD: return norm_utf8proc(s, n, UTF8PROC_DECOMPOSE, out, err);
     case N_NFKC: return norm_utf8proc(s, n, UTF8PROC_COMPOSE | UTF8PROC_COMPAT, out, err);
     case N_NFKD: return norm_utf8proc(s, n, UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT, out, err);
+    case N_LOWERCASE: return norm_lowercase(s, n, out, err);
     }
     return 0;
 }
@@ -848,11 +873,11 @@ static int load_normalizer(ld *L, const cJSON *o, const char *where) {
         if ((rc = load_pattern(L, o, where, &nz.re))) return rc;
         nz.kind = N_REPLACE;
     } else {
-        static const char *names[] = {"NFC", "NFD", "NFKC", "NFKD"};
-        static const enum norm_kind kinds[] = {N_NFC, N_NFD, N_NFKC, N_NFKD};
+        static const char *names[] = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase"};
+        static const enum norm_kind kinds[] = {N_NFC, N_NFD, N_NFKC, N_NFKD, N_LOWERCASE};
         size_t k = 0;
-        while (k < 4 && strcmp(type, names[k]) != 0) k++;
-        if (k == 4)
+        while (k < 5 && strcmp(type, names[k]) != 0) k++;
+        if (k == 5)
             return mr_err_set(L->err, MR_EUNSUPPORTED, "%s: %s.type: unsupported normalizer \"%s\"", L->path, where, type);
         nz.kind = kinds[k];
         str = NULL;
@@ -894,7 +919,7 @@ static int load_split(ld *L, const cJSON *o, const char *where, pretok *p) {
 
 static int load_metaspace(ld *L, const cJSON *o, const char *where, pretok *p) {
     const char *rep, *scheme;
-    bool aps;
+    bool aps = true;
     int rc = jstr(L, o, "replacement", where, &rep);
     if (rc == 0) rc = jstr(L, o, "prepend_scheme", where, &scheme);
     if (rc == 0) rc = jbool(L, o, "add_prefix_space", where, true, &aps);

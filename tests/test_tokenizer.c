@@ -265,7 +265,7 @@ static void test_malformed(void **st) {
         {"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", "model.type"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": [], \"byte_fallback\": 1}}", "byte_fallback"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}, \"normalizer\": {\"type\": \"Sequence\","
-         " \"normalizers\": [{\"type\": \"NFC\"}, {\"type\": \"Lowercase\"}]}}", "normalizer.normalizers[1].type"},
+         " \"normalizers\": [{\"type\": \"NFC\"}, {\"type\": \"Strip\"}]}}", "normalizer.normalizers[1].type"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Sequence\","
          " \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}]}}",
          "pre_tokenizer.pretokenizers[0].pattern"},
@@ -344,6 +344,55 @@ static void test_long_input(void **st) {
     free(a); free(b);
 }
 
+/* The Lowercase normalizer (the shipped model's tokenizer is Mistral's with Lowercase first):
+ * encoding mixed-case text with it gives the ids the plain tokenizer gives the lowercased text. */
+static void test_lowercase(void **st) {
+    (void)st;
+    size_t len;
+    char *js = slurp(TOK_DIR "llama2/tokenizer.json", &len);
+    if (!js) fail_msg("missing " TOK_DIR "llama2/tokenizer.json: run scripts/fetch-testdata.sh");
+    const char *at = strstr(js, "\"normalizers\": [");
+    assert_non_null(at);
+    size_t cut = (size_t)(at - js) + strlen("\"normalizers\": [");
+    const char *ins = "{\"type\": \"Lowercase\"}, ";
+    char path[] = "/tmp/mr_tok_lower_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, js, cut), (ssize_t)cut);
+    assert_int_equal(write(fd, ins, strlen(ins)), (ssize_t)strlen(ins));
+    assert_int_equal(write(fd, js + cut, len - cut), (ssize_t)(len - cut));
+    close(fd);
+    free(js);
+    mr_tokenizer *lo = NULL, *plain = load_named("llama2");
+    mr_err err = {0};
+    assert_int_equal(mr_tokenizer_load(&lo, path, &err), 0);
+    unlink(path);
+    static const char *pairs[][2] = {
+        {"MEASUREMENT OF DIELECTRIC CONSTANT", "measurement of dielectric constant"},
+        {"What articles deal with TSS (Time Sharing System)?", "what articles deal with tss (time sharing system)?"},
+        {"\xce\xa3\xce\x91\xce\xa3 \xc3\x84rger", "\xcf\x83\xce\xb1\xcf\x83 \xc3\xa4rger"},   /* ΣΑΣ Ärger */
+        {"\xc4\xb0stanbul", "i\xcc\x87stanbul"},   /* U+0130 -> i + U+0307, as Rust's to_lowercase */
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++) {
+        mr_ids a = {0}, b = {0};
+        assert_int_equal(mr_tokenizer_encode(lo, pairs[i][0], strlen(pairs[i][0]), &a, &err), 0);
+        assert_int_equal(mr_tokenizer_encode(plain, pairs[i][1], strlen(pairs[i][1]), &b, &err), 0);
+        assert_int_equal(a.n, b.n);
+        assert_memory_equal(a.v, b.v, a.n * sizeof *a.v);
+        mr_ids_free(&a);
+        mr_ids_free(&b);
+    }
+    mr_ids c = {0};   /* and the plain tokenizer does keep case */
+    assert_int_equal(mr_tokenizer_encode(plain, pairs[0][0], strlen(pairs[0][0]), &c, &err), 0);
+    mr_ids d = {0};
+    assert_int_equal(mr_tokenizer_encode(lo, pairs[0][0], strlen(pairs[0][0]), &d, &err), 0);
+    assert_true(c.n != d.n || memcmp(c.v, d.v, c.n * sizeof *c.v) != 0);
+    mr_ids_free(&c);
+    mr_ids_free(&d);
+    mr_tokenizer_free(lo);
+    mr_tokenizer_free(plain);
+}
+
 typedef struct job { const mr_tokenizer *t; const char *text; mr_ids ids; int rc; } job;
 
 static void *run_job(void *p) {
@@ -381,6 +430,7 @@ int main(void) {
         cmocka_unit_test(test_empty_and_invalid), cmocka_unit_test(test_special_tokens),
         cmocka_unit_test(test_malformed),      cmocka_unit_test(test_small_file),
         cmocka_unit_test(test_long_input),     cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_lowercase),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
