@@ -21,11 +21,12 @@
 
 typedef struct targs {
     const char *stage, *init, *data, *out, *tokenizer;
+    float mimetic;
     int layers, hidden, heads, kv_heads, ff, start_layer;
     int steps, batch, accum, warmup, seq_len, group, max_len, query_max;
     int save_every, stop_after, resume, lora_rank, cascade, cascade_step, width_step;
     int keep_heads, no_vertical, n_ratios, ratios[4], quiet, full_only;
-    float lr, wd, clip, lora_alpha;
+    float lr, wd, clip, lora_alpha, lora_dropout;
     unsigned long long seed;
 } targs;
 
@@ -35,6 +36,7 @@ static void train_usage(FILE *f) {
           "  --tokenizer FILE      tokenizer.json (default INIT/tokenizer.json)\n"
           "  new model (--stage lm without --init):\n"
           "    --layers N --hidden D --heads H --kv-heads K --ff F --start-layer S\n"
+          "    --mimetic S         key = query projection (x S) in one query head per KV head\n"
           "  --steps N             optimizer steps (default 100)\n"
           "  --batch B             sequences (lm) or query groups per micro-batch (default 4/2)\n"
           "  --accum A             micro-batches per step (default 1)\n"
@@ -49,6 +51,8 @@ static void train_usage(FILE *f) {
           "  --cascade-step K --width-step S  anchors / compress-layer spacing (0 = auto)\n"
           "  --keep-heads          rerank: keep exit heads (default: the LM head's Yes row)\n"
           "  --lora-rank R --lora-alpha A     compensate adapters (default 32, 64)\n"
+          "  --lora-dropout P      compensate: dropout on the adapters' inputs in training, PEFT\n"
+          "                        style (inverted, base path undropped), P in [0, 1) (default 0)\n"
           "  --ratios 2,4,8        compensate: horizontal adapters (default 2,4,8)\n"
           "  --no-vertical         compensate: skip the vertical (r = 1) adapter\n"
           "  --seed N --save-every N --resume --stop-after N (stop after N steps, for tests)\n"
@@ -82,7 +86,7 @@ static int parse_targs(int argc, char **argv, targs *a) {
         {"no-vertical", 0, 0, 23},  {"ratios", 1, 0, 24},        {"lr", 1, 0, 25},
         {"weight-decay", 1, 0, 26}, {"clip", 1, 0, 27},          {"lora-alpha", 1, 0, 28},
         {"seed", 1, 0, 29},         {"quiet", 0, 0, 30},         {"full-only", 0, 0, 31},
-        {"help", 0, 0, 'h'},
+        {"mimetic", 1, 0, 40},      {"lora-dropout", 1, 0, 32},  {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     *a = (targs){.layers = 4, .hidden = 128, .heads = 4, .kv_heads = 2, .ff = 384,
                  .start_layer = 1, .steps = 100, .batch = 0, .accum = 1, .warmup = -1,
@@ -136,6 +140,13 @@ static int parse_targs(int argc, char **argv, targs *a) {
         case 26: if (parse_float("--weight-decay", optarg, &a->wd)) return -1; break;
         case 27: if (parse_float("--clip", optarg, &a->clip)) return -1; break;
         case 28: if (parse_float("--lora-alpha", optarg, &a->lora_alpha)) return -1; break;
+        case 32:
+            if (parse_float("--lora-dropout", optarg, &a->lora_dropout)) return -1;
+            if (!(a->lora_dropout >= 0.0f && a->lora_dropout < 1.0f)) {
+                fprintf(stderr, "mrank train: --lora-dropout must be in [0, 1), not %s\n", optarg);
+                return -1;
+            }
+            break;
         case 29: {
             int s;
             if (mr_cli_parse_int("--seed", optarg, &s)) return -1;
@@ -143,6 +154,13 @@ static int parse_targs(int argc, char **argv, targs *a) {
             break;
         }
         case 30: a->quiet = 1; break;
+        case 40:
+            if (parse_float("--mimetic", optarg, &a->mimetic)) return -1;
+            if (a->mimetic < 0) {
+                fprintf(stderr, "mrank train: --mimetic: expected a scale >= 0\n");
+                return -1;
+            }
+            break;
         case 'h': train_usage(stdout); exit(0);
         default: train_usage(stderr); return -1;
         }
@@ -160,6 +178,10 @@ static int parse_targs(int argc, char **argv, targs *a) {
              : !strcmp(a->stage, "compensate") ? 2 : -1;
     if (st < 0) {
         fprintf(stderr, "mrank train: --stage must be lm, rerank or compensate\n");
+        return -1;
+    }
+    if (st != 2 && a->lora_dropout > 0.0f) {
+        fprintf(stderr, "mrank train: --lora-dropout applies to --stage compensate only\n");
         return -1;
     }
     if (st > 0 && !a->init) {
@@ -269,6 +291,7 @@ static int micro_step(const job *j, mr_tmodel *m, mr_tcache *c, int step, int mi
     mr_tbatch tb = {rows, B, G, j->kind == 1 && scored ? teacher : NULL};
     mr_loss_opts lo = {.cascade = j->kind == 1 && a->cascade, .cascade_step = a->cascade_step,
                        .deepest_only = j->kind == 1 && a->full_only};
+    m->drop_step = (uint64_t)step * (uint64_t)a->accum + (uint64_t)mi; /* resume: same masks */
     rc = mr_train_micro(m, c, &tb, &w, &lo, gs, parts, err);
     if (!rc) *loss = parts->total;
     free(rows), free(teacher);
@@ -335,9 +358,32 @@ done:
     return rc;
 }
 
-/* Exit heads <- the LM head's "Yes" row (tied: the embedding row). */
+/* Mimetic attention init (Trockman & Kolter 2023, the W_q W_k^T ~ I part) for a new model:
+ * in every layer the key projection of each KV head becomes a copy of the query projection of
+ * the first query head that shares it, and both are scaled by s. Those heads then start out
+ * attending to tokens like the current one (RoPE rotates only the fast dimensions), which a
+ * from-scratch re-ranker needs to see query words inside the passage. */
+static void mimetic_init(mr_tmodel *m, float s) {
+    const mr_config *c = &m->cfg;
+    size_t blk = (size_t)c->head_dim * c->d_model;
+    int grp = c->n_heads / c->n_kv_heads;
+    for (int l = 0; l < c->n_layers; l++) {
+        float *q = m->w.layers[l].w[MR_LQ], *k = m->w.layers[l].w[MR_LK];
+        for (int g = 0; g < c->n_kv_heads; g++) {
+            float *qh = q + (size_t)g * grp * blk, *kh = k + (size_t)g * blk;
+            for (size_t i = 0; i < blk; i++) kh[i] = qh[i] *= s;
+        }
+    }
+}
+
+/* Exit heads <- the LM head's "Yes" row (tied: the embedding row): the token the tokenizer
+ * makes of "Yes" (so "▁yes" under a Lowercase normalizer), else the vocabulary's own. */
 static int init_heads_yes(mr_tmodel *m, const mr_tokenizer *tok, mr_err *err) {
-    int32_t id = mr_tokenizer_token_id(tok, "\xe2\x96\x81Yes");
+    int32_t id = -1;
+    mr_ids ids = {0};
+    if (mr_tokenizer_encode(tok, "Yes", 3, &ids, err) == 0 && ids.n == 1) id = ids.v[0];
+    mr_ids_free(&ids);
+    if (id < 0) id = mr_tokenizer_token_id(tok, "\xe2\x96\x81Yes");
     if (id < 0) id = mr_tokenizer_token_id(tok, "Yes");
     if (id < 0 || id >= m->cfg.vocab_size)
         return mr_err_set(err, MR_ENOTFOUND, "the tokenizer has no \"Yes\" token");
@@ -420,6 +466,7 @@ int mr_cmd_train(int argc, char **argv) {
                 m.cfg.n_layers, m.cfg.d_model, m.n_params, m.exit_layer[0],
                 m.exit_layer[m.n_exits - 1]);
         if (st == 1 && !a.keep_heads && init_heads_yes(&m, tok, &err)) goto fail;
+        if (st == 0 && !a.init && a.mimetic > 0) mimetic_init(&m, a.mimetic);
         snprintf(state, sizeof state, "%s/train.state", a.out);
         job j = {&a, st, 1, &lm, &rr, state, a.stage, &steps_done};
         int r = run_job(&j, &m, &err);
@@ -446,8 +493,8 @@ int mr_cmd_train(int argc, char **argv) {
                 continue;
             }
             mr_tmodel_opts o = {.mode = MR_TRAIN_LORA, .lora_rank = a.lora_rank,
-                                .lora_alpha = a.lora_alpha, .seed = a.seed + (uint64_t)list[i],
-                                .max_len = max_len};
+                                .lora_alpha = a.lora_alpha, .lora_dropout = a.lora_dropout,
+                                .seed = a.seed + (uint64_t)list[i], .max_len = max_len};
             if (mr_tmodel_load(&m, init_dir, &o, &err)) goto fail;
             loaded = 1;
             job j = {&a, 2, list[i], &lm, &rr, state, label, &steps_done};

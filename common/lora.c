@@ -188,7 +188,7 @@ static cJSON *target_modules(int n, const char *const *modules) {
     return arr;
 }
 
-static int save_config(const char *path, int rank, float alpha, int n,
+static int save_config(const char *path, int rank, float alpha, float dropout, int n,
                        const char *const *modules, mr_err *err) {
     cJSON *o = cJSON_CreateObject();
     cJSON *tm = target_modules(n, modules);
@@ -203,7 +203,8 @@ static int save_config(const char *path, int rank, float alpha, int n,
         !cJSON_AddNumberToObject(o, "r", rank) ||
         !cJSON_AddNumberToObject(o, "lora_alpha", alpha) ||
         !cJSON_AddBoolToObject(o, "use_rslora", 0) ||
-        !cJSON_AddNumberToObject(o, "lora_dropout", 0) ||
+        /* rounded to 6 decimals so 0.1f is written 0.1, not 0.10000000149011612 */
+        !cJSON_AddNumberToObject(o, "lora_dropout", round((double)dropout * 1e6) / 1e6) ||
         !cJSON_AddStringToObject(o, "bias", "none") ||
         !cJSON_AddStringToObject(o, "base_model_name_or_path", "") ||
         !cJSON_AddBoolToObject(o, "inference_mode", 1) || !(text = cJSON_Print(o)))
@@ -262,9 +263,18 @@ static int save_tensors(const char *path, int rank, int n, const char *const *mo
 int mr_adapter_save(const char *dir, int rank, float alpha, int n, const char *const *modules,
                     const int64_t *in, const int64_t *out, const float *const *A,
                     const float *const *B, mr_dtype dt, mr_err *err) {
+    return mr_adapter_save_ex(dir, rank, alpha, 0.0f, n, modules, in, out, A, B, dt, err);
+}
+
+int mr_adapter_save_ex(const char *dir, int rank, float alpha, float dropout, int n,
+                       const char *const *modules, const int64_t *in, const int64_t *out,
+                       const float *const *A, const float *const *B, mr_dtype dt, mr_err *err) {
     if (rank < 1 || rank > LORA_MAX_RANK || n < 0 || !isfinite(alpha))
         return mr_err_set(err, MR_EINVAL, "%s: bad adapter: rank %d, alpha %g, %d modules", dir,
                           rank, alpha, n);
+    if (!(dropout >= 0.0f && dropout < 1.0f))
+        return mr_err_set(err, MR_EINVAL, "%s: bad adapter: lora_dropout %g not in [0, 1)", dir,
+                          dropout);
     for (int i = 0; i < n; i++)
         if (in[i] < 1 || out[i] < 1)
             return mr_err_set(err, MR_EINVAL, "%s: module '%s': bad in %lld / out %lld", dir,
@@ -279,5 +289,5 @@ int mr_adapter_save(const char *dir, int rank, float alpha, int n, const char *c
     if (rc)
         return rc;
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    return save_config(path, rank, alpha, n, modules, err);
+    return save_config(path, rank, alpha, dropout, n, modules, err);
 }

@@ -35,5 +35,9 @@ void mr_adapter_close(mr_adapter *a);
 int mr_adapter_save(const char *dir, int rank, float alpha, int n, const char *const *modules,
                     const int64_t *in, const int64_t *out, const float *const *A,
                     const float *const *B, mr_dtype dt, mr_err *err);
+/* Same, recording the training dropout p in [0, 1) as lora_dropout (mr_adapter_save: 0). */
+int mr_adapter_save_ex(const char *dir, int rank, float alpha, float dropout, int n,
+                       const char *const *modules, const int64_t *in, const int64_t *out,
+                       const float *const *A, const float *const *B, mr_dtype dt, mr_err *err);
 
 #endif

@@ -7,10 +7,14 @@
 # and builds OUT_DIR (default third_party/train-data):
 #   lm.txt        one paragraph (or WordNet gloss) per line, for --stage lm
 #   rerank.jsonl  {query, pos[], neg[], pos_scores[], neg_scores[]} for --stage rerank and
-#                 --stage compensate: inverse-cloze pairs from Brown (a sentence as query, its
-#                 paragraph with that sentence removed as positive, BM25 hard negatives with one
-#                 sentence removed too, so length does not give the positive away) and WordNet
-#                 gloss <-> headword pairs; BM25 scores (scaled) as the external teacher.
+#                 --stage compensate (also split into rerank-train.jsonl and rerank-heldout.jsonl):
+#                 keyword queries (2..6 content words of a Brown passage, drawn by idf), inverse-
+#                 cloze pairs from Brown (a sentence as query, its paragraph with that sentence
+#                 removed as positive, negatives with one sentence removed too, so length does not
+#                 give the positive away) and WordNet gloss <-> headword pairs; 5 BM25 hard
+#                 negatives and 10 random ones per row; BM25 scores (scaled) as the external teacher.
+#   tokenizer.json  Mistral's tokenizer (third_party/tokenizers/llama2) with a Lowercase
+#                 normalizer in front: the tokenizer of the model trained on this data.
 # Never uses ../shared/data/ir (evaluation collections).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,4 +34,5 @@ if [ ! -f wordnet/usr/share/wordnet/data.noun ]; then
     dpkg-deb -x wordnet-base_*.deb wordnet
 fi
 python3 "$root/scripts/make_train_data.py" --brown "$src/brown" \
-    --wordnet "$src/wordnet/usr/share/wordnet" --out "$out" "$@"
+    --wordnet "$src/wordnet/usr/share/wordnet" --out "$out" \
+    --base-tokenizer "$root/third_party/tokenizers/llama2/tokenizer.json" "$@"

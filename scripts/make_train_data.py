@@ -113,9 +113,17 @@ def main():
     ap.add_argument("--brown", required=True)
     ap.add_argument("--wordnet", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--n-kw", type=int, default=20000)
     ap.add_argument("--n-ict", type=int, default=4000)
-    ap.add_argument("--n-wordnet", type=int, default=2000)
+    ap.add_argument("--n-wordnet", type=int, default=1000)
     ap.add_argument("--neg", type=int, default=15)
+    ap.add_argument("--bm25-neg", type=int, default=5,
+                    help="BM25 hard negatives per row, the rest random (-1: all --neg)")
+    ap.add_argument("--heldout", type=int, default=300,
+                    help="rows kept out of rerank-train.jsonl in rerank-heldout.jsonl")
+    ap.add_argument("--kw-words", type=int, default=70, help="passage words in keyword rows")
+    ap.add_argument("--base-tokenizer", help="tokenizer.json to copy as OUT/tokenizer.json with a"
+                    " Lowercase normalizer in front")
     ap.add_argument("--teacher-scale", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
@@ -138,6 +146,45 @@ def main():
     order = list(range(len(cand)))
     rnd.shuffle(order)
 
+    n_hard = a.neg if a.bm25_neg < 0 else min(a.bm25_neg, a.neg)
+
+    def negatives(hits, own):
+        """n_hard BM25 hits, then random paragraphs up to a.neg (never own)."""
+        out = [h for h in hits if h != own][:n_hard]
+        while len(out) < a.neg:
+            h = rnd.randrange(len(cand))
+            if h != own and h not in out:
+                out.append(h)
+        return out
+
+    # keyword queries: 2..6 content words of a passage (the first kw_words words of a paragraph),
+    # drawn with weight idf^2 like the terms a searcher would type, in random order, half of them
+    # wrapped in function words; negatives are passages cut the same way, so length says nothing
+    def head(p):
+        return " ".join(" ".join(p).split()[: a.kw_words])
+
+    glue = ["what is", "the", "of", "on", "and", "in", "for", "how does", "effect of", "with"]
+    for i in range(a.n_kw):   # after the inverse-cloze paragraphs, cycling with new queries
+        pi = order[(a.n_ict + i) % len(order)]
+        pos = head(cand[pi])
+        words = sorted({t for t in toks(pos) if len(t) >= 3 and not t.isdigit()})
+        if len(words) < 4:
+            continue
+        k = min(len(words), rnd.choice([2, 3, 3, 4, 4, 5, 6]))
+        wts = [bm.idf.get(w, 0.0) ** 2 + 1e-6 for w in words]
+        q = []
+        while len(q) < k:
+            w = rnd.choices(words, wts)[0]
+            if w not in q:
+                q.append(w)
+        if rnd.random() < 0.5:
+            q = [x for w in q for x in ([w] if rnd.random() < 0.5 else [rnd.choice(glue), w])]
+        q = " ".join(q)
+        neg = [head(cand[h]) for h in negatives(bm.search(q, n_hard + 1), pi)]
+        rows.append({"query": q, "pos": [pos], "neg": neg,
+                     "pos_scores": [round(a.teacher_scale * bm.score_text(q, pos), 4)],
+                     "neg_scores": [round(a.teacher_scale * bm.score_text(q, n), 4) for n in neg]})
+
     def drop_one(p, avoid=None):
         i = avoid if avoid is not None else rnd.randrange(len(p))
         return " ".join(s for j, s in enumerate(p) if j != i)
@@ -147,14 +194,12 @@ def main():
         si = rnd.choice([i for i, s in enumerate(p) if len(s.split()) >= 6] or [0])
         q = p[si]
         pos = drop_one(p, si)
-        hits = [h for h in bm.search(q, a.neg + 1) if h != pi][: a.neg]
-        if len(hits) < 2:
-            continue
+        hits = negatives(bm.search(q, n_hard + 1), pi)
         neg = [drop_one(cand[h]) for h in hits]  # one sentence removed, like the positive
         rows.append({"query": q, "pos": [pos], "neg": neg,
                      "pos_scores": [round(a.teacher_scale * bm.score_text(q, pos), 4)],
                      "neg_scores": [round(a.teacher_scale * bm.score_text(q, n), 4) for n in neg]})
-    n_ict = len(rows)
+    n_pairs = len(rows)
 
     # WordNet: gloss -> headwords and headword -> gloss
     rnd.shuffle(syn)
@@ -177,11 +222,20 @@ def main():
                      "pos_scores": [round(a.teacher_scale * bmx.score_text(q, pos), 4)],
                      "neg_scores": [round(a.teacher_scale * bmx.score_text(q, n), 4) for n in neg]})
     rnd.shuffle(rows)
-    with open(os.path.join(a.out, "rerank.jsonl"), "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    print("lm.txt: %d paragraphs + %d glosses; rerank.jsonl: %d inverse-cloze + %d wordnet rows"
-          % (len(paras), len(syn), n_ict, len(rows) - n_ict))
+    lines = [json.dumps(r) + "\n" for r in rows]
+    for name, part in (("rerank.jsonl", lines), ("rerank-heldout.jsonl", lines[: a.heldout]),
+                       ("rerank-train.jsonl", lines[a.heldout:])):
+        with open(os.path.join(a.out, name), "w") as f:
+            f.writelines(part)
+    if a.base_tokenizer:
+        tj = json.load(open(a.base_tokenizer, encoding="utf-8"))
+        nz = tj.get("normalizer")
+        seq = nz["normalizers"] if nz and nz.get("type") == "Sequence" else ([nz] if nz else [])
+        tj["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Lowercase"}] + seq}
+        with open(os.path.join(a.out, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(tj, f, ensure_ascii=False)
+    print("lm.txt: %d paragraphs + %d glosses; rerank.jsonl: %d keyword + inverse-cloze, %d wordnet rows"
+          % (len(paras), len(syn), n_pairs, len(rows) - n_pairs))
 
 
 if __name__ == "__main__":

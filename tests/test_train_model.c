@@ -4,6 +4,9 @@
  * any width (llama, qwen2 bias, gemma2 softcaps + sliding window); LoRA with B = 0 equals the
  * base; an adapter saved by the trainer scores the same in the engine (merged and unmerged); whole-model finite differences of the loss against the backward (full and LoRA,
  * compressed width); the cascade anchor rule; width sampling; a few AdamW steps lower the loss.
+ * LoRA dropout: finite differences under a fixed mask (same drop_step), p = 0 is the plain
+ * path bit for bit, masks change the loss and repeat for the same counter, the dropped LoRA
+ * term is unbiased (inverted dropout), the engine never drops, and the range check.
  *
  * Dump mode (used by tests/train_vs_torch.sh, compared with PyTorch autograd in
  * tests/oracle/train_ref.py):
@@ -79,11 +82,14 @@ static void make_rows(mr_row *rows) {
     }
 }
 
-static void load(mr_tmodel *m, const char *dir, mr_train_mode mode, float b_std) {
+static void load_p(mr_tmodel *m, const char *dir, mr_train_mode mode, float b_std, float p) {
     mr_err err = {0};
-    mr_tmodel_opts o = {.mode = mode, .lora_rank = 3, .lora_alpha = 6, .seed = 9,
-                        .lora_b_std = b_std, .max_len = 64};
+    mr_tmodel_opts o = {.mode = mode, .lora_rank = 3, .lora_alpha = 6, .lora_dropout = p,
+                        .seed = 9, .lora_b_std = b_std, .max_len = 64};
     if (mr_tmodel_load(m, dir, &o, &err)) fail_msg("tmodel load: %s", err.msg);
+}
+static void load(mr_tmodel *m, const char *dir, mr_train_mode mode, float b_std) {
+    load_p(m, dir, mode, b_std, 0.0f);
 }
 
 /* Makes the seeded weights (std 0.02) larger so the model is far from linear. */
@@ -178,16 +184,31 @@ static void test_adapter_roundtrip(void **s) {
     snprintf(ad, sizeof ad, "%s/adapter", dir);
     mkdir(ad, 0755);
     mr_tmodel m;
-    load(&m, dir, MR_TRAIN_LORA, 0.3f);
+    load_p(&m, dir, MR_TRAIN_LORA, 0.3f, 0.25f); /* trained with dropout: the engine ignores it */
     mr_err err = {0};
     if (mr_tmodel_save_adapter(&m, ad, &err)) fail_msg("save adapter: %s", err.msg);
+    char cfg[700], text[1 << 14];
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", ad);
+    FILE *f = fopen(cfg, "rb");
+    assert_non_null(f);
+    text[fread(text, 1, sizeof text - 1, f)] = 0;
+    fclose(f);
+    cJSON *j = cJSON_Parse(text);
+    assert_non_null(j);
+    assert_true(cJSON_GetObjectItem(j, "lora_dropout")->valuedouble == 0.25);
+    cJSON_Delete(j);
     mr_tcache *c;
     assert_int_equal(mr_tcache_new(&c, &err), 0);
     mr_row rows[NR];
     make_rows(rows);
     mr_twidth w = {2, 1, {2}};
-    float got[NR * 8], want[NR * 8];
+    float got[NR * 8], want[NR * 8], dropped[NR * 8];
+    assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, dropped, &err), 0);
+    m.lora_dropout = 0.0f; /* eval mode */
     assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, got, &err), 0);
+    int differ = 0;
+    for (int i = 0; i < NR * m.n_exits; i++) differ += fabsf(dropped[i] - got[i]) > 1e-4f;
+    assert_true(differ > NR * m.n_exits / 2);
     for (int merge = 0; merge < 2; merge++) {
         const char *ads[1] = {ad};
         mr_model_opts mo = {.adapters = ads, .n_adapters = 1, .merge = merge};
@@ -217,21 +238,28 @@ static void test_adapter_roundtrip(void **s) {
 
 /* ---- whole-model finite differences ---- */
 
-static double batch_loss(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twidth *w,
-                         int grads) {
+static double batch_loss_o(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twidth *w,
+                           int grads, const mr_loss_opts *lo) {
     mr_err err = {0};
     mr_tloss l;
-    mr_loss_opts o = {0};
+    mr_loss_opts o = lo ? *lo : (mr_loss_opts){0};
     if (grads) mr_tmodel_zero_grad(m);
     if (mr_train_micro(m, c, b, w, &o, 1.0f, &l, &err)) fail_msg("micro: %s", err.msg);
     return l.total;
 }
+static double batch_loss(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twidth *w,
+                         int grads) {
+    return batch_loss_o(m, c, b, w, grads, NULL);
+}
 
-static void fd_check(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int with_teacher) {
+/* p: LoRA dropout; every loss below runs at the same drop_step, so under the same masks. */
+static void fd_check_p(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int with_teacher,
+                       float drop) {
     char dir[512];
     make_model(dir, sizeof dir, arch);
     mr_tmodel m;
-    load(&m, dir, mode, 0.3f);
+    load_p(&m, dir, mode, 0.3f, drop);
+    m.drop_step = 12345;
     roughen(&m);
     mr_tcache *c;
     mr_err err = {0};
@@ -266,13 +294,16 @@ static void fd_check(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int w
         double num = (lp - lm) / (2 * eps);
         double tol = 2e-2 * fmax(fabs(ana), fabs(num)) + 1e-3 * sqrt(gn) + 2e-5;
         if (!(fabs(num - ana) <= tol))
-            fail_msg("arch %d mode %d %s: analytic %.7g numeric %.7g (tol %.3g)", (int)arch,
-                     (int)mode, tp->name, ana, num, tol);
+            fail_msg("arch %d mode %d p %g %s: analytic %.7g numeric %.7g (tol %.3g)", (int)arch,
+                     (int)mode, drop, tp->name, ana, num, tol);
     }
     free(g), free(save), free(u);
     mr_tcache_free(c);
     mr_tmodel_close(&m);
     rm_model(dir);
+}
+static void fd_check(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int with_teacher) {
+    fd_check_p(arch, mode, w, with_teacher, 0.0f);
 }
 static void test_fd_full_llama(void **s) {
     mr_twidth w = {2, 2, {1, 2}};
@@ -285,6 +316,159 @@ static void test_fd_full_gemma2(void **s) {
 static void test_fd_lora_qwen2(void **s) {
     mr_twidth w = {2, 1, {0}};
     fd_check(MR_ARCH_QWEN2, MR_TRAIN_LORA, &w, 1);
+}
+
+/* ---- LoRA dropout ---- */
+
+/* Finite differences of A and B (every layer, every linear, the heads) under one mask: the
+ * earlier layers' pairs check the gradient into x through the masked LoRA path too. */
+static void test_fd_lora_dropout_llama(void **s) {
+    mr_twidth w = {2, 2, {1, 2}};
+    fd_check_p(MR_ARCH_LLAMA, MR_TRAIN_LORA, &w, 1, 0.3f);
+}
+static void test_fd_lora_dropout_gemma2(void **s) {
+    mr_twidth w = {4, 1, {0}};
+    fd_check_p(MR_ARCH_GEMMA2, MR_TRAIN_LORA, &w, 0, 0.3f);
+}
+
+/* Loss and gradients of one micro-batch (cascade on: the teacher pass draws masks too). */
+static double loss_grads(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twidth *w,
+                         float *g) {
+    mr_loss_opts o = {.cascade = 1};
+    double l = batch_loss_o(m, c, b, w, 1, &o);
+    memcpy(g, m->grads, sizeof(float) * m->n_train);
+    return l;
+}
+
+static void test_dropout_masks(void **s) {
+    char dir[512];
+    make_model(dir, sizeof dir, MR_ARCH_QWEN2);
+    mr_tmodel a, b;
+    load_p(&a, dir, MR_TRAIN_LORA, 0.3f, 0.0f);
+    load_p(&b, dir, MR_TRAIN_LORA, 0.3f, 0.3f);
+    mr_tcache *c;
+    mr_err err = {0};
+    assert_int_equal(mr_tcache_new(&c, &err), 0);
+    mr_row rows[NR];
+    make_rows(rows);
+    mr_tbatch bt = {rows, NG, GG, NULL};
+    mr_twidth w = {2, 1, {1}};
+    size_t n = a.n_train, sz = sizeof(float) * n;
+    float *g0 = malloc(sz), *g1 = malloc(sz), *g2 = malloc(sz);
+    /* p = 0: the counter is ignored, and a p > 0 model in eval mode is the same path */
+    a.drop_step = 1;
+    double l0 = loss_grads(&a, c, &bt, &w, g0);
+    a.drop_step = 99;
+    double l1 = loss_grads(&a, c, &bt, &w, g1);
+    assert_true(l0 == l1 && !memcmp(g0, g1, sz));
+    b.lora_dropout = 0.0f;
+    l1 = loss_grads(&b, c, &bt, &w, g1);
+    assert_true(l0 == l1 && !memcmp(g0, g1, sz));
+    /* p > 0: the masks change the loss, repeat for the same counter, not for another */
+    b.lora_dropout = 0.3f;
+    b.drop_step = 7;
+    l1 = loss_grads(&b, c, &bt, &w, g1);
+    assert_true(fabs(l1 - l0) > 1e-4);
+    double l2 = loss_grads(&b, c, &bt, &w, g2);
+    assert_true(l1 == l2 && !memcmp(g1, g2, sz));
+    b.drop_step = 8;
+    l2 = loss_grads(&b, c, &bt, &w, g2);
+    assert_true(fabs(l2 - l1) > 1e-4 && memcmp(g1, g2, sz));
+    free(g0), free(g1), free(g2);
+    mr_tcache_free(c);
+    mr_tmodel_close(&a);
+    mr_tmodel_close(&b);
+    rm_model(dir);
+}
+
+/* Inverted dropout is unbiased: with a small LoRA delta (near-linear scores) the mean over
+ * masks of the LoRA effect (dropped - base) is the undropped effect; a missing 1/(1-p) or a
+ * keep probability of p instead of 1-p would miss by 30% or more. */
+static void test_dropout_unbiased(void **s) {
+    char dir[512];
+    make_model(dir, sizeof dir, MR_ARCH_LLAMA);
+    mr_tmodel m, base;
+    load_p(&m, dir, MR_TRAIN_LORA, 0.02f, 0.3f);
+    load_p(&base, dir, MR_TRAIN_LORA, 0.0f, 0.0f); /* B = 0: the base model */
+    mr_tcache *c;
+    mr_err err = {0};
+    assert_int_equal(mr_tcache_new(&c, &err), 0);
+    mr_row rows[NR];
+    make_rows(rows);
+    mr_twidth w = {1, 0, {0}};
+    enum { N = 400 };
+    int ne = m.n_exits;
+    float s0[NR * 8], se[NR * 8], sd[NR * 8];
+    double mean[NR * 8] = {0};
+    assert_int_equal(mr_tmodel_forward(&base, c, rows, NR, &w, s0, &err), 0);
+    for (int k = 0; k < N; k++) {
+        m.drop_step = (uint64_t)k;
+        assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, sd, &err), 0);
+        for (int i = 0; i < NR * ne; i++) mean[i] += (double)(sd[i] - s0[i]) / N;
+    }
+    m.lora_dropout = 0.0f;
+    assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, se, &err), 0);
+    double num = 0, den = 0;
+    for (int i = 0; i < NR * ne; i++) {
+        double want = (double)se[i] - s0[i];
+        num += (mean[i] - want) * (mean[i] - want);
+        den += want * want;
+    }
+    if (!(den > 0 && sqrt(num / den) < 0.1))
+        fail_msg("mean dropped LoRA effect off by %.3g (relative)", sqrt(num / den));
+    mr_tcache_free(c);
+    mr_tmodel_close(&m);
+    mr_tmodel_close(&base);
+    rm_model(dir);
+}
+
+/* Both kinds of LoRA pair drop: with only the heads' B (or only the layers' B) non-zero,
+ * scores under dropout differ from eval mode. */
+static void test_dropout_everywhere(void **s) {
+    char dir[512];
+    make_model(dir, sizeof dir, MR_ARCH_LLAMA);
+    mr_tcache *c;
+    mr_err err = {0};
+    assert_int_equal(mr_tcache_new(&c, &err), 0);
+    mr_row rows[NR];
+    make_rows(rows);
+    mr_twidth w = {1, 0, {0}};
+    for (int heads = 0; heads < 2; heads++) {
+        mr_tmodel m;
+        load_p(&m, dir, MR_TRAIN_LORA, 0.3f, 0.5f);
+        for (int t = 0; t < m.n_tensors; t++) { /* keep B of the heads or of the layers */
+            const mr_tparam *p = &m.tensors[t];
+            int is_head = strstr(p->name, "lm_head.") != NULL;
+            if (strstr(p->name, "lora_B") && is_head != heads)
+                memset(m.params + p->off, 0, sizeof(float) * (size_t)p->shape[0] * p->shape[1]);
+        }
+        float sd[NR * 8], se[NR * 8];
+        assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, sd, &err), 0);
+        m.lora_dropout = 0.0f;
+        assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, se, &err), 0);
+        int differ = 0;
+        for (int i = 0; i < NR * m.n_exits; i++) differ += fabsf(sd[i] - se[i]) > 1e-5f;
+        if (differ < NR * m.n_exits / 2)
+            fail_msg("%s only: %d of %d scores change under dropout", heads ? "heads" : "layers",
+                     differ, NR * m.n_exits);
+        mr_tmodel_close(&m);
+    }
+    mr_tcache_free(c);
+    rm_model(dir);
+}
+
+static void test_dropout_range(void **s) {
+    char dir[512];
+    make_model(dir, sizeof dir, MR_ARCH_LLAMA);
+    const float bad[3] = {-0.1f, 1.0f, NAN};
+    for (int i = 0; i < 3; i++) {
+        mr_tmodel m;
+        mr_err err = {0};
+        mr_tmodel_opts o = {.mode = MR_TRAIN_LORA, .lora_rank = 3, .lora_dropout = bad[i]};
+        assert_int_equal(mr_tmodel_load(&m, dir, &o, &err), MR_EINVAL);
+        assert_non_null(strstr(err.msg, "lora_dropout"));
+    }
+    rm_model(dir);
 }
 
 /* ---- anchors and width sampling ---- */
@@ -475,7 +659,11 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_forward_gemma2),    cmocka_unit_test(test_lora_zero_is_base),
         cmocka_unit_test(test_adapter_roundtrip),
         cmocka_unit_test(test_fd_full_llama),     cmocka_unit_test(test_fd_full_gemma2),
-        cmocka_unit_test(test_fd_lora_qwen2),     cmocka_unit_test(test_anchor_rule),
+        cmocka_unit_test(test_fd_lora_qwen2),     cmocka_unit_test(test_fd_lora_dropout_llama),
+        cmocka_unit_test(test_fd_lora_dropout_gemma2),
+        cmocka_unit_test(test_dropout_masks),     cmocka_unit_test(test_dropout_unbiased),
+        cmocka_unit_test(test_dropout_everywhere), cmocka_unit_test(test_dropout_range),
+        cmocka_unit_test(test_anchor_rule),
         cmocka_unit_test(test_width_sample),      cmocka_unit_test(test_training_lowers_loss),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

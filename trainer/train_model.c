@@ -4,7 +4,13 @@
  * Layout as in common/forward.c: the residual stream holds the rows packed back to back, row
  * r = [query nq | passage np | suffix ns]. Width compression pools the passage into a new
  * buffer (the pre-compression stream stays cached for the backward). Unlike the scoring pass,
- * every layer runs every token (the backward needs them all), and no row is pruned. */
+ * every layer runs every token (the backward needs them all), and no row is pruned.
+ *
+ * LoRA dropout makes the dropped copy of a LoRA input in a scratch buffer (xdrop) and calls
+ * the same mr_lora / mr_lora_backward on it; the keep bits are a hash of the element's
+ * counter (drop_f), regenerated in the backward instead of stored. On the exit heads, where
+ * only the last token of a row is scored, the dropped LoRA term is folded into a per-row head,
+ * head + mask * scale B A, that mr_exit_head and its backward take as the head. */
 #include "train_model.h"
 
 #include <math.h>
@@ -39,6 +45,50 @@ static uint64_t splitmix(uint64_t *s) {
 }
 static float urand(uint64_t *s) { /* [-1, 1) */
     return (float)((double)(splitmix(s) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* ---- LoRA dropout: keep bits from a counter-based hash (splitmix64 at state z) ---- */
+
+static uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Key of one forward pass: (seed, caller's step counter, pass: 0 student, 1 teacher). */
+static uint64_t pass_key(const mr_tmodel *m, int pass) {
+    return mix64(mix64(mix64(m->drop_seed ^ 0xd40b0c7ull) ^ m->drop_step) ^ (uint64_t)pass);
+}
+
+/* Key of one LoRA input of the pass: unit = layer (decoder linears, j = MR_LQ..MR_LDOWN) or
+ * DROP_HEAD + exit (heads, j = 0). */
+enum { DROP_HEAD = 1 << 20 };
+static uint64_t unit_key(uint64_t pass, int unit, int j) {
+    return mix64(pass ^ mix64(((uint64_t)unit << 8) + (uint64_t)j));
+}
+
+/* Factor of element i under key: 0 (dropped, hash below thr = p 2^53) or keep = 1/(1-p). */
+static inline float drop_f(uint64_t key, size_t i, uint64_t thr, float keep) {
+    return (mix64(key + (uint64_t)i * 0x9e3779b97f4a7c15ull) >> 11) >= thr ? keep : 0.0f;
+}
+
+static uint64_t drop_thr(float p) { return (uint64_t)((double)p * 9007199254740992.0); }
+
+/* xd (n) = x * mask / (1 - p) under key. */
+static void drop_copy(float *xd, const float *x, size_t n, uint64_t key, float p) {
+    uint64_t thr = drop_thr(p);
+    float keep = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) xd[i] = x[i] * drop_f(key, i, thr, keep);
+}
+
+/* dx (n) += dxd * mask / (1 - p) under key: the gradient through the dropout. */
+static void drop_add(float *dx, const float *dxd, size_t n, uint64_t key, float p) {
+    uint64_t thr = drop_thr(p);
+    float keep = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) dx[i] += dxd[i] * drop_f(key, i, thr, keep);
 }
 
 /* The tensor table: a name, a shape and where each view's pointer goes. Built twice: once to
@@ -161,6 +211,8 @@ static void carve(const mr_tmodel *m, float *base, size_t base_off, mr_tweights 
 
 int mr_tmodel_load(mr_tmodel *m, const char *dir, const mr_tmodel_opts *o, mr_err *err) {
     memset(m, 0, sizeof *m);
+    if (!(o->lora_dropout >= 0.0f && o->lora_dropout < 1.0f))
+        return mr_err_set(err, MR_EINVAL, "lora_dropout %g: must be in [0, 1)", o->lora_dropout);
     mr_model em;
     int rc = mr_model_load(&em, dir, NULL, err);
     if (rc) return rc;
@@ -169,6 +221,8 @@ int mr_tmodel_load(mr_tmodel *m, const char *dir, const mr_tmodel_opts *o, mr_er
     m->mode = o->mode;
     m->rank = o->lora_rank > 0 ? o->lora_rank : 32;
     m->lora_scale = (o->lora_alpha > 0 ? o->lora_alpha : 64.0f) / (float)m->rank;
+    m->lora_dropout = o->lora_dropout;
+    m->drop_seed = o->seed;
     m->norm_offset = em.norm_offset;
     m->embed_scale = em.embed_scale;
     m->n_exits = em.n_heads_exit;
@@ -297,8 +351,8 @@ int mr_tmodel_save_adapter(const mr_tmodel *m, const char *dir, mr_err *err) {
         B[k] = m->w.head_B + (size_t)e * m->rank;
     }
     for (int i = 0; i < n; i++) mods[i] = names[i];
-    rc = mr_adapter_save(dir, m->rank, m->lora_scale * (float)m->rank, n, mods, in, out, A, B,
-                         MR_DT_F32, err);
+    rc = mr_adapter_save_ex(dir, m->rank, m->lora_scale * (float)m->rank, m->lora_dropout, n,
+                            mods, in, out, A, B, MR_DT_F32, err);
 done:
     free(names), free(mods), free(in), free(out), free(A), free(B);
     return rc;
@@ -352,6 +406,11 @@ struct mr_tcache {
     float *out;                  /* (n_last, d) residual after the last layer */
     float *scores;               /* (n_exits, n_rows) */
     float *heads_eff;            /* (n_exits, d) head + LoRA delta */
+    float drop_p;                /* LoRA dropout of the cached pass (0: none) */
+    uint64_t drop_key;           /* its pass key */
+    float *xdrop, *dxdrop;       /* (n_max, max in) dropped LoRA input and its gradient */
+    float *hdelta, *dhdelta;     /* (n_exits, d) scale B A of the heads and its gradient */
+    float *hrow;                 /* (2 d) one row's dropped head and its gradient */
     /* backward scratch */
     float *dres, *din, *dn, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *dt;
     float *dheads;               /* (n_exits, d) */
@@ -383,6 +442,8 @@ static int cache_prepare(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_r
     size_t d = (size_t)k->d_model, qd = (size_t)k->n_heads * k->head_dim,
            kvd = (size_t)k->n_kv_heads * k->head_dim, ff = (size_t)k->d_ff;
     size_t rk = m->mode == MR_TRAIN_LORA ? (size_t)m->rank : 0;
+    size_t din = d > qd ? d : qd; /* widest LoRA input (dropout scratch) */
+    din = rk && m->lora_dropout > 0.0f ? (din > ff ? din : ff) : 0;
     if ((size_t)D > c->lcap) {
         lcache *L = realloc(c->L, sizeof *L * (size_t)D);
         if (!L) return mr_err_set(err, MR_ENOMEM, "out of memory");
@@ -422,6 +483,7 @@ static int cache_prepare(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_r
     }
     nf += 2 * (size_t)m->n_exits * ((size_t)n_rows + d);      /* scores, heads_eff... */
     nf += (size_t)nmax * (3 * d + 2 * qd + 2 * kvd + 3 * ff + rk + 1); /* bwd scratch */
+    if (din) nf += 2 * (size_t)nmax * din + 2 * (size_t)m->n_exits * d + 2 * d; /* dropout */
     nf += mr_attention_scratch(max_len, k->head_dim) + mr_attention_backward_scratch(max_len);
     nf += 64 * 16; /* slack for alignment */
     if (nf > c->fcap) {
@@ -476,6 +538,12 @@ static int cache_prepare(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_r
     c->dt = TAKE(nm * (rk ? rk : 1));
     c->attn_scratch = TAKE(mr_attention_scratch(max_len, k->head_dim));
     c->attn_bscratch = TAKE(mr_attention_backward_scratch(max_len));
+    c->xdrop = c->dxdrop = c->hdelta = c->dhdelta = c->hrow = NULL;
+    if (din) {
+        c->xdrop = TAKE(nm * din), c->dxdrop = TAKE(nm * din);
+        c->hdelta = TAKE((size_t)m->n_exits * d), c->dhdelta = TAKE((size_t)m->n_exits * d);
+        c->hrow = TAKE(2 * d);
+    }
 #undef TAKE
 #undef ITAKE
     c->n_rows = n_rows;
@@ -486,17 +554,21 @@ static int cache_prepare(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_r
 
 /* ============================== forward ============================== */
 
-/* y (n, out) = x W^T + b + scale (x A^T) B^T */
-static void lin_fwd(const mr_tmodel *m, int l, int j, const float *x, int n, float *y,
-                    float *lt) {
+/* y (n, out) = x W^T + b + scale (drop(x) A^T) B^T; drop(x) = x without LoRA dropout. */
+static void lin_fwd(const mr_tmodel *m, mr_tcache *c, int l, int j, const float *x, int n,
+                    float *y, float *lt) {
     const mr_tlayer_w *L = &m->w.layers[l];
     int in, out;
     lin_dims(&m->cfg, j, &in, &out);
     mr_matmul_wt(y, x, L->w[j], n, in, out, 0.0f);
     if (j <= MR_LV && L->b[j])
         for (int i = 0; i < n; i++) mr_add(y + (size_t)i * out, L->b[j], (size_t)out);
-    if (m->mode == MR_TRAIN_LORA)
-        mr_lora(y, lt, x, L->A[j], L->B[j], n, in, out, m->rank, m->lora_scale);
+    if (m->mode != MR_TRAIN_LORA) return;
+    if (c->drop_p > 0.0f) {
+        drop_copy(c->xdrop, x, (size_t)n * in, unit_key(c->drop_key, l, j), c->drop_p);
+        x = c->xdrop;
+    }
+    mr_lora(y, lt, x, L->A[j], L->B[j], n, in, out, m->rank, m->lora_scale);
 }
 
 /* dx (n, in) += dy W (+ LoRA); weight, bias and LoRA gradients accumulate. */
@@ -507,9 +579,19 @@ static void lin_bwd(mr_tmodel *m, mr_tcache *c, int l, int j, const float *dy, c
     int in, out;
     lin_dims(&m->cfg, j, &in, &out);
     mr_matmul_wt_backward(dx, G->w[j], j <= MR_LV ? G->b[j] : NULL, dy, x, L->w[j], n, in, out);
-    if (m->mode == MR_TRAIN_LORA)
-        mr_lora_backward(dx, G->A[j], G->B[j], dy, x, lt, L->A[j], L->B[j], n, in, out, m->rank,
-                         m->lora_scale, c->dt);
+    if (m->mode != MR_TRAIN_LORA) return;
+    if (c->drop_p > 0.0f) { /* A, B see the dropped x; dx gets the LoRA part through the mask */
+        size_t ni = (size_t)n * in;
+        uint64_t key = unit_key(c->drop_key, l, j);
+        drop_copy(c->xdrop, x, ni, key, c->drop_p);
+        memset(c->dxdrop, 0, sizeof(float) * ni);
+        mr_lora_backward(c->dxdrop, G->A[j], G->B[j], dy, c->xdrop, lt, L->A[j], L->B[j], n, in,
+                         out, m->rank, m->lora_scale, c->dt);
+        drop_add(dx, c->dxdrop, ni, key, c->drop_p);
+        return;
+    }
+    mr_lora_backward(dx, G->A[j], G->B[j], dy, x, lt, L->A[j], L->B[j], n, in, out, m->rank,
+                     m->lora_scale, c->dt);
 }
 
 static int layer_window(const mr_config *k, int l) {
@@ -538,14 +620,14 @@ static void layer_fwd(mr_tmodel *m, mr_tcache *c, int l, float *out) {
     int n = L->n, d = k->d_model;
     float eps = k->rms_eps, no = m->norm_offset;
     mr_rmsnorm(L->xn1, L->in, W->attn_norm, n, d, eps, no);
-    lin_fwd(m, l, MR_LQ, L->xn1, n, L->q, L->lt[MR_LQ]);
-    lin_fwd(m, l, MR_LK, L->xn1, n, L->k, L->lt[MR_LK]);
-    lin_fwd(m, l, MR_LV, L->xn1, n, L->v, L->lt[MR_LV]);
+    lin_fwd(m, c, l, MR_LQ, L->xn1, n, L->q, L->lt[MR_LQ]);
+    lin_fwd(m, c, l, MR_LK, L->xn1, n, L->k, L->lt[MR_LK]);
+    lin_fwd(m, c, l, MR_LV, L->xn1, n, L->v, L->lt[MR_LV]);
     mr_rope(L->q, L->pos, n, k->n_heads, k->head_dim, m->rope);
     mr_rope(L->k, L->pos, n, k->n_kv_heads, k->head_dim, m->rope);
     mr_attn_args a = attn_args(m, c, L, l, c->n_rows);
     mr_attention(&a);
-    lin_fwd(m, l, MR_LO, L->att, n, L->ao, L->lt[MR_LO]);
+    lin_fwd(m, c, l, MR_LO, L->att, n, L->ao, L->lt[MR_LO]);
     memcpy(L->h, L->in, sizeof(float) * (size_t)n * d);
     if (W->post_attn_norm) {
         mr_rmsnorm(out, L->ao, W->post_attn_norm, n, d, eps, no);
@@ -554,12 +636,12 @@ static void layer_fwd(mr_tmodel *m, mr_tcache *c, int l, float *out) {
         mr_add(L->h, L->ao, (size_t)n * d);
     }
     mr_rmsnorm(L->xn2, L->h, W->ffn_norm, n, d, eps, no);
-    lin_fwd(m, l, MR_LGATE, L->xn2, n, L->gate, L->lt[MR_LGATE]);
-    lin_fwd(m, l, MR_LUP, L->xn2, n, L->up, L->lt[MR_LUP]);
+    lin_fwd(m, c, l, MR_LGATE, L->xn2, n, L->gate, L->lt[MR_LGATE]);
+    lin_fwd(m, c, l, MR_LUP, L->xn2, n, L->up, L->lt[MR_LUP]);
     size_t nf = (size_t)n * k->d_ff;
     if (k->act == MR_ACT_GELU_TANH) mr_geglu_tanh(L->act, L->gate, L->up, nf);
     else mr_swiglu(L->act, L->gate, L->up, nf);
-    lin_fwd(m, l, MR_LDOWN, L->act, n, L->fo, L->lt[MR_LDOWN]);
+    lin_fwd(m, c, l, MR_LDOWN, L->act, n, L->fo, L->lt[MR_LDOWN]);
     if (W->post_ffn_norm) mr_rmsnorm(out, L->fo, W->post_ffn_norm, n, d, eps, no);
     else memcpy(out, L->fo, sizeof(float) * (size_t)n * d);
     mr_add(out, L->h, (size_t)n * d);
@@ -599,34 +681,52 @@ static int check_width(const mr_tmodel *m, const mr_twidth *w, mr_err *err) {
     return 0;
 }
 
+/* LoRA dropout on head e's input at row r: out (d) = head + mask * scale B A, so that
+ * xn . out = xn . head + drop(xn) . (scale B A). */
+static const float *head_row(const mr_tmodel *m, const mr_tcache *c, int e, int r, float *out) {
+    int d = m->cfg.d_model;
+    uint64_t key = unit_key(c->drop_key, DROP_HEAD + e, 0), thr = drop_thr(c->drop_p);
+    float keep = 1.0f / (1.0f - c->drop_p);
+    const float *h = m->w.heads + (size_t)e * d, *dl = c->hdelta + (size_t)e * d;
+    for (int j = 0; j < d; j++) out[j] = h[j] + dl[j] * drop_f(key, (size_t)r * d + j, thr, keep);
+    return out;
+}
+
 /* Score of every row at exit e from the residual res with layout (off, len). */
 static void score_exit(mr_tmodel *m, mr_tcache *c, int e, const float *res, const int32_t *off,
                        const int32_t *len) {
     const mr_config *k = &m->cfg;
     int d = k->d_model;
     float *xn = c->dn; /* scratch (d) */
-    for (int r = 0; r < c->n_rows; r++)
+    for (int r = 0; r < c->n_rows; r++) {
+        const float *head = c->drop_p > 0.0f ? head_row(m, c, e, r, c->hrow)
+                                             : c->heads_eff + (size_t)e * d;
         c->scores[(size_t)e * c->n_rows + r] =
-            mr_exit_head(xn, res + (size_t)(off[r] + len[r] - 1) * d, m->w.final_norm,
-                         c->heads_eff + (size_t)e * d, d, k->rms_eps, m->norm_offset,
-                         k->final_softcap);
+            mr_exit_head(xn, res + (size_t)(off[r] + len[r] - 1) * d, m->w.final_norm, head, d,
+                         k->rms_eps, m->norm_offset, k->final_softcap);
+    }
 }
 
-int mr_tmodel_forward(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_rows,
-                      const mr_twidth *w, float *scores, mr_err *err) {
+/* mr_tmodel_forward with the dropout masks of pass (0 student, 1 teacher). */
+static int forward_pass(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_rows,
+                        const mr_twidth *w, float *scores, int pass, mr_err *err) {
     const mr_config *k = &m->cfg;
     int rc, D = deepest(m), d = k->d_model;
     if ((rc = check_rows(m, rows, n_rows, err)) || (rc = check_width(m, w, err)) ||
         (rc = cache_prepare(m, c, rows, n_rows, w, D, err)))
         return rc;
-    /* effective heads: head + scale B A */
+    c->drop_p = m->mode == MR_TRAIN_LORA && m->lora_dropout > 0.0f ? m->lora_dropout : 0.0f;
+    c->drop_key = pass_key(m, pass);
+    /* effective heads: head + scale B A (with dropout: the delta apart, masked per row) */
     memcpy(c->heads_eff, m->w.heads, sizeof(float) * (size_t)m->n_exits * d);
+    if (c->drop_p > 0.0f) memset(c->hdelta, 0, sizeof(float) * (size_t)m->n_exits * d);
+    float *he = c->drop_p > 0.0f ? c->hdelta : c->heads_eff;
     if (m->mode == MR_TRAIN_LORA)
         for (int e = 0; e < m->n_exits; e++)
             for (int r = 0; r < m->rank; r++) {
                 float b = m->lora_scale * m->w.head_B[(size_t)e * m->rank + r];
                 const float *a = m->w.head_A + ((size_t)e * m->rank + r) * d;
-                for (int j = 0; j < d; j++) c->heads_eff[(size_t)e * d + j] += b * a[j];
+                for (int j = 0; j < d; j++) he[(size_t)e * d + j] += b * a[j];
             }
     /* embed */
     float *x0 = c->L[0].res;
@@ -668,6 +768,11 @@ int mr_tmodel_forward(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_rows
     }
     if (scores) memcpy(scores, c->scores, sizeof(float) * (size_t)m->n_exits * n_rows);
     return 0;
+}
+
+int mr_tmodel_forward(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_rows,
+                      const mr_twidth *w, float *scores, mr_err *err) {
+    return forward_pass(m, c, rows, n_rows, w, scores, 0, err);
 }
 
 /* ============================== backward ============================== */
@@ -739,6 +844,19 @@ static void exit_bwd(mr_tmodel *m, mr_tcache *c, int e, const float *dscores, co
         float ds = dscores[(size_t)e * c->n_rows + r];
         if (ds == 0.0f) continue;
         size_t t = (size_t)(off[r] + len[r] - 1) * d;
+        if (c->drop_p > 0.0f) { /* the row's own head; its gradient splits base / masked LoRA */
+            float *dh = c->hrow + d;
+            memset(dh, 0, sizeof(float) * d);
+            mr_exit_head_backward(dres + t, m->g.final_norm, dh, ds,
+                                  c->scores[(size_t)e * c->n_rows + r], res + t, m->w.final_norm,
+                                  head_row(m, c, e, r, c->hrow), d, k->rms_eps, m->norm_offset,
+                                  k->final_softcap);
+            mr_add(c->dheads + (size_t)e * d, dh, (size_t)d);
+            uint64_t key = unit_key(c->drop_key, DROP_HEAD + e, 0), thr = drop_thr(c->drop_p);
+            float keep = 1.0f / (1.0f - c->drop_p), *dl = c->dhdelta + (size_t)e * d;
+            for (int j = 0; j < d; j++) dl[j] += dh[j] * drop_f(key, (size_t)r * d + j, thr, keep);
+            continue;
+        }
         mr_exit_head_backward(dres + t, m->g.final_norm, c->dheads + (size_t)e * d, ds,
                               c->scores[(size_t)e * c->n_rows + r], res + t, m->w.final_norm,
                               c->heads_eff + (size_t)e * d, d, k->rms_eps, m->norm_offset,
@@ -764,6 +882,7 @@ void mr_tmodel_backward_ex(mr_tmodel *m, mr_tcache *c, const float *dscores,
     const mr_config *k = &m->cfg;
     int D = c->n_layers, d = k->d_model, ei = m->n_exits - 1;
     memset(c->dheads, 0, sizeof(float) * (size_t)m->n_exits * d);
+    if (c->drop_p > 0.0f) memset(c->dhdelta, 0, sizeof(float) * (size_t)m->n_exits * d);
     /* dres: gradient of the residual after layer l (layout of layer l) */
     float *dres = c->dres, *din = c->din;
     if (dfinal) memcpy(dres, dfinal, sizeof(float) * (size_t)c->L[D - 1].n * d);
@@ -795,14 +914,15 @@ void mr_tmodel_backward_ex(mr_tmodel *m, mr_tcache *c, const float *dscores,
         int n0 = c->off0[c->n_rows - 1] + c->len0[c->n_rows - 1];
         mr_embedding_backward(m->g.embed, dres, c->ids, n0, d, m->embed_scale);
     }
-    /* heads: base or LoRA */
+    /* heads: base or LoRA (the LoRA delta's gradient is masked under dropout) */
     if (m->g.heads) mr_add(m->g.heads, c->dheads, (size_t)m->n_exits * d);
+    const float *dhl = c->drop_p > 0.0f ? c->dhdelta : c->dheads;
     if (m->mode == MR_TRAIN_LORA)
         for (int e = 0; e < m->n_exits; e++)
             for (int r = 0; r < m->rank; r++) {
                 const float *a = m->w.head_A + ((size_t)e * m->rank + r) * d;
                 float *ga = m->g.head_A + ((size_t)e * m->rank + r) * d;
-                const float *dh = c->dheads + (size_t)e * d;
+                const float *dh = dhl + (size_t)e * d;
                 float b = m->w.head_B[(size_t)e * m->rank + r], s = m->lora_scale;
                 m->g.head_B[(size_t)e * m->rank + r] += s * mr_dot(dh, a, d);
                 for (int j = 0; j < d; j++) ga[j] += s * b * dh[j];
@@ -839,7 +959,7 @@ int mr_train_micro(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twid
     int cascade = o && o->cascade, full = full_width(m, w);
     if (cascade && !full) {
         mr_twidth fw = {.ratio = 1};
-        if ((rc = mr_tmodel_forward(m, c, b->rows, n_rows, &fw, teach, err))) goto done;
+        if ((rc = forward_pass(m, c, b->rows, n_rows, &fw, teach, 1, err))) goto done;
     }
     if ((rc = mr_tmodel_forward(m, c, b->rows, n_rows, w, scores, err))) goto done;
     if (cascade && full) memcpy(teach, scores, sizeof(float) * ns); /* detached copy */

@@ -8,9 +8,17 @@
  * (base tensors first, then LoRA pairs), gradients in one allocation covering only the
  * trainable tensors (all of them in full mode, the LoRA pairs in LoRA mode).
  *
+ * LoRA dropout (PEFT semantics): with p = lora_dropout > 0 every LoRA pair, the exit heads'
+ * included, sees an inverted-dropout copy of its input, y = W x + scale B A (x * mask / (1-p)),
+ * while the base path sees x; the backward multiplies the gradient into x through the LoRA
+ * path by the same mask. Masks are not stored: each element's keep bit is a counter-based
+ * hash of (seed, drop_step, pass, layer, linear, element), regenerated in the backward, so a
+ * run is reproducible (and a resumed one byte-identical) from the caller's drop_step alone.
+ * Only this training forward drops; the engine (common/) never does.
+ *
  * Not here: the data pipeline (jsonl -> token rows), the `mrank train` command, checkpoint
- * writing of full models and resume (trainer/run.h), LoRA dropout, attention-weighted pooling
- * in training (mean pooling only), and the LM pre-training objective (trainer/lm.h). */
+ * writing of full models and resume (trainer/run.h), attention-weighted pooling in training
+ * (mean pooling only), and the LM pre-training objective (trainer/lm.h). */
 #ifndef MR_TRAIN_MODEL_H
 #define MR_TRAIN_MODEL_H
 
@@ -56,7 +64,9 @@ typedef struct mr_tmodel_opts {
     mr_train_mode mode;
     int lora_rank;        /* default 32 */
     float lora_alpha;     /* default 64 */
-    uint64_t seed;        /* LoRA A init: U(-1/sqrt(in), 1/sqrt(in)), B = 0 (PEFT) */
+    float lora_dropout;   /* p in [0, 1), default 0: LoRA input dropout in training */
+    uint64_t seed;        /* LoRA A init: U(-1/sqrt(in), 1/sqrt(in)), B = 0 (PEFT); the
+                             dropout masks */
     float lora_b_std;     /* tests: B ~ U(-b, b) instead of 0, so every gradient is non-zero */
     int max_len;          /* longest row (RoPE table) */
 } mr_tmodel_opts;
@@ -66,6 +76,10 @@ typedef struct mr_tmodel {
     mr_train_mode mode;
     int rank;
     float lora_scale;     /* alpha / rank */
+    float lora_dropout;   /* p (LoRA mode); set 0 for an eval-mode (no dropout) pass */
+    uint64_t drop_seed;   /* from opts seed */
+    uint64_t drop_step;   /* dropout stream, set by the caller before each micro-batch
+                             (mrank train: step * accum + micro); same value, same masks */
     float norm_offset;    /* 1 for gemma2 */
     float embed_scale;
     int n_exits;
@@ -132,7 +146,9 @@ int mr_tcache_new(mr_tcache **c, mr_err *err);
 void mr_tcache_free(mr_tcache *c);
 
 /* Training-mode forward: scores (n_exits, n_rows) raw exit scores (after the final softcap),
- * activations cached in c for mr_tmodel_backward. Rows are checked like mr_model_score. */
+ * activations cached in c for mr_tmodel_backward. Rows are checked like mr_model_score. In
+ * LoRA mode with lora_dropout > 0 the LoRA inputs are dropped with the masks of
+ * (drop_seed, drop_step, pass 0); the backward reuses the masks of the cached pass. */
 int mr_tmodel_forward(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_rows,
                       const mr_twidth *w, float *scores, mr_err *err);
 /* Backward of the last forward given dscores (n_exits, n_rows); accumulates into m->grads. */
@@ -149,7 +165,8 @@ const float *mr_tcache_final(const mr_tcache *c, int *n, const int32_t **off,
 
 /* One micro-batch: teacher pass at full width (when o->cascade and w is not full width; at
  * full width the student's own scores, detached, are the teacher), student pass at width w,
- * loss, backward with the loss multiplied by grad_scale (1 / accumulation steps). */
+ * loss, backward with the loss multiplied by grad_scale (1 / accumulation steps). With LoRA
+ * dropout the teacher pass draws its own masks (pass 1), as a train-mode forward would. */
 int mr_train_micro(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twidth *w,
                    const mr_loss_opts *o, float grad_scale, mr_tloss *loss, mr_err *err);
 
