@@ -13,6 +13,9 @@
 #                 removed as positive, negatives with one sentence removed too, so length does not
 #                 give the positive away) and WordNet gloss <-> headword pairs; 5 BM25 hard
 #                 negatives and 10 random ones per row; BM25 scores (scaled) as the external teacher.
+#   short/, mid/  the same files over 12- and 30-word passages: keyword rows, and in mid/ also
+#                 natural queries (a passage span with words dropped and foreign words added):
+#                 the default model's curriculum
 #   tokenizer.json  Mistral's tokenizer (third_party/tokenizers/llama2) with a Lowercase
 #                 normalizer in front: the tokenizer of the model trained on this data.
 # Never uses ../shared/data/ir (evaluation collections).
@@ -33,6 +36,13 @@ if [ ! -f wordnet/usr/share/wordnet/data.noun ]; then
     apt-get download wordnet-base >/dev/null
     dpkg-deb -x wordnet-base_*.deb wordnet
 fi
-python3 "$root/scripts/make_train_data.py" --brown "$src/brown" \
-    --wordnet "$src/wordnet/usr/share/wordnet" --out "$out" \
-    --base-tokenizer "$root/third_party/tokenizers/llama2/tokenizer.json" "$@"
+gen() {
+    python3 "$root/scripts/make_train_data.py" --brown "$src/brown" \
+        --wordnet "$src/wordnet/usr/share/wordnet" \
+        --base-tokenizer "$root/third_party/tokenizers/llama2/tokenizer.json" "$@"
+}
+gen --out "$out" "$@"
+# the curriculum of the default model (docs/model-card.md): keyword rows over passages of the
+# first 12 words of a paragraph, then keyword and natural-query rows over 30-word passages
+gen --out "$out/short" --n-kw 20000 --n-ict 0 --n-wordnet 0 --bm25-neg 3 --kw-words 12
+gen --out "$out/mid" --n-kw 10000 --n-nat 10000 --n-ict 0 --n-wordnet 0 --bm25-neg 3 --kw-words 30

@@ -114,6 +114,7 @@ def main():
     ap.add_argument("--wordnet", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--n-kw", type=int, default=20000)
+    ap.add_argument("--n-nat", type=int, default=0)
     ap.add_argument("--n-ict", type=int, default=4000)
     ap.add_argument("--n-wordnet", type=int, default=1000)
     ap.add_argument("--neg", type=int, default=15)
@@ -179,6 +180,30 @@ def main():
                 q.append(w)
         if rnd.random() < 0.5:
             q = [x for w in q for x in ([w] if rnd.random() < 0.5 else [rnd.choice(glue), w])]
+        q = " ".join(q)
+        neg = [head(cand[h]) for h in negatives(bm.search(q, n_hard + 1), pi)]
+        rows.append({"query": q, "pos": [pos], "neg": neg,
+                     "pos_scores": [round(a.teacher_scale * bm.score_text(q, pos), 4)],
+                     "neg_scores": [round(a.teacher_scale * bm.score_text(q, n), 4) for n in neg]})
+
+    # natural queries: a span of 8..16 words of the passage, each content word kept with
+    # probability 0.6 and each function word with 0.8, plus 0..2 content words of other
+    # paragraphs (query terms the relevant passage lacks), like a question typed from memory
+    for i in range(a.n_nat):
+        pi = order[(a.n_ict + a.n_kw + i) % len(order)]
+        pos = head(cand[pi])
+        w = TOK.findall(pos.lower())
+        if len(w) < 8:
+            continue
+        n = rnd.randint(8, min(16, len(w)))
+        at = rnd.randrange(len(w) - n + 1)
+        q = [x for x in w[at: at + n] if rnd.random() < (0.8 if x in STOP else 0.6)]
+        for _ in range(rnd.choice([0, 1, 1, 2])):
+            other = toks(" ".join(cand[rnd.randrange(len(cand))]))
+            if other:
+                q.insert(rnd.randrange(len(q) + 1), rnd.choice(other))
+        if len([x for x in q if x not in STOP]) < 2:
+            continue
         q = " ".join(q)
         neg = [head(cand[h]) for h in negatives(bm.search(q, n_hard + 1), pi)]
         rows.append({"query": q, "pos": [pos], "neg": neg,

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# train-default.sh [OUT]: reproduces the bundled model models/mrank-tiny (docs/model-card.md)
+# with `mrank train` on public-domain text only (scripts/make-train-data.sh), one thread.
+# Stages, each in its own folder under OUT (default out/default):
+#   lm        causal-LM pre-training from scratch, Mistral layout, lowercasing Mistral tokenizer
+#   rr1..rr2  re-ranker (cascaded self-distillation: random width, all exits, listwise CE + BM25
+#             teacher + cascade term), a curriculum: keyword queries over 12-word passages, then
+#             keyword and natural queries over 30-word passages
+#   comp      factorized compensation: vertical (r = 1) and width-2/4/8 LoRA adapters
+# then copies the result to models/mrank-tiny (MODEL=... to write elsewhere).
+# NAIVE=1 also trains the naive-truncation baseline (--full-only, same budget) for the ablation.
+# Wall time on one core of the CI machine: about 20 (lm) + 13 + 10 + 8 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+M=${M:-build-trn/mrank}
+O=${1:-out/default}
+D=third_party/train-data
+MODEL=${MODEL:-models/mrank-tiny}
+[ -x "$M" ] || { cmake -S . -B build-trn -DCMAKE_BUILD_TYPE=Release -DMR_CUDA=OFF >/dev/null &&
+                 cmake --build build-trn -j"$(nproc)" --target mrank; }
+[ -f $D/mid/rerank-train.jsonl ] || bash scripts/make-train-data.sh
+mkdir -p "$O"
+done_() { [ -f "$1/config.json" ] || [ -f "$1/vertical/adapter_config.json" ]; }
+
+done_ $O/lm || $M train --stage lm --data $D/lm.txt --out $O/lm --tokenizer $D/tokenizer.json \
+    --layers 4 --hidden 128 --heads 4 --kv-heads 2 --ff 384 --steps 6000 --batch 8 \
+    --seq-len 128 --lr 2e-3
+
+rr() {  # rr NAME INIT DATA STEPS BATCH MAXLEN LR [extra flags]
+    local name=$1 init=$2 data=$3 steps=$4 batch=$5 maxlen=$6 lr=$7
+    shift 7
+    done_ $O/$name || $M train --stage rerank --init $init --data $data/rerank-train.jsonl \
+        --out $O/$name --steps $steps --batch $batch --group 16 --max-len $maxlen --lr $lr "$@"
+}
+rr rr1 $O/lm $D/short 3000 4 40 1e-3
+rr rr2 $O/rr1 $D/mid 2000 2 80 5e-4 --keep-heads
+if [ "${NAIVE:-0}" = 1 ]; then
+    rr naive1 $O/lm $D/short 3000 4 40 1e-3 --full-only
+    rr naive2 $O/naive1 $D/mid 2000 2 80 5e-4 --keep-heads --full-only
+fi
+done_ $O/comp || $M train --stage compensate --init $O/rr2 --data $D/mid/rerank-train.jsonl \
+    --out $O/comp --steps 300 --batch 2 --group 16 --max-len 80 --lr 2e-4 \
+    --lora-rank 8 --lora-alpha 16 --lora-dropout 0.1
+
+mkdir -p "$MODEL/adapters"
+cp $O/rr2/config.json $O/rr2/model.safetensors $O/rr2/tokenizer.json "$MODEL/"
+for a in vertical width-2 width-4 width-8; do
+    mkdir -p "$MODEL/adapters/$a"
+    cp $O/comp/$a/adapter_config.json $O/comp/$a/adapter_model.safetensors "$MODEL/adapters/$a/"
+done
+echo "wrote $MODEL"
