@@ -29,8 +29,7 @@
 #include "rpc.h"
 
 #define DEFAULT_CONFIG "deploy/local.json"
-#define DEFAULT_MODEL "out/seeded-mistral"
-#define SEED_VOCAB "third_party/tokenizers/llama2/tokenizer.json"
+#define DEFAULT_MODEL "models/mrank-tiny"
 
 /* ---- mrank coordinator ---- */
 
@@ -196,32 +195,6 @@ static int file_exists(const char *p) {
     return stat(p, &sb) == 0;
 }
 
-/* Writes the seeded checkpoint scripts/run.sh uses; 0 on success. */
-static int make_seeded(const char *dir, const sigset_t *old_mask) {
-    char *argv[] = {"mrank", "init-checkpoint", "--arch", "mistral", "--layers", "8",
-                    "--hidden", "256", "--heads", "8", "--kv-heads", "4", "--intermediate",
-                    "768", "--vocab-from", SEED_VOCAB, "--start-layer", "2", "--dtype", "bf16",
-                    "--seed", "1", "--out", (char *)dir, NULL};
-    if (!file_exists(SEED_VOCAB)) {
-        fprintf(stderr, "mrank up: %s not found: run mrank up from the repository root\n",
-                SEED_VOCAB);
-        return -1;
-    }
-    char parent[600];
-    snprintf(parent, sizeof parent, "%s", dir);
-    for (char *p = parent + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            mkdir(parent, 0755);
-            *p = '/';
-        }
-    pid_t pid = spawn(argv, old_mask);
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
-        return -1;
-    return 0;
-}
-
 /* Asks the coordinator's Info whether the model is untrained. -1 when unknown. */
 static int coordinator_untrained(const char *addr) {
     mr_rpc_channel *ch = NULL;
@@ -247,9 +220,8 @@ static void up_usage(FILE *f) {
           "  starts every worker of the config's pools and a coordinator on loopback, waits\n"
           "  until all are SERVING, prints the coordinator address; Ctrl-C stops everything.\n"
           "  --config FILE   cluster config (default " DEFAULT_CONFIG ")\n"
-          "  --model DIR     model folder (default: the config's model, else " DEFAULT_MODEL
-          ";\n"
-          "                  " DEFAULT_MODEL " is created, untrained, when missing)\n"
+          "  --model DIR     model folder (default: the config's model, else the bundled\n"
+          "                  " DEFAULT_MODEL ")\n"
           "  --threads N     compute threads per worker (default: CPUs / workers)\n"
           "  --timeout-s N   how long to wait for SERVING (default 120)\n", f);
 }
@@ -259,7 +231,7 @@ int mr_cmd_up(int argc, char **argv) {
                                          {"threads", 1, 0, 't'},   {"timeout-s", 1, 0, 'T'},
                                          {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
     const char *config = DEFAULT_CONFIG, *model = NULL;
-    int threads = 0, timeout_s = 120, ch, rc = 1, n = 0, seeded = 0;
+    int threads = 0, timeout_s = 120, ch, rc = 1, n = 0;
     mr_coord_config *cfg = calloc(1, sizeof *cfg);
     child *kids = NULL;
     mr_err err = {0};
@@ -298,16 +270,9 @@ int mr_cmd_up(int argc, char **argv) {
     char cfg_json[600];
     snprintf(cfg_json, sizeof cfg_json, "%s/config.json", model);
     if (!file_exists(cfg_json)) {
-        if (strcmp(model, DEFAULT_MODEL)) {
-            fprintf(stderr, "mrank up: %s: no such model folder\n", model);
-            goto done;
-        }
-        fprintf(stderr, "mrank up: creating an untrained (seeded) model in %s\n", model);
-        if (make_seeded(model, &old)) {
-            fprintf(stderr, "mrank up: could not create %s\n", model);
-            goto done;
-        }
-        seeded = 1;
+        fprintf(stderr, "mrank up: %s: no model folder (no config.json)%s\n", model,
+                strcmp(model, DEFAULT_MODEL) ? "" : ": run mrank up from the repository root");
+        goto done;
     }
     if (threads <= 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -391,8 +356,7 @@ int mr_cmd_up(int argc, char **argv) {
     int untrained = coordinator_untrained(cfg->listen);
     printf("mrank up: cluster ready in %.1f s\n", (mono_ms() - t0) / 1e3);
     printf("  model:       %s%s\n", model,
-           seeded || untrained == 1 ? "  (untrained (seeded) model: scores are not relevance)"
-                                    : "");
+           untrained == 1 ? "  (untrained (seeded) model: scores are not relevance)" : "");
     for (int p = 0; p < cfg->n_pools; p++) {
         printf("  pool %-10s", cfg->pools[p].name);
         for (int a = 0; a < cfg->pools[p].n_addrs; a++) printf(" %s", cfg->pools[p].addrs[a]);

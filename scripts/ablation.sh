@@ -27,7 +27,7 @@ HELD=${HELD:-100}
 MAXLEN=${MAXLEN:-128}
 COLLS=${COLLS:-cranfield medline cacm npl}
 IR=${IR:-../shared/data/ir}
-D=third_party/train-data
+D=${D:-third_party/train-data}
 O=${O:-out/ablation}
 TAG=${TAG:-}
 mkdir -p "$O" docs

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job of the README: installs dependencies, builds mrank, starts a local cascade
 # cluster (`mrank up`: a coordinator and two worker pools on loopback, deploy/local.json, with the
-# bundled model: until a trained one ships, a seeded *untrained* checkpoint made here), sends one
+# bundled model models/mrank-tiny, trained by scripts/train-default.sh), sends one
 # rerank over gRPC, prints the ranking and stops the cluster.
 # KEEP_RUNNING=1 leaves the cluster up until Ctrl-C.
 set -euo pipefail
