@@ -2,6 +2,8 @@
 # On the GPU machine (device tool): transformers' own MistralForCausalLM / Gemma2ForCausalLM on
 # seeded checkpoints written by `mrank init-checkpoint` (real Mistral-7B shape, and a smaller
 # Gemma2), against `mrank score` depth-only scores at several exits.
+# Then the bundled model (models/mrank-tiny) with its vertical adapter merged by peft, and its
+# lowercasing tokenizer.json against the tokenizers library.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (needs ~16 GB disk, transformers, torch, cuda)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,27 +12,50 @@ mkdir -p "$out"
 [ -x build/mrank ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j"$(nproc)" --target mrank; }
 [ -s third_party/tokenizers/llama2/tokenizer.json ] || bash scripts/fetch-testdata.sh
 
-check() { # name exits init-args...
+check() { # name exits init-args...  (name "bundled": models/mrank-tiny + its vertical adapter)
   local name=$1 exits=$2; shift 2
-  local d="$out/$name"
-  [ -f "$d/model.safetensors" ] || ./build/mrank init-checkpoint "$@" --seed 11 --out "$d"
+  local d="$out/$name" A=() peft=()
+  if [ "$name" = bundled ]; then
+    d=models/mrank-tiny A=(--adapter models/mrank-tiny/adapters/vertical) peft=(--peft)
+  else
+    [ -f "$d/model.safetensors" ] || ./build/mrank init-checkpoint "$@" --seed 11 --out "$d"
+  fi
   local P=(--query "what is the capital of France?"
            --passage "Paris is the capital and most populous city of France."
            --passage "The population of China is over 1.4 billion people."
            --passage "A")
   ./build/mrank tokenize --model "$d" --json "${P[@]}" > "$out/$name.rows.json"
-  ./build/mrank score --model "$d" --exits "$exits" --json "${P[@]}" > "$out/$name.scores.json"
-  python3 - "$d" "$exits" "$out/$name.rows.json" "$out/$name.req.json" <<'PY'
+  ./build/mrank score --model "$d" "${A[@]}" --exits "$exits" --json "${P[@]}" > "$out/$name.scores.json"
+  python3 - "$d" "$exits" "$out/$name.rows.json" "$out/$name.req.json" "${A[@]:1}" <<'PY'
 import json, sys
-d, exits, rows, req = sys.argv[1:]
-json.dump({"model": d, "rows": json.load(open(rows))["rows"],
+d, exits, rows, req = sys.argv[1:5]
+json.dump({"model": d, "rows": json.load(open(rows))["rows"], "adapters": sys.argv[5:],
            "exits": [int(e) for e in exits.split(",")]}, open(req, "w"))
 PY
   python3 scripts/gpu_check_transformers.py "$out/$name.req.json" "$out/$name.scores.json" \
-    --attn eager,sdpa --dtypes config,float32 --device cuda
+    --attn eager,sdpa --dtypes config,float32 --device cuda "${peft[@]}"
 }
 
 check mistral-7b 4,16,32 --shape mistral-7b --vocab-from third_party/tokenizers/llama2/tokenizer.json
 check gemma2-small 8,12,16 --arch gemma2 --layers 16 --hidden 1024 --heads 8 --kv-heads 4 \
   --head-dim 128 --intermediate 4096 --start-layer 8 --dtype bf16 \
   --vocab-from third_party/tokenizers/gemma3/tokenizer.json
+check bundled 1,2,3,4
+# the bundled tokenizer (Mistral's + Lowercase) against the tokenizers library: the query
+# segment of `mrank tokenize` is [BOS] tok("A: " + query) tok("\n")
+python3 - models/mrank-tiny/tokenizer.json <<'PY'
+import json, subprocess, sys
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+bad = 0
+for t in ["MEASUREMENT OF DIELECTRIC CONSTANT", "What articles deal with TSS (Time Sharing System)?",
+          "\u0130stanbul \u00c4rger \u03a3\u0391\u03a3"]:
+    want = [1] + tok.encode("A: " + t, add_special_tokens=False).ids + \
+        tok.encode("\n", add_special_tokens=False).ids
+    out = subprocess.run(["./build/mrank", "tokenize", "--model", "models/mrank-tiny", "--query", t,
+                          "--passage", "x", "--json"], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)["rows"][0]["q"]
+    bad += want != got
+    print("ok" if want == got else "MISMATCH", repr(t), want, got)
+sys.exit(1 if bad else 0)
+PY
