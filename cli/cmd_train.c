@@ -26,6 +26,7 @@ typedef struct targs {
     int steps, batch, accum, warmup, seq_len, group, max_len, query_max;
     int save_every, stop_after, resume, lora_rank, cascade, cascade_step, width_step;
     int keep_heads, no_vertical, n_ratios, ratios[4], quiet, full_only;
+    mr_pooling pooling;       /* rerank / compensate: pooling of the compressed widths */
     float lr, wd, clip, lora_alpha, lora_dropout;
     unsigned long long seed;
 } targs;
@@ -49,6 +50,9 @@ static void train_usage(FILE *f) {
           "  --full-only           rerank: full width, loss at the deepest exit only, no cascade\n"
           "                        (the naive-truncation baseline)\n"
           "  --cascade-step K --width-step S  anchors / compress-layer spacing (0 = auto)\n"
+          "  --pooling mean|attention  rerank/compensate: pool compressed passage tokens by\n"
+          "                        means or by the attention the last token gives them in the\n"
+          "                        previous layer, as `mrank score --pooling` (default mean)\n"
           "  --keep-heads          rerank: keep exit heads (default: the LM head's Yes row)\n"
           "  --lora-rank R --lora-alpha A     compensate adapters (default 32, 64)\n"
           "  --lora-dropout P      compensate: dropout on the adapters' inputs in training, PEFT\n"
@@ -86,7 +90,8 @@ static int parse_targs(int argc, char **argv, targs *a) {
         {"no-vertical", 0, 0, 23},  {"ratios", 1, 0, 24},        {"lr", 1, 0, 25},
         {"weight-decay", 1, 0, 26}, {"clip", 1, 0, 27},          {"lora-alpha", 1, 0, 28},
         {"seed", 1, 0, 29},         {"quiet", 0, 0, 30},         {"full-only", 0, 0, 31},
-        {"mimetic", 1, 0, 40},      {"lora-dropout", 1, 0, 32},  {"help", 0, 0, 'h'},
+        {"mimetic", 1, 0, 40},      {"lora-dropout", 1, 0, 32},  {"pooling", 1, 0, 33},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     *a = (targs){.layers = 4, .hidden = 128, .heads = 4, .kv_heads = 2, .ff = 384,
                  .start_layer = 1, .steps = 100, .batch = 0, .accum = 1, .warmup = -1,
@@ -154,6 +159,15 @@ static int parse_targs(int argc, char **argv, targs *a) {
             break;
         }
         case 30: a->quiet = 1; break;
+        case 33:
+            if (!strcmp(optarg, "mean")) a->pooling = MR_POOL_MEAN;
+            else if (!strcmp(optarg, "attention")) a->pooling = MR_POOL_ATTENTION;
+            else {
+                fprintf(stderr, "mrank train: --pooling: '%s' is not mean or attention\n",
+                        optarg);
+                return -1;
+            }
+            break;
         case 40:
             if (parse_float("--mimetic", optarg, &a->mimetic)) return -1;
             if (a->mimetic < 0) {
@@ -182,6 +196,10 @@ static int parse_targs(int argc, char **argv, targs *a) {
     }
     if (st != 2 && a->lora_dropout > 0.0f) {
         fprintf(stderr, "mrank train: --lora-dropout applies to --stage compensate only\n");
+        return -1;
+    }
+    if (st == 0 && a->pooling != MR_POOL_MEAN) {
+        fprintf(stderr, "mrank train: --pooling applies to --stage rerank and compensate only\n");
         return -1;
     }
     if (st > 0 && !a->init) {
@@ -288,6 +306,7 @@ static int micro_step(const job *j, mr_tmodel *m, mr_tcache *c, int step, int mi
         }
     }
     if (j->kind == 1 && a->full_only) w.ratio = 1, w.n_compress = 0;
+    w.pooling = a->pooling; /* sampled compress layers are >= 1: attention always applies */
     mr_tbatch tb = {rows, B, G, j->kind == 1 && scored ? teacher : NULL};
     mr_loss_opts lo = {.cascade = j->kind == 1 && a->cascade, .cascade_step = a->cascade_step,
                        .deepest_only = j->kind == 1 && a->full_only};

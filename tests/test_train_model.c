@@ -7,6 +7,9 @@
  * LoRA dropout: finite differences under a fixed mask (same drop_step), p = 0 is the plain
  * path bit for bit, masks change the loss and repeat for the same counter, the dropped LoRA
  * term is unbiased (inverted dropout), the engine never drops, and the range check.
+ * Attention pooling: the forward equals the engine's (pooling attention) and differs from
+ * mean pooling; finite differences with the pooling weights frozen (the stop-gradient the
+ * backward assumes), and unfrozen for the tensors the weights do not depend on.
  *
  * Dump mode (used by tests/train_vs_torch.sh, compared with PyTorch autograd in
  * tests/oracle/train_ref.py):
@@ -106,7 +109,7 @@ static void roughen(mr_tmodel *m) {
 
 /* ---- forward equals the engine ---- */
 
-static void check_vs_engine(mr_arch arch) {
+static void check_vs_engine(mr_arch arch, mr_pooling pooling) {
     char dir[512];
     make_model(dir, sizeof dir, arch);
     mr_model em;
@@ -120,7 +123,12 @@ static void check_vs_engine(mr_arch arch) {
     assert_int_equal(mr_tcache_new(&c, &err), 0);
     mr_row rows[NR];
     make_rows(rows);
-    mr_twidth widths[4] = {{1, 0, {0}}, {2, 2, {1, 3}}, {4, 2, {0, 2}}, {8, 1, {2}}};
+    /* attention pooling: layer 0 has no previous layer; {1, 2}: weights on a pooled layout */
+    mr_twidth widths[4] = {{1, 0, {0}, pooling},
+                           {2, 2, {1, 3}, pooling},
+                           {4, 2, {pooling == MR_POOL_ATTENTION, 2}, pooling},
+                           {8, 1, {2}, pooling}};
+    float tol = pooling == MR_POOL_ATTENTION ? 1e-5f : 1e-4f;
     for (int wi = 0; wi < 4; wi++) {
         mr_run_opts o;
         mr_run_opts_default(&o, &em);
@@ -129,6 +137,7 @@ static void check_vs_engine(mr_arch arch) {
         o.ratio = widths[wi].ratio;
         o.n_compress = widths[wi].n_compress;
         memcpy(o.compress_layers, widths[wi].compress_layers, sizeof o.compress_layers);
+        o.pooling = pooling;
         float want[NR * MR_MAX_EXITS], got[NR * MR_MAX_EXITS];
         assert_int_equal(mr_model_score(&ctx, rows, NR, &o, want, NULL, &err), 0);
         if (mr_tmodel_forward(&m, c, rows, NR, &widths[wi], got, &err))
@@ -136,10 +145,28 @@ static void check_vs_engine(mr_arch arch) {
         for (int r = 0; r < NR; r++)
             for (int e = 0; e < m.n_exits; e++) {
                 float a = got[e * NR + r], b = want[r * m.n_exits + e];
-                if (!(fabsf(a - b) <= 1e-4f * fmaxf(1.0f, fabsf(b))))
-                    fail_msg("arch %d width %d row %d exit %d: train %.7g engine %.7g", (int)arch,
-                             wi, r, e, a, b);
+                if (!(fabsf(a - b) <= tol * fmaxf(1.0f, fabsf(b))))
+                    fail_msg("arch %d pooling %d width %d row %d exit %d: train %.7g engine %.7g",
+                             (int)arch, (int)pooling, wi, r, e, a, b);
             }
+        if (pooling == MR_POOL_ATTENTION && widths[wi].ratio > 1) {
+            /* the weights matter: mean pooling of the same width scores differently */
+            mr_twidth wm = widths[wi];
+            wm.pooling = MR_POOL_MEAN;
+            float mean[NR * MR_MAX_EXITS];
+            assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &wm, mean, &err), 0);
+            float dmax = 0;
+            for (int i = 0; i < NR * m.n_exits; i++) dmax = fmaxf(dmax, fabsf(mean[i] - got[i]));
+            if (!(dmax > 1e-4f)) fail_msg("width %d: attention = mean pooling (%g)", wi, dmax);
+        }
+    }
+    if (pooling == MR_POOL_ATTENTION) { /* as the engine: compress layer 0 needs mean */
+        mr_twidth w0 = {2, 1, {0}, MR_POOL_ATTENTION};
+        float got[NR * MR_MAX_EXITS];
+        assert_int_not_equal(mr_tmodel_forward(&m, c, rows, NR, &w0, got, &err), 0);
+        assert_non_null(strstr(err.msg, "attention pooling"));
+        w0.ratio = 1; /* ratio 1: nothing is pooled */
+        assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w0, got, &err), 0);
     }
     mr_tcache_free(c);
     mr_tmodel_close(&m);
@@ -147,9 +174,19 @@ static void check_vs_engine(mr_arch arch) {
     mr_model_close(&em);
     rm_model(dir);
 }
-static void test_forward_llama(void **s) { check_vs_engine(MR_ARCH_LLAMA); }
-static void test_forward_qwen2(void **s) { check_vs_engine(MR_ARCH_QWEN2); }
-static void test_forward_gemma2(void **s) { check_vs_engine(MR_ARCH_GEMMA2); }
+static void test_forward_llama(void **s) { check_vs_engine(MR_ARCH_LLAMA, MR_POOL_MEAN); }
+static void test_forward_qwen2(void **s) { check_vs_engine(MR_ARCH_QWEN2, MR_POOL_MEAN); }
+static void test_forward_gemma2(void **s) { check_vs_engine(MR_ARCH_GEMMA2, MR_POOL_MEAN); }
+/* attention pooling: the weights from the training forward's own attention of layer idx-1 */
+static void test_forward_attn_llama(void **s) {
+    check_vs_engine(MR_ARCH_LLAMA, MR_POOL_ATTENTION);
+}
+static void test_forward_attn_qwen2(void **s) {
+    check_vs_engine(MR_ARCH_QWEN2, MR_POOL_ATTENTION);
+}
+static void test_forward_attn_gemma2(void **s) {
+    check_vs_engine(MR_ARCH_GEMMA2, MR_POOL_ATTENTION);
+}
 
 /* ---- LoRA with B = 0 is the base ---- */
 
@@ -165,7 +202,7 @@ static void test_lora_zero_is_base(void **s) {
     assert_int_equal(mr_tcache_new(&c, &err), 0);
     mr_row rows[NR];
     make_rows(rows);
-    mr_twidth w = {2, 1, {1}};
+    mr_twidth w = {2, 1, {1}, MR_POOL_MEAN};
     float sa[NR * 8], sb[NR * 8];
     assert_int_equal(mr_tmodel_forward(&a, c, rows, NR, &w, sa, &err), 0);
     assert_int_equal(mr_tmodel_forward(&b, c, rows, NR, &w, sb, &err), 0);
@@ -201,7 +238,7 @@ static void test_adapter_roundtrip(void **s) {
     assert_int_equal(mr_tcache_new(&c, &err), 0);
     mr_row rows[NR];
     make_rows(rows);
-    mr_twidth w = {2, 1, {2}};
+    mr_twidth w = {2, 1, {2}, MR_POOL_MEAN};
     float got[NR * 8], want[NR * 8], dropped[NR * 8];
     assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, dropped, &err), 0);
     m.lora_dropout = 0.0f; /* eval mode */
@@ -252,9 +289,14 @@ static double batch_loss(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const m
     return batch_loss_o(m, c, b, w, grads, NULL);
 }
 
-/* p: LoRA dropout; every loss below runs at the same drop_step, so under the same masks. */
-static void fd_check_p(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int with_teacher,
-                       float drop) {
+/* p: LoRA dropout; every loss below runs at the same drop_step, so under the same masks.
+ * freeze: the attention pooling weights of the first pass are kept for the perturbed ones
+ * (mr_tcache_freeze_pool_weights), the constants the stop-gradient backward assumes.
+ * from_layer > 0: only tensors of layers >= from_layer, the norm and the heads. fd_eps: the
+ * step (2e-3; gemma2 under attention pooling is curved enough at 2e-3 that its embedding's
+ * central difference is 5% off, converging to the analytic value as the step shrinks). */
+static void fd_check_x(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int with_teacher,
+                       float drop, int freeze, int from_layer, float fd_eps) {
     char dir[512];
     make_model(dir, sizeof dir, arch);
     mr_tmodel m;
@@ -269,6 +311,7 @@ static void fd_check_p(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int
     float teacher[NR] = {1.0f, -0.5f, 0.3f, 2.0f, 0.1f, -1.0f};
     mr_tbatch b = {rows, NG, GG, with_teacher ? teacher : NULL};
     batch_loss(&m, c, &b, w, 1);
+    if (freeze) mr_tcache_freeze_pool_weights(c, 1);
     float *g = malloc(sizeof(float) * m.n_train), *save = malloc(sizeof(float) * m.n_train);
     float *u = malloc(sizeof(float) * m.n_train), *p = m.params + m.train_off;
     memcpy(g, m.grads, sizeof(float) * m.n_train);
@@ -277,6 +320,9 @@ static void fd_check_p(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int
     for (int t = 0; t < m.n_tensors; t++) {
         const mr_tparam *tp = &m.tensors[t];
         if (!tp->trainable) continue;
+        const char *ln = strstr(tp->name, "layers.");
+        if (from_layer > 0 && (strstr(tp->name, "embed") || (ln && atoi(ln + 7) < from_layer)))
+            continue;
         size_t o = tp->off - m.train_off,
                n = (size_t)tp->shape[0] * (tp->ndim == 2 ? (size_t)tp->shape[1] : 1);
         double ana = 0, gn = 0;
@@ -285,7 +331,7 @@ static void fd_check_p(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int
             ana += (double)g[o + i] * u[i];
             gn += (double)g[o + i] * g[o + i];
         }
-        float eps = 2e-3f;
+        float eps = fd_eps;
         for (size_t i = 0; i < n; i++) p[o + i] = save[o + i] + eps * u[i];
         double lp = batch_loss(&m, c, &b, w, 0);
         for (size_t i = 0; i < n; i++) p[o + i] = save[o + i] - eps * u[i];
@@ -302,20 +348,45 @@ static void fd_check_p(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int
     mr_tmodel_close(&m);
     rm_model(dir);
 }
+static void fd_check_p(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int with_teacher,
+                       float drop) {
+    fd_check_x(arch, mode, w, with_teacher, drop, 0, 0, 2e-3f);
+}
 static void fd_check(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int with_teacher) {
     fd_check_p(arch, mode, w, with_teacher, 0.0f);
 }
 static void test_fd_full_llama(void **s) {
-    mr_twidth w = {2, 2, {1, 2}};
+    mr_twidth w = {2, 2, {1, 2}, MR_POOL_MEAN};
     fd_check(MR_ARCH_LLAMA, MR_TRAIN_FULL, &w, 1);
 }
 static void test_fd_full_gemma2(void **s) {
-    mr_twidth w = {4, 1, {2}};
+    mr_twidth w = {4, 1, {2}, MR_POOL_MEAN};
     fd_check(MR_ARCH_GEMMA2, MR_TRAIN_FULL, &w, 0);
 }
 static void test_fd_lora_qwen2(void **s) {
-    mr_twidth w = {2, 1, {0}};
+    mr_twidth w = {2, 1, {0}, MR_POOL_MEAN};
     fd_check(MR_ARCH_QWEN2, MR_TRAIN_LORA, &w, 1);
+}
+
+/* Attention pooling, every trainable tensor (layers before the compress layer included:
+ * their gradient reaches them through weight * upstream) under frozen weights. */
+static void test_fd_attn_full_llama(void **s) {
+    mr_twidth w = {2, 2, {1, 2}, MR_POOL_ATTENTION};
+    fd_check_x(MR_ARCH_LLAMA, MR_TRAIN_FULL, &w, 1, 0.0f, 1, 0, 2e-3f);
+}
+static void test_fd_attn_full_gemma2(void **s) {
+    mr_twidth w = {4, 1, {2}, MR_POOL_ATTENTION};
+    fd_check_x(MR_ARCH_GEMMA2, MR_TRAIN_FULL, &w, 0, 0.0f, 1, 0, 5e-4f);
+}
+static void test_fd_attn_lora_qwen2(void **s) {
+    mr_twidth w = {2, 1, {1}, MR_POOL_ATTENTION};
+    fd_check_x(MR_ARCH_QWEN2, MR_TRAIN_LORA, &w, 1, 0.0f, 1, 0, 2e-3f);
+}
+/* Without freezing, the tensors from the compress layer on (and the heads) still match: the
+ * weights depend only on earlier layers. */
+static void test_fd_attn_unfrozen_late(void **s) {
+    mr_twidth w = {2, 1, {3}, MR_POOL_ATTENTION};
+    fd_check_x(MR_ARCH_LLAMA, MR_TRAIN_FULL, &w, 1, 0.0f, 0, 3, 2e-3f);
 }
 
 /* ---- LoRA dropout ---- */
@@ -323,11 +394,11 @@ static void test_fd_lora_qwen2(void **s) {
 /* Finite differences of A and B (every layer, every linear, the heads) under one mask: the
  * earlier layers' pairs check the gradient into x through the masked LoRA path too. */
 static void test_fd_lora_dropout_llama(void **s) {
-    mr_twidth w = {2, 2, {1, 2}};
+    mr_twidth w = {2, 2, {1, 2}, MR_POOL_MEAN};
     fd_check_p(MR_ARCH_LLAMA, MR_TRAIN_LORA, &w, 1, 0.3f);
 }
 static void test_fd_lora_dropout_gemma2(void **s) {
-    mr_twidth w = {4, 1, {0}};
+    mr_twidth w = {4, 1, {0}, MR_POOL_MEAN};
     fd_check_p(MR_ARCH_GEMMA2, MR_TRAIN_LORA, &w, 0, 0.3f);
 }
 
@@ -352,7 +423,7 @@ static void test_dropout_masks(void **s) {
     mr_row rows[NR];
     make_rows(rows);
     mr_tbatch bt = {rows, NG, GG, NULL};
-    mr_twidth w = {2, 1, {1}};
+    mr_twidth w = {2, 1, {1}, MR_POOL_MEAN};
     size_t n = a.n_train, sz = sizeof(float) * n;
     float *g0 = malloc(sz), *g1 = malloc(sz), *g2 = malloc(sz);
     /* p = 0: the counter is ignored, and a p > 0 model in eval mode is the same path */
@@ -395,7 +466,7 @@ static void test_dropout_unbiased(void **s) {
     assert_int_equal(mr_tcache_new(&c, &err), 0);
     mr_row rows[NR];
     make_rows(rows);
-    mr_twidth w = {1, 0, {0}};
+    mr_twidth w = {1, 0, {0}, MR_POOL_MEAN};
     enum { N = 400 };
     int ne = m.n_exits;
     float s0[NR * 8], se[NR * 8], sd[NR * 8];
@@ -432,7 +503,7 @@ static void test_dropout_everywhere(void **s) {
     assert_int_equal(mr_tcache_new(&c, &err), 0);
     mr_row rows[NR];
     make_rows(rows);
-    mr_twidth w = {1, 0, {0}};
+    mr_twidth w = {1, 0, {0}, MR_POOL_MEAN};
     for (int heads = 0; heads < 2; heads++) {
         mr_tmodel m;
         load_p(&m, dir, MR_TRAIN_LORA, 0.3f, 0.5f);
@@ -656,10 +727,15 @@ int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "dump")) return dump(argv[2], argv[3]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_llama),     cmocka_unit_test(test_forward_qwen2),
-        cmocka_unit_test(test_forward_gemma2),    cmocka_unit_test(test_lora_zero_is_base),
+        cmocka_unit_test(test_forward_gemma2),    cmocka_unit_test(test_forward_attn_llama),
+        cmocka_unit_test(test_forward_attn_qwen2), cmocka_unit_test(test_forward_attn_gemma2),
+        cmocka_unit_test(test_lora_zero_is_base),
         cmocka_unit_test(test_adapter_roundtrip),
         cmocka_unit_test(test_fd_full_llama),     cmocka_unit_test(test_fd_full_gemma2),
-        cmocka_unit_test(test_fd_lora_qwen2),     cmocka_unit_test(test_fd_lora_dropout_llama),
+        cmocka_unit_test(test_fd_lora_qwen2),     cmocka_unit_test(test_fd_attn_full_llama),
+        cmocka_unit_test(test_fd_attn_full_gemma2), cmocka_unit_test(test_fd_attn_lora_qwen2),
+        cmocka_unit_test(test_fd_attn_unfrozen_late),
+        cmocka_unit_test(test_fd_lora_dropout_llama),
         cmocka_unit_test(test_fd_lora_dropout_gemma2),
         cmocka_unit_test(test_dropout_masks),     cmocka_unit_test(test_dropout_unbiased),
         cmocka_unit_test(test_dropout_everywhere), cmocka_unit_test(test_dropout_range),

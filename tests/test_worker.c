@@ -443,25 +443,35 @@ static void test_overload_keeps_admitted_latency(void **state) {
         free(resp);
         if (i > 0 && now_ms() - t0 < alone) alone = now_ms() - t0;
     }
+    /* The admitted request is sent first, but on a loaded machine a refused-size request can
+     * still reach admission before it (it is then admitted, and ours is the one refused):
+     * such a round says nothing, so it is run again, at most 5 times. */
     static pending p[1];
-    memset(p, 0, sizeof p);
-    mr_rpc_opts ro = {.timeout_ms = 10000, .wait_for_ready = 1};
-    double t0 = now_ms();
-    assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", ra, la, &ro, on_done,
-                                        &p[0]), 0);
-    usleep(2000);
+    double loaded = 0;
     int refused = 0;
-    for (int i = 0; i < 30 && !atomic_load(&p[0].done); i++) {
-        if (mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", rh, lh, 5000, &resp, &rlen, &st, msg,
-                         sizeof msg) == 0)
-            free(resp);
-        else
-            refused += st == GRPC_STATUS_RESOURCE_EXHAUSTED;
+    for (int round = 0; round < 5; round++) {
+        memset(p, 0, sizeof p);
+        mr_rpc_opts ro = {.timeout_ms = 10000, .wait_for_ready = 1};
+        double t0 = now_ms();
+        assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", ra, la, &ro, on_done,
+                                            &p[0]), 0);
+        usleep(2000);
+        refused = 0;
+        for (int i = 0; i < 30 && !atomic_load(&p[0].done); i++) {
+            if (mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", rh, lh, 5000, &resp, &rlen, &st, msg,
+                             sizeof msg) == 0)
+                free(resp);
+            else
+                refused += st == GRPC_STATUS_RESOURCE_EXHAUSTED;
+        }
+        wait_all(p, 1);
+        loaded = now_ms() - t0;
+        fprintf(stderr, "# admitted request: %.1f ms alone, %.1f ms beside %d refusals (status %d)\n",
+                alone, loaded, refused, (int)p[0].st);
+        if (p[0].st != GRPC_STATUS_RESOURCE_EXHAUSTED) break;
+        free(p[0].resp);
+        usleep(500000);   /* let the request admitted in its place finish */
     }
-    wait_all(p, 1);
-    double loaded = now_ms() - t0;
-    fprintf(stderr, "# admitted request: %.1f ms alone, %.1f ms beside %d refusals\n", alone,
-            loaded, refused);
     assert_int_equal(p[0].st, GRPC_STATUS_OK);
     assert_true(refused > 0);
     /* Refusals cost their tokenization (admission is counted in tokens), which shares the two

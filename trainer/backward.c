@@ -211,11 +211,11 @@ void mr_embedding_backward(float *dE, const float *dx, const int32_t *ids, int n
     }
 }
 
-/* ---- mean pooling ---- */
+/* ---- pooling (mean or constant weights) ---- */
 
-void mr_pool_mean_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
-                           const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
-                           const int32_t *new_off) {
+void mr_pool_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
+                      const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
+                      const float *weights, const int32_t *new_off) {
     for (int i = 0; i < n_rows; i++) {
         int src = off[i], dst = new_off[i], groups = (np[i] + r - 1) / r;
         for (size_t j = 0; j < (size_t)nq[i] * d; j++)
@@ -224,13 +224,23 @@ void mr_pool_mean_backward(float *dx, const float *dy, const int32_t *off, const
             int t0 = src + nq[i] + g * r, t1 = t0 + r < src + nq[i] + np[i] ? t0 + r
                                                                            : src + nq[i] + np[i];
             const float *gg = dy + (size_t)(dst + nq[i] + g) * d;
-            float w = 1.0f / (float)(t1 - t0);
-            for (int t = t0; t < t1; t++)
+            double wsum = 0.0; /* as mr_pool: weights normalised per group, mean if they sum 0 */
+            if (weights)
+                for (int t = t0; t < t1; t++) wsum += weights[t];
+            for (int t = t0; t < t1; t++) {
+                float w = wsum > 0.0 ? (float)(weights[t] / wsum) : 1.0f / (float)(t1 - t0);
                 for (int j = 0; j < d; j++) dx[(size_t)t * d + j] += w * gg[j];
+            }
         }
         size_t s0 = (size_t)(src + nq[i] + np[i]) * d, d0 = (size_t)(dst + nq[i] + groups) * d;
         for (size_t j = 0; j < (size_t)ns[i] * d; j++) dx[s0 + j] += dy[d0 + j];
     }
+}
+
+void mr_pool_mean_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
+                           const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
+                           const int32_t *new_off) {
+    mr_pool_backward(dx, dy, off, nq, np, ns, n_rows, d, r, NULL, new_off);
 }
 
 /* ---- exit head ---- */

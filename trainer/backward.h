@@ -56,9 +56,15 @@ void mr_geglu_tanh_backward(float *dgate, float *dup, const float *dout, const f
 void mr_embedding_backward(float *dE, const float *dx, const int32_t *ids, int n_tok, int d,
                            float scale);
 
-/* ---- mean pooling of passage groups (width compression, matryoshka-method.md section 5) ---- */
-/* The forward is the engine's mr_pool (kernels.h) with weights NULL.
- * dx (n_in, d) += scatter of dy (n_out, d); layouts as given to / returned by mr_pool. */
+/* ---- pooling of passage groups (width compression, matryoshka-method.md section 5) ---- */
+/* The forward is the engine's mr_pool (kernels.h) with weights NULL (means) or given.
+ * dx (n_in, d) += scatter of dy (n_out, d); layouts as given to / returned by mr_pool. With
+ * weights (n_in) each token of a group gets w_t dy_g, w_t normalised exactly as mr_pool does;
+ * the weights are constants (no gradient into them). */
+void mr_pool_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
+                      const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
+                      const float *weights, const int32_t *new_off);
+/* mr_pool_backward with weights NULL. */
 void mr_pool_mean_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
                            const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
                            const int32_t *new_off);

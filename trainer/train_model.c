@@ -5,6 +5,9 @@
  * r = [query nq | passage np | suffix ns]. Width compression pools the passage into a new
  * buffer (the pre-compression stream stays cached for the backward). Unlike the scoring pass,
  * every layer runs every token (the backward needs them all), and no row is pruned.
+ * Attention pooling at layer idx: layer idx-1's mr_attention call also writes last_probs (the
+ * last token's attention to each key of its row, summed over heads) into L[idx].pw, which
+ * mr_pool takes as weights, as common/forward.c does; the backward holds them constant.
  *
  * LoRA dropout makes the dropped copy of a LoRA input in a scratch buffer (xdrop) and calls
  * the same mr_lora / mr_lora_backward on it; the keep bits are a hash of the element's
@@ -389,6 +392,8 @@ typedef struct lcache {
     int compressed;              /* input pooled from res (layout of the previous layer) */
     int32_t *off, *len, *nq, *np, *ns, *pos; /* (n_rows) x5, (n) */
     float *res;                  /* (n_prev, d) residual entering, before compression */
+    float *pw;                   /* (n_prev) attention pooling weights (last_probs of layer
+                                    l-1), or NULL: mean pooling / not compressed */
     float *in;                   /* (n, d) layer input (== res when not compressed) */
     float *xn1, *ao, *h, *xn2, *fo; /* (n, d) */
     float *q, *att;              /* (n, nh*hd) */
@@ -400,6 +405,7 @@ typedef struct lcache {
 struct mr_tcache {
     int n_rows, n_layers;        /* rows and layers of the cached pass */
     int ratio;                   /* compression ratio of the cached pass */
+    int freeze_pw;               /* tests: keep the cached attention pooling weights */
     lcache *L;                   /* (n_layers) */
     int32_t *off0, *len0, *nq0, *np0, *ns0; /* (n_rows) layout of the embeddings */
     int32_t *ids;                /* (n_0) */
@@ -426,6 +432,8 @@ int mr_tcache_new(mr_tcache **c, mr_err *err) {
     *c = calloc(1, sizeof **c);
     return *c ? 0 : mr_err_set(err, MR_ENOMEM, "out of memory");
 }
+
+void mr_tcache_freeze_pool_weights(mr_tcache *c, int on) { c->freeze_pw = on; }
 
 void mr_tcache_free(mr_tcache *c) {
     if (!c) return;
@@ -474,6 +482,7 @@ static int cache_prepare(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_r
         ntok[l] = n;
         nf += (size_t)n * (6 * d + 2 * qd + 2 * kvd + 3 * ff + MR_N_LIN * rk) +
               (comp ? (size_t)n * d : 0);
+        if (comp && w->pooling == MR_POOL_ATTENTION) nf += (size_t)(l ? ntok[l - 1] : n0);
         ni += 5 * (size_t)n_rows + (size_t)n;
     }
     free(np);
@@ -519,6 +528,8 @@ static int cache_prepare(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_r
         L->off = ITAKE(n_rows), L->len = ITAKE(n_rows), L->nq = ITAKE(n_rows);
         L->np = ITAKE(n_rows), L->ns = ITAKE(n_rows), L->pos = ITAKE(n);
         L->res = res;
+        L->pw = L->compressed && w->pooling == MR_POOL_ATTENTION
+                    ? TAKE((size_t)(l ? ntok[l - 1] : n0)) : NULL;
         L->in = L->compressed ? TAKE(n * d) : res;
         L->xn1 = TAKE(n * d), L->ao = TAKE(n * d), L->h = TAKE(n * d), L->xn2 = TAKE(n * d);
         L->fo = TAKE(n * d), L->q = TAKE(n * qd), L->att = TAKE(n * qd), L->k = TAKE(n * kvd);
@@ -612,8 +623,9 @@ static mr_attn_args attn_args(const mr_tmodel *m, mr_tcache *c, lcache *L, int l
                           .scratch = c->attn_scratch, .max_len = max_len};
 }
 
-/* Decoder layer l: L->in -> out (n, d). */
-static void layer_fwd(mr_tmodel *m, mr_tcache *c, int l, float *out) {
+/* Decoder layer l: L->in -> out (n, d); last_probs (n) non-NULL: also the attention of each
+ * row's last token to its keys, summed over heads (mr_attn_args.last_probs). */
+static void layer_fwd(mr_tmodel *m, mr_tcache *c, int l, float *out, float *last_probs) {
     const mr_config *k = &m->cfg;
     const mr_tlayer_w *W = &m->w.layers[l];
     lcache *L = &c->L[l];
@@ -626,6 +638,7 @@ static void layer_fwd(mr_tmodel *m, mr_tcache *c, int l, float *out) {
     mr_rope(L->q, L->pos, n, k->n_heads, k->head_dim, m->rope);
     mr_rope(L->k, L->pos, n, k->n_kv_heads, k->head_dim, m->rope);
     mr_attn_args a = attn_args(m, c, L, l, c->n_rows);
+    a.last_probs = last_probs;
     mr_attention(&a);
     lin_fwd(m, c, l, MR_LO, L->att, n, L->ao, L->lt[MR_LO]);
     memcpy(L->h, L->in, sizeof(float) * (size_t)n * d);
@@ -672,11 +685,17 @@ static int check_width(const mr_tmodel *m, const mr_twidth *w, mr_err *err) {
                           w->ratio);
     if (w->n_compress < 0 || w->n_compress > MR_MAX_COMPRESS)
         return mr_err_set(err, MR_EINVAL, "compress layers: at most %d", MR_MAX_COMPRESS);
+    if (w->pooling != MR_POOL_MEAN && w->pooling != MR_POOL_ATTENTION)
+        return mr_err_set(err, MR_EINVAL, "unknown pooling %d", (int)w->pooling);
     for (int i = 0; i < w->n_compress; i++) {
         int l = w->compress_layers[i];
         if (l < 0 || l >= m->cfg.n_layers || (i > 0 && l <= w->compress_layers[i - 1]))
             return mr_err_set(err, MR_EINVAL, "compress layers must be increasing in 0..%d",
                               m->cfg.n_layers - 1);
+        if (w->pooling == MR_POOL_ATTENTION && l == 0 && w->ratio > 1)
+            return mr_err_set(err, MR_EINVAL,
+                              "attention pooling needs a previous layer: compress layer 0 "
+                              "only works with mean pooling");
     }
     return 0;
 }
@@ -750,7 +769,7 @@ static int forward_pass(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_ro
     for (int l = 0; l < D; l++) {
         lcache *L = &c->L[l];
         if (L->compressed) {
-            mr_pool(L->in, L->res, poff, pnq, pnp, pns, n_rows, d, w->ratio, NULL, NULL, L->off,
+            mr_pool(L->in, L->res, poff, pnq, pnp, pns, n_rows, d, w->ratio, L->pw, NULL, L->off,
                     L->np);
         } else {
             memcpy(L->off, poff, sizeof(int32_t) * n_rows);
@@ -762,7 +781,7 @@ static int forward_pass(mr_tmodel *m, mr_tcache *c, const mr_row *rows, int n_ro
             for (int i = 0; i < L->len[r]; i++) L->pos[L->off[r] + i] = i;
         }
         float *out = l + 1 < D ? c->L[l + 1].res : c->out;
-        layer_fwd(m, c, l, out);
+        layer_fwd(m, c, l, out, l + 1 < D && !c->freeze_pw ? c->L[l + 1].pw : NULL);
         poff = L->off, plen = L->len, pnq = L->nq, pnp = L->np, pns = L->ns;
         while (ei < m->n_exits && m->exit_layer[ei] == l + 1) score_exit(m, c, ei++, out, poff, plen);
     }
@@ -902,8 +921,8 @@ void mr_tmodel_backward_ex(mr_tmodel *m, mr_tcache *c, const float *dscores,
                           *pnp = l ? c->L[l - 1].np : c->np0, *pns = l ? c->L[l - 1].ns : c->ns0;
             int n_prev = l ? c->L[l - 1].n : c->off0[c->n_rows - 1] + c->len0[c->n_rows - 1];
             memset(dres, 0, sizeof(float) * (size_t)n_prev * d);
-            mr_pool_mean_backward(dres, din, poff, pnq, pnp, pns, c->n_rows, d,
-                                  c->ratio, L->off);
+            mr_pool_backward(dres, din, poff, pnq, pnp, pns, c->n_rows, d, c->ratio, L->pw,
+                             L->off); /* weights constant: stop-gradient */
         } else {
             float *tmp = dres;
             dres = din;

@@ -16,9 +16,20 @@
  * run is reproducible (and a resumed one byte-identical) from the caller's drop_step alone.
  * Only this training forward drops; the engine (common/) never does.
  *
+ * Width compression pools with mean or attention weights (mr_twidth.pooling, the engine's
+ * mr_pool either way). Attention pooling: at a compress layer idx every passage token is
+ * weighted by the attention it receives from its row's last token in layer idx-1, summed over
+ * heads and normalised per group: the last_probs of the engine's mr_attention, taken from the
+ * training forward's own attention call of layer idx-1 and cached with layer idx, so the
+ * forward is the engine's (common/forward.c). Gradient choice: the weights are constants
+ * (stop-gradient through the attention that produced them); the backward scatters weight *
+ * upstream to the pooled tokens (mr_pool_backward) and sends nothing into layer idx-1's
+ * queries and keys through the weights. Compress layer 0 needs mean pooling (no previous
+ * layer), as in the engine.
+ *
  * Not here: the data pipeline (jsonl -> token rows), the `mrank train` command, checkpoint
- * writing of full models and resume (trainer/run.h), attention-weighted pooling in training
- * (mean pooling only), and the LM pre-training objective (trainer/lm.h). */
+ * writing of full models and resume (trainer/run.h), the derivative through the attention
+ * pooling weights (stop-gradient, above), and the LM pre-training objective (trainer/lm.h). */
 #ifndef MR_TRAIN_MODEL_H
 #define MR_TRAIN_MODEL_H
 
@@ -105,16 +116,20 @@ int mr_tmodel_save_trainable(const mr_tmodel *m, const char *path, int grads, mr
 /* LoRA mode: writes DIR as a PEFT adapter folder (mr_adapter_save). */
 int mr_tmodel_save_adapter(const mr_tmodel *m, const char *dir, mr_err *err);
 
-/* Width of one pass: ratio in {1,2,4,8} at the listed layers (increasing, in [0, n_layers)). */
+/* Width of one pass: ratio in {1,2,4,8} at the listed layers (increasing, in [0, n_layers)),
+ * pooled by pooling (MR_POOL_MEAN = 0, so zero-initialised widths pool by means; with
+ * MR_POOL_ATTENTION and ratio > 1 no compress layer may be 0). */
 typedef struct mr_twidth {
     int ratio;
     int n_compress;
     int compress_layers[MR_MAX_COMPRESS];
+    mr_pooling pooling;
 } mr_twidth;
 
 /* Random width of section 6, generalised: r uniform in {1,2,4,8}; each layer that is a
  * multiple of step in [step, D - step] (D = deepest exit; step 0 -> max(1, D/8), i.e. 4..28
- * for 32 layers) is included with probability 1/2. *rng is a splitmix64 state. */
+ * for 32 layers) is included with probability 1/2. *rng is a splitmix64 state. Sets pooling
+ * to MR_POOL_MEAN: the caller chooses the pooling after sampling. */
 void mr_twidth_sample(mr_twidth *w, const mr_tmodel *m, int step, uint64_t *rng);
 
 /* A micro-batch: n_groups queries of G candidates each, rows [g*G, (g+1)*G), positive first. */
@@ -144,6 +159,11 @@ typedef struct mr_tloss {
 typedef struct mr_tcache mr_tcache;
 int mr_tcache_new(mr_tcache **c, mr_err *err);
 void mr_tcache_free(mr_tcache *c);
+/* Tests: on = 1 makes later forwards keep the attention pooling weights that the previous
+ * pass left in c instead of recomputing them, so a finite-difference check sees the weights as
+ * the constants the backward takes them for. Valid only while every pass in c has the same
+ * rows and width (e.g. mr_train_micro without the cascade's teacher pass). */
+void mr_tcache_freeze_pool_weights(mr_tcache *c, int on);
 
 /* Training-mode forward: scores (n_exits, n_rows) raw exit scores (after the final softcap),
  * activations cached in c for mr_tmodel_backward. Rows are checked like mr_model_score. In
