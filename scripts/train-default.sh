@@ -9,7 +9,7 @@
 #   comp      factorized compensation: vertical (r = 1) and width-2/4/8 LoRA adapters
 # then copies the result to models/mrank-tiny (MODEL=... to write elsewhere).
 # NAIVE=1 also trains the naive-truncation baseline (--full-only, same budget) for the ablation.
-# Wall time on one core of the CI machine: about 20 (lm) + 13 + 10 + 8 minutes.
+# Wall time on one core of the CI machine: about 20 (lm) + 27 + 8 + 4 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -33,10 +33,10 @@ rr() {  # rr NAME INIT DATA STEPS BATCH MAXLEN LR [extra flags]
     done_ $O/$name || $M train --stage rerank --init $init --data $data/rerank-train.jsonl \
         --out $O/$name --steps $steps --batch $batch --group 16 --max-len $maxlen --lr $lr "$@"
 }
-rr rr1 $O/lm $D/short 3000 4 40 1e-3
+rr rr1 $O/lm $D/short 6000 4 40 1e-3
 rr rr2 $O/rr1 $D/mid 2000 2 80 5e-4 --keep-heads
 if [ "${NAIVE:-0}" = 1 ]; then
-    rr naive1 $O/lm $D/short 3000 4 40 1e-3 --full-only
+    rr naive1 $O/lm $D/short 6000 4 40 1e-3 --full-only
     rr naive2 $O/naive1 $D/mid 2000 2 80 5e-4 --keep-heads --full-only
 fi
 done_ $O/comp || $M train --stage compensate --init $O/rr2 --data $D/mid/rerank-train.jsonl \
