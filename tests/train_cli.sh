@@ -4,7 +4,7 @@
 # (--stop-after, --resume) gives byte-identical parameters to an uninterrupted run of the same
 # steps (lm, rerank and compensate); the outputs load in `mrank score` (full checkpoint, and
 # with the PEFT adapters merged) and give finite scores; `mrank eval` runs on a tiny BEIR
-# collection and its BM25 figures follow the metric definitions.
+# collection and its BM25 figures follow the metric definitions; --mimetic sets the init it documents.
 set -euo pipefail
 mrank=$(realpath "$1")
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,6 +35,31 @@ common="--quiet --seed 7"
 "$mrank" train --stage lm --data lm.txt --out lmB $new --steps 6 --batch 2 $common --resume
 cmp lmA/model.safetensors lmB/model.safetensors || fail "lm: resumed run differs"
 [ -f lmA/config.json ] && [ -f lmA/tokenizer.json ] || fail "lm: missing HF files"
+# --mimetic S: with lr 0 the written model is the new model's init; each KV head's k_proj is
+# the q_proj of the first query head sharing it, both S times the seeded values
+"$mrank" train --stage lm --data lm.txt --out lmM $new --steps 1 --batch 1 --lr 0 \
+    --weight-decay 0 --mimetic 3 $common
+/usr/bin/python3 - lmM <<'PY' || fail "--mimetic: q/k projections not as documented"
+import json, struct, sys
+import numpy as np
+def load(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]],
+                             dtype=np.float32).reshape(v["shape"])
+            for k, v in h.items() if k != "__metadata__"}
+d = sys.argv[1]
+a, z = load(d + "/model.safetensors"), load(d + "/init/model.safetensors")
+for l in range(2):
+    p = "model.layers.%d.self_attn." % l
+    q, k, q0, k0 = a[p + "q_proj.weight"], a[p + "k_proj.weight"], z[p + "q_proj.weight"], z[p + "k_proj.weight"]
+    hd = 8  # hidden 16 / 2 heads; 1 KV head shared by query heads 0 and 1
+    assert np.allclose(q[:hd], 3 * q0[:hd], rtol=1e-6), "q head 0 not scaled"
+    assert np.array_equal(q[hd:], q0[hd:]), "q head 1 changed"
+    assert np.array_equal(k, q[:hd]), "k_proj is not q head 0"
+    assert not np.array_equal(k0, q0[:hd])
+PY
 # stage 2: re-ranker fine-tuning (cascade + teacher, accumulation)
 rr="--data rr.jsonl --steps 5 --batch 2 --group 3 --max-len 48 --accum 2 $common"
 "$mrank" train --stage rerank --init lmA --out rrA $rr
