@@ -2,6 +2,7 @@
 # Runs every libFuzzer target in BUILD_DIR for SECONDS each, from the seed corpora in
 # fuzz/corpus/<target>/ (new inputs go to a scratch copy, the repo is not modified).
 # Usage: fuzz.sh BUILD_DIR SECONDS. Fails on the first crash, leak or sanitizer report.
+# fuzz_tokenizer runs twice: Qwen3's byte-level tokenizer, then the bundled model's.
 set -euo pipefail
 build=$1
 secs=$2
@@ -15,4 +16,13 @@ for bin in "$build"/fuzz_*; do
   "$bin" -max_total_time="$secs" -rss_limit_mb=4096 -print_final_stats=1 "$scratch" 2>&1 | tail -4
   rm -rf "$scratch"
 done
+# the tokenizer again with the bundled model's (SentencePiece BPE, byte fallback, Lowercase)
+if [ -x "$build/fuzz_tokenizer" ]; then
+  scratch=$(mktemp -d)
+  cp -r fuzz/corpus/fuzz_tokenizer/. "$scratch/" 2>/dev/null || true
+  echo "fuzzing fuzz_tokenizer (models/mrank-tiny/tokenizer.json) for ${secs}s"
+  MR_FUZZ_TOKENIZER="$PWD/models/mrank-tiny/tokenizer.json" "$build/fuzz_tokenizer" \
+    -max_total_time="$secs" -rss_limit_mb=4096 -print_final_stats=1 "$scratch" 2>&1 | tail -4
+  rm -rf "$scratch"
+fi
 echo "fuzz smoke: all targets ran clean"
