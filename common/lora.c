@@ -260,15 +260,9 @@ static int save_tensors(const char *path, int rank, int n, const char *const *mo
     return mr_st_writer_finish(w, err);
 }
 
-int mr_adapter_save(const char *dir, int rank, float alpha, int n, const char *const *modules,
-                    const int64_t *in, const int64_t *out, const float *const *A,
-                    const float *const *B, mr_dtype dt, mr_err *err) {
-    return mr_adapter_save_ex(dir, rank, alpha, 0.0f, n, modules, in, out, A, B, dt, err);
-}
-
-int mr_adapter_save_ex(const char *dir, int rank, float alpha, float dropout, int n,
-                       const char *const *modules, const int64_t *in, const int64_t *out,
-                       const float *const *A, const float *const *B, mr_dtype dt, mr_err *err) {
+int mr_adapter_save(const char *dir, int rank, float alpha, float dropout, int n,
+                    const char *const *modules, const int64_t *in, const int64_t *out,
+                    const float *const *A, const float *const *B, mr_dtype dt, mr_err *err) {
     if (rank < 1 || rank > LORA_MAX_RANK || n < 0 || !isfinite(alpha))
         return mr_err_set(err, MR_EINVAL, "%s: bad adapter: rank %d, alpha %g, %d modules", dir,
                           rank, alpha, n);

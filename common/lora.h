@@ -32,12 +32,9 @@ void mr_adapter_close(mr_adapter *a);
 /* Writes an adapter folder (adapter_config.json with r, lora_alpha, target_modules,
  * peft_type LORA) from f32 arrays; used by tests and the trainer. Each module i gets
  * A[i] (rank, in[i]) and B[i] (out[i], rank). */
-int mr_adapter_save(const char *dir, int rank, float alpha, int n, const char *const *modules,
-                    const int64_t *in, const int64_t *out, const float *const *A,
-                    const float *const *B, mr_dtype dt, mr_err *err);
-/* Same, recording the training dropout p in [0, 1) as lora_dropout (mr_adapter_save: 0). */
-int mr_adapter_save_ex(const char *dir, int rank, float alpha, float dropout, int n,
-                       const char *const *modules, const int64_t *in, const int64_t *out,
-                       const float *const *A, const float *const *B, mr_dtype dt, mr_err *err);
+/* dropout: the training LoRA dropout p in [0, 1), recorded as lora_dropout. */
+int mr_adapter_save(const char *dir, int rank, float alpha, float dropout, int n,
+                    const char *const *modules, const int64_t *in, const int64_t *out,
+                    const float *const *A, const float *const *B, mr_dtype dt, mr_err *err);
 
 #endif

@@ -8,21 +8,21 @@ build=$1
 secs=$2
 cd "$(dirname "$0")/.."
 export MR_FUZZ_TOKENIZER="$PWD/third_party/tokenizers/qwen3/tokenizer.json"
-for bin in "$build"/fuzz_*; do
+run() {  # run BIN LABEL: BIN for $secs from a scratch copy of its seed corpus
+  local bin=$1 name scratch
   name=$(basename "$bin")
   scratch=$(mktemp -d)
   [ -d "fuzz/corpus/$name" ] && cp -r "fuzz/corpus/$name/." "$scratch/"
-  echo "fuzzing $name for ${secs}s"
+  echo "fuzzing $2 for ${secs}s"
   "$bin" -max_total_time="$secs" -rss_limit_mb=4096 -print_final_stats=1 "$scratch" 2>&1 | tail -4
   rm -rf "$scratch"
+}
+for bin in "$build"/fuzz_*; do
+  run "$bin" "$(basename "$bin")"
 done
 # the tokenizer again with the bundled model's (SentencePiece BPE, byte fallback, Lowercase)
 if [ -x "$build/fuzz_tokenizer" ]; then
-  scratch=$(mktemp -d)
-  cp -r fuzz/corpus/fuzz_tokenizer/. "$scratch/" 2>/dev/null || true
-  echo "fuzzing fuzz_tokenizer (models/mrank-tiny/tokenizer.json) for ${secs}s"
-  MR_FUZZ_TOKENIZER="$PWD/models/mrank-tiny/tokenizer.json" "$build/fuzz_tokenizer" \
-    -max_total_time="$secs" -rss_limit_mb=4096 -print_final_stats=1 "$scratch" 2>&1 | tail -4
-  rm -rf "$scratch"
+  MR_FUZZ_TOKENIZER="$PWD/models/mrank-tiny/tokenizer.json" \
+    run "$build/fuzz_tokenizer" "fuzz_tokenizer (models/mrank-tiny/tokenizer.json)"
 fi
 echo "fuzz smoke: all targets ran clean"

@@ -149,6 +149,12 @@ def main():
 
     n_hard = a.neg if a.bm25_neg < 0 else min(a.bm25_neg, a.neg)
 
+    def row(q, pos, neg, index):
+        """One jsonl row; the index's BM25 scores, scaled, are the external teacher."""
+        return {"query": q, "pos": [pos], "neg": neg,
+                "pos_scores": [round(a.teacher_scale * index.score_text(q, pos), 4)],
+                "neg_scores": [round(a.teacher_scale * index.score_text(q, n), 4) for n in neg]}
+
     def negatives(hits, own):
         """n_hard BM25 hits, then random paragraphs up to a.neg (never own)."""
         out = [h for h in hits if h != own][:n_hard]
@@ -182,9 +188,7 @@ def main():
             q = [x for w in q for x in ([w] if rnd.random() < 0.5 else [rnd.choice(glue), w])]
         q = " ".join(q)
         neg = [head(cand[h]) for h in negatives(bm.search(q, n_hard + 1), pi)]
-        rows.append({"query": q, "pos": [pos], "neg": neg,
-                     "pos_scores": [round(a.teacher_scale * bm.score_text(q, pos), 4)],
-                     "neg_scores": [round(a.teacher_scale * bm.score_text(q, n), 4) for n in neg]})
+        rows.append(row(q, pos, neg, bm))
 
     # natural queries: a span of 8..16 words of the passage, each content word kept with
     # probability 0.6 and each function word with 0.8, plus 0..2 content words of other
@@ -206,9 +210,7 @@ def main():
             continue
         q = " ".join(q)
         neg = [head(cand[h]) for h in negatives(bm.search(q, n_hard + 1), pi)]
-        rows.append({"query": q, "pos": [pos], "neg": neg,
-                     "pos_scores": [round(a.teacher_scale * bm.score_text(q, pos), 4)],
-                     "neg_scores": [round(a.teacher_scale * bm.score_text(q, n), 4) for n in neg]})
+        rows.append(row(q, pos, neg, bm))
 
     def drop_one(p, avoid=None):
         i = avoid if avoid is not None else rnd.randrange(len(p))
@@ -221,9 +223,7 @@ def main():
         pos = drop_one(p, si)
         hits = negatives(bm.search(q, n_hard + 1), pi)
         neg = [drop_one(cand[h]) for h in hits]  # one sentence removed, like the positive
-        rows.append({"query": q, "pos": [pos], "neg": neg,
-                     "pos_scores": [round(a.teacher_scale * bm.score_text(q, pos), 4)],
-                     "neg_scores": [round(a.teacher_scale * bm.score_text(q, n), 4) for n in neg]})
+        rows.append(row(q, pos, neg, bm))
     n_pairs = len(rows)
 
     # WordNet: gloss -> headwords and headword -> gloss
@@ -243,9 +243,7 @@ def main():
             if h != i and h not in hits:
                 hits.append(h)
         neg = [coll[h] for h in hits]
-        rows.append({"query": q, "pos": [pos], "neg": neg,
-                     "pos_scores": [round(a.teacher_scale * bmx.score_text(q, pos), 4)],
-                     "neg_scores": [round(a.teacher_scale * bmx.score_text(q, n), 4) for n in neg]})
+        rows.append(row(q, pos, neg, bmx))
     rnd.shuffle(rows)
     lines = [json.dumps(r) + "\n" for r in rows]
     for name, part in (("rerank.jsonl", lines), ("rerank-heldout.jsonl", lines[: a.heldout]),

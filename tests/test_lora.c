@@ -65,7 +65,7 @@ static void save_three(mr_dtype dt, float **A, float **B) {
         B[i] = ramp((size_t)(OUT[i] * 4), -(float)i);
     }
     mr_err err = {0};
-    assert_int_equal(mr_adapter_save(g_dir, 4, 8.0f, 3, MODULES, IN, OUT,
+    assert_int_equal(mr_adapter_save(g_dir, 4, 8.0f, 0.0f, 3, MODULES, IN, OUT,
                                      (const float *const *)A, (const float *const *)B, dt, &err),
                      0);
 }
@@ -254,17 +254,17 @@ static void test_save_errors(void **state) {
     const char *mods[2] = {"a.q", "a.q"};
     int64_t in[2] = {1, 1}, out[2] = {1, 1};
     mr_err err = {0};
-    assert_int_equal(mr_adapter_save(g_dir, 0, 1, 1, mods, in, out, p, p, MR_DT_F32, &err),
+    assert_int_equal(mr_adapter_save(g_dir, 0, 1, 0.0f, 1, mods, in, out, p, p, MR_DT_F32, &err),
                      MR_EINVAL);
     int64_t zero[1] = {0};
-    assert_int_equal(mr_adapter_save(g_dir, 1, 1, 1, mods, zero, out, p, p, MR_DT_F32, &err),
+    assert_int_equal(mr_adapter_save(g_dir, 1, 1, 0.0f, 1, mods, zero, out, p, p, MR_DT_F32, &err),
                      MR_EINVAL);
     const float *pp[2] = {x, x};
     /* the same module twice: duplicate tensor names */
-    assert_int_equal(mr_adapter_save(g_dir, 1, 1, 2, mods, in, out, pp, pp, MR_DT_F32, &err),
+    assert_int_equal(mr_adapter_save(g_dir, 1, 1, 0.0f, 2, mods, in, out, pp, pp, MR_DT_F32, &err),
                      MR_EINVAL);
     assert_non_null(strstr(err.msg, "a.q.lora_A"));
-    assert_int_equal(mr_adapter_save("/nonexistent/x/y", 1, 1, 1, mods, in, out, p, p, MR_DT_F32,
+    assert_int_equal(mr_adapter_save("/nonexistent/x/y", 1, 1, 0.0f, 1, mods, in, out, p, p, MR_DT_F32,
                                      &err), MR_ENOTFOUND);
 }
 

@@ -257,7 +257,7 @@ static void test_pool_mean(void **state) {
         assert_int_equal(c.nnp[0], (5 + c.r - 1) / c.r);
         assert_int_equal(c.nnp[1], 0);
         float *dx = zeros((size_t)n_in * c.d);
-        mr_pool_mean_backward(dx, c.R, c.off, c.nq, c.np, c.ns, 4, c.d, c.r, c.noff);
+        mr_pool_backward(dx, c.R, c.off, c.nq, c.np, c.ns, 4, c.d, c.r, NULL, c.noff);
         check_grad("pool mean dx", pool_loss, &c, c.x, dx, (size_t)n_in * c.d, 1e-2f);
         free(c.x), free(c.y), free(c.R), free(dx);
     }

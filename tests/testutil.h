@@ -52,7 +52,7 @@ static void write_random_adapter(const char *dir, int n, char (*names)[64], cons
     }
     mr_err err = {0};
     mkdir(dir, 0755);
-    if (mr_adapter_save(dir, R, 4.0f, n, mods, in, out, (const float *const *)A,
+    if (mr_adapter_save(dir, R, 4.0f, 0.0f, n, mods, in, out, (const float *const *)A,
                         (const float *const *)B, MR_DT_F32, &err))
         fail_msg("adapter save: %s", err.msg);
     for (int i = 0; i < n; i++) free(A[i]), free(B[i]);

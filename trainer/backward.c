@@ -237,12 +237,6 @@ void mr_pool_backward(float *dx, const float *dy, const int32_t *off, const int3
     }
 }
 
-void mr_pool_mean_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
-                           const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
-                           const int32_t *new_off) {
-    mr_pool_backward(dx, dy, off, nq, np, ns, n_rows, d, r, NULL, new_off);
-}
-
 /* ---- exit head ---- */
 
 float mr_exit_head(float *xn, const float *x, const float *fnorm, const float *head, int d,

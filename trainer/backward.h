@@ -64,10 +64,6 @@ void mr_embedding_backward(float *dE, const float *dx, const int32_t *ids, int n
 void mr_pool_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
                       const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
                       const float *weights, const int32_t *new_off);
-/* mr_pool_backward with weights NULL. */
-void mr_pool_mean_backward(float *dx, const float *dy, const int32_t *off, const int32_t *nq,
-                           const int32_t *np, const int32_t *ns, int n_rows, int d, int r,
-                           const int32_t *new_off);
 
 /* ---- exit head: s = cap * tanh((rmsnorm(x, fnorm) . head) / cap) (cap 0 = off) ---- */
 /* x (d): the residual at the row's last token; xn (d) receives the normed vector. */

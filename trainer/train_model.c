@@ -354,8 +354,8 @@ int mr_tmodel_save_adapter(const mr_tmodel *m, const char *dir, mr_err *err) {
         B[k] = m->w.head_B + (size_t)e * m->rank;
     }
     for (int i = 0; i < n; i++) mods[i] = names[i];
-    rc = mr_adapter_save_ex(dir, m->rank, m->lora_scale * (float)m->rank, m->lora_dropout, n,
-                            mods, in, out, A, B, MR_DT_F32, err);
+    rc = mr_adapter_save(dir, m->rank, m->lora_scale * (float)m->rank, m->lora_dropout, n,
+                         mods, in, out, A, B, MR_DT_F32, err);
 done:
     free(names), free(mods), free(in), free(out), free(A), free(B);
     return rc;
