@@ -442,8 +442,6 @@ static void cuda_ctx_free(void *p) {
     free(c);
 }
 
-static int att_smem(int hd) { return (ATT_KT * (hd + 1) + ATT_KT * hd + ATT_BQ * hd) * 4; }
-
 static int ctx_alloc(cctx *c, mr_err *err) {
     const mr_config *k = &c->m->cfg;
     size_t T = (size_t)c->T, R = (size_t)c->R, d = (size_t)k->d_model;
@@ -545,13 +543,15 @@ static int cuda_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max
         goto fail;
     }
     if ((rc = ctx_alloc(c, err))) goto fail;
-    {
-        int smem = att_smem(k->head_dim);
-        cudaFuncSetAttribute(k_attention<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        cudaFuncSetAttribute(k_attention<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        cudaFuncSetAttribute(k_attention<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        cudaFuncSetAttribute(k_attention<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    }
+    /* attention's shared memory is over 48 KiB from head dim 128 on: opt in */
+    cudaFuncSetAttribute(k_attention<32, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         att_smem_bytes(32, 64));
+    cudaFuncSetAttribute(k_attention<64, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         att_smem_bytes(64, 64));
+    cudaFuncSetAttribute(k_attention<128, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         att_smem_bytes(128, 64));
+    cudaFuncSetAttribute(k_attention<256, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         att_smem_bytes(256, 32));
     snprintf(c->desc, sizeof c->desc, "cuda: %.100s (sm_%d%d), %.1f GiB, weights %.2f GiB",
              prop.name, prop.major, prop.minor, prop.totalGlobalMem / 1073741824.0,
              c->w->bytes / 1073741824.0);
@@ -800,15 +800,15 @@ static int launch_attention(cctx *c, const float *q, const int32_t *tiles, int n
     a.window = window;
     if (n_tiles <= 0) return 0;
     dim3 grid((unsigned)n_tiles, (unsigned)k->n_heads);
-    int smem = att_smem(hd), th = ATT_NW * 32;
+    int th = ATT_NW * 32;
     if (hd <= 32)
-        k_attention<1><<<grid, th, smem, c->st>>>(a);
+        k_attention<32, 64><<<grid, th, att_smem_bytes(32, 64), c->st>>>(a);
     else if (hd <= 64)
-        k_attention<2><<<grid, th, smem, c->st>>>(a);
+        k_attention<64, 64><<<grid, th, att_smem_bytes(64, 64), c->st>>>(a);
     else if (hd <= 128)
-        k_attention<4><<<grid, th, smem, c->st>>>(a);
+        k_attention<128, 64><<<grid, th, att_smem_bytes(128, 64), c->st>>>(a);
     else
-        k_attention<8><<<grid, th, smem, c->st>>>(a);
+        k_attention<256, 32><<<grid, th, att_smem_bytes(256, 32), c->st>>>(a);
     CK(cudaGetLastError());
     return 0;
 }

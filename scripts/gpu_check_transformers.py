@@ -215,8 +215,8 @@ def scores_for(model, cfg, heads, rows, exits, head_by_position, sigmoid, device
 def read_scores(path):
     with open(path) as f:
         d = json.load(f)
-    if isinstance(d, dict):
-        d = d["scores"]
+    if isinstance(d, dict):  # `mrank score --json`: {"exits": [..], "results": [{index, scores}]}
+        d = sorted(d["results"], key=lambda r: r["index"])
     rows = []
     for r in d:
         if isinstance(r, dict):

@@ -334,6 +334,19 @@ static void test_cuda_equals_cpu(void **state) {
             }
             rm_dir(dir);
         }
+    /* the attention kernel's other head-dim instantiations (tiny_config's 8 pads to 32) */
+    static const int hds[3] = {128, 64, 256};
+    for (int a = 0; a < 3; a++) {
+        char dir[256], tag[64];
+        mr_config cfg;
+        snprintf(tag, sizeof tag, "%s-hd%d", an[a], hds[a]);
+        make_dir(dir, sizeof dir, tag);
+        tiny_config(&cfg, arch[a], MR_DT_F32);
+        cfg.head_dim = hds[a];
+        assert_int_equal(mr_seeded_write(&cfg, dir, 7, &err), 0);
+        parity_model(cuda, tag, dir, NULL, 0);
+        rm_dir(dir);
+    }
     printf("[  NOTE    ] CUDA parity: %d scores within tolerance\n", g_checked);
 }
 

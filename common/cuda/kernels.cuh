@@ -203,18 +203,21 @@ __global__ void k_exit(const float *x, int d, const int32_t *off, const int32_t 
 }
 
 /* ---- attention ----
- * Flash-style causal attention over packed rows: a block takes one tile of up to ATT_BQ
- * consecutive queries of one row and one head (grid (n_tiles, n_heads)); keys and values
- * stream through shared memory ATT_KT at a time; each warp owns ATT_QPW queries and keeps an
- * online softmax (running max, sum, f32 accumulator split over lanes, DPL dims per lane).
- * Inside a key tile lane j scores key j, so the dot products need no reductions.
+ * Flash attention over packed rows on the tensor cores (mma.sync m16n8k16: bf16 inputs, f32
+ * accumulation). A block takes one tile of up to ATT_BQ consecutive queries of one row and
+ * one head (grid (n_tiles, n_heads)), 16 queries per warp. Q (rounded to bf16) stays in
+ * shared memory; K and V stream through it BK keys at a time. Per key block a warp computes
+ * its 16 x BK scores (S = Q K^T), applies scale, softcap and the causal / sliding-window mask,
+ * updates an online softmax (running max and sum per query row) and adds P V, with P rounded
+ * to bf16, into an f32 accumulator held in registers (16 x HD per warp).
  * A tile is {key offset of the row, position of its first query, number of queries, index of
  * its first query in q/out}: the full pass uses tiles of every row, the deepest layer one
- * tile per row holding its last token only (last-token mode). */
+ * tile per row holding its last token only (last-token mode).
+ * HD is the head dim rounded up to a multiple of 16 (32, 64, 128 or 256): the dims past hd
+ * are zero in Q, K and V and are not written. Rows are padded by 8 bf16 in shared memory, so
+ * the fragment loads (one 32-bit word per lane, rows g = lane / 4) hit 32 distinct banks. */
 #define ATT_NW 4
-#define ATT_QPW 4
-#define ATT_BQ (ATT_NW * ATT_QPW)
-#define ATT_KT 32
+#define ATT_BQ (ATT_NW * 16)
 
 struct att_args {
     const float *q; int q_ld;          /* (n_q, q_ld), head h at column h * hd */
@@ -226,91 +229,160 @@ struct att_args {
     int window;
 };
 
-template <int DPL>
+/* shared memory of k_attention<HD, BK>: Q (ATT_BQ rows), K and V (BK rows each), bf16 */
+__host__ __device__ constexpr int att_smem_bytes(int hd, int bk) {
+    return (ATT_BQ + 2 * bk) * (hd + 8) * 2;
+}
+
+/* d (16x8, f32) += a (16x16, bf16, row-major fragment) * b (16x8, bf16, column fragment) */
+__device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16_raw(bf16 lo, bf16 hi) {
+    return (uint32_t)__bfloat16_as_ushort(lo) | (uint32_t)__bfloat16_as_ushort(hi) << 16;
+}
+
+/* rows [0, n) x dims [0, HD) of an f32 matrix (row i at src + i * ld, dims past hd zero) into
+ * bf16 shared memory with row stride SP; rows past `valid` are zero */
+template <int HD>
+__device__ __forceinline__ void att_load(bf16 *dst, const float *src, size_t ld, int n,
+                                         int valid, int hd) {
+    constexpr int SP = HD + 8, HP = HD / 2;
+    for (int i = threadIdx.x; i < n * HP; i += blockDim.x) {
+        int r = i / HP, dp = 2 * (i % HP);
+        float2 v = make_float2(0.0f, 0.0f);
+        if (r < valid && dp < hd) v = *(const float2 *)(src + (size_t)r * ld + dp);
+        *(uint32_t *)(dst + r * SP + dp) = pack_bf16(v.x, v.y);
+    }
+}
+
+template <int HD, int BK>
 __global__ void __launch_bounds__(ATT_NW * 32) k_attention(att_args a) {
-    extern __shared__ float smem[];
-    const int hd = a.hd, hdp = hd + 1;
-    float *Ks = smem;                          /* (KT, hd + 1) */
-    float *Vs = Ks + ATT_KT * hdp;             /* (KT, hd) */
-    float *Qs = Vs + ATT_KT * hd;              /* (BQ, hd) */
+    constexpr int SP = HD + 8, NT = BK / 8, ND = HD / 8;
+    constexpr float LOG2E = 1.4426950408889634f;
+    extern __shared__ __align__(16) unsigned char att_sm[];
+    bf16 *Qs = (bf16 *)att_sm, *Ks = Qs + ATT_BQ * SP, *Vs = Ks + BK * SP;
     const int4 tl = a.tiles[blockIdx.x];
     const int key_off = tl.x, p0 = tl.y, nq = tl.z, q_base = tl.w;
-    const int h = blockIdx.y, kvh = h / (a.n_heads / a.n_kv);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = blockIdx.y, kvh = h / (a.n_heads / a.n_kv), hd = a.hd;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    const int wq = warp * 16; /* the warp's first query within the tile */
 
-    for (int i = threadIdx.x; i < ATT_BQ * hd; i += blockDim.x) {
-        int qi = i / hd, dd = i % hd;
-        Qs[i] = qi < nq ? a.q[(size_t)(q_base + qi) * a.q_ld + (size_t)h * hd + dd] : 0.0f;
-    }
-    float m[ATT_QPW], l[ATT_QPW], acc[ATT_QPW][DPL];
+    att_load<HD>(Qs, a.q + (size_t)q_base * a.q_ld + (size_t)h * hd, (size_t)a.q_ld, ATT_BQ,
+                 nq, hd);
+    float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int i = 0; i < ATT_QPW; i++) {
-        m[i] = -INFINITY;
-        l[i] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < DPL; e++) acc[i][e] = 0.0f;
-    }
+    for (int i = 0; i < ND; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     const int k_hi = p0 + nq; /* keys [k_lo, k_hi) of the row */
     const int k_lo = a.window > 0 && p0 - a.window + 1 > 0 ? p0 - a.window + 1 : 0;
-    for (int j0 = k_lo; j0 < k_hi; j0 += ATT_KT) {
-        __syncthreads(); /* previous tile consumed (and Qs written on the first pass) */
-        for (int i = threadIdx.x; i < ATT_KT * hd; i += blockDim.x) {
-            int kk = i / hd, dd = i % hd, j = j0 + kk;
-            float kv = 0.0f, vv = 0.0f;
-            if (j < k_hi) {
-                size_t base = (size_t)(key_off + j) * a.kv_ld + (size_t)kvh * hd + dd;
-                kv = a.k[base];
-                vv = a.v[base];
-            }
-            Ks[kk * hdp + dd] = kv;
-            Vs[kk * hd + dd] = vv;
-        }
+    const int q_first = p0 + wq, q_last = p0 + min(wq + 15, nq - 1); /* warp's positions */
+    const size_t kv_col = (size_t)kvh * hd;
+    for (int j0 = k_lo; j0 < k_hi; j0 += BK) {
+        __syncthreads(); /* the previous block is consumed */
+        int nk = min(BK, k_hi - j0);
+        att_load<HD>(Ks, a.k + (size_t)(key_off + j0) * a.kv_ld + kv_col, (size_t)a.kv_ld, BK,
+                     nk, hd);
+        att_load<HD>(Vs, a.v + (size_t)(key_off + j0) * a.kv_ld + kv_col, (size_t)a.kv_ld, BK,
+                     nk, hd);
         __syncthreads();
+        if (wq >= nq || j0 > q_last) continue; /* no queries, or every key is in the future */
+        if (a.window > 0 && j0 + BK - 1 < q_first - a.window + 1) continue; /* all too old */
+        float s[NT][4];
 #pragma unroll
-        for (int i = 0; i < ATT_QPW; i++) {
-            int qi = warp * ATT_QPW + i;
-            if (qi >= nq) break;
-            int t = p0 + qi, j = j0 + lane;
-            if (t < j0) continue; /* causal: no key of this tile is visible yet */
-            bool ok = j <= t && (a.window <= 0 || t - j < a.window);
-            float s = -INFINITY;
-            if (ok) {
-                const float *qv = Qs + qi * hd, *kv = Ks + lane * hdp;
-                float dot = 0.0f;
-                for (int dd = 0; dd < hd; dd++) dot += qv[dd] * kv[dd];
-                s = dot * a.scale;
-                if (a.softcap > 0.0f) s = a.softcap * tanhf(s / a.softcap);
+        for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            const bf16 *qa = Qs + (wq + g) * SP + kk * 16 + 2 * t4;
+            uint32_t af[4] = {*(const uint32_t *)qa, *(const uint32_t *)(qa + 8 * SP),
+                              *(const uint32_t *)(qa + 8), *(const uint32_t *)(qa + 8 * SP + 8)};
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                const bf16 *kb = Ks + (n * 8 + g) * SP + kk * 16 + 2 * t4;
+                mma_bf16(s[n], af, *(const uint32_t *)kb, *(const uint32_t *)(kb + 8));
             }
-            float mt = warp_max(s);
-            if (mt == -INFINITY) continue;
-            float mn = fmaxf(m[i], mt);
-            float corr = expf(m[i] - mn); /* 0 on the first tile (m = -inf) */
-            float p = ok ? expf(s - mn) : 0.0f;
-            l[i] = l[i] * corr + warp_sum(p);
+        }
+        /* scale, softcap, mask; element c of tile n: query row g + 8 * (c >> 1), key
+         * n * 8 + 2 * t4 + (c & 1) */
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int e = 0; e < DPL; e++) acc[i][e] *= corr;
-            for (int kk = 0; kk < ATT_KT; kk++) {
-                float pk = __shfl_sync(0xffffffffu, p, kk);
-                if (pk == 0.0f) continue; /* uniform across the warp */
+        for (int n = 0; n < NT; n++)
 #pragma unroll
-                for (int e = 0; e < DPL; e++) {
-                    int dd = lane + 32 * e;
-                    if (dd < hd) acc[i][e] += pk * Vs[kk * hd + dd];
-                }
+            for (int c = 0; c < 4; c++) {
+                int qi = wq + g + 8 * (c >> 1), t = p0 + qi, j = j0 + n * 8 + 2 * t4 + (c & 1);
+                bool ok = qi < nq && j <= t && (a.window <= 0 || t - j < a.window);
+                float v = s[n][c] * a.scale;
+                if (a.softcap > 0.0f) v = a.softcap * tanhf(v / a.softcap);
+                s[n][c] = ok ? v : -INFINITY;
+                mx[c >> 1] = fmaxf(mx[c >> 1], s[n][c]);
             }
-            m[i] = mn;
+        float corr[2], mu[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float mn = fmaxf(m[r], mx[r]);
+            mu[r] = mn == -INFINITY ? 0.0f : mn; /* a row with no visible key yet */
+            corr[r] = exp2f((m[r] - mu[r]) * LOG2E); /* 0 while m = -inf */
+            m[r] = mn;
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int i = 0; i < ND; i++) {
+            o[i][0] *= corr[0];
+            o[i][1] *= corr[0];
+            o[i][2] *= corr[1];
+            o[i][3] *= corr[1];
+        }
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                s[n][c] = exp2f((s[n][c] - mu[c >> 1]) * LOG2E);
+                l[c >> 1] += s[n][c];
+            }
+        /* O += P V: P's accumulator layout is the A fragment of keys 16 kk .. 16 kk + 15 */
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            uint32_t pf[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                              pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const bf16 *vb = Vs + (kk * 16 + 2 * t4) * SP + g;
+#pragma unroll
+            for (int i = 0; i < ND; i++) {
+                const bf16 *v = vb + i * 8;
+                mma_bf16(o[i], pf, pack_bf16_raw(v[0], v[SP]),
+                         pack_bf16_raw(v[8 * SP], v[9 * SP]));
+            }
         }
     }
+    if (wq >= nq) return;
 #pragma unroll
-    for (int i = 0; i < ATT_QPW; i++) {
-        int qi = warp * ATT_QPW + i;
-        if (qi >= nq) break;
-        float inv = 1.0f / l[i];
-        bf16 *o = a.out + (size_t)(q_base + qi) * a.out_ld + (size_t)h * hd;
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
 #pragma unroll
-        for (int e = 0; e < DPL; e++) {
-            int dd = lane + 32 * e;
-            if (dd < hd) o[dd] = __float2bfloat16(acc[i][e] * inv);
+    for (int r = 0; r < 2; r++) {
+        int qi = wq + g + 8 * r;
+        if (qi >= nq) continue;
+        float inv = 1.0f / l[r];
+        bf16 *out = a.out + (size_t)(q_base + qi) * a.out_ld + (size_t)h * hd;
+#pragma unroll
+        for (int i = 0; i < ND; i++) {
+            int dd = i * 8 + 2 * t4;
+            if (dd < hd)
+                *(__nv_bfloat162 *)(out + dd) =
+                    __floats2bfloat162_rn(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
         }
     }
 }
