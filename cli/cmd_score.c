@@ -6,12 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "cli.h"
 #include "input.h"
 #include "model.h"
 
 typedef struct args {
-    const char *model, *query, *prompt;
+    const char *model, *query, *prompt, *backend;
     const char **passages;
     int n_passages;
     const char *adapters[MR_MAX_ADAPTERS];
@@ -36,7 +37,8 @@ static void score_usage(FILE *f, const char *cmd) {
               "  --pooling mean|attention\n"
               "  --sigmoid               scores in [0,1]\n"
               "  --head-by-position      released-code quirk: head = position in --exits\n"
-              "  --prune L:top=K | L:min=T  drop rows at exit L (repeatable)\n",
+              "  --prune L:top=K | L:min=T  drop rows at exit L (repeatable)\n"
+              "  --backend cpu|cuda      scorer backend (default cpu)\n",
               f);
 }
 
@@ -66,11 +68,13 @@ static int parse_args(int argc, char **argv, args *a, int scoring) {
         {"adapter", 1, 0, 'a'},        {"unmerged", 0, 0, 'u'},      {"exits", 1, 0, 'e'},
         {"compress-ratio", 1, 0, 'r'}, {"compress-layers", 1, 0, 'c'},
         {"pooling", 1, 0, 'o'},        {"sigmoid", 0, 0, 's'},      {"head-by-position", 0, 0, 'H'},
-        {"prune", 1, 0, 'x'},          {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
+        {"prune", 1, 0, 'x'},          {"backend", 1, 0, 'B'},       {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->prompt = MR_DEFAULT_PROMPT;
     a->max_len = MR_DEFAULT_MAX_LEN;
     a->run.ratio = 1;
+    a->backend = "cpu";
     a->passages = calloc((size_t)argc, sizeof *a->passages);
     const char *cmd = argv[0];
     int ch, n;
@@ -126,6 +130,7 @@ static int parse_args(int argc, char **argv, args *a, int scoring) {
             }
             if (parse_prune(optarg, &a->run.prune[a->run.n_prune++])) return -1;
             break;
+        case 'B': a->backend = optarg; break;
         case 'h': score_usage(stdout, cmd); exit(0);
         default: score_usage(stderr, cmd); return -1;
         }
@@ -260,12 +265,18 @@ int mr_cmd_score(int argc, char **argv) {
     args a;
     mr_err err = {0};
     mr_model m = {0};
-    mr_ctx ctx = {0};
+    const mr_backend *be = NULL;
+    void *ctx = NULL;
     inputs in = {0};
     mr_row *rows = NULL;
     float *scores = NULL;
     int *depth = NULL, rc = 1, loaded = 0;
     if (parse_args(argc, argv, &a, 1)) goto done;
+    if (!(be = mr_backend_get(a.backend))) {
+        fprintf(stderr, "mrank score: --backend '%s': this build has %s\n", a.backend,
+                mr_backend_names());
+        goto done;
+    }
     mr_model_opts mo = {.adapters = a.adapters, .n_adapters = a.n_adapters,
                         .merge = !a.unmerged};
     if (mr_model_load(&m, a.model, &mo, &err)) goto fail;
@@ -297,8 +308,9 @@ int mr_cmd_score(int argc, char **argv) {
         total += len;
         if (len > longest) longest = len;
     }
-    if (mr_ctx_init(&ctx, &m, total, in.n, longest, &err) ||
-        mr_model_score(&ctx, rows, in.n, &a.run, scores, depth, &err))
+    if (mr_backend_available(be, &err) ||
+        mr_backend_ctx_new(be, &m, total, in.n, longest, &ctx, &err) ||
+        mr_backend_score(be, ctx, rows, in.n, &a.run, scores, depth, &err))
         goto fail;
     print_scores(&a, &in, scores, depth);
     rc = 0;
@@ -306,7 +318,7 @@ int mr_cmd_score(int argc, char **argv) {
 fail:
     fprintf(stderr, "mrank score: %s\n", err.msg);
 done:
-    mr_ctx_close(&ctx);
+    if (ctx) mr_backend_ctx_free(be, ctx);
     inputs_free(&in);
     if (loaded) mr_model_close(&m);
     free(rows);

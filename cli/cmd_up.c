@@ -216,12 +216,13 @@ static int coordinator_untrained(const char *addr) {
 }
 
 static void up_usage(FILE *f) {
-    fputs("usage: mrank up [--config FILE] [--model DIR] [--timeout-s N]\n"
+    fputs("usage: mrank up [--config FILE] [--model DIR] [--backend cpu|cuda] [--timeout-s N]\n"
           "  starts every worker of the config's pools and a coordinator on loopback, waits\n"
           "  until all are SERVING, prints the coordinator address; Ctrl-C stops everything.\n"
           "  --config FILE   cluster config (default " DEFAULT_CONFIG ")\n"
           "  --model DIR     model folder (default: the config's model, else the bundled\n"
           "                  " DEFAULT_MODEL ")\n"
+          "  --backend B     every worker's scorer backend, cpu or cuda (default cpu)\n"
           "  --threads N     compute threads per worker (default: CPUs / workers)\n"
           "  --timeout-s N   how long to wait for SERVING (default 120)\n", f);
 }
@@ -229,8 +230,9 @@ static void up_usage(FILE *f) {
 int mr_cmd_up(int argc, char **argv) {
     static const struct option opts[] = {{"config", 1, 0, 'c'},    {"model", 1, 0, 'm'},
                                          {"threads", 1, 0, 't'},   {"timeout-s", 1, 0, 'T'},
-                                         {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
-    const char *config = DEFAULT_CONFIG, *model = NULL;
+                                         {"backend", 1, 0, 'B'},   {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *config = DEFAULT_CONFIG, *model = NULL, *backend = "cpu";
     int threads = 0, timeout_s = 120, ch, rc = 1, n = 0;
     mr_coord_config *cfg = calloc(1, sizeof *cfg);
     child *kids = NULL;
@@ -241,6 +243,7 @@ int mr_cmd_up(int argc, char **argv) {
         switch (ch) {
         case 'c': config = optarg; break;
         case 'm': model = optarg; break;
+        case 'B': backend = optarg; break;
         case 't': if (mr_cli_parse_int("--threads", optarg, &threads)) goto done; break;
         case 'T': if (mr_cli_parse_int("--timeout-s", optarg, &timeout_s)) goto done; break;
         case 'h': up_usage(stdout); rc = 0; goto done;
@@ -296,6 +299,8 @@ int mr_cmd_up(int argc, char **argv) {
             av[k++] = (char *)pc->addrs[a];
             av[k++] = "--threads";
             av[k++] = tbuf;
+            av[k++] = "--backend";
+            av[k++] = (char *)backend;
             for (int j = 0; j < pc->n_adapters; j++) {
                 snprintf(adbuf[j], sizeof adbuf[j], "%s=%s", pc->adapters[j].name,
                          pc->adapters[j].dir);

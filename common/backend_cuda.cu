@@ -510,9 +510,9 @@ static int cuda_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max
     if (max_tokens < 1 || max_rows < 1 || max_len < 2 || max_rows > max_tokens)
         return mr_err_set(err, MR_EINVAL, "context: bad sizes (tokens %d, rows %d, len %d)",
                           max_tokens, max_rows, max_len);
-    if (k->head_dim > 256 || k->head_dim % 2)
+    if (k->head_dim > 256 || k->head_dim % 4)
         return mr_err_set(err, MR_EUNSUPPORTED,
-                          "cuda: head_dim %d (the attention kernel takes even sizes up to 256)",
+                          "cuda: head_dim %d (the attention kernel takes multiples of 4 up to 256)",
                           k->head_dim);
     if (m->n_adapters > 16)
         return mr_err_set(err, MR_EUNSUPPORTED, "cuda: at most 16 adapters");

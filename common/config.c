@@ -430,14 +430,16 @@ int mr_config_validate(const mr_config *c, const char *path, mr_err *err) {
 /* saving                                                                                     */
 
 /* Shortest decimal that reads back as the same float, so 1e-6f is written 1e-06 rather than
- * 9.99999997e-07 and the round trip stays exact. */
+ * 9.99999997e-07 and the round trip stays exact. Whole numbers get ".0": transformers 5 checks
+ * float fields strictly (a gemma2 "final_logit_softcapping": 30 is refused). */
 static int add_float(cJSON *o, const char *key, float v) {
-    char num[32];
+    char num[40];
     for (int prec = 6; prec <= 9; prec++) {
         snprintf(num, sizeof num, "%.*g", prec, (double)v);
         if (strtof(num, NULL) == v)
             break;
     }
+    if (!strpbrk(num, ".eE")) strcat(num, ".0");
     return cJSON_AddRawToObject(o, key, num) ? 0 : -1;
 }
 
@@ -467,10 +469,19 @@ static const char *dtype_torch_name(mr_dtype dt) {
     return dt == MR_DT_BF16 ? "bfloat16" : dt == MR_DT_F16 ? "float16" : "float32";
 }
 
+/* Gemma2's query_pre_attn_scalar is an int in the released configs (256, 224) */
+static int add_scalar(cJSON *o, float v) {
+    return v == (float)(int)v ? add_int(o, "query_pre_attn_scalar", (int)v)
+                              : add_float(o, "query_pre_attn_scalar", v);
+}
+
 /* Keys only one architecture's transformers class reads. */
 static int add_arch_keys(cJSON *o, const mr_config *c) {
     const char *act = c->act == MR_ACT_SILU ? "silu" : "gelu_pytorch_tanh";
-    int bad = add_str(o, "hidden_act", act) || add_window(o, c->sliding_window);
+    /* transformers' Gemma2 needs a window (its layers alternate); a window of max_pos is
+     * the same as none, and reads back as such in effect */
+    int w = c->sliding_window || c->arch != MR_ARCH_GEMMA2 ? c->sliding_window : c->max_pos;
+    int bad = add_str(o, "hidden_act", act) || add_window(o, w);
     switch (c->arch) {
     case MR_ARCH_LLAMA:
         return bad || add_bool(o, "attention_bias", c->attn_bias);
@@ -482,9 +493,8 @@ static int add_arch_keys(cJSON *o, const mr_config *c) {
                add_bool(o, "attention_bias", c->attn_bias) ||
                add_cap(o, "attn_logit_softcapping", c->attn_softcap) ||
                add_cap(o, "final_logit_softcapping", c->final_softcap) ||
-               add_float(o, "query_pre_attn_scalar", c->query_pre_attn_scalar > 0
-                                                         ? c->query_pre_attn_scalar
-                                                         : (float)c->head_dim);
+               add_scalar(o, c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar
+                                                          : (float)c->head_dim);
     }
     return -1;
 }

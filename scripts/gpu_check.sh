@@ -2,18 +2,24 @@
 # On the GPU machine (device tool): transformers' own MistralForCausalLM / Gemma2ForCausalLM on
 # seeded checkpoints written by `mrank init-checkpoint` (real Mistral-7B shape, and a smaller
 # Gemma2), against `mrank score` depth-only scores at several exits.
+# Each is also scored by the CUDA backend (bf16), judged against transformers' float32 pass
+# relative to transformers' own bf16 error (gpu_check_transformers.py --f32-reference-only).
 # Then the bundled model (models/mrank-tiny) with its vertical adapter merged by peft, and its
 # lowercasing tokenizer.json against the tokenizers library.
-# Usage: bash scripts/gpu_check.sh [OUT_DIR]   (needs ~16 GB disk, transformers, torch, cuda)
+# Usage: bash scripts/gpu_check.sh [OUT_DIR [CHECK...]]   (CHECK: bundled mistral-7b
+#        gemma2-small tokenizer; default all. Needs ~16 GB disk, transformers, torch, cuda)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/mrank-gpu-check}
+only=" ${*:2} "
+want() { [ "$only" = "  " ] || [[ "$only" == *" $1 "* ]]; }
 mkdir -p "$out"
 [ -x build/mrank ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j"$(nproc)" --target mrank; }
 [ -s third_party/tokenizers/llama2/tokenizer.json ] || bash scripts/fetch-testdata.sh
 
 check() { # name exits init-args...  (name "bundled": models/mrank-tiny + its vertical adapter)
   local name=$1 exits=$2; shift 2
+  want "$name" || return 0
   local d="$out/$name" A=() peft=()
   if [ "$name" = bundled ]; then
     d=models/mrank-tiny A=(--adapter models/mrank-tiny/adapters/vertical) peft=(--peft)
@@ -26,16 +32,23 @@ check() { # name exits init-args...  (name "bundled": models/mrank-tiny + its ve
            --passage "A")
   ./build/mrank tokenize --model "$d" --json "${P[@]}" > "$out/$name.rows.json"
   ./build/mrank score --model "$d" "${A[@]}" --exits "$exits" --json "${P[@]}" > "$out/$name.scores.json"
+  ./build/mrank score --backend cuda --model "$d" "${A[@]}" --exits "$exits" --json "${P[@]}" \
+    > "$out/$name.cuda.json"
   python3 - "$d" "$exits" "$out/$name.rows.json" "$out/$name.req.json" "${A[@]:1}" <<'PY'
 import json, sys
 d, exits, rows, req = sys.argv[1:5]
 json.dump({"model": d, "rows": json.load(open(rows))["rows"], "adapters": sys.argv[5:],
            "exits": [int(e) for e in exits.split(",")]}, open(req, "w"))
 PY
+  echo "== $name: the CPU backend (f32) against transformers"
   python3 scripts/gpu_check_transformers.py "$out/$name.req.json" "$out/$name.scores.json" \
-    --attn eager,sdpa --dtypes config,float32 --device cuda "${peft[@]}"
+    --attn eager,sdpa --dtypes float32,config --device cuda "${peft[@]}" || fail=1
+  echo "== $name: the CUDA backend (bf16) against transformers"
+  python3 scripts/gpu_check_transformers.py "$out/$name.req.json" "$out/$name.cuda.json" \
+    --attn eager --dtypes float32,bfloat16 --f32-reference-only --device cuda "${peft[@]}" || fail=1
 }
 
+fail=0
 check bundled 1,2,3,4
 check mistral-7b 4,16,32 --shape mistral-7b --vocab-from third_party/tokenizers/llama2/tokenizer.json
 # the vocabulary does not matter to the architecture check: llama2's 32k keeps the file small
@@ -44,7 +57,7 @@ check gemma2-small 8,12,16 --arch gemma2 --layers 16 --hidden 1024 --heads 8 --k
   --vocab-from third_party/tokenizers/llama2/tokenizer.json
 # the bundled tokenizer (Mistral's + Lowercase) against the tokenizers library: the query
 # segment of `mrank tokenize` is [BOS] tok("A: " + query) tok("\n")
-python3 - models/mrank-tiny/tokenizer.json <<'PY'
+want tokenizer && python3 - models/mrank-tiny/tokenizer.json <<'PY'
 import json, subprocess, sys
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[1])
@@ -60,3 +73,4 @@ for t in ["MEASUREMENT OF DIELECTRIC CONSTANT", "What articles deal with TSS (Ti
     print("ok" if want == got else "MISMATCH", repr(t), want, got)
 sys.exit(1 if bad else 0)
 PY
+[ "$fail" = 0 ] || { echo "gpu_check: a model check FAILED (above)"; exit 1; }

@@ -27,10 +27,18 @@ head_by_position), gemma: final_logit_softcapping * tanh(score / cap), optional 
 The heads are read from the checkpoint's safetensors directly.
 
 Passes:
-  --dtypes config : compute in the checkpoint's dtype (torch_dtype / dtype in config.json);
-                    tolerance rtol=atol=2e-2 for bf16/f16, 1e-4 for f32.
   --dtypes float32: load the weights (exact bf16/f16 values) upcast to float32; this is what the
-                    C engine computes, so tolerance 1e-4 (abs + rel * |score|).
+                    C engine's CPU backend computes, so tolerance 1e-4 (abs + rel * |score|).
+  --dtypes config : compute in the checkpoint's dtype (torch_dtype / dtype in config.json).
+                    For bf16/f16 transformers' own rounding grows with depth (0.07-0.13 absolute
+                    at exits 16-32 of a seeded Mistral-7B shape), so a fixed tolerance says
+                    little. When the run has a float32 pass too, a low-precision pass is judged
+                    against it: per exit, max |scores - ref_f32| must be at most
+                    --low-ratio (2) x max |ref_low - ref_f32| + 1e-3, i.e. the checked engine
+                    is no further from exact arithmetic than transformers' own low-precision
+                    pass, give or take 2x. Without a float32 pass: rtol=atol=2e-2.
+  --f32-reference-only: the float32 passes are not judged, only used as that reference (for
+                    scores computed in bf16, like the CUDA backend's).
   each with every --attn implementation (eager, sdpa). Gemma2 with sdpa may ignore the attention
   logit softcap in some transformers versions; that pass is reported but not counted as failure.
 --peft: merge the request's adapters with peft.PeftModel.from_pretrained(...).merge_and_unload()
@@ -246,6 +254,26 @@ def compare(ref, got, rtol, atol, exits):
     return res, ok_all
 
 
+def report_vs_f32(tag, ref_low, got, ref32, exits, ratio):
+    """Low-precision pass: the checked scores' error against the float32 reference, next to
+    transformers' own low-precision error against it. True when within ratio x + 1e-3."""
+    ok_all = True
+    print("%s: judged against the float32 pass: max|got - f32| <= %g x max|hf_low - f32| + 1e-3"
+          % (tag, ratio))
+    for j, e in enumerate(exits):
+        eg = eh = 0.0
+        for rl, g, r32 in zip(ref_low, got, ref32):
+            if g[j] is None:
+                continue
+            eg = max(eg, abs(g[j] - r32[j]))
+            eh = max(eh, abs(rl[j] - r32[j]))
+        ok = eg <= ratio * eh + 1e-3
+        ok_all = ok_all and ok
+        print("  exit %3d: checked vs f32 %.3e  transformers %s vs f32 %.3e  %s"
+              % (e, eg, tag.split()[0], eh, "ok" if ok else "FAIL"))
+    return ok_all
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("request")
@@ -257,6 +285,12 @@ def main():
     ap.add_argument("--peft", action="store_true", help="merge the request's adapters with peft")
     ap.add_argument("--rtol", type=float, help="override the relative tolerance")
     ap.add_argument("--atol", type=float, help="override the absolute tolerance")
+    ap.add_argument("--low-ratio", type=float, default=2.0,
+                    help="low-precision passes: allowed error vs float32, in units of "
+                         "transformers' own low-precision error")
+    ap.add_argument("--f32-reference-only", action="store_true",
+                    help="float32 passes only serve as the reference of the low-precision ones "
+                         "(for scores computed in bf16, e.g. the CUDA backend's)")
     a = ap.parse_args()
 
     with open(a.request) as f:
@@ -289,8 +323,14 @@ def main():
                   "the float32 value" % cfg_dtype)
     tmp = tempfile.mkdtemp(prefix="gpu_check_")
     all_ok = True
+    names = [x.strip() for x in a.dtypes.split(",") if x.strip()]
+    resolved = [cfg_dtype if n == "config" else n for n in names]
+    # float32 first, so the low-precision passes can be judged against it
+    names = sorted(names, key=lambda n: resolved[names.index(n)] != "float32")
+    f32_ref = {}
+    judged = 0  # passes whose result counts
     try:
-        for dname in [x.strip() for x in a.dtypes.split(",") if x.strip()]:
+        for dname in names:
             tname = cfg_dtype if dname == "config" else dname
             if tname not in DTYPES:
                 die("unknown dtype %s" % tname)
@@ -312,6 +352,17 @@ def main():
                     if not informational:
                         all_ok = False
                     continue
+                if not low:
+                    f32_ref[attn] = ref
+                    if a.f32_reference_only:
+                        print("%s: reference for the low-precision passes" % tag)
+                        continue
+                judged += not informational
+                if low and attn in f32_ref:
+                    ok = report_vs_f32(tag, ref, got, f32_ref[attn], exits, a.low_ratio)
+                    if not ok and not informational:
+                        all_ok = False
+                    continue
                 res, ok = compare(ref, got, rtol, atol, exits)
                 note = " (informational: sdpa may drop gemma's attention softcap)" if informational else ""
                 print("%s: tolerance |d| <= %g + %g*|ref|; hooks vs hidden_states max diff %.3g%s"
@@ -325,6 +376,9 @@ def main():
                     torch.cuda.empty_cache()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not judged:
+        print("no pass was judged (all failed to run or were informational)")
+        all_ok = False
     print("RESULT: %s" % ("PASS" if all_ok else "FAIL"))
     return 0 if all_ok else 1
 

@@ -3,7 +3,7 @@
 # cluster (`mrank up`: a coordinator and two worker pools on loopback, deploy/local.json, with the
 # bundled model models/mrank-tiny, trained by scripts/train-default.sh), sends one
 # rerank over gRPC, prints the ranking and stops the cluster.
-# KEEP_RUNNING=1 leaves the cluster up until Ctrl-C.
+# KEEP_RUNNING=1 leaves the cluster up until Ctrl-C; BACKEND=cuda scores on the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,7 +11,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
 
 log=$(mktemp)
-./build/mrank up --config deploy/local.json > "$log" 2>&1 &
+./build/mrank up --config deploy/local.json --backend "${BACKEND:-cpu}" > "$log" 2>&1 &
 up=$!
 trap 'kill -TERM $up 2>/dev/null || true; wait $up 2>/dev/null || true; rm -f "$log" "${docs:-}"' EXIT
 for _ in $(seq 1 240); do

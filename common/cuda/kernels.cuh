@@ -213,7 +213,7 @@ __global__ void k_exit(const float *x, int d, const int32_t *off, const int32_t 
  * A tile is {key offset of the row, position of its first query, number of queries, index of
  * its first query in q/out}: the full pass uses tiles of every row, the deepest layer one
  * tile per row holding its last token only (last-token mode).
- * HD is the head dim rounded up to a multiple of 16 (32, 64, 128 or 256): the dims past hd
+ * HD is the head dim (a multiple of 4) rounded up to 32, 64, 128 or 256: the dims past hd
  * are zero in Q, K and V and are not written. Rows are padded by 8 bf16 in shared memory, so
  * the fragment loads (one 32-bit word per lane, rows g = lane / 4) hit 32 distinct banks. */
 #define ATT_NW 4
@@ -251,22 +251,35 @@ __device__ __forceinline__ uint32_t pack_bf16_raw(bf16 lo, bf16 hi) {
     return (uint32_t)__bfloat16_as_ushort(lo) | (uint32_t)__bfloat16_as_ushort(hi) << 16;
 }
 
-/* rows [0, n) x dims [0, HD) of an f32 matrix (row i at src + i * ld, dims past hd zero) into
- * bf16 shared memory with row stride SP; rows past `valid` are zero */
-template <int HD>
-__device__ __forceinline__ void att_load(bf16 *dst, const float *src, size_t ld, int n,
-                                         int valid, int hd) {
-    constexpr int SP = HD + 8, HP = HD / 2;
-    for (int i = threadIdx.x; i < n * HP; i += blockDim.x) {
-        int r = i / HP, dp = 2 * (i % HP);
-        float2 v = make_float2(0.0f, 0.0f);
-        if (r < valid && dp < hd) v = *(const float2 *)(src + (size_t)r * ld + dp);
-        *(uint32_t *)(dst + r * SP + dp) = pack_bf16(v.x, v.y);
+/* N rows x HD dims of an f32 matrix (row i at src + i * ld; dims past hd and rows past
+ * `valid` zero) into bf16 shared memory with row stride HD + 8. Each thread moves N * HD / 512
+ * float4s, 4 loads in flight at a time (the loads are what this kernel waits on). hd is a
+ * multiple of 4 and ld and src 16-byte aligned. */
+template <int HD, int N>
+__device__ __forceinline__ void att_load(bf16 *dst, const float *src, size_t ld, int valid,
+                                         int hd) {
+    constexpr int SP = HD + 8, H4 = HD / 4, PER = N * H4 / (ATT_NW * 32), B = PER < 4 ? PER : 4;
+    static_assert(PER % B == 0, "whole batches");
+#pragma unroll
+    for (int i0 = 0; i0 < PER; i0 += B) {
+        float4 v[B];
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            int i = (i0 + b) * (ATT_NW * 32) + threadIdx.x, r = i / H4, dq = 4 * (i % H4);
+            v[b] = r < valid && dq < hd ? *(const float4 *)(src + (size_t)r * ld + dq)
+                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            int i = (i0 + b) * (ATT_NW * 32) + threadIdx.x, r = i / H4, dq = 4 * (i % H4);
+            *(uint2 *)(dst + r * SP + dq) =
+                make_uint2(pack_bf16(v[b].x, v[b].y), pack_bf16(v[b].z, v[b].w));
+        }
     }
 }
 
 template <int HD, int BK>
-__global__ void __launch_bounds__(ATT_NW * 32) k_attention(att_args a) {
+__global__ void __launch_bounds__(ATT_NW * 32, HD <= 128 ? 3 : 2) k_attention(att_args a) {
     constexpr int SP = HD + 8, NT = BK / 8, ND = HD / 8;
     constexpr float LOG2E = 1.4426950408889634f;
     extern __shared__ __align__(16) unsigned char att_sm[];
@@ -277,8 +290,8 @@ __global__ void __launch_bounds__(ATT_NW * 32) k_attention(att_args a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
     const int wq = warp * 16; /* the warp's first query within the tile */
 
-    att_load<HD>(Qs, a.q + (size_t)q_base * a.q_ld + (size_t)h * hd, (size_t)a.q_ld, ATT_BQ,
-                 nq, hd);
+    att_load<HD, ATT_BQ>(Qs, a.q + (size_t)q_base * a.q_ld + (size_t)h * hd, (size_t)a.q_ld, nq,
+                         hd);
     float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < ND; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
@@ -289,10 +302,10 @@ __global__ void __launch_bounds__(ATT_NW * 32) k_attention(att_args a) {
     for (int j0 = k_lo; j0 < k_hi; j0 += BK) {
         __syncthreads(); /* the previous block is consumed */
         int nk = min(BK, k_hi - j0);
-        att_load<HD>(Ks, a.k + (size_t)(key_off + j0) * a.kv_ld + kv_col, (size_t)a.kv_ld, BK,
-                     nk, hd);
-        att_load<HD>(Vs, a.v + (size_t)(key_off + j0) * a.kv_ld + kv_col, (size_t)a.kv_ld, BK,
-                     nk, hd);
+        att_load<HD, BK>(Ks, a.k + (size_t)(key_off + j0) * a.kv_ld + kv_col, (size_t)a.kv_ld, nk,
+                         hd);
+        att_load<HD, BK>(Vs, a.v + (size_t)(key_off + j0) * a.kv_ld + kv_col, (size_t)a.kv_ld, nk,
+                         hd);
         __syncthreads();
         if (wq >= nq || j0 > q_last) continue; /* no queries, or every key is in the future */
         if (a.window > 0 && j0 + BK - 1 < q_first - a.window + 1) continue; /* all too old */
