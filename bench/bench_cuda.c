@@ -4,6 +4,7 @@
  *   bench_cuda --model DIR [--backend cuda|cpu] [--lengths uniform|ir] [--ir DIR]
  *              [--queries N] [--cands 100] [--len 224] [--max-len 512] [--exit L]
  *              [--ratio R --compress L] [--dump-rows FILE] [--seeded 7b|small|tiny]
+ *              [--drift BACKEND]
  *
  * Passage lengths: "uniform" = every passage --len tokens (224); "ir" = drawn (seeded) from
  * the document lengths of a BEIR collection (--ir, default ../shared/data/ir/cranfield), in
@@ -14,7 +15,11 @@
  *
  * Prints pairs/s and TFLOP/s (linear-layer FLOPs, mr_model_row_flops: attention excluded) over
  * the timed batches after one warm-up batch. --dump-rows writes the rows (one JSON line per row:
- * {"q":[..],"p":[..],"s":[..]}) for bench/transformers_gpu.py, which times the same rows. */
+ * {"q":[..],"p":[..],"s":[..]}) for bench/transformers_gpu.py, which times the same rows.
+ * --drift B scores every batch again with backend B (e.g. cuda, against cuda-fp8) and prints
+ * how far the timed backend's scores are from B's: max and mean |difference| (the mean also
+ * in units of B's score spread per query), mean top-10 overlap and mean Kendall tau per query. */
+#define _GNU_SOURCE /* qsort_r */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,9 +93,84 @@ static void seeded_shape(mr_config *c, const char *shape) {
     }
 }
 
+static int by_score_desc(const void *a, const void *b, void *sc) {
+    float x = ((const float *)sc)[*(const int *)a], y = ((const float *)sc)[*(const int *)b];
+    return x < y ? 1 : x > y ? -1 : *(const int *)a - *(const int *)b;
+}
+
+/* The scores of b (ctx) against those of backend ref_name on the same batches. */
+static int report_drift(const mr_backend *b, void *ctx, const char *ref_name, const mr_model *m,
+                        const mr_row *rows, int queries, int cands, const mr_run_opts *o) {
+    const mr_backend *r = mr_backend_get(ref_name);
+    mr_err err = {0};
+    void *rc = NULL;
+    int longest = 0;
+    size_t max_batch = 0;
+    for (int qi = 0; qi < queries; qi++) {
+        size_t tok = 0;
+        for (int i = 0; i < cands; i++) {
+            const mr_row *w = &rows[(size_t)qi * cands + i];
+            int l = w->nq + w->np + w->ns;
+            tok += (size_t)l;
+            if (l > longest) longest = l;
+        }
+        if (tok > max_batch) max_batch = tok;
+    }
+    if (!r || mr_backend_ctx_new(r, m, (int)max_batch, cands, longest, &rc, &err)) {
+        fprintf(stderr, "bench_cuda: --drift %s: %s\n", ref_name, r ? err.msg : "not built");
+        return 1;
+    }
+    float *sa = malloc(sizeof(float) * cands), *sb = malloc(sizeof(float) * cands);
+    int *ia = malloc(sizeof(int) * cands), *ib = malloc(sizeof(int) * cands);
+    double max_d = 0, sum_d = 0, sum_rel = 0, sum_ov = 0, sum_tau = 0;
+    int k = cands < 10 ? cands : 10, bad = 0;
+    for (int qi = 0; qi < queries && !bad; qi++) {
+        const mr_row *batch = rows + (size_t)qi * cands;
+        if (mr_backend_score(b, ctx, batch, cands, o, sa, NULL, &err) ||
+            mr_backend_score(r, rc, batch, cands, o, sb, NULL, &err)) {
+            fprintf(stderr, "bench_cuda: --drift: %s\n", err.msg);
+            bad = 1;
+            break;
+        }
+        double mean = 0, var = 0, d = 0;
+        for (int i = 0; i < cands; i++) mean += sb[i] / cands;
+        for (int i = 0; i < cands; i++) {
+            var += (sb[i] - mean) * (sb[i] - mean) / cands;
+            double e = fabs((double)sa[i] - sb[i]);
+            d += e / cands;
+            if (e > max_d) max_d = e;
+        }
+        sum_d += d;
+        sum_rel += var > 0 ? d / sqrt(var) : 0;
+        for (int i = 0; i < cands; i++) ia[i] = ib[i] = i;
+        qsort_r(ia, (size_t)cands, sizeof *ia, by_score_desc, sa);
+        qsort_r(ib, (size_t)cands, sizeof *ib, by_score_desc, sb);
+        int ov = 0;
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++) ov += ia[i] == ib[j];
+        sum_ov += (double)ov / k;
+        long conc = 0, disc = 0;
+        for (int i = 0; i < cands; i++)
+            for (int j = i + 1; j < cands; j++) {
+                double x = (double)sa[i] - sa[j], y = (double)sb[i] - sb[j];
+                if (x * y > 0) conc++;
+                else if (x * y < 0) disc++;
+            }
+        sum_tau += conc + disc ? (double)(conc - disc) / (conc + disc) : 1.0;
+    }
+    if (!bad)
+        printf("drift vs %s over %d queries: max |d| %.4g, mean |d| %.4g (%.4f of the score "
+               "spread), top-10 overlap %.3f, Kendall tau %.4f\n",
+               ref_name, queries, max_d, sum_d / queries, sum_rel / queries, sum_ov / queries,
+               sum_tau / queries);
+    mr_backend_ctx_free(r, rc);
+    free(sa), free(sb), free(ia), free(ib);
+    return bad;
+}
+
 int main(int argc, char **argv) {
     const char *model = NULL, *backend = "cuda", *lengths = "uniform", *dump = NULL;
-    const char *ir = "../shared/data/ir/cranfield", *seeded = NULL;
+    const char *ir = "../shared/data/ir/cranfield", *seeded = NULL, *drift = NULL;
     int queries = 20, cands = 100, len = 224, max_len = 512, exit_l = 0, ratio = 1, comp = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -102,6 +182,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ir")) ir = v;
         else if (!strcmp(a, "--dump-rows")) dump = v;
         else if (!strcmp(a, "--seeded")) seeded = v;
+        else if (!strcmp(a, "--drift")) drift = v;
         else if (!strcmp(a, "--queries")) queries = atoi(v);
         else if (!strcmp(a, "--cands")) cands = atoi(v);
         else if (!strcmp(a, "--len")) len = atoi(v);
@@ -231,11 +312,12 @@ int main(int argc, char **argv) {
            n_docs ? ir : "uniform", queries, cands, longest, max_batch);
     printf("pairs/s %.1f  TFLOP/s %.2f (linear layers)  ms/query %.2f\n", pairs / dt,
            flops / dt / 1e12, dt * 1e3 / queries);
+    int rc = drift ? report_drift(b, ctx, drift, &m, rows, queries, cands, &o) : 0;
     mr_backend_ctx_free(b, ctx);
     mr_model_close(&m);
     free(scores);
     free(rows);
     free(ids);
     free(doc_len);
-    return 0;
+    return rc;
 }

@@ -38,7 +38,7 @@ static void score_usage(FILE *f, const char *cmd) {
               "  --sigmoid               scores in [0,1]\n"
               "  --head-by-position      released-code quirk: head = position in --exits\n"
               "  --prune L:top=K | L:min=T  drop rows at exit L (repeatable)\n"
-              "  --backend cpu|cuda      scorer backend (default cpu)\n",
+              "  --backend cpu|cuda|cuda-fp8  scorer backend (default cpu)\n",
               f);
 }
 

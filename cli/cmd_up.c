@@ -216,13 +216,13 @@ static int coordinator_untrained(const char *addr) {
 }
 
 static void up_usage(FILE *f) {
-    fputs("usage: mrank up [--config FILE] [--model DIR] [--backend cpu|cuda] [--timeout-s N]\n"
+    fputs("usage: mrank up [--config FILE] [--model DIR] [--backend B] [--timeout-s N]\n"
           "  starts every worker of the config's pools and a coordinator on loopback, waits\n"
           "  until all are SERVING, prints the coordinator address; Ctrl-C stops everything.\n"
           "  --config FILE   cluster config (default " DEFAULT_CONFIG ")\n"
           "  --model DIR     model folder (default: the config's model, else the bundled\n"
           "                  " DEFAULT_MODEL ")\n"
-          "  --backend B     every worker's scorer backend, cpu or cuda (default cpu)\n"
+          "  --backend B     every worker's scorer backend: cpu, cuda or cuda-fp8 (default cpu)\n"
           "  --threads N     compute threads per worker (default: CPUs / workers)\n"
           "  --timeout-s N   how long to wait for SERVING (default 120)\n", f);
 }

@@ -21,7 +21,7 @@ static void worker_usage(FILE *f) {
           "                            (SubArch.adapters); repeatable\n"
           "  --listen ADDR             gRPC address, e.g. 0.0.0.0:7001 or 127.0.0.1:0\n"
           "  --threads N               compute (OpenBLAS/OpenMP) threads (default: all CPUs)\n"
-          "  --backend cpu|cuda        scorer backend (default cpu; cuda needs a CUDA build and a GPU)\n"
+          "  --backend cpu|cuda|cuda-fp8  scorer backend (default cpu; cuda* need a CUDA build and a GPU)\n"
           "  --rpc-threads N           gRPC handler threads, which tokenize (default 4)\n"
           "  --max-batch-tokens N      tokens per model batch (default 16384)\n"
           "  --max-wait-ms N           longest a request waits for a batch to fill (default 2)\n"

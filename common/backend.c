@@ -7,7 +7,7 @@
 #include <string.h>
 
 #ifdef MR_HAVE_CUDA
-extern const mr_backend mr_backend_cuda; /* common/backend_cuda.cu */
+extern const mr_backend mr_backend_cuda, mr_backend_cuda_fp8; /* common/backend_cuda.cu */
 #endif
 
 /* ---- cpu ---- */
@@ -52,6 +52,7 @@ static const mr_backend *const g_backends[] = {
     &mr_backend_cpu,
 #ifdef MR_HAVE_CUDA
     &mr_backend_cuda,
+    &mr_backend_cuda_fp8,
 #endif
 };
 
@@ -64,7 +65,7 @@ const mr_backend *mr_backend_get(const char *name) {
 
 const char *mr_backend_names(void) {
 #ifdef MR_HAVE_CUDA
-    return "cpu,cuda";
+    return "cpu,cuda,cuda-fp8";
 #else
     return "cpu";
 #endif

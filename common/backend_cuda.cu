@@ -67,12 +67,10 @@ typedef struct dlora {
 
 typedef struct dlin {
     int in, out;
-    bf16 *w;                         /* (out, in) row-major */
+    bf16 *w;                         /* (out, in) row-major; NULL when w8 replaces it */
     float *b;                        /* (out) or NULL */
-    /* FP8 e4m3 path (reserved, not implemented): uint8_t *w8 (out, in) and float *w8_scale
-     * (out) per output channel, used by gemm() when non-NULL. */
-    void *w8;
-    float *w8_scale;
+    uint8_t *w8;                     /* cuda-fp8: (out, in) e4m3, w = w8 * *w8_scale */
+    float *w8_scale;                 /* (1) on the device */
     int n_lora;
     dlora lora[2 * MR_MAX_ADAPTERS];
 } dlin;
@@ -84,7 +82,7 @@ typedef struct dlayer {
 
 typedef struct dweights {
     const mr_model *m;
-    int dev, refs;
+    int dev, refs, fp8;
     void *embed;                     /* (vocab, d) bf16 (bf16 checkpoints) or f32 */
     int embed_f32;
     float *final_norm;               /* (d) */
@@ -184,12 +182,33 @@ static int up_lin(dlin *d, const mr_linear *const *parts, int n, uint16_t *hbuf,
 
 static void free_lin(dlin *d) {
     cudaFree(d->w);
+    cudaFree(d->w8);
+    cudaFree(d->w8_scale);
     cudaFree(d->b);
     for (int a = 0; a < d->n_lora; a++) {
         cudaFree(d->lora[a].A);
         cudaFree(d->lora[a].B);
     }
     memset(d, 0, sizeof *d);
+}
+
+/* cuda-fp8: d's bf16 weight becomes e4m3 with one per-tensor scale (amax / 448); the bf16
+ * copy is freed. Shapes the FP8 GEMMs cannot take (in or out not a multiple of 16) stay bf16.
+ * amax is one unsigned of device scratch. */
+static int lin_to_fp8(dlin *d, unsigned *amax, size_t *total, mr_err *err) {
+    if (d->in % 16 || d->out % 16) return 0;
+    size_t n = (size_t)d->out * d->in;
+    unsigned nb = (unsigned)((n / 8 + 255) / 256 < 4096 ? (n / 8 + 255) / 256 : 4096);
+    RC(dalloc((void **)&d->w8, n, total, err));
+    RC(dalloc((void **)&d->w8_scale, 4, total, err));
+    CK(cudaMemset(amax, 0, 4));
+    k_amax<<<nb, 256>>>(d->w, n, amax);
+    k_quant_e4m3<<<nb, 256>>>(d->w8, d->w, n, amax, d->w8_scale);
+    CK(cudaDeviceSynchronize());
+    cudaFree(d->w);
+    d->w = NULL;
+    *total -= n * 2;
+    return 0;
 }
 
 static void weights_free(dweights *w) {
@@ -222,6 +241,7 @@ static int weights_upload(dweights *w, const mr_model *m, mr_err *err) {
     size_t d = (size_t)k->d_model, chunk = (size_t)1 << 20;
     uint16_t *hbuf = NULL;
     float *fbuf = NULL;
+    unsigned *amax = NULL;
     int rc = 0;
     if (!(hbuf = (uint16_t *)malloc(chunk * 2)) || !(fbuf = (float *)malloc(chunk * 4))) {
         rc = mr_err_set(err, MR_ENOMEM, "out of memory staging weights");
@@ -260,6 +280,7 @@ static int weights_upload(dweights *w, const mr_model *m, mr_err *err) {
         if ((rc = up_f32(&w->head_delta[a], m->head_delta[a], (size_t)m->n_heads_exit * d,
                          &w->bytes, err)))
             goto done;
+    if (w->fp8 && (rc = dalloc((void **)&amax, 4, &w->bytes, err))) goto done;
     for (int i = 0; i < k->n_layers && !rc; i++) {
         const mr_layer *S = &m->layers[i];
         dlayer *L = &w->L[i];
@@ -275,24 +296,32 @@ static int weights_upload(dweights *w, const mr_model *m, mr_err *err) {
              up_lin(&L->gu, gu, 2, hbuf, fbuf, chunk, &w->bytes, err) ||
              up_lin(&L->down, dn, 1, hbuf, fbuf, chunk, &w->bytes, err);
         if (rc) rc = err && err->code ? err->code : MR_EIO;
-        const dlin *ls[5] = {&L->q, &L->kv, &L->o, &L->gu, &L->down};
-        for (int j = 0; j < 5; j++)
+        dlin *ls[5] = {&L->q, &L->kv, &L->o, &L->gu, &L->down};
+        for (int j = 0; j < 5; j++) {
             for (int a = 0; a < ls[j]->n_lora; a++)
                 if (ls[j]->lora[a].rank > w->max_rank) w->max_rank = ls[j]->lora[a].rank;
+            if (!rc && w->fp8) rc = lin_to_fp8(ls[j], amax, &w->bytes, err);
+        }
     }
 done:
+    if (amax) {
+        cudaFree(amax);
+        w->bytes -= 4;
+    }
     free(hbuf);
     free(fbuf);
     return rc;
 }
 
-/* The device weights of m on dev, uploaded on first use; released by weights_put. */
-static int weights_get(const mr_model *m, int dev, dweights **out, mr_err *err) {
+/* The device weights of m on dev (bf16, or e4m3 with fp8), uploaded on first use; released by
+ * weights_put. */
+static int weights_get(const mr_model *m, int dev, int fp8, dweights **out, mr_err *err) {
     int rc = 0, slot = -1;
     *out = NULL;
     pthread_mutex_lock(&g_mu);
     for (int i = 0; i < MR_CUDA_MAX_MODELS; i++) {
-        if (g_models[i] && g_models[i]->m == m && g_models[i]->dev == dev) {
+        if (g_models[i] && g_models[i]->m == m && g_models[i]->dev == dev &&
+            g_models[i]->fp8 == fp8) {
             g_models[i]->refs++;
             *out = g_models[i];
             goto done;
@@ -312,6 +341,7 @@ static int weights_get(const mr_model *m, int dev, dweights **out, mr_err *err) 
         }
         w->m = m;
         w->dev = dev;
+        w->fp8 = fp8;
         w->refs = 1;
         if ((rc = weights_upload(w, m, err))) {
             weights_free(w);
@@ -343,6 +373,7 @@ typedef struct gemm_plan {
     int used, ok;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatrixLayout_t cl;       /* C's layout: c, or a bf16 one where fp8 needs it */
     cublasLtMatmulAlgo_t algo;
 } gemm_plan;
 #define N_PLANS 128
@@ -372,6 +403,9 @@ typedef struct cctx {
     bf16 *act;                       /* (ff_chunk, dff) */
     float *lo_f;                     /* (T, max_rank) */
     bf16 *lo_b;                      /* (T, max_rank) */
+    uint8_t *x8;                     /* cuda-fp8: (T, widest GEMM input) e4m3 activations */
+    unsigned *amax;                  /* cuda-fp8: (1) max |x| of the GEMM input being scaled */
+    float *x8_scale;                 /* cuda-fp8: (1) its scale */
     float *probs, *probs_tmp;        /* (T) last-query attention, scratch */
     float *rope;                     /* (L, hd/2, 2) */
     float *d_score;                  /* (MR_MAX_EXITS, R) raw exit scores */
@@ -423,11 +457,12 @@ static void cuda_ctx_free(void *p) {
         cublasLtMatrixLayoutDestroy(g->a);
         cublasLtMatrixLayoutDestroy(g->b);
         cublasLtMatrixLayoutDestroy(g->c);
+        if (g->cl != g->c) cublasLtMatrixLayoutDestroy(g->cl);
         cublasLtMatmulDescDestroy(g->op);
     }
     void *dev[] = {c->ws, c->x, c->x2, c->xn, c->xn_last, c->q, c->kv, c->att, c->y, c->ff,
-                   c->act, c->lo_f, c->lo_b, c->probs, c->probs_tmp, c->rope, c->d_score,
-                   c->d_arena};
+                   c->act, c->lo_f, c->lo_b, c->x8, c->amax, c->x8_scale, c->probs,
+                   c->probs_tmp, c->rope, c->d_score, c->d_arena};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) cudaFree(dev[i]);
     cudaFreeHost(c->h_arena);
     cudaFreeHost(c->h_score);
@@ -447,6 +482,9 @@ static int ctx_alloc(cctx *c, mr_err *err) {
     size_t T = (size_t)c->T, R = (size_t)c->R, d = (size_t)k->d_model;
     size_t qd = (size_t)k->n_heads * k->head_dim, kvd = (size_t)k->n_kv_heads * k->head_dim;
     size_t dff = (size_t)k->d_ff, rank = (size_t)(c->w->max_rank ? c->w->max_rank : 1);
+    size_t wide = d > qd ? d : qd; /* widest GEMM input: d, heads * hd or dff */
+    if (dff > wide) wide = dff;
+    size_t f8 = c->w->fp8 ? 1 : 0;
     c->ff_chunk = c->T < 4096 ? c->T : 4096;
     c->ws_size = (size_t)32 << 20;
     struct { void **p; size_t bytes; } bufs[] = {
@@ -456,11 +494,13 @@ static int ctx_alloc(cctx *c, mr_err *err) {
         {(void **)&c->att, T * qd * 2}, {(void **)&c->y, T * d * 4},
         {(void **)&c->ff, (size_t)c->ff_chunk * 2 * dff * 4},
         {(void **)&c->act, (size_t)c->ff_chunk * dff * 2}, {(void **)&c->lo_f, T * rank * 4},
-        {(void **)&c->lo_b, T * rank * 2}, {(void **)&c->probs, T * 4},
+        {(void **)&c->lo_b, T * rank * 2}, {(void **)&c->x8, f8 * T * wide},
+        {(void **)&c->amax, f8 * 4}, {(void **)&c->x8_scale, f8 * 4}, {(void **)&c->probs, T * 4},
         {(void **)&c->probs_tmp, T * 4},
         {(void **)&c->rope, (size_t)c->L * k->head_dim * 4},
         {(void **)&c->d_score, (size_t)MR_MAX_EXITS * R * 4}};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) {
+        if (!bufs[i].bytes) continue; /* the fp8 buffers of a bf16 context */
         cudaError_t e = cudaMalloc(bufs[i].p, bufs[i].bytes);
         if (e != cudaSuccess)
             return mr_err_set(err, MR_ENOMEM,
@@ -502,8 +542,8 @@ static int ctx_alloc(cctx *c, mr_err *err) {
     return 0;
 }
 
-static int cuda_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max_len,
-                        void **out, mr_err *err) {
+static int ctx_new(const mr_model *m, int max_tokens, int max_rows, int max_len, int fp8,
+                   void **out, mr_err *err) {
     *out = NULL;
     const mr_config *k = &m->cfg;
     RC(cuda_available(err));
@@ -530,7 +570,7 @@ static int cuda_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max
         rc = mr_err_set(err, MR_EIO, "cuda: %s", cudaGetErrorString(e));
         goto fail;
     }
-    if ((rc = weights_get(m, c->dev, &c->w, err))) goto fail;
+    if ((rc = weights_get(m, c->dev, fp8, &c->w, err))) goto fail;
     if ((e = cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking)) != cudaSuccess ||
         (e = cudaEventCreateWithFlags(&c->staged, cudaEventDisableTiming)) != cudaSuccess) {
         rc = mr_err_set(err, MR_EIO, "cuda: %s", cudaGetErrorString(e));
@@ -552,9 +592,10 @@ static int cuda_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max
                          att_smem_bytes(128, 64));
     cudaFuncSetAttribute(k_attention<256, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          att_smem_bytes(256, 32));
-    snprintf(c->desc, sizeof c->desc, "cuda: %.100s (sm_%d%d), %.1f GiB, weights %.2f GiB",
-             prop.name, prop.major, prop.minor, prop.totalGlobalMem / 1073741824.0,
-             c->w->bytes / 1073741824.0);
+    snprintf(c->desc, sizeof c->desc, "%s: %.100s (sm_%d%d), %.1f GiB, weights %.2f GiB%s",
+             fp8 ? "cuda-fp8" : "cuda", prop.name, prop.major, prop.minor,
+             prop.totalGlobalMem / 1073741824.0, c->w->bytes / 1073741824.0,
+             fp8 ? " (linear layers e4m3, per-tensor scales)" : "");
     *out = c;
     return 0;
 fail:
@@ -562,9 +603,24 @@ fail:
     return rc;
 }
 
+static int cuda_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max_len,
+                        void **out, mr_err *err) {
+    return ctx_new(m, max_tokens, max_rows, max_len, 0, out, err);
+}
+
+static int cuda_fp8_ctx_new(const mr_model *m, int max_tokens, int max_rows, int max_len,
+                            void **out, mr_err *err) {
+    return ctx_new(m, max_tokens, max_rows, max_len, 1, out, err);
+}
+
 static const char *cuda_describe(void *ctx) { return ((cctx *)ctx)->desc; }
 
-/* ---- GEMM: y (n, ldy) = beta * y + x (n, ldx) . W^T, W (out, in) bf16, x bf16, y f32 ---- */
+/* ---- GEMM: y (n, ldy) = beta * y + x (n, ldx) . W^T, W (out, in), y f32 ----
+ * bf16 x and W, or (f8 given) e4m3 x and W with per-tensor scales on the device:
+ * y = x_scale * w_scale * (x8 . W8^T), beta 0. FP8 needs Hopper's "TN" layout, which is ours. */
+typedef struct f8_scales {
+    const float *w, *x;
+} f8_scales;
 
 static int align_of(const void *p) {
     uintptr_t a = (uintptr_t)p;
@@ -573,11 +629,12 @@ static int align_of(const void *p) {
     return al;
 }
 
-static int gemm(cctx *c, int n, int in, int out, const bf16 *x, int ldx, const bf16 *w,
-                float *y, int ldy, float beta, mr_err *err) {
+static int gemm(cctx *c, int n, int in, int out, const void *x, int ldx, const void *w,
+                float *y, int ldy, float beta, const f8_scales *f8, mr_err *err) {
     if (n <= 0 || out <= 0) return 0;
     int key[10] = {out, n, in, ldx, ldy, beta != 0.0f, align_of(w), align_of(x), align_of(y),
-                   1};
+                   f8 ? 2 : 1};
+    const cudaDataType_t ab = f8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     gemm_plan *g = NULL;
     for (int i = 0; i < N_PLANS && !g; i++)
         if (c->plans[i].used && !memcmp(c->plans[i].key, key, sizeof key)) g = &c->plans[i];
@@ -588,6 +645,7 @@ static int gemm(cctx *c, int n, int in, int out, const bf16 *x, int ldx, const b
             cublasLtMatrixLayoutDestroy(g->a);
             cublasLtMatrixLayoutDestroy(g->b);
             cublasLtMatrixLayoutDestroy(g->c);
+            if (g->cl != g->c) cublasLtMatrixLayoutDestroy(g->cl);
             cublasLtMatmulDescDestroy(g->op);
             g->used = 0;
         }
@@ -597,9 +655,16 @@ static int gemm(cctx *c, int n, int in, int out, const bf16 *x, int ldx, const b
         CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
         CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
         /* column-major view: D (out, n) = W^T-view (out, in) x X^T-view (in, n) */
-        CKB(cublasLtMatrixLayoutCreate(&g->a, CUDA_R_16BF, in, out, in));
-        CKB(cublasLtMatrixLayoutCreate(&g->b, CUDA_R_16BF, in, n, ldx));
+        CKB(cublasLtMatrixLayoutCreate(&g->a, ab, in, out, in));
+        CKB(cublasLtMatrixLayoutCreate(&g->b, ab, in, n, ldx));
         CKB(cublasLtMatrixLayoutCreate(&g->c, CUDA_R_32F, out, n, ldy));
+        g->cl = g->c;
+        if (f8) { /* the scale pointers are set per call; give the heuristic valid ones */
+            CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                               &f8->w, sizeof f8->w));
+            CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                               &f8->x, sizeof f8->x));
+        }
         g->used = 1;
         g->ok = 0;
         cublasLtMatmulPreference_t pref;
@@ -618,17 +683,38 @@ static int gemm(cctx *c, int n, int in, int out, const bf16 *x, int ldx, const b
                                              &al_c, sizeof al_c);
         cublasLtMatmulHeuristicResult_t res;
         int nres = 0;
-        if (cublasLtMatmulAlgoGetHeuristic(c->lt, g->op, g->a, g->b, g->c, g->c, pref, 1, &res,
+        if (cublasLtMatmulAlgoGetHeuristic(c->lt, g->op, g->a, g->b, g->cl, g->c, pref, 1, &res,
                                            &nres) == CUBLAS_STATUS_SUCCESS &&
             nres > 0) {
             g->algo = res.algo;
             g->ok = 1;
+        } else if (f8 && cublasLtMatrixLayoutCreate(&g->cl, CUDA_R_16BF, out, n, ldy) ==
+                             CUBLAS_STATUS_SUCCESS) {
+            /* some cuBLASLt versions pair f32 D with a bf16 C only (beta is 0: C unread) */
+            if (cublasLtMatmulAlgoGetHeuristic(c->lt, g->op, g->a, g->b, g->cl, g->c, pref, 1,
+                                               &res, &nres) == CUBLAS_STATUS_SUCCESS &&
+                nres > 0) {
+                g->algo = res.algo;
+                g->ok = 1;
+            }
+        } else {
+            g->cl = g->c;
         }
         cublasLtMatmulPreferenceDestroy(pref);
     }
     float one = 1.0f;
+    if (f8) {
+        if (!g->ok)
+            return mr_err_set(err, MR_EUNSUPPORTED,
+                              "cuda-fp8: cuBLASLt has no e4m3 kernel for %d x %d x %d", n, in,
+                              out);
+        CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &f8->w,
+                                           sizeof f8->w));
+        CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &f8->x,
+                                           sizeof f8->x));
+    }
     if (g->ok) {
-        CKB(cublasLtMatmul(c->lt, g->op, &one, w, g->a, x, g->b, &beta, y, g->c, y, g->c,
+        CKB(cublasLtMatmul(c->lt, g->op, &one, w, g->a, x, g->b, &beta, y, g->cl, y, g->c,
                            &g->algo, c->ws, c->ws_size, c->st));
     } else { /* shapes cuBLASLt has no kernel for (e.g. rank-2 LoRA products) */
         CKB(cublasGemmEx(c->cb, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, CUDA_R_16BF, in,
@@ -644,18 +730,28 @@ static unsigned blocks(size_t n, unsigned t) { return (unsigned)((n + t - 1) / t
 static int linear(cctx *c, const dlin *l, const bf16 *x, int n, float *y, int ldy,
                   uint32_t mask, mr_err *err) {
     if (n <= 0) return 0;
-    RC(gemm(c, n, l->in, l->out, x, l->in, l->w, y, ldy, 0.0f, err));
+    if (l->w8) { /* activations to e4m3 with their own per-tensor scale */
+        size_t cnt = (size_t)n * l->in;
+        unsigned nb = (unsigned)((cnt / 8 + 255) / 256 < 2048 ? (cnt / 8 + 255) / 256 : 2048);
+        CK(cudaMemsetAsync(c->amax, 0, 4, c->st));
+        k_amax<<<nb, 256, 0, c->st>>>(x, cnt, c->amax);
+        k_quant_e4m3<<<nb, 256, 0, c->st>>>(c->x8, x, cnt, c->amax, c->x8_scale);
+        f8_scales sc = {l->w8_scale, c->x8_scale};
+        RC(gemm(c, n, l->in, l->out, c->x8, l->in, l->w8, y, ldy, 0.0f, &sc, err));
+    } else {
+        RC(gemm(c, n, l->in, l->out, x, l->in, l->w, y, ldy, 0.0f, NULL, err));
+    }
     if (l->b) {
         k_add_bias<<<blocks((size_t)n * l->out, 256), 256, 0, c->st>>>(y, ldy, l->b, n, l->out);
     }
     for (int a = 0; a < l->n_lora; a++) {
         const dlora *lo = &l->lora[a];
         if (!(mask >> lo->adapter & 1)) continue;
-        RC(gemm(c, n, l->in, lo->rank, x, l->in, lo->A, c->lo_f, lo->rank, 0.0f, err));
+        RC(gemm(c, n, l->in, lo->rank, x, l->in, lo->A, c->lo_f, lo->rank, 0.0f, NULL, err));
         size_t cnt = (size_t)n * lo->rank;
         k_to_bf16<<<blocks(cnt, 256), 256, 0, c->st>>>(c->lo_b, c->lo_f, cnt);
         RC(gemm(c, n, lo->rank, lo->out, c->lo_b, lo->rank, lo->B, y + lo->col, ldy, 1.0f,
-                err));
+                NULL, err));
     }
     return 0;
 }
@@ -980,6 +1076,17 @@ extern "C" const mr_backend mr_backend_cuda = {
     "cuda",            /* name */
     cuda_available,    /* available: a device is present */
     cuda_ctx_new,      /* ctx_new */
+    cuda_ctx_free,     /* ctx_free */
+    cuda_score,        /* score */
+    cuda_describe,     /* describe */
+};
+
+/* The same engine with e4m3 linear layers: weights and GEMM inputs scaled per tensor (the
+ * inputs' scale measured on the device per call), f32 accumulation and output. */
+extern "C" const mr_backend mr_backend_cuda_fp8 = {
+    "cuda-fp8",        /* name */
+    cuda_available,    /* available: a device is present */
+    cuda_fp8_ctx_new,  /* ctx_new */
     cuda_ctx_free,     /* ctx_free */
     cuda_score,        /* score */
     cuda_describe,     /* describe */

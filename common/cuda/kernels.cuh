@@ -9,6 +9,7 @@
 #define MR_CUDA_KERNELS_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -115,6 +116,54 @@ __global__ void k_add_bias(float *y, int ldy, const float *b, int n, int out) {
 __global__ void k_to_bf16(bf16 *y, const float *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = __float2bfloat16(x[i]);
+}
+
+/* ---- FP8 (e4m3) quantization, per tensor ----
+ * k_amax: max |x| over n bf16 values into *amax, as the bits of a non-negative float (those
+ * order like unsigned ints; the caller zeroes *amax). k_quant_e4m3: y = e4m3(x / s) with
+ * s = amax / 448 (e4m3's largest finite value; saturating), and *scale = s for the GEMM.
+ * Both take 8 values per thread (n % 8 == 0, 16-byte aligned). */
+#define E4M3_MAX 448.0f
+
+__global__ void k_amax(const bf16 *x, size_t n, unsigned *amax) {
+    __shared__ float sh[33];
+    float m = 0.0f;
+    for (size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8; i < n;
+         i += (size_t)gridDim.x * blockDim.x * 8) {
+        uint4 u = *(const uint4 *)(x + i);
+        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float2 f = __bfloat1622float2(h[j]);
+            m = fmaxf(m, fmaxf(fabsf(f.x), fabsf(f.y)));
+        }
+    }
+    m = block_max(m, sh);
+    if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(m));
+}
+
+__device__ __forceinline__ float e4m3_scale(const unsigned *amax) {
+    float a = __uint_as_float(*amax);
+    return a > 0.0f && isfinite(a) ? a / E4M3_MAX : 1.0f;
+}
+
+__global__ void k_quant_e4m3(uint8_t *y, const bf16 *x, size_t n, const unsigned *amax,
+                             float *scale) {
+    const float s = e4m3_scale(amax), inv = 1.0f / s;
+    if (blockIdx.x == 0 && threadIdx.x == 0) *scale = s;
+    for (size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8; i < n;
+         i += (size_t)gridDim.x * blockDim.x * 8) {
+        uint4 u = *(const uint4 *)(x + i);
+        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+        uint8_t o[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float2 f = __bfloat1622float2(h[j]);
+            o[2 * j] = __nv_cvt_float_to_fp8(f.x * inv, __NV_SATFINITE, __NV_E4M3);
+            o[2 * j + 1] = __nv_cvt_float_to_fp8(f.y * inv, __NV_SATFINITE, __NV_E4M3);
+        }
+        *(uint2 *)(y + i) = *(const uint2 *)o;
+    }
 }
 
 /* RoPE (rotate-half) in place on heads [0, n_heads) of x (n, ld); cs (max_pos, hd/2, 2). */
