@@ -121,6 +121,17 @@ pargs=(); for d in "${DOCS[@]}"; do pargs+=(--passage "$d"); done
   >"$work/full.json"
 "$MRANK" score --model "$model" --max-len 256 --exits 4 --compress-ratio 2 --compress-layers 2 \
   --json --query "$Q" "${pargs[@]}" >"$work/cheap.json"
+# --backend: cpu is the default (identical output); an unknown name is refused with the list;
+# cuda either scores or (no GPU, or a CPU-only build) says why, never crashes
+"$MRANK" score --model "$model" --max-len 256 --exits 8 --json --query "$Q" "${pargs[@]}" \
+  --backend cpu | cmp -s - "$work/full.json" || fail "score --backend cpu differs from the default"
+if "$MRANK" score --model "$model" --query "$Q" --passage x --backend tpu 2>"$work/be.err"; then
+  fail "score --backend tpu succeeded"
+fi
+grep -q "backend 'tpu': this build has cpu" "$work/be.err" || fail "--backend tpu: $(cat "$work/be.err")"
+if ! "$MRANK" score --model "$model" --query "$Q" --passage x --backend cuda >/dev/null 2>"$work/be.err"; then
+  grep -qiE "cuda|backend" "$work/be.err" || fail "--backend cuda: $(cat "$work/be.err")"
+fi
 $PY - "$work" <<'EOF' || fail "cascade order check"
 import json, sys
 w = sys.argv[1]
