@@ -685,6 +685,8 @@ static int dump(const char *batch_path, const char *out_dir) {
     const cJSON *cl = cJSON_GetObjectItem(j, "compress_layers");
     w.n_compress = cJSON_GetArraySize(cl);
     for (int i = 0; i < w.n_compress; i++) w.compress_layers[i] = cJSON_GetArrayItem(cl, i)->valueint;
+    const char *pool = cJSON_GetStringValue(cJSON_GetObjectItem(j, "pooling"));
+    w.pooling = pool && !strcmp(pool, "attention") ? MR_POOL_ATTENTION : MR_POOL_MEAN;
     mr_loss_opts lo = {.cascade = (int)num(j, "cascade", 0),
                        .cascade_step = (int)num(j, "cascade_step", 0)};
     mr_tbatch b = {rows, B, G, teacher};

@@ -8,7 +8,8 @@ BATCH.json (also read by `test_train_model dump`):
     {"model": DIR, "mode": "full" | "lora", "lora_rank": 4, "lora_alpha": 8,
      "groups": [[{"q": [ids], "p": [ids], "s": [ids]}, ...G rows, positive first], ...],
      "teacher": [[score per row], ...] or null,      # external teacher scores
-     "ratio": 2, "compress_layers": [1, 3],          # width of the student pass (mean pooling)
+     "ratio": 2, "compress_layers": [1, 3],          # width of the student pass
+     "pooling": "mean" | "attention",                # attention: weights are constants
      "cascade": 1, "cascade_step": 0}
 C_OUT_DIR holds what the C trainer wrote: grads.safetensors, params.safetensors (the trainable
 tensors; in LoRA mode the A/B values to use here) and result.json (loss parts and scores).
@@ -56,8 +57,10 @@ def anchor(exits, l, step):
     return D
 
 
-def forward(model, rows, ratio, clayers):
-    """Scores (n_exits, n_rows) as a tensor; every row alone (no packing needed in torch)."""
+def forward(model, rows, ratio, clayers, pooling="mean"):
+    """Scores (n_exits, n_rows) as a tensor; every row alone (no packing needed in torch).
+    Attention pooling takes the previous layer's last-query attention detached, as the trainer
+    does (stop-gradient through the pooling weights)."""
     c = model.cfg
     exits = exits_of(c)
     D = exits[-1]
@@ -65,10 +68,12 @@ def forward(model, rows, ratio, clayers):
     for ri, row in enumerate(rows):
         x = model.embed(row["q"] + row["p"] + row["s"])
         nq, npass = len(row["q"]), len(row["p"])
+        probs = None
         for li in range(D):
             if ratio > 1 and li in clayers:
-                x, npass = compress_row(x, nq, npass, ratio, "mean", None)
-            x, _ = model.layer(li, x)
+                w = probs.detach() if pooling == "attention" else None
+                x, npass = compress_row(x, nq, npass, ratio, pooling, w)
+            x, probs = model.layer(li, x)
             if li + 1 in exits:
                 e = exits.index(li + 1)
                 y = model.rmsnorm(x[-1], "model.norm.weight")
@@ -142,7 +147,7 @@ def main(argv):
     if cascade:
         with torch.no_grad():
             f = forward(model, rows, 1, set()).detach()
-    s = forward(model, rows, ratio, clayers)
+    s = forward(model, rows, ratio, clayers, req.get("pooling", "mean"))
     B = len(groups)
     ce = ext = cas = torch.zeros((), dtype=F64)
     for g in range(B):
