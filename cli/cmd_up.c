@@ -36,9 +36,10 @@
 int mr_cmd_coordinator(int argc, char **argv) {
     static const struct option opts[] = {{"config", 1, 0, 'c'},       {"listen", 1, 0, 'l'},
                                          {"metrics-port", 1, 0, 'M'}, {"drain-ms", 1, 0, 'd'},
-                                         {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
+                                         {"check", 0, 0, 'C'},        {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
     const char *config = NULL, *listen = NULL;
-    int metrics_port = -1, drain_ms = 5000, ch, rc = 2;
+    int metrics_port = -1, drain_ms = 5000, ch, rc = 2, check = 0;
     mr_coord_config *cfg = NULL;
     mr_coord *co = NULL;
     mr_err err = {0};
@@ -49,11 +50,13 @@ int mr_cmd_coordinator(int argc, char **argv) {
         case 'l': listen = optarg; break;
         case 'M': if (mr_cli_parse_int("--metrics-port", optarg, &metrics_port)) return 2; break;
         case 'd': if (mr_cli_parse_int("--drain-ms", optarg, &drain_ms)) return 2; break;
+        case 'C': check = 1; break;
         case 'h':
             puts("usage: mrank coordinator --config FILE [--listen ADDR] [--metrics-port P]\n"
                  "  serves mrank.v1.Ranker (Rerank, RerankStream, Info) and grpc.health.v1 over\n"
                  "  the worker pools of FILE (see docs/cluster.md); --listen and --metrics-port\n"
-                 "  default to the config's coordinator section");
+                 "  default to the config's coordinator section\n"
+                 "  --check   validate FILE, print a summary and exit (0 when valid)");
             return 0;
         default: return 2;
         }
@@ -66,6 +69,12 @@ int mr_cmd_coordinator(int argc, char **argv) {
     if (!(cfg = calloc(1, sizeof *cfg))) return 1;
     if (mr_coord_config_load(cfg, config, &err)) {
         fprintf(stderr, "mrank coordinator: %s\n", err.msg);
+        goto done;
+    }
+    if (check) {
+        printf("%s: valid: %d pools, %d stages, %d profiles, %d tiers\n", config, cfg->n_pools,
+               cfg->n_stages, cfg->n_profiles, cfg->n_tiers);
+        rc = 0;
         goto done;
     }
     /* Block the stop signals before any thread exists, so only sigwait below sees them. */
