@@ -2,9 +2,9 @@
 # deploy/ is consistent: the Kubernetes manifests parse, `mrank coordinator --check` accepts
 # their cluster.json, and names, ports, adapters and paths agree between cluster.json, the
 # worker and coordinator Deployments, the Services and the Dockerfile. The Dockerfile's runtime
-# packages cover every library `mrank` links directly (readelf NEEDED -> dpkg -S), CUDA aside
-# (the image is built with -DMR_CUDA=OFF). `kubectl kustomize` renders the set where kubectl
-# is installed (CI machines have it; the test says when it did not run that step).
+# packages cover every library `mrank` links directly (readelf NEEDED -> dpkg -S), except CUDA
+# (the image is built with -DMR_CUDA=OFF) and sanitizer runtimes. `kubectl kustomize` renders
+# the set where kubectl is installed (the test says when it did not run that step).
 # Usage: deploy_check.sh MRANK
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,8 @@ if command -v kubectl >/dev/null; then
 else
   echo "NOTE: kubectl not installed: the kustomize rendering step DID NOT RUN"
 fi
-needed=$(readelf -d "$M" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -v '^libcu')
+# CUDA and the sanitizer runtimes (ASan builds run this too) are not in the CPU image
+needed=$(readelf -d "$M" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -Ev '^(libcu|lib[a-z]*san)')
 pkgs=""
 for lib in $needed; do
   f=$(ldconfig -p | awk -v l="$lib" '!f && $1 == l && /x86-64/ {print $NF; f = 1}')
