@@ -98,24 +98,14 @@ static int by_score_desc(const void *a, const void *b, void *sc) {
     return x < y ? 1 : x > y ? -1 : *(const int *)a - *(const int *)b;
 }
 
-/* The scores of b (ctx) against those of backend ref_name on the same batches. */
+/* The scores of b (ctx) against those of backend ref_name on the same batches (a context of
+ * the timed one's sizes: max_batch tokens, rows up to longest). */
 static int report_drift(const mr_backend *b, void *ctx, const char *ref_name, const mr_model *m,
-                        const mr_row *rows, int queries, int cands, const mr_run_opts *o) {
+                        const mr_row *rows, int queries, int cands, size_t max_batch, int longest,
+                        const mr_run_opts *o) {
     const mr_backend *r = mr_backend_get(ref_name);
     mr_err err = {0};
     void *rc = NULL;
-    int longest = 0;
-    size_t max_batch = 0;
-    for (int qi = 0; qi < queries; qi++) {
-        size_t tok = 0;
-        for (int i = 0; i < cands; i++) {
-            const mr_row *w = &rows[(size_t)qi * cands + i];
-            int l = w->nq + w->np + w->ns;
-            tok += (size_t)l;
-            if (l > longest) longest = l;
-        }
-        if (tok > max_batch) max_batch = tok;
-    }
     if (!r || mr_backend_ctx_new(r, m, (int)max_batch, cands, longest, &rc, &err)) {
         fprintf(stderr, "bench_cuda: --drift %s: %s\n", ref_name, r ? err.msg : "not built");
         return 1;
@@ -312,7 +302,8 @@ int main(int argc, char **argv) {
            n_docs ? ir : "uniform", queries, cands, longest, max_batch);
     printf("pairs/s %.1f  TFLOP/s %.2f (linear layers)  ms/query %.2f\n", pairs / dt,
            flops / dt / 1e12, dt * 1e3 / queries);
-    int rc = drift ? report_drift(b, ctx, drift, &m, rows, queries, cands, &o) : 0;
+    int rc = drift ? report_drift(b, ctx, drift, &m, rows, queries, cands, max_batch,
+                                   longest, &o) : 0;
     mr_backend_ctx_free(b, ctx);
     mr_model_close(&m);
     free(scores);

@@ -194,18 +194,29 @@ static void free_lin(dlin *d) {
     memset(d, 0, sizeof *d);
 }
 
+static unsigned blocks(size_t n, unsigned t) { return (unsigned)((n + t - 1) / t); }
+
+/* y8 (n) = e4m3(x / s), s = max |x| / 448 into *scale (device), in stream order on st; amax is
+ * one unsigned of device scratch. Weights at upload and GEMM inputs per call both use it. */
+static int to_e4m3(uint8_t *y8, const bf16 *x, size_t n, unsigned *amax, float *scale,
+                   cudaStream_t st, mr_err *err) {
+    unsigned nb = blocks(n / 8, 256) < 2048 ? blocks(n / 8, 256) : 2048; /* grid-stride */
+    CK(cudaMemsetAsync(amax, 0, 4, st));
+    k_amax<<<nb, 256, 0, st>>>(x, n, amax);
+    k_quant_e4m3<<<nb, 256, 0, st>>>(y8, x, n, amax, scale);
+    CK(cudaGetLastError());
+    return 0;
+}
+
 /* cuda-fp8: d's bf16 weight becomes e4m3 with one per-tensor scale (amax / 448); the bf16
  * copy is freed. Shapes the FP8 GEMMs cannot take (in or out not a multiple of 16) stay bf16.
  * amax is one unsigned of device scratch. */
 static int lin_to_fp8(dlin *d, unsigned *amax, size_t *total, mr_err *err) {
     if (d->in % 16 || d->out % 16) return 0;
     size_t n = (size_t)d->out * d->in;
-    unsigned nb = (unsigned)((n / 8 + 255) / 256 < 4096 ? (n / 8 + 255) / 256 : 4096);
     RC(dalloc((void **)&d->w8, n, total, err));
     RC(dalloc((void **)&d->w8_scale, 4, total, err));
-    CK(cudaMemset(amax, 0, 4));
-    k_amax<<<nb, 256>>>(d->w, n, amax);
-    k_quant_e4m3<<<nb, 256>>>(d->w8, d->w, n, amax, d->w8_scale);
+    RC(to_e4m3(d->w8, d->w, n, amax, d->w8_scale, 0, err));
     CK(cudaDeviceSynchronize());
     cudaFree(d->w);
     d->w = NULL;
@@ -624,6 +635,14 @@ typedef struct f8_scales {
     const float *w, *x;
 } f8_scales;
 
+static int set_f8_scales(cublasLtMatmulDesc_t op, const f8_scales *f8, mr_err *err) {
+    CKB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &f8->w,
+                                       sizeof f8->w));
+    CKB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &f8->x,
+                                       sizeof f8->x));
+    return 0;
+}
+
 static int align_of(const void *p) {
     uintptr_t a = (uintptr_t)p;
     int al = 256;
@@ -661,12 +680,7 @@ static int gemm(cctx *c, int n, int in, int out, const void *x, int ldx, const v
         CKB(cublasLtMatrixLayoutCreate(&g->b, ab, in, n, ldx));
         CKB(cublasLtMatrixLayoutCreate(&g->c, CUDA_R_32F, out, n, ldy));
         g->cl = g->c;
-        if (f8) { /* the scale pointers are set per call; give the heuristic valid ones */
-            CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
-                                               &f8->w, sizeof f8->w));
-            CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-                                               &f8->x, sizeof f8->x));
-        }
+        if (f8) RC(set_f8_scales(g->op, f8, err)); /* set per call too; valid for the heuristic */
         g->used = 1;
         g->ok = 0;
         cublasLtMatmulPreference_t pref;
@@ -700,7 +714,7 @@ static int gemm(cctx *c, int n, int in, int out, const void *x, int ldx, const v
                 g->ok = 1;
             }
         } else {
-            g->cl = g->c;
+            g->cl = g->c; /* a failed create leaves cl undefined */
         }
         cublasLtMatmulPreferenceDestroy(pref);
     }
@@ -710,10 +724,7 @@ static int gemm(cctx *c, int n, int in, int out, const void *x, int ldx, const v
             return mr_err_set(err, MR_EUNSUPPORTED,
                               "cuda-fp8: cuBLASLt has no e4m3 kernel for %d x %d x %d", n, in,
                               out);
-        CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &f8->w,
-                                           sizeof f8->w));
-        CKB(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &f8->x,
-                                           sizeof f8->x));
+        RC(set_f8_scales(g->op, f8, err));
     }
     if (g->ok) {
         CKB(cublasLtMatmul(c->lt, g->op, &one, w, g->a, x, g->b, &beta, y, g->cl, y, g->c,
@@ -726,18 +737,13 @@ static int gemm(cctx *c, int n, int in, int out, const void *x, int ldx, const v
     return 0;
 }
 
-static unsigned blocks(size_t n, unsigned t) { return (unsigned)((n + t - 1) / t); }
 
 /* y (n, ldy) = x W^T + b + sum over active unmerged adapters of x A^T B^T (into their columns) */
 static int linear(cctx *c, const dlin *l, const bf16 *x, int n, float *y, int ldy,
                   uint32_t mask, mr_err *err) {
     if (n <= 0) return 0;
     if (l->w8) { /* activations to e4m3 with their own per-tensor scale */
-        size_t cnt = (size_t)n * l->in;
-        unsigned nb = (unsigned)((cnt / 8 + 255) / 256 < 2048 ? (cnt / 8 + 255) / 256 : 2048);
-        CK(cudaMemsetAsync(c->amax, 0, 4, c->st));
-        k_amax<<<nb, 256, 0, c->st>>>(x, cnt, c->amax);
-        k_quant_e4m3<<<nb, 256, 0, c->st>>>(c->x8, x, cnt, c->amax, c->x8_scale);
+        RC(to_e4m3(c->x8, x, (size_t)n * l->in, c->amax, c->x8_scale, c->st, err));
         f8_scales sc = {l->w8_scale, c->x8_scale};
         RC(gemm(c, n, l->in, l->out, c->x8, l->in, l->w8, y, ldy, 0.0f, &sc, err));
     } else {

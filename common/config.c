@@ -469,10 +469,9 @@ static const char *dtype_torch_name(mr_dtype dt) {
     return dt == MR_DT_BF16 ? "bfloat16" : dt == MR_DT_F16 ? "float16" : "float32";
 }
 
-/* Gemma2's query_pre_attn_scalar is an int in the released configs (256, 224) */
-static int add_scalar(cJSON *o, float v) {
-    return v == (float)(int)v ? add_int(o, "query_pre_attn_scalar", (int)v)
-                              : add_float(o, "query_pre_attn_scalar", v);
+/* A field released configs write as an int when whole (Gemma2's query_pre_attn_scalar: 256) */
+static int add_int_or_float(cJSON *o, const char *key, float v) {
+    return v == (float)(int)v ? add_int(o, key, (int)v) : add_float(o, key, v);
 }
 
 /* Keys only one architecture's transformers class reads. */
@@ -493,8 +492,9 @@ static int add_arch_keys(cJSON *o, const mr_config *c) {
                add_bool(o, "attention_bias", c->attn_bias) ||
                add_cap(o, "attn_logit_softcapping", c->attn_softcap) ||
                add_cap(o, "final_logit_softcapping", c->final_softcap) ||
-               add_scalar(o, c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar
-                                                          : (float)c->head_dim);
+               add_int_or_float(o, "query_pre_attn_scalar",
+                                c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar
+                                                             : (float)c->head_dim);
     }
     return -1;
 }
