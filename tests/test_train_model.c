@@ -15,7 +15,9 @@
  * tests/oracle/train_ref.py):
  *     test_train_model dump BATCH.json OUT_DIR
  * writes OUT_DIR/grads.safetensors, OUT_DIR/params.safetensors (trainable tensors) and
- * OUT_DIR/result.json {"loss", "ce", "ext", "cascade", "scores" (n_exits x n_rows)}. */
+ * OUT_DIR/result.json {"loss", "ce", "ext", "cascade", "scores" (n_exits x n_rows)}. In LoRA
+ * mode the batch's "lora_dropout", "seed" and "drop_step" select the dropout masks, which the
+ * PyTorch side recomputes. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <setjmp.h>
@@ -656,11 +658,13 @@ static int dump(const char *batch_path, const char *out_dir) {
                          .lora_rank = (int)num(j, "lora_rank", 4),
                          .lora_alpha = (float)num(j, "lora_alpha", 8),
                          .seed = (uint64_t)num(j, "seed", 1),
-                         .lora_b_std = (float)num(j, "lora_b_std", 0.05), .max_len = 256};
+                         .lora_b_std = (float)num(j, "lora_b_std", 0.05), .max_len = 256,
+                         .lora_dropout = (float)num(j, "lora_dropout", 0)};
     mr_tmodel m;
     mr_err err = {0};
     if (mr_tmodel_load(&m, cJSON_GetStringValue(cJSON_GetObjectItem(j, "model")), &mo, &err))
         return fprintf(stderr, "load: %s\n", err.msg), 2;
+    m.drop_step = (uint64_t)num(j, "drop_step", 0);
     const cJSON *groups = cJSON_GetObjectItem(j, "groups");
     int B = cJSON_GetArraySize(groups), G = cJSON_GetArraySize(cJSON_GetArrayItem(groups, 0));
     mr_row *rows = calloc((size_t)B * G, sizeof *rows);

@@ -3,7 +3,8 @@
 # checkpoints: Mistral full-parameter with compression, external teacher and cascade; Gemma2
 # LoRA (softcaps, sliding window, GeGLU) with compression and cascade anchors every 2 layers;
 # Qwen2 full (q/k/v bias) at full width (cascade teacher = detached student); Mistral LoRA with
-# attention pooling (its weights constants on both sides: the trainer's stop-gradient).
+# attention pooling (its weights constants on both sides: the trainer's stop-gradient); Mistral
+# LoRA with dropout 0.25 (the reference recomputes the trainer's masks, student and teacher pass).
 # Usage: train_vs_torch.sh MRANK  (the C side is the test_train_model binary beside MRANK, in
 # its dump mode; MR_TRAIN_DUMP_BIN overrides). Exchange: JSON batch in, safetensors out.
 set -euo pipefail
@@ -34,12 +35,13 @@ cases=(
   "{\"model\":\"$work/gemma2\",\"mode\":\"lora\",\"lora_rank\":4,\"lora_alpha\":8,\"lora_b_std\":0.05,\"groups\":$groups,\"teacher\":null,\"ratio\":4,\"compress_layers\":[0,2],\"cascade\":1,\"cascade_step\":2}"
   "{\"model\":\"$work/qwen2\",\"mode\":\"full\",\"groups\":$groups,\"teacher\":$teacher,\"ratio\":1,\"compress_layers\":[],\"cascade\":1}"
   "{\"model\":\"$work/mistral\",\"mode\":\"lora\",\"lora_rank\":4,\"lora_alpha\":8,\"lora_b_std\":0.05,\"groups\":$groups,\"teacher\":$teacher,\"ratio\":2,\"compress_layers\":[1,3],\"pooling\":\"attention\",\"cascade\":1}"
+  "{\"model\":\"$work/mistral\",\"mode\":\"lora\",\"lora_rank\":4,\"lora_alpha\":8,\"lora_b_std\":0.05,\"lora_dropout\":0.25,\"seed\":5,\"drop_step\":77,\"groups\":$groups,\"teacher\":$teacher,\"ratio\":2,\"compress_layers\":[1,3],\"cascade\":1}"
 )
 fail=0
 for i in "${!cases[@]}"; do
     mkdir -p "$work/c$i"
     printf '%s\n' "${cases[$i]}" > "$work/batch$i.json"
-    echo "== case $i: $(printf '%s' "${cases[$i]}" | $py -c 'import json,sys; d=json.load(sys.stdin); print(d["model"].rsplit("/",1)[1], d["mode"], "ratio", d["ratio"], d["compress_layers"], d.get("pooling", "mean"), "teacher" if d["teacher"] else "")')"
+    echo "== case $i: $(printf '%s' "${cases[$i]}" | $py -c 'import json,sys; d=json.load(sys.stdin); print(d["model"].rsplit("/",1)[1], d["mode"], "ratio", d["ratio"], d["compress_layers"], d.get("pooling", "mean"), "teacher" if d["teacher"] else "", "dropout %g" % d["lora_dropout"] if d.get("lora_dropout") else "")')"
     "$bin" dump "$work/batch$i.json" "$work/c$i"
     $py tests/oracle/train_ref.py "$work/batch$i.json" "$work/c$i" || fail=1
 done

@@ -10,7 +10,8 @@ BATCH.json (also read by `test_train_model dump`):
      "teacher": [[score per row], ...] or null,      # external teacher scores
      "ratio": 2, "compress_layers": [1, 3],          # width of the student pass
      "pooling": "mean" | "attention",                # attention: weights are constants
-     "cascade": 1, "cascade_step": 0}
+     "cascade": 1, "cascade_step": 0,
+     "lora_dropout": 0.25, "seed": 1, "drop_step": 7}  # LoRA mode only
 C_OUT_DIR holds what the C trainer wrote: grads.safetensors, params.safetensors (the trainable
 tensors; in LoRA mode the A/B values to use here) and result.json (loss parts and scores).
 
@@ -19,6 +20,11 @@ the positive (row 0 of the group), plus -sum softmax(teacher) log softmax(s_l) w
 scores are given, plus the cascade term -sum softmax(f_a(l)) log softmax(s_l) for l < D with
 f from a detached full-width pass and a(l) = min(D, k ceil((l+1)/k)) rounded up to an exit
 layer, k = cascade_step or max(1, D // 4). Averaged over queries, summed over exits.
+
+LoRA dropout (PEFT semantics: y = W x + scale B A (x * mask / (1 - p)), the exit heads' LoRA
+included) is done here unmerged, with the masks recomputed from the trainer's documented
+counter-based hash of (seed, drop_step, pass, layer, linear, element index in the packed
+layer input); pass 0 is the student, pass 1 the full-width cascade teacher.
 
 Backbone pieces (layers, RMSNorm, RoPE, attention, mean compression) come from mr_ref.py, the
 float64 scoring oracle; only the exit score is rewritten here so that it stays a tensor.
@@ -29,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import struct
 import sys
 
 import torch
@@ -57,14 +64,102 @@ def anchor(exits, l, step):
     return D
 
 
-def forward(model, rows, ratio, clayers, pooling="mean"):
+M64 = (1 << 64) - 1
+GOLDEN = 0x9e3779b97f4a7c15
+DROP_HEAD = 1 << 20
+
+
+def mix64(z):
+    """splitmix64's output function at state z + golden (trainer/train_model.c mix64)."""
+    z = (z + GOLDEN) & M64
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
+
+def f32(v):
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+class Dropout:
+    """The trainer's LoRA dropout: element i of a LoRA input under key is kept (x 1/(1-p)) when
+    mix64(key + i * golden) >> 11 >= p 2^53, with p and 1/(1-p) in float32 as in C."""
+
+    def __init__(self, p, seed, step):
+        self.p = f32(p)
+        self.keep = f32(1.0 / f32(1.0 - self.p))
+        self.thr = int(self.p * 9007199254740992.0)
+        self.seed, self.step = seed, step
+
+    def pass_key(self, pas):
+        return mix64(mix64(mix64(self.seed ^ 0xd40b0c7) ^ self.step) ^ pas)
+
+    @staticmethod
+    def unit_key(pk, unit, j):
+        return mix64(pk ^ mix64(((unit << 8) + j) & M64))
+
+    def factors(self, key, start, shape):
+        n = math.prod(shape)
+        f = [self.keep if (mix64((key + i * GOLDEN) & M64) >> 11) >= self.thr else 0.0
+             for i in range(start, start + n)]
+        return torch.tensor(f, dtype=F64).reshape(shape)
+
+
+def layer_offsets(rows, D, ratio, clayers):
+    """off[li][ri]: first token of row ri in the packed input of layer li (rows back to back,
+    the trainer's layout; passages pooled to ceil(P / ratio) at each compress layer)."""
+    npass = [len(r["p"]) for r in rows]
+    off = []
+    for li in range(D):
+        if ratio > 1 and li in clayers:
+            npass = [(n + ratio - 1) // ratio for n in npass]
+        lens = [len(r["q"]) + n + len(r["s"]) for r, n in zip(rows, npass)]
+        off.append([sum(lens[:i]) for i in range(len(rows))])
+    return off
+
+
+class DroppedLinears:
+    """model.linear with the LoRA pairs unmerged and their inputs dropped: the layer index and
+    linear come from the tensor name, the row's packed offset from forward()."""
+
+    def __init__(self, model, lora, scale, drop, pas):
+        self.model, self.lora, self.scale, self.drop = model, lora, scale, drop
+        self.pk = drop.pass_key(pas)
+        self.base = Model.linear.__get__(model)
+        self.tok0 = 0
+
+    def __call__(self, x, name):
+        y = self.base(x, name)
+        pair = self.lora.get(name)
+        if pair is None:
+            return y
+        li = int(name.split(".")[2])
+        j = LIN.index(name.split(".", 3)[3])
+        key = Dropout.unit_key(self.pk, li, j)
+        xd = x * self.drop.factors(key, self.tok0 * x.shape[1], tuple(x.shape))
+        A, B = pair
+        return y + self.scale * (xd @ A.T) @ B.T
+
+    def head(self, e, ri):
+        d = self.model.cfg.hidden
+        A, B = self.lora["lm_head.%d.linear_head" % e]
+        key = Dropout.unit_key(self.pk, DROP_HEAD + e, 0)
+        delta = (self.scale * (B @ A)).reshape(-1)
+        return self.model.head_weight(e) + delta * self.drop.factors(key, ri * d, (d,))
+
+
+def forward(model, rows, ratio, clayers, pooling="mean", dropped=None):
     """Scores (n_exits, n_rows) as a tensor; every row alone (no packing needed in torch).
     Attention pooling takes the previous layer's last-query attention detached, as the trainer
-    does (stop-gradient through the pooling weights)."""
+    does (stop-gradient through the pooling weights). dropped: a DroppedLinears (LoRA dropout)
+    or None (LoRA merged into model.w)."""
     c = model.cfg
     exits = exits_of(c)
     D = exits[-1]
     out = [[None] * len(rows) for _ in exits]
+    off = layer_offsets(rows, D, ratio, clayers)
+    if dropped:
+        model.linear = dropped
     for ri, row in enumerate(rows):
         x = model.embed(row["q"] + row["p"] + row["s"])
         nq, npass = len(row["q"]), len(row["p"])
@@ -73,11 +168,13 @@ def forward(model, rows, ratio, clayers, pooling="mean"):
             if ratio > 1 and li in clayers:
                 w = probs.detach() if pooling == "attention" else None
                 x, npass = compress_row(x, nq, npass, ratio, pooling, w)
+            if dropped:
+                dropped.tok0 = off[li][ri]
             x, probs = model.layer(li, x)
             if li + 1 in exits:
                 e = exits.index(li + 1)
                 y = model.rmsnorm(x[-1], "model.norm.weight")
-                s = torch.dot(y, model.head_weight(e))
+                s = torch.dot(y, dropped.head(e, ri) if dropped else model.head_weight(e))
                 if c.final_softcap:
                     s = c.final_softcap * torch.tanh(s / c.final_softcap)
                 out[e][ri] = s
@@ -107,29 +204,32 @@ def main(argv):
 
     leaves = {}
     base = dict(model.w)
-    if req.get("mode", "full") == "lora":
-        rank = int(req.get("lora_rank", 4))
-        scale = float(req.get("lora_alpha", 8)) / rank
+    lora = req.get("mode", "full") == "lora"
+    pairs, drop, scale = {}, None, 0.0
+    if lora:
+        scale = float(req.get("lora_alpha", 8)) / int(req.get("lora_rank", 4))
         for n, t in cparams.items():
             leaves[n] = t.clone().requires_grad_(True)
-
-        def apply_lora():
-            w = dict(base)
-            for n in leaves:
-                if not n.endswith(".lora_A.weight"):
-                    continue
+        for n in leaves:
+            if n.endswith(".lora_A.weight"):
                 mod = n[len("base_model.model."):-len(".lora_A.weight")]
-                A, B = leaves[n], leaves[n.replace("lora_A", "lora_B")]
-                w[mod + ".weight"] = base[mod + ".weight"] + scale * (B @ A)
-            model.w = w
+                pairs[mod] = (leaves[n], leaves[n.replace("lora_A", "lora_B")])
+        if float(req.get("lora_dropout", 0)) > 0:
+            drop = Dropout(float(req["lora_dropout"]), int(req.get("seed", 1)),
+                           int(req.get("drop_step", 0)))
     else:
         for n in cgrads:
             leaves[n] = base[n].clone().requires_grad_(True)
+    w = dict(base)
+    if not lora:
+        w.update(leaves)
+    elif not drop:  # no dropout: the LoRA pairs merged, W + scale B A
+        for mod, (A, B) in pairs.items():
+            w[mod + ".weight"] = base[mod + ".weight"] + scale * (B @ A)
+    model.w = w
 
-        def apply_lora():
-            w = dict(base)
-            w.update(leaves)
-            model.w = w
+    def dropped(pas):
+        return DroppedLinears(model, pairs, scale, drop, pas) if drop else None
 
     groups = req["groups"]
     G = len(groups[0])
@@ -142,12 +242,11 @@ def main(argv):
     step = int(req.get("cascade_step", 0))
     teacher = req.get("teacher")
 
-    apply_lora()
     f = None
     if cascade:
         with torch.no_grad():
-            f = forward(model, rows, 1, set()).detach()
-    s = forward(model, rows, ratio, clayers, req.get("pooling", "mean"))
+            f = forward(model, rows, 1, set(), dropped=dropped(1)).detach()
+    s = forward(model, rows, ratio, clayers, req.get("pooling", "mean"), dropped(0))
     B = len(groups)
     ce = ext = cas = torch.zeros((), dtype=F64)
     for g in range(B):
