@@ -162,7 +162,7 @@ int main(int argc, char **argv) {
     const char *model = NULL, *backend = "cuda", *lengths = "uniform", *dump = NULL;
     const char *ir = "../shared/data/ir/cranfield", *seeded = NULL, *drift = NULL;
     int queries = 20, cands = 100, len = 224, max_len = 512, exit_l = 0, ratio = 1, comp = -1;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int used = 1;
         if (!v) used = 0;
@@ -185,7 +185,6 @@ int main(int argc, char **argv) {
             fprintf(stderr, "usage: see the top of bench/bench_cuda.c (bad argument '%s')\n", a);
             return 2;
         }
-        i++;
     }
     if (!model || queries < 1 || cands < 1 || max_len < 32) {
         fprintf(stderr, "bench_cuda: --model DIR is required (see bench/bench_cuda.c)\n");

@@ -555,6 +555,18 @@ static int ctx_alloc(cctx *c, mr_err *err) {
     return 0;
 }
 
+/* The attention instantiations, by head dim: the smallest with hd >= the model's runs; BK keys
+ * per block (fewer at 256 to fit shared memory). */
+enum { ATT_MAX_HD = 256 };
+struct att_kernel {
+    int hd, bk;
+    void (*fn)(att_args);
+};
+static const att_kernel ATT_KERNELS[] = {{32, 64, k_attention<32, 64>},
+                                         {64, 64, k_attention<64, 64>},
+                                         {128, 64, k_attention<128, 64>},
+                                         {ATT_MAX_HD, 32, k_attention<ATT_MAX_HD, 32>}};
+
 static int ctx_new(const mr_model *m, int max_tokens, int max_rows, int max_len, int fp8,
                    void **out, mr_err *err) {
     *out = NULL;
@@ -563,10 +575,10 @@ static int ctx_new(const mr_model *m, int max_tokens, int max_rows, int max_len,
     if (max_tokens < 1 || max_rows < 1 || max_len < 2 || max_rows > max_tokens)
         return mr_err_set(err, MR_EINVAL, "context: bad sizes (tokens %d, rows %d, len %d)",
                           max_tokens, max_rows, max_len);
-    if (k->head_dim > 256 || k->head_dim % 4)
+    if (k->head_dim > ATT_MAX_HD || k->head_dim % 4)
         return mr_err_set(err, MR_EUNSUPPORTED,
-                          "cuda: head_dim %d (the attention kernel takes multiples of 4 up to 256)",
-                          k->head_dim);
+                          "cuda: head_dim %d (the attention kernel takes multiples of 4 up to %d)",
+                          k->head_dim, ATT_MAX_HD);
     if (m->n_adapters > 16)
         return mr_err_set(err, MR_EUNSUPPORTED, "cuda: at most 16 adapters");
     cctx *c = (cctx *)calloc(1, sizeof *c);
@@ -597,14 +609,9 @@ static int ctx_new(const mr_model *m, int max_tokens, int max_rows, int max_len,
     }
     if ((rc = ctx_alloc(c, err))) goto fail;
     /* attention's shared memory is over 48 KiB from head dim 128 on: opt in */
-    cudaFuncSetAttribute(k_attention<32, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         att_smem_bytes(32, 64));
-    cudaFuncSetAttribute(k_attention<64, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         att_smem_bytes(64, 64));
-    cudaFuncSetAttribute(k_attention<128, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         att_smem_bytes(128, 64));
-    cudaFuncSetAttribute(k_attention<256, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         att_smem_bytes(256, 32));
+    for (const att_kernel &ak : ATT_KERNELS)
+        cudaFuncSetAttribute(ak.fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             att_smem_bytes(ak.hd, ak.bk));
     snprintf(c->desc, sizeof c->desc, "%s: %.100s (sm_%d%d), %.1f GiB, weights %.2f GiB%s",
              fp8 ? "cuda-fp8" : "cuda", prop.name, prop.major, prop.minor,
              prop.totalGlobalMem / 1073741824.0, c->w->bytes / 1073741824.0,
@@ -905,14 +912,9 @@ static int launch_attention(cctx *c, const float *q, const int32_t *tiles, int n
     if (n_tiles <= 0) return 0;
     dim3 grid((unsigned)n_tiles, (unsigned)k->n_heads);
     int th = ATT_NW * 32;
-    if (hd <= 32)
-        k_attention<32, 64><<<grid, th, att_smem_bytes(32, 64), c->st>>>(a);
-    else if (hd <= 64)
-        k_attention<64, 64><<<grid, th, att_smem_bytes(64, 64), c->st>>>(a);
-    else if (hd <= 128)
-        k_attention<128, 64><<<grid, th, att_smem_bytes(128, 64), c->st>>>(a);
-    else
-        k_attention<256, 32><<<grid, th, att_smem_bytes(256, 32), c->st>>>(a);
+    const att_kernel *ak = ATT_KERNELS;
+    while (ak->hd < hd) ak++; /* the last covers every head dim the loader accepts */
+    ak->fn<<<grid, th, att_smem_bytes(ak->hd, ak->bk), c->st>>>(a);
     CK(cudaGetLastError());
     return 0;
 }
