@@ -11,17 +11,21 @@
 
 #include "config.h"
 
-static char g_dir[64];
+static char g_dir[64], path[128], out[128];
+
+static void cleanup(void) {
+    unlink(path), unlink(out), rmdir(g_dir);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!g_dir[0]) {
         strcpy(g_dir, "/tmp/mr_fuzz_cfg_XXXXXX");
         if (!mkdtemp(g_dir))
             abort();
+        snprintf(path, sizeof path, "%s/config.json", g_dir);
+        snprintf(out, sizeof out, "%s/saved.json", g_dir);
+        atexit(cleanup);
     }
-    char path[128], out[128];
-    snprintf(path, sizeof path, "%s/config.json", g_dir);
-    snprintf(out, sizeof out, "%s/saved.json", g_dir);
     FILE *fp = fopen(path, "wb");
     if (!fp)
         abort();

@@ -41,11 +41,14 @@ static void touch_tensors(mr_st_set *set) {
             abort(); /* sorted and unique */
 }
 
+static void remove_dir(void) { rmdir(g_dir); }
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!g_dir[0]) {
         strcpy(g_dir, "/tmp/mr_fuzz_st_XXXXXX");
         if (!mkdtemp(g_dir))
             abort();
+        atexit(remove_dir); /* the files are unlinked after every input */
     }
     char path[128];
     snprintf(path, sizeof path, "%s/x.safetensors", g_dir);

@@ -36,8 +36,9 @@ static void start(void) {
                    .start_layer = 1, .layer_sep = 1, .dtype = MR_DT_F32,
                    .vocab_size = mr_tokenizer_vocab_size(tok)};
     mr_tokenizer_free(tok);
-    snprintf(dir, sizeof dir, "/tmp/mrank-fuzz-worker-%d", (int)getpid());
-    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp '%s' %s/tokenizer.json", dir, tj, dir);
+    snprintf(dir, sizeof dir, "/tmp/mrank-fuzz-worker-XXXXXX");
+    if (!mkdtemp(dir)) die("mkdtemp", NULL);
+    snprintf(cmd, sizeof cmd, "cp '%s' %s/tokenizer.json", tj, dir);
     if (system(cmd) || mr_seeded_write(&c, dir, 1, &err)) die("model", &err);
     mr_worker_opts o;
     mr_worker_opts_default(&o);
@@ -48,6 +49,8 @@ static void start(void) {
     o.max_len = 128;
     o.max_wait_ms = 0;
     if (mr_worker_new(&g_worker, &o, &err)) die("worker", &err);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir); /* loaded: the files are no longer read */
+    if (system(cmd)) die("rm", NULL);
     snprintf(cmd, sizeof cmd, "127.0.0.1:%d", mr_worker_port(g_worker));
     if (mr_rpc_channel_new(&g_ch, cmd, &err)) die("channel", &err);
 }

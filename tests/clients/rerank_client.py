@@ -18,8 +18,10 @@ proto/mrank.proto; calls go through grpc's generic channel.unary_unary / unary_s
 FILE: one document per line, or a JSON array of strings.
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 def load_pb2():
     out = tempfile.mkdtemp(prefix="mr_pb2_")
+    atexit.register(shutil.rmtree, out, True)
     subprocess.run(["protoc", f"--python_out={out}", f"-I{REPO}/proto", "mrank.proto"],
                    check=True)
     subprocess.run(["protoc", f"--python_out={out}", "-I/usr/share/grpc-proto",

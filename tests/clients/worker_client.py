@@ -17,9 +17,11 @@ channel.unary_unary, so no grpc_tools is needed.
       prints one result line per entry (one process start for many calls)
 """
 import argparse
+import atexit
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,7 @@ def main():
     # the protobuf-generated health module would collide with grpc's package name: import the
     # generated file by path instead
     out = tempfile.mkdtemp(prefix="mrank_pb_")
+    atexit.register(shutil.rmtree, out, True)
     subprocess.run(["protoc", f"--python_out={out}", f"-I{REPO}/proto", "mrank.proto"], check=True)
     subprocess.run(["protoc", f"--python_out={out}", f"-I{HEALTH_DIR}",
                     "grpc/health/v1/health.proto"], check=True)
