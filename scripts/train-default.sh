@@ -9,6 +9,10 @@
 #   comp      factorized compensation: vertical (r = 1) and width-2/4/8 LoRA adapters
 # then copies the result to models/mrank-tiny (MODEL=... to write elsewhere).
 # NAIVE=1 also trains the naive-truncation baseline (--full-only, same budget) for the ablation.
+# LAYERS (default 4) and CASCADE_STEP (cascade anchor spacing, default 0: max(1, layers / 4))
+# train other shapes with the same recipe (docs/results.md, "8-layer tries"); set MODEL too.
+# Every stage checkpoints every 500 steps and is marked done by OUT/STAGE/done when complete:
+# the same command, run again after an interruption, resumes where it stopped.
 # Wall time on one core of the CI machine: about 20 (lm) + 27 + 8 + 4 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,18 +24,25 @@ MODEL=${MODEL:-models/mrank-tiny}
 [ -x "$M" ] || { cmake -S . -B build-trn -DCMAKE_BUILD_TYPE=Release -DMR_CUDA=OFF >/dev/null &&
                  cmake --build build-trn -j"$(nproc)" --target mrank; }
 [ -f $D/mid/rerank-train.jsonl ] || bash scripts/make-train-data.sh
+LAYERS=${LAYERS:-4}
+CASCADE_STEP=${CASCADE_STEP:-0}
 mkdir -p "$O"
-done_() { [ -f "$1/config.json" ] || [ -f "$1/vertical/adapter_config.json" ]; }
+stage() {  # stage NAME mrank-train-flags...: runs (or resumes) unless OUT/NAME/done exists
+    local name=$1
+    shift
+    [ -f "$O/$name/done" ] && return 0
+    $M train "$@" --out "$O/$name" --save-every 500 --resume
+    touch "$O/$name/done"
+}
 
-done_ $O/lm || $M train --stage lm --data $D/lm.txt --out $O/lm --tokenizer $D/tokenizer.json \
-    --layers 4 --hidden 128 --heads 4 --kv-heads 2 --ff 384 --steps 6000 --batch 8 \
-    --seq-len 128 --lr 2e-3
+stage lm --stage lm --data $D/lm.txt --tokenizer $D/tokenizer.json --layers "$LAYERS" \
+    --hidden 128 --heads 4 --kv-heads 2 --ff 384 --steps 6000 --batch 8 --seq-len 128 --lr 2e-3
 
 rr() {  # rr NAME INIT DATA STEPS BATCH MAXLEN LR [extra flags]
     local name=$1 init=$2 data=$3 steps=$4 batch=$5 maxlen=$6 lr=$7
     shift 7
-    done_ $O/$name || $M train --stage rerank --init $init --data $data/rerank-train.jsonl \
-        --out $O/$name --steps $steps --batch $batch --group 16 --max-len $maxlen --lr $lr "$@"
+    stage $name --stage rerank --init $init --data $data/rerank-train.jsonl --steps $steps \
+        --batch $batch --group 16 --max-len $maxlen --lr $lr --cascade-step "$CASCADE_STEP" "$@"
 }
 rr rr1 $O/lm $D/short 6000 4 40 1e-3
 rr rr2 $O/rr1 $D/mid 2000 2 80 5e-4 --keep-heads
@@ -39,9 +50,8 @@ if [ "${NAIVE:-0}" = 1 ]; then
     rr naive1 $O/lm $D/short 6000 4 40 1e-3 --full-only
     rr naive2 $O/naive1 $D/mid 2000 2 80 5e-4 --keep-heads --full-only
 fi
-done_ $O/comp || $M train --stage compensate --init $O/rr2 --data $D/mid/rerank-train.jsonl \
-    --out $O/comp --steps 300 --batch 2 --group 16 --max-len 80 --lr 2e-4 \
-    --lora-rank 8 --lora-alpha 16 --lora-dropout 0.1
+stage comp --stage compensate --init $O/rr2 --data $D/mid/rerank-train.jsonl --steps 300 \
+    --batch 2 --group 16 --max-len 80 --lr 2e-4 --lora-rank 8 --lora-alpha 16 --lora-dropout 0.1
 
 mkdir -p "$MODEL/adapters"
 cp $O/rr2/config.json $O/rr2/model.safetensors $O/rr2/tokenizer.json "$MODEL/"
