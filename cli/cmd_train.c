@@ -413,8 +413,18 @@ static int init_heads_yes(mr_tmodel *m, const mr_tokenizer *tok, mr_err *err) {
     return 0;
 }
 
+/* mkdir -p: the folder and any missing parents. */
 static int mkdir_p(const char *dir, mr_err *err) {
-    if (mkdir(dir, 0755) && errno != EEXIST) return mr_err_errno(err, "mkdir %s", dir);
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+        return mr_err_set(err, MR_EINVAL, "mkdir %.64s...: path too long", dir);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0755) && errno != EEXIST) return mr_err_errno(err, "mkdir %s", p);
+        *s = '/';
+    }
+    if (mkdir(p, 0755) && errno != EEXIST) return mr_err_errno(err, "mkdir %s", p);
     return 0;
 }
 

@@ -63,9 +63,9 @@ PY
 # stage 2: re-ranker fine-tuning (cascade + teacher, accumulation)
 rr="--data rr.jsonl --steps 5 --batch 2 --group 3 --max-len 48 --accum 2 $common"
 "$mrank" train --stage rerank --init lmA --out rrA $rr
-"$mrank" train --stage rerank --init lmA --out rrB $rr --stop-after 2
-"$mrank" train --stage rerank --init lmA --out rrB $rr --resume
-cmp rrA/model.safetensors rrB/model.safetensors || fail "rerank: resumed run differs"
+"$mrank" train --stage rerank --init lmA --out runs/b/rrB $rr --stop-after 2  # parents made
+"$mrank" train --stage rerank --init lmA --out runs/b/rrB $rr --resume
+cmp rrA/model.safetensors runs/b/rrB/model.safetensors || fail "rerank: resumed run differs"
 # stage 3: compensation adapters (vertical + width 2), interrupted inside the second adapter
 cp="--data rr.jsonl --steps 3 --batch 1 --group 3 --max-len 48 --lora-rank 2 --lora-alpha 4 --ratios 2 --lr 1e-2 $common"
 "$mrank" train --stage compensate --init rrA --out cA $cp
