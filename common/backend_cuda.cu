@@ -200,7 +200,8 @@ static unsigned blocks(size_t n, unsigned t) { return (unsigned)((n + t - 1) / t
  * one unsigned of device scratch. Weights at upload and GEMM inputs per call both use it. */
 static int to_e4m3(uint8_t *y8, const bf16 *x, size_t n, unsigned *amax, float *scale,
                    cudaStream_t st, mr_err *err) {
-    unsigned nb = blocks(n / 8, 256) < 2048 ? blocks(n / 8, 256) : 2048; /* grid-stride */
+    unsigned nb = blocks(n / 8, 256);
+    if (nb > 2048) nb = 2048; /* grid-stride beyond */
     CK(cudaMemsetAsync(amax, 0, 4, st));
     k_amax<<<nb, 256, 0, st>>>(x, n, amax);
     k_quant_e4m3<<<nb, 256, 0, st>>>(y8, x, n, amax, scale);
@@ -743,7 +744,6 @@ static int gemm(cctx *c, int n, int in, int out, const void *x, int ldx, const v
     }
     return 0;
 }
-
 
 /* y (n, ldy) = x W^T + b + sum over active unmerged adapters of x A^T B^T (into their columns) */
 static int linear(cctx *c, const dlin *l, const bf16 *x, int n, float *y, int ldy,
