@@ -9,8 +9,10 @@
 #   comp      factorized compensation: vertical (r = 1) and width-2/4/8 LoRA adapters
 # then copies the result to models/mrank-tiny (MODEL=... to write elsewhere).
 # NAIVE=1 also trains the naive-truncation baseline (--full-only, same budget) for the ablation.
-# LAYERS (default 4) and CASCADE_STEP (cascade anchor spacing, default 0: max(1, layers / 4))
-# train other shapes with the same recipe (docs/results.md, "8-layer tries"); set MODEL too.
+# LAYERS (default 4), CASCADE_STEP (cascade anchor spacing, default 0: max(1, layers / 4)),
+# RR2_LR (stage-2 learning rate, default 5e-4) and COMP_LR (compensation, default 2e-4) train
+# other shapes with the same recipe; set MODEL too. The 8-layer model of docs/results.md
+# ("the full 8-layer run") is LAYERS=8 CASCADE_STEP=8 RR2_LR=2e-4.
 # Every stage checkpoints every 500 steps and is marked done by OUT/STAGE/done when complete:
 # the same command, run again after an interruption, resumes where it stopped.
 # Wall time on one core of the CI machine: about 20 (lm) + 27 + 8 + 4 minutes.
@@ -26,6 +28,8 @@ MODEL=${MODEL:-models/mrank-tiny}
 [ -f $D/mid/rerank-train.jsonl ] || bash scripts/make-train-data.sh
 LAYERS=${LAYERS:-4}
 CASCADE_STEP=${CASCADE_STEP:-0}
+RR2_LR=${RR2_LR:-5e-4}
+COMP_LR=${COMP_LR:-2e-4}
 mkdir -p "$O"
 stage() {  # stage NAME mrank-train-flags...: runs (or resumes) unless OUT/NAME/done exists
     local name=$1
@@ -45,13 +49,13 @@ rr() {  # rr NAME INIT DATA STEPS BATCH MAXLEN LR [extra flags]
         --batch $batch --group 16 --max-len $maxlen --lr $lr --cascade-step "$CASCADE_STEP" "$@"
 }
 rr rr1 $O/lm $D/short 6000 4 40 1e-3
-rr rr2 $O/rr1 $D/mid 2000 2 80 5e-4 --keep-heads
+rr rr2 $O/rr1 $D/mid 2000 2 80 $RR2_LR --keep-heads
 if [ "${NAIVE:-0}" = 1 ]; then
     rr naive1 $O/lm $D/short 6000 4 40 1e-3 --full-only
-    rr naive2 $O/naive1 $D/mid 2000 2 80 5e-4 --keep-heads --full-only
+    rr naive2 $O/naive1 $D/mid 2000 2 80 $RR2_LR --keep-heads --full-only
 fi
 stage comp --stage compensate --init $O/rr2 --data $D/mid/rerank-train.jsonl --steps 300 \
-    --batch 2 --group 16 --max-len 80 --lr 2e-4 --lora-rank 8 --lora-alpha 16 --lora-dropout 0.1
+    --batch 2 --group 16 --max-len 80 --lr $COMP_LR --lora-rank 8 --lora-alpha 16 --lora-dropout 0.1
 
 mkdir -p "$MODEL/adapters"
 cp $O/rr2/config.json $O/rr2/model.safetensors $O/rr2/tokenizer.json "$MODEL/"
