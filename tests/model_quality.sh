@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# model_quality.sh MRANK: the bundled model (models/mrank-tiny) is the one the model card
-# describes. For every line of models/mrank-tiny/eval-check.tsv
+# model_quality.sh MRANK: the bundled models (models/mrank-tiny and models/mrank-tiny-d8) are the
+# ones the model card describes. For every line of MODEL/eval-check.tsv
 #   collection  max_queries  max_len  exit  nDCG@10  MRR@10
 # `mrank eval` on ../shared/data/ir/<collection> (BM25 top-100, first max_queries judged
 # queries) must give the recorded figures to 5e-4, and the model must rank above random order
@@ -8,14 +8,15 @@
 # Then `mrank score` must put a passage that contains the query's words above unrelated ones.
 set -euo pipefail
 MRANK=${1:?usage: model_quality.sh path/to/mrank}
-MODEL=models/mrank-tiny
 IR=${MR_SHARED_DIR:-../shared}/data/ir
 fail() { echo "FAIL: $*" >&2; exit 1; }
-[ -f $MODEL/config.json ] || fail "no bundled model in $MODEL"
 [ -d "$IR" ] || fail "no IR collections in $IR"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 n=0
+for MODEL in models/mrank-tiny models/mrank-tiny-d8; do
+[ -f $MODEL/config.json ] || fail "no bundled model in $MODEL"
+echo "== $MODEL"
 while read -r coll nq maxlen ex ndcg mrr; do
     case "$coll" in ''|'#'*) continue ;; esac
     "$MRANK" eval --model $MODEL --collection "$IR/$coll" --exits "$ex" --max-queries "$nq" \
@@ -43,5 +44,6 @@ done < $MODEL/eval-check.tsv
     --passage "the committee voted to raise taxes on imported grain ." > "$tmp/score" \
     || fail "mrank score: $(cat "$tmp/score")"
 best=$(awk '{print NR, $NF}' "$tmp/score" | sort -k2 -g | tail -1 | cut -d' ' -f1)
-[ "$best" = 2 ] || fail "the matching passage is not first: $(cat "$tmp/score")"
+[ "$best" = 2 ] || fail "$MODEL: the matching passage is not first: $(cat "$tmp/score")"
+done
 echo "model_quality: ok ($n evaluations)"
