@@ -1,6 +1,6 @@
 /* test_coord_config.c: the cluster config of coordinator/coord_config.c: a good config with
- * every section, defaults, the shipped deploy/local.json, and one bad variant per check; each
- * bad variant must fail with a message naming the file and the JSON path at fault. */
+ * every section, defaults, the shipped deploy/local.json and local-d8.json, and one bad
+ * variant per check; each bad variant must fail with a message naming the file and the JSON path at fault. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -118,14 +118,18 @@ static void test_defaults(void **state) {
 }
 
 static void test_shipped_local(void **state) {
-    mr_coord_config *c = calloc(1, sizeof *c);
-    mr_err err = {0};
-    int rc = mr_coord_config_load(c, MR_SOURCE_DIR "/deploy/local.json", &err);
-    if (rc) fprintf(stderr, "%s\n", err.msg);
-    assert_int_equal(rc, 0);
-    assert_true(c->n_pools >= 2);
-    assert_true(c->n_profiles >= 1);
-    free(c);
+    static const char *const files[] = {MR_SOURCE_DIR "/deploy/local.json",
+                                        MR_SOURCE_DIR "/deploy/local-d8.json"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        mr_coord_config *c = calloc(1, sizeof *c);
+        mr_err err = {0};
+        int rc = mr_coord_config_load(c, files[i], &err);
+        if (rc) fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(rc, 0);
+        assert_true(c->n_pools >= 2);
+        assert_true(c->n_profiles >= 1);
+        free(c);
+    }
 }
 
 typedef struct bad_case {
