@@ -11,8 +11,8 @@
 # NAIVE=1 also trains the naive-truncation baseline (--full-only, same budget) for the ablation.
 # LAYERS (default 4), CASCADE_STEP (cascade anchor spacing, default 0: max(1, layers / 4)),
 # RR2_LR (stage-2 learning rate, default 5e-4) and COMP_LR (compensation, default 2e-4) train
-# other shapes with the same recipe; set MODEL too. The 8-layer model of docs/results.md
-# ("the full 8-layer run") is LAYERS=8 CASCADE_STEP=8 RR2_LR=2e-4.
+# other shapes with the same recipe; set MODEL too. models/mrank-tiny-d8 (docs/model-card.md)
+# is LAYERS=8 CASCADE_STEP=8 RR2_LR=2e-4 COMP_LR=2e-5 MODEL=models/mrank-tiny-d8.
 # Every stage checkpoints every 500 steps and is marked done by OUT/STAGE/done when complete:
 # the same command, run again after an interruption, resumes where it stopped.
 # Wall time on one core of the CI machine: about 20 (lm) + 27 + 8 + 4 minutes.

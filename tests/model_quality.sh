@@ -15,17 +15,19 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 n=0
 for MODEL in models/mrank-tiny models/mrank-tiny-d8; do
-[ -f $MODEL/config.json ] || fail "no bundled model in $MODEL"
-echo "== $MODEL"
-while read -r coll nq maxlen ex ndcg mrr; do
-    case "$coll" in ''|'#'*) continue ;; esac
-    "$MRANK" eval --model $MODEL --collection "$IR/$coll" --exits "$ex" --max-queries "$nq" \
-        --max-len "$maxlen" --out "$tmp/run" --quiet > "$tmp/out" 2>&1 || fail "eval $coll: $(cat "$tmp/out")"
-    got=$(awk -v e="$ex" '$1 == "model" && $2 == "exit" && $3 == e {print $4, $5}' "$tmp/out")
-    rnd=$(awk '$1 == "random" {print $3}' "$tmp/out")
-    [ -n "$got" ] && [ -n "$rnd" ] || fail "eval $coll: no model/random line in: $(cat "$tmp/out")"
-    read -r g_ndcg g_mrr <<< "$got"
-    python3 - "$coll" "$g_ndcg" "$g_mrr" "$ndcg" "$mrr" "$rnd" <<'PY' || exit 1
+    [ -f $MODEL/config.json ] || fail "no bundled model in $MODEL"
+    echo "== $MODEL"
+    m=$n
+    while read -r coll nq maxlen ex ndcg mrr; do
+        case "$coll" in ''|'#'*) continue ;; esac
+        "$MRANK" eval --model $MODEL --collection "$IR/$coll" --exits "$ex" --max-queries "$nq" \
+            --max-len "$maxlen" --out "$tmp/run" --quiet > "$tmp/out" 2>&1 ||
+            fail "$MODEL: eval $coll: $(cat "$tmp/out")"
+        got=$(awk -v e="$ex" '$1 == "model" && $2 == "exit" && $3 == e {print $4, $5}' "$tmp/out")
+        rnd=$(awk '$1 == "random" {print $3}' "$tmp/out")
+        [ -n "$got" ] && [ -n "$rnd" ] || fail "eval $coll: no model/random line in: $(cat "$tmp/out")"
+        read -r g_ndcg g_mrr <<< "$got"
+        python3 - "$coll" "$g_ndcg" "$g_mrr" "$ndcg" "$mrr" "$rnd" <<'PY' || exit 1
 import sys
 c, gn, gm, wn, wm, r = sys.argv[1], *map(float, sys.argv[2:])
 if abs(gn - wn) > 5e-4 or abs(gm - wm) > 5e-4:
@@ -34,16 +36,16 @@ if gn <= r:
     sys.exit(f"FAIL: {c}: nDCG@10 {gn} not above random order ({r})")
 print(f"ok {c}: nDCG@10 {gn:.4f} (random {r:.4f}), MRR@10 {gm:.4f}")
 PY
-    n=$((n + 1))
-done < $MODEL/eval-check.tsv
-[ $n -gt 0 ] || fail "no lines in $MODEL/eval-check.tsv"
+        n=$((n + 1))
+    done < $MODEL/eval-check.tsv
+    [ $n -gt $m ] || fail "no lines in $MODEL/eval-check.tsv"
 
-"$MRANK" score --model $MODEL --query "boundary layer transition on a heated flat plate" \
-    --passage "the opera season opened with a new production and a famous tenor ." \
-    --passage "measurements of boundary layer transition on a flat plate with heat transfer ." \
-    --passage "the committee voted to raise taxes on imported grain ." > "$tmp/score" \
-    || fail "mrank score: $(cat "$tmp/score")"
-best=$(awk '{print NR, $NF}' "$tmp/score" | sort -k2 -g | tail -1 | cut -d' ' -f1)
-[ "$best" = 2 ] || fail "$MODEL: the matching passage is not first: $(cat "$tmp/score")"
+    "$MRANK" score --model $MODEL --query "boundary layer transition on a heated flat plate" \
+        --passage "the opera season opened with a new production and a famous tenor ." \
+        --passage "measurements of boundary layer transition on a flat plate with heat transfer ." \
+        --passage "the committee voted to raise taxes on imported grain ." > "$tmp/score" \
+        || fail "mrank score: $(cat "$tmp/score")"
+    best=$(awk '{print NR, $NF}' "$tmp/score" | sort -k2 -g | tail -1 | cut -d' ' -f1)
+    [ "$best" = 2 ] || fail "$MODEL: the matching passage is not first: $(cat "$tmp/score")"
 done
 echo "model_quality: ok ($n evaluations)"

@@ -1,6 +1,7 @@
 /* test_coord_config.c: the cluster config of coordinator/coord_config.c: a good config with
  * every section, defaults, the shipped deploy/local.json and local-d8.json, and one bad
- * variant per check; each bad variant must fail with a message naming the file and the JSON path at fault. */
+ * variant per check; each bad variant must fail with a message naming the file and the JSON
+ * path at fault. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
