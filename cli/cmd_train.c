@@ -27,7 +27,7 @@ typedef struct targs {
     int save_every, stop_after, resume, lora_rank, cascade, cascade_step, width_step;
     int keep_heads, no_vertical, n_ratios, ratios[4], quiet, full_only;
     mr_pooling pooling;       /* rerank / compensate: pooling of the compressed widths */
-    float lr, wd, clip, lora_alpha, lora_dropout;
+    float lr, wd, clip, lora_alpha, lora_dropout, cascade_weight;
     unsigned long long seed;
 } targs;
 
@@ -50,6 +50,8 @@ static void train_usage(FILE *f) {
           "  --full-only           rerank: full width, loss at the deepest exit only, no cascade\n"
           "                        (the naive-truncation baseline)\n"
           "  --cascade-step K --width-step S  anchors / compress-layer spacing (0 = auto)\n"
+          "  --cascade-weight W    rerank: weight of the cascade term in the loss (default 1,\n"
+          "                        the spec's; > 1 favours agreement with the anchors)\n"
           "  --pooling mean|attention  rerank/compensate: pool compressed passage tokens by\n"
           "                        means or by the attention the last token gives them in the\n"
           "                        previous layer, as `mrank score --pooling` (default mean)\n"
@@ -91,13 +93,13 @@ static int parse_targs(int argc, char **argv, targs *a) {
         {"weight-decay", 1, 0, 26}, {"clip", 1, 0, 27},          {"lora-alpha", 1, 0, 28},
         {"seed", 1, 0, 29},         {"quiet", 0, 0, 30},         {"full-only", 0, 0, 31},
         {"mimetic", 1, 0, 40},      {"lora-dropout", 1, 0, 32},  {"pooling", 1, 0, 33},
-        {"help", 0, 0, 'h'},
+        {"cascade-weight", 1, 0, 34}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     *a = (targs){.layers = 4, .hidden = 128, .heads = 4, .kv_heads = 2, .ff = 384,
                  .start_layer = 1, .steps = 100, .batch = 0, .accum = 1, .warmup = -1,
                  .seq_len = 128, .group = 8, .max_len = 160, .query_max = 32, .cascade = 1,
                  .lora_rank = 32, .lora_alpha = 64, .lr = -1, .wd = 0.01f, .clip = 1.0f,
-                 .seed = 1, .n_ratios = 3, .ratios = {2, 4, 8}};
+                 .seed = 1, .n_ratios = 3, .ratios = {2, 4, 8}, .cascade_weight = 1.0f};
     int ch, *ip = NULL;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -149,6 +151,14 @@ static int parse_targs(int argc, char **argv, targs *a) {
             if (parse_float("--lora-dropout", optarg, &a->lora_dropout)) return -1;
             if (!(a->lora_dropout >= 0.0f && a->lora_dropout < 1.0f)) {
                 fprintf(stderr, "mrank train: --lora-dropout must be in [0, 1), not %s\n", optarg);
+                return -1;
+            }
+            break;
+        case 34:
+            if (parse_float("--cascade-weight", optarg, &a->cascade_weight)) return -1;
+            if (!(a->cascade_weight > 0.0f)) {
+                fprintf(stderr, "mrank train: --cascade-weight must be > 0 (--no-cascade drops "
+                                "the term), not %s\n", optarg);
                 return -1;
             }
             break;
@@ -309,7 +319,8 @@ static int micro_step(const job *j, mr_tmodel *m, mr_tcache *c, int step, int mi
     w.pooling = a->pooling; /* sampled compress layers are >= 1: attention always applies */
     mr_tbatch tb = {rows, B, G, j->kind == 1 && scored ? teacher : NULL};
     mr_loss_opts lo = {.cascade = j->kind == 1 && a->cascade, .cascade_step = a->cascade_step,
-                       .deepest_only = j->kind == 1 && a->full_only};
+                       .deepest_only = j->kind == 1 && a->full_only,
+                       .cascade_weight = a->cascade_weight};
     m->drop_step = (uint64_t)step * (uint64_t)a->accum + (uint64_t)mi; /* resume: same masks */
     rc = mr_train_micro(m, c, &tb, &w, &lo, gs, parts, err);
     if (!rc) *loss = parts->total;

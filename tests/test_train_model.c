@@ -692,7 +692,8 @@ static int dump(const char *batch_path, const char *out_dir) {
     const char *pool = cJSON_GetStringValue(cJSON_GetObjectItem(j, "pooling"));
     w.pooling = pool && !strcmp(pool, "attention") ? MR_POOL_ATTENTION : MR_POOL_MEAN;
     mr_loss_opts lo = {.cascade = (int)num(j, "cascade", 0),
-                       .cascade_step = (int)num(j, "cascade_step", 0)};
+                       .cascade_step = (int)num(j, "cascade_step", 0),
+                       .cascade_weight = (float)num(j, "cascade_weight", 1)};
     mr_tbatch b = {rows, B, G, teacher};
     mr_tcache *c;
     mr_tloss l;

@@ -2,9 +2,10 @@
 # train_cli.sh MRANK: `mrank train` end to end on a tiny model (seconds): the three stages on
 # inline data in the spec's jsonl format; an interrupted run resumed from its state
 # (--stop-after, --resume) gives byte-identical parameters to an uninterrupted run of the same
-# steps (lm, rerank and compensate); the outputs load in `mrank score` (full checkpoint, and
-# with the PEFT adapters merged) and give finite scores; `mrank eval` runs on a tiny BEIR
-# collection and its BM25 figures follow the metric definitions; --mimetic sets the init it documents.
+# steps (lm, rerank and compensate); --cascade-weight reaches the loss; the outputs load in
+# `mrank score` (full checkpoint, and with the PEFT adapters merged) and give finite scores;
+# `mrank eval` runs on a tiny BEIR collection and its BM25 figures follow the metric
+# definitions; --mimetic sets the init it documents.
 set -euo pipefail
 mrank=$(realpath "$1")
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,6 +67,15 @@ rr="--data rr.jsonl --steps 5 --batch 2 --group 3 --max-len 48 --accum 2 $common
 "$mrank" train --stage rerank --init lmA --out runs/b/rrB $rr --stop-after 2  # parents made
 "$mrank" train --stage rerank --init lmA --out runs/b/rrB $rr --resume
 cmp rrA/model.safetensors runs/b/rrB/model.safetensors || fail "rerank: resumed run differs"
+# --cascade-weight: 1 is the default (same bytes), another weight trains another model, 0 is refused
+"$mrank" train --stage rerank --init lmA --out rrW1 $rr --cascade-weight 1
+cmp rrA/model.safetensors rrW1/model.safetensors || fail "--cascade-weight 1 is not the default"
+"$mrank" train --stage rerank --init lmA --out rrW3 $rr --cascade-weight 3
+! cmp -s rrA/model.safetensors rrW3/model.safetensors || fail "--cascade-weight 3 changed nothing"
+if msg=$("$mrank" train --stage rerank --init lmA --out rrW0 $rr --cascade-weight 0 2>&1); then
+    fail "--cascade-weight 0 accepted"
+fi
+case $msg in *"--cascade-weight must be > 0"*) ;; *) fail "--cascade-weight 0: '$msg'" ;; esac
 # stage 3: compensation adapters (vertical + width 2), interrupted inside the second adapter
 cp="--data rr.jsonl --steps 3 --batch 1 --group 3 --max-len 48 --lora-rank 2 --lora-alpha 4 --ratios 2 --lr 1e-2 $common"
 "$mrank" train --stage compensate --init rrA --out cA $cp

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trainer loss and every parameter gradient against PyTorch autograd (float64) on tiny seeded
 # checkpoints: Mistral full-parameter with compression, external teacher and cascade; Gemma2
-# LoRA (softcaps, sliding window, GeGLU) with compression and cascade anchors every 2 layers;
+# LoRA (softcaps, sliding window, GeGLU) with compression, cascade anchors every 2 layers and
+# the cascade term weighted 2.5;
 # Qwen2 full (q/k/v bias) at full width (cascade teacher = detached student); Mistral LoRA with
 # attention pooling (its weights constants on both sides: the trainer's stop-gradient); Mistral
 # LoRA with dropout 0.25 (the reference recomputes the trainer's masks, student and teacher pass).
@@ -32,7 +33,7 @@ groups='[[{"q":[1,5,9],"p":[10,11,12,13,14,15,16],"s":[3,7]},
 teacher='[[2.0, 0.5, -1.0, 0.1], [1.5, -0.3, 0.7, -2.0]]'
 cases=(
   "{\"model\":\"$work/mistral\",\"mode\":\"full\",\"groups\":$groups,\"teacher\":$teacher,\"ratio\":2,\"compress_layers\":[1,3],\"cascade\":1}"
-  "{\"model\":\"$work/gemma2\",\"mode\":\"lora\",\"lora_rank\":4,\"lora_alpha\":8,\"lora_b_std\":0.05,\"groups\":$groups,\"teacher\":null,\"ratio\":4,\"compress_layers\":[0,2],\"cascade\":1,\"cascade_step\":2}"
+  "{\"model\":\"$work/gemma2\",\"mode\":\"lora\",\"lora_rank\":4,\"lora_alpha\":8,\"lora_b_std\":0.05,\"groups\":$groups,\"teacher\":null,\"ratio\":4,\"compress_layers\":[0,2],\"cascade\":1,\"cascade_step\":2,\"cascade_weight\":2.5}"
   "{\"model\":\"$work/qwen2\",\"mode\":\"full\",\"groups\":$groups,\"teacher\":$teacher,\"ratio\":1,\"compress_layers\":[],\"cascade\":1}"
   "{\"model\":\"$work/mistral\",\"mode\":\"lora\",\"lora_rank\":4,\"lora_alpha\":8,\"lora_b_std\":0.05,\"groups\":$groups,\"teacher\":$teacher,\"ratio\":2,\"compress_layers\":[1,3],\"pooling\":\"attention\",\"cascade\":1}"
   "{\"model\":\"$work/mistral\",\"mode\":\"lora\",\"lora_rank\":4,\"lora_alpha\":8,\"lora_b_std\":0.05,\"lora_dropout\":0.25,\"seed\":5,\"drop_step\":77,\"groups\":$groups,\"teacher\":$teacher,\"ratio\":2,\"compress_layers\":[1,3],\"cascade\":1}"

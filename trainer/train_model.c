@@ -976,6 +976,7 @@ int mr_train_micro(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twid
         goto done;
     }
     int cascade = o && o->cascade, full = full_width(m, w);
+    float cw = o && o->cascade_weight > 0.0f ? o->cascade_weight : 1.0f;
     if (cascade && !full) {
         mr_twidth fw = {.ratio = 1};
         if ((rc = forward_pass(m, c, b->rows, n_rows, &fw, teach, 1, err))) goto done;
@@ -999,11 +1000,11 @@ int mr_train_micro(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twid
             float *ttp = tp + G; /* tp[0..G) holds the external teacher's targets */
             mr_softmax(ttp, teach + (size_t)a * n_rows + (size_t)g * G, G);
             size_t at = (size_t)e * n_rows + (size_t)g * G;
-            L.cascade += mr_softmax_xent(ds + at, scores + at, ttp, G, wgt);
+            L.cascade += mr_softmax_xent(ds + at, scores + at, ttp, G, wgt * cw);
         }
     }
     L.ce /= B, L.ext /= B, L.cascade /= B;
-    L.total = L.ce + L.ext + L.cascade;
+    L.total = L.ce + L.ext + cw * L.cascade;
     if (loss) *loss = L;
     mr_tmodel_backward(m, c, ds);
 done:

@@ -145,13 +145,14 @@ typedef struct mr_loss_opts {
                                an exit layer; 0 -> max(1, D/4) (8 for 32 layers, as the paper) */
     int deepest_only;       /* 1: listwise and teacher terms at the deepest exit only (the
                                full-depth baseline of the ablation; other heads get no gradient) */
+    float cascade_weight;   /* weight of the cascade term in the total (the spec: 1); 0 -> 1 */
 } mr_loss_opts;
 
 /* Anchor exit layer a(l) of exit layer l (l < D) under o; D for l = D. */
 int mr_cascade_anchor(const mr_tmodel *m, const mr_loss_opts *o, int l);
 
 typedef struct mr_tloss {
-    double total;           /* all terms, averaged over queries */
+    double total;           /* all terms (the cascade one weighted), averaged over queries */
     double ce, ext, cascade;/* the three parts (sums over exits, averaged over queries) */
 } mr_tloss;
 

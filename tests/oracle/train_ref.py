@@ -10,7 +10,7 @@ BATCH.json (also read by `test_train_model dump`):
      "teacher": [[score per row], ...] or null,      # external teacher scores
      "ratio": 2, "compress_layers": [1, 3],          # width of the student pass
      "pooling": "mean" | "attention",                # attention: weights are constants
-     "cascade": 1, "cascade_step": 0,
+     "cascade": 1, "cascade_step": 0, "cascade_weight": 1.0,
      "lora_dropout": 0.25, "seed": 1, "drop_step": 7}  # LoRA mode only
 C_OUT_DIR holds what the C trainer wrote: grads.safetensors, params.safetensors (the trainable
 tensors; in LoRA mode the A/B values to use here) and result.json (loss parts and scores).
@@ -19,7 +19,8 @@ The loss is matryoshka-method.md section 6: per query and exit, listwise cross-e
 the positive (row 0 of the group), plus -sum softmax(teacher) log softmax(s_l) when teacher
 scores are given, plus the cascade term -sum softmax(f_a(l)) log softmax(s_l) for l < D with
 f from a detached full-width pass and a(l) = min(D, k ceil((l+1)/k)) rounded up to an exit
-layer, k = cascade_step or max(1, D // 4). Averaged over queries, summed over exits.
+layer, k = cascade_step or max(1, D // 4), times cascade_weight (default 1, the spec's).
+Averaged over queries, summed over exits.
 
 LoRA dropout (PEFT semantics: y = W x + scale B A (x * mask / (1 - p)), the exit heads' LoRA
 included) is done here unmerged, with the masks recomputed from the trainer's documented
@@ -240,6 +241,7 @@ def main(argv):
     D = exits[-1]
     cascade = bool(req.get("cascade", 0))
     step = int(req.get("cascade_step", 0))
+    cw = float(req.get("cascade_weight", 1.0))
     teacher = req.get("teacher")
 
     f = None
@@ -259,7 +261,7 @@ def main(argv):
             if cascade and l < D:
                 ae = exits.index(anchor(exits, l, step))
                 cas = cas + xent(s[e, sl], torch.softmax(f[ae, sl], 0))
-    loss = (ce + ext + cas) / B
+    loss = (ce + ext + cw * cas) / B
     loss.backward()
 
     bad = 0
