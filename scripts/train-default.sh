@@ -10,9 +10,10 @@
 # then copies the result to models/mrank-tiny (MODEL=... to write elsewhere).
 # NAIVE=1 also trains the naive-truncation baseline (--full-only, same budget) for the ablation.
 # LAYERS (default 4), CASCADE_STEP (cascade anchor spacing, default 0: max(1, layers / 4)),
-# RR2_LR (stage-2 learning rate, default 5e-4) and COMP_LR (compensation, default 2e-4) train
-# other shapes with the same recipe; set MODEL too. models/mrank-tiny-d8 (docs/model-card.md)
-# is LAYERS=8 CASCADE_STEP=8 RR2_LR=2e-4 COMP_LR=2e-5 MODEL=models/mrank-tiny-d8.
+# CASCADE_WEIGHT (stage-2 cascade term weight, default 1, the spec's), RR2_LR (stage-2 learning
+# rate, default 5e-4) and COMP_LR (compensation, default 2e-4) train other shapes with the same
+# recipe; set MODEL too. models/mrank-tiny-d8 (docs/model-card.md) is
+# LAYERS=8 CASCADE_STEP=8 CASCADE_WEIGHT=10 RR2_LR=2e-4 COMP_LR=2e-5 MODEL=models/mrank-tiny-d8.
 # Every stage checkpoints every 500 steps and is marked done by OUT/STAGE/done when complete:
 # the same command, run again after an interruption, resumes where it stopped.
 # Wall time on one core of the CI machine: about 20 (lm) + 27 + 8 + 4 minutes.
@@ -30,6 +31,7 @@ LAYERS=${LAYERS:-4}
 CASCADE_STEP=${CASCADE_STEP:-0}
 RR2_LR=${RR2_LR:-5e-4}
 COMP_LR=${COMP_LR:-2e-4}
+CASCADE_WEIGHT=${CASCADE_WEIGHT:-1}
 mkdir -p "$O"
 stage() {  # stage NAME mrank-train-flags...: runs (or resumes) unless OUT/NAME/done exists
     local name=$1
@@ -49,7 +51,7 @@ rr() {  # rr NAME INIT DATA STEPS BATCH MAXLEN LR [extra flags]
         --batch $batch --group 16 --max-len $maxlen --lr $lr --cascade-step "$CASCADE_STEP" "$@"
 }
 rr rr1 $O/lm $D/short 6000 4 40 1e-3
-rr rr2 $O/rr1 $D/mid 2000 2 80 $RR2_LR --keep-heads
+rr rr2 $O/rr1 $D/mid 2000 2 80 $RR2_LR --keep-heads --cascade-weight "$CASCADE_WEIGHT"
 if [ "${NAIVE:-0}" = 1 ]; then
     rr naive1 $O/lm $D/short 6000 4 40 1e-3 --full-only
     rr naive2 $O/naive1 $D/mid 2000 2 80 $RR2_LR --keep-heads --full-only
