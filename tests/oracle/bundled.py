@@ -1,0 +1,89 @@
+#!/usr/bin/python3
+"""bundled.py: the bundled models' scores from the C engine (`mrank score`) against the PyTorch
+oracle (mr_ref.py) on real text, in the configurations the cascades serve.
+
+Usage: bundled.py MRANK MODEL_DIR [MODEL_DIR...]
+
+Per model: every exit at full width without adapters; the deepest exit with the vertical
+adapter; and, when MODEL/adapters/width-4 exists, exit 3 at ratio 4 with compress layers 1, 2 and
+adapters vertical + width-4 (the cheap stage of deploy/local-d8.json), the adapters merged by
+the engine and applied unmerged. Inputs are `mrank tokenize --json` rows, so both sides score
+the same ids. Relative error bound 1e-4 (floor 1e-2), as tests/oracle/grid.py.
+"""
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mr_ref  # noqa: E402
+
+RTOL, FLOOR = 1e-4, 1e-2
+QUERY = "boundary layer transition on a heated flat plate"
+PASSAGES = [
+    "measurements of boundary layer transition on a flat plate with heat transfer .",
+    "the opera season opened with a new production and a famous tenor .",
+    "an analysis of the laminar boundary layer at supersonic speed with wall cooling , "
+    "heat transfer and skin friction measured in a wind tunnel over a range of mach numbers .",
+]
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError("%s: %s" % (" ".join(cmd), r.stderr.strip()))
+    return r.stdout
+
+
+def c_scores(mrank, d, exits, ratio, clayers, adapters, unmerged):
+    cmd = [mrank, "score", "--model", d, "--json", "--query", QUERY,
+           "--exits", ",".join(map(str, exits))]
+    if ratio > 1:
+        cmd += ["--compress-ratio", str(ratio), "--compress-layers", ",".join(map(str, clayers))]
+    for a in adapters:
+        cmd += ["--adapter", a]
+    if unmerged:
+        cmd.append("--unmerged")
+    for p in PASSAGES:
+        cmd += ["--passage", p]
+    return [r["scores"] for r in json.loads(run(cmd))["results"]]
+
+
+def main(argv):
+    if len(argv) < 3:
+        sys.stderr.write(__doc__)
+        return 2
+    mrank, failed, worst = argv[1], 0, 0.0
+    for d in argv[2:]:
+        tok = [mrank, "tokenize", "--model", d, "--json", "--query", QUERY]
+        for p in PASSAGES:
+            tok += ["--passage", p]
+        rows = json.loads(run(tok))["rows"]
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        n, start = cfg["num_hidden_layers"], cfg["start_layer"]
+        ad = os.path.join(d, "adapters")
+        cases = [(list(range(start, n + 1)), 1, [], []),
+                 ([n], 1, [], [os.path.join(ad, "vertical")])]
+        if os.path.isdir(os.path.join(ad, "width-4")):
+            cases.append(([3], 4, [1, 2], [os.path.join(ad, "vertical"),
+                                           os.path.join(ad, "width-4")]))
+        for exits, ratio, clayers, adapters in cases:
+            for unmerged in ([False, True] if adapters else [False]):
+                model = mr_ref.Model(d, adapters, round_merged=not unmerged)
+                ref = mr_ref.score(model, rows, exits, ratio, clayers)
+                got = c_scores(mrank, d, exits, ratio, clayers, adapters, unmerged)
+                err = max(abs(a - b) / max(abs(b), FLOOR)
+                          for g, w in zip(got, ref) for a, b in zip(g, w))
+                worst = max(worst, err)
+                ok = err <= RTOL
+                failed += not ok
+                print("%s %s exits %s ratio %d layers %s adapters %s: rel %.2e" % (
+                    "ok  " if ok else "FAIL", d, exits, ratio, clayers,
+                    ",".join(os.path.basename(a) for a in adapters) +
+                    (" unmerged" if unmerged else ""), err), flush=True)
+    print("worst relative error %.2e (tolerance %.0e), %d failed" % (worst, RTOL, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
