@@ -4,9 +4,10 @@
 # Gemma2), against `mrank score` depth-only scores at several exits.
 # Each is also scored by the CUDA backend (bf16), judged against transformers' float32 pass
 # relative to transformers' own bf16 error (gpu_check_transformers.py --f32-reference-only).
-# Then the bundled model (models/mrank-tiny) with its vertical adapter merged by peft, and its
-# lowercasing tokenizer.json against the tokenizers library.
-# Usage: bash scripts/gpu_check.sh [OUT_DIR [CHECK...]]   (CHECK: bundled mistral-7b
+# Then the bundled models (models/mrank-tiny, models/mrank-tiny-d8) with their vertical adapters
+# merged by peft, and their lowercasing tokenizer.json (one file, the same in both) against the
+# tokenizers library.
+# Usage: bash scripts/gpu_check.sh [OUT_DIR [CHECK...]]   (CHECK: bundled bundled-d8 mistral-7b
 #        gemma2-small tokenizer; default all. Needs ~16 GB disk, transformers, torch, cuda)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +18,14 @@ mkdir -p "$out"
 [ -x build/mrank ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j"$(nproc)" --target mrank; }
 [ -s third_party/tokenizers/llama2/tokenizer.json ] || bash scripts/fetch-testdata.sh
 
-check() { # name exits init-args...  (name "bundled": models/mrank-tiny + its vertical adapter)
+check() { # name exits init-args...  (bundled, bundled-d8: a bundled model + its vertical adapter)
   local name=$1 exits=$2; shift 2
   want "$name" || return 0
   local d="$out/$name" A=() peft=()
-  if [ "$name" = bundled ]; then
-    d=models/mrank-tiny A=(--adapter models/mrank-tiny/adapters/vertical) peft=(--peft)
+  if [ "$name" = bundled ] || [ "$name" = bundled-d8 ]; then
+    d=models/mrank-tiny
+    [ "$name" = bundled ] || d=models/mrank-tiny-d8
+    A=(--adapter $d/adapters/vertical) peft=(--peft)
   else
     [ -f "$d/model.safetensors" ] || ./build/mrank init-checkpoint "$@" --seed 11 --out "$d"
   fi
@@ -50,6 +53,7 @@ PY
 
 fail=0
 check bundled 1,2,3,4
+check bundled-d8 1,2,3,4,5,6,7,8
 check mistral-7b 4,16,32 --shape mistral-7b --vocab-from third_party/tokenizers/llama2/tokenizer.json
 # the vocabulary does not matter to the architecture check: llama2's 32k keeps the file small
 check gemma2-small 8,12,16 --arch gemma2 --layers 16 --hidden 1024 --heads 8 --kv-heads 4 \
