@@ -12,11 +12,11 @@ the same ids. Relative error bound 1e-4 (floor 1e-2), as tests/oracle/grid.py.
 """
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mr_ref  # noqa: E402
+from grid import engine_rows, run  # noqa: E402
 
 RTOL, FLOOR = 1e-4, 1e-2
 QUERY = "boundary layer transition on a heated flat plate"
@@ -26,13 +26,6 @@ PASSAGES = [
     "an analysis of the laminar boundary layer at supersonic speed with wall cooling , "
     "heat transfer and skin friction measured in a wind tunnel over a range of mach numbers .",
 ]
-
-
-def run(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError("%s: %s" % (" ".join(cmd), r.stderr.strip()))
-    return r.stdout
 
 
 def c_scores(mrank, d, exits, ratio, clayers, adapters, unmerged):
@@ -55,10 +48,7 @@ def main(argv):
         return 2
     mrank, failed, worst = argv[1], 0, 0.0
     for d in argv[2:]:
-        tok = [mrank, "tokenize", "--model", d, "--json", "--query", QUERY]
-        for p in PASSAGES:
-            tok += ["--passage", p]
-        rows = json.loads(run(tok))["rows"]
+        rows = engine_rows(mrank, d, QUERY, PASSAGES)
         cfg = json.load(open(os.path.join(d, "config.json")))
         n, start = cfg["num_hidden_layers"], cfg["start_layer"]
         ad = os.path.join(d, "adapters")

@@ -13,9 +13,7 @@ order, merged and unmerged) x head indexing x sigmoid x pruning. Token ids come 
 Tolerance: |c - ref| <= 1e-4 * max(|ref|, 1e-2) (fp32 engine against a float64 oracle).
 Prints 'N passed, M failed'; exit status 1 on any failure.
 """
-import itertools
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -45,6 +43,14 @@ def run(cmd):
     if r.returncode != 0:
         raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), r.returncode, r.stderr))
     return r.stdout
+
+
+def engine_rows(mrank, d, query, passages):
+    """The engine's token ids of the (query, passage) rows: `mrank tokenize --json`."""
+    cmd = [mrank, "tokenize", "--model", d, "--json", "--query", query]
+    for p in passages:
+        cmd += ["--passage", p]
+    return json.loads(run(cmd))["rows"]
 
 
 def make_models(mrank, work):
@@ -171,10 +177,7 @@ def main(argv):
     passed = failed = 0
     worst = 0.0
     for name, d in models:
-        tok_cmd = [mrank, "tokenize", "--model", d, "--json", "--query", QUERY]
-        for p in PASSAGES:
-            tok_cmd += ["--passage", p]
-        rows = json.loads(run(tok_cmd))["rows"]
+        rows = engine_rows(mrank, d, QUERY, PASSAGES)
         cfg = json.load(open(os.path.join(d, "config.json")))
         n_layers, start = cfg["num_hidden_layers"], cfg["start_layer"]
         oracles = {}
