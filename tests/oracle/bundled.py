@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mr_ref  # noqa: E402
-from grid import engine_rows, run  # noqa: E402
+from grid import engine_rows, engine_scores  # noqa: E402
 
 RTOL, FLOOR = 1e-4, 1e-2
 QUERY = "boundary layer transition on a heated flat plate"
@@ -26,20 +26,6 @@ PASSAGES = [
     "an analysis of the laminar boundary layer at supersonic speed with wall cooling , "
     "heat transfer and skin friction measured in a wind tunnel over a range of mach numbers .",
 ]
-
-
-def c_scores(mrank, d, exits, ratio, clayers, adapters, unmerged):
-    cmd = [mrank, "score", "--model", d, "--json", "--query", QUERY,
-           "--exits", ",".join(map(str, exits))]
-    if ratio > 1:
-        cmd += ["--compress-ratio", str(ratio), "--compress-layers", ",".join(map(str, clayers))]
-    for a in adapters:
-        cmd += ["--adapter", a]
-    if unmerged:
-        cmd.append("--unmerged")
-    for p in PASSAGES:
-        cmd += ["--passage", p]
-    return [r["scores"] for r in json.loads(run(cmd))["results"]]
 
 
 def main(argv):
@@ -61,7 +47,8 @@ def main(argv):
             for unmerged in ([False, True] if adapters else [False]):
                 model = mr_ref.Model(d, adapters, round_merged=not unmerged)
                 ref = mr_ref.score(model, rows, exits, ratio, clayers)
-                got = c_scores(mrank, d, exits, ratio, clayers, adapters, unmerged)
+                got = engine_scores(mrank, d, QUERY, PASSAGES, exits, ratio, clayers,
+                                    adapters, unmerged)
                 err = max(abs(a - b) / max(abs(b), FLOOR)
                           for g, w in zip(got, ref) for a, b in zip(g, w))
                 worst = max(worst, err)

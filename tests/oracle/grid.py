@@ -143,28 +143,35 @@ def fix_prune(case, ref_full):
     case["prune"] = steps
 
 
-def c_scores(mrank, d, case):
-    cmd = [mrank, "score", "--model", d, "--json", "--query", QUERY,
-           "--exits", ",".join(map(str, case["exits"]))]
-    if case["ratio"] > 1 or case["clayers"]:
-        cmd += ["--compress-ratio", str(case["ratio"]),
-                "--compress-layers", ",".join(map(str, case["clayers"]))]
-    cmd += ["--pooling", case["pooling"]]
-    for i in range(case["lora"]):
-        cmd += ["--adapter", os.path.join(d, "lora%d" % i)]
-    if not case["merged"]:
+def engine_scores(mrank, d, query, passages, exits, ratio, clayers, adapters=(), unmerged=False,
+                  extra=()):
+    """`mrank score --json` of (query, passage) rows: one list of scores (per exit) per row."""
+    cmd = [mrank, "score", "--model", d, "--json", "--query", query,
+           "--exits", ",".join(map(str, exits))]
+    if ratio > 1 or clayers:
+        cmd += ["--compress-ratio", str(ratio), "--compress-layers", ",".join(map(str, clayers))]
+    for a in adapters:
+        cmd += ["--adapter", a]
+    if unmerged:
         cmd.append("--unmerged")
-    if case["head_by_position"]:
-        cmd.append("--head-by-position")
-    if case["sigmoid"]:
-        cmd.append("--sigmoid")
-    for p in case["prune"]:
-        cmd += ["--prune", "%d:top=%d" % (p["layer"], p["top_k"]) if "top_k" in p
-                else "%d:min=%.9g" % (p["layer"], p["min_score"])]
-    for p in PASSAGES:
+    cmd += list(extra)
+    for p in passages:
         cmd += ["--passage", p]
-    out = json.loads(run(cmd))
-    return [r["scores"] for r in out["results"]]
+    return [r["scores"] for r in json.loads(run(cmd))["results"]]
+
+
+def c_scores(mrank, d, case):
+    extra = ["--pooling", case["pooling"]]
+    if case["head_by_position"]:
+        extra.append("--head-by-position")
+    if case["sigmoid"]:
+        extra.append("--sigmoid")
+    for p in case["prune"]:
+        extra += ["--prune", "%d:top=%d" % (p["layer"], p["top_k"]) if "top_k" in p
+                  else "%d:min=%.9g" % (p["layer"], p["min_score"])]
+    return engine_scores(mrank, d, QUERY, PASSAGES, case["exits"], case["ratio"], case["clayers"],
+                         [os.path.join(d, "lora%d" % i) for i in range(case["lora"])],
+                         not case["merged"], extra)
 
 
 def main(argv):
