@@ -13,6 +13,8 @@
 #include "cli.h"
 #include "mrank.pb-c.h"
 #include "rpc.h"
+#include "rpc_methods.h"
+#include "rpc_status.h"
 
 #define DOCS_MAX_BYTES (64u * 1024 * 1024)
 
@@ -95,16 +97,6 @@ static int read_docs(const char *path, docs *d) {
         }
     }
     return 0;
-}
-
-static const char *code_name(grpc_status_code c) {
-    static const char *const names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                        "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                        "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                        "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-                                        "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                        "UNAUTHENTICATED"};
-    return (unsigned)c < sizeof names / sizeof names[0] ? names[c] : "?";
 }
 
 static void print_json(const Mrank__V1__RerankResponse *r) {
@@ -270,9 +262,9 @@ int mr_cmd_rerank(int argc, char **argv) {
     }
     grpc_status_code st;
     char msg[512];
-    if (mr_rpc_unary(chn, "/mrank.v1.Ranker/Rerank", req, len, timeout_ms, &resp, &rlen, &st,
+    if (mr_rpc_unary(chn, MR_METHOD_RERANK, req, len, timeout_ms, &resp, &rlen, &st,
                      msg, sizeof msg)) {
-        fprintf(stderr, "mrank rerank: %s: %s\n", code_name(st), msg);
+        fprintf(stderr, "mrank rerank: %s: %s\n", mr_rpc_status_name(st), msg);
         rc = st == GRPC_STATUS_INVALID_ARGUMENT ? 3 : 1;
         goto done;
     }

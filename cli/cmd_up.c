@@ -27,6 +27,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "mrank.pb-c.h"
 #include "rpc.h"
+#include "rpc_methods.h"
 
 #define DEFAULT_CONFIG "deploy/local.json"
 #define DEFAULT_MODEL "models/mrank-tiny"
@@ -142,7 +143,7 @@ static int health_serving(const char *addr) {
     size_t n = grpc__health__v1__health_check_request__pack(&rq, buf), rlen = 0;
     grpc_status_code st;
     int ok = 0;
-    if (!mr_rpc_unary(ch, "/grpc.health.v1.Health/Check", buf, n, 500, &resp, &rlen, &st, NULL,
+    if (!mr_rpc_unary(ch, MR_METHOD_HEALTH_CHECK, buf, n, 500, &resp, &rlen, &st, NULL,
                       0)) {
         Grpc__Health__V1__HealthCheckResponse *r =
             grpc__health__v1__health_check_response__unpack(NULL, rlen, resp);
@@ -212,7 +213,7 @@ static int coordinator_untrained(const char *addr) {
     grpc_status_code st;
     int u = -1;
     if (mr_rpc_channel_new(&ch, addr, NULL)) return -1;
-    if (!mr_rpc_unary(ch, "/mrank.v1.Ranker/Info", NULL, 0, 2000, &resp, &rlen, &st, NULL, 0)) {
+    if (!mr_rpc_unary(ch, MR_METHOD_RANKER_INFO, NULL, 0, 2000, &resp, &rlen, &st, NULL, 0)) {
         Mrank__V1__InfoResponse *r = mrank__v1__info_response__unpack(NULL, rlen, resp);
         if (r) {
             u = r->untrained;
@@ -378,7 +379,8 @@ int mr_cmd_up(int argc, char **argv) {
     }
     for (int s = 0; s < cfg->n_stages; s++)
         printf("  stage %-9s pool %s, depth %d, compress_ratio %d\n", cfg->stages[s].name,
-               cfg->pools[cfg->stages[s].pool].name, cfg->stages[s].depth, cfg->stages[s].ratio);
+               cfg->pools[cfg->stages[s].pool].name, cfg->stages[s].arch.depth,
+               cfg->stages[s].arch.ratio);
     if (cfg->metrics_port > 0)
         printf("  metrics:     http://127.0.0.1:%d/metrics\n", cfg->metrics_port);
     printf("coordinator: %s\n", cfg->listen);

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #ifdef MR_HAVE_CUDA
-extern const mr_backend mr_backend_cuda, mr_backend_cuda_fp8; /* common/backend_cuda.cu */
+extern const mr_backend mr_backend_cuda, mr_backend_cuda_fp8; /* common/cuda/backend_cuda.cu */
 #endif
 
 /* ---- cpu ---- */

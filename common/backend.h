@@ -4,7 +4,7 @@
  * A backend scores packed (query, passage) rows with exactly the semantics of mr_model_score
  * (model.h): the same options, the same score layout (n_rows, n_exits) with NAN for rows pruned
  * before an exit, the same depth output and the same validation errors. "cpu" wraps
- * mr_ctx_init / mr_model_score; "cuda" (common/backend_cuda.cu) runs the pass on one GPU and
+ * mr_ctx_init / mr_model_score; "cuda" (common/cuda/backend_cuda.cu) runs the pass on one GPU and
  * exists only in builds configured with CUDA (MR_HAVE_CUDA, known to backend.c alone).
  *
  * Contexts are per thread, like mr_ctx: sized once by ctx_new for max_tokens packed tokens,

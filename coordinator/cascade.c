@@ -101,20 +101,6 @@ int mr_cascade_select(mr_cand *c, int n, const mr_keep_rule *rule) {
     return k;
 }
 
-double mr_cascade_token_layers(int n_fixed, int n_passage, const mr_cost_arch *a) {
-    double total = 0;
-    long p = n_passage;
-    int ci = 0;
-    for (int l = 0; l < a->depth; l++) {
-        while (a->ratio > 1 && ci < a->n_compress && a->compress_layers[ci] <= l) {
-            if (a->compress_layers[ci] == l) p = (p + a->ratio - 1) / a->ratio;
-            ci++;
-        }
-        total += (double)(n_fixed + p);
-    }
-    return total;
-}
-
 void mr_cost_model_init(mr_cost_model *m, double ns_per_tl, double alpha, double overhead_ms) {
     m->ns_per_tl = ns_per_tl > 0 && isfinite(ns_per_tl) ? ns_per_tl : MR_CASCADE_DEFAULT_NS_PER_TL;
     m->alpha = alpha > 0 && alpha <= 1 ? alpha : 0.2;

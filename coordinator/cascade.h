@@ -5,7 +5,7 @@
  * an EWMA refines online), how a stage's candidates are split into parallel calls, and whether
  * a stage may still run within the remaining deadline budget. Nothing here does I/O, allocates
  * behind the caller's back (except mr_cascade_select's scratch) or takes locks: the coordinator
- * (coordinator.c) owns the state and the locking; tests/test_cascade.c checks every rule.
+ * (coordinator/, coord_internal.h) owns the state and the locking; tests/test_cascade.c checks every rule.
  *
  * Ordering everywhere is the stable tie-break users expect: score descending, request index
  * ascending; NaN scores sort below every number. */
@@ -66,18 +66,7 @@ int mr_cascade_select(mr_cand *c, int n, const mr_keep_rule *rule);
 
 /* ---- cost model ---- */
 
-/* Width schedule of a sub-architecture, as the model applies it (spec section 5). */
-typedef struct mr_cost_arch {
-    int depth;                  /* exit layer: layers executed */
-    int ratio;                  /* 1, 2, 4, 8 */
-    int n_compress;
-    const int *compress_layers; /* strictly increasing */
-} mr_cost_arch;
-
-/* Token-layers of one row: sum over executed layers l < depth of the row's width at l, where
- * n_fixed (query + suffix tokens) never shrink and n_passage is pooled by ratio (ceil) at every
- * compress layer <= l. Proportional to the row's linear-layer FLOPs. */
-double mr_cascade_token_layers(int n_fixed, int n_passage, const mr_cost_arch *a);
+/* A row's cost is counted in token-layers: mr_subarch_token_layers (common/subarch.h). */
 
 /* Per-pool speed estimate: worker-measured ns per token-layer, refined by an EWMA of what
  * Score calls actually took (compute_ms / token-layers). */

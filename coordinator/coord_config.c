@@ -220,38 +220,39 @@ static int parse_stage(const ctx *x, const cJSON *o, const char *path, mr_coord_
     snprintf(q, sizeof q, "%s.pool", path);
     if ((s->pool = mr_coord_config_pool(c, pool)) < 0)
         return bad(x, MR_EINVAL, q, "unknown pool '%s'", pool);
-    s->depth = 0;
-    if ((rc = get_int(x, o, path, "depth", &s->depth, 1, 1024))) return rc;
+    mr_subarch *a = &s->arch;
+    mr_subarch_default(a);
+    if ((rc = get_int(x, o, path, "depth", &a->depth, 1, 1024))) return rc;
     snprintf(q, sizeof q, "%s.depth", path);
-    if (s->depth == 0) return bad(x, MR_EINVAL, q, "missing");
-    s->ratio = 1;
-    if ((rc = get_int(x, o, path, "compress_ratio", &s->ratio, 1, 8))) return rc;
+    if (a->depth == 0) return bad(x, MR_EINVAL, q, "missing");
+    if ((rc = get_int(x, o, path, "compress_ratio", &a->ratio, 1, 8))) return rc;
     snprintf(q, sizeof q, "%s.compress_ratio", path);
-    if (s->ratio != 1 && s->ratio != 2 && s->ratio != 4 && s->ratio != 8)
-        return bad(x, MR_EINVAL, q, "%d is not 1, 2, 4 or 8", s->ratio);
+    if (a->ratio != 1 && a->ratio != 2 && a->ratio != 4 && a->ratio != 8)
+        return bad(x, MR_EINVAL, q, "%d is not 1, 2, 4 or 8", a->ratio);
     const cJSON *cl;
-    if ((rc = get_array(x, o, path, "compress_layers", &cl, 0, MR_CC_MAX_COMPRESS))) return rc;
+    if ((rc = get_array(x, o, path, "compress_layers", &cl, 0, MR_MAX_COMPRESS))) return rc;
     for (int i = 0; cl && i < cJSON_GetArraySize(cl); i++) {
         const cJSON *v = cJSON_GetArrayItem(cl, i);
         snprintf(q, sizeof q, "%s.compress_layers[%d]", path, i);
         if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
             return bad(x, MR_EFORMAT, q, "expected an integer layer");
         int l = (int)v->valuedouble;
-        if (l < 0 || l >= s->depth)
-            return bad(x, MR_ERANGE, q, "layer %d is not in [0, depth %d)", l, s->depth);
-        if (s->n_compress && l <= s->compress_layers[s->n_compress - 1])
+        if (l < 0 || l >= a->depth)
+            return bad(x, MR_ERANGE, q, "layer %d is not in [0, depth %d)", l, a->depth);
+        if (a->n_compress && l <= a->compress_layers[a->n_compress - 1])
             return bad(x, MR_EINVAL, q, "layers must be strictly increasing");
-        s->compress_layers[s->n_compress++] = l;
+        a->compress_layers[a->n_compress++] = l;
     }
     snprintf(q, sizeof q, "%s.compress_layers", path);
-    if (s->ratio > 1 && s->n_compress == 0)
+    if (a->ratio > 1 && a->n_compress == 0)
         return bad(x, MR_EINVAL, q, "compress_ratio %d needs at least one compress layer",
-                   s->ratio);
-    strcpy(s->pooling, "mean");
-    if ((rc = get_str(x, o, path, "pooling", s->pooling, sizeof s->pooling, 0))) return rc;
+                   a->ratio);
+    char pooling[16] = "mean";
+    if ((rc = get_str(x, o, path, "pooling", pooling, sizeof pooling, 0))) return rc;
     snprintf(q, sizeof q, "%s.pooling", path);
-    if (strcmp(s->pooling, "mean") && strcmp(s->pooling, "attention"))
-        return bad(x, MR_EINVAL, q, "'%s' is not mean or attention", s->pooling);
+    mr_err perr = {0};
+    if (mr_pooling_parse(pooling, &a->pooling, &perr))
+        return bad(x, MR_EINVAL, q, "'%s' is not mean or attention", pooling);
     const cJSON *ad;
     if ((rc = get_array(x, o, path, "adapters", &ad, 0, MR_CC_MAX_ADAPTERS))) return rc;
     const mr_cc_pool *p = &c->pools[s->pool];
@@ -265,7 +266,7 @@ static int parse_stage(const ctx *x, const cJSON *o, const char *path, mr_coord_
         if (!found)
             return bad(x, MR_EINVAL, q, "adapter '%s' is not loaded by pool '%s'",
                        v->valuestring, p->name);
-        snprintf(s->adapters[s->n_adapters++], MR_CC_NAME, "%s", v->valuestring);
+        snprintf(a->adapters[a->n_adapters++], MR_SUBARCH_NAME, "%s", v->valuestring);
     }
     return 0;
 }

@@ -7,11 +7,12 @@
  * and the published request limits. mr_coord_config_load validates everything up front and
  * every error names the file and the JSON path ("deploy/local.json: profiles[1].stages[0].stage:
  * unknown stage 'deep'"). The format is documented in docs/cluster.md. The struct is plain data,
- * read-only after load; coordinator.c and cli/cmd_up.c read it. */
+ * read-only after load; the coordinator and cli/cmd_up.c read it. */
 #ifndef MR_COORD_CONFIG_H
 #define MR_COORD_CONFIG_H
 
 #include "cascade.h"
+#include "subarch.h"
 #include "mr_err.h"
 
 #define MR_CC_NAME 64
@@ -21,7 +22,6 @@
 #define MR_CC_MAX_PROFILES 16
 #define MR_CC_MAX_TIERS 16
 #define MR_CC_MAX_ADAPTERS 16
-#define MR_CC_MAX_COMPRESS 16
 
 typedef struct mr_cc_adapter {
     char name[MR_CC_NAME];
@@ -43,11 +43,7 @@ typedef struct mr_cc_pool {
 typedef struct mr_cc_stage {
     char name[MR_CC_NAME];
     int pool;                              /* index into pools */
-    int depth, ratio, n_compress;
-    int compress_layers[MR_CC_MAX_COMPRESS];
-    char pooling[16];                      /* "mean" or "attention" */
-    int n_adapters;
-    char adapters[MR_CC_MAX_ADAPTERS][MR_CC_NAME];
+    mr_subarch arch;                       /* depth > 0; adapters are names of the pool's */
 } mr_cc_stage;
 
 typedef struct mr_cc_profile_stage {

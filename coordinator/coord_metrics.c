@@ -1,13 +1,12 @@
-/* coord_metrics.c: counters and histograms of the coordinator and the libmicrohttpd endpoint
- * that renders them as Prometheus text (see coord_metrics.h). */
+/* coord_metrics.c: counters and histograms of the coordinator (see coord_metrics.h); the text
+ * format and the HTTP endpoint are rpc/prom.h's. */
 #include "coord_metrics.h"
 
-#include <microhttpd.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "prom.h"
 
 static const double k_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 #define N_BUCKETS (int)(sizeof k_buckets / sizeof k_buckets[0])
@@ -19,8 +18,7 @@ typedef struct stage_tier {
 
 typedef struct tier_ctr {
     unsigned long outcome[MR_OUT_N], degraded, deadline_misses;
-    unsigned long bucket[N_BUCKETS + 1]; /* last: +Inf */
-    double sum;
+    mr_prom_hist latency;
 } tier_ctr;
 
 struct mr_coord_metrics {
@@ -31,7 +29,7 @@ struct mr_coord_metrics {
     unsigned long retries[MR_CC_MAX_POOLS];
     double ns_per_tl[MR_CC_MAX_STAGES];
     long inflight;
-    struct MHD_Daemon *httpd;
+    mr_prom_http *http;
 };
 
 static const char *const k_outcome[MR_OUT_N] = {"ok", "degraded", "invalid_argument",
@@ -43,43 +41,22 @@ int mr_coord_metrics_new(mr_coord_metrics **out, const mr_coord_config *cfg, mr_
     if (!m) return mr_err_set(err, MR_ENOMEM, "metrics: out of memory");
     m->cfg = cfg;
     pthread_mutex_init(&m->mu, NULL);
+    for (int t = 0; t < MR_CC_MAX_TIERS; t++)
+        mr_prom_hist_init(&m->tier[t].latency, k_buckets, N_BUCKETS);
     *out = m;
     return 0;
 }
 
-static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const char *url,
-                               const char *method, const char *version, const char *upload,
-                               size_t *upload_len, void **con_cls) {
-    mr_coord_metrics *m = cls;
-    struct MHD_Response *r;
-    unsigned code = MHD_HTTP_OK;
-    if (strcmp(method, "GET")) return MHD_NO;
-    if (!strcmp(url, "/metrics")) {
-        char *text = mr_coord_metrics_render(m);
-        if (!text) return MHD_NO;
-        r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-        MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4");
-    } else {
-        static const char nf[] = "not found: try /metrics\n";
-        code = MHD_HTTP_NOT_FOUND;
-        r = MHD_create_response_from_buffer(sizeof nf - 1, (void *)nf, MHD_RESPMEM_PERSISTENT);
-    }
-    enum MHD_Result rc = MHD_queue_response(conn, code, r);
-    MHD_destroy_response(r);
-    return rc;
-}
+static char *render(void *user) { return mr_coord_metrics_render(user); }
 
 int mr_coord_metrics_serve(mr_coord_metrics *m, int port, mr_err *err) {
     if (port <= 0) return 0;
-    m->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
-                                (uint16_t)port, NULL, NULL, on_http, m, MHD_OPTION_END);
-    if (!m->httpd) return mr_err_set(err, MR_EIO, "metrics: cannot listen on port %d", port);
-    return 0;
+    return mr_prom_http_new(&m->http, port, render, m, NULL, err);
 }
 
 void mr_coord_metrics_free(mr_coord_metrics *m) {
     if (!m) return;
-    if (m->httpd) MHD_stop_daemon(m->httpd);
+    mr_prom_http_free(m->http);
     pthread_mutex_destroy(&m->mu);
     free(m);
 }
@@ -108,10 +85,7 @@ void mr_coord_metrics_request(mr_coord_metrics *m, int tier, mr_outcome out, int
     t->outcome[out]++;
     t->degraded += out == MR_OUT_DEGRADED;
     t->deadline_misses += deadline_miss != 0;
-    int b = 0;
-    while (b < N_BUCKETS && ms / 1e3 > k_buckets[b]) b++;
-    t->bucket[b]++;
-    t->sum += ms / 1e3;
+    mr_prom_hist_observe(&t->latency, ms / 1e3);
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -136,120 +110,77 @@ void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta) {
     pthread_mutex_unlock(&m->mu);
 }
 
-/* A growing string buffer. */
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    if (b->oom) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
-        va_end(ap);
-        if (k < 0) { b->oom = 1; return; }
-        if ((size_t)k < b->cap - b->n) { b->n += (size_t)k; return; }
-        size_t cap = b->cap * 2 + (size_t)k;
-        char *p = realloc(b->p, cap);
-        if (!p) { b->oom = 1; return; }
-        b->p = p;
-        b->cap = cap;
-    }
-}
-
-#define HELP(name, type, text) sb_printf(&b, "# HELP " name " " text "\n# TYPE " name " " type "\n")
+#define HELP(name, type, text) mr_prom_family(&b, name, type, text)
 
 char *mr_coord_metrics_render(mr_coord_metrics *m) {
-    sbuf b = {malloc(8192), 0, 8192, 0};
-    if (!b.p) return NULL;
-    b.p[0] = 0;
+    mr_prom_text b = {0};
     const mr_coord_config *c = m->cfg;
     pthread_mutex_lock(&m->mu);
     HELP("mrank_coord_stage_candidates_total", "counter", "Candidates scored by a stage.");
     for (int s = 0; s < c->n_stages; s++)
         for (int t = 0; t < c->n_tiers; t++)
-            sb_printf(&b, "mrank_coord_stage_candidates_total{stage=\"%s\",tier=\"%s\"} %lu\n",
+            mr_prom_printf(&b, "mrank_coord_stage_candidates_total{stage=\"%s\",tier=\"%s\"} %lu\n",
                       c->stages[s].name, c->tiers[t].name, m->st[s][t].in);
     HELP("mrank_coord_stage_kept_total", "counter",
          "Candidates a stage kept (escalated, or final at the last stage).");
     for (int s = 0; s < c->n_stages; s++)
         for (int t = 0; t < c->n_tiers; t++)
-            sb_printf(&b, "mrank_coord_stage_kept_total{stage=\"%s\",tier=\"%s\"} %lu\n",
+            mr_prom_printf(&b, "mrank_coord_stage_kept_total{stage=\"%s\",tier=\"%s\"} %lu\n",
                       c->stages[s].name, c->tiers[t].name, m->st[s][t].kept);
     HELP("mrank_coord_stage_survival_ratio", "gauge", "kept / candidates since start.");
     for (int s = 0; s < c->n_stages; s++)
         for (int t = 0; t < c->n_tiers; t++)
-            sb_printf(&b, "mrank_coord_stage_survival_ratio{stage=\"%s\",tier=\"%s\"} %g\n",
+            mr_prom_printf(&b, "mrank_coord_stage_survival_ratio{stage=\"%s\",tier=\"%s\"} %g\n",
                       c->stages[s].name, c->tiers[t].name,
                       m->st[s][t].in ? (double)m->st[s][t].kept / m->st[s][t].in : 0.0);
     HELP("mrank_coord_stage_escalations_total", "counter",
          "Requests that escalated survivors into this (non-first) stage.");
     for (int s = 0; s < c->n_stages; s++)
         for (int t = 0; t < c->n_tiers; t++)
-            sb_printf(&b, "mrank_coord_stage_escalations_total{stage=\"%s\",tier=\"%s\"} %lu\n",
+            mr_prom_printf(&b, "mrank_coord_stage_escalations_total{stage=\"%s\",tier=\"%s\"} %lu\n",
                       c->stages[s].name, c->tiers[t].name, m->st[s][t].escalations);
     HELP("mrank_coord_stage_skipped_total", "counter",
          "Stages skipped because they could not finish within the deadline budget.");
     for (int s = 0; s < c->n_stages; s++)
         for (int t = 0; t < c->n_tiers; t++)
-            sb_printf(&b, "mrank_coord_stage_skipped_total{stage=\"%s\",tier=\"%s\"} %lu\n",
+            mr_prom_printf(&b, "mrank_coord_stage_skipped_total{stage=\"%s\",tier=\"%s\"} %lu\n",
                       c->stages[s].name, c->tiers[t].name, m->st[s][t].skipped);
     HELP("mrank_coord_stage_seconds_total", "counter", "Wall time spent in a stage.");
     for (int s = 0; s < c->n_stages; s++)
         for (int t = 0; t < c->n_tiers; t++)
-            sb_printf(&b, "mrank_coord_stage_seconds_total{stage=\"%s\",tier=\"%s\"} %g\n",
+            mr_prom_printf(&b, "mrank_coord_stage_seconds_total{stage=\"%s\",tier=\"%s\"} %g\n",
                       c->stages[s].name, c->tiers[t].name, m->st[s][t].seconds);
     HELP("mrank_coord_stage_ns_per_token_layer", "gauge", "Cost model estimate of a stage.");
     for (int s = 0; s < c->n_stages; s++)
-        sb_printf(&b, "mrank_coord_stage_ns_per_token_layer{stage=\"%s\"} %g\n",
+        mr_prom_printf(&b, "mrank_coord_stage_ns_per_token_layer{stage=\"%s\"} %g\n",
                   c->stages[s].name, m->ns_per_tl[s]);
     HELP("mrank_coord_requests_total", "counter", "Requests by tier and outcome.");
     for (int t = 0; t < c->n_tiers; t++)
         for (int o = 0; o < MR_OUT_N; o++)
-            sb_printf(&b, "mrank_coord_requests_total{tier=\"%s\",outcome=\"%s\"} %lu\n",
+            mr_prom_printf(&b, "mrank_coord_requests_total{tier=\"%s\",outcome=\"%s\"} %lu\n",
                       c->tiers[t].name, k_outcome[o], m->tier[t].outcome[o]);
     HELP("mrank_coord_degraded_total", "counter", "Answers with degraded=true.");
     for (int t = 0; t < c->n_tiers; t++)
-        sb_printf(&b, "mrank_coord_degraded_total{tier=\"%s\"} %lu\n", c->tiers[t].name,
+        mr_prom_printf(&b, "mrank_coord_degraded_total{tier=\"%s\"} %lu\n", c->tiers[t].name,
                   m->tier[t].degraded);
     HELP("mrank_coord_deadline_misses_total", "counter",
          "Requests that could not run every stage in time (degraded or DEADLINE_EXCEEDED).");
     for (int t = 0; t < c->n_tiers; t++)
-        sb_printf(&b, "mrank_coord_deadline_misses_total{tier=\"%s\"} %lu\n", c->tiers[t].name,
+        mr_prom_printf(&b, "mrank_coord_deadline_misses_total{tier=\"%s\"} %lu\n", c->tiers[t].name,
                   m->tier[t].deadline_misses);
     HELP("mrank_coord_request_duration_seconds", "histogram", "End-to-end request latency.");
     for (int t = 0; t < c->n_tiers; t++) {
-        unsigned long cum = 0;
-        for (int i = 0; i <= N_BUCKETS; i++) {
-            cum += m->tier[t].bucket[i];
-            if (i < N_BUCKETS)
-                sb_printf(&b,
-                          "mrank_coord_request_duration_seconds_bucket{tier=\"%s\",le=\"%g\"} "
-                          "%lu\n", c->tiers[t].name, k_buckets[i], cum);
-            else
-                sb_printf(&b,
-                          "mrank_coord_request_duration_seconds_bucket{tier=\"%s\",le=\"+Inf\"}"
-                          " %lu\n", c->tiers[t].name, cum);
-        }
-        sb_printf(&b, "mrank_coord_request_duration_seconds_sum{tier=\"%s\"} %g\n",
-                  c->tiers[t].name, m->tier[t].sum);
-        sb_printf(&b, "mrank_coord_request_duration_seconds_count{tier=\"%s\"} %lu\n",
-                  c->tiers[t].name, cum);
+        char labels[MR_CC_NAME + 16];
+        snprintf(labels, sizeof labels, "tier=\"%s\"", c->tiers[t].name);
+        mr_prom_hist_write(&b, "mrank_coord_request_duration_seconds", labels,
+                           &m->tier[t].latency);
     }
     HELP("mrank_coord_retries_total", "counter", "Score calls retried on another replica.");
     for (int p = 0; p < c->n_pools; p++)
-        sb_printf(&b, "mrank_coord_retries_total{pool=\"%s\"} %lu\n", c->pools[p].name,
+        mr_prom_printf(&b, "mrank_coord_retries_total{pool=\"%s\"} %lu\n", c->pools[p].name,
                   m->retries[p]);
     HELP("mrank_coord_inflight_requests", "gauge", "Requests being served.");
-    sb_printf(&b, "mrank_coord_inflight_requests %ld\n", m->inflight);
+    mr_prom_printf(&b, "mrank_coord_inflight_requests %ld\n", m->inflight);
     pthread_mutex_unlock(&m->mu);
-    if (b.oom) {
-        free(b.p);
-        return NULL;
-    }
-    return b.p;
+    return mr_prom_text_take(&b);
 }

@@ -4,8 +4,9 @@
  * kept / in), escalations (requests that reached a stage after the first), stages skipped for
  * the deadline; per tier: requests by outcome, degraded answers, deadline misses and a request
  * latency histogram; per pool: Score retries on another replica; per stage: the cost model's
- * current ns per token-layer. Served as Prometheus text at GET /metrics by libmicrohttpd on
- * its own thread. Recording takes one mutex briefly; coordinator.c is the only writer. */
+ * current ns per token-layer. Served as Prometheus text at GET /metrics by rpc/prom.h's
+ * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
+ * writer. */
 #ifndef MR_COORD_METRICS_H
 #define MR_COORD_METRICS_H
 

@@ -1,5 +1,5 @@
 /* coordinator.h: the cascade coordinator: serves mrank.v1.Ranker (Rerank, RerankStream, Info)
- * and grpc.health.v1 over common/rpc.h, and runs each request's cascade over the worker pools
+ * and grpc.health.v1 over rpc/rpc.h, and runs each request's cascade over the worker pools
  * named in the cluster config (coord_config.h).
  *
  * A request is validated against the published limits, admitted by tier priority, then run
@@ -10,8 +10,9 @@
  * deadline and the tier budget); when it does not, the answer is the ranking so far with
  * degraded=true, or DEADLINE_EXCEEDED when the tier forbids degraded answers. A background
  * thread polls every replica's Worker Info (speed, layers) and reports the coordinator
- * SERVING once every pool has a live replica. Not here: the pure decision rules (cascade.c),
- * config parsing (coord_config.c), metrics rendering (coord_metrics.c). */
+ * SERVING once every pool has a live replica. The files and the path of a request through them
+ * are listed in coord_internal.h; the pure decision rules are cascade.c's, config parsing
+ * coord_config.c's, metrics coord_metrics.c's. */
 #ifndef MR_COORDINATOR_H
 #define MR_COORDINATOR_H
 

@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "rpc.h"
+#include "rpc_methods.h"
 #include "seeded.h"
 #include "tokenizer.h"
 #include "worker.h"
@@ -61,7 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t resp_len = 0;
     grpc_status_code st;
     char msg[256];
-    mr_rpc_unary(g_ch, "/mrank.v1.Worker/Score", data, size, 5000, &resp, &resp_len, &st, msg,
+    mr_rpc_unary(g_ch, MR_METHOD_SCORE, data, size, 5000, &resp, &resp_len, &st, msg,
                  sizeof msg);
     if (st == GRPC_STATUS_DEADLINE_EXCEEDED) {
         fprintf(stderr, "no answer within 5 s\n");

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cascade.h"
+#include "subarch.h"
 
 static void test_sort_merge_rule(void **state) {
     /* index 0 stopped at stage 0 with a huge score; it must still rank below every stage-1
@@ -128,26 +129,36 @@ static void test_override_bounds(void **state) {
     assert_memory_equal(&r, &before, sizeof r);
 }
 
+static mr_subarch arch(int depth, int ratio, int n_compress, const int *layers) {
+    mr_subarch a;
+    mr_subarch_default(&a);
+    a.depth = depth;
+    a.ratio = ratio;
+    a.n_compress = n_compress;
+    for (int i = 0; i < n_compress; i++) a.compress_layers[i] = layers[i];
+    return a;
+}
+
 static void test_token_layers(void **state) {
     /* no compression: (fixed + passage) * depth */
-    mr_cost_arch full = {8, 1, 0, NULL};
-    assert_true(mr_cascade_token_layers(20, 100, &full) == 120.0 * 8);
+    mr_subarch full = arch(8, 1, 0, NULL);
+    assert_true(mr_subarch_token_layers(&full, 20, 100) == 120.0 * 8);
     /* r=2 at layer 2, depth 4: layers 0,1 see 100 passage tokens, layers 2,3 see 50 */
     int l2[] = {2};
-    mr_cost_arch half = {4, 2, 1, l2};
-    assert_true(mr_cascade_token_layers(20, 100, &half) == 2 * 120.0 + 2 * 70.0);
+    mr_subarch half = arch(4, 2, 1, l2);
+    assert_true(mr_subarch_token_layers(&half, 20, 100) == 2 * 120.0 + 2 * 70.0);
     /* two compress layers, ceil pooling: 101 -> 26 -> 7 with r=4 */
     int l13[] = {1, 3};
-    mr_cost_arch q = {4, 4, 2, l13};
-    assert_true(mr_cascade_token_layers(0, 101, &q) == 101.0 + 26.0 + 26.0 + 7.0);
+    mr_subarch q = arch(4, 4, 2, l13);
+    assert_true(mr_subarch_token_layers(&q, 0, 101) == 101.0 + 26.0 + 26.0 + 7.0);
     /* compress layers at or beyond depth are never reached */
     int l9[] = {9};
-    mr_cost_arch deep = {4, 2, 1, l9};
-    assert_true(mr_cascade_token_layers(10, 10, &deep) == 80.0);
+    mr_subarch deep = arch(4, 2, 1, l9);
+    assert_true(mr_subarch_token_layers(&deep, 10, 10) == 80.0);
     /* the spec's Gemma example: r=2 at layer 8, exit at 25 ~ (8 + 17/2)/42 of the full model */
     int g8[] = {8};
-    mr_cost_arch g = {25, 2, 1, g8}, gf = {42, 1, 0, NULL};
-    double ratio = mr_cascade_token_layers(0, 1000, &g) / mr_cascade_token_layers(0, 1000, &gf);
+    mr_subarch g = arch(25, 2, 1, g8), gf = arch(42, 1, 0, NULL);
+    double ratio = mr_subarch_token_layers(&g, 0, 1000) / mr_subarch_token_layers(&gf, 0, 1000);
     assert_true(fabs(ratio - (8 + 17 / 2.0) / 42) < 1e-3);
 }
 

@@ -1,4 +1,4 @@
-/* test_rpc.c: the gRPC layer (common/rpc_server.c, common/rpc_client.c) in one process over
+/* test_rpc.c: the gRPC layer (rpc/server.c, rpc/client.c) in one process over
  * loopback: unary echo, metadata, UNIMPLEMENTED, deadlines and the cancelled flag, health,
  * a port clash, and shutdown with calls in flight (run under MR_SANITIZE for leaks). */
 #define _GNU_SOURCE

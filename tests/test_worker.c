@@ -1,4 +1,4 @@
-/* test_worker.c: the worker (worker/worker.c) in process, driven over loopback gRPC by the C
+/* test_worker.c: the worker (worker/) in process, driven over loopback gRPC by the C
  * client of rpc.h: scores equal a direct mr_model_score run (what `mrank score` does) to 1e-5
  * at several exits and widths, also when requests are batched together or split over batches;
  * INVALID_ARGUMENT messages; admission (RESOURCE_EXHAUSTED at once); queued deadlines; Info;

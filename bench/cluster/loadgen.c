@@ -44,6 +44,8 @@
 
 #include "mrank.pb-c.h"
 #include "rpc.h"
+#include "rpc_methods.h"
+#include "rpc_status.h"
 
 #define N_VARIANTS 32
 #define DOC_POOL 256
@@ -177,13 +179,7 @@ static double pct(const double *v, size_t n, double p) {
 }
 
 static const char *code_name(int c) {
-    static const char *names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                  "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                  "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                  "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-                                  "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                  "UNAUTHENTICATED"};
-    return c >= 0 && c <= 16 ? names[c] : "CLIENT_START_FAILED";
+    return c < 0 ? "CLIENT_START_FAILED" : mr_rpc_status_name(c);
 }
 
 static void usage(FILE *f) {
@@ -299,7 +295,7 @@ int main(int argc, char **argv) {
             free(ps);
         }
     }
-    const char *method = rerank ? "/mrank.v1.Ranker/Rerank" : "/mrank.v1.Worker/Score";
+    const char *method = rerank ? MR_METHOD_RERANK : MR_METHOD_SCORE;
 
     mr_rpc_channel *chn = NULL;
     mr_err err = {0};

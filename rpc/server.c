@@ -1,4 +1,4 @@
-/* rpc_server.c: the gRPC core server behind rpc.h.
+/* server.c: the gRPC core server behind rpc.h.
  *
  * One completion queue, polled by one thread (cq_thread), carries every event: a registered
  * method's armed request completing (a call arrived), the generic request (a method nobody
@@ -16,6 +16,7 @@
  * Lock order: s->mu, then call->mu; health uses its own s->health_mu, never with the others. */
 #define _GNU_SOURCE
 #include "rpc.h"
+#include "rpc_methods.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -36,7 +37,6 @@
 
 #define MR__REQS_PER_METHOD 8
 #define MR__MAX_METHODS 32
-#define MR__HEALTH_CHECK "/grpc.health.v1.Health/Check"
 
 enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_SHUTDOWN };
 
@@ -425,7 +425,7 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&s->health_mu, NULL);
     s->shutdown_tag = (tag){TAG_SHUTDOWN, s};
-    int rc = add_method(s, MR__HEALTH_CHECK, health_check, s, 0);
+    int rc = add_method(s, MR_METHOD_HEALTH_CHECK, health_check, s, 0);
     if (rc) {
         mr_rpc_server_free(s);
         return mr_err_set(err, rc, "rpc server: out of memory");

@@ -1,4 +1,4 @@
-/* rpc_client.c: the gRPC core client behind rpc.h: a channel and unary calls.
+/* client.c: the gRPC core client behind rpc.h: a channel and unary calls.
  *
  * A channel owns one completion queue and one thread polling it; every call is a single batch
  * (send metadata + message + close, receive metadata + message + status) whose completion runs

@@ -1,0 +1,157 @@
+/* coord_internal.h: the coordinator's shared state and the functions its files offer each
+ * other (not a public API: coordinator.h is).
+ *
+ * The path of one Rerank, file by file:
+ *   rerank.c     the handler: parse, admit, then stage by stage plan -> fan out -> keep, answer
+ *   request.c    the request: unpack and validate, per-candidate state, token estimates, stats
+ *   admission.c  admission by tier priority (in-flight slots)
+ *   plan.c       whether a stage fits the remaining budget, and into how many calls it splits
+ *   fanout.c     one stage's Score calls over a pool's replicas, with failover; folds answers
+ *   wire.c       protobuf packing: Score requests, the ranking, Info
+ *   probe.c      the prober thread: Worker Info, warm-up, health
+ *   coordinator.c  lifecycle and handler registration
+ * The pure rules (keep, merge, cost model, deadline decision) are cascade.c's; the config is
+ * coord_config.c's; metrics are coord_metrics.c's.
+ *
+ * Locking: mr_coord.mu (endpoint state, cost models, in-flight count, model name) is a leaf
+ * lock, held briefly; a stage's fan-out lock is never held while taking it. */
+#ifndef MR_COORD_INTERNAL_H
+#define MR_COORD_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cascade.h"
+#include "coord_config.h"
+#include "coord_metrics.h"
+#include "coordinator.h"
+#include "mrank.pb-c.h"
+#include "rpc.h"
+
+#define MR_COORD_VERSION "mrank-coordinator 0.1"
+
+/* One replica address of a pool (for a DNS pool: the one target gRPC balances over). */
+typedef struct mr__endpoint {
+    char target[300];
+    mr_rpc_channel *ch;
+    /* under mr_coord.mu */
+    double down_until;          /* monotonic ms */
+    int info_ok;
+    int warmed;                 /* answered a warm-up Score for every stage of its pool */
+    double ns_per_tl;
+    int num_layers, max_batch_tokens;
+} mr__endpoint;
+
+typedef struct mr__pool {
+    int n_ep;
+    mr__endpoint *ep;
+    atomic_uint rr;             /* round-robin cursor */
+} mr__pool;
+
+struct mr_coord {
+    mr_coord_config cfg;
+    char listen[128];
+    int metrics_port;
+    mr_rpc_server *srv;
+    mr_coord_metrics *metrics;
+    mr__pool pools[MR_CC_MAX_POOLS];
+    int max_priority;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;          /* wakes the prober at shutdown */
+    mr_cost_model cost[MR_CC_MAX_STAGES];
+    int inflight;
+    int ready, stopping, prober_started, shut;
+    char model[512];
+    int untrained;
+    pthread_t prober;
+};
+
+/* One Rerank in flight. */
+typedef struct mr__req {
+    mr_coord *co;
+    mr_rpc_call *call;
+    Mrank__V1__RerankRequest *in;
+    int tier, profile, n;
+    mr_keep_rule keep[MR_CC_MAX_STAGES];
+    double t0;
+    int n_fixed;                /* query + suffix tokens: estimated, exact after stage 0 */
+    int *stage;                 /* (n) deepest profile stage position that scored it, -1 none */
+    float *score;               /* (n) raw score at that stage */
+    int *depth;                 /* (n) */
+    int *passage_tokens;        /* (n) estimated, exact after stage 0 */
+    int *truncated;             /* (n) */
+    long prompt_tokens, total_tokens;
+    int n_stats;
+    Mrank__V1__StageStats stats[MR_CC_MAX_STAGES];
+    char stat_names[MR_CC_MAX_STAGES][MR_CC_NAME];
+} mr__req;
+
+double mr__now_ms(void);
+
+/* ---- request.c ---- */
+
+/* Unpacks and validates body (len bytes) into r->in and resolves tier, profile and keep rules.
+ * MR_EINVAL/MR_ERANGE with a message for the client. */
+int mr__req_parse(mr__req *r, const uint8_t *body, size_t len, mr_err *err);
+/* Per-candidate state and token estimates for an admitted request. MR_ENOMEM. */
+int mr__req_start(mr__req *r, mr_err *err);
+void mr__req_close(mr__req *r);
+/* The stage at profile position pos. */
+const mr_cc_stage *mr__req_stage(const mr__req *r, int pos);
+/* Milliseconds left: the smaller of the gRPC deadline and the tier budget. */
+double mr__req_remaining_ms(const mr__req *r);
+/* Records a stage's figures for the answer and the metrics. */
+void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped);
+
+/* ---- admission.c ---- */
+
+/* 1 when a request of tier may start (takes an in-flight slot), 0 when it must be refused. */
+int mr__admit(mr_coord *c, int tier);
+void mr__release(mr_coord *c);
+
+/* ---- plan.c ---- */
+
+/* Parallel calls a stage on pool p can count on. */
+int mr__pool_parallelism(mr_coord *c, int p);
+/* Whether profile stage pos may run on active[0..n_active) in the remaining budget; *est_ms
+ * and *rem_ms receive the estimate and the budget left. A stage that may not run relaxes its
+ * cost model (cascade.h). */
+mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_active,
+                                 double *est_ms, double *rem_ms);
+/* Number of Score calls for active[0..n_active) on the stage's pool. */
+int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active);
+
+/* ---- fanout.c ---- */
+
+/* Scores active[0..n_active) with profile stage pos over the pool's replicas, retrying failed
+ * calls on other replicas within the budget, and folds the scores into r. 0 on success; else
+ * *code/msg say why (DEADLINE_EXCEEDED when the budget ran out); r is unchanged then. */
+int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, double est_ms,
+                     grpc_status_code *code, char *msg, size_t cap);
+
+/* ---- wire.c ---- */
+
+/* A packed ScoreRequest for the stage's sub-architecture and the documents members[0..n) of
+ * r (malloc'd into *buf), or MR_ENOMEM. */
+int mr__wire_score(const mr__req *r, const mr_cc_stage *st, const int *members, int n,
+                   uint8_t **buf, size_t *len, mr_err *err);
+/* The current merged ranking as a packed RerankResponse (malloc'd), or NULL on OOM. */
+uint8_t *mr__wire_ranking(mr__req *r, int final, int degraded, size_t *len);
+/* The packed Ranker InfoResponse (malloc'd), or NULL on OOM. */
+uint8_t *mr__wire_info(mr_coord *c, size_t *len);
+
+/* ---- rerank.c ---- */
+
+/* rpc.h handlers of Rerank and RerankStream (user: the mr_coord). */
+void mr__on_rerank(mr_rpc_call *call, void *user);
+void mr__on_rerank_stream(mr_rpc_call *call, void *user);
+
+/* ---- probe.c ---- */
+
+int mr__prober_start(mr_coord *c, mr_err *err);
+/* Wakes and joins the prober; no-op when it never started. */
+void mr__prober_stop(mr_coord *c);
+
+#endif

@@ -1,0 +1,55 @@
+/* plan.c: stage planning (see coord_internal.h): the cost of a stage in token-layers, its
+ * estimated wall time from the stage's cost model and the pool's parallelism, the decision to
+ * run it, skip it (degraded answer) or fail the request, and the number of Score calls it is
+ * split into. The rules themselves are cascade.c's; this file feeds them the request's and the
+ * pool's figures. */
+#include "coord_internal.h"
+
+#include "subarch.h"
+
+#define DNS_PARALLEL 4          /* parallel calls assumed for a DNS pool (replicas unknown) */
+
+int mr__pool_parallelism(mr_coord *c, int p) {
+    return *c->cfg.pools[p].dns ? DNS_PARALLEL : c->pools[p].n_ep;
+}
+
+mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_active,
+                                 double *est_ms, double *rem_ms) {
+    mr_coord *c = r->co;
+    int si = c->cfg.profiles[r->profile].stages[pos].stage;
+    const mr_cc_stage *st = &c->cfg.stages[si];
+    double tl = 0;
+    for (int i = 0; i < n_active; i++)
+        tl += mr_subarch_token_layers(&st->arch, r->n_fixed, r->passage_tokens[active[i]]);
+    pthread_mutex_lock(&c->mu);
+    *est_ms = mr_cost_model_estimate_ms(&c->cost[si], tl, mr__pool_parallelism(c, st->pool));
+    pthread_mutex_unlock(&c->mu);
+    *rem_ms = mr__req_remaining_ms(r);
+    mr_stage_decision dec = mr_cascade_decide(pos, *est_ms, *rem_ms, c->cfg.safety,
+                                              c->cfg.tiers[r->tier].allow_degraded);
+    if (dec != MR_STAGE_RUN) {
+        pthread_mutex_lock(&c->mu);
+        mr_cost_model_relax(&c->cost[si]);
+        pthread_mutex_unlock(&c->mu);
+    }
+    return dec;
+}
+
+int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active) {
+    mr_coord *c = r->co;
+    const mr_cc_pool *pc = &c->cfg.pools[st->pool];
+    const mr__pool *prt = &c->pools[st->pool];
+    long tokens = 0;
+    for (int i = 0; i < n_active; i++) tokens += r->n_fixed + r->passage_tokens[active[i]];
+    long max_call = pc->max_call_tokens;
+    if (max_call <= 0) {    /* the smallest batch budget a replica reported */
+        pthread_mutex_lock(&c->mu);
+        for (int e = 0; e < prt->n_ep; e++)
+            if (prt->ep[e].info_ok && prt->ep[e].max_batch_tokens > 0 &&
+                (max_call <= 0 || prt->ep[e].max_batch_tokens < max_call))
+                max_call = prt->ep[e].max_batch_tokens;
+        pthread_mutex_unlock(&c->mu);
+    }
+    return mr_cascade_n_calls(n_active, tokens, mr__pool_parallelism(c, st->pool), max_call,
+                              pc->min_per_call);
+}

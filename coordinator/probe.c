@@ -1,0 +1,201 @@
+/* probe.c: the coordinator's prober thread (see coord_internal.h). Every 2 s (200 ms while
+ * not ready) it asks every replica for Worker Info (layers, batch budget, measured speed),
+ * warms up each replica once per stage of its pool (two small Score calls: the first pays the
+ * worker's lazy start-up, the second seeds the stage's cost model), and sets the health status:
+ * SERVING once every pool has a replica that answered and warmed up. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "coord_internal.h"
+#include "rpc_methods.h"
+#include "subarch_pb.h"
+
+/* Sends two small Score calls per stage of pool p to endpoint e: the first pays the worker's
+ * lazy start-up (kernels, buffers) before a client does, the second seeds the stage's cost
+ * model with a measured speed. 0 when every call succeeded. */
+static int warm_up(mr_coord *c, int p, int e) {
+    static char *const passages[] = {
+        "Warm-up passage one: the coordinator checks this replica before serving.",
+        "Warm-up passage two, a little longer than the first, so rows differ in length.",
+        "Three.", "Warm-up passage four closes the batch."};
+    for (int s = 0; s < c->cfg.n_stages; s++) {
+        const mr_cc_stage *st = &c->cfg.stages[s];
+        if (st->pool != p) continue;
+        Mrank__V1__ScoreRequest sr = MRANK__V1__SCORE_REQUEST__INIT;
+        mr_subarch_pb arch;
+        mr_subarch_to_pb(&arch, &st->arch);
+        sr.query = "what does the warm-up check?";
+        sr.arch = &arch.msg;
+        sr.n_passages = 4;
+        sr.passages = (char **)passages;
+        uint8_t buf[2048];
+        size_t len = mrank__v1__score_request__get_packed_size(&sr);
+        if (len > sizeof buf) return -1;
+        mrank__v1__score_request__pack(&sr, buf);
+        for (int round = 0; round < 2; round++) {
+            uint8_t *resp = NULL;
+            size_t rlen = 0;
+            grpc_status_code code;
+            char msg[256];
+            double t0 = mr__now_ms();
+            if (mr_rpc_unary(c->pools[p].ep[e].ch, MR_METHOD_SCORE, buf, len, 60000, &resp, &rlen, &code,
+                             msg, sizeof msg)) {
+                fprintf(stderr, "mrank coordinator: warm-up of stage '%s' on %s: %s\n", st->name,
+                        c->pools[p].ep[e].target, msg);
+                return -1;
+            }
+            double wall = mr__now_ms() - t0;
+            Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
+            free(resp);
+            if (!r) return -1;
+            if (round == 1) {
+                double tl = 0;
+                for (size_t i = 0; i < r->n_passages; i++) {
+                    int tok = (int)r->passages[i]->tokens;
+                    int pt = (int)r->passages[i]->passage_tokens;
+                    tl += mr_subarch_token_layers(&st->arch, tok - pt, pt);
+                }
+                pthread_mutex_lock(&c->mu);
+                if (c->cost[s].n_obs == 0 && tl > 0 && r->compute_ms > 0) {
+                    c->cost[s].ns_per_tl = r->compute_ms * 1e6 / tl;
+                    c->cost[s].overhead_ms = wall > r->compute_ms ? wall - r->compute_ms : 0;
+                    c->cost[s].n_obs = 1;
+                }
+                pthread_mutex_unlock(&c->mu);
+            }
+            mrank__v1__score_response__free_unpacked(r, NULL);
+        }
+    }
+    return 0;
+}
+
+/* One replica's probe: Worker Info, then the warm-up until it succeeds once. */
+typedef struct probe_job {
+    mr_coord *c;
+    int p, e;
+    pthread_t th;
+    int started;
+} probe_job;
+
+static void *probe_endpoint(void *arg) {
+    probe_job *j = arg;
+    mr_coord *c = j->c;
+    mr__pool *pr = &c->pools[j->p];
+    mr__endpoint *ep = &pr->ep[j->e];
+    uint8_t *resp = NULL;
+    size_t rlen = 0;
+    grpc_status_code st;
+    char msg[128];
+    int rc = mr_rpc_unary(ep->ch, MR_METHOD_WORKER_INFO, NULL, 0, 1000, &resp, &rlen, &st, msg, sizeof msg);
+    Mrank__V1__WorkerInfoResponse *wi =
+        rc ? NULL : mrank__v1__worker_info_response__unpack(NULL, rlen, resp);
+    free(resp);
+    pthread_mutex_lock(&c->mu);
+    int warmed = wi ? ep->warmed : 0;
+    pthread_mutex_unlock(&c->mu);
+    if (wi && !warmed) warmed = warm_up(c, j->p, j->e) == 0;
+    pthread_mutex_lock(&c->mu);
+    ep->info_ok = wi != NULL;
+    ep->warmed = warmed;
+    if (wi) {
+        ep->ns_per_tl = wi->ns_per_token_layer;
+        ep->num_layers = (int)wi->num_layers;
+        ep->max_batch_tokens = (int)wi->max_batch_tokens;
+        if (!*c->model && wi->model) snprintf(c->model, sizeof c->model, "%s", wi->model);
+        c->untrained = wi->untrained;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (wi) {
+        for (int s = 0; s < c->cfg.n_stages; s++)
+            if (c->cfg.stages[s].pool == j->p && wi->num_layers &&
+                (uint32_t)c->cfg.stages[s].arch.depth > wi->num_layers && !c->ready)
+                fprintf(stderr, "mrank coordinator: %s: stages[%d] '%s': depth %d > the %u "
+                        "layers of the model at %s\n", c->cfg.path, s, c->cfg.stages[s].name,
+                        c->cfg.stages[s].arch.depth, wi->num_layers, ep->target);
+        mrank__v1__worker_info_response__free_unpacked(wi, NULL);
+    }
+    return NULL;
+}
+
+/* Probes every replica in parallel, seeds cost models from Worker Info until observations
+ * exist, and sets health: SERVING iff every pool has a replica that answered and warmed up. */
+static void probe_once(mr_coord *c) {
+    probe_job jobs[MR_CC_MAX_POOLS * MR_CC_MAX_ADDRS];
+    int n = 0;
+    for (int p = 0; p < c->cfg.n_pools; p++)
+        for (int e = 0; e < c->pools[p].n_ep; e++) {
+            jobs[n] = (probe_job){c, p, e, 0, 0};
+            jobs[n].started = pthread_create(&jobs[n].th, NULL, probe_endpoint, &jobs[n]) == 0;
+            if (!jobs[n].started) probe_endpoint(&jobs[n]);
+            n++;
+        }
+    for (int i = 0; i < n; i++)
+        if (jobs[i].started) pthread_join(jobs[i].th, NULL);
+    int all_ok = 1;
+    pthread_mutex_lock(&c->mu);
+    for (int p = 0; p < c->cfg.n_pools; p++) {
+        mr__pool *pr = &c->pools[p];
+        int any = 0, ns_n = 0;
+        double ns_sum = 0;
+        for (int e = 0; e < pr->n_ep; e++) {
+            if (pr->ep[e].info_ok && pr->ep[e].warmed) any = 1;
+            if (pr->ep[e].info_ok && pr->ep[e].ns_per_tl > 0) {
+                ns_sum += pr->ep[e].ns_per_tl;
+                ns_n++;
+            }
+        }
+        if (ns_n)
+            for (int s = 0; s < c->cfg.n_stages; s++)
+                if (c->cfg.stages[s].pool == p && c->cost[s].n_obs == 0)
+                    c->cost[s].ns_per_tl = ns_sum / ns_n;
+        all_ok &= any;
+    }
+    int was = c->ready, stopping = c->stopping;
+    c->ready = all_ok;
+    pthread_mutex_unlock(&c->mu);
+    if (!stopping && was != all_ok) {
+        mr_rpc_server_set_health(c->srv, "", all_ok);
+        mr_rpc_server_set_health(c->srv, MR_SERVICE_RANKER, all_ok);
+        fprintf(stderr, "mrank coordinator: %s\n",
+                all_ok ? "every pool answered: SERVING" : "a pool has no live replica: NOT_SERVING");
+    }
+}
+
+static void *prober_main(void *arg) {
+    mr_coord *c = arg;
+    for (;;) {
+        probe_once(c);
+        pthread_mutex_lock(&c->mu);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long step_ms = c->ready ? 2000 : 200;
+        ts.tv_nsec += step_ms % 1000 * 1000000L;
+        ts.tv_sec += step_ms / 1000 + ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        while (!c->stopping && pthread_cond_timedwait(&c->cv, &c->mu, &ts) == 0) {}
+        int stop = c->stopping;
+        pthread_mutex_unlock(&c->mu);
+        if (stop) return NULL;
+    }
+}
+
+int mr__prober_start(mr_coord *c, mr_err *err) {
+    if (pthread_create(&c->prober, NULL, prober_main, c))
+        return mr_err_set(err, MR_ENOMEM, "coordinator: cannot start the prober thread");
+    c->prober_started = 1;
+    return 0;
+}
+
+void mr__prober_stop(mr_coord *c) {
+    if (!c->prober_started) return;
+    pthread_mutex_lock(&c->mu);
+    c->stopping = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->prober, NULL);
+    c->prober_started = 0;
+}

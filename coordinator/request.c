@@ -1,0 +1,134 @@
+/* request.c: one Rerank request's state: unpacking and validation against the published
+ * limits, the tier/profile/keep-rule resolution, the per-candidate arrays with their token
+ * estimates, the remaining budget and the per-stage statistics (see coord_internal.h). */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coord_internal.h"
+
+/* Token estimates until stage 0 reports exact counts: ~3.5 bytes per token, and the fixed part
+ * of a pair (BOS, "A: ", "\n", "B: ", the suffix and prompt) ~20 tokens, 16 of them suffix. */
+#define BYTES_PER_TOKEN 3.5
+#define FIXED_TOKENS 20
+#define SUFFIX_TOKENS 16
+
+/* "a, b, c" of n names at stride bytes apart, into buf. */
+static const char *known_names(char *buf, size_t cap, const char *first, size_t stride, int n) {
+    buf[0] = 0;
+    size_t len = 0;
+    for (int i = 0; i < n && len < cap; i++)
+        len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? ", " : "", first + stride * i);
+    return buf;
+}
+
+int mr__req_parse(mr__req *r, const uint8_t *body, size_t len, mr_err *err) {
+    const mr_coord_config *cfg = &r->co->cfg;
+    if (!(r->in = mrank__v1__rerank_request__unpack(NULL, len, body)))
+        return mr_err_set(err, MR_EINVAL, "malformed RerankRequest");
+    const Mrank__V1__RerankRequest *in = r->in;
+    char known[256];
+    if (len > (size_t)cfg->max_request_bytes)
+        return mr_err_set(err, MR_ERANGE, "request is %zu bytes, the limit is %d "
+                          "(Info.max_request_bytes)", len, cfg->max_request_bytes);
+    if (!in->query || !*in->query) return mr_err_set(err, MR_EINVAL, "query is empty");
+    if (in->n_documents == 0) return mr_err_set(err, MR_EINVAL, "documents is empty");
+    if (in->n_documents > (size_t)cfg->max_documents)
+        return mr_err_set(err, MR_ERANGE, "%zu documents, the limit is %d (Info.max_documents)",
+                          in->n_documents, cfg->max_documents);
+    if (in->truncate != MRANK__V1__TRUNCATE__TRUNCATE_END &&
+        in->truncate != MRANK__V1__TRUNCATE__TRUNCATE_NONE)
+        return mr_err_set(err, MR_EINVAL, "truncate: unknown value %d", (int)in->truncate);
+    r->tier = cfg->default_tier;
+    if (in->tier && *in->tier && (r->tier = mr_coord_config_tier(cfg, in->tier)) < 0)
+        return mr_err_set(err, MR_EINVAL, "tier '%.64s' is unknown (known: %s)", in->tier,
+                          known_names(known, sizeof known, cfg->tiers[0].name,
+                                      sizeof cfg->tiers[0], cfg->n_tiers));
+    r->profile = cfg->tiers[r->tier].profile;
+    if (in->profile && *in->profile &&
+        (r->profile = mr_coord_config_profile(cfg, in->profile)) < 0)
+        return mr_err_set(err, MR_EINVAL, "profile '%.64s' is unknown (known: %s)",
+                          in->profile,
+                          known_names(known, sizeof known, cfg->profiles[0].name,
+                                      sizeof cfg->profiles[0], cfg->n_profiles));
+    const mr_cc_profile *pr = &cfg->profiles[r->profile];
+    for (int i = 0; i < pr->n_stages; i++) r->keep[i] = pr->stages[i].keep;
+    for (size_t i = 0; i < in->n_overrides; i++) {
+        const Mrank__V1__StageOverride *ov = in->overrides[i];
+        char what[64];
+        snprintf(what, sizeof what, "overrides[%zu]", i);
+        if (ov->stage >= (uint32_t)pr->n_stages)
+            return mr_err_set(err, MR_ERANGE, "%s.stage: %u is not a stage of profile '%s' "
+                              "(%d stages)", what, ov->stage, pr->name, pr->n_stages);
+        if (ov->keep_top_k > (uint32_t)cfg->max_documents)
+            return mr_err_set(err, MR_ERANGE, "%s.keep_top_k: %u is above the bound %d", what,
+                              ov->keep_top_k, pr->stages[ov->stage].bounds.max_top_k);
+        mr_keep_override k = {(int)ov->keep_top_k, ov->keep_fraction, ov->has_min_score,
+                              ov->min_score};
+        int rc = mr_cascade_override(&r->keep[ov->stage], &pr->stages[ov->stage].bounds, &k,
+                                     what, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int mr__req_start(mr__req *r, mr_err *err) {
+    r->n = (int)r->in->n_documents;
+    r->stage = malloc((size_t)r->n * sizeof *r->stage);
+    r->score = malloc((size_t)r->n * sizeof *r->score);
+    r->depth = calloc((size_t)r->n, sizeof *r->depth);
+    r->passage_tokens = malloc((size_t)r->n * sizeof *r->passage_tokens);
+    r->truncated = calloc((size_t)r->n, sizeof *r->truncated);
+    if (!r->stage || !r->score || !r->depth || !r->passage_tokens || !r->truncated)
+        return mr_err_set(err, MR_ENOMEM, "coordinator: out of memory");
+    int maxp = r->co->cfg.max_tokens_per_pair;
+    r->n_fixed = (int)(strlen(r->in->query) / BYTES_PER_TOKEN) + FIXED_TOKENS;
+    if (r->n_fixed > maxp * 3 / 4 + FIXED_TOKENS) r->n_fixed = maxp * 3 / 4 + FIXED_TOKENS;
+    long cap = maxp - (r->n_fixed - SUFFIX_TOKENS) > 1 ? maxp - (r->n_fixed - SUFFIX_TOKENS) : 1;
+    for (int i = 0; i < r->n; i++) {
+        r->stage[i] = -1;
+        r->score[i] = NAN;
+        long pt = (long)(strlen(r->in->documents[i]->text) / BYTES_PER_TOKEN) + 3;
+        r->passage_tokens[i] = (int)(pt < cap ? pt : cap);
+    }
+    return 0;
+}
+
+void mr__req_close(mr__req *r) {
+    free(r->stage);
+    free(r->score);
+    free(r->depth);
+    free(r->passage_tokens);
+    free(r->truncated);
+    if (r->in) mrank__v1__rerank_request__free_unpacked(r->in, NULL);
+    r->in = NULL;
+}
+
+const mr_cc_stage *mr__req_stage(const mr__req *r, int pos) {
+    const mr_coord_config *cfg = &r->co->cfg;
+    return &cfg->stages[cfg->profiles[r->profile].stages[pos].stage];
+}
+
+double mr__req_remaining_ms(const mr__req *r) {
+    double g = mr_rpc_call_remaining_ms(r->call);
+    if (g >= MR_RPC_NO_DEADLINE_MS) g = INFINITY;
+    return mr_cascade_remaining_ms(g, r->co->cfg.tiers[r->tier].budget_ms, mr__now_ms() - r->t0);
+}
+
+void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped) {
+    const mr_coord_config *cfg = &r->co->cfg;
+    int si = cfg->profiles[r->profile].stages[pos].stage;
+    Mrank__V1__StageStats *s = &r->stats[r->n_stats];
+    mrank__v1__stage_stats__init(s);
+    snprintf(r->stat_names[r->n_stats], MR_CC_NAME, "%s", cfg->stages[si].name);
+    s->name = r->stat_names[r->n_stats];
+    s->candidates_in = (uint32_t)in;
+    s->kept = (uint32_t)kept;
+    s->ms = ms;
+    s->skipped = skipped;
+    r->n_stats++;
+    mr_coord_metrics_stage(r->co->metrics, si, r->tier, in, kept, pos > 0 && !skipped, skipped,
+                           ms);
+}

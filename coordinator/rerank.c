@@ -1,0 +1,167 @@
+/* rerank.c: the Rerank and RerankStream handlers: the path of one request through the
+ * coordinator (see coord_internal.h for the files it calls).
+ *
+ * Parse and validate, admit by tier, then for each stage of the profile: plan it against the
+ * remaining budget (run, or skip with a degraded answer, or fail DEADLINE_EXCEEDED), fan its
+ * candidates out to the pool, and keep the survivors for the next stage. The answer is the
+ * merged ranking (cascade.h's merge rule); RerankStream also sends the ranking after every
+ * stage but the last. A stage after the first that fails for time or availability leaves the
+ * earlier ranking standing (degraded) when the tier allows it. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coord_internal.h"
+#include "rpc_status.h"
+
+static mr_outcome outcome_of(grpc_status_code st) {
+    switch (st) {
+    case GRPC_STATUS_OK: return MR_OUT_OK;
+    case GRPC_STATUS_INVALID_ARGUMENT: return MR_OUT_INVALID;
+    case GRPC_STATUS_DEADLINE_EXCEEDED: return MR_OUT_DEADLINE;
+    case GRPC_STATUS_UNAVAILABLE: return MR_OUT_UNAVAILABLE;
+    case GRPC_STATUS_RESOURCE_EXHAUSTED: return MR_OUT_REJECTED;
+    default: return MR_OUT_ERROR;
+    }
+}
+
+/* Records stages pos.. of the profile as skipped (the first with the candidates it had). */
+static void skip_rest(mr__req *r, int pos, int n_active, double ms) {
+    int n = r->co->cfg.profiles[r->profile].n_stages;
+    for (int q = pos; q < n; q++)
+        mr__req_stat(r, q, q == pos ? n_active : 0, 0, q == pos ? ms : 0, 1);
+}
+
+/* Runs the cascade over the documents of r: 0 (with *degraded and *miss set) or -1 with
+ * code and msg. */
+static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_status_code *code,
+                       char *msg, size_t cap) {
+    const mr_cc_profile *pr = &r->co->cfg.profiles[r->profile];
+    int allow_degraded = r->co->cfg.tiers[r->tier].allow_degraded;
+    int *active = malloc((size_t)r->n * sizeof *active);
+    mr_cand *cand = malloc((size_t)r->n * sizeof *cand);
+    int rc = -1;
+    if (!active || !cand) {
+        *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        snprintf(msg, cap, "coordinator: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < r->n; i++) active[i] = i;
+    int n_active = r->n;
+    for (int pos = 0; pos < pr->n_stages && n_active > 0; pos++) {
+        const mr_cc_stage *st = mr__req_stage(r, pos);
+        if (mr_rpc_call_cancelled(r->call)) {
+            *code = GRPC_STATUS_CANCELLED;
+            snprintf(msg, cap, "cancelled by the client");
+            goto done;
+        }
+        double est, rem;
+        mr_stage_decision dec = mr__plan_stage(r, pos, active, n_active, &est, &rem);
+        if (dec == MR_STAGE_FAIL) {
+            *miss = 1;
+            *code = GRPC_STATUS_DEADLINE_EXCEEDED;
+            snprintf(msg, cap, "stage '%s' needs about %.1f ms, %.1f ms of the budget left%s",
+                     st->name, est, rem > 0 ? rem : 0.0,
+                     pos > 0 ? " (tier does not allow degraded answers)" : "");
+            goto done;
+        }
+        if (dec == MR_STAGE_SKIP) {
+            *miss = *degraded = 1;
+            skip_rest(r, pos, n_active, 0);
+            break;
+        }
+        double t_stage = mr__now_ms();
+        if (mr__fanout_stage(r, pos, active, n_active, est, code, msg, cap)) {
+            *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;
+            if (pos > 0 && allow_degraded &&
+                (*code == GRPC_STATUS_DEADLINE_EXCEEDED || *code == GRPC_STATUS_UNAVAILABLE)) {
+                /* the ranking of the previous stages stands: this stage's candidates keep
+                 * their earlier scores (a failed fan-out writes nothing) */
+                *degraded = 1;
+                *code = GRPC_STATUS_OK;
+                skip_rest(r, pos, n_active, mr__now_ms() - t_stage);
+                break;
+            }
+            goto done;
+        }
+        double ms = mr__now_ms() - t_stage;
+        int kept = n_active;
+        if (pos + 1 < pr->n_stages) {
+            for (int i = 0; i < n_active; i++)
+                cand[i] = (mr_cand){active[i], pos, r->score[active[i]]};
+            kept = mr_cascade_select(cand, n_active, &r->keep[pos]);
+            for (int i = 0; i < kept; i++) active[i] = cand[i].index;
+        }
+        mr__req_stat(r, pos, n_active, kept, ms, 0);
+        n_active = kept;
+        if (stream && pos + 1 < pr->n_stages) {
+            size_t blen;
+            uint8_t *buf = mr__wire_ranking(r, 0, 0, &blen);
+            if (buf) {
+                int wrc = mr_rpc_call_write(r->call, buf, blen);
+                free(buf);
+                if (wrc) {
+                    *code = GRPC_STATUS_CANCELLED;
+                    snprintf(msg, cap, "client went away");
+                    goto done;
+                }
+            }
+        }
+    }
+    rc = 0;
+done:
+    free(active);
+    free(cand);
+    return rc;
+}
+
+static void serve_rerank(mr_rpc_call *call, mr_coord *c, int stream) {
+    mr__req r = {.co = c, .call = call, .t0 = mr__now_ms()};
+    size_t len;
+    const uint8_t *body = mr_rpc_call_request(call, &len);
+    mr_err err = {0};
+    grpc_status_code code = GRPC_STATUS_OK;
+    char msg[400] = "";
+    int admitted = 0, degraded = 0, miss = 0;
+    if (mr__req_parse(&r, body, len, &err)) {
+        code = mr_rpc_status_of(err.code);
+        snprintf(msg, sizeof msg, "%s", err.msg);
+        goto fail;
+    }
+    if (!(admitted = mr__admit(c, r.tier))) {
+        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        snprintf(msg, sizeof msg, "coordinator busy: %d requests in flight (tier '%s')",
+                 c->cfg.max_inflight, c->cfg.tiers[r.tier].name);
+        goto fail;
+    }
+    if (mr__req_start(&r, &err)) {
+        code = mr_rpc_status_of(err.code);
+        snprintf(msg, sizeof msg, "%s", err.msg);
+        goto fail;
+    }
+    if (run_cascade(&r, stream, &degraded, &miss, &code, msg, sizeof msg)) goto fail;
+    size_t blen;
+    uint8_t *buf = mr__wire_ranking(&r, 1, degraded, &blen);
+    if (!buf) {
+        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        snprintf(msg, sizeof msg, "coordinator: out of memory");
+        goto fail;
+    }
+    mr_rpc_call_finish(call, buf, blen);
+    free(buf);
+    mr_coord_metrics_request(c->metrics, r.tier, degraded ? MR_OUT_DEGRADED : MR_OUT_OK, miss,
+                             mr__now_ms() - r.t0);
+    goto done;
+fail:
+    mr_rpc_call_fail(call, code, msg);
+    if (r.in) mr_coord_metrics_request(c->metrics, r.tier, outcome_of(code), miss,
+                                       mr__now_ms() - r.t0);
+done:
+    if (admitted) mr__release(c);
+    mr__req_close(&r);
+}
+
+void mr__on_rerank(mr_rpc_call *call, void *user) { serve_rerank(call, user, 0); }
+void mr__on_rerank_stream(mr_rpc_call *call, void *user) { serve_rerank(call, user, 1); }

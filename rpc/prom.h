@@ -1,0 +1,69 @@
+/* prom.h: Prometheus text exposition (format 0.0.4) and the /metrics HTTP endpoint that serves
+ * it, shared by the worker's and the coordinator's metrics.
+ *
+ * A metrics owner keeps its counters and histograms under its own lock and renders them on
+ * demand into an mr_prom_text; the endpoint (libmicrohttpd, its own polling thread) calls the
+ * owner's render function for every GET /metrics. Not here: which metrics exist (worker/
+ * worker_metrics.c, coordinator/coord_metrics.c). */
+#ifndef MR_PROM_H
+#define MR_PROM_H
+
+#include <stddef.h>
+
+#include "mr_err.h"
+
+/* ---- text ---- */
+
+/* A growing text buffer; zero-initialise it. A failed allocation sets oom and makes every
+ * later write a no-op, so writers check once, at the end (mr_prom_text_take). */
+typedef struct mr_prom_text {
+    char *p;
+    size_t n, cap;
+    int oom;
+} mr_prom_text;
+
+void mr_prom_printf(mr_prom_text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "# HELP name help" and "# TYPE name type" (type: counter, gauge, histogram). */
+void mr_prom_family(mr_prom_text *t, const char *name, const char *type, const char *help);
+/* The text (malloc'd, NUL-terminated, the caller frees it), or NULL after an allocation
+ * failure; the buffer is released either way. */
+char *mr_prom_text_take(mr_prom_text *t);
+
+/* ---- histograms ---- */
+
+#define MR_PROM_MAX_BUCKETS 24
+
+/* Fixed upper bounds (increasing, at most MR_PROM_MAX_BUCKETS) plus the implicit +Inf. */
+typedef struct mr_prom_hist {
+    const double *bounds;
+    int n;
+    unsigned long long counts[MR_PROM_MAX_BUCKETS + 1]; /* per bucket; [n] is (bounds[n-1], +Inf) */
+    unsigned long long count;
+    double sum;
+} mr_prom_hist;
+
+/* bounds must outlive h; n is clamped to MR_PROM_MAX_BUCKETS. */
+void mr_prom_hist_init(mr_prom_hist *h, const double *bounds, int n);
+void mr_prom_hist_observe(mr_prom_hist *h, double v);
+/* Writes the _bucket (cumulative), _sum and _count series of h. labels is NULL or a label list
+ * without braces (tier="interactive") put before le. Does not write HELP/TYPE. */
+void mr_prom_hist_write(mr_prom_text *t, const char *name, const char *labels,
+                        const mr_prom_hist *h);
+
+/* ---- endpoint ---- */
+
+/* Renders the whole exposition (malloc'd, or NULL on failure). Called on the endpoint's
+ * thread. */
+typedef char *(*mr_prom_render_fn)(void *user);
+
+typedef struct mr_prom_http mr_prom_http;
+
+/* Serves GET (and HEAD) /metrics on port (0: any free port) on all interfaces; other paths get
+ * 404, other methods 405; idle connections are closed after 10 s. *bound_port (may be NULL)
+ * receives the port. MR_EIO when the port cannot be bound. */
+int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
+                     int *bound_port, mr_err *err);
+/* Stops the endpoint (in-flight responses finish) and frees it; NULL is a no-op. */
+void mr_prom_http_free(mr_prom_http *h);
+
+#endif

@@ -1,0 +1,113 @@
+/* worker_internal.h: the worker's shared state and the functions its files offer each other
+ * (not a public API: worker.h is).
+ *
+ * The path of one Score call, file by file:
+ *   score.c          the handler: unpack, sub-architecture -> run options, tokenize, admit, queue
+ *   batch.c          the batcher thread: batches of one run-option key, scoring, the answers
+ *   worker.c         lifecycle (load, warm-up, start, drain) and the Info handler
+ *   worker_metrics.c counters and histograms behind /metrics (rpc/prom.h)
+ *
+ * Locking: mr_worker.mu guards the queue, the in-flight count and the stopping flag; it is
+ * released while the model runs, and never held while taking a lock of rpc.h except the call's
+ * own (finishing a call takes no worker lock), so there is no lock-order cycle. */
+#ifndef MR_WORKER_INTERNAL_H
+#define MR_WORKER_INTERNAL_H
+
+#include <pthread.h>
+
+#include "backend.h"
+#include "input.h"
+#include "rpc.h"
+#include "worker.h"
+
+#define MR_WORKER_VERSION "mrank-worker 0.1"
+
+/* Defaults of mr_worker_opts (worker.h) */
+#define MR_WORKER_RPC_THREADS 4
+#define MR_WORKER_MAX_BATCH_TOKENS 16384
+#define MR_WORKER_MAX_WAIT_MS 2
+#define MR_WORKER_MAX_INFLIGHT_TOKENS 65536
+
+typedef struct mr__wmetrics mr__wmetrics;   /* worker_metrics.c */
+
+/* One admitted Score request. */
+typedef struct wreq {
+    mr_rpc_call *call;
+    mr_run_opts run;
+    int alone;                  /* prune schedule: runs alone and whole */
+    mr_ids q;                   /* query segment */
+    mr_ids *p;                  /* (n) passage segments */
+    int *truncated;             /* (n) */
+    int n;                      /* passages */
+    long tokens;                /* all rows */
+    float *scores;              /* (n, run.n_exits) */
+    int *depth;                 /* (n) */
+    int next_row, rows_done;
+    double t_admit, t_start, compute_s;
+    int batch_tokens;
+    struct wreq *next;
+} wreq;
+
+/* One request's rows in a batch. */
+typedef struct bentry {
+    wreq *r;
+    int row0, nrows;
+} bentry;
+
+struct mr_worker {
+    mr_worker_opts o;
+    char prompt[1024];
+    mr_model m;
+    int loaded;
+    const mr_backend *be;        /* scorer backend and its context (batcher thread only) */
+    void *bctx;
+    mr_ids suffix;
+    int max_rows;
+    double ns_per_tl;
+    mr_rpc_server *srv;
+    int port, metrics_port;
+    mr__wmetrics *met;
+    pthread_t batcher;
+    int batcher_started;
+    int shut;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;          /* queue changed or stopping; CLOCK_MONOTONIC */
+    wreq *qhead, *qtail;
+    long inflight;
+    int stopping;
+
+    /* batcher-only scratch */
+    bentry *entries;            /* (max_rows) */
+    mr_row *rows;               /* (max_rows) */
+    float *bscores;             /* (max_rows, n_heads_exit) */
+    int *bdepth;                /* (max_rows) */
+};
+
+double mr__now_s(void);
+void mr__wreq_free(wreq *r);
+/* Tokens of row i of r (query + passage i + suffix). */
+long mr__wreq_row_tokens(const mr_worker *w, const wreq *r, int i);
+
+/* ---- score.c ---- */
+
+/* rpc.h handler of Score (user: the mr_worker). */
+void mr__on_score(mr_rpc_call *call, void *user);
+
+/* ---- batch.c ---- */
+
+/* The batcher thread (arg: the mr_worker): runs until stopping and the queue is empty. */
+void *mr__batcher_main(void *arg);
+
+/* ---- worker_metrics.c ---- */
+
+/* port -1: no HTTP endpoint (the counters still work); 0: any free port. */
+int mr__wmetrics_new(mr__wmetrics **out, int port, int *bound_port, mr_err *err);
+void mr__wmetrics_free(mr__wmetrics *m);
+void mr__wmetrics_request(mr__wmetrics *m, int grpc_code, double queue_s, double compute_s,
+                          double total_s);
+void mr__wmetrics_batch(mr__wmetrics *m, int tokens);
+void mr__wmetrics_rejected(mr__wmetrics *m);
+void mr__wmetrics_inflight(mr__wmetrics *m, long tokens);
+
+#endif
