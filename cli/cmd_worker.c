@@ -15,22 +15,23 @@
 #include "worker.h"
 
 static void worker_usage(FILE *f) {
-    fputs("usage: mrank worker --model DIR --listen ADDR [options]\n"
+    fprintf(f, "usage: mrank worker --model DIR --listen ADDR [options]\n"
           "  --model DIR               checkpoint folder (config.json, safetensors, tokenizer.json)\n"
           "  --adapter NAME=DIR        LoRA adapter kept unmerged, selected per request by NAME\n"
           "                            (SubArch.adapters); repeatable\n"
           "  --listen ADDR             gRPC address, e.g. 0.0.0.0:7001 or 127.0.0.1:0\n"
           "  --threads N               compute (OpenBLAS/OpenMP) threads (default: all CPUs)\n"
           "  --backend cpu|cuda|cuda-fp8  scorer backend (default cpu; cuda* need a CUDA build and a GPU)\n"
-          "  --rpc-threads N           gRPC handler threads, which tokenize (default 4)\n"
-          "  --max-batch-tokens N      tokens per model batch (default 16384)\n"
-          "  --max-wait-ms N           longest a request waits for a batch to fill (default 2)\n"
-          "  --max-inflight-tokens N   admission budget, queued + running (default 65536)\n"
+          "  --rpc-threads N           gRPC handler threads, which tokenize (default %d)\n"
+          "  --max-batch-tokens N      tokens per model batch (default %d)\n"
+          "  --max-wait-ms N           longest a request waits for a batch to fill (default %d)\n"
+          "  --max-inflight-tokens N   admission budget, queued + running (default %d)\n"
           "  --metrics-port P          Prometheus /metrics over HTTP (0 = any free port)\n"
           "  --max-len N               token budget of query + passage (default 512)\n"
           "  --prompt TEXT             instruction appended to every pair\n"
           "  --drain-ms N              on SIGTERM, how long in-flight work may finish (default 10000)\n",
-          f);
+          MR_WORKER_RPC_THREADS, MR_WORKER_MAX_BATCH_TOKENS, MR_WORKER_MAX_WAIT_MS,
+          MR_WORKER_MAX_INFLIGHT_TOKENS);
 }
 
 int mr_cmd_worker(int argc, char **argv) {

@@ -5,7 +5,8 @@
 
 int mr__admit(mr_coord *c, int tier) {
     int limit = c->cfg.max_inflight;
-    if (c->cfg.tiers[tier].priority < c->max_priority) limit = limit * 3 / 4 > 0 ? limit * 3 / 4 : 1;
+    if (c->cfg.tiers[tier].priority < c->max_priority)
+        limit = limit * 3 / 4 > 0 ? limit * 3 / 4 : 1;
     pthread_mutex_lock(&c->mu);
     int ok = c->inflight < limit;
     if (ok) c->inflight++;

@@ -42,8 +42,8 @@ static int warm_up(mr_coord *c, int p, int e) {
             grpc_status_code code;
             char msg[256];
             double t0 = mr__now_ms();
-            if (mr_rpc_unary(c->pools[p].ep[e].ch, MR_METHOD_SCORE, buf, len, 60000, &resp, &rlen, &code,
-                             msg, sizeof msg)) {
+            if (mr_rpc_unary(c->pools[p].ep[e].ch, MR_METHOD_SCORE, buf, len, 60000, &resp,
+                             &rlen, &code, msg, sizeof msg)) {
                 fprintf(stderr, "mrank coordinator: warm-up of stage '%s' on %s: %s\n", st->name,
                         c->pools[p].ep[e].target, msg);
                 return -1;
@@ -90,7 +90,8 @@ static void *probe_endpoint(void *arg) {
     size_t rlen = 0;
     grpc_status_code st;
     char msg[128];
-    int rc = mr_rpc_unary(ep->ch, MR_METHOD_WORKER_INFO, NULL, 0, 1000, &resp, &rlen, &st, msg, sizeof msg);
+    int rc = mr_rpc_unary(ep->ch, MR_METHOD_WORKER_INFO, NULL, 0, 1000, &resp, &rlen, &st, msg,
+                          sizeof msg);
     Mrank__V1__WorkerInfoResponse *wi =
         rc ? NULL : mrank__v1__worker_info_response__unpack(NULL, rlen, resp);
     free(resp);
@@ -161,7 +162,8 @@ static void probe_once(mr_coord *c) {
         mr_rpc_server_set_health(c->srv, "", all_ok);
         mr_rpc_server_set_health(c->srv, MR_SERVICE_RANKER, all_ok);
         fprintf(stderr, "mrank coordinator: %s\n",
-                all_ok ? "every pool answered: SERVING" : "a pool has no live replica: NOT_SERVING");
+                all_ok ? "every pool answered: SERVING"
+                       : "a pool has no live replica: NOT_SERVING");
     }
 }
 

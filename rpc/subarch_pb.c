@@ -9,7 +9,8 @@ void mr_subarch_to_pb(mr_subarch_pb *pb, const mr_subarch *a) {
     mrank__v1__sub_arch__init(&pb->msg);
     pb->msg.depth = (uint32_t)a->depth;
     pb->msg.compress_ratio = (uint32_t)a->ratio;
-    for (int i = 0; i < a->n_compress; i++) pb->compress_layers[i] = (uint32_t)a->compress_layers[i];
+    for (int i = 0; i < a->n_compress; i++)
+        pb->compress_layers[i] = (uint32_t)a->compress_layers[i];
     pb->msg.n_compress_layers = (size_t)a->n_compress;
     pb->msg.compress_layers = pb->compress_layers;
     pb->msg.pooling = (char *)mr_pooling_name(a->pooling);

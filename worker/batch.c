@@ -179,10 +179,7 @@ static void run_batch(mr_worker *w, int ne, int nr, long ntok) {
             if (r->next_row < r->n) unlink_locked(w, r);   /* still queued, partly taken */
             char msg[MR_ERR_MSG_LEN + 32];
             snprintf(msg, sizeof msg, "scoring failed: %s", err.msg);
-            req_fail_locked(w, r, mr_rpc_status_of(rc) == GRPC_STATUS_INVALID_ARGUMENT
-                                      ? GRPC_STATUS_INVALID_ARGUMENT
-                                      : GRPC_STATUS_INTERNAL,
-                            msg);
+            req_fail_locked(w, r, mr_rpc_status_of(rc), msg);
         } else if (r->rows_done == r->n) {
             req_answer_locked(w, r);
         }

@@ -10,97 +10,101 @@
 #include <string.h>
 
 #include "mrank.pb-c.h"
+#include "rpc_status.h"
 #include "subarch_pb.h"
 #include "worker_internal.h"
 
+/* The request's run options (checked once against the model) and max_len into r. MR_EINVAL /
+ * MR_ERANGE with a message for the client. */
 static int parse_request(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *r, int *max_len,
-                         char *msg, size_t cap) {
+                         mr_err *err) {
     const mr_model *m = &w->m;
-    mr_err err = {0};
-    if (!rq->query || !*rq->query) return snprintf(msg, cap, "query is empty"), -1;
-    if (rq->n_passages == 0) return snprintf(msg, cap, "no passages"), -1;
+    int rc;
+    if (!rq->query || !*rq->query) return mr_err_set(err, MR_EINVAL, "query is empty");
+    if (rq->n_passages == 0) return mr_err_set(err, MR_EINVAL, "no passages");
     for (size_t i = 0; i < rq->n_passages; i++)
-        if (!rq->passages[i]) return snprintf(msg, cap, "passage %zu is missing", i), -1;
+        if (!rq->passages[i]) return mr_err_set(err, MR_EINVAL, "passage %zu is missing", i);
     mr_run_opts *o = &r->run;
     mr_subarch a;
-    if (mr_subarch_from_pb(&a, rq->arch, &err) ||
-        mr_subarch_to_run_opts(&a, m, w->o.adapter_names, w->o.n_adapters, o, &err))
-        return snprintf(msg, cap, "%s", err.msg), -1;
+    if ((rc = mr_subarch_from_pb(&a, rq->arch, err)) ||
+        (rc = mr_subarch_to_run_opts(&a, m, w->o.adapter_names, w->o.n_adapters, o, err)))
+        return rc;
     if (rq->n_exits > MR_MAX_EXITS)
-        return snprintf(msg, cap, "%zu exits, at most %d", rq->n_exits, MR_MAX_EXITS), -1;
+        return mr_err_set(err, MR_EINVAL, "%zu exits, at most %d", rq->n_exits, MR_MAX_EXITS);
     if (rq->n_exits) {
         for (size_t i = 0; i < rq->n_exits; i++) {
-            if (rq->exits[i] > 100000) return snprintf(msg, cap, "exit %u out of range", rq->exits[i]), -1;
+            if (rq->exits[i] > 100000)
+                return mr_err_set(err, MR_EINVAL, "exit %u out of range", rq->exits[i]);
             o->exits[i] = (int)rq->exits[i];
         }
         o->n_exits = (int)rq->n_exits;
         if (a.depth && o->exits[o->n_exits - 1] != a.depth)
-            return snprintf(msg, cap, "last exit %d differs from arch.depth %d",
-                            o->exits[o->n_exits - 1], a.depth), -1;
+            return mr_err_set(err, MR_EINVAL, "last exit %d differs from arch.depth %d",
+                            o->exits[o->n_exits - 1], a.depth);
     }
     if (rq->n_prune > MR_MAX_PRUNE)
-        return snprintf(msg, cap, "%zu prune steps, at most %d", rq->n_prune, MR_MAX_PRUNE), -1;
+        return mr_err_set(err, MR_EINVAL, "%zu prune steps, at most %d", rq->n_prune, MR_MAX_PRUNE);
     for (size_t i = 0; i < rq->n_prune; i++) {
         const Mrank__V1__PruneStep *p = rq->prune[i];
         if (!p->top_k && !p->has_min_score)
-            return snprintf(msg, cap, "prune step %zu has neither top_k nor min_score", i), -1;
+            return mr_err_set(err, MR_EINVAL, "prune step %zu has neither top_k nor min_score", i);
         if (p->has_min_score && !isfinite(p->min_score))
-            return snprintf(msg, cap, "prune step %zu: min_score is not finite", i), -1;
+            return mr_err_set(err, MR_EINVAL, "prune step %zu: min_score is not finite", i);
         o->prune[i] = (mr_prune){.layer = (int)(p->layer > 100000 ? 100000 : p->layer),
                                  .top_k = p->top_k > 1000000000u ? 1000000000 : (int)p->top_k,
                                  .min_score = p->min_score};
         o->n_prune++;
     }
     r->alone = o->n_prune > 0;
-    if (mr_run_opts_check(o, m, &err)) return snprintf(msg, cap, "%s", err.msg), -1;
+    if ((rc = mr_run_opts_check(o, m, err))) return rc;
     *max_len = rq->max_len ? (int)(rq->max_len > 1000000 ? 1000000 : rq->max_len) : w->o.max_len;
     if (*max_len > w->o.max_len || *max_len < 8)
-        return snprintf(msg, cap, "max_len %u outside [8, %d]", rq->max_len, w->o.max_len), -1;
+        return mr_err_set(err, MR_EINVAL, "max_len %u outside [8, %d]", rq->max_len, w->o.max_len);
     return 0;
 }
 
+/* The query segment (once) and every passage segment into r, with r->tokens. MR_ENOMEM, or
+ * MR_EINVAL / MR_ERANGE with a message naming the passage. */
 static int tokenize(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *r, int max_len,
-                    char *msg, size_t cap, grpc_status_code *code) {
-    mr_err err = {0};
+                    mr_err *err) {
+    mr_err e = {0};
     int tq = 0;
     r->n = (int)rq->n_passages;
     r->p = calloc((size_t)r->n, sizeof *r->p);
     r->truncated = calloc((size_t)r->n, sizeof *r->truncated);
     r->scores = calloc((size_t)r->n * r->run.n_exits, sizeof *r->scores);
     r->depth = calloc((size_t)r->n, sizeof *r->depth);
-    *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
     if (!r->p || !r->truncated || !r->scores || !r->depth)
-        return snprintf(msg, cap, "worker out of memory"), -1;
-    *code = GRPC_STATUS_INVALID_ARGUMENT;
-    if (mr_input_query(w->m.tok, w->m.cfg.bos_token_id, rq->query, max_len, &r->q, &tq, &err))
-        return snprintf(msg, cap, "query: %s", err.msg), -1;
+        return mr_err_set(err, MR_ENOMEM, "worker out of memory");
+    int rc = mr_input_query(w->m.tok, w->m.cfg.bos_token_id, rq->query, max_len, &r->q, &tq, &e);
+    if (rc) return mr_err_set(err, rc, "query: %s", e.msg);
     if (tq && rq->truncate == MRANK__V1__TRUNCATE__TRUNCATE_NONE)
-        return snprintf(msg, cap, "query does not fit max_len %d (truncate=TRUNCATE_NONE)",
-                        max_len), -1;
+        return mr_err_set(err, MR_EINVAL, "query does not fit max_len %d (truncate=TRUNCATE_NONE)",
+                        max_len);
     r->tokens = 0;
     for (int i = 0; i < r->n; i++) {
         r->truncated[i] = tq;
-        if (mr_input_passage(w->m.tok, rq->passages[i], max_len, r->q.n, &r->p[i],
-                             &r->truncated[i], &err))
-            return snprintf(msg, cap, "passage %d: %s", i, err.msg), -1;
+        if ((rc = mr_input_passage(w->m.tok, rq->passages[i], max_len, r->q.n, &r->p[i],
+                                   &r->truncated[i], &e)))
+            return mr_err_set(err, rc, "passage %d: %s", i, e.msg);
         if (r->truncated[i] && rq->truncate == MRANK__V1__TRUNCATE__TRUNCATE_NONE)
-            return snprintf(msg, cap,
-                            "passage %d does not fit max_len %d with the query "
-                            "(truncate=TRUNCATE_NONE)", i, max_len), -1;
+            return mr_err_set(err, MR_EINVAL, "passage %d does not fit max_len %d with the query "
+                            "(truncate=TRUNCATE_NONE)", i, max_len);
         r->tokens += mr__wreq_row_tokens(w, r, i);
     }
     if (r->alone && (r->tokens > w->o.max_batch_tokens || r->n > w->max_rows))
-        return snprintf(msg, cap,
-                        "a request with a prune schedule runs as one batch: %ld tokens, "
-                        "%d passages exceed the worker's %d tokens / %d rows",
-                        r->tokens, r->n, w->o.max_batch_tokens, w->max_rows), -1;
+        return mr_err_set(err, MR_EINVAL,
+                          "a request with a prune schedule runs as one batch: %ld tokens, "
+                          "%d passages exceed the worker's %d tokens / %d rows",
+                          r->tokens, r->n, w->o.max_batch_tokens, w->max_rows);
     return 0;
 }
 
 void mr__on_score(mr_rpc_call *call, void *user) {
     mr_worker *w = user;
     double t0 = mr__now_s();
-    char msg[512];
+    char msg[MR_ERR_MSG_LEN];
+    mr_err err = {0};
     grpc_status_code code = GRPC_STATUS_INVALID_ARGUMENT;
     size_t len;
     const uint8_t *b = mr_rpc_call_request(call, &len);
@@ -116,9 +120,11 @@ void mr__on_score(mr_rpc_call *call, void *user) {
         snprintf(msg, sizeof msg, "malformed ScoreRequest");
         goto fail;
     }
-    if (parse_request(w, rq, r, &max_len, msg, sizeof msg) ||
-        tokenize(w, rq, r, max_len, msg, sizeof msg, &code))
+    if (parse_request(w, rq, r, &max_len, &err) || tokenize(w, rq, r, max_len, &err)) {
+        code = mr_rpc_status_of(err.code);
+        snprintf(msg, sizeof msg, "%s", err.msg);
         goto fail;
+    }
     mrank__v1__score_request__free_unpacked(rq, NULL);
     rq = NULL;
     if (mr_rpc_call_remaining_ms(call) <= 0) {
@@ -132,7 +138,8 @@ void mr__on_score(mr_rpc_call *call, void *user) {
     if (w->inflight + r->tokens > w->o.max_inflight_tokens) {
         long in = w->inflight;
         pthread_mutex_unlock(&w->mu);
-        snprintf(msg, sizeof msg, "worker overloaded: %ld tokens in flight, budget %d (request %ld)",
+        snprintf(msg, sizeof msg,
+                 "worker overloaded: %ld tokens in flight, budget %d (request %ld)",
                  in, w->o.max_inflight_tokens, r->tokens);
         mr__wmetrics_rejected(w->met);
         mr_rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);

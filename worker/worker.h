@@ -10,6 +10,12 @@
 #include "model.h"
 #include "mr_err.h"
 
+/* Defaults of mr_worker_opts (mr_worker_opts_default; a 0 field means the default too). */
+#define MR_WORKER_RPC_THREADS 4
+#define MR_WORKER_MAX_BATCH_TOKENS 16384
+#define MR_WORKER_MAX_WAIT_MS 2
+#define MR_WORKER_MAX_INFLIGHT_TOKENS 65536
+
 typedef struct mr_worker_opts {
     const char *model_dir;
     const char *adapter_names[MR_MAX_ADAPTERS];   /* adapter i -> bit i of adapter_mask */
@@ -18,7 +24,7 @@ typedef struct mr_worker_opts {
     const char *listen;          /* "127.0.0.1:0", "0.0.0.0:7001" */
     int rpc_threads;             /* gRPC handler threads (tokenization runs there); 0 -> 4 */
     int compute_threads;         /* OpenBLAS/OpenMP threads of the batcher; 0 -> all CPUs */
-    int max_batch_tokens;        /* 0 -> the default (worker_internal.h) */
+    int max_batch_tokens;        /* 0 -> MR_WORKER_MAX_BATCH_TOKENS */
     int max_wait_ms;             /* < 0 -> 2 */
     int max_inflight_tokens;     /* 0 -> 65536 */
     int metrics_port;            /* -1 off, 0 any free port */

@@ -20,14 +20,6 @@
 #include "rpc.h"
 #include "worker.h"
 
-#define MR_WORKER_VERSION "mrank-worker 0.1"
-
-/* Defaults of mr_worker_opts (worker.h) */
-#define MR_WORKER_RPC_THREADS 4
-#define MR_WORKER_MAX_BATCH_TOKENS 16384
-#define MR_WORKER_MAX_WAIT_MS 2
-#define MR_WORKER_MAX_INFLIGHT_TOKENS 65536
-
 typedef struct mr__wmetrics mr__wmetrics;   /* worker_metrics.c */
 
 /* One admitted Score request. */
