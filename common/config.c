@@ -94,30 +94,29 @@ static int cfg_str(const cfg_ctx *x, const char *key, const char **out) {
 /* ------------------------------------------------------------------------------------------ */
 /* architecture, activation, dtype                                                            */
 
-static int arch_from_model_type(const char *s, mr_arch *out) {
-    static const struct { const char *name; mr_arch arch; } types[] = {
-        {"mistral", MR_ARCH_LLAMA}, {"llama", MR_ARCH_LLAMA}, {"cost_wise_mistral", MR_ARCH_LLAMA},
-        {"qwen2", MR_ARCH_QWEN2},   {"gemma2", MR_ARCH_GEMMA2}, {"cost_wise_gemma", MR_ARCH_GEMMA2},
-    };
-    for (size_t i = 0; s && i < sizeof types / sizeof types[0]; i++)
-        if (strcmp(s, types[i].name) == 0) {
-            *out = types[i].arch;
-            return 0;
-        }
-    return -1;
-}
+/* The architectures we load, by config.json model_type and by transformers class name. */
+static const struct arch_name {
+    const char *model_type, *cls;
+    mr_arch arch;
+} known_archs[] = {
+    {"mistral", "MistralForCausalLM", MR_ARCH_LLAMA},
+    {"llama", "LlamaForCausalLM", MR_ARCH_LLAMA},
+    {"cost_wise_mistral", "CostWiseMistralForCausalLM", MR_ARCH_LLAMA},
+    {"qwen2", "Qwen2ForCausalLM", MR_ARCH_QWEN2},
+    {"gemma2", "Gemma2ForCausalLM", MR_ARCH_GEMMA2},
+    {"cost_wise_gemma", "CostWiseGemmaForCausalLM", MR_ARCH_GEMMA2},
+};
 
-static int arch_from_class(const char *s, mr_arch *out) {
-    static const struct { const char *name; mr_arch arch; } classes[] = {
-        {"MistralForCausalLM", MR_ARCH_LLAMA},     {"LlamaForCausalLM", MR_ARCH_LLAMA},
-        {"CostWiseMistralForCausalLM", MR_ARCH_LLAMA}, {"Qwen2ForCausalLM", MR_ARCH_QWEN2},
-        {"Gemma2ForCausalLM", MR_ARCH_GEMMA2},     {"CostWiseGemmaForCausalLM", MR_ARCH_GEMMA2},
-    };
-    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++)
-        if (strcmp(s, classes[i].name) == 0) {
-            *out = classes[i].arch;
+/* A lookup, not an error: 0 and *out set when s (a model_type, or a class name when by_class)
+ * is known, -1 when s is NULL or unknown; parse_arch reports. */
+static int arch_lookup(const char *s, int by_class, mr_arch *out) {
+    for (size_t i = 0; s && i < sizeof known_archs / sizeof known_archs[0]; i++) {
+        const struct arch_name *a = &known_archs[i];
+        if (strcmp(s, by_class ? a->cls : a->model_type) == 0) {
+            *out = a->arch;
             return 0;
         }
+    }
     return -1;
 }
 
@@ -128,7 +127,7 @@ static int parse_arch(const cfg_ctx *x, mr_config *c) {
     if (rc)
         return rc;
     snprintf(c->model_type, sizeof c->model_type, "%s", mt ? mt : "");
-    if (arch_from_model_type(mt, &c->arch) == 0)
+    if (arch_lookup(mt, 0, &c->arch) == 0)
         return 0;
     const cJSON *archs = cfg_item(x, "architectures");
     const char *first = "";
@@ -137,7 +136,7 @@ static int parse_arch(const cfg_ctx *x, mr_config *c) {
             continue;
         if (!first[0])
             first = a->valuestring;
-        if (arch_from_class(a->valuestring, &c->arch) == 0)
+        if (arch_lookup(a->valuestring, 1, &c->arch) == 0)
             return 0;
     }
     return mr_err_set(x->err, MR_EUNSUPPORTED,

@@ -834,6 +834,22 @@ static int load_pattern(ld *L, const cJSON *o, const char *where, pcre2_code **r
     return 0;
 }
 
+/* A "Sequence" normalizer or pre-tokenizer: every element of o[key] through one(), which
+ * names it where.key[i] in its messages. */
+static int load_sequence(ld *L, const cJSON *o, const char *where, const char *key,
+                         int (*one)(ld *, const cJSON *, const char *)) {
+    const cJSON *arr = jget(o, key), *it;
+    char sub[128];
+    if (!cJSON_IsArray(arr))
+        return mr_err_set(L->err, MR_EFORMAT, "%s: %s.%s: expected an array", L->path, where, key);
+    int i = 0, rc;
+    cJSON_ArrayForEach(it, arr) {
+        snprintf(sub, sizeof sub, "%s.%s[%d]", where, key, i++);
+        if ((rc = one(L, it, sub))) return rc;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ loading: normalizer */
 
 static int add_norm(ld *L, normalizer nz) {
@@ -847,21 +863,10 @@ static int add_norm(ld *L, normalizer nz) {
 
 static int load_normalizer(ld *L, const cJSON *o, const char *where) {
     const char *type, *str;
-    char sub[128];
     if (jnull(o)) return 0;
     int rc = need_type(L, o, where, &type);
     if (rc) return rc;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *arr = jget(o, "normalizers"), *it;
-        if (!cJSON_IsArray(arr))
-            return mr_err_set(L->err, MR_EFORMAT, "%s: %s.normalizers: expected an array", L->path, where);
-        int i = 0;
-        cJSON_ArrayForEach(it, arr) {
-            snprintf(sub, sizeof sub, "%s.normalizers[%d]", where, i++);
-            if ((rc = load_normalizer(L, it, sub))) return rc;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0) return load_sequence(L, o, where, "normalizers", load_normalizer);
     normalizer nz = {0};
     if (strcmp(type, "Prepend") == 0) {
         if ((rc = jstr(L, o, "prepend", where, &str))) return rc;
@@ -942,21 +947,10 @@ static int load_metaspace(ld *L, const cJSON *o, const char *where, pretok *p) {
 
 static int load_pretok(ld *L, const cJSON *o, const char *where) {
     const char *type;
-    char sub[128];
     if (jnull(o)) return 0;
     int rc = need_type(L, o, where, &type);
     if (rc) return rc;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *arr = jget(o, "pretokenizers"), *it;
-        if (!cJSON_IsArray(arr))
-            return mr_err_set(L->err, MR_EFORMAT, "%s: %s.pretokenizers: expected an array", L->path, where);
-        int i = 0;
-        cJSON_ArrayForEach(it, arr) {
-            snprintf(sub, sizeof sub, "%s.pretokenizers[%d]", where, i++);
-            if ((rc = load_pretok(L, it, sub))) return rc;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0) return load_sequence(L, o, where, "pretokenizers", load_pretok);
     pretok p = {0};
     if (strcmp(type, "Split") == 0) rc = load_split(L, o, where, &p);
     else if (strcmp(type, "Metaspace") == 0) rc = load_metaspace(L, o, where, &p);
