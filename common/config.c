@@ -428,6 +428,12 @@ int mr_config_validate(const mr_config *c, const char *path, mr_err *err) {
 /* ------------------------------------------------------------------------------------------ */
 /* saving                                                                                     */
 
+/* The add_* helpers return 0, or MR_ENOMEM when cJSON cannot allocate the item; config_json
+ * turns any failure into NULL, which mr_config_save reports. */
+static int added(const cJSON *item) {
+    return item ? 0 : MR_ENOMEM;
+}
+
 /* Shortest decimal that reads back as the same float, so 1e-6f is written 1e-06 rather than
  * 9.99999997e-07 and the round trip stays exact. Whole numbers get ".0": transformers 5 checks
  * float fields strictly (a gemma2 "final_logit_softcapping": 30 is refused). */
@@ -439,29 +445,29 @@ static int add_float(cJSON *o, const char *key, float v) {
             break;
     }
     if (!strpbrk(num, ".eE")) strcat(num, ".0");
-    return cJSON_AddRawToObject(o, key, num) ? 0 : -1;
+    return added(cJSON_AddRawToObject(o, key, num));
 }
 
 /* transformers tests soft-capping with "is not None": 0 must be written as null, not 0. */
 static int add_cap(cJSON *o, const char *key, float v) {
-    return v > 0 ? add_float(o, key, v) : cJSON_AddNullToObject(o, key) ? 0 : -1;
+    return v > 0 ? add_float(o, key, v) : added(cJSON_AddNullToObject(o, key));
 }
 
 static int add_int(cJSON *o, const char *key, int v) {
-    return cJSON_AddNumberToObject(o, key, v) ? 0 : -1;
+    return added(cJSON_AddNumberToObject(o, key, v));
 }
 
 static int add_bool(cJSON *o, const char *key, int v) {
-    return cJSON_AddBoolToObject(o, key, v != 0) ? 0 : -1;
+    return added(cJSON_AddBoolToObject(o, key, v != 0));
 }
 
 static int add_str(cJSON *o, const char *key, const char *v) {
-    return cJSON_AddStringToObject(o, key, v) ? 0 : -1;
+    return added(cJSON_AddStringToObject(o, key, v));
 }
 
 static int add_window(cJSON *o, int w) {
-    return (w ? cJSON_AddNumberToObject(o, "sliding_window", w)
-              : cJSON_AddNullToObject(o, "sliding_window")) ? 0 : -1;
+    return added(w ? cJSON_AddNumberToObject(o, "sliding_window", w)
+                   : cJSON_AddNullToObject(o, "sliding_window"));
 }
 
 static const char *dtype_torch_name(mr_dtype dt) {
@@ -473,7 +479,8 @@ static int add_int_or_float(cJSON *o, const char *key, float v) {
     return v == (float)(int)v ? add_int(o, key, (int)v) : add_float(o, key, v);
 }
 
-/* Keys only one architecture's transformers class reads. */
+/* Keys only one architecture's transformers class reads; 0 or MR_ENOMEM (c->arch was
+ * validated by mr_config_save). */
 static int add_arch_keys(cJSON *o, const mr_config *c) {
     const char *act = c->act == MR_ACT_SILU ? "silu" : "gelu_pytorch_tanh";
     /* transformers' Gemma2 needs a window (its layers alternate); a window of max_pos is
@@ -482,20 +489,23 @@ static int add_arch_keys(cJSON *o, const mr_config *c) {
     int bad = add_str(o, "hidden_act", act) || add_window(o, w);
     switch (c->arch) {
     case MR_ARCH_LLAMA:
-        return bad || add_bool(o, "attention_bias", c->attn_bias);
+        bad = bad || add_bool(o, "attention_bias", c->attn_bias);
+        break;
     case MR_ARCH_QWEN2:
-        return bad || add_bool(o, "use_sliding_window", c->sliding_window > 0) ||
-               add_bool(o, "attention_bias", c->attn_bias);
+        bad = bad || add_bool(o, "use_sliding_window", c->sliding_window > 0) ||
+              add_bool(o, "attention_bias", c->attn_bias);
+        break;
     case MR_ARCH_GEMMA2:
-        return bad || add_str(o, "hidden_activation", act) ||
-               add_bool(o, "attention_bias", c->attn_bias) ||
-               add_cap(o, "attn_logit_softcapping", c->attn_softcap) ||
-               add_cap(o, "final_logit_softcapping", c->final_softcap) ||
-               add_int_or_float(o, "query_pre_attn_scalar",
-                                c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar
-                                                             : (float)c->head_dim);
+        bad = bad || add_str(o, "hidden_activation", act) ||
+              add_bool(o, "attention_bias", c->attn_bias) ||
+              add_cap(o, "attn_logit_softcapping", c->attn_softcap) ||
+              add_cap(o, "final_logit_softcapping", c->final_softcap) ||
+              add_int_or_float(o, "query_pre_attn_scalar",
+                               c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar
+                                                            : (float)c->head_dim);
+        break;
     }
-    return -1;
+    return bad ? MR_ENOMEM : 0;
 }
 
 /* MistralConfig has no attention_bias: a llama-family model with q/k/v bias is saved as llama,

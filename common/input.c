@@ -28,8 +28,9 @@ int mr_input_query(const mr_tokenizer *t, int32_t bos, const char *query, int ma
     if (max_len < 8) return mr_err_set(err, MR_EINVAL, "max_len %d is too small", max_len);
     int rc;
     out->n = 0;
-    if ((rc = mr_ids_push(out, bos)) ||
-        (rc = encode_prefixed(t, "A: ", query, (long)max_len * 3 / 4, out, truncated, err)))
+    if (mr_ids_push(out, bos))
+        return mr_err_set(err, MR_ENOMEM, "out of memory for the query segment");
+    if ((rc = encode_prefixed(t, "A: ", query, (long)max_len * 3 / 4, out, truncated, err)))
         return rc;
     return encode_prefixed(t, "", "\n", -1, out, NULL, err);
 }

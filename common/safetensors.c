@@ -196,13 +196,14 @@ void mr_from_f32(void *dst, const float *src, mr_dtype dt, size_t n) {
 /* ------------------------------------------------------------------------------------------ */
 /* header parsing                                                                             */
 
-/* A JSON number that is an exact non-negative integer (JSON doubles lose precision past 2^53). */
+/* A JSON number that is an exact non-negative integer (JSON doubles lose precision past 2^53):
+ * 0, or MR_EFORMAT without a message (the caller names the field). */
 static int json_u64(const cJSON *v, uint64_t *out) {
     if (!cJSON_IsNumber(v))
-        return -1;
+        return MR_EFORMAT;
     double d = v->valuedouble;
     if (!(d >= 0 && d <= ST_MAX_EXACT) || d != floor(d))
-        return -1;
+        return MR_EFORMAT;
     *out = (uint64_t)d;
     return 0;
 }
@@ -832,12 +833,16 @@ int mr_st_writer_declare(mr_st_writer *w, const char *name, mr_dtype dt, int ndi
     return 0;
 }
 
-/* Adds an integer as a raw JSON number: cJSON would print offsets past 2^31 as %g. */
+/* Adds an integer as a raw JSON number (cJSON would print offsets past 2^31 as %g): 0, or
+ * MR_ENOMEM when cJSON cannot allocate (build_header reports it). */
 static int add_raw_u64(cJSON *arr, uint64_t v) {
     char num[24];
     snprintf(num, sizeof num, "%llu", (unsigned long long)v);
     cJSON *item = cJSON_CreateRaw(num);
-    return item && cJSON_AddItemToArray(arr, item) ? 0 : -1;
+    if (item && cJSON_AddItemToArray(arr, item))
+        return 0;
+    cJSON_Delete(item);
+    return MR_ENOMEM;
 }
 
 static cJSON *header_entry(const wdecl *d, uint64_t begin, uint64_t end) {

@@ -297,8 +297,8 @@ static int norm_utf8proc(const char *s, size_t n, utf8proc_option_t opt, sbuf *o
     if (n == 0) return 0;
     utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
                                       opt | UTF8PROC_STABLE);
-    if (r < 0) return mr_err_set(err, MR_EINVAL, "tokenizer: normalization failed: %s",
-                                 utf8proc_errmsg(r));
+    if (r < 0) return mr_err_set(err, r == UTF8PROC_ERROR_NOMEM ? MR_ENOMEM : MR_EINVAL,
+                                 "tokenizer: normalization failed: %s", utf8proc_errmsg(r));
     int rc = sb_put(out, dst, (size_t)r);
     free(dst);
     return rc ? mr_err_set(err, MR_ENOMEM, "tokenizer: out of memory") : 0;
@@ -996,11 +996,11 @@ static int load_vocab(ld *L, const cJSON *vocab) {
             return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
     }
     int32_t max = -1;
+    int rc = 0;
     for (size_t i = 0; i < t->vocab.n; i++) max = t->vocab.val[i] > max ? t->vocab.val[i] : max;
-    if (max >= 0 && set_id_tok(L, max, NULL)) return MR_ENOMEM;
-    for (size_t i = 0; i < t->vocab.n; i++)
-        if (set_id_tok(L, t->vocab.val[i], t->vocab.key[i])) return MR_ENOMEM;
-    return 0;
+    if (max >= 0) rc = set_id_tok(L, max, NULL);
+    for (size_t i = 0; rc == 0 && i < t->vocab.n; i++) rc = set_id_tok(L, t->vocab.val[i], t->vocab.key[i]);
+    return rc;
 }
 
 /* One merge, "a b" (split at the first space) or ["a", "b"] -> (ids) -> rank, id of a+b. */
@@ -1163,21 +1163,25 @@ static int load_added(ld *L, const cJSON *arr) {
 
 /* ------------------------------------------------------------------ load / free */
 
-static char *read_file(const char *path, size_t *len, mr_err *err) {
+/* The whole file in *out (NUL-terminated, the caller frees it), its size in *len. */
+static int read_file(const char *path, char **out, size_t *len, mr_err *err) {
     FILE *f = fopen(path, "rb");
-    if (!f) { mr_err_errno(err, "%s: open", path); return NULL; }
+    if (!f) return mr_err_errno(err, "%s: open", path);
     char *buf = NULL;
     size_t n = 0, cap = 0, r;
+    int rc = 0;
     do {
-        if (grow((void **)&buf, &cap, n + 65536 + 1, 1)) { fclose(f); free(buf); mr_err_set(err, MR_ENOMEM, "%s: out of memory", path); return NULL; }
+        if (grow((void **)&buf, &cap, n + 65536 + 1, 1)) { rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path); break; }
         r = fread(buf + n, 1, cap - n - 1, f);
         n += r;
     } while (r > 0);
-    if (ferror(f)) { mr_err_errno(err, "%s: read", path); fclose(f); free(buf); return NULL; }
+    if (rc == 0 && ferror(f)) rc = mr_err_errno(err, "%s: read", path);
     fclose(f);
+    if (rc) { free(buf); return rc; }
     buf[n] = 0;
+    *out = buf;
     *len = n;
-    return buf;
+    return 0;
 }
 
 static void byte_table(mr_tokenizer *t) {   /* GPT-2 bytes_to_unicode */
@@ -1207,9 +1211,10 @@ static int load_json(ld *L, const cJSON *root) {
 int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err) {
     if (!out || !path) return mr_err_set(err, MR_EINVAL, "tokenizer: NULL argument");
     *out = NULL;
-    size_t len;
-    char *buf = read_file(path, &len, err);
-    if (!buf) return err ? err->code : MR_EIO;
+    size_t len = 0;
+    char *buf = NULL;
+    int rc = read_file(path, &buf, &len, err);
+    if (rc) return rc;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
     if (!root) {
@@ -1223,7 +1228,7 @@ int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err) {
     t->unk_id = -1;
     byte_table(t);
     ld L = {path, err, t};
-    int rc = load_json(&L, root);
+    rc = load_json(&L, root);
     cJSON_Delete(root);
     if (rc) { mr_tokenizer_free(t); return rc; }
     *out = t;
