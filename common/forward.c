@@ -80,6 +80,11 @@ int mr_run_opts_check(const mr_run_opts *o, const mr_model *m, mr_err *err) {
     return 0;
 }
 
+/* Aligned f32 matrices are used in place; any other goes through a wbuf copy (weight_f32). */
+static int usable_in_place(const mr_tensor *t) {
+    return t->dtype == MR_DT_F32 && ((uintptr_t)t->data & 3) == 0;
+}
+
 static size_t max_matrix(const mr_config *c) {
     size_t qd = (size_t)c->n_heads * c->head_dim, a = (size_t)c->d_ff * c->d_model;
     size_t b = qd * c->d_model;
@@ -99,26 +104,28 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
     c->max_len = max_len;
     size_t T = (size_t)max_tokens, d = (size_t)k->d_model;
     size_t qd = (size_t)k->n_heads * k->head_dim, kvd = (size_t)k->n_kv_heads * k->head_dim;
-    int max_rank = 0;
+    int max_rank = 0, all_in_place = 1;
     for (int i = 0; i < k->n_layers; i++) {
         const mr_layer *L = &m->layers[i];
         const mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-        for (int j = 0; j < 7; j++)
+        for (int j = 0; j < 7; j++) {
+            /* by tensor, not by config dtype: a checkpoint may mix dtypes */
+            all_in_place &= usable_in_place(lins[j]->w);
             for (int a = 0; a < lins[j]->n_lora; a++)
                 if (lins[j]->lora[a].rank > max_rank) max_rank = lins[j]->lora[a].rank;
+        }
     }
     /* MLP chunks keep the (chunk, dff) activations in cache and bound their memory */
     size_t ff_chunk = T < MR_FF_CHUNK ? T : MR_FF_CHUNK;
-    int all_f32 = m->embed->dtype == MR_DT_F32 && k->dtype == MR_DT_F32;
     int ok = (c->x = malloc(4 * T * d)) && (c->xn = malloc(4 * T * d)) &&
              (c->q = malloc(4 * T * qd)) && (c->k = malloc(4 * T * kvd)) &&
              (c->v = malloc(4 * T * kvd)) && (c->att = malloc(4 * T * qd)) &&
              (c->ff_a = malloc(4 * ff_chunk * k->d_ff)) &&
              (c->ff_b = malloc(4 * ff_chunk * k->d_ff)) &&
              (!max_rank || (c->lora_tmp = malloc(4 * T * max_rank))) &&
-             (all_f32 || ((c->wbuf[0] = malloc(4 * max_matrix(k))) &&
-                          (c->wbuf[1] = malloc(4 * max_matrix(k))) &&
-                          (c->wbuf[2] = malloc(4 * max_matrix(k))))) &&
+             (all_in_place || ((c->wbuf[0] = malloc(4 * max_matrix(k))) &&
+                               (c->wbuf[1] = malloc(4 * max_matrix(k))) &&
+                               (c->wbuf[2] = malloc(4 * max_matrix(k))))) &&
              (c->rope = malloc(4 * (size_t)max_len * k->head_dim)) &&
              (c->attn_scratch = malloc(4 * mr_attention_scratch(max_len, k->head_dim))) &&
              (c->last_probs = malloc(4 * T)) && (c->tmp_d = malloc(4 * d)) &&
@@ -140,9 +147,9 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
 
 void mr_ctx_close(mr_ctx *c) {
     void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->ff_a, c->ff_b, c->lora_tmp,
-                    c->wbuf[0], c->wbuf[1], c->wbuf[2], c->rope, c->attn_scratch, c->last_probs, c->tmp_d, c->head_tmp,
-                    c->pos, c->off, c->len, c->nq, c->np, c->ns, c->row_id, c->q_off,
-                    c->q_from, c->order, c->row_score};
+                    c->wbuf[0], c->wbuf[1], c->wbuf[2], c->rope, c->attn_scratch, c->last_probs,
+                    c->tmp_d, c->head_tmp, c->pos, c->off, c->len, c->nq, c->np, c->ns,
+                    c->row_id, c->q_off, c->q_from, c->order, c->row_score};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -150,7 +157,7 @@ void mr_ctx_close(mr_ctx *c) {
 /* The f32 view of a weight matrix: in place for aligned f32, else converted into
  * c->wbuf[slot]. */
 static const float *weight_f32(mr_ctx *c, const mr_tensor *t, int slot) {
-    if (t->dtype == MR_DT_F32 && ((uintptr_t)t->data & 3) == 0) return t->data;
+    if (usable_in_place(t)) return t->data;
     size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 1 << 16;
     size_t n_chunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for schedule(static)
@@ -412,7 +419,8 @@ static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows) {
 int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o,
                    float *scores, int *depth, mr_err *err) {
     int rc;
-    if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = mr_rows_check(c->m, rows, n_rows, c->max_rows, c->max_len, c->max_tokens, err)))
+    if ((rc = mr_run_opts_check(o, c->m, err)) ||
+        (rc = mr_rows_check(c->m, rows, n_rows, c->max_rows, c->max_len, c->max_tokens, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
     if (n_rows == 0) return 0;
