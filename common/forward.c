@@ -7,7 +7,6 @@
  * compression and pruning rewrite that layout in place, front to back, which is safe because
  * every token only moves towards the start. mr_ctx_init sizes every buffer once;
  * mr_model_score allocates nothing. Semantics: matryoshka-method.md sections 3-5. */
-#define _GNU_SOURCE /* qsort_r */
 #include "kernels.h"
 #include "model.h"
 
@@ -306,19 +305,34 @@ static void score_exit(mr_ctx *c, int e, int n_rows, const mr_run_opts *o, float
     }
 }
 
-typedef struct prune_keys {
-    const float *score;
-    const int32_t *row_id;
-} prune_keys;
+/* 1 when row a ranks before row b: higher score first (NaN lowest), then lower row_id. Row ids
+ * are distinct, so this is a strict total order and any correct sort ranks the same. */
+static int ranks_before(const float *score, const int32_t *row_id, int32_t a, int32_t b) {
+    float sa = isnan(score[a]) ? -INFINITY : score[a], sb = isnan(score[b]) ? -INFINITY : score[b];
+    return sa != sb ? sa > sb : row_id[a] < row_id[b];
+}
 
-static int by_score_desc(const void *pa, const void *pb, void *ctx) {
-    const prune_keys *k = ctx;
-    int a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    float sa = k->score[a], sb = k->score[b];
-    if (isnan(sa)) sa = -INFINITY;
-    if (isnan(sb)) sb = -INFINITY;
-    if (sa != sb) return sa > sb ? -1 : 1;
-    return k->row_id[a] - k->row_id[b];
+/* Heapsort of order (n) by ranks_before, in place: qsort_r may malloc (glibc's merge sort does
+ * past 1 KB), and the scoring pass allocates nothing. */
+static void rank_rows(const float *score, const int32_t *row_id, int32_t *order, int n) {
+    for (int end = n, start = n / 2; end > 1;) {
+        int root;
+        if (start > 0) {
+            root = --start;                    /* building the heap: the last-ranked on top */
+        } else {
+            int32_t t = order[0];              /* move the last-ranked to the end */
+            order[0] = order[--end];
+            order[end] = t;
+            root = 0;
+        }
+        for (int c; (c = 2 * root + 1) < end; root = c) {
+            if (c + 1 < end && ranks_before(score, row_id, order[c], order[c + 1])) c++;
+            if (!ranks_before(score, row_id, order[root], order[c])) break;
+            int32_t t = order[root];
+            order[root] = order[c];
+            order[c] = t;
+        }
+    }
 }
 
 void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_prune *p,
@@ -328,8 +342,7 @@ void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_
         keep[r] = p->top_k == 0 && score[r] >= p->min_score;
     }
     if (p->top_k > 0) {
-        prune_keys k = {score, row_id};
-        qsort_r(order, (size_t)n, sizeof *order, by_score_desc, &k);
+        rank_rows(score, row_id, order, n);
         for (int i = 0; i < n && i < p->top_k; i++) keep[order[i]] = 1;
     }
 }
