@@ -261,8 +261,8 @@ int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_er
         return mr_err_set(err, MR_EINVAL, "model path too long: %s", dir);
     strcpy(m->dir, dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if ((rc = mr_config_load(&m->cfg, path, err))) return rc;
-    if ((rc = mr_st_open_dir(&m->st, dir, err))) goto fail;
+    if ((rc = mr_config_load(&m->cfg, path, err)) || (rc = mr_st_open_dir(&m->st, dir, err)))
+        goto fail;
     const mr_config *c = &m->cfg;
     if ((rc = get_tensor(m, "model.embed_tokens.weight", c->vocab_size, c->d_model, &m->embed,
                          err)) ||
