@@ -1,5 +1,6 @@
 /* safetensors.c: validated, memory-mapped reading of safetensors checkpoints (single file,
  * index.json shards or a folder of *.safetensors), dtype conversion and a streaming writer.
+ * It knows the file format only, never what a tensor is for (model.c, lora.c bind names).
  *
  * A file is mapped whole with MAP_PRIVATE/PROT_READ and only its JSON header is copied and
  * parsed; tensor data stays in the page cache until touched, so opening a 14 GB checkpoint is
@@ -8,8 +9,8 @@
  * checkpoints come from the network and the rest of the engine indexes the data blindly.
  *
  * Alignment: safetensors offsets are arbitrary, so tensor data may sit at any byte address.
- * Users must not assume alignment beyond 1 for F16/BF16 nor beyond 1 for F32; mr_to_f32 and
- * mr_from_f32 use memcpy-style loads/stores and are the safe way to read them. Files written
+ * Users must not assume any alignment, F32 included; mr_to_f32 and mr_from_f32 use
+ * memcpy-style loads/stores and are the safe way to read them. Files written
  * by mr_st_writer pad the header so that the data region starts at a multiple of 8. */
 #include "safetensors.h"
 

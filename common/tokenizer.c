@@ -131,7 +131,7 @@ static void smap_free(smap *m) {
     memset(m, 0, sizeof *m);
 }
 
-/* Index of the entry for s, or -1. */
+/* Lookups, not errors: the index of the entry for s, or -1 when absent. */
 static int32_t smap_find(const smap *m, const char *s, size_t n) {
     if (!m->slot) return -1;
     for (size_t h = fnv(s, n) & m->mask;; h = (h + 1) & m->mask) {
@@ -141,6 +141,7 @@ static int32_t smap_find(const smap *m, const char *s, size_t n) {
     }
 }
 
+/* The value stored for s, or -1 when absent. */
 static int32_t smap_get(const smap *m, const char *s, size_t n) {
     int32_t e = smap_find(m, s, n);
     return e < 0 ? -1 : m->val[e];
@@ -192,7 +193,7 @@ static void imap_put(imap *m, uint64_t key, uint32_t a, int32_t b) {
     m->b[h] = b;
 }
 
-/* Slot of key, or -1. */
+/* Slot of key, or -1 when absent (a lookup). */
 static long imap_find(const imap *m, uint64_t key) {
     if (!m->key) return -1;
     for (size_t h = mix(key + 1) & m->mask; m->key[h]; h = (h + 1) & m->mask)
