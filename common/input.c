@@ -1,4 +1,8 @@
-/* input.c: builds the query segment, passage segment and suffix of a model input (input.h). */
+/* input.c: builds the query segment, passage segment and suffix of a model input (input.h).
+ *
+ * Each part is tok(prefix + text) with the tokenizer's own rules and no special tokens except
+ * the BOS it is given; truncation keeps a prefix of a part's tokens. It does not pack rows or
+ * know the model: its callers (`mrank score`, `mrank eval`, the worker) make mr_rows of them. */
 #include "input.h"
 
 #include <stdlib.h>

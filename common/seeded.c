@@ -1,4 +1,8 @@
-/* seeded.c: seeded Hugging Face checkpoints (see seeded.h). */
+/* seeded.c: seeded Hugging Face checkpoints (see seeded.h).
+ *
+ * Lists every tensor of the shape in file order (build_specs), then streams each one from its
+ * own splitmix64 generator through mr_st_writer in 1M-float chunks; config.json comes from
+ * mr_config_save. It never loads or checks a model: mr_model_load reads what it wrote. */
 #include "seeded.h"
 
 #include <math.h>
