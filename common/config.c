@@ -9,13 +9,14 @@
  * native Mistral/Qwen2/Gemma2 classes, plus our layer-wise keys. */
 #include "config.h"
 
+#include "textfile.h"
+
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define CFG_MAX_BYTES (16u * 1024 * 1024)
 #define CFG_MAX_LAYERS 1024
@@ -91,6 +92,16 @@ static int cfg_str(const cfg_ctx *x, const char *key, const char **out) {
     return 0;
 }
 
+/* Two spellings of one string key, the first present wins: *key is the spelling read (the
+ * second when both are absent, *out NULL then), for messages. */
+static int cfg_str_either(const cfg_ctx *x, const char *first, const char *second,
+                          const char **key, const char **out) {
+    int rc = cfg_str(x, *key = first, out);
+    if (!rc && !*out)
+        rc = cfg_str(x, *key = second, out);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* architecture, activation, dtype                                                            */
 
@@ -146,10 +157,8 @@ static int parse_arch(const cfg_ctx *x, mr_config *c) {
 }
 
 static int parse_act(const cfg_ctx *x, mr_config *c) {
-    const char *key = "hidden_activation", *s;
-    int rc = cfg_str(x, key, &s);
-    if (!rc && !s)
-        rc = cfg_str(x, key = "hidden_act", &s);
+    const char *key, *s;
+    int rc = cfg_str_either(x, "hidden_activation", "hidden_act", &key, &s);
     if (rc)
         return rc;
     if (!s)
@@ -167,10 +176,8 @@ static int parse_act(const cfg_ctx *x, mr_config *c) {
 
 /* transformers 5 writes "dtype", older versions "torch_dtype"; the newer key wins. */
 static int parse_dtype_key(const cfg_ctx *x, mr_config *c) {
-    const char *key = "dtype", *s;
-    int rc = cfg_str(x, key, &s);
-    if (!rc && !s)
-        rc = cfg_str(x, key = "torch_dtype", &s);
+    const char *key, *s;
+    int rc = cfg_str_either(x, "dtype", "torch_dtype", &key, &s);
     if (rc)
         return rc;
     c->dtype = MR_DT_F32;
@@ -297,43 +304,19 @@ static int parse_all(const cfg_ctx *x, mr_config *c) {
     return 0;
 }
 
-static int read_text(const char *path, char **out, mr_err *err) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mr_err_errno(err, "open %s", path);
-    int rc = 0;
-    struct stat st;
-    char *buf = NULL;
-    if (fstat(fileno(fp), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > CFG_MAX_BYTES) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: not a regular file under %u bytes", path,
-                        CFG_MAX_BYTES);
-        goto cleanup;
-    }
-    if (!(buf = malloc((size_t)st.st_size + 1))) {
-        rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
-        goto cleanup;
-    }
-    size_t got = fread(buf, 1, (size_t)st.st_size, fp);
-    buf[got] = 0;
-    if (got != (size_t)st.st_size || memchr(buf, 0, got)) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: short read or NUL byte", path);
-        goto cleanup;
-    }
-    *out = buf;
-    buf = NULL;
-cleanup:
-    free(buf);
-    fclose(fp);
-    return rc;
-}
-
 int mr_config_load(mr_config *c, const char *path, mr_err *err) {
     memset(c, 0, sizeof *c);
     char *text = NULL;
-    int rc = read_text(path, &text, err);
+    size_t len;
+    int rc = mr__read_text(path, CFG_MAX_BYTES, &text, &len, err);
     if (rc)
         return rc;
-    cJSON *root = cJSON_Parse(text);
+    cJSON *root = NULL;
+    if (memchr(text, 0, len)) { /* cJSON would stop there and accept a prefix */
+        rc = mr_err_set(err, MR_EFORMAT, "%s: NUL byte in the text", path);
+        goto cleanup;
+    }
+    root = cJSON_Parse(text);
     if (!cJSON_IsObject(root)) {
         rc = mr_err_set(err, MR_EFORMAT, "%s: not a JSON object", path);
         goto cleanup;

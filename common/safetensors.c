@@ -14,6 +14,8 @@
  * by mr_st_writer pad the header so that the data region starts at a multiple of 8. */
 #include "safetensors.h"
 
+#include "textfile.h"
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -503,35 +505,6 @@ static int str_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int read_small_file(const char *path, size_t limit, char **out, mr_err *err) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mr_err_errno(err, "open %s", path);
-    int rc = 0;
-    char *buf = NULL;
-    struct stat st;
-    if (fstat(fileno(fp), &st) < 0 || (uint64_t)st.st_size > limit) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: missing or larger than %zu bytes", path, limit);
-        goto cleanup;
-    }
-    if (!(buf = malloc((size_t)st.st_size + 1))) {
-        rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
-        goto cleanup;
-    }
-    size_t got = fread(buf, 1, (size_t)st.st_size, fp);
-    if (got != (size_t)st.st_size) {
-        rc = mr_err_set(err, MR_EIO, "%s: short read", path);
-        goto cleanup;
-    }
-    buf[got] = 0;
-    *out = buf;
-    buf = NULL;
-cleanup:
-    free(buf);
-    fclose(fp);
-    return rc;
-}
-
 /* Shard names come from a downloaded file: keep them inside the folder. */
 static int shard_name_ok(const char *s) {
     return s[0] && !strchr(s, '/') && !strstr(s, "..");
@@ -586,7 +559,7 @@ static int open_index(mr_st_set *set, const char *dir, const char *ipath, mr_err
     const char **shards = NULL;
     size_t n_shards = 0;
     cJSON *root = NULL;
-    int rc = read_small_file(ipath, ST_MAX_INDEX, &text, err);
+    int rc = mr__read_text(ipath, ST_MAX_INDEX, &text, NULL, err);
     if (rc)
         return rc;
     root = cJSON_Parse(text);

@@ -17,6 +17,8 @@
  * one tokenizer may be shared by many threads. Nothing is cached globally. */
 #include "tokenizer.h"
 
+#include "textfile.h"
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
 #include <pcre2.h>
@@ -26,6 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* tokenizer.json of the largest vocabularies is tens of MB; a bound, not a tuning knob */
+#define TOK_MAX_BYTES (1u << 30)
 
 /* ------------------------------------------------------------------ ids, buffers */
 
@@ -1164,27 +1169,6 @@ static int load_added(ld *L, const cJSON *arr) {
 
 /* ------------------------------------------------------------------ load / free */
 
-/* The whole file in *out (NUL-terminated, the caller frees it), its size in *len. */
-static int read_file(const char *path, char **out, size_t *len, mr_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mr_err_errno(err, "%s: open", path);
-    char *buf = NULL;
-    size_t n = 0, cap = 0, r;
-    int rc = 0;
-    do {
-        if (grow((void **)&buf, &cap, n + 65536 + 1, 1)) { rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path); break; }
-        r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-    } while (r > 0);
-    if (rc == 0 && ferror(f)) rc = mr_err_errno(err, "%s: read", path);
-    fclose(f);
-    if (rc) { free(buf); return rc; }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
 static void byte_table(mr_tokenizer *t) {   /* GPT-2 bytes_to_unicode */
     int extra = 0;
     for (int b = 0; b < 256; b++) {
@@ -1214,7 +1198,7 @@ int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err) {
     *out = NULL;
     size_t len = 0;
     char *buf = NULL;
-    int rc = read_file(path, &buf, &len, err);
+    int rc = mr__read_text(path, TOK_MAX_BYTES, &buf, &len, err);
     if (rc) return rc;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
