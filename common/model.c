@@ -307,7 +307,7 @@ fail:
     return rc;
 }
 
-static void linear_free(mr_linear *l) {
+static void linear_close(mr_linear *l) {
     free(l->b);
     for (int i = 0; i < l->n_lora; i++) {
         free(l->lora[i].A);
@@ -324,7 +324,7 @@ void mr_model_close(mr_model *m) {
             free(L->ffn_norm);
             free(L->post_ffn_norm);
             mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-            for (int j = 0; j < 7; j++) linear_free(lins[j]);
+            for (int j = 0; j < 7; j++) linear_close(lins[j]);
         }
         free(m->layers);
     }

@@ -421,7 +421,7 @@ cleanup:
     return rc;
 }
 
-static int file_open(mr_st_file **out, const char *path, mr_err *err) {
+static int file_new(mr_st_file **out, const char *path, mr_err *err) {
     mr_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
@@ -446,7 +446,7 @@ static int set_add(mr_st_set *set, const char *path, mr_err *err) {
     if (!files)
         return mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
     set->files = files;
-    int rc = file_open(&set->files[set->n_files], path, err);
+    int rc = file_new(&set->files[set->n_files], path, err);
     if (rc)
         return rc;
     set->n_files++;

@@ -130,7 +130,7 @@ static int smap_init(smap *m, size_t count) {
     return 0;
 }
 
-static void smap_free(smap *m) {
+static void smap_close(smap *m) {
     for (size_t i = 0; i < m->n; i++) free(m->key[i]);
     free(m->key); free(m->klen); free(m->val); free(m->slot);
     memset(m, 0, sizeof *m);
@@ -183,7 +183,7 @@ static int imap_init(imap *m, size_t count) {
     return (m->key && m->a && m->b) ? 0 : MR_ENOMEM;
 }
 
-static void imap_free(imap *m) { free(m->key); free(m->a); free(m->b); memset(m, 0, sizeof *m); }
+static void imap_close(imap *m) { free(m->key); free(m->a); free(m->b); memset(m, 0, sizeof *m); }
 
 static uint64_t mix(uint64_t x) {
     x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull;
@@ -1222,8 +1222,8 @@ int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err) {
 
 void mr_tokenizer_free(mr_tokenizer *t) {
     if (!t) return;
-    smap_free(&t->vocab);
-    imap_free(&t->merges);
+    smap_close(&t->vocab);
+    imap_close(&t->merges);
     free(t->id_tok);
     free(t->unk_token); free(t->cont_prefix); free(t->eow_suffix);
     for (size_t i = 0; i < t->n_norm; i++) { free(t->norm[i].str); pcre2_code_free(t->norm[i].re); }
@@ -1232,8 +1232,8 @@ void mr_tokenizer_free(mr_tokenizer *t) {
     free(t->pt);
     for (size_t i = 0; i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
-    smap_free(&t->added_map);
-    free(t->raw_trie.tok); imap_free(&t->raw_trie.edges);
-    free(t->norm_trie.tok); imap_free(&t->norm_trie.edges);
+    smap_close(&t->added_map);
+    free(t->raw_trie.tok); imap_close(&t->raw_trie.edges);
+    free(t->norm_trie.tok); imap_close(&t->norm_trie.edges);
     free(t);
 }
