@@ -6,7 +6,9 @@
  * back to back (row r: tokens [off[r], off[r] + len[r]) = query | passage | suffix). Width
  * compression and pruning rewrite that layout in place, front to back, which is safe because
  * every token only moves towards the start. mr_ctx_init sizes every buffer once;
- * mr_model_score allocates nothing. Semantics: matryoshka-method.md sections 3-5. */
+ * mr_model_score allocates nothing. Semantics: matryoshka-method.md sections 3-5. Loading and
+ * adapters are model.c's and the arithmetic is kernels.c's; this file owns the run options, the
+ * packed layout and the order of the calls. */
 #include "kernels.h"
 #include "model.h"
 

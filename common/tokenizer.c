@@ -34,6 +34,9 @@
 
 /* ------------------------------------------------------------------ ids, buffers */
 
+/* The small helpers below return 0 or MR_ENOMEM without a message; load and encode, which
+ * know what was being built, write it into the mr_err. */
+
 int mr_ids_push(mr_ids *ids, int32_t id) {
     if (ids->n == ids->cap) {
         size_t cap = ids->cap ? ids->cap * 2 : 64;
