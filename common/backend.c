@@ -1,13 +1,14 @@
-/* backend.c: the backend registry and the CPU backend (a thin wrapper over mr_ctx_init /
- * mr_model_score, forward.c unchanged). The only file outside backend_cuda.cu that knows
- * whether CUDA was built in: MR_HAVE_CUDA is defined for this file alone by CMakeLists.txt. */
+/* backend.c: the backend registry, the mr_backend_* wrappers and the CPU backend (a thin
+ * wrapper over mr_ctx_init / mr_model_score in forward.c). Not a device layer: the GPU backend
+ * lives in common/cuda/, and this is the only engine file that knows whether it was built in
+ * (MR_HAVE_CUDA is defined for this file alone by CMakeLists.txt). */
 #include "backend.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #ifdef MR_HAVE_CUDA
-extern const mr_backend mr_backend_cuda, mr_backend_cuda_fp8; /* common/cuda/backend_cuda.cu */
+extern const mr_backend mr_backend_cuda, mr_backend_cuda_fp8; /* common/cuda/ */
 #endif
 
 /* ---- cpu ---- */

@@ -4,8 +4,10 @@
  * A backend scores packed (query, passage) rows with exactly the semantics of mr_model_score
  * (model.h): the same options, the same score layout (n_rows, n_exits) with NAN for rows pruned
  * before an exit, the same depth output and the same validation errors. "cpu" wraps
- * mr_ctx_init / mr_model_score; "cuda" (common/cuda/backend_cuda.cu) runs the pass on one GPU and
- * exists only in builds configured with CUDA (MR_HAVE_CUDA, known to backend.c alone).
+ * mr_ctx_init / mr_model_score; "cuda" and "cuda-fp8" (the GPU backend in common/cuda/) run the
+ * pass on one GPU and exist only in builds configured with CUDA (MR_HAVE_CUDA, known to
+ * backend.c alone). This header is the whole interface: nothing else of the engine knows a
+ * device.
  *
  * Contexts are per thread, like mr_ctx: sized once by ctx_new for max_tokens packed tokens,
  * max_rows rows and rows of at most max_len tokens; score allocates nothing. The model must
@@ -22,7 +24,7 @@ extern "C" {
 #endif
 
 typedef struct mr_backend {
-    const char *name;                                   /* "cpu", "cuda" */
+    const char *name;                                   /* "cpu", "cuda", "cuda-fp8" */
     /* optional: 0 when the backend can run here (e.g. a CUDA device is present), else a
      * negative MR_E* with a message; NULL = always available */
     int (*available)(mr_err *err);
@@ -39,12 +41,15 @@ typedef struct mr_backend {
     const char *(*describe)(void *ctx);
 } mr_backend;
 
-/* The table named name ("cpu", "cuda"), or NULL when unknown or not built in. */
+/* The table named name ("cpu", "cuda", "cuda-fp8"): a lookup, NULL when unknown or not built
+ * in (callers report it, listing mr_backend_names()). */
 const mr_backend *mr_backend_get(const char *name);
-/* Comma-separated names of the backends built in ("cpu" or "cpu,cuda"). */
+/* Comma-separated names of the backends built in ("cpu" or "cpu,cuda,cuda-fp8"). */
 const char *mr_backend_names(void);
 
-/* Wrappers: dispatch through b, NULL optional slots are no-ops. */
+/* Wrappers: dispatch through b, NULL optional slots are no-ops. ctx_new/ctx_free are the
+ * heap pair of a context (*ctx is NULL on error; ctx_free accepts NULL); a NULL b is MR_EINVAL,
+ * a NULL ctx given to score MR_ESTATE. */
 int mr_backend_available(const mr_backend *b, mr_err *err);
 int mr_backend_ctx_new(const mr_backend *b, const mr_model *m, int max_tokens, int max_rows,
                        int max_len, void **ctx, mr_err *err);
@@ -53,7 +58,8 @@ int mr_backend_score(const mr_backend *b, void *ctx, const mr_row *rows, int n_r
                      const mr_run_opts *o, float *scores, int *depth, mr_err *err);
 const char *mr_backend_describe(const mr_backend *b, void *ctx);
 
-/* The tables themselves (backend_cuda.cu defines mr_backend_cuda in CUDA builds only). */
+/* The tables themselves (the GPU backend in common/cuda/ defines mr_backend_cuda and
+ * mr_backend_cuda_fp8, in CUDA builds only). */
 extern const mr_backend mr_backend_cpu;
 
 #ifdef __cplusplus

@@ -9,13 +9,14 @@
  * native Mistral/Qwen2/Gemma2 classes, plus our layer-wise keys. */
 #include "config.h"
 
+#include "textfile.h"
+
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define CFG_MAX_BYTES (16u * 1024 * 1024)
 #define CFG_MAX_LAYERS 1024
@@ -91,33 +92,42 @@ static int cfg_str(const cfg_ctx *x, const char *key, const char **out) {
     return 0;
 }
 
+/* Two spellings of one string key, the first present wins: *key is the spelling read (the
+ * second when both are absent, *out NULL then), for messages. */
+static int cfg_str_either(const cfg_ctx *x, const char *first, const char *second,
+                          const char **key, const char **out) {
+    int rc = cfg_str(x, *key = first, out);
+    if (!rc && !*out)
+        rc = cfg_str(x, *key = second, out);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* architecture, activation, dtype                                                            */
 
-static int arch_from_model_type(const char *s, mr_arch *out) {
-    static const struct { const char *name; mr_arch arch; } types[] = {
-        {"mistral", MR_ARCH_LLAMA}, {"llama", MR_ARCH_LLAMA}, {"cost_wise_mistral", MR_ARCH_LLAMA},
-        {"qwen2", MR_ARCH_QWEN2},   {"gemma2", MR_ARCH_GEMMA2}, {"cost_wise_gemma", MR_ARCH_GEMMA2},
-    };
-    for (size_t i = 0; s && i < sizeof types / sizeof types[0]; i++)
-        if (strcmp(s, types[i].name) == 0) {
-            *out = types[i].arch;
-            return 0;
-        }
-    return -1;
-}
+/* The architectures we load, by config.json model_type and by transformers class name. */
+static const struct arch_name {
+    const char *model_type, *cls;
+    mr_arch arch;
+} known_archs[] = {
+    {"mistral", "MistralForCausalLM", MR_ARCH_LLAMA},
+    {"llama", "LlamaForCausalLM", MR_ARCH_LLAMA},
+    {"cost_wise_mistral", "CostWiseMistralForCausalLM", MR_ARCH_LLAMA},
+    {"qwen2", "Qwen2ForCausalLM", MR_ARCH_QWEN2},
+    {"gemma2", "Gemma2ForCausalLM", MR_ARCH_GEMMA2},
+    {"cost_wise_gemma", "CostWiseGemmaForCausalLM", MR_ARCH_GEMMA2},
+};
 
-static int arch_from_class(const char *s, mr_arch *out) {
-    static const struct { const char *name; mr_arch arch; } classes[] = {
-        {"MistralForCausalLM", MR_ARCH_LLAMA},     {"LlamaForCausalLM", MR_ARCH_LLAMA},
-        {"CostWiseMistralForCausalLM", MR_ARCH_LLAMA}, {"Qwen2ForCausalLM", MR_ARCH_QWEN2},
-        {"Gemma2ForCausalLM", MR_ARCH_GEMMA2},     {"CostWiseGemmaForCausalLM", MR_ARCH_GEMMA2},
-    };
-    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++)
-        if (strcmp(s, classes[i].name) == 0) {
-            *out = classes[i].arch;
+/* A lookup, not an error: 0 and *out set when s (a model_type, or a class name when by_class)
+ * is known, -1 when s is NULL or unknown; parse_arch reports. */
+static int arch_lookup(const char *s, int by_class, mr_arch *out) {
+    for (size_t i = 0; s && i < sizeof known_archs / sizeof known_archs[0]; i++) {
+        const struct arch_name *a = &known_archs[i];
+        if (strcmp(s, by_class ? a->cls : a->model_type) == 0) {
+            *out = a->arch;
             return 0;
         }
+    }
     return -1;
 }
 
@@ -128,7 +138,7 @@ static int parse_arch(const cfg_ctx *x, mr_config *c) {
     if (rc)
         return rc;
     snprintf(c->model_type, sizeof c->model_type, "%s", mt ? mt : "");
-    if (arch_from_model_type(mt, &c->arch) == 0)
+    if (arch_lookup(mt, 0, &c->arch) == 0)
         return 0;
     const cJSON *archs = cfg_item(x, "architectures");
     const char *first = "";
@@ -137,7 +147,7 @@ static int parse_arch(const cfg_ctx *x, mr_config *c) {
             continue;
         if (!first[0])
             first = a->valuestring;
-        if (arch_from_class(a->valuestring, &c->arch) == 0)
+        if (arch_lookup(a->valuestring, 1, &c->arch) == 0)
             return 0;
     }
     return mr_err_set(x->err, MR_EUNSUPPORTED,
@@ -147,10 +157,8 @@ static int parse_arch(const cfg_ctx *x, mr_config *c) {
 }
 
 static int parse_act(const cfg_ctx *x, mr_config *c) {
-    const char *key = "hidden_activation", *s;
-    int rc = cfg_str(x, key, &s);
-    if (!rc && !s)
-        rc = cfg_str(x, key = "hidden_act", &s);
+    const char *key, *s;
+    int rc = cfg_str_either(x, "hidden_activation", "hidden_act", &key, &s);
     if (rc)
         return rc;
     if (!s)
@@ -168,10 +176,8 @@ static int parse_act(const cfg_ctx *x, mr_config *c) {
 
 /* transformers 5 writes "dtype", older versions "torch_dtype"; the newer key wins. */
 static int parse_dtype_key(const cfg_ctx *x, mr_config *c) {
-    const char *key = "dtype", *s;
-    int rc = cfg_str(x, key, &s);
-    if (!rc && !s)
-        rc = cfg_str(x, key = "torch_dtype", &s);
+    const char *key, *s;
+    int rc = cfg_str_either(x, "dtype", "torch_dtype", &key, &s);
     if (rc)
         return rc;
     c->dtype = MR_DT_F32;
@@ -298,43 +304,19 @@ static int parse_all(const cfg_ctx *x, mr_config *c) {
     return 0;
 }
 
-static int read_text(const char *path, char **out, mr_err *err) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mr_err_errno(err, "open %s", path);
-    int rc = 0;
-    struct stat st;
-    char *buf = NULL;
-    if (fstat(fileno(fp), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > CFG_MAX_BYTES) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: not a regular file under %u bytes", path,
-                        CFG_MAX_BYTES);
-        goto cleanup;
-    }
-    if (!(buf = malloc((size_t)st.st_size + 1))) {
-        rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
-        goto cleanup;
-    }
-    size_t got = fread(buf, 1, (size_t)st.st_size, fp);
-    buf[got] = 0;
-    if (got != (size_t)st.st_size || memchr(buf, 0, got)) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: short read or NUL byte", path);
-        goto cleanup;
-    }
-    *out = buf;
-    buf = NULL;
-cleanup:
-    free(buf);
-    fclose(fp);
-    return rc;
-}
-
 int mr_config_load(mr_config *c, const char *path, mr_err *err) {
     memset(c, 0, sizeof *c);
     char *text = NULL;
-    int rc = read_text(path, &text, err);
+    size_t len;
+    int rc = mr__read_text(path, CFG_MAX_BYTES, &text, &len, err);
     if (rc)
         return rc;
-    cJSON *root = cJSON_Parse(text);
+    cJSON *root = NULL;
+    if (memchr(text, 0, len)) { /* cJSON would stop there and accept a prefix */
+        rc = mr_err_set(err, MR_EFORMAT, "%s: NUL byte in the text", path);
+        goto cleanup;
+    }
+    root = cJSON_Parse(text);
     if (!cJSON_IsObject(root)) {
         rc = mr_err_set(err, MR_EFORMAT, "%s: not a JSON object", path);
         goto cleanup;
@@ -429,6 +411,12 @@ int mr_config_validate(const mr_config *c, const char *path, mr_err *err) {
 /* ------------------------------------------------------------------------------------------ */
 /* saving                                                                                     */
 
+/* The add_* helpers return 0, or MR_ENOMEM when cJSON cannot allocate the item; config_json
+ * turns any failure into NULL, which mr_config_save reports. */
+static int added(const cJSON *item) {
+    return item ? 0 : MR_ENOMEM;
+}
+
 /* Shortest decimal that reads back as the same float, so 1e-6f is written 1e-06 rather than
  * 9.99999997e-07 and the round trip stays exact. Whole numbers get ".0": transformers 5 checks
  * float fields strictly (a gemma2 "final_logit_softcapping": 30 is refused). */
@@ -440,29 +428,29 @@ static int add_float(cJSON *o, const char *key, float v) {
             break;
     }
     if (!strpbrk(num, ".eE")) strcat(num, ".0");
-    return cJSON_AddRawToObject(o, key, num) ? 0 : -1;
+    return added(cJSON_AddRawToObject(o, key, num));
 }
 
 /* transformers tests soft-capping with "is not None": 0 must be written as null, not 0. */
 static int add_cap(cJSON *o, const char *key, float v) {
-    return v > 0 ? add_float(o, key, v) : cJSON_AddNullToObject(o, key) ? 0 : -1;
+    return v > 0 ? add_float(o, key, v) : added(cJSON_AddNullToObject(o, key));
 }
 
 static int add_int(cJSON *o, const char *key, int v) {
-    return cJSON_AddNumberToObject(o, key, v) ? 0 : -1;
+    return added(cJSON_AddNumberToObject(o, key, v));
 }
 
 static int add_bool(cJSON *o, const char *key, int v) {
-    return cJSON_AddBoolToObject(o, key, v != 0) ? 0 : -1;
+    return added(cJSON_AddBoolToObject(o, key, v != 0));
 }
 
 static int add_str(cJSON *o, const char *key, const char *v) {
-    return cJSON_AddStringToObject(o, key, v) ? 0 : -1;
+    return added(cJSON_AddStringToObject(o, key, v));
 }
 
 static int add_window(cJSON *o, int w) {
-    return (w ? cJSON_AddNumberToObject(o, "sliding_window", w)
-              : cJSON_AddNullToObject(o, "sliding_window")) ? 0 : -1;
+    return added(w ? cJSON_AddNumberToObject(o, "sliding_window", w)
+                   : cJSON_AddNullToObject(o, "sliding_window"));
 }
 
 static const char *dtype_torch_name(mr_dtype dt) {
@@ -474,7 +462,8 @@ static int add_int_or_float(cJSON *o, const char *key, float v) {
     return v == (float)(int)v ? add_int(o, key, (int)v) : add_float(o, key, v);
 }
 
-/* Keys only one architecture's transformers class reads. */
+/* Keys only one architecture's transformers class reads; 0 or MR_ENOMEM (c->arch was
+ * validated by mr_config_save). */
 static int add_arch_keys(cJSON *o, const mr_config *c) {
     const char *act = c->act == MR_ACT_SILU ? "silu" : "gelu_pytorch_tanh";
     /* transformers' Gemma2 needs a window (its layers alternate); a window of max_pos is
@@ -483,20 +472,23 @@ static int add_arch_keys(cJSON *o, const mr_config *c) {
     int bad = add_str(o, "hidden_act", act) || add_window(o, w);
     switch (c->arch) {
     case MR_ARCH_LLAMA:
-        return bad || add_bool(o, "attention_bias", c->attn_bias);
+        bad = bad || add_bool(o, "attention_bias", c->attn_bias);
+        break;
     case MR_ARCH_QWEN2:
-        return bad || add_bool(o, "use_sliding_window", c->sliding_window > 0) ||
-               add_bool(o, "attention_bias", c->attn_bias);
+        bad = bad || add_bool(o, "use_sliding_window", c->sliding_window > 0) ||
+              add_bool(o, "attention_bias", c->attn_bias);
+        break;
     case MR_ARCH_GEMMA2:
-        return bad || add_str(o, "hidden_activation", act) ||
-               add_bool(o, "attention_bias", c->attn_bias) ||
-               add_cap(o, "attn_logit_softcapping", c->attn_softcap) ||
-               add_cap(o, "final_logit_softcapping", c->final_softcap) ||
-               add_int_or_float(o, "query_pre_attn_scalar",
-                                c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar
-                                                             : (float)c->head_dim);
+        bad = bad || add_str(o, "hidden_activation", act) ||
+              add_bool(o, "attention_bias", c->attn_bias) ||
+              add_cap(o, "attn_logit_softcapping", c->attn_softcap) ||
+              add_cap(o, "final_logit_softcapping", c->final_softcap) ||
+              add_int_or_float(o, "query_pre_attn_scalar",
+                               c->query_pre_attn_scalar > 0 ? c->query_pre_attn_scalar
+                                                            : (float)c->head_dim);
+        break;
     }
-    return -1;
+    return bad ? MR_ENOMEM : 0;
 }
 
 /* MistralConfig has no attention_bias: a llama-family model with q/k/v bias is saved as llama,

@@ -4,7 +4,8 @@
  * model types (cost_wise_mistral, cost_wise_gemma, layerwise minicpm-style keys layer_wise,
  * start_layer, layer_sep), rope_theta at top level or inside rope_parameters, and dtype given
  * as torch_dtype or dtype. Errors name the file and the key. Writing is used by
- * `mrank init-checkpoint` and the trainer. */
+ * `mrank init-checkpoint` (seeded.c) and the trainer. Not a weights reader: tensor shapes are
+ * checked against these numbers in model.c. */
 #ifndef MR_CONFIG_H
 #define MR_CONFIG_H
 
@@ -37,13 +38,15 @@ typedef struct mr_config {
     float final_softcap;        /* final_logit_softcapping, 30 */
     float query_pre_attn_scalar;/* attention scale = 1/sqrt(this); 0 -> head_dim */
     /* layer-wise exit heads */
-    int layer_wise;             /* 1 when exit heads lm_head.{k}.linear_head exist */
+    int layer_wise;             /* config key layer_wise (0/1); the loader finds the exit heads
+                                   lm_head.{k}.linear_head by name, whatever it says */
     int start_layer;            /* first exit layer (>= 1) */
     int layer_sep;              /* exit every layer_sep layers, default 1 */
     mr_dtype dtype;             /* torch_dtype / dtype; storage type, default f32 */
 } mr_config;
 
-/* Reads and validates DIR/config.json (path names the file itself). */
+/* Reads and validates DIR/config.json (path names the file itself); on error c is zeroed.
+ * mr_config owns nothing, so there is no close. */
 int mr_config_load(mr_config *c, const char *path, mr_err *err);
 /* Validation alone (ranges, divisibility, exits); used by load and by writers. */
 int mr_config_validate(const mr_config *c, const char *path, mr_err *err);

@@ -1,4 +1,8 @@
-/* err.c: mr_strerror and the helpers that fill an mr_err record. */
+/* err.c: mr_strerror and the helpers that fill an mr_err record (mr_err.h).
+ *
+ * The codes and their texts come from the one X-macro table in mr_err.h; nothing here logs,
+ * exits or allocates, so every module can call it on any error path. Mapping a code to a gRPC
+ * status is not done here but in the RPC layer (mr_rpc_status_of). */
 #include "mr_err.h"
 
 #include <errno.h>

@@ -6,8 +6,9 @@
  * back to back (row r: tokens [off[r], off[r] + len[r]) = query | passage | suffix). Width
  * compression and pruning rewrite that layout in place, front to back, which is safe because
  * every token only moves towards the start. mr_ctx_init sizes every buffer once;
- * mr_model_score allocates nothing. Semantics: matryoshka-method.md sections 3-5. */
-#define _GNU_SOURCE /* qsort_r */
+ * mr_model_score allocates nothing. Semantics: matryoshka-method.md sections 3-5. Loading and
+ * adapters are model.c's and the arithmetic is kernels.c's; this file owns the run options, the
+ * packed layout and the order of the calls. */
 #include "kernels.h"
 #include "model.h"
 
@@ -80,6 +81,11 @@ int mr_run_opts_check(const mr_run_opts *o, const mr_model *m, mr_err *err) {
     return 0;
 }
 
+/* Aligned f32 matrices are used in place; any other goes through a wbuf copy (weight_f32). */
+static int usable_in_place(const mr_tensor *t) {
+    return t->dtype == MR_DT_F32 && ((uintptr_t)t->data & 3) == 0;
+}
+
 static size_t max_matrix(const mr_config *c) {
     size_t qd = (size_t)c->n_heads * c->head_dim, a = (size_t)c->d_ff * c->d_model;
     size_t b = qd * c->d_model;
@@ -99,26 +105,28 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
     c->max_len = max_len;
     size_t T = (size_t)max_tokens, d = (size_t)k->d_model;
     size_t qd = (size_t)k->n_heads * k->head_dim, kvd = (size_t)k->n_kv_heads * k->head_dim;
-    int max_rank = 0;
+    int max_rank = 0, all_in_place = 1;
     for (int i = 0; i < k->n_layers; i++) {
         const mr_layer *L = &m->layers[i];
         const mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-        for (int j = 0; j < 7; j++)
+        for (int j = 0; j < 7; j++) {
+            /* by tensor, not by config dtype: a checkpoint may mix dtypes */
+            all_in_place &= usable_in_place(lins[j]->w);
             for (int a = 0; a < lins[j]->n_lora; a++)
                 if (lins[j]->lora[a].rank > max_rank) max_rank = lins[j]->lora[a].rank;
+        }
     }
     /* MLP chunks keep the (chunk, dff) activations in cache and bound their memory */
     size_t ff_chunk = T < MR_FF_CHUNK ? T : MR_FF_CHUNK;
-    int all_f32 = m->embed->dtype == MR_DT_F32 && k->dtype == MR_DT_F32;
     int ok = (c->x = malloc(4 * T * d)) && (c->xn = malloc(4 * T * d)) &&
              (c->q = malloc(4 * T * qd)) && (c->k = malloc(4 * T * kvd)) &&
              (c->v = malloc(4 * T * kvd)) && (c->att = malloc(4 * T * qd)) &&
              (c->ff_a = malloc(4 * ff_chunk * k->d_ff)) &&
              (c->ff_b = malloc(4 * ff_chunk * k->d_ff)) &&
              (!max_rank || (c->lora_tmp = malloc(4 * T * max_rank))) &&
-             (all_f32 || ((c->wbuf[0] = malloc(4 * max_matrix(k))) &&
-                          (c->wbuf[1] = malloc(4 * max_matrix(k))) &&
-                          (c->wbuf[2] = malloc(4 * max_matrix(k))))) &&
+             (all_in_place || ((c->wbuf[0] = malloc(4 * max_matrix(k))) &&
+                               (c->wbuf[1] = malloc(4 * max_matrix(k))) &&
+                               (c->wbuf[2] = malloc(4 * max_matrix(k))))) &&
              (c->rope = malloc(4 * (size_t)max_len * k->head_dim)) &&
              (c->attn_scratch = malloc(4 * mr_attention_scratch(max_len, k->head_dim))) &&
              (c->last_probs = malloc(4 * T)) && (c->tmp_d = malloc(4 * d)) &&
@@ -140,9 +148,9 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
 
 void mr_ctx_close(mr_ctx *c) {
     void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->ff_a, c->ff_b, c->lora_tmp,
-                    c->wbuf[0], c->wbuf[1], c->wbuf[2], c->rope, c->attn_scratch, c->last_probs, c->tmp_d, c->head_tmp,
-                    c->pos, c->off, c->len, c->nq, c->np, c->ns, c->row_id, c->q_off,
-                    c->q_from, c->order, c->row_score};
+                    c->wbuf[0], c->wbuf[1], c->wbuf[2], c->rope, c->attn_scratch, c->last_probs,
+                    c->tmp_d, c->head_tmp, c->pos, c->off, c->len, c->nq, c->np, c->ns,
+                    c->row_id, c->q_off, c->q_from, c->order, c->row_score};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -150,7 +158,7 @@ void mr_ctx_close(mr_ctx *c) {
 /* The f32 view of a weight matrix: in place for aligned f32, else converted into
  * c->wbuf[slot]. */
 static const float *weight_f32(mr_ctx *c, const mr_tensor *t, int slot) {
-    if (t->dtype == MR_DT_F32 && ((uintptr_t)t->data & 3) == 0) return t->data;
+    if (usable_in_place(t)) return t->data;
     size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 1 << 16;
     size_t n_chunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for schedule(static)
@@ -299,19 +307,34 @@ static void score_exit(mr_ctx *c, int e, int n_rows, const mr_run_opts *o, float
     }
 }
 
-typedef struct prune_keys {
-    const float *score;
-    const int32_t *row_id;
-} prune_keys;
+/* 1 when row a ranks before row b: higher score first (NaN lowest), then lower row_id. Row ids
+ * are distinct, so this is a strict total order and any correct sort ranks the same. */
+static int ranks_before(const float *score, const int32_t *row_id, int32_t a, int32_t b) {
+    float sa = isnan(score[a]) ? -INFINITY : score[a], sb = isnan(score[b]) ? -INFINITY : score[b];
+    return sa != sb ? sa > sb : row_id[a] < row_id[b];
+}
 
-static int by_score_desc(const void *pa, const void *pb, void *ctx) {
-    const prune_keys *k = ctx;
-    int a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    float sa = k->score[a], sb = k->score[b];
-    if (isnan(sa)) sa = -INFINITY;
-    if (isnan(sb)) sb = -INFINITY;
-    if (sa != sb) return sa > sb ? -1 : 1;
-    return k->row_id[a] - k->row_id[b];
+/* Heapsort of order (n) by ranks_before, in place: qsort_r may malloc (glibc's merge sort does
+ * past 1 KB), and the scoring pass allocates nothing. */
+static void rank_rows(const float *score, const int32_t *row_id, int32_t *order, int n) {
+    for (int end = n, start = n / 2; end > 1;) {
+        int root;
+        if (start > 0) {
+            root = --start;                    /* building the heap: the last-ranked on top */
+        } else {
+            int32_t t = order[0];              /* move the last-ranked to the end */
+            order[0] = order[--end];
+            order[end] = t;
+            root = 0;
+        }
+        for (int c; (c = 2 * root + 1) < end; root = c) {
+            if (c + 1 < end && ranks_before(score, row_id, order[c], order[c + 1])) c++;
+            if (!ranks_before(score, row_id, order[root], order[c])) break;
+            int32_t t = order[root];
+            order[root] = order[c];
+            order[c] = t;
+        }
+    }
 }
 
 void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_prune *p,
@@ -321,8 +344,7 @@ void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_
         keep[r] = p->top_k == 0 && score[r] >= p->min_score;
     }
     if (p->top_k > 0) {
-        prune_keys k = {score, row_id};
-        qsort_r(order, (size_t)n, sizeof *order, by_score_desc, &k);
+        rank_rows(score, row_id, order, n);
         for (int i = 0; i < n && i < p->top_k; i++) keep[order[i]] = 1;
     }
 }
@@ -412,7 +434,8 @@ static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows) {
 int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o,
                    float *scores, int *depth, mr_err *err) {
     int rc;
-    if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = mr_rows_check(c->m, rows, n_rows, c->max_rows, c->max_len, c->max_tokens, err)))
+    if ((rc = mr_run_opts_check(o, c->m, err)) ||
+        (rc = mr_rows_check(c->m, rows, n_rows, c->max_rows, c->max_len, c->max_tokens, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
     if (n_rows == 0) return 0;

@@ -1,4 +1,8 @@
-/* input.c: builds the query segment, passage segment and suffix of a model input (input.h). */
+/* input.c: builds the query segment, passage segment and suffix of a model input (input.h).
+ *
+ * Each part is tok(prefix + text) with the tokenizer's own rules and no special tokens except
+ * the BOS it is given; truncation keeps a prefix of a part's tokens. It does not pack rows or
+ * know the model: its callers (`mrank score`, `mrank eval`, the worker) make mr_rows of them. */
 #include "input.h"
 
 #include <stdlib.h>
@@ -28,8 +32,9 @@ int mr_input_query(const mr_tokenizer *t, int32_t bos, const char *query, int ma
     if (max_len < 8) return mr_err_set(err, MR_EINVAL, "max_len %d is too small", max_len);
     int rc;
     out->n = 0;
-    if ((rc = mr_ids_push(out, bos)) ||
-        (rc = encode_prefixed(t, "A: ", query, (long)max_len * 3 / 4, out, truncated, err)))
+    if (mr_ids_push(out, bos))
+        return mr_err_set(err, MR_ENOMEM, "out of memory for the query segment");
+    if ((rc = encode_prefixed(t, "A: ", query, (long)max_len * 3 / 4, out, truncated, err)))
         return rc;
     return encode_prefixed(t, "", "\n", -1, out, NULL, err);
 }

@@ -3,8 +3,8 @@
  * Activations are packed: row r occupies tokens [off[r], off[r] + len[r]) of a (n_tok, dim)
  * row-major buffer; there is no padding. Matrix products go to OpenBLAS; everything else is
  * plain C the compiler vectorises, parallel over tokens or (row, head) with OpenMP.
- * Each kernel reads and writes caller-owned buffers and allocates nothing. The trainer puts
- * the matching backward kernels beside these (trainer/), sharing this file's forward ones. */
+ * Each kernel reads and writes caller-owned buffers and allocates nothing. Forward only: the
+ * matching backward kernels are in trainer/backward.c, the GPU ones in common/cuda/. */
 #ifndef MR_KERNELS_H
 #define MR_KERNELS_H
 

@@ -6,6 +6,8 @@
  * instead of corrupting a forward pass. Saving writes a folder PEFT itself loads. */
 #include "lora.h"
 
+#include "textfile.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -17,28 +19,6 @@
 #define LORA_MAX_RANK 65536
 #define LORA_MAX_CONFIG (1u << 20)
 #define LORA_PREFIX "base_model.model."
-
-static int read_config_text(const char *path, char **out, mr_err *err) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mr_err_errno(err, "open %s", path);
-    int rc = 0;
-    char *buf = malloc(LORA_MAX_CONFIG + 1);
-    size_t got = buf ? fread(buf, 1, LORA_MAX_CONFIG + 1, fp) : 0;
-    if (!buf)
-        rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
-    else if (got > LORA_MAX_CONFIG || ferror(fp))
-        rc = mr_err_set(err, MR_EFORMAT, "%s: unreadable or larger than %u bytes", path,
-                        LORA_MAX_CONFIG);
-    fclose(fp);
-    if (rc) {
-        free(buf);
-        return rc;
-    }
-    buf[got] = 0;
-    *out = buf;
-    return 0;
-}
 
 /* rank_pattern / alpha_pattern give some modules another r or alpha; we apply one scale. */
 static int check_no_pattern(const cJSON *root, const char *path, const char *key, mr_err *err) {
@@ -84,7 +64,7 @@ int mr_adapter_load(mr_adapter *a, const char *dir, mr_err *err) {
         return mr_err_set(err, MR_EINVAL, "adapter folder name too long: %.100s...", dir);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     char *text = NULL;
-    int rc = read_config_text(path, &text, err);
+    int rc = mr__read_text(path, LORA_MAX_CONFIG, &text, NULL, err);
     if (rc)
         return rc;
     cJSON *root = cJSON_Parse(text);

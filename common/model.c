@@ -170,6 +170,7 @@ static int keep_pair(mr_linear *lin, int idx, const mr_adapter *ad, const mr_ten
     if (!l->A || !l->B) {
         free(l->A);
         free(l->B);
+        l->A = l->B = NULL;
         return mr_err_set(err, MR_ENOMEM, "out of memory for adapter %s", ad->path);
     }
     mr_to_f32(l->A, A->data, A->dtype, (size_t)A->numel);
@@ -179,17 +180,23 @@ static int keep_pair(mr_linear *lin, int idx, const mr_adapter *ad, const mr_ten
     return 0;
 }
 
-/* Head k's update scale * B (1, r) . A (r, d) added to dst (d). */
-static void head_delta(float *dst, const mr_tensor *A, const mr_tensor *B, float scale, int d) {
+/* Head k's update scale * B (1, r) . A (r, d) added to dst (d); MR_ENOMEM (dst unchanged) when
+ * the row buffer cannot be allocated. */
+static int head_delta(float *dst, const mr_tensor *A, const mr_tensor *B, float scale, int d,
+                      mr_err *err) {
     int r = (int)A->shape[0];
     float *a = malloc(sizeof(float) * (size_t)d), bj;
-    for (int j = 0; j < r && a; j++) {
+    if (!a)
+        return mr_err_set(err, MR_ENOMEM, "%s: out of memory applying tensor '%s'", A->file,
+                          A->name);
+    for (int j = 0; j < r; j++) {
         mr_to_f32(&bj, (const char *)B->data + (size_t)j * mr_dtype_size(B->dtype), B->dtype, 1);
         mr_to_f32(a, (const char *)A->data + (size_t)j * d * mr_dtype_size(A->dtype), A->dtype,
                   (size_t)d);
         for (int i = 0; i < d; i++) dst[i] += scale * bj * a[i];
     }
     free(a);
+    return 0;
 }
 
 static int apply_adapter(mr_model *m, int idx, int merge, mr_err *err) {
@@ -229,7 +236,8 @@ static int apply_adapter(mr_model *m, int idx, int merge, mr_err *err) {
                 return mr_err_set(err, MR_ENOMEM, "out of memory for adapter %s", ad->path);
             dst = m->head_delta[idx];
         }
-        head_delta(dst + (size_t)k * c->d_model, A, B, ad->scale, c->d_model);
+        if ((rc = head_delta(dst + (size_t)k * c->d_model, A, B, ad->scale, c->d_model, err)))
+            return rc;
     }
     if (used != mr_adapter_count(ad))
         return mr_err_set(err, MR_EFORMAT,
@@ -253,8 +261,8 @@ int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_er
         return mr_err_set(err, MR_EINVAL, "model path too long: %s", dir);
     strcpy(m->dir, dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if ((rc = mr_config_load(&m->cfg, path, err))) return rc;
-    if ((rc = mr_st_open_dir(&m->st, dir, err))) goto fail;
+    if ((rc = mr_config_load(&m->cfg, path, err)) || (rc = mr_st_open_dir(&m->st, dir, err)))
+        goto fail;
     const mr_config *c = &m->cfg;
     if ((rc = get_tensor(m, "model.embed_tokens.weight", c->vocab_size, c->d_model, &m->embed,
                          err)) ||
@@ -299,7 +307,7 @@ fail:
     return rc;
 }
 
-static void linear_free(mr_linear *l) {
+static void linear_close(mr_linear *l) {
     free(l->b);
     for (int i = 0; i < l->n_lora; i++) {
         free(l->lora[i].A);
@@ -316,7 +324,7 @@ void mr_model_close(mr_model *m) {
             free(L->ffn_norm);
             free(L->post_ffn_norm);
             mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-            for (int j = 0; j < 7; j++) linear_free(lins[j]);
+            for (int j = 0; j < 7; j++) linear_close(lins[j]);
         }
         free(m->layers);
     }

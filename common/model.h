@@ -31,7 +31,8 @@
 typedef enum mr_pooling { MR_POOL_MEAN = 0, MR_POOL_ATTENTION = 1 } mr_pooling;
 
 /* One linear map: W (out, in) in the checkpoint's dtype, optional bias (out), and the
- * unmerged low-rank updates of the loaded adapters (A (rank, in), B (out, rank), f32). */
+ * unmerged low-rank updates of the loaded adapters (A (rank, in), B (out, rank), f32, with the
+ * adapter's scale already folded into A). */
 typedef struct mr_linear {
     const mr_tensor *w;              /* (out, in), any dtype, in the mapping */
     float *b;                        /* (out) f32 or NULL, owned */
@@ -40,7 +41,7 @@ typedef struct mr_linear {
     struct mr_lora_f32 {
         int adapter;       /* index into mr_model.adapters */
         int rank;
-        float scale;
+        float scale;       /* the adapter's scale, already multiplied into A */
         float *A, *B;      /* owned by the model */
     } lora[MR_MAX_ADAPTERS];
 } mr_linear;
@@ -80,9 +81,13 @@ typedef struct mr_model {
     int untrained;                   /* DIR/SEEDED exists: seeded weights (seeded.h) */
 } mr_model;
 
+/* Loads DIR (config.json, the safetensors weights, tokenizer.json when present) and applies
+ * opts' adapters (opts may be NULL). On error m is left zeroed. */
 int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_err *err);
+/* Frees what m owns and zeroes it; idempotent, accepts a zeroed m. */
 void mr_model_close(mr_model *m);
-/* Exit layer of head k, and the head of exit layer l (-1 when l has none). */
+/* Exit layer of head k, and the head of exit layer l. The latter is a lookup, not an error
+ * signal: -1 when l has no exit head (mr_run_opts_check turns that into MR_EINVAL). */
 int mr_model_exit_layer(const mr_model *m, int k);
 int mr_model_head_of(const mr_model *m, int layer);
 
@@ -128,10 +133,12 @@ typedef struct mr_ctx {
     float *x, *xn;                   /* (max_tokens, d) residual, normed */
     float *q, *k, *v, *att;          /* (max_tokens, nh*hd) (.., nkv*hd) x2 (.., nh*hd) */
     float *ff_a, *ff_b;              /* (ff_chunk, dff): the MLP runs in token chunks */
-    int ff_chunk;
+    int ff_chunk;                    /* min(max_tokens, MR_FF_CHUNK) */
     float *lora_tmp;                 /* (max_tokens, max adapter rank) */
-    float *wbuf[3];                  /* non-f32 checkpoints: f32 copies of the matrices in use,
-                                        [0] attention projections and gate, [1] up, [2] down */
+    float *wbuf[3];                  /* (largest matrix) each: f32 copies of matrices not usable
+                                        in place (not f32, or not 4-byte aligned): [0] attention
+                                        projections and gate, [1] up, [2] down. NULL when every
+                                        matrix is aligned f32 */
     float *rope;                     /* (max_len, hd/2, 2) */
     float *attn_scratch;             /* (n_threads, max_len) */
     float *last_probs;               /* (max_tokens) */
@@ -143,8 +150,11 @@ typedef struct mr_ctx {
     int32_t *order;                  /* (max_rows) */
 } mr_ctx;
 
+/* Sizes every buffer once (MR_EINVAL on bad sizes, MR_ENOMEM); on error c is left zeroed. m
+ * must outlive c. */
 int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int max_len,
                 mr_err *err);
+/* Frees c's buffers and zeroes it; idempotent, accepts a zeroed c. */
 void mr_ctx_close(mr_ctx *c);
 
 /* Scores n_rows rows: scores (n_rows, n_exits) raw (or sigmoid) scores in exit order; rows
@@ -166,7 +176,8 @@ void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_
                      char *keep, int32_t *order);
 
 /* Linear FLOPs of one row of nq + np + ns tokens under o (2 * MACs of the linear layers,
- * attention excluded): the cost figure the benches and the coordinator use. */
+ * attention excluded): the cost figure `mrank eval` (cli/cmd_eval.c) and the benches
+ * (bench/bench_engine.c, bench/bench_cuda.c) report. */
 double mr_model_row_flops(const mr_model *m, const mr_run_opts *o, int nq, int np, int ns);
 
 #endif

@@ -1,5 +1,6 @@
 /* safetensors.c: validated, memory-mapped reading of safetensors checkpoints (single file,
  * index.json shards or a folder of *.safetensors), dtype conversion and a streaming writer.
+ * It knows the file format only, never what a tensor is for (model.c, lora.c bind names).
  *
  * A file is mapped whole with MAP_PRIVATE/PROT_READ and only its JSON header is copied and
  * parsed; tensor data stays in the page cache until touched, so opening a 14 GB checkpoint is
@@ -8,10 +9,12 @@
  * checkpoints come from the network and the rest of the engine indexes the data blindly.
  *
  * Alignment: safetensors offsets are arbitrary, so tensor data may sit at any byte address.
- * Users must not assume alignment beyond 1 for F16/BF16 nor beyond 1 for F32; mr_to_f32 and
- * mr_from_f32 use memcpy-style loads/stores and are the safe way to read them. Files written
+ * Users must not assume any alignment, F32 included; mr_to_f32 and mr_from_f32 use
+ * memcpy-style loads/stores and are the safe way to read them. Files written
  * by mr_st_writer pad the header so that the data region starts at a multiple of 8. */
 #include "safetensors.h"
+
+#include "textfile.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -196,13 +199,14 @@ void mr_from_f32(void *dst, const float *src, mr_dtype dt, size_t n) {
 /* ------------------------------------------------------------------------------------------ */
 /* header parsing                                                                             */
 
-/* A JSON number that is an exact non-negative integer (JSON doubles lose precision past 2^53). */
+/* A JSON number that is an exact non-negative integer (JSON doubles lose precision past 2^53):
+ * 0, or MR_EFORMAT without a message (the caller names the field). */
 static int json_u64(const cJSON *v, uint64_t *out) {
     if (!cJSON_IsNumber(v))
-        return -1;
+        return MR_EFORMAT;
     double d = v->valuedouble;
     if (!(d >= 0 && d <= ST_MAX_EXACT) || d != floor(d))
-        return -1;
+        return MR_EFORMAT;
     *out = (uint64_t)d;
     return 0;
 }
@@ -417,7 +421,7 @@ cleanup:
     return rc;
 }
 
-static int file_open(mr_st_file **out, const char *path, mr_err *err) {
+static int file_new(mr_st_file **out, const char *path, mr_err *err) {
     mr_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
@@ -442,7 +446,7 @@ static int set_add(mr_st_set *set, const char *path, mr_err *err) {
     if (!files)
         return mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
     set->files = files;
-    int rc = file_open(&set->files[set->n_files], path, err);
+    int rc = file_new(&set->files[set->n_files], path, err);
     if (rc)
         return rc;
     set->n_files++;
@@ -501,35 +505,6 @@ static int str_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int read_small_file(const char *path, size_t limit, char **out, mr_err *err) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mr_err_errno(err, "open %s", path);
-    int rc = 0;
-    char *buf = NULL;
-    struct stat st;
-    if (fstat(fileno(fp), &st) < 0 || (uint64_t)st.st_size > limit) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: missing or larger than %zu bytes", path, limit);
-        goto cleanup;
-    }
-    if (!(buf = malloc((size_t)st.st_size + 1))) {
-        rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
-        goto cleanup;
-    }
-    size_t got = fread(buf, 1, (size_t)st.st_size, fp);
-    if (got != (size_t)st.st_size) {
-        rc = mr_err_set(err, MR_EIO, "%s: short read", path);
-        goto cleanup;
-    }
-    buf[got] = 0;
-    *out = buf;
-    buf = NULL;
-cleanup:
-    free(buf);
-    fclose(fp);
-    return rc;
-}
-
 /* Shard names come from a downloaded file: keep them inside the folder. */
 static int shard_name_ok(const char *s) {
     return s[0] && !strchr(s, '/') && !strstr(s, "..");
@@ -584,7 +559,7 @@ static int open_index(mr_st_set *set, const char *dir, const char *ipath, mr_err
     const char **shards = NULL;
     size_t n_shards = 0;
     cJSON *root = NULL;
-    int rc = read_small_file(ipath, ST_MAX_INDEX, &text, err);
+    int rc = mr__read_text(ipath, ST_MAX_INDEX, &text, NULL, err);
     if (rc)
         return rc;
     root = cJSON_Parse(text);
@@ -832,12 +807,16 @@ int mr_st_writer_declare(mr_st_writer *w, const char *name, mr_dtype dt, int ndi
     return 0;
 }
 
-/* Adds an integer as a raw JSON number: cJSON would print offsets past 2^31 as %g. */
+/* Adds an integer as a raw JSON number (cJSON would print offsets past 2^31 as %g): 0, or
+ * MR_ENOMEM when cJSON cannot allocate (build_header reports it). */
 static int add_raw_u64(cJSON *arr, uint64_t v) {
     char num[24];
     snprintf(num, sizeof num, "%llu", (unsigned long long)v);
     cJSON *item = cJSON_CreateRaw(num);
-    return item && cJSON_AddItemToArray(arr, item) ? 0 : -1;
+    if (item && cJSON_AddItemToArray(arr, item))
+        return 0;
+    cJSON_Delete(item);
+    return MR_ENOMEM;
 }
 
 static cJSON *header_entry(const wdecl *d, uint64_t begin, uint64_t end) {

@@ -4,8 +4,9 @@
  * a malformed or truncated file gives MR_EFORMAT with a message naming the file and tensor.
  * Data stays in the mapping (MAP_PRIVATE, read-only until mr_st_make_writable), so opening a
  * 14 GB checkpoint costs address space, not memory. Writing streams tensor data in order, so a
- * checkpoint larger than memory can be produced. Users: config/model loading, LoRA adapters,
- * `mrank init-checkpoint`, the trainer. */
+ * checkpoint larger than memory can be produced. Not a model loader: tensor names mean nothing
+ * here. Users: model.c, lora.c, seeded.c (`mrank init-checkpoint`), the trainer; config.c uses
+ * only the dtype helpers. */
 #ifndef MR_SAFETENSORS_H
 #define MR_SAFETENSORS_H
 
@@ -46,11 +47,12 @@ int mr_dtype_parse(const char *s, mr_dtype *out); /* accepts F32/F16/BF16 and f3
                                                      float32/float16/bfloat16; MR_EINVAL else */
 
 /* Opens a checkpoint folder: DIR/model.safetensors, or every shard named in
- * DIR/model.safetensors.index.json (weight_map), or, failing both, every *.safetensors in DIR. */
+ * DIR/model.safetensors.index.json (weight_map), or, failing both, every *.safetensors in DIR.
+ * set is caller-owned; on error it is left zeroed, else release it with mr_st_close. */
 int mr_st_open_dir(mr_st_set *set, const char *dir, mr_err *err);
-/* Opens one file (e.g. adapter_model.safetensors). */
+/* Opens one file (e.g. adapter_model.safetensors); same contract as mr_st_open_dir. */
 int mr_st_open_file(mr_st_set *set, const char *path, mr_err *err);
-/* NULL when absent. O(log n). */
+/* A lookup, not an error: NULL when absent (mr_st_get reports MR_ENOTFOUND). O(log n). */
 const mr_tensor *mr_st_find(const mr_st_set *set, const char *name);
 /* Finds name and checks dtype-independent shape (ndim dims); MR_ENOTFOUND / MR_EFORMAT
  * with a message naming file, tensor, expected and actual shape. */
@@ -68,13 +70,16 @@ void mr_from_f32(void *dst, const float *src, mr_dtype dt, size_t n);
 
 /* Streaming writer: declare every tensor, then write their data in declaration order. */
 typedef struct mr_st_writer mr_st_writer;
+/* A heap writer for path: data goes to path.tmp, renamed to path by a successful finish. */
 int mr_st_writer_new(mr_st_writer **w, const char *path, mr_err *err);
 int mr_st_writer_declare(mr_st_writer *w, const char *name, mr_dtype dt, int ndim,
                          const int64_t *shape, mr_err *err);
 /* Appends n f32 values (converted to the current tensor's dtype) to the tensor being written;
  * moves to the next tensor when the current one is full. The first call writes the header. */
 int mr_st_writer_put(mr_st_writer *w, const float *data, size_t n, mr_err *err);
-/* Checks every declared tensor was filled, closes the file. Frees w in every case. */
+/* Checks every declared tensor was filled, closes the file and renames it into place; on any
+ * error path.tmp is removed. Frees w in every case (w == NULL: MR_EINVAL), so it is also the
+ * way to abandon a writer: mr_st_writer_finish(w, NULL) after an error. */
 int mr_st_writer_finish(mr_st_writer *w, mr_err *err);
 
 #endif

@@ -1,4 +1,8 @@
-/* seeded.c: seeded Hugging Face checkpoints (see seeded.h). */
+/* seeded.c: seeded Hugging Face checkpoints (see seeded.h).
+ *
+ * Lists every tensor of the shape in file order (build_specs), then streams each one from its
+ * own splitmix64 generator through mr_st_writer in 1M-float chunks; config.json comes from
+ * mr_config_save. It never loads or checks a model: mr_model_load reads what it wrote. */
 #include "seeded.h"
 
 #include <math.h>
@@ -34,6 +38,7 @@ typedef struct specs {
     int n, cap;
 } specs;
 
+/* Appends one tensor spec; 0 or MR_ENOMEM (s unchanged). */
 static int add(specs *s, float center, float std, int ndim, int64_t d0, int64_t d1,
                const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 static int add(specs *s, float center, float std, int ndim, int64_t d0, int64_t d1,
@@ -41,7 +46,7 @@ static int add(specs *s, float center, float std, int ndim, int64_t d0, int64_t 
     if (s->n == s->cap) {
         int cap = s->cap ? 2 * s->cap : 64;
         spec *v = realloc(s->v, sizeof *v * (size_t)cap);
-        if (!v) return -1;
+        if (!v) return MR_ENOMEM;
         s->v = v;
         s->cap = cap;
     }
@@ -58,6 +63,7 @@ static int add(specs *s, float center, float std, int ndim, int64_t d0, int64_t 
     return 0;
 }
 
+/* Every tensor of an HF checkpoint of shape c, in file order; 0 or MR_ENOMEM. */
 static int build_specs(const mr_config *c, specs *s) {
     float norm_c = c->arch == MR_ARCH_GEMMA2 ? 0.0f : 1.0f, norm_s = 0.05f, w = 0.02f;
     int64_t d = c->d_model, qd = (int64_t)c->n_heads * c->head_dim,
@@ -87,7 +93,7 @@ static int build_specs(const mr_config *c, specs *s) {
     int n_heads = (c->n_layers - c->start_layer) / c->layer_sep + 1;
     for (int k = 0; k < n_heads && !rc; k++)
         rc = add(s, 0, 1.0f / sqrtf((float)d), 2, 1, d, "lm_head.%d.linear_head.weight", k);
-    return rc;
+    return rc ? MR_ENOMEM : 0; /* the || chains above turn a code into 1 */
 }
 
 static int write_weights(const mr_config *c, const char *path, uint64_t seed, mr_err *err) {
@@ -97,7 +103,7 @@ static int write_weights(const mr_config *c, const char *path, uint64_t seed, mr
     float *buf = malloc(sizeof(float) * CHUNK);
     int rc;
     if (!buf || build_specs(c, &s)) {
-        rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+        rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory for the tensor list", path);
         goto done;
     }
     if ((rc = mr_st_writer_new(&w, path, err))) goto done;

@@ -17,6 +17,8 @@
  * one tokenizer may be shared by many threads. Nothing is cached globally. */
 #include "tokenizer.h"
 
+#include "textfile.h"
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
 #include <pcre2.h>
@@ -27,7 +29,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* tokenizer.json of the largest vocabularies is tens of MB; a bound, not a tuning knob */
+#define TOK_MAX_BYTES (1u << 30)
+
 /* ------------------------------------------------------------------ ids, buffers */
+
+/* The small helpers below return 0 or MR_ENOMEM without a message; load and encode, which
+ * know what was being built, write it into the mr_err. */
 
 int mr_ids_push(mr_ids *ids, int32_t id) {
     if (ids->n == ids->cap) {
@@ -125,13 +133,13 @@ static int smap_init(smap *m, size_t count) {
     return 0;
 }
 
-static void smap_free(smap *m) {
+static void smap_close(smap *m) {
     for (size_t i = 0; i < m->n; i++) free(m->key[i]);
     free(m->key); free(m->klen); free(m->val); free(m->slot);
     memset(m, 0, sizeof *m);
 }
 
-/* Index of the entry for s, or -1. */
+/* Lookups, not errors: the index of the entry for s, or -1 when absent. */
 static int32_t smap_find(const smap *m, const char *s, size_t n) {
     if (!m->slot) return -1;
     for (size_t h = fnv(s, n) & m->mask;; h = (h + 1) & m->mask) {
@@ -141,6 +149,7 @@ static int32_t smap_find(const smap *m, const char *s, size_t n) {
     }
 }
 
+/* The value stored for s, or -1 when absent. */
 static int32_t smap_get(const smap *m, const char *s, size_t n) {
     int32_t e = smap_find(m, s, n);
     return e < 0 ? -1 : m->val[e];
@@ -177,7 +186,7 @@ static int imap_init(imap *m, size_t count) {
     return (m->key && m->a && m->b) ? 0 : MR_ENOMEM;
 }
 
-static void imap_free(imap *m) { free(m->key); free(m->a); free(m->b); memset(m, 0, sizeof *m); }
+static void imap_close(imap *m) { free(m->key); free(m->a); free(m->b); memset(m, 0, sizeof *m); }
 
 static uint64_t mix(uint64_t x) {
     x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull;
@@ -192,7 +201,7 @@ static void imap_put(imap *m, uint64_t key, uint32_t a, int32_t b) {
     m->b[h] = b;
 }
 
-/* Slot of key, or -1. */
+/* Slot of key, or -1 when absent (a lookup). */
 static long imap_find(const imap *m, uint64_t key) {
     if (!m->key) return -1;
     for (size_t h = mix(key + 1) & m->mask; m->key[h]; h = (h + 1) & m->mask)
@@ -297,8 +306,8 @@ static int norm_utf8proc(const char *s, size_t n, utf8proc_option_t opt, sbuf *o
     if (n == 0) return 0;
     utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
                                       opt | UTF8PROC_STABLE);
-    if (r < 0) return mr_err_set(err, MR_EINVAL, "tokenizer: normalization failed: %s",
-                                 utf8proc_errmsg(r));
+    if (r < 0) return mr_err_set(err, r == UTF8PROC_ERROR_NOMEM ? MR_ENOMEM : MR_EINVAL,
+                                 "tokenizer: normalization failed: %s", utf8proc_errmsg(r));
     int rc = sb_put(out, dst, (size_t)r);
     free(dst);
     return rc ? mr_err_set(err, MR_ENOMEM, "tokenizer: out of memory") : 0;
@@ -834,6 +843,22 @@ static int load_pattern(ld *L, const cJSON *o, const char *where, pcre2_code **r
     return 0;
 }
 
+/* A "Sequence" normalizer or pre-tokenizer: every element of o[key] through one(), which
+ * names it where.key[i] in its messages. */
+static int load_sequence(ld *L, const cJSON *o, const char *where, const char *key,
+                         int (*one)(ld *, const cJSON *, const char *)) {
+    const cJSON *arr = jget(o, key), *it;
+    char sub[128];
+    if (!cJSON_IsArray(arr))
+        return mr_err_set(L->err, MR_EFORMAT, "%s: %s.%s: expected an array", L->path, where, key);
+    int i = 0, rc;
+    cJSON_ArrayForEach(it, arr) {
+        snprintf(sub, sizeof sub, "%s.%s[%d]", where, key, i++);
+        if ((rc = one(L, it, sub))) return rc;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ loading: normalizer */
 
 static int add_norm(ld *L, normalizer nz) {
@@ -847,21 +872,10 @@ static int add_norm(ld *L, normalizer nz) {
 
 static int load_normalizer(ld *L, const cJSON *o, const char *where) {
     const char *type, *str;
-    char sub[128];
     if (jnull(o)) return 0;
     int rc = need_type(L, o, where, &type);
     if (rc) return rc;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *arr = jget(o, "normalizers"), *it;
-        if (!cJSON_IsArray(arr))
-            return mr_err_set(L->err, MR_EFORMAT, "%s: %s.normalizers: expected an array", L->path, where);
-        int i = 0;
-        cJSON_ArrayForEach(it, arr) {
-            snprintf(sub, sizeof sub, "%s.normalizers[%d]", where, i++);
-            if ((rc = load_normalizer(L, it, sub))) return rc;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0) return load_sequence(L, o, where, "normalizers", load_normalizer);
     normalizer nz = {0};
     if (strcmp(type, "Prepend") == 0) {
         if ((rc = jstr(L, o, "prepend", where, &str))) return rc;
@@ -942,21 +956,10 @@ static int load_metaspace(ld *L, const cJSON *o, const char *where, pretok *p) {
 
 static int load_pretok(ld *L, const cJSON *o, const char *where) {
     const char *type;
-    char sub[128];
     if (jnull(o)) return 0;
     int rc = need_type(L, o, where, &type);
     if (rc) return rc;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *arr = jget(o, "pretokenizers"), *it;
-        if (!cJSON_IsArray(arr))
-            return mr_err_set(L->err, MR_EFORMAT, "%s: %s.pretokenizers: expected an array", L->path, where);
-        int i = 0;
-        cJSON_ArrayForEach(it, arr) {
-            snprintf(sub, sizeof sub, "%s.pretokenizers[%d]", where, i++);
-            if ((rc = load_pretok(L, it, sub))) return rc;
-        }
-        return 0;
-    }
+    if (strcmp(type, "Sequence") == 0) return load_sequence(L, o, where, "pretokenizers", load_pretok);
     pretok p = {0};
     if (strcmp(type, "Split") == 0) rc = load_split(L, o, where, &p);
     else if (strcmp(type, "Metaspace") == 0) rc = load_metaspace(L, o, where, &p);
@@ -1002,11 +1005,11 @@ static int load_vocab(ld *L, const cJSON *vocab) {
             return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
     }
     int32_t max = -1;
+    int rc = 0;
     for (size_t i = 0; i < t->vocab.n; i++) max = t->vocab.val[i] > max ? t->vocab.val[i] : max;
-    if (max >= 0 && set_id_tok(L, max, NULL)) return MR_ENOMEM;
-    for (size_t i = 0; i < t->vocab.n; i++)
-        if (set_id_tok(L, t->vocab.val[i], t->vocab.key[i])) return MR_ENOMEM;
-    return 0;
+    if (max >= 0) rc = set_id_tok(L, max, NULL);
+    for (size_t i = 0; rc == 0 && i < t->vocab.n; i++) rc = set_id_tok(L, t->vocab.val[i], t->vocab.key[i]);
+    return rc;
 }
 
 /* One merge, "a b" (split at the first space) or ["a", "b"] -> (ids) -> rank, id of a+b. */
@@ -1169,23 +1172,6 @@ static int load_added(ld *L, const cJSON *arr) {
 
 /* ------------------------------------------------------------------ load / free */
 
-static char *read_file(const char *path, size_t *len, mr_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { mr_err_errno(err, "%s: open", path); return NULL; }
-    char *buf = NULL;
-    size_t n = 0, cap = 0, r;
-    do {
-        if (grow((void **)&buf, &cap, n + 65536 + 1, 1)) { fclose(f); free(buf); mr_err_set(err, MR_ENOMEM, "%s: out of memory", path); return NULL; }
-        r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-    } while (r > 0);
-    if (ferror(f)) { mr_err_errno(err, "%s: read", path); fclose(f); free(buf); return NULL; }
-    fclose(f);
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
 static void byte_table(mr_tokenizer *t) {   /* GPT-2 bytes_to_unicode */
     int extra = 0;
     for (int b = 0; b < 256; b++) {
@@ -1213,9 +1199,10 @@ static int load_json(ld *L, const cJSON *root) {
 int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err) {
     if (!out || !path) return mr_err_set(err, MR_EINVAL, "tokenizer: NULL argument");
     *out = NULL;
-    size_t len;
-    char *buf = read_file(path, &len, err);
-    if (!buf) return err ? err->code : MR_EIO;
+    size_t len = 0;
+    char *buf = NULL;
+    int rc = mr__read_text(path, TOK_MAX_BYTES, &buf, &len, err);
+    if (rc) return rc;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
     if (!root) {
@@ -1229,7 +1216,7 @@ int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err) {
     t->unk_id = -1;
     byte_table(t);
     ld L = {path, err, t};
-    int rc = load_json(&L, root);
+    rc = load_json(&L, root);
     cJSON_Delete(root);
     if (rc) { mr_tokenizer_free(t); return rc; }
     *out = t;
@@ -1238,8 +1225,8 @@ int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err) {
 
 void mr_tokenizer_free(mr_tokenizer *t) {
     if (!t) return;
-    smap_free(&t->vocab);
-    imap_free(&t->merges);
+    smap_close(&t->vocab);
+    imap_close(&t->merges);
     free(t->id_tok);
     free(t->unk_token); free(t->cont_prefix); free(t->eow_suffix);
     for (size_t i = 0; i < t->n_norm; i++) { free(t->norm[i].str); pcre2_code_free(t->norm[i].re); }
@@ -1248,8 +1235,8 @@ void mr_tokenizer_free(mr_tokenizer *t) {
     free(t->pt);
     for (size_t i = 0; i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
-    smap_free(&t->added_map);
-    free(t->raw_trie.tok); imap_free(&t->raw_trie.edges);
-    free(t->norm_trie.tok); imap_free(&t->norm_trie.edges);
+    smap_close(&t->added_map);
+    free(t->raw_trie.tok); imap_close(&t->raw_trie.edges);
+    free(t->norm_trie.tok); imap_close(&t->norm_trie.edges);
     free(t);
 }

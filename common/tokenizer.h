@@ -19,17 +19,22 @@ typedef struct mr_ids {
     int32_t *v;
     size_t n, cap;
 } mr_ids;
+/* 0, or MR_ENOMEM with ids unchanged (no mr_err: the caller names what it was building). */
 int mr_ids_push(mr_ids *ids, int32_t id);
+/* Frees the vector and zeroes it; accepts NULL and a zeroed vector. */
 void mr_ids_free(mr_ids *ids);
 
 typedef struct mr_tokenizer mr_tokenizer;
 
+/* A heap tokenizer from a tokenizer.json path (*out NULL on error); free with
+ * mr_tokenizer_free, which accepts NULL. Immutable after load, shareable by threads. */
 int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err);
 void mr_tokenizer_free(mr_tokenizer *t);
 /* Appends the ids of text[0..len) to out (no special tokens added). */
 int mr_tokenizer_encode(const mr_tokenizer *t, const char *text, size_t len, mr_ids *out,
                         mr_err *err);
-/* Id of a token string (vocab or added token), or -1. */
+/* Id of a token string (added tokens first, then the vocab). A lookup, not an error signal:
+ * -1 when absent or when t or token is NULL. */
 int32_t mr_tokenizer_token_id(const mr_tokenizer *t, const char *token);
 /* Token string of an id, or NULL when out of range. */
 const char *mr_tokenizer_token(const mr_tokenizer *t, int32_t id);
