@@ -14,10 +14,14 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "adamw.h"
 #include "lm.h"
+#include "loss.h"
 #include "run.h"
 #include "seeded.h"
-#include "train_model.h"
+#include "tcache.h"
+#include "tmodel.h"
+#include "twidth.h"
 
 typedef struct targs {
     const char *stage, *init, *data, *out, *tokenizer;

@@ -18,7 +18,9 @@
 
 #include "lm.h"
 #include "seeded.h"
-#include "train_model.h"
+#include "adamw.h"
+#include "tcache.h"
+#include "tmodel.h"
 
 static unsigned g_seed = 4242;
 static float frand(void) {

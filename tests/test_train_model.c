@@ -1,4 +1,5 @@
-/* test_train_model.c: the training-mode model (trainer/train_model.c).
+/* test_train_model.c: the training-mode model (trainer/tmodel.c, tpass.c, tcache.c, twidth.c,
+ * dropout.c, loss.c, adamw.c).
  *
  * cmocka tests: the training forward scores every exit like the engine's mr_model_score at
  * any width (llama, qwen2 bias, gemma2 softcaps + sliding window); LoRA with B = 0 equals the
@@ -33,7 +34,12 @@
 
 #include "model.h"
 #include "seeded.h"
-#include "train_model.h"
+#include "adamw.h"
+#include "loss.h"
+#include "tcache.h"
+#include "tmodel.h"
+#include "tpass.h"
+#include "twidth.h"
 
 static unsigned g_seed = 777;
 static float frand(void) {

@@ -7,6 +7,7 @@
 
 #include "backward.h"
 #include "kernels.h"
+#include "tpass.h"
 
 #define LM_CHUNK 64
 

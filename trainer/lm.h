@@ -1,6 +1,6 @@
 /* lm.h: the causal-LM pre-training objective of `mrank train --stage lm`: next-token
  * cross-entropy through the tied LM head (the embedding matrix E), on the final hidden states
- * of the training-mode forward (train_model.h, full width, every layer).
+ * of the training pass (tpass.h, full width, every layer).
  *
  *   logits_t = rmsnorm(h_t, final_norm) E^T        (vocab)
  *   loss     = sum_t -log softmax(logits_t)[target_t]  over tokens with a target
@@ -13,7 +13,8 @@
 
 #include <stdint.h>
 
-#include "train_model.h"
+#include "tcache.h"
+#include "tmodel.h"
 
 /* Loss of hidden states x (n, d) against targets (n; < 0 = no target). Adds
  * wgt * dLoss/d(.) into dx (n, d), dfnorm (d) and dE (vocab, d) (any may be NULL).

@@ -11,7 +11,8 @@
 #include <stdint.h>
 
 #include "tokenizer.h"
-#include "train_model.h"
+#include "adamw.h"
+#include "tmodel.h"
 
 /* ---- LM text: one document per line, [BOS] + tokens, cut into sequences of seq_len ---- */
 typedef struct mr_lm_data {
