@@ -15,9 +15,10 @@
 
 #include "cli.h"
 #include "adamw.h"
+#include "checkpoint.h"
+#include "data.h"
 #include "lm.h"
 #include "loss.h"
-#include "run.h"
 #include "seeded.h"
 #include "tcache.h"
 #include "tmodel.h"
