@@ -16,9 +16,12 @@
 #include <time.h>
 
 #include "cli.h"
-#include "eval.h"
 #include "input.h"
+#include "metrics.h"
 #include "model.h"
+#include "qrels.h"
+#include "texts.h"
+#include "trec_run.h"
 
 typedef struct eargs {
     const char *model, *coll, *out, *prompt, *run_name;
@@ -168,7 +171,7 @@ static int cand_cmp(const void *x, const void *y) {
  * (pids) and model row (rows, sharing qids and the suffix sids), and each candidate's relevance
  * gain. Returns the number of candidates, or a negative MR_E* naming the missing query or
  * document. */
-static int query_rows(const mr_model *m, int max_len, const mr_run *run, int q,
+static int query_rows(const mr_model *m, int max_len, const mr_trec_run *run, int q,
                       const mr_texts *queries, const mr_texts *corpus, const mr_qrels *qrels,
                       mr_ids *qids, mr_ids *pids, const mr_ids *sids, mr_row *rows, int *gains,
                       mr_err *err) {
@@ -205,7 +208,7 @@ int mr_cmd_eval(int argc, char **argv) {
     mr_ctx ctx = {0};
     mr_texts corpus = {0}, queries = {0};
     mr_qrels qrels = {0};
-    mr_run run = {0};
+    mr_trec_run run = {0};
     FILE *out = NULL;
     int rc = 1, loaded = 0, ctx_ok = 0;
     char path[1200];
@@ -239,7 +242,7 @@ int mr_cmd_eval(int argc, char **argv) {
     if (mr_qrels_load(&qrels, path, &err)) goto fail;
     if (a.run_name) snprintf(path, sizeof path, "%s", a.run_name);
     else snprintf(path, sizeof path, "%s/bm25_top100.run", a.coll);
-    if (mr_run_load(&run, path, &err)) goto fail;
+    if (mr_trec_run_load(&run, path, &err)) goto fail;
     if (!(out = fopen(a.out, "w"))) {
         mr_err_errno(&err, "%s", a.out);
         goto fail;
@@ -340,7 +343,7 @@ done:
     free(pids), free(rows), free(scores), free(gains), free(cs);
     mr_ids_free(&qids), mr_ids_free(&sids);
     mr_texts_free(&corpus), mr_texts_free(&queries);
-    mr_qrels_free(&qrels), mr_run_free(&run);
+    mr_qrels_free(&qrels), mr_trec_run_free(&run);
     if (loaded) mr_model_close(&m);
     return rc;
 }
@@ -432,7 +435,7 @@ static int eval_grid(eargs *a) {
     mr_ctx ctx = {0};
     mr_texts corpus = {0}, queries = {0};
     mr_qrels qrels = {0};
-    mr_run run = {0}, ref = {0};
+    mr_trec_run run = {0}, ref = {0};
     FILE *out = NULL, *tsv = NULL;
     int rc = 1, loaded = 0, ctx_ok = 0, maxc = 1, n_hr = 0;
     char path[1200], vdir[1100], wdir[4][1100];
@@ -496,8 +499,8 @@ static int eval_grid(eargs *a) {
     if (mr_qrels_load(&qrels, path, &err)) goto fail;
     if (a->run_name) snprintf(path, sizeof path, "%s", a->run_name);
     else snprintf(path, sizeof path, "%s/bm25_top100.run", a->coll);
-    if (mr_run_load(&run, path, &err)) goto fail;
-    if (a->reference && mr_run_load(&ref, a->reference, &err)) goto fail;
+    if (mr_trec_run_load(&run, path, &err)) goto fail;
+    if (a->reference && mr_trec_run_load(&ref, a->reference, &err)) goto fail;
     if (!(out = fopen(a->out, "w"))) {
         mr_err_errno(&err, "%s", a->out);
         goto fail;
@@ -689,7 +692,7 @@ done:
     free(pt);
     mr_ids_free(&qids), mr_ids_free(&sids);
     mr_texts_free(&corpus), mr_texts_free(&queries);
-    mr_qrels_free(&qrels), mr_run_free(&run), mr_run_free(&ref);
+    mr_qrels_free(&qrels), mr_trec_run_free(&run), mr_trec_run_free(&ref);
     if (loaded) mr_model_close(&m);
     return rc;
 }
