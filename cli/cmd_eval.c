@@ -342,8 +342,8 @@ done:
     }
     free(pids), free(rows), free(scores), free(gains), free(cs);
     mr_ids_free(&qids), mr_ids_free(&sids);
-    mr_texts_free(&corpus), mr_texts_free(&queries);
-    mr_qrels_free(&qrels), mr_trec_run_free(&run);
+    mr_texts_close(&corpus), mr_texts_close(&queries);
+    mr_qrels_close(&qrels), mr_trec_run_close(&run);
     if (loaded) mr_model_close(&m);
     return rc;
 }
@@ -691,8 +691,8 @@ done:
     free(hr), free(pids), free(rows), free(scores), free(gains), free(refpos), free(rg), free(cs);
     free(pt);
     mr_ids_free(&qids), mr_ids_free(&sids);
-    mr_texts_free(&corpus), mr_texts_free(&queries);
-    mr_qrels_free(&qrels), mr_trec_run_free(&run), mr_trec_run_free(&ref);
+    mr_texts_close(&corpus), mr_texts_close(&queries);
+    mr_qrels_close(&qrels), mr_trec_run_close(&run), mr_trec_run_close(&ref);
     if (loaded) mr_model_close(&m);
     return rc;
 }

@@ -561,8 +561,8 @@ fail:
     fprintf(stderr, "mrank train: %s\n", err.msg);
 done:
     if (loaded) mr_tmodel_close(&m);
-    mr_lm_data_free(&lm);
-    mr_rr_data_free(&rr);
+    mr_lm_data_close(&lm);
+    mr_rr_data_close(&rr);
     mr_tokenizer_free(tok);
     return rc;
 }

@@ -52,7 +52,7 @@ int mr_qrels_load(mr_qrels *r, const char *path, mr_err *err) {
         r->q[i] = v[i].q, r->d[i] = v[i].d, r->rel[i] = v[i].rel;
     r->n = n;
     free(v);
-    if (rc) mr_qrels_free(r);
+    if (rc) mr_qrels_close(r);
     return rc;
 }
 
@@ -84,7 +84,8 @@ int mr_qrels_gains(const mr_qrels *r, const char *q, int *out, int cap) {
     return n;
 }
 
-void mr_qrels_free(mr_qrels *r) {
+void mr_qrels_close(mr_qrels *r) {
+    if (!r) return;
     for (int i = 0; i < r->n; i++) {
         if (r->q) free(r->q[i]);
         if (r->d) free(r->d[i]);

@@ -15,11 +15,13 @@ typedef struct mr_qrels {
     int *rel;
     int n;
 } mr_qrels;
+/* r is caller-owned; a first line starting "query-id" is a header; MR_EFORMAT names the bad
+ * line; on error r holds nothing. */
 int mr_qrels_load(mr_qrels *r, const char *path, mr_err *err);
 /* Grade of (q, d); 0 when unjudged. */
 int mr_qrels_get(const mr_qrels *r, const char *q, const char *d);
 /* Gains > 0 of query q, sorted decreasing, into out (cap); returns their count. */
 int mr_qrels_gains(const mr_qrels *r, const char *q, int *out, int cap);
-void mr_qrels_free(mr_qrels *r);
+void mr_qrels_close(mr_qrels *r); /* accepts NULL, idempotent */
 
 #endif

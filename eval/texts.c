@@ -74,7 +74,7 @@ int mr_texts_load(mr_texts *t, const char *path, mr_err *err) {
     t->n = n;
     free(v);
     if (!t->id || !t->text) rc = mr_err_set(err, MR_ENOMEM, "out of memory");
-    if (rc) mr_texts_free(t);
+    if (rc) mr_texts_close(t);
     return rc;
 }
 
@@ -89,7 +89,8 @@ const char *mr_texts_get(const mr_texts *t, const char *id) {
     return NULL;
 }
 
-void mr_texts_free(mr_texts *t) {
+void mr_texts_close(mr_texts *t) {
+    if (!t) return;
     for (int i = 0; i < t->n; i++) {
         if (t->id) free(t->id[i]);
         if (t->text) free(t->text[i]);

@@ -60,11 +60,12 @@ int mr_trec_run_load(mr_trec_run *r, const char *path, mr_err *err) {
         r->n_q = nq, r->n_doc = n;
     }
     free(v);
-    if (rc) mr_trec_run_free(r);
+    if (rc) mr_trec_run_close(r);
     return rc;
 }
 
-void mr_trec_run_free(mr_trec_run *r) {
+void mr_trec_run_close(mr_trec_run *r) {
+    if (!r) return;
     for (int i = 0; i < r->n_q && r->qid; i++) free(r->qid[i]);
     for (int i = 0; i < r->n_doc && r->doc; i++) free(r->doc[i]);
     free(r->qid), free(r->first), free(r->count), free(r->doc);

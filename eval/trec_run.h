@@ -16,7 +16,8 @@ typedef struct mr_trec_run {
     char **doc;
     int n_q, n_doc;
 } mr_trec_run;
+/* r is caller-owned; MR_EFORMAT names the bad line; on error r holds nothing. */
 int mr_trec_run_load(mr_trec_run *r, const char *path, mr_err *err);
-void mr_trec_run_free(mr_trec_run *r);
+void mr_trec_run_close(mr_trec_run *r); /* accepts NULL, idempotent */
 
 #endif

@@ -88,12 +88,13 @@ int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int3
     if (!rc && d->n == 0) rc = mr_err_set(err, MR_EINVAL, "%s: no text", path);
     if (rc) {
         if (!err || !err->code) mr_err_set(err, rc, "%s: out of memory", path);
-        mr_lm_data_free(d);
+        mr_lm_data_close(d);
     }
     return rc;
 }
 
-void mr_lm_data_free(mr_lm_data *d) {
+void mr_lm_data_close(mr_lm_data *d) {
+    if (!d) return;
     free(d->ids);
     free(d->off);
     memset(d, 0, sizeof *d);
@@ -101,7 +102,7 @@ void mr_lm_data_free(mr_lm_data *d) {
 
 /* ---- re-ranking jsonl ---- */
 
-static void ex_free(mr_rr_example *e) {
+static void example_close(mr_rr_example *e) {
     mr_ids_free(&e->q);
     mr_ids_free(&e->s);
     for (int i = 0; i < e->n_pos + e->n_neg; i++) mr_ids_free(&e->p[i]);
@@ -195,12 +196,13 @@ int mr_rr_data_load(mr_rr_data *d, const char *path, const mr_tokenizer *t, int3
     free(line);
     fclose(f);
     if (!rc && d->n == 0) rc = mr_err_set(err, MR_EINVAL, "%s: no examples", path);
-    if (rc) mr_rr_data_free(d);
+    if (rc) mr_rr_data_close(d);
     return rc;
 }
 
-void mr_rr_data_free(mr_rr_data *d) {
-    for (int i = 0; i < d->n; i++) ex_free(&d->ex[i]);
+void mr_rr_data_close(mr_rr_data *d) {
+    if (!d) return;
+    for (int i = 0; i < d->n; i++) example_close(&d->ex[i]);
     free(d->ex);
     memset(d, 0, sizeof *d);
 }

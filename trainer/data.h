@@ -22,9 +22,10 @@ typedef struct mr_lm_data {
     int64_t *off;         /* (n + 1) */
     int n;
 } mr_lm_data;
+/* d is caller-owned; on error it holds nothing. */
 int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int32_t bos,
                     int seq_len, mr_err *err);
-void mr_lm_data_free(mr_lm_data *d);
+void mr_lm_data_close(mr_lm_data *d); /* accepts NULL, idempotent */
 
 /* ---- re-ranking jsonl: {query, pos[], neg[], pos_scores?, neg_scores?, prompt?} ---- */
 typedef struct mr_rr_example {
@@ -37,10 +38,11 @@ typedef struct mr_rr_data {
     mr_rr_example *ex;
     int n;
 } mr_rr_data;
-/* max_len: token budget of query + passage (input.h), query_max: cap on the query segment. */
+/* d is caller-owned; on error it holds nothing. max_len: token budget of query + passage
+ * (input.h), query_max: cap on the query segment. */
 int mr_rr_data_load(mr_rr_data *d, const char *path, const mr_tokenizer *t, int32_t bos,
                     int query_max, int max_len, mr_err *err);
-void mr_rr_data_free(mr_rr_data *d);
+void mr_rr_data_close(mr_rr_data *d); /* accepts NULL, idempotent */
 
 /* Index of the i-th example of the seeded stream over n examples. */
 int mr_stream_index(uint64_t seed, int n, int64_t i);

@@ -10,7 +10,7 @@
 #include "kernels.h"
 #include "tpass.h"
 
-int mr_cascade_anchor(const mr_tmodel *m, const mr_loss_opts *o, int l) {
+int mr_tloss_anchor(const mr_tmodel *m, const mr_loss_opts *o, int l) {
     int D = mr_tmodel_deepest(m);
     int k = o->cascade_step > 0 ? o->cascade_step : (D / 4 > 1 ? D / 4 : 1);
     int a = k * ((l + 1 + k - 1) / k);
@@ -21,7 +21,7 @@ int mr_cascade_anchor(const mr_tmodel *m, const mr_loss_opts *o, int l) {
 }
 
 /* Index of the exit head at layer, -1 when no head sits there (not an error: callers pass
- * layers that mr_cascade_anchor returned, which are always exit layers). */
+ * layers that mr_tloss_anchor returned, which are always exit layers). */
 static int exit_index(const mr_tmodel *m, int layer) {
     for (int e = 0; e < m->n_exits; e++)
         if (m->exit_layer[e] == layer) return e;
@@ -68,7 +68,7 @@ int mr_train_micro(mr_tmodel *m, mr_tcache *c, const mr_tbatch *b, const mr_twid
         if (!cascade) continue;
         for (int e = 0; e < E; e++) {
             if (m->exit_layer[e] >= D) continue;
-            int a = exit_index(m, mr_cascade_anchor(m, o, m->exit_layer[e]));
+            int a = exit_index(m, mr_tloss_anchor(m, o, m->exit_layer[e]));
             float *ttp = tp + G; /* tp[0..G) holds the external teacher's targets */
             mr_softmax(ttp, teach + (size_t)a * n_rows + (size_t)g * G, G);
             size_t at = (size_t)e * n_rows + (size_t)g * G;

@@ -33,7 +33,7 @@ typedef struct mr_loss_opts {
 } mr_loss_opts;
 
 /* Anchor exit layer a(l) of exit layer l (l < D) under o; D for l = D. */
-int mr_cascade_anchor(const mr_tmodel *m, const mr_loss_opts *o, int l);
+int mr_tloss_anchor(const mr_tmodel *m, const mr_loss_opts *o, int l);
 
 typedef struct mr_tloss {
     double total;           /* all terms (the cascade one weighted), averaged over queries */
