@@ -13,6 +13,12 @@ static int qr_cmp(const void *a, const void *b) {
     return c ? c : strcmp(x->d, y->d);
 }
 
+/* Frees the n entries of v (either string may be NULL) and v. */
+static void qr_free(qr *v, int n) {
+    for (int i = 0; i < n; i++) free(v[i].q), free(v[i].d);
+    free(v);
+}
+
 int mr_qrels_load(mr_qrels *r, const char *path, mr_err *err) {
     memset(r, 0, sizeof *r);
     FILE *f = fopen(path, "r");
@@ -35,25 +41,36 @@ int mr_qrels_load(mr_qrels *r, const char *path, mr_err *err) {
             cap = cap ? 2 * cap : 1024;
             qr *nv = realloc(v, sizeof *v * cap);
             if (!nv) {
-                rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+                rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
                 break;
             }
             v = nv;
         }
         v[n].q = strdup(q), v[n].d = strdup(d), v[n].rel = rel;
-        n++;
+        n++; /* counted first: the clean-up frees whichever string was made */
+        if (!v[n - 1].q || !v[n - 1].d) {
+            rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
+            break;
+        }
     }
     fclose(f);
+    if (!rc) {
+        r->q = malloc(sizeof(char *) * (size_t)(n ? n : 1));
+        r->d = malloc(sizeof(char *) * (size_t)(n ? n : 1));
+        r->rel = malloc(sizeof(int) * (size_t)(n ? n : 1));
+        if (!r->q || !r->d || !r->rel) rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
+    }
+    if (rc) {
+        qr_free(v, n);
+        free(r->q), free(r->d), free(r->rel);
+        memset(r, 0, sizeof *r);
+        return rc;
+    }
     if (v) qsort(v, (size_t)n, sizeof *v, qr_cmp);
-    r->q = malloc(sizeof(char *) * (size_t)(n ? n : 1));
-    r->d = malloc(sizeof(char *) * (size_t)(n ? n : 1));
-    r->rel = malloc(sizeof(int) * (size_t)(n ? n : 1));
-    for (int i = 0; i < n && r->q && r->d && r->rel; i++)
-        r->q[i] = v[i].q, r->d[i] = v[i].d, r->rel[i] = v[i].rel;
+    for (int i = 0; i < n; i++) r->q[i] = v[i].q, r->d[i] = v[i].d, r->rel[i] = v[i].rel;
     r->n = n;
     free(v);
-    if (rc) mr_qrels_close(r);
-    return rc;
+    return 0;
 }
 
 static int qrels_lower(const mr_qrels *r, const char *q) {

@@ -12,6 +12,12 @@ static int kv_cmp(const void *a, const void *b) {
     return strcmp(((const kv *)a)->id, ((const kv *)b)->id);
 }
 
+/* Frees the n entries of v (either string may be NULL) and v. */
+static void kv_free(kv *v, int n) {
+    for (int i = 0; i < n; i++) free(v[i].id), free(v[i].text);
+    free(v);
+}
+
 int mr_texts_load(mr_texts *t, const char *path, mr_err *err) {
     memset(t, 0, sizeof *t);
     FILE *f = fopen(path, "r");
@@ -39,7 +45,7 @@ int mr_texts_load(mr_texts *t, const char *path, mr_err *err) {
             kv *nv = realloc(v, sizeof *v * cap);
             if (!nv) {
                 cJSON_Delete(j);
-                rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+                rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
                 break;
             }
             v = nv;
@@ -61,21 +67,28 @@ int mr_texts_load(mr_texts *t, const char *path, mr_err *err) {
         cJSON_Delete(j);
         n++;
         if (!v[n - 1].id || !v[n - 1].text) {
-            rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+            rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
             break;
         }
     }
     free(line);
     fclose(f);
+    if (!rc) {
+        t->id = malloc(sizeof(char *) * (size_t)(n ? n : 1));
+        t->text = malloc(sizeof(char *) * (size_t)(n ? n : 1));
+        if (!t->id || !t->text) rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
+    }
+    if (rc) {
+        kv_free(v, n);
+        free(t->id), free(t->text);
+        memset(t, 0, sizeof *t);
+        return rc;
+    }
     if (v) qsort(v, (size_t)n, sizeof *v, kv_cmp);
-    t->id = malloc(sizeof(char *) * (size_t)(n ? n : 1));
-    t->text = malloc(sizeof(char *) * (size_t)(n ? n : 1));
-    for (int i = 0; i < n && t->id && t->text; i++) t->id[i] = v[i].id, t->text[i] = v[i].text;
+    for (int i = 0; i < n; i++) t->id[i] = v[i].id, t->text[i] = v[i].text;
     t->n = n;
     free(v);
-    if (!t->id || !t->text) rc = mr_err_set(err, MR_ENOMEM, "out of memory");
-    if (rc) mr_texts_close(t);
-    return rc;
+    return 0;
 }
 
 const char *mr_texts_get(const mr_texts *t, const char *id) {

@@ -13,6 +13,12 @@ static int re_cmp(const void *a, const void *b) {
     return x->rank - y->rank;
 }
 
+/* Frees the n entries of v (either string may be NULL) and v. */
+static void re_free(re *v, int n) {
+    for (int i = 0; i < n; i++) free(v[i].q), free(v[i].d);
+    free(v);
+}
+
 int mr_trec_run_load(mr_trec_run *r, const char *path, mr_err *err) {
     memset(r, 0, sizeof *r);
     FILE *f = fopen(path, "r");
@@ -33,35 +39,44 @@ int mr_trec_run_load(mr_trec_run *r, const char *path, mr_err *err) {
             cap = cap ? 2 * cap : 4096;
             re *nv = realloc(v, sizeof *v * cap);
             if (!nv) {
-                rc = mr_err_set(err, MR_ENOMEM, "out of memory");
+                rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
                 break;
             }
             v = nv;
         }
         v[n].q = strdup(q), v[n].d = strdup(d), v[n].rank = rank, v[n].order = nq;
-        n++;
+        n++; /* counted first: the clean-up frees whichever string was made */
+        if (!v[n - 1].q || !v[n - 1].d) {
+            rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
+            break;
+        }
     }
     fclose(f);
     if (!rc) {
-        if (v) qsort(v, (size_t)n, sizeof *v, re_cmp);
         r->qid = calloc((size_t)(nq ? nq : 1), sizeof(char *));
         r->first = calloc((size_t)(nq ? nq : 1), sizeof(int));
         r->count = calloc((size_t)(nq ? nq : 1), sizeof(int));
         r->doc = calloc((size_t)(n ? n : 1), sizeof(char *));
         if (!r->qid || !r->first || !r->count || !r->doc)
-            rc = mr_err_set(err, MR_ENOMEM, "out of memory");
-        for (int i = 0; i < n && !rc; i++) {
-            int k = v[i].order - 1;
-            if (!r->count[k]) r->first[k] = i, r->qid[k] = v[i].q;
-            else free(v[i].q);
-            r->count[k]++;
-            r->doc[i] = v[i].d;
-        }
-        r->n_q = nq, r->n_doc = n;
+            rc = mr_err_set(err, MR_ENOMEM, "%s: out of memory", path);
     }
+    if (rc) {
+        re_free(v, n);
+        free(r->qid), free(r->first), free(r->count), free(r->doc);
+        memset(r, 0, sizeof *r);
+        return rc;
+    }
+    if (v) qsort(v, (size_t)n, sizeof *v, re_cmp);
+    for (int i = 0; i < n; i++) {
+        int k = v[i].order - 1;
+        if (!r->count[k]) r->first[k] = i, r->qid[k] = v[i].q;
+        else free(v[i].q);
+        r->count[k]++;
+        r->doc[i] = v[i].d;
+    }
+    r->n_q = nq, r->n_doc = n;
     free(v);
-    if (rc) mr_trec_run_close(r);
-    return rc;
+    return 0;
 }
 
 void mr_trec_run_close(mr_trec_run *r) {

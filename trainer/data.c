@@ -110,6 +110,8 @@ static void example_close(mr_rr_example *e) {
     free(e->score);
 }
 
+/* Number of strings in a, or -1 when a is not an array of strings (a shape check, not an
+ * error code: the caller reports MR_EFORMAT with the line). */
 static int str_array(const cJSON *a) {
     if (!cJSON_IsArray(a)) return -1;
     const cJSON *x;

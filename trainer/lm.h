@@ -13,15 +13,18 @@
 
 #include <stdint.h>
 
+#include "mr_err.h"
 #include "tcache.h"
 #include "tmodel.h"
 
 /* Loss of hidden states x (n, d) against targets (n; < 0 = no target). Adds
  * wgt * dLoss/d(.) into dx (n, d), dfnorm (d) and dE (vocab, d) (any may be NULL).
- * Returns the summed loss (not weighted) and counts targets into *n_targets. */
-double mr_lm_xent(const float *x, int n, const int32_t *targets, const float *fnorm,
-                  const float *E, int vocab, int d, float eps, float w_offset, float wgt,
-                  float *dx, float *dfnorm, float *dE, int *n_targets);
+ * Stores the summed loss (not weighted) in *loss and the number of targets in *n_targets
+ * (either may be NULL). MR_ENOMEM for the logits' scratch, nothing accumulated then; a
+ * non-finite loss is a result, not an error. */
+int mr_lm_xent(const float *x, int n, const int32_t *targets, const float *fnorm,
+               const float *E, int vocab, int d, float eps, float w_offset, float wgt,
+               float *dx, float *dfnorm, float *dE, double *loss, int *n_targets, mr_err *err);
 
 /* One micro-batch of n_seqs token sequences (each >= 2 tokens, at most m->max_len): forward
  * through all layers at full width, mean next-token loss over the micro-batch, backward with
