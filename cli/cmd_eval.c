@@ -64,6 +64,7 @@ static void eval_usage(FILE *f) {
           f);
 }
 
+/* 0: evaluate with *a; 1: --help printed (exit status 0); -1: usage error, reported. */
 static int parse_eargs(int argc, char **argv, eargs *a) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},        {"collection", 1, 0, 'c'},    {"exits", 1, 0, 'e'},
@@ -136,7 +137,7 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
                 return -1;
             }
             break;
-        case 'h': eval_usage(stdout); exit(0);
+        case 'h': eval_usage(stdout); return 1;
         default: eval_usage(stderr); return -1;
         }
     }
@@ -217,7 +218,9 @@ int mr_cmd_eval(int argc, char **argv) {
     float *scores = NULL;
     int *gains = NULL, ideal[4096];
     cand *cs = NULL;
-    if (parse_eargs(argc, argv, &a)) return 2;
+    double *ndcg = NULL, *mrr = NULL;
+    int pr = parse_eargs(argc, argv, &a);
+    if (pr) return pr > 0 ? 0 : 2;
     if (a.grid) return eval_grid(&a);
     mr_model_opts mo = {.adapters = a.adapters, .n_adapters = a.n_adapters, .merge = 1};
     if (mr_model_load(&m, a.model, &mo, &err)) goto fail;
@@ -264,7 +267,11 @@ int mr_cmd_eval(int argc, char **argv) {
     ctx_ok = 1;
     int E = a.run.n_exits, nq = 0;
     double bm_ndcg = 0, bm_mrr = 0, rnd_ndcg = 0, rnd_mrr = 0, flops = 0;
-    double *ndcg = calloc((size_t)E, sizeof(double)), *mrr = calloc((size_t)E, sizeof(double));
+    ndcg = calloc((size_t)E, sizeof(double)), mrr = calloc((size_t)E, sizeof(double));
+    if (!ndcg || !mrr) {
+        mr_err_set(&err, MR_ENOMEM, "out of memory");
+        goto fail;
+    }
     long pairs = 0;
     double t0 = (double)clock();
     struct timespec ts0, ts1;
@@ -311,7 +318,6 @@ int mr_cmd_eval(int argc, char **argv) {
     if (!a.quiet) fputc('\n', stderr);
     if (nq == 0) {
         mr_err_set(&err, MR_EINVAL, "no judged query in the run");
-        free(ndcg), free(mrr);
         goto fail;
     }
     double wall = (double)(ts1.tv_sec - ts0.tv_sec) + 1e-9 * (double)(ts1.tv_nsec - ts0.tv_nsec);
@@ -327,7 +333,6 @@ int mr_cmd_eval(int argc, char **argv) {
     }
     printf("linear FLOPs per pair %.4g (to exit %d), %.1f pairs/s, run written to %s\n",
            flops / pairs, a.run.exits[E - 1], pairs / (wall > 0 ? wall : 1e-9), a.out);
-    free(ndcg), free(mrr);
     rc = 0;
     goto done;
 fail:
@@ -340,7 +345,7 @@ done:
         for (int q = 0; q < run.n_q; q++) maxc2 = run.count[q] > maxc2 ? run.count[q] : maxc2;
         for (int i = 0; i < maxc2; i++) mr_ids_free(&pids[i]);
     }
-    free(pids), free(rows), free(scores), free(gains), free(cs);
+    free(pids), free(rows), free(scores), free(gains), free(cs), free(ndcg), free(mrr);
     mr_ids_free(&qids), mr_ids_free(&sids);
     mr_texts_close(&corpus), mr_texts_close(&queries);
     mr_qrels_close(&qrels), mr_trec_run_close(&run);
