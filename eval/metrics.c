@@ -1,5 +1,6 @@
 /* metrics.c: nDCG@k and MRR@k of a ranked list of gains and their expected values under a
- * uniformly random order (see metrics.h). */
+ * uniformly random order (see metrics.h). Not here: ranking or judging (cli/cmd_eval.c,
+ * qrels.c). */
 #include "metrics.h"
 
 #include <math.h>

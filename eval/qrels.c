@@ -1,5 +1,6 @@
 /* qrels.c: relevance judgements of a BEIR collection (see qrels.h), sorted by (query,
- * document) so that a query's judgements are one binary search away. */
+ * document) so that a query's judgements are one binary search away. Not here: the metrics
+ * (metrics.c). */
 #include "qrels.h"
 
 #include <stdio.h>

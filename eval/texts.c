@@ -1,5 +1,6 @@
 /* texts.c: id -> text maps of BEIR jsonl files (see texts.h). Loads every line, then sorts
- * by id once, so lookups are binary searches. */
+ * by id once, so lookups are binary searches. Not here: tokenizing the texts
+ * (common/input.c). */
 #include "texts.h"
 
 #include <cjson/cJSON.h>

@@ -1,5 +1,5 @@
 /* trec_run.c: TREC run files (see trec_run.h): read, then grouped by query in file order and
- * sorted by rank within a query. */
+ * sorted by rank within a query. Not here: writing runs (cli/cmd_eval.c). */
 #include "trec_run.h"
 
 #include <stdio.h>

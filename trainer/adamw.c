@@ -1,6 +1,7 @@
 /* adamw.c: AdamW with linear warmup and decay (see adamw.h). Two passes over the floats per
  * step: the global gradient norm first (for clipping), then the moment updates, the decoupled
- * weight decay and the bias-corrected step. */
+ * weight decay and the bias-corrected step. Not here: which floats are trainable (tmodel.c),
+ * saving the moments (checkpoint.c). */
 #include "adamw.h"
 
 #include <math.h>

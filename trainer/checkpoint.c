@@ -1,4 +1,6 @@
-/* checkpoint.c: HF checkpoints and the resume state of `mrank train` (see checkpoint.h). */
+/* checkpoint.c: HF checkpoints and the resume state of `mrank train` (see checkpoint.h). The
+ * state file is written to PATH.tmp and renamed, so a crash never leaves half a state. Not
+ * here: PEFT adapters (tmodel.c), the data (data.c). */
 #include "checkpoint.h"
 
 #include <errno.h>

@@ -1,4 +1,6 @@
-/* data.c: tokenized training data and batch order of `mrank train` (see data.h). */
+/* data.c: tokenized training data and batch order of `mrank train` (see data.h): jsonl and
+ * text readers on the engine's input builders (common/input.h), and the seeded stream of
+ * examples. Not here: checkpoints (checkpoint.c), passes and losses. */
 #include "data.h"
 
 #include <cjson/cJSON.h>

@@ -1,6 +1,7 @@
 /* dropout.c: keys and masked copies of LoRA dropout (see dropout.h). The per-element keep
  * factor is the inline mr__drop_f of the header; this file derives the keys and applies the
- * mask to whole buffers (OpenMP over large ones). */
+ * mask to whole buffers (OpenMP over large ones). Not here: which buffers get dropped
+ * (tpass.c). */
 #include "dropout.h"
 
 uint64_t mr__drop_pass_key(const mr_tmodel *m, int pass) {

@@ -1,6 +1,7 @@
 /* loss.c: the re-ranking loss of cascaded self-distillation and one micro-batch of it (see
  * loss.h): the teacher pass, the student pass, the listwise, external-teacher and cascade
- * terms per query group, and the backward of their sum. */
+ * terms per query group, and the backward of their sum. Not here: the passes themselves
+ * (tpass.c), the LM objective (lm.c). */
 #include "loss.h"
 
 #include <stdlib.h>

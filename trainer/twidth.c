@@ -1,4 +1,5 @@
-/* twidth.c: validation and random sampling of a training pass's width (see twidth.h). */
+/* twidth.c: validation and random sampling of a training pass's width (see twidth.h). Not
+ * here: applying a width to a pass (tpass.c). */
 #include "twidth.h"
 
 #include <string.h>
