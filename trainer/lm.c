@@ -66,7 +66,7 @@ int mr_lm_micro(mr_tmodel *m, mr_tcache *c, const int32_t *const *seqs, const in
                 int n_seqs, float grad_scale, double *loss, mr_err *err) {
     if (m->mode != MR_TRAIN_FULL)
         return mr_err_set(err, MR_ESTATE, "LM training needs a full-mode model");
-    if (m->exit_layer[m->n_exits - 1] != m->cfg.n_layers)
+    if (mr_tmodel_deepest(m) != m->cfg.n_layers)
         return mr_err_set(err, MR_EINVAL, "LM training needs an exit at the last layer (%d)",
                           m->cfg.n_layers);
     mr_row *rows = malloc(sizeof(mr_row) * (size_t)(n_seqs ? n_seqs : 1));
