@@ -13,9 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli.h"
 #include "adamw.h"
 #include "checkpoint.h"
+#include "cli.h"
 #include "data.h"
 #include "lm.h"
 #include "loss.h"

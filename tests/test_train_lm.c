@@ -16,9 +16,9 @@
 
 #include <cmocka.h>
 
+#include "adamw.h"
 #include "lm.h"
 #include "seeded.h"
-#include "adamw.h"
 #include "tcache.h"
 #include "tmodel.h"
 

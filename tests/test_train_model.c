@@ -32,10 +32,10 @@
 
 #include <cmocka.h>
 
-#include "model.h"
-#include "seeded.h"
 #include "adamw.h"
 #include "loss.h"
+#include "model.h"
+#include "seeded.h"
 #include "tcache.h"
 #include "tmodel.h"
 #include "tpass.h"
