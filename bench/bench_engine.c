@@ -31,6 +31,7 @@
 
 #include "kernels.h"
 #include "model.h"
+#include "prng.h"
 
 /* ---- timers around the engine's kernels (see -Wl,--wrap in bench/CMakeLists.txt) ---- */
 
@@ -127,14 +128,8 @@ static void timers_reset(void) {
 /* ---- deterministic inputs ---- */
 
 static uint64_t rng_state;
-static uint64_t rng_next(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 static int rng_range(int lo, int hi) { /* uniform in [lo, hi] */
-    return lo + (int)(rng_next() % (uint64_t)(hi - lo + 1));
+    return lo + (int)(mr_prng_next(&rng_state) % (uint64_t)(hi - lo + 1));
 }
 
 typedef struct bench_cfg {

@@ -16,9 +16,12 @@
 #include <time.h>
 
 #include "cli.h"
-#include "eval.h"
 #include "input.h"
+#include "metrics.h"
 #include "model.h"
+#include "qrels.h"
+#include "texts.h"
+#include "trec_run.h"
 
 typedef struct eargs {
     const char *model, *coll, *out, *prompt, *run_name;
@@ -61,6 +64,7 @@ static void eval_usage(FILE *f) {
           f);
 }
 
+/* 0: evaluate with *a; 1: --help printed (exit status 0); -1: usage error, reported. */
 static int parse_eargs(int argc, char **argv, eargs *a) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},        {"collection", 1, 0, 'c'},    {"exits", 1, 0, 'e'},
@@ -133,7 +137,7 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
                 return -1;
             }
             break;
-        case 'h': eval_usage(stdout); exit(0);
+        case 'h': eval_usage(stdout); return 1;
         default: eval_usage(stderr); return -1;
         }
     }
@@ -168,7 +172,7 @@ static int cand_cmp(const void *x, const void *y) {
  * (pids) and model row (rows, sharing qids and the suffix sids), and each candidate's relevance
  * gain. Returns the number of candidates, or a negative MR_E* naming the missing query or
  * document. */
-static int query_rows(const mr_model *m, int max_len, const mr_run *run, int q,
+static int query_rows(const mr_model *m, int max_len, const mr_trec_run *run, int q,
                       const mr_texts *queries, const mr_texts *corpus, const mr_qrels *qrels,
                       mr_ids *qids, mr_ids *pids, const mr_ids *sids, mr_row *rows, int *gains,
                       mr_err *err) {
@@ -205,7 +209,7 @@ int mr_cmd_eval(int argc, char **argv) {
     mr_ctx ctx = {0};
     mr_texts corpus = {0}, queries = {0};
     mr_qrels qrels = {0};
-    mr_run run = {0};
+    mr_trec_run run = {0};
     FILE *out = NULL;
     int rc = 1, loaded = 0, ctx_ok = 0;
     char path[1200];
@@ -214,7 +218,9 @@ int mr_cmd_eval(int argc, char **argv) {
     float *scores = NULL;
     int *gains = NULL, ideal[4096];
     cand *cs = NULL;
-    if (parse_eargs(argc, argv, &a)) return 2;
+    double *ndcg = NULL, *mrr = NULL;
+    int pr = parse_eargs(argc, argv, &a);
+    if (pr) return pr > 0 ? 0 : 2;
     if (a.grid) return eval_grid(&a);
     mr_model_opts mo = {.adapters = a.adapters, .n_adapters = a.n_adapters, .merge = 1};
     if (mr_model_load(&m, a.model, &mo, &err)) goto fail;
@@ -239,7 +245,7 @@ int mr_cmd_eval(int argc, char **argv) {
     if (mr_qrels_load(&qrels, path, &err)) goto fail;
     if (a.run_name) snprintf(path, sizeof path, "%s", a.run_name);
     else snprintf(path, sizeof path, "%s/bm25_top100.run", a.coll);
-    if (mr_run_load(&run, path, &err)) goto fail;
+    if (mr_trec_run_load(&run, path, &err)) goto fail;
     if (!(out = fopen(a.out, "w"))) {
         mr_err_errno(&err, "%s", a.out);
         goto fail;
@@ -261,7 +267,11 @@ int mr_cmd_eval(int argc, char **argv) {
     ctx_ok = 1;
     int E = a.run.n_exits, nq = 0;
     double bm_ndcg = 0, bm_mrr = 0, rnd_ndcg = 0, rnd_mrr = 0, flops = 0;
-    double *ndcg = calloc((size_t)E, sizeof(double)), *mrr = calloc((size_t)E, sizeof(double));
+    ndcg = calloc((size_t)E, sizeof(double)), mrr = calloc((size_t)E, sizeof(double));
+    if (!ndcg || !mrr) {
+        mr_err_set(&err, MR_ENOMEM, "out of memory");
+        goto fail;
+    }
     long pairs = 0;
     double t0 = (double)clock();
     struct timespec ts0, ts1;
@@ -308,7 +318,6 @@ int mr_cmd_eval(int argc, char **argv) {
     if (!a.quiet) fputc('\n', stderr);
     if (nq == 0) {
         mr_err_set(&err, MR_EINVAL, "no judged query in the run");
-        free(ndcg), free(mrr);
         goto fail;
     }
     double wall = (double)(ts1.tv_sec - ts0.tv_sec) + 1e-9 * (double)(ts1.tv_nsec - ts0.tv_nsec);
@@ -324,7 +333,6 @@ int mr_cmd_eval(int argc, char **argv) {
     }
     printf("linear FLOPs per pair %.4g (to exit %d), %.1f pairs/s, run written to %s\n",
            flops / pairs, a.run.exits[E - 1], pairs / (wall > 0 ? wall : 1e-9), a.out);
-    free(ndcg), free(mrr);
     rc = 0;
     goto done;
 fail:
@@ -337,10 +345,10 @@ done:
         for (int q = 0; q < run.n_q; q++) maxc2 = run.count[q] > maxc2 ? run.count[q] : maxc2;
         for (int i = 0; i < maxc2; i++) mr_ids_free(&pids[i]);
     }
-    free(pids), free(rows), free(scores), free(gains), free(cs);
+    free(pids), free(rows), free(scores), free(gains), free(cs), free(ndcg), free(mrr);
     mr_ids_free(&qids), mr_ids_free(&sids);
-    mr_texts_free(&corpus), mr_texts_free(&queries);
-    mr_qrels_free(&qrels), mr_run_free(&run);
+    mr_texts_close(&corpus), mr_texts_close(&queries);
+    mr_qrels_close(&qrels), mr_trec_run_close(&run);
     if (loaded) mr_model_close(&m);
     return rc;
 }
@@ -432,7 +440,7 @@ static int eval_grid(eargs *a) {
     mr_ctx ctx = {0};
     mr_texts corpus = {0}, queries = {0};
     mr_qrels qrels = {0};
-    mr_run run = {0}, ref = {0};
+    mr_trec_run run = {0}, ref = {0};
     FILE *out = NULL, *tsv = NULL;
     int rc = 1, loaded = 0, ctx_ok = 0, maxc = 1, n_hr = 0;
     char path[1200], vdir[1100], wdir[4][1100];
@@ -496,8 +504,8 @@ static int eval_grid(eargs *a) {
     if (mr_qrels_load(&qrels, path, &err)) goto fail;
     if (a->run_name) snprintf(path, sizeof path, "%s", a->run_name);
     else snprintf(path, sizeof path, "%s/bm25_top100.run", a->coll);
-    if (mr_run_load(&run, path, &err)) goto fail;
-    if (a->reference && mr_run_load(&ref, a->reference, &err)) goto fail;
+    if (mr_trec_run_load(&run, path, &err)) goto fail;
+    if (a->reference && mr_trec_run_load(&ref, a->reference, &err)) goto fail;
     if (!(out = fopen(a->out, "w"))) {
         mr_err_errno(&err, "%s", a->out);
         goto fail;
@@ -688,8 +696,8 @@ done:
     free(hr), free(pids), free(rows), free(scores), free(gains), free(refpos), free(rg), free(cs);
     free(pt);
     mr_ids_free(&qids), mr_ids_free(&sids);
-    mr_texts_free(&corpus), mr_texts_free(&queries);
-    mr_qrels_free(&qrels), mr_run_free(&run), mr_run_free(&ref);
+    mr_texts_close(&corpus), mr_texts_close(&queries);
+    mr_qrels_close(&qrels), mr_trec_run_close(&run), mr_trec_run_close(&ref);
     if (loaded) mr_model_close(&m);
     return rc;
 }

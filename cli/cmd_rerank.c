@@ -56,7 +56,10 @@ static int read_docs(const char *path, docs *d) {
         }
     }
     if (fp != stdin) fclose(fp);
-    if (!d->raw) return -1;
+    if (!d->raw) {
+        fprintf(stderr, "mrank rerank: --docs %s: out of memory\n", path);
+        return -1;
+    }
     d->raw[n] = 0;
     const char *s = d->raw;
     while (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r') s++;
@@ -68,6 +71,11 @@ static int read_docs(const char *path, docs *d) {
         d->n = cJSON_GetArraySize(d->json);
         d->text = calloc((size_t)d->n + 1, sizeof *d->text);
         d->id = calloc((size_t)d->n + 1, sizeof *d->id);
+        if (!d->text || !d->id) {
+            fprintf(stderr, "mrank rerank: --docs %s: out of memory for %d documents\n", path,
+                    d->n);
+            return -1;
+        }
         for (int i = 0; i < d->n; i++) {
             cJSON *it = cJSON_GetArrayItem(d->json, i);
             cJSON *t = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "text") : it;
@@ -86,6 +94,10 @@ static int read_docs(const char *path, docs *d) {
     for (char *p = d->raw; *p; p++) lines += *p == '\n';
     d->text = calloc((size_t)lines, sizeof *d->text);
     d->id = calloc((size_t)lines, sizeof *d->id);
+    if (!d->text || !d->id) {
+        fprintf(stderr, "mrank rerank: --docs %s: out of memory for %d lines\n", path, lines);
+        return -1;
+    }
     for (char *p = d->raw, *e; p && *p; p = e ? e + 1 : NULL) {
         e = strchr(p, '\n');
         if (e) *e = 0;
@@ -235,7 +247,10 @@ int mr_cmd_rerank(int argc, char **argv) {
     if (read_docs(path, &d)) goto done;
     dv = calloc((size_t)d.n + 1, sizeof *dv);
     dp = calloc((size_t)d.n + 1, sizeof *dp);
-    if (!dv || !dp) goto done;
+    if (!dv || !dp) {
+        fprintf(stderr, "mrank rerank: out of memory for %d documents\n", d.n);
+        goto done;
+    }
     for (int i = 0; i < d.n; i++) {
         mrank__v1__document__init(&dv[i]);
         dv[i].text = d.text[i];
@@ -253,7 +268,10 @@ int mr_cmd_rerank(int argc, char **argv) {
     rq.overrides = ovp;
     rq.truncate = no_trunc ? MRANK__V1__TRUNCATE__TRUNCATE_NONE : MRANK__V1__TRUNCATE__TRUNCATE_END;
     size_t len = mrank__v1__rerank_request__get_packed_size(&rq), rlen = 0;
-    if (!(req = malloc(len ? len : 1))) goto done;
+    if (!(req = malloc(len ? len : 1))) {
+        fprintf(stderr, "mrank rerank: out of memory for a %zu-byte request\n", len);
+        goto done;
+    }
     mrank__v1__rerank_request__pack(&rq, req);
     mr_err err = {0};
     if (mr_rpc_channel_new(&chn, addr, &err)) {

@@ -61,6 +61,8 @@ bad:
     return -1;
 }
 
+/* 0: run with *a; 1: --help printed (exit status 0); -1: usage error or out of memory,
+ * reported. a->passages is allocated first (NULL if that failed); the caller frees it. */
 static int parse_args(int argc, char **argv, args *a, int scoring) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},          {"query", 1, 0, 'q'},         {"passage", 1, 0, 'p'},
@@ -75,8 +77,11 @@ static int parse_args(int argc, char **argv, args *a, int scoring) {
     a->max_len = MR_DEFAULT_MAX_LEN;
     a->run.ratio = 1;
     a->backend = "cpu";
-    a->passages = calloc((size_t)argc, sizeof *a->passages);
     const char *cmd = argv[0];
+    if (!(a->passages = calloc((size_t)argc, sizeof *a->passages))) {
+        fprintf(stderr, "mrank %s: out of memory for %d arguments\n", cmd, argc);
+        return -1;
+    }
     int ch, n;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -131,7 +136,7 @@ static int parse_args(int argc, char **argv, args *a, int scoring) {
             if (parse_prune(optarg, &a->run.prune[a->run.n_prune++])) return -1;
             break;
         case 'B': a->backend = optarg; break;
-        case 'h': score_usage(stdout, cmd); exit(0);
+        case 'h': score_usage(stdout, cmd); return 1;
         default: score_usage(stderr, cmd); return -1;
         }
     }
@@ -197,8 +202,11 @@ int mr_cmd_tokenize(int argc, char **argv) {
     mr_tokenizer *tok = NULL;
     inputs in = {0};
     char path[1024];
-    int rc = 1;
-    if (parse_args(argc, argv, &a, 0)) goto done;
+    int rc = 1, pr = parse_args(argc, argv, &a, 0);
+    if (pr) {
+        rc = pr > 0 ? 0 : 1;
+        goto done;
+    }
     snprintf(path, sizeof path, "%s/config.json", a.model);
     if (mr_config_load(&cfg, path, &err)) goto fail;
     snprintf(path, sizeof path, "%s/tokenizer.json", a.model);
@@ -270,8 +278,11 @@ int mr_cmd_score(int argc, char **argv) {
     inputs in = {0};
     mr_row *rows = NULL;
     float *scores = NULL;
-    int *depth = NULL, rc = 1, loaded = 0;
-    if (parse_args(argc, argv, &a, 1)) goto done;
+    int *depth = NULL, rc = 1, loaded = 0, pr = parse_args(argc, argv, &a, 1);
+    if (pr) {
+        rc = pr > 0 ? 0 : 1;
+        goto done;
+    }
     if (!(be = mr_backend_get(a.backend))) {
         fprintf(stderr, "mrank score: --backend '%s': this build has %s\n", a.backend,
                 mr_backend_names());

@@ -13,11 +13,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "adamw.h"
+#include "checkpoint.h"
 #include "cli.h"
+#include "data.h"
 #include "lm.h"
-#include "run.h"
+#include "loss.h"
 #include "seeded.h"
-#include "train_model.h"
+#include "tcache.h"
+#include "tmodel.h"
+#include "twidth.h"
 
 typedef struct targs {
     const char *stage, *init, *data, *out, *tokenizer;
@@ -78,6 +83,7 @@ static int parse_float(const char *opt, const char *s, float *out) {
     return 0;
 }
 
+/* 0: train with *a; 1: --help printed (exit status 0); -1: usage error, reported. */
 static int parse_targs(int argc, char **argv, targs *a) {
     static const struct option opts[] = {
         {"stage", 1, 0, 'S'},       {"init", 1, 0, 'i'},         {"data", 1, 0, 'd'},
@@ -185,7 +191,7 @@ static int parse_targs(int argc, char **argv, targs *a) {
                 return -1;
             }
             break;
-        case 'h': train_usage(stdout); exit(0);
+        case 'h': train_usage(stdout); return 1;
         default: train_usage(stderr); return -1;
         }
         if (ip && (mr_cli_parse_int(on, optarg, ip) || *ip < 0)) {
@@ -448,7 +454,8 @@ int mr_cmd_train(int argc, char **argv) {
     mr_tmodel m = {0};
     int rc = 1, loaded = 0, steps_done = 0, st;
     char tok_path[1024], init_dir[1024], path[1200], state[1200];
-    if (parse_targs(argc, argv, &a)) return 2;
+    int pr = parse_targs(argc, argv, &a);
+    if (pr) return pr > 0 ? 0 : 2;
     st = !strcmp(a.stage, "lm") ? 0 : !strcmp(a.stage, "rerank") ? 1 : 2;
     if (mkdir_p(a.out, &err)) goto fail;
     if (a.tokenizer) snprintf(tok_path, sizeof tok_path, "%s", a.tokenizer);
@@ -556,8 +563,8 @@ fail:
     fprintf(stderr, "mrank train: %s\n", err.msg);
 done:
     if (loaded) mr_tmodel_close(&m);
-    mr_lm_data_free(&lm);
-    mr_rr_data_free(&rr);
+    mr_lm_data_close(&lm);
+    mr_rr_data_close(&rr);
     mr_tokenizer_free(tok);
     return rc;
 }

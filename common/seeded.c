@@ -11,14 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "prng.h"
 #include "safetensors.h"
-
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 static uint64_t name_seed(uint64_t seed, const char *name) {
     uint64_t h = 1469598103934665603ull ^ seed;
@@ -118,7 +112,7 @@ static int write_weights(const mr_config *c, const char *path, uint64_t seed, mr
         for (int64_t done = 0; done < n; done += CHUNK) {
             size_t len = (size_t)(n - done < CHUNK ? n - done : CHUNK);
             for (size_t j = 0; j < len; j++) {
-                double u = (double)(splitmix(&st) >> 11) * (1.0 / 9007199254740992.0);
+                double u = mr_prng_unit(&st);
                 buf[j] = t->center + t->spread * (float)(2.0 * u - 1.0);
             }
             if ((rc = mr_st_writer_put(w, buf, len, err))) goto done;

@@ -16,9 +16,11 @@
 
 #include <cmocka.h>
 
+#include "adamw.h"
 #include "lm.h"
 #include "seeded.h"
-#include "train_model.h"
+#include "tcache.h"
+#include "tmodel.h"
 
 static unsigned g_seed = 4242;
 static float frand(void) {
@@ -78,7 +80,10 @@ static void test_xent_direct(void **s) {
     for (int i = 0; i < V * D; i++) E[i] = frand();
     int32_t tg[N] = {3, -1, 10, 0, 7};
     int cnt;
-    double got = mr_lm_xent(x, N, tg, fn, E, V, D, 1e-6f, 0, 1, NULL, NULL, NULL, &cnt);
+    double got;
+    mr_err err = {0};
+    assert_int_equal(mr_lm_xent(x, N, tg, fn, E, V, D, 1e-6f, 0, 1, NULL, NULL, NULL, &got, &cnt,
+                                &err), 0);
     double want = 0;
     for (int t = 0; t < N; t++) {
         if (tg[t] < 0) continue;

@@ -1,4 +1,5 @@
-/* test_train_model.c: the training-mode model (trainer/train_model.c).
+/* test_train_model.c: the training-mode model (trainer/tmodel.c, tpass.c, tcache.c, twidth.c,
+ * dropout.c, loss.c, adamw.c).
  *
  * cmocka tests: the training forward scores every exit like the engine's mr_model_score at
  * any width (llama, qwen2 bias, gemma2 softcaps + sliding window); LoRA with B = 0 equals the
@@ -31,9 +32,14 @@
 
 #include <cmocka.h>
 
+#include "adamw.h"
+#include "loss.h"
 #include "model.h"
 #include "seeded.h"
-#include "train_model.h"
+#include "tcache.h"
+#include "tmodel.h"
+#include "tpass.h"
+#include "twidth.h"
 
 static unsigned g_seed = 777;
 static float frand(void) {
@@ -551,17 +557,17 @@ static void test_anchor_rule(void **s) {
     m.n_exits = 29; /* Mistral-7B: exits 4..32 */
     for (int k = 0; k < 29; k++) m.exit_layer[k] = 4 + k;
     mr_loss_opts o = {.cascade = 1};
-    for (int l = 4; l <= 7; l++) assert_int_equal(mr_cascade_anchor(&m, &o, l), 8);
-    for (int l = 8; l <= 15; l++) assert_int_equal(mr_cascade_anchor(&m, &o, l), 16);
-    for (int l = 16; l <= 23; l++) assert_int_equal(mr_cascade_anchor(&m, &o, l), 24);
-    for (int l = 24; l <= 32; l++) assert_int_equal(mr_cascade_anchor(&m, &o, l), 32);
+    for (int l = 4; l <= 7; l++) assert_int_equal(mr_tloss_anchor(&m, &o, l), 8);
+    for (int l = 8; l <= 15; l++) assert_int_equal(mr_tloss_anchor(&m, &o, l), 16);
+    for (int l = 16; l <= 23; l++) assert_int_equal(mr_tloss_anchor(&m, &o, l), 24);
+    for (int l = 24; l <= 32; l++) assert_int_equal(mr_tloss_anchor(&m, &o, l), 32);
     m.n_exits = 4; /* tiny: exits 1..4, step max(1, 4/4) = 1 -> a(l) = l + 1 */
     for (int k = 0; k < 4; k++) m.exit_layer[k] = 1 + k;
-    for (int l = 1; l <= 3; l++) assert_int_equal(mr_cascade_anchor(&m, &o, l), l + 1);
+    for (int l = 1; l <= 3; l++) assert_int_equal(mr_tloss_anchor(&m, &o, l), l + 1);
     o.cascade_step = 2;
-    assert_int_equal(mr_cascade_anchor(&m, &o, 1), 2);
-    assert_int_equal(mr_cascade_anchor(&m, &o, 2), 4);
-    assert_int_equal(mr_cascade_anchor(&m, &o, 3), 4);
+    assert_int_equal(mr_tloss_anchor(&m, &o, 1), 2);
+    assert_int_equal(mr_tloss_anchor(&m, &o, 2), 4);
+    assert_int_equal(mr_tloss_anchor(&m, &o, 3), 4);
 }
 
 static void test_width_sample(void **s) {

@@ -11,7 +11,8 @@
  * Also here: the few forward helpers the engine has no public kernel for (mean pooling of
  * passage groups, the exit head score, the unmerged LoRA update, the softmax cross-entropy of
  * the listwise loss); each is a composition of common/kernels.h calls or a few lines with no
- * forward counterpart in common/. Callers: trainer/train_model.c, tests/test_train_grad.c. */
+ * forward counterpart in common/. Callers: trainer/tpass.c, trainer/loss.c, trainer/lm.c,
+ * tests/test_train_grad.c. */
 #ifndef MR_BACKWARD_H
 #define MR_BACKWARD_H
 

@@ -7,12 +7,13 @@
 
 #include "backward.h"
 #include "kernels.h"
+#include "tpass.h"
 
 #define LM_CHUNK 64
 
-double mr_lm_xent(const float *x, int n, const int32_t *targets, const float *fnorm,
-                  const float *E, int vocab, int d, float eps, float w_offset, float wgt,
-                  float *dx, float *dfnorm, float *dE, int *n_targets) {
+int mr_lm_xent(const float *x, int n, const int32_t *targets, const float *fnorm,
+               const float *E, int vocab, int d, float eps, float w_offset, float wgt,
+               float *dx, float *dfnorm, float *dE, double *loss, int *n_targets, mr_err *err) {
     int T = n < LM_CHUNK ? n : LM_CHUNK;
     float *xn = malloc(sizeof(float) * (size_t)T * d);
     float *dxn = malloc(sizeof(float) * (size_t)T * d);
@@ -21,7 +22,7 @@ double mr_lm_xent(const float *x, int n, const int32_t *targets, const float *fn
     int cnt = 0;
     if (!xn || !dxn || !lg) {
         free(xn), free(dxn), free(lg);
-        return NAN;
+        return mr_err_set(err, MR_ENOMEM, "out of memory for %d x %d logits", T, vocab);
     }
     for (int t0 = 0; t0 < n; t0 += LM_CHUNK) {
         int nt = n - t0 < LM_CHUNK ? n - t0 : LM_CHUNK, any = 0;
@@ -56,15 +57,16 @@ double mr_lm_xent(const float *x, int n, const int32_t *targets, const float *fn
                                 eps, w_offset);
     }
     free(xn), free(dxn), free(lg);
+    if (loss) *loss = total;
     if (n_targets) *n_targets = cnt;
-    return total;
+    return 0;
 }
 
 int mr_lm_micro(mr_tmodel *m, mr_tcache *c, const int32_t *const *seqs, const int *lens,
                 int n_seqs, float grad_scale, double *loss, mr_err *err) {
     if (m->mode != MR_TRAIN_FULL)
         return mr_err_set(err, MR_ESTATE, "LM training needs a full-mode model");
-    if (m->exit_layer[m->n_exits - 1] != m->cfg.n_layers)
+    if (mr_tmodel_deepest(m) != m->cfg.n_layers)
         return mr_err_set(err, MR_EINVAL, "LM training needs an exit at the last layer (%d)",
                           m->cfg.n_layers);
     mr_row *rows = malloc(sizeof(mr_row) * (size_t)(n_seqs ? n_seqs : 1));
@@ -101,12 +103,12 @@ int mr_lm_micro(mr_tmodel *m, mr_tcache *c, const int32_t *const *seqs, const in
     }
     (void)n_tok;
     float wgt = grad_scale / (float)n_targets;
-    int cnt;
-    double sum = mr_lm_xent(h, n, tg, m->w.final_norm, m->w.embed, m->cfg.vocab_size, d,
-                            m->cfg.rms_eps, m->norm_offset, wgt, dh, m->g.final_norm,
-                            m->g.embed, &cnt);
-    if (isnan(sum)) rc = mr_err_set(err, MR_ENOMEM, "out of memory for logits");
-    else mr_tmodel_backward_ex(m, c, NULL, dh);
+    int cnt = 0;
+    double sum = 0.0;
+    rc = mr_lm_xent(h, n, tg, m->w.final_norm, m->w.embed, m->cfg.vocab_size, d,
+                    m->cfg.rms_eps, m->norm_offset, wgt, dh, m->g.final_norm, m->g.embed, &sum,
+                    &cnt, err);
+    if (!rc) mr_tmodel_backward_ex(m, c, NULL, dh);
     if (loss) *loss = sum / (cnt ? cnt : 1);
     free(tg), free(dh);
     return rc;

@@ -1,6 +1,6 @@
 /* lm.h: the causal-LM pre-training objective of `mrank train --stage lm`: next-token
  * cross-entropy through the tied LM head (the embedding matrix E), on the final hidden states
- * of the training-mode forward (train_model.h, full width, every layer).
+ * of the training pass (tpass.h, full width, every layer).
  *
  *   logits_t = rmsnorm(h_t, final_norm) E^T        (vocab)
  *   loss     = sum_t -log softmax(logits_t)[target_t]  over tokens with a target
@@ -13,14 +13,18 @@
 
 #include <stdint.h>
 
-#include "train_model.h"
+#include "mr_err.h"
+#include "tcache.h"
+#include "tmodel.h"
 
 /* Loss of hidden states x (n, d) against targets (n; < 0 = no target). Adds
  * wgt * dLoss/d(.) into dx (n, d), dfnorm (d) and dE (vocab, d) (any may be NULL).
- * Returns the summed loss (not weighted) and counts targets into *n_targets. */
-double mr_lm_xent(const float *x, int n, const int32_t *targets, const float *fnorm,
-                  const float *E, int vocab, int d, float eps, float w_offset, float wgt,
-                  float *dx, float *dfnorm, float *dE, int *n_targets);
+ * Stores the summed loss (not weighted) in *loss and the number of targets in *n_targets
+ * (either may be NULL). MR_ENOMEM for the logits' scratch, nothing accumulated then; a
+ * non-finite loss is a result, not an error. */
+int mr_lm_xent(const float *x, int n, const int32_t *targets, const float *fnorm,
+               const float *E, int vocab, int d, float eps, float w_offset, float wgt,
+               float *dx, float *dfnorm, float *dE, double *loss, int *n_targets, mr_err *err);
 
 /* One micro-batch of n_seqs token sequences (each >= 2 tokens, at most m->max_len): forward
  * through all layers at full width, mean next-token loss over the micro-batch, backward with

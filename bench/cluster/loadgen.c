@@ -43,6 +43,7 @@
 #include <grpc/status.h>
 
 #include "mrank.pb-c.h"
+#include "prng.h"
 #include "rpc.h"
 #include "rpc_methods.h"
 #include "rpc_status.h"
@@ -105,13 +106,7 @@ static double now_s(void) {
 }
 
 static uint64_t rng_state;
-static uint64_t rng_next(void) { /* splitmix64 */
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-static double rng_unit(void) { return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0); }
+static double rng_unit(void) { return mr_prng_unit(&rng_state); }
 
 static void on_done(void *user, grpc_status_code status, const char *msg, const uint8_t *resp,
                     size_t resp_len) {
@@ -358,7 +353,7 @@ int main(int argc, char **argv) {
         G.s[idx].warm = t < warmup;
         G.inflight++;
         pthread_mutex_unlock(&G.mu);
-        int v = (int)(rng_next() % N_VARIANTS);
+        int v = (int)(mr_prng_next(&rng_state) % N_VARIANTS);
         if (mr_rpc_unary_async(chn, method, rq_buf[v], rq_len[v], &ro, on_done,
                                (void *)(intptr_t)idx)) {
             pthread_mutex_lock(&G.mu);

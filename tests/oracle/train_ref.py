@@ -71,7 +71,7 @@ DROP_HEAD = 1 << 20
 
 
 def mix64(z):
-    """splitmix64's output function at state z + golden (trainer/train_model.c mix64)."""
+    """splitmix64's output function at state z + golden (common/prng.h mr_prng_mix)."""
     z = (z + GOLDEN) & M64
     z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
     z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64

@@ -1,32 +1,25 @@
-/* run.c: data, batch order, checkpoints and resume state of `mrank train` (see run.h). */
-#include "run.h"
+/* data.c: tokenized training data and batch order of `mrank train` (see data.h): jsonl and
+ * text readers on the engine's input builders (common/input.h), and the seeded stream of
+ * examples. Not here: checkpoints (checkpoint.c), passes and losses. */
+#include "data.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "input.h"
+#include "prng.h"
 
-/* ---- randomness ---- */
-
-static uint64_t sm64(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+/* ---- batch order ---- */
 
 uint64_t mr_seed_mix(uint64_t seed, uint64_t a, uint64_t b) {
     uint64_t s = seed;
-    uint64_t x = sm64(&s) ^ a;
+    uint64_t x = mr_prng_next(&s) ^ a;
     s = x;
-    x = sm64(&s) ^ b;
+    x = mr_prng_next(&s) ^ b;
     s = x;
-    return sm64(&s);
+    return mr_prng_next(&s);
 }
 
 int mr_stream_index(uint64_t seed, int n, int64_t i) {
@@ -97,12 +90,13 @@ int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int3
     if (!rc && d->n == 0) rc = mr_err_set(err, MR_EINVAL, "%s: no text", path);
     if (rc) {
         if (!err || !err->code) mr_err_set(err, rc, "%s: out of memory", path);
-        mr_lm_data_free(d);
+        mr_lm_data_close(d);
     }
     return rc;
 }
 
-void mr_lm_data_free(mr_lm_data *d) {
+void mr_lm_data_close(mr_lm_data *d) {
+    if (!d) return;
     free(d->ids);
     free(d->off);
     memset(d, 0, sizeof *d);
@@ -110,7 +104,7 @@ void mr_lm_data_free(mr_lm_data *d) {
 
 /* ---- re-ranking jsonl ---- */
 
-static void ex_free(mr_rr_example *e) {
+static void example_close(mr_rr_example *e) {
     mr_ids_free(&e->q);
     mr_ids_free(&e->s);
     for (int i = 0; i < e->n_pos + e->n_neg; i++) mr_ids_free(&e->p[i]);
@@ -118,6 +112,8 @@ static void ex_free(mr_rr_example *e) {
     free(e->score);
 }
 
+/* Number of strings in a, or -1 when a is not an array of strings (a shape check, not an
+ * error code: the caller reports MR_EFORMAT with the line). */
 static int str_array(const cJSON *a) {
     if (!cJSON_IsArray(a)) return -1;
     const cJSON *x;
@@ -204,34 +200,35 @@ int mr_rr_data_load(mr_rr_data *d, const char *path, const mr_tokenizer *t, int3
     free(line);
     fclose(f);
     if (!rc && d->n == 0) rc = mr_err_set(err, MR_EINVAL, "%s: no examples", path);
-    if (rc) mr_rr_data_free(d);
+    if (rc) mr_rr_data_close(d);
     return rc;
 }
 
-void mr_rr_data_free(mr_rr_data *d) {
-    for (int i = 0; i < d->n; i++) ex_free(&d->ex[i]);
+void mr_rr_data_close(mr_rr_data *d) {
+    if (!d) return;
+    for (int i = 0; i < d->n; i++) example_close(&d->ex[i]);
     free(d->ex);
     memset(d, 0, sizeof *d);
 }
 
 int mr_rr_group(const mr_rr_example *ex, int G, uint64_t *rng, mr_row *rows, float *teacher) {
     int pick[512];
-    int p = (int)(sm64(rng) % (uint64_t)ex->n_pos);
+    int p = (int)(mr_prng_next(rng) % (uint64_t)ex->n_pos);
     pick[0] = p;
     int nn = ex->n_neg;
     for (int g = 1; g < G && g < 512; g++) {
         int j;
         if (nn == 0) { /* no negatives: other positives stand in (degenerate but valid) */
-            j = (int)(sm64(rng) % (uint64_t)ex->n_pos);
+            j = (int)(mr_prng_next(rng) % (uint64_t)ex->n_pos);
         } else if (nn >= G - 1) { /* without replacement: rejection on the few picked */
             for (;;) {
-                j = ex->n_pos + (int)(sm64(rng) % (uint64_t)nn);
+                j = ex->n_pos + (int)(mr_prng_next(rng) % (uint64_t)nn);
                 int dup = 0;
                 for (int k = 1; k < g; k++) dup |= pick[k] == j;
                 if (!dup) break;
             }
         } else {
-            j = ex->n_pos + (g - 1 < nn ? g - 1 : (int)(sm64(rng) % (uint64_t)nn));
+            j = ex->n_pos + (g - 1 < nn ? g - 1 : (int)(mr_prng_next(rng) % (uint64_t)nn));
         }
         pick[g] = j;
     }
@@ -241,90 +238,4 @@ int mr_rr_group(const mr_rr_example *ex, int G, uint64_t *rng, mr_row *rows, flo
         if (teacher && ex->score) teacher[g] = ex->score[pick[g]];
     }
     return ex->score != NULL;
-}
-
-/* ---- checkpoints ---- */
-
-int mr_copy_file(const char *src, const char *dst, mr_err *err) {
-    FILE *a = fopen(src, "rb");
-    if (!a) return mr_err_errno(err, "%s", src);
-    FILE *b = fopen(dst, "wb");
-    if (!b) {
-        fclose(a);
-        return mr_err_errno(err, "%s", dst);
-    }
-    char buf[65536];
-    size_t n;
-    int rc = 0;
-    while ((n = fread(buf, 1, sizeof buf, a)) > 0)
-        if (fwrite(buf, 1, n, b) != n) {
-            rc = mr_err_errno(err, "%s", dst);
-            break;
-        }
-    fclose(a);
-    if (fclose(b) && !rc) rc = mr_err_errno(err, "%s", dst);
-    return rc;
-}
-
-int mr_tmodel_save_hf(const mr_tmodel *m, const char *dir, const char *tok_path, mr_err *err) {
-    if (m->mode != MR_TRAIN_FULL)
-        return mr_err_set(err, MR_ESTATE, "save checkpoint: the model is not in full mode");
-    if (mkdir(dir, 0755) && errno != EEXIST) return mr_err_errno(err, "%s", dir);
-    char path[1024];
-    mr_config c = m->cfg;
-    c.dtype = MR_DT_F32;
-    c.tie_word_embeddings = 1;
-    int rc;
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if ((rc = mr_tmodel_save_trainable(m, path, 0, err))) return rc;
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    if ((rc = mr_config_save(&c, path, err))) return rc;
-    if (tok_path) {
-        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-        rc = mr_copy_file(tok_path, path, err);
-    }
-    return rc;
-}
-
-#define STATE_MAGIC 0x5354524dU /* "MRTS" */
-
-int mr_state_save(const char *path, const mr_tmodel *m, const mr_adamw *a, mr_err *err) {
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return mr_err_errno(err, "%s", tmp);
-    uint32_t hdr[2] = {STATE_MAGIC, 1};
-    int64_t step = a->step;
-    uint64_t n = m->n_train;
-    int ok = fwrite(hdr, sizeof hdr, 1, f) == 1 && fwrite(&step, sizeof step, 1, f) == 1 &&
-             fwrite(&n, sizeof n, 1, f) == 1 &&
-             fwrite(m->params + m->train_off, sizeof(float), n, f) == n &&
-             fwrite(a->m, sizeof(float), n, f) == n && fwrite(a->v, sizeof(float), n, f) == n;
-    if (fclose(f)) ok = 0;
-    if (!ok) return mr_err_errno(err, "%s", tmp);
-    if (rename(tmp, path)) return mr_err_errno(err, "%s", path);
-    return 0;
-}
-
-int mr_state_load(const char *path, mr_tmodel *m, mr_adamw *a, mr_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mr_err_errno(err, "%s", path);
-    uint32_t hdr[2];
-    int64_t step;
-    uint64_t n;
-    int rc = 0;
-    if (fread(hdr, sizeof hdr, 1, f) != 1 || hdr[0] != STATE_MAGIC || hdr[1] != 1 ||
-        fread(&step, sizeof step, 1, f) != 1 || fread(&n, sizeof n, 1, f) != 1) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: not a training state file", path);
-    } else if (n != m->n_train || n != a->n) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: %llu trainable floats, the model has %zu", path,
-                        (unsigned long long)n, m->n_train);
-    } else if (fread(m->params + m->train_off, sizeof(float), n, f) != n ||
-               fread(a->m, sizeof(float), n, f) != n || fread(a->v, sizeof(float), n, f) != n) {
-        rc = mr_err_set(err, MR_EFORMAT, "%s: truncated", path);
-    } else {
-        a->step = (int)step;
-    }
-    fclose(f);
-    return rc;
 }
