@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "subarch.h"
 #include "input.h"
 #include "metrics.h"
 #include "model.h"
@@ -27,7 +28,8 @@ typedef struct eargs {
     const char *model, *coll, *out, *prompt, *run_name;
     const char *adapters[MR_MAX_ADAPTERS];
     int n_adapters, max_queries, max_len, exits_given, quiet;
-    mr_run_opts run;
+    mr_subarch arch;             /* width (--compress-ratio, --compress-layers) */
+    mr_run_opts run;             /* exits; the rest comes from arch once the model is loaded */
     /* --grid */
     int grid, n_ratios, ratios[4], heldout_max, heldout_group;
     const char *comp, *reference, *tsv, *label, *heldout;
@@ -76,7 +78,7 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
         {"heldout", 1, 0, 1006},     {"heldout-max", 1, 0, 1007},  {"heldout-group", 1, 0, 1008},
         {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
-    a->run.ratio = 1;
+    mr_subarch_default(&a->arch);
     a->max_len = 256;
     a->prompt = MR_DEFAULT_PROMPT;
     a->out = "mrank-eval.run";
@@ -93,12 +95,14 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
                 return -1;
             a->run.n_exits = n, a->exits_given = 1;
             break;
-        case 'r': if (mr_cli_parse_int("--compress-ratio", optarg, &a->run.ratio)) return -1; break;
+        case 'r':
+            if (mr_cli_parse_int("--compress-ratio", optarg, &a->arch.ratio)) return -1;
+            break;
         case 'l':
-            if ((n = mr_cli_parse_ints("--compress-layers", optarg, a->run.compress_layers,
+            if ((n = mr_cli_parse_ints("--compress-layers", optarg, a->arch.compress_layers,
                                        MR_MAX_COMPRESS)) < 0)
                 return -1;
-            a->run.n_compress = n;
+            a->arch.n_compress = n;
             break;
         case 'a':
             if (a->n_adapters == MR_MAX_ADAPTERS) {
@@ -229,13 +233,15 @@ int mr_cmd_eval(int argc, char **argv) {
         mr_err_set(&err, MR_ENOTFOUND, "%s: no tokenizer.json", a.model);
         goto fail;
     }
-    if (!a.exits_given) {
-        a.run.n_exits = 1;
-        a.run.exits[0] = mr_model_exit_layer(&m, m.n_heads_exit - 1);
+    mr_run_opts o;
+    if (mr_subarch_to_run_opts(&a.arch, &m, NULL, 0, &o, &err)) goto fail;
+    if (a.exits_given) {
+        o.n_exits = a.run.n_exits;
+        memcpy(o.exits, a.run.exits, sizeof o.exits);
     }
-    if (a.run.ratio > 1 && a.run.n_compress == 0)
-        for (int l = 1; l < a.run.exits[a.run.n_exits - 1]; l++)
-            a.run.compress_layers[a.run.n_compress++] = l;
+    if (o.ratio > 1 && o.n_compress == 0)   /* default: every layer below the deepest exit */
+        for (int l = 1; l < o.exits[o.n_exits - 1]; l++) o.compress_layers[o.n_compress++] = l;
+    a.run = o;
     if (mr_run_opts_check(&a.run, &m, &err)) goto fail;
     snprintf(path, sizeof path, "%s/corpus.jsonl", a.coll);
     if (mr_texts_load(&corpus, path, &err)) goto fail;
@@ -480,20 +486,18 @@ static int eval_grid(eargs *a) {
     int E = m.n_heads_exit, D = mr_model_exit_layer(&m, E - 1), R = a->n_ratios;
     mr_run_opts o[4];
     for (int r = 0; r < R; r++) {
-        mr_run_opts_default(&o[r], &m);
+        /* width r: --compress-layers, or every layer below the deepest exit */
+        mr_subarch w = a->arch;
+        w.depth = 0;
+        w.ratio = a->ratios[r];
+        if (w.ratio == 1) w.n_compress = 0;
+        else if (w.n_compress == 0)
+            for (int l = 1; l < D; l++) w.compress_layers[w.n_compress++] = l;
+        if (mr_subarch_to_run_opts(&w, &m, NULL, 0, &o[r], &err)) goto fail;
         o[r].n_exits = E;
         for (int e = 0; e < E; e++) o[r].exits[e] = mr_model_exit_layer(&m, e);
-        o[r].ratio = a->ratios[r];
         o[r].adapter_mask = base_mask | (vbit >= 0 ? 1u << vbit : 0) |
                             (wbit[r] >= 0 ? 1u << wbit[r] : 0);
-        if (a->ratios[r] > 1) {
-            if (a->run.n_compress) {
-                o[r].n_compress = a->run.n_compress;
-                memcpy(o[r].compress_layers, a->run.compress_layers, sizeof a->run.compress_layers);
-            } else {
-                for (int l = 1; l < D; l++) o[r].compress_layers[o[r].n_compress++] = l;
-            }
-        }
         if (mr_run_opts_check(&o[r], &m, &err)) goto fail;
     }
     snprintf(path, sizeof path, "%s/corpus.jsonl", a->coll);

@@ -8,6 +8,7 @@
 
 #include "backend.h"
 #include "cli.h"
+#include "subarch.h"
 #include "input.h"
 #include "model.h"
 
@@ -17,7 +18,9 @@ typedef struct args {
     int n_passages;
     const char *adapters[MR_MAX_ADAPTERS];
     int n_adapters, unmerged, json, max_len;
-    mr_run_opts run;
+    mr_subarch arch;                 /* width and pooling (--compress-*, --pooling) */
+    mr_run_opts run;                 /* exits, prune steps, sigmoid, head rule; the rest of
+                                        it comes from arch once the model is loaded */
     int exits_given;
 } args;
 
@@ -75,7 +78,7 @@ static int parse_args(int argc, char **argv, args *a, int scoring) {
     memset(a, 0, sizeof *a);
     a->prompt = MR_DEFAULT_PROMPT;
     a->max_len = MR_DEFAULT_MAX_LEN;
-    a->run.ratio = 1;
+    mr_subarch_default(&a->arch);
     a->backend = "cpu";
     const char *cmd = argv[0];
     if (!(a->passages = calloc((size_t)argc, sizeof *a->passages))) {
@@ -111,21 +114,23 @@ static int parse_args(int argc, char **argv, args *a, int scoring) {
             a->run.n_exits = n;
             a->exits_given = 1;
             break;
-        case 'r': if (mr_cli_parse_int("--compress-ratio", optarg, &a->run.ratio)) return -1; break;
+        case 'r':
+            if (mr_cli_parse_int("--compress-ratio", optarg, &a->arch.ratio)) return -1;
+            break;
         case 'c':
-            if ((n = mr_cli_parse_ints("--compress-layers", optarg, a->run.compress_layers,
+            if ((n = mr_cli_parse_ints("--compress-layers", optarg, a->arch.compress_layers,
                                        MR_MAX_COMPRESS)) < 0)
                 return -1;
-            a->run.n_compress = n;
+            a->arch.n_compress = n;
             break;
-        case 'o':
-            if (!strcmp(optarg, "mean")) a->run.pooling = MR_POOL_MEAN;
-            else if (!strcmp(optarg, "attention")) a->run.pooling = MR_POOL_ATTENTION;
-            else {
-                fprintf(stderr, "mrank: --pooling: '%s' is not mean or attention\n", optarg);
+        case 'o': {
+            mr_err perr = {0};
+            if (mr_pooling_parse(optarg, &a->arch.pooling, &perr)) {
+                fprintf(stderr, "mrank: --%s\n", perr.msg);
                 return -1;
             }
             break;
+        }
         case 's': a->run.sigmoid = 1; break;
         case 'H': a->run.head_by_position = 1; break;
         case 'x':
@@ -297,11 +302,19 @@ int mr_cmd_score(int argc, char **argv) {
                    a.model);
         goto fail;
     }
-    if (!a.exits_given) {
-        a.run.n_exits = 1;
-        a.run.exits[0] = mr_model_exit_layer(&m, m.n_heads_exit - 1);
+    /* the sub-architecture gives width, pooling and the adapters (every unmerged one);
+     * the flags add exits, prune steps, sigmoid and the head rule */
+    mr_run_opts o;
+    if (mr_subarch_to_run_opts(&a.arch, &m, NULL, 0, &o, &err)) goto fail;
+    if (a.exits_given) {
+        o.n_exits = a.run.n_exits;
+        memcpy(o.exits, a.run.exits, sizeof o.exits);
     }
-    a.run.adapter_mask = a.unmerged ? (uint32_t)((1ull << m.n_adapters) - 1) : 0;
+    o.n_prune = a.run.n_prune;
+    memcpy(o.prune, a.run.prune, sizeof o.prune);
+    o.sigmoid = a.run.sigmoid;
+    o.head_by_position = a.run.head_by_position;
+    a.run = o;
     if (mr_run_opts_check(&a.run, &m, &err) ||
         build_inputs(m.tok, m.cfg.bos_token_id, &a, &in, &err))
         goto fail;
