@@ -231,10 +231,7 @@ static int save_tensors(const char *path, int rank, int n, const char *const *mo
         if (!(rc = mr_st_writer_put(w, A[i], (size_t)rank * (size_t)in[i], err)))
             rc = mr_st_writer_put(w, B[i], (size_t)out[i] * (size_t)rank, err);
     if (rc) {
-        mr_err keep = err ? *err : (mr_err){0};
-        mr_st_writer_finish(w, NULL); /* frees and removes the partial file */
-        if (err)
-            *err = keep;
+        mr_st_writer_free(w); /* removes the partial file */
         return rc;
     }
     return mr_st_writer_finish(w, err);

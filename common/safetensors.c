@@ -925,6 +925,13 @@ static void writer_free(mr_st_writer *w) {
     free(w);
 }
 
+void mr_st_writer_free(mr_st_writer *w) {
+    if (!w) return;
+    if (w->fp) fclose(w->fp);
+    unlink(w->tmp_path);
+    writer_free(w);
+}
+
 int mr_st_writer_finish(mr_st_writer *w, mr_err *err) {
     if (!w)
         return mr_err_set(err, MR_EINVAL, "no writer");

@@ -77,9 +77,11 @@ int mr_st_writer_declare(mr_st_writer *w, const char *name, mr_dtype dt, int ndi
 /* Appends n f32 values (converted to the current tensor's dtype) to the tensor being written;
  * moves to the next tensor when the current one is full. The first call writes the header. */
 int mr_st_writer_put(mr_st_writer *w, const float *data, size_t n, mr_err *err);
-/* Checks every declared tensor was filled, closes the file and renames it into place; on any
- * error path.tmp is removed. Frees w in every case (w == NULL: MR_EINVAL), so it is also the
- * way to abandon a writer: mr_st_writer_finish(w, NULL) after an error. */
+/* Commits: checks every declared tensor was filled, closes the file and renames it into
+ * place; on any error path.tmp is removed. Frees w in every case (w == NULL: MR_EINVAL). */
 int mr_st_writer_finish(mr_st_writer *w, mr_err *err);
+/* Abandons: closes and removes path.tmp (path is never touched) and frees w; NULL is a no-op.
+ * A writer ends with exactly one of mr_st_writer_finish and mr_st_writer_free. */
+void mr_st_writer_free(mr_st_writer *w);
 
 #endif

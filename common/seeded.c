@@ -121,7 +121,7 @@ static int write_weights(const mr_config *c, const char *path, uint64_t seed, mr
     rc = mr_st_writer_finish(w, err);
     w = NULL;
 done:
-    if (w) mr_st_writer_finish(w, NULL);
+    mr_st_writer_free(w);
     free(buf);
     free(s.v);
     return rc;

@@ -444,6 +444,18 @@ static void test_writer_errors(void **state) {
 
     assert_int_equal(mr_st_writer_new(&w, "/nonexistent/dir/x.safetensors", &err), MR_ENOTFOUND);
     assert_null(w);
+    /* abandoning a half-written file leaves neither the file nor its .tmp */
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    unlink(path);
+    assert_int_equal(mr_st_writer_new(&w, path, &err), 0);
+    assert_int_equal(mr_st_writer_declare(w, "t0", MR_DT_F32, 1, shape, &err), 0);
+    assert_int_equal(mr_st_writer_put(w, v, 1, &err), 0);
+    assert_int_equal(access(tmp, F_OK), 0);
+    mr_st_writer_free(w);
+    assert_int_equal(access(tmp, F_OK), -1);
+    assert_int_equal(access(path, F_OK), -1);
+    mr_st_writer_free(NULL);
 }
 
 static void test_get_errors(void **state) {

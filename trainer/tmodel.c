@@ -262,7 +262,7 @@ int mr_tmodel_save_trainable(const mr_tmodel *m, const char *path, int grads, mr
         rc = mr_st_writer_put(w, x, n, err);
     }
     if (rc) {
-        mr_st_writer_finish(w, NULL);
+        mr_st_writer_free(w);
         return rc;
     }
     return mr_st_writer_finish(w, err);
