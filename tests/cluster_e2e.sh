@@ -9,7 +9,7 @@
 #  3. malformed requests get INVALID_ARGUMENT with a message naming the problem;
 #  4. a tight deadline gives degraded=true (tier allows it) or DEADLINE_EXCEEDED (it does not);
 #  5. killing one of the two workers of a pool under load loses no request;
-#  6. the Python client and the Go client (built offline, if Go is installed) each Rerank;
+#  6. the Python client and the Go client (built offline; Go is a setup.sh dependency) each Rerank;
 #  7. `mrank up` starts a cluster from one config, answers, and stops it with no orphans.
 # Everything it starts is killed on exit (trap); each step is bounded by timeouts.
 set -euo pipefail
@@ -274,7 +274,8 @@ assert len(r["results"]) == 3 and r["results"][0]["stage"] == 1
 ' "$work/go.json" || fail "go client result"
   echo "  go: 3 results, best from stage 1"
 elif [ "$(cat "$work/go_build.rc" 2>/dev/null)" = 2 ]; then
-  echo "  go: not installed, skipped"
+  # not a skip: scripts/setup.sh installs golang-go and golang-goprotobuf-dev
+  fail "go client: go or protoc-gen-go is not installed (scripts/setup.sh installs them)"
 else
   fail "go client did not build: $(tail -5 "$work/go_build.log")"
 fi

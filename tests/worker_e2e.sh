@@ -8,10 +8,12 @@ set -euo pipefail
 MRANK=$(realpath "${1:?usage: worker_e2e.sh path/to/mrank}")
 PY=/usr/bin/python3
 CLIENT=tests/clients/worker_client.py
+# Every tool below is installed by scripts/setup.sh, so a missing one is a failure, not a skip.
 if ! $PY -c 'import grpc, google.protobuf' 2>/dev/null || ! command -v protoc >/dev/null; then
-    echo "SKIP: needs python3-grpcio, python3-protobuf and protoc"; exit 0
+    echo "FAIL: needs python3-grpcio, python3-protobuf and protoc (scripts/setup.sh installs them)"
+    exit 1
 fi
-command -v curl >/dev/null || { echo "SKIP: needs curl"; exit 0; }
+command -v curl >/dev/null || { echo "FAIL: needs curl (scripts/setup.sh installs it)"; exit 1; }
 
 TMP=$(mktemp -d /tmp/mrank_worker_e2e.XXXXXX)
 WPID=""
