@@ -141,6 +141,10 @@ cheap = {r["index"]: r["scores"][0] for r in json.load(open(w + "/cheap.json"))[
 res = casc["results"]
 assert not casc["degraded"], "degraded"
 assert len(res) == 40, len(res)
+# every document exactly once, on every side (the lookups below would skip nothing, but a
+# duplicate in place of a missing one would pass them)
+assert sorted(r["index"] for r in res) == list(range(40)), [r["index"] for r in res]
+assert sorted(full) == sorted(cheap) == list(range(40)), (sorted(full), sorted(cheap))
 stages = [r["stage"] for r in res]
 assert stages == [1] * 8 + [0] * 32, f"survivors first: {stages}"
 tol = lambda a: 2e-3 * max(1.0, abs(a))

@@ -54,8 +54,9 @@ compare() {   # $1: worker JSON, $2: CLI JSON
 import json, sys
 a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 assert a["exits"] == b["exits"], (a["exits"], b["exits"])
-assert len(a["results"]) == len(b["results"])
+assert len(a["results"]) == len(b["results"]) == 3, (len(a["results"]), len(b["results"]))
 for x, y in zip(a["results"], b["results"]):
+    assert len(x["scores"]) == len(y["scores"]) == len(a["exits"]), (x, y)
     for s, t in zip(x["scores"], y["scores"]):
         assert (s is None) == (t is None) and (s is None or abs(s - t) <= 1e-5), (s, t)
     for k in ("depth", "tokens", "truncated"):

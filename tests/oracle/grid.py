@@ -209,6 +209,11 @@ def main(argv):
                 print("FAIL %s %s: %s" % (name, case, e))
                 continue
             bad = None
+            # zip() below stops at the shorter list: a missing row or exit must fail first
+            if [len(g) for g in got] != [len(w) for w in ref]:
+                bad = "C gave %s scores per row, the reference %s" % (
+                    [len(g) for g in got], [len(w) for w in ref])
+                got = []
             for r, (g, w) in enumerate(zip(got, ref)):
                 for e, (a, b) in enumerate(zip(g, w)):
                     if (a is None) != (b is None):

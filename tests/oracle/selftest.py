@@ -288,6 +288,7 @@ def _():
     close(a, b, rel=1e-10)
     base = ref(MISTRAL, ROWS, [3, 6], compress_ratio=2, compress_layers=[2], pooling="attention",
                sigmoid=True)
+    assert [len(r) for r in a] == [len(r) for r in base] == [2] * len(ROWS), (a, base)
     assert max(abs(x - y) for ra, rb in zip(a, base) for x, y in zip(ra, rb)) > 1e-3, "LoRA no effect"
 
 
@@ -311,6 +312,7 @@ for mdir, nm in ((MISTRAL, "mistral"), (GEMMA, "gemma2")):
     def _(mdir=mdir):
         base = ref(mdir, ROWS, [2, 3, 6])
         got = ref(mdir, ROWS, [2, 3, 6], compress_ratio=2, compress_layers=[3])
+        assert [len(r) for r in base] == [len(r) for r in got] == [3] * len(ROWS), (base, got)
         for rb, rg in zip(base, got):
             assert rb[0] == rg[0] and rb[1] == rg[1]
             assert abs(rb[2] - rg[2]) > 1e-6
@@ -410,6 +412,7 @@ def _():
         c["attn_logit_softcapping"] = None
     d2 = copy_model(GEMMA, "gemma_noattncap", edit_config=nocap)
     a, b = ref(GEMMA, ROWS, [6]), ref(d2, ROWS, [6])
+    assert [len(r) for r in a] == [len(r) for r in b] == [1] * len(ROWS), (a, b)
     assert max(abs(x[0] - y[0]) for x, y in zip(a, b)) > 1e-4, "attention softcap has no effect"
 
 
