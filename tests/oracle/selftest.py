@@ -703,14 +703,18 @@ def _():
         with open(rp, "w") as f:
             json.dump(req, f)
         scores = ref(mdir, ROWS, exits, head_by_position=hbp, sigmoid=hbp)
+
+        def as_mrank_json(rows):   # what the script reads: `mrank score --json`
+            return {"exits": exits, "results": [{"index": i, "scores": r}
+                                                for i, r in enumerate(rows)]}
         with open(sp, "w") as f:
-            json.dump({"scores": scores}, f)
+            json.dump(as_mrank_json(scores), f)
         pr = subprocess.run([PY, script, rp, sp, "--attn", "eager", "--dtypes", "float32"],
                             capture_output=True, text=True, env=env)
         assert pr.returncode == 0 and "RESULT: PASS" in pr.stdout, pr.stdout + pr.stderr
         bad = [[v + (0.01 if j == 1 else 0.0) for j, v in enumerate(rw)] for rw in scores]
         with open(sp, "w") as f:
-            json.dump({"scores": bad}, f)
+            json.dump(as_mrank_json(bad), f)
         pr = subprocess.run([PY, script, rp, sp, "--attn", "eager", "--dtypes", "float32"],
                             capture_output=True, text=True, env=env)
         assert pr.returncode == 1 and "RESULT: FAIL" in pr.stdout, pr.stdout + pr.stderr
