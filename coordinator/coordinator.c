@@ -73,11 +73,13 @@ static double now_ms(void) {
 /* ------------------------------------------------------------------------------------------ */
 /* replicas                                                                                   */
 
-/* Picks a replica of pool p for call number k, avoiding `avoid` and replicas marked down. */
+/* Picks a replica of pool p for call number k, avoiding `avoid` and replicas marked down.
+ * The counter moves one step per call, so the calls of a stage land on consecutive replicas
+ * (adding k as well sent both calls of a stage to the same one of two replicas). */
 static int pick_endpoint(mr_coord *c, int p, unsigned k, int avoid) {
     pool_rt *pr = &c->pools[p];
     if (pr->n_ep == 1) return 0;
-    unsigned base = atomic_fetch_add(&pr->rr, 1) + k;
+    unsigned base = atomic_fetch_add(&pr->rr, 1);
     double t = now_ms();
     int best = -1;
     double best_down = INFINITY;
