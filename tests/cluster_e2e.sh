@@ -147,7 +147,12 @@ assert sorted(r["index"] for r in res) == list(range(40)), [r["index"] for r in 
 assert sorted(full) == sorted(cheap) == list(range(40)), (sorted(full), sorted(cheap))
 stages = [r["stage"] for r in res]
 assert stages == [1] * 8 + [0] * 32, f"survivors first: {stages}"
-tol = lambda a: 2e-3 * max(1.0, abs(a))
+# Both sides are the same CPU engine on the same bf16 weights (widened to f32 the same way);
+# only the batches differ (the coordinator splits the documents over Score calls, mrank score
+# runs all 40 at once), which changes OpenBLAS's blocking and so float sums: measured 1.5e-6
+# of max(1, |score|) for the survivors, 1.0e-6 for the drop-outs, the same every run. 1e-5
+# leaves ~7x; the 2e-3 this had (since 0f27a38) came with no reason and was ~1000x the need.
+tol = lambda a: 1e-5 * max(1.0, abs(a))
 surv = [r["index"] for r in res[:8]]
 drop = [r["index"] for r in res[8:]]
 # survivors are the top 8 by the cheap configuration (up to near-ties at the cut)
@@ -169,6 +174,10 @@ for r in res[8:]:
     assert r["depth"] == 4 and r["compress_ratio"] == 2
 for a, b in zip(drop, drop[1:]):
     assert cheap[a] >= cheap[b] - tol(cheap[b]), f"drop order {a} {b}"
+err = lambda pairs: max(abs(a - b) / max(1.0, abs(b)) for a, b in pairs)
+print("  max |coordinator - mrank score| / max(1, |score|): survivors %.2e, drop-outs %.2e" % (
+    err((r["raw_score"], full[r["index"]]) for r in res[:8]),
+    err((r["raw_score"], cheap[r["index"]]) for r in res[8:])))
 st = casc["stages"]
 assert st[0]["candidates_in"] == 40 and st[0]["kept"] == 8 and st[1]["candidates_in"] == 8, st
 print("  survivors", surv, "match the full model; 32 drop-outs below them")
