@@ -209,7 +209,7 @@ static int g_skipped; /* CUDA cases that called skip(): main exits 77 when all d
 
 /* Tolerance of one CUDA score against the CPU's: |gpu - cpu| <= CUDA_RTOL * max(|cpu|,
  * CUDA_FLOOR), per score. Both numbers come from an emulation of the GPU's rounding in the
- * float64 oracle (tests/oracle/mr_ref.py) on this file's nine checkpoints and nine cases: every
+ * float64 oracle (tests/oracle/cuda_rounding.py) on this file's nine checkpoints and cases: every
  * GEMM input (activations and weights) rounded to bf16, q/k/v and the softmax probabilities
  * rounded to bf16 in attention, everything else exact. Not yet re-run on a GPU.
  *  - CUDA_RTOL 3e-2: the emulated worst is 1.65e-2 of max(|cpu|, 1) (gemma2 f32, attention
@@ -422,12 +422,12 @@ static void test_cuda_equals_cpu(void **state) {
  * first guess of 0.15, unmeasured, failed the first GPU run at 0.164 (head dim 128, exit 4, all
  * exits), and was raised to 0.3 in the same commit; 0.3 has not been re-run on a GPU since.
  * Why 0.3: the error is rounding noise that these seeded random models amplify layer by layer
- * (an emulation of per-tensor-scaled e4m3 GEMM inputs on the float64 oracle gives 0.12 at that
- * same head dim 128, exit 4, and 0.09 at most at head dim 8; the GPU measured 1.4x more), while
- * the faults this test is for are off by about 1 or more (a doubled scale gives 1, a lost one
- * orders of magnitude, a wrong layout ~1.4 for uncorrelated scores): 0.3 is ~1.8x the measured
- * noise and ~3x below the smallest fault. The fp8 scores must also differ from the bf16
- * backend's (else the e4m3 path did not run). */
+ * (tests/oracle/cuda_rounding.py's emulation of per-tensor-scaled e4m3 GEMM inputs gives 0.12
+ * at that same head dim 128, exit 4, and 0.09 at most at head dim 8; the GPU measured 1.4x
+ * more), while the faults this test is for are off by about 1 or more (a doubled scale gives
+ * 1, a lost one orders of magnitude, a wrong layout ~1.4 for uncorrelated scores): 0.3 is
+ * ~1.8x the measured noise and ~3x below the smallest fault. The fp8 scores must also differ
+ * from the bf16 backend's (else the e4m3 path did not run). */
 #define FP8_REL_L2 0.3
 
 static double rel_l2(const float *a, const float *b, int n, int stride, int e) {
@@ -501,6 +501,30 @@ static void test_cuda_fp8_near_cpu(void **state) {
     printf("[  NOTE    ] cuda-fp8: worst ||fp8 - cpu|| / ||cpu|| per exit %.4f\n", worst);
 }
 
+/* `test_backend write DIR`: writes the seeded checkpoints the CUDA cases test (DIR/<arch>-f32,
+ * -bf16, -hd<N>, fp8-hd8, fp8-hd128), for tests/oracle/cuda_rounding.py, the emulation behind
+ * CUDA_RTOL and FP8_REL_L2. */
+static int write_checkpoints(const char *root) {
+    static const mr_arch arch[3] = {MR_ARCH_LLAMA, MR_ARCH_QWEN2, MR_ARCH_GEMMA2};
+    static const char *const an[3] = {"llama", "qwen2", "gemma2"};
+    static const int hds[3] = {128, 64, 256};
+    mr_err err = {0};
+    char dir[512];
+    mr_config cfg;
+    for (int k = 0; k < 11; k++) {
+        int a = k < 6 ? k / 2 : k < 9 ? k - 6 : 0;
+        tiny_config(&cfg, arch[a], k < 6 && k % 2 ? MR_DT_BF16 : MR_DT_F32);
+        if (k < 6) snprintf(dir, sizeof dir, "%s/%s-%s", root, an[a], k % 2 ? "bf16" : "f32");
+        else if (k < 9) snprintf(dir, sizeof dir, "%s/%s-hd%d", root, an[a], hds[a]);
+        else snprintf(dir, sizeof dir, "%s/fp8-hd%d", root, k == 9 ? 8 : 128);
+        if (k >= 6 && k < 9) cfg.head_dim = hds[a];
+        if (k == 10) cfg.head_dim = 128;
+        mkdir(dir, 0755);
+        if (mr_seeded_write(&cfg, dir, 7, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    }
+    return 0;
+}
+
 /* Which group runs is the first argument: none, the CPU group; "cuda", the CUDA group (its own
  * ctest entry, test_backend_cuda). The CUDA group exits 77 (ctest's SKIP_RETURN_CODE for it)
  * when every one of its cases skipped, so a machine without a CUDA build or device reports it
@@ -516,8 +540,9 @@ int main(int argc, char **argv) {
     };
     enum { N_CUDA = sizeof cuda_tests / sizeof cuda_tests[0] };
     if (argc == 1) return cmocka_run_group_tests_name("cpu", cpu_tests, NULL, NULL);
+    if (argc == 3 && !strcmp(argv[1], "write")) return write_checkpoints(argv[2]);
     if (argc != 2 || strcmp(argv[1], "cuda")) {
-        fprintf(stderr, "usage: %s [cuda]\n", argv[0]);
+        fprintf(stderr, "usage: %s [cuda | write DIR]\n", argv[0]);
         return 2;
     }
     int failed = cmocka_run_group_tests_name("cuda", cuda_tests, NULL, NULL);
