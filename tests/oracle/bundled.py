@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mr_ref  # noqa: E402
 from grid import engine_rows, engine_scores  # noqa: E402
 
-RTOL, FLOOR = 1e-4, 1e-2
+RTOL, FLOOR = 1e-4, 1e-2   # grid.py's, with its reasons; measured worst here 5.2e-5 (d8)
 QUERY = "boundary layer transition on a heated flat plate"
 PASSAGES = [
     "measurements of boundary layer transition on a flat plate with heat transfer .",
