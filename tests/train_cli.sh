@@ -56,6 +56,7 @@ for l in range(2):
     p = "model.layers.%d.self_attn." % l
     q, k, q0, k0 = a[p + "q_proj.weight"], a[p + "k_proj.weight"], z[p + "q_proj.weight"], z[p + "k_proj.weight"]
     hd = 8  # hidden 16 / 2 heads; 1 KV head shared by query heads 0 and 1
+    # rtol 1e-6: one f32 multiplication on each side (rounding 6e-8 at most)
     assert np.allclose(q[:hd], 3 * q0[:hd], rtol=1e-6), "q head 0 not scaled"
     assert np.array_equal(q[hd:], q0[hd:]), "q head 1 changed"
     assert np.array_equal(k, q[:hd]), "k_proj is not q head 0"
