@@ -22,11 +22,12 @@
 
 /* ---- replicas ---- */
 
-/* Picks a replica of pool p for call number k, avoiding `avoid` and replicas marked down. */
-static int pick_endpoint(mr_coord *c, int p, unsigned k, int avoid) {
+/* Picks a replica of pool p for the next call, avoiding `avoid` and replicas marked down. The
+ * counter moves one step per call, so the calls of a stage land on consecutive replicas. */
+static int pick_endpoint(mr_coord *c, int p, int avoid) {
     mr__pool *pr = &c->pools[p];
     if (pr->n_ep == 1) return 0;
-    unsigned base = atomic_fetch_add(&pr->rr, 1) + k;
+    unsigned base = atomic_fetch_add(&pr->rr, 1);
     double t = mr__now_ms();
     int best = -1;
     double best_down = INFINITY;
@@ -215,7 +216,7 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, doubl
             snprintf(msg, cap, "%s", err.msg);
             goto done;
         }
-        s[k].ep = pick_endpoint(c, st->pool, (unsigned)k, -1);
+        s[k].ep = pick_endpoint(c, st->pool, -1);
         s[k].status = GRPC_STATUS_UNKNOWN;
     }
     /* A replica gets a bounded slice of the budget when another one could take over. */
@@ -277,7 +278,7 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, doubl
         }
         for (int k = 0; k < n_calls; k++)
             if (s[k].status != GRPC_STATUS_OK) {
-                s[k].ep = pick_endpoint(c, st->pool, (unsigned)k, s[k].ep);
+                s[k].ep = pick_endpoint(c, st->pool, s[k].ep);
                 mr_coord_metrics_retry(c->metrics, st->pool);
             }
     }

@@ -3,7 +3,7 @@
 # ones the model card describes. For every line of MODEL/eval-check.tsv
 #   collection  max_queries  max_len  exit  nDCG@10  MRR@10
 # `mrank eval` on ../shared/data/ir/<collection> (BM25 top-100, first max_queries judged
-# queries) must give the recorded figures to 5e-4, and the model must rank above random order
+# queries) must give the recorded figures to 2e-4, and the model must rank above random order
 # (nDCG@10 above the expected value over uniform orders that eval prints for the same queries).
 # Then `mrank score` must put a passage that contains the query's words above unrelated ones.
 set -euo pipefail
@@ -30,7 +30,11 @@ for MODEL in models/mrank-tiny models/mrank-tiny-d8; do
         python3 - "$coll" "$g_ndcg" "$g_mrr" "$ndcg" "$mrr" "$rnd" <<'PY' || exit 1
 import sys
 c, gn, gm, wn, wm, r = sys.argv[1], *map(float, sys.argv[2:])
-if abs(gn - wn) > 5e-4 or abs(gm - wm) > 5e-4:
+# eval prints 4 decimals and the card records them: the same computation prints the same
+# figures (all nine lines equal here, measured 0). 2e-4 lets the last digit move by 2 where
+# another CPU's summation order moves a value across a rounding boundary; a changed model or
+# metric moves these by 1e-3 or more. Was 5e-4, with no reason.
+if abs(gn - wn) > 2e-4 or abs(gm - wm) > 2e-4:
     sys.exit(f"FAIL: {c}: nDCG@10 {gn} MRR@10 {gm}, model card says {wn} {wm}")
 if gn <= r:
     sys.exit(f"FAIL: {c}: nDCG@10 {gn} not above random order ({r})")

@@ -1,17 +1,20 @@
-/* test_backend.c: the scorer backends through their ops table (backend.h).
+/* test_backend.c: the scorer backends through their ops table (backend.h), in two groups.
  *
- * CPU: the "cpu" table gives exactly mr_model_score's scores, depths and errors.
- * CUDA: when the build has the CUDA backend and a device is present (cudaGetDeviceCount > 0,
- * through the table's `available` slot), it equals the CPU backend within bf16 tolerances on
- * tiny seeded checkpoints (llama, qwen2, gemma2; f32 and bf16 storage) across exits, widths,
- * both poolings, unmerged and merged adapters and pruning. Without a device (or without a CUDA
- * build) the CUDA test prints that it did not run and is reported as skipped, never passed.
+ * CPU group (no argument; ctest test_backend): the "cpu" table gives exactly mr_model_score's
+ * scores, depths and errors.
+ * CUDA group (argument "cuda"; ctest test_backend_cuda): when the build has the CUDA backend
+ * and a device is present (cudaGetDeviceCount > 0, through the table's `available` slot), it
+ * equals the CPU backend within bf16 tolerances on tiny seeded checkpoints (llama, qwen2,
+ * gemma2; f32 and bf16 storage) across exits, widths, both poolings, unmerged and merged
+ * adapters and pruning, and cuda-fp8 is near it. Without a device (or without a CUDA build)
+ * each case prints that it did not run and the binary exits 77, which ctest reports as
+ * Skipped, never Passed.
  *
- * Tolerance (CUDA vs CPU, per exit): |gpu - cpu| <= 1e-3 + 3e-2 * max(1, max |cpu| over the
- * batch at that exit). GEMM inputs are bf16 on the GPU (2^-9 relative rounding per element,
- * each of ~7 GEMMs per layer), f32 checkpoints also round their weights to bf16; everything
- * else is f32. Pruning decisions must match where the CPU's margin at the cut exceeds twice
- * the tolerance (else a borderline row may legitimately flip; only the count is checked). */
+ * Tolerance (CUDA vs CPU): per score, |gpu - cpu| <= 3e-2 * max(|cpu|, 1) (CUDA_RTOL,
+ * CUDA_FLOOR: the reasons are beside them). Pruning decisions and depths must match where
+ * every cut's CPU margin exceeds the summed tolerances of the rows at it (else a borderline
+ * row may legitimately flip; then only the count of a top_k cut is checked); each side's
+ * depth must be the deepest exit it scored. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -202,53 +205,112 @@ static void test_cpu_equals_model_score(void **state) {
 /* ---- CUDA vs CPU ---- */
 
 static int g_checked; /* scores compared, for the summary line */
+static int g_skipped; /* CUDA cases that called skip(): main exits 77 when all did */
+
+/* Tolerance of one CUDA score against the CPU's: |gpu - cpu| <= CUDA_RTOL * max(|cpu|,
+ * CUDA_FLOOR), per score. Both numbers come from an emulation of the GPU's rounding in the
+ * float64 oracle (tests/oracle/cuda_rounding.py) on this file's nine checkpoints and cases: every
+ * GEMM input (activations and weights) rounded to bf16, q/k/v and the softmax probabilities
+ * rounded to bf16 in attention, everything else exact. Not yet re-run on a GPU.
+ *  - CUDA_RTOL 3e-2: the emulated worst is 1.65e-2 of max(|cpu|, 1) (gemma2 f32, attention
+ *    pooling, exit 4); 3e-2 leaves ~2x for what the emulation leaves out (cuBLAS and flash
+ *    attention summation orders, the online softmax, fast exp). A wrong kernel is off by O(1).
+ *  - CUDA_FLOOR 1: a score's bf16 error comes from the terms of its sums, which are O(1) here
+ *    (RMS-normed hidden state times an exit head; scores span 1e-4 to 2.9, median 0.53) however
+ *    small the score is: below |score| 1 the emulated absolute error does not shrink (worst
+ *    1.65e-2 there), so relative error alone would fail correct near-zero scores. */
+#define CUDA_RTOL 3e-2
+#define CUDA_FLOOR 1.0
+
+static double cuda_tol(double cpu) { return CUDA_RTOL * fmax(fabs(cpu), CUDA_FLOOR); }
+
+/* 1 when every pruning cut of o is decided by more than the tolerance on the CPU's scores, so
+ * the GPU must keep exactly the rows the CPU keeps; 0 when a cut is borderline (two rows on
+ * either side of a top_k cut, or a row and a min_score threshold, closer than their summed
+ * tolerances): then a row may legitimately flip. */
+static int pruning_certain(const mr_run_opts *o, const float *cpu, int n) {
+    for (int p = 0; p < o->n_prune; p++) {
+        int e = 0;
+        while (e < o->n_exits && o->exits[e] != o->prune[p].layer) e++;
+        if (e == o->n_exits) fail_msg("prune layer %d is not an exit", o->prune[p].layer);
+        if (o->prune[p].top_k == 0) {
+            for (int r = 0; r < n; r++) {
+                float s = cpu[r * o->n_exits + e];
+                if (!isnan(s) && fabs(s - o->prune[p].min_score) < cuda_tol(s)) return 0;
+            }
+            continue;
+        }
+        /* rank of each alive row (ties to the lower index, as the engine orders them) */
+        for (int r = 0; r < n; r++) {
+            float s = cpu[r * o->n_exits + e];
+            if (isnan(s)) continue;
+            int rank_r = 0;
+            for (int q = 0; q < n; q++) {
+                float t = cpu[q * o->n_exits + e];
+                if (!isnan(t) && (t > s || (t == s && q < r))) rank_r++;
+            }
+            if (rank_r >= o->prune[p].top_k) continue; /* r is kept: compare with dropped */
+            for (int q = 0; q < n; q++) {
+                float t = cpu[q * o->n_exits + e];
+                if (isnan(t) || q == r) continue;
+                int rank_q = 0;
+                for (int u = 0; u < n; u++) {
+                    float v = cpu[u * o->n_exits + e];
+                    if (!isnan(v) && (v > t || (v == t && u < q))) rank_q++;
+                }
+                if (rank_q >= o->prune[p].top_k && s - t < cuda_tol(s) + cuda_tol(t)) return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/* The deepest exit with a score (what depth reports). */
+static int deepest_scored(const mr_run_opts *o, const float *s, int r) {
+    int d = 0;
+    for (int e = 0; e < o->n_exits; e++)
+        if (!isnan(s[r * o->n_exits + e])) d = o->exits[e];
+    return d;
+}
 
 static void compare(const char *what, const mr_run_opts *o, const float *cpu, const float *gpu,
                     const int *dc, const int *dg, int n) {
+    int certain = pruning_certain(o, cpu, n);
     for (int e = 0; e < o->n_exits; e++) {
-        double mx = 1.0;
-        for (int r = 0; r < n; r++)
-            if (!isnan(cpu[r * o->n_exits + e])) mx = fmax(mx, fabs(cpu[r * o->n_exits + e]));
-        double tol = 1e-3 + 3e-2 * mx;
-        /* the margin of each pruning cut made at this exit, on the CPU's scores */
-        int cut_ok = 1;
-        for (int p = 0; p < o->n_prune; p++) {
-            if (o->prune[p].layer != o->exits[e]) continue;
-            for (int r = 0; r < n; r++) {
-                float s = cpu[r * o->n_exits + e];
-                if (isnan(s)) continue;
-                if (o->prune[p].top_k == 0 && fabs(s - o->prune[p].min_score) < 2 * tol)
-                    cut_ok = 0;
-                for (int q = 0; q < n && o->prune[p].top_k > 0; q++) {
-                    float t = cpu[q * o->n_exits + e];
-                    if (q != r && !isnan(t) && fabs(s - t) < 2 * tol) cut_ok = 0;
-                }
-            }
-        }
         int nan_c = 0, nan_g = 0;
         for (int r = 0; r < n; r++) {
             float c = cpu[r * o->n_exits + e], g = gpu[r * o->n_exits + e];
             nan_c += isnan(c);
             nan_g += isnan(g);
             if (isnan(c) || isnan(g)) {
-                if (cut_ok && isnan(c) != isnan(g))
+                if (certain && isnan(c) != isnan(g))
                     fail_msg("%s: exit %d row %d: cpu %g gpu %g (pruning differs)", what,
                              o->exits[e], r, c, g);
                 continue;
             }
             g_checked++;
-            if (!(fabs(g - c) <= tol))
+            if (!(fabs(g - c) <= cuda_tol(c)))
                 fail_msg("%s: exit %d row %d: gpu %.6g cpu %.6g (tol %.3g)", what, o->exits[e],
-                         r, g, c, tol);
+                         r, g, c, cuda_tol(c));
         }
-        assert_int_equal(nan_g, nan_c);
+        /* the number of rows scored here: top_k cuts fix it whichever rows they keep; a
+         * borderline min_score cut may change it */
+        int all_top_k = 1;
+        for (int p = 0; p < o->n_prune; p++) all_top_k &= o->prune[p].top_k > 0;
+        if (certain || all_top_k) assert_int_equal(nan_g, nan_c);
     }
-    for (int r = 0; r < n; r++)
-        if (dc[r] != dg[r]) {
-            /* only a borderline pruning flip may change a depth (checked above) */
-            int any_prune = o->n_prune > 0;
-            if (!any_prune) fail_msg("%s: row %d depth gpu %d cpu %d", what, r, dg[r], dc[r]);
-        }
+    /* depth: each side reports the deepest exit it scored; equal on both sides unless a
+     * borderline pruning cut let a row flip (checked above) */
+    for (int r = 0; r < n; r++) {
+        if (dc[r] != deepest_scored(o, cpu, r))
+            fail_msg("%s: row %d cpu depth %d, deepest scored exit %d", what, r, dc[r],
+                     deepest_scored(o, cpu, r));
+        if (dg[r] != deepest_scored(o, gpu, r))
+            fail_msg("%s: row %d gpu depth %d, deepest scored exit %d", what, r, dg[r],
+                     deepest_scored(o, gpu, r));
+        if (certain && dc[r] != dg[r])
+            fail_msg("%s: row %d depth gpu %d cpu %d", what, r, dg[r], dc[r]);
+    }
 }
 
 static void parity_model(const mr_backend *cuda, const char *tag, const char *dir,
@@ -296,10 +358,12 @@ static void test_cuda_equals_cpu(void **state) {
     if (!cuda) {
         printf("[  NOTE    ] CUDA backend not built (no nvcc at configure time): the CUDA "
                "parity test DID NOT RUN\n");
+        g_skipped++;
         skip();
     }
     if (mr_backend_available(cuda, &err)) {
         printf("[  NOTE    ] %s: the CUDA parity test DID NOT RUN (needs a GPU)\n", err.msg);
+        g_skipped++;
         skip();
     }
     static const mr_arch arch[3] = {MR_ARCH_LLAMA, MR_ARCH_QWEN2, MR_ARCH_GEMMA2};
@@ -353,11 +417,19 @@ static void test_cuda_equals_cpu(void **state) {
 
 /* ---- cuda-fp8 vs CPU ----
  * e4m3 keeps 3 mantissa bits (2^-4 relative rounding per weight and activation), so scores
- * are compared as a whole: per exit, ||fp8 - cpu|| / ||cpu|| over the batch <= 0.3. The first
- * GPU run measured 0.164 (head dim 128, exit 4, all exits) against a first guess of 0.15: these
- * seeded random models amplify the rounding layer by layer. A lost or doubled scale is off by
- * orders of magnitude, a wrong layout by about 1. The fp8 scores must also differ from the
- * bf16 backend's (else the e4m3 path did not run). */
+ * are compared as a whole: per exit, ||fp8 - cpu|| / ||cpu|| over the batch <= FP8_REL_L2.
+ * The bound's history (git log -S'<= 0.3' tests/test_backend.c, docs/cuda.md "FP8 check"): a
+ * first guess of 0.15, unmeasured, failed the first GPU run at 0.164 (head dim 128, exit 4, all
+ * exits), and was raised to 0.3 in the same commit; 0.3 has not been re-run on a GPU since.
+ * Why 0.3: the error is rounding noise that these seeded random models amplify layer by layer
+ * (tests/oracle/cuda_rounding.py's emulation of per-tensor-scaled e4m3 GEMM inputs gives 0.12
+ * at that same head dim 128, exit 4, and 0.09 at most at head dim 8; the GPU measured 1.4x
+ * more), while the faults this test is for are off by about 1 or more (a doubled scale gives
+ * 1, a lost one orders of magnitude, a wrong layout ~1.4 for uncorrelated scores): 0.3 is
+ * ~1.8x the measured noise and ~3x below the smallest fault. The fp8 scores must also differ
+ * from the bf16 backend's (else the e4m3 path did not run). */
+#define FP8_REL_L2 0.3
+
 static double rel_l2(const float *a, const float *b, int n, int stride, int e) {
     double num = 0, den = 0;
     for (int r = 0; r < n; r++) {
@@ -365,7 +437,7 @@ static double rel_l2(const float *a, const float *b, int n, int stride, int e) {
         num += (x - y) * (x - y);
         den += y * y;
     }
-    return sqrt(num / (den > 1e-12 ? den : 1e-12));
+    return sqrt(num / (den > 1e-12 ? den : 1e-12)); /* 1e-12: only guards a zero ||cpu|| */
 }
 
 static void test_cuda_fp8_near_cpu(void **state) {
@@ -374,10 +446,12 @@ static void test_cuda_fp8_near_cpu(void **state) {
     mr_err err = {0};
     if (!f8) {
         printf("[  NOTE    ] CUDA backend not built: the FP8 test DID NOT RUN\n");
+        g_skipped++;
         skip();
     }
     if (mr_backend_available(f8, &err)) {
         printf("[  NOTE    ] %s: the FP8 test DID NOT RUN (needs a GPU)\n", err.msg);
+        g_skipped++;
         skip();
     }
     static const int hds[2] = {8, 128};
@@ -413,7 +487,7 @@ static void test_cuda_fp8_near_cpu(void **state) {
             for (int e = 0; e < o.n_exits; e++) {
                 double d = rel_l2(sf, sc, MAXR, o.n_exits, e);
                 worst = fmax(worst, d);
-                if (!(d <= 0.3))
+                if (!(d <= FP8_REL_L2))
                     fail_msg("%s / %s: exit %d: ||fp8 - cpu|| / ||cpu|| = %.3g", tag,
                              CASE_NAMES[i], o.exits[e], d);
             }
@@ -427,12 +501,60 @@ static void test_cuda_fp8_near_cpu(void **state) {
     printf("[  NOTE    ] cuda-fp8: worst ||fp8 - cpu|| / ||cpu|| per exit %.4f\n", worst);
 }
 
-int main(void) {
-    const struct CMUnitTest tests[] = {
+/* `test_backend write DIR`: writes the seeded checkpoints the CUDA cases test (DIR/<arch>-f32,
+ * -bf16, -hd<N>, fp8-hd8, fp8-hd128), for tests/oracle/cuda_rounding.py, the emulation behind
+ * CUDA_RTOL and FP8_REL_L2. */
+static int write_checkpoints(const char *root) {
+    static const mr_arch arch[3] = {MR_ARCH_LLAMA, MR_ARCH_QWEN2, MR_ARCH_GEMMA2};
+    static const char *const an[3] = {"llama", "qwen2", "gemma2"};
+    static const int hds[3] = {128, 64, 256};
+    mr_err err = {0};
+    char dir[512];
+    mr_config cfg;
+    for (int k = 0; k < 11; k++) {
+        int a = k < 6 ? k / 2 : k < 9 ? k - 6 : 0;
+        tiny_config(&cfg, arch[a], k < 6 && k % 2 ? MR_DT_BF16 : MR_DT_F32);
+        if (k < 6) snprintf(dir, sizeof dir, "%s/%s-%s", root, an[a], k % 2 ? "bf16" : "f32");
+        else if (k < 9) snprintf(dir, sizeof dir, "%s/%s-hd%d", root, an[a], hds[a]);
+        else snprintf(dir, sizeof dir, "%s/fp8-hd%d", root, k == 9 ? 8 : 128);
+        if (k >= 6 && k < 9) cfg.head_dim = hds[a];
+        if (k == 10) cfg.head_dim = 128;
+        mkdir(dir, 0755);
+        if (mr_seeded_write(&cfg, dir, 7, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
+    }
+    return 0;
+}
+
+/* Which group runs is the first argument: none, the CPU group; "cuda", the CUDA group (its own
+ * ctest entry, test_backend_cuda). The CUDA group exits 77 (ctest's SKIP_RETURN_CODE for it)
+ * when every one of its cases skipped, so a machine without a CUDA build or device reports it
+ * Skipped, never Passed; a partial skip is a failure (both cases need the same device). */
+int main(int argc, char **argv) {
+    const struct CMUnitTest cpu_tests[] = {
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_cpu_equals_model_score),
+    };
+    const struct CMUnitTest cuda_tests[] = {
         cmocka_unit_test(test_cuda_equals_cpu),
         cmocka_unit_test(test_cuda_fp8_near_cpu),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    enum { N_CUDA = sizeof cuda_tests / sizeof cuda_tests[0] };
+    if (argc == 1) return cmocka_run_group_tests_name("cpu", cpu_tests, NULL, NULL);
+    if (argc == 3 && !strcmp(argv[1], "write")) return write_checkpoints(argv[2]);
+    if (argc != 2 || strcmp(argv[1], "cuda")) {
+        fprintf(stderr, "usage: %s [cuda | write DIR]\n", argv[0]);
+        return 2;
+    }
+    int failed = cmocka_run_group_tests_name("cuda", cuda_tests, NULL, NULL);
+    if (failed) return 1; /* never 77 by accident */
+    if (g_skipped == N_CUDA) {
+        printf("SKIPPED: every CUDA case skipped (no CUDA build or no device), exit 77\n");
+        return 77;
+    }
+    if (g_skipped) {
+        printf("FAIL: %d of %d CUDA cases skipped, the others ran on the same device\n",
+               g_skipped, (int)N_CUDA);
+        return 1;
+    }
+    return 0;
 }

@@ -22,6 +22,23 @@
 #include "seeded.h"
 #include "testutil.h"
 
+/* Tolerances of assert_close, relative to max(|want|, 1), each with its reason (measured on
+ * the seeded models below, -march=native x86-64, OpenBLAS):
+ *  KERNEL_TOL: one f32 kernel against a double reference over a few dozen terms differs by a
+ *    few f32 ulps (2^-24 = 6e-8): measured at most 1.3e-7 (rmsnorm, rope, swiglu, geglu).
+ *  ATTN_TOL: attention's f32 dot products (head dim up to 64) and softmax over up to 9 keys:
+ *    measured 3.9e-7 (outputs) and 2.4e-7 (last-row probabilities); ~10x.
+ *  BATCH_TOL: the same rows through the whole model in another batch (alone or packed, fewer
+ *    rows after pruning, other exits, LoRA merged into W or applied beside it): the GEMMs sum
+ *    in another order (OpenBLAS blocks by row count; (W + sBA)x vs Wx + sB(Ax)): measured at
+ *    most 7.0e-7 (a row alone vs packed), 2.1e-7 (merged vs unmerged); ~14x.
+ *  0: two runs of the same computation are bit-equal (the engine is deterministic): ratio 1
+ *    is the uncompressed path, exit 1 precedes any pruning, a zero-B adapter adds exactly 0.
+ * "Must differ" checks use thresholds above BATCH_TOL's noise and well below the effect. */
+#define KERNEL_TOL 1e-6
+#define ATTN_TOL 4e-6
+#define BATCH_TOL 1e-5
+
 static void assert_close(float got, double want, double rel, const char *what) {
     double tol = rel * fmax(1.0, fabs(want));
     if (!(fabs(got - want) <= tol)) fail_msg("%s: got %.9g want %.9g (tol %.3g)", what, got, want, tol);
@@ -42,7 +59,8 @@ static void test_rmsnorm(void **state) {
             for (int j = 0; j < D; j++) ss += (double)x[i * D + j] * x[i * D + j];
             double r = 1.0 / sqrt(ss / D + 1e-5);
             for (int j = 0; j < D; j++)
-                assert_close(y[i * D + j], x[i * D + j] * r * (w[j] + off), 1e-5, "rmsnorm");
+                assert_close(y[i * D + j], x[i * D + j] * r * (w[j] + off), KERNEL_TOL,
+                             "rmsnorm");
         }
     }
 }
@@ -61,9 +79,9 @@ static void test_rope(void **state) {
                 double th = pos[t] * pow(10000.0, -2.0 * i / HD);
                 const float *v = ref + (t * H + h) * HD;
                 assert_close(x[(t * H + h) * HD + i], v[i] * cos(th) - v[i + HD / 2] * sin(th),
-                             1e-5, "rope lo");
+                             KERNEL_TOL, "rope lo");
                 assert_close(x[(t * H + h) * HD + i + HD / 2],
-                             v[i + HD / 2] * cos(th) + v[i] * sin(th), 1e-5, "rope hi");
+                             v[i + HD / 2] * cos(th) + v[i] * sin(th), KERNEL_TOL, "rope hi");
             }
 }
 
@@ -76,12 +94,12 @@ static void test_glu(void **state) {
     g[0] = -100, g[1] = 100, g[2] = 0, g[3] = -88.5f;
     mr_swiglu(o, g, u, N);
     for (int i = 0; i < N; i++)
-        assert_close(o[i], g[i] / (1.0 + exp(-(double)g[i])) * u[i], 1e-6, "swiglu");
+        assert_close(o[i], g[i] / (1.0 + exp(-(double)g[i])) * u[i], KERNEL_TOL, "swiglu");
     mr_geglu_tanh(o, g, u, N);
     for (int i = 0; i < N; i++) {
         double x = g[i];
         double want = 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) * u[i];
-        assert_close(o[i], want, 1e-6, "geglu");
+        assert_close(o[i], want, KERNEL_TOL, "geglu");
     }
     free(g), free(u), free(o);
 }
@@ -144,9 +162,9 @@ static void check_attention(int NH, int NKV, int HD) {
                             v + off[r] * NKV * HD, len[r], NH, NKV, HD, scale, cap, window,
                             ref_p);
             for (int i = 0; i < len[r] * NH * HD; i++)
-                assert_close(out[off[r] * NH * HD + i], ref[i], 1e-5, "attention out");
+                assert_close(out[off[r] * NH * HD + i], ref[i], ATTN_TOL, "attention out");
             for (int j = 0; j < len[r]; j++)
-                assert_close(probs[off[r] + j], ref_p[j], 1e-5, "attention last probs");
+                assert_close(probs[off[r] + j], ref_p[j], ATTN_TOL, "attention last probs");
         }
     }
     free(q), free(k), free(v), free(out), free(scratch), free(ref);
@@ -221,17 +239,17 @@ static void check_exits_in_one_pass(mr_arch arch) {
     for (int e = 0; e < 4; e++) {
         opts(&o, &f->m, 1, (int[]){e + 1});
         score(f, rows, 5, &o, one);
-        for (int r = 0; r < 5; r++) assert_close(all[r * 4 + e], one[r], 1e-5, "exit alone");
+        for (int r = 0; r < 5; r++) assert_close(all[r * 4 + e], one[r], BATCH_TOL, "exit alone");
     }
     /* packing: each row alone */
     opts(&o, &f->m, 4, (int[]){1, 2, 3, 4});
     for (int r = 0; r < 5; r++) {
         float alone[4];
         score(f, &rows[r], 1, &o, alone);
-        for (int e = 0; e < 4; e++) assert_close(alone[e], all[r * 4 + e], 1e-5, "row alone");
+        for (int e = 0; e < 4; e++) assert_close(alone[e], all[r * 4 + e], BATCH_TOL, "row alone");
     }
-    /* distinct rows give distinct scores (the pass is not constant) */
-    assert_true(fabsf(all[0 * 4 + 3] - all[4 * 4 + 3]) > 1e-6);
+    /* distinct rows give distinct scores (the pass is not constant): measured 0.16 apart */
+    assert_true(fabsf(all[0 * 4 + 3] - all[4 * 4 + 3]) > 1e-3);
     free_fixture(f);
 }
 
@@ -251,15 +269,17 @@ static void test_compression(void **state) {
     o.compress_layers[0] = 1;
     o.compress_layers[1] = 3;
     score(f, rows, 4, &o, r1); /* ratio 1: no compression */
-    for (int i = 0; i < 8; i++) assert_close(r1[i], base[i], 1e-6, "ratio 1");
+    for (int i = 0; i < 8; i++) assert_close(r1[i], base[i], 0, "ratio 1");
     o.ratio = 2;
     score(f, rows, 4, &o, r2);
     o.pooling = MR_POOL_ATTENTION;
     score(f, rows, 4, &o, r2a);
-    /* exit 2 only sees the compression at layer 1; rows with >= 2 passage tokens change */
+    /* exit 2 only sees the compression at layer 1; rows with >= 2 passage tokens change
+     * (measured at least 4.5e-3), and attention pooling differs from mean pooling (at least
+     * 6.2e-5): both thresholds are above the batching noise (7e-7) that a no-op would show */
     for (int r = 0; r < 4; r++) {
-        assert_true(fabsf(r2[r * 2] - base[r * 2]) > 1e-7);
-        assert_true(fabsf(r2a[r * 2 + 1] - r2[r * 2 + 1]) > 1e-7);
+        assert_true(fabsf(r2[r * 2] - base[r * 2]) > 1e-4);
+        assert_true(fabsf(r2a[r * 2 + 1] - r2[r * 2 + 1]) > 1e-5);
     }
     /* compress layers at or beyond the deepest exit change nothing */
     o.pooling = MR_POOL_MEAN;
@@ -268,6 +288,7 @@ static void test_compression(void **state) {
     o.n_exits = 1;
     o.exits[0] = 2;
     score(f, rows, 4, &o, r2);
+    /* 1e-6: the same rows and batch, one exit fewer: measured 9.0e-8 (~11x) */
     for (int r = 0; r < 4; r++) assert_close(r2[r], base[r * 2], 1e-6, "compress after exit");
     free_fixture(f);
 }
@@ -288,16 +309,16 @@ static void test_pruning(void **state) {
     assert_int_equal(mr_model_score(&f->c, rows, 6, &o, pr, depth, &err), 0);
     int kept1 = 0, kept2 = 0;
     for (int r = 0; r < 6; r++) {
-        assert_close(pr[r * 3], base[r * 3], 1e-6, "exit 1 for all rows");
+        assert_close(pr[r * 3], base[r * 3], 0, "exit 1 for all rows");
         int better = 0;
         for (int j = 0; j < 6; j++)
             better += base[j * 3] > base[r * 3] || (base[j * 3] == base[r * 3] && j < r);
         if (better < 4) {
             kept1++;
-            assert_close(pr[r * 3 + 1], base[r * 3 + 1], 1e-5, "survivor at exit 2");
+            assert_close(pr[r * 3 + 1], base[r * 3 + 1], BATCH_TOL, "survivor at exit 2");
             if (!isnan(pr[r * 3 + 2])) {
                 kept2++;
-                assert_close(pr[r * 3 + 2], base[r * 3 + 2], 1e-5, "survivor at exit 4");
+                assert_close(pr[r * 3 + 2], base[r * 3 + 2], BATCH_TOL, "survivor at exit 4");
                 assert_int_equal(depth[r], 4);
             } else {
                 assert_int_equal(depth[r], 2);
@@ -324,7 +345,7 @@ static void test_pruning(void **state) {
     for (int r = 0; r < 6; r++) {
         if (isnan(cpr[r * 3 + 2])) continue;
         survivors++;
-        assert_close(cpr[r * 3 + 2], cbase[r * 3 + 2], 1e-5, "survivor after pooled exit");
+        assert_close(cpr[r * 3 + 2], cbase[r * 3 + 2], BATCH_TOL, "survivor after pooled exit");
     }
     assert_int_equal(survivors, 3);
     o.n_compress = 0;
@@ -389,9 +410,9 @@ static void test_lora_merged_equals_unmerged(void **state) {
     o.adapter_mask = 1; /* only the zero-B adapter: the base model */
     assert_int_equal(mr_model_score(&cu, rows, 3, &o, s_off, NULL, &err), 0);
     for (int i = 0; i < 6; i++) {
-        assert_close(s_u[i], s_m[i], 1e-4, "unmerged vs merged");
-        assert_close(s_off[i], s_base[i], 1e-6, "zero adapter");
-        assert_true(fabsf(s_m[i] - s_base[i]) > 1e-4);
+        assert_close(s_u[i], s_m[i], BATCH_TOL, "unmerged vs merged");
+        assert_close(s_off[i], s_base[i], 0, "zero adapter");
+        assert_true(fabsf(s_m[i] - s_base[i]) > 1e-4); /* the adapter acts: measured >= 0.02 */
     }
     /* merging must not write through to the checkpoint file: reload the base and compare */
     mr_model fresh;

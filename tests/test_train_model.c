@@ -136,7 +136,11 @@ static void check_vs_engine(mr_arch arch, mr_pooling pooling) {
                            {2, 2, {1, 3}, pooling},
                            {4, 2, {pooling == MR_POOL_ATTENTION, 2}, pooling},
                            {8, 1, {2}, pooling}};
-    float tol = pooling == MR_POOL_ATTENTION ? 1e-5f : 1e-4f;
+    /* 1e-5 of max(|s|, 1): the training forward and the engine are separate code summing in
+     * other orders (f32): measured at most 1.7e-7 (attention pooling), 1.5e-7 (mean) over the
+     * three archs, ~60x; a wrong pooling weight or layout is off by 1e-4 or more (below). Mean
+     * pooling had 1e-4 here, with no reason. */
+    float tol = 1e-5f;
     for (int wi = 0; wi < 4; wi++) {
         mr_run_opts o;
         mr_run_opts_default(&o, &em);
@@ -165,6 +169,7 @@ static void check_vs_engine(mr_arch arch, mr_pooling pooling) {
             assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &wm, mean, &err), 0);
             float dmax = 0;
             for (int i = 0; i < NR * m.n_exits; i++) dmax = fmaxf(dmax, fabsf(mean[i] - got[i]));
+            /* measured at least 1.8e-4 apart, 1000x the forward noise above */
             if (!(dmax > 1e-4f)) fail_msg("width %d: attention = mean pooling (%g)", wi, dmax);
         }
     }
@@ -214,7 +219,8 @@ static void test_lora_zero_is_base(void **s) {
     float sa[NR * 8], sb[NR * 8];
     assert_int_equal(mr_tmodel_forward(&a, c, rows, NR, &w, sa, &err), 0);
     assert_int_equal(mr_tmodel_forward(&b, c, rows, NR, &w, sb, &err), 0);
-    for (int i = 0; i < NR * a.n_exits; i++) assert_true(fabsf(sa[i] - sb[i]) < 1e-6f);
+    /* B = 0 at load: the LoRA path adds exactly 0 (measured 0; was < 1e-6) */
+    for (int i = 0; i < NR * a.n_exits; i++) assert_true(sa[i] == sb[i]);
     mr_tcache_free(c);
     mr_tmodel_close(&a);
     mr_tmodel_close(&b);
@@ -252,6 +258,7 @@ static void test_adapter_roundtrip(void **s) {
     m.lora_dropout = 0.0f; /* eval mode */
     assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, got, &err), 0);
     int differ = 0;
+    /* 1e-4: far above the f32 noise of one forward (~1e-7); measured >= 0.039 apart */
     for (int i = 0; i < NR * m.n_exits; i++) differ += fabsf(dropped[i] - got[i]) > 1e-4f;
     assert_true(differ > NR * m.n_exits / 2);
     for (int merge = 0; merge < 2; merge++) {
@@ -270,7 +277,9 @@ static void test_adapter_roundtrip(void **s) {
         for (int r = 0; r < NR; r++)
             for (int e = 0; e < m.n_exits; e++) {
                 float a = got[e * NR + r], b = want[r * m.n_exits + e];
-                if (!(fabsf(a - b) <= 1e-4f * fmaxf(1.0f, fabsf(b))))
+                /* 2e-5: LoRA applied beside W (training) vs merged into W or unmerged in the
+                 * engine, other summation orders: measured at most 1.25e-6, ~16x (was 1e-4) */
+                if (!(fabsf(a - b) <= 2e-5f * fmaxf(1.0f, fabsf(b))))
                     fail_msg("merge %d row %d exit %d: train %.7g engine %.7g", merge, r, e, a, b);
             }
         mr_ctx_close(&ctx);
@@ -346,6 +355,9 @@ static void fd_check_x(mr_arch arch, mr_train_mode mode, const mr_twidth *w, int
         double lm = batch_loss(&m, c, &b, w, 0);
         memcpy(p + o, save + o, sizeof(float) * n);
         double num = (lp - lm) / (2 * eps);
+        /* central differences of an f32 loss: 2e-2 relative for the O(eps^2) truncation on
+         * these deliberately curved models, 1e-3 * |g| for the f32 rounding of the loss
+         * divided by 2 eps, 2e-5 absolute floor; measured worst 0.58 of this bound */
         double tol = 2e-2 * fmax(fabs(ana), fabs(num)) + 1e-3 * sqrt(gn) + 2e-5;
         if (!(fabs(num - ana) <= tol))
             fail_msg("arch %d mode %d p %g %s: analytic %.7g numeric %.7g (tol %.3g)", (int)arch,
@@ -447,12 +459,12 @@ static void test_dropout_masks(void **s) {
     b.lora_dropout = 0.3f;
     b.drop_step = 7;
     l1 = loss_grads(&b, c, &bt, &w, g1);
-    assert_true(fabs(l1 - l0) > 1e-4);
+    assert_true(fabs(l1 - l0) > 1e-4); /* masks move the loss by >= 0.43 (measured) */
     double l2 = loss_grads(&b, c, &bt, &w, g2);
     assert_true(l1 == l2 && !memcmp(g1, g2, sz));
     b.drop_step = 8;
     l2 = loss_grads(&b, c, &bt, &w, g2);
-    assert_true(fabs(l2 - l1) > 1e-4 && memcmp(g1, g2, sz));
+    assert_true(fabs(l2 - l1) > 1e-4 && memcmp(g1, g2, sz)); /* another mask: >= 0.43 too */
     free(g0), free(g1), free(g2);
     mr_tcache_free(c);
     mr_tmodel_close(&a);
@@ -526,6 +538,7 @@ static void test_dropout_everywhere(void **s) {
         m.lora_dropout = 0.0f;
         assert_int_equal(mr_tmodel_forward(&m, c, rows, NR, &w, se, &err), 0);
         int differ = 0;
+        /* 1e-5: 100x the f32 noise of one forward; measured >= 0.018 apart */
         for (int i = 0; i < NR * m.n_exits; i++) differ += fabsf(sd[i] - se[i]) > 1e-5f;
         if (differ < NR * m.n_exits / 2)
             fail_msg("%s only: %d of %d scores change under dropout", heads ? "heads" : "layers",
@@ -626,8 +639,10 @@ static void test_training_lowers_loss(void **s) {
             if (step == 0) first = tot.ce;
             last = tot.ce;
         }
-        if (!(last < 0.7 * first)) fail_msg("mode %d: ce %g -> %g", mode, first, last);
-        assert_true(fabsf(mr_adamw_lr(&opt, 1) - opt.lr / 2) < 1e-9f);
+        /* two groups memorised in 30 steps: ce falls 4 orders of magnitude (measured ratio
+         * <= 8.6e-5 in both modes); a wrong gradient or update stays near 1. Was 0.7. */
+        if (!(last < 0.01 * first)) fail_msg("mode %d: ce %g -> %g", mode, first, last);
+        assert_true(mr_adamw_lr(&opt, 1) == opt.lr / 2); /* warm-up step 1 of 2: exact */
         assert_true(mr_adamw_lr(&opt, 30) == 0.0f);
         mr_adamw_close(&opt);
         mr_tcache_free(c);

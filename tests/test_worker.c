@@ -1,8 +1,10 @@
 /* test_worker.c: the worker (worker/) in process, driven over loopback gRPC by the C
  * client of rpc.h: scores equal a direct mr_model_score run (what `mrank score` does) to 1e-5
  * at several exits and widths, also when requests are batched together or split over batches;
- * INVALID_ARGUMENT messages; admission (RESOURCE_EXHAUSTED at once); queued deadlines; Info;
- * drain at shutdown. The model is a 4-layer seeded checkpoint made with `mrank init-checkpoint`. */
+ * INVALID_ARGUMENT messages; admission (RESOURCE_EXHAUSTED while admitted work still waits);
+ * queued deadlines; Info; drain at shutdown. Timing is asserted only as an order of events in
+ * one run (a refusal before a queued request's answer), never as a duration. The model is a
+ * 4-layer seeded checkpoint made with `mrank init-checkpoint`. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <setjmp.h>
@@ -144,6 +146,10 @@ static void check_resp(const uint8_t *resp, size_t len, const float *ref, int n,
         assert_int_equal(r->passages[i]->n_scores, n_exits);
         for (int e = 0; e < n_exits; e++) {
             float a = r->passages[i]->scores[e], b = ref[i * n_exits + e];
+            /* 1e-5: the worker batches the rows otherwise than ref_score (its own context
+             * size, other requests beside them), so OpenBLAS sums in another order: measured
+             * at most 4.8e-7 on these O(1) scores (~20x); a wrong exit or width is off by
+             * 1e-3 or more */
             if (fabsf(a - b) > 1e-5f) fail_msg("passage %d exit %d: %.9g vs %.9g", i, e, a, b);
         }
         assert_true(r->passages[i]->tokens > 0);
@@ -193,6 +199,8 @@ static void test_scores_match_engine(void **state) {
     stop_worker(&f);
 }
 
+/* One asynchronous call. done is set last by on_done; st starts at a status no call ends
+ * with (pending_reset), so a call that never finished cannot read as OK. */
 typedef struct pending {
     atomic_int done;
     grpc_status_code st;
@@ -216,9 +224,18 @@ static void on_done(void *user, grpc_status_code st, const char *msg, const uint
     atomic_store(&p->done, 1);
 }
 
+static void pending_reset(pending *p, int n) {
+    memset(p, 0, sizeof *p * (size_t)n);
+    for (int i = 0; i < n; i++) p[i].st = GRPC_STATUS__DO_NOT_USE;
+}
+
+/* Waits up to ~10 s per call (every call here has a 10 s deadline) and fails the test if a
+ * call has not finished by then. */
 static void wait_all(pending *p, int n) {
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         for (int k = 0; k < 10000 && !atomic_load(&p[i].done); k++) usleep(1000);
+        if (!atomic_load(&p[i].done)) fail_msg("asynchronous call %d never finished", i);
+    }
 }
 
 /* Concurrent same-key requests share a batch; a large one is split over batches. */
@@ -234,7 +251,7 @@ static void test_batching_and_split(void **state) {
     float ref[5 * 2];
     ref_score("what is a fox", passages, 5, &o, ref);
     static pending p[4];
-    memset(p, 0, sizeof p);
+    pending_reset(p, 4);
     size_t len;
     uint8_t *req = pack_req("what is a fox", passages, 5, exits, 2, 0, NULL, 0, &len);
     mr_rpc_opts ro = {.timeout_ms = 10000, .wait_for_ready = 1};
@@ -359,21 +376,24 @@ static void test_invalid(void **state) {
 }
 
 /* Two requests wait in the queue (different keys, long max-wait); the third exceeds the
- * in-flight budget and is refused at once; a request that passes its deadline in the queue
- * is dropped. */
+ * in-flight budget and is refused while both still wait; a request that passes its deadline in
+ * the queue gets DEADLINE_EXCEEDED while a request queued before it still waits, and is dropped.
+ * "While still waiting" is an order of events, not a time: the queued requests wait 400 ms
+ * (max-wait; neither fills the 2048-token batch), a refusal or a deadline that waited for the
+ * batcher would come after them on any machine. */
 static void test_overload_and_deadline(void **state) {
     wfix f;
     start_worker(&f, 2048, 400, 3000);
     const char *many[40];
-    for (int i = 0; i < 40; i++) many[i] = passages[i % 5];   /* ~1300 tokens */
+    for (int i = 0; i < 40; i++) many[i] = passages[i % 5];   /* 1456 tokens */
     uint32_t e4 = 4, e3 = 3;
     size_t la, lb;
     uint8_t *ra = pack_req("what is a fox", many, 40, &e4, 1, 0, NULL, 0, &la);
     uint8_t *rb = pack_req("what is a fox", many, 40, &e3, 1, 0, NULL, 0, &lb);
     static pending p[2];
-    memset(p, 0, sizeof p);
+    pending_reset(p, 2);
     mr_rpc_opts ro = {.timeout_ms = 10000, .wait_for_ready = 1};
-    /* connect first so the timing below is the worker's */
+    /* connect first so the order below is the worker's */
     grpc_status_code st;
     char msg[512];
     uint8_t *resp;
@@ -391,24 +411,32 @@ static void test_overload_and_deadline(void **state) {
     double t0 = now_ms();
     int rc = mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", ra, la, 5000, &resp, &rlen, &st, msg,
                           sizeof msg);
-    double dt = now_ms() - t0;
-    fprintf(stderr, "# overload answered in %.2f ms: %s\n", dt, msg);
+    int waiting = !atomic_load(&p[0].done) + !atomic_load(&p[1].done);
+    fprintf(stderr, "# overload answered in %.2f ms, %d queued still waiting: %s\n",
+            now_ms() - t0, waiting, msg);
     assert_int_equal(rc, MR_EIO);
     assert_int_equal(st, GRPC_STATUS_RESOURCE_EXHAUSTED);
     assert_non_null(strstr(msg, "worker overloaded"));
-    assert_true(dt < 100);
+    assert_int_equal(waiting, 2);
     wait_all(p, 2);
     assert_int_equal(p[0].st, GRPC_STATUS_OK);
     assert_int_equal(p[1].st, GRPC_STATUS_OK);
     free(p[0].resp);
     free(p[1].resp);
-    /* deadline: 100 ms while the batcher would wait 400 ms */
-    t0 = now_ms();
+    /* deadline: 100 ms while the batcher would wait 400 ms for ra, queued just before it
+     * (another key: ra's batch does not take it) */
+    pending_reset(p, 1);
+    assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", ra, la, &ro, on_done,
+                                        &p[0]), 0);
     rc = mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", rb, lb, 100, &resp, &rlen, &st, msg,
                       sizeof msg);
-    dt = now_ms() - t0;
+    waiting = !atomic_load(&p[0].done);
+    assert_int_equal(rc, MR_EIO);
     assert_int_equal(st, GRPC_STATUS_DEADLINE_EXCEEDED);
-    assert_true(dt < 350);
+    assert_int_equal(waiting, 1);
+    wait_all(p, 1);
+    assert_int_equal(p[0].st, GRPC_STATUS_OK);
+    free(p[0].resp);
     usleep(500000);   /* the batcher drops it; the next request still works */
     rc = mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", rb, lb, 5000, &resp, &rlen, &st, msg,
                       sizeof msg);
@@ -419,70 +447,66 @@ static void test_overload_and_deadline(void **state) {
     stop_worker(&f);
 }
 
-/* Rejections must not slow down admitted work: a request's latency alone, then the same
- * request while 30 over-budget requests are refused around it. */
-static void test_overload_keeps_admitted_latency(void **state) {
+/* "worker overloaded: N tokens in flight, ...": N, or -1 when msg is another message. */
+static long overload_inflight(const char *msg) {
+    long n = -1;
+    if (sscanf(msg, "worker overloaded: %ld tokens in flight", &n) != 1) return -1;
+    return n;
+}
+
+/* Refusals must not wait for admitted work: an admitted request A waits max-wait (300 ms) in
+ * the queue (alone it cannot fill the 2048-token batch), and over-budget requests sent one
+ * after another meanwhile must be refused while A still waits. The refused requests exceed
+ * the whole 3000-token budget on their own (~4000 tokens), so they are refused whatever the
+ * order of arrival and A is always admitted; a refusal counts once its message shows A's
+ * tokens in flight (A admitted first). The assertion is an order of events in one run, not a
+ * time: a refusal that queued behind the batcher, or waited for A's batch, is answered after
+ * A on any machine, however loaded. A correct worker refuses after tokenizing (about a
+ * millisecond here), far inside A's 300 ms wait, which is what keeps the order safe on a
+ * shared 2-core machine; at most 30 refusals are sent. */
+static void test_refusals_do_not_wait_for_admitted(void **state) {
     wfix f;
-    start_worker(&f, 2048, 2, 3000);
-    const char *many[40], *huge[70];
-    for (int i = 0; i < 40; i++) many[i] = passages[i % 5];   /* ~1300 tokens: admitted */
-    for (int i = 0; i < 70; i++) huge[i] = passages[i % 5];   /* ~2300: refused beside it */
+    start_worker(&f, 2048, 300, 3000);
+    const char *many[40], *huge[110];
+    for (int i = 0; i < 40; i++) many[i] = passages[i % 5];    /* 1456 tokens: admitted */
+    for (int i = 0; i < 110; i++) huge[i] = passages[i % 5];   /* ~4000: over the budget */
     uint32_t e4 = 4;
     size_t la, lh;
     uint8_t *ra = pack_req("what is a fox", many, 40, &e4, 1, 0, NULL, 0, &la);
-    uint8_t *rh = pack_req("what is a fox", huge, 70, &e4, 1, 0, NULL, 0, &lh);
+    uint8_t *rh = pack_req("what is a fox", huge, 110, &e4, 1, 0, NULL, 0, &lh);
     grpc_status_code st;
     char msg[512];
     uint8_t *resp;
     size_t rlen;
-    double alone = 1e9;
-    for (int i = 0; i < 4; i++) {   /* warm, then the best of three */
-        double t0 = now_ms();
-        assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", ra, la, 10000, &resp,
-                                      &rlen, &st, msg, sizeof msg), 0);
-        free(resp);
-        if (i > 0 && now_ms() - t0 < alone) alone = now_ms() - t0;
-    }
-    /* The admitted request is sent first, but on a loaded machine a refused-size request can
-     * still reach admission before it (it is then admitted, and ours is the one refused):
-     * such a round says nothing, so it is run again, at most 5 times. So is a round slower than
-     * the bound below, which other load on the machine can cause once; a worker whose
-     * refusals stall admitted work is slow in every round. */
+    /* connect first so the order below is the worker's */
+    assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Info", NULL, 0, 5000, &resp, &rlen,
+                                  &st, msg, sizeof msg), 0);
+    free(resp);
     static pending p[1];
-    double loaded = 0;
-    int refused = 0;
-    for (int round = 0; round < 5; round++) {
-        memset(p, 0, sizeof p);
-        mr_rpc_opts ro = {.timeout_ms = 10000, .wait_for_ready = 1};
-        double t0 = now_ms();
-        assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", ra, la, &ro, on_done,
-                                            &p[0]), 0);
-        usleep(2000);
-        refused = 0;
-        for (int i = 0; i < 30 && !atomic_load(&p[0].done); i++) {
-            if (mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", rh, lh, 5000, &resp, &rlen, &st, msg,
-                             sizeof msg) == 0)
-                free(resp);
-            else
-                refused += st == GRPC_STATUS_RESOURCE_EXHAUSTED;
+    pending_reset(p, 1);
+    mr_rpc_opts ro = {.timeout_ms = 10000, .wait_for_ready = 1};
+    assert_int_equal(mr_rpc_unary_async(f.ch, "/mrank.v1.Worker/Score", ra, la, &ro, on_done,
+                                        &p[0]), 0);
+    int refused = 0, beside = 0;   /* refusals; those that saw A in flight and beat it */
+    long a_tokens = 0;
+    for (int i = 0; i < 30 && !atomic_load(&p[0].done); i++) {
+        if (mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", rh, lh, 5000, &resp, &rlen, &st, msg,
+                         sizeof msg) == 0) {
+            free(resp);
+            fail_msg("a request over the whole in-flight budget was admitted");
         }
-        wait_all(p, 1);
-        loaded = now_ms() - t0;
-        fprintf(stderr, "# admitted request: %.1f ms alone, %.1f ms beside %d refusals (status %d)\n",
-                alone, loaded, refused, (int)p[0].st);
-        if (p[0].st != GRPC_STATUS_RESOURCE_EXHAUSTED &&
-            (p[0].st != GRPC_STATUS_OK || loaded < 2 * alone + 500))
-            break;
-        free(p[0].resp);
-        p[0].resp = NULL;
-        usleep(500000);   /* let the request admitted in its place finish */
+        if (st != GRPC_STATUS_RESOURCE_EXHAUSTED) fail_msg("status %d: %s", (int)st, msg);
+        refused++;
+        long in = overload_inflight(msg);
+        if (in < 0) fail_msg("refusal message: %s", msg);
+        if (in > 0 && !atomic_load(&p[0].done)) beside++, a_tokens = in;
     }
+    wait_all(p, 1);
+    fprintf(stderr, "# %d refusals, %d answered while A (%ld tokens) was in flight\n", refused,
+            beside, a_tokens);
     assert_int_equal(p[0].st, GRPC_STATUS_OK);
     assert_true(refused > 0);
-    /* Refusals cost their tokenization (admission is counted in tokens), which shares the two
-     * cores of a CI machine with the batcher: the bound is generous, and catches what matters,
-     * refusals that stall the batcher or queue behind it (seconds). */
-    assert_true(loaded < 2 * alone + 500);
+    assert_true(beside > 0);
     free(p[0].resp);
     free(ra);
     free(rh);
@@ -508,7 +532,7 @@ static void test_info_and_drain(void **state) {
     free(resp);
     /* a request waiting in the queue at shutdown is still answered */
     static pending p;
-    memset(&p, 0, sizeof p);
+    pending_reset(&p, 1);
     size_t len;
     uint8_t *req = pack_req("q", passages, 5, NULL, 0, 0, NULL, 0, &len);
     mr_rpc_opts ro = {.timeout_ms = 10000};
@@ -531,7 +555,7 @@ int main(void) {
         cmocka_unit_test(test_batching_and_split),
         cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_overload_and_deadline),
-        cmocka_unit_test(test_overload_keeps_admitted_latency),
+        cmocka_unit_test(test_refusals_do_not_wait_for_admitted),
         cmocka_unit_test(test_info_and_drain),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -8,10 +8,12 @@ set -euo pipefail
 MRANK=$(realpath "${1:?usage: worker_e2e.sh path/to/mrank}")
 PY=/usr/bin/python3
 CLIENT=tests/clients/worker_client.py
+# Every tool below is installed by scripts/setup.sh, so a missing one is a failure, not a skip.
 if ! $PY -c 'import grpc, google.protobuf' 2>/dev/null || ! command -v protoc >/dev/null; then
-    echo "SKIP: needs python3-grpcio, python3-protobuf and protoc"; exit 0
+    echo "FAIL: needs python3-grpcio, python3-protobuf and protoc (scripts/setup.sh installs them)"
+    exit 1
 fi
-command -v curl >/dev/null || { echo "SKIP: needs curl"; exit 0; }
+command -v curl >/dev/null || { echo "FAIL: needs curl (scripts/setup.sh installs it)"; exit 1; }
 
 TMP=$(mktemp -d /tmp/mrank_worker_e2e.XXXXXX)
 WPID=""
@@ -47,17 +49,27 @@ $PY $CLIENT wait "$ADDR" 20 >/dev/null || fail "never SERVING"
 Q="what is a fox"
 P=(--passage "a fox is a small omnivorous mammal" --passage "paris is the capital of france"
    --passage "foxes live in forests, grasslands and cities")
-compare() {   # $1: worker JSON, $2: CLI JSON
+compare() {   # $1: worker JSON, $2: CLI JSON; prints the largest difference
     $PY - "$1" "$2" <<'EOF' || exit 1
+# Both sides are the same CPU engine on the same f32 weights. Here each request is scored
+# alone and the floats agree: the measured differences (<= 4.4e-9) are mrank score's 9-digit
+# printing. When the worker's batch differs from the CLI's (other requests packed with it,
+# another context size) OpenBLAS blocks the sums differently: test_worker measures up to
+# 4.8e-7 then on O(1) scores. 1e-5 leaves ~20x that; a wrong exit, width or model is off by
+# 1e-3 or more.
 import json, sys
 a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+worst = 0.0
 assert a["exits"] == b["exits"], (a["exits"], b["exits"])
-assert len(a["results"]) == len(b["results"])
+assert len(a["results"]) == len(b["results"]) == 3, (len(a["results"]), len(b["results"]))
 for x, y in zip(a["results"], b["results"]):
+    assert len(x["scores"]) == len(y["scores"]) == len(a["exits"]), (x, y)
     for s, t in zip(x["scores"], y["scores"]):
         assert (s is None) == (t is None) and (s is None or abs(s - t) <= 1e-5), (s, t)
+        worst = max(worst, abs(s - t)) if s is not None else worst
     for k in ("depth", "tokens", "truncated"):
         assert x[k] == y[k], (k, x[k], y[k])
+print("%.2e" % worst)
 EOF
 }
 # exits x widths x pruning, then the INVALID_ARGUMENT cases: one Python process, many calls
@@ -92,7 +104,8 @@ for cfg in "${CFGS[@]}"; do
     sed -n "${i}p" "$TMP/multi.out" >"$TMP/w.json"
     grep -q '"results"' "$TMP/w.json" || fail "score $cfg: $(cat "$TMP/w.json")"
     "$MRANK" score --model "$TMP/model" --query "$Q" "${P[@]}" "${cargs[@]}" --json >"$TMP/c.json"
-    compare "$TMP/w.json" "$TMP/c.json" || fail "scores differ for $cfg"
+    d=$(compare "$TMP/w.json" "$TMP/c.json") || fail "scores differ for $cfg: $d"
+    echo "  $cfg: max |worker - mrank score| $d"
 done
 echo "ok: scores equal mrank score --json (${#CFGS[@]} configurations)"
 for want in "no passages" "query is empty" "unknown adapter 'legal'" "strictly increasing" \
