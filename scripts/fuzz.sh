@@ -22,7 +22,7 @@ run() {  # run BIN LABEL: BIN for $secs from a scratch copy of its seed corpus
   if [ "$rc" -ne 0 ]; then
     cat "$log"   # all of it: the sanitizer report, the crashing input's file, the stats
     echo "FAIL: $2 exited with status $rc (its whole output is above; libFuzzer leaves the" \
-      "input as crash-*/leak-*/timeout-* in $PWD)"
+      "input as crash-*/leak-*/oom-*/timeout-* in $PWD)"
     rm -rf "$scratch" "$log"
     exit "$rc"
   fi
