@@ -269,7 +269,7 @@ int main(int argc, char **argv) {
         fclose(f);
     }
     mr_run_opts o;
-    mr_run_opts_default(&o, &m);
+    mr_run_opts_init(&o, &m);
     if (exit_l > 0) o.exits[0] = exit_l;
     o.ratio = ratio;
     if (comp >= 0) o.n_compress = 1, o.compress_layers[0] = comp;

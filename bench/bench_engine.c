@@ -151,7 +151,7 @@ static int make_grid(const mr_model *m, bench_cfg *g) {
     };
     for (size_t i = 0; i < sizeof spec / sizeof *spec; i++) {
         bench_cfg *c = &g[n];
-        mr_run_opts_default(&c->o, m);
+        mr_run_opts_init(&c->o, m);
         c->o.n_exits = 1;
         c->o.exits[0] = spec[i].exit;
         if (spec[i].exit < m->cfg.start_layer || spec[i].exit < 1) continue;

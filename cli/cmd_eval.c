@@ -349,10 +349,10 @@ done:
     if (pids) {
         int maxc2 = 1;
         for (int q = 0; q < run.n_q; q++) maxc2 = run.count[q] > maxc2 ? run.count[q] : maxc2;
-        for (int i = 0; i < maxc2; i++) mr_ids_free(&pids[i]);
+        for (int i = 0; i < maxc2; i++) mr_ids_close(&pids[i]);
     }
     free(pids), free(rows), free(scores), free(gains), free(cs), free(ndcg), free(mrr);
-    mr_ids_free(&qids), mr_ids_free(&sids);
+    mr_ids_close(&qids), mr_ids_close(&sids);
     mr_texts_close(&corpus), mr_texts_close(&queries);
     mr_qrels_close(&qrels), mr_trec_run_close(&run);
     if (loaded) mr_model_close(&m);
@@ -413,7 +413,7 @@ static int load_heldout(const eargs *a, const mr_model *m, hrow **out, int *n_ou
         int k = 0;
         if (!cJSON_IsString(it)) { /* the positive must come first */
             cJSON_Delete(j);
-            mr_ids_free(&h[n].q);
+            mr_ids_close(&h[n].q);
             continue;
         }
         rc = mr_input_passage(m->tok, it->valuestring, a->max_len, h[n].q.n, &h[n].p[k++], &tr,
@@ -429,8 +429,8 @@ static int load_heldout(const eargs *a, const mr_model *m, hrow **out, int *n_ou
         h[n].n = k;
         if (k >= 2) n++;
         else {
-            mr_ids_free(&h[n].q);
-            for (int i = 0; i < k; i++) mr_ids_free(&h[n].p[i]);
+            mr_ids_close(&h[n].q);
+            for (int i = 0; i < k; i++) mr_ids_close(&h[n].p[i]);
             memset(&h[n], 0, sizeof h[n]);
         }
     }
@@ -539,7 +539,7 @@ static int eval_grid(eargs *a) {
     int nq = 0;
     long pairs = 0;
     mr_run_opts ofull; /* the full model's cost: deepest exit, ratio 1, whatever the grid */
-    mr_run_opts_default(&ofull, &m);
+    mr_run_opts_init(&ofull, &m);
     ofull.n_exits = 1, ofull.exits[0] = D;
     double full_flops = 0, bm_ndcg = 0, bm_mrr = 0, rnd_ndcg = 0, rnd_mrr = 0, bm_top = 0, bm_tau = 0,
            rnd_top = 0, wall[4] = {0};
@@ -692,14 +692,14 @@ done:
     if (tsv) fclose(tsv);
     if (ctx_ok) mr_ctx_close(&ctx);
     if (pids)
-        for (int i = 0; i < maxc; i++) mr_ids_free(&pids[i]);
+        for (int i = 0; i < maxc; i++) mr_ids_close(&pids[i]);
     for (int h = 0; hr && h < a->heldout_max; h++) {
-        mr_ids_free(&hr[h].q);
-        for (int i = 0; i < 64; i++) mr_ids_free(&hr[h].p[i]);
+        mr_ids_close(&hr[h].q);
+        for (int i = 0; i < 64; i++) mr_ids_close(&hr[h].p[i]);
     }
     free(hr), free(pids), free(rows), free(scores), free(gains), free(refpos), free(rg), free(cs);
     free(pt);
-    mr_ids_free(&qids), mr_ids_free(&sids);
+    mr_ids_close(&qids), mr_ids_close(&sids);
     mr_texts_close(&corpus), mr_texts_close(&queries);
     mr_qrels_close(&qrels), mr_trec_run_close(&run), mr_trec_run_close(&ref);
     if (loaded) mr_model_close(&m);

@@ -152,7 +152,7 @@ int mr_cmd_init_checkpoint(int argc, char **argv) {
     c.layer_wise = 1;
     mr_tokenizer *tok = NULL;
     char path[1024];
-    if (mr_tokenizer_load(&tok, vocab, &err)) goto fail;
+    if (mr_tokenizer_new(&tok, vocab, &err)) goto fail;
     c.vocab_size = mr_tokenizer_vocab_size(tok);
     int32_t bos = mr_tokenizer_token_id(tok, c.arch == MR_ARCH_GEMMA2 ? "<bos>" : "<s>");
     if (bos < 0) bos = mr_tokenizer_token_id(tok, "<|endoftext|>");

@@ -166,9 +166,9 @@ typedef struct inputs {
 } inputs;
 
 static void inputs_free(inputs *in) {
-    mr_ids_free(&in->q);
-    mr_ids_free(&in->s);
-    for (int i = 0; i < in->n; i++) mr_ids_free(&in->p[i]);
+    mr_ids_close(&in->q);
+    mr_ids_close(&in->s);
+    for (int i = 0; i < in->n; i++) mr_ids_close(&in->p[i]);
     free(in->p);
     free(in->truncated);
 }
@@ -215,7 +215,7 @@ int mr_cmd_tokenize(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/config.json", a.model);
     if (mr_config_load(&cfg, path, &err)) goto fail;
     snprintf(path, sizeof path, "%s/tokenizer.json", a.model);
-    if (mr_tokenizer_load(&tok, path, &err) || build_inputs(tok, cfg.bos_token_id, &a, &in, &err))
+    if (mr_tokenizer_new(&tok, path, &err) || build_inputs(tok, cfg.bos_token_id, &a, &in, &err))
         goto fail;
     if (a.json) printf("{\"rows\":[");
     for (int i = 0; i < in.n; i++) {

@@ -418,7 +418,7 @@ static int init_heads_yes(mr_tmodel *m, const mr_tokenizer *tok, mr_err *err) {
     int32_t id = -1;
     mr_ids ids = {0};
     if (mr_tokenizer_encode(tok, "Yes", 3, &ids, err) == 0 && ids.n == 1) id = ids.v[0];
-    mr_ids_free(&ids);
+    mr_ids_close(&ids);
     if (id < 0) id = mr_tokenizer_token_id(tok, "\xe2\x96\x81Yes");
     if (id < 0) id = mr_tokenizer_token_id(tok, "Yes");
     if (id < 0 || id >= m->cfg.vocab_size)
@@ -464,7 +464,7 @@ int mr_cmd_train(int argc, char **argv) {
         mr_err_set(&err, MR_EINVAL, "--tokenizer FILE is needed for a new model");
         goto fail;
     }
-    if (mr_tokenizer_load(&tok, tok_path, &err)) goto fail;
+    if (mr_tokenizer_new(&tok, tok_path, &err)) goto fail;
 
     /* the starting checkpoint */
     if (a.init) {

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-void mr_run_opts_default(mr_run_opts *o, const mr_model *m) {
+void mr_run_opts_init(mr_run_opts *o, const mr_model *m) {
     memset(o, 0, sizeof *o);
     o->n_exits = 1;
     o->exits[0] = mr_model_exit_layer(m, m->n_heads_exit - 1);

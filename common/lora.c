@@ -72,7 +72,7 @@ int mr_adapter_load(mr_adapter *a, const char *dir, mr_err *err) {
         rc = mr_err_set(err, MR_EFORMAT, "%s: not a JSON object", path);
     else if (!(rc = parse_adapter_config(a, root, path, err))) {
         snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-        rc = mr_st_open_file(&a->st, path, err);
+        rc = mr_st_load_file(&a->st, path, err);
     }
     cJSON_Delete(root);
     free(text);

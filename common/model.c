@@ -250,7 +250,7 @@ static int load_tokenizer(mr_model *m, mr_err *err) {
     char path[600];
     snprintf(path, sizeof path, "%s/tokenizer.json", m->dir);
     if (access(path, R_OK) != 0) return 0;
-    return mr_tokenizer_load(&m->tok, path, err);
+    return mr_tokenizer_new(&m->tok, path, err);
 }
 
 int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_err *err) {
@@ -261,7 +261,7 @@ int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_er
         return mr_err_set(err, MR_EINVAL, "model path too long: %s", dir);
     strcpy(m->dir, dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if ((rc = mr_config_load(&m->cfg, path, err)) || (rc = mr_st_open_dir(&m->st, dir, err)))
+    if ((rc = mr_config_load(&m->cfg, path, err)) || (rc = mr_st_load_dir(&m->st, dir, err)))
         goto fail;
     const mr_config *c = &m->cfg;
     if ((rc = get_tensor(m, "model.embed_tokens.weight", c->vocab_size, c->d_model, &m->embed,

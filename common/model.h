@@ -121,7 +121,7 @@ typedef struct mr_run_opts {
 
 /* Fills o with defaults: deepest exit only (n_layers), ratio 1, mean pooling, all unmerged
  * adapters active. */
-void mr_run_opts_default(mr_run_opts *o, const mr_model *m);
+void mr_run_opts_init(mr_run_opts *o, const mr_model *m);
 /* Checks o against the model (exits with heads, layers in range, pruning on exits). */
 int mr_run_opts_check(const mr_run_opts *o, const mr_model *m, mr_err *err);
 

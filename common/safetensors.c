@@ -479,7 +479,7 @@ static int set_finalize(mr_st_set *set, mr_err *err) {
     return 0;
 }
 
-int mr_st_open_file(mr_st_set *set, const char *path, mr_err *err) {
+int mr_st_load_file(mr_st_set *set, const char *path, mr_err *err) {
     memset(set, 0, sizeof *set);
     int rc = set_add(set, path, err);
     if (!rc)
@@ -637,14 +637,14 @@ cleanup:
     return rc;
 }
 
-int mr_st_open_dir(mr_st_set *set, const char *dir, mr_err *err) {
+int mr_st_load_dir(mr_st_set *set, const char *dir, mr_err *err) {
     memset(set, 0, sizeof *set);
     char path[4096];
     int rc = path_join(path, sizeof path, dir, "model.safetensors", err);
     if (rc)
         return rc;
     if (file_exists(path))
-        return mr_st_open_file(set, path, err);
+        return mr_st_load_file(set, path, err);
     if ((rc = path_join(path, sizeof path, dir, "model.safetensors.index.json", err)))
         return rc;
     rc = file_exists(path) ? open_index(set, dir, path, err) : open_glob(set, dir, err);

@@ -49,9 +49,9 @@ int mr_dtype_parse(const char *s, mr_dtype *out); /* accepts F32/F16/BF16 and f3
 /* Opens a checkpoint folder: DIR/model.safetensors, or every shard named in
  * DIR/model.safetensors.index.json (weight_map), or, failing both, every *.safetensors in DIR.
  * set is caller-owned; on error it is left zeroed, else release it with mr_st_close. */
-int mr_st_open_dir(mr_st_set *set, const char *dir, mr_err *err);
-/* Opens one file (e.g. adapter_model.safetensors); same contract as mr_st_open_dir. */
-int mr_st_open_file(mr_st_set *set, const char *path, mr_err *err);
+int mr_st_load_dir(mr_st_set *set, const char *dir, mr_err *err);
+/* Opens one file (e.g. adapter_model.safetensors); same contract as mr_st_load_dir. */
+int mr_st_load_file(mr_st_set *set, const char *path, mr_err *err);
 /* A lookup, not an error: NULL when absent (mr_st_get reports MR_ENOTFOUND). O(log n). */
 const mr_tensor *mr_st_find(const mr_st_set *set, const char *name);
 /* Finds name and checks dtype-independent shape (ndim dims); MR_ENOTFOUND / MR_EFORMAT

@@ -22,7 +22,7 @@ const char *mr_pooling_name(mr_pooling p) { return p == MR_POOL_ATTENTION ? "att
 
 int mr_subarch_to_run_opts(const mr_subarch *a, const mr_model *m, const char *const *names,
                            int n_names, mr_run_opts *o, mr_err *err) {
-    mr_run_opts_default(o, m);
+    mr_run_opts_init(o, m);
     if (a->depth) o->exits[0] = a->depth;
     o->ratio = a->ratio;
     if (a->n_compress < 0 || a->n_compress > MR_MAX_COMPRESS)

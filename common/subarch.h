@@ -36,7 +36,7 @@ const char *mr_pooling_name(mr_pooling p);
  * schedule, pooling, and the adapter mask. With names (n_names entries, adapter i of the model
  * is names[i]) the mask holds exactly a's adapters, and an unknown name is MR_EINVAL
  * ("unknown adapter 'x' (have: a b)"); with names NULL the mask keeps every unmerged adapter
- * of the model (mr_run_opts_default). o is not checked against m: the caller may add exits or
+ * of the model (mr_run_opts_init). o is not checked against m: the caller may add exits or
  * prune steps, then calls mr_run_opts_check once. */
 int mr_subarch_to_run_opts(const mr_subarch *a, const mr_model *m, const char *const *names,
                            int n_names, mr_run_opts *o, mr_err *err);

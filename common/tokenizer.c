@@ -49,7 +49,7 @@ int mr_ids_push(mr_ids *ids, int32_t id) {
     return 0;
 }
 
-void mr_ids_free(mr_ids *ids) {
+void mr_ids_close(mr_ids *ids) {
     if (!ids) return;
     free(ids->v);
     ids->v = NULL;
@@ -1196,7 +1196,7 @@ static int load_json(ld *L, const cJSON *root) {
     return rc;
 }
 
-int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err) {
+int mr_tokenizer_new(mr_tokenizer **out, const char *path, mr_err *err) {
     if (!out || !path) return mr_err_set(err, MR_EINVAL, "tokenizer: NULL argument");
     *out = NULL;
     size_t len = 0;

@@ -14,7 +14,7 @@
 
 #include "mr_err.h"
 
-/* Growable id vector; zero-initialise, free with mr_ids_free. */
+/* Growable id vector; zero-initialise, release with mr_ids_close. */
 typedef struct mr_ids {
     int32_t *v;
     size_t n, cap;
@@ -22,13 +22,13 @@ typedef struct mr_ids {
 /* 0, or MR_ENOMEM with ids unchanged (no mr_err: the caller names what it was building). */
 int mr_ids_push(mr_ids *ids, int32_t id);
 /* Frees the vector and zeroes it; accepts NULL and a zeroed vector. */
-void mr_ids_free(mr_ids *ids);
+void mr_ids_close(mr_ids *ids);
 
 typedef struct mr_tokenizer mr_tokenizer;
 
 /* A heap tokenizer from a tokenizer.json path (*out NULL on error); free with
  * mr_tokenizer_free, which accepts NULL. Immutable after load, shareable by threads. */
-int mr_tokenizer_load(mr_tokenizer **out, const char *path, mr_err *err);
+int mr_tokenizer_new(mr_tokenizer **out, const char *path, mr_err *err);
 void mr_tokenizer_free(mr_tokenizer *t);
 /* Appends the ids of text[0..len) to out (no special tokens added). */
 int mr_tokenizer_encode(const mr_tokenizer *t, const char *text, size_t len, mr_ids *out,

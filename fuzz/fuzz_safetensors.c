@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     write_file(path, data, size);
     mr_st_set set;
     mr_err err = {0};
-    if (mr_st_open_file(&set, path, &err) == 0) {
+    if (mr_st_load_file(&set, path, &err) == 0) {
         touch_tensors(&set);
         mr_st_close(&set);
     } else if (err.code == 0 || !strstr(err.msg, g_dir)) {
@@ -65,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char ipath[128];
     snprintf(ipath, sizeof ipath, "%s/model.safetensors.index.json", g_dir);
     write_file(ipath, data, size);
-    if (mr_st_open_dir(&set, g_dir, &err) == 0) {
+    if (mr_st_load_dir(&set, g_dir, &err) == 0) {
         touch_tensors(&set);
         mr_st_close(&set);
     }

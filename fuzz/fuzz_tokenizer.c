@@ -26,7 +26,7 @@ static void load_once(void) {
     const char *path = getenv("MR_FUZZ_TOKENIZER");
     if (!path || !*path) path = default_path();
     mr_err err = {0};
-    if (mr_tokenizer_load(&tok, path, &err) != 0) {
+    if (mr_tokenizer_new(&tok, path, &err) != 0) {
         fprintf(stderr, "fuzz_tokenizer: cannot load %s: %s (set MR_FUZZ_TOKENIZER)\n", path, err.msg);
         abort();
     }
@@ -47,6 +47,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int32_t n = mr_tokenizer_vocab_size(tok);
     for (size_t i = 0; i < ids.n; i++)
         if (ids.v[i] < 0 || ids.v[i] >= n || !mr_tokenizer_token(tok, ids.v[i])) abort();
-    mr_ids_free(&ids);
+    mr_ids_close(&ids);
     return 0;
 }

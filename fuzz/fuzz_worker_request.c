@@ -30,7 +30,7 @@ static void start(void) {
     mr_err err = {0};
     mr_tokenizer *tok = NULL;
     const char *tj = getenv("MR_FUZZ_TOKENIZER");
-    if (!tj || mr_tokenizer_load(&tok, tj, &err)) die("MR_FUZZ_TOKENIZER", &err);
+    if (!tj || mr_tokenizer_new(&tok, tj, &err)) die("MR_FUZZ_TOKENIZER", &err);
     mr_config c = {.arch = MR_ARCH_LLAMA, .n_layers = 4, .d_model = 32, .n_heads = 4,
                    .n_kv_heads = 2, .head_dim = 8, .d_ff = 48, .max_pos = 4096,
                    .rope_theta = 10000, .rms_eps = 1e-6f, .bos_token_id = 1, .layer_wise = 1,

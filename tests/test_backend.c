@@ -89,7 +89,7 @@ static const char *const CASE_NAMES[N_CASES] = {
     "ratio 8 attention + prune"};
 
 static void case_opts(mr_run_opts *o, const mr_model *m, int i) {
-    mr_run_opts_default(o, m);
+    mr_run_opts_init(o, m);
     static const int all[4] = {1, 2, 3, 4};
     o->n_exits = 4;
     memcpy(o->exits, all, sizeof all);
@@ -186,7 +186,7 @@ static void test_cpu_equals_model_score(void **state) {
         /* errors come through unchanged */
         mr_run_opts o;
         float sc[8];
-        mr_run_opts_default(&o, &m);
+        mr_run_opts_init(&o, &m);
         o.exits[0] = 9;
         assert_int_equal(mr_backend_score(cpu, bctx, rows, 2, &o, sc, NULL, &err), MR_EINVAL);
         assert_non_null(strstr(err.msg, "exit"));
@@ -344,7 +344,7 @@ static void parity_model(const mr_backend *cuda, const char *tag, const char *di
     /* validation errors are the CPU's */
     mr_run_opts o;
     float sc[8];
-    mr_run_opts_default(&o, &m);
+    mr_run_opts_init(&o, &m);
     o.ratio = 3;
     assert_int_equal(mr_backend_score(cuda, gc, rows, 2, &o, sc, NULL, &err), MR_EINVAL);
     mr_backend_ctx_free(cuda, gc);

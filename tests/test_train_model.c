@@ -143,7 +143,7 @@ static void check_vs_engine(mr_arch arch, mr_pooling pooling) {
     float tol = 1e-5f;
     for (int wi = 0; wi < 4; wi++) {
         mr_run_opts o;
-        mr_run_opts_default(&o, &em);
+        mr_run_opts_init(&o, &em);
         o.n_exits = m.n_exits;
         for (int e = 0; e < m.n_exits; e++) o.exits[e] = m.exit_layer[e];
         o.ratio = widths[wi].ratio;
@@ -269,7 +269,7 @@ static void test_adapter_roundtrip(void **s) {
         if (mr_model_load(&em, dir, &mo, &err)) fail_msg("engine load: %s", err.msg);
         assert_int_equal(mr_ctx_init(&ctx, &em, 256, 16, 64, &err), 0);
         mr_run_opts o;
-        mr_run_opts_default(&o, &em);
+        mr_run_opts_init(&o, &em);
         o.n_exits = m.n_exits;
         for (int e = 0; e < m.n_exits; e++) o.exits[e] = m.exit_layer[e];
         o.ratio = 2, o.n_compress = 1, o.compress_layers[0] = 2;

@@ -79,9 +79,9 @@ static void ref_score(const char *query, const char *const *passages, int n,
     assert_int_equal(mr_ctx_init(&ctx, &ref_model, total, n, longest, &err), 0);
     assert_int_equal(mr_model_score(&ctx, rows, n, o, scores, depth, &err), 0);
     mr_ctx_close(&ctx);
-    for (int i = 0; i < n; i++) mr_ids_free(&p[i]);
-    mr_ids_free(&q);
-    mr_ids_free(&s);
+    for (int i = 0; i < n; i++) mr_ids_close(&p[i]);
+    mr_ids_close(&q);
+    mr_ids_close(&s);
     free(p);
     free(rows);
     free(depth);
@@ -172,7 +172,7 @@ static void test_scores_match_engine(void **state) {
         {{3}, 1, 4, {0, 2}, 2}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         mr_run_opts o;
-        mr_run_opts_default(&o, &ref_model);
+        mr_run_opts_init(&o, &ref_model);
         o.n_exits = cases[c].ne;
         for (int e = 0; e < o.n_exits; e++) o.exits[e] = (int)cases[c].exits[e];
         o.ratio = (int)cases[c].ratio;
@@ -243,7 +243,7 @@ static void test_batching_and_split(void **state) {
     wfix f;
     start_worker(&f, 1024, 100, 65536);
     mr_run_opts o;
-    mr_run_opts_default(&o, &ref_model);
+    mr_run_opts_init(&o, &ref_model);
     o.n_exits = 2;
     o.exits[0] = 2;
     o.exits[1] = 4;

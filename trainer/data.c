@@ -61,7 +61,7 @@ int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int3
         mr_ids doc = {0};
         if ((rc = mr_ids_push(&doc, bos)) ||
             (rc = mr_tokenizer_encode(t, line, (size_t)n, &doc, err))) {
-            mr_ids_free(&doc);
+            mr_ids_close(&doc);
             break;
         }
         /* cut into sequences of at most seq_len (each >= 2 tokens) */
@@ -82,7 +82,7 @@ int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int3
             d->n++;
             d->off[d->n] = (int64_t)all.n;
         }
-        mr_ids_free(&doc);
+        mr_ids_close(&doc);
     }
     free(line);
     fclose(f);
@@ -105,9 +105,9 @@ void mr_lm_data_close(mr_lm_data *d) {
 /* ---- re-ranking jsonl ---- */
 
 static void example_close(mr_rr_example *e) {
-    mr_ids_free(&e->q);
-    mr_ids_free(&e->s);
-    for (int i = 0; i < e->n_pos + e->n_neg; i++) mr_ids_free(&e->p[i]);
+    mr_ids_close(&e->q);
+    mr_ids_close(&e->s);
+    for (int i = 0; i < e->n_pos + e->n_neg; i++) mr_ids_close(&e->p[i]);
     free(e->p);
     free(e->score);
 }

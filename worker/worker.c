@@ -41,8 +41,8 @@ long mr__wreq_row_tokens(const mr_worker *w, const wreq *r, int i) {
 
 void mr__wreq_free(wreq *r) {
     if (!r) return;
-    mr_ids_free(&r->q);
-    for (int i = 0; r->p && i < r->n; i++) mr_ids_free(&r->p[i]);
+    mr_ids_close(&r->q);
+    for (int i = 0; r->p && i < r->n; i++) mr_ids_close(&r->p[i]);
     free(r->p);
     free(r->truncated);
     free(r->scores);
@@ -120,7 +120,7 @@ static int warm_up(mr_worker *w, mr_err *err) {
     for (int i = 0; i < n; i++)
         w->rows[i] = (mr_row){q.v, (int)q.n, p.v, (int)p.n, w->suffix.v, (int)w->suffix.n};
     mr_run_opts o;
-    mr_run_opts_default(&o, m);
+    mr_run_opts_init(&o, m);
     o.adapter_mask = 0;
     double dt = 0;
     for (int it = 0; it < 2; it++) {
@@ -131,8 +131,8 @@ static int warm_up(mr_worker *w, mr_err *err) {
     int layers = o.exits[o.n_exits - 1];
     w->ns_per_tl = dt * 1e9 / ((double)row * n * (layers > 0 ? layers : 1));
 done:
-    mr_ids_free(&q);
-    mr_ids_free(&p);
+    mr_ids_close(&q);
+    mr_ids_close(&p);
     return rc;
 }
 
@@ -262,7 +262,7 @@ void mr_worker_free(mr_worker *w) {
     mr__wmetrics_free(w->met);
     if (w->be) mr_backend_ctx_free(w->be, w->bctx);
     w->bctx = NULL;
-    mr_ids_free(&w->suffix);
+    mr_ids_close(&w->suffix);
     if (w->loaded) mr_model_close(&w->m);
     free(w->entries);
     free(w->rows);
