@@ -168,7 +168,9 @@ static void test_deadline_and_cancel(void **state) {
     double dt = now_ms() - t0;
     assert_int_equal(rc, MR_EIO);
     assert_int_equal(st, GRPC_STATUS_DEADLINE_EXCEEDED);
-    assert_true(dt >= 90 && dt < 600);
+    /* not before the deadline; and long before the handler's own 5 s give-up, so the client
+     * was answered by its deadline, not by the handler (no absolute bound on shared cores) */
+    assert_true(dt >= 90 && dt < 5000);
     /* the handler notices (deadline or RECV_CLOSE cancelled) and finishes */
     for (int i = 0; i < 500 && atomic_load(&slow_done) < 1; i++) usleep(2000);
     assert_int_equal(atomic_load(&slow_done), 1);
@@ -275,11 +277,12 @@ static void test_unreachable(void **state) {
     grpc_status_code st;
     char msg[256];
     double t0 = now_ms();
-    int rc = mr_rpc_unary(ch, "/t.T/Echo", (const uint8_t *)"a", 1, 2000, &resp, &n, &st, msg,
+    int rc = mr_rpc_unary(ch, "/t.T/Echo", (const uint8_t *)"a", 1, 30000, &resp, &n, &st, msg,
                           sizeof msg);
     assert_int_equal(rc, MR_EIO);
+    /* fails fast: a call that waited for its 30 s deadline would end DEADLINE_EXCEEDED */
     assert_int_equal(st, GRPC_STATUS_UNAVAILABLE);
-    assert_true(now_ms() - t0 < 1500);
+    fprintf(stderr, "# unreachable: UNAVAILABLE after %.1f ms\n", now_ms() - t0);
     mr_rpc_channel_free(ch);
 }
 
@@ -300,8 +303,10 @@ static void test_shutdown_in_flight(void **state) {
     mr_rpc_server_shutdown(f->s, 100);
     double dt = now_ms() - t0;
     fprintf(stderr, "# shutdown with 6 calls in flight: %.1f ms\n", dt);
-    assert_true(dt < 3000);
+    /* the drain ended by cancelling the handlers (each saw the cancel), not by their 5 s
+     * give-up: an order of events, not a duration */
     assert_int_equal(atomic_load(&slow_done), atomic_load(&slow_started));
+    assert_int_equal(atomic_load(&slow_saw_cancel), atomic_load(&slow_started));
     for (int i = 0; i < 3000 && atomic_load(&r.n) < 6; i++) usleep(1000);
     assert_int_equal(atomic_load(&r.n), 6);
     for (int i = 0; i < 6; i++) assert_int_not_equal(atomic_load(&r.codes[i]), GRPC_STATUS_OK);
