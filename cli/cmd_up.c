@@ -1,12 +1,19 @@
 /* cmd_up.c: `mrank up`: a whole local cluster from one config, workers and a coordinator as
- * child processes on loopback.
+ * child processes on loopback, supervised.
  *
  * It forks/execs this same binary for every pool address (`mrank worker`) and for the
- * coordinator, waits until every child reports grpc.health.v1 SERVING, prints the coordinator
- * address, and on SIGINT/SIGTERM (or when a child dies) stops everything: SIGTERM to the
- * coordinator then the workers, SIGKILL after a grace period, every child reaped. Children get
- * PR_SET_PDEATHSIG so that even a SIGKILLed `mrank up` leaves no orphans. fork/exec is used
- * rather than libuv's uv_spawn because uv_spawn cannot set the parent-death signal. */
+ * coordinator, waits until every child reports grpc.health.v1 SERVING and prints the
+ * coordinator address. A child that exits before then is a configuration error: everything
+ * stops, exit 1. Once ready, a child that exits is logged (which one, status or signal) and
+ * restarted with its own argv after a backoff (BACKOFF_MIN_MS doubling to BACKOFF_MAX_MS, back
+ * to the minimum once it stayed up STABLE_MS) while the rest keeps serving; a child restarted
+ * --max-restarts times within RESTART_WINDOW_MS that exits again is a crash loop: `mrank up`
+ * stops the cluster and returns 1. On SIGINT/SIGTERM it stops in order: the coordinator first
+ * (SIGTERM: it drains its in-flight requests, which still need the workers), and only once it
+ * has exited the workers (SIGTERM, they drain); each group gets SIGKILL after its grace period,
+ * a second SIGINT/SIGTERM SIGKILLs at once, every child is reaped. Children get
+ * PR_SET_PDEATHSIG so that even a SIGKILLed `mrank up` leaves no orphans (the reason for
+ * fork/exec rather than posix_spawn). One thread: timers are sigtimedwait's timeout. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
@@ -30,11 +37,30 @@
 #define DEFAULT_CONFIG "deploy/local.json"
 #define DEFAULT_MODEL "models/mrank-tiny"
 
+#define BACKOFF_MIN_MS 500        /* first restart delay */
+#define BACKOFF_MAX_MS 30000      /* the delay doubles up to this */
+#define STABLE_MS 60000           /* up this long: the next delay is BACKOFF_MIN_MS again */
+#define RESTART_WINDOW_MS 120000  /* --max-restarts counts restarts within this window */
+#define DEFAULT_MAX_RESTARTS 5
+#define MAX_RESTARTS_CAP 32       /* the ring of restart times below */
+#define TICK_MS 100               /* supervision period: reaping, restarts, health polls */
+#define STOP_TICK_MS 20
+#define COORD_GRACE_MS 10000      /* coordinator's --drain-ms default is 5000 */
+#define WORKER_GRACE_MS 10000
+#define MAX_ARGS 64
+
 typedef struct child {
-    pid_t pid;
+    pid_t pid;                    /* 0: not running */
     char what[160];
     char addr[128];
-    int exited;
+    char *argv[MAX_ARGS];         /* owned copies, NULL-terminated */
+    double started_ms;
+    double restart_at_ms;         /* > 0: a restart is due then */
+    int backoff_ms;               /* the next restart's delay */
+    int restarts;                 /* since mrank up started */
+    double restart_ms[MAX_RESTARTS_CAP]; /* ring: times of the latest restarts */
+    int serving;                  /* SERVING seen since its latest start */
+    int died;                     /* exited, not yet handled by the supervisor */
 } child;
 
 static double mono_ms(void) {
@@ -43,16 +69,48 @@ static double mono_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static pid_t spawn(char *const argv[], const sigset_t *old_mask) {
+static struct timespec ms_ts(int ms) {
+    return (struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L};
+}
+
+/* Copies av (NULL-terminated, at most MAX_ARGS - 1 entries) into c; -1 when out of memory. */
+static int child_init(child *c, const char *what, const char *addr, char *const av[]) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->what, sizeof c->what, "%s", what);
+    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    c->backoff_ms = BACKOFF_MIN_MS;
+    for (int i = 0; av[i]; i++) {
+        if (i == MAX_ARGS - 1 || !(c->argv[i] = strdup(av[i]))) return -1;
+    }
+    return 0;
+}
+
+static void child_close(child *c) {
+    for (int i = 0; i < MAX_ARGS && c->argv[i]; i++) free(c->argv[i]);
+    memset(c->argv, 0, sizeof c->argv);
+}
+
+/* Forks and execs c's argv; 0, or -1 after a message when fork fails. */
+static int child_start(child *c, const sigset_t *old_mask) {
     pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid != 0) return pid;
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(127); /* the parent died before prctl */
-    sigprocmask(SIG_SETMASK, old_mask, NULL);
-    execv("/proc/self/exe", argv);
-    fprintf(stderr, "mrank up: exec %s: %s\n", argv[1], strerror(errno));
-    _exit(127);
+    if (pid < 0) {
+        fprintf(stderr, "mrank up: fork for %s: %s\n", c->what, strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(127); /* the parent died before prctl */
+        sigprocmask(SIG_SETMASK, old_mask, NULL);
+        execv("/proc/self/exe", c->argv);
+        fprintf(stderr, "mrank up: exec %s: %s\n", c->argv[1], strerror(errno));
+        _exit(127);
+    }
+    c->pid = pid;
+    c->started_ms = mono_ms();
+    c->serving = 0;
+    c->died = 0;
+    return 0;
 }
 
 /* 1 when addr answers grpc.health.v1 Check("") with SERVING. */
@@ -77,49 +135,127 @@ static int health_serving(const char *addr) {
     return ok;
 }
 
-/* Reaps exited children without blocking; returns the first unexpected exit's index or -1. */
+/* Reaps exited children without blocking: logs each (which child, pid, status or signal),
+ * sets its pid to 0 and its died flag. Returns how many of c[0..n) exited. */
 static int reap(child *c, int n) {
-    int dead = -1, status;
+    int count = 0, status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-        for (int i = 0; i < n; i++)
-            if (c[i].pid == pid && !c[i].exited) {
-                c[i].exited = 1;
-                if (dead < 0) dead = i;
-                if (WIFEXITED(status))
-                    fprintf(stderr, "mrank up: %s exited with status %d\n", c[i].what,
-                            WEXITSTATUS(status));
-                else if (WIFSIGNALED(status))
-                    fprintf(stderr, "mrank up: %s killed by %s\n", c[i].what,
-                            strsignal(WTERMSIG(status)));
-            }
-    return dead;
+        for (int i = 0; i < n; i++) {
+            if (c[i].pid != pid) continue;
+            if (WIFEXITED(status))
+                fprintf(stderr, "mrank up: %s (pid %d) exited with status %d\n", c[i].what,
+                        (int)pid, WEXITSTATUS(status));
+            else if (WIFSIGNALED(status))
+                fprintf(stderr, "mrank up: %s (pid %d) killed by signal %d (%s)\n", c[i].what,
+                        (int)pid, WTERMSIG(status), strsignal(WTERMSIG(status)));
+            c[i].pid = 0;
+            c[i].died = 1;
+            count++;
+        }
+    return count;
 }
 
-/* SIGTERM the coordinator (last child) first, then the workers; SIGKILL what is left after
- * grace_ms; reap everything. */
-static void stop_all(child *c, int n, int grace_ms) {
-    for (int i = n - 1; i >= 0; i--)
-        if (c[i].pid > 0 && !c[i].exited) kill(c[i].pid, SIGTERM);
+/* Sends sig to every running child of c[lo..hi). */
+static void signal_range(child *c, int lo, int hi, int sig) {
+    for (int i = lo; i < hi; i++)
+        if (c[i].pid > 0) kill(c[i].pid, sig);
+}
+
+/* SIGTERMs c[lo..hi) and waits until they have exited, reaping every child of c[0..n) meanwhile
+ * (none is restarted any more); SIGKILL after grace_ms, or at once when *hurry is set or
+ * SIGINT/SIGTERM arrives again (which sets *hurry for the next group). */
+static void stop_range(child *c, int n, int lo, int hi, int grace_ms, const sigset_t *set,
+                       int *hurry) {
+    signal_range(c, lo, hi, SIGTERM);
     double until = mono_ms() + grace_ms;
+    struct timespec tick = ms_ts(STOP_TICK_MS);
     for (;;) {
         reap(c, n);
         int alive = 0;
-        for (int i = 0; i < n; i++) alive += c[i].pid > 0 && !c[i].exited;
+        for (int i = lo; i < hi; i++) alive += c[i].pid > 0;
         if (!alive) return;
-        if (mono_ms() > until) break;
-        usleep(20000);
+        if (*hurry) break;
+        if (mono_ms() > until) {
+            for (int i = lo; i < hi; i++)
+                if (c[i].pid > 0)
+                    fprintf(stderr, "mrank up: %s did not stop in %d ms: SIGKILL\n", c[i].what,
+                            grace_ms);
+            break;
+        }
+        siginfo_t si;
+        int sig = sigtimedwait(set, &si, &tick);
+        if (sig == SIGINT || sig == SIGTERM) {
+            fprintf(stderr, "mrank up: %s again: SIGKILL to every child\n", strsignal(sig));
+            *hurry = 1;
+        }
     }
-    for (int i = 0; i < n; i++)
-        if (c[i].pid > 0 && !c[i].exited) {
-            fprintf(stderr, "mrank up: %s did not stop in %d ms: SIGKILL\n", c[i].what, grace_ms);
-            kill(c[i].pid, SIGKILL);
-        }
-    for (int i = 0; i < n; i++)
-        if (c[i].pid > 0 && !c[i].exited) {
+    signal_range(c, lo, hi, SIGKILL);
+    for (int i = lo; i < hi; i++)
+        if (c[i].pid > 0) {
             waitpid(c[i].pid, NULL, 0);
-            c[i].exited = 1;
+            c[i].pid = 0;
         }
+}
+
+/* The ordered stop: the coordinator (c[n - 1]) first, so that it can drain its in-flight
+ * requests over live workers, then the workers. Every child is reaped on return. */
+static void stop_all(child *c, int n, const sigset_t *set) {
+    int hurry = 0;
+    for (int i = 0; i < n; i++) c[i].restart_at_ms = 0;
+    if (n > 0) stop_range(c, n, n - 1, n, COORD_GRACE_MS, set, &hurry);
+    stop_range(c, n, 0, n - 1, WORKER_GRACE_MS, set, &hurry);
+}
+
+/* Handles c's exit after the cluster was ready: schedules a restart after the backoff, or,
+ * when c was already restarted max_restarts times within RESTART_WINDOW_MS, returns -1 after
+ * saying so (a crash loop). */
+static int schedule_restart(child *c, int max_restarts) {
+    double now = mono_ms();
+    int recent = 0;
+    for (int k = 0; k < max_restarts && k < c->restarts; k++)
+        recent += now - c->restart_ms[k] < RESTART_WINDOW_MS;
+    if (recent >= max_restarts) {
+        fprintf(stderr, "mrank up: %s exited again after %d restarts within %d s "
+                "(--max-restarts %d): crash loop, giving up\n", c->what, recent,
+                RESTART_WINDOW_MS / 1000, max_restarts);
+        return -1;
+    }
+    if (now - c->started_ms >= STABLE_MS) c->backoff_ms = BACKOFF_MIN_MS;
+    c->restart_at_ms = now + c->backoff_ms;
+    fprintf(stderr, "mrank up: restarting %s in %.1f s\n", c->what, c->backoff_ms / 1e3);
+    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    return 0;
+}
+
+/* One supervision pass over c[0..n) once the cluster is ready: exits become scheduled
+ * restarts, due restarts are started, restarted children are polled until SERVING again.
+ * 0, or -1 when `mrank up` must give up (crash loop, fork failure). */
+static int supervise(child *c, int n, int max_restarts, const sigset_t *old_mask) {
+    reap(c, n);
+    for (int i = 0; i < n; i++) {
+        if (!c[i].died) continue;
+        c[i].died = 0;
+        if (schedule_restart(&c[i], max_restarts)) return -1;
+    }
+    double now = mono_ms();
+    for (int i = 0; i < n; i++) {
+        child *k = &c[i];
+        if (k->restart_at_ms > 0 && now >= k->restart_at_ms) {
+            k->restart_at_ms = 0;
+            if (max_restarts > 0) k->restart_ms[k->restarts % max_restarts] = now;
+            k->restarts++;
+            if (child_start(k, old_mask)) return -1;
+            fprintf(stderr, "mrank up: restarted %s: pid %d (restart %d)\n", k->what,
+                    (int)k->pid, k->restarts);
+        }
+        if (k->pid > 0 && !k->serving && k->restarts > 0 && health_serving(k->addr)) {
+            k->serving = 1;
+            fprintf(stderr, "mrank up: %s SERVING again (pid %d, restart %d)\n", k->what,
+                    (int)k->pid, k->restarts);
+        }
+    }
+    return 0;
 }
 
 static int file_exists(const char *p) {
@@ -148,80 +284,32 @@ static int coordinator_untrained(const char *addr) {
 }
 
 static void up_usage(FILE *f) {
-    fputs("usage: mrank up [--config FILE] [--model DIR] [--backend B] [--timeout-s N]\n"
+    fprintf(f, "usage: mrank up [--config FILE] [--model DIR] [--backend B] [--timeout-s N]\n"
+          "                [--threads N] [--max-restarts N]\n"
           "  starts every worker of the config's pools and a coordinator on loopback, waits\n"
-          "  until all are SERVING, prints the coordinator address; Ctrl-C stops everything.\n"
-          "  --config FILE   cluster config (default " DEFAULT_CONFIG ")\n"
-          "  --model DIR     model folder (default: the config's model, else the bundled\n"
-          "                  " DEFAULT_MODEL ")\n"
-          "  --backend B     every worker's scorer backend: cpu, cuda or cuda-fp8 (default cpu)\n"
-          "  --threads N     compute threads per worker (default: CPUs / workers)\n"
-          "  --timeout-s N   how long to wait for SERVING (default 120)\n", f);
+          "  until all are SERVING, prints the coordinator address, then restarts any child\n"
+          "  that exits (backoff %.1f s doubling to %d s); Ctrl-C stops the coordinator (it\n"
+          "  drains), then the workers.\n"
+          "  --config FILE       cluster config (default " DEFAULT_CONFIG ")\n"
+          "  --model DIR         model folder (default: the config's model, else the bundled\n"
+          "                      " DEFAULT_MODEL ")\n"
+          "  --backend B         every worker's scorer backend: cpu, cuda or cuda-fp8 (default cpu)\n"
+          "  --threads N         compute threads per worker (default: CPUs / workers)\n"
+          "  --timeout-s N       how long to wait for SERVING (default 120)\n"
+          "  --max-restarts N    restarts of one child within %d s before giving up (exit 1);\n"
+          "                      0..%d, default %d; 0 stops the cluster on the first exit\n",
+          BACKOFF_MIN_MS / 1e3, BACKOFF_MAX_MS / 1000, RESTART_WINDOW_MS / 1000,
+          MAX_RESTARTS_CAP, DEFAULT_MAX_RESTARTS);
 }
 
-int mr_cmd_up(int argc, char **argv) {
-    static const struct option opts[] = {{"config", 1, 0, 'c'},    {"model", 1, 0, 'm'},
-                                         {"threads", 1, 0, 't'},   {"timeout-s", 1, 0, 'T'},
-                                         {"backend", 1, 0, 'B'},   {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *config = DEFAULT_CONFIG, *model = NULL, *backend = "cpu";
-    int threads = 0, timeout_s = 120, ch, rc = 1, n = 0;
-    mr_coord_config *cfg = calloc(1, sizeof *cfg);
-    child *kids = NULL;
-    mr_err err = {0};
-    if (!cfg) return 1;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'c': config = optarg; break;
-        case 'm': model = optarg; break;
-        case 'B': backend = optarg; break;
-        case 't': if (mr_cli_parse_int("--threads", optarg, &threads)) goto done; break;
-        case 'T': if (mr_cli_parse_int("--timeout-s", optarg, &timeout_s)) goto done; break;
-        case 'h': up_usage(stdout); rc = 0; goto done;
-        default: up_usage(stderr); rc = 2; goto done;
-        }
-    }
-    if (mr_coord_config_load(cfg, config, &err)) {
-        fprintf(stderr, "mrank up: %s\n", err.msg);
-        goto done;
-    }
-    if (!model) model = *cfg->model ? cfg->model : DEFAULT_MODEL;
-    int n_workers = 0;
-    for (int p = 0; p < cfg->n_pools; p++) {
-        if (*cfg->pools[p].dns) {
-            fprintf(stderr, "mrank up: %s: pools[%d].dns: mrank up starts loopback workers and "
-                    "needs an addresses list\n", config, p);
-            goto done;
-        }
-        n_workers += cfg->pools[p].n_addrs;
-    }
-    sigset_t set, old;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &set, &old);
-    char cfg_json[600];
-    snprintf(cfg_json, sizeof cfg_json, "%s/config.json", model);
-    if (!file_exists(cfg_json)) {
-        fprintf(stderr, "mrank up: %s: no model folder (no config.json)%s\n", model,
-                strcmp(model, DEFAULT_MODEL) ? "" : ": run mrank up from the repository root");
-        goto done;
-    }
-    if (threads <= 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = (int)(cpus / (n_workers ? n_workers : 1));
-        if (threads < 1) threads = 1;
-    }
-    kids = calloc((size_t)n_workers + 1, sizeof *kids);
-    if (!kids) goto done;
-    char tbuf[16];
-    snprintf(tbuf, sizeof tbuf, "%d", threads);
+/* Fills kids[0..n_workers) with one `mrank worker` per pool address; 0 or -1 (out of memory). */
+static int plan_workers(child *kids, const mr_coord_config *cfg, const char *model,
+                        const char *backend, const char *threads) {
+    int n = 0;
     for (int p = 0; p < cfg->n_pools; p++) {
         const mr_cc_pool *pc = &cfg->pools[p];
         for (int a = 0; a < pc->n_addrs; a++) {
-            char *av[64], mport[16], adbuf[MR_CC_MAX_ADAPTERS][600];
+            char *av[MAX_ARGS], mport[16], adbuf[MR_CC_MAX_ADAPTERS][600], what[160];
             int k = 0;
             av[k++] = "mrank";
             av[k++] = "worker";
@@ -230,7 +318,7 @@ int mr_cmd_up(int argc, char **argv) {
             av[k++] = "--listen";
             av[k++] = (char *)pc->addrs[a];
             av[k++] = "--threads";
-            av[k++] = tbuf;
+            av[k++] = (char *)threads;
             av[k++] = "--backend";
             av[k++] = (char *)backend;
             for (int j = 0; j < pc->n_adapters; j++) {
@@ -245,53 +333,16 @@ int mr_cmd_up(int argc, char **argv) {
                 av[k++] = mport;
             }
             av[k] = NULL;
-            child *c = &kids[n];
-            snprintf(c->what, sizeof c->what, "worker %.40s[%d] (%.80s)", pc->name, a, pc->addrs[a]);
-            snprintf(c->addr, sizeof c->addr, "%s", pc->addrs[a]);
-            if ((c->pid = spawn(av, &old)) < 0) {
-                fprintf(stderr, "mrank up: fork: %s\n", strerror(errno));
-                goto stop;
-            }
-            n++;
+            snprintf(what, sizeof what, "worker %.40s[%d] %.80s", pc->name, a, pc->addrs[a]);
+            if (child_init(&kids[n++], what, pc->addrs[a], av)) return -1;
         }
     }
-    {
-        char mport[16];
-        snprintf(mport, sizeof mport, "%d", cfg->metrics_port);
-        char *av[] = {"mrank", "coordinator", "--config", (char *)config, "--listen",
-                      cfg->listen, "--metrics-port", mport, NULL};
-        child *c = &kids[n];
-        snprintf(c->what, sizeof c->what, "coordinator (%s)", cfg->listen);
-        snprintf(c->addr, sizeof c->addr, "%s", cfg->listen);
-        if ((c->pid = spawn(av, &old)) < 0) {
-            fprintf(stderr, "mrank up: fork: %s\n", strerror(errno));
-            goto stop;
-        }
-        n++;
-    }
-    fprintf(stderr, "mrank up: started %d workers and a coordinator; waiting for SERVING...\n",
-            n - 1);
-    double t0 = mono_ms();
-    int ready = 0;
-    struct timespec tick = {0, 200 * 1000000L};
-    while (!ready) {
-        siginfo_t si;
-        int sig = sigtimedwait(&set, &si, &tick);
-        if (sig == SIGINT || sig == SIGTERM) {
-            fprintf(stderr, "mrank up: %s before the cluster was ready: stopping\n",
-                    strsignal(sig));
-            goto stop;
-        }
-        if (reap(kids, n) >= 0) goto stop;
-        ready = 1;
-        for (int i = 0; i < n && ready; i++) ready = health_serving(kids[i].addr);
-        if (!ready && mono_ms() - t0 > timeout_s * 1e3) {
-            fprintf(stderr, "mrank up: not SERVING after %d s: stopping\n", timeout_s);
-            goto stop;
-        }
-    }
+    return 0;
+}
+
+static void print_ready(const mr_coord_config *cfg, const char *model, double ms) {
     int untrained = coordinator_untrained(cfg->listen);
-    printf("mrank up: cluster ready in %.1f s\n", (mono_ms() - t0) / 1e3);
+    printf("mrank up: cluster ready in %.1f s\n", ms / 1e3);
     printf("  model:       %s%s\n", model,
            untrained == 1 ? "  (untrained (seeded) model: scores are not relevance)" : "");
     for (int p = 0; p < cfg->n_pools; p++) {
@@ -309,23 +360,136 @@ int mr_cmd_up(int argc, char **argv) {
     printf("try: mrank rerank --addr %s --query 'what is the capital of France?' --docs FILE\n"
            "Ctrl-C stops the cluster.\n", cfg->listen);
     fflush(stdout);
+}
+
+int mr_cmd_up(int argc, char **argv) {
+    static const struct option opts[] = {{"config", 1, 0, 'c'},    {"model", 1, 0, 'm'},
+                                         {"threads", 1, 0, 't'},   {"timeout-s", 1, 0, 'T'},
+                                         {"backend", 1, 0, 'B'},   {"max-restarts", 1, 0, 'R'},
+                                         {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
+    const char *config = DEFAULT_CONFIG, *model = NULL, *backend = "cpu";
+    int threads = 0, timeout_s = 120, max_restarts = DEFAULT_MAX_RESTARTS, ch, rc = 1, n = 0;
+    int n_workers = 0, n_kids = 0;
+    mr_coord_config *cfg = calloc(1, sizeof *cfg);
+    child *kids = NULL;
+    mr_err err = {0};
+    sigset_t set, old;
+    if (!cfg) return 1;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config = optarg; break;
+        case 'm': model = optarg; break;
+        case 'B': backend = optarg; break;
+        case 't': if (mr_cli_parse_int("--threads", optarg, &threads)) goto done; break;
+        case 'T': if (mr_cli_parse_int("--timeout-s", optarg, &timeout_s)) goto done; break;
+        case 'R':
+            if (mr_cli_parse_int("--max-restarts", optarg, &max_restarts)) goto done;
+            if (max_restarts < 0 || max_restarts > MAX_RESTARTS_CAP) {
+                fprintf(stderr, "mrank up: --max-restarts: %d is not in 0..%d\n", max_restarts,
+                        MAX_RESTARTS_CAP);
+                rc = 2;
+                goto done;
+            }
+            break;
+        case 'h': up_usage(stdout); rc = 0; goto done;
+        default: up_usage(stderr); rc = 2; goto done;
+        }
+    }
+    if (mr_coord_config_load(cfg, config, &err)) {
+        fprintf(stderr, "mrank up: %s\n", err.msg);
+        goto done;
+    }
+    if (!model) model = *cfg->model ? cfg->model : DEFAULT_MODEL;
+    for (int p = 0; p < cfg->n_pools; p++) {
+        if (*cfg->pools[p].dns) {
+            fprintf(stderr, "mrank up: %s: pools[%d].dns: mrank up starts loopback workers and "
+                    "needs an addresses list\n", config, p);
+            goto done;
+        }
+        n_workers += cfg->pools[p].n_addrs;
+    }
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    char cfg_json[600];
+    snprintf(cfg_json, sizeof cfg_json, "%s/config.json", model);
+    if (!file_exists(cfg_json)) {
+        fprintf(stderr, "mrank up: %s: no model folder (no config.json)%s\n", model,
+                strcmp(model, DEFAULT_MODEL) ? "" : ": run mrank up from the repository root");
+        goto done;
+    }
+    if (threads <= 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = (int)(cpus / (n_workers ? n_workers : 1));
+        if (threads < 1) threads = 1;
+    }
+    n_kids = n_workers + 1;
+    kids = calloc((size_t)n_kids, sizeof *kids);
+    if (!kids) goto done;
+    char tbuf[16], mport[16], what[160];
+    snprintf(tbuf, sizeof tbuf, "%d", threads);
+    snprintf(mport, sizeof mport, "%d", cfg->metrics_port);
+    char *cav[] = {"mrank", "coordinator", "--config", (char *)config, "--listen",
+                   cfg->listen, "--metrics-port", mport, NULL};
+    snprintf(what, sizeof what, "coordinator %.100s", cfg->listen);
+    if (plan_workers(kids, cfg, model, backend, tbuf) ||
+        child_init(&kids[n_workers], what, cfg->listen, cav)) {
+        fprintf(stderr, "mrank up: out of memory\n");
+        goto done;
+    }
+    /* the coordinator is the last child: stop_all relies on it */
+    for (n = 0; n < n_kids; n++)
+        if (child_start(&kids[n], &old)) goto stop;
+    fprintf(stderr, "mrank up: started %d workers and a coordinator; waiting for SERVING...\n",
+            n - 1);
+    double t0 = mono_ms();
+    int ready = 0;
+    struct timespec tick = ms_ts(200);
+    while (!ready) {
+        siginfo_t si;
+        int sig = sigtimedwait(&set, &si, &tick);
+        if (sig == SIGINT || sig == SIGTERM) {
+            fprintf(stderr, "mrank up: %s before the cluster was ready: stopping\n",
+                    strsignal(sig));
+            goto stop;
+        }
+        if (reap(kids, n) > 0) {
+            fprintf(stderr, "mrank up: a child exited before the cluster was ready (a "
+                    "configuration error?): stopping\n");
+            goto stop;
+        }
+        ready = 1;
+        for (int i = 0; i < n && ready; i++) ready = health_serving(kids[i].addr);
+        if (!ready && mono_ms() - t0 > timeout_s * 1e3) {
+            fprintf(stderr, "mrank up: not SERVING after %d s: stopping\n", timeout_s);
+            goto stop;
+        }
+    }
+    for (int i = 0; i < n; i++) kids[i].serving = 1;
+    print_ready(cfg, model, mono_ms() - t0);
+    tick = ms_ts(TICK_MS);
     for (;;) {
         siginfo_t si;
         int sig = sigtimedwait(&set, &si, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
-            fprintf(stderr, "mrank up: %s: stopping the cluster\n", strsignal(sig));
+            fprintf(stderr, "mrank up: %s: stopping the coordinator (it drains), then the "
+                    "workers\n", strsignal(sig));
             rc = 0;
             break;
         }
-        if (reap(kids, n) >= 0) {
-            fprintf(stderr, "mrank up: a child exited: stopping the cluster\n");
+        if (supervise(kids, n, max_restarts, &old)) {
+            fprintf(stderr, "mrank up: stopping the cluster\n");
             break;
         }
     }
 stop:
-    stop_all(kids, n, 10000);
+    stop_all(kids, n_kids, &set); /* children not started yet have pid 0 */
     fprintf(stderr, "mrank up: stopped\n");
 done:
+    for (int i = 0; kids && i < n_kids; i++) child_close(&kids[i]);
     free(kids);
     free(cfg);
     return rc;
