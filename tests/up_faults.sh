@@ -158,7 +158,7 @@ start_up() {
   done
   grep -q "^coordinator: $ADDR" "$work/$name.out" || fail "mrank up never printed the address"
   local kids
-  kids=($(pgrep -P "$uppid"))
+  mapfile -t kids < <(pgrep -P "$uppid")
   [ ${#kids[@]} = 3 ] || fail "mrank up has children '${kids[*]}', expected 3"
   seen+=("${kids[@]}")
 }
@@ -177,10 +177,14 @@ wait_exit() {
   wait "$uppid" || up_rc=$?
   uppid=
 }
-# none_left: no pid mrank up ever had is still running (zombies included: all reaped)
+# none_left: no pid mrank up ever had still exists (mrank up reaps before it exits); a pid
+# reused since by an unrelated process is told apart by its command line
 none_left() {
+  local cmd
   for p in "${seen[@]}"; do
-    [ -d "/proc/$p" ] && fail "child $p still exists after mrank up exited: $(cat /proc/$p/cmdline | tr '\0' ' ')"
+    cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
+    [ -d "/proc/$p" ] && [[ -z "$cmd" || "$cmd" == mrank* ]] \
+      && fail "child $p still exists after mrank up exited: '$cmd'"
   done
   return 0
 }
