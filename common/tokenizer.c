@@ -34,6 +34,10 @@
 /* bytes added to the first prefix guess (mr_tokenizer_encode_max) so that tiny budgets still
  * see a few words; any value is exact, this one only saves a retry */
 #define CUT_MARGIN 64
+/* vocab ids: at most 2 * entries + TOK_ID_SLACK and never TOK_MAX_IDS or more (16M: 64 times the
+ * largest vocabulary in use, gemma3's 262k) */
+#define TOK_ID_SLACK 1024
+#define TOK_MAX_IDS (double)(1 << 24)
 
 /* ------------------------------------------------------------------ ids, buffers */
 
@@ -1089,12 +1093,20 @@ static int load_vocab(ld *L, const cJSON *vocab) {
     mr_tokenizer *t = L->t;
     if (!cJSON_IsObject(vocab))
         return mr_err_set(L->err, MR_EFORMAT, "%s: model.vocab: expected an object", L->path);
-    if (smap_init(&t->vocab, (size_t)cJSON_GetArraySize(vocab)))
+    size_t count = (size_t)cJSON_GetArraySize(vocab);
+    /* Real vocabularies are dense (ids 0..n-1); twice the entries plus some slack allows gaps, and
+     * the hard cap bounds id_tok (8 bytes an id) to 128 MB whatever the file says. */
+    double id_cap = (double)(2 * count + TOK_ID_SLACK);
+    if (id_cap > TOK_MAX_IDS) id_cap = TOK_MAX_IDS;
+    if (smap_init(&t->vocab, count))
         return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 0x7fffffff || it->valuedouble != (double)(int32_t)it->valuedouble)
             return mr_err_set(L->err, MR_EFORMAT, "%s: model.vocab[\"%.40s\"]: expected a non-negative integer id", L->path, it->string);
+        if (it->valuedouble >= id_cap)   /* checked before id_tok, which is indexed by id, exists */
+            return mr_err_set(L->err, MR_EFORMAT, "%s: model.vocab[\"%.40s\"]: id %.0f is out of range for %zu entries (at most %.0f)",
+                              L->path, it->string, it->valuedouble, count, id_cap - 1);
         if (smap_put(&t->vocab, it->string, strlen(it->string), (int32_t)it->valuedouble))
             return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
     }
