@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "rpc.h"
 #include "worker.h"
 
 static void worker_usage(FILE *f) {
@@ -26,12 +27,14 @@ static void worker_usage(FILE *f) {
           "  --max-batch-tokens N      tokens per model batch (default %d)\n"
           "  --max-wait-ms N           longest a request waits for a batch to fill (default %d)\n"
           "  --max-inflight-tokens N   admission budget, queued + running (default %d)\n"
+          "  --max-request-bytes N     largest Score request; at least twice the coordinator's\n"
+          "                            limits.max_request_bytes (default %d)\n"
           "  --metrics-port P          Prometheus /metrics over HTTP (0 = any free port)\n"
           "  --max-len N               token budget of query + passage (default 512)\n"
           "  --prompt TEXT             instruction appended to every pair\n"
           "  --drain-ms N              on SIGTERM, how long in-flight work may finish (default 10000)\n",
           MR_WORKER_RPC_THREADS, MR_WORKER_MAX_BATCH_TOKENS, MR_WORKER_MAX_WAIT_MS,
-          MR_WORKER_MAX_INFLIGHT_TOKENS);
+          MR_WORKER_MAX_INFLIGHT_TOKENS, MR_WORKER_MAX_REQUEST_BYTES);
 }
 
 int mr_cmd_worker(int argc, char **argv) {
@@ -42,6 +45,7 @@ int mr_cmd_worker(int argc, char **argv) {
         {"max-wait-ms", 1, 0, 'w'},    {"max-inflight-tokens", 1, 0, 'i'},
         {"metrics-port", 1, 0, 'M'},   {"max-len", 1, 0, 'L'},
         {"prompt", 1, 0, 'P'},         {"drain-ms", 1, 0, 'd'},
+        {"max-request-bytes", 1, 0, 'R'},
         {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
     mr_worker_opts o;
     mr_worker_opts_default(&o);
@@ -86,6 +90,9 @@ int mr_cmd_worker(int argc, char **argv) {
         case 'M': if (mr_cli_parse_int("--metrics-port", optarg, &o.metrics_port)) goto done; break;
         case 'L': if (mr_cli_parse_int("--max-len", optarg, &o.max_len)) goto done; break;
         case 'P': o.prompt = optarg; break;
+        case 'R':
+            if (mr_cli_parse_int("--max-request-bytes", optarg, &o.max_request_bytes)) goto done;
+            break;
         case 'd': if (mr_cli_parse_int("--drain-ms", optarg, &drain_ms)) goto done; break;
         case 'h': worker_usage(stdout); rc = 0; goto done;
         default: worker_usage(stderr); goto done;
@@ -101,7 +108,8 @@ int mr_cmd_worker(int argc, char **argv) {
         goto done;
     }
     if (o.metrics_port > 65535 || o.max_batch_tokens < 1 || o.max_inflight_tokens < 1 ||
-        o.max_len < 1 || o.compute_threads < 0 || o.rpc_threads < 1 || o.max_wait_ms < 0) {
+        o.max_len < 1 || o.max_request_bytes < 1 ||
+        o.max_request_bytes > MR_RPC_MAX_MESSAGE || o.compute_threads < 0 || o.rpc_threads < 1 || o.max_wait_ms < 0) {
         fprintf(stderr, "mrank worker: a numeric option is out of range\n");
         goto done;
     }

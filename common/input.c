@@ -8,7 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Appends tok(prefix + text) to out, keeping at most limit of its tokens (limit < 0: all). */
+/* Appends tok(prefix + text) to out, keeping at most limit of its tokens (limit < 0: all).
+ * A limited part costs what its limit needs, not the length of text (mr_tokenizer_encode_max). */
 static int encode_prefixed(const mr_tokenizer *t, const char *prefix, const char *text,
                            long limit, mr_ids *out, int *truncated, mr_err *err) {
     size_t lp = strlen(prefix), lt = strlen(text);
@@ -16,15 +17,10 @@ static int encode_prefixed(const mr_tokenizer *t, const char *prefix, const char
     if (!buf) return mr_err_set(err, MR_ENOMEM, "out of memory tokenizing %zu bytes", lt);
     memcpy(buf, prefix, lp);
     memcpy(buf + lp, text, lt + 1);
-    size_t before = out->n;
-    int rc = mr_tokenizer_encode(t, buf, lp + lt, out, err);
+    int rc = limit < 0 ? mr_tokenizer_encode(t, buf, lp + lt, out, err)
+                       : mr_tokenizer_encode_max(t, buf, lp + lt, (size_t)limit, out, truncated, NULL, err);
     free(buf);
-    if (rc) return rc;
-    if (limit >= 0 && out->n - before > (size_t)limit) {
-        out->n = before + (size_t)limit;
-        if (truncated) *truncated = 1;
-    }
-    return 0;
+    return rc;
 }
 
 int mr_input_query(const mr_tokenizer *t, int32_t bos, const char *query, int max_len,

@@ -31,6 +31,13 @@
 
 /* tokenizer.json of the largest vocabularies is tens of MB; a bound, not a tuning knob */
 #define TOK_MAX_BYTES (1u << 30)
+/* bytes added to the first prefix guess (mr_tokenizer_encode_max) so that tiny budgets still
+ * see a few words; any value is exact, this one only saves a retry */
+#define CUT_MARGIN 64
+/* vocab ids: at most 2 * entries + TOK_ID_SLACK and never TOK_MAX_IDS or more (16M: 64 times the
+ * largest vocabulary in use, gemma3's 262k) */
+#define TOK_ID_SLACK 1024
+#define TOK_MAX_IDS (double)(1 << 24)
 
 /* ------------------------------------------------------------------ ids, buffers */
 
@@ -211,11 +218,18 @@ static long imap_find(const imap *m, uint64_t key) {
 
 /* ------------------------------------------------------------------ tokenizer object */
 
+/* How a Replace or Split pattern bears on cutting text at a junction (see cut_safe): one literal
+ * character, one of the analysed pre-tokenizer regexes that end a piece before every space that
+ * follows a non-space, or anything else (no cut). */
+enum pat_cut { PAT_OTHER, PAT_CHAR, PAT_SPACE_SPLIT };
+
 enum norm_kind { N_PREPEND, N_REPLACE, N_NFC, N_NFD, N_NFKC, N_NFKD, N_LOWERCASE };
 typedef struct normalizer {
     enum norm_kind kind;
     char *str;            /* Prepend text or Replace content */
     pcre2_code *re;       /* Replace pattern (a String pattern is compiled as a literal) */
+    enum pat_cut cut;     /* what the pattern means for prefix cuts (cut_safe) */
+    char lit[8];          /* the pattern when cut is PAT_CHAR */
 } normalizer;
 
 enum pt_kind { P_METASPACE, P_BYTELEVEL, P_SPLIT };
@@ -228,6 +242,8 @@ typedef struct pretok {
     bool invert, split, add_prefix_space, use_regex;
     enum prepend_scheme scheme;
     char rep[8];                    /* Metaspace replacement character, UTF-8 */
+    enum pat_cut cut;               /* Split: see pat_cut */
+    char lit[8];                    /* Split: the pattern when cut is PAT_CHAR */
 } pretok;
 
 typedef struct added_tok {
@@ -256,6 +272,9 @@ struct mr_tokenizer {
     added_tok *added; size_t n_added;
     smap added_map;              /* content -> index into added[] */
     trie raw_trie, norm_trie;    /* normalized=false / normalized=true tokens */
+    bool cut_ok;                 /* tok(text[0..c)) is a prefix of tok(text) at junctions (cut_safe) */
+    bool no_cut[128];            /* ASCII characters a junction may not follow (cut_safe) */
+    size_t tok_bytes;            /* longest token string in bytes: the first guess of bytes per id */
 };
 
 /* ------------------------------------------------------------------ regex helpers */
@@ -748,15 +767,22 @@ static int encode_segment(enc *e, const char *s, size_t n, bool first) {
     return rc;
 }
 
-int mr_tokenizer_encode(const mr_tokenizer *t, const char *text, size_t len, mr_ids *out,
-                        mr_err *err) {
-    if (!t || !out || (!text && len)) return mr_err_set(err, MR_EINVAL, "tokenizer: NULL argument");
-    for (size_t i = 0; i < len;) {   /* Rust strings are valid UTF-8; reject anything else */
+/* Rust strings are valid UTF-8; anything else is refused (the whole text, even when only a
+ * prefix is encoded, so that a cut never changes which inputs are accepted). */
+static int check_utf8(const char *text, size_t len, mr_err *err) {
+    for (size_t i = 0; i < len;) {
+        if ((unsigned char)text[i] < 0x80) { i++; continue; }   /* ASCII: most of any text */
         utf8proc_int32_t c;
         utf8proc_ssize_t r = utf8proc_iterate((const utf8proc_uint8_t *)text + i, (utf8proc_ssize_t)(len - i), &c);
         if (r <= 0) return mr_err_set(err, MR_EINVAL, "tokenizer: input is not valid UTF-8 at byte %zu", i);
         i += (size_t)r;
     }
+    return 0;
+}
+
+/* Encodes valid UTF-8 text[0..len) (checked by the caller). */
+static int encode_checked(const mr_tokenizer *t, const char *text, size_t len, mr_ids *out,
+                          mr_err *err) {
     if (len == 0) return 0;
     enc e = {.t = t, .out = out, .err = err};
     e.md = pcre2_match_data_create(1, NULL);
@@ -775,6 +801,60 @@ int mr_tokenizer_encode(const mr_tokenizer *t, const char *text, size_t len, mr_
     free(e.bpe.s); free(e.bpe.h); free(e.bpe.key.b);
     pcre2_match_data_free(e.md);
     return rc;
+}
+
+int mr_tokenizer_encode(const mr_tokenizer *t, const char *text, size_t len, mr_ids *out,
+                        mr_err *err) {
+    if (!t || !out || (!text && len)) return mr_err_set(err, MR_EINVAL, "tokenizer: NULL argument");
+    int rc = check_utf8(text, len, err);
+    return rc ? rc : encode_checked(t, text, len, out, err);
+}
+
+/* The first junction at or after byte `from`: c with text[c] == ' ' and text[c-1] printable
+ * ASCII other than space and not in t->no_cut; len when there is none. */
+static size_t next_junction(const mr_tokenizer *t, const char *text, size_t len, size_t from) {
+    for (size_t c = from < 1 ? 1 : from; c < len;) {
+        const char *sp = memchr(text + c, ' ', len - c);
+        if (!sp) break;
+        c = (size_t)(sp - text);
+        if (text[c - 1] > ' ' && text[c - 1] < 0x7f && !t->no_cut[(unsigned char)text[c - 1]]) return c;
+        c++;
+    }
+    return len;
+}
+
+/* Prefix cuts. When cut_ok, tok(text[0..c)) is a prefix of tok(text) at every junction c
+ * (cut_safe says why), so a prefix that yields more than max_ids ids decides both the first
+ * max_ids ids and the truncated flag. The first prefix holds (max_ids + 1) * tok_bytes bytes up
+ * to the next junction: ids seldom cover fewer bytes than the longest token, so it almost always
+ * suffices; when it does not (long runs of unknown characters fused into one unk, normalization
+ * that shrinks text), the prefix doubles, so the bytes encoded stay under twice the need. Text
+ * without a junction after the first prefix is encoded whole. */
+int mr_tokenizer_encode_max(const mr_tokenizer *t, const char *text, size_t len, size_t max_ids,
+                            mr_ids *out, int *truncated, size_t *encoded, mr_err *err) {
+    if (!t || !out || (!text && len)) return mr_err_set(err, MR_EINVAL, "tokenizer: NULL argument");
+    int rc = check_utf8(text, len, err);
+    if (rc) return rc;
+    size_t before = out->n, want = (max_ids + 1) * t->tok_bytes + CUT_MARGIN, c = len;
+    if (encoded) *encoded = 0;
+    while (t->cut_ok && want < len && (c = next_junction(t, text, len, want)) < len) {
+        out->n = before;
+        if ((rc = encode_checked(t, text, c, out, err))) return rc;
+        if (encoded) *encoded += c;
+        if (out->n - before > max_ids) break;
+        want = 2 * c;
+        c = len;
+    }
+    if (c == len) {
+        out->n = before;
+        if ((rc = encode_checked(t, text, len, out, err))) return rc;
+        if (encoded) *encoded += len;
+    }
+    if (out->n - before > max_ids) {
+        out->n = before + max_ids;
+        if (truncated) *truncated = 1;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ lookups */
@@ -832,14 +912,32 @@ static int need_type(ld *L, const cJSON *o, const char *where, const char **type
 }
 
 /* {"String": s} or {"Regex": r} -> compiled PCRE2 (String compiled as a literal). */
-static int load_pattern(ld *L, const cJSON *o, const char *where, pcre2_code **re) {
+/* Pre-tokenizer regexes analysed for cuts: every alternative that consumes a non-space stops
+ * before a following space ([^\s...], \p{L}, \p{N}, punctuation runs followed only by [\r\n]*),
+ * and the one lookahead, \s+(?!\S), looks one character past whitespace only. So a piece ends at
+ * every junction (see cut_safe) and the matches before it do not read past it. Qwen2/Qwen3, Llama 3. */
+static const char *const SPACE_SPLIT_RE[] = {
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
+
+static int load_pattern(ld *L, const cJSON *o, const char *where, pcre2_code **re, enum pat_cut *cut,
+                        char lit[8]) {
     const cJSON *p = jget(o, "pattern"), *s = p ? jget(p, "String") : NULL, *r = p ? jget(p, "Regex") : NULL;
     const cJSON *v = cJSON_IsString(s) ? s : r;
     if (!cJSON_IsObject(p) || !cJSON_IsString(v))
         return mr_err_set(L->err, MR_EFORMAT, "%s: %s.pattern: expected {\"String\"|\"Regex\": string}", L->path, where);
     char why[160];
-    *re = re_compile(v->valuestring, strlen(v->valuestring), v == s, why, sizeof why);
+    size_t n = strlen(v->valuestring);
+    *re = re_compile(v->valuestring, n, v == s, why, sizeof why);
     if (!*re) return mr_err_set(L->err, MR_EUNSUPPORTED, "%s: %s.pattern: %s", L->path, where, why);
+    *cut = PAT_OTHER;
+    if (v == s && n > 0 && n < 8 && u8len((unsigned char)v->valuestring[0]) == n) {
+        *cut = PAT_CHAR;
+        memcpy(lit, v->valuestring, n + 1);
+    }
+    for (size_t k = 0; v == r && k < sizeof SPACE_SPLIT_RE / sizeof *SPACE_SPLIT_RE; k++)
+        if (strcmp(v->valuestring, SPACE_SPLIT_RE[k]) == 0) *cut = PAT_SPACE_SPLIT;
     return 0;
 }
 
@@ -884,7 +982,7 @@ static int load_normalizer(ld *L, const cJSON *o, const char *where) {
     } else if (strcmp(type, "Replace") == 0) {
         if ((rc = jstr(L, o, "content", where, &str))) return rc;
         if (!str) return mr_err_set(L->err, MR_EFORMAT, "%s: %s.content: missing", L->path, where);
-        if ((rc = load_pattern(L, o, where, &nz.re))) return rc;
+        if ((rc = load_pattern(L, o, where, &nz.re, &nz.cut, nz.lit))) return rc;
         nz.kind = N_REPLACE;
     } else {
         static const char *names[] = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase"};
@@ -928,7 +1026,7 @@ static int load_split(ld *L, const cJSON *o, const char *where, pretok *p) {
         return mr_err_set(L->err, MR_EUNSUPPORTED, "%s: %s.behavior: unsupported \"%s\"", L->path, where, b ? b : "(missing)");
     p->behavior = (enum split_behavior)k;
     p->kind = P_SPLIT;
-    return load_pattern(L, o, where, &p->re);
+    return load_pattern(L, o, where, &p->re, &p->cut, p->lit);
 }
 
 static int load_metaspace(ld *L, const cJSON *o, const char *where, pretok *p) {
@@ -995,12 +1093,20 @@ static int load_vocab(ld *L, const cJSON *vocab) {
     mr_tokenizer *t = L->t;
     if (!cJSON_IsObject(vocab))
         return mr_err_set(L->err, MR_EFORMAT, "%s: model.vocab: expected an object", L->path);
-    if (smap_init(&t->vocab, (size_t)cJSON_GetArraySize(vocab)))
+    size_t count = (size_t)cJSON_GetArraySize(vocab);
+    /* Real vocabularies are dense (ids 0..n-1); twice the entries plus some slack allows gaps, and
+     * the hard cap bounds id_tok (8 bytes an id) to 128 MB whatever the file says. */
+    double id_cap = (double)(2 * count + TOK_ID_SLACK);
+    if (id_cap > TOK_MAX_IDS) id_cap = TOK_MAX_IDS;
+    if (smap_init(&t->vocab, count))
         return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         if (!cJSON_IsNumber(it) || it->valuedouble < 0 || it->valuedouble > 0x7fffffff || it->valuedouble != (double)(int32_t)it->valuedouble)
             return mr_err_set(L->err, MR_EFORMAT, "%s: model.vocab[\"%.40s\"]: expected a non-negative integer id", L->path, it->string);
+        if (it->valuedouble >= id_cap)   /* checked before id_tok, which is indexed by id, exists */
+            return mr_err_set(L->err, MR_EFORMAT, "%s: model.vocab[\"%.40s\"]: id %.0f is out of range for %zu entries (at most %.0f)",
+                              L->path, it->string, it->valuedouble, count, id_cap - 1);
         if (smap_put(&t->vocab, it->string, strlen(it->string), (int32_t)it->valuedouble))
             return mr_err_set(L->err, MR_ENOMEM, "%s: out of memory", L->path);
     }
@@ -1181,6 +1287,98 @@ static void byte_table(mr_tokenizer *t) {   /* GPT-2 bytes_to_unicode */
     }
 }
 
+/* Marks in t->no_cut every ASCII character of s[0..n) that is followed by ' ' or marker: a cut
+ * after it could split s. */
+static void mark_junctions(mr_tokenizer *t, const char *s, size_t n, const char *marker) {
+    size_t ml = strlen(marker);
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] == ' ' || (n - i >= ml && memcmp(s + i, marker, ml) == 0)) && (unsigned char)s[i - 1] < 0x80)
+            t->no_cut[(unsigned char)s[i - 1]] = true;
+}
+
+/* Decides cut_ok: whether, at every junction c of a text (text[c] == ' ', text[c-1] printable
+ * ASCII other than space), tok(text[0..c)) is a prefix of tok(text). Stage by stage:
+ *  - added tokens: no match spans c, as c-1 is not an ASCII character that some added token
+ *    has before ' ' or the marker (no_cut); lstrip looks left only, rstrip and single_word see
+ *    ' ' after c in the text and the end in the prefix, with the same result;
+ *  - normalizers: Prepend acts at the start of a segment, which both texts share; Lowercase and
+ *    NF(K)C/D act per character or per combining sequence, and ' ' (or the marker U+2581 that a
+ *    Replace puts there) is a stable starter after an ASCII character; Replace only with a
+ *    one-character literal, which cannot span c;
+ *  - pre-tokenizers: Metaspace with split and the analysed regexes end a piece at c (splits);
+ *    ByteLevel maps bytes one by one; a one-character literal Split that is neither the marker
+ *    nor a printable ASCII character never matches at c or c-1;
+ *  - BPE runs per piece, so when a piece ends at c the ids before it are final. Without such a
+ *    split, merges must not join across c: c-1 is not the last character of an a in a merge
+ *    (a, b) where b starts with the marker and a does not end with it (no_cut: a merge's result
+ *    is a vocab token, so no symbol ever covers c-1 and c; merges on either side never meet,
+ *    and their order is unchanged, e.g. gemma3's ">" + "▁</" bars cuts after '>'); the marker is one
+ *    vocab character, so a pending unk is flushed at c; no continuing-subword prefix, end-of-word
+ *    suffix or ignore_merges, which look at the whole piece.
+ * Anything else (other regexes, multi-character Replace patterns) returns false: encode whole. */
+static bool cut_safe(mr_tokenizer *t) {
+    const char *marker = " ";   /* what ' ' at c has become at this stage */
+    bool splits = false;
+    for (size_t i = 0; i < t->n_norm; i++) {
+        const normalizer *nz = &t->norm[i];
+        if (nz->kind != N_REPLACE) continue;
+        if (nz->cut != PAT_CHAR || strcmp(nz->lit, marker) != 0) {
+            if (nz->cut != PAT_CHAR || ((unsigned char)nz->lit[0] >= ' ' && (unsigned char)nz->lit[0] < 0x7f))
+                return false;   /* could rewrite the marker or the character before c */
+            continue;
+        }
+        marker = nz->str;
+    }
+    for (size_t i = 0; i < t->n_pt; i++) {
+        const pretok *p = &t->pt[i];
+        switch (p->kind) {
+        case P_METASPACE:
+            if (strcmp(marker, " ") == 0) marker = p->rep;
+            if (strcmp(marker, p->rep) == 0) splits = splits || p->split;
+            break;
+        case P_BYTELEVEL:
+            if (strcmp(marker, " ") != 0) return false;
+            splits = splits || p->use_regex;
+            marker = t->byte_char[' '];
+            break;
+        case P_SPLIT:
+            if (p->cut == PAT_SPACE_SPLIT && strcmp(marker, " ") == 0) splits = true;
+            else if (p->cut != PAT_CHAR || strcmp(p->lit, marker) == 0 ||
+                     ((unsigned char)p->lit[0] > ' ' && (unsigned char)p->lit[0] < 0x7f))
+                return false;
+            break;
+        }
+    }
+    for (size_t i = 0; i < t->n_added; i++) mark_junctions(t, t->added[i].content, t->added[i].len, marker);
+    if (splits) return true;
+    size_t ml = strlen(marker);
+    if (t->ignore_merges || (t->cont_prefix && *t->cont_prefix) || (t->eow_suffix && *t->eow_suffix) ||
+        u8len((unsigned char)marker[0]) != ml || smap_get(&t->vocab, marker, ml) < 0)
+        return false;
+    for (size_t h = 0; h <= t->merges.mask; h++) {
+        if (!t->merges.key[h]) continue;
+        uint64_t k = t->merges.key[h] - 1;
+        const char *a = mr_tokenizer_token(t, (int32_t)(k >> 32)), *b = mr_tokenizer_token(t, (int32_t)(uint32_t)k);
+        size_t al = a ? strlen(a) : 0;
+        if (!a || !b) return false;
+        unsigned x;
+        if (strncmp(b, marker, ml) != 0 || (al >= ml && memcmp(a + al - ml, marker, ml) == 0)) continue;
+        if ((unsigned char)a[al - 1] < 0x80) t->no_cut[(unsigned char)a[al - 1]] = true;
+        if (sscanf(a, "<0x%2X>", &x) == 1 && x < 0x80) t->no_cut[x] = true;   /* byte fallback */
+    }
+    return true;
+}
+
+/* tok_bytes and cut_ok, from the loaded tables. */
+static void cut_init(mr_tokenizer *t) {
+    for (int32_t i = 0; i < t->n_ids; i++) {
+        size_t n = t->id_tok[i] ? strlen(t->id_tok[i]) : 0;
+        if (n > t->tok_bytes) t->tok_bytes = n;
+    }
+    if (t->tok_bytes == 0) t->tok_bytes = 1;
+    t->cut_ok = cut_safe(t);
+}
+
 static int load_json(ld *L, const cJSON *root) {
     if (!cJSON_IsObject(root)) return mr_err_set(L->err, MR_EFORMAT, "%s: top level: expected an object", L->path);
     int rc = load_model(L, jget(root, "model"));
@@ -1193,6 +1391,7 @@ static int load_json(ld *L, const cJSON *root) {
     rc = trie_build(L, &L->t->raw_trie, false, md);
     if (rc == 0) rc = trie_build(L, &L->t->norm_trie, true, md);
     pcre2_match_data_free(md);
+    if (rc == 0) cut_init(L->t);
     return rc;
 }
 

@@ -33,6 +33,13 @@ void mr_tokenizer_free(mr_tokenizer *t);
 /* Appends the ids of text[0..len) to out (no special tokens added). */
 int mr_tokenizer_encode(const mr_tokenizer *t, const char *text, size_t len, mr_ids *out,
                         mr_err *err);
+/* Appends the first max_ids ids of text[0..len) to out and sets *truncated (when not NULL) to 1
+ * if it has more, with the ids and the flag of a whole encode. The work is bounded by the budget,
+ * not the text: only a prefix is encoded when the tokenizer's rules make a cut exact (see
+ * mr_tokenizer_encode_max in tokenizer.c); the whole text is still checked for UTF-8.
+ * *encoded (when not NULL) receives the bytes handed to the encoder, the work done. */
+int mr_tokenizer_encode_max(const mr_tokenizer *t, const char *text, size_t len, size_t max_ids,
+                            mr_ids *out, int *truncated, size_t *encoded, mr_err *err);
 /* Id of a token string (added tokens first, then the vocab). A lookup, not an error signal:
  * -1 when absent or when t or token is NULL. */
 int32_t mr_tokenizer_token_id(const mr_tokenizer *t, const char *token);

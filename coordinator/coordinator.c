@@ -63,6 +63,8 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
     if ((rc = mr_coord_metrics_new(&c->metrics, &c->cfg, err)) ||
         (rc = mr_rpc_server_new(&c->srv, c->listen, 32, err)))
         goto fail;
+    /* gRPC itself refuses a larger Rerank before receiving or parsing it all */
+    if ((rc = mr_rpc_server_set_max_receive(c->srv, c->cfg.max_request_bytes, err))) goto fail;
     if ((rc = mr_rpc_server_add_unary(c->srv, MR_METHOD_RERANK, mr__on_rerank, c)) ||
         (rc = mr_rpc_server_add_stream(c->srv, MR_METHOD_RERANK_STREAM, mr__on_rerank_stream,
                                        c)) ||

@@ -36,6 +36,10 @@ typedef void (*mr_rpc_handler)(mr_rpc_call *call, void *user);
 /* Creates a server that will listen on listen_addr ("127.0.0.1:0", "0.0.0.0:7001", "[::]:0")
  * with n_threads handler threads (>= 1). Nothing listens until mr_rpc_server_start. */
 int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_threads, mr_err *err);
+/* Largest request message accepted (bytes, 1..MR_RPC_MAX_MESSAGE; default MR_RPC_MAX_MESSAGE);
+ * only before start, else MR_EINVAL. gRPC refuses a larger message with RESOURCE_EXHAUSTED as
+ * it arrives, before any handler runs or anything is parsed. */
+int mr_rpc_server_set_max_receive(mr_rpc_server *s, int bytes, mr_err *err);
 /* Registers a method path with a unary (one response) or server-streaming handler; only
  * before start. MR_EINVAL on a duplicate path or after start. */
 int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user);

@@ -98,6 +98,7 @@ typedef struct health_entry {
 struct mr_rpc_server {
     char *addr;
     int n_threads;
+    int max_recv;               /* GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH */
     grpc_server *srv;
     grpc_completion_queue *cq;
     rpc_method methods[MR__MAX_METHODS];
@@ -394,6 +395,15 @@ static int add_method(mr_rpc_server *s, const char *path, mr_rpc_handler h, void
     return 0;
 }
 
+int mr_rpc_server_set_max_receive(mr_rpc_server *s, int bytes, mr_err *err) {
+    if (!s || s->started) return mr_err_set(err, MR_EINVAL, "rpc server: max receive set after start");
+    if (bytes < 1 || bytes > MR_RPC_MAX_MESSAGE)
+        return mr_err_set(err, MR_EINVAL, "rpc server: max receive %d bytes is outside 1..%d", bytes,
+                          MR_RPC_MAX_MESSAGE);
+    s->max_recv = bytes;
+    return 0;
+}
+
 int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h,
                             void *user) {
     return add_method(s, method, h, user, 0);
@@ -416,6 +426,7 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
         return mr_err_set(err, MR_ENOMEM, "rpc server: out of memory");
     }
     s->n_threads = n_threads;
+    s->max_recv = MR_RPC_MAX_MESSAGE;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     pthread_condattr_t ca;
@@ -568,7 +579,7 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
     grpc_arg args[3];
     args[0] = (grpc_arg){.type = GRPC_ARG_INTEGER,
                          .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-                         .value.integer = MR_RPC_MAX_MESSAGE};
+                         .value.integer = s->max_recv};
     args[1] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
                          .value.integer = MR_RPC_MAX_MESSAGE};
     args[2] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT,

@@ -188,6 +188,42 @@ static void test_server_args(void **state) {
     mr_rpc_server_free(NULL);
 }
 
+/* A server with a 1 KB receive limit: a 2 KB request gets RESOURCE_EXHAUSTED from gRPC and the
+ * handler never runs; a small one is still served on the same channel. */
+static void test_max_receive(void **state) {
+    (void)state;
+    mr_rpc_server *s = NULL;
+    mr_rpc_channel *ch = NULL;
+    mr_err err = {0};
+    int port = 0;
+    assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 1, &err), 0);
+    assert_int_equal(mr_rpc_server_set_max_receive(s, 0, &err), MR_EINVAL);
+    assert_int_equal(mr_rpc_server_set_max_receive(s, MR_RPC_MAX_MESSAGE + 1, &err), MR_EINVAL);
+    assert_int_equal(mr_rpc_server_set_max_receive(s, 1024, &err), 0);
+    assert_int_equal(mr_rpc_server_add_unary(s, "/t.T/Echo", echo, "echo"), 0);
+    assert_int_equal(mr_rpc_server_start(s, &port, &err), 0);
+    assert_int_equal(mr_rpc_server_set_max_receive(s, 2048, &err), MR_EINVAL);   /* after start */
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    uint8_t big[2048], *resp = NULL;
+    size_t n = 0;
+    grpc_status_code st;
+    char msg[256];
+    memset(big, 'z', sizeof big);
+    mr_rpc_unary(ch, "/t.T/Echo", big, sizeof big, 5000, &resp, &n, &st, msg, sizeof msg);
+    free(resp);
+    resp = NULL;
+    if (st != GRPC_STATUS_RESOURCE_EXHAUSTED) fail_msg("2 KB over a 1 KB limit: status %d %s", (int)st, msg);
+    assert_int_equal(mr_rpc_unary(ch, "/t.T/Echo", big, 1000, 5000, &resp, &n, &st, msg, sizeof msg), 0);
+    assert_int_equal(st, GRPC_STATUS_OK);
+    assert_int_equal(n, 1000 + strlen("echo:-:"));
+    free(resp);
+    mr_rpc_channel_free(ch);
+    mr_rpc_server_shutdown(s, 1000);
+    mr_rpc_server_free(s);
+}
+
 static int check_health(mr_rpc_channel *ch, const char *service, grpc_status_code *st) {
     Grpc__Health__V1__HealthCheckRequest rq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     rq.service = (char *)service;
@@ -320,6 +356,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_fail_and_unknown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_and_cancel, setup, teardown),
         cmocka_unit_test(test_server_args),
+        cmocka_unit_test(test_max_receive),
         cmocka_unit_test_setup_teardown(test_health, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_metadata, setup, teardown),
         cmocka_unit_test_setup_teardown(test_port_clash, setup, teardown),

@@ -260,6 +260,11 @@ static void test_malformed(void **st) {
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": [], \"merges\": []}}", "model.vocab"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}", "model.vocab"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": 3}}", "model.merges"},
+        /* ids out of range are refused before the id-indexed table is sized (1e9 was 8 GB) */
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"big\": 1000000000}, \"merges\": []}}",
+         "model.vocab[\"big\"]: id 1000000000 is out of range"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 2050}, \"merges\": []}}", "model.vocab[\"b\"]"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}, \"merges\": []}}", "model.vocab[\"a\"]"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}", "model.merges[0]"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [7]}}", "model.merges[0]"},
         {"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", "model.type"},

@@ -31,6 +31,7 @@ void mr_worker_opts_default(mr_worker_opts *o) {
     o->max_batch_tokens = MR_WORKER_MAX_BATCH_TOKENS;
     o->max_wait_ms = MR_WORKER_MAX_WAIT_MS;
     o->max_inflight_tokens = MR_WORKER_MAX_INFLIGHT_TOKENS;
+    o->max_request_bytes = MR_WORKER_MAX_REQUEST_BYTES;
     o->metrics_port = -1;
     o->max_len = MR_DEFAULT_MAX_LEN;
 }
@@ -216,6 +217,8 @@ int mr_worker_new(mr_worker **out, const mr_worker_opts *opts, mr_err *err) {
     }
     if ((rc = mr__wmetrics_new(&w->met, w->o.metrics_port, &w->metrics_port, err))) goto fail;
     if ((rc = mr_rpc_server_new(&w->srv, w->o.listen, w->o.rpc_threads, err)) ||
+        (rc = mr_rpc_server_set_max_receive(w->srv, w->o.max_request_bytes ? w->o.max_request_bytes
+                                                                            : MR_WORKER_MAX_REQUEST_BYTES, err)) ||
         (rc = mr_rpc_server_add_unary(w->srv, MR_METHOD_SCORE, mr__on_score, w)) ||
         (rc = mr_rpc_server_add_unary(w->srv, MR_METHOD_WORKER_INFO, info_handler, w)))
         goto fail;

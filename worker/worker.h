@@ -15,6 +15,11 @@
 #define MR_WORKER_MAX_BATCH_TOKENS 16384
 #define MR_WORKER_MAX_WAIT_MS 2
 #define MR_WORKER_MAX_INFLIGHT_TOKENS 65536
+/* Largest Score request. A Score carries at most the documents of one Rerank, which the
+ * coordinator caps at limits.max_request_bytes (4 MiB by default), plus a few framing bytes per
+ * document and the sub-architecture: twice the coordinator's default leaves room for both. An
+ * operator who raises max_request_bytes raises --max-request-bytes to twice that. */
+#define MR_WORKER_MAX_REQUEST_BYTES (8 * 1024 * 1024)
 
 typedef struct mr_worker_opts {
     const char *model_dir;
@@ -27,6 +32,7 @@ typedef struct mr_worker_opts {
     int max_batch_tokens;        /* 0 -> MR_WORKER_MAX_BATCH_TOKENS */
     int max_wait_ms;             /* < 0 -> 2 */
     int max_inflight_tokens;     /* 0 -> 65536 */
+    int max_request_bytes;       /* largest Score request; 0 -> MR_WORKER_MAX_REQUEST_BYTES */
     int metrics_port;            /* -1 off, 0 any free port */
     int max_len;                 /* 0 -> MR_DEFAULT_MAX_LEN */
     const char *prompt;          /* NULL -> MR_DEFAULT_PROMPT */
