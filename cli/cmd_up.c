@@ -45,7 +45,11 @@
 #define MAX_RESTARTS_CAP 32       /* the ring of restart times below */
 #define TICK_MS 100               /* supervision period: reaping, restarts, health polls */
 #define STOP_TICK_MS 20
-#define COORD_GRACE_MS 10000      /* coordinator's --drain-ms default is 5000 */
+/* The coordinator drains for COORD_DRAIN_MS (passed as --drain-ms): requests of a tier without a
+ * budget may run for seconds on loaded cores, and SIGINT must not cut them off (the standalone
+ * default, 5000 ms, is for an orchestrator that sets its own grace). SIGKILL 2 s after that. */
+#define COORD_DRAIN_MS 28000
+#define COORD_GRACE_MS (COORD_DRAIN_MS + 2000)
 #define WORKER_GRACE_MS 10000
 #define MAX_ARGS 64
 
@@ -432,8 +436,10 @@ int mr_cmd_up(int argc, char **argv) {
     char tbuf[16], mport[16], what[160];
     snprintf(tbuf, sizeof tbuf, "%d", threads);
     snprintf(mport, sizeof mport, "%d", cfg->metrics_port);
+    char drain[16];
+    snprintf(drain, sizeof drain, "%d", COORD_DRAIN_MS);
     char *cav[] = {"mrank", "coordinator", "--config", (char *)config, "--listen",
-                   cfg->listen, "--metrics-port", mport, NULL};
+                   cfg->listen, "--metrics-port", mport, "--drain-ms", drain, NULL};
     snprintf(what, sizeof what, "coordinator %.100s", cfg->listen);
     if (plan_workers(kids, cfg, model, backend, tbuf) ||
         child_init(&kids[n_workers], what, cfg->listen, cav)) {

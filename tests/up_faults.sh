@@ -171,8 +171,10 @@ wait_log() {
 }
 # wait_exit: waits (bounded) for mrank up to exit; sets up_rc; clears uppid
 wait_exit() {
-  for _ in $(seq 1 300); do kill -0 "$uppid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$uppid" 2>/dev/null && fail "mrank up still running after 300 waits"
+  # 450 x 0.1 s: longer than mrank up's whole ordered stop (coordinator 30 s, workers 10 s is
+  # the worst case; the cases here need a few seconds)
+  for _ in $(seq 1 450); do kill -0 "$uppid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$uppid" 2>/dev/null && fail "mrank up still running after 450 waits"
   up_rc=0
   wait "$uppid" || up_rc=$?
   uppid=
