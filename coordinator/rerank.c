@@ -62,8 +62,10 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
         if (dec == MR_STAGE_FAIL) {
             *miss = 1;
             *code = GRPC_STATUS_DEADLINE_EXCEEDED;
-            snprintf(msg, cap, "stage '%s' needs about %.1f ms, %.1f ms of the budget left%s",
-                     st->name, est, rem > 0 ? rem : 0.0,
+            snprintf(msg, cap,
+                     "stage '%s' needs about %.1f ms (%.1f with the planning safety factor), "
+                     "%.1f ms of the budget left%s",
+                     st->name, est, est * r->co->cfg.safety, rem > 0 ? rem : 0.0,
                      pos > 0 ? " (tier does not allow degraded answers)" : "");
             goto done;
         }
