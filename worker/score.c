@@ -114,7 +114,7 @@ static void overload_message(const mr_worker *w, const wreq *r, long in, char *m
                  "cannot help");
         return;
     }
-    double ms = (double)in * r->run.exits[r->run.n_exits - 1] * w->ns_per_tl * 1e-6;
+    double ms = (double)in * r->run.exits[r->run.n_exits - 1] * atomic_load(&w->ns_per_tl) * 1e-6;
     snprintf(msg + n, cap - (size_t)n, "; retry after ~%.0f ms or on another replica",
              ms < 1 ? 1 : ms);
 }

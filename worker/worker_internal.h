@@ -19,6 +19,7 @@
 #define MR_WORKER_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "backend.h"
 #include "input.h"
@@ -61,7 +62,7 @@ struct mr_worker {
     void *bctx;
     mr_ids suffix;
     int max_rows;
-    double ns_per_tl;
+    _Atomic double ns_per_tl;   /* the warm-up writes it while handlers may already run */
     mr_rpc_server *srv;
     int port, metrics_port;
     mr__wmetrics *met;
