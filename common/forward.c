@@ -5,7 +5,8 @@
  * Layout: the residual stream c->x holds the current tokens of the surviving rows packed
  * back to back (row r: tokens [off[r], off[r] + len[r]) = query | passage | suffix). Width
  * compression and pruning rewrite that layout in place, front to back, which is safe because
- * every token only moves towards the start. mr_ctx_init sizes every buffer once;
+ * every token only moves towards the start. An optional stop check (mr_run_opts.stop) may end
+ * the pass between layers. mr_ctx_init sizes every buffer once;
  * mr_model_score allocates nothing. Semantics: matryoshka-method.md sections 3-5. Loading and
  * adapters are model.c's and the arithmetic is kernels.c's; this file owns the run options, the
  * packed layout and the order of the calls. */
@@ -438,11 +439,13 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
         (rc = mr_rows_check(c->m, rows, n_rows, c->max_rows, c->max_len, c->max_tokens, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
+    for (int r = 0; depth && r < n_rows; r++) depth[r] = 0;
     if (n_rows == 0) return 0;
     embed_rows(c, rows, n_rows);
     int n_tok = c->off[n_rows - 1] + c->len[n_rows - 1];
     int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0;
     for (int l = 0; l < deepest && n_rows > 0; l++) {
+        if (l > 0 && o->stop && o->stop(o->stop_user, l)) break;
         if (ci < o->n_compress && o->compress_layers[ci] == l) {
             if (o->ratio > 1) n_tok = compress(c, n_rows, o->ratio, o->pooling);
             ci++;

@@ -117,6 +117,14 @@ typedef struct mr_run_opts {
     uint32_t adapter_mask;           /* unmerged adapters to apply (bit i = adapter i) */
     int n_prune;
     mr_prune prune[MR_MAX_PRUNE];    /* by increasing layer */
+    /* Optional stop check (NULL: none). Not part of the sub-architecture: never on the wire,
+     * never compared between requests. Before each layer l >= 1 the pass calls
+     * stop(stop_user, l) on the calling thread; a nonzero answer ends the pass there and the
+     * call returns 0 with the exits not reached left NAN (depth: the deepest exit reached, 0
+     * for none). A caller whose work was cancelled stops wasting compute this way; the check
+     * must be cheap (it runs once per layer) and must not touch the context. */
+    int (*stop)(void *stop_user, int layer);
+    void *stop_user;
 } mr_run_opts;
 
 /* Fills o with defaults: deepest exit only (n_layers), ratio 1, mean pooling, all unmerged

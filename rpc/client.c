@@ -22,6 +22,8 @@
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
+#include "tsan/grpc_hb.h"
+
 struct mr_rpc_channel {
     grpc_channel *ch;
     grpc_completion_queue *cq;
@@ -94,7 +96,9 @@ static void *poll_main(void *arg) {
         grpc_event ev =
             grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-        if (ev.type == GRPC_OP_COMPLETE) complete(ev.tag, ev.success);
+        if (ev.type != GRPC_OP_COMPLETE) continue;
+        MR_GRPC_TAKEN(ev.tag);
+        complete(ev.tag, ev.success);
     }
     return NULL;
 }
@@ -218,6 +222,7 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
     pthread_mutex_lock(&ch->mu);
     ch->pending++;
     pthread_mutex_unlock(&ch->mu);
+    MR_GRPC_HANDOFF(u);
     grpc_call_error e = u->call ? grpc_call_start_batch(u->call, ops, 6, u, NULL)
                                 : GRPC_CALL_ERROR;
     /* metadata values are copied by start_batch */

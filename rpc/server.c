@@ -34,6 +34,7 @@
 #include <grpc/support/time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "tsan/grpc_hb.h"
 
 #define MR__REQS_PER_METHOD 8
 #define MR__MAX_METHODS 32
@@ -208,6 +209,7 @@ static mr_rpc_call *call_new(mr_rpc_server *s, slot *sl) {
     grpc_op op = {0};
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+    MR_GRPC_HANDOFF(&c->close_tag);
     if (grpc_call_start_batch(c->call, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK) {
         atomic_store(&c->cancelled, 1);
         call_unref(c);   /* the close reference; the owner still finishes it */
@@ -273,6 +275,7 @@ int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
     pthread_mutex_lock(&c->mu);
     c->write_done = 0;
     pthread_mutex_unlock(&c->mu);
+    MR_GRPC_HANDOFF(&c->write_tag);
     if (grpc_call_start_batch(c->call, ops, (size_t)n, &c->write_tag, NULL) != GRPC_CALL_OK)
         return MR_ESTATE;
     c->sent_md = 1;
@@ -312,6 +315,7 @@ static void call_end(mr_rpc_call *c, grpc_status_code code, const char *message,
     }
     n++;
     /* the owner's reference becomes the send batch's */
+    MR_GRPC_HANDOFF(&c->send_tag);
     if (grpc_call_start_batch(c->call, ops, (size_t)n, &c->send_tag, NULL) != GRPC_CALL_OK)
         call_unref(c);
 }
@@ -467,6 +471,7 @@ static void slot_arm(mr_rpc_server *s, slot *sl) {
     sl->payload = NULL;
     grpc_metadata_array_init(&sl->md);
     grpc_call_error e;
+    MR_GRPC_HANDOFF(&sl->t);
     if (sl->m) {
         e = grpc_server_request_registered_call(s->srv, sl->m->reg, &sl->call, &sl->deadline,
                                                 &sl->md, &sl->payload, s->cq, s->cq, &sl->t);
@@ -525,6 +530,7 @@ static void *cq_main(void *arg) {
                                                    NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
         if (ev.type != GRPC_OP_COMPLETE) continue;
+        MR_GRPC_TAKEN(ev.tag);
         tag *t = ev.tag;
         mr_rpc_call *c = t->p;
         switch (t->kind) {
@@ -677,6 +683,7 @@ void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms) {
     pthread_mutex_lock(&s->mu);
     s->shutting_down = 1;
     pthread_mutex_unlock(&s->mu);
+    MR_GRPC_HANDOFF(&s->shutdown_tag);
     grpc_server_shutdown_and_notify(s->srv, s->cq, &s->shutdown_tag);
 
     /* drain: wait for calls in flight to finish on their own */

@@ -2,7 +2,8 @@
  * forward pass that must hold whatever the weights: one pass with many exits equals one pass
  * per exit; ratio 1 equals no compression; a row scores the same alone or packed with others;
  * pruning keeps the right rows and leaves survivors' scores unchanged; unmerged LoRA equals
- * merged LoRA; bad input is refused with a message. Numerical parity with the spec is checked
+ * merged LoRA; a stop check (mr_run_opts.stop) ends the pass between layers, leaving the exits
+ * reached unchanged; bad input is refused with a message. Numerical parity with the spec is checked
  * against the PyTorch oracle in tests/oracle_grid.sh. */
 #include <math.h>
 #include <setjmp.h>
@@ -257,6 +258,60 @@ static void test_exits_llama(void **state) { check_exits_in_one_pass(MR_ARCH_LLA
 static void test_exits_qwen2(void **state) { check_exits_in_one_pass(MR_ARCH_QWEN2); }
 static void test_exits_gemma2(void **state) { check_exits_in_one_pass(MR_ARCH_GEMMA2); }
 
+/* mr_run_opts.stop: asked before each layer from the second on; a nonzero answer ends the
+ * pass there. */
+typedef struct stop_log {
+    int stop_at;            /* answer 1 from this layer on (0: never) */
+    int asked[8], n_asked;
+} stop_log;
+
+static int stop_at_layer(void *user, int layer) {
+    stop_log *s = user;
+    if (s->n_asked < 8) s->asked[s->n_asked++] = layer;
+    return s->stop_at && layer >= s->stop_at;
+}
+
+static void test_stop_between_layers(void **state) {
+    fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
+    mr_row rows[5];
+    mr_run_opts o;
+    float all[5 * 4], part[5 * 4];
+    int depth[5];
+    mr_err err = {0};
+    make_rows(rows, 5);
+    opts(&o, &f->m, 4, (int[]){1, 2, 3, 4});
+    score(f, rows, 5, &o, all);
+    /* a check that never stops: asked before layers 1, 2, 3 (0-based), same scores */
+    stop_log never = {0};
+    o.stop = stop_at_layer;
+    o.stop_user = &never;
+    score(f, rows, 5, &o, part);
+    assert_int_equal(never.n_asked, 3);
+    for (int l = 0; l < 3; l++) assert_int_equal(never.asked[l], l + 1);
+    for (int i = 0; i < 5 * 4; i++) assert_close(part[i], all[i], BATCH_TOL, "never stopped");
+    /* stop before layer 2: exits 1 and 2 as before, 3 and 4 NAN, depth 2, not asked again */
+    stop_log two = {.stop_at = 2};
+    o.stop_user = &two;
+    assert_int_equal(mr_model_score(&f->c, rows, 5, &o, part, depth, &err), 0);
+    assert_int_equal(two.n_asked, 2);
+    for (int r = 0; r < 5; r++) {
+        for (int e = 0; e < 2; e++) assert_close(part[r * 4 + e], all[r * 4 + e], BATCH_TOL, "before");
+        for (int e = 2; e < 4; e++) assert_true(isnan(part[r * 4 + e]));
+        assert_int_equal(depth[r], 2);
+    }
+    /* stop before any exit: all NAN, depth 0 */
+    opts(&o, &f->m, 1, (int[]){4});
+    stop_log one = {.stop_at = 1};
+    o.stop = stop_at_layer;
+    o.stop_user = &one;
+    assert_int_equal(mr_model_score(&f->c, rows, 5, &o, part, depth, &err), 0);
+    for (int r = 0; r < 5; r++) {
+        assert_true(isnan(part[r]));
+        assert_int_equal(depth[r], 0);
+    }
+    free_fixture(f);
+}
+
 static void test_compression(void **state) {
     fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
     mr_row rows[4];
@@ -495,6 +550,7 @@ int main(void) {
         cmocka_unit_test(test_exits_llama),
         cmocka_unit_test(test_exits_qwen2),
         cmocka_unit_test(test_exits_gemma2),
+        cmocka_unit_test(test_stop_between_layers),
         cmocka_unit_test(test_compression),
         cmocka_unit_test(test_pruning),
         cmocka_unit_test(test_lora_merged_equals_unmerged),

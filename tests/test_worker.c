@@ -2,7 +2,9 @@
  * client of rpc.h: scores equal a direct mr_model_score run (what `mrank score` does) to 1e-5
  * at several exits and widths, also when requests are batched together or split over batches;
  * INVALID_ARGUMENT messages; admission (RESOURCE_EXHAUSTED while admitted work still waits);
- * queued deadlines; Info; drain at shutdown. Timing is asserted only as an order of events in
+ * queued deadlines; cancellation (a call whose deadline passes mid-way stops costing compute,
+ * counted by the worker's metrics against an identical call run whole); Info; drain at
+ * shutdown. Timing is asserted only as an order of events in
  * one run (a refusal before a queued request's answer), never as a duration. The model is a
  * 4-layer seeded checkpoint made with `mrank init-checkpoint`. */
 #define _GNU_SOURCE
@@ -16,6 +18,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
@@ -101,6 +106,7 @@ static void start_worker(wfix *f, int max_batch, int max_wait, int max_inflight)
     o.max_batch_tokens = max_batch;
     o.max_wait_ms = max_wait;
     o.max_inflight_tokens = max_inflight;
+    o.metrics_port = 0;
     mr_err err = {0};
     int rc = mr_worker_new(&f->w, &o, &err);
     if (rc) fprintf(stderr, "worker: %s\n", err.msg);
@@ -549,6 +555,137 @@ static void test_info_and_drain(void **state) {
     stop_worker(&f);
 }
 
+/* The value of the sample `name` (no labels) on the worker's /metrics page (HTTP/1.0 GET, 5 s
+ * receive timeout); fails the test when the page or the line is missing. */
+static double metric(int port, const char *name) {
+    static char buf[1 << 16];
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct timeval tv = {5, 0};
+    assert_true(s >= 0);
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(s, (struct sockaddr *)&a, sizeof a)) fail_msg("metrics port %d: connect", port);
+    const char get[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    assert_int_equal(write(s, get, sizeof get - 1), (ssize_t)(sizeof get - 1));
+    size_t n = 0;
+    for (ssize_t k; n < sizeof buf - 1 && (k = read(s, buf + n, sizeof buf - 1 - n)) > 0;)
+        n += (size_t)k;
+    close(s);
+    buf[n] = 0;
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *at = strstr(buf, key);
+    if (!at) fail_msg("no %s in the metrics page (%zu bytes)", name, n);
+    return strtod(at + strlen(key), NULL);
+}
+
+/* Counters of one Score call, as deltas of the worker's metrics. */
+typedef struct call_cost {
+    grpc_status_code st;
+    double computed, cancelled_rows, saved;
+    double compute_ms, other_ms;   /* OK calls: the worker's compute, and the rest of the wall */
+} call_cost;
+
+/* Sends req with timeout_ms (0: none), waits (at most 10 s) until the worker has nothing in
+ * flight, and returns what the call cost. */
+static call_cost measured_call(wfix *f, const uint8_t *req, size_t len, double timeout_ms) {
+    int port = mr_worker_metrics_port(f->w);
+    call_cost c = {0};
+    double c0 = metric(port, "mrank_worker_computed_tokens_total"),
+           r0 = metric(port, "mrank_worker_cancelled_rows_total"),
+           s0 = metric(port, "mrank_worker_cancelled_tokens_total");
+    uint8_t *resp = NULL;
+    size_t rlen = 0;
+    char msg[512];
+    double t0 = now_ms();
+    mr_rpc_unary(f->ch, "/mrank.v1.Worker/Score", req, len, timeout_ms, &resp, &rlen, &c.st, msg,
+                 sizeof msg);
+    double wall = now_ms() - t0;
+    if (c.st == GRPC_STATUS_OK) {
+        Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
+        assert_non_null(r);
+        c.compute_ms = r->compute_ms;
+        c.other_ms = wall - r->compute_ms;
+        mrank__v1__score_response__free_unpacked(r, NULL);
+    }
+    free(resp);
+    for (int k = 0; k < 1000 && metric(port, "mrank_worker_inflight_tokens") > 0; k++)
+        usleep(10000);
+    assert_true(metric(port, "mrank_worker_inflight_tokens") == 0);
+    c.computed = metric(port, "mrank_worker_computed_tokens_total") - c0;
+    c.cancelled_rows = metric(port, "mrank_worker_cancelled_rows_total") - r0;
+    c.saved = metric(port, "mrank_worker_cancelled_tokens_total") - s0;
+    fprintf(stderr, "# call (timeout %.0f ms): status %d, %.0f tokens computed, %.0f rows / %.0f "
+            "tokens cancelled, %.1f ms compute\n", timeout_ms, (int)c.st, c.computed,
+            c.cancelled_rows, c.saved, c.compute_ms);
+    return c;
+}
+
+/* A call of 400 rows (~14600 tokens) runs whole once, then again with a deadline that passes
+ * about a fifth into its compute (the whole call's own figures: tokenizing and transport, then
+ * 20 % of its compute). The worker must stop computing for it: the computed tokens stay well
+ * below the whole call's, the tokens computed plus those saved add up to the whole call's
+ * (each row counted once: computed, dropped from the queue, or split at the layer its pass
+ * stopped at), and the next call is served and right. max_batch 2048 splits the call into 8
+ * batches (queued rows dropped); max_batch 16384 runs it as one (the pass stops between
+ * layers). A run whose deadline fell outside the compute (before admission or after the
+ * answer, on a machine whose speed changed between the two runs) proves nothing either way
+ * and is run again, at most 3 times. */
+static void check_cancel(int max_batch, double max_ratio) {
+    wfix f;
+    start_worker(&f, max_batch, 2, 65536);
+    const char *many[400];
+    for (int i = 0; i < 400; i++) many[i] = passages[i % 5];
+    uint32_t e4 = 4;
+    size_t len;
+    uint8_t *req = pack_req("what is a fox", many, 400, &e4, 1, 0, NULL, 0, &len);
+    call_cost whole = measured_call(&f, req, len, 0);
+    assert_int_equal(whole.st, GRPC_STATUS_OK);
+    assert_true(whole.computed > 0);
+    assert_true(whole.cancelled_rows == 0);
+    call_cost cut = {0};
+    int hit = 0;
+    for (int attempt = 0; attempt < 3 && !hit; attempt++) {
+        cut = measured_call(&f, req, len, whole.other_ms + 0.2 * whole.compute_ms);
+        hit = cut.st != GRPC_STATUS_OK && cut.cancelled_rows > 0;
+    }
+    if (!hit) fail_msg("3 deadlines missed the compute window");
+    assert_int_equal(cut.st, GRPC_STATUS_DEADLINE_EXCEEDED);
+    fprintf(stderr, "# computed %.0f of %.0f tokens (%.2f), saved %.0f\n", cut.computed,
+            whole.computed, cut.computed / whole.computed, cut.saved);
+    assert_true(cut.computed <= max_ratio * whole.computed);
+    /* 2: four counters printed rounded to whole tokens, each off by at most 0.5 */
+    assert_true(fabs(cut.computed + cut.saved - whole.computed) <= 2);
+    /* the worker still serves, correctly */
+    mr_run_opts o;
+    mr_run_opts_init(&o, &ref_model);
+    float ref[5];
+    ref_score("what is a fox", passages, 5, &o, ref);
+    size_t l5;
+    uint8_t *r5 = pack_req("what is a fox", passages, 5, &e4, 1, 0, NULL, 0, &l5), *resp;
+    size_t rlen;
+    grpc_status_code st;
+    char msg[512];
+    if (mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", r5, l5, 10000, &resp, &rlen, &st, msg,
+                     sizeof msg))
+        fail_msg("after the cancel: status %d: %s", (int)st, msg);
+    check_resp(resp, rlen, ref, 5, 1);
+    free(resp);
+    free(r5);
+    free(req);
+    stop_worker(&f);
+}
+
+/* 8 batches: a deadline 20 % into the compute leaves ~2 batches done and one partly run; 0.6
+ * leaves room for a second run twice as fast as the first on a shared machine (40 %) plus the
+ * batch running when the deadline passed (12 %). */
+static void test_cancel_drops_queued_rows(void **state) { check_cancel(2048, 0.6); }
+
+/* One batch of 4 layers: only the stop between layers saves compute; the deadline 20 % in must
+ * stop the pass before its last layer, so at most 3/4 of the tokens are computed. */
+static void test_cancel_stops_running_pass(void **state) { check_cancel(16384, 0.75); }
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scores_match_engine),
@@ -556,6 +693,8 @@ int main(void) {
         cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_overload_and_deadline),
         cmocka_unit_test(test_refusals_do_not_wait_for_admitted),
+        cmocka_unit_test(test_cancel_drops_queued_rows),
+        cmocka_unit_test(test_cancel_stops_running_pass),
         cmocka_unit_test(test_info_and_drain),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1,7 +1,10 @@
 /* batch.c: the worker's batcher thread (see worker_internal.h).
  *
  * The single batcher owns the one scoring context (sized for max_batch_tokens at start). It
- * drops queued requests whose client cancelled or whose deadline passed, then takes the oldest
+ * drops the queued rows of calls whose client cancelled or whose deadline passed (their tokens
+ * leave the in-flight count at once; it looks before each batch, every SWEEP_S while it waits,
+ * and between the layers of a running pass through the engine's stop check, which also stops
+ * the pass when every call in the batch is cancelled), then takes the oldest
  * request's run options as the batch key and waits until the same-key queued tokens reach
  * max_batch_tokens or the oldest has waited max_wait_ms; it packs rows FIFO up to the budget
  * (a large request may be split over several batches, rows being independent), runs one
@@ -18,6 +21,9 @@
 #include "mrank.pb-c.h"
 #include "rpc_status.h"
 #include "worker_internal.h"
+
+/* Longest wait of the batcher with requests queued before it looks for cancelled calls. */
+#define SWEEP_S 0.01
 
 /* ---- answering ---- */
 
@@ -74,6 +80,22 @@ nomem:
     req_fail_locked(w, r, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker out of memory");
 }
 
+/* Tokens of r's rows [from, to). */
+static long rows_tokens(const mr_worker *w, const wreq *r, int from, int to) {
+    long t = 0;
+    for (int i = from; i < to; i++) t += mr__wreq_row_tokens(w, r, i);
+    return t;
+}
+
+/* Fails r, whose call is cancelled, with CANCELLED or DEADLINE_EXCEEDED; caller holds w->mu and
+ * has unlinked r. */
+static void req_cancel_locked(mr_worker *w, wreq *r, const char *when) {
+    int late = mr_rpc_call_remaining_ms(r->call) <= 0;
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s %s", late ? "deadline passed" : "cancelled", when);
+    req_fail_locked(w, r, late ? GRPC_STATUS_DEADLINE_EXCEEDED : GRPC_STATUS_CANCELLED, msg);
+}
+
 /* ---- the batcher ---- */
 
 static int same_key(const mr_run_opts *a, const mr_run_opts *b) {
@@ -85,25 +107,6 @@ static int same_key(const mr_run_opts *a, const mr_run_opts *b) {
                    (size_t)a->n_compress * sizeof a->compress_layers[0]);
 }
 
-/* Unlinks and fails queued requests that can no longer be useful. */
-static void drop_dead_locked(mr_worker *w) {
-    wreq *prev = NULL, *r = w->qhead;
-    while (r) {
-        wreq *nx = r->next;
-        if (mr_rpc_call_cancelled(r->call)) {
-            if (prev) prev->next = nx;
-            else w->qhead = nx;
-            if (w->qtail == r) w->qtail = prev;
-            int late = mr_rpc_call_remaining_ms(r->call) <= 0;
-            req_fail_locked(w, r, late ? GRPC_STATUS_DEADLINE_EXCEEDED : GRPC_STATUS_CANCELLED,
-                            late ? "deadline passed while queued" : "cancelled while queued");
-        } else {
-            prev = r;
-        }
-        r = nx;
-    }
-}
-
 static void unlink_locked(mr_worker *w, wreq *r) {
     wreq *prev = NULL;
     for (wreq *x = w->qhead; x; prev = x, x = x->next) {
@@ -113,6 +116,45 @@ static void unlink_locked(mr_worker *w, wreq *r) {
         if (w->qtail == x) w->qtail = prev;
         return;
     }
+}
+
+/* Unlinks r, whose call is cancelled, and drops its rows not yet taken into a batch: counted
+ * as cancelled rows, their tokens out of the in-flight count at once. */
+static void drop_untaken_locked(mr_worker *w, wreq *r) {
+    unlink_locked(w, r);
+    long tok = rows_tokens(w, r, r->next_row, r->n);
+    mr__wmetrics_cancelled(w->met, r->n - r->next_row, (double)tok);
+    r->next_row = r->n;
+    r->tokens -= tok;
+    w->inflight -= tok;
+    mr__wmetrics_inflight(w->met, w->inflight);
+}
+
+/* Drops the queued rows of cancelled calls. A request with rows in the running batch (taken,
+ * not done) is failed by run_batch when the pass ends; any other is failed here. */
+static void drop_dead_locked(mr_worker *w) {
+    for (wreq *r = w->qhead, *nx; r; r = nx) {
+        nx = r->next;
+        if (!mr_rpc_call_cancelled(r->call)) continue;
+        int running = r->rows_done < r->next_row;
+        drop_untaken_locked(w, r);
+        if (!running) req_cancel_locked(w, r, "while queued");
+    }
+}
+
+/* mr_run_opts.stop of a batch (batcher thread, between two layers): drops the queued rows of
+ * cancelled calls now rather than after the pass, and stops the pass when every call in the
+ * batch is cancelled. (The engine's in-pass pruning selects rows by score, not by caller, so a
+ * batch shared with live calls runs to its end.) */
+static int batch_stop(void *user, int layer) {
+    mr_worker *w = user;
+    pthread_mutex_lock(&w->mu);
+    drop_dead_locked(w);
+    pthread_mutex_unlock(&w->mu);
+    for (int e = 0; e < w->n_entries; e++)
+        if (!mr_rpc_call_cancelled(w->entries[e].r->call)) return 0;
+    w->stopped_at = layer;
+    return 1;
 }
 
 /* Packs rows FIFO from the queued requests with head's key (head alone and whole when it has
@@ -145,7 +187,9 @@ static int form_batch_locked(mr_worker *w, wreq *head, int *n_rows, long *n_tok)
 }
 
 static void run_batch(mr_worker *w, int ne, int nr, long ntok) {
-    const mr_run_opts *o = &w->entries[0].r->run;
+    mr_run_opts o = w->entries[0].r->run;   /* the batch key, plus this batch's stop check */
+    o.stop = batch_stop;
+    o.stop_user = w;
     int k = 0;
     for (int e = 0; e < ne; e++) {
         const bentry *b = &w->entries[e];
@@ -156,10 +200,15 @@ static void run_batch(mr_worker *w, int ne, int nr, long ntok) {
         }
     }
     mr_err err = {0};
+    w->n_entries = ne;
+    w->stopped_at = 0;
     double t0 = mr__now_s();
-    int rc = mr_backend_score(w->be, w->bctx, w->rows, nr, o, w->bscores, w->bdepth, &err);
+    int rc = mr_backend_score(w->be, w->bctx, w->rows, nr, &o, w->bscores, w->bdepth, &err);
     double dt = mr__now_s() - t0;
-    mr__wmetrics_batch(w->met, (int)ntok);
+    /* the share of the layers the pass ran: all of them, or those before the stop */
+    int layers = o.exits[o.n_exits - 1];
+    double ran = w->stopped_at ? (double)w->stopped_at / layers : 1.0;
+    mr__wmetrics_batch(w->met, (int)ntok, (double)ntok * ran);
     pthread_mutex_lock(&w->mu);
     k = 0;
     for (int e = 0; e < ne; e++) {
@@ -175,15 +224,25 @@ static void run_batch(mr_worker *w, int ne, int nr, long ntok) {
         r->rows_done += b->nrows;
         r->compute_s += dt * b->nrows / nr;   /* its share of the batch, by rows */
         r->batch_tokens = (int)ntok;
-        if (rc) {   /* each request has one entry per batch: fail it here, once */
+        /* each request has one entry per batch: it is failed or answered here, once */
+        if (rc) {
             if (r->next_row < r->n) unlink_locked(w, r);   /* still queued, partly taken */
             char msg[MR_ERR_MSG_LEN + 32];
             snprintf(msg, sizeof msg, "scoring failed: %s", err.msg);
             req_fail_locked(w, r, mr_rpc_status_of(rc), msg);
+        } else if (w->stopped_at || mr_rpc_call_cancelled(r->call)) {
+            /* a stopped pass means every call in it is cancelled (cancellation lasts) */
+            if (w->stopped_at)
+                mr__wmetrics_cancelled(w->met, b->nrows,
+                                       (double)rows_tokens(w, r, b->row0, b->row0 + b->nrows) *
+                                           (1.0 - ran));
+            drop_untaken_locked(w, r);
+            req_cancel_locked(w, r, "while running");
         } else if (r->rows_done == r->n) {
             req_answer_locked(w, r);
         }
     }
+    w->n_entries = 0;
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -204,9 +263,11 @@ void *mr__batcher_main(void *arg) {
             for (wreq *r = w->qhead; r && tok < w->o.max_batch_tokens; r = r->next)
                 if (!r->alone && same_key(&r->run, &head->run))
                     for (int i = r->next_row; i < r->n; i++) tok += mr__wreq_row_tokens(w, r, i);
-            double until = head->t_admit + w->o.max_wait_ms * 1e-3;
-            if (tok < w->o.max_batch_tokens && mr__now_s() < until) {
-                struct timespec ts = {(time_t)until, (long)((until - (time_t)until) * 1e9)};
+            double until = head->t_admit + w->o.max_wait_ms * 1e-3, now = mr__now_s();
+            if (tok < w->o.max_batch_tokens && now < until) {
+                /* wakes at least every SWEEP_S to drop the rows of cancelled calls */
+                double t = until < now + SWEEP_S ? until : now + SWEEP_S;
+                struct timespec ts = {(time_t)t, (long)((t - (time_t)t) * 1e9)};
                 pthread_cond_timedwait(&w->cv, &w->mu, &ts);
                 continue;
             }

@@ -2,7 +2,9 @@
  * It unpacks the request, turns its sub-architecture (rpc/subarch_pb.h) and exits/prune steps
  * into run options checked once against the model, tokenizes the query segment once and each
  * passage (input.h), admits the request against the in-flight token budget
- * (RESOURCE_EXHAUSTED at once when over) and queues it for the batcher. */
+ * (RESOURCE_EXHAUSTED at once when over, with a retry hint) and queues it for the batcher. The
+ * handler never blocks on compute or on the batcher: it takes the worker lock only for the
+ * admission check and the enqueue. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -100,6 +102,23 @@ static int tokenize(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *r, in
     return 0;
 }
 
+/* The refusal of r while in tokens are in flight, with a retry hint: the time the worker needs
+ * to compute what is in flight (its warm-up rate x r's depth), or, for a request over the
+ * whole budget, that retrying cannot help. */
+static void overload_message(const mr_worker *w, const wreq *r, long in, char *msg, size_t cap) {
+    int n = snprintf(msg, cap, "worker overloaded: %ld tokens in flight, budget %d (request %ld)",
+                     in, w->o.max_inflight_tokens, r->tokens);
+    if (n < 0 || (size_t)n >= cap) return;
+    if (r->tokens > w->o.max_inflight_tokens) {
+        snprintf(msg + n, cap - (size_t)n, "; larger than the whole budget: split it, retrying "
+                 "cannot help");
+        return;
+    }
+    double ms = (double)in * r->run.exits[r->run.n_exits - 1] * atomic_load(&w->ns_per_tl) * 1e-6;
+    snprintf(msg + n, cap - (size_t)n, "; retry after ~%.0f ms or on another replica",
+             ms < 1 ? 1 : ms);
+}
+
 void mr__on_score(mr_rpc_call *call, void *user) {
     mr_worker *w = user;
     double t0 = mr__now_s();
@@ -134,13 +153,13 @@ void mr__on_score(mr_rpc_call *call, void *user) {
     }
     r->call = call;
     r->t_admit = t0;
+    /* the handoff never waits: the lock guards a few list and counter updates, and a request
+     * that does not fit the budget now is refused at once rather than queued unseen */
     pthread_mutex_lock(&w->mu);
     if (w->inflight + r->tokens > w->o.max_inflight_tokens) {
         long in = w->inflight;
         pthread_mutex_unlock(&w->mu);
-        snprintf(msg, sizeof msg,
-                 "worker overloaded: %ld tokens in flight, budget %d (request %ld)",
-                 in, w->o.max_inflight_tokens, r->tokens);
+        overload_message(w, r, in, msg, sizeof msg);
         mr__wmetrics_rejected(w->met);
         mr_rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
         mr__wreq_free(r);

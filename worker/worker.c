@@ -77,7 +77,7 @@ static void info_handler(mr_rpc_call *call, void *user) {
     resp.archs = pa;
     resp.max_batch_tokens = (uint32_t)w->o.max_batch_tokens;
     resp.max_inflight_tokens = (uint32_t)w->o.max_inflight_tokens;
-    resp.ns_per_token_layer = w->ns_per_tl;
+    resp.ns_per_token_layer = atomic_load(&w->ns_per_tl);
     resp.backend = (char *)w->be->name;
     resp.untrained = w->m.untrained;
     resp.n_adapters = (size_t)w->o.n_adapters;
@@ -130,7 +130,7 @@ static int warm_up(mr_worker *w, mr_err *err) {
         dt = mr__now_s() - t0;
     }
     int layers = o.exits[o.n_exits - 1];
-    w->ns_per_tl = dt * 1e9 / ((double)row * n * (layers > 0 ? layers : 1));
+    atomic_store(&w->ns_per_tl, dt * 1e9 / ((double)row * n * (layers > 0 ? layers : 1)));
 done:
     mr_ids_close(&q);
     mr_ids_close(&p);
@@ -241,7 +241,9 @@ fail:
 
 int mr_worker_port(const mr_worker *w) { return w->port; }
 int mr_worker_metrics_port(const mr_worker *w) { return w->metrics_port; }
-double mr_worker_ns_per_token_layer(const mr_worker *w) { return w->ns_per_tl; }
+double mr_worker_ns_per_token_layer(const mr_worker *w) {
+    return atomic_load(&((mr_worker *)w)->ns_per_tl);
+}
 
 void mr_worker_shutdown(mr_worker *w, int drain_ms) {
     if (!w || w->shut) return;

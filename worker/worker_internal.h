@@ -7,6 +7,11 @@
  *   worker.c         lifecycle (load, warm-up, start, drain) and the Info handler
  *   worker_metrics.c counters and histograms behind /metrics (rpc/prom.h)
  *
+ * Cancellation: a call whose client cancelled or whose deadline passed loses its queued rows at
+ * once (their tokens leave the in-flight count) whenever the batcher looks: before each batch and
+ * between the layers of a running one (the engine's stop check, mr_run_opts.stop); a running
+ * batch stops between layers when every call in it is cancelled.
+ *
  * Locking: mr_worker.mu guards the queue, the in-flight count and the stopping flag; it is
  * released while the model runs, and never held while taking a lock of rpc.h except the call's
  * own (finishing a call takes no worker lock), so there is no lock-order cycle. */
@@ -14,6 +19,7 @@
 #define MR_WORKER_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "backend.h"
 #include "input.h"
@@ -31,7 +37,8 @@ typedef struct wreq {
     mr_ids *p;                  /* (n) passage segments */
     int *truncated;             /* (n) */
     int n;                      /* passages */
-    long tokens;                /* all rows */
+    long tokens;                /* rows still counted in flight (all rows until rows of a
+                                 * cancelled call are dropped from the queue) */
     float *scores;              /* (n, run.n_exits) */
     int *depth;                 /* (n) */
     int next_row, rows_done;
@@ -55,7 +62,7 @@ struct mr_worker {
     void *bctx;
     mr_ids suffix;
     int max_rows;
-    double ns_per_tl;
+    _Atomic double ns_per_tl;   /* the warm-up writes it while handlers may already run */
     mr_rpc_server *srv;
     int port, metrics_port;
     mr__wmetrics *met;
@@ -71,6 +78,8 @@ struct mr_worker {
 
     /* batcher-only scratch */
     bentry *entries;            /* (max_rows) */
+    int n_entries;              /* entries of the batch running */
+    int stopped_at;             /* layer its pass stopped before (every call cancelled), or 0 */
     mr_row *rows;               /* (max_rows) */
     float *bscores;             /* (max_rows, n_heads_exit) */
     int *bdepth;                /* (max_rows) */
@@ -98,7 +107,12 @@ int mr__wmetrics_new(mr__wmetrics **out, int port, int *bound_port, mr_err *err)
 void mr__wmetrics_free(mr__wmetrics *m);
 void mr__wmetrics_request(mr__wmetrics *m, int grpc_code, double queue_s, double compute_s,
                           double total_s);
-void mr__wmetrics_batch(mr__wmetrics *m, int tokens);
+/* A batch of tokens ran; computed: the tokens it computed (tokens x layers run / layers, less
+ * when its pass stopped early). */
+void mr__wmetrics_batch(mr__wmetrics *m, int tokens, double computed);
+/* rows of cancelled calls dropped (from the queue or a stopped pass), saved: the tokens they did
+ * not compute (a row dropped after k of its D layers saves its tokens x (D - k) / D). */
+void mr__wmetrics_cancelled(mr__wmetrics *m, long rows, double saved);
 void mr__wmetrics_rejected(mr__wmetrics *m);
 void mr__wmetrics_inflight(mr__wmetrics *m, long tokens);
 

@@ -1,8 +1,9 @@
 /* worker_metrics.c: the worker's Prometheus metrics and their /metrics endpoint.
  *
  * Histograms mrank_worker_{queue,compute,request}_seconds and mrank_worker_batch_tokens, the
- * gauge mrank_worker_inflight_tokens, counters mrank_worker_requests_total{code} and
- * mrank_worker_rejected_total. Updates take one mutex (a few per request, never per token);
+ * gauge mrank_worker_inflight_tokens, counters mrank_worker_requests_total{code},
+ * mrank_worker_rejected_total, mrank_worker_computed_tokens_total,
+ * mrank_worker_cancelled_rows_total and mrank_worker_cancelled_tokens_total. Updates take one mutex (a few per request, never per token);
  * the text format and the HTTP endpoint are rpc/prom.h's. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -25,7 +26,8 @@ struct mr__wmetrics {
     pthread_mutex_t mu;
     mr_prom_hist queue, compute, request, batch;
     unsigned long long requests[MR_RPC_N_STATUS];
-    unsigned long long rejected;
+    unsigned long long rejected, cancelled_rows;
+    double computed, saved;
     long inflight;
     mr_prom_http *http;
 };
@@ -57,6 +59,17 @@ static char *render(void *user) {
     mr_prom_family(&t, "mrank_worker_rejected_total", "counter",
                    "Score requests refused by admission control.");
     mr_prom_printf(&t, "mrank_worker_rejected_total %llu\n", m->rejected);
+    mr_prom_family(&t, "mrank_worker_computed_tokens_total", "counter",
+                   "Tokens run through the model (a pass stopped after k of its D layers "
+                   "counts k/D of its tokens).");
+    mr_prom_printf(&t, "mrank_worker_computed_tokens_total %.0f\n", m->computed);
+    mr_prom_family(&t, "mrank_worker_cancelled_rows_total", "counter",
+                   "Rows of cancelled or expired calls dropped before their pass ended.");
+    mr_prom_printf(&t, "mrank_worker_cancelled_rows_total %llu\n", m->cancelled_rows);
+    mr_prom_family(&t, "mrank_worker_cancelled_tokens_total", "counter",
+                   "Tokens not computed thanks to cancellation (a row dropped after k of its D "
+                   "layers counts (D-k)/D of its tokens).");
+    mr_prom_printf(&t, "mrank_worker_cancelled_tokens_total %.0f\n", m->saved);
     pthread_mutex_unlock(&m->mu);
     return mr_prom_text_take(&t);
 }
@@ -104,10 +117,19 @@ void mr__wmetrics_request(mr__wmetrics *m, int grpc_code, double queue_s, double
     pthread_mutex_unlock(&m->mu);
 }
 
-void mr__wmetrics_batch(mr__wmetrics *m, int tokens) {
+void mr__wmetrics_batch(mr__wmetrics *m, int tokens, double computed) {
     if (!m) return;
     pthread_mutex_lock(&m->mu);
     mr_prom_hist_observe(&m->batch, tokens);
+    m->computed += computed;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr__wmetrics_cancelled(mr__wmetrics *m, long rows, double saved) {
+    if (!m || rows <= 0) return;
+    pthread_mutex_lock(&m->mu);
+    m->cancelled_rows += (unsigned long long)rows;
+    m->saved += saved;
     pthread_mutex_unlock(&m->mu);
 }
 

@@ -1026,6 +1026,7 @@ static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, m
     RC(upload_layout(c, n_rows, n_tok, err));
     int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0, last_mode = 0;
     for (int l = 0; l < deepest && n_rows > 0; l++) {
+        if (l > 0 && o->stop && o->stop(o->stop_user, l)) break; /* as in forward.c */
         if (ci < o->n_compress && o->compress_layers[ci] == l) {
             if (o->ratio > 1)
                 RC(compress(c, n_rows, &n_tok, o->ratio, o->pooling == MR_POOL_ATTENTION, err));
@@ -1063,6 +1064,7 @@ static int cuda_score(void *ctx, const mr_row *rows, int n_rows, const mr_run_op
     if ((rc = mr_run_opts_check(o, c->m, err)) || (rc = mr_rows_check(c->m, rows, n_rows, c->R, c->L, c->T, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
+    for (int r = 0; depth && r < n_rows; r++) depth[r] = 0;
     if (n_rows == 0) return 0;
     CK(cudaSetDevice(c->dev));
     int n_exit = pass(c, rows, n_rows, o, err);
