@@ -2,7 +2,7 @@
  * The input is walked as a RerankRequest and as a ScoreRequest; for each it must
  *  - stay in bounds and answer 0, MR_EINVAL (a NUL) or MR_EFORMAT (malformed);
  *  - never call malformed what protobuf-c's unpacker accepts, apart from a length of 4 GiB or
- *    more (protobuf-c keeps its low 32 bits; the walk refuses it on purpose);
+ *    more (the walk refuses it on purpose, whatever the protobuf-c version does);
  *  - when it finds no NUL in bytes protobuf-c accepts, find exactly the one a field appended
  *    to them carries: a query "\0" (reported as "query ... offset 0") and a repeated string or
  *    document whose index is the count protobuf-c unpacked ("passages[7] ...",

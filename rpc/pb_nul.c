@@ -1,8 +1,8 @@
 /* pb_nul.c: the NUL-byte walk over encoded requests (see pb_nul.h), and the specs of the two
  * request messages servers receive. The framing follows protobuf-c's unpacker: tags are
- * varints of at most 5 bytes, varint values at most 10, lengths at most 5 bytes; wire types 3,
- * 4, 6 and 7 are refused. One difference, on the strict side: protobuf-c keeps only the low 32
- * bits of a 5-byte length, the walk refuses a length of 4 GiB or more. */
+ * varints of at most 5 bytes with a 32-bit field number, varint values at most 10 bytes,
+ * lengths at most 5 bytes; wire types 3, 4, 6 and 7 are refused. A length of 4 GiB or more is
+ * refused, as protobuf-c 1.4.1 refuses it. */
 #define _GNU_SOURCE
 #include "pb_nul.h"
 

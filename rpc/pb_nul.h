@@ -6,10 +6,10 @@
  * A spec lists, for one message type, the field numbers (from proto/mrank.proto) that are
  * strings to check or messages to descend into; every other field is skipped by its wire type,
  * so bytes fields, numbers and unknown fields never give a false positive. The walk is one pass
- * over the bytes (nesting only as deep as the spec), bounds-checked on arbitrary input. It
- * accepts every encoding protobuf-c accepts; what it calls malformed protobuf-c refuses too,
- * except a field number 0 in a multi-byte tag (protobuf-c keeps it as an unknown field; the
- * walk skips it). Not here: which fields a server uses or any other validation. */
+ * over the bytes (nesting only as deep as the spec), bounds-checked on arbitrary input, with no
+ * allocation. What it calls malformed, protobuf-c's unpacker refuses too (tests/test_pb_nul.c
+ * and fuzz/fuzz_pb_nul.c check it), so a server may refuse such bytes without losing a valid
+ * request. Not here: which fields a server uses or any other validation. */
 #ifndef MR_PB_NUL_H
 #define MR_PB_NUL_H
 

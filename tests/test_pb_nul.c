@@ -253,7 +253,7 @@ static void test_malformed(void **state) {
         {{0x19, 1, 2, 3}, 4, "needs 8 bytes, 3 left"},
         {{0x1d, 1, 2}, 3, "needs 4 bytes, 2 left"},
         {{0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f, 'a'}, 7, "field 5 is 4294967295 bytes, 1 left"},
-        {{0x2a, 0x80, 0x80, 0x80, 0x80, 0x10, 'a'}, 7, "4 GiB or more"},
+        {{0x2a, 0x80, 0x80, 0x80, 0x80, 0x10}, 6, "4 GiB or more"},   /* 2^32: low bits 0 */
         {{0x2a, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}, 7, "length of field 5 cut short or longer"},
         {{0x12, 0x02, 0x08, 0x01}, 4, "field 1 (text) has wire type 0, not length-delimited"},
         {{0x0d, 1, 2, 3, 4}, 5, "field 1 (query) has wire type 5"},
