@@ -1,6 +1,7 @@
-/* request.c: one Rerank request's state: unpacking and validation against the published
- * limits, the tier/profile/keep-rule resolution, the per-candidate arrays with their token
- * estimates, the remaining budget and the per-stage statistics (see coord_internal.h). */
+/* request.c: one Rerank request's state: unpacking, the NUL-byte check of its strings
+ * (rpc/pb_nul.h) and validation against the published limits, the tier/profile/keep-rule
+ * resolution, the per-candidate arrays with their token estimates, the remaining budget and the
+ * per-stage statistics (see coord_internal.h). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 
 #include "coord_internal.h"
+#include "pb_nul.h"
 
 /* Token estimates until stage 0 reports exact counts: ~3.5 bytes per token, and the fixed part
  * of a pair (BOS, "A: ", "\n", "B: ", the suffix and prompt) ~20 tokens, 16 of them suffix. */
@@ -33,6 +35,9 @@ int mr__req_parse(mr__req *r, const uint8_t *body, size_t len, mr_err *err) {
     if (len > (size_t)cfg->max_request_bytes)
         return mr_err_set(err, MR_ERANGE, "request is %zu bytes, the limit is %d "
                           "(Info.max_request_bytes)", len, cfg->max_request_bytes);
+    /* before any string is read: protobuf-c's strings end at the first NUL of the wire's */
+    int nul = mr_pb_find_nul(body, len, &mr_pb_nul_rerank_request, err);
+    if (nul) return nul;
     if (!in->query || !*in->query) return mr_err_set(err, MR_EINVAL, "query is empty");
     if (in->n_documents == 0) return mr_err_set(err, MR_EINVAL, "documents is empty");
     if (in->n_documents > (size_t)cfg->max_documents)

@@ -1,5 +1,5 @@
-/* prom.c: Prometheus text writer, histograms and the libmicrohttpd /metrics endpoint (see
- * prom.h). */
+/* prom.c: Prometheus text writer, histograms and the libmicrohttpd /metrics endpoint with its
+ * connection limits and idle timeout (see prom.h). */
 #define _GNU_SOURCE
 #include "prom.h"
 
@@ -116,27 +116,54 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const cha
     return ret;
 }
 
-int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
-                     int *bound_port, mr_err *err) {
+void mr_prom_http_opts_init(mr_prom_http_opts *o) {
+    *o = (mr_prom_http_opts){.port = 0, .idle_timeout_s = 10, .max_connections = 64,
+                             .max_per_ip = 16};
+}
+
+int mr_prom_http_start(mr_prom_http **out, const mr_prom_http_opts *o, mr_prom_render_fn render,
+                       void *user, int *bound_port, mr_err *err) {
     *out = NULL;
     if (bound_port) *bound_port = -1;
-    if (port < 0 || port > 65535)
-        return mr_err_set(err, MR_EINVAL, "metrics: port %d out of range", port);
+    if (o->port < 0 || o->port > 65535)
+        return mr_err_set(err, MR_EINVAL, "metrics: port %d out of range", o->port);
+    if (!o->idle_timeout_s || !o->max_connections || !o->max_per_ip)
+        return mr_err_set(err, MR_EINVAL, "metrics: idle timeout %u s, %u connections, %u per "
+                          "address: each must be at least 1", o->idle_timeout_s,
+                          o->max_connections, o->max_per_ip);
     mr_prom_http *h = calloc(1, sizeof *h);
     if (!h) return mr_err_set(err, MR_ENOMEM, "metrics: out of memory");
     h->render = render;
     h->user = user;
-    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port,
-                            NULL, NULL, on_http, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+    /* AUTO picks epoll on Linux (poll elsewhere): select() would refuse fds above 1023 */
+    h->d = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG,
+                            (uint16_t)o->port, NULL, NULL, on_http, h,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->idle_timeout_s,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_per_ip,
                             MHD_OPTION_END);
     if (!h->d) {
         free(h);
-        return mr_err_set(err, MR_EIO, "metrics: cannot listen on port %d", port);
+        return mr_err_set(err, MR_EIO, "metrics: cannot listen on port %d", o->port);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    if (bound_port) *bound_port = info && info->port ? info->port : port;
+    if (bound_port) *bound_port = info && info->port ? info->port : o->port;
     *out = h;
     return 0;
+}
+
+int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
+                     int *bound_port, mr_err *err) {
+    mr_prom_http_opts o;
+    mr_prom_http_opts_init(&o);
+    o.port = port;
+    return mr_prom_http_start(out, &o, render, user, bound_port, err);
+}
+
+unsigned mr_prom_http_connections(const mr_prom_http *h) {
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return info ? info->num_connections : 0;
 }
 
 void mr_prom_http_free(mr_prom_http *h) {

@@ -58,11 +58,31 @@ typedef char *(*mr_prom_render_fn)(void *user);
 
 typedef struct mr_prom_http mr_prom_http;
 
-/* Serves GET (and HEAD) /metrics on port (0: any free port) on all interfaces; other paths get
- * 404, other methods 405; idle connections are closed after 10 s. *bound_port (may be NULL)
- * receives the port. MR_EIO when the port cannot be bound. */
+/* What the endpoint allows one client or many: hostile clients cost bounded work. Connections
+ * over max_connections wait in the kernel's listen backlog until one closes; a client address
+ * with max_per_ip connections open has more closed at once, so one address cannot take every
+ * slot from the scraper. Polling is epoll (or poll) on an internal thread, never select, so
+ * descriptors above 1023 work. */
+typedef struct mr_prom_http_opts {
+    int port;                  /* 0: any free port */
+    unsigned idle_timeout_s;   /* a connection idle this long is closed (default 10) */
+    unsigned max_connections;  /* open at once (default 64) */
+    unsigned max_per_ip;       /* open at once from one client address (default 16) */
+} mr_prom_http_opts;
+
+/* The defaults above, port 0. */
+void mr_prom_http_opts_init(mr_prom_http_opts *o);
+
+/* Serves GET (and HEAD) /metrics on o->port on all interfaces; other paths get 404, other
+ * methods 405. *bound_port (may be NULL) receives the port. MR_EINVAL for a port outside
+ * [0, 65535] or a zero timeout or limit, MR_EIO when the port cannot be bound. */
+int mr_prom_http_start(mr_prom_http **out, const mr_prom_http_opts *o, mr_prom_render_fn render,
+                       void *user, int *bound_port, mr_err *err);
+/* mr_prom_http_start with the defaults on port. */
 int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
                      int *bound_port, mr_err *err);
+/* Connections open now (accepted, not yet closed). */
+unsigned mr_prom_http_connections(const mr_prom_http *h);
 /* Stops the endpoint (in-flight responses finish) and frees it; NULL is a no-op. */
 void mr_prom_http_free(mr_prom_http *h);
 

@@ -6,7 +6,8 @@
 #     `mrank score` at the full stage's configuration, the survivors are the stage-1 top-k by
 #     `mrank score` at the cheap configuration, and every drop-out ranks below every survivor;
 #  2. RerankStream sends a partial ranking (final=false) after stage 1, then final=true;
-#  3. malformed requests get INVALID_ARGUMENT with a message naming the problem;
+#  3. malformed requests get INVALID_ARGUMENT with a message naming the problem (NUL bytes
+#     inside strings among them, on Rerank and RerankStream);
 #  4. a tight deadline gives degraded=true (tier allows it) or DEADLINE_EXCEEDED (it does not);
 #  5. killing one of the two workers of a pool under load loses no request;
 #  6. the Python client and the Go client (built offline; Go is a setup.sh dependency) each Rerank;
@@ -214,6 +215,21 @@ expect_invalid "overrides[0].keep_top_k: 65" --query "$Q" --docs "$work/docs.txt
 expect_invalid "overrides[0].stage: 2" --query "$Q" --docs "$work/docs.txt" --override 2:5
 [ "$($RC garbage $ADDR)" = INVALID_ARGUMENT ] || fail "garbage bytes not INVALID_ARGUMENT"
 echo "  ok: undecodable request -> INVALID_ARGUMENT"
+# NUL bytes inside strings (JSON \u0000 through the Python client): refused, named, never cut
+printf '%s' '["a", "b", "c", {"text": "fifth\u0000tail"}]' >"$work/nul_text.json"
+printf '%s' '["a", {"text": "b", "id": "x\u0000"}, "tab\tand\nnewline are text"]' \
+  >"$work/nul_id.json"
+for cmd in rerank stream; do
+  for c in "nul_text.json:documents[3].text contains a NUL byte at offset 5" \
+           "nul_id.json:documents[1].id contains a NUL byte at offset 1"; do
+    out=$($RC $cmd $ADDR --query "$Q" --docs "$work/${c%%:*}" 2>&1) && fail "$cmd accepted a NUL: $out"
+    [[ "$out" == *'"INVALID_ARGUMENT"'*"${c#*:}"* ]] || fail "$cmd: '$out' lacks '${c#*:}'"
+  done
+done
+out=$($RC rerank $ADDR --query "$Q" --docs <(printf '%s' '["tab\tand\nnewline are text"]')) \
+  || fail "tab/newline refused: $out"
+echo "  ok: NUL in documents[3].text / documents[1].id -> INVALID_ARGUMENT (Rerank and" \
+  "RerankStream); tab and newline are kept as text"
 
 step "4. tight deadlines: degraded=true / DEADLINE_EXCEEDED"
 # Keep all 40 candidates for stage 2 (override within the bound), so stage 2 costs ~2.5x

@@ -1,12 +1,12 @@
 /* test_worker.c: the worker (worker/) in process, driven over loopback gRPC by the C
  * client of rpc.h: scores equal a direct mr_model_score run (what `mrank score` does) to 1e-5
  * at several exits and widths, also when requests are batched together or split over batches;
- * INVALID_ARGUMENT messages; admission (RESOURCE_EXHAUSTED while admitted work still waits);
- * queued deadlines; cancellation (a call whose deadline passes mid-way stops costing compute,
- * counted by the worker's metrics against an identical call run whole); Info; drain at
- * shutdown. Timing is asserted only as an order of events in
- * one run (a refusal before a queued request's answer), never as a duration. The model is a
- * 4-layer seeded checkpoint made with `mrank init-checkpoint`. */
+ * INVALID_ARGUMENT messages (NUL bytes inside strings among them); admission
+ * (RESOURCE_EXHAUSTED while admitted work still waits); queued deadlines; cancellation (a call
+ * whose deadline passes mid-way stops costing compute, counted by the worker's metrics against
+ * an identical call run whole); Info; drain at shutdown. Timing is asserted only as an order of
+ * events in one run (a refusal before a queued request's answer), never as a duration. The
+ * model is a 4-layer seeded checkpoint made with `mrank init-checkpoint`. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <setjmp.h>
@@ -301,11 +301,19 @@ static void test_batching_and_split(void **state) {
     stop_worker(&f);
 }
 
-static void expect_invalid(mr_rpc_channel *ch, const Mrank__V1__ScoreRequest *rq,
-                           const char *needle) {
+/* Sends rq packed; with nul, its one 0x7f byte (in a string) is first set to 0, which packing
+ * from C strings cannot write. Expects INVALID_ARGUMENT with needle in the message. */
+static void expect_invalid_as(mr_rpc_channel *ch, const Mrank__V1__ScoreRequest *rq, int nul,
+                              const char *needle) {
     size_t len = mrank__v1__score_request__get_packed_size(rq);
     uint8_t *b = malloc(len + 1);
     mrank__v1__score_request__pack(rq, b);
+    if (nul) {
+        uint8_t *at = memchr(b, 0x7f, len);
+        assert_non_null(at);
+        assert_null(memchr(at + 1, 0x7f, len - (size_t)(at + 1 - b)));
+        *at = 0;
+    }
     uint8_t *resp = NULL;
     size_t rlen;
     grpc_status_code st;
@@ -316,6 +324,11 @@ static void expect_invalid(mr_rpc_channel *ch, const Mrank__V1__ScoreRequest *rq
     assert_int_equal(rc, MR_EIO);
     if (st != GRPC_STATUS_INVALID_ARGUMENT || !strstr(msg, needle))
         fail_msg("expected INVALID_ARGUMENT with '%s', got %d '%s'", needle, st, msg);
+}
+
+static void expect_invalid(mr_rpc_channel *ch, const Mrank__V1__ScoreRequest *rq,
+                           const char *needle) {
+    expect_invalid_as(ch, rq, 0, needle);
 }
 
 static void test_invalid(void **state) {
@@ -378,6 +391,19 @@ static void test_invalid(void **state) {
     assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", (const uint8_t *)"\xff\xff\xff",
                                   3, 5000, &resp, &rlen, &st, msg, sizeof msg), MR_EIO);
     assert_int_equal(st, GRPC_STATUS_INVALID_ARGUMENT);
+    /* NUL bytes inside strings: refused with the field and offset, never cut short */
+    char *two[2] = {(char *)"a passage", (char *)"two\x7fthree"};
+    rq.passages = two;
+    rq.n_passages = 2;
+    expect_invalid_as(f.ch, &rq, 1, "passages[1] contains a NUL byte at offset 3");
+    two[1] = (char *)"three";
+    rq.query = (char *)"q\x7f";
+    expect_invalid_as(f.ch, &rq, 1, "query contains a NUL byte at offset 1");
+    rq.query = (char *)"q";
+    rq.arch = &arch;
+    arch.pooling = (char *)"\x7f" "mean";
+    expect_invalid_as(f.ch, &rq, 1, "arch.pooling contains a NUL byte at offset 0");
+    arch.pooling = NULL;
     stop_worker(&f);
 }
 

@@ -1,10 +1,10 @@
 /* score.c: the worker's Score handler (see worker_internal.h): runs on a gRPC handler thread.
- * It unpacks the request, turns its sub-architecture (rpc/subarch_pb.h) and exits/prune steps
- * into run options checked once against the model, tokenizes the query segment once and each
- * passage (input.h), admits the request against the in-flight token budget
- * (RESOURCE_EXHAUSTED at once when over, with a retry hint) and queues it for the batcher. The
- * handler never blocks on compute or on the batcher: it takes the worker lock only for the
- * admission check and the enqueue. */
+ * It unpacks the request, refuses NUL bytes in its strings (rpc/pb_nul.h), turns its
+ * sub-architecture (rpc/subarch_pb.h) and exits/prune steps into run options checked once
+ * against the model, tokenizes the query segment once and each passage (input.h), admits the
+ * request against the in-flight token budget (RESOURCE_EXHAUSTED at once when over, with a
+ * retry hint) and queues it for the batcher. The handler never blocks on compute or on the
+ * batcher: it takes the worker lock only for the admission check and the enqueue. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "mrank.pb-c.h"
+#include "pb_nul.h"
 #include "rpc_status.h"
 #include "subarch_pb.h"
 #include "worker_internal.h"
@@ -137,6 +138,11 @@ void mr__on_score(mr_rpc_call *call, void *user) {
     }
     if (!rq) {
         snprintf(msg, sizeof msg, "malformed ScoreRequest");
+        goto fail;
+    }
+    /* before any string is read: protobuf-c's strings end at the first NUL of the wire's */
+    if (mr_pb_find_nul(b, len, &mr_pb_nul_score_request, &err)) {
+        snprintf(msg, sizeof msg, "%s", err.msg);
         goto fail;
     }
     if (parse_request(w, rq, r, &max_len, &err) || tokenize(w, rq, r, max_len, &err)) {

@@ -15,7 +15,8 @@ proto/mrank.proto; calls go through grpc's generic channel.unary_unary / unary_s
         RerankRequest; prints the status code
   rerank_client.py load ADDR --query Q --docs FILE --requests N --concurrency C [--tier T]
         sends N Rerank calls from C threads; prints {"ok": n, "errors": {code: n}, ...}
-FILE: one document per line, or a JSON array of strings.
+FILE: one document per line, or a JSON array of strings or {"text": ..., "id": ...} objects
+(JSON escapes such as \u0000 reach the server as they are).
 """
 import argparse
 import atexit
@@ -70,12 +71,18 @@ def wait_serving(ch, ser, timeout):
     return False
 
 
-def read_docs(path):
+def read_documents(path):
+    """(text, id) pairs; id is "" unless a JSON item is {"text": ..., "id": ...}."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if text.lstrip().startswith("["):
-        return [d if isinstance(d, str) else d["text"] for d in json.loads(text)]
-    return [line for line in text.split("\n") if line]
+        return [(d, "") if isinstance(d, str) else (d["text"], d.get("id", ""))
+                for d in json.loads(text)]
+    return [(line, "") for line in text.split("\n") if line]
+
+
+def read_docs(path):
+    return [t for t, _ in read_documents(path)]
 
 
 def to_json(msg):
@@ -86,8 +93,8 @@ def to_json(msg):
 def build_request(pb, a):
     req = pb.RerankRequest(query=a.query, top_n=a.top_n, profile=a.profile, tier=a.tier,
                            request_id=a.request_id)
-    for d in read_docs(a.docs):
-        req.documents.add(text=d)
+    for t, i in read_documents(a.docs):
+        req.documents.add(text=t, id=i)
     for o in a.override:
         parts = o.split(":")
         req.overrides.add(stage=int(parts[0]), keep_top_k=int(parts[1]))
