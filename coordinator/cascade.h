@@ -2,8 +2,9 @@
  *
  * What survives a stage (keep rules and bounded request overrides), how the final ranking is
  * merged across stages, what a stage costs (token-layers times a per-pool ns/token-layer that
- * an EWMA refines online), how a stage's candidates are split into parallel calls, and whether
- * a stage may still run within the remaining deadline budget. Nothing here does I/O, allocates
+ * an EWMA refines online), how a stage's candidates are split into parallel calls, whether
+ * a stage may still run within the remaining deadline budget, and the fan-out's fault rules:
+ * retry budget and verdict, backoff, per-attempt timeout, outlier ejection. Nothing here does I/O, allocates
  * behind the caller's back (except mr_cascade_select's scratch) or takes locks: the coordinator
  * (coordinator/, coord_internal.h) owns the state and the locking; tests/test_cascade.c checks every rule.
  *
@@ -121,6 +122,93 @@ mr_stage_decision mr_cascade_decide(int stage, double est_ms, double remaining_m
  * deadline) and the tier budget minus the time already spent (budget_ms <= 0: no budget);
  * INFINITY when neither is set. May be negative once the budget is spent. */
 double mr_cascade_remaining_ms(double grpc_remaining_ms, double budget_ms, double elapsed_ms);
+
+/* ---- retries, attempt timeouts, outlier ejection (fanout.c applies them) ---- */
+
+/* A pool's retry budget, a token bucket as in gRPC's retry throttling: it starts full, every
+ * original Score call adds MR_RETRY_TOKENS_PER_CALL (up to MR_RETRY_TOKENS_MAX) and every retry
+ * costs one token; with less than one token left retries are refused. So retries stay below
+ * about a tenth of the calls plus a burst of ten: enough for the calls in flight on a replica
+ * that just died, never a storm against an overloaded pool. */
+#define MR_RETRY_TOKENS_MAX 10.0
+#define MR_RETRY_TOKENS_PER_CALL 0.1
+typedef struct mr_retry_budget {
+    double tokens;
+} mr_retry_budget;
+void mr_retry_budget_init(mr_retry_budget *b);
+void mr_retry_budget_call(mr_retry_budget *b);
+/* 1 (and one token spent) when a retry may go, else 0. */
+int mr_retry_budget_take(mr_retry_budget *b);
+
+/* How an attempt failed, for the retry and ejection rules. */
+typedef enum mr_call_failure {
+    MR_FAIL_FATAL = 0,          /* the worker's answer stands (INVALID_ARGUMENT, INTERNAL...) */
+    MR_FAIL_UNAVAILABLE,        /* no connection / the replica went away */
+    MR_FAIL_TIMEOUT,            /* the attempt's deadline passed */
+    MR_FAIL_EXHAUSTED,          /* the replica refused: full (RESOURCE_EXHAUSTED) */
+    MR_FAIL_TRANSIENT           /* CANCELLED, ABORTED, UNKNOWN */
+} mr_call_failure;
+
+/* Why a failed attempt is not retried; MR_RETRY_OK when it is. */
+typedef enum mr_retry_verdict {
+    MR_RETRY_OK = 0,
+    MR_RETRY_STATUS,            /* not a retryable failure */
+    MR_RETRY_NO_REPLICA,        /* no other replica to send it to */
+    MR_RETRY_POOL_FULL,         /* RESOURCE_EXHAUSTED and every other replica refuses too */
+    MR_RETRY_DEADLINE,          /* the budget left cannot fit another attempt */
+    MR_RETRY_BUDGET,            /* the pool's retry budget is empty */
+    MR_RETRY_N
+} mr_retry_verdict;
+/* The metric label of a refusal: "status", "no_replica", "pool_full", "deadline", "budget". */
+const char *mr_retry_reason(mr_retry_verdict v);
+
+/* Whether a failed attempt is retried. n_other: replicas other than the one that failed
+ * (a DNS pool passes 1: gRPC balances the retry to another backend); n_other_free: those of
+ * them not known to be full (RESOURCE_EXHAUSTED lately) nor ejected; remaining_ms: the budget
+ * left; need_ms: the least a new attempt needs (its estimate). A token is taken from b only
+ * when every other rule allows the retry, so refusals for other reasons cost nothing. */
+mr_retry_verdict mr_retry_decide(mr_call_failure f, int n_other, int n_other_free,
+                                 double remaining_ms, double need_ms, mr_retry_budget *b);
+
+/* Full-jitter exponential backoff before retry number `retry` (1, 2, ...): u01 * min(5 ms *
+ * 2^(retry-1), 200 ms, cap_ms), u01 in [0, 1) from the caller's generator; cap_ms (what the
+ * budget can spare) <= 0 or NaN gives 0. */
+#define MR_RETRY_BACKOFF_BASE_MS 5.0
+#define MR_RETRY_BACKOFF_MAX_MS 200.0
+double mr_retry_backoff_ms(int retry, double cap_ms, double u01);
+
+/* Timeout of one Score attempt. It wants max(MR_ATTEMPT_EST_FACTOR x call_est_ms,
+ * MR_ATTEMPT_FLOOR_MS): a healthy replica is slower than its estimate by queueing or a noisy
+ * neighbour, rarely by 3x, and the floor keeps tiny estimates from timing out on scheduling
+ * noise. It gets at most avail = remaining_ms - reserve_ms (what the later stages of the
+ * cascade need; ignored when that leaves less than the call's estimate), and when another
+ * replica could take over (can_retry) at most half of avail, so a hung replica leaves the retry
+ * the other half: with one of two replicas hung, a 150 ms tier still answers (not halved when
+ * half would not fit the estimate: a retry could not fit either). No budget (remaining_ms
+ * infinite): the wanted value. */
+#define MR_ATTEMPT_EST_FACTOR 3.0
+#define MR_ATTEMPT_FLOOR_MS 250.0
+double mr_attempt_timeout_ms(double call_est_ms, double remaining_ms, double reserve_ms,
+                             int can_retry);
+
+/* Outlier ejection of one replica: MR_EJECT_AFTER consecutive failed attempts (timeouts or
+ * errors; RESOURCE_EXHAUSTED is load, not a fault, and does not count), or one severe failure
+ * (UNAVAILABLE, or a timeout beyond MR_ATTEMPT_EST_FACTOR x the estimate), eject it for
+ * MR_EJECT_BASE_MS, doubling with every further ejection up to MR_EJECT_MAX_MS; an answer
+ * resets both counts. */
+#define MR_EJECT_AFTER 3
+#define MR_EJECT_BASE_MS 1000.0
+#define MR_EJECT_MAX_MS 30000.0
+typedef struct mr_outlier {
+    int consecutive;            /* failures since the last answer or ejection */
+    int ejections;              /* ejections since the last answer */
+} mr_outlier;
+/* Records a failure; returns how long to eject the replica (ms), 0 when it stays. */
+double mr_outlier_failure(mr_outlier *o, int severe);
+void mr_outlier_success(mr_outlier *o);
+
+/* The top_k and fraction part of a keep rule: at most how many of n survive. */
+int mr_cascade_keep_bound(const mr_keep_rule *rule, int n);
 
 /* Calibrated score: 1 / (1 + exp(-raw)); NaN stays NaN. */
 float mr_cascade_sigmoid(float raw);
