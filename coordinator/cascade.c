@@ -180,14 +180,15 @@ int mr_retry_budget_take(mr_retry_budget *b) {
 }
 
 const char *mr_retry_reason(mr_retry_verdict v) {
-    static const char *const k[MR_RETRY_N] = {"ok",       "status",   "no_replica",
-                                              "pool_full", "deadline", "budget"};
+    static const char *const k[MR_RETRY_N] = {"ok",       "status", "no_replica", "pool_full",
+                                              "deadline", "budget", "attempts"};
     return v >= 0 && v < MR_RETRY_N ? k[v] : "status";
 }
 
-mr_retry_verdict mr_retry_decide(mr_call_failure f, int n_other, int n_other_free,
+mr_retry_verdict mr_retry_decide(mr_call_failure f, int attempt, int n_other, int n_other_free,
                                  double remaining_ms, double need_ms, mr_retry_budget *b) {
     if (f == MR_FAIL_FATAL) return MR_RETRY_STATUS;
+    if (attempt >= MR_RETRY_MAX_ATTEMPTS) return MR_RETRY_ATTEMPTS;
     if (n_other < 1) return MR_RETRY_NO_REPLICA;
     if (f == MR_FAIL_EXHAUSTED && n_other_free < 1) return MR_RETRY_POOL_FULL;
     if (!(remaining_ms > 0) || (need_ms > 0 && need_ms > remaining_ms)) return MR_RETRY_DEADLINE;

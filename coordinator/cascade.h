@@ -157,17 +157,20 @@ typedef enum mr_retry_verdict {
     MR_RETRY_POOL_FULL,         /* RESOURCE_EXHAUSTED and every other replica refuses too */
     MR_RETRY_DEADLINE,          /* the budget left cannot fit another attempt */
     MR_RETRY_BUDGET,            /* the pool's retry budget is empty */
+    MR_RETRY_ATTEMPTS,          /* the call already had MR_RETRY_MAX_ATTEMPTS attempts */
     MR_RETRY_N
 } mr_retry_verdict;
-/* The metric label of a refusal: "status", "no_replica", "pool_full", "deadline", "budget". */
+/* The metric label of a refusal: "status", "no_replica", "pool_full", "deadline", "budget",
+ * "attempts". */
 const char *mr_retry_reason(mr_retry_verdict v);
 
-/* Whether a failed attempt is retried. n_other: replicas other than the one that failed
+/* Whether failed attempt number `attempt` (1, 2, ...) of a call is retried. n_other: replicas other than the one that failed
  * (a DNS pool passes 1: gRPC balances the retry to another backend); n_other_free: those of
  * them not known to be full (RESOURCE_EXHAUSTED lately) nor ejected; remaining_ms: the budget
  * left; need_ms: the least a new attempt needs (its estimate). A token is taken from b only
  * when every other rule allows the retry, so refusals for other reasons cost nothing. */
-mr_retry_verdict mr_retry_decide(mr_call_failure f, int n_other, int n_other_free,
+#define MR_RETRY_MAX_ATTEMPTS 3
+mr_retry_verdict mr_retry_decide(mr_call_failure f, int attempt, int n_other, int n_other_free,
                                  double remaining_ms, double need_ms, mr_retry_budget *b);
 
 /* Full-jitter exponential backoff before retry number `retry` (1, 2, ...): u01 * min(5 ms *

@@ -37,7 +37,10 @@ typedef struct mr__endpoint {
     char target[300];
     mr_rpc_channel *ch;
     /* under mr_coord.mu */
-    double down_until;          /* monotonic ms */
+    double down_until;          /* monotonic ms: ejected (skipped by the fan-out) until then;
+                                 * the prober clears it when the replica answers Info */
+    double full_until;          /* monotonic ms: refused with RESOURCE_EXHAUSTED lately */
+    mr_outlier outlier;         /* consecutive failures and ejections (cascade.h) */
     int info_ok;
     int warmed;                 /* answered a warm-up Score for every stage of its pool */
     double ns_per_tl;
@@ -48,6 +51,7 @@ typedef struct mr__pool {
     int n_ep;
     mr__endpoint *ep;
     atomic_uint rr;             /* round-robin cursor */
+    mr_retry_budget retry;      /* under mr_coord.mu */
 } mr__pool;
 
 struct mr_coord {
@@ -122,13 +126,19 @@ mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_a
                                  double *est_ms, double *rem_ms);
 /* Number of Score calls for active[0..n_active) on the stage's pool. */
 int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active);
+/* What the profile stages after pos need (ms, with the safety factor) if active[0..n_active)
+ * ran them, shrunk by the keep rules' top_k and fraction: the budget a stage's attempts leave
+ * alone. 0 when the tier allows degraded answers (the later stages may be skipped). */
+double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active);
 
 /* ---- fanout.c ---- */
 
 /* Scores active[0..n_active) with profile stage pos over the pool's replicas, retrying failed
- * calls on other replicas within the budget, and folds the scores into r. 0 on success; else
- * *code/msg say why (DEADLINE_EXCEEDED when the budget ran out); r is unchanged then. */
-int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, double est_ms,
+ * calls on other replicas within the budget and the pool's retry budget, and folds the scores
+ * into r. 0 on success; else *code/msg say why (DEADLINE_EXCEEDED when the budget ran out,
+ * CANCELLED when the client went away; its calls in flight are cancelled then); r is unchanged
+ * then. */
+int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                      grpc_status_code *code, char *msg, size_t cap);
 
 /* ---- wire.c ---- */

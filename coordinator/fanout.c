@@ -2,58 +2,73 @@
  *
  * The stage's candidates are split into interleaved groups (each call gets a similar mix of
  * long and short documents), each group is packed into a ScoreRequest and sent asynchronously
- * to a replica picked round-robin among those not marked down. The handler thread waits for
- * every call; calls that failed with a retryable status are sent again to another replica
- * while the budget lasts, each attempt bounded so a hung replica cannot take all of it. The
- * answers are folded into the request (scores, depth, exact token counts) and into the stage's
- * cost model. Completions run on the channels' polling threads and only copy and signal. */
+ * to a replica picked round-robin among those not ejected. The handler thread then runs an
+ * event loop: it wakes on every completion and at least every WAKE_MS, so a client that
+ * cancels or a deadline that passes is noticed promptly; every call of the stage belongs to
+ * one rpc cancel group, fired when the stage ends early, so no Score call outlives its
+ * request. Each attempt has its own timeout from the cost model (cascade.h
+ * mr_attempt_timeout_ms); a failed attempt is retried after a jittered backoff on another
+ * replica when cascade.h's rules allow it (retryable status, another replica, free ones for
+ * RESOURCE_EXHAUSTED, time left, a token of the pool's retry budget, at most
+ * MR_RETRY_MAX_ATTEMPTS attempts), else the stage fails. Failures feed the replicas' outlier
+ * state (ejection); answers reset it. The answers are folded into the request (scores, depth,
+ * exact token counts) and into the stage's cost model. Completions run on the channels'
+ * polling threads and only copy and signal. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "coord_internal.h"
 #include "rpc_methods.h"
 #include "subarch.h"
 
-#define NO_BUDGET_TIMEOUT_MS 60000.0
-#define DOWN_MS 1000.0          /* a replica that answered UNAVAILABLE is avoided this long */
+#define WAKE_MS 10.0            /* the loop looks at the client and the budget this often */
+#define FULL_MS 200.0           /* a replica that refused (RESOURCE_EXHAUSTED) counts as full */
 
 /* ---- replicas ---- */
 
-/* Picks a replica of pool p for the next call, avoiding `avoid` and replicas marked down. The
- * counter moves one step per call, so the calls of a stage land on consecutive replicas. */
+/* Picks a replica of pool p for the next call, avoiding `avoid`, ejected replicas and, where
+ * another one is free, full ones; when every candidate is ejected, the one whose ejection
+ * ends first. The counter moves one step per call, so the calls of a stage land on
+ * consecutive replicas. */
 static int pick_endpoint(mr_coord *c, int p, int avoid) {
     mr__pool *pr = &c->pools[p];
     if (pr->n_ep == 1) return 0;
     unsigned base = atomic_fetch_add(&pr->rr, 1);
-    double t = mr__now_ms();
-    int best = -1;
-    double best_down = INFINITY;
+    double t = mr__now_ms(), soon = INFINITY;
+    int free_e = -1, full_e = -1, soon_e = -1;
     pthread_mutex_lock(&c->mu);
-    for (int i = 0; i < pr->n_ep; i++) {
+    for (int i = 0; i < pr->n_ep && free_e < 0; i++) {
         int e = (int)((base + (unsigned)i) % (unsigned)pr->n_ep);
+        const mr__endpoint *ep = &pr->ep[e];
         if (e == avoid) continue;
-        if (pr->ep[e].down_until <= t) { best = e; break; }
-        if (pr->ep[e].down_until < best_down) { best_down = pr->ep[e].down_until; best = e; }
+        if (ep->down_until > t) {
+            if (ep->down_until < soon) soon = ep->down_until, soon_e = e;
+        } else if (ep->full_until > t) {
+            if (full_e < 0) full_e = e;
+        } else {
+            free_e = e;
+        }
     }
     pthread_mutex_unlock(&c->mu);
-    return best >= 0 ? best : (avoid >= 0 ? avoid : 0);
-}
-
-static void mark_down(mr_coord *c, int p, int e) {
-    pthread_mutex_lock(&c->mu);
-    c->pools[p].ep[e].down_until = mr__now_ms() + DOWN_MS;
-    pthread_mutex_unlock(&c->mu);
+    if (free_e >= 0) return free_e;
+    if (full_e >= 0) return full_e;
+    return soon_e >= 0 ? soon_e : (avoid >= 0 ? avoid : 0);
 }
 
 /* ---- calls ---- */
 
+typedef enum slot_state { S_RUN, S_DONE, S_WAIT, S_OK } slot_state;
+
 typedef struct batch {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int pending;
+    pthread_cond_t cv;          /* CLOCK_MONOTONIC */
+    int pending;                /* attempts in flight */
+    int n_done;                 /* completions the loop has not looked at */
+    mr_rpc_cancel *group;
 } batch;
 
 typedef struct slot {
@@ -62,8 +77,9 @@ typedef struct slot {
     int n;
     uint8_t *req;
     size_t req_len;
+    slot_state state;           /* S_RUN -> S_DONE under b->mu (the completion) */
     int ep, attempts;
-    double t_start, wall_ms;
+    double t_start, wall_ms, timeout_ms, est_ms, retry_at;
     grpc_status_code status;
     char msg[256];
     uint8_t *resp;
@@ -91,29 +107,58 @@ static void on_score_done(void *user, grpc_status_code status, const char *msg,
         }
     }
     pthread_mutex_lock(&s->b->mu);
+    s->state = S_DONE;
     s->b->pending--;
+    s->b->n_done++;
     pthread_cond_signal(&s->b->cv);
     pthread_mutex_unlock(&s->b->mu);
 }
 
-static int launch(mr__req *r, int p, slot *s, double timeout_ms) {
+/* Starts the next attempt of s on its replica, bounded by the cost model and the budget left
+ * (rem_ms) minus what later stages need (reserve_ms). -1 when it cannot even start. */
+static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double reserve_ms) {
     mr_coord *c = r->co;
-    mr_rpc_opts o = {.timeout_ms = timeout_ms, .wait_for_ready = 0, .traceparent = NULL};
+    const mr__pool *pr = &c->pools[p];
+    pthread_mutex_lock(&c->mu);
+    s->est_ms = mr_cost_model_estimate_ms(&c->cost[si], s->token_layers, 1);
+    if (s->attempts == 0) mr_retry_budget_call(&c->pools[p].retry);
+    pthread_mutex_unlock(&c->mu);
+    int can_retry = pr->n_ep > 1 || *c->cfg.pools[p].dns;
+    s->timeout_ms = mr_attempt_timeout_ms(s->est_ms, rem_ms, reserve_ms, can_retry);
+    mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1,
+                     .cancel = s->b->group};
     s->t_start = mr__now_ms();
     s->attempts++;
     pthread_mutex_lock(&s->b->mu);
+    s->state = S_RUN;
     s->b->pending++;
     pthread_mutex_unlock(&s->b->mu);
-    if (mr_rpc_unary_async(c->pools[p].ep[s->ep].ch, MR_METHOD_SCORE, s->req, s->req_len, &o,
+    if (mr_rpc_unary_async(pr->ep[s->ep].ch, MR_METHOD_SCORE, s->req, s->req_len, &o,
                            on_score_done, s)) {
         pthread_mutex_lock(&s->b->mu);
         s->b->pending--;
+        s->state = S_WAIT;
         pthread_mutex_unlock(&s->b->mu);
-        s->status = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        snprintf(s->msg, sizeof s->msg, "coordinator: cannot start a Score call");
         return -1;
     }
     return 0;
+}
+
+/* Waits until a completion arrives or until `until` (monotonic ms), whichever is first. */
+static void wait_event(batch *b, double until) {
+    pthread_mutex_lock(&b->mu);
+    while (!b->n_done) {
+        double left = until - mr__now_ms();
+        if (left <= 0) break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        long ns = ts.tv_nsec + (long)(left * 1e6);
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_cond_timedwait(&b->cv, &b->mu, &ts);
+    }
+    b->n_done = 0;
+    pthread_mutex_unlock(&b->mu);
 }
 
 static void wait_all(batch *b) {
@@ -178,24 +223,89 @@ done:
     return rc;
 }
 
-static int retryable(grpc_status_code st) {
-    return st == GRPC_STATUS_UNAVAILABLE || st == GRPC_STATUS_DEADLINE_EXCEEDED ||
-           st == GRPC_STATUS_RESOURCE_EXHAUSTED || st == GRPC_STATUS_CANCELLED ||
-           st == GRPC_STATUS_UNKNOWN || st == GRPC_STATUS_ABORTED;
+static mr_call_failure failure_of(grpc_status_code st) {
+    switch (st) {
+    case GRPC_STATUS_UNAVAILABLE: return MR_FAIL_UNAVAILABLE;
+    case GRPC_STATUS_DEADLINE_EXCEEDED: return MR_FAIL_TIMEOUT;
+    case GRPC_STATUS_RESOURCE_EXHAUSTED: return MR_FAIL_EXHAUSTED;
+    case GRPC_STATUS_CANCELLED:
+    case GRPC_STATUS_UNKNOWN:
+    case GRPC_STATUS_ABORTED: return MR_FAIL_TRANSIENT;
+    default: return MR_FAIL_FATAL;
+    }
 }
 
-int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, double est_ms,
+/* A uniform number in [0, 1) for the backoff jitter (per-thread xorshift). */
+static double jitter_u01(void) {
+    static _Thread_local unsigned long long x;
+    if (!x) x = (unsigned long long)(mr__now_ms() * 1e3) ^ (unsigned long long)(uintptr_t)&x;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return (double)(x >> 11) / 9007199254740992.0;
+}
+
+/* Books a failed attempt of s against its replica (full mark, outlier state, ejection) and
+ * decides whether it is retried; on a retry, schedules it (s->retry_at) on another replica. */
+static mr_retry_verdict on_failure(mr__req *r, int p, slot *s, double rem_ms) {
+    mr_coord *c = r->co;
+    mr__pool *pr = &c->pools[p];
+    mr_call_failure f = failure_of(s->status);
+    double now = mr__now_ms(), eject = 0;
+    int dns = *c->cfg.pools[p].dns != 0, n_other = dns ? 1 : pr->n_ep - 1, n_free = 0;
+    pthread_mutex_lock(&c->mu);
+    mr__endpoint *ep = &pr->ep[s->ep];
+    if (f == MR_FAIL_EXHAUSTED) {
+        ep->full_until = now + FULL_MS;
+    } else if (f == MR_FAIL_UNAVAILABLE || f == MR_FAIL_TIMEOUT ||
+               (f == MR_FAIL_TRANSIENT && s->status != GRPC_STATUS_CANCELLED)) {
+        int severe = f == MR_FAIL_UNAVAILABLE ||
+                     (f == MR_FAIL_TIMEOUT && s->wall_ms >= MR_ATTEMPT_EST_FACTOR * s->est_ms);
+        if ((eject = mr_outlier_failure(&ep->outlier, severe)) > 0 && pr->n_ep > 1 &&
+            ep->down_until < now + eject)
+            ep->down_until = now + eject;
+    }
+    for (int e = 0; !dns && e < pr->n_ep; e++)
+        n_free += e != s->ep && pr->ep[e].down_until <= now && pr->ep[e].full_until <= now;
+    mr_retry_verdict v = mr_retry_decide(f, s->attempts, n_other, n_free, rem_ms, s->est_ms,
+                                         &pr->retry);
+    pthread_mutex_unlock(&c->mu);
+    if (eject > 0 && pr->n_ep > 1) {
+        mr_coord_metrics_ejection(c->metrics, p);
+        fprintf(stderr, "mrank coordinator: replica %s of pool '%s' ejected for %.0f ms "
+                "(status %d after %.0f ms)\n", ep->target, c->cfg.pools[p].name, eject,
+                (int)s->status, s->wall_ms);
+    }
+    if (v != MR_RETRY_OK) {
+        if (v != MR_RETRY_STATUS) mr_coord_metrics_retry_refused(c->metrics, p, v);
+        return v;
+    }
+    mr_coord_metrics_retry(c->metrics, p);
+    s->retry_at = now + mr_retry_backoff_ms(s->attempts, rem_ms - s->est_ms, jitter_u01());
+    s->ep = pick_endpoint(c, p, dns ? -1 : s->ep);
+    s->state = S_WAIT;
+    return MR_RETRY_OK;
+}
+
+int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                      grpc_status_code *code, char *msg, size_t cap) {
     mr_coord *c = r->co;
     const mr_cc_stage *st = mr__req_stage(r, pos);
-    const mr_cc_pool *pc = &c->cfg.pools[st->pool];
-    const mr__pool *prt = &c->pools[st->pool];
+    const int p = st->pool, si = (int)(st - c->cfg.stages);
+    const mr__pool *prt = &c->pools[p];
     int n_calls = mr__plan_calls(r, st, active, n_active);
-    batch b = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    batch b = {.pending = 0};
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, &ca);
+    pthread_condattr_destroy(&ca);
     slot *s = calloc((size_t)n_calls, sizeof *s);
     int *members = malloc((size_t)n_active * sizeof *members);
-    int rc = -1;
-    if (!s || !members) {
+    int rc = -1, n_ok = 0;
+    double reserve = mr__plan_rest_ms(r, pos, active, n_active);
+    if (!s || !members || mr_rpc_cancel_new(&b.group)) {
         *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(msg, cap, "coordinator: out of memory");
         goto done;
@@ -216,80 +326,89 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, doubl
             snprintf(msg, cap, "%s", err.msg);
             goto done;
         }
-        s[k].ep = pick_endpoint(c, st->pool, -1);
-        s[k].status = GRPC_STATUS_UNKNOWN;
+        s[k].ep = pick_endpoint(c, p, -1);
+        s[k].state = S_WAIT;
+        s[k].retry_at = 0;
     }
-    /* A replica gets a bounded slice of the budget when another one could take over. */
-    int can_failover = prt->n_ep > 1 || *pc->dns;
-    int max_attempts = (prt->n_ep > 1 ? prt->n_ep : 2) + 2;
-    for (int round = 0;; round++) {
-        double rem = mr__req_remaining_ms(r);
-        if (!isfinite(rem)) rem = NO_BUDGET_TIMEOUT_MS;
-        double t_call = rem;
-        if (can_failover) {
-            /* half the budget (at least 4x the estimate) so a retry still has time */
-            double slice = rem / 2 > 4 * est_ms + 500 ? rem / 2 : 4 * est_ms + 500;
-            if (slice < t_call) t_call = slice;
+    for (;;) {
+        double now = mr__now_ms(), rem = mr__req_remaining_ms(r);
+        if (mr_rpc_call_cancelled(r->call)) {
+            int gone = mr_rpc_call_remaining_ms(r->call) > 0;
+            *code = gone ? GRPC_STATUS_CANCELLED : GRPC_STATUS_DEADLINE_EXCEEDED;
+            snprintf(msg, cap, "stage '%s': %s", st->name,
+                     gone ? "cancelled by the client" : "the client's deadline passed");
+            goto done;
         }
-        int launched = 0;
-        for (int k = 0; k < n_calls; k++) {
-            if (round > 0 && s[k].status == GRPC_STATUS_OK) continue;
-            if (rem <= 1) break;
-            if (launch(r, st->pool, &s[k], t_call) == 0) launched++;
+        if (rem <= 0) {
+            *code = GRPC_STATUS_DEADLINE_EXCEEDED;
+            snprintf(msg, cap, "stage '%s': deadline budget spent", st->name);
+            goto done;
         }
-        if (launched) wait_all(&b);
-        int failed = 0, fatal = -1;
+        /* answers and failures */
         for (int k = 0; k < n_calls; k++) {
-            if (s[k].status == GRPC_STATUS_OK) continue;
+            pthread_mutex_lock(&b.mu);
+            int done_k = s[k].state == S_DONE;
+            pthread_mutex_unlock(&b.mu);
+            if (!done_k) continue;
+            if (s[k].status == GRPC_STATUS_OK) {
+                s[k].state = S_OK;
+                n_ok++;
+                pthread_mutex_lock(&c->mu);
+                mr_outlier_success(&c->pools[p].ep[s[k].ep].outlier);
+                pthread_mutex_unlock(&c->mu);
+                continue;
+            }
             if (getenv("MRANK_COORD_DEBUG"))
                 fprintf(stderr, "mrank coordinator: stage '%s' call %d on %s: status %d after "
                         "%.1f ms (timeout %.0f ms): %s\n", st->name, k,
-                        prt->ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms, t_call,
-                        s[k].msg);
-            failed++;
-            if (!retryable(s[k].status) && fatal < 0) fatal = k;
-        }
-        if (!failed) break;
-        if (fatal >= 0) {
-            *code = s[fatal].status;
-            snprintf(msg, cap, "stage '%s' (%.100s): %.200s", st->name,
-                     prt->ep[s[fatal].ep].target, s[fatal].msg);
+                        prt->ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms,
+                        s[k].timeout_ms, s[k].msg);
+            int failed_ep = s[k].ep;
+            mr_retry_verdict v = on_failure(r, p, &s[k], rem);
+            if (v == MR_RETRY_OK) continue;
+            *code = v == MR_RETRY_DEADLINE ? GRPC_STATUS_DEADLINE_EXCEEDED : s[k].status;
+            if (v == MR_RETRY_STATUS)
+                snprintf(msg, cap, "stage '%s' (%.100s): %.200s", st->name,
+                         prt->ep[failed_ep].target, s[k].msg);
+            else
+                snprintf(msg, cap, "stage '%s': not retried (%s) after %d attempts: %.200s",
+                         st->name, mr_retry_reason(v), s[k].attempts, s[k].msg);
             goto done;
         }
-        if (mr_rpc_call_cancelled(r->call)) {
-            *code = GRPC_STATUS_CANCELLED;
-            snprintf(msg, cap, "cancelled by the client");
-            goto done;
-        }
-        rem = mr__req_remaining_ms(r);
-        int k_failed = -1;
-        for (int k = 0; k < n_calls; k++)
-            if (s[k].status != GRPC_STATUS_OK) {
-                k_failed = k;
-                if (s[k].status == GRPC_STATUS_UNAVAILABLE && prt->n_ep > 1)
-                    mark_down(c, st->pool, s[k].ep);
+        if (n_ok == n_calls) break;
+        /* attempts due */
+        double wake = now + WAKE_MS;
+        for (int k = 0; k < n_calls; k++) {
+            pthread_mutex_lock(&b.mu);
+            int waiting = s[k].state == S_WAIT;
+            pthread_mutex_unlock(&b.mu);
+            if (!waiting) continue;
+            if (s[k].retry_at <= now) {
+                if (launch(r, p, si, &s[k], rem, reserve)) {
+                    *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                    snprintf(msg, cap, "coordinator: cannot start a Score call");
+                    goto done;
+                }
+            } else if (s[k].retry_at < wake) {
+                wake = s[k].retry_at;
             }
-        if (rem <= 1 || s[k_failed].attempts >= max_attempts) {
-            *code = rem <= 1 ? GRPC_STATUS_DEADLINE_EXCEEDED : s[k_failed].status;
-            snprintf(msg, cap, "stage '%s': %s after %d attempts (%s)", st->name,
-                     rem <= 1 ? "deadline budget spent" : "no replica answered",
-                     s[k_failed].attempts, s[k_failed].msg);
-            goto done;
         }
-        for (int k = 0; k < n_calls; k++)
-            if (s[k].status != GRPC_STATUS_OK) {
-                s[k].ep = pick_endpoint(c, st->pool, s[k].ep);
-                mr_coord_metrics_retry(c->metrics, st->pool);
-            }
+        wait_event(&b, wake);
     }
     rc = absorb(r, pos, st, s, n_calls, code, msg, cap);
 done:
+    if (b.group) {
+        mr_coord_metrics_cancelled(c->metrics, p, mr_rpc_cancel_fire(b.group));
+        wait_all(&b);
+        mr_rpc_cancel_free(b.group);
+    }
     for (int k = 0; s && k < n_calls; k++) {
         free(s[k].req);
         free(s[k].resp);
     }
     free(s);
     free(members);
+    pthread_mutex_destroy(&b.mu);
+    pthread_cond_destroy(&b.cv);
     return rc;
 }
-

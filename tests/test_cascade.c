@@ -290,30 +290,37 @@ static void test_retry_decide(void **state) {
     mr_retry_budget b;
     mr_retry_budget_init(&b);
     /* a worker's own error is never retried; nothing is spent */
-    assert_int_equal(mr_retry_decide(MR_FAIL_FATAL, 3, 3, 100, 10, &b), MR_RETRY_STATUS);
+    assert_int_equal(mr_retry_decide(MR_FAIL_FATAL, 1, 3, 3, 100, 10, &b), MR_RETRY_STATUS);
     /* a pool of one replica never retries (not the same replica twice), RESOURCE_EXHAUSTED
      * least of all */
-    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 0, 0, 100, 10, &b), MR_RETRY_NO_REPLICA);
-    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 0, 0, 100, 10, &b), MR_RETRY_NO_REPLICA);
+    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 1, 0, 0, 100, 10, &b), MR_RETRY_NO_REPLICA);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 0, 0, 100, 10, &b), MR_RETRY_NO_REPLICA);
     /* RESOURCE_EXHAUSTED while every other replica is full or ejected: no retry */
-    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 2, 0, 100, 10, &b), MR_RETRY_POOL_FULL);
+    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 1, 2, 0, 100, 10, &b), MR_RETRY_POOL_FULL);
     /* ... while another one is free: retry */
-    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 2, 1, 100, 10, &b), MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 1, 2, 1, 100, 10, &b), MR_RETRY_OK);
     /* other failures retry on any other replica */
-    assert_int_equal(mr_retry_decide(MR_FAIL_UNAVAILABLE, 1, 0, 100, 10, &b), MR_RETRY_OK);
-    assert_int_equal(mr_retry_decide(MR_FAIL_TRANSIENT, 1, 1, 100, 10, &b), MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_UNAVAILABLE, 1, 1, 0, 100, 10, &b), MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TRANSIENT, 1, 1, 1, 100, 10, &b), MR_RETRY_OK);
     /* no time for another attempt */
-    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 5, 10, &b), MR_RETRY_DEADLINE);
-    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 0, 0, &b), MR_RETRY_DEADLINE);
-    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, NAN, 1, &b), MR_RETRY_DEADLINE);
-    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, INFINITY, 10, &b), MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, 5, 10, &b), MR_RETRY_DEADLINE);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, 0, 0, &b), MR_RETRY_DEADLINE);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, NAN, 1, &b), MR_RETRY_DEADLINE);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, INFINITY, 10, &b), MR_RETRY_OK);
     /* four retries granted above: 6 tokens left, then the budget refuses; refusals for other
      * reasons above took none */
     for (int i = 0; i < 6; i++)
-        assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 100, 10, &b), MR_RETRY_OK);
-    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 100, 10, &b), MR_RETRY_BUDGET);
+        assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, 100, 10, &b), MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, 100, 10, &b), MR_RETRY_BUDGET);
+    /* a call gets at most MR_RETRY_MAX_ATTEMPTS attempts, whatever the budget */
+    mr_retry_budget_init(&b);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, MR_RETRY_MAX_ATTEMPTS - 1, 2, 2, 100, 10, &b),
+                     MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, MR_RETRY_MAX_ATTEMPTS, 2, 2, 100, 10, &b),
+                     MR_RETRY_ATTEMPTS);
     assert_string_equal(mr_retry_reason(MR_RETRY_BUDGET), "budget");
     assert_string_equal(mr_retry_reason(MR_RETRY_POOL_FULL), "pool_full");
+    assert_string_equal(mr_retry_reason(MR_RETRY_ATTEMPTS), "attempts");
     assert_string_equal(mr_retry_reason(MR_RETRY_N), "status");
 }
 
