@@ -127,6 +127,7 @@ static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double rese
     s->timeout_ms = mr_attempt_timeout_ms(s->est_ms, rem_ms, reserve_ms, can_retry);
     mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1,
                      .cancel = s->b->group};
+    if (s->attempts) mr_coord_metrics_retry(c->metrics, p);
     s->t_start = mr__now_ms();
     s->attempts++;
     pthread_mutex_lock(&s->b->mu);
@@ -280,7 +281,6 @@ static mr_retry_verdict on_failure(mr__req *r, int p, slot *s, double rem_ms) {
         if (v != MR_RETRY_STATUS) mr_coord_metrics_retry_refused(c->metrics, p, v);
         return v;
     }
-    mr_coord_metrics_retry(c->metrics, p);
     s->retry_at = now + mr_retry_backoff_ms(s->attempts, rem_ms - s->est_ms, jitter_u01());
     s->ep = pick_endpoint(c, p, dns ? -1 : s->ep);
     s->state = S_WAIT;
