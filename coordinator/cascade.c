@@ -209,12 +209,14 @@ double mr_retry_backoff_ms(int retry, double cap_ms, double u01) {
 double mr_attempt_timeout_ms(double call_est_ms, double remaining_ms, double reserve_ms,
                              int can_retry) {
     if (!(call_est_ms >= 0)) call_est_ms = 0;
-    double t = MR_ATTEMPT_EST_FACTOR * call_est_ms;
-    if (t < MR_ATTEMPT_FLOOR_MS) t = MR_ATTEMPT_FLOOR_MS;
-    if (isnan(remaining_ms) || remaining_ms == INFINITY) return t;
+    if (isnan(remaining_ms)) remaining_ms = INFINITY;
     double avail = remaining_ms;
     if (reserve_ms > 0 && remaining_ms - reserve_ms >= call_est_ms) avail = remaining_ms - reserve_ms;
-    if (can_retry && avail / 2 >= call_est_ms) avail /= 2;
+    if (!can_retry) return avail > 0 ? avail : 0;
+    double t = MR_ATTEMPT_EST_FACTOR * call_est_ms;
+    if (t < MR_ATTEMPT_FLOOR_MS) t = MR_ATTEMPT_FLOOR_MS;
+    if (avail == INFINITY) return t;
+    if (avail / 2 >= call_est_ms) avail /= 2;
     if (t > avail) t = avail;
     return t > 0 ? t : 0;
 }

@@ -180,15 +180,16 @@ mr_retry_verdict mr_retry_decide(mr_call_failure f, int attempt, int n_other, in
 #define MR_RETRY_BACKOFF_MAX_MS 200.0
 double mr_retry_backoff_ms(int retry, double cap_ms, double u01);
 
-/* Timeout of one Score attempt. It wants max(MR_ATTEMPT_EST_FACTOR x call_est_ms,
- * MR_ATTEMPT_FLOOR_MS): a healthy replica is slower than its estimate by queueing or a noisy
- * neighbour, rarely by 3x, and the floor keeps tiny estimates from timing out on scheduling
- * noise. It gets at most avail = remaining_ms - reserve_ms (what the later stages of the
- * cascade need; ignored when that leaves less than the call's estimate), and when another
- * replica could take over (can_retry) at most half of avail, so a hung replica leaves the retry
- * the other half: with one of two replicas hung, a 150 ms tier still answers (not halved when
- * half would not fit the estimate: a retry could not fit either). No budget (remaining_ms
- * infinite): the wanted value. */
+/* Timeout of one Score attempt. It gets at most avail = remaining_ms - reserve_ms (what the
+ * later stages of the cascade need; ignored when that leaves less than the call's estimate).
+ * When no other replica could take over (!can_retry) that is all it gets: timing out early
+ * would only lose the answer (INFINITY without a budget). Else it wants
+ * max(MR_ATTEMPT_EST_FACTOR x call_est_ms, MR_ATTEMPT_FLOOR_MS), where call_est_ms includes the
+ * work queued ahead of it on that replica: a healthy replica is rarely 3x slower than that,
+ * and the floor keeps tiny estimates from timing out on scheduling noise; and at most half of
+ * avail, so a hung replica leaves the retry the other half: with one of two replicas hung, a
+ * 150 ms tier still answers (not halved when half would not fit the estimate: a retry could
+ * not fit either). No budget (remaining_ms infinite): the wanted value. */
 #define MR_ATTEMPT_EST_FACTOR 3.0
 #define MR_ATTEMPT_FLOOR_MS 250.0
 double mr_attempt_timeout_ms(double call_est_ms, double remaining_ms, double reserve_ms,

@@ -41,6 +41,7 @@ typedef struct mr__endpoint {
                                  * the prober clears it when the replica answers Info */
     double full_until;          /* monotonic ms: refused with RESOURCE_EXHAUSTED lately */
     mr_outlier outlier;         /* consecutive failures and ejections (cascade.h) */
+    double inflight_tl;         /* token-layers of this coordinator's Score calls in flight */
     int info_ok;
     int warmed;                 /* answered a warm-up Score for every stage of its pool */
     double ns_per_tl;

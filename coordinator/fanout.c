@@ -26,6 +26,7 @@
 #include "subarch.h"
 
 #define WAKE_MS 10.0            /* the loop looks at the client and the budget this often */
+#define NO_BUDGET_TIMEOUT_MS 60000.0    /* an attempt's cap when nothing else bounds it */
 #define FULL_MS 200.0           /* a replica that refused (RESOURCE_EXHAUSTED) counts as full */
 
 /* ---- replicas ---- */
@@ -73,6 +74,8 @@ typedef struct batch {
 
 typedef struct slot {
     batch *b;
+    mr__endpoint *rt;           /* the replica of the attempt in flight */
+    mr_coord *co;
     int *members;               /* request indices scored by this call */
     int n;
     uint8_t *req;
@@ -90,6 +93,10 @@ typedef struct slot {
 static void on_score_done(void *user, grpc_status_code status, const char *msg,
                           const uint8_t *resp, size_t resp_len) {
     slot *s = user;
+    pthread_mutex_lock(&s->co->mu);
+    s->rt->inflight_tl -= s->token_layers;
+    if (s->rt->inflight_tl < 0) s->rt->inflight_tl = 0;
+    pthread_mutex_unlock(&s->co->mu);
     s->status = status;
     snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
     s->wall_ms = mr__now_ms() - s->t_start;
@@ -115,16 +122,22 @@ static void on_score_done(void *user, grpc_status_code status, const char *msg,
 }
 
 /* Starts the next attempt of s on its replica, bounded by the cost model and the budget left
- * (rem_ms) minus what later stages need (reserve_ms). -1 when it cannot even start. */
+ * (rem_ms) minus what later stages need (reserve_ms). The estimate counts the work this
+ * coordinator already has in flight on that replica (it queues ahead of this call). -1 when
+ * it cannot even start. */
 static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double reserve_ms) {
     mr_coord *c = r->co;
     const mr__pool *pr = &c->pools[p];
+    s->co = c;
+    s->rt = &pr->ep[s->ep];
     pthread_mutex_lock(&c->mu);
-    s->est_ms = mr_cost_model_estimate_ms(&c->cost[si], s->token_layers, 1);
+    s->est_ms = mr_cost_model_estimate_ms(&c->cost[si], s->token_layers + s->rt->inflight_tl, 1);
+    s->rt->inflight_tl += s->token_layers;
     if (s->attempts == 0) mr_retry_budget_call(&c->pools[p].retry);
     pthread_mutex_unlock(&c->mu);
     int can_retry = pr->n_ep > 1 || *c->cfg.pools[p].dns;
     s->timeout_ms = mr_attempt_timeout_ms(s->est_ms, rem_ms, reserve_ms, can_retry);
+    if (!(s->timeout_ms < NO_BUDGET_TIMEOUT_MS)) s->timeout_ms = NO_BUDGET_TIMEOUT_MS;
     mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1,
                      .cancel = s->b->group};
     if (s->attempts) mr_coord_metrics_retry(c->metrics, p);
@@ -140,6 +153,9 @@ static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double rese
         s->b->pending--;
         s->state = S_WAIT;
         pthread_mutex_unlock(&s->b->mu);
+        pthread_mutex_lock(&c->mu);
+        s->rt->inflight_tl -= s->token_layers;
+        pthread_mutex_unlock(&c->mu);
         return -1;
     }
     return 0;

@@ -346,8 +346,11 @@ static void test_attempt_timeout(void **state) {
     /* the operator's case: a 150 ms tier, cheap calls of ~10 ms, two replicas: an attempt gets
      * half of the budget, so a hung replica leaves 75 ms to the other one (was all 150) */
     assert_true(mr_attempt_timeout_ms(10, 150, 0, 1) == 75);
-    /* one replica: nothing to fail over to, the attempt may use all of it */
+    /* one replica: nothing to fail over to, the attempt may use all of it (a timeout would
+     * only lose the answer), without a budget no timeout */
     assert_true(mr_attempt_timeout_ms(10, 150, 0, 0) == 150);
+    assert_true(mr_attempt_timeout_ms(200, 5000, 0, 0) == 5000);
+    assert_true(isinf(mr_attempt_timeout_ms(10, INFINITY, 0, 0)));
     /* what the later stages need is kept back */
     assert_true(mr_attempt_timeout_ms(10, 150, 50, 1) == 50);
     assert_true(mr_attempt_timeout_ms(10, 150, 50, 0) == 100);
