@@ -221,6 +221,15 @@ double mr_attempt_timeout_ms(double call_est_ms, double remaining_ms, double res
     return t > 0 ? t : 0;
 }
 
+double mr_hedge_delay_ms(double call_est_ms, double tier_budget_ms, double remaining_ms) {
+    if (!(tier_budget_ms > 0) || tier_budget_ms > MR_HEDGE_MAX_BUDGET_MS) return -1;
+    if (!(call_est_ms >= 0)) return -1;
+    double d = 2 * call_est_ms;
+    if (d < MR_HEDGE_MIN_DELAY_MS) d = MR_HEDGE_MIN_DELAY_MS;
+    if (!(d + call_est_ms <= remaining_ms)) return -1;
+    return d;
+}
+
 double mr_outlier_failure(mr_outlier *o, int severe) {
     if (!severe && ++o->consecutive < MR_EJECT_AFTER) return 0;
     double ms = MR_EJECT_BASE_MS;

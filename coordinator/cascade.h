@@ -211,6 +211,16 @@ typedef struct mr_outlier {
 double mr_outlier_failure(mr_outlier *o, int severe);
 void mr_outlier_success(mr_outlier *o);
 
+/* Hedging: in tiers with a short budget (at most MR_HEDGE_MAX_BUDGET_MS), where waiting out a
+ * slow replica costs the answer, a call still unanswered after mr_hedge_delay_ms is sent again
+ * to another replica; the first answer wins and the other copy is cancelled. The delay is 2x
+ * the call's estimate (a healthy replica rarely takes longer), at least MR_HEDGE_MIN_DELAY_MS;
+ * -1 (no hedge) for other tiers, or when a hedge sent then could not finish in the budget
+ * left (delay + estimate > remaining_ms). Hedges are paid from the pool's retry budget. */
+#define MR_HEDGE_MAX_BUDGET_MS 1000.0
+#define MR_HEDGE_MIN_DELAY_MS 10.0
+double mr_hedge_delay_ms(double call_est_ms, double tier_budget_ms, double remaining_ms);
+
 /* The top_k and fraction part of a keep rule: at most how many of n survive. */
 int mr_cascade_keep_bound(const mr_keep_rule *rule, int n);
 

@@ -29,6 +29,7 @@ struct mr_coord_metrics {
     unsigned long retries[MR_CC_MAX_POOLS];
     unsigned long refused[MR_CC_MAX_POOLS][MR_RETRY_N];
     unsigned long ejections[MR_CC_MAX_POOLS], cancelled[MR_CC_MAX_POOLS];
+    unsigned long hedges[MR_CC_MAX_POOLS];
     double ns_per_tl[MR_CC_MAX_STAGES];
     long inflight;
     mr_prom_http *http;
@@ -109,6 +110,13 @@ void mr_coord_metrics_ejection(mr_coord_metrics *m, int pool) {
     if (!m || !ok_idx(pool, m->cfg->n_pools)) return;
     pthread_mutex_lock(&m->mu);
     m->ejections[pool]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_hedge(mr_coord_metrics *m, int pool) {
+    if (!m || !ok_idx(pool, m->cfg->n_pools)) return;
+    pthread_mutex_lock(&m->mu);
+    m->hedges[pool]++;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -216,6 +224,11 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     for (int p = 0; p < c->n_pools; p++)
         mr_prom_printf(&b, "mrank_coord_ejections_total{pool=\"%s\"} %lu\n", c->pools[p].name,
                        m->ejections[p]);
+    HELP("mrank_coord_hedges_total", "counter",
+         "Slow Score calls sent again to another replica (short-budget tiers).");
+    for (int p = 0; p < c->n_pools; p++)
+        mr_prom_printf(&b, "mrank_coord_hedges_total{pool=\"%s\"} %lu\n", c->pools[p].name,
+                       m->hedges[p]);
     HELP("mrank_coord_score_cancelled_total", "counter",
          "Score calls in flight cancelled by the coordinator (client gone, deadline, stage "
          "failed).");

@@ -3,10 +3,13 @@
  * The stage's candidates are split into interleaved groups (each call gets a similar mix of
  * long and short documents), each group is packed into a ScoreRequest and sent asynchronously
  * to a replica picked round-robin among those not ejected. The handler thread then runs an
- * event loop: it wakes on every completion and at least every WAKE_MS, so a client that
- * cancels or a deadline that passes is noticed promptly; every call of the stage belongs to
- * one rpc cancel group, fired when the stage ends early, so no Score call outlives its
- * request. Each attempt has its own timeout from the cost model (cascade.h
+ * event loop: it wakes on every completion, at every retry or hedge due and at least every
+ * WAKE_MS, so a client that cancels or a deadline that passes is noticed promptly. Each copy
+ * of a call (a slot: the call, or its hedge) has its own rpc cancel group: the loser of a
+ * hedge race is cancelled alone, and when the stage ends every copy still in flight is
+ * cancelled, so no Score call outlives its request. In short-budget tiers a call still
+ * unanswered after cascade.h's hedge delay is sent again to another replica, paid from the
+ * pool's retry budget; the first answer wins. Each attempt has its own timeout from the cost model (cascade.h
  * mr_attempt_timeout_ms); a failed attempt is retried after a jittered backoff on another
  * replica when cascade.h's rules allow it (retryable status, another replica, free ones for
  * RESOURCE_EXHAUSTED, time left, a token of the pool's retry budget, at most
@@ -62,18 +65,30 @@ static int pick_endpoint(mr_coord *c, int p, int avoid) {
 
 /* ---- calls ---- */
 
-typedef enum slot_state { S_RUN, S_DONE, S_WAIT, S_OK } slot_state;
+/* A slot is one copy of a call: the call itself (slots 0..n_calls) or its hedge (after). */
+typedef enum slot_state {
+    S_RUN,                      /* an attempt in flight */
+    S_DONE,                     /* its completion arrived, not yet looked at */
+    S_WAIT,                     /* the next attempt starts at retry_at */
+    S_OK,                       /* answered */
+    S_DEAD                      /* given up for its twin (a hedge race lost or left to it) */
+} slot_state;
 
 typedef struct batch {
     pthread_mutex_t mu;
     pthread_cond_t cv;          /* CLOCK_MONOTONIC */
     int pending;                /* attempts in flight */
     int n_done;                 /* completions the loop has not looked at */
-    mr_rpc_cancel *group;
 } batch;
 
 typedef struct slot {
     batch *b;
+    mr_rpc_cancel *group;       /* this slot's attempts (a hedge race cancels the loser alone) */
+    int owner;                  /* the call this slot answers (itself, or the hedged call) */
+    int hedge;                  /* 1: a hedge slot */
+    int twin;                   /* the other copy of the call, -1 none */
+    int won;                    /* owners: the slot whose answer stands, -1 none yet */
+    double hedge_at;            /* owners: when to send a hedge (INFINITY: never) */
     mr__endpoint *rt;           /* the replica of the attempt in flight */
     mr_coord *co;
     int *members;               /* request indices scored by this call */
@@ -133,15 +148,19 @@ static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double rese
     pthread_mutex_lock(&c->mu);
     s->est_ms = mr_cost_model_estimate_ms(&c->cost[si], s->token_layers + s->rt->inflight_tl, 1);
     s->rt->inflight_tl += s->token_layers;
-    if (s->attempts == 0) mr_retry_budget_call(&c->pools[p].retry);
+    if (s->attempts == 0 && !s->hedge) mr_retry_budget_call(&c->pools[p].retry);
     pthread_mutex_unlock(&c->mu);
     int can_retry = pr->n_ep > 1 || *c->cfg.pools[p].dns;
     s->timeout_ms = mr_attempt_timeout_ms(s->est_ms, rem_ms, reserve_ms, can_retry);
     if (!(s->timeout_ms < NO_BUDGET_TIMEOUT_MS)) s->timeout_ms = NO_BUDGET_TIMEOUT_MS;
-    mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1,
-                     .cancel = s->b->group};
+    mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1, .cancel = s->group};
     if (s->attempts) mr_coord_metrics_retry(c->metrics, p);
     s->t_start = mr__now_ms();
+    /* a call's first attempt may be hedged (not a hedge, not a retry; address pools) */
+    double hd = !s->hedge && s->attempts == 0 && pr->n_ep > 1
+                    ? mr_hedge_delay_ms(s->est_ms, c->cfg.tiers[r->tier].budget_ms, rem_ms)
+                    : -1;
+    s->hedge_at = hd >= 0 ? s->t_start + hd : INFINITY;
     s->attempts++;
     pthread_mutex_lock(&s->b->mu);
     s->state = S_RUN;
@@ -262,37 +281,60 @@ static double jitter_u01(void) {
     return (double)(x >> 11) / 9007199254740992.0;
 }
 
-/* Books a failed attempt of s against its replica (full mark, outlier state, ejection) and
- * decides whether it is retried; on a retry, schedules it (s->retry_at) on another replica. */
-static mr_retry_verdict on_failure(mr__req *r, int p, slot *s, double rem_ms) {
-    mr_coord *c = r->co;
+/* Replicas of pool p other than `except` that are neither ejected nor full (under c->mu). */
+static int n_free_replicas(mr_coord *c, int p, int except, double now) {
+    const mr__pool *pr = &c->pools[p];
+    int n = 0;
+    for (int e = 0; !*c->cfg.pools[p].dns && e < pr->n_ep; e++)
+        n += e != except && pr->ep[e].down_until <= now && pr->ep[e].full_until <= now;
+    return n;
+}
+
+/* Books a failure of replica e of pool p (status st after wall_ms, its estimate est_ms): the
+ * full mark, the outlier state and, when that says so, an ejection (under c->mu). Returns the
+ * ejection's length (ms), 0 when none. */
+static double book_failure(mr_coord *c, int p, int e, grpc_status_code st, double wall_ms,
+                           double est_ms, double now) {
     mr__pool *pr = &c->pools[p];
-    mr_call_failure f = failure_of(s->status);
-    double now = mr__now_ms(), eject = 0;
-    int dns = *c->cfg.pools[p].dns != 0, n_other = dns ? 1 : pr->n_ep - 1, n_free = 0;
-    pthread_mutex_lock(&c->mu);
-    mr__endpoint *ep = &pr->ep[s->ep];
+    mr__endpoint *ep = &pr->ep[e];
+    mr_call_failure f = failure_of(st);
+    double eject = 0;
     if (f == MR_FAIL_EXHAUSTED) {
         ep->full_until = now + FULL_MS;
     } else if (f == MR_FAIL_UNAVAILABLE || f == MR_FAIL_TIMEOUT ||
-               (f == MR_FAIL_TRANSIENT && s->status != GRPC_STATUS_CANCELLED)) {
+               (f == MR_FAIL_TRANSIENT && st != GRPC_STATUS_CANCELLED)) {
         int severe = f == MR_FAIL_UNAVAILABLE ||
-                     (f == MR_FAIL_TIMEOUT && s->wall_ms >= MR_ATTEMPT_EST_FACTOR * s->est_ms);
-        if ((eject = mr_outlier_failure(&ep->outlier, severe)) > 0 && pr->n_ep > 1 &&
-            ep->down_until < now + eject)
-            ep->down_until = now + eject;
+                     (f == MR_FAIL_TIMEOUT && wall_ms >= MR_ATTEMPT_EST_FACTOR * est_ms);
+        eject = mr_outlier_failure(&ep->outlier, severe);
+        if (pr->n_ep < 2) eject = 0;   /* nothing else to send its calls to */
+        if (eject > 0 && ep->down_until < now + eject) ep->down_until = now + eject;
     }
-    for (int e = 0; !dns && e < pr->n_ep; e++)
-        n_free += e != s->ep && pr->ep[e].down_until <= now && pr->ep[e].full_until <= now;
-    mr_retry_verdict v = mr_retry_decide(f, s->attempts, n_other, n_free, rem_ms, s->est_ms,
-                                         &pr->retry);
+    return eject;
+}
+
+static void report_ejection(mr_coord *c, int p, int e, double eject, grpc_status_code st,
+                            double wall_ms) {
+    if (eject <= 0) return;
+    mr_coord_metrics_ejection(c->metrics, p);
+    fprintf(stderr, "mrank coordinator: replica %s of pool '%s' ejected for %.0f ms (status %d "
+            "after %.0f ms)\n", c->pools[p].ep[e].target, c->cfg.pools[p].name, eject, (int)st,
+            wall_ms);
+}
+
+/* Books a failed attempt of s against its replica and decides whether it is retried; on a
+ * retry, schedules it (s->retry_at) on another replica. */
+static mr_retry_verdict on_failure(mr__req *r, int p, slot *s, double rem_ms) {
+    mr_coord *c = r->co;
+    mr__pool *pr = &c->pools[p];
+    double now = mr__now_ms();
+    int dns = *c->cfg.pools[p].dns != 0, n_other = dns ? 1 : pr->n_ep - 1;
+    pthread_mutex_lock(&c->mu);
+    double eject = book_failure(c, p, s->ep, s->status, s->wall_ms, s->est_ms, now);
+    int n_free = n_free_replicas(c, p, s->ep, now);
+    mr_retry_verdict v = mr_retry_decide(failure_of(s->status), s->attempts, n_other, n_free,
+                                         rem_ms, s->est_ms, &pr->retry);
     pthread_mutex_unlock(&c->mu);
-    if (eject > 0 && pr->n_ep > 1) {
-        mr_coord_metrics_ejection(c->metrics, p);
-        fprintf(stderr, "mrank coordinator: replica %s of pool '%s' ejected for %.0f ms "
-                "(status %d after %.0f ms)\n", ep->target, c->cfg.pools[p].name, eject,
-                (int)s->status, s->wall_ms);
-    }
+    report_ejection(c, p, s->ep, eject, s->status, s->wall_ms);
     if (v != MR_RETRY_OK) {
         if (v != MR_RETRY_STATUS) mr_coord_metrics_retry_refused(c->metrics, p, v);
         return v;
@@ -303,13 +345,103 @@ static mr_retry_verdict on_failure(mr__req *r, int p, slot *s, double rem_ms) {
     return MR_RETRY_OK;
 }
 
+/* Sends a hedge of call k (slot k, its first attempt in flight since before its hedge_at) as
+ * slot h to another free replica, paid from the pool's retry budget. 0 when sent; 1 when not
+ * (no free replica, no token: the call is not hedged); -1 when it cannot start. */
+static int send_hedge(mr__req *r, int p, int si, slot *s, int k, int h, double rem,
+                      double reserve) {
+    mr_coord *c = r->co;
+    double now = mr__now_ms();
+    s[k].hedge_at = INFINITY;
+    pthread_mutex_lock(&c->mu);
+    int ok = n_free_replicas(c, p, s[k].ep, now) > 0 && mr_retry_budget_take(&c->pools[p].retry);
+    pthread_mutex_unlock(&c->mu);
+    if (!ok) return 1;
+    slot *x = &s[h];
+    *x = (slot){.b = s[k].b, .owner = k, .hedge = 1, .twin = k, .won = -1,
+                .members = s[k].members, .n = s[k].n, .req = s[k].req,
+                .req_len = s[k].req_len, .token_layers = s[k].token_layers,
+                .hedge_at = INFINITY, .status = GRPC_STATUS_UNKNOWN};
+    if (mr_rpc_cancel_new(&x->group)) return -1;
+    x->ep = pick_endpoint(c, p, s[k].ep);
+    s[k].twin = h;
+    mr_coord_metrics_hedge(c->metrics, p);
+    return launch(r, p, si, x, rem, reserve);
+}
+
+/* Looks at the completion of slot k: an answer settles its call (a twin still running is
+ * cancelled, and booked as a failure of its replica: a lost race); a failure is booked, and
+ * retried or ends the stage, unless its twin is still at it. 0, or -1 with code/msg set. */
+static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, double rem,
+                   int *n_ok, grpc_status_code *code, char *msg, size_t cap) {
+    mr_coord *c = r->co;
+    int o = s[k].owner, t = s[k].twin;
+    if (s[o].won >= 0) {                /* its twin answered first: this copy was cancelled */
+        s[k].state = S_DEAD;
+        return 0;
+    }
+    if (s[k].status == GRPC_STATUS_OK) {
+        s[k].state = S_OK;
+        s[o].won = k;
+        (*n_ok)++;
+        double now = mr__now_ms(), eject = 0;
+        pthread_mutex_lock(&c->mu);
+        mr_outlier_success(&c->pools[p].ep[s[k].ep].outlier);
+        int loser = t >= 0 && s[t].state == S_RUN;
+        if (loser)
+            eject = book_failure(c, p, s[t].ep, GRPC_STATUS_DEADLINE_EXCEEDED,
+                                 now - s[t].t_start, s[t].est_ms, now);
+        pthread_mutex_unlock(&c->mu);
+        if (loser) {
+            report_ejection(c, p, s[t].ep, eject, GRPC_STATUS_DEADLINE_EXCEEDED,
+                            now - s[t].t_start);
+            mr_coord_metrics_cancelled(c->metrics, p, mr_rpc_cancel_fire(s[t].group));
+        } else if (t >= 0 && s[t].state == S_WAIT) {
+            s[t].state = S_DEAD;
+        }
+        return 0;
+    }
+    if (getenv("MRANK_COORD_DEBUG"))
+        fprintf(stderr, "mrank coordinator: stage '%s' call %d%s on %s: status %d after %.1f ms "
+                "(timeout %.0f ms): %s\n", st->name, o, s[k].hedge ? " (hedge)" : "",
+                c->pools[p].ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms,
+                s[k].timeout_ms, s[k].msg);
+    if (t >= 0 && (s[t].state == S_RUN || s[t].state == S_WAIT || s[t].state == S_DONE)) {
+        /* the twin may still answer: book this failure, leave the call to it */
+        double now = mr__now_ms();
+        pthread_mutex_lock(&c->mu);
+        double eject = book_failure(c, p, s[k].ep, s[k].status, s[k].wall_ms, s[k].est_ms, now);
+        pthread_mutex_unlock(&c->mu);
+        report_ejection(c, p, s[k].ep, eject, s[k].status, s[k].wall_ms);
+        s[k].state = S_DEAD;
+        return 0;
+    }
+    int failed_ep = s[k].ep;
+    mr_retry_verdict v = on_failure(r, p, &s[k], rem);
+    if (v == MR_RETRY_OK) return 0;
+    *code = v == MR_RETRY_DEADLINE ? GRPC_STATUS_DEADLINE_EXCEEDED : s[k].status;
+    if (v == MR_RETRY_STATUS)
+        snprintf(msg, cap, "stage '%s' (%.100s): %.200s", st->name,
+                 c->pools[p].ep[failed_ep].target, s[k].msg);
+    else
+        snprintf(msg, cap, "stage '%s': not retried (%s) after %d attempts: %.200s", st->name,
+                 mr_retry_reason(v), s[k].attempts, s[k].msg);
+    return -1;
+}
+
+static slot_state state_of(slot *s) {
+    pthread_mutex_lock(&s->b->mu);
+    slot_state st = s->state;
+    pthread_mutex_unlock(&s->b->mu);
+    return st;
+}
+
 int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                      grpc_status_code *code, char *msg, size_t cap) {
     mr_coord *c = r->co;
     const mr_cc_stage *st = mr__req_stage(r, pos);
     const int p = st->pool, si = (int)(st - c->cfg.stages);
-    const mr__pool *prt = &c->pools[p];
-    int n_calls = mr__plan_calls(r, st, active, n_active);
+    int n_calls = mr__plan_calls(r, st, active, n_active), n_slots = n_calls;
     batch b = {.pending = 0};
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -317,19 +449,20 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
     pthread_mutex_init(&b.mu, NULL);
     pthread_cond_init(&b.cv, &ca);
     pthread_condattr_destroy(&ca);
-    slot *s = calloc((size_t)n_calls, sizeof *s);
+    slot *s = calloc(2 * (size_t)n_calls, sizeof *s);   /* the calls, then their hedges */
     int *members = malloc((size_t)n_active * sizeof *members);
-    int rc = -1, n_ok = 0;
+    int rc = -1, n_ok = 0, answered = 0;
     double reserve = mr__plan_rest_ms(r, pos, active, n_active);
-    if (!s || !members || mr_rpc_cancel_new(&b.group)) {
+    if (!s || !members) {
         *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(msg, cap, "coordinator: out of memory");
         goto done;
     }
     /* Interleaved split: each call gets a similar mix of long and short candidates. */
     for (int k = 0, off = 0; k < n_calls; k++) {
-        s[k].b = &b;
-        s[k].members = members + off;
+        s[k] = (slot){.b = &b, .owner = k, .twin = -1, .won = -1, .members = members + off,
+                      .state = S_WAIT, .retry_at = 0, .hedge_at = INFINITY,
+                      .status = GRPC_STATUS_UNKNOWN};
         for (int i = k; i < n_active; i += n_calls) {
             s[k].members[s[k].n++] = active[i];
             s[k].token_layers += mr_subarch_token_layers(&st->arch, r->n_fixed,
@@ -337,14 +470,17 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
         }
         off += s[k].n;
         mr_err err = {0};
+        if (mr_rpc_cancel_new(&s[k].group)) {
+            *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            snprintf(msg, cap, "coordinator: out of memory");
+            goto done;
+        }
         if (mr__wire_score(r, st, s[k].members, s[k].n, &s[k].req, &s[k].req_len, &err)) {
             *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
             snprintf(msg, cap, "%s", err.msg);
             goto done;
         }
         s[k].ep = pick_endpoint(c, p, -1);
-        s[k].state = S_WAIT;
-        s[k].retry_at = 0;
     }
     for (;;) {
         double now = mr__now_ms(), rem = mr__req_remaining_ms(r);
@@ -361,66 +497,60 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
             goto done;
         }
         /* answers and failures */
-        for (int k = 0; k < n_calls; k++) {
-            pthread_mutex_lock(&b.mu);
-            int done_k = s[k].state == S_DONE;
-            pthread_mutex_unlock(&b.mu);
-            if (!done_k) continue;
-            if (s[k].status == GRPC_STATUS_OK) {
-                s[k].state = S_OK;
-                n_ok++;
-                pthread_mutex_lock(&c->mu);
-                mr_outlier_success(&c->pools[p].ep[s[k].ep].outlier);
-                pthread_mutex_unlock(&c->mu);
-                continue;
-            }
-            if (getenv("MRANK_COORD_DEBUG"))
-                fprintf(stderr, "mrank coordinator: stage '%s' call %d on %s: status %d after "
-                        "%.1f ms (timeout %.0f ms): %s\n", st->name, k,
-                        prt->ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms,
-                        s[k].timeout_ms, s[k].msg);
-            int failed_ep = s[k].ep;
-            mr_retry_verdict v = on_failure(r, p, &s[k], rem);
-            if (v == MR_RETRY_OK) continue;
-            *code = v == MR_RETRY_DEADLINE ? GRPC_STATUS_DEADLINE_EXCEEDED : s[k].status;
-            if (v == MR_RETRY_STATUS)
-                snprintf(msg, cap, "stage '%s' (%.100s): %.200s", st->name,
-                         prt->ep[failed_ep].target, s[k].msg);
-            else
-                snprintf(msg, cap, "stage '%s': not retried (%s) after %d attempts: %.200s",
-                         st->name, mr_retry_reason(v), s[k].attempts, s[k].msg);
-            goto done;
-        }
+        for (int k = 0; k < n_slots; k++)
+            if (state_of(&s[k]) == S_DONE &&
+                on_done(r, p, st, s, k, rem, &n_ok, code, msg, cap))
+                goto done;
         if (n_ok == n_calls) break;
-        /* attempts due */
+        /* attempts and hedges due */
         double wake = now + WAKE_MS;
-        for (int k = 0; k < n_calls; k++) {
-            pthread_mutex_lock(&b.mu);
-            int waiting = s[k].state == S_WAIT;
-            pthread_mutex_unlock(&b.mu);
-            if (!waiting) continue;
-            if (s[k].retry_at <= now) {
+        for (int k = 0; k < n_slots; k++) {
+            slot_state ks = state_of(&s[k]);
+            if (ks == S_WAIT && s[k].retry_at <= now) {
                 if (launch(r, p, si, &s[k], rem, reserve)) {
                     *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
                     snprintf(msg, cap, "coordinator: cannot start a Score call");
                     goto done;
                 }
-            } else if (s[k].retry_at < wake) {
+            } else if (ks == S_WAIT && s[k].retry_at < wake) {
                 wake = s[k].retry_at;
+            } else if (ks == S_RUN && k < n_calls && s[k].twin < 0 && s[k].won < 0) {
+                if (s[k].hedge_at <= now) {
+                    int hr = send_hedge(r, p, si, s, k, n_slots, rem, reserve);
+                    if (s[k].twin == n_slots) n_slots++;
+                    if (hr < 0) {
+                        *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                        snprintf(msg, cap, "coordinator: cannot start a Score call");
+                        goto done;
+                    }
+                } else if (s[k].hedge_at < wake) {
+                    wake = s[k].hedge_at;
+                }
             }
         }
         wait_event(&b, wake);
     }
-    rc = absorb(r, pos, st, s, n_calls, code, msg, cap);
+    answered = 1;
 done:
-    if (b.group) {
-        mr_coord_metrics_cancelled(c->metrics, p, mr_rpc_cancel_fire(b.group));
-        wait_all(&b);
-        mr_rpc_cancel_free(b.group);
+    /* nothing outlives the stage: every copy still in flight is cancelled and waited for */
+    for (int k = 0; s && k < n_slots; k++)
+        if (s[k].group) mr_coord_metrics_cancelled(c->metrics, p, mr_rpc_cancel_fire(s[k].group));
+    wait_all(&b);
+    if (answered) {
+        for (int k = 0; k < n_calls; k++) {   /* the winning copy's answer into the call */
+            slot *w = &s[s[k].won];
+            if (w == &s[k]) continue;
+            uint8_t *resp = s[k].resp;
+            s[k].resp = w->resp, s[k].resp_len = w->resp_len;
+            s[k].ep = w->ep, s[k].wall_ms = w->wall_ms;
+            w->resp = resp;
+        }
+        rc = absorb(r, pos, st, s, n_calls, code, msg, cap);
     }
-    for (int k = 0; s && k < n_calls; k++) {
-        free(s[k].req);
+    for (int k = 0; s && k < n_slots; k++) {
+        if (!s[k].hedge) free(s[k].req);
         free(s[k].resp);
+        mr_rpc_cancel_free(s[k].group);
     }
     free(s);
     free(members);

@@ -1,7 +1,7 @@
 /* test_cascade.c: the pure cascade rules of coordinator/cascade.c: keep rules, bounded
  * overrides, the cross-stage merge rule with its stable tie-break, token-layer costs, the EWMA
  * cost model, call splitting, the deadline skip decision, and the fan-out's fault rules: retry
- * budget and verdicts, jittered backoff, per-attempt timeout, outlier ejection. */
+ * budget and verdicts, jittered backoff, per-attempt timeout, outlier ejection, hedge delay. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -363,6 +363,20 @@ static void test_attempt_timeout(void **state) {
     assert_true(mr_attempt_timeout_ms(NAN, INFINITY, 0, 1) == MR_ATTEMPT_FLOOR_MS);
 }
 
+static void test_hedge_delay(void **state) {
+    /* a short-budget tier: 2x the estimate, at least the minimum */
+    assert_true(mr_hedge_delay_ms(20, 150, 150) == 40);
+    assert_true(mr_hedge_delay_ms(1, 150, 150) == MR_HEDGE_MIN_DELAY_MS);
+    /* no hedge without a budget or with a long one */
+    assert_true(mr_hedge_delay_ms(20, 0, 150) < 0);
+    assert_true(mr_hedge_delay_ms(20, MR_HEDGE_MAX_BUDGET_MS + 1, 150) < 0);
+    assert_true(mr_hedge_delay_ms(20, MR_HEDGE_MAX_BUDGET_MS, 150) == 40);
+    /* ... nor when the hedge could not finish: 40 + 20 > 50 */
+    assert_true(mr_hedge_delay_ms(20, 150, 50) < 0);
+    assert_true(mr_hedge_delay_ms(20, 150, 60) == 40);
+    assert_true(mr_hedge_delay_ms(NAN, 150, 150) < 0);
+}
+
 static void test_outlier(void **state) {
     mr_outlier o = {0};
     /* MR_EJECT_AFTER consecutive failures eject */
@@ -394,7 +408,7 @@ int main(void) {
         cmocka_unit_test(test_remaining),       cmocka_unit_test(test_sigmoid),
         cmocka_unit_test(test_retry_budget),    cmocka_unit_test(test_retry_decide),
         cmocka_unit_test(test_backoff),         cmocka_unit_test(test_attempt_timeout),
-        cmocka_unit_test(test_outlier),
+        cmocka_unit_test(test_outlier),         cmocka_unit_test(test_hedge_delay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,7 +17,8 @@
  * they see: a hung replica of two is ejected and every request is still answered by the other;
  * a full pool gets a bounded number of retries (the pool's retry budget), a one-replica pool
  * none; a client that cancels gets the coordinator's outstanding Score calls cancelled (the
- * fake workers see the cancellation before their calls' own deadlines). Every wait is bounded
+ * fake workers see the cancellation before their calls' own deadlines); a short-budget tier
+ * hedges a call stuck on a hung replica and cancels the losing copy. Every wait is bounded
  * and the assertions are counts, not times. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -480,6 +481,45 @@ static void test_full_pool(void **state) {
     for (int i = 0; i < 3; i++) fake_free(f[i]);
 }
 
+/* A tier with a short budget hedges: with one of two replicas hung, a call sent to it is sent
+ * again to the other after a short delay, the first answer wins, and the hung copy is
+ * cancelled (the fake sees each of its calls cancelled before the call's own deadline). */
+static void test_hedge(void **state) {
+    enum { N_REQ = 6 };
+    fake *f[2] = {fake_start(1.0), fake_start(1.0)};
+    char json[2048];
+    /* 1000 ms: a short budget (hedging is on, MR_HEDGE_MAX_BUDGET_MS), still ample for a
+     * loopback call of a fake under the sanitizers */
+    fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, (int)MR_HEDGE_MAX_BUDGET_MS);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
+    atomic_store(&f[1]->mode, FAKE_HANG);
+    int calls0 = atomic_load(&f[1]->score_calls);
+    ranking r;
+    for (int k = 0; k < N_REQ; k++) rerank(ch, &r);
+    int to_hung = atomic_load(&f[1]->score_calls) - calls0, ended = 0;
+    for (int i = 0; i < 2000 && ended < to_hung; i++) {   /* at most 20 s */
+        ended = atomic_load(&f[1]->hung);
+        if (ended < to_hung) usleep(10000);
+    }
+    int cancelled = atomic_load(&f[1]->hung_cancelled);
+    double hedges = coord_metric(mport, "mrank_coord_hedges_total{pool=\"p\"}");
+    fprintf(stderr, "# hedging: %d requests answered, %.0f hedges, %d calls to the hung replica, "
+            "%d of them cancelled\n", N_REQ, hedges, to_hung, cancelled);
+    assert_true(hedges >= 1);
+    assert_true(to_hung >= 1);
+    assert_int_equal(ended, to_hung);
+    /* each lost its race and was cancelled, none waited for its own timeout */
+    assert_int_equal(cancelled, to_hung);
+    assert_true(coord_metric(mport, "mrank_coord_score_cancelled_total{pool=\"p\"}") >= to_hung);
+
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    fake_free(f[0]);
+    fake_free(f[1]);
+}
+
 typedef struct client_done {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -568,6 +608,7 @@ int main(void) {
         cmocka_unit_test(test_hung_replica),
         cmocka_unit_test(test_full_pool),
         cmocka_unit_test(test_client_cancel),
+        cmocka_unit_test(test_hedge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
