@@ -230,8 +230,10 @@ double mr_hedge_delay_ms(double call_est_ms, double tier_budget_ms, double remai
     return d;
 }
 
-double mr_outlier_failure(mr_outlier *o, int severe) {
+double mr_outlier_failure(mr_outlier *o, int severe, int n_replicas, int n_ejected) {
     if (!severe && ++o->consecutive < MR_EJECT_AFTER) return 0;
+    int max_ejected = n_replicas / 2 > 1 ? n_replicas / 2 : 1;
+    if (n_replicas < 2 || n_ejected >= max_ejected) return 0;   /* the count stays: next time */
     double ms = MR_EJECT_BASE_MS;
     for (int i = 0; i < o->ejections && ms < MR_EJECT_MAX_MS; i++) ms *= 2;
     if (ms > MR_EJECT_MAX_MS) ms = MR_EJECT_MAX_MS;

@@ -199,7 +199,8 @@ double mr_attempt_timeout_ms(double call_est_ms, double remaining_ms, double res
  * errors; RESOURCE_EXHAUSTED is load, not a fault, and does not count), or one severe failure
  * (UNAVAILABLE, or a timeout beyond MR_ATTEMPT_EST_FACTOR x the estimate), eject it for
  * MR_EJECT_BASE_MS, doubling with every further ejection up to MR_EJECT_MAX_MS; an answer
- * resets both counts. */
+ * resets both counts. At most half of a pool's replicas (at least one) are ejected at a time:
+ * when load makes every replica slow, ejecting the last ones would only concentrate it. */
 #define MR_EJECT_AFTER 3
 #define MR_EJECT_BASE_MS 1000.0
 #define MR_EJECT_MAX_MS 30000.0
@@ -207,8 +208,9 @@ typedef struct mr_outlier {
     int consecutive;            /* failures since the last answer or ejection */
     int ejections;              /* ejections since the last answer */
 } mr_outlier;
-/* Records a failure; returns how long to eject the replica (ms), 0 when it stays. */
-double mr_outlier_failure(mr_outlier *o, int severe);
+/* Records a failure of a replica of a pool of n_replicas of which n_ejected others are ejected
+ * now; returns how long to eject it (ms), 0 when it stays. */
+double mr_outlier_failure(mr_outlier *o, int severe, int n_replicas, int n_ejected);
 void mr_outlier_success(mr_outlier *o);
 
 /* Hedging: in tiers with a short budget (at most MR_HEDGE_MAX_BUDGET_MS), where waiting out a

@@ -305,8 +305,9 @@ static double book_failure(mr_coord *c, int p, int e, grpc_status_code st, doubl
                (f == MR_FAIL_TRANSIENT && st != GRPC_STATUS_CANCELLED)) {
         int severe = f == MR_FAIL_UNAVAILABLE ||
                      (f == MR_FAIL_TIMEOUT && wall_ms >= MR_ATTEMPT_EST_FACTOR * est_ms);
-        eject = mr_outlier_failure(&ep->outlier, severe);
-        if (pr->n_ep < 2) eject = 0;   /* nothing else to send its calls to */
+        int n_ejected = 0;
+        for (int i = 0; i < pr->n_ep; i++) n_ejected += i != e && pr->ep[i].down_until > now;
+        eject = mr_outlier_failure(&ep->outlier, severe, pr->n_ep, n_ejected);
         if (eject > 0 && ep->down_until < now + eject) ep->down_until = now + eject;
     }
     return eject;

@@ -380,23 +380,34 @@ static void test_hedge_delay(void **state) {
 static void test_outlier(void **state) {
     mr_outlier o = {0};
     /* MR_EJECT_AFTER consecutive failures eject */
-    for (int i = 1; i < MR_EJECT_AFTER; i++) assert_true(mr_outlier_failure(&o, 0) == 0);
-    assert_true(mr_outlier_failure(&o, 0) == MR_EJECT_BASE_MS);
+    for (int i = 1; i < MR_EJECT_AFTER; i++) assert_true(mr_outlier_failure(&o, 0, 4, 0) == 0);
+    assert_true(mr_outlier_failure(&o, 0, 4, 0) == MR_EJECT_BASE_MS);
     /* an answer in between resets the count */
-    assert_true(mr_outlier_failure(&o, 0) == 0);
+    assert_true(mr_outlier_failure(&o, 0, 4, 0) == 0);
     mr_outlier_success(&o);
-    for (int i = 1; i < MR_EJECT_AFTER; i++) assert_true(mr_outlier_failure(&o, 0) == 0);
+    for (int i = 1; i < MR_EJECT_AFTER; i++) assert_true(mr_outlier_failure(&o, 0, 4, 0) == 0);
     mr_outlier_success(&o);
-    assert_true(mr_outlier_failure(&o, 0) == 0);
+    assert_true(mr_outlier_failure(&o, 0, 4, 0) == 0);
     /* one severe failure ejects at once; further ejections double up to the maximum */
     mr_outlier_success(&o);
-    assert_true(mr_outlier_failure(&o, 1) == MR_EJECT_BASE_MS);
-    assert_true(mr_outlier_failure(&o, 1) == 2 * MR_EJECT_BASE_MS);
-    assert_true(mr_outlier_failure(&o, 1) == 4 * MR_EJECT_BASE_MS);
-    for (int i = 0; i < 40; i++) assert_true(mr_outlier_failure(&o, 1) <= MR_EJECT_MAX_MS);
-    assert_true(mr_outlier_failure(&o, 1) == MR_EJECT_MAX_MS);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == MR_EJECT_BASE_MS);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == 2 * MR_EJECT_BASE_MS);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == 4 * MR_EJECT_BASE_MS);
+    for (int i = 0; i < 40; i++) assert_true(mr_outlier_failure(&o, 1, 4, 0) <= MR_EJECT_MAX_MS);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == MR_EJECT_MAX_MS);
     mr_outlier_success(&o);
-    assert_true(mr_outlier_failure(&o, 1) == MR_EJECT_BASE_MS);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == MR_EJECT_BASE_MS);
+    /* at most half of the pool (at least one) ejected at a time; a pool of one never */
+    mr_outlier_success(&o);
+    assert_true(mr_outlier_failure(&o, 1, 2, 1) == 0);
+    assert_true(mr_outlier_failure(&o, 1, 4, 2) == 0);
+    assert_true(mr_outlier_failure(&o, 1, 5, 2) == 0);
+    assert_true(mr_outlier_failure(&o, 1, 1, 0) == 0);
+    assert_true(mr_outlier_failure(&o, 1, 4, 1) == MR_EJECT_BASE_MS);
+    /* refused ejections leave the count at the threshold: the next failure ejects */
+    mr_outlier_success(&o);
+    for (int i = 0; i < MR_EJECT_AFTER; i++) assert_true(mr_outlier_failure(&o, 0, 2, 1) == 0);
+    assert_true(mr_outlier_failure(&o, 0, 2, 0) == MR_EJECT_BASE_MS);
 }
 
 int main(void) {
