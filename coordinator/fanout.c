@@ -370,6 +370,14 @@ static int send_hedge(mr__req *r, int p, int si, slot *s, int k, int h, double r
     return launch(r, p, si, x, rem, reserve);
 }
 
+/* A slot's state, read under the batch lock (its completion may be writing it). */
+static slot_state state_of(slot *s) {
+    pthread_mutex_lock(&s->b->mu);
+    slot_state st = s->state;
+    pthread_mutex_unlock(&s->b->mu);
+    return st;
+}
+
 /* Looks at the completion of slot k: an answer settles its call (a twin still running is
  * cancelled, and booked as a failure of its replica: a lost race); a failure is booked, and
  * retried or ends the stage, unless its twin is still at it. 0, or -1 with code/msg set. */
@@ -386,9 +394,10 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
         s[o].won = k;
         (*n_ok)++;
         double now = mr__now_ms(), eject = 0;
+        slot_state ts = t >= 0 ? state_of(&s[t]) : S_DEAD;
+        int loser = ts == S_RUN;
         pthread_mutex_lock(&c->mu);
         mr_outlier_success(&c->pools[p].ep[s[k].ep].outlier);
-        int loser = t >= 0 && s[t].state == S_RUN;
         if (loser)
             eject = book_failure(c, p, s[t].ep, GRPC_STATUS_DEADLINE_EXCEEDED,
                                  now - s[t].t_start, s[t].est_ms, now);
@@ -397,7 +406,7 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
             report_ejection(c, p, s[t].ep, eject, GRPC_STATUS_DEADLINE_EXCEEDED,
                             now - s[t].t_start);
             mr_coord_metrics_cancelled(c->metrics, p, mr_rpc_cancel_fire(s[t].group));
-        } else if (t >= 0 && s[t].state == S_WAIT) {
+        } else if (ts == S_WAIT) {
             s[t].state = S_DEAD;
         }
         return 0;
@@ -407,7 +416,8 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
                 "(timeout %.0f ms): %s\n", st->name, o, s[k].hedge ? " (hedge)" : "",
                 c->pools[p].ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms,
                 s[k].timeout_ms, s[k].msg);
-    if (t >= 0 && (s[t].state == S_RUN || s[t].state == S_WAIT || s[t].state == S_DONE)) {
+    slot_state ts = t >= 0 ? state_of(&s[t]) : S_DEAD;
+    if (ts == S_RUN || ts == S_WAIT || ts == S_DONE) {
         /* the twin may still answer: book this failure, leave the call to it */
         double now = mr__now_ms();
         pthread_mutex_lock(&c->mu);
@@ -428,13 +438,6 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
         snprintf(msg, cap, "stage '%s': not retried (%s) after %d attempts: %.200s", st->name,
                  mr_retry_reason(v), s[k].attempts, s[k].msg);
     return -1;
-}
-
-static slot_state state_of(slot *s) {
-    pthread_mutex_lock(&s->b->mu);
-    slot_state st = s->state;
-    pthread_mutex_unlock(&s->b->mu);
-    return st;
 }
 
 int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
