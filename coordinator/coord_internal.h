@@ -6,12 +6,14 @@
  *   request.c    the request: unpack and validate, per-candidate state, token estimates, stats
  *   admission.c  admission by tier priority (in-flight slots)
  *   plan.c       whether a stage fits the remaining budget, and into how many calls it splits
- *   fanout.c     one stage's Score calls over a pool's replicas, with failover; folds answers
+ *   fanout.c     one stage's Score calls over a pool's replicas: attempt timeouts, retries,
+ *                hedges, ejection, cancellation; folds answers
  *   wire.c       protobuf packing: Score requests, the ranking, Info
- *   probe.c      the prober thread: Worker Info, warm-up, health
+ *   probe.c      the prober thread: Worker Info, warm-up, health, ejected replicas back
  *   coordinator.c  lifecycle and handler registration
- * The pure rules (keep, merge, cost model, deadline decision) are cascade.c's; the config is
- * coord_config.c's; metrics are coord_metrics.c's.
+ * The pure rules (keep, merge, cost model, deadline decision, retries, attempt timeouts,
+ * hedge delay, ejection) are cascade.c's; the config is coord_config.c's; metrics are
+ * coord_metrics.c's.
  *
  * Locking: mr_coord.mu (endpoint state, cost models, in-flight count, model name) is a leaf
  * lock, held briefly; a stage's fan-out lock is never held while taking it. */

@@ -3,10 +3,11 @@
  * A channel owns one completion queue and one thread polling it; every call is a single batch
  * (send metadata + message + close, receive metadata + message + status) whose completion runs
  * the caller's callback on that thread. The blocking mr_rpc_unary is the asynchronous call
- * plus a condition variable. A cancel group is a mutex-guarded list of its calls in flight:
- * a call joins it before its batch starts and leaves it in complete() before its grpc_call is
- * released, so firing (grpc_call_cancel on each) never touches a released call. The call deadline guarantees completion, so a blocking call never
- * outlives its timeout by more than scheduling noise. Load balancing is round_robin, set both
+ * plus a condition variable. The call deadline guarantees completion, so a blocking call never
+ * outlives its timeout by more than scheduling noise. A cancel group is a mutex-guarded list of
+ * its calls in flight: a call joins it before its batch starts and leaves it in complete()
+ * before its grpc_call is released, so firing (grpc_call_cancel on each) never touches a
+ * released call. Load balancing is round_robin, set both
  * as the channel's LB policy and in its default service config. */
 #define _GNU_SOURCE
 #include "rpc.h"
