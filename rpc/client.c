@@ -7,8 +7,8 @@
  * outlives its timeout by more than scheduling noise. A cancel group is a mutex-guarded list of
  * its calls in flight: a call joins it before its batch starts and leaves it in complete()
  * before its grpc_call is released, so firing (grpc_call_cancel on each) never touches a
- * released call. Load balancing is round_robin, set both
- * as the channel's LB policy and in its default service config. */
+ * released call. Load balancing is round_robin, set both as the channel's LB policy and in
+ * its default service config. */
 #define _GNU_SOURCE
 #include "rpc.h"
 
