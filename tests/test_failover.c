@@ -18,7 +18,8 @@
  * a full pool gets a bounded number of retries (the pool's retry budget), a one-replica pool
  * none; a client that cancels gets the coordinator's outstanding Score calls cancelled (the
  * fake workers see the cancellation before their calls' own deadlines); a short-budget tier
- * hedges a call stuck on a hung replica and cancels the losing copy. Every wait is bounded
+ * hedges a call stuck on a hung replica and cancels the losing copy; a full later stage gives
+ * a degraded answer where the tier allows it. Every wait is bounded
  * and the assertions are counts, not times. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -520,6 +521,48 @@ static void test_hedge(void **state) {
     fake_free(f[1]);
 }
 
+/* A later stage whose pool is full (RESOURCE_EXHAUSTED) leaves the first stage's ranking
+ * standing when the tier allows degraded answers, and fails the request when it does not. */
+static void test_full_later_stage(void **state) {
+    fake *f[2] = {fake_start(1.0), fake_start(1.0)};
+    char json[2048];
+    snprintf(json, sizeof json,
+             "{\"limits\": {\"max_documents\": 16, \"max_tokens_per_pair\": 64},"
+             " \"pools\": [{\"name\": \"p\", \"addresses\": [\"127.0.0.1:%d\"]},"
+             "  {\"name\": \"q\", \"addresses\": [\"127.0.0.1:%d\"]}],"
+             " \"stages\": [{\"name\": \"a\", \"pool\": \"p\", \"depth\": 2},"
+             "  {\"name\": \"b\", \"pool\": \"q\", \"depth\": 4}],"
+             " \"profiles\": [{\"name\": \"two\", \"stages\": [{\"stage\": \"a\", "
+             "\"keep_top_k\": 4}, {\"stage\": \"b\"}]}],"
+             " \"tiers\": [{\"name\": \"soft\", \"profile\": \"two\", \"allow_degraded\": true},"
+             "  {\"name\": \"hard\", \"profile\": \"two\"}]}",
+             f[0]->port, f[1]->port);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
+    atomic_store(&f[1]->mode, FAKE_FULL);
+    size_t len, rlen = 0;
+    uint8_t *req = rerank_request("soft", &len), *resp = NULL;
+    grpc_status_code st;
+    char msg[512];
+    if (mr_rpc_unary(ch, MR_METHOD_RERANK, req, len, 20000, &resp, &rlen, &st, msg, sizeof msg))
+        fail_msg("Rerank (soft): status %d: %s", (int)st, msg);
+    free(req);
+    Mrank__V1__RerankResponse *r = mrank__v1__rerank_response__unpack(NULL, rlen, resp);
+    free(resp);
+    assert_non_null(r);
+    assert_true(r->degraded);
+    assert_int_equal(r->n_results, N_DOCS);
+    for (size_t i = 0; i < r->n_results; i++) assert_int_equal(r->results[i]->stage, 0);
+    mrank__v1__rerank_response__free_unpacked(r, NULL);
+    assert_int_equal(rerank_status(ch, "hard"), GRPC_STATUS_RESOURCE_EXHAUSTED);
+
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    fake_free(f[0]);
+    fake_free(f[1]);
+}
+
 typedef struct client_done {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -609,6 +652,7 @@ int main(void) {
         cmocka_unit_test(test_full_pool),
         cmocka_unit_test(test_client_cancel),
         cmocka_unit_test(test_hedge),
+        cmocka_unit_test(test_full_later_stage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
