@@ -7,7 +7,8 @@
  *   admission.c  admission by tier priority (in-flight slots)
  *   plan.c       whether a stage fits the remaining budget, and into how many calls it splits
  *   fanout.c     one stage's Score calls over a pool's replicas: attempt timeouts, retries,
- *                hedges, ejection, cancellation; folds answers
+ *                hedges, cancellation; folds answers
+ *   replicas.c   replica state (full, outlier, ejected) and the pick of a replica
  *   wire.c       protobuf packing: Score requests, the ranking, Info
  *   probe.c      the prober thread: Worker Info, warm-up, health, ejected replicas back
  *   coordinator.c  lifecycle and handler registration
@@ -133,6 +134,25 @@ int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_a
  * ran them, shrunk by the keep rules' top_k and fraction: the budget a stage's attempts leave
  * alone. 0 when the tier allows degraded answers (the later stages may be skipped). */
 double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active);
+
+/* ---- replicas.c ---- */
+
+/* How a failed Score status counts for the retry and ejection rules. */
+mr_call_failure mr__call_failure(grpc_status_code st);
+/* A replica of pool p for the next call: never `avoid` (-1: none) unless it is the only one;
+ * round-robin over the replicas neither ejected nor full, else a full one, else the ejected
+ * one whose ejection ends first. */
+int mr__replica_pick(mr_coord *c, int p, int avoid);
+/* Replicas of pool p other than `except` neither ejected nor full at now; 0 for a DNS pool
+ * (its backends are not known). Caller holds mr_coord.mu. */
+int mr__replica_n_free(mr_coord *c, int p, int except, double now);
+/* Books a failed attempt on replica e (status st after wall_ms; est_ms its estimate): a full
+ * mark for RESOURCE_EXHAUSTED, else the outlier state, and an ejection (counted, logged) when
+ * that says so. */
+void mr__replica_failed(mr_coord *c, int p, int e, grpc_status_code st, double wall_ms,
+                        double est_ms);
+/* Books an answer of replica e: its outlier state starts over. */
+void mr__replica_answered(mr_coord *c, int p, int e);
 
 /* ---- fanout.c ---- */
 

@@ -2,19 +2,19 @@
  *
  * The stage's candidates are split into interleaved groups (each call gets a similar mix of
  * long and short documents), each group is packed into a ScoreRequest and sent asynchronously
- * to a replica picked round-robin among those not ejected. The handler thread then runs an
- * event loop: it wakes on every completion, at every retry or hedge due and at least every
- * WAKE_MS, so a client that cancels or a deadline that passes is noticed promptly. Each copy
- * of a call (a slot: the call, or its hedge) has its own rpc cancel group: the loser of a
- * hedge race is cancelled alone, and when the stage ends every copy still in flight is
- * cancelled, so no Score call outlives its request. In short-budget tiers a call still
- * unanswered after cascade.h's hedge delay is sent again to another replica, paid from the
- * pool's retry budget; the first answer wins. Each attempt has its own timeout from the cost model (cascade.h
- * mr_attempt_timeout_ms); a failed attempt is retried after a jittered backoff on another
- * replica when cascade.h's rules allow it (retryable status, another replica, free ones for
- * RESOURCE_EXHAUSTED, time left, a token of the pool's retry budget, at most
- * MR_RETRY_MAX_ATTEMPTS attempts), else the stage fails. Failures feed the replicas' outlier
- * state (ejection); answers reset it. The answers are folded into the request (scores, depth,
+ * to a replica from replicas.c's pick (round-robin, skipping ejected and full ones). The
+ * handler thread then runs an event loop: it wakes on every completion, at every retry or
+ * hedge due and at least every WAKE_MS, so a client that cancels or a deadline that passes is
+ * noticed promptly. Each attempt has its own timeout from the cost model (cascade.h
+ * mr_attempt_timeout_ms); a failed attempt is booked against its replica (replicas.c) and
+ * retried after a jittered backoff on another replica when cascade.h's rules allow it
+ * (retryable status, another replica, free ones for RESOURCE_EXHAUSTED, time left, a token of
+ * the pool's retry budget, at most MR_RETRY_MAX_ATTEMPTS attempts), else the stage fails. In
+ * short-budget tiers a call still unanswered after cascade.h's hedge delay is sent again to
+ * another replica, paid from the retry budget; the first answer wins. Each copy of a call (a
+ * slot: the call, or its hedge) has its own rpc cancel group: the loser of a hedge race is
+ * cancelled alone, and when the stage ends every copy still in flight is cancelled, so no
+ * Score call outlives its request. The answers are folded into the request (scores, depth,
  * exact token counts) and into the stage's cost model. Completions run on the channels'
  * polling threads and only copy and signal. */
 #define _GNU_SOURCE
@@ -30,38 +30,6 @@
 
 #define WAKE_MS 10.0            /* the loop looks at the client and the budget this often */
 #define NO_BUDGET_TIMEOUT_MS 60000.0    /* an attempt's cap when nothing else bounds it */
-#define FULL_MS 200.0           /* a replica that refused (RESOURCE_EXHAUSTED) counts as full */
-
-/* ---- replicas ---- */
-
-/* Picks a replica of pool p for the next call, avoiding `avoid`, ejected replicas and, where
- * another one is free, full ones; when every candidate is ejected, the one whose ejection
- * ends first. The counter moves one step per call, so the calls of a stage land on
- * consecutive replicas. */
-static int pick_endpoint(mr_coord *c, int p, int avoid) {
-    mr__pool *pr = &c->pools[p];
-    if (pr->n_ep == 1) return 0;
-    unsigned base = atomic_fetch_add(&pr->rr, 1);
-    double t = mr__now_ms(), soon = INFINITY;
-    int free_e = -1, full_e = -1, soon_e = -1;
-    pthread_mutex_lock(&c->mu);
-    for (int i = 0; i < pr->n_ep && free_e < 0; i++) {
-        int e = (int)((base + (unsigned)i) % (unsigned)pr->n_ep);
-        const mr__endpoint *ep = &pr->ep[e];
-        if (e == avoid) continue;
-        if (ep->down_until > t) {
-            if (ep->down_until < soon) soon = ep->down_until, soon_e = e;
-        } else if (ep->full_until > t) {
-            if (full_e < 0) full_e = e;
-        } else {
-            free_e = e;
-        }
-    }
-    pthread_mutex_unlock(&c->mu);
-    if (free_e >= 0) return free_e;
-    if (full_e >= 0) return full_e;
-    return soon_e >= 0 ? soon_e : (avoid >= 0 ? avoid : 0);
-}
 
 /* ---- calls ---- */
 
@@ -259,18 +227,6 @@ done:
     return rc;
 }
 
-static mr_call_failure failure_of(grpc_status_code st) {
-    switch (st) {
-    case GRPC_STATUS_UNAVAILABLE: return MR_FAIL_UNAVAILABLE;
-    case GRPC_STATUS_DEADLINE_EXCEEDED: return MR_FAIL_TIMEOUT;
-    case GRPC_STATUS_RESOURCE_EXHAUSTED: return MR_FAIL_EXHAUSTED;
-    case GRPC_STATUS_CANCELLED:
-    case GRPC_STATUS_UNKNOWN:
-    case GRPC_STATUS_ABORTED: return MR_FAIL_TRANSIENT;
-    default: return MR_FAIL_FATAL;
-    }
-}
-
 /* A uniform number in [0, 1) for the backoff jitter (per-thread xorshift). */
 static double jitter_u01(void) {
     static _Thread_local unsigned long long x;
@@ -281,67 +237,25 @@ static double jitter_u01(void) {
     return (double)(x >> 11) / 9007199254740992.0;
 }
 
-/* Replicas of pool p other than `except` that are neither ejected nor full (under c->mu). */
-static int n_free_replicas(mr_coord *c, int p, int except, double now) {
-    const mr__pool *pr = &c->pools[p];
-    int n = 0;
-    for (int e = 0; !*c->cfg.pools[p].dns && e < pr->n_ep; e++)
-        n += e != except && pr->ep[e].down_until <= now && pr->ep[e].full_until <= now;
-    return n;
-}
-
-/* Books a failure of replica e of pool p (status st after wall_ms, its estimate est_ms): the
- * full mark, the outlier state and, when that says so, an ejection (under c->mu). Returns the
- * ejection's length (ms), 0 when none. */
-static double book_failure(mr_coord *c, int p, int e, grpc_status_code st, double wall_ms,
-                           double est_ms, double now) {
-    mr__pool *pr = &c->pools[p];
-    mr__endpoint *ep = &pr->ep[e];
-    mr_call_failure f = failure_of(st);
-    double eject = 0;
-    if (f == MR_FAIL_EXHAUSTED) {
-        ep->full_until = now + FULL_MS;
-    } else if (f == MR_FAIL_UNAVAILABLE || f == MR_FAIL_TIMEOUT ||
-               (f == MR_FAIL_TRANSIENT && st != GRPC_STATUS_CANCELLED)) {
-        int severe = f == MR_FAIL_UNAVAILABLE ||
-                     (f == MR_FAIL_TIMEOUT && wall_ms >= MR_ATTEMPT_EST_FACTOR * est_ms);
-        int n_ejected = 0;
-        for (int i = 0; i < pr->n_ep; i++) n_ejected += i != e && pr->ep[i].down_until > now;
-        eject = mr_outlier_failure(&ep->outlier, severe, pr->n_ep, n_ejected);
-        if (eject > 0 && ep->down_until < now + eject) ep->down_until = now + eject;
-    }
-    return eject;
-}
-
-static void report_ejection(mr_coord *c, int p, int e, double eject, grpc_status_code st,
-                            double wall_ms) {
-    if (eject <= 0) return;
-    mr_coord_metrics_ejection(c->metrics, p);
-    fprintf(stderr, "mrank coordinator: replica %s of pool '%s' ejected for %.0f ms (status %d "
-            "after %.0f ms)\n", c->pools[p].ep[e].target, c->cfg.pools[p].name, eject, (int)st,
-            wall_ms);
-}
-
 /* Books a failed attempt of s against its replica and decides whether it is retried; on a
  * retry, schedules it (s->retry_at) on another replica. */
 static mr_retry_verdict on_failure(mr__req *r, int p, slot *s, double rem_ms) {
     mr_coord *c = r->co;
     mr__pool *pr = &c->pools[p];
-    double now = mr__now_ms();
     int dns = *c->cfg.pools[p].dns != 0, n_other = dns ? 1 : pr->n_ep - 1;
+    mr__replica_failed(c, p, s->ep, s->status, s->wall_ms, s->est_ms);
+    double now = mr__now_ms();
     pthread_mutex_lock(&c->mu);
-    double eject = book_failure(c, p, s->ep, s->status, s->wall_ms, s->est_ms, now);
-    int n_free = n_free_replicas(c, p, s->ep, now);
-    mr_retry_verdict v = mr_retry_decide(failure_of(s->status), s->attempts, n_other, n_free,
-                                         rem_ms, s->est_ms, &pr->retry);
+    int n_free = mr__replica_n_free(c, p, s->ep, now);
+    mr_retry_verdict v = mr_retry_decide(mr__call_failure(s->status), s->attempts, n_other,
+                                         n_free, rem_ms, s->est_ms, &pr->retry);
     pthread_mutex_unlock(&c->mu);
-    report_ejection(c, p, s->ep, eject, s->status, s->wall_ms);
     if (v != MR_RETRY_OK) {
         if (v != MR_RETRY_STATUS) mr_coord_metrics_retry_refused(c->metrics, p, v);
         return v;
     }
     s->retry_at = now + mr_retry_backoff_ms(s->attempts, rem_ms - s->est_ms, jitter_u01());
-    s->ep = pick_endpoint(c, p, dns ? -1 : s->ep);
+    s->ep = mr__replica_pick(c, p, dns ? -1 : s->ep);
     s->state = S_WAIT;
     return MR_RETRY_OK;
 }
@@ -355,7 +269,8 @@ static int send_hedge(mr__req *r, int p, int si, slot *s, int k, int h, double r
     double now = mr__now_ms();
     s[k].hedge_at = INFINITY;
     pthread_mutex_lock(&c->mu);
-    int ok = n_free_replicas(c, p, s[k].ep, now) > 0 && mr_retry_budget_take(&c->pools[p].retry);
+    int ok = mr__replica_n_free(c, p, s[k].ep, now) > 0 &&
+             mr_retry_budget_take(&c->pools[p].retry);
     pthread_mutex_unlock(&c->mu);
     if (!ok) return 1;
     slot *x = &s[h];
@@ -364,7 +279,7 @@ static int send_hedge(mr__req *r, int p, int si, slot *s, int k, int h, double r
                 .req_len = s[k].req_len, .token_layers = s[k].token_layers,
                 .hedge_at = INFINITY, .status = GRPC_STATUS_UNKNOWN};
     if (mr_rpc_cancel_new(&x->group)) return -1;
-    x->ep = pick_endpoint(c, p, s[k].ep);
+    x->ep = mr__replica_pick(c, p, s[k].ep);
     s[k].twin = h;
     mr_coord_metrics_hedge(c->metrics, p);
     return launch(r, p, si, x, rem, reserve);
@@ -393,18 +308,11 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
         s[k].state = S_OK;
         s[o].won = k;
         (*n_ok)++;
-        double now = mr__now_ms(), eject = 0;
         slot_state ts = t >= 0 ? state_of(&s[t]) : S_DEAD;
-        int loser = ts == S_RUN;
-        pthread_mutex_lock(&c->mu);
-        mr_outlier_success(&c->pools[p].ep[s[k].ep].outlier);
-        if (loser)
-            eject = book_failure(c, p, s[t].ep, GRPC_STATUS_DEADLINE_EXCEEDED,
-                                 now - s[t].t_start, s[t].est_ms, now);
-        pthread_mutex_unlock(&c->mu);
-        if (loser) {
-            report_ejection(c, p, s[t].ep, eject, GRPC_STATUS_DEADLINE_EXCEEDED,
-                            now - s[t].t_start);
+        mr__replica_answered(c, p, s[k].ep);
+        if (ts == S_RUN) {          /* a lost race counts as a timeout of its replica */
+            mr__replica_failed(c, p, s[t].ep, GRPC_STATUS_DEADLINE_EXCEEDED,
+                               mr__now_ms() - s[t].t_start, s[t].est_ms);
             mr_coord_metrics_cancelled(c->metrics, p, mr_rpc_cancel_fire(s[t].group));
         } else if (ts == S_WAIT) {
             s[t].state = S_DEAD;
@@ -419,11 +327,7 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
     slot_state ts = t >= 0 ? state_of(&s[t]) : S_DEAD;
     if (ts == S_RUN || ts == S_WAIT || ts == S_DONE) {
         /* the twin may still answer: book this failure, leave the call to it */
-        double now = mr__now_ms();
-        pthread_mutex_lock(&c->mu);
-        double eject = book_failure(c, p, s[k].ep, s[k].status, s[k].wall_ms, s[k].est_ms, now);
-        pthread_mutex_unlock(&c->mu);
-        report_ejection(c, p, s[k].ep, eject, s[k].status, s[k].wall_ms);
+        mr__replica_failed(c, p, s[k].ep, s[k].status, s[k].wall_ms, s[k].est_ms);
         s[k].state = S_DEAD;
         return 0;
     }
@@ -484,7 +388,7 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
             snprintf(msg, cap, "%s", err.msg);
             goto done;
         }
-        s[k].ep = pick_endpoint(c, p, -1);
+        s[k].ep = mr__replica_pick(c, p, -1);
     }
     for (;;) {
         double now = mr__now_ms(), rem = mr__req_remaining_ms(r);
