@@ -179,6 +179,12 @@ int mr_retry_budget_take(mr_retry_budget *b) {
     return 1;
 }
 
+int mr_retry_budget_take_hedge(mr_retry_budget *b) {
+    /* the 1e-9 slack as in mr_retry_budget_take */
+    if (b->tokens - 1 < MR_RETRY_TOKENS_MAX / 2 - 1e-9) return 0;
+    return mr_retry_budget_take(b);
+}
+
 const char *mr_retry_reason(mr_retry_verdict v) {
     static const char *const k[MR_RETRY_N] = {"ok",       "status", "no_replica", "pool_full",
                                               "deadline", "budget", "attempts"};

@@ -139,6 +139,9 @@ void mr_retry_budget_init(mr_retry_budget *b);
 void mr_retry_budget_call(mr_retry_budget *b);
 /* 1 (and one token spent) when a retry may go, else 0. */
 int mr_retry_budget_take(mr_retry_budget *b);
+/* The same for a hedge, which only spends from the upper half of the bucket: hedges never
+ * leave retries (which replace calls that failed) without tokens. */
+int mr_retry_budget_take_hedge(mr_retry_budget *b);
 
 /* How an attempt failed, for the retry and ejection rules. */
 typedef enum mr_call_failure {
@@ -218,7 +221,8 @@ void mr_outlier_success(mr_outlier *o);
  * to another replica; the first answer wins and the other copy is cancelled. The delay is 2x
  * the call's estimate (a healthy replica rarely takes longer), at least MR_HEDGE_MIN_DELAY_MS;
  * -1 (no hedge) for other tiers, or when a hedge sent then could not finish in the budget
- * left (delay + estimate > remaining_ms). Hedges are paid from the pool's retry budget. */
+ * left (delay + estimate > remaining_ms). Hedges are paid from the upper half of the pool's
+ * retry budget (mr_retry_budget_take_hedge). */
 #define MR_HEDGE_MAX_BUDGET_MS 1000.0
 #define MR_HEDGE_MIN_DELAY_MS 10.0
 double mr_hedge_delay_ms(double call_est_ms, double tier_budget_ms, double remaining_ms);

@@ -270,7 +270,7 @@ static int send_hedge(mr__req *r, int p, int si, slot *s, int k, int h, double r
     s[k].hedge_at = INFINITY;
     pthread_mutex_lock(&c->mu);
     int ok = mr__replica_n_free(c, p, s[k].ep, now) > 0 &&
-             mr_retry_budget_take(&c->pools[p].retry);
+             mr_retry_budget_take_hedge(&c->pools[p].retry);
     pthread_mutex_unlock(&c->mu);
     if (!ok) return 1;
     slot *x = &s[h];

@@ -284,6 +284,15 @@ static void test_retry_budget(void **state) {
     }
     assert_true(n <= MR_RETRY_TOKENS_MAX + 1000 * MR_RETRY_TOKENS_PER_CALL);
     assert_true(n >= 1000 * MR_RETRY_TOKENS_PER_CALL);
+    /* hedges spend only the upper half: from a full bucket 5 hedges, then the rest is kept
+     * for retries */
+    mr_retry_budget_init(&b);
+    n = 0;
+    for (int i = 0; i < 100; i++) n += mr_retry_budget_take_hedge(&b);
+    assert_int_equal(n, (int)(MR_RETRY_TOKENS_MAX / 2));
+    n = 0;
+    for (int i = 0; i < 100; i++) n += mr_retry_budget_take(&b);
+    assert_int_equal(n, (int)(MR_RETRY_TOKENS_MAX / 2));
 }
 
 static void test_retry_decide(void **state) {
