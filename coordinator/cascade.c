@@ -1,5 +1,6 @@
-/* cascade.c: keep rules, the cross-stage merge rule, the stage cost model, call splitting and
- * the deadline decision of the cascade coordinator (see cascade.h). Pure functions over plain
+/* cascade.c: keep rules, the cross-stage merge rule, the stage cost model, call splitting, the
+ * deadline decision and the fault rules (retry budget, backoff, attempt timeout, ejection) of
+ * the cascade coordinator (see cascade.h). Pure functions over plain
  * arrays: no gRPC, no locks, no clocks; the coordinator feeds them measured times. */
 #include "cascade.h"
 
@@ -66,8 +67,7 @@ void mr_cascade_sort(mr_cand *c, int n) {
     if (n > 1) qsort(c, (size_t)n, sizeof *c, cand_qsort_cmp);
 }
 
-/* The count the top_k and fraction parts of rule allow out of n. */
-static int keep_bound(const mr_keep_rule *rule, int n) {
+int mr_cascade_keep_bound(const mr_keep_rule *rule, int n) {
     int k = n;
     if (rule->top_k > 0 && rule->top_k < k) k = rule->top_k;
     if (rule->fraction > 0) {
@@ -79,7 +79,7 @@ static int keep_bound(const mr_keep_rule *rule, int n) {
 }
 
 int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule) {
-    int k = keep_bound(rule, n);
+    int k = mr_cascade_keep_bound(rule, n);
     if (rule->has_min_score) {
         int above = 0;
         for (int i = 0; i < n; i++)
@@ -91,7 +91,7 @@ int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule) 
 
 int mr_cascade_select(mr_cand *c, int n, const mr_keep_rule *rule) {
     mr_cascade_sort(c, n);
-    int k = keep_bound(rule, n);
+    int k = mr_cascade_keep_bound(rule, n);
     if (rule->has_min_score) {
         /* sorted: the survivors above the threshold are a prefix */
         int above = 0;
@@ -162,6 +162,95 @@ double mr_cascade_remaining_ms(double grpc_remaining_ms, double budget_ms, doubl
     double r = isnan(grpc_remaining_ms) ? INFINITY : grpc_remaining_ms;
     if (budget_ms > 0 && budget_ms - elapsed_ms < r) r = budget_ms - elapsed_ms;
     return r;
+}
+
+void mr_retry_budget_init(mr_retry_budget *b) { b->tokens = MR_RETRY_TOKENS_MAX; }
+
+void mr_retry_budget_call(mr_retry_budget *b) {
+    b->tokens += MR_RETRY_TOKENS_PER_CALL;
+    if (b->tokens > MR_RETRY_TOKENS_MAX) b->tokens = MR_RETRY_TOKENS_MAX;
+}
+
+int mr_retry_budget_take(mr_retry_budget *b) {
+    /* the 1e-9 slack lets ten additions of 0.1 buy one retry despite float rounding */
+    if (b->tokens < 1 - 1e-9) return 0;
+    b->tokens -= 1;
+    if (b->tokens < 0) b->tokens = 0;
+    return 1;
+}
+
+int mr_retry_budget_take_hedge(mr_retry_budget *b) {
+    /* the 1e-9 slack as in mr_retry_budget_take */
+    if (b->tokens - 1 < MR_RETRY_TOKENS_MAX / 2 - 1e-9) return 0;
+    return mr_retry_budget_take(b);
+}
+
+const char *mr_retry_reason(mr_retry_verdict v) {
+    static const char *const k[MR_RETRY_N] = {"ok",       "status", "no_replica", "pool_full",
+                                              "deadline", "budget", "attempts"};
+    return v >= 0 && v < MR_RETRY_N ? k[v] : "status";
+}
+
+mr_retry_verdict mr_retry_decide(mr_call_failure f, int attempt, int n_other, int n_other_free,
+                                 double remaining_ms, double need_ms, mr_retry_budget *b) {
+    if (f == MR_FAIL_FATAL) return MR_RETRY_STATUS;
+    if (attempt >= MR_RETRY_MAX_ATTEMPTS) return MR_RETRY_ATTEMPTS;
+    if (n_other < 1) return MR_RETRY_NO_REPLICA;
+    if (f == MR_FAIL_EXHAUSTED && n_other_free < 1) return MR_RETRY_POOL_FULL;
+    if (!(remaining_ms > 0) || (need_ms > 0 && need_ms > remaining_ms)) return MR_RETRY_DEADLINE;
+    return mr_retry_budget_take(b) ? MR_RETRY_OK : MR_RETRY_BUDGET;
+}
+
+double mr_retry_backoff_ms(int retry, double cap_ms, double u01) {
+    if (!(cap_ms > 0)) return 0;
+    double d = MR_RETRY_BACKOFF_BASE_MS;
+    for (int i = 1; i < retry && d < MR_RETRY_BACKOFF_MAX_MS; i++) d *= 2;
+    if (d > MR_RETRY_BACKOFF_MAX_MS) d = MR_RETRY_BACKOFF_MAX_MS;
+    if (d > cap_ms) d = cap_ms;
+    if (!(u01 >= 0)) u01 = 0;
+    if (u01 >= 1) u01 = 1;
+    return u01 * d;
+}
+
+double mr_attempt_timeout_ms(double call_est_ms, double remaining_ms, double reserve_ms,
+                             int can_retry) {
+    if (!(call_est_ms >= 0)) call_est_ms = 0;
+    if (isnan(remaining_ms)) remaining_ms = INFINITY;
+    double avail = remaining_ms;
+    if (reserve_ms > 0 && remaining_ms - reserve_ms >= call_est_ms) avail = remaining_ms - reserve_ms;
+    if (!can_retry) return avail > 0 ? avail : 0;
+    double t = MR_ATTEMPT_EST_FACTOR * call_est_ms;
+    if (t < MR_ATTEMPT_FLOOR_MS) t = MR_ATTEMPT_FLOOR_MS;
+    if (avail == INFINITY) return t;
+    if (avail / 2 >= call_est_ms) avail /= 2;
+    if (t > avail) t = avail;
+    return t > 0 ? t : 0;
+}
+
+double mr_hedge_delay_ms(double call_est_ms, double tier_budget_ms, double remaining_ms) {
+    if (!(tier_budget_ms > 0) || tier_budget_ms > MR_HEDGE_MAX_BUDGET_MS) return -1;
+    if (!(call_est_ms >= 0)) return -1;
+    double d = 2 * call_est_ms;
+    if (d < MR_HEDGE_MIN_DELAY_MS) d = MR_HEDGE_MIN_DELAY_MS;
+    if (!(d + call_est_ms <= remaining_ms)) return -1;
+    return d;
+}
+
+double mr_outlier_failure(mr_outlier *o, int severe, int n_replicas, int n_ejected) {
+    if (!severe && ++o->consecutive < MR_EJECT_AFTER) return 0;
+    int max_ejected = n_replicas / 2 > 1 ? n_replicas / 2 : 1;
+    if (n_replicas < 2 || n_ejected >= max_ejected) return 0;   /* the count stays: next time */
+    double ms = MR_EJECT_BASE_MS;
+    for (int i = 0; i < o->ejections && ms < MR_EJECT_MAX_MS; i++) ms *= 2;
+    if (ms > MR_EJECT_MAX_MS) ms = MR_EJECT_MAX_MS;
+    o->consecutive = 0;
+    o->ejections++;
+    return ms;
+}
+
+void mr_outlier_success(mr_outlier *o) {
+    o->consecutive = 0;
+    o->ejections = 0;
 }
 
 float mr_cascade_sigmoid(float raw) {

@@ -2,8 +2,9 @@
  *
  * What survives a stage (keep rules and bounded request overrides), how the final ranking is
  * merged across stages, what a stage costs (token-layers times a per-pool ns/token-layer that
- * an EWMA refines online), how a stage's candidates are split into parallel calls, and whether
- * a stage may still run within the remaining deadline budget. Nothing here does I/O, allocates
+ * an EWMA refines online), how a stage's candidates are split into parallel calls, whether
+ * a stage may still run within the remaining deadline budget, and the fan-out's fault rules:
+ * retry budget and verdict, backoff, per-attempt timeout, outlier ejection. Nothing here does I/O, allocates
  * behind the caller's back (except mr_cascade_select's scratch) or takes locks: the coordinator
  * (coordinator/, coord_internal.h) owns the state and the locking; tests/test_cascade.c checks every rule.
  *
@@ -121,6 +122,113 @@ mr_stage_decision mr_cascade_decide(int stage, double est_ms, double remaining_m
  * deadline) and the tier budget minus the time already spent (budget_ms <= 0: no budget);
  * INFINITY when neither is set. May be negative once the budget is spent. */
 double mr_cascade_remaining_ms(double grpc_remaining_ms, double budget_ms, double elapsed_ms);
+
+/* ---- retries, attempt timeouts, outlier ejection (fanout.c applies them) ---- */
+
+/* A pool's retry budget, a token bucket as in gRPC's retry throttling: it starts full, every
+ * original Score call adds MR_RETRY_TOKENS_PER_CALL (up to MR_RETRY_TOKENS_MAX) and every retry
+ * costs one token; with less than one token left retries are refused. So retries stay below
+ * about a tenth of the calls plus a burst of ten: enough for the calls in flight on a replica
+ * that just died, never a storm against an overloaded pool. */
+#define MR_RETRY_TOKENS_MAX 10.0
+#define MR_RETRY_TOKENS_PER_CALL 0.1
+typedef struct mr_retry_budget {
+    double tokens;
+} mr_retry_budget;
+void mr_retry_budget_init(mr_retry_budget *b);
+void mr_retry_budget_call(mr_retry_budget *b);
+/* 1 (and one token spent) when a retry may go, else 0. */
+int mr_retry_budget_take(mr_retry_budget *b);
+/* The same for a hedge, which only spends from the upper half of the bucket: hedges never
+ * leave retries (which replace calls that failed) without tokens. */
+int mr_retry_budget_take_hedge(mr_retry_budget *b);
+
+/* How an attempt failed, for the retry and ejection rules. */
+typedef enum mr_call_failure {
+    MR_FAIL_FATAL = 0,          /* the worker's answer stands (INVALID_ARGUMENT, INTERNAL...) */
+    MR_FAIL_UNAVAILABLE,        /* no connection / the replica went away */
+    MR_FAIL_TIMEOUT,            /* the attempt's deadline passed */
+    MR_FAIL_EXHAUSTED,          /* the replica refused: full (RESOURCE_EXHAUSTED) */
+    MR_FAIL_TRANSIENT           /* CANCELLED, ABORTED, UNKNOWN */
+} mr_call_failure;
+
+/* Why a failed attempt is not retried; MR_RETRY_OK when it is. */
+typedef enum mr_retry_verdict {
+    MR_RETRY_OK = 0,
+    MR_RETRY_STATUS,            /* not a retryable failure */
+    MR_RETRY_NO_REPLICA,        /* no other replica to send it to */
+    MR_RETRY_POOL_FULL,         /* RESOURCE_EXHAUSTED and every other replica refuses too */
+    MR_RETRY_DEADLINE,          /* the budget left cannot fit another attempt */
+    MR_RETRY_BUDGET,            /* the pool's retry budget is empty */
+    MR_RETRY_ATTEMPTS,          /* the call already had MR_RETRY_MAX_ATTEMPTS attempts */
+    MR_RETRY_N
+} mr_retry_verdict;
+/* The metric label of a refusal: "status", "no_replica", "pool_full", "deadline", "budget",
+ * "attempts". */
+const char *mr_retry_reason(mr_retry_verdict v);
+
+/* Whether failed attempt number `attempt` (1, 2, ...) of a call is retried. n_other: replicas other than the one that failed
+ * (a DNS pool passes 1: gRPC balances the retry to another backend); n_other_free: those of
+ * them not known to be full (RESOURCE_EXHAUSTED lately) nor ejected; remaining_ms: the budget
+ * left; need_ms: the least a new attempt needs (its estimate). A token is taken from b only
+ * when every other rule allows the retry, so refusals for other reasons cost nothing. */
+#define MR_RETRY_MAX_ATTEMPTS 3
+mr_retry_verdict mr_retry_decide(mr_call_failure f, int attempt, int n_other, int n_other_free,
+                                 double remaining_ms, double need_ms, mr_retry_budget *b);
+
+/* Full-jitter exponential backoff before retry number `retry` (1, 2, ...): u01 * min(5 ms *
+ * 2^(retry-1), 200 ms, cap_ms), u01 in [0, 1) from the caller's generator; cap_ms (what the
+ * budget can spare) <= 0 or NaN gives 0. */
+#define MR_RETRY_BACKOFF_BASE_MS 5.0
+#define MR_RETRY_BACKOFF_MAX_MS 200.0
+double mr_retry_backoff_ms(int retry, double cap_ms, double u01);
+
+/* Timeout of one Score attempt. It gets at most avail = remaining_ms - reserve_ms (what the
+ * later stages of the cascade need; ignored when that leaves less than the call's estimate).
+ * When no other replica could take over (!can_retry) that is all it gets: timing out early
+ * would only lose the answer (INFINITY without a budget). Else it wants
+ * max(MR_ATTEMPT_EST_FACTOR x call_est_ms, MR_ATTEMPT_FLOOR_MS), where call_est_ms includes the
+ * work queued ahead of it on that replica: a healthy replica is rarely 3x slower than that,
+ * and the floor keeps tiny estimates from timing out on scheduling noise; and at most half of
+ * avail, so a hung replica leaves the retry the other half: with one of two replicas hung, a
+ * 150 ms tier still answers (not halved when half would not fit the estimate: a retry could
+ * not fit either). No budget (remaining_ms infinite): the wanted value. */
+#define MR_ATTEMPT_EST_FACTOR 3.0
+#define MR_ATTEMPT_FLOOR_MS 250.0
+double mr_attempt_timeout_ms(double call_est_ms, double remaining_ms, double reserve_ms,
+                             int can_retry);
+
+/* Outlier ejection of one replica: MR_EJECT_AFTER consecutive failed attempts (timeouts or
+ * errors; RESOURCE_EXHAUSTED is load, not a fault, and does not count), or one severe failure
+ * (UNAVAILABLE, or a timeout beyond MR_ATTEMPT_EST_FACTOR x the estimate), eject it for
+ * MR_EJECT_BASE_MS, doubling with every further ejection up to MR_EJECT_MAX_MS; an answer
+ * resets both counts. At most half of a pool's replicas (at least one) are ejected at a time:
+ * when load makes every replica slow, ejecting the last ones would only concentrate it. */
+#define MR_EJECT_AFTER 3
+#define MR_EJECT_BASE_MS 1000.0
+#define MR_EJECT_MAX_MS 30000.0
+typedef struct mr_outlier {
+    int consecutive;            /* failures since the last answer or ejection */
+    int ejections;              /* ejections since the last answer */
+} mr_outlier;
+/* Records a failure of a replica of a pool of n_replicas of which n_ejected others are ejected
+ * now; returns how long to eject it (ms), 0 when it stays. */
+double mr_outlier_failure(mr_outlier *o, int severe, int n_replicas, int n_ejected);
+void mr_outlier_success(mr_outlier *o);
+
+/* Hedging: in tiers with a short budget (at most MR_HEDGE_MAX_BUDGET_MS), where waiting out a
+ * slow replica costs the answer, a call still unanswered after mr_hedge_delay_ms is sent again
+ * to another replica; the first answer wins and the other copy is cancelled. The delay is 2x
+ * the call's estimate (a healthy replica rarely takes longer), at least MR_HEDGE_MIN_DELAY_MS;
+ * -1 (no hedge) for other tiers, or when a hedge sent then could not finish in the budget
+ * left (delay + estimate > remaining_ms). Hedges are paid from the upper half of the pool's
+ * retry budget (mr_retry_budget_take_hedge). */
+#define MR_HEDGE_MAX_BUDGET_MS 1000.0
+#define MR_HEDGE_MIN_DELAY_MS 10.0
+double mr_hedge_delay_ms(double call_est_ms, double tier_budget_ms, double remaining_ms);
+
+/* The top_k and fraction part of a keep rule: at most how many of n survive. */
+int mr_cascade_keep_bound(const mr_keep_rule *rule, int n);
 
 /* Calibrated score: 1 / (1 + exp(-raw)); NaN stays NaN. */
 float mr_cascade_sigmoid(float raw);

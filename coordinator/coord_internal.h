@@ -6,12 +6,15 @@
  *   request.c    the request: unpack and validate, per-candidate state, token estimates, stats
  *   admission.c  admission by tier priority (in-flight slots)
  *   plan.c       whether a stage fits the remaining budget, and into how many calls it splits
- *   fanout.c     one stage's Score calls over a pool's replicas, with failover; folds answers
+ *   fanout.c     one stage's Score calls over a pool's replicas: attempt timeouts, retries,
+ *                hedges, cancellation; folds answers
+ *   replicas.c   replica state (full, outlier, ejected) and the pick of a replica
  *   wire.c       protobuf packing: Score requests, the ranking, Info
- *   probe.c      the prober thread: Worker Info, warm-up, health
+ *   probe.c      the prober thread: Worker Info, warm-up, health, ejected replicas back
  *   coordinator.c  lifecycle and handler registration
- * The pure rules (keep, merge, cost model, deadline decision) are cascade.c's; the config is
- * coord_config.c's; metrics are coord_metrics.c's.
+ * The pure rules (keep, merge, cost model, deadline decision, retries, attempt timeouts,
+ * hedge delay, ejection) are cascade.c's; the config is coord_config.c's; metrics are
+ * coord_metrics.c's.
  *
  * Locking: mr_coord.mu (endpoint state, cost models, in-flight count, model name) is a leaf
  * lock, held briefly; a stage's fan-out lock is never held while taking it. */
@@ -37,7 +40,11 @@ typedef struct mr__endpoint {
     char target[300];
     mr_rpc_channel *ch;
     /* under mr_coord.mu */
-    double down_until;          /* monotonic ms */
+    double down_until;          /* monotonic ms: ejected (skipped by the fan-out) until then;
+                                 * the prober clears it when the replica answers Info */
+    double full_until;          /* monotonic ms: refused with RESOURCE_EXHAUSTED lately */
+    mr_outlier outlier;         /* consecutive failures and ejections (cascade.h) */
+    double inflight_tl;         /* token-layers of this coordinator's Score calls in flight */
     int info_ok;
     int warmed;                 /* answered a warm-up Score for every stage of its pool */
     double ns_per_tl;
@@ -48,6 +55,7 @@ typedef struct mr__pool {
     int n_ep;
     mr__endpoint *ep;
     atomic_uint rr;             /* round-robin cursor */
+    mr_retry_budget retry;      /* under mr_coord.mu */
 } mr__pool;
 
 struct mr_coord {
@@ -122,13 +130,38 @@ mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_a
                                  double *est_ms, double *rem_ms);
 /* Number of Score calls for active[0..n_active) on the stage's pool. */
 int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active);
+/* What the profile stages after pos need (ms, with the safety factor) if active[0..n_active)
+ * ran them, shrunk by the keep rules' top_k and fraction: the budget a stage's attempts leave
+ * alone. 0 when the tier allows degraded answers (the later stages may be skipped). */
+double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active);
+
+/* ---- replicas.c ---- */
+
+/* How a failed Score status counts for the retry and ejection rules. */
+mr_call_failure mr__call_failure(grpc_status_code st);
+/* A replica of pool p for the next call: never `avoid` (-1: none) unless it is the only one;
+ * round-robin over the replicas neither ejected nor full, else a full one, else the ejected
+ * one whose ejection ends first. */
+int mr__replica_pick(mr_coord *c, int p, int avoid);
+/* Replicas of pool p other than `except` neither ejected nor full at now; 0 for a DNS pool
+ * (its backends are not known). Caller holds mr_coord.mu. */
+int mr__replica_n_free(mr_coord *c, int p, int except, double now);
+/* Books a failed attempt on replica e (status st after wall_ms; est_ms its estimate): a full
+ * mark for RESOURCE_EXHAUSTED, else the outlier state, and an ejection (counted, logged) when
+ * that says so. */
+void mr__replica_failed(mr_coord *c, int p, int e, grpc_status_code st, double wall_ms,
+                        double est_ms);
+/* Books an answer of replica e: its outlier state starts over. */
+void mr__replica_answered(mr_coord *c, int p, int e);
 
 /* ---- fanout.c ---- */
 
 /* Scores active[0..n_active) with profile stage pos over the pool's replicas, retrying failed
- * calls on other replicas within the budget, and folds the scores into r. 0 on success; else
- * *code/msg say why (DEADLINE_EXCEEDED when the budget ran out); r is unchanged then. */
-int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, double est_ms,
+ * calls on other replicas within the budget and the pool's retry budget, and folds the scores
+ * into r. 0 on success; else *code/msg say why (DEADLINE_EXCEEDED when the budget ran out,
+ * CANCELLED when the client went away; its calls in flight are cancelled then); r is unchanged
+ * then. */
+int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                      grpc_status_code *code, char *msg, size_t cap);
 
 /* ---- wire.c ---- */

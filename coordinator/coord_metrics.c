@@ -27,6 +27,9 @@ struct mr_coord_metrics {
     stage_tier st[MR_CC_MAX_STAGES][MR_CC_MAX_TIERS];
     tier_ctr tier[MR_CC_MAX_TIERS];
     unsigned long retries[MR_CC_MAX_POOLS];
+    unsigned long refused[MR_CC_MAX_POOLS][MR_RETRY_N];
+    unsigned long ejections[MR_CC_MAX_POOLS], cancelled[MR_CC_MAX_POOLS];
+    unsigned long hedges[MR_CC_MAX_POOLS];
     double ns_per_tl[MR_CC_MAX_STAGES];
     long inflight;
     mr_prom_http *http;
@@ -93,6 +96,34 @@ void mr_coord_metrics_retry(mr_coord_metrics *m, int pool) {
     if (!m || !ok_idx(pool, m->cfg->n_pools)) return;
     pthread_mutex_lock(&m->mu);
     m->retries[pool]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_retry_refused(mr_coord_metrics *m, int pool, mr_retry_verdict why) {
+    if (!m || !ok_idx(pool, m->cfg->n_pools) || !ok_idx((int)why, MR_RETRY_N)) return;
+    pthread_mutex_lock(&m->mu);
+    m->refused[pool][why]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_ejection(mr_coord_metrics *m, int pool) {
+    if (!m || !ok_idx(pool, m->cfg->n_pools)) return;
+    pthread_mutex_lock(&m->mu);
+    m->ejections[pool]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_hedge(mr_coord_metrics *m, int pool) {
+    if (!m || !ok_idx(pool, m->cfg->n_pools)) return;
+    pthread_mutex_lock(&m->mu);
+    m->hedges[pool]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_cancelled(mr_coord_metrics *m, int pool, int n) {
+    if (!m || !ok_idx(pool, m->cfg->n_pools) || n <= 0) return;
+    pthread_mutex_lock(&m->mu);
+    m->cancelled[pool] += (unsigned long)n;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -179,6 +210,31 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     for (int p = 0; p < c->n_pools; p++)
         mr_prom_printf(&b, "mrank_coord_retries_total{pool=\"%s\"} %lu\n", c->pools[p].name,
                   m->retries[p]);
+    HELP("mrank_coord_retries_refused_total", "counter",
+         "Failed Score calls not retried, by reason (budget: the pool's retry budget is empty; "
+         "pool_full: RESOURCE_EXHAUSTED and no other replica free; no_replica; deadline; "
+         "attempts; status: not retryable).");
+    for (int p = 0; p < c->n_pools; p++)
+        for (int v = MR_RETRY_OK + 1; v < MR_RETRY_N; v++)
+            mr_prom_printf(&b, "mrank_coord_retries_refused_total{pool=\"%s\",reason=\"%s\"} %lu\n",
+                           c->pools[p].name, mr_retry_reason((mr_retry_verdict)v),
+                           m->refused[p][v]);
+    HELP("mrank_coord_ejections_total", "counter",
+         "Replicas ejected (skipped by the fan-out) after timeouts or errors.");
+    for (int p = 0; p < c->n_pools; p++)
+        mr_prom_printf(&b, "mrank_coord_ejections_total{pool=\"%s\"} %lu\n", c->pools[p].name,
+                       m->ejections[p]);
+    HELP("mrank_coord_hedges_total", "counter",
+         "Slow Score calls sent again to another replica (short-budget tiers).");
+    for (int p = 0; p < c->n_pools; p++)
+        mr_prom_printf(&b, "mrank_coord_hedges_total{pool=\"%s\"} %lu\n", c->pools[p].name,
+                       m->hedges[p]);
+    HELP("mrank_coord_score_cancelled_total", "counter",
+         "Score calls in flight cancelled by the coordinator (client gone, deadline, stage "
+         "failed).");
+    for (int p = 0; p < c->n_pools; p++)
+        mr_prom_printf(&b, "mrank_coord_score_cancelled_total{pool=\"%s\"} %lu\n",
+                       c->pools[p].name, m->cancelled[p]);
     HELP("mrank_coord_inflight_requests", "gauge", "Requests being served.");
     mr_prom_printf(&b, "mrank_coord_inflight_requests %ld\n", m->inflight);
     pthread_mutex_unlock(&m->mu);

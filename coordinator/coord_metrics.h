@@ -3,13 +3,15 @@
  * Counters per (profile stage position, tier): candidates in, survivors kept (survival ratio =
  * kept / in), escalations (requests that reached a stage after the first), stages skipped for
  * the deadline; per tier: requests by outcome, degraded answers, deadline misses and a request
- * latency histogram; per pool: Score retries on another replica; per stage: the cost model's
+ * latency histogram; per pool: Score retries on another replica, retries refused (by reason),
+ * replica ejections, hedges, Score calls cancelled in flight; per stage: the cost model's
  * current ns per token-layer. Served as Prometheus text at GET /metrics by rpc/prom.h's
  * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
 #ifndef MR_COORD_METRICS_H
 #define MR_COORD_METRICS_H
 
+#include "cascade.h"
 #include "coord_config.h"
 
 typedef struct mr_coord_metrics mr_coord_metrics;
@@ -32,6 +34,13 @@ void mr_coord_metrics_stage(mr_coord_metrics *m, int stage, int tier, int in, in
 void mr_coord_metrics_request(mr_coord_metrics *m, int tier, mr_outcome out, int deadline_miss,
                               double ms);
 void mr_coord_metrics_retry(mr_coord_metrics *m, int pool);
+/* A retry not made, and why (cascade.h). */
+void mr_coord_metrics_retry_refused(mr_coord_metrics *m, int pool, mr_retry_verdict why);
+void mr_coord_metrics_ejection(mr_coord_metrics *m, int pool);
+/* A hedge sent (a second copy of a slow call to another replica). */
+void mr_coord_metrics_hedge(mr_coord_metrics *m, int pool);
+/* n Score calls still in flight cancelled by the coordinator. */
+void mr_coord_metrics_cancelled(mr_coord_metrics *m, int pool, int n);
 void mr_coord_metrics_cost(mr_coord_metrics *m, int stage, double ns_per_tl);
 void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta);
 

@@ -50,6 +50,7 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
         const mr_cc_pool *pc = &cfg->pools[p];
         mr__pool *pr = &c->pools[p];
         pr->n_ep = *pc->dns ? 1 : pc->n_addrs;
+        mr_retry_budget_init(&pr->retry);
         if (!(pr->ep = calloc((size_t)pr->n_ep, sizeof *pr->ep))) {
             rc = mr_err_set(err, MR_ENOMEM, "coordinator: out of memory");
             goto fail;

@@ -2,68 +2,70 @@
  *
  * The stage's candidates are split into interleaved groups (each call gets a similar mix of
  * long and short documents), each group is packed into a ScoreRequest and sent asynchronously
- * to a replica picked round-robin among those not marked down. The handler thread waits for
- * every call; calls that failed with a retryable status are sent again to another replica
- * while the budget lasts, each attempt bounded so a hung replica cannot take all of it. The
- * answers are folded into the request (scores, depth, exact token counts) and into the stage's
- * cost model. Completions run on the channels' polling threads and only copy and signal. */
+ * to a replica from replicas.c's pick (round-robin, skipping ejected and full ones). The
+ * handler thread then runs an event loop: it wakes on every completion, at every retry or
+ * hedge due and at least every WAKE_MS, so a client that cancels or a deadline that passes is
+ * noticed promptly. Each attempt has its own timeout from the cost model (cascade.h
+ * mr_attempt_timeout_ms); a failed attempt is booked against its replica (replicas.c) and
+ * retried after a jittered backoff on another replica when cascade.h's rules allow it
+ * (retryable status, another replica, free ones for RESOURCE_EXHAUSTED, time left, a token of
+ * the pool's retry budget, at most MR_RETRY_MAX_ATTEMPTS attempts), else the stage fails. In
+ * short-budget tiers a call still unanswered after cascade.h's hedge delay is sent again to
+ * another replica, paid from the retry budget; the first answer wins. Each copy of a call (a
+ * slot: the call, or its hedge) has its own rpc cancel group: the loser of a hedge race is
+ * cancelled alone, and when the stage ends every copy still in flight is cancelled, so no
+ * Score call outlives its request. The answers are folded into the request (scores, depth,
+ * exact token counts) and into the stage's cost model. Completions run on the channels'
+ * polling threads and only copy and signal. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "coord_internal.h"
 #include "rpc_methods.h"
 #include "subarch.h"
 
-#define NO_BUDGET_TIMEOUT_MS 60000.0
-#define DOWN_MS 1000.0          /* a replica that answered UNAVAILABLE is avoided this long */
-
-/* ---- replicas ---- */
-
-/* Picks a replica of pool p for the next call, avoiding `avoid` and replicas marked down. The
- * counter moves one step per call, so the calls of a stage land on consecutive replicas. */
-static int pick_endpoint(mr_coord *c, int p, int avoid) {
-    mr__pool *pr = &c->pools[p];
-    if (pr->n_ep == 1) return 0;
-    unsigned base = atomic_fetch_add(&pr->rr, 1);
-    double t = mr__now_ms();
-    int best = -1;
-    double best_down = INFINITY;
-    pthread_mutex_lock(&c->mu);
-    for (int i = 0; i < pr->n_ep; i++) {
-        int e = (int)((base + (unsigned)i) % (unsigned)pr->n_ep);
-        if (e == avoid) continue;
-        if (pr->ep[e].down_until <= t) { best = e; break; }
-        if (pr->ep[e].down_until < best_down) { best_down = pr->ep[e].down_until; best = e; }
-    }
-    pthread_mutex_unlock(&c->mu);
-    return best >= 0 ? best : (avoid >= 0 ? avoid : 0);
-}
-
-static void mark_down(mr_coord *c, int p, int e) {
-    pthread_mutex_lock(&c->mu);
-    c->pools[p].ep[e].down_until = mr__now_ms() + DOWN_MS;
-    pthread_mutex_unlock(&c->mu);
-}
+#define WAKE_MS 10.0            /* the loop looks at the client and the budget this often */
+#define NO_BUDGET_TIMEOUT_MS 60000.0    /* an attempt's cap when nothing else bounds it */
 
 /* ---- calls ---- */
 
+/* A slot is one copy of a call: the call itself (slots 0..n_calls) or its hedge (after). */
+typedef enum slot_state {
+    S_RUN,                      /* an attempt in flight */
+    S_DONE,                     /* its completion arrived, not yet looked at */
+    S_WAIT,                     /* the next attempt starts at retry_at */
+    S_OK,                       /* answered */
+    S_DEAD                      /* given up for its twin (a hedge race lost or left to it) */
+} slot_state;
+
 typedef struct batch {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int pending;
+    pthread_cond_t cv;          /* CLOCK_MONOTONIC */
+    int pending;                /* attempts in flight */
+    int n_done;                 /* completions the loop has not looked at */
 } batch;
 
 typedef struct slot {
     batch *b;
+    mr_rpc_cancel *group;       /* this slot's attempts (a hedge race cancels the loser alone) */
+    int owner;                  /* the call this slot answers (itself, or the hedged call) */
+    int hedge;                  /* 1: a hedge slot */
+    int twin;                   /* the other copy of the call, -1 none */
+    int won;                    /* owners: the slot whose answer stands, -1 none yet */
+    double hedge_at;            /* owners: when to send a hedge (INFINITY: never) */
+    mr__endpoint *rt;           /* the replica of the attempt in flight */
+    mr_coord *co;
     int *members;               /* request indices scored by this call */
     int n;
     uint8_t *req;
     size_t req_len;
+    slot_state state;           /* S_RUN -> S_DONE under b->mu (the completion) */
     int ep, attempts;
-    double t_start, wall_ms;
+    double t_start, wall_ms, timeout_ms, est_ms, retry_at;
     grpc_status_code status;
     char msg[256];
     uint8_t *resp;
@@ -74,6 +76,10 @@ typedef struct slot {
 static void on_score_done(void *user, grpc_status_code status, const char *msg,
                           const uint8_t *resp, size_t resp_len) {
     slot *s = user;
+    pthread_mutex_lock(&s->co->mu);
+    s->rt->inflight_tl -= s->token_layers;
+    if (s->rt->inflight_tl < 0) s->rt->inflight_tl = 0;
+    pthread_mutex_unlock(&s->co->mu);
     s->status = status;
     snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
     s->wall_ms = mr__now_ms() - s->t_start;
@@ -91,29 +97,72 @@ static void on_score_done(void *user, grpc_status_code status, const char *msg,
         }
     }
     pthread_mutex_lock(&s->b->mu);
+    s->state = S_DONE;
     s->b->pending--;
+    s->b->n_done++;
     pthread_cond_signal(&s->b->cv);
     pthread_mutex_unlock(&s->b->mu);
 }
 
-static int launch(mr__req *r, int p, slot *s, double timeout_ms) {
+/* Starts the next attempt of s on its replica, bounded by the cost model and the budget left
+ * (rem_ms) minus what later stages need (reserve_ms). The estimate counts the work this
+ * coordinator already has in flight on that replica (it queues ahead of this call). -1 when
+ * it cannot even start. */
+static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double reserve_ms) {
     mr_coord *c = r->co;
-    mr_rpc_opts o = {.timeout_ms = timeout_ms, .wait_for_ready = 0, .traceparent = NULL};
+    const mr__pool *pr = &c->pools[p];
+    s->co = c;
+    s->rt = &pr->ep[s->ep];
+    pthread_mutex_lock(&c->mu);
+    s->est_ms = mr_cost_model_estimate_ms(&c->cost[si], s->token_layers + s->rt->inflight_tl, 1);
+    s->rt->inflight_tl += s->token_layers;
+    if (s->attempts == 0 && !s->hedge) mr_retry_budget_call(&c->pools[p].retry);
+    pthread_mutex_unlock(&c->mu);
+    int can_retry = pr->n_ep > 1 || *c->cfg.pools[p].dns;
+    s->timeout_ms = mr_attempt_timeout_ms(s->est_ms, rem_ms, reserve_ms, can_retry);
+    if (!(s->timeout_ms < NO_BUDGET_TIMEOUT_MS)) s->timeout_ms = NO_BUDGET_TIMEOUT_MS;
+    mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1, .cancel = s->group};
+    if (s->attempts) mr_coord_metrics_retry(c->metrics, p);
     s->t_start = mr__now_ms();
+    /* a call's first attempt may be hedged (not a hedge, not a retry; address pools) */
+    double hd = !s->hedge && s->attempts == 0 && pr->n_ep > 1
+                    ? mr_hedge_delay_ms(s->est_ms, c->cfg.tiers[r->tier].budget_ms, rem_ms)
+                    : -1;
+    s->hedge_at = hd >= 0 ? s->t_start + hd : INFINITY;
     s->attempts++;
     pthread_mutex_lock(&s->b->mu);
+    s->state = S_RUN;
     s->b->pending++;
     pthread_mutex_unlock(&s->b->mu);
-    if (mr_rpc_unary_async(c->pools[p].ep[s->ep].ch, MR_METHOD_SCORE, s->req, s->req_len, &o,
+    if (mr_rpc_unary_async(pr->ep[s->ep].ch, MR_METHOD_SCORE, s->req, s->req_len, &o,
                            on_score_done, s)) {
         pthread_mutex_lock(&s->b->mu);
         s->b->pending--;
+        s->state = S_WAIT;
         pthread_mutex_unlock(&s->b->mu);
-        s->status = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        snprintf(s->msg, sizeof s->msg, "coordinator: cannot start a Score call");
+        pthread_mutex_lock(&c->mu);
+        s->rt->inflight_tl -= s->token_layers;
+        pthread_mutex_unlock(&c->mu);
         return -1;
     }
     return 0;
+}
+
+/* Waits until a completion arrives or until `until` (monotonic ms), whichever is first. */
+static void wait_event(batch *b, double until) {
+    pthread_mutex_lock(&b->mu);
+    while (!b->n_done) {
+        double left = until - mr__now_ms();
+        if (left <= 0) break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        long ns = ts.tv_nsec + (long)(left * 1e6);
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_cond_timedwait(&b->cv, &b->mu, &ts);
+    }
+    b->n_done = 0;
+    pthread_mutex_unlock(&b->mu);
 }
 
 static void wait_all(batch *b) {
@@ -178,23 +227,140 @@ done:
     return rc;
 }
 
-static int retryable(grpc_status_code st) {
-    return st == GRPC_STATUS_UNAVAILABLE || st == GRPC_STATUS_DEADLINE_EXCEEDED ||
-           st == GRPC_STATUS_RESOURCE_EXHAUSTED || st == GRPC_STATUS_CANCELLED ||
-           st == GRPC_STATUS_UNKNOWN || st == GRPC_STATUS_ABORTED;
+/* A uniform number in [0, 1) for the backoff jitter (per-thread xorshift). */
+static double jitter_u01(void) {
+    static _Thread_local unsigned long long x;
+    if (!x) x = (unsigned long long)(mr__now_ms() * 1e3) ^ (unsigned long long)(uintptr_t)&x;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return (double)(x >> 11) / 9007199254740992.0;
 }
 
-int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, double est_ms,
+/* Books a failed attempt of s against its replica and decides whether it is retried; on a
+ * retry, schedules it (s->retry_at) on another replica. */
+static mr_retry_verdict on_failure(mr__req *r, int p, slot *s, double rem_ms) {
+    mr_coord *c = r->co;
+    mr__pool *pr = &c->pools[p];
+    int dns = *c->cfg.pools[p].dns != 0, n_other = dns ? 1 : pr->n_ep - 1;
+    mr__replica_failed(c, p, s->ep, s->status, s->wall_ms, s->est_ms);
+    double now = mr__now_ms();
+    pthread_mutex_lock(&c->mu);
+    int n_free = mr__replica_n_free(c, p, s->ep, now);
+    mr_retry_verdict v = mr_retry_decide(mr__call_failure(s->status), s->attempts, n_other,
+                                         n_free, rem_ms, s->est_ms, &pr->retry);
+    pthread_mutex_unlock(&c->mu);
+    if (v != MR_RETRY_OK) {
+        if (v != MR_RETRY_STATUS) mr_coord_metrics_retry_refused(c->metrics, p, v);
+        return v;
+    }
+    s->retry_at = now + mr_retry_backoff_ms(s->attempts, rem_ms - s->est_ms, jitter_u01());
+    s->ep = mr__replica_pick(c, p, dns ? -1 : s->ep);
+    s->state = S_WAIT;
+    return MR_RETRY_OK;
+}
+
+/* Sends a hedge of call k (slot k, its first attempt in flight since before its hedge_at) as
+ * slot h to another free replica, paid from the pool's retry budget. 0 when sent; 1 when not
+ * (no free replica, no token: the call is not hedged); -1 when it cannot start. */
+static int send_hedge(mr__req *r, int p, int si, slot *s, int k, int h, double rem,
+                      double reserve) {
+    mr_coord *c = r->co;
+    double now = mr__now_ms();
+    s[k].hedge_at = INFINITY;
+    pthread_mutex_lock(&c->mu);
+    int ok = mr__replica_n_free(c, p, s[k].ep, now) > 0 &&
+             mr_retry_budget_take_hedge(&c->pools[p].retry);
+    pthread_mutex_unlock(&c->mu);
+    if (!ok) return 1;
+    slot *x = &s[h];
+    *x = (slot){.b = s[k].b, .owner = k, .hedge = 1, .twin = k, .won = -1,
+                .members = s[k].members, .n = s[k].n, .req = s[k].req,
+                .req_len = s[k].req_len, .token_layers = s[k].token_layers,
+                .hedge_at = INFINITY, .status = GRPC_STATUS_UNKNOWN};
+    if (mr_rpc_cancel_new(&x->group)) return -1;
+    x->ep = mr__replica_pick(c, p, s[k].ep);
+    s[k].twin = h;
+    mr_coord_metrics_hedge(c->metrics, p);
+    return launch(r, p, si, x, rem, reserve);
+}
+
+/* A slot's state, read under the batch lock (its completion may be writing it). */
+static slot_state state_of(slot *s) {
+    pthread_mutex_lock(&s->b->mu);
+    slot_state st = s->state;
+    pthread_mutex_unlock(&s->b->mu);
+    return st;
+}
+
+/* Looks at the completion of slot k: an answer settles its call (a twin still running is
+ * cancelled, and booked as a failure of its replica: a lost race); a failure is booked, and
+ * retried or ends the stage, unless its twin is still at it. 0, or -1 with code/msg set. */
+static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, double rem,
+                   int *n_ok, grpc_status_code *code, char *msg, size_t cap) {
+    mr_coord *c = r->co;
+    int o = s[k].owner, t = s[k].twin;
+    if (s[o].won >= 0) {                /* its twin answered first: this copy was cancelled */
+        s[k].state = S_DEAD;
+        return 0;
+    }
+    if (s[k].status == GRPC_STATUS_OK) {
+        s[k].state = S_OK;
+        s[o].won = k;
+        (*n_ok)++;
+        slot_state ts = t >= 0 ? state_of(&s[t]) : S_DEAD;
+        mr__replica_answered(c, p, s[k].ep);
+        if (ts == S_RUN) {          /* a lost race counts as a timeout of its replica */
+            mr__replica_failed(c, p, s[t].ep, GRPC_STATUS_DEADLINE_EXCEEDED,
+                               mr__now_ms() - s[t].t_start, s[t].est_ms);
+            mr_coord_metrics_cancelled(c->metrics, p, mr_rpc_cancel_fire(s[t].group));
+        } else if (ts == S_WAIT) {
+            s[t].state = S_DEAD;
+        }
+        return 0;
+    }
+    if (getenv("MRANK_COORD_DEBUG"))
+        fprintf(stderr, "mrank coordinator: stage '%s' call %d%s on %s: status %d after %.1f ms "
+                "(timeout %.0f ms): %s\n", st->name, o, s[k].hedge ? " (hedge)" : "",
+                c->pools[p].ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms,
+                s[k].timeout_ms, s[k].msg);
+    slot_state ts = t >= 0 ? state_of(&s[t]) : S_DEAD;
+    if (ts == S_RUN || ts == S_WAIT || ts == S_DONE) {
+        /* the twin may still answer: book this failure, leave the call to it */
+        mr__replica_failed(c, p, s[k].ep, s[k].status, s[k].wall_ms, s[k].est_ms);
+        s[k].state = S_DEAD;
+        return 0;
+    }
+    int failed_ep = s[k].ep;
+    mr_retry_verdict v = on_failure(r, p, &s[k], rem);
+    if (v == MR_RETRY_OK) return 0;
+    *code = v == MR_RETRY_DEADLINE ? GRPC_STATUS_DEADLINE_EXCEEDED : s[k].status;
+    if (v == MR_RETRY_STATUS)
+        snprintf(msg, cap, "stage '%s' (%.100s): %.200s", st->name,
+                 c->pools[p].ep[failed_ep].target, s[k].msg);
+    else
+        snprintf(msg, cap, "stage '%s': not retried (%s) after %d attempts: %.200s", st->name,
+                 mr_retry_reason(v), s[k].attempts, s[k].msg);
+    return -1;
+}
+
+int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                      grpc_status_code *code, char *msg, size_t cap) {
     mr_coord *c = r->co;
     const mr_cc_stage *st = mr__req_stage(r, pos);
-    const mr_cc_pool *pc = &c->cfg.pools[st->pool];
-    const mr__pool *prt = &c->pools[st->pool];
-    int n_calls = mr__plan_calls(r, st, active, n_active);
-    batch b = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
-    slot *s = calloc((size_t)n_calls, sizeof *s);
+    const int p = st->pool, si = (int)(st - c->cfg.stages);
+    int n_calls = mr__plan_calls(r, st, active, n_active), n_slots = n_calls;
+    batch b = {.pending = 0};
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, &ca);
+    pthread_condattr_destroy(&ca);
+    slot *s = calloc(2 * (size_t)n_calls, sizeof *s);   /* the calls, then their hedges */
     int *members = malloc((size_t)n_active * sizeof *members);
-    int rc = -1;
+    int rc = -1, n_ok = 0, answered = 0;
+    double reserve = mr__plan_rest_ms(r, pos, active, n_active);
     if (!s || !members) {
         *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(msg, cap, "coordinator: out of memory");
@@ -202,8 +368,9 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, doubl
     }
     /* Interleaved split: each call gets a similar mix of long and short candidates. */
     for (int k = 0, off = 0; k < n_calls; k++) {
-        s[k].b = &b;
-        s[k].members = members + off;
+        s[k] = (slot){.b = &b, .owner = k, .twin = -1, .won = -1, .members = members + off,
+                      .state = S_WAIT, .retry_at = 0, .hedge_at = INFINITY,
+                      .status = GRPC_STATUS_UNKNOWN};
         for (int i = k; i < n_active; i += n_calls) {
             s[k].members[s[k].n++] = active[i];
             s[k].token_layers += mr_subarch_token_layers(&st->arch, r->n_fixed,
@@ -211,85 +378,91 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, doubl
         }
         off += s[k].n;
         mr_err err = {0};
+        if (mr_rpc_cancel_new(&s[k].group)) {
+            *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            snprintf(msg, cap, "coordinator: out of memory");
+            goto done;
+        }
         if (mr__wire_score(r, st, s[k].members, s[k].n, &s[k].req, &s[k].req_len, &err)) {
             *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
             snprintf(msg, cap, "%s", err.msg);
             goto done;
         }
-        s[k].ep = pick_endpoint(c, st->pool, -1);
-        s[k].status = GRPC_STATUS_UNKNOWN;
+        s[k].ep = mr__replica_pick(c, p, -1);
     }
-    /* A replica gets a bounded slice of the budget when another one could take over. */
-    int can_failover = prt->n_ep > 1 || *pc->dns;
-    int max_attempts = (prt->n_ep > 1 ? prt->n_ep : 2) + 2;
-    for (int round = 0;; round++) {
-        double rem = mr__req_remaining_ms(r);
-        if (!isfinite(rem)) rem = NO_BUDGET_TIMEOUT_MS;
-        double t_call = rem;
-        if (can_failover) {
-            /* half the budget (at least 4x the estimate) so a retry still has time */
-            double slice = rem / 2 > 4 * est_ms + 500 ? rem / 2 : 4 * est_ms + 500;
-            if (slice < t_call) t_call = slice;
-        }
-        int launched = 0;
-        for (int k = 0; k < n_calls; k++) {
-            if (round > 0 && s[k].status == GRPC_STATUS_OK) continue;
-            if (rem <= 1) break;
-            if (launch(r, st->pool, &s[k], t_call) == 0) launched++;
-        }
-        if (launched) wait_all(&b);
-        int failed = 0, fatal = -1;
-        for (int k = 0; k < n_calls; k++) {
-            if (s[k].status == GRPC_STATUS_OK) continue;
-            if (getenv("MRANK_COORD_DEBUG"))
-                fprintf(stderr, "mrank coordinator: stage '%s' call %d on %s: status %d after "
-                        "%.1f ms (timeout %.0f ms): %s\n", st->name, k,
-                        prt->ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms, t_call,
-                        s[k].msg);
-            failed++;
-            if (!retryable(s[k].status) && fatal < 0) fatal = k;
-        }
-        if (!failed) break;
-        if (fatal >= 0) {
-            *code = s[fatal].status;
-            snprintf(msg, cap, "stage '%s' (%.100s): %.200s", st->name,
-                     prt->ep[s[fatal].ep].target, s[fatal].msg);
-            goto done;
-        }
+    for (;;) {
+        double now = mr__now_ms(), rem = mr__req_remaining_ms(r);
         if (mr_rpc_call_cancelled(r->call)) {
-            *code = GRPC_STATUS_CANCELLED;
-            snprintf(msg, cap, "cancelled by the client");
+            int gone = mr_rpc_call_remaining_ms(r->call) > 0;
+            *code = gone ? GRPC_STATUS_CANCELLED : GRPC_STATUS_DEADLINE_EXCEEDED;
+            snprintf(msg, cap, "stage '%s': %s", st->name,
+                     gone ? "cancelled by the client" : "the client's deadline passed");
             goto done;
         }
-        rem = mr__req_remaining_ms(r);
-        int k_failed = -1;
-        for (int k = 0; k < n_calls; k++)
-            if (s[k].status != GRPC_STATUS_OK) {
-                k_failed = k;
-                if (s[k].status == GRPC_STATUS_UNAVAILABLE && prt->n_ep > 1)
-                    mark_down(c, st->pool, s[k].ep);
-            }
-        if (rem <= 1 || s[k_failed].attempts >= max_attempts) {
-            *code = rem <= 1 ? GRPC_STATUS_DEADLINE_EXCEEDED : s[k_failed].status;
-            snprintf(msg, cap, "stage '%s': %s after %d attempts (%s)", st->name,
-                     rem <= 1 ? "deadline budget spent" : "no replica answered",
-                     s[k_failed].attempts, s[k_failed].msg);
+        if (rem <= 0) {
+            *code = GRPC_STATUS_DEADLINE_EXCEEDED;
+            snprintf(msg, cap, "stage '%s': deadline budget spent", st->name);
             goto done;
         }
-        for (int k = 0; k < n_calls; k++)
-            if (s[k].status != GRPC_STATUS_OK) {
-                s[k].ep = pick_endpoint(c, st->pool, s[k].ep);
-                mr_coord_metrics_retry(c->metrics, st->pool);
+        /* answers and failures */
+        for (int k = 0; k < n_slots; k++)
+            if (state_of(&s[k]) == S_DONE &&
+                on_done(r, p, st, s, k, rem, &n_ok, code, msg, cap))
+                goto done;
+        if (n_ok == n_calls) break;
+        /* attempts and hedges due */
+        double wake = now + WAKE_MS;
+        for (int k = 0; k < n_slots; k++) {
+            slot_state ks = state_of(&s[k]);
+            if (ks == S_WAIT && s[k].retry_at <= now) {
+                if (launch(r, p, si, &s[k], rem, reserve)) {
+                    *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                    snprintf(msg, cap, "coordinator: cannot start a Score call");
+                    goto done;
+                }
+            } else if (ks == S_WAIT && s[k].retry_at < wake) {
+                wake = s[k].retry_at;
+            } else if (ks == S_RUN && k < n_calls && s[k].twin < 0 && s[k].won < 0) {
+                if (s[k].hedge_at <= now) {
+                    int hr = send_hedge(r, p, si, s, k, n_slots, rem, reserve);
+                    if (s[k].twin == n_slots) n_slots++;
+                    if (hr < 0) {
+                        *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+                        snprintf(msg, cap, "coordinator: cannot start a Score call");
+                        goto done;
+                    }
+                } else if (s[k].hedge_at < wake) {
+                    wake = s[k].hedge_at;
+                }
             }
+        }
+        wait_event(&b, wake);
     }
-    rc = absorb(r, pos, st, s, n_calls, code, msg, cap);
+    answered = 1;
 done:
-    for (int k = 0; s && k < n_calls; k++) {
-        free(s[k].req);
+    /* nothing outlives the stage: every copy still in flight is cancelled and waited for */
+    for (int k = 0; s && k < n_slots; k++)
+        if (s[k].group) mr_coord_metrics_cancelled(c->metrics, p, mr_rpc_cancel_fire(s[k].group));
+    wait_all(&b);
+    if (answered) {
+        for (int k = 0; k < n_calls; k++) {   /* the winning copy's answer into the call */
+            slot *w = &s[s[k].won];
+            if (w == &s[k]) continue;
+            uint8_t *resp = s[k].resp;
+            s[k].resp = w->resp, s[k].resp_len = w->resp_len;
+            s[k].ep = w->ep, s[k].wall_ms = w->wall_ms;
+            w->resp = resp;
+        }
+        rc = absorb(r, pos, st, s, n_calls, code, msg, cap);
+    }
+    for (int k = 0; s && k < n_slots; k++) {
+        if (!s[k].hedge) free(s[k].req);
         free(s[k].resp);
+        mr_rpc_cancel_free(s[k].group);
     }
     free(s);
     free(members);
+    pthread_mutex_destroy(&b.mu);
+    pthread_cond_destroy(&b.cv);
     return rc;
 }
-

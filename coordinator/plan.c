@@ -1,7 +1,7 @@
 /* plan.c: stage planning (see coord_internal.h): the cost of a stage in token-layers, its
  * estimated wall time from the stage's cost model and the pool's parallelism, the decision to
- * run it, skip it (degraded answer) or fail the request, and the number of Score calls it is
- * split into. The rules themselves are cascade.c's; this file feeds them the request's and the
+ * run it, skip it (degraded answer) or fail the request, the number of Score calls it is
+ * split into, and what the later stages need (the budget a stage's attempts leave alone). The rules themselves are cascade.c's; this file feeds them the request's and the
  * pool's figures. */
 #include "coord_internal.h"
 
@@ -33,6 +33,27 @@ mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_a
         pthread_mutex_unlock(&c->mu);
     }
     return dec;
+}
+
+double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active) {
+    mr_coord *c = r->co;
+    const mr_cc_profile *pr = &c->cfg.profiles[r->profile];
+    if (c->cfg.tiers[r->tier].allow_degraded || n_active <= 0) return 0;
+    double rest = 0;
+    int n = n_active;
+    for (int q = pos + 1; q < pr->n_stages && n > 0; q++) {
+        n = mr_cascade_keep_bound(&r->keep[q - 1], n);
+        int si = pr->stages[q].stage;
+        const mr_cc_stage *st = &c->cfg.stages[si];
+        double tl = 0;      /* n candidates of the mean width of the active ones */
+        for (int i = 0; i < n_active; i++)
+            tl += mr_subarch_token_layers(&st->arch, r->n_fixed, r->passage_tokens[active[i]]);
+        tl *= (double)n / n_active;
+        pthread_mutex_lock(&c->mu);
+        rest += mr_cost_model_estimate_ms(&c->cost[si], tl, mr__pool_parallelism(c, st->pool));
+        pthread_mutex_unlock(&c->mu);
+    }
+    return rest * (c->cfg.safety > 1 ? c->cfg.safety : 1);
 }
 
 int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active) {

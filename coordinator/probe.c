@@ -2,7 +2,8 @@
  * not ready) it asks every replica for Worker Info (layers, batch budget, measured speed),
  * warms up each replica once per stage of its pool (two small Score calls: the first pays the
  * worker's lazy start-up, the second seeds the stage's cost model), and sets the health status:
- * SERVING once every pool has a replica that answered and warmed up. */
+ * SERVING once every pool has a replica that answered and warmed up. A replica the fan-out
+ * ejected (down_until, fanout.c) is back as soon as it answers Worker Info. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -102,6 +103,8 @@ static void *probe_endpoint(void *arg) {
     pthread_mutex_lock(&c->mu);
     ep->info_ok = wi != NULL;
     ep->warmed = warmed;
+    int back = wi && ep->down_until > mr__now_ms();
+    if (wi) ep->down_until = 0;     /* it answers: an ejected replica is back */
     if (wi) {
         ep->ns_per_tl = wi->ns_per_token_layer;
         ep->num_layers = (int)wi->num_layers;
@@ -110,6 +113,9 @@ static void *probe_endpoint(void *arg) {
         c->untrained = wi->untrained;
     }
     pthread_mutex_unlock(&c->mu);
+    if (back)
+        fprintf(stderr, "mrank coordinator: ejected replica %s answers again: back in its pool\n",
+                ep->target);
     if (wi) {
         for (int s = 0; s < c->cfg.n_stages; s++)
             if (c->cfg.stages[s].pool == j->p && wi->num_layers &&

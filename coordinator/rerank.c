@@ -5,8 +5,8 @@
  * remaining budget (run, or skip with a degraded answer, or fail DEADLINE_EXCEEDED), fan its
  * candidates out to the pool, and keep the survivors for the next stage. The answer is the
  * merged ranking (cascade.h's merge rule); RerankStream also sends the ranking after every
- * stage but the last. A stage after the first that fails for time or availability leaves the
- * earlier ranking standing (degraded) when the tier allows it. */
+ * stage but the last. A stage after the first that fails for time, availability or a full pool
+ * (RESOURCE_EXHAUSTED) leaves the earlier ranking standing (degraded) when the tier allows it. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -75,10 +75,11 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
             break;
         }
         double t_stage = mr__now_ms();
-        if (mr__fanout_stage(r, pos, active, n_active, est, code, msg, cap)) {
+        if (mr__fanout_stage(r, pos, active, n_active, code, msg, cap)) {
             *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;
             if (pos > 0 && allow_degraded &&
-                (*code == GRPC_STATUS_DEADLINE_EXCEEDED || *code == GRPC_STATUS_UNAVAILABLE)) {
+                (*code == GRPC_STATUS_DEADLINE_EXCEEDED || *code == GRPC_STATUS_UNAVAILABLE ||
+                 *code == GRPC_STATUS_RESOURCE_EXHAUSTED)) {
                 /* the ranking of the previous stages stands: this stage's candidates keep
                  * their earlier scores (a failed fan-out writes nothing) */
                 *degraded = 1;

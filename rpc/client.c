@@ -1,11 +1,14 @@
-/* client.c: the gRPC core client behind rpc.h: a channel and unary calls.
+/* client.c: the gRPC core client behind rpc.h: a channel, unary calls and cancel groups.
  *
  * A channel owns one completion queue and one thread polling it; every call is a single batch
  * (send metadata + message + close, receive metadata + message + status) whose completion runs
  * the caller's callback on that thread. The blocking mr_rpc_unary is the asynchronous call
  * plus a condition variable. The call deadline guarantees completion, so a blocking call never
- * outlives its timeout by more than scheduling noise. Load balancing is round_robin, set both
- * as the channel's LB policy and in its default service config. */
+ * outlives its timeout by more than scheduling noise. A cancel group is a mutex-guarded list of
+ * its calls in flight: a call joins it before its batch starts and leaves it in complete()
+ * before its grpc_call is released, so firing (grpc_call_cancel on each) never touches a
+ * released call. Load balancing is round_robin, set both as the channel's LB policy and in
+ * its default service config. */
 #define _GNU_SOURCE
 #include "rpc.h"
 
@@ -33,9 +36,17 @@ struct mr_rpc_channel {
     long pending;
 };
 
+struct mr_rpc_cancel {
+    pthread_mutex_t mu;
+    int fired;
+    struct ucall *head;         /* calls in flight (doubly linked through prev/next) */
+};
+
 typedef struct ucall {
     mr_rpc_channel *ch;
     grpc_call *call;
+    mr_rpc_cancel *group;       /* NULL, or the group whose list holds this call */
+    struct ucall *prev, *next;
     mr_rpc_done done;
     void *user;
     grpc_byte_buffer *send, *recv;
@@ -52,7 +63,20 @@ static void log_init(void) {
     if (!getenv("GRPC_VERBOSITY")) gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);
 }
 
+/* Takes u out of its cancel group's list (no-op without a group). */
+static void group_leave(ucall *u) {
+    mr_rpc_cancel *g = u->group;
+    if (!g) return;
+    pthread_mutex_lock(&g->mu);
+    if (u->prev) u->prev->next = u->next;
+    else g->head = u->next;
+    if (u->next) u->next->prev = u->prev;
+    pthread_mutex_unlock(&g->mu);
+    u->group = NULL;
+}
+
 static void complete(ucall *u, int ok) {
+    group_leave(u);
     uint8_t *resp = NULL;
     size_t len = 0;
     char msg[512];
@@ -222,6 +246,26 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
     pthread_mutex_lock(&ch->mu);
     ch->pending++;
     pthread_mutex_unlock(&ch->mu);
+    int fired = 0;
+    if (opts && opts->cancel && u->call) {
+        mr_rpc_cancel *g = opts->cancel;
+        pthread_mutex_lock(&g->mu);
+        if (!(fired = g->fired)) {
+            u->group = g;
+            u->next = g->head;
+            if (g->head) g->head->prev = u;
+            g->head = u;
+        }
+        pthread_mutex_unlock(&g->mu);
+    }
+    if (fired) {
+        if (ops[0].data.send_initial_metadata.count) grpc_slice_unref(u->md[0].value);
+        u->status = GRPC_STATUS_CANCELLED;
+        grpc_slice_unref(u->details);
+        u->details = grpc_slice_from_copied_string("cancelled before it started");
+        complete(u, 1);
+        return 0;
+    }
     MR_GRPC_HANDOFF(u);
     grpc_call_error e = u->call ? grpc_call_start_batch(u->call, ops, 6, u, NULL)
                                 : GRPC_CALL_ERROR;
@@ -234,6 +278,38 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
         complete(u, 1);
     }
     return 0;
+}
+
+int mr_rpc_cancel_new(mr_rpc_cancel **out) {
+    *out = calloc(1, sizeof **out);
+    if (!*out) return MR_ENOMEM;
+    pthread_mutex_init(&(*out)->mu, NULL);
+    return 0;
+}
+
+int mr_rpc_cancel_fire(mr_rpc_cancel *g) {
+    int n = 0;
+    if (!g) return 0;
+    pthread_mutex_lock(&g->mu);
+    g->fired = 1;
+    /* completions run on the pollers and wait for this lock in group_leave: every call in the
+     * list still holds its grpc_call */
+    for (ucall *u = g->head; u; u = u->next, n++) grpc_call_cancel(u->call, NULL);
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
+int mr_rpc_cancel_fired(mr_rpc_cancel *g) {
+    pthread_mutex_lock(&g->mu);
+    int f = g->fired;
+    pthread_mutex_unlock(&g->mu);
+    return f;
+}
+
+void mr_rpc_cancel_free(mr_rpc_cancel *g) {
+    if (!g) return;
+    pthread_mutex_destroy(&g->mu);
+    free(g);
 }
 
 typedef struct sync_wait {

@@ -5,7 +5,8 @@
  * polled by one thread; arriving calls are handed to a fixed pool of handler threads. It serves
  * grpc.health.v1.Health/Check itself and answers UNIMPLEMENTED for methods nobody registered.
  * The client side is a channel (round_robin over every address the target resolves to) with a
- * blocking unary call and an asynchronous one. No TLS, no client streaming, no reflection.
+ * blocking unary call and an asynchronous one; asynchronous calls can be cancelled in groups.
+ * No TLS, no client streaming, no reflection.
  *
  * Threading: every function may be called from any thread unless noted. A handler runs on a
  * handler thread and may return before the call is finished: it can pass the call to another
@@ -102,11 +103,26 @@ int mr_rpc_unary(mr_rpc_channel *ch, const char *method, const uint8_t *req, siz
                  double timeout_ms, uint8_t **resp, size_t *resp_len, grpc_status_code *status,
                  char *msg, size_t msg_cap);
 
+/* A cancel group: asynchronous calls started with it (mr_rpc_opts.cancel) can all be cancelled
+ * at once, e.g. the Score calls of one request when its client goes away. Firing cancels every
+ * call of the group still in flight (each completes with CANCELLED, done runs as usual) and
+ * makes calls started with it afterwards complete at once with CANCELLED. A group may serve
+ * calls on several channels; free it only after every call started with it has completed. */
+typedef struct mr_rpc_cancel mr_rpc_cancel;
+/* 0, or MR_ENOMEM. */
+int mr_rpc_cancel_new(mr_rpc_cancel **out);
+/* Cancels the group's calls in flight; returns how many it cancelled. Idempotent. */
+int mr_rpc_cancel_fire(mr_rpc_cancel *g);
+/* 1 once fired. */
+int mr_rpc_cancel_fired(mr_rpc_cancel *g);
+void mr_rpc_cancel_free(mr_rpc_cancel *g);
+
 typedef struct mr_rpc_opts {
     double timeout_ms;          /* <= 0: no deadline */
     int wait_for_ready;         /* 1: wait for a connection (until the deadline) instead of
                                  * failing UNAVAILABLE at once */
     const char *traceparent;    /* W3C trace context sent as "traceparent" metadata, or NULL */
+    mr_rpc_cancel *cancel;      /* the call belongs to this group (NULL: none) */
 } mr_rpc_opts;
 
 /* Called once per asynchronous call on the channel's polling thread (keep it short; do not

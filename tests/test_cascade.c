@@ -1,6 +1,7 @@
 /* test_cascade.c: the pure cascade rules of coordinator/cascade.c: keep rules, bounded
  * overrides, the cross-stage merge rule with its stable tie-break, token-layer costs, the EWMA
- * cost model, call splitting and the deadline skip decision. */
+ * cost model, call splitting, the deadline skip decision, and the fan-out's fault rules: retry
+ * budget and verdicts, jittered backoff, per-attempt timeout, outlier ejection, hedge delay. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -254,6 +255,170 @@ static void test_sigmoid(void **state) {
     assert_true(isnan(mr_cascade_sigmoid(NAN)));
 }
 
+static void test_retry_budget(void **state) {
+    mr_retry_budget b;
+    mr_retry_budget_init(&b);
+    /* starts full: a burst of MR_RETRY_TOKENS_MAX retries, then refusals */
+    int n = 0;
+    for (int i = 0; i < 100; i++) n += mr_retry_budget_take(&b);
+    assert_int_equal(n, (int)MR_RETRY_TOKENS_MAX);
+    assert_int_equal(mr_retry_budget_take(&b), 0);
+    /* ten original calls buy one retry (0.1 each), nine do not */
+    for (int i = 0; i < 9; i++) mr_retry_budget_call(&b);
+    assert_int_equal(mr_retry_budget_take(&b), 0);
+    mr_retry_budget_call(&b);
+    assert_int_equal(mr_retry_budget_take(&b), 1);
+    assert_int_equal(mr_retry_budget_take(&b), 0);
+    /* the bucket never holds more than its maximum */
+    for (int i = 0; i < 10000; i++) mr_retry_budget_call(&b);
+    n = 0;
+    for (int i = 0; i < 100; i++) n += mr_retry_budget_take(&b);
+    assert_int_equal(n, (int)MR_RETRY_TOKENS_MAX);
+    /* the operator's overload run: 1000 calls each failing, every failure asking for a retry;
+     * retries granted stay within the start plus a tenth of the calls, not 4 per call */
+    mr_retry_budget_init(&b);
+    n = 0;
+    for (int i = 0; i < 1000; i++) {
+        mr_retry_budget_call(&b);
+        n += mr_retry_budget_take(&b);
+    }
+    assert_true(n <= MR_RETRY_TOKENS_MAX + 1000 * MR_RETRY_TOKENS_PER_CALL);
+    assert_true(n >= 1000 * MR_RETRY_TOKENS_PER_CALL);
+    /* hedges spend only the upper half: from a full bucket 5 hedges, then the rest is kept
+     * for retries */
+    mr_retry_budget_init(&b);
+    n = 0;
+    for (int i = 0; i < 100; i++) n += mr_retry_budget_take_hedge(&b);
+    assert_int_equal(n, (int)(MR_RETRY_TOKENS_MAX / 2));
+    n = 0;
+    for (int i = 0; i < 100; i++) n += mr_retry_budget_take(&b);
+    assert_int_equal(n, (int)(MR_RETRY_TOKENS_MAX / 2));
+}
+
+static void test_retry_decide(void **state) {
+    mr_retry_budget b;
+    mr_retry_budget_init(&b);
+    /* a worker's own error is never retried; nothing is spent */
+    assert_int_equal(mr_retry_decide(MR_FAIL_FATAL, 1, 3, 3, 100, 10, &b), MR_RETRY_STATUS);
+    /* a pool of one replica never retries (not the same replica twice), RESOURCE_EXHAUSTED
+     * least of all */
+    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 1, 0, 0, 100, 10, &b), MR_RETRY_NO_REPLICA);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 0, 0, 100, 10, &b), MR_RETRY_NO_REPLICA);
+    /* RESOURCE_EXHAUSTED while every other replica is full or ejected: no retry */
+    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 1, 2, 0, 100, 10, &b), MR_RETRY_POOL_FULL);
+    /* ... while another one is free: retry */
+    assert_int_equal(mr_retry_decide(MR_FAIL_EXHAUSTED, 1, 2, 1, 100, 10, &b), MR_RETRY_OK);
+    /* other failures retry on any other replica */
+    assert_int_equal(mr_retry_decide(MR_FAIL_UNAVAILABLE, 1, 1, 0, 100, 10, &b), MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TRANSIENT, 1, 1, 1, 100, 10, &b), MR_RETRY_OK);
+    /* no time for another attempt */
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, 5, 10, &b), MR_RETRY_DEADLINE);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, 0, 0, &b), MR_RETRY_DEADLINE);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, NAN, 1, &b), MR_RETRY_DEADLINE);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, INFINITY, 10, &b), MR_RETRY_OK);
+    /* four retries granted above: 6 tokens left, then the budget refuses; refusals for other
+     * reasons above took none */
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, 100, 10, &b), MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, 1, 1, 1, 100, 10, &b), MR_RETRY_BUDGET);
+    /* a call gets at most MR_RETRY_MAX_ATTEMPTS attempts, whatever the budget */
+    mr_retry_budget_init(&b);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, MR_RETRY_MAX_ATTEMPTS - 1, 2, 2, 100, 10, &b),
+                     MR_RETRY_OK);
+    assert_int_equal(mr_retry_decide(MR_FAIL_TIMEOUT, MR_RETRY_MAX_ATTEMPTS, 2, 2, 100, 10, &b),
+                     MR_RETRY_ATTEMPTS);
+    assert_string_equal(mr_retry_reason(MR_RETRY_BUDGET), "budget");
+    assert_string_equal(mr_retry_reason(MR_RETRY_POOL_FULL), "pool_full");
+    assert_string_equal(mr_retry_reason(MR_RETRY_ATTEMPTS), "attempts");
+    assert_string_equal(mr_retry_reason(MR_RETRY_N), "status");
+}
+
+static void test_backoff(void **state) {
+    /* full jitter: u01 scales the doubled base; here u01 = 0.5, so half of 5, 10, 20 ... ms */
+    assert_true(mr_retry_backoff_ms(1, 1000, 0.5) == 2.5);
+    assert_true(mr_retry_backoff_ms(2, 1000, 0.5) == 5.0);
+    assert_true(mr_retry_backoff_ms(3, 1000, 0.5) == 10.0);
+    /* capped at MR_RETRY_BACKOFF_MAX_MS, and by what the budget can spare */
+    assert_true(mr_retry_backoff_ms(40, 1e9, 0.999) <= MR_RETRY_BACKOFF_MAX_MS);
+    assert_true(mr_retry_backoff_ms(40, 1e9, 0.5) == MR_RETRY_BACKOFF_MAX_MS / 2);
+    assert_true(mr_retry_backoff_ms(3, 4, 0.5) == 2.0);
+    assert_true(mr_retry_backoff_ms(3, 0, 0.5) == 0);
+    assert_true(mr_retry_backoff_ms(3, -5, 0.5) == 0);
+    assert_true(mr_retry_backoff_ms(3, NAN, 0.5) == 0);
+    assert_true(mr_retry_backoff_ms(1, 1000, 0) == 0);
+}
+
+static void test_attempt_timeout(void **state) {
+    /* no budget: 3x the estimate, at least the floor */
+    assert_true(mr_attempt_timeout_ms(10, INFINITY, 0, 1) == MR_ATTEMPT_FLOOR_MS);
+    assert_true(mr_attempt_timeout_ms(200, INFINITY, 0, 1) == 600);
+    /* the operator's case: a 150 ms tier, cheap calls of ~10 ms, two replicas: an attempt gets
+     * half of the budget, so a hung replica leaves 75 ms to the other one (was all 150) */
+    assert_true(mr_attempt_timeout_ms(10, 150, 0, 1) == 75);
+    /* one replica: nothing to fail over to, the attempt may use all of it (a timeout would
+     * only lose the answer), without a budget no timeout */
+    assert_true(mr_attempt_timeout_ms(10, 150, 0, 0) == 150);
+    assert_true(mr_attempt_timeout_ms(200, 5000, 0, 0) == 5000);
+    assert_true(isinf(mr_attempt_timeout_ms(10, INFINITY, 0, 0)));
+    /* what the later stages need is kept back */
+    assert_true(mr_attempt_timeout_ms(10, 150, 50, 1) == 50);
+    assert_true(mr_attempt_timeout_ms(10, 150, 50, 0) == 100);
+    /* ... unless it would leave less than this call's estimate */
+    assert_true(mr_attempt_timeout_ms(60, 150, 100, 0) == 150);
+    /* half would not fit the estimate: no halving (a retry would not fit either) */
+    assert_true(mr_attempt_timeout_ms(100, 150, 0, 1) == 150);
+    /* a spent budget gives 0 (the caller does not start the attempt) */
+    assert_true(mr_attempt_timeout_ms(10, -3, 0, 1) == 0);
+    assert_true(mr_attempt_timeout_ms(NAN, INFINITY, 0, 1) == MR_ATTEMPT_FLOOR_MS);
+}
+
+static void test_hedge_delay(void **state) {
+    /* a short-budget tier: 2x the estimate, at least the minimum */
+    assert_true(mr_hedge_delay_ms(20, 150, 150) == 40);
+    assert_true(mr_hedge_delay_ms(1, 150, 150) == MR_HEDGE_MIN_DELAY_MS);
+    /* no hedge without a budget or with a long one */
+    assert_true(mr_hedge_delay_ms(20, 0, 150) < 0);
+    assert_true(mr_hedge_delay_ms(20, MR_HEDGE_MAX_BUDGET_MS + 1, 150) < 0);
+    assert_true(mr_hedge_delay_ms(20, MR_HEDGE_MAX_BUDGET_MS, 150) == 40);
+    /* ... nor when the hedge could not finish: 40 + 20 > 50 */
+    assert_true(mr_hedge_delay_ms(20, 150, 50) < 0);
+    assert_true(mr_hedge_delay_ms(20, 150, 60) == 40);
+    assert_true(mr_hedge_delay_ms(NAN, 150, 150) < 0);
+}
+
+static void test_outlier(void **state) {
+    mr_outlier o = {0};
+    /* MR_EJECT_AFTER consecutive failures eject */
+    for (int i = 1; i < MR_EJECT_AFTER; i++) assert_true(mr_outlier_failure(&o, 0, 4, 0) == 0);
+    assert_true(mr_outlier_failure(&o, 0, 4, 0) == MR_EJECT_BASE_MS);
+    /* an answer in between resets the count */
+    assert_true(mr_outlier_failure(&o, 0, 4, 0) == 0);
+    mr_outlier_success(&o);
+    for (int i = 1; i < MR_EJECT_AFTER; i++) assert_true(mr_outlier_failure(&o, 0, 4, 0) == 0);
+    mr_outlier_success(&o);
+    assert_true(mr_outlier_failure(&o, 0, 4, 0) == 0);
+    /* one severe failure ejects at once; further ejections double up to the maximum */
+    mr_outlier_success(&o);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == MR_EJECT_BASE_MS);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == 2 * MR_EJECT_BASE_MS);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == 4 * MR_EJECT_BASE_MS);
+    for (int i = 0; i < 40; i++) assert_true(mr_outlier_failure(&o, 1, 4, 0) <= MR_EJECT_MAX_MS);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == MR_EJECT_MAX_MS);
+    mr_outlier_success(&o);
+    assert_true(mr_outlier_failure(&o, 1, 4, 0) == MR_EJECT_BASE_MS);
+    /* at most half of the pool (at least one) ejected at a time; a pool of one never */
+    mr_outlier_success(&o);
+    assert_true(mr_outlier_failure(&o, 1, 2, 1) == 0);
+    assert_true(mr_outlier_failure(&o, 1, 4, 2) == 0);
+    assert_true(mr_outlier_failure(&o, 1, 5, 2) == 0);
+    assert_true(mr_outlier_failure(&o, 1, 1, 0) == 0);
+    assert_true(mr_outlier_failure(&o, 1, 4, 1) == MR_EJECT_BASE_MS);
+    /* refused ejections leave the count at the threshold: the next failure ejects */
+    mr_outlier_success(&o);
+    for (int i = 0; i < MR_EJECT_AFTER; i++) assert_true(mr_outlier_failure(&o, 0, 2, 1) == 0);
+    assert_true(mr_outlier_failure(&o, 0, 2, 0) == MR_EJECT_BASE_MS);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sort_merge_rule), cmocka_unit_test(test_sort_ties_stable),
@@ -261,6 +426,9 @@ int main(void) {
         cmocka_unit_test(test_token_layers),    cmocka_unit_test(test_cost_model),
         cmocka_unit_test(test_n_calls),         cmocka_unit_test(test_decide),
         cmocka_unit_test(test_remaining),       cmocka_unit_test(test_sigmoid),
+        cmocka_unit_test(test_retry_budget),    cmocka_unit_test(test_retry_decide),
+        cmocka_unit_test(test_backoff),         cmocka_unit_test(test_attempt_timeout),
+        cmocka_unit_test(test_outlier),         cmocka_unit_test(test_hedge_delay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,17 +1,31 @@
-/* test_failover.c: coordinator failover in one process, small enough for the sanitizer build.
- * Two workers (worker/worker.c) serve the bundled model models/mrank-tiny as the two replicas
- * of one pool of a coordinator (coordinator/coordinator.c) with a one-stage profile; the C
- * client of rpc.h sends Rerank calls over loopback. The ranking is recorded with both workers
- * up, then one worker is shut down and freed, and each of a fixed number of further requests
- * must still be answered OK with the same order and the same scores (within SCORE_TOL, its
- * reason beside it). The coordinator's own retry counter (its /metrics) must be 0 before the
- * failure and positive after it, so the test cannot pass without a call having failed over.
- * Every wait is bounded. The scripted counterpart, a worker process killed under load, is step
- * 5 of tests/cluster_e2e.sh (slow, main build only). */
+/* test_failover.c: coordinator failover and fault handling in one process, small enough for
+ * the sanitizer build.
+ *
+ * test_failover: two workers (worker/worker.c) serve the bundled model models/mrank-tiny as the
+ * two replicas of one pool of a coordinator (coordinator/coordinator.c) with a one-stage
+ * profile; the C client of rpc.h sends Rerank calls over loopback. The ranking is recorded
+ * with both workers up, then one worker is shut down and freed, and each of a fixed number of
+ * further requests must still be answered OK with the same order and the same scores (within
+ * SCORE_TOL, its reason beside it). The coordinator's own retry counter (its /metrics) must be
+ * 0 before the failure and positive after it, so the test cannot pass without a call having
+ * failed over. The scripted counterpart, a worker process killed under load, is step 5 of
+ * tests/cluster_e2e.sh (slow, main build only).
+ *
+ * The other tests use fake workers (an rpc.h server answering Worker Info and Score with made-up
+ * scores) that can be switched to hang (answer nothing until the call is cancelled, like a
+ * SIGSTOPped process) or to refuse every Score with RESOURCE_EXHAUSTED, and that count what
+ * they see: a hung replica of two is ejected and every request is still answered by the other;
+ * a full pool gets a bounded number of retries (the pool's retry budget), a one-replica pool
+ * none; a client that cancels gets the coordinator's outstanding Score calls cancelled (the
+ * fake workers see the cancellation before their calls' own deadlines); a short-budget tier
+ * hedges a call stuck on a hung replica and cancels the losing copy; a full later stage gives
+ * a degraded answer where the tier allows it. Every wait is bounded
+ * and the assertions are counts, not times. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,9 +38,13 @@
 
 #include <cmocka.h>
 
+#include <stdatomic.h>
+
+#include "cascade.h"
 #include "coordinator.h"
 #include "mrank.pb-c.h"
 #include "rpc.h"
+#include "rpc_methods.h"
 #include "worker.h"
 
 enum { N_DOCS = 8, N_AFTER = 6 };
@@ -78,9 +96,10 @@ static int free_port(void) {
     return ntohs(a.sin_port);
 }
 
-/* mrank_coord_retries_total{pool="p"} from the coordinator's /metrics (HTTP/1.0 GET, 5 s
- * receive timeout); fails the test when the page or the line is missing. */
-static double coord_retries(int port) {
+/* The value of the sample `series` (e.g. mrank_coord_retries_total{pool="p"}) on the
+ * coordinator's /metrics (HTTP/1.0 GET, 5 s receive timeout); fails the test when the page or
+ * the line is missing. */
+static double coord_metric(int port, const char *series) {
     static char buf[1 << 16];
     int s = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
@@ -96,10 +115,15 @@ static double coord_retries(int port) {
         n += (size_t)k;
     close(s);
     buf[n] = 0;
-    const char *key = "\nmrank_coord_retries_total{pool=\"p\"} ";
+    char key[256];
+    snprintf(key, sizeof key, "\n%s ", series);
     const char *at = strstr(buf, key);
-    if (!at) fail_msg("no retries counter in the metrics page (%zu bytes)", n);
+    if (!at) fail_msg("no %s in the metrics page (%zu bytes)", series, n);
     return strtod(at + strlen(key), NULL);
+}
+
+static double coord_retries(int port) {
+    return coord_metric(port, "mrank_coord_retries_total{pool=\"p\"}");
 }
 
 typedef struct ranking {
@@ -107,7 +131,8 @@ typedef struct ranking {
     float score[N_DOCS];      /* raw score by document index */
 } ranking;
 
-static void rerank(mr_rpc_channel *ch, ranking *out) {
+/* A packed RerankRequest of the eight documents for tier ("" = default), malloc'd. */
+static uint8_t *rerank_request(const char *tier, size_t *len) {
     Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
     Mrank__V1__Document d[N_DOCS], *dp[N_DOCS];
     for (int i = 0; i < N_DOCS; i++) {
@@ -116,14 +141,34 @@ static void rerank(mr_rpc_channel *ch, ranking *out) {
         dp[i] = &d[i];
     }
     rq.query = (char *)query;
+    rq.tier = (char *)tier;
     rq.n_documents = N_DOCS;
     rq.documents = dp;
-    size_t len = mrank__v1__rerank_request__get_packed_size(&rq), rlen = 0;
-    uint8_t *req = malloc(len + 1), *resp = NULL;
+    *len = mrank__v1__rerank_request__get_packed_size(&rq);
+    uint8_t *req = malloc(*len + 1);
+    assert_non_null(req);
     mrank__v1__rerank_request__pack(&rq, req);
+    return req;
+}
+
+/* One Rerank of the eight documents in tier; its status (the response is dropped). */
+static grpc_status_code rerank_status(mr_rpc_channel *ch, const char *tier) {
+    size_t len, rlen = 0;
+    uint8_t *req = rerank_request(tier, &len), *resp = NULL;
     grpc_status_code st;
     char msg[512];
-    int rc = mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req, len, 20000, &resp, &rlen, &st, msg,
+    mr_rpc_unary(ch, MR_METHOD_RERANK, req, len, 20000, &resp, &rlen, &st, msg, sizeof msg);
+    free(req);
+    free(resp);
+    return st;
+}
+
+static void rerank(mr_rpc_channel *ch, ranking *out) {
+    size_t len, rlen = 0;
+    uint8_t *req = rerank_request("", &len), *resp = NULL;
+    grpc_status_code st;
+    char msg[512];
+    int rc = mr_rpc_unary(ch, MR_METHOD_RERANK, req, len, 20000, &resp, &rlen, &st, msg,
                           sizeof msg);
     free(req);
     if (rc) fail_msg("Rerank: status %d: %s", (int)st, msg);
@@ -144,6 +189,32 @@ static void rerank(mr_rpc_channel *ch, ranking *out) {
     mrank__v1__rerank_response__free_unpacked(r, NULL);
 }
 
+/* A started coordinator for the config text json, ready (every pool answered and warmed up,
+ * waited for at most 30 s); *port is its gRPC port, *mport its metrics port. */
+static mr_coord *start_coord(const char *json, int *port, int *mport) {
+    mr_coord_config *cfg = calloc(1, sizeof *cfg);
+    mr_coord *c = NULL;
+    mr_err err = {0};
+    *mport = free_port();
+    assert_non_null(cfg);
+    if (mr_coord_config_parse(cfg, "failover.json", json, &err)) fail_msg("config: %s", err.msg);
+    if (mr_coord_new(&c, cfg, "127.0.0.1:0", *mport, &err) || mr_coord_start(c, port, &err))
+        fail_msg("coordinator: %s", err.msg);
+    free(cfg);
+    for (int i = 0; i < 600 && !mr_coord_ready(c); i++) usleep(50000);   /* at most 30 s */
+    assert_true(mr_coord_ready(c));
+    return c;
+}
+
+static mr_rpc_channel *channel_to(int port) {
+    char target[64];
+    mr_rpc_channel *ch = NULL;
+    mr_err err = {0};
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    return ch;
+}
+
 static void test_failover(void **state) {
     mr_worker *w[2] = {start_worker(), start_worker()};
     char json[1024];
@@ -154,21 +225,9 @@ static void test_failover(void **state) {
              " \"profiles\": [{\"name\": \"one\", \"stages\": [{\"stage\": \"full\"}]}],"
              " \"tiers\": [{\"name\": \"t\", \"profile\": \"one\"}]}",
              mr_worker_port(w[0]), mr_worker_port(w[1]));
-    mr_coord_config *cfg = calloc(1, sizeof *cfg);
-    mr_coord *c = NULL;
-    mr_err err = {0};
-    int port = 0, mport = free_port();
-    assert_non_null(cfg);
-    if (mr_coord_config_parse(cfg, "failover.json", json, &err)) fail_msg("config: %s", err.msg);
-    if (mr_coord_new(&c, cfg, "127.0.0.1:0", mport, &err) || mr_coord_start(c, &port, &err))
-        fail_msg("coordinator: %s", err.msg);
-    free(cfg);
-    for (int i = 0; i < 600 && !mr_coord_ready(c); i++) usleep(50000);   /* at most 30 s */
-    assert_true(mr_coord_ready(c));
-    char target[64];
-    mr_rpc_channel *ch = NULL;
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
 
     /* both replicas up: eight documents go out as two Score calls, one to each */
     ranking before, after;
@@ -199,9 +258,401 @@ static void test_failover(void **state) {
     mr_worker_free(w[0]);
 }
 
+/* ---- fake workers ---- */
+
+typedef enum fake_mode { FAKE_OK = 0, FAKE_HANG, FAKE_FULL } fake_mode;
+
+typedef struct fake {
+    mr_rpc_server *srv;
+    int port;
+    double compute_ms;          /* what it claims each Score took: feeds the cost model */
+    atomic_int mode;
+    atomic_int score_calls;     /* Score calls received, in any mode */
+    atomic_int hung;            /* hung calls that ended */
+    atomic_int hung_cancelled;  /* ... of which by a cancellation before their own deadline */
+} fake;
+
+/* Hangs like a stopped process until the call is cancelled or its deadline passes (bounded:
+ * 30 s), counting how it ended; then fails it (the client sees nothing of it). */
+static void fake_hang(fake *f, mr_rpc_call *call) {
+    for (int i = 0; i < 15000 && !mr_rpc_call_cancelled(call); i++) usleep(2000);
+    if (mr_rpc_call_cancelled(call) && mr_rpc_call_remaining_ms(call) > 0)
+        atomic_fetch_add(&f->hung_cancelled, 1);
+    atomic_fetch_add(&f->hung, 1);
+    mr_rpc_call_fail(call, GRPC_STATUS_CANCELLED, "fake worker: hung call ended");
+}
+
+static void fake_info(mr_rpc_call *call, void *user) {
+    fake *f = user;
+    if (atomic_load(&f->mode) == FAKE_HANG) {
+        fake_hang(f, call);
+        return;
+    }
+    Mrank__V1__WorkerInfoResponse wi = MRANK__V1__WORKER_INFO_RESPONSE__INIT;
+    wi.model = "fake";
+    wi.num_layers = 4;
+    wi.max_batch_tokens = 4096;
+    wi.max_inflight_tokens = 65536;
+    wi.backend = "cpu";
+    uint8_t buf[256];
+    size_t len = mrank__v1__worker_info_response__get_packed_size(&wi);
+    assert_true(len <= sizeof buf);
+    mrank__v1__worker_info_response__pack(&wi, buf);
+    mr_rpc_call_finish(call, buf, len);
+}
+
+/* Scores each passage by its length (any fixed function will do: nothing compares them with a
+ * model), with token counts the coordinator folds in like a real worker's. */
+static void fake_score(mr_rpc_call *call, void *user) {
+    fake *f = user;
+    atomic_fetch_add(&f->score_calls, 1);
+    int mode = atomic_load(&f->mode);
+    if (mode == FAKE_HANG) {
+        fake_hang(f, call);
+        return;
+    }
+    if (mode == FAKE_FULL) {
+        mr_rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "fake worker: full");
+        return;
+    }
+    size_t len;
+    const uint8_t *body = mr_rpc_call_request(call, &len);
+    Mrank__V1__ScoreRequest *rq = mrank__v1__score_request__unpack(NULL, len, body);
+    if (!rq || rq->n_passages > 64) {
+        if (rq) mrank__v1__score_request__free_unpacked(rq, NULL);
+        mr_rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "fake worker: bad request");
+        return;
+    }
+    Mrank__V1__ScoreResponse out = MRANK__V1__SCORE_RESPONSE__INIT;
+    Mrank__V1__PassageScores ps[64], *pp[64];
+    float sc[64];
+    for (size_t i = 0; i < rq->n_passages; i++) {
+        mrank__v1__passage_scores__init(&ps[i]);
+        uint32_t pt = (uint32_t)strlen(rq->passages[i]) / 5 + 1;
+        sc[i] = -(float)strlen(rq->passages[i]) / 10.0f;
+        ps[i].n_scores = 1;
+        ps[i].scores = &sc[i];
+        ps[i].depth = rq->arch ? rq->arch->depth : 4;
+        ps[i].passage_tokens = pt;
+        ps[i].tokens = pt + 12;
+        pp[i] = &ps[i];
+    }
+    out.n_passages = rq->n_passages;
+    out.passages = pp;
+    out.compute_ms = f->compute_ms;
+    size_t olen = mrank__v1__score_response__get_packed_size(&out);
+    uint8_t *buf = malloc(olen + 1);
+    assert_non_null(buf);
+    mrank__v1__score_response__pack(&out, buf);
+    mr_rpc_call_finish(call, buf, olen);
+    free(buf);
+    mrank__v1__score_request__free_unpacked(rq, NULL);
+}
+
+static fake *fake_start(double compute_ms) {
+    fake *f = calloc(1, sizeof *f);
+    mr_err err = {0};
+    assert_non_null(f);
+    f->compute_ms = compute_ms;
+    /* 16 handler threads: hung calls hold one each until they are cancelled */
+    if (mr_rpc_server_new(&f->srv, "127.0.0.1:0", 16, &err) ||
+        mr_rpc_server_add_unary(f->srv, MR_METHOD_SCORE, fake_score, f) ||
+        mr_rpc_server_add_unary(f->srv, MR_METHOD_WORKER_INFO, fake_info, f) ||
+        mr_rpc_server_start(f->srv, &f->port, &err))
+        fail_msg("fake worker: %s", err.msg);
+    return f;
+}
+
+static void fake_free(fake *f) {
+    mr_rpc_server_free(f->srv);
+    free(f);
+}
+
+/* A one-stage pool "p" over fakes a and b (b < 0: a alone) and, when solo > 0, a second pool
+ * "solo" of one replica at port solo with its own tier "s"; tier "t" has budget_ms. */
+static void fake_config(char *json, size_t cap, int a, int b, int solo, int budget_ms) {
+    char addrs[64], extra_pool[128] = "", extra_stage[128] = "", extra_prof[128] = "",
+         extra_tier[128] = "";
+    if (b > 0) snprintf(addrs, sizeof addrs, "\"127.0.0.1:%d\", \"127.0.0.1:%d\"", a, b);
+    else snprintf(addrs, sizeof addrs, "\"127.0.0.1:%d\"", a);
+    if (solo > 0) {
+        snprintf(extra_pool, sizeof extra_pool,
+                 ", {\"name\": \"solo\", \"addresses\": [\"127.0.0.1:%d\"]}", solo);
+        snprintf(extra_stage, sizeof extra_stage,
+                 ", {\"name\": \"lone\", \"pool\": \"solo\", \"depth\": 4}");
+        snprintf(extra_prof, sizeof extra_prof,
+                 ", {\"name\": \"two\", \"stages\": [{\"stage\": \"lone\"}]}");
+        snprintf(extra_tier, sizeof extra_tier,
+                 ", {\"name\": \"s\", \"profile\": \"two\"}");
+    }
+    snprintf(json, cap,
+             "{\"limits\": {\"max_documents\": 16, \"max_tokens_per_pair\": 64},"
+             " \"pools\": [{\"name\": \"p\", \"addresses\": [%s]}%s],"
+             " \"stages\": [{\"name\": \"full\", \"pool\": \"p\", \"depth\": 4}%s],"
+             " \"profiles\": [{\"name\": \"one\", \"stages\": [{\"stage\": \"full\"}]}%s],"
+             " \"tiers\": [{\"name\": \"t\", \"profile\": \"one\", \"budget_ms\": %d}%s]}",
+             addrs, extra_pool, extra_stage, extra_prof, budget_ms, extra_tier);
+}
+
+/* One of two replicas hangs (answers nothing, Worker Info included, like a SIGSTOPped process):
+ * every request is still answered by the other within the tier's budget, the hung replica is
+ * ejected (the ejection counter), and it gets few of the calls afterwards. */
+static void test_hung_replica(void **state) {
+    enum { N_HUNG = 12 };
+    fake *f[2] = {fake_start(1.0), fake_start(1.0)};
+    char json[2048];
+    /* 5 s: ample for a loopback call of a fake under the sanitizers on a shared machine; an
+     * attempt on the hung replica gets at most half of it (cascade.h), the retry the rest */
+    fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, 5000);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
+    ranking r;
+    rerank(ch, &r);
+    assert_true(coord_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}") == 0);
+
+    atomic_store(&f[1]->mode, FAKE_HANG);
+    int calls0 = atomic_load(&f[1]->score_calls);
+    for (int k = 0; k < N_HUNG; k++) rerank(ch, &r);   /* each must be answered in full */
+    int to_hung = atomic_load(&f[1]->score_calls) - calls0;
+    double ej = coord_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}");
+    fprintf(stderr, "# hung replica: %d requests answered, %d Score calls sent to the hung "
+            "replica, %.0f ejections\n", N_HUNG, to_hung, ej);
+    assert_true(ej >= 1);
+    /* without ejection round-robin sends it a call of every request (>= N_HUNG); ejected for
+     * 1 s, then 2 s, 4 s ... it gets one call per ejection that ends, so N_HUNG / 2 holds
+     * unless these 12 requests took more than about a minute */
+    assert_true(to_hung >= 1 && to_hung <= N_HUNG / 2);
+    assert_true(coord_metric(mport, "mrank_coord_retries_total{pool=\"p\"}") >= 1);
+
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    fake_free(f[0]);
+    fake_free(f[1]);
+}
+
+/* A pool whose replicas all answer RESOURCE_EXHAUSTED gets a bounded number of retries (the
+ * pool's retry budget; never several per call), every failure's refusal is counted, and a pool
+ * of one replica never retries RESOURCE_EXHAUSTED. */
+static void test_full_pool(void **state) {
+    enum { N_FULL = 10 };
+    fake *f[3] = {fake_start(1.0), fake_start(1.0), fake_start(1.0)};
+    char json[2048];
+    fake_config(json, sizeof json, f[0]->port, f[1]->port, f[2]->port, 0);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
+    for (int i = 0; i < 3; i++) atomic_store(&f[i]->mode, FAKE_FULL);
+    int calls0 = atomic_load(&f[0]->score_calls) + atomic_load(&f[1]->score_calls);
+    for (int k = 0; k < N_FULL; k++)
+        assert_int_equal(rerank_status(ch, "t"), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    int calls = atomic_load(&f[0]->score_calls) + atomic_load(&f[1]->score_calls) - calls0;
+    double retries = coord_metric(mport, "mrank_coord_retries_total{pool=\"p\"}");
+    double refused = 0;
+    static const char *const reasons[] = {"pool_full", "budget", "attempts", "no_replica",
+                                          "deadline"};
+    for (int i = 0; i < 5; i++) {
+        char series[128];
+        snprintf(series, sizeof series,
+                 "mrank_coord_retries_refused_total{pool=\"p\",reason=\"%s\"}", reasons[i]);
+        refused += coord_metric(mport, series);
+    }
+    fprintf(stderr, "# full pool: %d requests refused, %d Score calls, %.0f retries, %.0f "
+            "retries refused\n", N_FULL, calls, retries, refused);
+    /* retries come out of the bucket: at most its start plus a tenth of the original calls
+     * (the calls less the retries); the old rule made up to 4 per call */
+    assert_true(retries <= MR_RETRY_TOKENS_MAX + MR_RETRY_TOKENS_PER_CALL * (calls - retries));
+    assert_true(retries < N_FULL);
+    /* every request ended on a refused retry */
+    assert_true(refused >= N_FULL);
+    assert_true(coord_metric(mport, "mrank_coord_retries_refused_total{pool=\"p\",reason=\"pool_full\"}") >= 1);
+
+    /* one replica: RESOURCE_EXHAUSTED is never retried */
+    int solo0 = atomic_load(&f[2]->score_calls);
+    for (int k = 0; k < N_FULL; k++)
+        assert_int_equal(rerank_status(ch, "s"), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_true(coord_metric(mport, "mrank_coord_retries_total{pool=\"solo\"}") == 0);
+    assert_true(coord_metric(mport, "mrank_coord_retries_refused_total{pool=\"solo\","
+                                    "reason=\"no_replica\"}") >= N_FULL);
+    /* eight documents fit one call on one replica: one call per request */
+    assert_int_equal(atomic_load(&f[2]->score_calls) - solo0, N_FULL);
+
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    for (int i = 0; i < 3; i++) fake_free(f[i]);
+}
+
+/* A tier with a short budget hedges: with one of two replicas hung, a call sent to it is sent
+ * again to the other after a short delay, the first answer wins, and the hung copy is
+ * cancelled (the fake sees each of its calls cancelled before the call's own deadline). */
+static void test_hedge(void **state) {
+    enum { N_REQ = 6 };
+    fake *f[2] = {fake_start(1.0), fake_start(1.0)};
+    char json[2048];
+    /* 1000 ms: a short budget (hedging is on, MR_HEDGE_MAX_BUDGET_MS), still ample for a
+     * loopback call of a fake under the sanitizers */
+    fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, (int)MR_HEDGE_MAX_BUDGET_MS);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
+    atomic_store(&f[1]->mode, FAKE_HANG);
+    int calls0 = atomic_load(&f[1]->score_calls);
+    ranking r;
+    for (int k = 0; k < N_REQ; k++) rerank(ch, &r);
+    int to_hung = atomic_load(&f[1]->score_calls) - calls0, ended = 0;
+    for (int i = 0; i < 2000 && ended < to_hung; i++) {   /* at most 20 s */
+        ended = atomic_load(&f[1]->hung);
+        if (ended < to_hung) usleep(10000);
+    }
+    int cancelled = atomic_load(&f[1]->hung_cancelled);
+    double hedges = coord_metric(mport, "mrank_coord_hedges_total{pool=\"p\"}");
+    fprintf(stderr, "# hedging: %d requests answered, %.0f hedges, %d calls to the hung replica, "
+            "%d of them cancelled\n", N_REQ, hedges, to_hung, cancelled);
+    assert_true(hedges >= 1);
+    assert_true(to_hung >= 1);
+    assert_int_equal(ended, to_hung);
+    /* each lost its race and was cancelled, none waited for its own timeout */
+    assert_int_equal(cancelled, to_hung);
+    assert_true(coord_metric(mport, "mrank_coord_score_cancelled_total{pool=\"p\"}") >= to_hung);
+
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    fake_free(f[0]);
+    fake_free(f[1]);
+}
+
+/* A later stage whose pool is full (RESOURCE_EXHAUSTED) leaves the first stage's ranking
+ * standing when the tier allows degraded answers, and fails the request when it does not. */
+static void test_full_later_stage(void **state) {
+    fake *f[2] = {fake_start(1.0), fake_start(1.0)};
+    char json[2048];
+    snprintf(json, sizeof json,
+             "{\"limits\": {\"max_documents\": 16, \"max_tokens_per_pair\": 64},"
+             " \"pools\": [{\"name\": \"p\", \"addresses\": [\"127.0.0.1:%d\"]},"
+             "  {\"name\": \"q\", \"addresses\": [\"127.0.0.1:%d\"]}],"
+             " \"stages\": [{\"name\": \"a\", \"pool\": \"p\", \"depth\": 2},"
+             "  {\"name\": \"b\", \"pool\": \"q\", \"depth\": 4}],"
+             " \"profiles\": [{\"name\": \"two\", \"stages\": [{\"stage\": \"a\", "
+             "\"keep_top_k\": 4}, {\"stage\": \"b\"}]}],"
+             " \"tiers\": [{\"name\": \"soft\", \"profile\": \"two\", \"allow_degraded\": true},"
+             "  {\"name\": \"hard\", \"profile\": \"two\"}]}",
+             f[0]->port, f[1]->port);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
+    atomic_store(&f[1]->mode, FAKE_FULL);
+    size_t len, rlen = 0;
+    uint8_t *req = rerank_request("soft", &len), *resp = NULL;
+    grpc_status_code st;
+    char msg[512];
+    if (mr_rpc_unary(ch, MR_METHOD_RERANK, req, len, 20000, &resp, &rlen, &st, msg, sizeof msg))
+        fail_msg("Rerank (soft): status %d: %s", (int)st, msg);
+    free(req);
+    Mrank__V1__RerankResponse *r = mrank__v1__rerank_response__unpack(NULL, rlen, resp);
+    free(resp);
+    assert_non_null(r);
+    assert_true(r->degraded);
+    assert_int_equal(r->n_results, N_DOCS);
+    for (size_t i = 0; i < r->n_results; i++) assert_int_equal(r->results[i]->stage, 0);
+    mrank__v1__rerank_response__free_unpacked(r, NULL);
+    assert_int_equal(rerank_status(ch, "hard"), GRPC_STATUS_RESOURCE_EXHAUSTED);
+
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    fake_free(f[0]);
+    fake_free(f[1]);
+}
+
+typedef struct client_done {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    grpc_status_code status;
+} client_done;
+
+static void on_client_done(void *user, grpc_status_code status, const char *msg,
+                           const uint8_t *resp, size_t resp_len) {
+    client_done *d = user;
+    pthread_mutex_lock(&d->mu);
+    d->status = status;
+    d->done = 1;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* A client cancels its Rerank while the coordinator's Score calls hang: the coordinator
+ * cancels them (each fake sees its call cancelled before the call's own deadline) and counts
+ * them. The fakes claim 10 s per warm-up call, so an attempt's timeout (3x the estimate) is
+ * about 30 s: a call that ended before it was cancelled by the coordinator. */
+static void test_client_cancel(void **state) {
+    fake *f[2] = {fake_start(10000.0), fake_start(10000.0)};
+    char json[2048];
+    fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, 0);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
+    for (int i = 0; i < 2; i++) atomic_store(&f[i]->mode, FAKE_HANG);
+    int calls0 = atomic_load(&f[0]->score_calls) + atomic_load(&f[1]->score_calls);
+
+    mr_rpc_cancel *g = NULL;
+    assert_int_equal(mr_rpc_cancel_new(&g), 0);
+    client_done d = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, GRPC_STATUS_OK};
+    size_t len;
+    uint8_t *req = rerank_request("t", &len);
+    mr_rpc_opts o = {.timeout_ms = 60000, .cancel = g};
+    assert_int_equal(mr_rpc_unary_async(ch, MR_METHOD_RERANK, req, len, &o, on_client_done, &d),
+                     0);
+    free(req);
+    /* both Score calls (8 documents over two replicas) reach the fakes: at most 20 s */
+    int calls = 0;
+    for (int i = 0; i < 2000; i++) {
+        calls = atomic_load(&f[0]->score_calls) + atomic_load(&f[1]->score_calls) - calls0;
+        if (calls >= 2) break;
+        usleep(10000);
+    }
+    assert_int_equal(calls, 2);
+    assert_int_equal(mr_rpc_cancel_fire(g), 1);
+    pthread_mutex_lock(&d.mu);
+    while (!d.done) pthread_cond_wait(&d.cv, &d.mu);   /* the cancel completes it at once */
+    pthread_mutex_unlock(&d.mu);
+    assert_int_equal(d.status, GRPC_STATUS_CANCELLED);
+    /* a call started with a fired group completes at once with CANCELLED, sending nothing */
+    d.done = 0;
+    d.status = GRPC_STATUS_OK;
+    assert_int_equal(mr_rpc_unary_async(ch, MR_METHOD_RERANK, NULL, 0, &o, on_client_done, &d),
+                     0);
+    assert_int_equal(d.done, 1);
+    assert_int_equal(d.status, GRPC_STATUS_CANCELLED);
+    mr_rpc_cancel_free(g);
+    /* the fakes see both calls end: at most 20 s, far below the calls' 30 s deadlines */
+    int hung = 0;
+    for (int i = 0; i < 2000; i++) {
+        hung = atomic_load(&f[0]->hung) + atomic_load(&f[1]->hung);
+        if (hung >= 2) break;
+        usleep(10000);
+    }
+    int cancelled = atomic_load(&f[0]->hung_cancelled) + atomic_load(&f[1]->hung_cancelled);
+    double counted = coord_metric(mport, "mrank_coord_score_cancelled_total{pool=\"p\"}");
+    fprintf(stderr, "# client cancel: %d Score calls hung, %d ended by cancellation, the "
+            "coordinator counted %.0f\n", calls, cancelled, counted);
+    assert_int_equal(hung, 2);
+    assert_int_equal(cancelled, 2);
+    assert_true(counted == 2);
+
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    fake_free(f[0]);
+    fake_free(f[1]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_failover),
+        cmocka_unit_test(test_hung_replica),
+        cmocka_unit_test(test_full_pool),
+        cmocka_unit_test(test_client_cancel),
+        cmocka_unit_test(test_hedge),
+        cmocka_unit_test(test_full_later_stage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
