@@ -252,8 +252,10 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active, doubl
         if (!failed) break;
         if (fatal >= 0) {
             *code = s[fatal].status;
-            snprintf(msg, cap, "stage '%s' (%.100s): %.200s", st->name,
-                     prt->ep[s[fatal].ep].target, s[fatal].msg);
+            snprintf(msg, cap, "stage '%s' (pool '%s' replica %d): %.200s", st->name,
+                     c->cfg.pools[st->pool].name, s[fatal].ep, s[fatal].msg);
+            fprintf(stderr, "mrank coordinator: %s [replica %d is %s]\n", msg, s[fatal].ep,
+                    prt->ep[s[fatal].ep].target);
             goto done;
         }
         if (mr_rpc_call_cancelled(r->call)) {

@@ -4,6 +4,8 @@
 #include "prom.h"
 
 #include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,20 +120,56 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const cha
 
 int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
                      int *bound_port, mr_err *err) {
+    return mr_prom_http_new_at(out, NULL, port, render, user, bound_port, err);
+}
+
+void mr_prom_host_of(const char *listen, char *host, size_t cap) {
+    const char *a = listen ? listen : "";
+    if (!strncmp(a, "ipv4:", 5) || !strncmp(a, "ipv6:", 5)) a += 5;
+    const char *end;
+    if (*a == '[' && (end = strchr(a, ']'))) a++;   /* [::1]:7100 */
+    else end = strrchr(a, ':');
+    size_t n = end ? (size_t)(end - a) : strlen(a);
+    snprintf(host, cap, "%.*s", (int)n, a);
+}
+
+int mr_prom_http_new_at(mr_prom_http **out, const char *host, int port,
+                        mr_prom_render_fn render, void *user, int *bound_port, mr_err *err) {
     *out = NULL;
     if (bound_port) *bound_port = -1;
     if (port < 0 || port > 65535)
         return mr_err_set(err, MR_EINVAL, "metrics: port %d out of range", port);
+    struct sockaddr_storage sa;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    if (host && *host) {   /* bind exactly there (a name resolves to its first address) */
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+        if (getaddrinfo(host, NULL, &hints, &ai) || !ai)
+            return mr_err_set(err, MR_EINVAL, "metrics: cannot resolve host '%s'", host);
+        memset(&sa, 0, sizeof sa);
+        memcpy(&sa, ai->ai_addr, ai->ai_addrlen);
+        if (sa.ss_family == AF_INET6) {
+            ((struct sockaddr_in6 *)&sa)->sin6_port = htons((uint16_t)port);
+            flags |= MHD_USE_IPv6;
+        } else {
+            ((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
+        }
+        freeaddrinfo(ai);
+    }
     mr_prom_http *h = calloc(1, sizeof *h);
     if (!h) return mr_err_set(err, MR_ENOMEM, "metrics: out of memory");
     h->render = render;
     h->user = user;
-    h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port,
-                            NULL, NULL, on_http, h, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                            MHD_OPTION_END);
+    if (host && *host)
+        h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_http, h,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+                                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_END);
+    else
+        h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_http, h,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
     if (!h->d) {
         free(h);
-        return mr_err_set(err, MR_EIO, "metrics: cannot listen on port %d", port);
+        return mr_err_set(err, MR_EIO, "metrics: cannot listen on %s port %d",
+                          host && *host ? host : "all interfaces", port);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     if (bound_port) *bound_port = info && info->port ? info->port : port;

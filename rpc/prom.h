@@ -63,6 +63,13 @@ typedef struct mr_prom_http mr_prom_http;
  * receives the port. MR_EIO when the port cannot be bound. */
 int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
                      int *bound_port, mr_err *err);
+/* The same on one address: host is a numeric address or a name (its first address), NULL or
+ * "" for all interfaces. Services bind where their gRPC listener is (mr_prom_host_of). */
+int mr_prom_http_new_at(mr_prom_http **out, const char *host, int port,
+                        mr_prom_render_fn render, void *user, int *bound_port, mr_err *err);
+/* The host part of a gRPC listen address: "127.0.0.1:7100" -> "127.0.0.1", "[::1]:0" ->
+ * "::1", "0.0.0.0:7001" -> "0.0.0.0" (a wildcard only when gRPC was told so). */
+void mr_prom_host_of(const char *listen, char *host, size_t cap);
 /* Stops the endpoint (in-flight responses finish) and frees it; NULL is a no-op. */
 void mr_prom_http_free(mr_prom_http *h);
 
