@@ -89,6 +89,7 @@ then a client connects with:
   MRANK_API_KEY=\$(cat $dir/api-key.txt) mrank rerank --addr 127.0.0.1:7100 \\
     --ca $dir/ca.pem --cert $dir/client.pem --key $dir/client-key.pem \\
     --query 'what is the capital of France?' --docs FILE
-  python3 tests/clients/rerank_client.py --addr 127.0.0.1:7100 --ca $dir/ca.pem \\
-    --cert $dir/client.pem --key $dir/client-key.pem --api-key \$(cat $dir/api-key.txt) ...
+  python3 tests/clients/rerank_client.py rerank 127.0.0.1:7100 --ca $dir/ca.pem \\
+    --cert $dir/client.pem --key $dir/client-key.pem --api-key \$(cat $dir/api-key.txt) \\
+    --query 'what is the capital of France?' --docs FILE
 EOF

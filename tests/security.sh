@@ -263,4 +263,5 @@ for _ in $(seq 1 60); do kill -0 "$uppid" 2>/dev/null || break; sleep 1; done
 if kill -0 "$uppid" 2>/dev/null; then fail "mrank up still running 60 s after SIGINT"; fi
 wait "$uppid" || fail "mrank up exited with status $?"
 uppid=
+if grep -q "Sanitizer" "$work/up.log"; then fail "a sanitizer report in the cluster's log"; fi
 echo "PASS: security"
