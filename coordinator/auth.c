@@ -56,8 +56,9 @@ int mr__auth_new(mr_coord *c, mr_err *err) {
     int rc = load_checked(c, a->path, &a->keys, err);
     c->auth = a;   /* freed by mr__auth_free also on failure */
     if (!rc)
-        fprintf(stderr, "mrank coordinator: %d API keys from %s\n", mr_apikeys_count(a->keys),
-                a->path);
+        fprintf(stderr, "mrank coordinator: %d API keys from %s%s\n", mr_apikeys_count(a->keys),
+                a->path, *c->cfg.security.tls_cert ? "" : " (warning: no security.tls: keys "
+                "cross the network in clear text)");
     return rc;
 }
 
