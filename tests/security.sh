@@ -146,6 +146,27 @@ if grep -qF -e "$KEY_ALL" -e "$KEY_BATCH" "$work/up.log" "$work/up.out" ||
 fi
 echo "ok: metrics per key name; no key in logs or metrics"
 
+step "b2. the Python and Go clients speak TLS and send keys"
+out=$(timeout 60 $PY tests/clients/rerank_client.py rerank "$ADDR" --ca "$C/ca.pem" \
+  --cert "$C/client.pem" --key "$C/client-key.pem" --api-key "$KEY_ALL" --query q \
+  --docs "$work/docs.txt" --timeout 20 2>&1) || fail "python client: $out"
+echo "$out" | grep -q '"results"' || fail "python client: $out"
+rc=0; out=$(timeout 60 $PY tests/clients/rerank_client.py rerank "$ADDR" --ca "$C/ca.pem" \
+  --cert "$C/client.pem" --key "$C/client-key.pem" --query q --docs "$work/docs.txt" 2>&1) || rc=$?
+[ "$rc" -eq 3 ] && echo "$out" | grep -q UNAUTHENTICATED || fail "python client without a key: $out"
+echo "ok: python client"
+rc=0; timeout 300 bash tests/clients/go/build.sh "$work/goclient" >"$work/gobuild.log" 2>&1 || rc=$?
+if [ "$rc" -eq 2 ]; then
+  echo "note: Go not installed: the Go client's check is left out"
+else
+  [ "$rc" -eq 0 ] || fail "Go client build: $(cat "$work/gobuild.log")"
+  out=$(timeout 60 "$work/goclient" -addr "$ADDR" -ca "$C/ca.pem" -cert "$C/client.pem" \
+    -key "$C/client-key.pem" -api-key "$KEY_BATCH" -tier batch -query q -docs "$work/docs.txt" 2>&1) ||
+    fail "go client: $out"
+  echo "$out" | grep -q '"results"' || fail "go client: $out"
+  echo "ok: go client"
+fi
+
 step "c. worker ports accept only the internal CA's certificates"
 for port in "$PW1" "$PW2"; do
   wk=(--addr "127.0.0.1:$port" --query q --docs "$work/docs.txt" --timeout-ms 5000)
