@@ -610,6 +610,10 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
     }
     grpc_server_credentials *creds = s->tls ? mr__rpc_tls_server_credentials(s->tls)
                                             : grpc_insecure_server_credentials_create();
+    if (!creds) {   /* the certificate files could not be read at start (tls.c logged why) */
+        mr_err_set(err, MR_EIO, "rpc server: no TLS credentials for %s", s->addr);
+        goto fail;
+    }
     int port = grpc_server_add_http2_port(s->srv, s->addr, creds);
     grpc_server_credentials_release(creds);
     if (port <= 0) {

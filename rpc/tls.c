@@ -159,7 +159,10 @@ static grpc_ssl_certificate_config_reload_status fetch(void *user,
     file_sig cur[3];
     int changed = !t->delivered;
     for (int i = 0; i < 3; i++) {
-        if (stat_sig(t->path[i], &cur[i])) goto out;   /* mid-rename: try again later */
+        if (stat_sig(t->path[i], &cur[i])) {   /* mid-rename: try again later */
+            if (!t->delivered) st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
+            goto out;
+        }
         if (!sig_eq(&cur[i], &t->sig[i])) changed = 1;
     }
     if (!changed) goto out;
