@@ -11,6 +11,15 @@ int mr_cmd_up(int argc, char **argv);
 int mr_cmd_rerank(int argc, char **argv);
 int mr_cmd_train(int argc, char **argv);
 int mr_cmd_eval(int argc, char **argv);
+int mr_cmd_health(int argc, char **argv);
+
+/* connect.c: a channel to addr (TLS when tls names any file; "authorization: Bearer api_key"
+ * when api_key is non-empty); 0, or -1 after a message on stderr ("mrank WHO: ..."). The
+ * caller frees *out (also after a failure). */
+struct mr_rpc_channel;
+struct mr_rpc_tls_client;
+int mr_cli_connect(struct mr_rpc_channel **out, const char *who, const char *addr,
+                   const struct mr_rpc_tls_client *tls, const char *api_key);
 
 /* Parses "4,8,12" into out (at most cap values); -1 on a malformed list, after printing an
  * error that names the option. */

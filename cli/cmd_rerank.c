@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "mrank.pb-c.h"
 #include "rpc.h"
+#include "tls.h"
 #include "rpc_methods.h"
 #include "rpc_status.h"
 
@@ -187,7 +188,10 @@ static void rerank_usage(FILE *f) {
           "  --override S:K[:F] keep top K (and fraction F) at profile stage S (repeatable)\n"
           "  --no-truncate      INVALID_ARGUMENT instead of cutting long passages\n"
           "  --show-docs        print the start of each document\n"
-          "  --json             JSON output\n", f);
+          "  --json             JSON output\n"
+          "  --ca FILE          connect with TLS, verifying the server with this PEM CA\n"
+          "  --cert FILE        client certificate (mTLS), with --key FILE its private key\n"
+          "  --api-key KEY      sent as 'authorization: Bearer KEY' (default: $MRANK_API_KEY)\n", f);
 }
 
 int mr_cmd_rerank(int argc, char **argv) {
@@ -196,8 +200,12 @@ int mr_cmd_rerank(int argc, char **argv) {
         {"profile", 1, 0, 'p'},    {"tier", 1, 0, 't'},       {"top-n", 1, 0, 'n'},
         {"json", 0, 0, 'j'},       {"timeout-ms", 1, 0, 'T'}, {"override", 1, 0, 'o'},
         {"no-truncate", 0, 0, 'N'}, {"show-docs", 0, 0, 's'}, {"help", 0, 0, 'h'},
+        {"ca", 1, 0, 'C'},         {"cert", 1, 0, 'E'},       {"key", 1, 0, 'K'},
+        {"api-key", 1, 0, 'A'},
         {0, 0, 0, 0}};
     const char *addr = NULL, *query = NULL, *path = NULL, *profile = "", *tier = "";
+    const char *api_key = getenv("MRANK_API_KEY");
+    mr_rpc_tls_client tls = {0};
     int top_n = 0, json = 0, timeout_ms = 30000, ch, rc = 2, no_trunc = 0, show = 0, n_ov = 0;
     Mrank__V1__StageOverride ov[16], *ovp[16];
     docs d = {0};
@@ -218,6 +226,10 @@ int mr_cmd_rerank(int argc, char **argv) {
         case 'T': if (mr_cli_parse_int("--timeout-ms", optarg, &timeout_ms)) goto done; break;
         case 'N': no_trunc = 1; break;
         case 's': show = 1; break;
+        case 'C': tls.ca = optarg; break;
+        case 'E': tls.cert = optarg; break;
+        case 'K': tls.key = optarg; break;
+        case 'A': api_key = optarg; break;
         case 'o': {
             unsigned s, k;
             float f = 0;
@@ -273,11 +285,7 @@ int mr_cmd_rerank(int argc, char **argv) {
         goto done;
     }
     mrank__v1__rerank_request__pack(&rq, req);
-    mr_err err = {0};
-    if (mr_rpc_channel_new(&chn, addr, &err)) {
-        fprintf(stderr, "mrank rerank: %s\n", err.msg);
-        goto done;
-    }
+    if (mr_cli_connect(&chn, "rerank", addr, &tls, api_key)) goto done;
     grpc_status_code st;
     char msg[512];
     if (mr_rpc_unary(chn, MR_METHOD_RERANK, req, len, timeout_ms, &resp, &rlen, &st,

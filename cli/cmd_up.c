@@ -32,6 +32,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "mrank.pb-c.h"
 #include "rpc.h"
+#include "tls.h"
 #include "rpc_methods.h"
 
 #define DEFAULT_CONFIG "deploy/local.json"
@@ -65,6 +66,7 @@ typedef struct child {
     double restart_ms[MAX_RESTARTS_CAP]; /* ring: times of the latest restarts */
     int serving;                  /* SERVING seen since its latest start */
     int died;                     /* exited, not yet handled by the supervisor */
+    const mr_rpc_tls_client *tls; /* how to reach its gRPC port (NULL: plaintext) */
 } child;
 
 static double mono_ms(void) {
@@ -118,9 +120,9 @@ static int child_start(child *c, const sigset_t *old_mask) {
 }
 
 /* 1 when addr answers grpc.health.v1 Check("") with SERVING. */
-static int health_serving(const char *addr) {
+static int health_serving(const char *addr, const mr_rpc_tls_client *tls) {
     mr_rpc_channel *ch = NULL;
-    if (mr_rpc_channel_new(&ch, addr, NULL)) return 0;
+    if (mr_rpc_channel_new_tls(&ch, addr, tls, NULL)) return 0;
     Grpc__Health__V1__HealthCheckRequest rq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     rq.service = "";
     uint8_t buf[64], *resp = NULL;
@@ -253,7 +255,7 @@ static int supervise(child *c, int n, int max_restarts, const sigset_t *old_mask
             fprintf(stderr, "mrank up: restarted %s: pid %d (restart %d)\n", k->what,
                     (int)k->pid, k->restarts);
         }
-        if (k->pid > 0 && !k->serving && k->restarts > 0 && health_serving(k->addr)) {
+        if (k->pid > 0 && !k->serving && k->restarts > 0 && health_serving(k->addr, k->tls)) {
             k->serving = 1;
             fprintf(stderr, "mrank up: %s SERVING again (pid %d, restart %d)\n", k->what,
                     (int)k->pid, k->restarts);
@@ -268,13 +270,13 @@ static int file_exists(const char *p) {
 }
 
 /* Asks the coordinator's Info whether the model is untrained. -1 when unknown. */
-static int coordinator_untrained(const char *addr) {
+static int coordinator_untrained(const char *addr, const mr_rpc_tls_client *tls) {
     mr_rpc_channel *ch = NULL;
     uint8_t *resp = NULL;
     size_t rlen = 0;
     grpc_status_code st;
     int u = -1;
-    if (mr_rpc_channel_new(&ch, addr, NULL)) return -1;
+    if (mr_rpc_channel_new_tls(&ch, addr, tls, NULL)) return -1;
     if (!mr_rpc_unary(ch, MR_METHOD_RANKER_INFO, NULL, 0, 2000, &resp, &rlen, &st, NULL, 0)) {
         Mrank__V1__InfoResponse *r = mrank__v1__info_response__unpack(NULL, rlen, resp);
         if (r) {
@@ -308,7 +310,9 @@ static void up_usage(FILE *f) {
 
 /* Fills kids[0..n_workers) with one `mrank worker` per pool address; 0 or -1 (out of memory). */
 static int plan_workers(child *kids, const mr_coord_config *cfg, const char *model,
-                        const char *backend, const char *threads) {
+                        const char *backend, const char *threads,
+                        const mr_rpc_tls_client *worker_tls) {
+    const mr_cc_security *sec = &cfg->security;
     int n = 0;
     for (int p = 0; p < cfg->n_pools; p++) {
         const mr_cc_pool *pc = &cfg->pools[p];
@@ -336,16 +340,26 @@ static int plan_workers(child *kids, const mr_coord_config *cfg, const char *mod
                 av[k++] = "--metrics-port";
                 av[k++] = mport;
             }
+            if (*sec->internal_cert) {   /* mTLS: only the internal CA's holders get in */
+                av[k++] = "--tls-cert";
+                av[k++] = (char *)sec->internal_cert;
+                av[k++] = "--tls-key";
+                av[k++] = (char *)sec->internal_key;
+                av[k++] = "--tls-client-ca";
+                av[k++] = (char *)sec->internal_ca;
+            }
             av[k] = NULL;
             snprintf(what, sizeof what, "worker %.40s[%d] %.80s", pc->name, a, pc->addrs[a]);
-            if (child_init(&kids[n++], what, pc->addrs[a], av)) return -1;
+            if (child_init(&kids[n], what, pc->addrs[a], av)) return -1;
+            kids[n++].tls = *sec->internal_cert ? worker_tls : NULL;
         }
     }
     return 0;
 }
 
-static void print_ready(const mr_coord_config *cfg, const char *model, double ms) {
-    int untrained = coordinator_untrained(cfg->listen);
+static void print_ready(const mr_coord_config *cfg, const char *model, double ms,
+                        const mr_rpc_tls_client *coord_tls) {
+    int untrained = coordinator_untrained(cfg->listen, coord_tls);
     printf("mrank up: cluster ready in %.1f s\n", ms / 1e3);
     printf("  model:       %s%s\n", model,
            untrained == 1 ? "  (untrained (seeded) model: scores are not relevance)" : "");
@@ -361,8 +375,16 @@ static void print_ready(const mr_coord_config *cfg, const char *model, double ms
     if (cfg->metrics_port > 0)
         printf("  metrics:     http://127.0.0.1:%d/metrics\n", cfg->metrics_port);
     printf("coordinator: %s\n", cfg->listen);
-    printf("try: mrank rerank --addr %s --query 'what is the capital of France?' --docs FILE\n"
-           "Ctrl-C stops the cluster.\n", cfg->listen);
+    const mr_cc_security *sec = &cfg->security;
+    printf("try: mrank rerank --addr %s --query 'what is the capital of France?' --docs FILE%s%s%s\n"
+           "Ctrl-C stops the cluster.\n", cfg->listen,
+           *sec->tls_cert ? " --ca CA_OF_SECURITY.TLS.CERT" : "",
+           *sec->tls_client_ca ? " --cert CLIENT.PEM --key CLIENT-KEY.PEM" : "",
+           *sec->api_keys ? " --api-key KEY" : "");
+    if (*sec->tls_cert || *sec->internal_cert || *sec->api_keys)
+        printf("security: public port %s%s, workers %s, API keys %s (docs/security.md)\n",
+               *sec->tls_cert ? "TLS" : "plaintext", *sec->tls_client_ca ? " + client certs" : "",
+               *sec->internal_cert ? "mTLS" : "plaintext", *sec->api_keys ? sec->api_keys : "off");
     fflush(stdout);
 }
 
@@ -441,11 +463,23 @@ int mr_cmd_up(int argc, char **argv) {
     char *cav[] = {"mrank", "coordinator", "--config", (char *)config, "--listen",
                    cfg->listen, "--metrics-port", mport, "--drain-ms", drain, NULL};
     snprintf(what, sizeof what, "coordinator %.100s", cfg->listen);
-    if (plan_workers(kids, cfg, model, backend, tbuf) ||
+    /* mrank up reaches the workers as the coordinator does (internal mTLS), and its own
+     * coordinator child over loopback without checking the server certificate (it has no
+     * public CA), presenting the internal certificate when there is one */
+    const mr_cc_security *sec = &cfg->security;
+    mr_rpc_tls_client worker_tls = {.ca = sec->internal_ca, .cert = sec->internal_cert,
+                                    .key = sec->internal_key};
+    mr_rpc_tls_client coord_tls = {.skip_verify = 1};
+    if (*sec->internal_cert) {
+        coord_tls.cert = sec->internal_cert;
+        coord_tls.key = sec->internal_key;
+    }
+    if (plan_workers(kids, cfg, model, backend, tbuf, &worker_tls) ||
         child_init(&kids[n_workers], what, cfg->listen, cav)) {
         fprintf(stderr, "mrank up: out of memory\n");
         goto done;
     }
+    if (*sec->tls_cert) kids[n_workers].tls = &coord_tls;
     /* the coordinator is the last child: stop_all relies on it */
     for (n = 0; n < n_kids; n++)
         if (child_start(&kids[n], &old)) goto stop;
@@ -468,14 +502,14 @@ int mr_cmd_up(int argc, char **argv) {
             goto stop;
         }
         ready = 1;
-        for (int i = 0; i < n && ready; i++) ready = health_serving(kids[i].addr);
+        for (int i = 0; i < n && ready; i++) ready = health_serving(kids[i].addr, kids[i].tls);
         if (!ready && mono_ms() - t0 > timeout_s * 1e3) {
             fprintf(stderr, "mrank up: not SERVING after %d s: stopping\n", timeout_s);
             goto stop;
         }
     }
     for (int i = 0; i < n; i++) kids[i].serving = 1;
-    print_ready(cfg, model, mono_ms() - t0);
+    print_ready(cfg, model, mono_ms() - t0, *sec->tls_cert ? &coord_tls : NULL);
     tick = ms_ts(TICK_MS);
     for (;;) {
         siginfo_t si;

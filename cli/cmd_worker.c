@@ -32,7 +32,11 @@ static void worker_usage(FILE *f) {
           "  --metrics-port P          Prometheus /metrics over HTTP (0 = any free port)\n"
           "  --max-len N               token budget of query + passage (default 512)\n"
           "  --prompt TEXT             instruction appended to every pair\n"
-          "  --drain-ms N              on SIGTERM, how long in-flight work may finish (default 10000)\n",
+          "  --drain-ms N              on SIGTERM, how long in-flight work may finish (default 10000)\n"
+          "  --tls-cert FILE           serve TLS with this PEM certificate chain (re-read on change)\n"
+          "  --tls-key FILE            its PEM private key\n"
+          "  --tls-client-ca FILE      accept only clients with a certificate signed by this CA\n"
+          "                            (mTLS; the cluster's security.internal.ca)\n",
           MR_WORKER_RPC_THREADS, MR_WORKER_MAX_BATCH_TOKENS, MR_WORKER_MAX_WAIT_MS,
           MR_WORKER_MAX_INFLIGHT_TOKENS, MR_WORKER_MAX_REQUEST_BYTES);
 }
@@ -46,6 +50,7 @@ int mr_cmd_worker(int argc, char **argv) {
         {"metrics-port", 1, 0, 'M'},   {"max-len", 1, 0, 'L'},
         {"prompt", 1, 0, 'P'},         {"drain-ms", 1, 0, 'd'},
         {"max-request-bytes", 1, 0, 'R'},
+        {"tls-cert", 1, 0, 'C'},       {"tls-key", 1, 0, 'K'},        {"tls-client-ca", 1, 0, 'A'},
         {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
     mr_worker_opts o;
     mr_worker_opts_default(&o);
@@ -94,6 +99,9 @@ int mr_cmd_worker(int argc, char **argv) {
             if (mr_cli_parse_int("--max-request-bytes", optarg, &o.max_request_bytes)) goto done;
             break;
         case 'd': if (mr_cli_parse_int("--drain-ms", optarg, &drain_ms)) goto done; break;
+        case 'C': o.tls_cert = optarg; break;
+        case 'K': o.tls_key = optarg; break;
+        case 'A': o.tls_client_ca = optarg; break;
         case 'h': worker_usage(stdout); rc = 0; goto done;
         default: worker_usage(stderr); goto done;
         }

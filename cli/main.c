@@ -16,6 +16,7 @@ static void usage(FILE *f) {
           "  coordinator      serve the cascade (mrank.v1.Ranker) over worker pools\n"
           "  up               start a local cluster (workers + coordinator) from a config\n"
           "  rerank           send a Rerank request to a coordinator\n"
+          "  health           ask a worker or coordinator for grpc.health.v1 status (or Info)\n"
           "  train            train a model: LM pretraining, re-ranker, compensation adapters\n"
           "  eval             re-rank a BEIR collection's BM25 run: nDCG@10, MRR@10, FLOPs\n"
           "run 'mrank <command> --help' for its options\n", f);
@@ -68,6 +69,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "coordinator")) return mr_cmd_coordinator(argc - 1, argv + 1);
     if (!strcmp(cmd, "up")) return mr_cmd_up(argc - 1, argv + 1);
     if (!strcmp(cmd, "rerank")) return mr_cmd_rerank(argc - 1, argv + 1);
+    if (!strcmp(cmd, "health")) return mr_cmd_health(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return mr_cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return mr_cmd_eval(argc - 1, argv + 1);
     fprintf(stderr, "mrank: unknown command '%s'\n", cmd);

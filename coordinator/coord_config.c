@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CC_MAX_BYTES (4u * 1024 * 1024)
 
@@ -377,6 +378,8 @@ static int parse_tier(const ctx *x, const cJSON *o, const char *path, const mr_c
         }                                                                                     \
     } while (0)
 
+static int parse_security(const ctx *x, const cJSON *root, mr_cc_security *s);
+
 int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json, mr_err *err) {
     ctx x = {name, err};
     int rc = 0;
@@ -402,7 +405,8 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
         goto done;
     }
     static const char *const keys[] = {"model", "coordinator", "limits", "pools", "stages",
-                                       "profiles", "tiers", "default_tier", "planning", NULL};
+                                       "profiles", "tiers", "default_tier", "planning",
+                                       "security", NULL};
     if ((rc = check_keys(&x, root, "", keys)) ||
         (rc = get_str(&x, root, "", "model", c->model, sizeof c->model, 0)) ||
         (rc = parse_limits(&x, root, c)))
@@ -446,9 +450,64 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
         rc = bad(&x, MR_EINVAL, "default_tier", "unknown tier '%s'", dt);
         goto done;
     }
+    rc = parse_security(&x, root, &c->security);
 done:
     cJSON_Delete(root);
     return rc;
+}
+
+/* A readable file path at obj[key] (optional unless required). */
+static int get_file(const ctx *x, const cJSON *obj, const char *path, const char *key, char *buf,
+                    int required) {
+    int rc = get_str(x, obj, path, key, buf, MR_CC_PATH, required);
+    if (rc || !*buf) {
+        if (!rc && cJSON_GetObjectItemCaseSensitive(obj, key) && !cJSON_IsNull(
+                cJSON_GetObjectItemCaseSensitive(obj, key))) {
+            char p[384];
+            join(p, sizeof p, path, key);
+            return bad(x, MR_EINVAL, p, "empty");
+        }
+        return rc;
+    }
+    if (access(buf, R_OK)) {
+        char p[384];
+        join(p, sizeof p, path, key);
+        return bad(x, MR_ENOTFOUND, p, "%.150s: cannot be read", buf);
+    }
+    return 0;
+}
+
+/* "security": {"tls": {"cert", "key", "client_ca"}, "internal": {"ca", "cert", "key"},
+ * "api_keys": FILE}; see docs/security.md. */
+static int parse_security(const ctx *x, const cJSON *root, mr_cc_security *s) {
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "security");
+    if (!o || cJSON_IsNull(o)) return 0;
+    if (!cJSON_IsObject(o)) return bad(x, MR_EFORMAT, "security", "expected an object");
+    static const char *const keys[] = {"tls", "internal", "api_keys", NULL};
+    int rc = check_keys(x, o, "security", keys);
+    if (rc || (rc = get_file(x, o, "security", "api_keys", s->api_keys, 0))) return rc;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "tls");
+    if (t && !cJSON_IsNull(t)) {
+        static const char *const tk[] = {"cert", "key", "client_ca", NULL};
+        if (!cJSON_IsObject(t)) return bad(x, MR_EFORMAT, "security.tls", "expected an object");
+        if ((rc = check_keys(x, t, "security.tls", tk)) ||
+            (rc = get_file(x, t, "security.tls", "cert", s->tls_cert, 1)) ||
+            (rc = get_file(x, t, "security.tls", "key", s->tls_key, 1)) ||
+            (rc = get_file(x, t, "security.tls", "client_ca", s->tls_client_ca, 0)))
+            return rc;
+    }
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(o, "internal");
+    if (in && !cJSON_IsNull(in)) {
+        static const char *const ik[] = {"ca", "cert", "key", NULL};
+        if (!cJSON_IsObject(in))
+            return bad(x, MR_EFORMAT, "security.internal", "expected an object");
+        if ((rc = check_keys(x, in, "security.internal", ik)) ||
+            (rc = get_file(x, in, "security.internal", "ca", s->internal_ca, 1)) ||
+            (rc = get_file(x, in, "security.internal", "cert", s->internal_cert, 1)) ||
+            (rc = get_file(x, in, "security.internal", "key", s->internal_key, 1)))
+            return rc;
+    }
+    return 0;
 }
 
 int mr_coord_config_load(mr_coord_config *c, const char *path, mr_err *err) {

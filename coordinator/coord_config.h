@@ -66,6 +66,17 @@ typedef struct mr_cc_tier {
     int allow_degraded;
 } mr_cc_tier;
 
+/* The optional "security" section (docs/security.md). Paths as written in the file ("" when
+ * absent); every named file was readable when the config was loaded. */
+#define MR_CC_PATH 512
+typedef struct mr_cc_security {
+    char tls_cert[MR_CC_PATH], tls_key[MR_CC_PATH];   /* TLS on the public port */
+    char tls_client_ca[MR_CC_PATH];                   /* then clients need a cert (mTLS) */
+    char internal_ca[MR_CC_PATH];                     /* coordinator <-> workers: mTLS */
+    char internal_cert[MR_CC_PATH], internal_key[MR_CC_PATH];
+    char api_keys[MR_CC_PATH];                        /* mr_apikeys file */
+} mr_cc_security;
+
 typedef struct mr_coord_config {
     char path[512];
     char model[512];                       /* model folder (mrank up; "" if unset) */
@@ -80,6 +91,7 @@ typedef struct mr_coord_config {
     mr_cc_stage stages[MR_CC_MAX_STAGES];
     mr_cc_profile profiles[MR_CC_MAX_PROFILES];
     mr_cc_tier tiers[MR_CC_MAX_TIERS];
+    mr_cc_security security;
 } mr_coord_config;
 
 /* Loads and validates path; MR_EFORMAT/MR_EINVAL/MR_ERANGE with "path: json.path: problem" in

@@ -12,6 +12,8 @@
  *   wire.c       protobuf packing: Score requests, the ranking, Info
  *   probe.c      the prober thread: Worker Info, warm-up, health, ejected replicas back
  *   coordinator.c  lifecycle and handler registration
+ *   auth.c       API keys: UNAUTHENTICATED before a handler runs, PERMISSION_DENIED per tier
+ *   redact.c     internal addresses out of client-facing error messages
  * The pure rules (keep, merge, cost model, deadline decision, retries, attempt timeouts,
  * hedge delay, ejection) are cascade.c's; the config is coord_config.c's; metrics are
  * coord_metrics.c's.
@@ -74,6 +76,7 @@ struct mr_coord {
     char model[512];
     int untrained;
     pthread_t prober;
+    struct mr__auth *auth;      /* API keys (auth.c), NULL when none are configured */
 };
 
 /* One Rerank in flight. */
@@ -180,6 +183,25 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len);
 /* rpc.h handlers of Rerank and RerankStream (user: the mr_coord). */
 void mr__on_rerank(mr_rpc_call *call, void *user);
 void mr__on_rerank_stream(mr_rpc_call *call, void *user);
+
+/* ---- auth.c ---- */
+
+/* Loads security.api_keys when configured (checking its tiers). MR_E* naming the file. */
+int mr__auth_new(mr_coord *c, mr_err *err);
+void mr__auth_free(mr_coord *c);
+/* 1 when the call may go on (no keys configured, or a known key); else fails the call
+ * UNAUTHENTICATED and returns 0. count_ok: count an accepted call in the key's metrics. */
+int mr__auth_call(mr_coord *c, mr_rpc_call *call, int count_ok);
+/* 0 when the call's key may use tier (index into cfg.tiers); else -1 with *code
+ * (PERMISSION_DENIED) and msg for the client. Counts the call in the key's metrics. */
+int mr__auth_tier(mr_coord *c, mr_rpc_call *call, int tier, grpc_status_code *code, char *msg,
+                  size_t cap);
+
+/* ---- redact.c ---- */
+
+/* Replaces internal addresses in msg (a client-facing error, cap bytes) by pool names and
+ * replica indexes, logging the original to stderr; 1 when something was replaced. */
+int mr__redact(const mr_coord *c, char *msg, size_t cap);
 
 /* ---- probe.c ---- */
 

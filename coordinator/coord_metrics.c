@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "prom.h"
 
@@ -33,6 +34,9 @@ struct mr_coord_metrics {
     double ns_per_tl[MR_CC_MAX_STAGES];
     long inflight;
     mr_prom_http *http;
+    int n_keys;
+    struct { char name[MR_CC_NAME]; unsigned long ok, denied; } keys[MR_COORD_METRICS_KEYS + 1];
+    unsigned long unauthenticated;
 };
 
 static const char *const k_outcome[MR_OUT_N] = {"ok", "degraded", "invalid_argument",
@@ -52,9 +56,28 @@ int mr_coord_metrics_new(mr_coord_metrics **out, const mr_coord_config *cfg, mr_
 
 static char *render(void *user) { return mr_coord_metrics_render(user); }
 
-int mr_coord_metrics_serve(mr_coord_metrics *m, int port, mr_err *err) {
+int mr_coord_metrics_serve(mr_coord_metrics *m, const char *host, int port, mr_err *err) {
     if (port <= 0) return 0;
-    return mr_prom_http_new(&m->http, port, render, m, NULL, err);
+    return mr_prom_http_new_at(&m->http, host, port, render, m, NULL, err);
+}
+
+void mr_coord_metrics_auth(mr_coord_metrics *m, const char *key_name, int denied) {
+    pthread_mutex_lock(&m->mu);
+    if (!key_name) {
+        m->unauthenticated++;
+    } else {
+        int i = 0;
+        while (i < m->n_keys && strcmp(m->keys[i].name, key_name)) i++;
+        if (i == m->n_keys) {
+            if (m->n_keys < MR_COORD_METRICS_KEYS) m->n_keys++;
+            else i = MR_COORD_METRICS_KEYS;   /* the "other" row */
+            snprintf(m->keys[i].name, sizeof m->keys[i].name, "%s",
+                     i < MR_COORD_METRICS_KEYS ? key_name : "other");
+        }
+        if (denied) m->keys[i].denied++;
+        else m->keys[i].ok++;
+    }
+    pthread_mutex_unlock(&m->mu);
 }
 
 void mr_coord_metrics_free(mr_coord_metrics *m) {
@@ -235,6 +258,20 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     for (int p = 0; p < c->n_pools; p++)
         mr_prom_printf(&b, "mrank_coord_score_cancelled_total{pool=\"%s\"} %lu\n",
                        c->pools[p].name, m->cancelled[p]);
+    HELP("mrank_coord_auth_requests_total", "counter",
+         "Calls by API key name (the key itself is never shown): accepted, or refused for a "
+         "tier outside the key's list (permission_denied).");
+    int nk = m->n_keys + (m->keys[MR_COORD_METRICS_KEYS].name[0] != 0);
+    for (int i = 0; i < nk; i++) {
+        int k = i < m->n_keys ? i : MR_COORD_METRICS_KEYS;
+        mr_prom_printf(&b, "mrank_coord_auth_requests_total{key=\"%s\",result=\"ok\"} %lu\n",
+                       m->keys[k].name, m->keys[k].ok);
+        mr_prom_printf(&b, "mrank_coord_auth_requests_total{key=\"%s\",result=\"permission_denied\"} %lu\n",
+                       m->keys[k].name, m->keys[k].denied);
+    }
+    HELP("mrank_coord_auth_unauthenticated_total", "counter",
+         "Calls refused UNAUTHENTICATED: no key, or a key in no entry of the key file.");
+    mr_prom_printf(&b, "mrank_coord_auth_unauthenticated_total %lu\n", m->unauthenticated);
     HELP("mrank_coord_inflight_requests", "gauge", "Requests being served.");
     mr_prom_printf(&b, "mrank_coord_inflight_requests %ld\n", m->inflight);
     pthread_mutex_unlock(&m->mu);

@@ -5,7 +5,8 @@
  * the deadline; per tier: requests by outcome, degraded answers, deadline misses and a request
  * latency histogram; per pool: Score retries on another replica, retries refused (by reason),
  * replica ejections, hedges, Score calls cancelled in flight; per stage: the cost model's
- * current ns per token-layer. Served as Prometheus text at GET /metrics by rpc/prom.h's
+ * current ns per token-layer; per API key name: calls accepted and refused, and calls without a
+ * valid key. Served as Prometheus text at GET /metrics by rpc/prom.h's
  * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
 #ifndef MR_COORD_METRICS_H
@@ -24,8 +25,8 @@ typedef enum mr_outcome {
 
 /* Allocates counters for cfg (which must outlive the metrics). */
 int mr_coord_metrics_new(mr_coord_metrics **out, const mr_coord_config *cfg, mr_err *err);
-/* Starts the HTTP endpoint on port (all interfaces); port 0 does nothing. */
-int mr_coord_metrics_serve(mr_coord_metrics *m, int port, mr_err *err);
+/* Starts the HTTP endpoint on host:port (host NULL/"": all interfaces); port 0 does nothing. */
+int mr_coord_metrics_serve(mr_coord_metrics *m, const char *host, int port, mr_err *err);
 void mr_coord_metrics_free(mr_coord_metrics *m);
 
 /* stage = index into cfg->stages. */
@@ -43,6 +44,11 @@ void mr_coord_metrics_hedge(mr_coord_metrics *m, int pool);
 void mr_coord_metrics_cancelled(mr_coord_metrics *m, int pool, int n);
 void mr_coord_metrics_cost(mr_coord_metrics *m, int stage, double ns_per_tl);
 void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta);
+/* API keys (coordinator/auth.c): a call by the key named key_name (never the key itself) was
+ * accepted or refused for its tier (denied = 1); key_name NULL: a call without a valid key
+ * (UNAUTHENTICATED). At most MR_COORD_METRICS_KEYS names; later ones count as "other". */
+#define MR_COORD_METRICS_KEYS 256
+void mr_coord_metrics_auth(mr_coord_metrics *m, const char *key_name, int denied);
 
 /* Renders the text exposition into a malloc'd string (caller frees). */
 char *mr_coord_metrics_render(mr_coord_metrics *m);

@@ -13,7 +13,9 @@
 #include <time.h>
 
 #include "coord_internal.h"
+#include "prom.h"
 #include "rpc_methods.h"
+#include "tls.h"
 
 double mr__now_ms(void) {
     struct timespec ts;
@@ -22,6 +24,7 @@ double mr__now_ms(void) {
 }
 
 static void on_info(mr_rpc_call *call, void *user) {
+    if (!mr__auth_call(user, call, 1)) return;
     size_t len;
     uint8_t *buf = mr__wire_info(user, &len);
     if (!buf) {
@@ -30,6 +33,30 @@ static void on_info(mr_rpc_call *call, void *user) {
     }
     mr_rpc_call_finish(call, buf, len);
     free(buf);
+}
+
+/* The Rerank handlers behind the API-key check (rerank.c checks the tier after parsing). */
+static void on_rerank(mr_rpc_call *call, void *user) {
+    if (mr__auth_call(user, call, 0)) mr__on_rerank(call, user);
+}
+
+static void on_rerank_stream(mr_rpc_call *call, void *user) {
+    if (mr__auth_call(user, call, 0)) mr__on_rerank_stream(call, user);
+}
+
+/* TLS of the public port (security.tls) and the worker channels' mTLS (security.internal). */
+static int setup_tls(mr_coord *c, mr_rpc_tls_client *internal, mr_err *err) {
+    const mr_cc_security *sec = &c->cfg.security;
+    if (*sec->internal_cert) {
+        *internal = (mr_rpc_tls_client){.ca = sec->internal_ca, .cert = sec->internal_cert,
+                                        .key = sec->internal_key};
+        if (mr_rpc_tls_client_check(internal, err)) return err ? err->code : MR_EINVAL;
+    }
+    if (!*sec->tls_cert) return 0;
+    mr_rpc_tls_server *t = NULL;
+    int rc = mr_rpc_tls_server_new(&t, sec->tls_cert, sec->tls_key, sec->tls_client_ca,
+                                   "security.tls", err);
+    return rc ? rc : mr_rpc_server_set_tls(c->srv, t, err);
 }
 
 int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
@@ -46,6 +73,10 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
         if (cfg->tiers[t].priority > c->max_priority) c->max_priority = cfg->tiers[t].priority;
     for (int s = 0; s < cfg->n_stages; s++)
         mr_cost_model_init(&c->cost[s], 0, 0.2, cfg->call_overhead_ms);
+    mr_rpc_tls_client internal = {0};
+    if ((rc = mr_rpc_server_new(&c->srv, c->listen, 32, err)) ||
+        (rc = setup_tls(c, &internal, err)))
+        goto fail;
     for (int p = 0; p < cfg->n_pools; p++) {
         const mr_cc_pool *pc = &cfg->pools[p];
         mr__pool *pr = &c->pools[p];
@@ -58,17 +89,17 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
         for (int e = 0; e < pr->n_ep; e++) {
             snprintf(pr->ep[e].target, sizeof pr->ep[e].target, "%s",
                      *pc->dns ? pc->dns : pc->addrs[e]);
-            if ((rc = mr_rpc_channel_new(&pr->ep[e].ch, pr->ep[e].target, err))) goto fail;
+            if ((rc = mr_rpc_channel_new_tls(&pr->ep[e].ch, pr->ep[e].target,
+                                             internal.cert ? &internal : NULL, err)))
+                goto fail;
         }
     }
-    if ((rc = mr_coord_metrics_new(&c->metrics, &c->cfg, err)) ||
-        (rc = mr_rpc_server_new(&c->srv, c->listen, 32, err)))
+    if ((rc = mr_coord_metrics_new(&c->metrics, &c->cfg, err)) || (rc = mr__auth_new(c, err)))
         goto fail;
     /* gRPC itself refuses a larger Rerank before receiving or parsing it all */
     if ((rc = mr_rpc_server_set_max_receive(c->srv, c->cfg.max_request_bytes, err))) goto fail;
-    if ((rc = mr_rpc_server_add_unary(c->srv, MR_METHOD_RERANK, mr__on_rerank, c)) ||
-        (rc = mr_rpc_server_add_stream(c->srv, MR_METHOD_RERANK_STREAM, mr__on_rerank_stream,
-                                       c)) ||
+    if ((rc = mr_rpc_server_add_unary(c->srv, MR_METHOD_RERANK, on_rerank, c)) ||
+        (rc = mr_rpc_server_add_stream(c->srv, MR_METHOD_RERANK_STREAM, on_rerank_stream, c)) ||
         (rc = mr_rpc_server_add_unary(c->srv, MR_METHOD_RANKER_INFO, on_info, c))) {
         mr_err_set(err, rc, "coordinator: cannot register the Ranker methods");
         goto fail;
@@ -82,7 +113,9 @@ fail:
 
 int mr_coord_start(mr_coord *c, int *port, mr_err *err) {
     int rc;
-    if ((rc = mr_coord_metrics_serve(c->metrics, c->metrics_port, err)) ||
+    char host[128];
+    mr_prom_host_of(c->listen, host, sizeof host);   /* metrics beside the gRPC listener */
+    if ((rc = mr_coord_metrics_serve(c->metrics, host, c->metrics_port, err)) ||
         (rc = mr_rpc_server_start(c->srv, port, err)))
         return rc;
     return mr__prober_start(c, err);
@@ -115,6 +148,7 @@ void mr_coord_free(mr_coord *c) {
         free(c->pools[p].ep);
     }
     mr_coord_metrics_free(c->metrics);
+    mr__auth_free(c);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
     free(c);

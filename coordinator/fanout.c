@@ -335,10 +335,13 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
     mr_retry_verdict v = on_failure(r, p, &s[k], rem);
     if (v == MR_RETRY_OK) return 0;
     *code = v == MR_RETRY_DEADLINE ? GRPC_STATUS_DEADLINE_EXCEEDED : s[k].status;
-    if (v == MR_RETRY_STATUS)
-        snprintf(msg, cap, "stage '%s' (%.100s): %.200s", st->name,
-                 c->pools[p].ep[failed_ep].target, s[k].msg);
-    else
+    if (v == MR_RETRY_STATUS) {
+        /* the client sees the pool and replica index; the address goes to the log only */
+        snprintf(msg, cap, "stage '%s' (pool '%s' replica %d): %.200s", st->name,
+                 c->cfg.pools[p].name, failed_ep, s[k].msg);
+        fprintf(stderr, "mrank coordinator: %s [replica %d is %s]\n", msg, failed_ep,
+                c->pools[p].ep[failed_ep].target);
+    } else
         snprintf(msg, cap, "stage '%s': not retried (%s) after %d attempts: %.200s", st->name,
                  mr_retry_reason(v), s[k].attempts, s[k].msg);
     return -1;

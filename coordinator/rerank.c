@@ -133,6 +133,7 @@ static void serve_rerank(mr_rpc_call *call, mr_coord *c, int stream) {
         snprintf(msg, sizeof msg, "%s", err.msg);
         goto fail;
     }
+    if (mr__auth_tier(c, call, r.tier, &code, msg, sizeof msg)) goto fail;   /* P6: API keys */
     if (!(admitted = mr__admit(c, r.tier))) {
         code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(msg, sizeof msg, "coordinator busy: %d requests in flight (tier '%s')",
@@ -158,6 +159,7 @@ static void serve_rerank(mr_rpc_call *call, mr_coord *c, int stream) {
                              mr__now_ms() - r.t0);
     goto done;
 fail:
+    mr__redact(c, msg, sizeof msg);   /* P6: no internal address reaches a client */
     mr_rpc_call_fail(call, code, msg);
     if (r.in) mr_coord_metrics_request(c->metrics, r.tier, outcome_of(code), miss,
                                        mr__now_ms() - r.t0);

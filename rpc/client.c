@@ -11,6 +11,7 @@
  * its default service config. */
 #define _GNU_SOURCE
 #include "rpc.h"
+#include "tls.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -34,6 +35,7 @@ struct mr_rpc_channel {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long pending;
+    char *authorization;        /* "authorization" metadata value, or NULL */
 };
 
 struct mr_rpc_cancel {
@@ -50,7 +52,7 @@ typedef struct ucall {
     mr_rpc_done done;
     void *user;
     grpc_byte_buffer *send, *recv;
-    grpc_metadata md[1];
+    grpc_metadata md[2];
     grpc_metadata_array init_md, trail_md;
     grpc_status_code status;
     grpc_slice details;
@@ -128,12 +130,33 @@ static void *poll_main(void *arg) {
 }
 
 int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err) {
+    return mr_rpc_channel_new_tls(out, target, NULL, err);
+}
+
+int mr_rpc_channel_set_authorization(mr_rpc_channel *ch, const char *value, mr_err *err) {
+    char *v = value ? strdup(value) : NULL;
+    if (value && !v) return mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory");
+    if (ch->authorization) memset(ch->authorization, 0, strlen(ch->authorization));
+    free(ch->authorization);
+    ch->authorization = v;
+    return 0;
+}
+
+int mr_rpc_channel_new_tls(mr_rpc_channel **out, const char *target,
+                           const mr_rpc_tls_client *tls, mr_err *err) {
     *out = NULL;
     if (!target || !*target) return mr_err_set(err, MR_EINVAL, "rpc channel: empty target");
-    mr_rpc_channel *ch = calloc(1, sizeof *ch);
-    if (!ch) return mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory");
     pthread_once(&log_once, log_init);
     grpc_init();
+    grpc_channel_credentials *creds =
+        tls ? mr__rpc_tls_client_credentials(tls, err) : grpc_insecure_credentials_create();
+    mr_rpc_channel *ch = creds ? calloc(1, sizeof *ch) : NULL;
+    if (!ch) {
+        if (creds) grpc_channel_credentials_release(creds);
+        grpc_shutdown();
+        return creds ? mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory")
+                     : (err ? err->code : MR_EIO);
+    }
     grpc_arg args[6];
     int n = 0;
     args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
@@ -155,7 +178,6 @@ int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err) {
                            .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
                            .value.integer = 2000};
     grpc_channel_args ca = {(size_t)n, args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     ch->ch = grpc_channel_create(target, creds, &ca);
     grpc_channel_credentials_release(creds);
     ch->cq = grpc_completion_queue_create_for_next(NULL);
@@ -189,6 +211,7 @@ void mr_rpc_channel_free(mr_rpc_channel *ch) {
     grpc_completion_queue_destroy(ch->cq);
     pthread_mutex_destroy(&ch->mu);
     pthread_cond_destroy(&ch->cv);
+    mr_rpc_channel_set_authorization(ch, NULL, NULL);
     free(ch);
     grpc_shutdown();
 }
@@ -221,12 +244,17 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
     grpc_op ops[6];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    size_t n_md = 0;
     if (opts && opts->traceparent && *opts->traceparent) {
-        u->md[0].key = grpc_slice_from_static_string("traceparent");
-        u->md[0].value = grpc_slice_from_copied_string(opts->traceparent);
-        ops[0].data.send_initial_metadata.count = 1;
-        ops[0].data.send_initial_metadata.metadata = u->md;
+        u->md[n_md].key = grpc_slice_from_static_string("traceparent");
+        u->md[n_md++].value = grpc_slice_from_copied_string(opts->traceparent);
     }
+    if (ch->authorization) {
+        u->md[n_md].key = grpc_slice_from_static_string("authorization");
+        u->md[n_md++].value = grpc_slice_from_copied_string(ch->authorization);
+    }
+    ops[0].data.send_initial_metadata.count = n_md;
+    ops[0].data.send_initial_metadata.metadata = n_md ? u->md : NULL;
     if (opts && opts->wait_for_ready)
         ops[0].flags = GRPC_INITIAL_METADATA_WAIT_FOR_READY |
                        GRPC_INITIAL_METADATA_WAIT_FOR_READY_EXPLICITLY_SET;
@@ -270,7 +298,7 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
     grpc_call_error e = u->call ? grpc_call_start_batch(u->call, ops, 6, u, NULL)
                                 : GRPC_CALL_ERROR;
     /* metadata values are copied by start_batch */
-    if (ops[0].data.send_initial_metadata.count) grpc_slice_unref(u->md[0].value);
+    for (size_t i = 0; i < n_md; i++) grpc_slice_unref(u->md[i].value);
     if (e != GRPC_CALL_OK) {
         u->status = GRPC_STATUS_INTERNAL;
         grpc_slice_unref(u->details);

@@ -4,6 +4,8 @@
 #include "prom.h"
 
 #include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +118,30 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const cha
     return ret;
 }
 
+int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
+                     int *bound_port, mr_err *err) {
+    return mr_prom_http_new_at(out, NULL, port, render, user, bound_port, err);
+}
+
+int mr_prom_http_new_at(mr_prom_http **out, const char *host, int port,
+                        mr_prom_render_fn render, void *user, int *bound_port, mr_err *err) {
+    mr_prom_http_opts o;
+    mr_prom_http_opts_init(&o);
+    o.host = host;
+    o.port = port;
+    return mr_prom_http_start(out, &o, render, user, bound_port, err);
+}
+
+void mr_prom_host_of(const char *listen, char *host, size_t cap) {
+    const char *a = listen ? listen : "";
+    if (!strncmp(a, "ipv4:", 5) || !strncmp(a, "ipv6:", 5)) a += 5;
+    const char *end;
+    if (*a == '[' && (end = strchr(a, ']'))) a++;   /* [::1]:7100 */
+    else end = strrchr(a, ':');
+    size_t n = end ? (size_t)(end - a) : strlen(a);
+    snprintf(host, cap, "%.*s", (int)n, a);
+}
+
 void mr_prom_http_opts_init(mr_prom_http_opts *o) {
     *o = (mr_prom_http_opts){.port = 0, .idle_timeout_s = 10, .max_connections = 64,
                              .max_per_ip = 16};
@@ -131,33 +157,49 @@ int mr_prom_http_start(mr_prom_http **out, const mr_prom_http_opts *o, mr_prom_r
         return mr_err_set(err, MR_EINVAL, "metrics: idle timeout %u s, %u connections, %u per "
                           "address: each must be at least 1", o->idle_timeout_s,
                           o->max_connections, o->max_per_ip);
+    const char *host = o->host;
+    struct sockaddr_storage sa;
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    if (host && *host) {   /* bind exactly there (a name resolves to its first address) */
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+        if (getaddrinfo(host, NULL, &hints, &ai) || !ai)
+            return mr_err_set(err, MR_EINVAL, "metrics: cannot resolve host '%s'", host);
+        memset(&sa, 0, sizeof sa);
+        memcpy(&sa, ai->ai_addr, ai->ai_addrlen);
+        if (sa.ss_family == AF_INET6) {
+            ((struct sockaddr_in6 *)&sa)->sin6_port = htons((uint16_t)o->port);
+            flags |= MHD_USE_IPv6;
+        } else {
+            ((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)o->port);
+        }
+        freeaddrinfo(ai);
+    }
     mr_prom_http *h = calloc(1, sizeof *h);
     if (!h) return mr_err_set(err, MR_ENOMEM, "metrics: out of memory");
     h->render = render;
     h->user = user;
     /* AUTO picks epoll on Linux (poll elsewhere): select() would refuse fds above 1023 */
-    h->d = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG,
-                            (uint16_t)o->port, NULL, NULL, on_http, h,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->idle_timeout_s,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_per_ip,
-                            MHD_OPTION_END);
+    if (host && *host)
+        h->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_http, h,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->idle_timeout_s,
+                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
+                                MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_per_ip,
+                                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_END);
+    else
+        h->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_http, h,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)o->idle_timeout_s,
+                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)o->max_connections,
+                                MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_per_ip,
+                                MHD_OPTION_END);
     if (!h->d) {
         free(h);
-        return mr_err_set(err, MR_EIO, "metrics: cannot listen on port %d", o->port);
+        return mr_err_set(err, MR_EIO, "metrics: cannot listen on %s port %d",
+                          host && *host ? host : "all interfaces", o->port);
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     if (bound_port) *bound_port = info && info->port ? info->port : o->port;
     *out = h;
     return 0;
-}
-
-int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
-                     int *bound_port, mr_err *err) {
-    mr_prom_http_opts o;
-    mr_prom_http_opts_init(&o);
-    o.port = port;
-    return mr_prom_http_start(out, &o, render, user, bound_port, err);
 }
 
 unsigned mr_prom_http_connections(const mr_prom_http *h) {

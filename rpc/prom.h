@@ -64,25 +64,35 @@ typedef struct mr_prom_http mr_prom_http;
  * slot from the scraper. Polling is epoll (or poll) on an internal thread, never select, so
  * descriptors above 1023 work. */
 typedef struct mr_prom_http_opts {
+    const char *host;          /* numeric address or name (its first address) to bind;
+                                * NULL or "": all interfaces */
     int port;                  /* 0: any free port */
     unsigned idle_timeout_s;   /* a connection idle this long is closed (default 10) */
     unsigned max_connections;  /* open at once (default 64) */
     unsigned max_per_ip;       /* open at once from one client address (default 16) */
 } mr_prom_http_opts;
 
-/* The defaults above, port 0. */
+/* The defaults above, all interfaces, port 0. */
 void mr_prom_http_opts_init(mr_prom_http_opts *o);
 
-/* Serves GET (and HEAD) /metrics on o->port on all interfaces; other paths get 404, other
+/* Serves GET (and HEAD) /metrics on o->host, o->port; other paths get 404, other
  * methods 405. *bound_port (may be NULL) receives the port. MR_EINVAL for a port outside
- * [0, 65535] or a zero timeout or limit, MR_EIO when the port cannot be bound. */
+ * [0, 65535], a zero timeout or limit, or a host that does not resolve, MR_EIO when the port
+ * cannot be bound. */
 int mr_prom_http_start(mr_prom_http **out, const mr_prom_http_opts *o, mr_prom_render_fn render,
                        void *user, int *bound_port, mr_err *err);
-/* mr_prom_http_start with the defaults on port. */
+/* mr_prom_http_start with the defaults on port, all interfaces. */
 int mr_prom_http_new(mr_prom_http **out, int port, mr_prom_render_fn render, void *user,
                      int *bound_port, mr_err *err);
 /* Connections open now (accepted, not yet closed). */
 unsigned mr_prom_http_connections(const mr_prom_http *h);
+/* mr_prom_http_start with the defaults on one address: host is a numeric address or a name (its first address), NULL or
+ * "" for all interfaces. Services bind where their gRPC listener is (mr_prom_host_of). */
+int mr_prom_http_new_at(mr_prom_http **out, const char *host, int port,
+                        mr_prom_render_fn render, void *user, int *bound_port, mr_err *err);
+/* The host part of a gRPC listen address: "127.0.0.1:7100" -> "127.0.0.1", "[::1]:0" ->
+ * "::1", "0.0.0.0:7001" -> "0.0.0.0" (a wildcard only when gRPC was told so). */
+void mr_prom_host_of(const char *listen, char *host, size_t cap);
 /* Stops the endpoint (in-flight responses finish) and frees it; NULL is a no-op. */
 void mr_prom_http_free(mr_prom_http *h);
 

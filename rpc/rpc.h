@@ -6,7 +6,8 @@
  * grpc.health.v1.Health/Check itself and answers UNIMPLEMENTED for methods nobody registered.
  * The client side is a channel (round_robin over every address the target resolves to) with a
  * blocking unary call and an asynchronous one; asynchronous calls can be cancelled in groups.
- * No TLS, no client streaming, no reflection.
+ * TLS and mTLS from PEM files (tls.h) on both sides, optional; no client streaming, no
+ * reflection.
  *
  * Threading: every function may be called from any thread unless noted. A handler runs on a
  * handler thread and may return before the call is finished: it can pass the call to another
@@ -41,6 +42,10 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
  * only before start, else MR_EINVAL. gRPC refuses a larger message with RESOURCE_EXHAUSTED as
  * it arrives, before any handler runs or anything is parsed. */
 int mr_rpc_server_set_max_receive(mr_rpc_server *s, int bytes, mr_err *err);
+/* Serves TLS (mTLS when tls has a client CA) instead of plaintext; takes ownership of tls
+ * (also on failure). Only before start, else MR_EINVAL. */
+typedef struct mr_rpc_tls_server mr_rpc_tls_server;
+int mr_rpc_server_set_tls(mr_rpc_server *s, mr_rpc_tls_server *tls, mr_err *err);
 /* Registers a method path with a unary (one response) or server-streaming handler; only
  * before start. MR_EINVAL on a duplicate path or after start. */
 int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user);
@@ -91,6 +96,14 @@ typedef struct mr_rpc_channel mr_rpc_channel;
  * "ipv4:10.0.0.1:7001,10.0.0.2:7001". round_robin over the resolved addresses. Connects
  * lazily. */
 int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err);
+/* The same over TLS (tls.h's mr_rpc_tls_client; NULL = plaintext, as mr_rpc_channel_new).
+ * The files are checked here (MR_ENOTFOUND/MR_EFORMAT naming them) and watched afterwards. */
+typedef struct mr_rpc_tls_client mr_rpc_tls_client;
+int mr_rpc_channel_new_tls(mr_rpc_channel **out, const char *target,
+                           const mr_rpc_tls_client *tls, mr_err *err);
+/* Sends "authorization: VALUE" metadata (e.g. "Bearer KEY") on every later call of the
+ * channel; NULL clears it. Call before the channel is shared between threads. */
+int mr_rpc_channel_set_authorization(mr_rpc_channel *ch, const char *value, mr_err *err);
 /* Waits for in-flight asynchronous calls to complete (their callbacks run), then frees. */
 void mr_rpc_channel_free(mr_rpc_channel *ch);
 

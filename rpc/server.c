@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include "rpc.h"
 #include "rpc_methods.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -100,6 +101,7 @@ struct mr_rpc_server {
     char *addr;
     int n_threads;
     int max_recv;               /* GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH */
+    mr_rpc_tls_server *tls;     /* owned; NULL: plaintext */
     grpc_server *srv;
     grpc_completion_queue *cq;
     rpc_method methods[MR__MAX_METHODS];
@@ -408,6 +410,16 @@ int mr_rpc_server_set_max_receive(mr_rpc_server *s, int bytes, mr_err *err) {
     return 0;
 }
 
+int mr_rpc_server_set_tls(mr_rpc_server *s, mr_rpc_tls_server *tls, mr_err *err) {
+    if (!s || s->started) {
+        mr_rpc_tls_server_free(tls);
+        return mr_err_set(err, MR_EINVAL, "rpc server: TLS set after start");
+    }
+    mr_rpc_tls_server_free(s->tls);
+    s->tls = tls;
+    return 0;
+}
+
 int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h,
                             void *user) {
     return add_method(s, method, h, user, 0);
@@ -602,7 +614,12 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
             goto fail;
         }
     }
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = s->tls ? mr__rpc_tls_server_credentials(s->tls)
+                                            : grpc_insecure_server_credentials_create();
+    if (!creds) {   /* the certificate files could not be read at start (tls.c logged why) */
+        mr_err_set(err, MR_EIO, "rpc server: no TLS credentials for %s", s->addr);
+        goto fail;
+    }
     int port = grpc_server_add_http2_port(s->srv, s->addr, creds);
     grpc_server_credentials_release(creds);
     if (port <= 0) {
@@ -722,6 +739,7 @@ void mr_rpc_server_free(mr_rpc_server *s) {
     }
     free(s->workers);
     free(s->addr);
+    mr_rpc_tls_server_free(s->tls);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     pthread_cond_destroy(&s->idle_cv);

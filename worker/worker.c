@@ -15,7 +15,9 @@
 #include <unistd.h>
 
 #include "mrank.pb-c.h"
+#include "prom.h"
 #include "rpc_methods.h"
+#include "tls.h"
 #include "worker_internal.h"
 
 double mr__now_s(void) {
@@ -137,6 +139,20 @@ done:
     return rc;
 }
 
+/* mTLS on the gRPC port when --tls-cert is given (docs/security.md). */
+static int setup_tls(mr_worker *w, mr_err *err) {
+    if (!w->o.tls_cert || !*w->o.tls_cert) {
+        if ((w->o.tls_key && *w->o.tls_key) || (w->o.tls_client_ca && *w->o.tls_client_ca))
+            return mr_err_set(err, MR_EINVAL, "worker: --tls-key and --tls-client-ca need "
+                              "--tls-cert");
+        return 0;
+    }
+    mr_rpc_tls_server *t = NULL;
+    int rc = mr_rpc_tls_server_new(&t, w->o.tls_cert, w->o.tls_key, w->o.tls_client_ca,
+                                   "worker --tls", err);
+    return rc ? rc : mr_rpc_server_set_tls(w->srv, t, err);
+}
+
 int mr_worker_new(mr_worker **out, const mr_worker_opts *opts, mr_err *err) {
     *out = NULL;
     mr_worker *w = calloc(1, sizeof *w);
@@ -215,8 +231,12 @@ int mr_worker_new(mr_worker **out, const mr_worker_opts *opts, mr_err *err) {
         rc = mr_err_set(err, MR_ENOMEM, "worker: out of memory");
         goto fail;
     }
-    if ((rc = mr__wmetrics_new(&w->met, w->o.metrics_port, &w->metrics_port, err))) goto fail;
+    char host[128];
+    mr_prom_host_of(w->o.listen, host, sizeof host);   /* metrics beside the gRPC listener */
+    if ((rc = mr__wmetrics_new(&w->met, host, w->o.metrics_port, &w->metrics_port, err)))
+        goto fail;
     if ((rc = mr_rpc_server_new(&w->srv, w->o.listen, w->o.rpc_threads, err)) ||
+        (rc = setup_tls(w, err)) ||
         (rc = mr_rpc_server_set_max_receive(w->srv, w->o.max_request_bytes ? w->o.max_request_bytes
                                                                             : MR_WORKER_MAX_REQUEST_BYTES, err)) ||
         (rc = mr_rpc_server_add_unary(w->srv, MR_METHOD_SCORE, mr__on_score, w)) ||

@@ -102,8 +102,10 @@ void *mr__batcher_main(void *arg);
 
 /* ---- worker_metrics.c ---- */
 
-/* port -1: no HTTP endpoint (the counters still work); 0: any free port. */
-int mr__wmetrics_new(mr__wmetrics **out, int port, int *bound_port, mr_err *err);
+/* port -1: no HTTP endpoint (the counters still work); 0: any free port. host: the address
+ * to bind (the gRPC listener's host; NULL/"" all interfaces). */
+int mr__wmetrics_new(mr__wmetrics **out, const char *host, int port, int *bound_port,
+                     mr_err *err);
 void mr__wmetrics_free(mr__wmetrics *m);
 void mr__wmetrics_request(mr__wmetrics *m, int grpc_code, double queue_s, double compute_s,
                           double total_s);

@@ -74,7 +74,8 @@ static char *render(void *user) {
     return mr_prom_text_take(&t);
 }
 
-int mr__wmetrics_new(mr__wmetrics **out, int port, int *bound_port, mr_err *err) {
+int mr__wmetrics_new(mr__wmetrics **out, const char *host, int port, int *bound_port,
+                     mr_err *err) {
     *out = NULL;
     if (bound_port) *bound_port = -1;
     mr__wmetrics *m = calloc(1, sizeof *m);
@@ -85,7 +86,7 @@ int mr__wmetrics_new(mr__wmetrics **out, int port, int *bound_port, mr_err *err)
     mr_prom_hist_init(&m->request, sec_bounds, N_SEC_BUCKETS);
     mr_prom_hist_init(&m->batch, tok_bounds, N_TOK_BUCKETS);
     if (port >= 0) {
-        int rc = mr_prom_http_new(&m->http, port, render, m, bound_port, err);
+        int rc = mr_prom_http_new_at(&m->http, host, port, render, m, bound_port, err);
         if (rc) {
             pthread_mutex_destroy(&m->mu);
             free(m);

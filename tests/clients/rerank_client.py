@@ -17,6 +17,8 @@ proto/mrank.proto; calls go through grpc's generic channel.unary_unary / unary_s
         sends N Rerank calls from C threads; prints {"ok": n, "errors": {code: n}, ...}
 FILE: one document per line, or a JSON array of strings or {"text": ..., "id": ...} objects
 (JSON escapes such as \u0000 reach the server as they are).
+Security (docs/security.md): --ca CA.pem (TLS), --cert C.pem --key K.pem (mTLS), --api-key KEY
+(or $MRANK_API_KEY; sent as 'authorization: Bearer KEY') on every command.
 """
 import argparse
 import atexit
@@ -106,6 +108,47 @@ def fail(e):
     sys.exit(3)
 
 
+def open_channel(a):
+    """A plaintext channel, or TLS when --ca/--cert/--key is given; an API key goes into every
+    call's metadata through an interceptor."""
+    if a.ca or a.cert or a.key:
+        def read(p):
+            with open(p, "rb") as f:
+                return f.read()
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(a.ca) if a.ca else None,
+            private_key=read(a.key) if a.key else None,
+            certificate_chain=read(a.cert) if a.cert else None)
+        ch = grpc.secure_channel(a.addr, creds)
+    else:
+        ch = grpc.insecure_channel(a.addr)
+    if not a.api_key:
+        return ch
+
+    class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+        def _add(self, details):
+            md = list(details.metadata or []) + [("authorization", "Bearer " + a.api_key)]
+            return details._replace(metadata=md) if hasattr(details, "_replace") else \
+                _Details(details.method, details.timeout, md, details.credentials,
+                         getattr(details, "wait_for_ready", None),
+                         getattr(details, "compression", None))
+
+        def intercept_unary_unary(self, cont, details, req):
+            return cont(self._add(details), req)
+
+        def intercept_unary_stream(self, cont, details, req):
+            return cont(self._add(details), req)
+
+    return grpc.intercept_channel(ch, Bearer())
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = (credentials, wait_for_ready,
+                                                                   compression)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["rerank", "stream", "info", "garbage", "load", "wait"])
@@ -120,9 +163,14 @@ def main():
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--ca", help="TLS: PEM CA that verifies the server")
+    ap.add_argument("--cert", help="mTLS: client certificate (PEM), with --key")
+    ap.add_argument("--key", help="mTLS: the client certificate's private key (PEM)")
+    ap.add_argument("--api-key", default=os.environ.get("MRANK_API_KEY", ""),
+                    help="sent as 'authorization: Bearer KEY' (default: $MRANK_API_KEY)")
     a = ap.parse_args()
     pb = load_pb2()
-    ch = grpc.insecure_channel(a.addr)
+    ch = open_channel(a)
     ser = lambda m: m.SerializeToString()  # noqa: E731
     rerank = ch.unary_unary("/mrank.v1.Ranker/Rerank", request_serializer=ser,
                             response_deserializer=pb.RerankResponse.FromString)

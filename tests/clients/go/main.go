@@ -3,12 +3,17 @@
 // response as JSON; a non-OK status prints {"code", "message"} and exits 3.
 //
 //	rerank_client -addr HOST:PORT -query Q -docs FILE [-profile P] [-tier T] [-top-n N]
+//	              [-ca CA.pem] [-cert C.pem -key K.pem] [-api-key KEY]
 //
+// -ca turns on TLS (verifying the server with CA.pem), -cert/-key add a client certificate
+// (mTLS), -api-key (default $MRANK_API_KEY) is sent as "authorization: Bearer KEY".
 // FILE holds one document per line. Built offline by build.sh (GOPATH mode, /usr/share/gocode).
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -18,6 +23,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "mrankpb"
@@ -31,6 +38,10 @@ func main() {
 	tier := flag.String("tier", "", "tier")
 	topN := flag.Uint("top-n", 0, "best N only")
 	timeout := flag.Duration("timeout", 30*time.Second, "deadline")
+	caFile := flag.String("ca", "", "TLS: PEM CA that verifies the server")
+	certFile := flag.String("cert", "", "mTLS: client certificate (PEM)")
+	keyFile := flag.String("key", "", "mTLS: the client certificate's key (PEM)")
+	apiKey := flag.String("api-key", os.Getenv("MRANK_API_KEY"), "API key (authorization: Bearer KEY)")
 	flag.Parse()
 
 	text, err := ioutil.ReadFile(*docs)
@@ -46,7 +57,32 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	conn, err := grpc.DialContext(ctx, *addr, grpc.WithInsecure())
+	if *apiKey != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+*apiKey)
+	}
+	dial := grpc.WithInsecure()
+	if *caFile != "" || *certFile != "" {
+		cfg := &tls.Config{}
+		if *caFile != "" {
+			pem, err := ioutil.ReadFile(*caFile)
+			pool := x509.NewCertPool()
+			if err != nil || !pool.AppendCertsFromPEM(pem) {
+				fmt.Fprintln(os.Stderr, "rerank_client: -ca", *caFile, ": no PEM certificate", err)
+				os.Exit(2)
+			}
+			cfg.RootCAs = pool
+		}
+		if *certFile != "" {
+			pair, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "rerank_client: -cert/-key:", err)
+				os.Exit(2)
+			}
+			cfg.Certificates = []tls.Certificate{pair}
+		}
+		dial = grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+	}
+	conn, err := grpc.DialContext(ctx, *addr, dial)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rerank_client:", err)
 		os.Exit(1)
