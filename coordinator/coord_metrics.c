@@ -27,6 +27,7 @@ struct mr_coord_metrics {
     stage_tier st[MR_CC_MAX_STAGES][MR_CC_MAX_TIERS];
     tier_ctr tier[MR_CC_MAX_TIERS];
     unsigned long retries[MR_CC_MAX_POOLS];
+    int replicas[MR_CC_MAX_POOLS];
     double ns_per_tl[MR_CC_MAX_STAGES];
     long inflight;
     mr_prom_http *http;
@@ -100,6 +101,13 @@ void mr_coord_metrics_cost(mr_coord_metrics *m, int stage, double ns_per_tl) {
     if (!m || !ok_idx(stage, m->cfg->n_stages)) return;
     pthread_mutex_lock(&m->mu);
     m->ns_per_tl[stage] = ns_per_tl;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_replicas(mr_coord_metrics *m, int pool, int n) {
+    if (!m || !ok_idx(pool, m->cfg->n_pools)) return;
+    pthread_mutex_lock(&m->mu);
+    m->replicas[pool] = n;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -179,6 +187,11 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     for (int p = 0; p < c->n_pools; p++)
         mr_prom_printf(&b, "mrank_coord_retries_total{pool=\"%s\"} %lu\n", c->pools[p].name,
                   m->retries[p]);
+    HELP("mrank_coord_pool_replicas", "gauge",
+         "Addresses a pool's DNS name resolves to (a static pool: its addresses).");
+    for (int p = 0; p < c->n_pools; p++)
+        mr_prom_printf(&b, "mrank_coord_pool_replicas{pool=\"%s\"} %d\n", c->pools[p].name,
+                       m->replicas[p]);
     HELP("mrank_coord_inflight_requests", "gauge", "Requests being served.");
     mr_prom_printf(&b, "mrank_coord_inflight_requests %ld\n", m->inflight);
     pthread_mutex_unlock(&m->mu);

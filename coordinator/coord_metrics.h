@@ -3,7 +3,7 @@
  * Counters per (profile stage position, tier): candidates in, survivors kept (survival ratio =
  * kept / in), escalations (requests that reached a stage after the first), stages skipped for
  * the deadline; per tier: requests by outcome, degraded answers, deadline misses and a request
- * latency histogram; per pool: Score retries on another replica; per stage: the cost model's
+ * latency histogram; per pool: Score retries on another replica, replicas known; per stage: the cost model's
  * current ns per token-layer. Served as Prometheus text at GET /metrics by rpc/prom.h's
  * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
@@ -34,6 +34,9 @@ void mr_coord_metrics_request(mr_coord_metrics *m, int tier, mr_outcome out, int
 void mr_coord_metrics_retry(mr_coord_metrics *m, int pool);
 void mr_coord_metrics_cost(mr_coord_metrics *m, int stage, double ns_per_tl);
 void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta);
+/* mrank_coord_pool_replicas{pool}: addresses a pool's DNS name resolves to (a static pool:
+ * its address count). */
+void mr_coord_metrics_replicas(mr_coord_metrics *m, int pool, int n);
 
 /* Renders the text exposition into a malloc'd string (caller frees). */
 char *mr_coord_metrics_render(mr_coord_metrics *m);

@@ -5,7 +5,12 @@
  * the caller's callback on that thread. The blocking mr_rpc_unary is the asynchronous call
  * plus a condition variable. The call deadline guarantees completion, so a blocking call never
  * outlives its timeout by more than scheduling noise. Load balancing is round_robin, set both
- * as the channel's LB policy and in its default service config. */
+ * as the channel's LB policy and in its default service config.
+ *
+ * Renewal: gRPC 1.51's dns resolver re-resolves only when a connection fails, so replicas added
+ * behind a name would stay unused. mr_rpc_channel_renew swaps in a fresh grpc_channel to the
+ * same target (it resolves anew; connections to known addresses are reused from gRPC's global
+ * subchannel pool); the old one is destroyed when its last call completes. */
 #define _GNU_SOURCE
 #include "rpc.h"
 
@@ -22,8 +27,16 @@
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
-struct mr_rpc_channel {
+/* One grpc_channel and the calls started on it (under mr_rpc_channel.mu). */
+typedef struct gchan {
     grpc_channel *ch;
+    long calls;
+    int retired;                /* replaced by a renewal: destroyed when calls reaches 0 */
+} gchan;
+
+struct mr_rpc_channel {
+    gchan *cur;
+    char *target;
     grpc_completion_queue *cq;
     pthread_t poller;
     pthread_mutex_t mu;
@@ -33,6 +46,7 @@ struct mr_rpc_channel {
 
 typedef struct ucall {
     mr_rpc_channel *ch;
+    gchan *g;
     grpc_call *call;
     mr_rpc_done done;
     void *user;
@@ -82,10 +96,16 @@ static void complete(ucall *u, int ok) {
     if (u->error_string) gpr_free((void *)u->error_string);
     if (u->call) grpc_call_unref(u->call);
     mr_rpc_channel *ch = u->ch;
+    gchan *g = u->g, *dead = NULL;
     free(u);
     pthread_mutex_lock(&ch->mu);
+    if (g && --g->calls == 0 && g->retired) dead = g;
     if (--ch->pending == 0) pthread_cond_broadcast(&ch->cv);
     pthread_mutex_unlock(&ch->mu);
+    if (dead) {
+        grpc_channel_destroy(dead->ch);
+        free(dead);
+    }
 }
 
 static void *poll_main(void *arg) {
@@ -99,13 +119,8 @@ static void *poll_main(void *arg) {
     return NULL;
 }
 
-int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err) {
-    *out = NULL;
-    if (!target || !*target) return mr_err_set(err, MR_EINVAL, "rpc channel: empty target");
-    mr_rpc_channel *ch = calloc(1, sizeof *ch);
-    if (!ch) return mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory");
-    pthread_once(&log_once, log_init);
-    grpc_init();
+/* A grpc_channel to target with mrank's arguments, or NULL. */
+static grpc_channel *open_channel(const char *target) {
     grpc_arg args[6];
     int n = 0;
     args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
@@ -128,13 +143,26 @@ int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err) {
                            .value.integer = 2000};
     grpc_channel_args ca = {(size_t)n, args};
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    ch->ch = grpc_channel_create(target, creds, &ca);
+    grpc_channel *gc = grpc_channel_create(target, creds, &ca);
     grpc_channel_credentials_release(creds);
+    return gc;
+}
+
+int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err) {
+    *out = NULL;
+    if (!target || !*target) return mr_err_set(err, MR_EINVAL, "rpc channel: empty target");
+    mr_rpc_channel *ch = calloc(1, sizeof *ch);
+    if (!ch) return mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory");
+    pthread_once(&log_once, log_init);
+    grpc_init();
+    ch->target = strdup(target);
+    ch->cur = calloc(1, sizeof *ch->cur);
+    if (ch->cur && ch->target) ch->cur->ch = open_channel(target);
     ch->cq = grpc_completion_queue_create_for_next(NULL);
     pthread_mutex_init(&ch->mu, NULL);
     pthread_cond_init(&ch->cv, NULL);
-    if (!ch->ch || pthread_create(&ch->poller, NULL, poll_main, ch)) {
-        if (ch->ch) grpc_channel_destroy(ch->ch);
+    if (!ch->cur || !ch->cur->ch || pthread_create(&ch->poller, NULL, poll_main, ch)) {
+        if (ch->cur && ch->cur->ch) grpc_channel_destroy(ch->cur->ch);
         grpc_completion_queue_shutdown(ch->cq);
         while (grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
                    .type != GRPC_QUEUE_SHUTDOWN) {
@@ -142,6 +170,8 @@ int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err) {
         grpc_completion_queue_destroy(ch->cq);
         pthread_mutex_destroy(&ch->mu);
         pthread_cond_destroy(&ch->cv);
+        free(ch->cur);
+        free(ch->target);
         free(ch);
         grpc_shutdown();
         return mr_err_set(err, MR_EIO, "rpc channel: cannot create a channel to '%s'", target);
@@ -150,12 +180,36 @@ int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err) {
     return 0;
 }
 
+int mr_rpc_channel_renew(mr_rpc_channel *ch, mr_err *err) {
+    if (!ch) return mr_err_set(err, MR_EINVAL, "rpc channel: NULL");
+    gchan *g = calloc(1, sizeof *g);
+    if (!g) return mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory");
+    if (!(g->ch = open_channel(ch->target))) {
+        free(g);
+        return mr_err_set(err, MR_EIO, "rpc channel: cannot renew the channel to '%s'",
+                          ch->target);
+    }
+    pthread_mutex_lock(&ch->mu);
+    gchan *old = ch->cur;
+    ch->cur = g;
+    old->retired = 1;
+    int idle = old->calls == 0;
+    pthread_mutex_unlock(&ch->mu);
+    if (idle) {
+        grpc_channel_destroy(old->ch);
+        free(old);
+    }
+    return 0;
+}
+
 void mr_rpc_channel_free(mr_rpc_channel *ch) {
     if (!ch) return;
     pthread_mutex_lock(&ch->mu);
     while (ch->pending > 0) pthread_cond_wait(&ch->cv, &ch->mu);
     pthread_mutex_unlock(&ch->mu);
-    grpc_channel_destroy(ch->ch);
+    grpc_channel_destroy(ch->cur->ch);   /* no call pending: every retired one is gone */
+    free(ch->cur);
+    free(ch->target);
     grpc_completion_queue_shutdown(ch->cq);
     pthread_join(ch->poller, NULL);
     grpc_completion_queue_destroy(ch->cq);
@@ -182,8 +236,13 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
                                 gpr_time_from_micros((int64_t)(opts->timeout_ms * 1e3),
                                                      GPR_TIMESPAN));
     grpc_slice mslice = grpc_slice_from_copied_string(method);
-    u->call = grpc_channel_create_call(ch->ch, NULL, GRPC_PROPAGATE_DEFAULTS, ch->cq, mslice,
+    pthread_mutex_lock(&ch->mu);    /* a renewal cannot destroy the channel the call starts on */
+    u->g = ch->cur;
+    u->g->calls++;
+    ch->pending++;
+    u->call = grpc_channel_create_call(u->g->ch, NULL, GRPC_PROPAGATE_DEFAULTS, ch->cq, mslice,
                                        NULL, deadline, NULL);
+    pthread_mutex_unlock(&ch->mu);
     grpc_slice_unref(mslice);
     grpc_slice sl = grpc_slice_from_copied_buffer((const char *)(req ? req : (const uint8_t *)""),
                                                   req_len);
@@ -215,9 +274,6 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
     ops[5].data.recv_status_on_client.status_details = &u->details;
     ops[5].data.recv_status_on_client.error_string = &u->error_string;
 
-    pthread_mutex_lock(&ch->mu);
-    ch->pending++;
-    pthread_mutex_unlock(&ch->mu);
     grpc_call_error e = u->call ? grpc_call_start_batch(u->call, ops, 6, u, NULL)
                                 : GRPC_CALL_ERROR;
     /* metadata values are copied by start_batch */

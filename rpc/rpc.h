@@ -90,6 +90,11 @@ typedef struct mr_rpc_channel mr_rpc_channel;
  * "ipv4:10.0.0.1:7001,10.0.0.2:7001". round_robin over the resolved addresses. Connects
  * lazily. */
 int mr_rpc_channel_new(mr_rpc_channel **out, const char *target, mr_err *err);
+/* Replaces the channel's connection to its target with a fresh one, which resolves the name
+ * again (gRPC's dns resolver re-resolves only after a connection fails, so addresses added
+ * behind a name stay unused until then). Calls in flight finish on the old one; connections
+ * to known addresses are reused. MR_ENOMEM, MR_EIO. */
+int mr_rpc_channel_renew(mr_rpc_channel *ch, mr_err *err);
 /* Waits for in-flight asynchronous calls to complete (their callbacks run), then frees. */
 void mr_rpc_channel_free(mr_rpc_channel *ch);
 
