@@ -121,7 +121,7 @@ static void *poll_main(void *arg) {
 
 /* A grpc_channel to target with mrank's arguments, or NULL. */
 static grpc_channel *open_channel(const char *target) {
-    grpc_arg args[6];
+    grpc_arg args[10];
     int n = 0;
     args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
                            .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
@@ -141,6 +141,19 @@ static grpc_channel *open_channel(const char *target) {
     args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
                            .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
                            .value.integer = 2000};
+    /* keepalive: a peer whose link went down silently (no RST: a node lost, a partition) is
+     * found within MR_RPC_KEEPALIVE_MS x 2; its calls fail UNAVAILABLE (the coordinator retries
+     * them elsewhere) and round_robin stops picking it until it reconnects */
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIME_MS,
+                           .value.integer = MR_RPC_KEEPALIVE_MS};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                           .value.integer = MR_RPC_KEEPALIVE_MS};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                           .value.integer = 1};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA,
+                           .value.integer = 0};
     grpc_channel_args ca = {(size_t)n, args};
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     grpc_channel *gc = grpc_channel_create(target, creds, &ca);

@@ -86,6 +86,10 @@ void mr_rpc_call_fail(mr_rpc_call *call, grpc_status_code code, const char *mess
 
 typedef struct mr_rpc_channel mr_rpc_channel;
 
+/* Channels ping their connections this often (and give up on one whose ping is unanswered as
+ * long); servers accept pings twice as often. */
+#define MR_RPC_KEEPALIVE_MS 2000
+
 /* A channel to target: "127.0.0.1:7001", "localhost:7001", "dns:///workers.svc:7001",
  * "ipv4:10.0.0.1:7001,10.0.0.2:7001". round_robin over the resolved addresses. Connects
  * lazily. */
