@@ -58,6 +58,10 @@ typedef struct mr__pool {
     mr__endpoint *ep;
     atomic_uint rr;             /* round-robin cursor */
     mr_retry_budget retry;      /* under mr_coord.mu */
+    /* DNS pool: addresses the name last resolved to (0 before the first answer, or none),
+     * written by the prober, read by the planner; addr_sig: the prober's fingerprint of them */
+    atomic_int replicas;
+    uint64_t addr_sig;
 } mr__pool;
 
 struct mr_coord {
@@ -205,6 +209,18 @@ int mr__redact(const mr_coord *c, char *msg, size_t cap);
 
 /* ---- probe.c ---- */
 
+/* Splits a gRPC dns target ("dns:///host:port", "dns://authority/host:port", "dns:host:port",
+ * "[v6]:port" hosts; port 443 when absent, as gRPC) into host and port. MR_EINVAL. */
+int mr__dns_split(const char *target, char *host, size_t hcap, char *port, size_t pcap,
+                  mr_err *err);
+/* Resolves host:port (getaddrinfo, TCP) and counts the distinct addresses into *n, with a
+ * fingerprint of the set in *sig. A name with no address gives *n = 0 and returns 0; a
+ * failure to ask (EAI_AGAIN, ...) returns MR_EIO. */
+int mr__dns_count(const char *host, const char *port, int *n, uint64_t *sig, mr_err *err);
+
+/* Every probe round first resolves each DNS pool's name: the count feeds the planner and
+ * mrank_coord_pool_replicas; a changed set renews the pool's channel (rpc.h) so that gRPC
+ * balances over the new addresses too. */
 int mr__prober_start(mr_coord *c, mr_err *err);
 /* Wakes and joins the prober; no-op when it never started. */
 void mr__prober_stop(mr_coord *c);

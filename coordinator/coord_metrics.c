@@ -31,6 +31,7 @@ struct mr_coord_metrics {
     unsigned long refused[MR_CC_MAX_POOLS][MR_RETRY_N];
     unsigned long ejections[MR_CC_MAX_POOLS], cancelled[MR_CC_MAX_POOLS];
     unsigned long hedges[MR_CC_MAX_POOLS];
+    int replicas[MR_CC_MAX_POOLS];
     double ns_per_tl[MR_CC_MAX_STAGES];
     long inflight;
     mr_prom_http *http;
@@ -157,6 +158,13 @@ void mr_coord_metrics_cost(mr_coord_metrics *m, int stage, double ns_per_tl) {
     pthread_mutex_unlock(&m->mu);
 }
 
+void mr_coord_metrics_replicas(mr_coord_metrics *m, int pool, int n) {
+    if (!m || !ok_idx(pool, m->cfg->n_pools)) return;
+    pthread_mutex_lock(&m->mu);
+    m->replicas[pool] = n;
+    pthread_mutex_unlock(&m->mu);
+}
+
 void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta) {
     if (!m) return;
     pthread_mutex_lock(&m->mu);
@@ -272,6 +280,11 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     HELP("mrank_coord_auth_unauthenticated_total", "counter",
          "Calls refused UNAUTHENTICATED: no key, or a key in no entry of the key file.");
     mr_prom_printf(&b, "mrank_coord_auth_unauthenticated_total %lu\n", m->unauthenticated);
+    HELP("mrank_coord_pool_replicas", "gauge",
+         "Addresses a pool's DNS name resolves to (a static pool: its addresses).");
+    for (int p = 0; p < c->n_pools; p++)
+        mr_prom_printf(&b, "mrank_coord_pool_replicas{pool=\"%s\"} %d\n", c->pools[p].name,
+                       m->replicas[p]);
     HELP("mrank_coord_inflight_requests", "gauge", "Requests being served.");
     mr_prom_printf(&b, "mrank_coord_inflight_requests %ld\n", m->inflight);
     pthread_mutex_unlock(&m->mu);

@@ -4,9 +4,9 @@
  * kept / in), escalations (requests that reached a stage after the first), stages skipped for
  * the deadline; per tier: requests by outcome, degraded answers, deadline misses and a request
  * latency histogram; per pool: Score retries on another replica, retries refused (by reason),
- * replica ejections, hedges, Score calls cancelled in flight; per stage: the cost model's
- * current ns per token-layer; per API key name: calls accepted and refused, and calls without a
- * valid key. Served as Prometheus text at GET /metrics by rpc/prom.h's
+ * replica ejections, hedges, Score calls cancelled in flight, replicas known; per stage: the
+ * cost model's current ns per token-layer; per API key name: calls accepted and refused, and
+ * calls without a valid key. Served as Prometheus text at GET /metrics by rpc/prom.h's
  * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
 #ifndef MR_COORD_METRICS_H
@@ -49,6 +49,9 @@ void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta);
  * (UNAUTHENTICATED). At most MR_COORD_METRICS_KEYS names; later ones count as "other". */
 #define MR_COORD_METRICS_KEYS 256
 void mr_coord_metrics_auth(mr_coord_metrics *m, const char *key_name, int denied);
+/* mrank_coord_pool_replicas{pool}: addresses a pool's DNS name resolves to (a static pool:
+ * its address count). */
+void mr_coord_metrics_replicas(mr_coord_metrics *m, int pool, int n);
 
 /* Renders the text exposition into a malloc'd string (caller frees). */
 char *mr_coord_metrics_render(mr_coord_metrics *m);

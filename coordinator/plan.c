@@ -7,10 +7,10 @@
 
 #include "subarch.h"
 
-#define DNS_PARALLEL 4          /* parallel calls assumed for a DNS pool (replicas unknown) */
-
 int mr__pool_parallelism(mr_coord *c, int p) {
-    return *c->cfg.pools[p].dns ? DNS_PARALLEL : c->pools[p].n_ep;
+    if (!*c->cfg.pools[p].dns) return c->pools[p].n_ep;
+    int n = atomic_load(&c->pools[p].replicas);   /* the prober's last DNS answer */
+    return n > 0 ? n : 1;
 }
 
 mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_active,

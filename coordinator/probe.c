@@ -1,11 +1,14 @@
 /* probe.c: the coordinator's prober thread (see coord_internal.h). Every 2 s (200 ms while
- * not ready) it asks every replica for Worker Info (layers, batch budget, measured speed),
+ * not ready) it resolves each DNS pool's name (the replica count the planner uses; a changed
+ * address set renews the pool's channel, since gRPC would not look again until a connection
+ * fails), then asks every replica for Worker Info (layers, batch budget, measured speed),
  * warms up each replica once per stage of its pool (two small Score calls: the first pays the
  * worker's lazy start-up, the second seeds the stage's cost model), and sets the health status:
  * SERVING once every pool has a replica that answered and warmed up. A replica the fan-out
  * ejected (down_until, fanout.c) is back as soon as it answers Worker Info. */
 #define _GNU_SOURCE
 #include <math.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +17,102 @@
 #include "coord_internal.h"
 #include "rpc_methods.h"
 #include "subarch_pb.h"
+
+int mr__dns_split(const char *target, char *host, size_t hcap, char *port, size_t pcap,
+                  mr_err *err) {
+    const char *t = target;
+    if (strncmp(t, "dns:", 4)) return mr_err_set(err, MR_EINVAL, "'%s' is not a dns: target", target);
+    t += 4;
+    if (!strncmp(t, "//", 2)) {             /* authority (the DNS server), unused: resolv.conf */
+        const char *slash = strchr(t + 2, '/');
+        if (!slash) return mr_err_set(err, MR_EINVAL, "'%s': no name after the authority", target);
+        t = slash + 1;
+    }
+    const char *colon = NULL, *hend;
+    if (*t == '[') {
+        const char *rb = strchr(t, ']');
+        if (!rb) return mr_err_set(err, MR_EINVAL, "'%s': unterminated [address]", target);
+        t++;
+        hend = rb;
+        colon = rb[1] == ':' ? rb + 1 : NULL;
+    } else {
+        colon = strrchr(t, ':');
+        hend = colon ? colon : t + strlen(t);
+    }
+    const char *p = colon ? colon + 1 : "443";
+    if (hend == t || (size_t)(hend - t) >= hcap || !*p || strlen(p) >= pcap)
+        return mr_err_set(err, MR_EINVAL, "'%s': bad host or port", target);
+    memcpy(host, t, (size_t)(hend - t));
+    host[hend - t] = 0;
+    snprintf(port, pcap, "%s", p);
+    return 0;
+}
+
+static int cmp_addr(const void *a, const void *b) {
+    return memcmp(a, b, sizeof(struct sockaddr_storage));
+}
+
+int mr__dns_count(const char *host, const char *port, int *n, uint64_t *sig, mr_err *err) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    *n = 0;
+    *sig = 0;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc == EAI_NONAME || rc == EAI_NODATA) return 0;   /* a name with no replica */
+    if (rc) return mr_err_set(err, MR_EIO, "resolving %s: %s", host, gai_strerror(rc));
+    int cap = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next) cap++;
+    struct sockaddr_storage *v = calloc((size_t)cap + 1, sizeof *v);
+    if (!v) {
+        freeaddrinfo(res);
+        return mr_err_set(err, MR_ENOMEM, "resolving %s: out of memory", host);
+    }
+    int k = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next)
+        if (a->ai_addrlen <= sizeof *v) memcpy(&v[k++], a->ai_addr, a->ai_addrlen);
+    freeaddrinfo(res);
+    qsort(v, (size_t)k, sizeof *v, cmp_addr);
+    uint64_t h = 1469598103934665603ULL;   /* FNV-1a over the sorted distinct addresses */
+    for (int i = 0; i < k; i++) {
+        if (i && !cmp_addr(&v[i], &v[i - 1])) continue;
+        ++*n;
+        for (size_t b = 0; b < sizeof *v; b++) h = (h ^ ((const uint8_t *)&v[i])[b]) * 1099511628211ULL;
+    }
+    free(v);
+    *sig = h;
+    return 0;
+}
+
+/* Resolves each DNS pool's name: replicas for the planner and the metric; a changed address
+ * set renews the channel so that gRPC resolves again and balances over the new set. A failed
+ * lookup keeps the last count. Static pools report their address count. */
+static void resolve_pools(mr_coord *c) {
+    for (int p = 0; p < c->cfg.n_pools; p++) {
+        const mr_cc_pool *pc = &c->cfg.pools[p];
+        mr__pool *pr = &c->pools[p];
+        if (!*pc->dns) {
+            mr_coord_metrics_replicas(c->metrics, p, pr->n_ep);
+            continue;
+        }
+        char host[256], port[32];
+        int n;
+        uint64_t sig;
+        mr_err err = {0};
+        if (mr__dns_split(pc->dns, host, sizeof host, port, sizeof port, &err) ||
+            mr__dns_count(host, port, &n, &sig, &err)) {
+            fprintf(stderr, "mrank coordinator: pool '%s': %s\n", pc->name, err.msg);
+            continue;
+        }
+        int was = atomic_exchange(&pr->replicas, n);
+        mr_coord_metrics_replicas(c->metrics, p, n);
+        if (sig == pr->addr_sig) continue;
+        int first = pr->addr_sig == 0;
+        pr->addr_sig = sig;
+        fprintf(stderr, "mrank coordinator: pool '%s': %s resolves to %d address%s (was %d)\n",
+                pc->name, host, n, n == 1 ? "" : "es", was);
+        if (!first && mr_rpc_channel_renew(pr->ep[0].ch, &err))
+            fprintf(stderr, "mrank coordinator: pool '%s': %s\n", pc->name, err.msg);
+    }
+}
 
 /* Sends two small Score calls per stage of pool p to endpoint e: the first pays the worker's
  * lazy start-up (kernels, buffers) before a client does, the second seeds the stage's cost
@@ -133,6 +232,7 @@ static void *probe_endpoint(void *arg) {
 static void probe_once(mr_coord *c) {
     probe_job jobs[MR_CC_MAX_POOLS * MR_CC_MAX_ADDRS];
     int n = 0;
+    resolve_pools(c);
     for (int p = 0; p < c->cfg.n_pools; p++)
         for (int e = 0; e < c->pools[p].n_ep; e++) {
             jobs[n] = (probe_job){c, p, e, 0, 0};

@@ -8,7 +8,13 @@
  * its calls in flight: a call joins it before its batch starts and leaves it in complete()
  * before its grpc_call is released, so firing (grpc_call_cancel on each) never touches a
  * released call. Load balancing is round_robin, set both as the channel's LB policy and in
- * its default service config. */
+ * its default service config.
+ *
+ * Renewal: gRPC 1.51's dns resolver re-resolves only when a connection fails, so replicas added
+ * behind a name would stay unused. mr_rpc_channel_renew swaps in a fresh grpc_channel to the
+ * same target with the same credentials (it resolves anew; connections to known addresses are
+ * reused from gRPC's global subchannel pool); the old one is destroyed when its last call
+ * completes. */
 #define _GNU_SOURCE
 #include "rpc.h"
 #include "tls.h"
@@ -28,8 +34,17 @@
 
 #include "tsan/grpc_hb.h"
 
-struct mr_rpc_channel {
+/* One grpc_channel and the calls started on it (under mr_rpc_channel.mu). */
+typedef struct gchan {
     grpc_channel *ch;
+    long calls;
+    int retired;                /* replaced by a renewal: destroyed when calls reaches 0 */
+} gchan;
+
+struct mr_rpc_channel {
+    gchan *cur;
+    char *target;
+    grpc_channel_credentials *creds;   /* kept for renewals */
     grpc_completion_queue *cq;
     pthread_t poller;
     pthread_mutex_t mu;
@@ -46,6 +61,7 @@ struct mr_rpc_cancel {
 
 typedef struct ucall {
     mr_rpc_channel *ch;
+    gchan *g;
     grpc_call *call;
     mr_rpc_cancel *group;       /* NULL, or the group whose list holds this call */
     struct ucall *prev, *next;
@@ -110,10 +126,16 @@ static void complete(ucall *u, int ok) {
     if (u->error_string) gpr_free((void *)u->error_string);
     if (u->call) grpc_call_unref(u->call);
     mr_rpc_channel *ch = u->ch;
+    gchan *g = u->g, *dead = NULL;
     free(u);
     pthread_mutex_lock(&ch->mu);
+    if (g && --g->calls == 0 && g->retired) dead = g;
     if (--ch->pending == 0) pthread_cond_broadcast(&ch->cv);
     pthread_mutex_unlock(&ch->mu);
+    if (dead) {
+        grpc_channel_destroy(dead->ch);
+        free(dead);
+    }
 }
 
 static void *poll_main(void *arg) {
@@ -142,22 +164,9 @@ int mr_rpc_channel_set_authorization(mr_rpc_channel *ch, const char *value, mr_e
     return 0;
 }
 
-int mr_rpc_channel_new_tls(mr_rpc_channel **out, const char *target,
-                           const mr_rpc_tls_client *tls, mr_err *err) {
-    *out = NULL;
-    if (!target || !*target) return mr_err_set(err, MR_EINVAL, "rpc channel: empty target");
-    pthread_once(&log_once, log_init);
-    grpc_init();
-    grpc_channel_credentials *creds =
-        tls ? mr__rpc_tls_client_credentials(tls, err) : grpc_insecure_credentials_create();
-    mr_rpc_channel *ch = creds ? calloc(1, sizeof *ch) : NULL;
-    if (!ch) {
-        if (creds) grpc_channel_credentials_release(creds);
-        grpc_shutdown();
-        return creds ? mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory")
-                     : (err ? err->code : MR_EIO);
-    }
-    grpc_arg args[6];
+/* A grpc_channel to target with mrank's arguments over creds (not consumed), or NULL. */
+static grpc_channel *open_channel(const char *target, grpc_channel_credentials *creds) {
+    grpc_arg args[10];
     int n = 0;
     args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
                            .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
@@ -177,14 +186,47 @@ int mr_rpc_channel_new_tls(mr_rpc_channel **out, const char *target,
     args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
                            .key = (char *)GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
                            .value.integer = 2000};
+    /* keepalive: a peer whose link went down silently (no RST: a node lost, a partition) is
+     * found within MR_RPC_KEEPALIVE_MS x 2; its calls fail UNAVAILABLE (the coordinator retries
+     * them elsewhere) and round_robin stops picking it until it reconnects */
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIME_MS,
+                           .value.integer = MR_RPC_KEEPALIVE_MS};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                           .value.integer = MR_RPC_KEEPALIVE_MS};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                           .value.integer = 1};
+    args[n++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                           .key = (char *)GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA,
+                           .value.integer = 0};
     grpc_channel_args ca = {(size_t)n, args};
-    ch->ch = grpc_channel_create(target, creds, &ca);
-    grpc_channel_credentials_release(creds);
+    return grpc_channel_create(target, creds, &ca);
+}
+
+int mr_rpc_channel_new_tls(mr_rpc_channel **out, const char *target,
+                           const mr_rpc_tls_client *tls, mr_err *err) {
+    *out = NULL;
+    if (!target || !*target) return mr_err_set(err, MR_EINVAL, "rpc channel: empty target");
+    pthread_once(&log_once, log_init);
+    grpc_init();
+    grpc_channel_credentials *creds =
+        tls ? mr__rpc_tls_client_credentials(tls, err) : grpc_insecure_credentials_create();
+    mr_rpc_channel *ch = creds ? calloc(1, sizeof *ch) : NULL;
+    if (!ch) {
+        if (creds) grpc_channel_credentials_release(creds);
+        grpc_shutdown();
+        return creds ? mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory")
+                     : (err ? err->code : MR_EIO);
+    }
+    ch->creds = creds;
+    ch->target = strdup(target);
+    ch->cur = calloc(1, sizeof *ch->cur);
+    if (ch->cur && ch->target) ch->cur->ch = open_channel(target, creds);
     ch->cq = grpc_completion_queue_create_for_next(NULL);
     pthread_mutex_init(&ch->mu, NULL);
     pthread_cond_init(&ch->cv, NULL);
-    if (!ch->ch || pthread_create(&ch->poller, NULL, poll_main, ch)) {
-        if (ch->ch) grpc_channel_destroy(ch->ch);
+    if (!ch->cur || !ch->cur->ch || pthread_create(&ch->poller, NULL, poll_main, ch)) {
+        if (ch->cur && ch->cur->ch) grpc_channel_destroy(ch->cur->ch);
         grpc_completion_queue_shutdown(ch->cq);
         while (grpc_completion_queue_next(ch->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
                    .type != GRPC_QUEUE_SHUTDOWN) {
@@ -192,6 +234,9 @@ int mr_rpc_channel_new_tls(mr_rpc_channel **out, const char *target,
         grpc_completion_queue_destroy(ch->cq);
         pthread_mutex_destroy(&ch->mu);
         pthread_cond_destroy(&ch->cv);
+        grpc_channel_credentials_release(ch->creds);
+        free(ch->cur);
+        free(ch->target);
         free(ch);
         grpc_shutdown();
         return mr_err_set(err, MR_EIO, "rpc channel: cannot create a channel to '%s'", target);
@@ -200,12 +245,37 @@ int mr_rpc_channel_new_tls(mr_rpc_channel **out, const char *target,
     return 0;
 }
 
+int mr_rpc_channel_renew(mr_rpc_channel *ch, mr_err *err) {
+    if (!ch) return mr_err_set(err, MR_EINVAL, "rpc channel: NULL");
+    gchan *g = calloc(1, sizeof *g);
+    if (!g) return mr_err_set(err, MR_ENOMEM, "rpc channel: out of memory");
+    if (!(g->ch = open_channel(ch->target, ch->creds))) {
+        free(g);
+        return mr_err_set(err, MR_EIO, "rpc channel: cannot renew the channel to '%s'",
+                          ch->target);
+    }
+    pthread_mutex_lock(&ch->mu);
+    gchan *old = ch->cur;
+    ch->cur = g;
+    old->retired = 1;
+    int idle = old->calls == 0;
+    pthread_mutex_unlock(&ch->mu);
+    if (idle) {
+        grpc_channel_destroy(old->ch);
+        free(old);
+    }
+    return 0;
+}
+
 void mr_rpc_channel_free(mr_rpc_channel *ch) {
     if (!ch) return;
     pthread_mutex_lock(&ch->mu);
     while (ch->pending > 0) pthread_cond_wait(&ch->cv, &ch->mu);
     pthread_mutex_unlock(&ch->mu);
-    grpc_channel_destroy(ch->ch);
+    grpc_channel_destroy(ch->cur->ch);   /* no call pending: every retired one is gone */
+    free(ch->cur);
+    free(ch->target);
+    grpc_channel_credentials_release(ch->creds);
     grpc_completion_queue_shutdown(ch->cq);
     pthread_join(ch->poller, NULL);
     grpc_completion_queue_destroy(ch->cq);
@@ -233,8 +303,13 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
                                 gpr_time_from_micros((int64_t)(opts->timeout_ms * 1e3),
                                                      GPR_TIMESPAN));
     grpc_slice mslice = grpc_slice_from_copied_string(method);
-    u->call = grpc_channel_create_call(ch->ch, NULL, GRPC_PROPAGATE_DEFAULTS, ch->cq, mslice,
+    pthread_mutex_lock(&ch->mu);    /* a renewal cannot destroy the channel the call starts on */
+    u->g = ch->cur;
+    u->g->calls++;
+    ch->pending++;
+    u->call = grpc_channel_create_call(u->g->ch, NULL, GRPC_PROPAGATE_DEFAULTS, ch->cq, mslice,
                                        NULL, deadline, NULL);
+    pthread_mutex_unlock(&ch->mu);
     grpc_slice_unref(mslice);
     grpc_slice sl = grpc_slice_from_copied_buffer((const char *)(req ? req : (const uint8_t *)""),
                                                   req_len);
@@ -271,9 +346,6 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
     ops[5].data.recv_status_on_client.status_details = &u->details;
     ops[5].data.recv_status_on_client.error_string = &u->error_string;
 
-    pthread_mutex_lock(&ch->mu);
-    ch->pending++;
-    pthread_mutex_unlock(&ch->mu);
     int fired = 0;
     if (opts && opts->cancel && u->call) {
         mr_rpc_cancel *g = opts->cancel;

@@ -92,6 +92,10 @@ void mr_rpc_call_fail(mr_rpc_call *call, grpc_status_code code, const char *mess
 
 typedef struct mr_rpc_channel mr_rpc_channel;
 
+/* Channels ping their connections this often (and give up on one whose ping is unanswered as
+ * long); servers accept pings twice as often. */
+#define MR_RPC_KEEPALIVE_MS 2000
+
 /* A channel to target: "127.0.0.1:7001", "localhost:7001", "dns:///workers.svc:7001",
  * "ipv4:10.0.0.1:7001,10.0.0.2:7001". round_robin over the resolved addresses. Connects
  * lazily. */
@@ -104,6 +108,11 @@ int mr_rpc_channel_new_tls(mr_rpc_channel **out, const char *target,
 /* Sends "authorization: VALUE" metadata (e.g. "Bearer KEY") on every later call of the
  * channel; NULL clears it. Call before the channel is shared between threads. */
 int mr_rpc_channel_set_authorization(mr_rpc_channel *ch, const char *value, mr_err *err);
+/* Replaces the channel's connection to its target with a fresh one, which resolves the name
+ * again (gRPC's dns resolver re-resolves only after a connection fails, so addresses added
+ * behind a name stay unused until then). Calls in flight finish on the old one; connections
+ * to known addresses are reused. MR_ENOMEM, MR_EIO. */
+int mr_rpc_channel_renew(mr_rpc_channel *ch, mr_err *err);
 /* Waits for in-flight asynchronous calls to complete (their callbacks run), then frees. */
 void mr_rpc_channel_free(mr_rpc_channel *ch);
 

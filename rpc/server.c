@@ -594,7 +594,7 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
     pthread_once(&log_once, log_init);
     grpc_init();
     s->started = 1;
-    grpc_arg args[3];
+    grpc_arg args[5];
     args[0] = (grpc_arg){.type = GRPC_ARG_INTEGER,
                          .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
                          .value.integer = s->max_recv};
@@ -602,7 +602,15 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
                          .value.integer = MR_RPC_MAX_MESSAGE};
     args[2] = (grpc_arg){.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT,
                          .value.integer = 0};
-    grpc_channel_args ca = {3, args};
+    /* clients ping every MR_RPC_KEEPALIVE_MS to find a silently dead peer (rpc.h); without
+     * these the server would answer their pings with GOAWAY (too_many_pings) */
+    args[3] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                         .key = (char *)GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                         .value.integer = MR_RPC_KEEPALIVE_MS / 2};
+    args[4] = (grpc_arg){.type = GRPC_ARG_INTEGER,
+                         .key = (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                         .value.integer = 1};
+    grpc_channel_args ca = {5, args};
     s->srv = grpc_server_create(&ca, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->srv, s->cq, NULL);
