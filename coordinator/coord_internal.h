@@ -2,9 +2,10 @@
  * other (not a public API: coordinator.h is).
  *
  * The path of one Rerank, file by file:
- *   rerank.c     the handler: parse, admit, then stage by stage plan -> fan out -> keep, answer
+ *   rerank.c     the handlers: parse at arrival and submit; once started, stage by stage
+ *                plan -> fan out -> keep, answer
  *   request.c    the request: unpack and validate, per-candidate state, token estimates, stats
- *   admission.c  admission by tier priority (in-flight slots)
+ *   sched.c      admission at arrival and the executor threads (queue rules: admission.c/.h)
  *   plan.c       whether a stage fits the remaining budget, and into how many calls it splits
  *   fanout.c     one stage's Score calls over a pool's replicas, with failover; folds answers
  *   wire.c       protobuf packing: Score requests, the ranking, Info
@@ -13,8 +14,13 @@
  * The pure rules (keep, merge, cost model, deadline decision) are cascade.c's; the config is
  * coord_config.c's; metrics are coord_metrics.c's.
  *
- * Locking: mr_coord.mu (endpoint state, cost models, in-flight count, model name) is a leaf
- * lock, held briefly; a stage's fan-out lock is never held while taking it. */
+ * Threads: a Rerank arrives on the rpc completion-queue thread (parse, estimate, submit: never
+ * blocks), runs on one of sched.c's executor threads, its Score calls complete on the
+ * channels' threads.
+ *
+ * Locking: mr_coord.mu (endpoint state, cost models, model name) is a leaf lock, held briefly;
+ * a stage's fan-out lock is never held while taking it; sched.c's lock is never held together
+ * with mr_coord.mu. */
 #ifndef MR_COORD_INTERNAL_H
 #define MR_COORD_INTERNAL_H
 
@@ -23,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "admission.h"
 #include "cascade.h"
 #include "coord_config.h"
 #include "coord_metrics.h"
@@ -61,7 +68,7 @@ struct mr_coord {
     pthread_mutex_t mu;
     pthread_cond_t cv;          /* wakes the prober at shutdown */
     mr_cost_model cost[MR_CC_MAX_STAGES];
-    int inflight;
+    struct mr__sched *sched;    /* sched.c */
     int ready, stopping, prober_started, shut;
     char model[512];
     int untrained;
@@ -72,10 +79,12 @@ struct mr_coord {
 typedef struct mr__req {
     mr_coord *co;
     mr_rpc_call *call;
+    int stream;                 /* RerankStream */
+    mr_admq_item qi;            /* its place in sched.c's queue */
     Mrank__V1__RerankRequest *in;
     int tier, profile, n;
     mr_keep_rule keep[MR_CC_MAX_STAGES];
-    double t0;
+    double t0;                  /* arrival (mr_rpc_call_arrival_ms): budgets count from here */
     int n_fixed;                /* query + suffix tokens: estimated, exact after stage 0 */
     int *stage;                 /* (n) deepest profile stage position that scored it, -1 none */
     float *score;               /* (n) raw score at that stage */
@@ -105,11 +114,19 @@ double mr__req_remaining_ms(const mr__req *r);
 /* Records a stage's figures for the answer and the metrics. */
 void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped);
 
-/* ---- admission.c ---- */
+/* ---- sched.c ---- */
 
-/* 1 when a request of tier may start (takes an in-flight slot), 0 when it must be refused. */
-int mr__admit(mr_coord *c, int tier);
-void mr__release(mr_coord *c);
+/* Creates the (idle) scheduler of c (c->sched); MR_ENOMEM. */
+int mr__sched_new(mr_coord *c, mr_err *err);
+/* Starts the executor threads (cfg.max_inflight) and the sweeper; MR_ENOMEM. */
+int mr__sched_start(mr_coord *c, mr_err *err);
+/* On the rpc queue thread, never blocks: queues r (heap-allocated, parsed and started; work
+ * in token-layers of its first stage, fallback_ms its service estimate until requests of its
+ * tier completed) or refuses it at once. Takes r over. */
+void mr__sched_submit(mr__req *r, double work, double fallback_ms);
+/* Stops and joins the threads (after the rpc server drained), refuses anything still queued,
+ * frees; NULL scheduler is a no-op. */
+void mr__sched_free(mr_coord *c);
 
 /* ---- plan.c ---- */
 
@@ -120,6 +137,10 @@ int mr__pool_parallelism(mr_coord *c, int p);
  * cost model (cascade.h). */
 mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_active,
                                  double *est_ms, double *rem_ms);
+/* The first stage over every document of r: its token-layers (the request's work) and in
+ * *est_ms the cost model's estimate of the whole profile, every stage counted as if it kept
+ * every candidate (a conservative seed until real service times are known). */
+double mr__plan_request(mr__req *r, double *est_ms);
 /* Number of Score calls for active[0..n_active) on the stage's pool. */
 int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active);
 
@@ -144,9 +165,16 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len);
 
 /* ---- rerank.c ---- */
 
-/* rpc.h handlers of Rerank and RerankStream (user: the mr_coord). */
+/* rpc.h inline handlers (completion-queue thread) of Rerank and RerankStream (user: the
+ * mr_coord): parse, then mr__sched_submit or fail at once. */
 void mr__on_rerank(mr_rpc_call *call, void *user);
 void mr__on_rerank_stream(mr_rpc_call *call, void *user);
+/* Runs an admitted request to its answer (executor thread), records its metrics, frees r.
+ * 1 when its first stage ran (its time is a real service time), else 0. */
+int mr__rerank_serve(mr__req *r);
+/* Fails a request that never ran (code, msg; retry_ms > 0 adds the trailing metadata
+ * "retry-after-ms"), records its metrics, frees r. Never blocks. */
+void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, double retry_ms);
 
 /* ---- probe.c ---- */
 

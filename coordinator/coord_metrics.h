@@ -4,7 +4,9 @@
  * kept / in), escalations (requests that reached a stage after the first), stages skipped for
  * the deadline; per tier: requests by outcome, degraded answers, deadline misses and a request
  * latency histogram; per pool: Score retries on another replica; per stage: the cost model's
- * current ns per token-layer. Served as Prometheus text at GET /metrics by rpc/prom.h's
+ * current ns per token-layer; the admission queue: per tier queued requests and their
+ * estimated ms, a queue-wait histogram and refusals by reason, and the adaptive concurrency
+ * limit. Served as Prometheus text at GET /metrics by rpc/prom.h's
  * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
 #ifndef MR_COORD_METRICS_H
@@ -20,6 +22,17 @@ typedef enum mr_outcome {
     MR_OUT_REJECTED, MR_OUT_ERROR, MR_OUT_N
 } mr_outcome;
 
+/* Why a request was refused before it ran, for mrank_coord_refusals_total{reason}. */
+typedef enum mr_refusal {
+    MR_REFUSE_NO_TIME = 0,      /* could not start and finish within its budget */
+    MR_REFUSE_FULL,             /* its tier's queue was full */
+    MR_REFUSE_DISPLACED,        /* shed from the queue for a higher-priority arrival */
+    MR_REFUSE_EXPIRED,          /* waited until it could no longer finish in time */
+    MR_REFUSE_CANCELLED,        /* the client went away while it was queued */
+    MR_REFUSE_STOPPING,         /* the coordinator is shutting down */
+    MR_REFUSE_N
+} mr_refusal;
+
 /* Allocates counters for cfg (which must outlive the metrics). */
 int mr_coord_metrics_new(mr_coord_metrics **out, const mr_coord_config *cfg, mr_err *err);
 /* Starts the HTTP endpoint on port (all interfaces); port 0 does nothing. */
@@ -34,6 +47,13 @@ void mr_coord_metrics_request(mr_coord_metrics *m, int tier, mr_outcome out, int
 void mr_coord_metrics_retry(mr_coord_metrics *m, int pool);
 void mr_coord_metrics_cost(mr_coord_metrics *m, int stage, double ns_per_tl);
 void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta);
+/* Queue gauges of tier: requests queued and the sum of their estimated service ms. */
+void mr_coord_metrics_queue(mr_coord_metrics *m, int tier, int n, double est_ms);
+/* Time a request of tier spent queued (from arrival until it started or was removed). */
+void mr_coord_metrics_wait(mr_coord_metrics *m, int tier, double ms);
+void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why);
+/* The admission queue's current concurrency limit. */
+void mr_coord_metrics_limit(mr_coord_metrics *m, double limit);
 
 /* Renders the text exposition into a malloc'd string (caller frees). */
 char *mr_coord_metrics_render(mr_coord_metrics *m);

@@ -1,9 +1,11 @@
 /* coordinator.c: the coordinator's lifecycle (see coordinator.h): the worker channels, the
  * metrics, the gRPC server with its Ranker handlers, the prober; and the Info handler.
  *
- * Threads: the rpc layer's handler threads run one request each (rerank.c), blocking while
- * their Score calls are in flight; the calls complete on the channels' polling threads
- * (fanout.c); one prober thread polls the replicas (probe.c). Lock order: coord_internal.h. */
+ * Threads: Rerank and RerankStream are parsed on the rpc layer's completion-queue thread and
+ * handed to the scheduler (sched.c), whose executor threads run one request each (rerank.c),
+ * blocking while their Score calls are in flight; the calls complete on the channels' polling
+ * threads (fanout.c); one prober thread polls the replicas (probe.c); Info runs on the rpc
+ * layer's handler threads. Lock order: coord_internal.h. */
 #define _GNU_SOURCE
 #include "coordinator.h"
 
@@ -60,13 +62,14 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
             if ((rc = mr_rpc_channel_new(&pr->ep[e].ch, pr->ep[e].target, err))) goto fail;
         }
     }
+    /* the rpc handler threads only serve Info: Rerank runs on the scheduler's executors */
     if ((rc = mr_coord_metrics_new(&c->metrics, &c->cfg, err)) ||
-        (rc = mr_rpc_server_new(&c->srv, c->listen, 32, err)))
+        (rc = mr__sched_new(c, err)) || (rc = mr_rpc_server_new(&c->srv, c->listen, 4, err)))
         goto fail;
     /* gRPC itself refuses a larger Rerank before receiving or parsing it all */
     if ((rc = mr_rpc_server_set_max_receive(c->srv, c->cfg.max_request_bytes, err))) goto fail;
-    if ((rc = mr_rpc_server_add_unary(c->srv, MR_METHOD_RERANK, mr__on_rerank, c)) ||
-        (rc = mr_rpc_server_add_stream(c->srv, MR_METHOD_RERANK_STREAM, mr__on_rerank_stream,
+    if ((rc = mr_rpc_server_add_inline(c->srv, MR_METHOD_RERANK, 0, mr__on_rerank, c)) ||
+        (rc = mr_rpc_server_add_inline(c->srv, MR_METHOD_RERANK_STREAM, 1, mr__on_rerank_stream,
                                        c)) ||
         (rc = mr_rpc_server_add_unary(c->srv, MR_METHOD_RANKER_INFO, on_info, c))) {
         mr_err_set(err, rc, "coordinator: cannot register the Ranker methods");
@@ -82,7 +85,7 @@ fail:
 int mr_coord_start(mr_coord *c, int *port, mr_err *err) {
     int rc;
     if ((rc = mr_coord_metrics_serve(c->metrics, c->metrics_port, err)) ||
-        (rc = mr_rpc_server_start(c->srv, port, err)))
+        (rc = mr__sched_start(c, err)) || (rc = mr_rpc_server_start(c->srv, port, err)))
         return rc;
     return mr__prober_start(c, err);
 }
@@ -101,7 +104,9 @@ void mr_coord_shutdown(mr_coord *c, int drain_ms) {
     pthread_mutex_lock(&c->mu);
     c->stopping = 1;
     pthread_mutex_unlock(&c->mu);
+    /* the rpc server drains first: queued and running requests still have their executors */
     if (c->srv) mr_rpc_server_shutdown(c->srv, drain_ms);
+    mr__sched_free(c);
 }
 
 void mr_coord_free(mr_coord *c) {
