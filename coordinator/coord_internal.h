@@ -122,7 +122,7 @@ int mr__sched_new(mr_coord *c, mr_err *err);
 int mr__sched_start(mr_coord *c, mr_err *err);
 /* On the rpc queue thread, never blocks: queues r (heap-allocated, parsed and started; work
  * in token-layers of its first stage, fallback_ms its service estimate until requests of its
- * tier completed) or refuses it at once. Takes r over. */
+ * tier completed) or refuses it at once. Takes r over (frees it once it is answered). */
 void mr__sched_submit(mr__req *r, double work, double fallback_ms);
 /* Stops and joins the threads (after the rpc server drained), refuses anything still queued,
  * frees; NULL scheduler is a no-op. */
@@ -169,11 +169,11 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len);
  * mr_coord): parse, then mr__sched_submit or fail at once. */
 void mr__on_rerank(mr_rpc_call *call, void *user);
 void mr__on_rerank_stream(mr_rpc_call *call, void *user);
-/* Runs an admitted request to its answer (executor thread), records its metrics, frees r.
- * 1 when its first stage ran (its time is a real service time), else 0. */
+/* Runs an admitted request to its answer (executor thread) and records its metrics; the
+ * caller frees r. 1 when its first stage ran (its time is a real service time), else 0. */
 int mr__rerank_serve(mr__req *r);
 /* Fails a request that never ran (code, msg; retry_ms > 0 adds the trailing metadata
- * "retry-after-ms"), records its metrics, frees r. Never blocks. */
+ * "retry-after-ms") and records its metrics; the caller frees r. Never blocks. */
 void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, double retry_ms);
 
 /* ---- probe.c ---- */

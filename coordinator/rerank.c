@@ -129,8 +129,6 @@ void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, doubl
     }
     if (r->in) mr_coord_metrics_request(r->co->metrics, r->tier, outcome_of(code), 0,
                                        mr__now_ms() - r->t0);
-    mr__req_close(r);
-    free(r);
 }
 
 int mr__rerank_serve(mr__req *r) {
@@ -155,10 +153,7 @@ fail:
     mr_rpc_call_fail(r->call, code, msg);
     mr_coord_metrics_request(c->metrics, r->tier, outcome_of(code), miss, mr__now_ms() - r->t0);
 done:;
-    int ran = r->n_stats > 0 && !r->stats[0].skipped;
-    mr__req_close(r);
-    free(r);
-    return ran;
+    return r->n_stats > 0 && !r->stats[0].skipped;
 }
 
 /* Arrival, on the rpc queue thread: parse, estimate, hand to the scheduler. */
@@ -177,6 +172,8 @@ static void arrive(mr_rpc_call *call, mr_coord *c, int stream) {
     mr_err err = {0};
     if (mr__req_parse(r, body, len, &err) || mr__req_start(r, &err)) {
         mr__rerank_refuse(r, mr_rpc_status_of(err.code), err.msg, 0);
+        mr__req_close(r);
+        free(r);
         return;
     }
     double est, work = mr__plan_request(r, &est);

@@ -55,6 +55,12 @@ static void publish(struct mr__sched *s) {
     mr_coord_metrics_limit(s->co->metrics, s->q.limit);
 }
 
+static void req_free(mr__req *r) {
+    mr__req_close(r);
+    free(r);
+}
+
+/* Fails r (see mr__rerank_refuse); the caller frees it. */
 static void refuse(mr__req *r, mr_refusal why, double retry_ms) {
     mr_coord *c = r->co;
     char msg[300];
@@ -117,11 +123,14 @@ static void *exec_main(void *arg) {
             refuse(r, MR_REFUSE_EXPIRED, it->service_ms);
         } else {
             mr_coord_metrics_inflight(s->co->metrics, 1);
-            if (mr__rerank_serve(r)) service = mr__now_ms() - start;   /* frees r */
+            if (mr__rerank_serve(r)) service = mr__now_ms() - start;
             mr_coord_metrics_inflight(s->co->metrics, -1);
         }
         pthread_mutex_lock(&s->mu);
-        mr_admq_done(&s->q, it, service);
+        mr_admq_done(&s->q, it, service);   /* `it` lives in r: free r after this */
+        pthread_mutex_unlock(&s->mu);
+        req_free(r);
+        pthread_mutex_lock(&s->mu);
         publish(s);
         pthread_cond_broadcast(&s->cv);   /* a slot is free (maybe for a queued low tier) */
     }
@@ -147,6 +156,7 @@ static void *sweep_main(void *arg) {
             mr_coord_metrics_wait(s->co->metrics, r->tier, now - r->t0);
             refuse(r, mr_rpc_call_cancelled(r->call) ? MR_REFUSE_CANCELLED : MR_REFUSE_EXPIRED,
                    it->service_ms);
+            req_free(r);
             pthread_mutex_lock(&s->mu);
         }
     }
@@ -214,10 +224,14 @@ void mr__sched_submit(mr__req *r, double work, double fallback_ms) {
         pthread_cond_signal(&s->cv);
     }
     pthread_mutex_unlock(&s->mu);
-    for (int i = 0; i < n_disp; i++) refuse(displaced[i]->user, MR_REFUSE_DISPLACED, retry);
-    if (stopping) refuse(r, MR_REFUSE_STOPPING, 0);
-    else if (v == MR_ADMQ_NO_TIME) refuse(r, MR_REFUSE_NO_TIME, retry);
-    else if (v == MR_ADMQ_FULL) refuse(r, MR_REFUSE_FULL, retry);
+    for (int i = 0; i < n_disp; i++) {
+        refuse(displaced[i]->user, MR_REFUSE_DISPLACED, retry);
+        req_free(displaced[i]->user);
+    }
+    if (v == MR_ADMQ_QUEUED) return;
+    refuse(r, stopping ? MR_REFUSE_STOPPING : v == MR_ADMQ_NO_TIME ? MR_REFUSE_NO_TIME
+                                                                   : MR_REFUSE_FULL, retry);
+    req_free(r);
 }
 
 void mr__sched_free(mr_coord *c) {
@@ -234,6 +248,7 @@ void mr__sched_free(mr_coord *c) {
     for (mr_admq_item *it; (it = mr_admq_next(&s->q, 0));) {
         refuse(it->user, MR_REFUSE_STOPPING, 0);
         mr_admq_done(&s->q, it, -1);
+        req_free(it->user);
     }
     free(s->exec);
     pthread_mutex_destroy(&s->mu);
