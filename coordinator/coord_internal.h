@@ -6,6 +6,7 @@
  *                plan -> fan out -> keep, answer
  *   request.c    the request: unpack and validate, per-candidate state, token estimates, stats
  *   sched.c      admission at arrival and the executor threads (queue rules: admission.c/.h)
+ *   profile_health.c  health per profile, refreshed by sched.c's sweeper
  *   plan.c       whether a stage fits the remaining budget, and into how many calls it splits
  *   fanout.c     one stage's Score calls over a pool's replicas, with failover; folds answers
  *   wire.c       protobuf packing: Score requests, the ranking, Info
@@ -127,6 +128,13 @@ void mr__sched_submit(mr__req *r, double work, double fallback_ms);
 /* Stops and joins the threads (after the rpc server drained), refuses anything still queued,
  * frees; NULL scheduler is a no-op. */
 void mr__sched_free(mr_coord *c);
+
+/* ---- profile_health.c ---- */
+
+/* Registers every profile's health service "profile/<name>" NOT_SERVING. */
+void mr__profile_health_init(mr_coord *c);
+/* Sets each profile's health and impaired gauge from its pools' replicas (takes mr_coord.mu). */
+void mr__profile_health_update(mr_coord *c);
 
 /* ---- plan.c ---- */
 

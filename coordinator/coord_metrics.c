@@ -34,6 +34,7 @@ struct mr_coord_metrics {
     double ns_per_tl[MR_CC_MAX_STAGES];
     long inflight;
     double limit;
+    int impaired[MR_CC_MAX_PROFILES];
     mr_prom_http *http;
 };
 
@@ -141,6 +142,13 @@ void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why) {
     pthread_mutex_unlock(&m->mu);
 }
 
+void mr_coord_metrics_profile_impaired(mr_coord_metrics *m, int profile, int impaired) {
+    if (!m || !ok_idx(profile, m->cfg->n_profiles)) return;
+    pthread_mutex_lock(&m->mu);
+    m->impaired[profile] = impaired != 0;
+    pthread_mutex_unlock(&m->mu);
+}
+
 void mr_coord_metrics_limit(mr_coord_metrics *m, double limit) {
     if (!m) return;
     pthread_mutex_lock(&m->mu);
@@ -238,6 +246,11 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
         snprintf(labels, sizeof labels, "tier=\"%s\"", c->tiers[t].name);
         mr_prom_hist_write(&b, "mrank_coord_queue_wait_seconds", labels, &m->tier[t].wait);
     }
+    HELP("mrank_coord_profile_impaired", "gauge",
+         "1 while a stage's pool of the profile has no live replica (degraded or refused).");
+    for (int p = 0; p < c->n_profiles; p++)
+        mr_prom_printf(&b, "mrank_coord_profile_impaired{profile=\"%s\"} %d\n",
+                       c->profiles[p].name, m->impaired[p]);
     HELP("mrank_coord_refusals_total", "counter",
          "Requests refused before they ran, by tier and reason.");
     for (int t = 0; t < c->n_tiers; t++)

@@ -6,7 +6,7 @@
  * latency histogram; per pool: Score retries on another replica; per stage: the cost model's
  * current ns per token-layer; the admission queue: per tier queued requests and their
  * estimated ms, a queue-wait histogram and refusals by reason, and the adaptive concurrency
- * limit. Served as Prometheus text at GET /metrics by rpc/prom.h's
+ * limit; per profile whether it is impaired. Served as Prometheus text at GET /metrics by rpc/prom.h's
  * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
 #ifndef MR_COORD_METRICS_H
@@ -52,6 +52,8 @@ void mr_coord_metrics_queue(mr_coord_metrics *m, int tier, int n, double est_ms)
 /* Time a request of tier spent queued (from arrival until it started or was removed). */
 void mr_coord_metrics_wait(mr_coord_metrics *m, int tier, double ms);
 void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why);
+/* 1 while some stage's pool of profile (index into cfg->profiles) has no live replica. */
+void mr_coord_metrics_profile_impaired(mr_coord_metrics *m, int profile, int impaired);
 /* The admission queue's current concurrency limit. */
 void mr_coord_metrics_limit(mr_coord_metrics *m, double limit);
 

@@ -75,6 +75,7 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
         mr_err_set(err, rc, "coordinator: cannot register the Ranker methods");
         goto fail;
     }
+    mr__profile_health_init(c);
     *out = c;
     return 0;
 fail:

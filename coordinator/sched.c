@@ -9,7 +9,8 @@
  * requests in priority order while the adaptive concurrency limit allows, so every admitted
  * request has a thread the moment it may start and no queue hides anywhere else. A sweeper
  * thread removes queued requests whose client went away or whose deadline can no longer be
- * met (polling every SWEEP_MS for cancellations, waking at the next expiry otherwise).
+ * met (polling every SWEEP_MS for cancellations, waking at the next expiry otherwise); it also
+ * refreshes the per-profile health (profile_health.c) every HEALTH_MS.
  *
  * Locking: sched->mu guards the queue; it is never held while a call is failed or run, and
  * never together with mr_coord.mu. Metrics are recorded outside it. */
@@ -26,6 +27,7 @@
 #define SWEEP_MS 10             /* cancellation polling period of queued requests */
 #define MAX_QUEUED 4096         /* bound of the whole queue (requests) */
 #define UNBUDGETED_MS 30000.0   /* queued ms per slot of a tier without a budget */
+#define HEALTH_MS 250           /* profile health refresh period (profile_health.c) */
 
 struct mr__sched {
     mr_coord *co;
@@ -140,8 +142,16 @@ static void *exec_main(void *arg) {
 
 static void *sweep_main(void *arg) {
     struct mr__sched *s = arg;
+    double health_at = 0;
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {
+        if (mr__now_ms() >= health_at) {   /* takes mr_coord.mu: never with s->mu */
+            pthread_mutex_unlock(&s->mu);
+            mr__profile_health_update(s->co);
+            health_at = mr__now_ms() + HEALTH_MS;
+            pthread_mutex_lock(&s->mu);
+            if (s->stopping) break;
+        }
         double now = mr__now_ms(), next = mr_admq_next_expiry(&s->q);
         struct timespec until;
         abs_ms(&until, fmin(next - now, SWEEP_MS));

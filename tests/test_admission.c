@@ -13,7 +13,9 @@
  * sent at once (many times what the budget lets it serve). It asserts: refusals at arrival come
  * back in a fraction of S, the high tier's answered share is above the low tier's, and every
  * request gets its answer (any status) within its budget plus SLACK_X * S. No absolute times:
- * everything is a ratio of S measured in the same run. Every wait is bounded. */
+ * everything is a ratio of S measured in the same run. Then the health of service
+ * "profile/one" goes from SERVING to NOT_SERVING once both workers are gone. Every wait is
+ * bounded. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
@@ -30,6 +32,7 @@
 
 #include "admission.h"
 #include "coordinator.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "mrank.pb-c.h"
 #include "rpc.h"
 
@@ -325,6 +328,26 @@ static void on_done(void *user, grpc_status_code st, const char *msg, const uint
     pthread_mutex_unlock(o->mu);
 }
 
+/* grpc.health.v1 status of service: 1 SERVING, 0 NOT_SERVING, -1 any failure (NOT_FOUND). */
+static int health(mr_rpc_channel *ch, const char *service) {
+    Grpc__Health__V1__HealthCheckRequest rq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    rq.service = (char *)service;
+    uint8_t buf[256], *resp = NULL;
+    size_t n = grpc__health__v1__health_check_request__pack(&rq, buf), rlen = 0;
+    grpc_status_code st;
+    char msg[256];
+    if (mr_rpc_unary(ch, "/grpc.health.v1.Health/Check", buf, n, 5000, &resp, &rlen, &st, msg,
+                     sizeof msg))
+        return -1;
+    Grpc__Health__V1__HealthCheckResponse *r =
+        grpc__health__v1__health_check_response__unpack(NULL, rlen, resp);
+    free(resp);
+    assert_non_null(r);
+    int ok = r->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    grpc__health__v1__health_check_response__free_unpacked(r, NULL);
+    return ok;
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -397,8 +420,10 @@ static void test_overload(void **state) {
         if (d == 2 * N_EACH) break;
         usleep(50000);
     }
-    mr_rpc_channel_free(ch);   /* waits for every callback */
-    assert_int_equal(n_done, 2 * N_EACH);
+    pthread_mutex_lock(&mu);
+    int all_done = n_done;
+    pthread_mutex_unlock(&mu);
+    assert_int_equal(all_done, 2 * N_EACH);
 
     int answered[2] = {0}, refused_at_arrival = 0, other = 0;
     double refusal_ms[2 * N_EACH], worst = 0;
@@ -434,14 +459,24 @@ static void test_overload(void **state) {
     assert_true(refused_at_arrival >= N_EACH / 2);   /* the overload is real */
     assert_true(refusal_p50 <= REFUSAL_X * S);
 
-    free(o);
-    free(req[0]);
-    free(req[1]);
-    mr_coord_free(c);
+    /* health per profile: serving with its pool up, not once both workers are gone (the
+     * prober polls a ready pool every 2 s; the profile's health follows within 250 ms) */
+    int h = 0;
+    for (int k = 0; k < 100 && (h = health(ch, "profile/one")) != 1; k++) usleep(50000);
+    assert_int_equal(h, 1);   /* at most 5 s */
+    assert_int_equal(health(ch, "profile/nope"), -1);
     mr_worker_shutdown(w[0], 1000);
     mr_worker_shutdown(w[1], 1000);
     mr_worker_free(w[0]);
     mr_worker_free(w[1]);
+    for (int k = 0; k < 300 && (h = health(ch, "profile/one")) == 1; k++) usleep(50000);
+    assert_int_equal(h, 0);   /* at most 15 s */
+
+    mr_rpc_channel_free(ch);
+    free(o);
+    free(req[0]);
+    free(req[1]);
+    mr_coord_free(c);
 }
 
 int main(void) {
