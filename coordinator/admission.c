@@ -32,6 +32,12 @@ double mr_admq_service_ms(const mr_admq *q, int tier, double work, double fallba
     return q->ms_per_work[tier] > 0 ? work * q->ms_per_work[tier] : fallback_ms;
 }
 
+double mr_admq_cheapest_ms(const mr_admq_item *it) {
+    if (it->seeded) return 0;
+    return it->min_service_ms > 0 && it->min_service_ms < it->service_ms ? it->min_service_ms
+                                                                         : it->service_ms;
+}
+
 /* Running slots a request of priority p may fill. */
 static int slots_for(const mr_admq *q, int p) {
     int lim = (int)q->limit;
@@ -104,13 +110,15 @@ mr_admq_verdict mr_admq_offer(mr_admq *q, mr_admq_item *it, double now, mr_admq_
         return MR_ADMQ_FULL;
     /* before the tier's first completion the service estimate is only a seed: refuse for the
      * wait alone (stage planning at run time still fails what does not fit) */
-    double svc = q->ms_per_work[t] > 0 ? it->service_ms : 0;
-    if (now + wait + svc * q->safety > it->deadline_ms) {
-        /* refused for its own service time alone: nothing would ever run to correct an
-         * estimate inflated by a burst, so each such refusal relaxes it one step */
-        if (now + svc * q->safety > it->deadline_ms) q->ms_per_work[t] *= RELAX;
-        return MR_ADMQ_NO_TIME;
-    }
+    it->seeded = !(q->ms_per_work[t] > 0);
+    double svc = mr_admq_cheapest_ms(it);
+    double idle = fmin(svc, it->work * q->best_ms_per_work[t]);   /* at the best speed seen */
+    int alone = now + svc * q->safety > it->deadline_ms;
+    /* refused for its own service time alone: nothing would ever run to correct an estimate
+     * inflated by a burst, so each such refusal relaxes it one step */
+    if (alone) q->ms_per_work[t] *= RELAX;
+    if (now + idle * q->safety > it->deadline_ms) return MR_ADMQ_TOO_SLOW;
+    if (alone || now + wait + svc * q->safety > it->deadline_ms) return MR_ADMQ_NO_TIME;
     if (q->n_items >= q->max_items) {   /* one out, one in: n_items never exceeds the bound */
         mr_admq_item *v = cap > 0 ? victim(q, p) : NULL;
         if (!v) return MR_ADMQ_FULL;
@@ -153,7 +161,7 @@ mr_admq_item *mr_admq_sweep(mr_admq *q, double now, int (*gone)(void *user, void
                             void *ctx) {
     for (int t = 0; t < q->n_tiers; t++)
         for (mr_admq_item *a = q->head[t]; a; a = a->next)
-            if (now + a->service_ms > a->deadline_ms || (gone && gone(a->user, ctx))) {
+            if (now + mr_admq_cheapest_ms(a) > a->deadline_ms || (gone && gone(a->user, ctx))) {
                 unlink_queued(q, a);
                 return a;
             }
@@ -164,7 +172,7 @@ double mr_admq_next_expiry(const mr_admq *q) {
     double e = INFINITY;
     for (int t = 0; t < q->n_tiers; t++)
         for (const mr_admq_item *a = q->head[t]; a; a = a->next)
-            if (a->deadline_ms - a->service_ms < e) e = a->deadline_ms - a->service_ms;
+            if (a->deadline_ms - mr_admq_cheapest_ms(a) < e) e = a->deadline_ms - mr_admq_cheapest_ms(a);
     return e;
 }
 

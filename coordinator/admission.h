@@ -5,7 +5,8 @@
  * client's and arrival + the tier budget), an estimated service time and a size in work units
  * (token-layers of the first stage). They wait in per-tier queues ordered by deadline and
  * start in priority order (tier priority, then earliest deadline) while fewer than `limit`
- * requests run; tiers below the top priority may only fill 3/4 of the limit, so a burst of
+ * requests run; whether a request can still finish in time is judged on its cheapest answer
+ * (min_service_ms: a tier that allows degraded answers may answer after the first stage); tiers below the top priority may only fill 3/4 of the limit, so a burst of
  * low-priority work leaves room for the top tier. An arrival is refused at once when it cannot
  * start and finish before its deadline (estimated wait for the work ahead of it, spread over
  * the running slots, plus its own service time times the safety factor; before the tier's
@@ -27,8 +28,12 @@ typedef struct mr_admq_item {
     int tier;
     double deadline_ms;         /* absolute monotonic ms; INFINITY: none */
     double service_ms;          /* estimated service time */
+    double min_service_ms;      /* of the cheapest answer it may get (a degraded one: the first
+                                 * stage only), <= service_ms; 0: service_ms */
     double work;                /* size in work units (> 0): what service times are learnt per */
     double enq_ms, start_ms;    /* set by the queue */
+    int seeded;                 /* set by the queue: no request of its tier had completed, so
+                                 * its service time is only a seed (not judged on it) */
     long seq;                   /* set by the queue: arrival order */
     void *user;
     struct mr_admq_item *next;  /* queue or running list */
@@ -37,6 +42,8 @@ typedef struct mr_admq_item {
 typedef enum mr_admq_verdict {
     MR_ADMQ_QUEUED = 0,         /* queued (maybe after displacing lower-priority items) */
     MR_ADMQ_NO_TIME,            /* cannot start and finish before its deadline */
+    MR_ADMQ_TOO_SLOW,           /* could not finish in time even on an idle cluster: the
+                                 * deadline is too short (not a matter of load) */
     MR_ADMQ_FULL                /* its tier's queue (or the whole queue) is full */
 } mr_admq_verdict;
 
@@ -68,6 +75,10 @@ void mr_admq_init(mr_admq *q, int n_tiers, const int *priority, const double *ma
  * observed ms per unit, or fallback_ms before any request of the tier completed. */
 double mr_admq_service_ms(const mr_admq *q, int tier, double work, double fallback_ms);
 
+/* Service time of the cheapest answer of it (min_service_ms when set, else service_ms), the
+ * one its deadline is judged on; 0 for a seeded item (the planner judges it when it runs). */
+double mr_admq_cheapest_ms(const mr_admq_item *it);
+
 /* Estimated wait before a request of tier `tier` with deadline `deadline_ms` would start. */
 double mr_admq_wait_ms(const mr_admq *q, int tier, double deadline_ms, double now);
 
@@ -84,7 +95,7 @@ mr_admq_verdict mr_admq_offer(mr_admq *q, mr_admq_item *it, double now, mr_admq_
 mr_admq_item *mr_admq_next(mr_admq *q, double now);
 
 /* Removes and returns one queued item that can no longer finish before its deadline (now +
- * service_ms > deadline_ms) or for which gone(user, ctx) is 1 (gone may be NULL); NULL when
+ * its cheapest answer's service time > deadline_ms) or for which gone(user, ctx) is 1 (gone may be NULL); NULL when
  * none. */
 mr_admq_item *mr_admq_sweep(mr_admq *q, double now, int (*gone)(void *user, void *ctx),
                             void *ctx);

@@ -123,8 +123,9 @@ int mr__sched_new(mr_coord *c, mr_err *err);
 int mr__sched_start(mr_coord *c, mr_err *err);
 /* On the rpc queue thread, never blocks: queues r (heap-allocated, parsed and started; work
  * in token-layers of its first stage, fallback_ms its service estimate until requests of its
- * tier completed) or refuses it at once. Takes r over (frees it once it is answered). */
-void mr__sched_submit(mr__req *r, double work, double fallback_ms);
+ * tier completed, first_ms the first stage's estimate: a degraded answer's) or refuses it at
+ * once. Takes r over (frees it once it is answered). */
+void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_ms);
 /* Stops and joins the threads (after the rpc server drained), refuses anything still queued,
  * frees; NULL scheduler is a no-op. */
 void mr__sched_free(mr_coord *c);
@@ -147,8 +148,12 @@ mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_a
                                  double *est_ms, double *rem_ms);
 /* The first stage over every document of r: its token-layers (the request's work) and in
  * *est_ms the cost model's estimate of the whole profile, every stage counted as if it kept
- * every candidate (a conservative seed until real service times are known). */
-double mr__plan_request(mr__req *r, double *est_ms);
+ * every candidate (a conservative seed until real service times are known); in *first_ms the
+ * first stage's alone (the cheapest answer: a degraded one). */
+double mr__plan_request(mr__req *r, double *est_ms, double *first_ms);
+/* One relax step of the cost model of profile stage pos (cascade.h: a stage not run for lack
+ * of budget observes nothing). */
+void mr__plan_relax(mr__req *r, int pos);
 /* Number of Score calls for active[0..n_active) on the stage's pool. */
 int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active);
 

@@ -41,7 +41,8 @@ struct mr_coord_metrics {
 static const char *const k_outcome[MR_OUT_N] = {"ok", "degraded", "invalid_argument",
                                                  "deadline_exceeded", "unavailable",
                                                  "rejected", "error"};
-static const char *const k_refusal[MR_REFUSE_N] = {"no_time", "queue_full", "displaced",
+static const char *const k_refusal[MR_REFUSE_N] = {"no_time", "too_short", "queue_full",
+                                                   "displaced",
                                                    "expired", "cancelled", "stopping"};
 
 int mr_coord_metrics_new(mr_coord_metrics **out, const mr_coord_config *cfg, mr_err *err) {

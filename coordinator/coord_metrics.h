@@ -25,6 +25,8 @@ typedef enum mr_outcome {
 /* Why a request was refused before it ran, for mrank_coord_refusals_total{reason}. */
 typedef enum mr_refusal {
     MR_REFUSE_NO_TIME = 0,      /* could not start and finish within its budget */
+    MR_REFUSE_TOO_SHORT,        /* its budget is too short even for an idle cluster
+                                 * (DEADLINE_EXCEEDED) */
     MR_REFUSE_FULL,             /* its tier's queue was full */
     MR_REFUSE_DISPLACED,        /* shed from the queue for a higher-priority arrival */
     MR_REFUSE_EXPIRED,          /* waited until it could no longer finish in time */

@@ -29,31 +29,37 @@ static double stage_cost(mr__req *r, int pos, const int *active, int n_active, d
     return tl;
 }
 
-double mr__plan_request(mr__req *r, double *est_ms) {
+double mr__plan_request(mr__req *r, double *est_ms, double *first_ms) {
     int n_stages = r->co->cfg.profiles[r->profile].n_stages;
     double tl0 = 0;
     *est_ms = 0;
     for (int pos = 0; pos < n_stages; pos++) {
         double ms, tl = stage_cost(r, pos, NULL, r->n, &ms);
-        if (pos == 0) tl0 = tl;
+        if (pos == 0) {
+            tl0 = tl;
+            *first_ms = ms;
+        }
         *est_ms += ms;
     }
     return tl0;
 }
 
+void mr__plan_relax(mr__req *r, int pos) {
+    mr_coord *c = r->co;
+    int si = c->cfg.profiles[r->profile].stages[pos].stage;
+    pthread_mutex_lock(&c->mu);
+    mr_cost_model_relax(&c->cost[si]);
+    pthread_mutex_unlock(&c->mu);
+}
+
 mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_active,
                                  double *est_ms, double *rem_ms) {
     mr_coord *c = r->co;
-    int si = c->cfg.profiles[r->profile].stages[pos].stage;
     stage_cost(r, pos, active, n_active, est_ms);
     *rem_ms = mr__req_remaining_ms(r);
     mr_stage_decision dec = mr_cascade_decide(pos, *est_ms, *rem_ms, c->cfg.safety,
                                               c->cfg.tiers[r->tier].allow_degraded);
-    if (dec != MR_STAGE_RUN) {
-        pthread_mutex_lock(&c->mu);
-        mr_cost_model_relax(&c->cost[si]);
-        pthread_mutex_unlock(&c->mu);
-    }
+    if (dec != MR_STAGE_RUN) mr__plan_relax(r, pos);
     return dec;
 }
 

@@ -176,8 +176,8 @@ static void arrive(mr_rpc_call *call, mr_coord *c, int stream) {
         free(r);
         return;
     }
-    double est, work = mr__plan_request(r, &est);
-    mr__sched_submit(r, work, est);
+    double est, first, work = mr__plan_request(r, &est, &first);
+    mr__sched_submit(r, work, est, first);
 }
 
 void mr__on_rerank(mr_rpc_call *call, void *user) { arrive(call, user, 0); }

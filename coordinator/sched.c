@@ -71,9 +71,16 @@ static void refuse(mr__req *r, mr_refusal why, double retry_ms) {
     const char *tn = c->cfg.tiers[r->tier].name;
     switch (why) {
     case MR_REFUSE_NO_TIME:
-        snprintf(msg, sizeof msg, "coordinator overloaded: tier '%s' cannot start within its "
+        snprintf(msg, sizeof msg, "coordinator overloaded: tier '%s' cannot finish within its "
                  "budget (about %.0f ms of queue ahead, %.0f ms of service)", tn, retry_ms,
-                 r->qi.service_ms);
+                 mr_admq_cheapest_ms(&r->qi));
+        break;
+    case MR_REFUSE_TOO_SHORT:
+        code = GRPC_STATUS_DEADLINE_EXCEEDED;
+        snprintf(msg, sizeof msg, "tier '%s' needs about %.1f ms even on an idle cluster, "
+                 "%.1f ms of the budget left", tn, mr_admq_cheapest_ms(&r->qi),
+                 fmax(r->qi.deadline_ms - mr__now_ms(), 0));
+        retry_ms = 0;
         break;
     case MR_REFUSE_FULL:
         snprintf(msg, sizeof msg, "coordinator overloaded: the queue of tier '%s' is full", tn);
@@ -121,7 +128,7 @@ static void *exec_main(void *arg) {
         mr_coord_metrics_wait(s->co->metrics, r->tier, start - r->t0);
         if (mr_rpc_call_cancelled(r->call)) {
             refuse(r, MR_REFUSE_CANCELLED, 0);
-        } else if (start + it->service_ms > it->deadline_ms) {
+        } else if (start + mr_admq_cheapest_ms(it) > it->deadline_ms) {
             refuse(r, MR_REFUSE_EXPIRED, it->service_ms);
         } else {
             mr_coord_metrics_inflight(s->co->metrics, 1);
@@ -214,7 +221,7 @@ int mr__sched_start(mr_coord *c, mr_err *err) {
     return 0;
 }
 
-void mr__sched_submit(mr__req *r, double work, double fallback_ms) {
+void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_ms) {
     struct mr__sched *s = r->co->sched;
     double now = mr__now_ms();
     double rem = mr__req_remaining_ms(r);
@@ -225,6 +232,10 @@ void mr__sched_submit(mr__req *r, double work, double fallback_ms) {
     double retry = 0;
     pthread_mutex_lock(&s->mu);
     r->qi.service_ms = mr_admq_service_ms(&s->q, r->tier, r->qi.work, fallback_ms);
+    /* a tier with degraded answers may answer after the first stage of a longer profile */
+    const mr_coord_config *cfg = &r->co->cfg;
+    if (cfg->tiers[r->tier].allow_degraded && cfg->profiles[r->profile].n_stages > 1)
+        r->qi.min_service_ms = fmin(r->qi.service_ms, first_ms);
     mr_admq_verdict v = s->stopping ? MR_ADMQ_FULL
                                     : mr_admq_offer(&s->q, &r->qi, now, displaced, 1, &n_disp,
                                                     &retry);
@@ -239,8 +250,11 @@ void mr__sched_submit(mr__req *r, double work, double fallback_ms) {
         req_free(displaced[i]->user);
     }
     if (v == MR_ADMQ_QUEUED) return;
-    refuse(r, stopping ? MR_REFUSE_STOPPING : v == MR_ADMQ_NO_TIME ? MR_REFUSE_NO_TIME
-                                                                   : MR_REFUSE_FULL, retry);
+    /* too short even for an idle cluster: the first stage's cost model learns nothing from a
+     * request that never runs, so relax it as the planner does for a stage it cannot run */
+    if (v == MR_ADMQ_TOO_SLOW) mr__plan_relax(r, 0);
+    refuse(r, stopping ? MR_REFUSE_STOPPING : v == MR_ADMQ_FULL ? MR_REFUSE_FULL
+              : v == MR_ADMQ_TOO_SLOW ? MR_REFUSE_TOO_SHORT : MR_REFUSE_NO_TIME, retry);
     req_free(r);
 }
 

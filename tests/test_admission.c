@@ -2,7 +2,8 @@
  *
  * The first group checks the pure queue rules of coordinator/admission.h with a clock the test
  * drives: start order (tier priority, then earliest deadline, then arrival), the 3/4 share of
- * the lower tiers, refusal when a request cannot start and finish before its deadline (and not
+ * the lower tiers, refusal when a request cannot start and finish before its deadline, judged
+ * on its cheapest (degraded) answer (and not
  * before its tier's first completion), the per-tier bound, displacement of lower-priority work
  * when the queue is full, sweeping of expired and cancelled requests, and the adaptive limit.
  *
@@ -127,11 +128,26 @@ static void test_no_time(void **state) {
     assert_int_equal(offer(&q, &low, 0), MR_ADMQ_QUEUED);
     assert_true(fabs(mr_admq_wait_ms(&q, 1, 100, 0) - 20) < 1e-9);
 
-    /* a refusal for its own service time alone relaxes the estimate (no lock-out) */
+    /* a refusal for its own service time alone relaxes the estimate (no lock-out); too short
+     * even at the best speed seen (0.1 ms per unit: 10 ms for 100 units) is TOO_SLOW, not
+     * load */
     double before = q.ms_per_work[1];
     mr_admq_item tiny = item(1, 1, 10);
-    assert_int_equal(offer(&q, &tiny, 0), MR_ADMQ_NO_TIME);
+    tiny.work = 100;
+    assert_int_equal(offer(&q, &tiny, 0), MR_ADMQ_TOO_SLOW);
     assert_true(q.ms_per_work[1] < before);
+    q.ms_per_work[1] = 0.3;   /* loaded: 30 ms for 100 units, the best still 10 ms */
+    mr_admq_item loaded = item(1, 20, 30);
+    loaded.work = 100;
+    assert_int_equal(offer(&q, &loaded, 0), MR_ADMQ_NO_TIME);
+    q.ms_per_work[1] = 0.1;
+    /* judged on its cheapest answer: deadline 15 puts it ahead of `ok` (25), behind the
+     * running 10 ms; a degraded answer of 2 ms fits, the full 10 ms does not */
+    mr_admq_item cheap = item(1, 15, 10);
+    assert_int_equal(offer(&q, &cheap, 0), MR_ADMQ_NO_TIME);   /* 10 + 10 > 15 */
+    cheap.min_service_ms = 2;
+    assert_int_equal(offer(&q, &cheap, 0), MR_ADMQ_QUEUED);    /* 10 + 2 <= 15 */
+    assert_true(fabs(mr_admq_next_expiry(&q) - 13) < 1e-9);   /* must start by 15 - 2 */
 }
 
 static void test_tier_bound(void **state) {
@@ -186,6 +202,7 @@ static void test_sweep(void **state) {
     mr_admq q;
     two_tiers(&q, 100, 1);
     int mark;
+    q.ms_per_work[0] = q.ms_per_work[1] = 1;   /* both tiers have completions: not seeded */
     mr_admq_item a = item(0, 100, 30), b = item(1, 1000, 30), c = item(1, 2000, 30);
     c.user = &mark;   /* "cancelled by its client" */
     assert_int_equal(offer(&q, &a, 0), MR_ADMQ_QUEUED);
@@ -235,8 +252,8 @@ static void test_adaptive_limit(void **state) {
 
 /* N_DOCS documents (the 8 texts repeated) make S long against the fixed cost of one gRPC call,
  * which is all a refusal costs */
-enum { N_TEXTS = 8, N_DOCS = 32, N_EACH = 40, N_SERVICE = 5 };
-#define BUDGET_X 4.0     /* budget = 4 S: a handful of requests fit, most of 2 x 40 cannot */
+enum { N_TEXTS = 8, N_DOCS = 48, N_EACH = 30, N_SERVICE = 5 };
+#define BUDGET_X 4.0     /* budget = 4 S: a handful of requests fit, most of 2 x 30 cannot */
 /* Answers are due by the budget; an admitted request that started just in time may overrun it
  * by the error of its service estimate and the scheduling noise of a shared 2-core machine:
  * allow one more S. Without admission at arrival requests wait in a queue far longer. */
@@ -436,7 +453,7 @@ static void test_overload(void **state) {
         if (o[i].st == GRPC_STATUS_OK) {
             answered[tier]++;
         } else if (o[i].st == GRPC_STATUS_RESOURCE_EXHAUSTED &&
-                   strstr(o[i].msg, "cannot start within")) {
+                   strstr(o[i].msg, "cannot finish within")) {
             refusal_ms[refused_at_arrival++] = o[i].ms;
         } else {
             /* shed from the queue (displaced or expired), or started on an estimate that
