@@ -81,6 +81,7 @@ typedef struct mr__req {
     mr_coord *co;
     mr_rpc_call *call;
     int stream;                 /* RerankStream */
+    int fanned_out;             /* a stage's Score calls went out (its time is service time) */
     mr_admq_item qi;            /* its place in sched.c's queue */
     Mrank__V1__RerankRequest *in;
     int tier, profile, n;
@@ -122,9 +123,9 @@ int mr__sched_new(mr_coord *c, mr_err *err);
 /* Starts the executor threads (cfg.max_inflight) and the sweeper; MR_ENOMEM. */
 int mr__sched_start(mr_coord *c, mr_err *err);
 /* On the rpc queue thread, never blocks: queues r (heap-allocated, parsed and started; work
- * in token-layers of its first stage, fallback_ms its service estimate until requests of its
- * tier completed, first_ms the first stage's estimate: a degraded answer's) or refuses it at
- * once. Takes r over (frees it once it is answered). */
+ * in token-layers of its first stage, fallback_ms the cost model's estimate of its service
+ * (used until requests of its tier completed), first_ms the cost model's estimate of its
+ * first stage: a degraded answer's) or refuses it at once. Takes r over (frees it once it is answered). */
 void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_ms);
 /* Stops and joins the threads (after the rpc server drained), refuses anything still queued,
  * frees; NULL scheduler is a no-op. */
@@ -183,7 +184,8 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len);
 void mr__on_rerank(mr_rpc_call *call, void *user);
 void mr__on_rerank_stream(mr_rpc_call *call, void *user);
 /* Runs an admitted request to its answer (executor thread) and records its metrics; the
- * caller frees r. 1 when its first stage ran (its time is a real service time), else 0. */
+ * caller frees r. 1 when its first stage's Score calls went out, whatever the outcome (its time
+ * is service time: a stage that ran out of budget says the cluster is slow), else 0. */
 int mr__rerank_serve(mr__req *r);
 /* Fails a request that never ran (code, msg; retry_ms > 0 adds the trailing metadata
  * "retry-after-ms") and records its metrics; the caller frees r. Never blocks. */

@@ -75,6 +75,7 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
             break;
         }
         double t_stage = mr__now_ms();
+        r->fanned_out = 1;
         if (mr__fanout_stage(r, pos, active, n_active, est, code, msg, cap)) {
             *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;
             if (pos > 0 && allow_degraded &&
@@ -153,7 +154,7 @@ fail:
     mr_rpc_call_fail(r->call, code, msg);
     mr_coord_metrics_request(c->metrics, r->tier, outcome_of(code), miss, mr__now_ms() - r->t0);
 done:;
-    return r->n_stats > 0 && !r->stats[0].skipped;
+    return r->fanned_out;
 }
 
 /* Arrival, on the rpc queue thread: parse, estimate, hand to the scheduler. */

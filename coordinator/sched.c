@@ -232,10 +232,13 @@ void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_
     double retry = 0;
     pthread_mutex_lock(&s->mu);
     r->qi.service_ms = mr_admq_service_ms(&s->q, r->tier, r->qi.work, fallback_ms);
-    /* a tier with degraded answers may answer after the first stage of a longer profile */
+    /* a tier with degraded answers may answer after the first stage of a longer profile: its
+     * share of the cost model's estimate, applied to the service time learnt under the
+     * current load (the cost model alone ignores the other requests sharing the pools) */
     const mr_coord_config *cfg = &r->co->cfg;
-    if (cfg->tiers[r->tier].allow_degraded && cfg->profiles[r->profile].n_stages > 1)
-        r->qi.min_service_ms = fmin(r->qi.service_ms, first_ms);
+    if (cfg->tiers[r->tier].allow_degraded && cfg->profiles[r->profile].n_stages > 1 &&
+        fallback_ms > 0)
+        r->qi.min_service_ms = r->qi.service_ms * fmin(first_ms / fallback_ms, 1);
     mr_admq_verdict v = s->stopping ? MR_ADMQ_FULL
                                     : mr_admq_offer(&s->q, &r->qi, now, displaced, 1, &n_disp,
                                                     &retry);
