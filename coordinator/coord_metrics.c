@@ -226,7 +226,8 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     for (int p = 0; p < c->n_pools; p++)
         mr_prom_printf(&b, "mrank_coord_retries_total{pool=\"%s\"} %lu\n", c->pools[p].name,
                   m->retries[p]);
-    HELP("mrank_coord_inflight_requests", "gauge", "Requests being served.");
+    HELP("mrank_coord_inflight_requests", "gauge",
+         "Requests admitted and not answered yet (queued or running).");
     mr_prom_printf(&b, "mrank_coord_inflight_requests %ld\n", m->inflight);
     HELP("mrank_coord_concurrency_limit", "gauge",
          "Requests the admission queue lets run at once now (adaptive, at most max_inflight).");

@@ -62,6 +62,12 @@ static void req_free(mr__req *r) {
     free(r);
 }
 
+/* An admitted request (counted in mrank_coord_inflight_requests from its admission) leaves. */
+static void admitted_free(mr__req *r) {
+    mr_coord_metrics_inflight(r->co->metrics, -1);
+    req_free(r);
+}
+
 /* Fails r (see mr__rerank_refuse); the caller frees it. */
 static void refuse(mr__req *r, mr_refusal why, double retry_ms) {
     mr_coord *c = r->co;
@@ -131,14 +137,12 @@ static void *exec_main(void *arg) {
         } else if (start + mr_admq_cheapest_ms(it) > it->deadline_ms) {
             refuse(r, MR_REFUSE_EXPIRED, it->service_ms);
         } else {
-            mr_coord_metrics_inflight(s->co->metrics, 1);
             if (mr__rerank_serve(r)) service = mr__now_ms() - start;
-            mr_coord_metrics_inflight(s->co->metrics, -1);
         }
         pthread_mutex_lock(&s->mu);
         mr_admq_done(&s->q, it, service);   /* `it` lives in r: free r after this */
         pthread_mutex_unlock(&s->mu);
-        req_free(r);
+        admitted_free(r);
         pthread_mutex_lock(&s->mu);
         publish(s);
         pthread_cond_broadcast(&s->cv);   /* a slot is free (maybe for a queued low tier) */
@@ -173,7 +177,7 @@ static void *sweep_main(void *arg) {
             mr_coord_metrics_wait(s->co->metrics, r->tier, now - r->t0);
             refuse(r, mr_rpc_call_cancelled(r->call) ? MR_REFUSE_CANCELLED : MR_REFUSE_EXPIRED,
                    it->service_ms);
-            req_free(r);
+            admitted_free(r);
             pthread_mutex_lock(&s->mu);
         }
     }
@@ -244,13 +248,14 @@ void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_
                                                     &retry);
     int stopping = s->stopping;
     if (v == MR_ADMQ_QUEUED) {
+        mr_coord_metrics_inflight(r->co->metrics, 1);   /* before any executor can take it */
         publish(s);
         pthread_cond_signal(&s->cv);
     }
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < n_disp; i++) {
         refuse(displaced[i]->user, MR_REFUSE_DISPLACED, retry);
-        req_free(displaced[i]->user);
+        admitted_free(displaced[i]->user);
     }
     if (v == MR_ADMQ_QUEUED) return;
     /* too short even for an idle cluster: the first stage's cost model learns nothing from a
@@ -275,7 +280,7 @@ void mr__sched_free(mr_coord *c) {
     for (mr_admq_item *it; (it = mr_admq_next(&s->q, 0));) {
         refuse(it->user, MR_REFUSE_STOPPING, 0);
         mr_admq_done(&s->q, it, -1);
-        req_free(it->user);
+        admitted_free(it->user);
     }
     free(s->exec);
     pthread_mutex_destroy(&s->mu);
