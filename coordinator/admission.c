@@ -172,7 +172,7 @@ double mr_admq_next_expiry(const mr_admq *q) {
     double e = INFINITY;
     for (int t = 0; t < q->n_tiers; t++)
         for (const mr_admq_item *a = q->head[t]; a; a = a->next)
-            if (a->deadline_ms - mr_admq_cheapest_ms(a) < e) e = a->deadline_ms - mr_admq_cheapest_ms(a);
+            e = fmin(e, a->deadline_ms - mr_admq_cheapest_ms(a));
     return e;
 }
 

@@ -2,23 +2,28 @@
  * threads and clocks (the caller passes "now" in monotonic ms and holds its own lock).
  *
  * Requests arrive with a tier (and its priority), an absolute deadline (the earlier of the
- * client's and arrival + the tier budget), an estimated service time and a size in work units
- * (token-layers of the first stage). They wait in per-tier queues ordered by deadline and
- * start in priority order (tier priority, then earliest deadline) while fewer than `limit`
- * requests run; whether a request can still finish in time is judged on its cheapest answer
- * (min_service_ms: a tier that allows degraded answers may answer after the first stage); tiers below the top priority may only fill 3/4 of the limit, so a burst of
- * low-priority work leaves room for the top tier. An arrival is refused at once when it cannot
- * start and finish before its deadline (estimated wait for the work ahead of it, spread over
- * the running slots, plus its own service time times the safety factor; before the tier's
- * first completion only the wait counts, and each refusal for its service time alone relaxes
- * the tier's estimate by 5% so a burst cannot lock a tier out for good) or when its tier's
- * queue holds its bound of work (the sum of the queued requests' estimated service ms); when the whole queue is at its item bound, a higher-priority
- * arrival displaces queued lower-priority requests (the least urgent first), which the caller
- * fails at once. Queued requests whose deadline can no longer be met, or that the caller finds
- * gone (client cancelled), are swept out. The concurrency limit adapts (AIMD) between 1 and
- * max_running: it shrinks when completed requests took much longer per work unit than the
- * fastest recently seen (the pools are saturated: more concurrency only adds latency) and
- * grows while requests wait and service stays fast (both per tier: tiers differ in profile). tests/test_admission.c checks every rule. */
+ * client's and arrival + the tier budget), an estimated service time, the service time of its
+ * cheapest answer (a tier that allows degraded answers may answer after the first stage) and
+ * a size in work units (token-layers of the first stage). They wait in per-tier queues ordered
+ * by deadline and start in priority order (tier priority, then earliest deadline, then
+ * arrival) while fewer than `limit` requests run; tiers below the top priority may only fill
+ * 3/4 of the limit, so a burst of low-priority work leaves room for the top tier.
+ *
+ * An arrival is refused at once when its cheapest answer could not finish before its deadline
+ * even on an idle cluster (TOO_SLOW), when it could not start and finish in time (NO_TIME: the
+ * estimated wait for the work ahead of it, spread over the limit, plus its service time times
+ * the safety factor), or when its tier's queue holds its bound of estimated service ms (FULL).
+ * Before its tier's first completion a request is judged on the wait only (its estimate is a
+ * seed), and each refusal for its service time alone relaxes the tier's estimate by 5%, so a
+ * burst cannot lock a tier out. When the whole queue is at its item bound, a higher-priority
+ * arrival displaces a queued lower-priority request (the least urgent), which the caller fails
+ * at once. Queued requests that can no longer finish in time, or that the caller finds gone
+ * (client cancelled), are swept out.
+ *
+ * The concurrency limit adapts (AIMD) between 1 and max_running: -10% per completed request
+ * that took more than twice the recent best ms per work unit of its tier (the pools are
+ * saturated: more concurrency only adds latency), +1/limit per fast completion while requests
+ * wait. tests/test_admission.c checks every rule. */
 #ifndef MR_ADMISSION_H
 #define MR_ADMISSION_H
 
@@ -95,8 +100,8 @@ mr_admq_verdict mr_admq_offer(mr_admq *q, mr_admq_item *it, double now, mr_admq_
 mr_admq_item *mr_admq_next(mr_admq *q, double now);
 
 /* Removes and returns one queued item that can no longer finish before its deadline (now +
- * its cheapest answer's service time > deadline_ms) or for which gone(user, ctx) is 1 (gone may be NULL); NULL when
- * none. */
+ * its cheapest answer's service time > deadline_ms) or for which gone(user, ctx) is 1 (gone
+ * may be NULL); NULL when none. */
 mr_admq_item *mr_admq_sweep(mr_admq *q, double now, int (*gone)(void *user, void *ctx),
                             void *ctx);
 

@@ -125,7 +125,8 @@ int mr__sched_start(mr_coord *c, mr_err *err);
 /* On the rpc queue thread, never blocks: queues r (heap-allocated, parsed and started; work
  * in token-layers of its first stage, fallback_ms the cost model's estimate of its service
  * (used until requests of its tier completed), first_ms the cost model's estimate of its
- * first stage: a degraded answer's) or refuses it at once. Takes r over (frees it once it is answered). */
+ * first stage: a degraded answer's) or refuses it at once. Takes r over (frees it once it is
+ * answered). */
 void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_ms);
 /* Stops and joins the threads (after the rpc server drained), refuses anything still queued,
  * frees; NULL scheduler is a no-op. */

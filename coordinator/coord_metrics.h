@@ -6,8 +6,8 @@
  * latency histogram; per pool: Score retries on another replica; per stage: the cost model's
  * current ns per token-layer; the admission queue: per tier queued requests and their
  * estimated ms, a queue-wait histogram and refusals by reason, and the adaptive concurrency
- * limit; per profile whether it is impaired. Served as Prometheus text at GET /metrics by rpc/prom.h's
- * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
+ * limit; per profile whether it is impaired. Served as Prometheus text at GET /metrics by
+ * rpc/prom.h's endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
 #ifndef MR_COORD_METRICS_H
 #define MR_COORD_METRICS_H

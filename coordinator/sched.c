@@ -13,9 +13,8 @@
  * refreshes the per-profile health (profile_health.c) every HEALTH_MS.
  *
  * Locking: sched->mu guards the queue; it is never held while a call is failed or run, and
- * never together with mr_coord.mu. Metrics are recorded outside it. */
+ * never together with mr_coord.mu; the metrics lock (a leaf) may be taken under it. */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
