@@ -11,6 +11,10 @@
 #define BEST_DRIFT 1.002        /* the best ms per unit forgets at 0.2% per completion */
 #define DECREASE 0.9            /* multiplicative decrease of the limit per slow completion */
 #define RELAX 0.95              /* ms per unit after a refusal for service time alone */
+/* The wait estimate counts twice: an optimistic one costs a late failure (a request that waited
+ * and then expired or ran out of budget), a pessimistic one only a refusal at arrival while the
+ * queue still holds enough work to keep every slot busy. */
+#define WAIT_SAFETY 2.0
 #define LOW_SHARE 0.75          /* share of the limit tiers below the top priority may fill */
 
 void mr_admq_init(mr_admq *q, int n_tiers, const int *priority, const double *max_queued_ms,
@@ -118,7 +122,8 @@ mr_admq_verdict mr_admq_offer(mr_admq *q, mr_admq_item *it, double now, mr_admq_
      * inflated by a burst, so each such refusal relaxes it one step */
     if (alone) q->ms_per_work[t] *= RELAX;
     if (now + idle * q->safety > it->deadline_ms) return MR_ADMQ_TOO_SLOW;
-    if (alone || now + wait + svc * q->safety > it->deadline_ms) return MR_ADMQ_NO_TIME;
+    if (alone || now + wait * WAIT_SAFETY + svc * q->safety > it->deadline_ms)
+        return MR_ADMQ_NO_TIME;
     if (q->n_items >= q->max_items) {   /* one out, one in: n_items never exceeds the bound */
         mr_admq_item *v = cap > 0 ? victim(q, p) : NULL;
         if (!v) return MR_ADMQ_FULL;

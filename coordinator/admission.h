@@ -10,9 +10,9 @@
  * 3/4 of the limit, so a burst of low-priority work leaves room for the top tier.
  *
  * An arrival is refused at once when its cheapest answer could not finish before its deadline
- * even on an idle cluster (TOO_SLOW), when it could not start and finish in time (NO_TIME: the
- * estimated wait for the work ahead of it, spread over the limit, plus its service time times
- * the safety factor), or when its tier's queue holds its bound of estimated service ms (FULL).
+ * even on an idle cluster (TOO_SLOW), when it could not start and finish in time (NO_TIME:
+ * twice the estimated wait for the work ahead of it, spread over the limit, plus its service
+ * time times the safety factor), or when its tier's queue holds its bound of estimated service ms (FULL).
  * Before its tier's first completion a request is judged on the wait only (its estimate is a
  * seed), and each refusal for its service time alone relaxes the tier's estimate by 5%, so a
  * burst cannot lock a tier out. When the whole queue is at its item bound, a higher-priority

