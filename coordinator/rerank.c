@@ -3,9 +3,9 @@
  *
  * At arrival (on the rpc queue thread) parse and validate, estimate the request's work and
  * hand it to the scheduler (sched.c), which refuses it at once or queues it; once an executor
- * starts it, for each stage of the profile: plan it against the
- * remaining budget (run, or skip with a degraded answer, or fail DEADLINE_EXCEEDED), fan its
- * candidates out to the pool, and keep the survivors for the next stage. The answer is the
+ * starts it, for each stage of the profile: plan it against the remaining budget (run, or skip
+ * with a degraded answer, or fail DEADLINE_EXCEEDED), fan its candidates out to the pool, and
+ * keep the survivors for the next stage. The answer is the
  * merged ranking (cascade.h's merge rule); RerankStream also sends the ranking after every
  * stage but the last. A stage after the first that fails for time or availability leaves the
  * earlier ranking standing (degraded) when the tier allows it. */
@@ -153,7 +153,7 @@ int mr__rerank_serve(mr__req *r) {
 fail:
     mr_rpc_call_fail(r->call, code, msg);
     mr_coord_metrics_request(c->metrics, r->tier, outcome_of(code), miss, mr__now_ms() - r->t0);
-done:;
+done:
     return r->fanned_out;
 }
 
