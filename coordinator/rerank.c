@@ -5,9 +5,8 @@
  * hand it to the scheduler (sched.c), which refuses it at once or queues it; once an executor
  * starts it, for each stage of the profile: plan it against the remaining budget (run, or skip
  * with a degraded answer, or fail DEADLINE_EXCEEDED), fan its candidates out to the pool, and
- * keep the survivors for the next stage. The answer is the
- * merged ranking (cascade.h's merge rule); RerankStream also sends the ranking after every
- * stage but the last. A stage after the first that fails for time or availability leaves the
+ * keep the survivors for the next stage. The answer is the merged ranking (cascade.h's merge
+ * rule); RerankStream also sends the ranking after every stage but the last. A stage after the first that fails for time or availability leaves the
  * earlier ranking standing (degraded) when the tier allows it. */
 #define _GNU_SOURCE
 #include <math.h>
