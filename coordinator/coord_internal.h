@@ -2,9 +2,11 @@
  * other (not a public API: coordinator.h is).
  *
  * The path of one Rerank, file by file:
- *   rerank.c     the handler: parse, admit, then stage by stage plan -> fan out -> keep, answer
+ *   rerank.c     the handlers: parse at arrival and submit; once started, stage by stage
+ *                plan -> fan out -> keep, answer
  *   request.c    the request: unpack and validate, per-candidate state, token estimates, stats
- *   admission.c  admission by tier priority (in-flight slots)
+ *   sched.c      admission at arrival and the executor threads (queue rules: admission.c/.h)
+ *   profile_health.c  health per profile, refreshed by sched.c's sweeper
  *   plan.c       whether a stage fits the remaining budget, and into how many calls it splits
  *   fanout.c     one stage's Score calls over a pool's replicas: attempt timeouts, retries,
  *                hedges, cancellation; folds answers
@@ -18,8 +20,13 @@
  * hedge delay, ejection) are cascade.c's; the config is coord_config.c's; metrics are
  * coord_metrics.c's.
  *
- * Locking: mr_coord.mu (endpoint state, cost models, in-flight count, model name) is a leaf
- * lock, held briefly; a stage's fan-out lock is never held while taking it. */
+ * Threads: a Rerank arrives on the rpc completion-queue thread (parse, estimate, submit: never
+ * blocks), runs on one of sched.c's executor threads, its Score calls complete on the
+ * channels' threads.
+ *
+ * Locking: mr_coord.mu (endpoint state, cost models, model name) is a leaf lock, held briefly;
+ * a stage's fan-out lock is never held while taking it; sched.c's lock is never held together
+ * with mr_coord.mu. */
 #ifndef MR_COORD_INTERNAL_H
 #define MR_COORD_INTERNAL_H
 
@@ -28,6 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "admission.h"
 #include "cascade.h"
 #include "coord_config.h"
 #include "coord_metrics.h"
@@ -75,7 +83,7 @@ struct mr_coord {
     pthread_mutex_t mu;
     pthread_cond_t cv;          /* wakes the prober at shutdown */
     mr_cost_model cost[MR_CC_MAX_STAGES];
-    int inflight;
+    struct mr__sched *sched;    /* sched.c */
     int ready, stopping, prober_started, shut;
     char model[512];
     int untrained;
@@ -87,10 +95,13 @@ struct mr_coord {
 typedef struct mr__req {
     mr_coord *co;
     mr_rpc_call *call;
+    int stream;                 /* RerankStream */
+    int fanned_out;             /* a stage's Score calls went out (its time is service time) */
+    mr_admq_item qi;            /* its place in sched.c's queue */
     Mrank__V1__RerankRequest *in;
     int tier, profile, n;
     mr_keep_rule keep[MR_CC_MAX_STAGES];
-    double t0;
+    double t0;                  /* arrival (mr_rpc_call_arrival_ms): budgets count from here */
     int n_fixed;                /* query + suffix tokens: estimated, exact after stage 0 */
     int *stage;                 /* (n) deepest profile stage position that scored it, -1 none */
     float *score;               /* (n) raw score at that stage */
@@ -120,11 +131,28 @@ double mr__req_remaining_ms(const mr__req *r);
 /* Records a stage's figures for the answer and the metrics. */
 void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped);
 
-/* ---- admission.c ---- */
+/* ---- sched.c ---- */
 
-/* 1 when a request of tier may start (takes an in-flight slot), 0 when it must be refused. */
-int mr__admit(mr_coord *c, int tier);
-void mr__release(mr_coord *c);
+/* Creates the (idle) scheduler of c (c->sched); MR_ENOMEM. */
+int mr__sched_new(mr_coord *c, mr_err *err);
+/* Starts the executor threads (cfg.max_inflight) and the sweeper; MR_ENOMEM. */
+int mr__sched_start(mr_coord *c, mr_err *err);
+/* On the rpc queue thread, never blocks: queues r (heap-allocated, parsed and started; work
+ * in token-layers of its first stage, fallback_ms the cost model's estimate of its service
+ * (used until requests of its tier completed), first_ms the cost model's estimate of its
+ * first stage: a degraded answer's) or refuses it at once. Takes r over (frees it once it is
+ * answered). */
+void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_ms);
+/* Stops and joins the threads (after the rpc server drained), refuses anything still queued,
+ * frees; NULL scheduler is a no-op. */
+void mr__sched_free(mr_coord *c);
+
+/* ---- profile_health.c ---- */
+
+/* Registers every profile's health service "profile/<name>" NOT_SERVING. */
+void mr__profile_health_init(mr_coord *c);
+/* Sets each profile's health and impaired gauge from its pools' replicas (takes mr_coord.mu). */
+void mr__profile_health_update(mr_coord *c);
 
 /* ---- plan.c ---- */
 
@@ -135,6 +163,14 @@ int mr__pool_parallelism(mr_coord *c, int p);
  * cost model (cascade.h). */
 mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_active,
                                  double *est_ms, double *rem_ms);
+/* The first stage over every document of r: its token-layers (the request's work) and in
+ * *est_ms the cost model's estimate of the whole profile, every stage counted as if it kept
+ * every candidate (a conservative seed until real service times are known); in *first_ms the
+ * first stage's alone (the cheapest answer: a degraded one). */
+double mr__plan_request(mr__req *r, double *est_ms, double *first_ms);
+/* One relax step of the cost model of profile stage pos (cascade.h: a stage not run for lack
+ * of budget observes nothing). */
+void mr__plan_relax(mr__req *r, int pos);
 /* Number of Score calls for active[0..n_active) on the stage's pool. */
 int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active);
 /* What the profile stages after pos need (ms, with the safety factor) if active[0..n_active)
@@ -184,9 +220,17 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len);
 
 /* ---- rerank.c ---- */
 
-/* rpc.h handlers of Rerank and RerankStream (user: the mr_coord). */
+/* rpc.h inline handlers (completion-queue thread) of Rerank and RerankStream (user: the
+ * mr_coord): parse, then mr__sched_submit or fail at once. */
 void mr__on_rerank(mr_rpc_call *call, void *user);
 void mr__on_rerank_stream(mr_rpc_call *call, void *user);
+/* Runs an admitted request to its answer (executor thread) and records its metrics; the
+ * caller frees r. 1 when its first stage's Score calls went out, whatever the outcome (its time
+ * is service time: a stage that ran out of budget says the cluster is slow), else 0. */
+int mr__rerank_serve(mr__req *r);
+/* Fails a request that never ran (code, msg; retry_ms > 0 adds the trailing metadata
+ * "retry-after-ms") and records its metrics; the caller frees r. Never blocks. */
+void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, double retry_ms);
 
 /* ---- auth.c ---- */
 

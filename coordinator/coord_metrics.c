@@ -20,6 +20,10 @@ typedef struct stage_tier {
 typedef struct tier_ctr {
     unsigned long outcome[MR_OUT_N], degraded, deadline_misses;
     mr_prom_hist latency;
+    unsigned long refusals[MR_REFUSE_N];
+    mr_prom_hist wait;
+    long queued;
+    double queued_ms;
 } tier_ctr;
 
 struct mr_coord_metrics {
@@ -34,6 +38,8 @@ struct mr_coord_metrics {
     int replicas[MR_CC_MAX_POOLS];
     double ns_per_tl[MR_CC_MAX_STAGES];
     long inflight;
+    double limit;
+    int impaired[MR_CC_MAX_PROFILES];
     mr_prom_http *http;
     int n_keys;
     struct { char name[MR_CC_NAME]; unsigned long ok, denied; } keys[MR_COORD_METRICS_KEYS + 1];
@@ -43,14 +49,19 @@ struct mr_coord_metrics {
 static const char *const k_outcome[MR_OUT_N] = {"ok", "degraded", "invalid_argument",
                                                  "deadline_exceeded", "unavailable",
                                                  "rejected", "error"};
+static const char *const k_refusal[MR_REFUSE_N] = {"no_time", "too_short", "queue_full",
+                                                   "displaced",
+                                                   "expired", "cancelled", "stopping"};
 
 int mr_coord_metrics_new(mr_coord_metrics **out, const mr_coord_config *cfg, mr_err *err) {
     mr_coord_metrics *m = calloc(1, sizeof *m);
     if (!m) return mr_err_set(err, MR_ENOMEM, "metrics: out of memory");
     m->cfg = cfg;
     pthread_mutex_init(&m->mu, NULL);
-    for (int t = 0; t < MR_CC_MAX_TIERS; t++)
+    for (int t = 0; t < MR_CC_MAX_TIERS; t++) {
         mr_prom_hist_init(&m->tier[t].latency, k_buckets, N_BUCKETS);
+        mr_prom_hist_init(&m->tier[t].wait, k_buckets, N_BUCKETS);
+    }
     *out = m;
     return 0;
 }
@@ -172,6 +183,42 @@ void mr_coord_metrics_inflight(mr_coord_metrics *m, int delta) {
     pthread_mutex_unlock(&m->mu);
 }
 
+void mr_coord_metrics_queue(mr_coord_metrics *m, int tier, int n, double est_ms) {
+    if (!m || !ok_idx(tier, m->cfg->n_tiers)) return;
+    pthread_mutex_lock(&m->mu);
+    m->tier[tier].queued = n;
+    m->tier[tier].queued_ms = est_ms;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_wait(mr_coord_metrics *m, int tier, double ms) {
+    if (!m || !ok_idx(tier, m->cfg->n_tiers)) return;
+    pthread_mutex_lock(&m->mu);
+    mr_prom_hist_observe(&m->tier[tier].wait, ms / 1e3);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why) {
+    if (!m || !ok_idx(tier, m->cfg->n_tiers) || !ok_idx(why, MR_REFUSE_N)) return;
+    pthread_mutex_lock(&m->mu);
+    m->tier[tier].refusals[why]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_profile_impaired(mr_coord_metrics *m, int profile, int impaired) {
+    if (!m || !ok_idx(profile, m->cfg->n_profiles)) return;
+    pthread_mutex_lock(&m->mu);
+    m->impaired[profile] = impaired != 0;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void mr_coord_metrics_limit(mr_coord_metrics *m, double limit) {
+    if (!m) return;
+    pthread_mutex_lock(&m->mu);
+    m->limit = limit;
+    pthread_mutex_unlock(&m->mu);
+}
+
 #define HELP(name, type, text) mr_prom_family(&b, name, type, text)
 
 char *mr_coord_metrics_render(mr_coord_metrics *m) {
@@ -285,8 +332,39 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     for (int p = 0; p < c->n_pools; p++)
         mr_prom_printf(&b, "mrank_coord_pool_replicas{pool=\"%s\"} %d\n", c->pools[p].name,
                        m->replicas[p]);
-    HELP("mrank_coord_inflight_requests", "gauge", "Requests being served.");
+    HELP("mrank_coord_inflight_requests", "gauge",
+         "Requests admitted and not answered yet (queued or running).");
     mr_prom_printf(&b, "mrank_coord_inflight_requests %ld\n", m->inflight);
+    HELP("mrank_coord_concurrency_limit", "gauge",
+         "Requests the admission queue lets run at once now (adaptive, at most max_inflight).");
+    mr_prom_printf(&b, "mrank_coord_concurrency_limit %g\n", m->limit);
+    HELP("mrank_coord_queue_requests", "gauge", "Requests waiting in the admission queue.");
+    for (int t = 0; t < c->n_tiers; t++)
+        mr_prom_printf(&b, "mrank_coord_queue_requests{tier=\"%s\"} %ld\n", c->tiers[t].name,
+                       m->tier[t].queued);
+    HELP("mrank_coord_queue_work_ms", "gauge",
+         "Estimated service milliseconds of the requests waiting in the admission queue.");
+    for (int t = 0; t < c->n_tiers; t++)
+        mr_prom_printf(&b, "mrank_coord_queue_work_ms{tier=\"%s\"} %g\n", c->tiers[t].name,
+                       m->tier[t].queued_ms);
+    HELP("mrank_coord_queue_wait_seconds", "histogram",
+         "Time from arrival until a request started or left the queue.");
+    for (int t = 0; t < c->n_tiers; t++) {
+        char labels[MR_CC_NAME + 16];
+        snprintf(labels, sizeof labels, "tier=\"%s\"", c->tiers[t].name);
+        mr_prom_hist_write(&b, "mrank_coord_queue_wait_seconds", labels, &m->tier[t].wait);
+    }
+    HELP("mrank_coord_profile_impaired", "gauge",
+         "1 while a stage's pool of the profile has no live replica (degraded or refused).");
+    for (int p = 0; p < c->n_profiles; p++)
+        mr_prom_printf(&b, "mrank_coord_profile_impaired{profile=\"%s\"} %d\n",
+                       c->profiles[p].name, m->impaired[p]);
+    HELP("mrank_coord_refusals_total", "counter",
+         "Requests refused before they ran, by tier and reason.");
+    for (int t = 0; t < c->n_tiers; t++)
+        for (int r = 0; r < MR_REFUSE_N; r++)
+            mr_prom_printf(&b, "mrank_coord_refusals_total{tier=\"%s\",reason=\"%s\"} %lu\n",
+                           c->tiers[t].name, k_refusal[r], m->tier[t].refusals[r]);
     pthread_mutex_unlock(&m->mu);
     return mr_prom_text_take(&b);
 }

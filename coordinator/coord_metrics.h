@@ -6,8 +6,10 @@
  * latency histogram; per pool: Score retries on another replica, retries refused (by reason),
  * replica ejections, hedges, Score calls cancelled in flight, replicas known; per stage: the
  * cost model's current ns per token-layer; per API key name: calls accepted and refused, and
- * calls without a valid key. Served as Prometheus text at GET /metrics by rpc/prom.h's
- * endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
+ * calls without a valid key; the admission queue: per tier queued requests and their
+ * estimated ms, a queue-wait histogram and refusals by reason, and the adaptive concurrency
+ * limit; per profile whether it is impaired. Served as Prometheus text at GET /metrics by
+ * rpc/prom.h's endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
 #ifndef MR_COORD_METRICS_H
 #define MR_COORD_METRICS_H
@@ -22,6 +24,19 @@ typedef enum mr_outcome {
     MR_OUT_OK = 0, MR_OUT_DEGRADED, MR_OUT_INVALID, MR_OUT_DEADLINE, MR_OUT_UNAVAILABLE,
     MR_OUT_REJECTED, MR_OUT_ERROR, MR_OUT_N
 } mr_outcome;
+
+/* Why a request was refused before it ran, for mrank_coord_refusals_total{reason}. */
+typedef enum mr_refusal {
+    MR_REFUSE_NO_TIME = 0,      /* could not start and finish within its budget */
+    MR_REFUSE_TOO_SHORT,        /* its budget is too short even for an idle cluster
+                                 * (DEADLINE_EXCEEDED) */
+    MR_REFUSE_FULL,             /* its tier's queue was full */
+    MR_REFUSE_DISPLACED,        /* shed from the queue for a higher-priority arrival */
+    MR_REFUSE_EXPIRED,          /* waited until it could no longer finish in time */
+    MR_REFUSE_CANCELLED,        /* the client went away while it was queued */
+    MR_REFUSE_STOPPING,         /* the coordinator is shutting down */
+    MR_REFUSE_N
+} mr_refusal;
 
 /* Allocates counters for cfg (which must outlive the metrics). */
 int mr_coord_metrics_new(mr_coord_metrics **out, const mr_coord_config *cfg, mr_err *err);
@@ -52,6 +67,15 @@ void mr_coord_metrics_auth(mr_coord_metrics *m, const char *key_name, int denied
 /* mrank_coord_pool_replicas{pool}: addresses a pool's DNS name resolves to (a static pool:
  * its address count). */
 void mr_coord_metrics_replicas(mr_coord_metrics *m, int pool, int n);
+/* Queue gauges of tier: requests queued and the sum of their estimated service ms. */
+void mr_coord_metrics_queue(mr_coord_metrics *m, int tier, int n, double est_ms);
+/* Time a request of tier spent queued (from arrival until it started or was removed). */
+void mr_coord_metrics_wait(mr_coord_metrics *m, int tier, double ms);
+void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why);
+/* 1 while some stage's pool of profile (index into cfg->profiles) has no live replica. */
+void mr_coord_metrics_profile_impaired(mr_coord_metrics *m, int profile, int impaired);
+/* The admission queue's current concurrency limit. */
+void mr_coord_metrics_limit(mr_coord_metrics *m, double limit);
 
 /* Renders the text exposition into a malloc'd string (caller frees). */
 char *mr_coord_metrics_render(mr_coord_metrics *m);

@@ -1,9 +1,11 @@
 /* coordinator.c: the coordinator's lifecycle (see coordinator.h): the worker channels, the
  * metrics, the gRPC server with its Ranker handlers, the prober; and the Info handler.
  *
- * Threads: the rpc layer's handler threads run one request each (rerank.c), blocking while
- * their Score calls are in flight; the calls complete on the channels' polling threads
- * (fanout.c); one prober thread polls the replicas (probe.c). Lock order: coord_internal.h. */
+ * Threads: Rerank and RerankStream are parsed on the rpc layer's completion-queue thread and
+ * handed to the scheduler (sched.c), whose executor threads run one request each (rerank.c),
+ * blocking while their Score calls are in flight; the calls complete on the channels' polling
+ * threads (fanout.c); one prober thread polls the replicas (probe.c); Info runs on the rpc
+ * layer's handler threads. Lock order: coord_internal.h. */
 #define _GNU_SOURCE
 #include "coordinator.h"
 
@@ -74,7 +76,8 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
     for (int s = 0; s < cfg->n_stages; s++)
         mr_cost_model_init(&c->cost[s], 0, 0.2, cfg->call_overhead_ms);
     mr_rpc_tls_client internal = {0};
-    if ((rc = mr_rpc_server_new(&c->srv, c->listen, 32, err)) ||
+    /* 4 handler threads serve Info only: Rerank runs on the scheduler's executors */
+    if ((rc = mr_rpc_server_new(&c->srv, c->listen, 4, err)) ||
         (rc = setup_tls(c, &internal, err)))
         goto fail;
     for (int p = 0; p < cfg->n_pools; p++) {
@@ -94,16 +97,20 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
                 goto fail;
         }
     }
-    if ((rc = mr_coord_metrics_new(&c->metrics, &c->cfg, err)) || (rc = mr__auth_new(c, err)))
+    /* the rpc handler threads only serve Info: Rerank runs on the scheduler's executors */
+    if ((rc = mr_coord_metrics_new(&c->metrics, &c->cfg, err)) || (rc = mr__auth_new(c, err)) ||
+        (rc = mr__sched_new(c, err)))
         goto fail;
     /* gRPC itself refuses a larger Rerank before receiving or parsing it all */
     if ((rc = mr_rpc_server_set_max_receive(c->srv, c->cfg.max_request_bytes, err))) goto fail;
-    if ((rc = mr_rpc_server_add_unary(c->srv, MR_METHOD_RERANK, on_rerank, c)) ||
-        (rc = mr_rpc_server_add_stream(c->srv, MR_METHOD_RERANK_STREAM, on_rerank_stream, c)) ||
+    if ((rc = mr_rpc_server_add_inline(c->srv, MR_METHOD_RERANK, 0, on_rerank, c)) ||
+        (rc = mr_rpc_server_add_inline(c->srv, MR_METHOD_RERANK_STREAM, 1, on_rerank_stream,
+                                       c)) ||
         (rc = mr_rpc_server_add_unary(c->srv, MR_METHOD_RANKER_INFO, on_info, c))) {
         mr_err_set(err, rc, "coordinator: cannot register the Ranker methods");
         goto fail;
     }
+    mr__profile_health_init(c);
     *out = c;
     return 0;
 fail:
@@ -116,7 +123,7 @@ int mr_coord_start(mr_coord *c, int *port, mr_err *err) {
     char host[128];
     mr_prom_host_of(c->listen, host, sizeof host);   /* metrics beside the gRPC listener */
     if ((rc = mr_coord_metrics_serve(c->metrics, host, c->metrics_port, err)) ||
-        (rc = mr_rpc_server_start(c->srv, port, err)))
+        (rc = mr__sched_start(c, err)) || (rc = mr_rpc_server_start(c->srv, port, err)))
         return rc;
     return mr__prober_start(c, err);
 }
@@ -135,7 +142,9 @@ void mr_coord_shutdown(mr_coord *c, int drain_ms) {
     pthread_mutex_lock(&c->mu);
     c->stopping = 1;
     pthread_mutex_unlock(&c->mu);
+    /* the rpc server drains first: queued and running requests still have their executors */
     if (c->srv) mr_rpc_server_shutdown(c->srv, drain_ms);
+    mr__sched_free(c);
 }
 
 void mr_coord_free(mr_coord *c) {

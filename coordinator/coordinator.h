@@ -2,8 +2,10 @@
  * and grpc.health.v1 over rpc/rpc.h, and runs each request's cascade over the worker pools
  * named in the cluster config (coord_config.h).
  *
- * A request is validated against the published limits, admitted by tier priority, then run
- * stage by stage: the stage's candidates are split into parallel Score calls spread over the
+ * A request is validated against the published limits the moment it arrives and admitted or
+ * refused there (RESOURCE_EXHAUSTED with a retry-after-ms hint) by an admission queue ordered
+ * by tier priority and deadline, with budgets charged from arrival; admitted, it is run stage
+ * by stage: the stage's candidates are split into parallel Score calls spread over the
  * pool's replicas (failed or hung replicas are retried on another one within the deadline),
  * the keep rule picks the survivors, and the next stage re-scores only those. Before each stage
  * the cost model (cascade.h) decides whether it fits the remaining budget (min of the gRPC

@@ -13,25 +13,53 @@ int mr__pool_parallelism(mr_coord *c, int p) {
     return n > 0 ? n : 1;
 }
 
-mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_active,
-                                 double *est_ms, double *rem_ms) {
+/* Token-layers of profile stage pos over active[0..n_active) (active NULL: the first n_active
+ * documents); its estimated wall time into *est_ms. */
+static double stage_cost(mr__req *r, int pos, const int *active, int n_active, double *est_ms) {
     mr_coord *c = r->co;
     int si = c->cfg.profiles[r->profile].stages[pos].stage;
     const mr_cc_stage *st = &c->cfg.stages[si];
     double tl = 0;
     for (int i = 0; i < n_active; i++)
-        tl += mr_subarch_token_layers(&st->arch, r->n_fixed, r->passage_tokens[active[i]]);
+        tl += mr_subarch_token_layers(&st->arch, r->n_fixed,
+                                      r->passage_tokens[active ? active[i] : i]);
     pthread_mutex_lock(&c->mu);
     *est_ms = mr_cost_model_estimate_ms(&c->cost[si], tl, mr__pool_parallelism(c, st->pool));
     pthread_mutex_unlock(&c->mu);
+    return tl;
+}
+
+double mr__plan_request(mr__req *r, double *est_ms, double *first_ms) {
+    int n_stages = r->co->cfg.profiles[r->profile].n_stages;
+    double tl0 = 0;
+    *est_ms = 0;
+    for (int pos = 0; pos < n_stages; pos++) {
+        double ms, tl = stage_cost(r, pos, NULL, r->n, &ms);
+        if (pos == 0) {
+            tl0 = tl;
+            *first_ms = ms;
+        }
+        *est_ms += ms;
+    }
+    return tl0;
+}
+
+void mr__plan_relax(mr__req *r, int pos) {
+    mr_coord *c = r->co;
+    int si = c->cfg.profiles[r->profile].stages[pos].stage;
+    pthread_mutex_lock(&c->mu);
+    mr_cost_model_relax(&c->cost[si]);
+    pthread_mutex_unlock(&c->mu);
+}
+
+mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_active,
+                                 double *est_ms, double *rem_ms) {
+    mr_coord *c = r->co;
+    stage_cost(r, pos, active, n_active, est_ms);
     *rem_ms = mr__req_remaining_ms(r);
     mr_stage_decision dec = mr_cascade_decide(pos, *est_ms, *rem_ms, c->cfg.safety,
                                               c->cfg.tiers[r->tier].allow_degraded);
-    if (dec != MR_STAGE_RUN) {
-        pthread_mutex_lock(&c->mu);
-        mr_cost_model_relax(&c->cost[si]);
-        pthread_mutex_unlock(&c->mu);
-    }
+    if (dec != MR_STAGE_RUN) mr__plan_relax(r, pos);
     return dec;
 }
 

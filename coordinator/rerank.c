@@ -1,12 +1,15 @@
 /* rerank.c: the Rerank and RerankStream handlers: the path of one request through the
  * coordinator (see coord_internal.h for the files it calls).
  *
- * Parse and validate, admit by tier, then for each stage of the profile: plan it against the
- * remaining budget (run, or skip with a degraded answer, or fail DEADLINE_EXCEEDED), fan its
- * candidates out to the pool, and keep the survivors for the next stage. The answer is the
- * merged ranking (cascade.h's merge rule); RerankStream also sends the ranking after every
- * stage but the last. A stage after the first that fails for time, availability or a full pool
- * (RESOURCE_EXHAUSTED) leaves the earlier ranking standing (degraded) when the tier allows it. */
+ * At arrival (on the rpc queue thread) parse and validate, check the API key's tier, estimate
+ * the request's work and hand it to the scheduler (sched.c), which refuses it at once or queues
+ * it; once an executor starts it, for each stage of the profile: plan it against the remaining
+ * budget (run, or skip with a degraded answer, or fail DEADLINE_EXCEEDED), fan its candidates
+ * out to the pool, and keep the survivors for the next stage. The answer is the merged ranking
+ * (cascade.h's merge rule); RerankStream also sends the ranking after every stage but the
+ * last. A stage after the first that fails for time, availability or a full pool
+ * (RESOURCE_EXHAUSTED) leaves the earlier ranking standing (degraded) when the tier allows it.
+ * No internal address reaches a client (redact.c). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -75,6 +78,7 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
             break;
         }
         double t_stage = mr__now_ms();
+        r->fanned_out = 1;
         if (mr__fanout_stage(r, pos, active, n_active, code, msg, cap)) {
             *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;
             if (pos > 0 && allow_degraded &&
@@ -120,53 +124,75 @@ done:
     return rc;
 }
 
-static void serve_rerank(mr_rpc_call *call, mr_coord *c, int stream) {
-    mr__req r = {.co = c, .call = call, .t0 = mr__now_ms()};
-    size_t len;
-    const uint8_t *body = mr_rpc_call_request(call, &len);
-    mr_err err = {0};
+void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, double retry_ms) {
+    if (retry_ms > 0) {
+        char v[32];
+        snprintf(v, sizeof v, "%.0f", ceil(retry_ms));
+        mr_rpc_call_fail_md(r->call, code, msg, "retry-after-ms", v);
+    } else {
+        mr_rpc_call_fail(r->call, code, msg);
+    }
+    if (r->in) mr_coord_metrics_request(r->co->metrics, r->tier, outcome_of(code), 0,
+                                       mr__now_ms() - r->t0);
+}
+
+int mr__rerank_serve(mr__req *r) {
+    mr_coord *c = r->co;
     grpc_status_code code = GRPC_STATUS_OK;
     char msg[400] = "";
-    int admitted = 0, degraded = 0, miss = 0;
-    if (mr__req_parse(&r, body, len, &err)) {
-        code = mr_rpc_status_of(err.code);
-        snprintf(msg, sizeof msg, "%s", err.msg);
-        goto fail;
-    }
-    if (mr__auth_tier(c, call, r.tier, &code, msg, sizeof msg)) goto fail;   /* P6: API keys */
-    if (!(admitted = mr__admit(c, r.tier))) {
-        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        snprintf(msg, sizeof msg, "coordinator busy: %d requests in flight (tier '%s')",
-                 c->cfg.max_inflight, c->cfg.tiers[r.tier].name);
-        goto fail;
-    }
-    if (mr__req_start(&r, &err)) {
-        code = mr_rpc_status_of(err.code);
-        snprintf(msg, sizeof msg, "%s", err.msg);
-        goto fail;
-    }
-    if (run_cascade(&r, stream, &degraded, &miss, &code, msg, sizeof msg)) goto fail;
+    int degraded = 0, miss = 0;
+    if (run_cascade(r, r->stream, &degraded, &miss, &code, msg, sizeof msg)) goto fail;
     size_t blen;
-    uint8_t *buf = mr__wire_ranking(&r, 1, degraded, &blen);
+    uint8_t *buf = mr__wire_ranking(r, 1, degraded, &blen);
     if (!buf) {
         code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(msg, sizeof msg, "coordinator: out of memory");
         goto fail;
     }
-    mr_rpc_call_finish(call, buf, blen);
+    mr_rpc_call_finish(r->call, buf, blen);
     free(buf);
-    mr_coord_metrics_request(c->metrics, r.tier, degraded ? MR_OUT_DEGRADED : MR_OUT_OK, miss,
-                             mr__now_ms() - r.t0);
+    mr_coord_metrics_request(c->metrics, r->tier, degraded ? MR_OUT_DEGRADED : MR_OUT_OK, miss,
+                             mr__now_ms() - r->t0);
     goto done;
 fail:
-    mr__redact(c, msg, sizeof msg);   /* P6: no internal address reaches a client */
-    mr_rpc_call_fail(call, code, msg);
-    if (r.in) mr_coord_metrics_request(c->metrics, r.tier, outcome_of(code), miss,
-                                       mr__now_ms() - r.t0);
+    mr__redact(c, msg, sizeof msg);   /* no internal address reaches a client */
+    mr_rpc_call_fail(r->call, code, msg);
+    mr_coord_metrics_request(c->metrics, r->tier, outcome_of(code), miss, mr__now_ms() - r->t0);
 done:
-    if (admitted) mr__release(c);
-    mr__req_close(&r);
+    return r->fanned_out;
 }
 
-void mr__on_rerank(mr_rpc_call *call, void *user) { serve_rerank(call, user, 0); }
-void mr__on_rerank_stream(mr_rpc_call *call, void *user) { serve_rerank(call, user, 1); }
+/* Arrival, on the rpc queue thread: parse, estimate, hand to the scheduler. */
+static void arrive(mr_rpc_call *call, mr_coord *c, int stream) {
+    mr__req *r = calloc(1, sizeof *r);
+    if (!r) {
+        mr_rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "coordinator: out of memory");
+        return;
+    }
+    r->co = c;
+    r->call = call;
+    r->stream = stream;
+    r->t0 = mr_rpc_call_arrival_ms(call);
+    size_t len;
+    const uint8_t *body = mr_rpc_call_request(call, &len);
+    mr_err err = {0};
+    if (mr__req_parse(r, body, len, &err) || mr__req_start(r, &err)) {
+        mr__rerank_refuse(r, mr_rpc_status_of(err.code), err.msg, 0);
+        mr__req_close(r);
+        free(r);
+        return;
+    }
+    grpc_status_code code;
+    char msg[300];
+    if (mr__auth_tier(c, call, r->tier, &code, msg, sizeof msg)) {   /* the key's tiers */
+        mr__rerank_refuse(r, code, msg, 0);
+        mr__req_close(r);
+        free(r);
+        return;
+    }
+    double est, first, work = mr__plan_request(r, &est, &first);
+    mr__sched_submit(r, work, est, first);
+}
+
+void mr__on_rerank(mr_rpc_call *call, void *user) { arrive(call, user, 0); }
+void mr__on_rerank_stream(mr_rpc_call *call, void *user) { arrive(call, user, 1); }

@@ -12,7 +12,7 @@
  * Threading: every function may be called from any thread unless noted. A handler runs on a
  * handler thread and may return before the call is finished: it can pass the call to another
  * thread (a batcher) which finishes it later. Each call must be finished exactly once, by
- * mr_rpc_call_finish or mr_rpc_call_fail; the layer frees it afterwards, so the call must not be
+ * mr_rpc_call_finish or mr_rpc_call_fail(_md); the layer frees it afterwards, so the call must not be
  * touched after that. Message size limit is MR_RPC_MAX_MESSAGE on both sides. gRPC's own log
  * goes to stderr at ERROR and above unless GRPC_VERBOSITY is set. */
 #ifndef MR_RPC_H
@@ -50,6 +50,13 @@ int mr_rpc_server_set_tls(mr_rpc_server *s, mr_rpc_tls_server *tls, mr_err *err)
  * before start. MR_EINVAL on a duplicate path or after start. */
 int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user);
 int mr_rpc_server_add_stream(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user);
+/* Registers a method (unary, or server-streaming when stream is 1) whose handler runs on the
+ * completion-queue thread the moment the call and its message arrived, ahead of the handler
+ * threads' queue: it must be cheap and never block (no I/O, no waiting, only brief locks),
+ * and typically fails the call at once or hands it to the caller's own scheduler, whose
+ * threads finish it later. Same rules as add_unary otherwise. */
+int mr_rpc_server_add_inline(mr_rpc_server *s, const char *method, int stream, mr_rpc_handler h,
+                             void *user);
 /* Binds, starts the threads and begins serving. *bound_port (may be NULL) receives the port,
  * useful with port 0. MR_EIO when the address cannot be bound. */
 int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err);
@@ -69,6 +76,9 @@ void mr_rpc_server_free(mr_rpc_server *s);
 const uint8_t *mr_rpc_call_request(mr_rpc_call *call, size_t *len);
 /* The method path this call was registered under. */
 const char *mr_rpc_call_method(mr_rpc_call *call);
+/* CLOCK_MONOTONIC time in ms at which the call and its message arrived (taken on the
+ * completion-queue thread before any handler runs): budgets are charged from here. */
+double mr_rpc_call_arrival_ms(mr_rpc_call *call);
 /* Milliseconds until the client's deadline (negative once passed; MR_RPC_NO_DEADLINE_MS when
  * none). The deadline arrives rounded up (a 5000 ms deadline may read 5009 ms). */
 double mr_rpc_call_remaining_ms(mr_rpc_call *call);
@@ -87,6 +97,10 @@ int mr_rpc_call_write(mr_rpc_call *call, const uint8_t *buf, size_t len);
 void mr_rpc_call_finish(mr_rpc_call *call, const uint8_t *resp, size_t len);
 /* Ends the call with a non-OK status and message (message may be NULL). */
 void mr_rpc_call_fail(mr_rpc_call *call, grpc_status_code code, const char *message);
+/* Same with one trailing metadata entry key: value (lower-case key, printable ASCII value, e.g.
+ * "retry-after-ms": "120"); key or value NULL sends none. */
+void mr_rpc_call_fail_md(mr_rpc_call *call, grpc_status_code code, const char *message,
+                         const char *key, const char *value);
 
 /* ---- client ---- */
 

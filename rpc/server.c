@@ -5,7 +5,8 @@
  * registered: answered UNIMPLEMENTED at once), a call's RECV_CLOSE_ON_SERVER (client gone or
  * deadline passed: sets the cancelled flag), a call's final send, a stream write, and the
  * server's shutdown notification. Arrived calls go on a mutex+condvar queue drained by the
- * handler threads; health checks are answered on the queue thread itself.
+ * handler threads; health checks and the methods registered inline (mr_rpc_server_add_inline)
+ * run on the queue thread itself, the moment the call and its message arrived.
  *
  * Call lifetime: a call starts with two references, the owner's (whoever must finish it) and
  * the close batch's. Finishing turns the owner's reference into the send batch's; each batch
@@ -52,7 +53,7 @@ typedef struct rpc_method {
     mr_rpc_handler h;
     void *user;
     int stream;
-    int inline_health;   /* answered on the queue thread */
+    int inline_run;      /* runs on the queue thread (health, mr_rpc_server_add_inline) */
     void *reg;           /* grpc_server_register_method handle */
 } rpc_method;
 
@@ -73,6 +74,7 @@ struct mr_rpc_call {
     rpc_method *m;
     grpc_call *call;
     gpr_timespec deadline;   /* monotonic; inf_future when none */
+    double arrival_ms;       /* monotonic ms when the call and its message arrived */
     grpc_metadata_array md;
     uint8_t *req;
     size_t req_len;
@@ -85,6 +87,8 @@ struct mr_rpc_call {
     grpc_byte_buffer *send_buf, *write_buf;
     grpc_slice details;
     int have_details;
+    grpc_metadata trailer;   /* one trailing metadata entry on failure (mr_rpc_call_fail_md) */
+    int have_trailer;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int write_done, write_ok;
@@ -144,6 +148,10 @@ static void call_unref(mr_rpc_call *c) {
     if (c->send_buf) grpc_byte_buffer_destroy(c->send_buf);
     if (c->write_buf) grpc_byte_buffer_destroy(c->write_buf);
     if (c->have_details) grpc_slice_unref(c->details);
+    if (c->have_trailer) {
+        grpc_slice_unref(c->trailer.key);
+        grpc_slice_unref(c->trailer.value);
+    }
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
     free(c->req);
@@ -192,6 +200,9 @@ static mr_rpc_call *call_new(mr_rpc_server *s, slot *sl) {
     c->m = sl->m;
     c->call = sl->call;
     c->deadline = gpr_convert_clock_type(sl->deadline, GPR_CLOCK_MONOTONIC);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    c->arrival_ms = now.tv_sec * 1e3 + now.tv_nsec / 1e6;
     c->md = sl->md;   /* moved */
     grpc_metadata_array_init(&sl->md);
     c->req = req;
@@ -225,6 +236,8 @@ const uint8_t *mr_rpc_call_request(mr_rpc_call *c, size_t *len) {
 }
 
 const char *mr_rpc_call_method(mr_rpc_call *c) { return c->m ? c->m->path : ""; }
+
+double mr_rpc_call_arrival_ms(mr_rpc_call *c) { return c->arrival_ms; }
 
 double mr_rpc_call_remaining_ms(mr_rpc_call *c) {
     if (gpr_time_cmp(c->deadline, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0)
@@ -289,7 +302,8 @@ int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
 }
 
 static void call_end(mr_rpc_call *c, grpc_status_code code, const char *message,
-                     const uint8_t *resp, size_t len, int send_msg) {
+                     const uint8_t *resp, size_t len, int send_msg, const char *md_key,
+                     const char *md_value) {
     if (atomic_exchange(&c->finished, 1)) {
         gpr_log(GPR_ERROR, "mrank rpc: %s finished twice (ignored)", mr_rpc_call_method(c));
         return;
@@ -315,6 +329,13 @@ static void call_end(mr_rpc_call *c, grpc_status_code code, const char *message,
         c->have_details = 1;
         ops[n].data.send_status_from_server.status_details = &c->details;
     }
+    if (md_key && md_value) {
+        c->trailer.key = grpc_slice_from_copied_string(md_key);
+        c->trailer.value = grpc_slice_from_copied_string(md_value);
+        c->have_trailer = 1;
+        ops[n].data.send_status_from_server.trailing_metadata_count = 1;
+        ops[n].data.send_status_from_server.trailing_metadata = &c->trailer;
+    }
     n++;
     /* the owner's reference becomes the send batch's */
     MR_GRPC_HANDOFF(&c->send_tag);
@@ -324,12 +345,17 @@ static void call_end(mr_rpc_call *c, grpc_status_code code, const char *message,
 
 void mr_rpc_call_finish(mr_rpc_call *c, const uint8_t *resp, size_t len) {
     int send_msg = !(c->m && c->m->stream && !resp && !len);
-    call_end(c, GRPC_STATUS_OK, NULL, resp, len, send_msg);
+    call_end(c, GRPC_STATUS_OK, NULL, resp, len, send_msg, NULL, NULL);
 }
 
 void mr_rpc_call_fail(mr_rpc_call *c, grpc_status_code code, const char *message) {
+    mr_rpc_call_fail_md(c, code, message, NULL, NULL);
+}
+
+void mr_rpc_call_fail_md(mr_rpc_call *c, grpc_status_code code, const char *message,
+                         const char *key, const char *value) {
     if (code == GRPC_STATUS_OK) code = GRPC_STATUS_UNKNOWN;
-    call_end(c, code, message, NULL, 0, 0);
+    call_end(c, code, message, NULL, 0, 0, key, value);
 }
 
 /* ---- health ---- */
@@ -388,7 +414,7 @@ static void health_check(mr_rpc_call *c, void *user) {
 /* ---- server ---- */
 
 static int add_method(mr_rpc_server *s, const char *path, mr_rpc_handler h, void *user,
-                      int stream) {
+                      int stream, int inline_run) {
     if (!s || !path || !h || s->started || s->n_methods == MR__MAX_METHODS) return MR_EINVAL;
     for (int i = 0; i < s->n_methods; i++)
         if (!strcmp(s->methods[i].path, path)) return MR_EINVAL;
@@ -397,6 +423,7 @@ static int add_method(mr_rpc_server *s, const char *path, mr_rpc_handler h, void
     m->h = h;
     m->user = user;
     m->stream = stream;
+    m->inline_run = inline_run;
     s->n_methods++;
     return 0;
 }
@@ -422,12 +449,17 @@ int mr_rpc_server_set_tls(mr_rpc_server *s, mr_rpc_tls_server *tls, mr_err *err)
 
 int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h,
                             void *user) {
-    return add_method(s, method, h, user, 0);
+    return add_method(s, method, h, user, 0, 0);
 }
 
 int mr_rpc_server_add_stream(mr_rpc_server *s, const char *method, mr_rpc_handler h,
                              void *user) {
-    return add_method(s, method, h, user, 1);
+    return add_method(s, method, h, user, 1, 0);
+}
+
+int mr_rpc_server_add_inline(mr_rpc_server *s, const char *method, int stream, mr_rpc_handler h,
+                             void *user) {
+    return add_method(s, method, h, user, stream != 0, 1);
 }
 
 int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_threads,
@@ -452,12 +484,11 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&s->health_mu, NULL);
     s->shutdown_tag = (tag){TAG_SHUTDOWN, s};
-    int rc = add_method(s, MR_METHOD_HEALTH_CHECK, health_check, s, 0);
+    int rc = add_method(s, MR_METHOD_HEALTH_CHECK, health_check, s, 0, 1);
     if (rc) {
         mr_rpc_server_free(s);
         return mr_err_set(err, rc, "rpc server: out of memory");
     }
-    s->methods[0].inline_health = 1;
     mr_rpc_server_set_health(s, "", 0);
     *out = s;
     return 0;
@@ -531,7 +562,7 @@ static void on_request(mr_rpc_server *s, slot *sl, int ok) {
     rpc_method *m = sl->m;
     slot_arm(s, sl);
     if (!c) return;
-    if (m->inline_health) m->h(c, m->user);
+    if (m->inline_run) m->h(c, m->user);
     else enqueue(s, c);
 }
 

@@ -47,6 +47,8 @@
 #include "rpc_methods.h"
 #include "worker.h"
 
+#include "clusterutil.h"
+
 enum { N_DOCS = 8, N_AFTER = 6 };
 
 /* Scores before and after the failure come from the same CPU engine on the same rows; only
@@ -67,22 +69,6 @@ static const char *const docs[N_DOCS] = {
     "transition from laminar to turbulent flow in a pipe .",
     "the river flooded the valley after a week of rain ."};
 static const char *const query = "boundary layer transition on a heated flat plate";
-
-static mr_worker *start_worker(void) {
-    mr_worker_opts o;
-    mr_worker_opts_default(&o);
-    o.model_dir = MR_SOURCE_DIR "/models/mrank-tiny";
-    o.listen = "127.0.0.1:0";
-    o.compute_threads = 1;
-    o.max_wait_ms = 2;
-    o.max_len = 64;               /* small batches keep the start-up warm-up short under ASan */
-    o.max_batch_tokens = 256;
-    o.max_inflight_tokens = 4096;
-    mr_worker *w = NULL;
-    mr_err err = {0};
-    if (mr_worker_new(&w, &o, &err)) fail_msg("worker: %s", err.msg);
-    return w;
-}
 
 /* A port that was free a moment ago (the coordinator's metrics endpoint takes no port 0). */
 static int free_port(void) {
@@ -216,7 +202,7 @@ static mr_rpc_channel *channel_to(int port) {
 }
 
 static void test_failover(void **state) {
-    mr_worker *w[2] = {start_worker(), start_worker()};
+    mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
     char json[1024];
     snprintf(json, sizeof json,
              "{\"limits\": {\"max_documents\": 16, \"max_tokens_per_pair\": 64},"

@@ -1,6 +1,8 @@
 /* test_rpc.c: the gRPC layer (rpc/server.c, rpc/client.c) in one process over
  * loopback: unary echo, metadata, UNIMPLEMENTED, deadlines and the cancelled flag, health,
- * a port clash, and shutdown with calls in flight (run under MR_SANITIZE for leaks). */
+ * a port clash, shutdown with calls in flight (run under MR_SANITIZE for leaks), and inline
+ * methods (run on the completion-queue thread while every handler thread is busy; arrival
+ * time; failing with trailing metadata). */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +15,10 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "rpc.h"
@@ -54,6 +60,14 @@ static void slow(mr_rpc_call *call, void *user) {
     else
         mr_rpc_call_fail(call, GRPC_STATUS_CANCELLED, "gave up");
     atomic_fetch_add(&slow_done, 1);
+}
+
+static double inline_arrival;
+
+/* Inline: refuses at once, with a retry hint in the trailing metadata. */
+static void shed(mr_rpc_call *call, void *user) {
+    inline_arrival = mr_rpc_call_arrival_ms(call);
+    mr_rpc_call_fail_md(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "busy", "retry-after-ms", "42");
 }
 
 typedef struct fixture {
@@ -175,6 +189,117 @@ static void test_deadline_and_cancel(void **state) {
     for (int i = 0; i < 500 && atomic_load(&slow_done) < 1; i++) usleep(2000);
     assert_int_equal(atomic_load(&slow_done), 1);
     assert_int_equal(atomic_load(&slow_saw_cancel), 1);
+}
+
+/* A raw gRPC core call (rpc.h's client does not expose trailing metadata): calls method on
+ * target with an empty message and copies the trailing metadata value of key into buf ("" when
+ * absent); returns the status. 5 s deadline. */
+static grpc_status_code raw_call_trailer(const char *target, const char *method, const char *key,
+                                         char *buf, size_t cap) {
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *chan = grpc_channel_create(target, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+                                   gpr_time_from_millis(5000, GPR_TIMESPAN));
+    grpc_slice m = grpc_slice_from_static_string(method);
+    grpc_call *call = grpc_channel_create_call(chan, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
+                                               dl, NULL);
+    grpc_metadata_array init_md, trail_md;
+    grpc_metadata_array_init(&init_md);
+    grpc_metadata_array_init(&trail_md);
+    grpc_slice payload = grpc_slice_from_static_string("a");
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&payload, 1);
+    grpc_status_code st = GRPC_STATUS_UNKNOWN;
+    grpc_slice details;
+    grpc_op ops[5];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = bb;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+    ops[4].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[4].data.recv_status_on_client.trailing_metadata = &trail_md;
+    ops[4].data.recv_status_on_client.status = &st;
+    ops[4].data.recv_status_on_client.status_details = &details;
+    assert_int_equal(grpc_call_start_batch(call, ops, 5, (void *)1, NULL), GRPC_CALL_OK);
+    grpc_event ev = grpc_completion_queue_pluck(
+        cq, (void *)1, gpr_time_add(dl, gpr_time_from_millis(1000, GPR_TIMESPAN)), NULL);
+    assert_int_equal(ev.type, GRPC_OP_COMPLETE);
+    buf[0] = 0;
+    for (size_t i = 0; i < trail_md.count; i++)
+        if (grpc_slice_str_cmp(trail_md.metadata[i].key, key) == 0) {
+            size_t n = GRPC_SLICE_LENGTH(trail_md.metadata[i].value);
+            if (n >= cap) n = cap - 1;
+            memcpy(buf, GRPC_SLICE_START_PTR(trail_md.metadata[i].value), n);
+            buf[n] = 0;
+        }
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&init_md);
+    grpc_metadata_array_destroy(&trail_md);
+    grpc_byte_buffer_destroy(bb);
+    grpc_call_unref(call);
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(cq);
+    grpc_channel_destroy(chan);
+    return st;
+}
+
+static void on_slow_done(void *user, grpc_status_code status, const char *msg,
+                         const uint8_t *resp, size_t resp_len) {
+    (void)status, (void)msg, (void)resp, (void)resp_len;
+    atomic_fetch_add((atomic_int *)user, 1);
+}
+
+static void test_inline(void **state) {
+    (void)state;
+    mr_rpc_server *s = NULL;
+    mr_rpc_channel *ch = NULL;
+    mr_err err = {0};
+    int port = 0;
+    assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 1, &err), 0);
+    assert_int_equal(mr_rpc_server_add_unary(s, "/t.T/Slow", slow, NULL), 0);
+    assert_int_equal(mr_rpc_server_add_inline(s, "/t.T/Shed", 0, shed, NULL), 0);
+    assert_int_equal(mr_rpc_server_add_inline(s, "/t.T/Shed", 0, shed, NULL), MR_EINVAL);
+    assert_int_equal(mr_rpc_server_start(s, &port, &err), 0);
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    atomic_store(&slow_started, 0);
+    atomic_store(&slow_done, 0);
+    atomic_int async_done = 0;
+    /* the only handler thread is busy with Slow until its 3 s deadline */
+    mr_rpc_opts o = {.timeout_ms = 3000, .wait_for_ready = 1};
+    assert_int_equal(mr_rpc_unary_async(ch, "/t.T/Slow", (const uint8_t *)"a", 1, &o,
+                                        on_slow_done, &async_done), 0);
+    for (int i = 0; i < 1000 && atomic_load(&slow_started) < 1; i++) usleep(2000);
+    assert_int_equal(atomic_load(&slow_started), 1);
+    uint8_t *resp = NULL;
+    size_t n = 0;
+    grpc_status_code st;
+    char msg[256];
+    double t0 = now_ms();
+    int rc = mr_rpc_unary(ch, "/t.T/Shed", (const uint8_t *)"a", 1, 5000, &resp, &n, &st, msg,
+                          sizeof msg);
+    double t1 = now_ms();
+    assert_int_equal(rc, MR_EIO);
+    assert_int_equal(st, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_string_equal(msg, "busy");
+    assert_true(inline_arrival >= t0 && inline_arrival <= t1);
+    char trailer[32];
+    assert_int_equal(raw_call_trailer(target, "/t.T/Shed", "retry-after-ms", trailer,
+                                      sizeof trailer), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_string_equal(trailer, "42");
+    /* answered while the handler thread was still blocked: it ran on the queue thread */
+    assert_int_equal(atomic_load(&slow_done), 0);
+    mr_rpc_channel_free(ch);   /* waits for Slow's callback */
+    assert_int_equal(atomic_load(&async_done), 1);
+    mr_rpc_server_free(s);
 }
 
 static void test_server_args(void **state) {
@@ -356,6 +481,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_fail_and_unknown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_and_cancel, setup, teardown),
         cmocka_unit_test(test_server_args),
+        cmocka_unit_test(test_inline),
         cmocka_unit_test(test_max_receive),
         cmocka_unit_test_setup_teardown(test_health, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_metadata, setup, teardown),

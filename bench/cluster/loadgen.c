@@ -26,7 +26,8 @@
  * code, achieved throughput, exact p50/p90/p99/max latency (ms, over OK requests, sorted from
  * all samples, nearest rank) and the degraded count; also client latency minus the
  * server-reported time (Score: queue_ms + compute_ms; Rerank: total_ms), i.e. transport and
- * gRPC overhead, and for Rerank total_ms minus the stages' ms (the coordinator's own time).
+ * gRPC overhead, and for Rerank total_ms minus the stages' ms (the coordinator's own time);
+ * and p50/p99 latency of the refusals (RESOURCE_EXHAUSTED: how fast overload is answered).
  * Requests that arrive during --warmup-s are sent but left out of every figure. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -373,8 +374,9 @@ int main(int argc, char **argv) {
     size_t sent = 0, ok = 0, degraded = 0, by_code[101] = {0};
     double *lat = malloc((n + 1) * sizeof *lat);
     double *xport = malloc((n + 1) * sizeof *xport), *inner = malloc((n + 1) * sizeof *inner);
-    size_t n_inner = 0;
-    if (!lat || !xport || !inner) return 1;
+    double *refused = malloc((n + 1) * sizeof *refused);
+    size_t n_inner = 0, n_refused = 0;
+    if (!lat || !xport || !inner || !refused) return 1;
     double first = 1e30, last = 0;
     for (size_t i = 0; i < n; i++) {
         sample *s = &G.s[i];
@@ -385,6 +387,7 @@ int main(int argc, char **argv) {
         if (end > last) last = end;
         int c = s->status < 0 || s->status > 100 ? 100 : s->status;
         by_code[c]++;
+        if (c == GRPC_STATUS_RESOURCE_EXHAUSTED) refused[n_refused++] = s->lat_ms;
         if (c == 0) {
             xport[ok] = s->lat_ms - s->srv_ms;
             if (rerank) inner[n_inner++] = s->inner_ms;
@@ -395,6 +398,7 @@ int main(int argc, char **argv) {
     qsort(lat, ok, sizeof *lat, cmp_d);
     qsort(xport, ok, sizeof *xport, cmp_d);
     qsort(inner, n_inner, sizeof *inner, cmp_d);
+    qsort(refused, n_refused, sizeof *refused, cmp_d);
     double window = rate > 0 ? duration - warmup : send_end - warmup;
     double span = last > first ? last - first : window;
     double thr = ok / (span > window ? span : window);
@@ -416,6 +420,9 @@ int main(int argc, char **argv) {
     if (rerank)
         printf("  coordinator time outside stages (total_ms - stage ms), ms: p50 %.3f  p99 %.3f\n",
                pct(inner, n_inner, 50), pct(inner, n_inner, 99));
+    if (n_refused)
+        printf("  refusals (RESOURCE_EXHAUSTED) latency ms: p50 %.2f  p99 %.2f\n",
+               pct(refused, n_refused, 50), pct(refused, n_refused, 99));
     if (sent != ok || skipped) {
         printf("  errors:");
         for (int c = 1; c <= 100; c++)
@@ -428,13 +435,14 @@ int main(int argc, char **argv) {
            "\"tier\":\"%s\",\"profile\":\"%s\",\"window_s\":%.3f,\"sent\":%zu,\"ok\":%zu,"
            "\"degraded\":%zu,\"throughput\":%.3f,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
            "\"max\":%.3f,\"mean\":%.3f,\"xport_p50\":%.3f,\"xport_p99\":%.3f,"
-           "\"inner_p50\":%.3f,\"inner_p99\":%.3f,\"sender_lag_ms\":%.2f,\"not_sent\":%zu,"
-           "\"errors\":{",
+           "\"inner_p50\":%.3f,\"inner_p99\":%.3f,\"refused_p50\":%.3f,\"refused_p99\":%.3f,"
+           "\"sender_lag_ms\":%.2f,\"not_sent\":%zu,\"errors\":{",
            label, mode, rate, conc, n_docs, tier, profile, window, sent, ok, degraded, thr,
            ok ? pct(lat, ok, 50) : -1, ok ? pct(lat, ok, 90) : -1, ok ? pct(lat, ok, 99) : -1,
            ok ? lat[ok - 1] : -1, ok ? mean : -1, ok ? pct(xport, ok, 50) : -1,
            ok ? pct(xport, ok, 99) : -1, n_inner ? pct(inner, n_inner, 50) : -1,
-           n_inner ? pct(inner, n_inner, 99) : -1, max_lag * 1e3, skipped);
+           n_inner ? pct(inner, n_inner, 99) : -1, n_refused ? pct(refused, n_refused, 50) : -1,
+           n_refused ? pct(refused, n_refused, 99) : -1, max_lag * 1e3, skipped);
     int first_e = 1;
     for (int c = 1; c <= 100; c++)
         if (by_code[c]) {
@@ -445,6 +453,7 @@ int main(int argc, char **argv) {
     free(lat);
     free(xport);
     free(inner);
+    free(refused);
     free(G.s);
     for (int v = 0; v < N_VARIANTS; v++) free(rq_buf[v]);
     for (int i = 0; i < DOC_POOL; i++) free(pool[i]);
