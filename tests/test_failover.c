@@ -48,6 +48,7 @@
 #include "worker.h"
 
 #include "clusterutil.h"
+#include "metricsutil.h"
 
 enum { N_DOCS = 8, N_AFTER = 6 };
 
@@ -82,34 +83,9 @@ static int free_port(void) {
     return ntohs(a.sin_port);
 }
 
-/* The value of the sample `series` (e.g. mrank_coord_retries_total{pool="p"}) on the
- * coordinator's /metrics (HTTP/1.0 GET, 5 s receive timeout); fails the test when the page or
- * the line is missing. */
-static double coord_metric(int port, const char *series) {
-    static char buf[1 << 16];
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct timeval tv = {5, 0};
-    assert_true(s >= 0);
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(s, (struct sockaddr *)&a, sizeof a)) fail_msg("metrics port %d: connect", port);
-    const char get[] = "GET /metrics HTTP/1.0\r\n\r\n";
-    assert_int_equal(write(s, get, sizeof get - 1), (ssize_t)(sizeof get - 1));
-    size_t n = 0;
-    for (ssize_t k; n < sizeof buf - 1 && (k = read(s, buf + n, sizeof buf - 1 - n)) > 0;)
-        n += (size_t)k;
-    close(s);
-    buf[n] = 0;
-    char key[256];
-    snprintf(key, sizeof key, "\n%s ", series);
-    const char *at = strstr(buf, key);
-    if (!at) fail_msg("no %s in the metrics page (%zu bytes)", series, n);
-    return strtod(at + strlen(key), NULL);
-}
 
 static double coord_retries(int port) {
-    return coord_metric(port, "mrank_coord_retries_total{pool=\"p\"}");
+    return scrape_metric(port, "mrank_coord_retries_total{pool=\"p\"}");
 }
 
 typedef struct ranking {
@@ -395,13 +371,13 @@ static void test_hung_replica(void **state) {
     mr_rpc_channel *ch = channel_to(port);
     ranking r;
     rerank(ch, &r);
-    assert_true(coord_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}") == 0);
+    assert_true(scrape_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}") == 0);
 
     atomic_store(&f[1]->mode, FAKE_HANG);
     int calls0 = atomic_load(&f[1]->score_calls);
     for (int k = 0; k < N_HUNG; k++) rerank(ch, &r);   /* each must be answered in full */
     int to_hung = atomic_load(&f[1]->score_calls) - calls0;
-    double ej = coord_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}");
+    double ej = scrape_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}");
     fprintf(stderr, "# hung replica: %d requests answered, %d Score calls sent to the hung "
             "replica, %.0f ejections\n", N_HUNG, to_hung, ej);
     assert_true(ej >= 1);
@@ -409,7 +385,7 @@ static void test_hung_replica(void **state) {
      * 1 s, then 2 s, 4 s ... it gets one call per ejection that ends, so N_HUNG / 2 holds
      * unless these 12 requests took more than about a minute */
     assert_true(to_hung >= 1 && to_hung <= N_HUNG / 2);
-    assert_true(coord_metric(mport, "mrank_coord_retries_total{pool=\"p\"}") >= 1);
+    assert_true(scrape_metric(mport, "mrank_coord_retries_total{pool=\"p\"}") >= 1);
 
     mr_rpc_channel_free(ch);
     mr_coord_free(c);
@@ -433,7 +409,7 @@ static void test_full_pool(void **state) {
     for (int k = 0; k < N_FULL; k++)
         assert_int_equal(rerank_status(ch, "t"), GRPC_STATUS_RESOURCE_EXHAUSTED);
     int calls = atomic_load(&f[0]->score_calls) + atomic_load(&f[1]->score_calls) - calls0;
-    double retries = coord_metric(mport, "mrank_coord_retries_total{pool=\"p\"}");
+    double retries = scrape_metric(mport, "mrank_coord_retries_total{pool=\"p\"}");
     double refused = 0;
     static const char *const reasons[] = {"pool_full", "budget", "attempts", "no_replica",
                                           "deadline"};
@@ -441,7 +417,7 @@ static void test_full_pool(void **state) {
         char series[128];
         snprintf(series, sizeof series,
                  "mrank_coord_retries_refused_total{pool=\"p\",reason=\"%s\"}", reasons[i]);
-        refused += coord_metric(mport, series);
+        refused += scrape_metric(mport, series);
     }
     fprintf(stderr, "# full pool: %d requests refused, %d Score calls, %.0f retries, %.0f "
             "retries refused\n", N_FULL, calls, retries, refused);
@@ -451,14 +427,14 @@ static void test_full_pool(void **state) {
     assert_true(retries < N_FULL);
     /* every request ended on a refused retry */
     assert_true(refused >= N_FULL);
-    assert_true(coord_metric(mport, "mrank_coord_retries_refused_total{pool=\"p\",reason=\"pool_full\"}") >= 1);
+    assert_true(scrape_metric(mport, "mrank_coord_retries_refused_total{pool=\"p\",reason=\"pool_full\"}") >= 1);
 
     /* one replica: RESOURCE_EXHAUSTED is never retried */
     int solo0 = atomic_load(&f[2]->score_calls);
     for (int k = 0; k < N_FULL; k++)
         assert_int_equal(rerank_status(ch, "s"), GRPC_STATUS_RESOURCE_EXHAUSTED);
-    assert_true(coord_metric(mport, "mrank_coord_retries_total{pool=\"solo\"}") == 0);
-    assert_true(coord_metric(mport, "mrank_coord_retries_refused_total{pool=\"solo\","
+    assert_true(scrape_metric(mport, "mrank_coord_retries_total{pool=\"solo\"}") == 0);
+    assert_true(scrape_metric(mport, "mrank_coord_retries_refused_total{pool=\"solo\","
                                     "reason=\"no_replica\"}") >= N_FULL);
     /* eight documents fit one call on one replica: one call per request */
     assert_int_equal(atomic_load(&f[2]->score_calls) - solo0, N_FULL);
@@ -491,7 +467,7 @@ static void test_hedge(void **state) {
         if (ended < to_hung) usleep(10000);
     }
     int cancelled = atomic_load(&f[1]->hung_cancelled);
-    double hedges = coord_metric(mport, "mrank_coord_hedges_total{pool=\"p\"}");
+    double hedges = scrape_metric(mport, "mrank_coord_hedges_total{pool=\"p\"}");
     fprintf(stderr, "# hedging: %d requests answered, %.0f hedges, %d calls to the hung replica, "
             "%d of them cancelled\n", N_REQ, hedges, to_hung, cancelled);
     assert_true(hedges >= 1);
@@ -499,7 +475,7 @@ static void test_hedge(void **state) {
     assert_int_equal(ended, to_hung);
     /* each lost its race and was cancelled, none waited for its own timeout */
     assert_int_equal(cancelled, to_hung);
-    assert_true(coord_metric(mport, "mrank_coord_score_cancelled_total{pool=\"p\"}") >= to_hung);
+    assert_true(scrape_metric(mport, "mrank_coord_score_cancelled_total{pool=\"p\"}") >= to_hung);
 
     mr_rpc_channel_free(ch);
     mr_coord_free(c);
@@ -618,7 +594,7 @@ static void test_client_cancel(void **state) {
         usleep(10000);
     }
     int cancelled = atomic_load(&f[0]->hung_cancelled) + atomic_load(&f[1]->hung_cancelled);
-    double counted = coord_metric(mport, "mrank_coord_score_cancelled_total{pool=\"p\"}");
+    double counted = scrape_metric(mport, "mrank_coord_score_cancelled_total{pool=\"p\"}");
     fprintf(stderr, "# client cancel: %d Score calls hung, %d ended by cancellation, the "
             "coordinator counted %.0f\n", calls, cancelled, counted);
     assert_int_equal(hung, 2);

@@ -29,6 +29,7 @@
 #include "mrank.pb-c.h"
 #include "rpc.h"
 #include "worker.h"
+#include "metricsutil.h"
 
 static char model_dir[256];
 static mr_model ref_model;
@@ -581,30 +582,6 @@ static void test_info_and_drain(void **state) {
     stop_worker(&f);
 }
 
-/* The value of the sample `name` (no labels) on the worker's /metrics page (HTTP/1.0 GET, 5 s
- * receive timeout); fails the test when the page or the line is missing. */
-static double metric(int port, const char *name) {
-    static char buf[1 << 16];
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct timeval tv = {5, 0};
-    assert_true(s >= 0);
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(s, (struct sockaddr *)&a, sizeof a)) fail_msg("metrics port %d: connect", port);
-    const char get[] = "GET /metrics HTTP/1.0\r\n\r\n";
-    assert_int_equal(write(s, get, sizeof get - 1), (ssize_t)(sizeof get - 1));
-    size_t n = 0;
-    for (ssize_t k; n < sizeof buf - 1 && (k = read(s, buf + n, sizeof buf - 1 - n)) > 0;)
-        n += (size_t)k;
-    close(s);
-    buf[n] = 0;
-    char key[128];
-    snprintf(key, sizeof key, "\n%s ", name);
-    const char *at = strstr(buf, key);
-    if (!at) fail_msg("no %s in the metrics page (%zu bytes)", name, n);
-    return strtod(at + strlen(key), NULL);
-}
 
 /* Counters of one Score call, as deltas of the worker's metrics. */
 typedef struct call_cost {
@@ -618,9 +595,9 @@ typedef struct call_cost {
 static call_cost measured_call(wfix *f, const uint8_t *req, size_t len, double timeout_ms) {
     int port = mr_worker_metrics_port(f->w);
     call_cost c = {0};
-    double c0 = metric(port, "mrank_worker_computed_tokens_total"),
-           r0 = metric(port, "mrank_worker_cancelled_rows_total"),
-           s0 = metric(port, "mrank_worker_cancelled_tokens_total");
+    double c0 = scrape_metric(port, "mrank_worker_computed_tokens_total"),
+           r0 = scrape_metric(port, "mrank_worker_cancelled_rows_total"),
+           s0 = scrape_metric(port, "mrank_worker_cancelled_tokens_total");
     uint8_t *resp = NULL;
     size_t rlen = 0;
     char msg[512];
@@ -636,12 +613,12 @@ static call_cost measured_call(wfix *f, const uint8_t *req, size_t len, double t
         mrank__v1__score_response__free_unpacked(r, NULL);
     }
     free(resp);
-    for (int k = 0; k < 1000 && metric(port, "mrank_worker_inflight_tokens") > 0; k++)
+    for (int k = 0; k < 1000 && scrape_metric(port, "mrank_worker_inflight_tokens") > 0; k++)
         usleep(10000);
-    assert_true(metric(port, "mrank_worker_inflight_tokens") == 0);
-    c.computed = metric(port, "mrank_worker_computed_tokens_total") - c0;
-    c.cancelled_rows = metric(port, "mrank_worker_cancelled_rows_total") - r0;
-    c.saved = metric(port, "mrank_worker_cancelled_tokens_total") - s0;
+    assert_true(scrape_metric(port, "mrank_worker_inflight_tokens") == 0);
+    c.computed = scrape_metric(port, "mrank_worker_computed_tokens_total") - c0;
+    c.cancelled_rows = scrape_metric(port, "mrank_worker_cancelled_rows_total") - r0;
+    c.saved = scrape_metric(port, "mrank_worker_cancelled_tokens_total") - s0;
     fprintf(stderr, "# call (timeout %.0f ms): status %d, %.0f tokens computed, %.0f rows / %.0f "
             "tokens cancelled, %.1f ms compute\n", timeout_ms, (int)c.st, c.computed,
             c.cancelled_rows, c.saved, c.compute_ms);
