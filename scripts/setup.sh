@@ -24,5 +24,8 @@ command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -
 # Kubernetes API schemas for tests/deploy_schema.sh (git-ignored, under third_party/).
 [ -f "$here/third_party/k8s-schema/node_modules/kubernetes-models/package.json" ] ||
   npm install --silent --no-audit --no-fund --prefix "$here/third_party/k8s-schema" kubernetes-models@5.1.0
+# The Cohere SDK, a real client of the coordinator's HTTP front end (tests/http_cohere_sdk.sh).
+[ -f "$here/third_party/cohere/node_modules/cohere-ai/package.json" ] ||
+  npm install --silent --no-audit --no-fund --prefix "$here/third_party/cohere" cohere-ai@8.1.0
 # Real tokenizer.json files (test data and the vocab of the bundled model).
 "$here/scripts/fetch-testdata.sh"
