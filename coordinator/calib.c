@@ -2,7 +2,7 @@
  * relevance_score sort like the ranking (see coord_internal.h, docs/cluster.md "Scores").
  *
  * calibration.json, beside the model (written by `mrank calibrate`), maps a sub-architecture
- * key (mr__calib_key: depth, width, compress layers, pooling, adapters) to Platt parameters
+ * key (mr_calib_stage_key: depth, width, compress layers, pooling, adapter folders) to Platt parameters
  * a, b: calibrated = sigmoid(a * raw + b). A stage whose sub-architecture has no entry, or a
  * model folder without the file, uses a = 1, b = 0 (the head's logit through a sigmoid).
  *
@@ -31,7 +31,7 @@ struct mr__calib {
     double a[MR_CC_MAX_STAGES], b[MR_CC_MAX_STAGES];
 };
 
-void mr__calib_key(const mr_subarch *s, char *buf, size_t cap) {
+void mr_calib_key(const mr_subarch *s, char *buf, size_t cap) {
     size_t n = (size_t)snprintf(buf, cap, "depth=%d ratio=%d compress=", s->depth,
                                 s->ratio ? s->ratio : 1);
     for (int i = 0; i < s->n_compress && n < cap; i++)
@@ -41,6 +41,22 @@ void mr__calib_key(const mr_subarch *s, char *buf, size_t cap) {
                               mr_pooling_name(s->pooling));
     for (int i = 0; i < s->n_adapters && n < cap; i++)
         n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? "," : "", s->adapters[i]);
+}
+
+void mr_calib_stage_key(const mr_coord_config *cfg, int stage, char *buf, size_t cap) {
+    mr_subarch a = cfg->stages[stage].arch;
+    const mr_cc_pool *p = &cfg->pools[cfg->stages[stage].pool];
+    for (int i = 0; i < a.n_adapters; i++)
+        for (int j = 0; j < p->n_adapters; j++) {
+            if (strcmp(p->adapters[j].name, a.adapters[i]) || !*p->adapters[j].dir) continue;
+            char dir[sizeof p->adapters[j].dir];
+            snprintf(dir, sizeof dir, "%s", p->adapters[j].dir);
+            size_t n = strlen(dir);
+            while (n > 1 && dir[n - 1] == '/') dir[--n] = 0;
+            const char *base = strrchr(dir, '/');
+            snprintf(a.adapters[i], sizeof a.adapters[i], "%s", base ? base + 1 : dir);
+        }
+    mr_calib_key(&a, buf, cap);
 }
 
 int mr__calib_parse(struct mr__calib **out, const mr_coord_config *cfg, const char *name,
@@ -71,7 +87,7 @@ int mr__calib_parse(struct mr__calib **out, const mr_coord_config *cfg, const ch
         }
         for (int s = 0; s < cfg->n_stages; s++) {
             char key[512];
-            mr__calib_key(&cfg->stages[s].arch, key, sizeof key);
+            mr_calib_stage_key(cfg, s, key, sizeof key);
             if (strcmp(key, e->string)) continue;
             k->has[s] = 1;
             k->a[s] = a->valuedouble;

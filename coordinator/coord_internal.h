@@ -18,7 +18,7 @@
  *   http.c       the HTTP/JSON front end (Cohere/Jina/TEI shapes; http_json.c converts):
  *                another mr__sink into the same arrival path
  *   calib.c      calibration.json (Platt per stage sub-architecture) and the rule that makes
- *                reported scores non-increasing down the ranking
+ *                reported scores non-increasing down the ranking; calib_fit.c fits it (calib.h)
  *   auth.c       API keys: UNAUTHENTICATED before a handler runs, PERMISSION_DENIED per tier
  *   redact.c     internal addresses out of client-facing error messages
  * The pure rules (keep, merge, cost model, deadline decision, retries, attempt timeouts,
@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "admission.h"
+#include "calib.h"
 #include "cascade.h"
 #include "coord_config.h"
 #include "coord_metrics.h"
@@ -312,9 +313,6 @@ void mr__http_stop(mr_coord *c);
  * NULL otherwise: identity, relevance = sigmoid(raw)). MR_EFORMAT naming the file. */
 int mr__calib_load(mr_coord *c, mr_err *err);
 void mr__calib_free(mr_coord *c);
-/* The key of a sub-architecture in calibration.json ("depth=8 ratio=1 compress= pooling=mean
- * adapters="); `mrank calibrate` writes the same. */
-void mr__calib_key(const mr_subarch *s, char *buf, size_t cap);
 /* calibration.json's text (name for messages) for the stages of cfg: *out (free()), or
  * MR_EFORMAT/MR_ENOMEM. */
 int mr__calib_parse(struct mr__calib **out, const mr_coord_config *cfg, const char *name,

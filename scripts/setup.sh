@@ -9,6 +9,7 @@ pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev curl
       libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler grpc-proto
       libmicrohttpd-dev libgnutls28-dev libssl-dev openssl python3-grpcio python3-protobuf golang-go golang-google-grpc-dev golang-goprotobuf-dev
       python3 python3-torch python3-numpy python3-yaml gnuplot-nox
+      wordnet-base   # noun glosses: labelled pairs for `mrank calibrate` (make_calibration_pairs.py)
       dnsmasq-base iproute2)   # the last two: tests/multihost.sh (cluster DNS, network namespaces)
 missing=()
 for p in "${pkgs[@]}"; do

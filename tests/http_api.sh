@@ -6,15 +6,19 @@
 #  a. every shape: POST /v2/rerank (Cohere v2), /v1/rerank (Cohere v1 / Jina, documents as
 #     strings and {"text"}), /rerank (TEI: texts, return_text, raw_scores, truncate); top_n,
 #     return_documents, mrank's profile / tier / overrides;
-#  b. one path with gRPC: the same request over gRPC (tests/clients/rerank_client.py) ranks
-#     the same documents in the same order with the same scores; relevance_score is
-#     non-increasing down every response, gRPC and HTTP, while stages stay deeper-first;
+#  b. scores: relevance_score = min(sigmoid(a * raw + b) of its stage (models/mrank-tiny/
+#     calibration.json), the score above it), non-increasing down every response, gRPC and
+#     HTTP, while stages stay deeper-first; one path with gRPC: the same request over gRPC
+#     (tests/clients/rerank_client.py) ranks the same documents in the same order with the
+#     same scores;
 #  c. errors, JSON {"message"} with the status a client expects: 400 (not JSON, missing or
 #     mistyped fields, \u0000, unknown tier, too many documents, bad timeout header), 401 (no or
 #     unknown key), 403 (key outside its tiers), 404, 405 (+ Allow), 413 (Content-Length, and a
 #     chunked body with no length), 429 + Retry-After (overload), 503 (a coordinator whose
 #     pools never answered), 504 (X-Request-Timeout-Ms: 1);
-#  d. keep-alive (several requests on one connection), metrics counted under the tier.
+#  d. keep-alive (several requests on one connection), metrics counted under the tier;
+#  e. `mrank calibrate` fits both stages from WordNet pairs (scripts/make_calibration_pairs.py)
+#     with a positive slope and a log loss no worse than the identity.
 set -euo pipefail
 MRANK=$(readlink -f "$1")
 cd "$(dirname "$0")/.."
@@ -139,6 +143,24 @@ st, ov, _ = call("/v2/rerank", {"query": Q, "documents": docs,
                                 "overrides": [{"stage": 0, "keep_top_k": 1}]})
 check(st == 200 and sum(x["stage"] == 1 for x in ov["results"]) == 1, f"override: {ov}")
 
+# b. calibration (models/mrank-tiny/calibration.json, per stage) and the reporting rule:
+# each score is min(sigmoid(a * raw + b) of its stage, the score above it)
+import math
+cal = json.load(open("models/mrank-tiny/calibration.json"))["subarchs"]
+ab = {n: (e["a"], e["b"]) for e in cal.values() for n in e["stages"]}
+names = ["half-r2", "full"]   # profile "cascade" (deploy/local.json)
+above = math.inf
+n_clamped = 0
+for x in v2n["results"]:
+    a, b = ab[names[x["stage"]]]
+    own = 1 / (1 + math.exp(-(a * x["raw_score"] + b)))
+    want = min(own, above)
+    n_clamped += own > above
+    # 1e-6: float32 scores printed through double
+    check(abs(x["relevance_score"] - want) < 1e-6, f"calibrated score {x}: want {want}")
+    above = want
+print(f"ok calibration: {len(v2n['results'])} scores, {n_clamped} held down by the rule")
+
 # b. the same request over gRPC: same order and scores
 with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
     json.dump(docs, f)
@@ -216,5 +238,20 @@ m = urllib.request.urlopen(f"http://127.0.0.1:{MPORT}/metrics", timeout=30).read
 ok = [l for l in m.splitlines() if l.startswith('mrank_coord_requests_total{tier="soft",outcome="ok"}')]
 check(ok and float(ok[0].split()[-1]) >= 10, f"metrics: {ok}")
 print(f"PASS: {n_checks} checks")
+PYEOF
+
+# e. `mrank calibrate` against the running workers, from WordNet pairs (never shared/data/ir)
+$PY scripts/make_calibration_pairs.py "$work/pairs.jsonl" --queries 60 >/dev/null ||
+  fail "making pairs (Debian wordnet-base, scripts/setup.sh)"
+"$MRANK" calibrate --config "$work/up.json" --pairs "$work/pairs.jsonl" --out "$work/cal.json" \
+  >"$work/cal.out" || fail "mrank calibrate: $(cat "$work/cal.out")"
+$PY - "$work/cal.json" <<'PYEOF' || fail "calibration.json: $(cat "$work/cal.json")"
+import json, sys
+c = json.load(open(sys.argv[1]))
+st = sorted(n for e in c["subarchs"].values() for n in e["stages"])
+assert st == ["full", "half-r2"], st
+for k, e in c["subarchs"].items():
+    assert e["a"] > 0 and e["logloss_fit"] <= e["logloss_identity"], (k, e)
+print("ok mrank calibrate:", {k: (round(e["a"], 3), round(e["b"], 3)) for k, e in c["subarchs"].items()})
 PYEOF
 echo "PASS: HTTP/JSON front end"
