@@ -289,12 +289,17 @@ static enum MHD_Result submit_checked(struct mr__http *h, hreq *q) {
     mr__rerank_arrive(c, sink, q->t0, pb, pb_len, 0);
     free(pb);
     pthread_mutex_lock(&q->mu);
-    if (q->state != ANSWERED) {   /* queued: wait without holding a daemon thread */
+    int answered = q->state == ANSWERED;
+    char *json = q->resp;
+    if (answered) {
+        q->resp = NULL;
+    } else {   /* queued: wait without holding a daemon thread */
         q->suspended = 1;
         MHD_suspend_connection(q->conn);
     }
     pthread_mutex_unlock(&q->mu);
-    return MHD_YES;
+    /* refused at arrival: the answer goes out at once */
+    return answered ? send_json(q->conn, q->status, json, q->retry_ms, NULL) : MHD_YES;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
