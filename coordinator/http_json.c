@@ -120,7 +120,13 @@ int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, uint
     a->shape = shape;
     if (has_nul(body, len))
         return mr_err_set(err, MR_EFORMAT, "request body: NUL characters are not accepted");
-    cJSON *root = cJSON_ParseWithLength(body, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    while (root && end < body + len && *end && strchr(" \t\r\n", *end)) end++;
+    if (root && end != body + len) {   /* cJSON stops after the first value: more is not JSON */
+        cJSON_Delete(root);
+        root = NULL;
+    }
     if (!root) return mr_err_set(err, MR_EFORMAT, "request body: not valid JSON");
     Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
     Mrank__V1__StageOverride ov[MAX_OVERRIDES], *ovp[MAX_OVERRIDES];
