@@ -9,7 +9,9 @@
  * (cascade.h's merge rule); RerankStream also sends the ranking after every stage but the
  * last. A stage after the first that fails for time, availability or a full pool
  * (RESOURCE_EXHAUSTED) leaves the earlier ranking standing (degraded) when the tier allows it.
- * No internal address reaches a client (redact.c). */
+ * No internal address reaches a client (redact.c). Both front ends enter here
+ * (mr__rerank_arrive): a request reads its deadline, cancellation and key and answers through
+ * its sink (coord_internal.h: a gRPC call, sink.c, or an HTTP connection, http.c). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
