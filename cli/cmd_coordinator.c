@@ -17,8 +17,9 @@ int mr_cmd_coordinator(int argc, char **argv) {
     static const struct option opts[] = {{"config", 1, 0, 'c'},       {"listen", 1, 0, 'l'},
                                          {"metrics-port", 1, 0, 'M'}, {"drain-ms", 1, 0, 'd'},
                                          {"check", 0, 0, 'C'},        {"help", 0, 0, 'h'},
+                                         {"http-listen", 1, 0, 'H'},
                                          {0, 0, 0, 0}};
-    const char *config = NULL, *listen = NULL;
+    const char *config = NULL, *listen = NULL, *http_listen = NULL;
     int metrics_port = -1, drain_ms = 5000, ch, rc = 2, check = 0;
     mr_coord_config *cfg = NULL;
     mr_coord *co = NULL;
@@ -31,11 +32,15 @@ int mr_cmd_coordinator(int argc, char **argv) {
         case 'M': if (mr_cli_parse_int("--metrics-port", optarg, &metrics_port)) return 2; break;
         case 'd': if (mr_cli_parse_int("--drain-ms", optarg, &drain_ms)) return 2; break;
         case 'C': check = 1; break;
+        case 'H': http_listen = optarg; break;
         case 'h':
             puts("usage: mrank coordinator --config FILE [--listen ADDR] [--metrics-port P]\n"
+                 "                         [--http-listen HOST:PORT]\n"
                  "  serves mrank.v1.Ranker (Rerank, RerankStream, Info) and grpc.health.v1 over\n"
                  "  the worker pools of FILE (see docs/cluster.md); --listen and --metrics-port\n"
                  "  default to the config's coordinator section\n"
+                 "  --http-listen  also serve HTTP/JSON (POST /v2/rerank, /v1/rerank, /rerank;\n"
+                 "             docs/cluster.md); default coordinator.http_listen, \"off\": none\n"
                  "  --check   validate FILE, print a summary and exit (0 when valid)");
             return 0;
         default: return 2;
@@ -49,6 +54,11 @@ int mr_cmd_coordinator(int argc, char **argv) {
     if (!(cfg = calloc(1, sizeof *cfg))) return 1;
     if (mr_coord_config_load(cfg, config, &err)) {
         fprintf(stderr, "mrank coordinator: %s\n", err.msg);
+        goto done;
+    }
+    if (http_listen && snprintf(cfg->http_listen, sizeof cfg->http_listen, "%s", http_listen) >=
+                           (int)sizeof cfg->http_listen) {
+        fprintf(stderr, "mrank coordinator: --http-listen: too long\n");
         goto done;
     }
     if (check) {
@@ -74,6 +84,8 @@ int mr_cmd_coordinator(int argc, char **argv) {
     fprintf(stderr, "mrank coordinator: serving on port %d (config %s, %d pools, %d stages, "
             "%d profiles, %d tiers)\n", port, config, cfg->n_pools, cfg->n_stages,
             cfg->n_profiles, cfg->n_tiers);
+    if (mr_coord_http_port(co) >= 0)
+        fprintf(stderr, "mrank coordinator: http on port %d\n", mr_coord_http_port(co));
     int sig = 0;
     sigwait(&set, &sig);
     fprintf(stderr, "mrank coordinator: %s: draining\n", strsignal(sig));

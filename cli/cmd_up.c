@@ -3,7 +3,7 @@
  *
  * It forks/execs this same binary for every pool address (`mrank worker`) and for the
  * coordinator, waits until every child reports grpc.health.v1 SERVING and prints the
- * coordinator address. A child that exits before then is a configuration error: everything
+ * coordinator address (and its HTTP/JSON address, coordinator.http_listen or a free port). A child that exits before then is a configuration error: everything
  * stops, exit 1. Once ready, a child that exits is logged (which one, status or signal) and
  * restarted with its own argv after a backoff (BACKOFF_MIN_MS doubling to BACKOFF_MAX_MS, back
  * to the minimum once it stayed up STABLE_MS) while the rest keeps serving; a child restarted
@@ -17,11 +17,14 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -31,6 +34,7 @@
 #include "coord_config.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "mrank.pb-c.h"
+#include "prom.h"
 #include "rpc.h"
 #include "tls.h"
 #include "rpc_methods.h"
@@ -357,6 +361,30 @@ static int plan_workers(child *kids, const mr_coord_config *cfg, const char *mod
     return 0;
 }
 
+/* The coordinator's HTTP address into cfg->http_listen: the config's, or (when it has none) a
+ * free port on the gRPC listener's host, taken from the kernel then released (the coordinator
+ * binds it a moment later); "off" serves none. 0, or -1 when no port could be had. */
+static int http_address(mr_coord_config *cfg) {
+    if (*cfg->http_listen) return 0;
+    char host[128];
+    mr_prom_host_of(cfg->listen, host, sizeof host);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    if (getaddrinfo(*host ? host : NULL, "0", &hints, &ai) || !ai) return -1;
+    int fd = socket(ai->ai_family, SOCK_STREAM, 0), port = -1;
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    if (fd >= 0 && !bind(fd, ai->ai_addr, ai->ai_addrlen) &&
+        !getsockname(fd, (struct sockaddr *)&sa, &sl))
+        port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                              : ((struct sockaddr_in *)&sa)->sin_port);
+    if (fd >= 0) close(fd);
+    int v6 = ai->ai_family == AF_INET6;
+    freeaddrinfo(ai);
+    if (port <= 0) return -1;
+    snprintf(cfg->http_listen, sizeof cfg->http_listen, v6 ? "[%s]:%d" : "%s:%d", host, port);
+    return 0;
+}
+
 static void print_ready(const mr_coord_config *cfg, const char *model, double ms,
                         const mr_rpc_tls_client *coord_tls) {
     int untrained = coordinator_untrained(cfg->listen, coord_tls);
@@ -375,6 +403,8 @@ static void print_ready(const mr_coord_config *cfg, const char *model, double ms
     if (cfg->metrics_port > 0)
         printf("  metrics:     http://127.0.0.1:%d/metrics\n", cfg->metrics_port);
     printf("coordinator: %s\n", cfg->listen);
+    if (strcmp(cfg->http_listen, "off"))
+        printf("http: http%s://%s\n", *cfg->security.tls_cert ? "s" : "", cfg->http_listen);
     const mr_cc_security *sec = &cfg->security;
     printf("try: mrank rerank --addr %s --query 'what is the capital of France?' --docs FILE%s%s%s\n"
            "Ctrl-C stops the cluster.\n", cfg->listen,
@@ -460,8 +490,14 @@ int mr_cmd_up(int argc, char **argv) {
     snprintf(mport, sizeof mport, "%d", cfg->metrics_port);
     char drain[16];
     snprintf(drain, sizeof drain, "%d", COORD_DRAIN_MS);
+    if (http_address(cfg)) {
+        fprintf(stderr, "mrank up: no free port for the HTTP front end on %s's host (set "
+                "coordinator.http_listen)\n", cfg->listen);
+        goto done;
+    }
     char *cav[] = {"mrank", "coordinator", "--config", (char *)config, "--listen",
-                   cfg->listen, "--metrics-port", mport, "--drain-ms", drain, NULL};
+                   cfg->listen, "--metrics-port", mport, "--drain-ms", drain,
+                   "--http-listen", cfg->http_listen, NULL};
     snprintf(what, sizeof what, "coordinator %.100s", cfg->listen);
     /* mrank up reaches the workers as the coordinator does (internal mTLS), and its own
      * coordinator child over loopback without checking the server certificate (it has no

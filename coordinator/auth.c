@@ -105,10 +105,10 @@ static void maybe_reload(mr_coord *c, struct mr__auth *a) {
 }
 
 /* The entry of the call's key (under a's read lock), or -1. */
-static int key_of(struct mr__auth *a, mr_rpc_call *call) {
+static int key_of(struct mr__auth *a, const mr__sink *s) {
     char *v = malloc(AUTH_VALUE_MAX);
     if (!v) return -1;
-    int n = mr_rpc_call_metadata(call, "authorization", v, AUTH_VALUE_MAX);
+    int n = s->ops->metadata(s->ctx, "authorization", v, AUTH_VALUE_MAX);
     int idx = -1;
     if (n > 0 && n < AUTH_VALUE_MAX) {
         size_t klen;
@@ -120,33 +120,37 @@ static int key_of(struct mr__auth *a, mr_rpc_call *call) {
     return idx;
 }
 
-int mr__auth_call(mr_coord *c, mr_rpc_call *call, int count_ok) {
+int mr__auth_check(mr_coord *c, const mr__sink *s, int count_ok) {
     struct mr__auth *a = c->auth;
     if (!a) return 1;
     maybe_reload(c, a);
     pthread_rwlock_rdlock(&a->lock);
-    int idx = key_of(a, call);
+    int idx = key_of(a, s);
     char name[MR_APIKEYS_NAME] = "";
     if (idx >= 0) snprintf(name, sizeof name, "%s", mr_apikeys_name(a->keys, idx));
     pthread_rwlock_unlock(&a->lock);
     if (idx < 0) {
         mr_coord_metrics_auth(c->metrics, NULL, 0);
-        mr_rpc_call_fail(call, GRPC_STATUS_UNAUTHENTICATED,
-                         "missing or unknown API key (send metadata 'authorization: Bearer "
-                         "KEY')");
         return 0;
     }
     if (count_ok) mr_coord_metrics_auth(c->metrics, name, 0);
     return 1;
 }
 
-int mr__auth_tier(mr_coord *c, mr_rpc_call *call, int tier, grpc_status_code *code, char *msg,
+int mr__auth_call(mr_coord *c, mr_rpc_call *call, int count_ok) {
+    mr__sink s = mr__sink_grpc(call);
+    if (mr__auth_check(c, &s, count_ok)) return 1;
+    mr_rpc_call_fail(call, GRPC_STATUS_UNAUTHENTICATED, MR__AUTH_MISSING);
+    return 0;
+}
+
+int mr__auth_tier(mr_coord *c, const mr__sink *s, int tier, grpc_status_code *code, char *msg,
                   size_t cap) {
     struct mr__auth *a = c->auth;
     if (!a) return 0;
     const char *tn = c->cfg.tiers[tier].name;
     pthread_rwlock_rdlock(&a->lock);
-    int idx = key_of(a, call);
+    int idx = key_of(a, s);
     int ok = idx >= 0 && mr_apikeys_allows(a->keys, idx, tn);
     char name[MR_APIKEYS_NAME] = "";
     if (idx >= 0) snprintf(name, sizeof name, "%s", mr_apikeys_name(a->keys, idx));

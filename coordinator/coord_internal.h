@@ -14,6 +14,11 @@
  *   wire.c       protobuf packing: Score requests, the ranking, Info
  *   probe.c      the prober thread: Worker Info, warm-up, health, ejected replicas back
  *   coordinator.c  lifecycle and handler registration
+ *   sink.c       where an answer goes (mr__sink): the gRPC call's implementation
+ *   http.c       the HTTP/JSON front end (Cohere/Jina/TEI shapes; http_json.c converts):
+ *                another mr__sink into the same arrival path
+ *   calib.c      calibration.json (Platt per stage sub-architecture) and the rule that makes
+ *                reported scores non-increasing down the ranking; calib_fit.c fits it (calib.h)
  *   auth.c       API keys: UNAUTHENTICATED before a handler runs, PERMISSION_DENIED per tier
  *   redact.c     internal addresses out of client-facing error messages
  * The pure rules (keep, merge, cost model, deadline decision, retries, attempt timeouts,
@@ -36,6 +41,7 @@
 #include <stdint.h>
 
 #include "admission.h"
+#include "calib.h"
 #include "cascade.h"
 #include "coord_config.h"
 #include "coord_metrics.h"
@@ -89,12 +95,45 @@ struct mr_coord {
     int untrained;
     pthread_t prober;
     struct mr__auth *auth;      /* API keys (auth.c), NULL when none are configured */
+    struct mr__http *http;      /* the HTTP/JSON front end (http.c), NULL when off */
+    char http_listen[128];      /* its address ("" off) */
+    int http_port;              /* bound, -1 when off */
+    struct mr__calib *calib;    /* calibration.json (calib.c), NULL: identity */
 };
+
+/* Where one Rerank's answer goes, and what the request reads of its client: a gRPC call
+ * (sink.c) or an HTTP connection (http.c). The rest of the path (parse, validation, tier
+ * check, admission, cascade, metrics) never knows which. Exactly one of finish and fail is
+ * called, once; ctx is not touched afterwards. */
+typedef struct mr__sink_ops {
+    /* ms until the client's deadline (negative once passed; MR_RPC_NO_DEADLINE_MS: none) */
+    double (*remaining_ms)(void *ctx);
+    /* 1 when the client went away, its deadline passed or the server is stopping */
+    int (*cancelled)(void *ctx);
+    /* request metadata / header key (lower case) into buf: its length, or -1 when absent */
+    int (*metadata)(void *ctx, const char *key, char *buf, size_t cap);
+    /* a partial ranking (RerankStream): 0, or MR_ESTATE when the client is gone */
+    int (*write)(void *ctx, const uint8_t *resp, size_t len);
+    /* the answer: a packed RerankResponse */
+    void (*finish)(void *ctx, const uint8_t *resp, size_t len);
+    /* a failure; retry_ms > 0: when the client may retry (overload) */
+    void (*fail)(void *ctx, grpc_status_code code, const char *msg, double retry_ms);
+} mr__sink_ops;
+
+typedef struct mr__sink {
+    const mr__sink_ops *ops;
+    void *ctx;
+} mr__sink;
+
+/* ---- sink.c ---- */
+
+/* The sink of a gRPC call (mr_rpc_call_* underneath). */
+mr__sink mr__sink_grpc(mr_rpc_call *call);
 
 /* One Rerank in flight. */
 typedef struct mr__req {
     mr_coord *co;
-    mr_rpc_call *call;
+    mr__sink sink;
     int stream;                 /* RerankStream */
     int fanned_out;             /* a stage's Score calls went out (its time is service time) */
     mr_admq_item qi;            /* its place in sched.c's queue */
@@ -224,6 +263,12 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len);
  * mr_coord): parse, then mr__sched_submit or fail at once. */
 void mr__on_rerank(mr_rpc_call *call, void *user);
 void mr__on_rerank_stream(mr_rpc_call *call, void *user);
+/* The arrival path shared by every front end (never blocks): body is a packed RerankRequest
+ * that arrived at t0 (monotonic ms) for sink; parses and validates it, checks the API key's
+ * tier, and submits it to the scheduler, or fails the sink at once. stream: partial rankings
+ * through sink.write. */
+void mr__rerank_arrive(mr_coord *c, mr__sink sink, double t0, const uint8_t *body, size_t len,
+                       int stream);
 /* Runs an admitted request to its answer (executor thread) and records its metrics; the
  * caller frees r. 1 when its first stage's Score calls went out, whatever the outcome (its time
  * is service time: a stage that ran out of budget says the cluster is slow), else 0. */
@@ -237,13 +282,47 @@ void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, doubl
 /* Loads security.api_keys when configured (checking its tiers). MR_E* naming the file. */
 int mr__auth_new(mr_coord *c, mr_err *err);
 void mr__auth_free(mr_coord *c);
-/* 1 when the call may go on (no keys configured, or a known key); else fails the call
- * UNAUTHENTICATED and returns 0. count_ok: count an accepted call in the key's metrics. */
+/* 1 when the sink's client may go on (no keys configured, or a known key in its
+ * "authorization" metadata/header); else 0 (counted; the caller answers UNAUTHENTICATED with
+ * MR__AUTH_MISSING). count_ok: count an accepted call in the key's metrics. */
+int mr__auth_check(mr_coord *c, const mr__sink *s, int count_ok);
+#define MR__AUTH_MISSING "missing or unknown API key (send 'authorization: Bearer KEY')"
+/* mr__auth_check for a gRPC call, failing it UNAUTHENTICATED when it returns 0. */
 int mr__auth_call(mr_coord *c, mr_rpc_call *call, int count_ok);
-/* 0 when the call's key may use tier (index into cfg.tiers); else -1 with *code
+/* 0 when the sink's key may use tier (index into cfg.tiers); else -1 with *code
  * (PERMISSION_DENIED) and msg for the client. Counts the call in the key's metrics. */
-int mr__auth_tier(mr_coord *c, mr_rpc_call *call, int tier, grpc_status_code *code, char *msg,
+int mr__auth_tier(mr_coord *c, const mr__sink *s, int tier, grpc_status_code *code, char *msg,
                   size_t cap);
+
+/* ---- http.c ---- */
+
+/* Starts the HTTP/JSON front end on c->http_listen (no-op when ""): TLS with the public
+ * port's certificate when security.tls is set. *port (may be NULL) receives the bound port.
+ * MR_EIO when the address cannot be bound, MR_EUNSUPPORTED for an unusable TLS setup. */
+int mr__http_start(mr_coord *c, int *port, mr_err *err);
+/* New requests get 503; requests in flight see their sink cancelled after drain_ms. Returns
+ * once no request is on its way into the scheduler (at once, arrival never blocks); no-op
+ * when off. */
+void mr__http_drain(mr_coord *c, int drain_ms);
+/* Stops the daemon; every request must have been answered (the scheduler is freed). */
+void mr__http_stop(mr_coord *c);
+
+/* ---- calib.c ---- */
+
+/* Loads <model>/calibration.json when cfg.model names a folder that has one (c->calib stays
+ * NULL otherwise: identity, relevance = sigmoid(raw)). MR_EFORMAT naming the file. */
+int mr__calib_load(mr_coord *c, mr_err *err);
+void mr__calib_free(mr_coord *c);
+/* calibration.json's text (name for messages) for the stages of cfg: *out (free()), or
+ * MR_EFORMAT/MR_ENOMEM. */
+int mr__calib_parse(struct mr__calib **out, const mr_coord_config *cfg, const char *name,
+                    const char *json, mr_err *err);
+/* sigmoid(a * raw + b) with the parameters of config stage index `stage` (identity a = 1,
+ * b = 0 without any; k may be NULL); 0 for an unscored (NaN) document. */
+float mr__calib_score(const struct mr__calib *k, int stage, float raw);
+/* The reporting rule, down the ranking: min(own calibrated score, the score reported just
+ * above it) (INFINITY above the first). */
+float mr__calib_report(float calibrated, float above);
 
 /* ---- redact.c ---- */
 

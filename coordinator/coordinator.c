@@ -68,6 +68,9 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
     if (!c) return mr_err_set(err, MR_ENOMEM, "coordinator: out of memory");
     c->cfg = *cfg;
     snprintf(c->listen, sizeof c->listen, "%s", listen ? listen : cfg->listen);
+    if (strcmp(cfg->http_listen, "off"))
+        snprintf(c->http_listen, sizeof c->http_listen, "%s", cfg->http_listen);
+    c->http_port = -1;
     c->metrics_port = metrics_port;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
@@ -99,7 +102,7 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
     }
     /* the rpc handler threads only serve Info: Rerank runs on the scheduler's executors */
     if ((rc = mr_coord_metrics_new(&c->metrics, &c->cfg, err)) || (rc = mr__auth_new(c, err)) ||
-        (rc = mr__sched_new(c, err)))
+        (rc = mr__calib_load(c, err)) || (rc = mr__sched_new(c, err)))
         goto fail;
     /* gRPC itself refuses a larger Rerank before receiving or parsing it all */
     if ((rc = mr_rpc_server_set_max_receive(c->srv, c->cfg.max_request_bytes, err))) goto fail;
@@ -123,10 +126,13 @@ int mr_coord_start(mr_coord *c, int *port, mr_err *err) {
     char host[128];
     mr_prom_host_of(c->listen, host, sizeof host);   /* metrics beside the gRPC listener */
     if ((rc = mr_coord_metrics_serve(c->metrics, host, c->metrics_port, err)) ||
-        (rc = mr__sched_start(c, err)) || (rc = mr_rpc_server_start(c->srv, port, err)))
+        (rc = mr__sched_start(c, err)) || (rc = mr_rpc_server_start(c->srv, port, err)) ||
+        (rc = mr__http_start(c, &c->http_port, err)))
         return rc;
     return mr__prober_start(c, err);
 }
+
+int mr_coord_http_port(const mr_coord *c) { return c->http_port; }
 
 int mr_coord_ready(mr_coord *c) {
     pthread_mutex_lock(&c->mu);
@@ -142,9 +148,12 @@ void mr_coord_shutdown(mr_coord *c, int drain_ms) {
     pthread_mutex_lock(&c->mu);
     c->stopping = 1;
     pthread_mutex_unlock(&c->mu);
-    /* the rpc server drains first: queued and running requests still have their executors */
+    /* the front ends drain first (HTTP's alongside gRPC's): queued and running requests still
+     * have their executors; the HTTP daemon stops once every request of it is answered */
+    mr__http_drain(c, drain_ms);
     if (c->srv) mr_rpc_server_shutdown(c->srv, drain_ms);
     mr__sched_free(c);
+    mr__http_stop(c);
 }
 
 void mr_coord_free(mr_coord *c) {
@@ -158,6 +167,7 @@ void mr_coord_free(mr_coord *c) {
     }
     mr_coord_metrics_free(c->metrics);
     mr__auth_free(c);
+    mr__calib_free(c);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
     free(c);

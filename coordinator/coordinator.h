@@ -29,6 +29,8 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
                  int metrics_port, mr_err *err);
 /* Binds and starts serving; *port (may be NULL) receives the bound port. */
 int mr_coord_start(mr_coord *c, int *port, mr_err *err);
+/* The bound port of the HTTP/JSON front end (cfg->http_listen), -1 when off or not started. */
+int mr_coord_http_port(const mr_coord *c);
 /* 1 once every pool has answered Worker Info (health SERVING). */
 int mr_coord_ready(mr_coord *c);
 /* Health NOT_SERVING, drain in-flight requests for up to drain_ms, stop every thread. */

@@ -395,8 +395,8 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
     }
     for (;;) {
         double now = mr__now_ms(), rem = mr__req_remaining_ms(r);
-        if (mr_rpc_call_cancelled(r->call)) {
-            int gone = mr_rpc_call_remaining_ms(r->call) > 0;
+        if (r->sink.ops->cancelled(r->sink.ctx)) {
+            int gone = r->sink.ops->remaining_ms(r->sink.ctx) > 0;
             *code = gone ? GRPC_STATUS_CANCELLED : GRPC_STATUS_DEADLINE_EXCEEDED;
             snprintf(msg, cap, "stage '%s': %s", st->name,
                      gone ? "cancelled by the client" : "the client's deadline passed");

@@ -117,7 +117,7 @@ const mr_cc_stage *mr__req_stage(const mr__req *r, int pos) {
 }
 
 double mr__req_remaining_ms(const mr__req *r) {
-    double g = mr_rpc_call_remaining_ms(r->call);
+    double g = r->sink.ops->remaining_ms(r->sink.ctx);
     if (g >= MR_RPC_NO_DEADLINE_MS) g = INFINITY;
     return mr_cascade_remaining_ms(g, r->co->cfg.tiers[r->tier].budget_ms, mr__now_ms() - r->t0);
 }

@@ -9,7 +9,9 @@
  * (cascade.h's merge rule); RerankStream also sends the ranking after every stage but the
  * last. A stage after the first that fails for time, availability or a full pool
  * (RESOURCE_EXHAUSTED) leaves the earlier ranking standing (degraded) when the tier allows it.
- * No internal address reaches a client (redact.c). */
+ * No internal address reaches a client (redact.c). Both front ends enter here
+ * (mr__rerank_arrive): a request reads its deadline, cancellation and key and answers through
+ * its sink (coord_internal.h: a gRPC call, sink.c, or an HTTP connection, http.c). */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -55,7 +57,7 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
     int n_active = r->n;
     for (int pos = 0; pos < pr->n_stages && n_active > 0; pos++) {
         const mr_cc_stage *st = mr__req_stage(r, pos);
-        if (mr_rpc_call_cancelled(r->call)) {
+        if (r->sink.ops->cancelled(r->sink.ctx)) {
             *code = GRPC_STATUS_CANCELLED;
             snprintf(msg, cap, "cancelled by the client");
             goto done;
@@ -107,7 +109,7 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
             size_t blen;
             uint8_t *buf = mr__wire_ranking(r, 0, 0, &blen);
             if (buf) {
-                int wrc = mr_rpc_call_write(r->call, buf, blen);
+                int wrc = r->sink.ops->write(r->sink.ctx, buf, blen);
                 free(buf);
                 if (wrc) {
                     *code = GRPC_STATUS_CANCELLED;
@@ -125,13 +127,7 @@ done:
 }
 
 void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, double retry_ms) {
-    if (retry_ms > 0) {
-        char v[32];
-        snprintf(v, sizeof v, "%.0f", ceil(retry_ms));
-        mr_rpc_call_fail_md(r->call, code, msg, "retry-after-ms", v);
-    } else {
-        mr_rpc_call_fail(r->call, code, msg);
-    }
+    r->sink.ops->fail(r->sink.ctx, code, msg, retry_ms);
     if (r->in) mr_coord_metrics_request(r->co->metrics, r->tier, outcome_of(code), 0,
                                        mr__now_ms() - r->t0);
 }
@@ -149,32 +145,31 @@ int mr__rerank_serve(mr__req *r) {
         snprintf(msg, sizeof msg, "coordinator: out of memory");
         goto fail;
     }
-    mr_rpc_call_finish(r->call, buf, blen);
+    r->sink.ops->finish(r->sink.ctx, buf, blen);
     free(buf);
     mr_coord_metrics_request(c->metrics, r->tier, degraded ? MR_OUT_DEGRADED : MR_OUT_OK, miss,
                              mr__now_ms() - r->t0);
     goto done;
 fail:
     mr__redact(c, msg, sizeof msg);   /* no internal address reaches a client */
-    mr_rpc_call_fail(r->call, code, msg);
+    r->sink.ops->fail(r->sink.ctx, code, msg, 0);
     mr_coord_metrics_request(c->metrics, r->tier, outcome_of(code), miss, mr__now_ms() - r->t0);
 done:
     return r->fanned_out;
 }
 
-/* Arrival, on the rpc queue thread: parse, estimate, hand to the scheduler. */
-static void arrive(mr_rpc_call *call, mr_coord *c, int stream) {
+/* Arrival (rpc queue thread or the HTTP daemon's): parse, estimate, hand to the scheduler. */
+void mr__rerank_arrive(mr_coord *c, mr__sink sink, double t0, const uint8_t *body, size_t len,
+                       int stream) {
     mr__req *r = calloc(1, sizeof *r);
     if (!r) {
-        mr_rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "coordinator: out of memory");
+        sink.ops->fail(sink.ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "coordinator: out of memory", 0);
         return;
     }
     r->co = c;
-    r->call = call;
+    r->sink = sink;
     r->stream = stream;
-    r->t0 = mr_rpc_call_arrival_ms(call);
-    size_t len;
-    const uint8_t *body = mr_rpc_call_request(call, &len);
+    r->t0 = t0;
     mr_err err = {0};
     if (mr__req_parse(r, body, len, &err) || mr__req_start(r, &err)) {
         mr__rerank_refuse(r, mr_rpc_status_of(err.code), err.msg, 0);
@@ -184,7 +179,7 @@ static void arrive(mr_rpc_call *call, mr_coord *c, int stream) {
     }
     grpc_status_code code;
     char msg[300];
-    if (mr__auth_tier(c, call, r->tier, &code, msg, sizeof msg)) {   /* the key's tiers */
+    if (mr__auth_tier(c, &r->sink, r->tier, &code, msg, sizeof msg)) {   /* the key's tiers */
         mr__rerank_refuse(r, code, msg, 0);
         mr__req_close(r);
         free(r);
@@ -192,6 +187,12 @@ static void arrive(mr_rpc_call *call, mr_coord *c, int stream) {
     }
     double est, first, work = mr__plan_request(r, &est, &first);
     mr__sched_submit(r, work, est, first);
+}
+
+static void arrive(mr_rpc_call *call, mr_coord *c, int stream) {
+    size_t len;
+    const uint8_t *body = mr_rpc_call_request(call, &len);
+    mr__rerank_arrive(c, mr__sink_grpc(call), mr_rpc_call_arrival_ms(call), body, len, stream);
 }
 
 void mr__on_rerank(mr_rpc_call *call, void *user) { arrive(call, user, 0); }

@@ -115,7 +115,8 @@ static void refuse(mr__req *r, mr_refusal why, double retry_ms) {
 
 static int call_gone(void *user, void *ctx) {
     (void)ctx;
-    return mr_rpc_call_cancelled(((mr__req *)user)->call);
+    const mr__sink *s = &((mr__req *)user)->sink;
+    return s->ops->cancelled(s->ctx);
 }
 
 static void *exec_main(void *arg) {
@@ -131,7 +132,7 @@ static void *exec_main(void *arg) {
         mr__req *r = it->user;
         double start = mr__now_ms(), service = -1;   /* -1: teaches the estimates nothing */
         mr_coord_metrics_wait(s->co->metrics, r->tier, start - r->t0);
-        if (mr_rpc_call_cancelled(r->call)) {
+        if (r->sink.ops->cancelled(r->sink.ctx)) {
             refuse(r, MR_REFUSE_CANCELLED, 0);
         } else if (start + mr_admq_cheapest_ms(it) > it->deadline_ms) {
             refuse(r, MR_REFUSE_EXPIRED, it->service_ms);
@@ -174,7 +175,7 @@ static void *sweep_main(void *arg) {
             pthread_mutex_unlock(&s->mu);
             mr__req *r = it->user;
             mr_coord_metrics_wait(s->co->metrics, r->tier, now - r->t0);
-            refuse(r, mr_rpc_call_cancelled(r->call) ? MR_REFUSE_CANCELLED : MR_REFUSE_EXPIRED,
+            refuse(r, r->sink.ops->cancelled(r->sink.ctx) ? MR_REFUSE_CANCELLED : MR_REFUSE_EXPIRED,
                    it->service_ms);
             admitted_free(r);
             pthread_mutex_lock(&s->mu);

@@ -1,6 +1,8 @@
 /* wire.c: the coordinator's protobuf packing (see coord_internal.h): the ScoreRequest of one
  * call, the merged ranking (RerankResponse, also the partial rankings of RerankStream) and the
- * Ranker's InfoResponse. Sub-architectures go through rpc/subarch_pb.h. */
+ * Ranker's InfoResponse. Sub-architectures go through rpc/subarch_pb.h; relevance scores
+ * through calib.c (calibrated per stage, then made non-increasing down the ranking). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +44,7 @@ uint8_t *mr__wire_ranking(mr__req *r, int final, int degraded, size_t *len) {
     if (!cand || !res || !resp_res || !docs) goto done;
     for (int i = 0; i < r->n; i++) cand[i] = (mr_cand){i, r->stage[i], r->score[i]};
     mr_cascade_sort(cand, r->n);
+    float above = INFINITY;   /* calib.c's rule: scores never increase down the ranking */
     for (int k = 0; k < n_out; k++) {
         Mrank__V1__RerankResult *x = &res[k];
         int d = cand[k].index;
@@ -49,9 +52,11 @@ uint8_t *mr__wire_ranking(mr__req *r, int final, int degraded, size_t *len) {
         x->index = (uint32_t)d;
         x->id = r->in->documents[d]->id;
         x->raw_score = cand[k].score;
-        x->relevance_score = mr_cascade_sigmoid(cand[k].score);
+        int si = cand[k].stage >= 0 ? pr->stages[cand[k].stage].stage : -1;
+        above = x->relevance_score =
+            mr__calib_report(mr__calib_score(r->co->calib, si, cand[k].score), above);
         if (cand[k].stage >= 0) {
-            const mr_cc_stage *st = &cfg->stages[pr->stages[cand[k].stage].stage];
+            const mr_cc_stage *st = &cfg->stages[si];
             x->stage = (uint32_t)cand[k].stage;
             x->depth = (uint32_t)r->depth[d];
             x->compress_ratio = (uint32_t)st->arch.ratio;

@@ -7,8 +7,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev curl
       libopenblas-dev libcjson-dev libpcre2-dev libutf8proc-dev libcmocka-dev
       libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler grpc-proto
-      libmicrohttpd-dev libssl-dev openssl python3-grpcio python3-protobuf golang-go golang-google-grpc-dev golang-goprotobuf-dev
+      libmicrohttpd-dev libgnutls28-dev libssl-dev openssl python3-grpcio python3-protobuf golang-go golang-google-grpc-dev golang-goprotobuf-dev
       python3 python3-torch python3-numpy python3-yaml gnuplot-nox
+      wordnet-base   # noun glosses: labelled pairs for `mrank calibrate` (make_calibration_pairs.py)
       dnsmasq-base iproute2)   # the last two: tests/multihost.sh (cluster DNS, network namespaces)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -24,5 +25,8 @@ command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -
 # Kubernetes API schemas for tests/deploy_schema.sh (git-ignored, under third_party/).
 [ -f "$here/third_party/k8s-schema/node_modules/kubernetes-models/package.json" ] ||
   npm install --silent --no-audit --no-fund --prefix "$here/third_party/k8s-schema" kubernetes-models@5.1.0
+# The Cohere SDK, a real client of the coordinator's HTTP front end (tests/http_cohere_sdk.sh).
+[ -f "$here/third_party/cohere/node_modules/cohere-ai/package.json" ] ||
+  npm install --silent --no-audit --no-fund --prefix "$here/third_party/cohere" cohere-ai@8.1.0
 # Real tokenizer.json files (test data and the vocab of the bundled model).
 "$here/scripts/fetch-testdata.sh"

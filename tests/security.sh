@@ -9,6 +9,9 @@
 #  b. API keys: no key and a wrong key -> UNAUTHENTICATED; a key outside its tiers ->
 #     PERMISSION_DENIED; the right key gets a full ranking; grpc.health.v1 answers without a
 #     key, Ranker/Info does not; the metrics count per key name and never show a key;
+#  b3. the HTTP/JSON port (mrank up's "http:" line) serves HTTPS with the same certificate:
+#     the client certificate is required (401 without, or from another CA), then API keys
+#     (401 / 403) as on gRPC; plaintext HTTP gets no answer;
 #  c. worker ports: plaintext, the public client certificate and another CA's internal
 #     certificate are refused; the internal certificate gets through (UNIMPLEMENTED for a
 #     Ranker method: the handshake passed);
@@ -166,6 +169,31 @@ else
   echo "$out" | grep -q '"results"' || fail "go client: $out"
   echo "ok: go client"
 fi
+
+step "b3. the HTTP/JSON port: HTTPS with the same certificate, client certificates, keys"
+H=$(sed -n 's/^http: //p' "$work/up.out")
+case "$H" in https://127.0.0.1:*) ;; *) fail "mrank up's http line: '$H' (expected https://127.0.0.1:PORT)" ;; esac
+BODY='{"query": "what is the capital of France?", "documents": ["Paris is in France.", "Berlin"]}'
+# hcurl WHAT STATUS [curl args...]: a POST /v2/rerank answered with HTTP STATUS
+hcurl() {
+  local what=$1 want=$2 code
+  shift 2
+  code=$(curl -s -o "$work/h.out" -w '%{http_code}' --max-time 60 -H "Content-Type: application/json" \
+    -d "$BODY" "$@" "$H/v2/rerank") || true
+  [ "$code" = "$want" ] || fail "https $what: HTTP $code (expected $want): $(cat "$work/h.out" 2>/dev/null)"
+  echo "ok: https $what -> $want"
+}
+HMTLS=(--cacert "$C/ca.pem" --cert "$C/client.pem" --key "$C/client-key.pem")
+hcurl "client certificate and key" 200 "${HMTLS[@]}" -H "Authorization: Bearer $KEY_ALL"
+grep -q '"relevance_score"' "$work/h.out" || fail "https: $(cat "$work/h.out")"
+hcurl "no client certificate" 401 --cacert "$C/ca.pem" -H "Authorization: Bearer $KEY_ALL"
+hcurl "another CA's client certificate" 401 --cacert "$C/ca.pem" --cert "$O/client.pem" \
+  --key "$O/client-key.pem" -H "Authorization: Bearer $KEY_ALL"
+hcurl "no key" 401 "${HMTLS[@]}"
+hcurl "key outside its tiers" 403 "${HMTLS[@]}" -H "Authorization: Bearer $KEY_BATCH"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 -d "$BODY" "http${H#https}/v2/rerank") || true
+[ "$code" != 200 ] || fail "plaintext HTTP answered on the HTTPS port"
+echo "ok: plaintext HTTP refused on the HTTPS port"
 
 step "c. worker ports accept only the internal CA's certificates"
 for port in "$PW1" "$PW2"; do
