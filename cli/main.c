@@ -19,6 +19,7 @@ static void usage(FILE *f) {
           "  health           ask a worker or coordinator for grpc.health.v1 status (or Info)\n"
           "  train            train a model: LM pretraining, re-ranker, compensation adapters\n"
           "  eval             re-rank a BEIR collection's BM25 run: nDCG@10, MRR@10, FLOPs\n"
+          "  lexicon          build a lexical stage's corpus statistics; score a run with its BM25\n"
           "run 'mrank <command> --help' for its options\n", f);
 }
 
@@ -72,6 +73,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "health")) return mr_cmd_health(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return mr_cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return mr_cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "lexicon")) return mr_cmd_lexicon(argc - 1, argv + 1);
     fprintf(stderr, "mrank: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;
