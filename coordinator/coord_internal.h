@@ -226,6 +226,9 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len);
 /* Loads the lexicon file of every lexical stage (MR_E* naming the config, stage and file). */
 int mr__lexical_load(mr_coord *c, mr_err *err);
 void mr__lexical_free(mr_coord *c);
+/* Profile position of r's first neural stage (the first that tokenizes: exact token counts,
+ * usage); n_stages when there is none. */
+int mr__first_neural(const mr__req *r);
 /* Scores active[0..n_active) with profile stage pos (lexical) into r; 0, or -1 with code/msg. */
 int mr__lexical_stage(mr__req *r, int pos, const int *active, int n_active,
                       grpc_status_code *code, char *msg, size_t cap);

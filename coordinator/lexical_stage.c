@@ -31,6 +31,13 @@ void mr__lexical_free(mr_coord *c) {
     }
 }
 
+int mr__first_neural(const mr__req *r) {
+    const mr_cc_profile *pr = &r->co->cfg.profiles[r->profile];
+    int pos = 0;
+    while (pos < pr->n_stages && mr__req_stage(r, pos)->kind == MR_CC_LEXICAL) pos++;
+    return pos;
+}
+
 int mr__lexical_stage(mr__req *r, int pos, const int *active, int n_active,
                       grpc_status_code *code, char *msg, size_t cap) {
     mr_coord *c = r->co;
