@@ -1,38 +1,43 @@
 #!/usr/bin/env python3
-"""Offline replay of a cascade profile with score fusion over scores mrank produced.
+"""Fusion weights of a cascade profile, chosen on the first half of each collection's judged
+queries and reported on the second half, by replaying the coordinator offline over scores mrank
+produced (bench/fusion/run.sh makes them; docs/results.md has the figures).
 
-    fusion_eval.py --collection DIR --lexical RUN --full RUN [--cheap RUN] [--profile SPEC]
-                   [--flops-full F --flops-cheap F] [--weights W] [--json OUT]
+    fusion_eval.py --runs DIR --profile bm25:30,cheap:0,full:0 [--grid 20] COLLECTION_DIR...
 
-RUN files are TREC runs over the collection's bm25_top100.run candidates: --lexical from
-`mrank lexicon score` (the coordinator's BM25 code), --full/--cheap from `mrank eval --out`
-(the workers' scoring at the served max_len). The candidates' request order is the BM25 run's.
+DIR holds, per collection C: C.lex.run (`mrank lexicon score`, the coordinator's BM25 code,
+candidates' own statistics as the shipped profile; C.lexcorpus.run with the collection's
+lexicon, --lex lexcorpus), C.cheap.run and C.full.run (`mrank eval
+--out`, the workers' scoring at the served max_len), C.cheap.log / C.full.log (their FLOPs per
+pair). Candidates are the collection's bm25_top100.run in its order (the request order).
 
-The replay follows the coordinator (docs/cluster.md): each stage scores the survivors of the
-previous one, keep_top_k keeps the best by the merge rule (score desc, index asc); the final
-order is deeper stage first; fusion (coordinator/fusion.h) replaces the scores of the group the
-deepest stage scored: weighted sum of min-max-normalised per-stage scores.
-
-Judged queries (a relevant grade > 0, in queries.jsonl order) are split in halves: the fusion
-weights are chosen on the first half (grid of --grid steps, best mean nDCG@10, first best in grid
-order) and every figure is reported on the second half. nDCG@10 is bm25_eval.py's ndcg_at.
+Replay (coordinator/rerank.c, fuse.c, fusion.h): each stage scores the survivors of the previous
+one and keep_top_k keeps the best (score desc, index asc); the final order is deeper stage first;
+the group the deepest stage scored gets sum(w * minmax(stage score)) in place of its score.
+Judged queries (a grade > 0, queries.jsonl order) split in halves, the first ceil(n/2) first.
+Weights: a grid of --grid steps per unit summing to 1, best mean nDCG@10 on the first half, the
+first best in grid order (the lexical weight descending: ties keep the lexical order). "pooled"
+weights maximise the mean over the collections of the first halves' nDCG@10: the shipped
+default. nDCG@10 is shared/tools/bm25_eval.py's ndcg_at. Prints one JSON object.
 """
 import argparse
 import itertools
 import json
-import math
 import os
+import re
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "tools"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "shared", "tools"))
 from bm25_eval import ndcg_at, read_jsonl, read_qrels  # noqa: E402
 
 
 def read_run(path):
     run = {}
-    for line in open(path, encoding="utf-8"):
-        q, _, d, _, s, _ = line.split()
-        run.setdefault(q, {})[d] = float(s)
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            q, _, d, _, s, _ = line.split()
+            run.setdefault(q, {})[d] = float(s)
     return run
 
 
@@ -42,11 +47,10 @@ def minmax(xs):
 
 
 def replay(cands, scores, profile, weights):
-    """cands: doc ids in request order; scores: stage -> {doc: score}; profile: [(stage, keep)]
-    weights: stage -> weight (fusion) or None. Returns [(doc, final score)] best first."""
+    """Final ranking [(doc, score)] of cands (request order) through profile [(stage, keep)]
+    with fusion weights {stage: w} (None: no fusion); scores: stage -> {doc: raw score}."""
     n = len(cands)
-    stage_of = [-1] * n
-    score = [float("nan")] * n
+    stage_of, score = [-1] * n, [0.0] * n
     active = list(range(n))
     for pos, (name, keep) in enumerate(profile):
         for i in active:
@@ -59,10 +63,9 @@ def replay(cands, scores, profile, weights):
         fused = [0.0] * len(group)
         for pos, (name, _) in enumerate(profile):
             w = weights.get(name, 0.0)
-            if pos > deepest or not w:
-                continue
-            norm = minmax([scores[name][cands[i]] for i in group])
-            fused = [f + w * v for f, v in zip(fused, norm)]
+            if pos <= deepest and w:
+                norm = minmax([scores[name][cands[i]] for i in group])
+                fused = [f + w * v for f, v in zip(fused, norm)]
         for i, f in zip(group, fused):
             score[i] = f
     order = sorted(range(n), key=lambda i: (-stage_of[i], -score[i], i))
@@ -70,92 +73,92 @@ def replay(cands, scores, profile, weights):
 
 
 def mean(xs):
-    return sum(xs) / len(xs) if xs else float("nan")
+    return sum(xs) / len(xs)
+
+
+def flops(log):
+    m = re.search(r"linear FLOPs per pair ([0-9.e+]+)", open(log).read())
+    return float(m.group(1))
+
+
+class Coll:
+    def __init__(self, path, runs, lex):
+        self.name = os.path.basename(os.path.normpath(path))
+        queries = [q["_id"] for q in read_jsonl(os.path.join(path, "queries.jsonl"))]
+        self.qrels = read_qrels(os.path.join(path, "qrels", "test.tsv"))
+        bm25 = read_run(os.path.join(path, "bm25_top100.run"))
+        judged = [q for q in queries
+                  if q in bm25 and any(g > 0 for g in self.qrels.get(q, {}).values())]
+        half = (len(judged) + 1) // 2
+        self.first, self.second = judged[:half], judged[half:]
+        self.cands = {q: list(bm25[q]) for q in judged}   # file order = rank order
+        sc = {s: read_run(os.path.join(runs, "%s.%s.run" % (self.name, f)))
+              for s, f in (("bm25", lex), ("cheap", "cheap"), ("full", "full"))}
+        self.scores = {q: {s: sc[s][q] for s in sc} for q in judged}
+        self.flops = {s: flops(os.path.join(runs, "%s.%s.log" % (self.name, s)))
+                      for s in ("cheap", "full")}
+
+    def ndcg(self, qs, profile, w):
+        return mean([ndcg_at(replay(self.cands[q], self.scores[q], profile, w), self.qrels[q], 10)
+                     for q in qs])
+
+    def compute(self, qs, profile):
+        """Linear FLOPs of the profile's neural stages over the full model on every candidate."""
+        used = total = 0.0
+        for q in qs:
+            m = n = len(self.cands[q])
+            total += n * self.flops["full"]
+            for name, keep in profile:
+                if name != "bm25":
+                    used += m * self.flops[name]
+                m = min(m, keep) if keep else m
+        return used / total
+
+
+def grid(names, steps):
+    """Weight dicts summing to 1, the first stage's weight descending."""
+    vals = [i / steps for i in range(steps, -1, -1)]
+    for ws in itertools.product(vals, repeat=len(names) - 1):
+        if sum(ws) <= 1 + 1e-9:
+            yield dict(zip(names, list(ws) + [round(1 - sum(ws), 9)]))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--collection", required=True)
-    ap.add_argument("--lexical", required=True)
-    ap.add_argument("--full", required=True)
-    ap.add_argument("--cheap")
-    ap.add_argument("--profile", default="bm25:0,full:0",
-                    help="stage:keep_top_k,... (0 = keep all); stages bm25, cheap, full")
-    ap.add_argument("--grid", type=int, default=20, help="weight steps per unit")
-    ap.add_argument("--weights", help="stage:w,... to evaluate instead of searching")
-    ap.add_argument("--flops-full", type=float, default=0)
-    ap.add_argument("--flops-cheap", type=float, default=0)
-    ap.add_argument("--json")
+    ap.add_argument("--runs", required=True)
+    ap.add_argument("--profile", default="bm25:30,cheap:0,full:0")
+    ap.add_argument("--grid", type=int, default=20)
+    ap.add_argument("--lex", default="lex", help="lexical run suffix: lex (the candidates' "
+                    "statistics, as shipped) or lexcorpus (the collection's lexicon)")
+    ap.add_argument("collections", nargs="+")
     a = ap.parse_args()
-    coll = a.collection
-    queries = [q["_id"] for q in read_jsonl(os.path.join(coll, "queries.jsonl"))]
-    qrels = read_qrels(os.path.join(coll, "qrels", "test.tsv"))
-    bm25 = read_run(os.path.join(coll, "bm25_top100.run"))
-    judged = [q for q in queries if q in bm25 and any(g > 0 for g in qrels.get(q, {}).values())]
-    half = (len(judged) + 1) // 2
-    first, second = judged[:half], judged[half:]
-    cands = {q: sorted(bm25[q], key=lambda d: -bm25[q][d]) for q in judged}
-    for q in judged:  # the run's own order (ties as written)
-        cands[q] = [d for d, _ in sorted(enumerate(bm25[q]), key=lambda t: t[0])] and \
-            list(bm25[q].keys())
-    scores = {"bm25": read_run(a.lexical), "full": read_run(a.full)}
-    if a.cheap:
-        scores["cheap"] = read_run(a.cheap)
     profile = [(s.split(":")[0], int(s.split(":")[1])) for s in a.profile.split(",")]
     names = [s for s, _ in profile]
-    per_q = {q: {s: scores[s][q] for s in names} for q in judged}
-
-    def ndcg(qs, prof, w):
-        return mean([ndcg_at(replay(cands[q], per_q[q], prof, w), qrels[q], 10) for q in qs])
-
-    if a.weights:
-        best = {s.split(":")[0]: float(s.split(":")[1]) for s in a.weights.split(",")}
-        best_first = ndcg(first, profile, best)
-    else:
-        best, best_first = None, -1.0
-        steps = [i / a.grid for i in range(a.grid + 1)]
-        for ws in itertools.product(steps, repeat=len(names) - 1):
-            if sum(ws) > 1 + 1e-9:
-                continue
-            w = dict(zip(names[:-1], ws))
-            w[names[-1]] = round(1 - sum(ws), 6)
-            v = ndcg(first, profile, w)
-            if v > best_first + 1e-12:
-                best, best_first = w, v
-    full_only = [("full", 0)]
-    bm25_only = [("bm25", 0)]
-    res = {
-        "collection": os.path.basename(os.path.normpath(coll)),
-        "judged": len(judged), "first_half": len(first), "second_half": len(second),
-        "profile": a.profile, "weights": best, "first_half_ndcg10_profile": round(best_first, 4),
-        "ndcg10_bm25_order": round(ndcg(second, [("bm25", 0)], None) if False else
-                                   mean([ndcg_at([(d, 0) for d in cands[q]], qrels[q], 10)
-                                         for q in second]), 4),
-        "ndcg10_lexical_stage": round(ndcg(second, bm25_only, None), 4),
-        "ndcg10_neural_full": round(ndcg(second, full_only, None), 4),
-        "ndcg10_profile": round(ndcg(second, profile, best), 4),
-    }
-    if a.flops_full:
-        n_full = n_cheap = n_all = 0
-        for q in second:
-            n = len(cands[q])
-            n_all += n
-            m = n
-            for name, keep in profile:
-                if name == "full":
-                    n_full += m
-                elif name == "cheap":
-                    n_cheap += m
-                if keep:
-                    m = min(m, keep)
-        prof = n_full * a.flops_full + n_cheap * a.flops_cheap
-        res["compute_profile_vs_full_all"] = round(prof / (n_all * a.flops_full), 4)
-        res["pairs_per_request"] = {"full": n_full / len(second), "cheap": n_cheap / len(second),
-                                    "all": n_all / len(second)}
-    print(json.dumps(res))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f)
+    colls = [Coll(c, a.runs, a.lex) for c in a.collections]
+    cand = list(grid(names, a.grid))
+    first = [[c.ndcg(c.first, profile, w) for w in cand] for c in colls]
+    pooled = max(range(len(cand)), key=lambda k: (mean([f[k] for f in first]), -k))
+    out = {"profile": a.profile, "grid_steps": a.grid, "lexical": a.lex, "pooled_weights": cand[pooled],
+           "collections": []}
+    for c, f in zip(colls, first):
+        best = max(range(len(cand)), key=lambda k: (f[k], -k))
+        out["collections"].append({
+            "collection": c.name, "judged": len(c.first) + len(c.second),
+            "n_first": len(c.first), "n_second": len(c.second),
+            "weights": cand[best],
+            "first_half": {"bm25_order": round(mean(
+                [ndcg_at([(d, 0) for d in c.cands[q]], c.qrels[q], 10) for q in c.first]), 4),
+                "profile": round(f[best], 4)},
+            "second_half": {
+                "bm25_order": round(mean([ndcg_at([(d, 0) for d in c.cands[q]], c.qrels[q], 10)
+                                          for q in c.second]), 4),
+                "lexical_stage": round(c.ndcg(c.second, [("bm25", 0)], None), 4),
+                "neural_full": round(c.ndcg(c.second, [("full", 0)], None), 4),
+                "profile_own_weights": round(c.ndcg(c.second, profile, cand[best]), 4),
+                "profile_pooled_weights": round(c.ndcg(c.second, profile, cand[pooled]), 4)},
+            "compute_vs_full_on_all": round(c.compute(c.second, profile), 4),
+        })
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
