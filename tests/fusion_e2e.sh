@@ -9,7 +9,8 @@
 #     stage equals `mrank lexicon score` (the code bench/fusion/ evaluates with), and the
 #     default profile's ranking and fused scores equal bench/fusion/fusion_eval.py's offline
 #     replay of the per-stage scores: the weights chosen offline mean what the cluster serves.
-# Only loopback; every wait is bounded; everything started is killed on exit.
+# Only loopback; every wait is bounded (a long gRPC deadline: the sanitizer build scores
+# slowly, and admission refuses what the deadline cannot fit); everything started is killed.
 set -euo pipefail
 MRANK=$(readlink -f "$1")
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -20 "$work/up.log" >&2 || true; exit 1; }
+fail() { echo "FAIL: $*" >&2; tail -n 20 "$work/up.log" "$work/rr.err" >&2 || true; exit 1; }
 
 read -r PC PW1 PW2 < <($PY -c '
 import socket
@@ -52,7 +53,7 @@ for _ in $(seq 1 240); do
 done
 grep -q '^coordinator: ' "$work/up.log" || fail "cluster did not come up"
 ADDR=127.0.0.1:$PC
-rr() { "$MRANK" rerank --addr "$ADDR" --tier exact --json "$@" 2>/dev/null; }
+rr() { "$MRANK" rerank --addr "$ADDR" --tier exact --timeout-ms 300000 --json "$@" 2>>"$work/rr.err"; }
 
 echo "== 1. the README's request"
 printf '%s\n' "Paris is the capital and most populous city of France." \
