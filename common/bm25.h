@@ -64,7 +64,8 @@ typedef struct mr_bm25_params {
 #define MR_BM25_DEFAULT_B 0.4
 
 /* Scores docs[0..n) for query into out[0..n): with lx the collection's statistics, with NULL
- * the candidates' own (N = n, df and avgdl over docs). MR_ENOMEM. */
+ * the candidates' own (N = n, df and avgdl over docs). The first 256 distinct query terms
+ * are scored (the rest are ignored). MR_ENOMEM. */
 int mr_bm25_score(const mr_lexicon *lx, const mr_bm25_params *p, const char *query,
                   const char *const *docs, int n, float *out, mr_err *err);
 
