@@ -13,6 +13,7 @@ int mr_cmd_train(int argc, char **argv);
 int mr_cmd_eval(int argc, char **argv);
 int mr_cmd_health(int argc, char **argv);
 int mr_cmd_calibrate(int argc, char **argv);
+int mr_cmd_lexicon(int argc, char **argv);
 
 /* connect.c: a channel to addr (TLS when tls names any file; "authorization: Bearer api_key"
  * when api_key is non-empty); 0, or -1 after a message on stderr ("mrank WHO: ..."). The

@@ -396,10 +396,15 @@ static void print_ready(const mr_coord_config *cfg, const char *model, double ms
         for (int a = 0; a < cfg->pools[p].n_addrs; a++) printf(" %s", cfg->pools[p].addrs[a]);
         printf("\n");
     }
-    for (int s = 0; s < cfg->n_stages; s++)
-        printf("  stage %-9s pool %s, depth %d, compress_ratio %d\n", cfg->stages[s].name,
-               cfg->pools[cfg->stages[s].pool].name, cfg->stages[s].arch.depth,
-               cfg->stages[s].arch.ratio);
+    for (int s = 0; s < cfg->n_stages; s++) {
+        const mr_cc_stage *st = &cfg->stages[s];
+        if (st->kind == MR_CC_LEXICAL)
+            printf("  stage %-9s lexical (BM25 k1 %g, b %g, %s), in the coordinator\n", st->name,
+                   st->k1, st->b, *st->lexicon ? st->lexicon : "statistics of the candidates");
+        else
+            printf("  stage %-9s pool %s, depth %d, compress_ratio %d\n", st->name,
+                   cfg->pools[st->pool].name, st->arch.depth, st->arch.ratio);
+    }
     if (cfg->metrics_port > 0)
         printf("  metrics:     http://127.0.0.1:%d/metrics\n", cfg->metrics_port);
     printf("coordinator: %s\n", cfg->listen);

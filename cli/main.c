@@ -20,6 +20,7 @@ static void usage(FILE *f) {
           "  train            train a model: LM pretraining, re-ranker, compensation adapters\n"
           "  eval             re-rank a BEIR collection's BM25 run: nDCG@10, MRR@10, FLOPs\n"
           "  calibrate        fit calibration.json (Platt per stage sub-architecture) from labelled pairs\n"
+          "  lexicon          build a lexical stage's corpus statistics; score a run with its BM25\n"
           "run 'mrank <command> --help' for its options\n", f);
 }
 
@@ -74,6 +75,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "train")) return mr_cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return mr_cmd_eval(argc - 1, argv + 1);
     if (!strcmp(cmd, "calibrate")) return mr_cmd_calibrate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "lexicon")) return mr_cmd_lexicon(argc - 1, argv + 1);
     fprintf(stderr, "mrank: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

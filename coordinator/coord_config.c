@@ -3,6 +3,8 @@
  * so a typo ("keep_topk") is caught at start instead of being silently ignored. */
 #include "coord_config.h"
 
+#include "bm25.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
@@ -208,16 +210,52 @@ static int parse_pool(const ctx *x, const cJSON *o, const char *path, mr_cc_pool
     return 0;
 }
 
+static int get_file(const ctx *x, const cJSON *obj, const char *path, const char *key, char *buf,
+                    int required);
+
+/* A lexical stage: BM25 in the coordinator; no pool, no sub-architecture. */
+static int parse_lexical(const ctx *x, const cJSON *o, const char *path, mr_cc_stage *s) {
+    static const char *const neural_only[] = {"pool", "depth", "compress_ratio",
+                                              "compress_layers", "pooling", "adapters", NULL};
+    char q[384];
+    for (const char *const *k = neural_only; *k; k++)
+        if (cJSON_GetObjectItemCaseSensitive(o, *k)) {
+            join(q, sizeof q, path, *k);
+            return bad(x, MR_EINVAL, q, "a lexical stage has no %s", *k);
+        }
+    s->kind = MR_CC_LEXICAL;
+    s->pool = -1;
+    s->k1 = MR_BM25_DEFAULT_K1;
+    s->b = MR_BM25_DEFAULT_B;
+    int rc;
+    if ((rc = get_num(x, o, path, "k1", &s->k1, 0, 100, 0, NULL)) ||
+        (rc = get_num(x, o, path, "b", &s->b, 0, 1, 0, NULL)) ||
+        (rc = get_file(x, o, path, "lexicon", s->lexicon, 0)))
+        return rc;
+    return 0;
+}
+
 static int parse_stage(const ctx *x, const cJSON *o, const char *path, mr_coord_config *c,
                        mr_cc_stage *s) {
-    static const char *const keys[] = {"name", "pool", "depth", "compress_ratio",
-                                       "compress_layers", "pooling", "adapters", NULL};
-    char q[384], pool[MR_CC_NAME] = "";
+    static const char *const keys[] = {"name", "kind", "pool", "depth", "compress_ratio",
+                                       "compress_layers", "pooling", "adapters", "k1", "b",
+                                       "lexicon", NULL};
+    char q[384], pool[MR_CC_NAME] = "", kind[16] = "neural";
     int rc;
     if (!cJSON_IsObject(o)) return bad(x, MR_EFORMAT, path, "expected an object");
     if ((rc = check_keys(x, o, path, keys)) || (rc = get_name(x, o, path, s->name)) ||
-        (rc = get_str(x, o, path, "pool", pool, sizeof pool, 1)))
+        (rc = get_str(x, o, path, "kind", kind, sizeof kind, 0)))
         return rc;
+    snprintf(q, sizeof q, "%s.kind", path);
+    if (!strcmp(kind, "lexical")) return parse_lexical(x, o, path, s);
+    if (strcmp(kind, "neural")) return bad(x, MR_EINVAL, q, "'%s' is not neural or lexical", kind);
+    static const char *const lexical_only[] = {"k1", "b", "lexicon", NULL};
+    for (const char *const *k = lexical_only; *k; k++)
+        if (cJSON_GetObjectItemCaseSensitive(o, *k)) {
+            join(q, sizeof q, path, *k);
+            return bad(x, MR_EINVAL, q, "only a lexical stage takes it");
+        }
+    if ((rc = get_str(x, o, path, "pool", pool, sizeof pool, 1))) return rc;
     snprintf(q, sizeof q, "%s.pool", path);
     if ((s->pool = mr_coord_config_pool(c, pool)) < 0)
         return bad(x, MR_EINVAL, q, "unknown pool '%s'", pool);
@@ -316,9 +354,64 @@ static int parse_profile_stage(const ctx *x, const cJSON *o, const char *path,
     return 0;
 }
 
+/* "fusion": {"method": "weighted" | "rrf", "normalize": "minmax" | "zscore", "k": K,
+ * "weights": {"stage": w, ...}} (fusion.h); the stages named are the profile's. */
+static int parse_fusion(const ctx *x, const cJSON *o, const char *path,
+                        const mr_coord_config *c, mr_cc_profile *pr) {
+    static const char *const keys[] = {"method", "normalize", "k", "weights", NULL};
+    char q[640], method[16] = "", norm[16] = "minmax";
+    mr_fusion *f = &pr->fusion;
+    int rc;
+    if (!cJSON_IsObject(o)) return bad(x, MR_EFORMAT, path, "expected an object");
+    if ((rc = check_keys(x, o, path, keys)) ||
+        (rc = get_str(x, o, path, "method", method, sizeof method, 1)) ||
+        (rc = get_str(x, o, path, "normalize", norm, sizeof norm, 0)))
+        return rc;
+    join(q, sizeof q, path, "method");
+    if (!strcmp(method, "weighted")) f->method = MR_FUSION_WEIGHTED;
+    else if (!strcmp(method, "rrf")) f->method = MR_FUSION_RRF;
+    else return bad(x, MR_EINVAL, q, "'%s' is not weighted or rrf", method);
+    join(q, sizeof q, path, "normalize");
+    if (!strcmp(norm, "minmax")) f->norm = MR_FUSION_MINMAX;
+    else if (!strcmp(norm, "zscore")) f->norm = MR_FUSION_ZSCORE;
+    else return bad(x, MR_EINVAL, q, "'%s' is not minmax or zscore", norm);
+    if (f->method == MR_FUSION_RRF && cJSON_GetObjectItemCaseSensitive(o, "normalize"))
+        return bad(x, MR_EINVAL, q, "rrf fuses ranks: no normalize");
+    f->k = MR_FUSION_DEFAULT_K;
+    if ((rc = get_num(x, o, path, "k", &f->k, 1e-3, 1e6, 0, NULL))) return rc;
+    join(q, sizeof q, path, "k");
+    if (f->method != MR_FUSION_RRF && cJSON_GetObjectItemCaseSensitive(o, "k"))
+        return bad(x, MR_EINVAL, q, "only rrf takes k");
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(o, "weights");
+    join(q, sizeof q, path, "weights");
+    if (!w || cJSON_IsNull(w)) {
+        if (f->method == MR_FUSION_WEIGHTED) return bad(x, MR_EINVAL, q, "missing");
+        for (int p = 0; p < pr->n_stages; p++) f->pos[f->n] = p, f->weight[f->n++] = 1;
+        return 0;
+    }
+    if (!cJSON_IsObject(w) || !w->child)
+        return bad(x, MR_EFORMAT, q, "expected an object {\"stage\": weight, ...}");
+    for (const cJSON *it = w->child; it; it = it->next) {
+        char qq[720];
+        snprintf(qq, sizeof qq, "%s.%.60s", q, it->string);
+        int si = mr_coord_config_stage(c, it->string), p = -1;
+        for (int j = 0; si >= 0 && j < pr->n_stages; j++)
+            if (pr->stages[j].stage == si) p = j;
+        if (p < 0) return bad(x, MR_EINVAL, qq, "not a stage of profile '%s'", pr->name);
+        for (int j = 0; j < f->n; j++)
+            if (f->pos[j] == p) return bad(x, MR_EINVAL, qq, "named twice");
+        if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < 0 ||
+            it->valuedouble > 1e6)
+            return bad(x, MR_ERANGE, qq, "expected a weight in [0, 1e6]");
+        f->pos[f->n] = p;
+        f->weight[f->n++] = it->valuedouble;
+    }
+    return 0;
+}
+
 static int parse_profile(const ctx *x, const cJSON *o, const char *path, const mr_coord_config *c,
                          mr_cc_profile *pr) {
-    static const char *const keys[] = {"name", "stages", NULL};
+    static const char *const keys[] = {"name", "stages", "fusion", NULL};
     char q[384];
     int rc;
     if (!cJSON_IsObject(o)) return bad(x, MR_EFORMAT, path, "expected an object");
@@ -335,6 +428,9 @@ static int parse_profile(const ctx *x, const cJSON *o, const char *path, const m
                            c->stages[ps->stage].name);
         pr->n_stages++;
     }
+    const cJSON *fu = cJSON_GetObjectItemCaseSensitive(o, "fusion");
+    snprintf(q, sizeof q, "%s.fusion", path);
+    if (fu && !cJSON_IsNull(fu)) return parse_fusion(x, fu, q, c, pr);
     return 0;
 }
 

@@ -12,6 +12,7 @@
 #define MR_COORD_CONFIG_H
 
 #include "cascade.h"
+#include "fusion.h"
 #include "subarch.h"
 #include "mr_err.h"
 
@@ -40,10 +41,19 @@ typedef struct mr_cc_pool {
     int metrics_port_base;                 /* mrank up: worker i gets base + i (0: none) */
 } mr_cc_pool;
 
+#define MR_CC_PATH 512
+
+/* A stage is neural (a sub-architecture scored by a pool's workers) or lexical ("kind":
+ * "lexical": BM25 computed in the coordinator, common/bm25.h; no pool). */
+typedef enum mr_cc_stage_kind { MR_CC_NEURAL = 0, MR_CC_LEXICAL = 1 } mr_cc_stage_kind;
+
 typedef struct mr_cc_stage {
     char name[MR_CC_NAME];
-    int pool;                              /* index into pools */
+    mr_cc_stage_kind kind;
+    int pool;                              /* index into pools; -1 for a lexical stage */
     mr_subarch arch;                       /* depth > 0; adapters are names of the pool's */
+    double k1, b;                          /* lexical: BM25 parameters */
+    char lexicon[MR_CC_PATH];              /* lexical: statistics file ("": the candidates') */
 } mr_cc_stage;
 
 typedef struct mr_cc_profile_stage {
@@ -56,6 +66,7 @@ typedef struct mr_cc_profile {
     char name[MR_CC_NAME];
     int n_stages;
     mr_cc_profile_stage stages[MR_CC_MAX_STAGES];
+    mr_fusion fusion;                      /* final phase (method MR_FUSION_NONE: none) */
 } mr_cc_profile;
 
 typedef struct mr_cc_tier {
@@ -68,7 +79,6 @@ typedef struct mr_cc_tier {
 
 /* The optional "security" section (docs/security.md). Paths as written in the file ("" when
  * absent); every named file was readable when the config was loaded. */
-#define MR_CC_PATH 512
 typedef struct mr_cc_security {
     char tls_cert[MR_CC_PATH], tls_key[MR_CC_PATH];   /* TLS on the public port */
     char tls_client_ca[MR_CC_PATH];                   /* then clients need a cert (mTLS) */

@@ -11,6 +11,8 @@
  *   fanout.c     one stage's Score calls over a pool's replicas: attempt timeouts, retries,
  *                hedges, cancellation; folds answers
  *   replicas.c   replica state (full, outlier, ejected) and the pick of a replica
+ *   lexical_stage.c  a "lexical" stage: BM25 over the active candidates, in the executor
+ *   fuse.c       the profile's fusion phase after the last stage (rules: fusion.h)
  *   wire.c       protobuf packing: Score requests, the ranking, Info
  *   probe.c      the prober thread: Worker Info, warm-up, health, ejected replicas back
  *   coordinator.c  lifecycle and handler registration
@@ -99,6 +101,7 @@ struct mr_coord {
     char http_listen[128];      /* its address ("" off) */
     int http_port;              /* bound, -1 when off */
     struct mr__calib *calib;    /* calibration.json (calib.c), NULL: identity */
+    struct mr_lexicon *lex[MR_CC_MAX_STAGES];   /* lexical stages' lexicons (NULL: none) */
 };
 
 /* Where one Rerank's answer goes, and what the request reads of its client: a gRPC call
@@ -256,6 +259,31 @@ int mr__wire_score(const mr__req *r, const mr_cc_stage *st, const int *members, 
 uint8_t *mr__wire_ranking(mr__req *r, int final, int degraded, size_t *len);
 /* The packed Ranker InfoResponse (malloc'd), or NULL on OOM. */
 uint8_t *mr__wire_info(mr_coord *c, size_t *len);
+
+/* ---- lexical_stage.c ---- */
+
+/* Loads the lexicon file of every lexical stage (MR_E* naming the config, stage and file). */
+int mr__lexical_load(mr_coord *c, mr_err *err);
+void mr__lexical_free(mr_coord *c);
+/* Profile position of r's first neural stage (the first that tokenizes: exact token counts,
+ * usage); n_stages when there is none. */
+int mr__first_neural(const mr__req *r);
+/* Scores active[0..n_active) with profile stage pos (lexical) into r; 0, or -1 with code/msg. */
+int mr__lexical_stage(mr__req *r, int pos, const int *active, int n_active,
+                      grpc_status_code *code, char *msg, size_t cap);
+
+/* ---- fuse.c ---- */
+
+/* A request's fusion state: NULL when the profile has no fusion (or out of memory: the answer
+ * is then the merge rule's, unfused); the other calls accept NULL. */
+typedef struct mr__fuse mr__fuse;
+mr__fuse *mr__fuse_begin(const mr__req *r);
+/* Records the raw scores stage pos gave active[0..n_active). */
+void mr__fuse_record(mr__fuse *f, const mr__req *r, int pos, const int *active, int n_active);
+/* Replaces the raw scores of the candidates of the deepest stage that ran by the fused ones.
+ * -1 when out of memory (scores unchanged). */
+int mr__fuse_finish(mr__fuse *f, mr__req *r);
+void mr__fuse_free(mr__fuse *f);
 
 /* ---- rerank.c ---- */
 

@@ -102,7 +102,8 @@ int mr_coord_new(mr_coord **out, const mr_coord_config *cfg, const char *listen,
     }
     /* the rpc handler threads only serve Info: Rerank runs on the scheduler's executors */
     if ((rc = mr_coord_metrics_new(&c->metrics, &c->cfg, err)) || (rc = mr__auth_new(c, err)) ||
-        (rc = mr__calib_load(c, err)) || (rc = mr__sched_new(c, err)))
+        (rc = mr__calib_load(c, err)) || (rc = mr__sched_new(c, err)) ||
+        (rc = mr__lexical_load(c, err)))
         goto fail;
     /* gRPC itself refuses a larger Rerank before receiving or parsing it all */
     if ((rc = mr_rpc_server_set_max_receive(c->srv, c->cfg.max_request_bytes, err))) goto fail;
@@ -168,6 +169,7 @@ void mr_coord_free(mr_coord *c) {
     mr_coord_metrics_free(c->metrics);
     mr__auth_free(c);
     mr__calib_free(c);
+    mr__lexical_free(c);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
     free(c);

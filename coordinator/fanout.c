@@ -194,7 +194,7 @@ static int absorb(mr__req *r, int pos, const mr_cc_stage *st, slot *s, int n_slo
             goto done;
         }
     }
-    int si = (int)(st - r->co->cfg.stages);
+    int si = (int)(st - r->co->cfg.stages), first = mr__first_neural(r);
     for (int k = 0; k < n_slots; k++) {
         for (int i = 0; i < s[k].n; i++) {
             const Mrank__V1__PassageScores *ps = resp[k]->passages[i];
@@ -203,7 +203,7 @@ static int absorb(mr__req *r, int pos, const mr_cc_stage *st, slot *s, int n_slo
             r->score[d] = ps->n_scores ? ps->scores[ps->n_scores - 1] : NAN;
             r->depth[d] = ps->depth ? (int)ps->depth : st->arch.depth;
             r->truncated[d] |= ps->truncated;
-            if (pos == 0) {
+            if (pos == first) {   /* the first stage that tokenized */
                 r->prompt_tokens += ps->tokens;
                 if (ps->passage_tokens && ps->passage_tokens < ps->tokens) {
                     r->passage_tokens[d] = (int)ps->passage_tokens;

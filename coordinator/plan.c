@@ -20,6 +20,8 @@ static double stage_cost(mr__req *r, int pos, const int *active, int n_active, d
     int si = c->cfg.profiles[r->profile].stages[pos].stage;
     const mr_cc_stage *st = &c->cfg.stages[si];
     double tl = 0;
+    *est_ms = 0;
+    if (st->kind == MR_CC_LEXICAL) return 0;   /* microseconds in the executor: no cost model */
     for (int i = 0; i < n_active; i++)
         tl += mr_subarch_token_layers(&st->arch, r->n_fixed,
                                       r->passage_tokens[active ? active[i] : i]);
@@ -35,10 +37,8 @@ double mr__plan_request(mr__req *r, double *est_ms, double *first_ms) {
     *est_ms = 0;
     for (int pos = 0; pos < n_stages; pos++) {
         double ms, tl = stage_cost(r, pos, NULL, r->n, &ms);
-        if (pos == 0) {
-            tl0 = tl;
-            *first_ms = ms;
-        }
+        if (tl0 == 0) tl0 = tl;   /* the work: the first neural stage's (a lexical one costs 0) */
+        if (pos == 0) *first_ms = ms;
         *est_ms += ms;
     }
     return tl0;
@@ -73,6 +73,7 @@ double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active) {
         n = mr_cascade_keep_bound(&r->keep[q - 1], n);
         int si = pr->stages[q].stage;
         const mr_cc_stage *st = &c->cfg.stages[si];
+        if (st->kind == MR_CC_LEXICAL) continue;
         double tl = 0;      /* n candidates of the mean width of the active ones */
         for (int i = 0; i < n_active; i++)
             tl += mr_subarch_token_layers(&st->arch, r->n_fixed, r->passage_tokens[active[i]]);

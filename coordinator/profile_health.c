@@ -45,7 +45,8 @@ void mr__profile_health_update(mr_coord *c) {
         const mr_cc_profile *pr = &c->cfg.profiles[p];
         all[p] = 1;
         for (int s = 0; s < pr->n_stages; s++) {
-            int live = pool_live(c, c->cfg.stages[pr->stages[s].stage].pool, now);
+            int pool = c->cfg.stages[pr->stages[s].stage].pool;   /* -1: lexical, local */
+            int live = pool < 0 || pool_live(c, pool, now);
             if (s == 0) first[p] = live;
             all[p] &= live;
         }

@@ -47,6 +47,7 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
     int allow_degraded = r->co->cfg.tiers[r->tier].allow_degraded;
     int *active = malloc((size_t)r->n * sizeof *active);
     mr_cand *cand = malloc((size_t)r->n * sizeof *cand);
+    mr__fuse *fu = mr__fuse_begin(r);    /* NULL: no fusion phase */
     int rc = -1;
     if (!active || !cand) {
         *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
@@ -81,7 +82,8 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
         }
         double t_stage = mr__now_ms();
         r->fanned_out = 1;
-        if (mr__fanout_stage(r, pos, active, n_active, code, msg, cap)) {
+        if (st->kind == MR_CC_LEXICAL ? mr__lexical_stage(r, pos, active, n_active, code, msg, cap)
+                                      : mr__fanout_stage(r, pos, active, n_active, code, msg, cap)) {
             *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;
             if (pos > 0 && allow_degraded &&
                 (*code == GRPC_STATUS_DEADLINE_EXCEEDED || *code == GRPC_STATUS_UNAVAILABLE ||
@@ -96,6 +98,7 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
             goto done;
         }
         double ms = mr__now_ms() - t_stage;
+        mr__fuse_record(fu, r, pos, active, n_active);
         int kept = n_active;
         if (pos + 1 < pr->n_stages) {
             for (int i = 0; i < n_active; i++)
@@ -119,8 +122,10 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
             }
         }
     }
+    mr__fuse_finish(fu, r);   /* out of memory: the unfused ranking stands */
     rc = 0;
 done:
+    mr__fuse_free(fu);
     free(active);
     free(cand);
     return rc;

@@ -121,7 +121,7 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len) {
         const mr_cc_stage *st = &cfg->stages[i];
         mrank__v1__stage_info__init(&si[i]);
         si[i].name = (char *)st->name;
-        si[i].pool = (char *)cfg->pools[st->pool].name;
+        si[i].pool = st->pool >= 0 ? (char *)cfg->pools[st->pool].name : "";   /* lexical */
         mr_subarch_to_pb(&sa[i], &st->arch);
         si[i].arch = &sa[i].msg;
         sip[i] = &si[i];

@@ -1,0 +1,179 @@
+/* bm25.c: the lexical stage's tokenizer and BM25 scoring over a request's candidates (see
+ * bm25.h for the rules; the lexicon file is lexicon.c's). */
+#include "bm25.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+/* shared/tools/bm25_eval.py's English stopwords, sorted bytewise (binary search). */
+static const char *const STOP[] = {
+    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and",
+    "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between",
+    "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each",
+    "etc", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here",
+    "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it",
+    "its", "itself", "just", "may", "me", "might", "more", "most", "must", "my", "myself", "no",
+    "nor", "not", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves",
+    "out", "over", "own", "same", "shall", "she", "should", "so", "some", "such", "than",
+    "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they",
+    "this", "those", "through", "to", "too", "under", "until", "up", "upon", "very", "via",
+    "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why",
+    "will", "with", "within", "without", "would", "yet", "you", "your", "yours", "yourself",
+    "yourselves"};
+
+/* Compares term[0..len) with the NUL-terminated s bytewise (shorter first on a tie). */
+static int term_cmp(const char *term, size_t len, const char *s) {
+    size_t sl = strlen(s);
+    int c = memcmp(term, s, len < sl ? len : sl);
+    return c ? c : (len < sl ? -1 : len > sl);
+}
+
+static int is_stop(const char *t, size_t len) {
+    int lo = 0, hi = (int)(sizeof STOP / sizeof *STOP) - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2, c = term_cmp(t, len, STOP[mid]);
+        if (!c) return 1;
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
+    }
+    return 0;
+}
+
+static int word_char(utf8proc_int32_t cp) {
+    switch (utf8proc_category(cp)) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_NO:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+long mr_bm25_tokenize(const char *text, size_t n, mr_bm25_token_fn fn, void *user) {
+    char term[MR_BM25_MAX_TERM];
+    size_t len = 0, i = 0;
+    int in_word = 0;
+    long count = 0;
+    for (;;) {
+        utf8proc_int32_t cp = -1;
+        utf8proc_ssize_t k = 0;
+        if (i < n) {
+            k = utf8proc_iterate((const utf8proc_uint8_t *)text + i, (utf8proc_ssize_t)(n - i),
+                                 &cp);
+            if (k <= 0) k = 1, cp = -1;     /* an invalid byte separates */
+        }
+        int wc = cp >= 0 && word_char(cp);
+        if (wc) {
+            utf8proc_uint8_t enc[4];
+            utf8proc_ssize_t el = utf8proc_encode_char(utf8proc_tolower(cp), enc);
+            if (len + (size_t)el <= sizeof term) memcpy(term + len, enc, (size_t)el), len += el;
+            in_word = 1;
+        } else if (in_word) {
+            if (len > 0 && !is_stop(term, len)) {
+                fn(term, len, user);
+                count++;
+            }
+            len = 0;
+            in_word = 0;
+        }
+        if (i >= n) break;
+        i += (size_t)k;
+    }
+    return count;
+}
+
+/* ---- scoring ---- */
+
+#define MAX_QTERMS 256               /* distinct query terms scored (the rest are ignored) */
+
+typedef struct qterm {
+    char t[MR_BM25_MAX_TERM];
+    size_t len;
+    int qtf;                     /* occurrences in the query */
+    long df;                     /* documents containing it */
+    int tf;                      /* in the current document */
+    long seen;                   /* last document that counted it in df (-1 none) */
+    double idf;
+} qterm;
+
+typedef struct qset {
+    qterm *q;
+    int n;
+    long dl;                     /* tokens of the current document */
+    long doc;
+} qset;
+
+static qterm *find(qset *s, const char *t, size_t len) {
+    for (int i = 0; i < s->n; i++)
+        if (s->q[i].len == len && !memcmp(s->q[i].t, t, len)) return &s->q[i];
+    return NULL;
+}
+
+static void add_query(const char *t, size_t len, void *user) {
+    qset *s = user;
+    qterm *q = find(s, t, len);
+    if (q) q->qtf++;
+    else if (s->n < MAX_QTERMS) {
+        q = &s->q[s->n++];
+        memcpy(q->t, t, len);
+        q->len = len;
+        q->qtf = 1;
+        q->seen = -1;
+    }
+}
+
+static void count_doc(const char *t, size_t len, void *user) {
+    qset *s = user;
+    s->dl++;
+    qterm *q = find(s, t, len);
+    if (!q) return;
+    q->tf++;
+    if (q->seen != s->doc) q->seen = s->doc, q->df++;
+}
+
+int mr_bm25_score(const mr_lexicon *lx, const mr_bm25_params *p, const char *query,
+                  const char *const *docs, int n, float *out, mr_err *err) {
+    qset s = {calloc(MAX_QTERMS, sizeof(qterm)), 0, 0, 0};
+    if (!s.q) {
+        return mr_err_set(err, MR_ENOMEM, "bm25: out of memory");
+    }
+    mr_bm25_tokenize(query, strlen(query), add_query, &s);
+    double n_docs, avgdl = 0;
+    if (lx) {
+        n_docs = (double)lx->n_docs;
+        avgdl = lx->avgdl;
+        for (int i = 0; i < s.n; i++) s.q[i].df = mr_lexicon_df(lx, s.q[i].t, s.q[i].len);
+    } else {       /* the candidates' own statistics: one counting pass */
+        n_docs = n;
+        for (int d = 0; d < n; d++) {
+            s.dl = 0;
+            s.doc = d;
+            mr_bm25_tokenize(docs[d], strlen(docs[d]), count_doc, &s);
+            avgdl += (double)s.dl;
+        }
+        avgdl = n > 0 ? avgdl / n : 0;
+    }
+    for (int i = 0; i < s.n; i++) {
+        double df = (double)s.q[i].df;
+        if (df > n_docs) df = n_docs;   /* a lexicon of another corpus: keep idf >= 0 */
+        s.q[i].idf = log(1 + (n_docs - df + 0.5) / (df + 0.5));
+    }
+    for (int d = 0; d < n; d++) {
+        for (int i = 0; i < s.n; i++) s.q[i].tf = 0;
+        s.dl = 0;
+        s.doc = n + d;                  /* df is not counted again */
+        mr_bm25_tokenize(docs[d], strlen(docs[d]), count_doc, &s);
+        double norm = p->k1 * (1 - p->b + (avgdl > 0 ? p->b * (double)s.dl / avgdl : 0));
+        double sc = 0;
+        for (int i = 0; i < s.n; i++)
+            if (s.q[i].tf)
+                sc += s.q[i].qtf * s.q[i].idf * s.q[i].tf * (p->k1 + 1) / (s.q[i].tf + norm);
+        out[d] = (float)sc;
+    }
+    free(s.q);
+    return 0;
+}
