@@ -202,6 +202,7 @@ int mr_cmd_calibrate(int argc, char **argv) {
     cJSON *subs = cJSON_AddObjectToObject(root, "subarchs");
     for (int s = 0; s < cfg->n_stages; s++) {
         const mr_cc_stage *st = &cfg->stages[s];
+        if (st->kind == MR_CC_LEXICAL) continue;   /* BM25 in the coordinator: no head, no pool */
         char key[512];
         mr_calib_stage_key(cfg, s, key, sizeof key);
         cJSON *have = cJSON_GetObjectItemCaseSensitive(subs, key);

@@ -44,6 +44,10 @@ void mr_calib_key(const mr_subarch *s, char *buf, size_t cap) {
 }
 
 void mr_calib_stage_key(const mr_coord_config *cfg, int stage, char *buf, size_t cap) {
+    if (cfg->stages[stage].kind == MR_CC_LEXICAL) {   /* no pool, no head: never in the file */
+        snprintf(buf, cap, "lexical");
+        return;
+    }
     mr_subarch a = cfg->stages[stage].arch;
     const mr_cc_pool *p = &cfg->pools[cfg->stages[stage].pool];
     for (int i = 0; i < a.n_adapters; i++)

@@ -146,7 +146,9 @@ typedef struct mr__req {
     double t0;                  /* arrival (mr_rpc_call_arrival_ms): budgets count from here */
     int n_fixed;                /* query + suffix tokens: estimated, exact after stage 0 */
     int *stage;                 /* (n) deepest profile stage position that scored it, -1 none */
-    float *score;               /* (n) raw score at that stage */
+    float *score;               /* (n) raw score at that stage (the fused one in the fused group) */
+    int fused_stage;            /* profile stage position whose group fuse.c fused, -1 none */
+    float *logit;               /* (n) when fused: the head's raw score before fusion */
     int *depth;                 /* (n) */
     int *passage_tokens;        /* (n) estimated, exact after stage 0 */
     int *truncated;             /* (n) */

@@ -42,10 +42,11 @@ int mr__fuse_finish(mr__fuse *f, mr__req *r) {
     for (int i = 0; i < r->n; i++)
         if (r->stage[i] > deepest) deepest = r->stage[i];
     int *group = malloc((size_t)r->n * sizeof *group);
+    if (!r->logit) r->logit = malloc((size_t)r->n * sizeof *r->logit);
     float *rows = malloc(((size_t)f->n_pos + 1) * (size_t)r->n * sizeof *rows);
     const float *row[MR_CC_MAX_STAGES] = {0};
     mr_err err = {0};
-    if (!group || !rows) {
+    if (!group || !rows || !r->logit) {
         rc = -1;
         goto done;
     }
@@ -59,7 +60,11 @@ int mr__fuse_finish(mr__fuse *f, mr__req *r) {
     }
     float *out = rows + (size_t)f->n_pos * r->n;
     if ((rc = mr_fusion_apply(fu, row, deepest, m, out, &err))) goto done;
-    for (int k = 0; k < m; k++) r->score[group[k]] = out[k];
+    for (int k = 0; k < m; k++) {
+        r->logit[group[k]] = r->score[group[k]];
+        r->score[group[k]] = out[k];
+    }
+    r->fused_stage = deepest;
 done:
     free(group);
     free(rows);

@@ -86,6 +86,7 @@ int mr__req_start(mr__req *r, mr_err *err) {
     r->depth = calloc((size_t)r->n, sizeof *r->depth);
     r->passage_tokens = malloc((size_t)r->n * sizeof *r->passage_tokens);
     r->truncated = calloc((size_t)r->n, sizeof *r->truncated);
+    r->fused_stage = -1;
     if (!r->stage || !r->score || !r->depth || !r->passage_tokens || !r->truncated)
         return mr_err_set(err, MR_ENOMEM, "coordinator: out of memory");
     int maxp = r->co->cfg.max_tokens_per_pair;
@@ -104,6 +105,7 @@ int mr__req_start(mr__req *r, mr_err *err) {
 void mr__req_close(mr__req *r) {
     free(r->stage);
     free(r->score);
+    free(r->logit);
     free(r->depth);
     free(r->passage_tokens);
     free(r->truncated);

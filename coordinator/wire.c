@@ -51,10 +51,13 @@ uint8_t *mr__wire_ranking(mr__req *r, int final, int degraded, size_t *len) {
         mrank__v1__rerank_result__init(x);
         x->index = (uint32_t)d;
         x->id = r->in->documents[d]->id;
-        x->raw_score = cand[k].score;
         int si = cand[k].stage >= 0 ? pr->stages[cand[k].stage].stage : -1;
-        above = x->relevance_score =
-            mr__calib_report(mr__calib_score(r->co->calib, si, cand[k].score), above);
+        int fused = cand[k].stage >= 0 && cand[k].stage == r->fused_stage;
+        /* raw_score stays the head's logit; a fused score is reported as it is (fusion.c's
+         * scale, not a probability), the others calibrated; then calib.c's rule */
+        x->raw_score = fused ? r->logit[d] : cand[k].score;
+        above = x->relevance_score = mr__calib_report(
+            fused ? cand[k].score : mr__calib_score(r->co->calib, si, cand[k].score), above);
         if (cand[k].stage >= 0) {
             const mr_cc_stage *st = &cfg->stages[si];
             x->stage = (uint32_t)cand[k].stage;

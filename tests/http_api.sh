@@ -148,7 +148,7 @@ check(st == 200 and sum(x["stage"] == 1 for x in ov["results"]) == 1, f"override
 import math
 cal = json.load(open("models/mrank-tiny/calibration.json"))["subarchs"]
 ab = {n: (e["a"], e["b"]) for e in cal.values() for n in e["stages"]}
-names = ["half-r2", "full"]   # profile "cascade" (deploy/local.json)
+names = ["half-r2", "full"]   # profile "neural" (deploy/local.json), the soft tier's
 above = math.inf
 n_clamped = 0
 for x in v2n["results"]:

@@ -69,10 +69,11 @@ static void test_shipped_file(void **state) {
     cJSON *root = cJSON_Parse(txt);
     const cJSON *subs = cJSON_GetObjectItemCaseSensitive(root, "subarchs");
     for (int s = 0; s < cfg->n_stages; s++) {
+        if (cfg->stages[s].kind == MR_CC_LEXICAL) continue;   /* BM25: no head to calibrate */
         char key[512];
         mr_calib_stage_key(cfg, s, key, sizeof key);
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(subs, key);
-        assert_non_null(e);   /* every stage of the shipped config is calibrated */
+        assert_non_null(e);   /* every neural stage of the shipped config is calibrated */
         double a = cJSON_GetObjectItemCaseSensitive(e, "a")->valuedouble;
         double b = cJSON_GetObjectItemCaseSensitive(e, "b")->valuedouble;
         for (float raw = -8; raw <= 8; raw += 2)

@@ -43,7 +43,12 @@ for pool, port in zip(c["pools"], (pw1, pw2)):
     pool["addresses"] = ["127.0.0.1:" + port]
     pool.pop("metrics_port_base", None)
 c["limits"].update({"max_inflight": 2, "max_documents": 200, "max_request_bytes": 65536})
-c["tiers"] += [{"name": "soft", "budget_ms": 0, "priority": 1, "profile": "cascade",
+for prof in c["profiles"]:   # max_documents 200 bounds every override cap
+    for st in prof["stages"]:
+        if st.get("max_keep_top_k", 0) > 200:
+            st["max_keep_top_k"] = 200
+# the neural cascade (half-r2 -> full): the checks below name its two stages
+c["tiers"] += [{"name": "soft", "budget_ms": 0, "priority": 1, "profile": "neural",
                 "allow_degraded": True},
                {"name": "tight", "budget_ms": 200, "priority": 1, "profile": "full-only",
                 "allow_degraded": False}]
