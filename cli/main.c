@@ -5,6 +5,7 @@
 #include <errno.h>
 
 #include "cli.h"
+#include "version.h"
 
 static void usage(FILE *f) {
     fputs("usage: mrank <command> [options]\n"
@@ -19,7 +20,7 @@ static void usage(FILE *f) {
           "  health           ask a worker or coordinator for grpc.health.v1 status (or Info)\n"
           "  train            train a model: LM pretraining, re-ranker, compensation adapters\n"
           "  eval             re-rank a BEIR collection's BM25 run: nDCG@10, MRR@10, FLOPs\n"
-          "run 'mrank <command> --help' for its options\n", f);
+          "run 'mrank <command> --help' for its options; 'mrank --version' for the version\n", f);
 }
 
 int mr_cli_parse_int(const char *opt, const char *s, int *out) {
@@ -60,6 +61,10 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("mrank %s (revision %s)\n", mr_version(), mr_git_revision());
+        return 0;
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "init-checkpoint")) return mr_cmd_init_checkpoint(argc - 1, argv + 1);

@@ -43,8 +43,6 @@
 #include "mrank.pb-c.h"
 #include "rpc.h"
 
-#define MR_COORD_VERSION "mrank-coordinator 0.1"
-
 /* One replica address of a pool (for a DNS pool: the one target gRPC balances over). */
 typedef struct mr__endpoint {
     char target[300];
@@ -86,6 +84,7 @@ struct mr_coord {
     struct mr__sched *sched;    /* sched.c */
     int ready, stopping, prober_started, shut;
     char model[512];
+    char dtype[8];               /* the workers' model dtype (Worker Info), "" until known */
     int untrained;
     pthread_t prober;
     struct mr__auth *auth;      /* API keys (auth.c), NULL when none are configured */

@@ -210,6 +210,7 @@ static void *probe_endpoint(void *arg) {
         ep->max_batch_tokens = (int)wi->max_batch_tokens;
         if (!*c->model && wi->model) snprintf(c->model, sizeof c->model, "%s", wi->model);
         c->untrained = wi->untrained;
+        if (wi->dtype && *wi->dtype) snprintf(c->dtype, sizeof c->dtype, "%s", wi->dtype);
     }
     pthread_mutex_unlock(&c->mu);
     if (back)

@@ -2,7 +2,8 @@
 # metrics_promtool.sh: the /metrics of a running worker and coordinator pass `promtool check
 # metrics` (Prometheus's own linter: naming, units, HELP/TYPE, counter suffixes), and both carry
 # mrank_build_info{version,revision,component} 1 and the process_* metrics with plausible values
-# (RSS and open descriptors above 0, start time in the past, CPU seconds not negative).
+# (RSS and open descriptors above 0, start time in the past, CPU seconds not negative); Ranker
+# Info reports the workers' model dtype and the version `mrank --version` prints.
 # A Rerank call through the coordinator first, so the per-tier series carry counts.
 # promtool comes from Debian's prometheus package (scripts/setup.sh); without it: skip (77).
 # Usage: bash tests/metrics_promtool.sh path/to/mrank   (from the repo root)
@@ -50,6 +51,17 @@ $RC wait 127.0.0.1:$PC --timeout 120 >/dev/null || fail "coordinator not SERVING
 printf 'a fox is a small mammal\nparis is in france\n' >"$work/docs.txt"
 $RC rerank 127.0.0.1:$PC --query "what is a fox" --docs "$work/docs.txt" --timeout 60 \
   >"$work/rerank.json" || fail "rerank: $(cat "$work/rerank.json")"
+
+# Ranker Info carries the workers' dtype (the checkpoint is f32) and the build's version
+$RC info 127.0.0.1:$PC >"$work/info.json" || fail "Info: $(cat "$work/info.json")"
+ver=$("$MRANK" --version | awk '{print $2}')
+$PY - "$work/info.json" "$ver" <<'PYEOF' || fail "Info: $(cat "$work/info.json")"
+import json, sys
+info = json.load(open(sys.argv[1]))
+assert info["dtype"] == "f32", info["dtype"]
+assert info["version"] == "mrank-coordinator " + sys.argv[2], info["version"]
+PYEOF
+echo "ok: Ranker Info reports dtype f32 and version $ver"
 
 check() {   # NAME URL COMPONENT
   curl -sf --max-time 10 "$2" >"$work/$1.txt" || fail "$1: no /metrics at $2"
