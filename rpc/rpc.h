@@ -3,7 +3,10 @@
  * Messages are opaque bytes here (callers pack and unpack them with protobuf-c); methods are
  * named by their full path, e.g. "/mrank.v1.Worker/Score". The server owns one completion queue
  * polled by one thread; arriving calls are handed to a fixed pool of handler threads. It serves
- * grpc.health.v1.Health/Check itself and answers UNIMPLEMENTED for methods nobody registered.
+ * grpc.health.v1.Health/Check and Health/Watch itself (Watch streams are written by one watch
+ * thread: the current status at once, then each change, until the client cancels or shutdown
+ * sends NOT_SERVING and ends them UNAVAILABLE; at most 1024 open) and answers UNIMPLEMENTED
+ * for methods nobody registered.
  * The client side is a channel (round_robin over every address the target resolves to) with a
  * blocking unary call and an asynchronous one; asynchronous calls can be cancelled in groups.
  * TLS and mTLS from PEM files (tls.h) on both sides, optional; no client streaming, no
@@ -60,9 +63,10 @@ int mr_rpc_server_add_inline(mr_rpc_server *s, const char *method, int stream, m
 /* Binds, starts the threads and begins serving. *bound_port (may be NULL) receives the port,
  * useful with port 0. MR_EIO when the address cannot be bound. */
 int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err);
-/* Health status reported by grpc.health.v1.Health/Check for service ("" = the whole server).
- * Every service starts NOT_SERVING, "" included: call with serving=1 once ready. Unknown
- * services get NOT_FOUND, as the health protocol says. */
+/* Health status reported by grpc.health.v1.Health/Check and Watch for service ("" = the whole
+ * server). Every service starts NOT_SERVING, "" included: call with serving=1 once ready.
+ * Unknown services get NOT_FOUND from Check and SERVICE_UNKNOWN from Watch, as the health
+ * protocol says; a change reaches every Watch of the service. */
 void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving);
 /* Stops serving: every health status goes NOT_SERVING, new calls are refused, calls in flight
  * get up to drain_ms to finish, then are cancelled (handlers see mr_rpc_call_cancelled and must

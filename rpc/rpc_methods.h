@@ -18,5 +18,6 @@
 
 /* grpc.health.v1.Health, answered by rpc/server.c itself */
 #define MR_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
+#define MR_METHOD_HEALTH_WATCH "/grpc.health.v1.Health/Watch"
 
 #endif

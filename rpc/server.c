@@ -14,7 +14,12 @@
  * live-call count. The completion queue is shut down only when that count is zero and the
  * server is destroyed, so no batch can ever be started on a shut-down queue.
  *
- * Lock order: s->mu, then call->mu; health uses its own s->health_mu, never with the others. */
+ * Health/Watch calls are linked on s->watchers by their inline handler; one watch thread
+ * (watch_main) writes each one's status when it changed and finishes those whose client went
+ * away (the close event wakes it) or, at shutdown, all of them.
+ *
+ * Lock order: s->mu, then call->mu; health uses its own s->health_mu, never with the others
+ * (the watch thread writes with no lock held). */
 #define _GNU_SOURCE
 #include "rpc.h"
 #include "rpc_methods.h"
@@ -40,6 +45,7 @@
 
 #define MR__REQS_PER_METHOD 8
 #define MR__MAX_METHODS 32
+#define MR_RPC_MAX_WATCHERS 1024   /* Health/Watch streams open at once; more: RESOURCE_EXHAUSTED */
 
 enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_SHUTDOWN };
 
@@ -101,6 +107,16 @@ typedef struct health_entry {
     struct health_entry *next;
 } health_entry;
 
+/* One Health/Watch stream: the watch thread owns its call (finishes it) and is the only one
+ * that unlinks or frees it; sent is the status last written (-2: none yet). */
+typedef struct watcher {
+    mr_rpc_call *call;
+    char *service;
+    int sent;
+    int dead;                    /* a write failed: the client is gone */
+    struct watcher *next;
+} watcher;
+
 struct mr_rpc_server {
     char *addr;
     int n_threads;
@@ -128,6 +144,14 @@ struct mr_rpc_server {
     pthread_mutex_t health_mu;
     health_entry *health;
     atomic_int health_frozen;    /* shutdown began: statuses stay NOT_SERVING */
+    /* Health/Watch (under health_mu): streams, and the thread that writes their updates */
+    pthread_cond_t health_cv;    /* a status changed, a watcher arrived or left, or stopping */
+    watcher *watchers;
+    int n_watchers;
+    int health_dirty;            /* something for the watch thread to look at */
+    int watch_stop;              /* shutdown: finish every watch, accept no new one */
+    int watch_started;
+    pthread_t watch_thread;
 };
 
 static pthread_once_t log_once = PTHREAD_ONCE_INIT;
@@ -360,13 +384,27 @@ void mr_rpc_call_fail_md(mr_rpc_call *c, grpc_status_code code, const char *mess
 
 /* ---- health ---- */
 
-static int health_get(mr_rpc_server *s, const char *service) {
-    int st = -1;
-    pthread_mutex_lock(&s->health_mu);
+/* 1 serving, 0 not, -1 unknown service; caller holds health_mu. */
+static int health_get_locked(mr_rpc_server *s, const char *service) {
     for (health_entry *e = s->health; e; e = e->next)
-        if (!strcmp(e->service, service)) st = e->serving;
+        if (!strcmp(e->service, service)) return e->serving;
+    return -1;
+}
+
+static int health_get(mr_rpc_server *s, const char *service) {
+    pthread_mutex_lock(&s->health_mu);
+    int st = health_get_locked(s, service);
     pthread_mutex_unlock(&s->health_mu);
     return st;
+}
+
+/* Packs a HealthCheckResponse for st (1, 0, -1 = SERVICE_UNKNOWN) into buf (>= 16 bytes). */
+static size_t health_pack(int st, uint8_t *buf) {
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = st > 0    ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                  : st == 0 ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                            : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    return grpc__health__v1__health_check_response__pack(&resp, buf);
 }
 
 void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving) {
@@ -383,6 +421,8 @@ void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving
         e = NULL;
     }
     if (e) e->serving = serving && !atomic_load(&s->health_frozen);
+    s->health_dirty = 1;
+    pthread_cond_signal(&s->health_cv);
     pthread_mutex_unlock(&s->health_mu);
 }
 
@@ -403,12 +443,118 @@ static void health_check(mr_rpc_call *c, void *user) {
         return;
     }
     grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
-    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = st ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-                     : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
     uint8_t buf[16];
-    size_t n = grpc__health__v1__health_check_response__pack(&resp, buf);
+    size_t n = health_pack(st, buf);
     mr_rpc_call_finish(c, buf, n);
+}
+
+/* Health/Watch arrives (on the queue thread, inline: it only links the call for the watch
+ * thread, which writes the current status at once and every change after). */
+static void health_watch(mr_rpc_call *c, void *user) {
+    mr_rpc_server *s = user;
+    Grpc__Health__V1__HealthCheckRequest *rq =
+        grpc__health__v1__health_check_request__unpack(NULL, c->req_len, c->req);
+    if (!rq) {
+        mr_rpc_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
+        return;
+    }
+    watcher *w = xcalloc(1, sizeof *w);
+    if (w) w->service = strdup(rq->service ? rq->service : "");
+    grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
+    if (!w || !w->service) {
+        if (w) free(w);
+        mr_rpc_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    w->call = c;
+    w->sent = -2;
+    pthread_mutex_lock(&s->health_mu);
+    int full = s->n_watchers >= MR_RPC_MAX_WATCHERS;
+    const char *why = s->watch_stop || !s->watch_started ? "server shutting down"
+                      : full                             ? "too many health watches"
+                                                         : NULL;
+    if (!why) {
+        w->next = s->watchers;
+        s->watchers = w;
+        s->n_watchers++;
+        s->health_dirty = 1;
+        pthread_cond_signal(&s->health_cv);
+    }
+    pthread_mutex_unlock(&s->health_mu);
+    if (why) {
+        free(w->service);
+        free(w);
+        mr_rpc_call_fail(c, full ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE, why);
+    }
+}
+
+/* The watch thread: waits for a change, then (without the lock) writes each watcher's status
+ * when it differs from the one last sent and finishes the watches whose client is gone. At
+ * shutdown it writes the final NOT_SERVING and ends every watch with UNAVAILABLE. Writes are
+ * a few bytes each and block only until gRPC took them. */
+static void *watch_main(void *arg) {
+    mr_rpc_server *s = arg;
+    uint8_t buf[16];
+    pthread_mutex_lock(&s->health_mu);
+    for (;;) {
+        while (!s->health_dirty && !s->watch_stop) pthread_cond_wait(&s->health_cv, &s->health_mu);
+        int stop = s->watch_stop;
+        s->health_dirty = 0;
+        /* unlink the finished ones; note the status each live one should see */
+        watcher *done = NULL;
+        for (watcher **pp = &s->watchers; *pp;) {
+            watcher *w = *pp;
+            if (stop || w->dead || mr_rpc_call_cancelled(w->call)) {
+                *pp = w->next;
+                s->n_watchers--;
+                w->next = done;
+                done = w;
+            } else {
+                pp = &w->next;
+            }
+        }
+        int n_live = 0;
+        for (watcher *w = s->watchers; w; w = w->next) n_live++;
+        watcher **live = n_live ? xcalloc((size_t)n_live, sizeof *live) : NULL;
+        int *want = n_live ? xcalloc((size_t)n_live, sizeof *want) : NULL;
+        int k = 0;
+        if (live && want)
+            for (watcher *w = s->watchers; w; w = w->next) {
+                live[k] = w;
+                want[k++] = health_get_locked(s, w->service);
+            }
+        else if (n_live)
+            s->health_dirty = 1;   /* out of memory: try again at the next wake-up */
+        pthread_mutex_unlock(&s->health_mu);
+        /* only this thread unlinks or frees watchers: the pointers stay valid unlocked */
+        for (int i = 0; i < k; i++) {
+            if (want[i] == live[i]->sent) continue;
+            if (mr_rpc_call_write(live[i]->call, buf, health_pack(want[i], buf))) {
+                live[i]->dead = 1;
+            } else {
+                live[i]->sent = want[i];
+            }
+        }
+        int any_dead = 0;
+        for (int i = 0; i < k; i++) any_dead |= live[i]->dead;
+        free(live);
+        free(want);
+        while (done) {
+            watcher *w = done;
+            done = w->next;
+            if (stop && !mr_rpc_call_cancelled(w->call) && w->sent != 0)
+                mr_rpc_call_write(w->call, buf, health_pack(0, buf));
+            if (stop) mr_rpc_call_fail(w->call, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+            else mr_rpc_call_fail(w->call, GRPC_STATUS_CANCELLED, "watch ended");
+            free(w->service);
+            free(w);
+        }
+        pthread_mutex_lock(&s->health_mu);
+        if (any_dead) s->health_dirty = 1;
+        if (stop) break;
+    }
+    pthread_mutex_unlock(&s->health_mu);
+    return NULL;
 }
 
 /* ---- server ---- */
@@ -484,7 +630,9 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&s->health_mu, NULL);
     s->shutdown_tag = (tag){TAG_SHUTDOWN, s};
+    pthread_cond_init(&s->health_cv, NULL);
     int rc = add_method(s, MR_METHOD_HEALTH_CHECK, health_check, s, 0, 1);
+    if (!rc) rc = add_method(s, MR_METHOD_HEALTH_WATCH, health_watch, s, 1, 1);
     if (rc) {
         mr_rpc_server_free(s);
         return mr_err_set(err, rc, "rpc server: out of memory");
@@ -581,6 +729,12 @@ static void *cq_main(void *arg) {
         case TAG_GENERIC: on_request(s, (slot *)t, ev.success); break;
         case TAG_CLOSE:
             if (c->close_cancelled || !ev.success) atomic_store(&c->cancelled, 1);
+            if (c->m && c->m->h == health_watch) {   /* a watch may have ended: look */
+                pthread_mutex_lock(&s->health_mu);
+                s->health_dirty = 1;
+                pthread_cond_signal(&s->health_cv);
+                pthread_mutex_unlock(&s->health_mu);
+            }
             call_unref(c);
             break;
         case TAG_SEND: call_unref(c); break;
@@ -677,6 +831,8 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
         }
         goto fail;
     }
+    /* without the watch thread, Watch answers UNAVAILABLE (health_watch) */
+    s->watch_started = pthread_create(&s->watch_thread, NULL, watch_main, s) == 0;
     s->workers = xcalloc((size_t)s->n_threads, sizeof *s->workers);
     for (int i = 0; s->workers && i < s->n_threads; i++) {
         if (pthread_create(&s->workers[i], NULL, worker_main, s)) break;
@@ -735,6 +891,8 @@ void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms) {
     atomic_store(&s->health_frozen, 1);
     pthread_mutex_lock(&s->health_mu);
     for (health_entry *e = s->health; e; e = e->next) e->serving = 0;
+    s->watch_stop = 1;   /* watches get NOT_SERVING and end: they do not hold up the drain */
+    pthread_cond_signal(&s->health_cv);
     pthread_mutex_unlock(&s->health_mu);
     pthread_mutex_lock(&s->mu);
     s->shutting_down = 1;
@@ -751,6 +909,9 @@ void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms) {
         rc = pthread_cond_timedwait(&s->idle_cv, &s->mu, &until);
     pthread_mutex_unlock(&s->mu);
     grpc_server_cancel_all_calls(s->srv);
+    /* joined after the cancel: a write stuck on a client that stopped reading fails now */
+    if (s->watch_started) pthread_join(s->watch_thread, NULL);
+    s->watch_started = 0;
     pthread_mutex_lock(&s->mu);
     while (s->live_calls > 0 || !s->shutdown_done) pthread_cond_wait(&s->idle_cv, &s->mu);
     s->stopping = 1;
@@ -783,5 +944,6 @@ void mr_rpc_server_free(mr_rpc_server *s) {
     pthread_cond_destroy(&s->cv);
     pthread_cond_destroy(&s->idle_cv);
     pthread_mutex_destroy(&s->health_mu);
+    pthread_cond_destroy(&s->health_cv);
     free(s);
 }
