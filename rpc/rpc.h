@@ -9,8 +9,9 @@
  * for methods nobody registered.
  * The client side is a channel (round_robin over every address the target resolves to) with a
  * blocking unary call and an asynchronous one; asynchronous calls can be cancelled in groups.
- * TLS and mTLS from PEM files (tls.h) on both sides, optional; no client streaming, no
- * reflection.
+ * TLS and mTLS from PEM files (tls.h) on both sides, optional. Every server also answers gRPC
+ * server reflection (v1 and v1alpha, reflection.h) on bidirectional streams, each on a thread
+ * of its own; the client side has no streaming.
  *
  * Threading: every function may be called from any thread unless noted. A handler runs on a
  * handler thread and may return before the call is finished: it can pass the call to another
@@ -60,6 +61,14 @@ int mr_rpc_server_add_stream(mr_rpc_server *s, const char *method, mr_rpc_handle
  * threads finish it later. Same rules as add_unary otherwise. */
 int mr_rpc_server_add_inline(mr_rpc_server *s, const char *method, int stream, mr_rpc_handler h,
                              void *user);
+/* Registers a bidirectional-streaming method: the handler runs on a thread of its own (at most
+ * 16 such calls at once per server, more get RESOURCE_EXHAUSTED), reads the client's messages
+ * with mr_rpc_call_read, writes with mr_rpc_call_write and finishes the call as usual.
+ * mr_rpc_call_request is empty for these calls. */
+int mr_rpc_server_add_bidi(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user);
+/* The registered method paths (built-in ones included), i in [0, count). */
+int mr_rpc_server_method_count(const mr_rpc_server *s);
+const char *mr_rpc_server_method_path(const mr_rpc_server *s, int i);
 /* Binds, starts the threads and begins serving. *bound_port (may be NULL) receives the port,
  * useful with port 0. MR_EIO when the address cannot be bound. */
 int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err);
@@ -93,6 +102,10 @@ int mr_rpc_call_cancelled(mr_rpc_call *call);
 /* Copies the value of request metadata key (lower case, e.g. "traceparent") into buf;
  * returns its length, or -1 when absent. */
 int mr_rpc_call_metadata(mr_rpc_call *call, const char *key, char *buf, size_t cap);
+/* Bidi calls: waits for the client's next message; 0 with *msg (malloc'd, the caller frees it)
+ * and *len, 1 when the client closed its side (no more messages), MR_ESTATE when the call is
+ * cancelled or not bidi, MR_ENOMEM. */
+int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len);
 /* Streams: sends one response message and waits until gRPC took it. 0, or MR_ESTATE when the
  * client is gone (finish the call anyway). Only from one thread at a time per call. */
 int mr_rpc_call_write(mr_rpc_call *call, const uint8_t *buf, size_t len);

@@ -41,13 +41,15 @@
 #include <grpc/support/time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "reflection.h"
 #include "tsan/grpc_hb.h"
 
 #define MR__REQS_PER_METHOD 8
 #define MR__MAX_METHODS 32
 #define MR_RPC_MAX_WATCHERS 1024   /* Health/Watch streams open at once; more: RESOURCE_EXHAUSTED */
+#define MR_RPC_MAX_BIDI 16         /* bidi streams (reflection) open at once; more: RESOURCE_EXHAUSTED */
 
-enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_SHUTDOWN };
+enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_READ, TAG_SHUTDOWN };
 
 typedef struct tag {
     enum tag_kind kind;
@@ -60,6 +62,7 @@ typedef struct rpc_method {
     void *user;
     int stream;
     int inline_run;      /* runs on the queue thread (health, mr_rpc_server_add_inline) */
+    int bidi;            /* client streaming too: its own thread, messages by mr_rpc_call_read */
     void *reg;           /* grpc_server_register_method handle */
 } rpc_method;
 
@@ -84,7 +87,7 @@ struct mr_rpc_call {
     grpc_metadata_array md;
     uint8_t *req;
     size_t req_len;
-    tag close_tag, send_tag, write_tag;
+    tag close_tag, send_tag, write_tag, read_tag;
     int close_cancelled;     /* out-param of RECV_CLOSE_ON_SERVER */
     atomic_int cancelled;
     atomic_int refs;
@@ -98,6 +101,8 @@ struct mr_rpc_call {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int write_done, write_ok;
+    int read_done;
+    grpc_byte_buffer *read_buf;  /* RECV_MESSAGE's out-param: NULL at the end of the stream */
     struct mr_rpc_call *next;    /* handler queue */
 };
 
@@ -139,6 +144,7 @@ struct mr_rpc_server {
     int shutting_down;       /* no re-arming */
     int shutdown_done;       /* the shutdown tag arrived */
     long live_calls;
+    int n_bidi;              /* bidi handler threads running (each ends with its call) */
     tag shutdown_tag;
 
     pthread_mutex_t health_mu;
@@ -234,6 +240,7 @@ static mr_rpc_call *call_new(mr_rpc_server *s, slot *sl) {
     c->close_tag = (tag){TAG_CLOSE, c};
     c->send_tag = (tag){TAG_SEND, c};
     c->write_tag = (tag){TAG_WRITE, c};
+    c->read_tag = (tag){TAG_READ, c};
     atomic_init(&c->refs, 2);
     atomic_init(&c->cancelled, 0);
     atomic_init(&c->finished, 0);
@@ -323,6 +330,32 @@ int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
     int ok = c->write_ok;
     pthread_mutex_unlock(&c->mu);
     return ok ? 0 : MR_ESTATE;
+}
+
+int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len) {
+    *msg = NULL;
+    *len = 0;
+    if (!c->m || !c->m->bidi || atomic_load(&c->finished) || atomic_load(&c->cancelled))
+        return MR_ESTATE;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->read_buf;
+    c->read_buf = NULL;
+    pthread_mutex_lock(&c->mu);
+    c->read_done = 0;
+    pthread_mutex_unlock(&c->mu);
+    MR_GRPC_HANDOFF(&c->read_tag);
+    if (grpc_call_start_batch(c->call, &op, 1, &c->read_tag, NULL) != GRPC_CALL_OK)
+        return MR_ESTATE;
+    pthread_mutex_lock(&c->mu);
+    while (!c->read_done) pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    if (!c->read_buf) return atomic_load(&c->cancelled) ? MR_ESTATE : 1;
+    *msg = read_payload(c->read_buf, len);
+    grpc_byte_buffer_destroy(c->read_buf);
+    c->read_buf = NULL;
+    return *msg ? 0 : MR_ENOMEM;
 }
 
 static void call_end(mr_rpc_call *c, grpc_status_code code, const char *message,
@@ -560,7 +593,7 @@ static void *watch_main(void *arg) {
 /* ---- server ---- */
 
 static int add_method(mr_rpc_server *s, const char *path, mr_rpc_handler h, void *user,
-                      int stream, int inline_run) {
+                      int stream, int inline_run, int bidi) {
     if (!s || !path || !h || s->started || s->n_methods == MR__MAX_METHODS) return MR_EINVAL;
     for (int i = 0; i < s->n_methods; i++)
         if (!strcmp(s->methods[i].path, path)) return MR_EINVAL;
@@ -570,6 +603,7 @@ static int add_method(mr_rpc_server *s, const char *path, mr_rpc_handler h, void
     m->user = user;
     m->stream = stream;
     m->inline_run = inline_run;
+    m->bidi = bidi;
     s->n_methods++;
     return 0;
 }
@@ -595,17 +629,27 @@ int mr_rpc_server_set_tls(mr_rpc_server *s, mr_rpc_tls_server *tls, mr_err *err)
 
 int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h,
                             void *user) {
-    return add_method(s, method, h, user, 0, 0);
+    return add_method(s, method, h, user, 0, 0, 0);
 }
 
 int mr_rpc_server_add_stream(mr_rpc_server *s, const char *method, mr_rpc_handler h,
                              void *user) {
-    return add_method(s, method, h, user, 1, 0);
+    return add_method(s, method, h, user, 1, 0, 0);
+}
+
+int mr_rpc_server_add_bidi(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user) {
+    return add_method(s, method, h, user, 1, 0, 1);
+}
+
+int mr_rpc_server_method_count(const mr_rpc_server *s) { return s->n_methods; }
+
+const char *mr_rpc_server_method_path(const mr_rpc_server *s, int i) {
+    return i >= 0 && i < s->n_methods ? s->methods[i].path : NULL;
 }
 
 int mr_rpc_server_add_inline(mr_rpc_server *s, const char *method, int stream, mr_rpc_handler h,
                              void *user) {
-    return add_method(s, method, h, user, stream != 0, 1);
+    return add_method(s, method, h, user, stream != 0, 1, 0);
 }
 
 int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_threads,
@@ -631,8 +675,11 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
     pthread_mutex_init(&s->health_mu, NULL);
     s->shutdown_tag = (tag){TAG_SHUTDOWN, s};
     pthread_cond_init(&s->health_cv, NULL);
-    int rc = add_method(s, MR_METHOD_HEALTH_CHECK, health_check, s, 0, 1);
-    if (!rc) rc = add_method(s, MR_METHOD_HEALTH_WATCH, health_watch, s, 1, 1);
+    int rc = add_method(s, MR_METHOD_HEALTH_CHECK, health_check, s, 0, 1, 0);
+    if (!rc) rc = add_method(s, MR_METHOD_HEALTH_WATCH, health_watch, s, 1, 1, 0);
+    if (!rc) rc = add_method(s, MR_METHOD_REFLECTION_V1, mr__rpc_reflection_info, s, 1, 0, 1);
+    if (!rc)
+        rc = add_method(s, MR_METHOD_REFLECTION_V1ALPHA, mr__rpc_reflection_info, s, 1, 0, 1);
     if (rc) {
         mr_rpc_server_free(s);
         return mr_err_set(err, rc, "rpc server: out of memory");
@@ -664,8 +711,10 @@ static void slot_arm(mr_rpc_server *s, slot *sl) {
     grpc_call_error e;
     MR_GRPC_HANDOFF(&sl->t);
     if (sl->m) {
+        /* a bidi method reads its messages itself: gRPC wants no payload slot for it */
         e = grpc_server_request_registered_call(s->srv, sl->m->reg, &sl->call, &sl->deadline,
-                                                &sl->md, &sl->payload, s->cq, s->cq, &sl->t);
+                                                &sl->md, sl->m->bidi ? NULL : &sl->payload,
+                                                s->cq, s->cq, &sl->t);
     } else {
         grpc_call_details_init(&sl->details);
         e = grpc_server_request_call(s->srv, &sl->call, &sl->details, &sl->md, s->cq, s->cq,
@@ -682,6 +731,47 @@ static void enqueue(mr_rpc_server *s, mr_rpc_call *c) {
     s->qtail = c;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+typedef struct bidi_job {
+    mr_rpc_server *s;
+    mr_rpc_call *c;
+} bidi_job;
+
+static void *bidi_main(void *arg) {
+    bidi_job *j = arg;
+    mr_rpc_server *s = j->s;
+    j->c->m->h(j->c, j->c->m->user);
+    free(j);
+    pthread_mutex_lock(&s->mu);
+    if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* A bidi call gets its own (detached) thread, at most MR_RPC_MAX_BIDI at once, so a client
+ * that keeps its stream open holds no handler thread. */
+static void start_bidi(mr_rpc_server *s, mr_rpc_call *c) {
+    bidi_job *j = xcalloc(1, sizeof *j);
+    pthread_mutex_lock(&s->mu);
+    int room = j && s->n_bidi < MR_RPC_MAX_BIDI && !s->shutting_down;
+    if (room) s->n_bidi++;
+    pthread_mutex_unlock(&s->mu);
+    if (room) {
+        *j = (bidi_job){s, c};
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&th, &at, bidi_main, j);
+        pthread_attr_destroy(&at);
+        if (!rc) return;
+        pthread_mutex_lock(&s->mu);
+        if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    free(j);
+    mr_rpc_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many streams open");
 }
 
 static void on_request(mr_rpc_server *s, slot *sl, int ok) {
@@ -711,6 +801,7 @@ static void on_request(mr_rpc_server *s, slot *sl, int ok) {
     slot_arm(s, sl);
     if (!c) return;
     if (m->inline_run) m->h(c, m->user);
+    else if (m->bidi) start_bidi(s, c);
     else enqueue(s, c);
 }
 
@@ -742,6 +833,17 @@ static void *cq_main(void *arg) {
             pthread_mutex_lock(&c->mu);
             c->write_done = 1;
             c->write_ok = ev.success;
+            pthread_cond_signal(&c->cv);
+            pthread_mutex_unlock(&c->mu);
+            break;
+        case TAG_READ:
+            pthread_mutex_lock(&c->mu);
+            c->read_done = 1;
+            if (!ev.success && c->read_buf) {   /* failed batch: no message */
+                grpc_byte_buffer_destroy(c->read_buf);
+                c->read_buf = NULL;
+            }
+            if (!ev.success) atomic_store(&c->cancelled, 1);
             pthread_cond_signal(&c->cv);
             pthread_mutex_unlock(&c->mu);
             break;
@@ -801,7 +903,9 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
     grpc_server_register_completion_queue(s->srv, s->cq, NULL);
     for (int i = 0; i < s->n_methods; i++) {
         s->methods[i].reg = grpc_server_register_method(
-            s->srv, s->methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+            s->srv, s->methods[i].path, NULL,
+            s->methods[i].bidi ? GRPC_SRM_PAYLOAD_NONE : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+            0);
         if (!s->methods[i].reg) {
             mr_err_set(err, MR_EINVAL, "rpc server: cannot register %s", s->methods[i].path);
             goto fail;
@@ -913,7 +1017,8 @@ void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms) {
     if (s->watch_started) pthread_join(s->watch_thread, NULL);
     s->watch_started = 0;
     pthread_mutex_lock(&s->mu);
-    while (s->live_calls > 0 || !s->shutdown_done) pthread_cond_wait(&s->idle_cv, &s->mu);
+    while (s->live_calls > 0 || !s->shutdown_done || s->n_bidi > 0)
+        pthread_cond_wait(&s->idle_cv, &s->mu);
     s->stopping = 1;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);

@@ -27,9 +27,13 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log "$work"/*.watch; do echo "== $f"; tail -8 "$f"; done >&2 2>/dev/null; exit 1; }
-# wait_line FILE REGEX [TRIES]: polls (0.1 s) until a line of FILE matches
+# wait_line FILE REGEX [TRIES [AFTER]]: polls (0.1 s) until a line of FILE after its first
+# AFTER lines matches
 wait_line() {
-  for _ in $(seq "${3:-600}"); do grep -qE "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  for _ in $(seq "${3:-600}"); do
+    tail -n +$(( ${4:-0} + 1 )) "$1" 2>/dev/null | grep -qE "$2" && return 0
+    sleep 0.1
+  done
   return 1
 }
 
@@ -72,12 +76,12 @@ grep -qx CANCELLED "$work/cancel.watch" || fail "the client could not cancel its
 $RC wait 127.0.0.1:$PC --timeout 30 >/dev/null || fail "not SERVING after a client cancelled a watch"
 echo "ok: current status at once; SERVICE_UNKNOWN for an unknown service; client cancel"
 
+before=$(wc -l <"$work/all.watch")
 kill -KILL "$wpid"; wait "$wpid" 2>/dev/null || true
-wait_line "$work/all.watch" '^NOT_SERVING$' || fail "no NOT_SERVING after the worker died"
+wait_line "$work/all.watch" '^NOT_SERVING$' 600 "$before" || fail "no NOT_SERVING after the worker died"
+before=$(wc -l <"$work/all.watch")
 start_worker
-# SERVING again, after the NOT_SERVING
-for _ in $(seq 900); do [ "$(tail -1 "$work/all.watch")" = SERVING ] && break; sleep 0.1; done
-[ "$(tail -1 "$work/all.watch")" = SERVING ] || fail "no SERVING once a worker is back"
+wait_line "$work/all.watch" '^SERVING$' 900 "$before" || fail "no SERVING once a worker is back"
 # only changes are sent: no two equal statuses in a row
 $PY - "$work/all.watch" <<'PYEOF' || fail "repeated status: $(cat "$work/all.watch")"
 import sys
@@ -85,6 +89,31 @@ lines = open(sys.argv[1]).read().split()
 assert all(a != b for a, b in zip(lines, lines[1:])), lines
 PYEOF
 echo "ok: NOT_SERVING when the pool died, SERVING when it is back; changes only ($(tr '\n' ' ' <"$work/all.watch"))"
+
+echo "-- server reflection"
+for v in v1 v1alpha; do
+  $CC reflect 127.0.0.1:$PC --version $v >"$work/refl_coord_$v.json" ||
+    fail "coordinator reflection $v: $(cat "$work/refl_coord_$v.json")"
+  $CC reflect 127.0.0.1:$PW --version $v >"$work/refl_worker_$v.json" ||
+    fail "worker reflection $v: $(cat "$work/refl_worker_$v.json")"
+  $PY - "$work/refl_coord_$v.json" "$work/refl_worker_$v.json" <<'PYEOF' || fail "reflection $v"
+import json, sys
+coord, worker = (json.load(open(p)) for p in sys.argv[1:3])
+for r, svc in ((coord, "mrank.v1.Ranker"), (worker, "mrank.v1.Worker")):
+    assert svc in r["services"], r["services"]
+    assert "grpc.health.v1.Health" in r["services"], r["services"]
+    assert "mrank.proto" in r["files"], r["files"]
+    assert r["by_filename"][0] == "mrank.proto", r["by_filename"]
+    assert r["unknown_symbol"] == 5, r["unknown_symbol"]     # NOT_FOUND
+assert "mrank.v1.Worker" not in coord["services"], coord["services"]
+m = coord["methods"]
+assert "Rerank (mrank.v1.RerankRequest) returns (mrank.v1.RerankResponse)" in m["mrank.v1.Ranker"], m
+assert "RerankStream (mrank.v1.RerankRequest) returns (stream mrank.v1.RerankResponse)" in m["mrank.v1.Ranker"], m
+assert "Watch (grpc.health.v1.HealthCheckRequest) returns (stream grpc.health.v1.HealthCheckResponse)" in m["grpc.health.v1.Health"], m
+assert "Score (mrank.v1.ScoreRequest) returns (mrank.v1.ScoreResponse)" in worker["methods"]["mrank.v1.Worker"], worker
+PYEOF
+  echo "ok: reflection $v lists and describes the coordinator's and the worker's services"
+done
 
 echo "-- shutdown ends open watches"
 kill -TERM "$cpid"
