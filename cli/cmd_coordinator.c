@@ -12,12 +12,13 @@
 #include "cli.h"
 #include "coord_config.h"
 #include "coordinator.h"
+#include "log.h"
 
 int mr_cmd_coordinator(int argc, char **argv) {
     static const struct option opts[] = {{"config", 1, 0, 'c'},       {"listen", 1, 0, 'l'},
                                          {"metrics-port", 1, 0, 'M'}, {"drain-ms", 1, 0, 'd'},
                                          {"check", 0, 0, 'C'},        {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
+                                         MR_CLI_LOG_OPTIONS,          {0, 0, 0, 0}};
     const char *config = NULL, *listen = NULL;
     int metrics_port = -1, drain_ms = 5000, ch, rc = 2, check = 0;
     mr_coord_config *cfg = NULL;
@@ -36,9 +37,12 @@ int mr_cmd_coordinator(int argc, char **argv) {
                  "  serves mrank.v1.Ranker (Rerank, RerankStream, Info) and grpc.health.v1 over\n"
                  "  the worker pools of FILE (see docs/cluster.md); --listen and --metrics-port\n"
                  "  default to the config's coordinator section\n"
-                 "  --check   validate FILE, print a summary and exit (0 when valid)");
+                 "  --check   validate FILE, print a summary and exit (0 when valid)\n"
+                 MR_CLI_LOG_USAGE);
             return 0;
-        default: return 2;
+        default:
+            if (mr_cli_log_option(ch, optarg, "mrank coordinator") == 1) break;
+            return 2;
         }
     }
     if (!config || optind < argc) {
@@ -46,9 +50,10 @@ int mr_cmd_coordinator(int argc, char **argv) {
                         "[--metrics-port P]\n");
         return 2;
     }
+    mr_cli_log_start("mrank coordinator");
     if (!(cfg = calloc(1, sizeof *cfg))) return 1;
     if (mr_coord_config_load(cfg, config, &err)) {
-        fprintf(stderr, "mrank coordinator: %s\n", err.msg);
+        mr_log(MR_LOG_ERROR, "config_error", "%s\n", err.msg);
         goto done;
     }
     if (check) {
@@ -67,16 +72,16 @@ int mr_cmd_coordinator(int argc, char **argv) {
     if (mr_coord_new(&co, cfg, listen, metrics_port >= 0 ? metrics_port : cfg->metrics_port,
                      &err) ||
         mr_coord_start(co, &port, &err)) {
-        fprintf(stderr, "mrank coordinator: %s\n", err.msg);
+        mr_log(MR_LOG_ERROR, "start_failed", "%s\n", err.msg);
         rc = 1;
         goto done;
     }
-    fprintf(stderr, "mrank coordinator: serving on port %d (config %s, %d pools, %d stages, "
+    mr_log(MR_LOG_INFO, "serving", "serving on port %d (config %s, %d pools, %d stages, "
             "%d profiles, %d tiers)\n", port, config, cfg->n_pools, cfg->n_stages,
             cfg->n_profiles, cfg->n_tiers);
     int sig = 0;
     sigwait(&set, &sig);
-    fprintf(stderr, "mrank coordinator: %s: draining\n", strsignal(sig));
+    mr_log(MR_LOG_INFO, "draining", "%s: draining\n", strsignal(sig));
     mr_coord_shutdown(co, drain_ms);
     rc = 0;
 done:

@@ -27,6 +27,7 @@
 #include "coord_internal.h"
 #include "rpc_methods.h"
 #include "subarch.h"
+#include "log.h"
 
 #define WAKE_MS 10.0            /* the loop looks at the client and the budget this often */
 #define NO_BUDGET_TIMEOUT_MS 60000.0    /* an attempt's cap when nothing else bounds it */
@@ -189,7 +190,7 @@ static int absorb(mr__req *r, int pos, const mr_cc_stage *st, slot *s, int n_slo
             *code = GRPC_STATUS_INTERNAL;
             snprintf(msg, cap, "stage '%s': malformed Score response from pool '%s'", st->name,
                      r->co->cfg.pools[st->pool].name);
-            fprintf(stderr, "mrank coordinator: stage '%s': malformed Score response from %s\n",
+            mr_log(MR_LOG_WARN, "malformed_score_response", "stage '%s': malformed Score response from %s\n",
                     st->name, r->co->pools[st->pool].ep[s[k].ep].target);
             goto done;
         }
@@ -320,7 +321,7 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
         return 0;
     }
     if (getenv("MRANK_COORD_DEBUG"))
-        fprintf(stderr, "mrank coordinator: stage '%s' call %d%s on %s: status %d after %.1f ms "
+        mr_log(MR_LOG_WARN, "score_call_failed", "stage '%s' call %d%s on %s: status %d after %.1f ms "
                 "(timeout %.0f ms): %s\n", st->name, o, s[k].hedge ? " (hedge)" : "",
                 c->pools[p].ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms,
                 s[k].timeout_ms, s[k].msg);
@@ -339,7 +340,8 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
         /* the client sees the pool and replica index; the address goes to the log only */
         snprintf(msg, cap, "stage '%s' (pool '%s' replica %d): %.200s", st->name,
                  c->cfg.pools[p].name, failed_ep, s[k].msg);
-        fprintf(stderr, "mrank coordinator: %s [replica %d is %s]\n", msg, failed_ep,
+        mr_log_req(MR_LOG_WARN, "stage_failed", r->in ? r->in->request_id : NULL, NULL,
+                   "%s [replica %d is %s]\n", msg, failed_ep,
                 c->pools[p].ep[failed_ep].target);
     } else
         snprintf(msg, cap, "stage '%s': not retried (%s) after %d attempts: %.200s", st->name,
