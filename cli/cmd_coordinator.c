@@ -13,13 +13,15 @@
 #include "coord_config.h"
 #include "coordinator.h"
 #include "log.h"
+#include "trace.h"
 
 int mr_cmd_coordinator(int argc, char **argv) {
     static const struct option opts[] = {{"config", 1, 0, 'c'},       {"listen", 1, 0, 'l'},
                                          {"metrics-port", 1, 0, 'M'}, {"drain-ms", 1, 0, 'd'},
                                          {"check", 0, 0, 'C'},        {"help", 0, 0, 'h'},
-                                         MR_CLI_LOG_OPTIONS,          {0, 0, 0, 0}};
-    const char *config = NULL, *listen = NULL;
+                                         {"otlp-endpoint", 1, 0, 'O'}, MR_CLI_LOG_OPTIONS,
+                                         {0, 0, 0, 0}};
+    const char *config = NULL, *listen = NULL, *otlp = NULL;
     int metrics_port = -1, drain_ms = 5000, ch, rc = 2, check = 0;
     mr_coord_config *cfg = NULL;
     mr_coord *co = NULL;
@@ -32,12 +34,15 @@ int mr_cmd_coordinator(int argc, char **argv) {
         case 'M': if (mr_cli_parse_int("--metrics-port", optarg, &metrics_port)) return 2; break;
         case 'd': if (mr_cli_parse_int("--drain-ms", optarg, &drain_ms)) return 2; break;
         case 'C': check = 1; break;
+        case 'O': otlp = optarg; break;
         case 'h':
             puts("usage: mrank coordinator --config FILE [--listen ADDR] [--metrics-port P]\n"
                  "  serves mrank.v1.Ranker (Rerank, RerankStream, Info) and grpc.health.v1 over\n"
                  "  the worker pools of FILE (see docs/cluster.md); --listen and --metrics-port\n"
                  "  default to the config's coordinator section\n"
                  "  --check   validate FILE, print a summary and exit (0 when valid)\n"
+                 "  --otlp-endpoint URL  export spans as OTLP/HTTP JSON to URL (default: the\n"
+                 "            config's coordinator.otlp_endpoint; none when both are unset)\n"
                  MR_CLI_LOG_USAGE);
             return 0;
         default:
@@ -68,6 +73,12 @@ int mr_cmd_coordinator(int argc, char **argv) {
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (!otlp && *cfg->otlp_endpoint) otlp = cfg->otlp_endpoint;
+    if (otlp && *otlp && mr_trace_export_start(otlp, "mrank-coordinator", &err)) {
+        mr_log(MR_LOG_ERROR, "config_error", "%s", err.msg);
+        rc = 2;
+        goto done;
+    }
     int port = 0;
     if (mr_coord_new(&co, cfg, listen, metrics_port >= 0 ? metrics_port : cfg->metrics_port,
                      &err) ||
@@ -86,6 +97,7 @@ int mr_cmd_coordinator(int argc, char **argv) {
     rc = 0;
 done:
     mr_coord_free(co);
+    mr_trace_export_stop();   /* after the drain: the last requests' spans go out too */
     free(cfg);
     return rc;
 }

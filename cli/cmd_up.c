@@ -331,6 +331,10 @@ static int plan_workers(child *kids, const mr_coord_config *cfg, const char *mod
             av[k++] = (char *)threads;
             av[k++] = "--backend";
             av[k++] = (char *)backend;
+            if (*cfg->otlp_endpoint) {
+                av[k++] = "--otlp-endpoint";
+                av[k++] = (char *)cfg->otlp_endpoint;
+            }
             av[k++] = "--log-level";
             av[k++] = (char *)mr_cli_log_level();
             av[k++] = "--log-format";

@@ -413,14 +413,16 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
         goto done;
     const cJSON *co = cJSON_GetObjectItemCaseSensitive(root, "coordinator");
     if (co && !cJSON_IsNull(co)) {
-        static const char *const ck[] = {"listen", "metrics_port", NULL};
+        static const char *const ck[] = {"listen", "metrics_port", "otlp_endpoint", NULL};
         if (!cJSON_IsObject(co)) {
             rc = bad(&x, MR_EFORMAT, "coordinator", "expected an object");
             goto done;
         }
         if ((rc = check_keys(&x, co, "coordinator", ck)) ||
             (rc = get_str(&x, co, "coordinator", "listen", c->listen, sizeof c->listen, 0)) ||
-            (rc = get_int(&x, co, "coordinator", "metrics_port", &c->metrics_port, 0, 65535)))
+            (rc = get_int(&x, co, "coordinator", "metrics_port", &c->metrics_port, 0, 65535)) ||
+            (rc = get_str(&x, co, "coordinator", "otlp_endpoint", c->otlp_endpoint,
+                          sizeof c->otlp_endpoint, 0)))
             goto done;
     }
     const cJSON *pl = cJSON_GetObjectItemCaseSensitive(root, "planning");

@@ -42,6 +42,7 @@
 #include "coordinator.h"
 #include "mrank.pb-c.h"
 #include "rpc.h"
+#include "trace.h"
 
 /* One replica address of a pool (for a DNS pool: the one target gRPC balances over). */
 typedef struct mr__endpoint {
@@ -111,6 +112,7 @@ typedef struct mr__req {
     int n_stats;
     Mrank__V1__StageStats stats[MR_CC_MAX_STAGES];
     char stat_names[MR_CC_MAX_STAGES][MR_CC_NAME];
+    mr_trace_ctx stage_trace;   /* the running stage's span (fanout.c); its Score calls' parent */
 } mr__req;
 
 double mr__now_ms(void);

@@ -106,6 +106,11 @@ int mr_rpc_call_metadata(mr_rpc_call *call, const char *key, char *buf, size_t c
  * and *len, 1 when the client closed its side (no more messages), MR_ESTATE when the call is
  * cancelled or not bidi, MR_ENOMEM. */
 int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len);
+/* The call's trace context (trace.h): a SERVER span whose parent is the client's traceparent
+ * metadata (a new trace when it sent none or a malformed one); exported when the call ends if
+ * the client sent a traceparent or the call is mrank.v1.Ranker's (untraced internal calls,
+ * such as probes, are not). Pass it as mr_rpc_opts.trace to calls made for this one. */
+const struct mr_trace_ctx *mr_rpc_call_trace(mr_rpc_call *c);
 /* Streams: sends one response message and waits until gRPC took it. 0, or MR_ESTATE when the
  * client is gone (finish the call anyway). Only from one thread at a time per call. */
 int mr_rpc_call_write(mr_rpc_call *call, const uint8_t *buf, size_t len);
@@ -175,6 +180,9 @@ typedef struct mr_rpc_opts {
     int wait_for_ready;         /* 1: wait for a connection (until the deadline) instead of
                                  * failing UNAVAILABLE at once */
     const char *traceparent;    /* W3C trace context sent as "traceparent" metadata, or NULL */
+    const struct mr_trace_ctx *trace; /* parent span (trace.h): the call gets a CLIENT span of
+                                 * its own, sent as traceparent/tracestate (overrides the
+                                 * field above); NULL: none */
     mr_rpc_cancel *cancel;      /* the call belongs to this group (NULL: none) */
 } mr_rpc_opts;
 

@@ -42,6 +42,8 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "reflection.h"
+#include "rpc_status.h"
+#include "trace.h"
 #include "tsan/grpc_hb.h"
 
 #define MR__REQS_PER_METHOD 8
@@ -101,6 +103,10 @@ struct mr_rpc_call {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int write_done, write_ok;
+    mr_trace_ctx trace;          /* this call's SERVER span */
+    int trace_record;            /* export it: the client traced, or a public (Ranker) call;
+                                  * untraced internal calls (probes, warm-ups) are not */
+    uint64_t trace_start_ns;
     int read_done;
     grpc_byte_buffer *read_buf;  /* RECV_MESSAGE's out-param: NULL at the end of the stream */
     struct mr_rpc_call *next;    /* handler queue */
@@ -235,6 +241,19 @@ static mr_rpc_call *call_new(mr_rpc_server *s, slot *sl) {
     c->arrival_ms = now.tv_sec * 1e3 + now.tv_nsec / 1e6;
     c->md = sl->md;   /* moved */
     grpc_metadata_array_init(&sl->md);
+    {
+        char tp[MR_TRACEPARENT_LEN + 8];
+        mr_trace_ctx parent;
+        int have = mr_rpc_call_metadata(c, "traceparent", tp, sizeof tp) > 0 &&
+                   !mr_trace_parse(tp, &parent);
+        if (have && mr_rpc_call_metadata(c, "tracestate", parent.tracestate,
+                                         sizeof parent.tracestate) >= (int)sizeof parent.tracestate)
+            parent.tracestate[0] = 0;   /* longer than we keep: dropped, not cut */
+        mr_trace_child(have ? &parent : NULL, &c->trace);
+        c->trace_start_ns = mr_trace_now_ns();
+        c->trace_record = have || !strncmp(mr_rpc_call_method(c), "/" MR_SERVICE_RANKER "/",
+                                           strlen(MR_SERVICE_RANKER) + 2);
+    }
     c->req = req;
     c->req_len = len;
     c->close_tag = (tag){TAG_CLOSE, c};
@@ -358,12 +377,22 @@ int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len) {
     return *msg ? 0 : MR_ENOMEM;
 }
 
+const mr_trace_ctx *mr_rpc_call_trace(mr_rpc_call *c) { return &c->trace; }
+
 static void call_end(mr_rpc_call *c, grpc_status_code code, const char *message,
                      const uint8_t *resp, size_t len, int send_msg, const char *md_key,
                      const char *md_value) {
     if (atomic_exchange(&c->finished, 1)) {
         gpr_log(GPR_ERROR, "mrank rpc: %s finished twice (ignored)", mr_rpc_call_method(c));
         return;
+    }
+    const char *path = mr_rpc_call_method(c);
+    if (c->trace_record && mr_trace_exporting()) {
+        const char *attrs[] = {"rpc.system", "grpc", "rpc.method", path, "rpc.grpc.status_code",
+                               mr_rpc_status_name(code), NULL};
+        mr_trace_span(&c->trace, MR_SPAN_SERVER, path, c->trace_start_ns, mr_trace_now_ns(),
+                      code == GRPC_STATUS_OK ? NULL : (message && *message ? message : "error"),
+                      attrs);
     }
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);
