@@ -388,11 +388,14 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
         complete(u, 1);
         return 0;
     }
+    /* the values to release after start_batch, which copies them: u may complete (and be
+     * freed by the poller) before start_batch returns, so they are not read from u then */
+    grpc_slice md_values[sizeof u->md / sizeof u->md[0]];
+    for (size_t i = 0; i < n_md; i++) md_values[i] = u->md[i].value;
     MR_GRPC_HANDOFF(u);
     grpc_call_error e = u->call ? grpc_call_start_batch(u->call, ops, 6, u, NULL)
                                 : GRPC_CALL_ERROR;
-    /* metadata values are copied by start_batch */
-    for (size_t i = 0; i < n_md; i++) grpc_slice_unref(u->md[i].value);
+    for (size_t i = 0; i < n_md; i++) grpc_slice_unref(md_values[i]);
     if (e != GRPC_CALL_OK) {
         u->status = GRPC_STATUS_INTERNAL;
         grpc_slice_unref(u->details);
