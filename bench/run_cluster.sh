@@ -191,7 +191,7 @@ for tier in interactive standard batch; do
   done
 done
 log "(d) cost model after a burst: interactive 2 req/s, fresh / after batch burst / after standard"
-nsptl() { curl -s "http://$METRICS/metrics" | sed -n 's/^mrank_coord_stage_ns_per_token_layer{stage="full"} //p'; }
+nsptl() { curl -s "http://$METRICS/metrics" | sed -n 's/^mrank_coord_stage_seconds_per_token_layer{stage="full"} //p' | awk '{printf "%.0f\n", $1 * 1e9}'; }
 start_coord
 lg "d-interactive-fresh" --addr "$COORD" --tier interactive --rate 2 --duration 6 >/dev/null
 n1=$(nsptl)

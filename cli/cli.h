@@ -29,4 +29,22 @@ int mr_cli_parse_ints(const char *opt, const char *s, int *out, int cap);
 /* Parses a whole decimal int; -1 with a message naming the option on anything else. */
 int mr_cli_parse_int(const char *opt, const char *s, int *out);
 
+/* log_opts.c: --log-level error|warn|info|debug and --log-format text|json (rpc/log.h).
+ * Put MR_CLI_LOG_OPTIONS in a getopt_long table; mr_cli_log_option takes the option it
+ * returned: 1 handled, 0 not one of these, -1 bad value (message printed, "WHO: ..."). */
+#define MR_CLI_OPT_LOG_LEVEL 0x1001
+#define MR_CLI_OPT_LOG_FORMAT 0x1002
+#define MR_CLI_LOG_OPTIONS \
+    {"log-level", 1, 0, MR_CLI_OPT_LOG_LEVEL}, { "log-format", 1, 0, MR_CLI_OPT_LOG_FORMAT }
+#define MR_CLI_LOG_USAGE \
+    "  --log-level L             error, warn, info (default) or debug\n" \
+    "  --log-format F            text (default) or json: one object per line with time,\n" \
+    "                            level, component, event, request_id, trace_id, msg\n"
+int mr_cli_log_option(int ch, const char *arg, const char *who);
+/* Applies the options parsed so far to the process log, as component who ("mrank worker"). */
+void mr_cli_log_start(const char *who);
+/* The values parsed, spelled as the options take them (for `mrank up`'s children). */
+const char *mr_cli_log_level(void);
+const char *mr_cli_log_format(void);
+
 #endif

@@ -38,6 +38,7 @@
 #include "rpc.h"
 #include "tls.h"
 #include "rpc_methods.h"
+#include "log.h"
 
 #define DEFAULT_CONFIG "deploy/local.json"
 #define DEFAULT_MODEL "models/mrank-tiny"
@@ -105,7 +106,7 @@ static int child_start(child *c, const sigset_t *old_mask) {
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
-        fprintf(stderr, "mrank up: fork for %s: %s\n", c->what, strerror(errno));
+        mr_log(MR_LOG_ERROR, "fork_failed", "fork for %s: %s\n", c->what, strerror(errno));
         return -1;
     }
     if (pid == 0) {
@@ -113,7 +114,7 @@ static int child_start(child *c, const sigset_t *old_mask) {
         if (getppid() != parent) _exit(127); /* the parent died before prctl */
         sigprocmask(SIG_SETMASK, old_mask, NULL);
         execv("/proc/self/exe", c->argv);
-        fprintf(stderr, "mrank up: exec %s: %s\n", c->argv[1], strerror(errno));
+        mr_log(MR_LOG_ERROR, "exec_failed", "exec %s: %s\n", c->argv[1], strerror(errno));
         _exit(127);
     }
     c->pid = pid;
@@ -154,10 +155,10 @@ static int reap(child *c, int n) {
         for (int i = 0; i < n; i++) {
             if (c[i].pid != pid) continue;
             if (WIFEXITED(status))
-                fprintf(stderr, "mrank up: %s (pid %d) exited with status %d\n", c[i].what,
+                mr_log(MR_LOG_WARN, "child_exited", "%s (pid %d) exited with status %d\n", c[i].what,
                         (int)pid, WEXITSTATUS(status));
             else if (WIFSIGNALED(status))
-                fprintf(stderr, "mrank up: %s (pid %d) killed by signal %d (%s)\n", c[i].what,
+                mr_log(MR_LOG_WARN, "child_killed", "%s (pid %d) killed by signal %d (%s)\n", c[i].what,
                         (int)pid, WTERMSIG(status), strsignal(WTERMSIG(status)));
             c[i].pid = 0;
             c[i].died = 1;
@@ -189,14 +190,14 @@ static void stop_range(child *c, int n, int lo, int hi, int grace_ms, const sigs
         if (mono_ms() > until) {
             for (int i = lo; i < hi; i++)
                 if (c[i].pid > 0)
-                    fprintf(stderr, "mrank up: %s did not stop in %d ms: SIGKILL\n", c[i].what,
+                    mr_log(MR_LOG_WARN, "child_sigkill", "%s did not stop in %d ms: SIGKILL\n", c[i].what,
                             grace_ms);
             break;
         }
         siginfo_t si;
         int sig = sigtimedwait(set, &si, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
-            fprintf(stderr, "mrank up: %s again: SIGKILL to every child\n", strsignal(sig));
+            mr_log(MR_LOG_WARN, "sigkill_all", "%s again: SIGKILL to every child\n", strsignal(sig));
             *hurry = 1;
         }
     }
@@ -226,14 +227,14 @@ static int schedule_restart(child *c, int max_restarts) {
     for (int k = 0; k < max_restarts && k < c->restarts; k++)
         recent += now - c->restart_ms[k] < RESTART_WINDOW_MS;
     if (recent >= max_restarts) {
-        fprintf(stderr, "mrank up: %s exited again after %d restarts within %d s "
+        mr_log(MR_LOG_ERROR, "crash_loop", "%s exited again after %d restarts within %d s "
                 "(--max-restarts %d): crash loop, giving up\n", c->what, recent,
                 RESTART_WINDOW_MS / 1000, max_restarts);
         return -1;
     }
     if (now - c->started_ms >= STABLE_MS) c->backoff_ms = BACKOFF_MIN_MS;
     c->restart_at_ms = now + c->backoff_ms;
-    fprintf(stderr, "mrank up: restarting %s in %.1f s\n", c->what, c->backoff_ms / 1e3);
+    mr_log(MR_LOG_INFO, "child_restart_scheduled", "restarting %s in %.1f s\n", c->what, c->backoff_ms / 1e3);
     c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
     return 0;
 }
@@ -256,12 +257,12 @@ static int supervise(child *c, int n, int max_restarts, const sigset_t *old_mask
             if (max_restarts > 0) k->restart_ms[k->restarts % max_restarts] = now;
             k->restarts++;
             if (child_start(k, old_mask)) return -1;
-            fprintf(stderr, "mrank up: restarted %s: pid %d (restart %d)\n", k->what,
+            mr_log(MR_LOG_INFO, "child_restarted", "restarted %s: pid %d (restart %d)\n", k->what,
                     (int)k->pid, k->restarts);
         }
         if (k->pid > 0 && !k->serving && k->restarts > 0 && health_serving(k->addr, k->tls)) {
             k->serving = 1;
-            fprintf(stderr, "mrank up: %s SERVING again (pid %d, restart %d)\n", k->what,
+            mr_log(MR_LOG_INFO, "child_serving", "%s SERVING again (pid %d, restart %d)\n", k->what,
                     (int)k->pid, k->restarts);
         }
     }
@@ -307,7 +308,8 @@ static void up_usage(FILE *f) {
           "  --threads N         compute threads per worker (default: CPUs / workers)\n"
           "  --timeout-s N       how long to wait for SERVING (default 120)\n"
           "  --max-restarts N    restarts of one child within %d s before giving up (exit 1);\n"
-          "                      0..%d, default %d; 0 stops the cluster on the first exit\n",
+          "                      0..%d, default %d; 0 stops the cluster on the first exit\n"
+          MR_CLI_LOG_USAGE,
           BACKOFF_MIN_MS / 1e3, BACKOFF_MAX_MS / 1000, RESTART_WINDOW_MS / 1000,
           MAX_RESTARTS_CAP, DEFAULT_MAX_RESTARTS);
 }
@@ -333,6 +335,14 @@ static int plan_workers(child *kids, const mr_coord_config *cfg, const char *mod
             av[k++] = (char *)threads;
             av[k++] = "--backend";
             av[k++] = (char *)backend;
+            if (*cfg->otlp_endpoint) {
+                av[k++] = "--otlp-endpoint";
+                av[k++] = (char *)cfg->otlp_endpoint;
+            }
+            av[k++] = "--log-level";
+            av[k++] = (char *)mr_cli_log_level();
+            av[k++] = "--log-format";
+            av[k++] = (char *)mr_cli_log_format();
             for (int j = 0; j < pc->n_adapters; j++) {
                 snprintf(adbuf[j], sizeof adbuf[j], "%s=%s", pc->adapters[j].name,
                          pc->adapters[j].dir);
@@ -427,7 +437,8 @@ int mr_cmd_up(int argc, char **argv) {
     static const struct option opts[] = {{"config", 1, 0, 'c'},    {"model", 1, 0, 'm'},
                                          {"threads", 1, 0, 't'},   {"timeout-s", 1, 0, 'T'},
                                          {"backend", 1, 0, 'B'},   {"max-restarts", 1, 0, 'R'},
-                                         {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
+                                         {"help", 0, 0, 'h'},      MR_CLI_LOG_OPTIONS,
+                                         {0, 0, 0, 0}};
     const char *config = DEFAULT_CONFIG, *model = NULL, *backend = "cpu";
     int threads = 0, timeout_s = 120, max_restarts = DEFAULT_MAX_RESTARTS, ch, rc = 1, n = 0;
     int n_workers = 0, n_kids = 0;
@@ -454,17 +465,22 @@ int mr_cmd_up(int argc, char **argv) {
             }
             break;
         case 'h': up_usage(stdout); rc = 0; goto done;
-        default: up_usage(stderr); rc = 2; goto done;
+        default:
+            if (mr_cli_log_option(ch, optarg, "mrank up") == 1) break;
+            up_usage(stderr);
+            rc = 2;
+            goto done;
         }
     }
+    mr_cli_log_start("mrank up");   /* and every child gets the same options */
     if (mr_coord_config_load(cfg, config, &err)) {
-        fprintf(stderr, "mrank up: %s\n", err.msg);
+        mr_log(MR_LOG_ERROR, "config_error", "%s\n", err.msg);
         goto done;
     }
     if (!model) model = *cfg->model ? cfg->model : DEFAULT_MODEL;
     for (int p = 0; p < cfg->n_pools; p++) {
         if (*cfg->pools[p].dns) {
-            fprintf(stderr, "mrank up: %s: pools[%d].dns: mrank up starts loopback workers and "
+            mr_log(MR_LOG_ERROR, "config_error", "%s: pools[%d].dns: mrank up starts loopback workers and "
                     "needs an addresses list\n", config, p);
             goto done;
         }
@@ -478,7 +494,7 @@ int mr_cmd_up(int argc, char **argv) {
     char cfg_json[600];
     snprintf(cfg_json, sizeof cfg_json, "%s/config.json", model);
     if (!file_exists(cfg_json)) {
-        fprintf(stderr, "mrank up: %s: no model folder (no config.json)%s\n", model,
+        mr_log(MR_LOG_ERROR, "config_error", "%s: no model folder (no config.json)%s\n", model,
                 strcmp(model, DEFAULT_MODEL) ? "" : ": run mrank up from the repository root");
         goto done;
     }
@@ -502,7 +518,9 @@ int mr_cmd_up(int argc, char **argv) {
     }
     char *cav[] = {"mrank", "coordinator", "--config", (char *)config, "--listen",
                    cfg->listen, "--metrics-port", mport, "--drain-ms", drain,
-                   "--http-listen", cfg->http_listen, NULL};
+                   "--http-listen", cfg->http_listen,
+                   "--log-level", (char *)mr_cli_log_level(),
+                   "--log-format", (char *)mr_cli_log_format(), NULL};
     snprintf(what, sizeof what, "coordinator %.100s", cfg->listen);
     /* mrank up reaches the workers as the coordinator does (internal mTLS), and its own
      * coordinator child over loopback without checking the server certificate (it has no
@@ -517,14 +535,14 @@ int mr_cmd_up(int argc, char **argv) {
     }
     if (plan_workers(kids, cfg, model, backend, tbuf, &worker_tls) ||
         child_init(&kids[n_workers], what, cfg->listen, cav)) {
-        fprintf(stderr, "mrank up: out of memory\n");
+        mr_log(MR_LOG_ERROR, "out_of_memory", "out of memory\n");
         goto done;
     }
     if (*sec->tls_cert) kids[n_workers].tls = &coord_tls;
     /* the coordinator is the last child: stop_all relies on it */
     for (n = 0; n < n_kids; n++)
         if (child_start(&kids[n], &old)) goto stop;
-    fprintf(stderr, "mrank up: started %d workers and a coordinator; waiting for SERVING...\n",
+    mr_log(MR_LOG_INFO, "started", "started %d workers and a coordinator; waiting for SERVING...\n",
             n - 1);
     double t0 = mono_ms();
     int ready = 0;
@@ -533,19 +551,19 @@ int mr_cmd_up(int argc, char **argv) {
         siginfo_t si;
         int sig = sigtimedwait(&set, &si, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
-            fprintf(stderr, "mrank up: %s before the cluster was ready: stopping\n",
+            mr_log(MR_LOG_ERROR, "start_failed", "%s before the cluster was ready: stopping\n",
                     strsignal(sig));
             goto stop;
         }
         if (reap(kids, n) > 0) {
-            fprintf(stderr, "mrank up: a child exited before the cluster was ready (a "
+            mr_log(MR_LOG_ERROR, "start_failed", "a child exited before the cluster was ready (a "
                     "configuration error?): stopping\n");
             goto stop;
         }
         ready = 1;
         for (int i = 0; i < n && ready; i++) ready = health_serving(kids[i].addr, kids[i].tls);
         if (!ready && mono_ms() - t0 > timeout_s * 1e3) {
-            fprintf(stderr, "mrank up: not SERVING after %d s: stopping\n", timeout_s);
+            mr_log(MR_LOG_ERROR, "start_timeout", "not SERVING after %d s: stopping\n", timeout_s);
             goto stop;
         }
     }
@@ -556,19 +574,19 @@ int mr_cmd_up(int argc, char **argv) {
         siginfo_t si;
         int sig = sigtimedwait(&set, &si, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
-            fprintf(stderr, "mrank up: %s: stopping the coordinator (it drains), then the "
+            mr_log(MR_LOG_INFO, "stopping", "%s: stopping the coordinator (it drains), then the "
                     "workers\n", strsignal(sig));
             rc = 0;
             break;
         }
         if (supervise(kids, n, max_restarts, &old)) {
-            fprintf(stderr, "mrank up: stopping the cluster\n");
+            mr_log(MR_LOG_INFO, "stopping", "stopping the cluster\n");
             break;
         }
     }
 stop:
     stop_all(kids, n_kids, &set); /* children not started yet have pid 0 */
-    fprintf(stderr, "mrank up: stopped\n");
+    mr_log(MR_LOG_INFO, "stopped", "stopped\n");
 done:
     for (int i = 0; kids && i < n_kids; i++) child_close(&kids[i]);
     free(kids);

@@ -14,6 +14,8 @@
 #include "cli.h"
 #include "rpc.h"
 #include "worker.h"
+#include "log.h"
+#include "trace.h"
 
 static void worker_usage(FILE *f) {
     fprintf(f, "usage: mrank worker --model DIR --listen ADDR [options]\n"
@@ -36,7 +38,10 @@ static void worker_usage(FILE *f) {
           "  --tls-cert FILE           serve TLS with this PEM certificate chain (re-read on change)\n"
           "  --tls-key FILE            its PEM private key\n"
           "  --tls-client-ca FILE      accept only clients with a certificate signed by this CA\n"
-          "                            (mTLS; the cluster's security.internal.ca)\n",
+          "                            (mTLS; the cluster's security.internal.ca)\n"
+          "  --otlp-endpoint URL       export spans as OTLP/HTTP JSON to URL\n"
+          "                            (http://collector:4318/v1/traces)\n"
+          MR_CLI_LOG_USAGE,
           MR_WORKER_RPC_THREADS, MR_WORKER_MAX_BATCH_TOKENS, MR_WORKER_MAX_WAIT_MS,
           MR_WORKER_MAX_INFLIGHT_TOKENS, MR_WORKER_MAX_REQUEST_BYTES);
 }
@@ -51,12 +56,14 @@ int mr_cmd_worker(int argc, char **argv) {
         {"prompt", 1, 0, 'P'},         {"drain-ms", 1, 0, 'd'},
         {"max-request-bytes", 1, 0, 'R'},
         {"tls-cert", 1, 0, 'C'},       {"tls-key", 1, 0, 'K'},        {"tls-client-ca", 1, 0, 'A'},
-        {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
+        {"otlp-endpoint", 1, 0, 'O'},
+        {"help", 0, 0, 'h'},           MR_CLI_LOG_OPTIONS,            {0, 0, 0, 0}};
     mr_worker_opts o;
     mr_worker_opts_default(&o);
     o.listen = NULL;
     char *adapter_buf[MR_MAX_ADAPTERS] = {0};
     int drain_ms = 10000, ch, rc = 2;
+    const char *otlp = NULL;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -102,8 +109,12 @@ int mr_cmd_worker(int argc, char **argv) {
         case 'C': o.tls_cert = optarg; break;
         case 'K': o.tls_key = optarg; break;
         case 'A': o.tls_client_ca = optarg; break;
+        case 'O': otlp = optarg; break;
         case 'h': worker_usage(stdout); rc = 0; goto done;
-        default: worker_usage(stderr); goto done;
+        default:
+            if (mr_cli_log_option(ch, optarg, "mrank worker") == 1) break;
+            worker_usage(stderr);
+            goto done;
         }
     }
     if (optind < argc) {
@@ -122,33 +133,39 @@ int mr_cmd_worker(int argc, char **argv) {
         goto done;
     }
 
+    mr_cli_log_start("mrank worker");
+    mr_err err = {0};
+    if (otlp && *otlp && mr_trace_export_start(otlp, "mrank-worker", &err)) {
+        mr_log(MR_LOG_ERROR, "config_error", "%s", err.msg);
+        goto done;
+    }
     /* every thread created from here on inherits the blocked mask */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    mr_err err = {0};
     mr_worker *w = NULL;
     if (mr_worker_new(&w, &o, &err)) {
-        fprintf(stderr, "mrank worker: %s\n", err.msg);
+        mr_log(MR_LOG_ERROR, "start_failed", "%s\n", err.msg);
         rc = 1;
         goto done;
     }
-    fprintf(stderr,
-            "mrank worker: serving on port %d metrics-port %d (%.3g ns per token-layer, "
+    mr_log(MR_LOG_INFO, "serving",
+            "serving on port %d metrics-port %d (%.3g ns per token-layer, "
             "max-batch-tokens %d, max-inflight-tokens %d)\n",
             mr_worker_port(w), mr_worker_metrics_port(w), mr_worker_ns_per_token_layer(w),
             o.max_batch_tokens, o.max_inflight_tokens);
     int sig = 0;
     sigwait(&set, &sig);
-    fprintf(stderr, "mrank worker: %s: draining (up to %d ms)\n",
+    mr_log(MR_LOG_INFO, "draining", "%s: draining (up to %d ms)\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
     mr_worker_shutdown(w, drain_ms);
     mr_worker_free(w);
-    fprintf(stderr, "mrank worker: stopped\n");
+    mr_log(MR_LOG_INFO, "stopped", "stopped\n");
     rc = 0;
 done:
+    mr_trace_export_stop();
     for (int i = 0; i < MR_MAX_ADAPTERS; i++) free(adapter_buf[i]);
     return rc;
 }

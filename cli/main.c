@@ -5,6 +5,7 @@
 #include <errno.h>
 
 #include "cli.h"
+#include "version.h"
 
 static void usage(FILE *f) {
     fputs("usage: mrank <command> [options]\n"
@@ -21,7 +22,8 @@ static void usage(FILE *f) {
           "  eval             re-rank a BEIR collection's BM25 run: nDCG@10, MRR@10, FLOPs\n"
           "  calibrate        fit calibration.json (Platt per stage sub-architecture) from labelled pairs\n"
           "  lexicon          build a lexical stage's corpus statistics; score a run with its BM25\n"
-          "run 'mrank <command> --help' for its options\n", f);
+          "run 'mrank <command> --help' for its options; 'mrank --version' for the version\n", f);
+
 }
 
 int mr_cli_parse_int(const char *opt, const char *s, int *out) {
@@ -62,6 +64,10 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("mrank %s (revision %s)\n", mr_version(), mr_git_revision());
+        return 0;
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "init-checkpoint")) return mr_cmd_init_checkpoint(argc - 1, argv + 1);

@@ -16,6 +16,7 @@
 
 #include "apikeys.h"
 #include "coord_internal.h"
+#include "log.h"
 
 #define AUTH_VALUE_MAX 4200
 
@@ -56,7 +57,7 @@ int mr__auth_new(mr_coord *c, mr_err *err) {
     int rc = load_checked(c, a->path, &a->keys, err);
     c->auth = a;   /* freed by mr__auth_free also on failure */
     if (!rc)
-        fprintf(stderr, "mrank coordinator: %d API keys from %s%s\n", mr_apikeys_count(a->keys),
+        mr_log(MR_LOG_INFO, "api_keys_loaded", "%d API keys from %s%s\n", mr_apikeys_count(a->keys),
                 a->path, *c->cfg.security.tls_cert ? "" : " (warning: no security.tls: keys "
                 "cross the network in clear text)");
     return rc;
@@ -91,7 +92,7 @@ static void maybe_reload(mr_coord *c, struct mr__auth *a) {
     mr_apikeys *k = NULL;
     mr_err err = {0};
     if (load_checked(c, a->path, &k, &err)) {
-        fprintf(stderr, "mrank coordinator: API keys not reloaded, the previous ones stay: %s\n",
+        mr_log(MR_LOG_WARN, "api_keys_reload_failed", "API keys not reloaded, the previous ones stay: %s\n",
                 err.msg);
         return;
     }
@@ -100,7 +101,7 @@ static void maybe_reload(mr_coord *c, struct mr__auth *a) {
     a->keys = k;
     pthread_rwlock_unlock(&a->lock);
     mr_apikeys_free(old);
-    fprintf(stderr, "mrank coordinator: %s changed: %d API keys\n", a->path,
+    mr_log(MR_LOG_INFO, "api_keys_reloaded", "%s changed: %d API keys\n", a->path,
             mr_apikeys_count(k));
 }
 

@@ -509,7 +509,8 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
         goto done;
     const cJSON *co = cJSON_GetObjectItemCaseSensitive(root, "coordinator");
     if (co && !cJSON_IsNull(co)) {
-        static const char *const ck[] = {"listen", "metrics_port", "http_listen", NULL};
+        static const char *const ck[] = {"listen", "metrics_port", "http_listen",
+                                         "otlp_endpoint", NULL};
         if (!cJSON_IsObject(co)) {
             rc = bad(&x, MR_EFORMAT, "coordinator", "expected an object");
             goto done;
@@ -518,7 +519,9 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
             (rc = get_str(&x, co, "coordinator", "listen", c->listen, sizeof c->listen, 0)) ||
             (rc = get_int(&x, co, "coordinator", "metrics_port", &c->metrics_port, 0, 65535)) ||
             (rc = get_str(&x, co, "coordinator", "http_listen", c->http_listen,
-                          sizeof c->http_listen, 0)))
+                          sizeof c->http_listen, 0)) ||
+            (rc = get_str(&x, co, "coordinator", "otlp_endpoint", c->otlp_endpoint,
+                          sizeof c->otlp_endpoint, 0)))
             goto done;
     }
     const cJSON *pl = cJSON_GetObjectItemCaseSensitive(root, "planning");

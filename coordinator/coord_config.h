@@ -94,6 +94,8 @@ typedef struct mr_coord_config {
     int metrics_port;                      /* coordinator metrics (mrank up; 0 = none) */
     char http_listen[128];                 /* HTTP/JSON front end; "" or "off": none (mrank up
                                             * picks a free port on listen's host for "") */
+    char otlp_endpoint[400];               /* OTLP/HTTP traces URL ("" = no span export);
+                                            * mrank up gives it to the workers too */
     int max_documents, max_tokens_per_pair, max_request_bytes, max_inflight;
     double safety;                         /* run a stage when est * safety <= remaining */
     double call_overhead_ms;               /* cost model: fixed cost per Score round trip */

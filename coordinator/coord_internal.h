@@ -50,8 +50,7 @@
 #include "coordinator.h"
 #include "mrank.pb-c.h"
 #include "rpc.h"
-
-#define MR_COORD_VERSION "mrank-coordinator 0.1"
+#include "trace.h"
 
 /* One replica address of a pool (for a DNS pool: the one target gRPC balances over). */
 typedef struct mr__endpoint {
@@ -94,6 +93,7 @@ struct mr_coord {
     struct mr__sched *sched;    /* sched.c */
     int ready, stopping, prober_started, shut;
     char model[512];
+    char dtype[8];               /* the workers' model dtype (Worker Info), "" until known */
     int untrained;
     pthread_t prober;
     struct mr__auth *auth;      /* API keys (auth.c), NULL when none are configured */
@@ -156,6 +156,7 @@ typedef struct mr__req {
     int n_stats;
     Mrank__V1__StageStats stats[MR_CC_MAX_STAGES];
     char stat_names[MR_CC_MAX_STAGES][MR_CC_NAME];
+    mr_trace_ctx stage_trace;   /* the running stage's span (fanout.c); its Score calls' parent */
 } mr__req;
 
 double mr__now_ms(void);

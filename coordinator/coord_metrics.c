@@ -259,10 +259,11 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
         for (int t = 0; t < c->n_tiers; t++)
             mr_prom_printf(&b, "mrank_coord_stage_seconds_total{stage=\"%s\",tier=\"%s\"} %g\n",
                       c->stages[s].name, c->tiers[t].name, m->st[s][t].seconds);
-    HELP("mrank_coord_stage_ns_per_token_layer", "gauge", "Cost model estimate of a stage.");
+    HELP("mrank_coord_stage_seconds_per_token_layer", "gauge",
+         "Cost model estimate of a stage: seconds per token and layer.");
     for (int s = 0; s < c->n_stages; s++)
-        mr_prom_printf(&b, "mrank_coord_stage_ns_per_token_layer{stage=\"%s\"} %g\n",
-                  c->stages[s].name, m->ns_per_tl[s]);
+        mr_prom_printf(&b, "mrank_coord_stage_seconds_per_token_layer{stage=\"%s\"} %g\n",
+                  c->stages[s].name, m->ns_per_tl[s] * 1e-9);
     HELP("mrank_coord_requests_total", "counter", "Requests by tier and outcome.");
     for (int t = 0; t < c->n_tiers; t++)
         for (int o = 0; o < MR_OUT_N; o++)
@@ -342,11 +343,11 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     for (int t = 0; t < c->n_tiers; t++)
         mr_prom_printf(&b, "mrank_coord_queue_requests{tier=\"%s\"} %ld\n", c->tiers[t].name,
                        m->tier[t].queued);
-    HELP("mrank_coord_queue_work_ms", "gauge",
-         "Estimated service milliseconds of the requests waiting in the admission queue.");
+    HELP("mrank_coord_queue_work_seconds", "gauge",
+         "Estimated service seconds of the requests waiting in the admission queue.");
     for (int t = 0; t < c->n_tiers; t++)
-        mr_prom_printf(&b, "mrank_coord_queue_work_ms{tier=\"%s\"} %g\n", c->tiers[t].name,
-                       m->tier[t].queued_ms);
+        mr_prom_printf(&b, "mrank_coord_queue_work_seconds{tier=\"%s\"} %g\n", c->tiers[t].name,
+                       m->tier[t].queued_ms / 1e3);
     HELP("mrank_coord_queue_wait_seconds", "histogram",
          "Time from arrival until a request started or left the queue.");
     for (int t = 0; t < c->n_tiers; t++) {
@@ -366,5 +367,6 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
             mr_prom_printf(&b, "mrank_coord_refusals_total{tier=\"%s\",reason=\"%s\"} %lu\n",
                            c->tiers[t].name, k_refusal[r], m->tier[t].refusals[r]);
     pthread_mutex_unlock(&m->mu);
+    mr_prom_process(&b, "coordinator");
     return mr_prom_text_take(&b);
 }

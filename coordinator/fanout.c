@@ -27,6 +27,8 @@
 #include "coord_internal.h"
 #include "rpc_methods.h"
 #include "subarch.h"
+#include "log.h"
+#include "trace.h"
 
 #define WAKE_MS 10.0            /* the loop looks at the client and the budget this often */
 #define NO_BUDGET_TIMEOUT_MS 60000.0    /* an attempt's cap when nothing else bounds it */
@@ -121,7 +123,8 @@ static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double rese
     int can_retry = pr->n_ep > 1 || *c->cfg.pools[p].dns;
     s->timeout_ms = mr_attempt_timeout_ms(s->est_ms, rem_ms, reserve_ms, can_retry);
     if (!(s->timeout_ms < NO_BUDGET_TIMEOUT_MS)) s->timeout_ms = NO_BUDGET_TIMEOUT_MS;
-    mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1, .cancel = s->group};
+    mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1, .cancel = s->group,
+                     .trace = &r->stage_trace};
     if (s->attempts) mr_coord_metrics_retry(c->metrics, p);
     s->t_start = mr__now_ms();
     /* a call's first attempt may be hedged (not a hedge, not a retry; address pools) */
@@ -189,7 +192,7 @@ static int absorb(mr__req *r, int pos, const mr_cc_stage *st, slot *s, int n_slo
             *code = GRPC_STATUS_INTERNAL;
             snprintf(msg, cap, "stage '%s': malformed Score response from pool '%s'", st->name,
                      r->co->cfg.pools[st->pool].name);
-            fprintf(stderr, "mrank coordinator: stage '%s': malformed Score response from %s\n",
+            mr_log(MR_LOG_WARN, "malformed_score_response", "stage '%s': malformed Score response from %s\n",
                     st->name, r->co->pools[st->pool].ep[s[k].ep].target);
             goto done;
         }
@@ -320,7 +323,7 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
         return 0;
     }
     if (getenv("MRANK_COORD_DEBUG"))
-        fprintf(stderr, "mrank coordinator: stage '%s' call %d%s on %s: status %d after %.1f ms "
+        mr_log(MR_LOG_WARN, "score_call_failed", "stage '%s' call %d%s on %s: status %d after %.1f ms "
                 "(timeout %.0f ms): %s\n", st->name, o, s[k].hedge ? " (hedge)" : "",
                 c->pools[p].ep[s[k].ep].target, (int)s[k].status, s[k].wall_ms,
                 s[k].timeout_ms, s[k].msg);
@@ -339,7 +342,10 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
         /* the client sees the pool and replica index; the address goes to the log only */
         snprintf(msg, cap, "stage '%s' (pool '%s' replica %d): %.200s", st->name,
                  c->cfg.pools[p].name, failed_ep, s[k].msg);
-        fprintf(stderr, "mrank coordinator: %s [replica %d is %s]\n", msg, failed_ep,
+        char tid[33] = "";
+        if (r->call) mr_trace_id_hex(mr_rpc_call_trace(r->call), tid);
+        mr_log_req(MR_LOG_WARN, "stage_failed", r->in ? r->in->request_id : NULL, tid,
+                   "%s [replica %d is %s]\n", msg, failed_ep,
                 c->pools[p].ep[failed_ep].target);
     } else
         snprintf(msg, cap, "stage '%s': not retried (%s) after %d attempts: %.200s", st->name,
@@ -347,7 +353,7 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
     return -1;
 }
 
-int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
+static int fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                      grpc_status_code *code, char *msg, size_t cap) {
     mr_coord *c = r->co;
     const mr_cc_stage *st = mr__req_stage(r, pos);
@@ -467,5 +473,24 @@ done:
     free(members);
     pthread_mutex_destroy(&b.mu);
     pthread_cond_destroy(&b.cv);
+    return rc;
+}
+
+/* The stage as one INTERNAL span (trace.h) under the request's; its Score calls are CLIENT
+ * spans under it (launch passes r->stage_trace). */
+int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
+                     grpc_status_code *code, char *msg, size_t cap) {
+    mr_trace_child(r->call ? mr_rpc_call_trace(r->call) : NULL, &r->stage_trace);
+    uint64_t t0 = mr_trace_now_ns();
+    int rc = fanout_stage(r, pos, active, n_active, code, msg, cap);
+    if (mr_trace_exporting()) {
+        const mr_cc_stage *st = mr__req_stage(r, pos);
+        char name[MR_CC_NAME + 8];
+        snprintf(name, sizeof name, "stage %s", st->name);
+        const char *attrs[] = {"mrank.stage", st->name, "mrank.request_id",
+                               r->in && r->in->request_id ? r->in->request_id : "", NULL};
+        mr_trace_span(&r->stage_trace, MR_SPAN_INTERNAL, name, t0, mr_trace_now_ns(),
+                      rc ? msg : NULL, attrs);
+    }
     return rc;
 }

@@ -17,6 +17,7 @@
 #include "coord_internal.h"
 #include "rpc_methods.h"
 #include "subarch_pb.h"
+#include "log.h"
 
 int mr__dns_split(const char *target, char *host, size_t hcap, char *port, size_t pcap,
                   mr_err *err) {
@@ -99,7 +100,7 @@ static void resolve_pools(mr_coord *c) {
         mr_err err = {0};
         if (mr__dns_split(pc->dns, host, sizeof host, port, sizeof port, &err) ||
             mr__dns_count(host, port, &n, &sig, &err)) {
-            fprintf(stderr, "mrank coordinator: pool '%s': %s\n", pc->name, err.msg);
+            mr_log(MR_LOG_WARN, "pool_resolve_failed", "pool '%s': %s\n", pc->name, err.msg);
             continue;
         }
         int was = atomic_exchange(&pr->replicas, n);
@@ -107,10 +108,10 @@ static void resolve_pools(mr_coord *c) {
         if (sig == pr->addr_sig) continue;
         int first = pr->addr_sig == 0;
         pr->addr_sig = sig;
-        fprintf(stderr, "mrank coordinator: pool '%s': %s resolves to %d address%s (was %d)\n",
+        mr_log(MR_LOG_INFO, "pool_resolved", "pool '%s': %s resolves to %d address%s (was %d)\n",
                 pc->name, host, n, n == 1 ? "" : "es", was);
         if (!first && mr_rpc_channel_renew(pr->ep[0].ch, &err))
-            fprintf(stderr, "mrank coordinator: pool '%s': %s\n", pc->name, err.msg);
+            mr_log(MR_LOG_WARN, "pool_renew_failed", "pool '%s': %s\n", pc->name, err.msg);
     }
 }
 
@@ -144,7 +145,7 @@ static int warm_up(mr_coord *c, int p, int e) {
             double t0 = mr__now_ms();
             if (mr_rpc_unary(c->pools[p].ep[e].ch, MR_METHOD_SCORE, buf, len, 60000, &resp,
                              &rlen, &code, msg, sizeof msg)) {
-                fprintf(stderr, "mrank coordinator: warm-up of stage '%s' on %s: %s\n", st->name,
+                mr_log(MR_LOG_WARN, "warm_up_failed", "warm-up of stage '%s' on %s: %s\n", st->name,
                         c->pools[p].ep[e].target, msg);
                 return -1;
             }
@@ -210,16 +211,17 @@ static void *probe_endpoint(void *arg) {
         ep->max_batch_tokens = (int)wi->max_batch_tokens;
         if (!*c->model && wi->model) snprintf(c->model, sizeof c->model, "%s", wi->model);
         c->untrained = wi->untrained;
+        if (wi->dtype && *wi->dtype) snprintf(c->dtype, sizeof c->dtype, "%s", wi->dtype);
     }
     pthread_mutex_unlock(&c->mu);
     if (back)
-        fprintf(stderr, "mrank coordinator: ejected replica %s answers again: back in its pool\n",
+        mr_log(MR_LOG_INFO, "replica_back", "ejected replica %s answers again: back in its pool\n",
                 ep->target);
     if (wi) {
         for (int s = 0; s < c->cfg.n_stages; s++)
             if (c->cfg.stages[s].pool == j->p && wi->num_layers &&
                 (uint32_t)c->cfg.stages[s].arch.depth > wi->num_layers && !c->ready)
-                fprintf(stderr, "mrank coordinator: %s: stages[%d] '%s': depth %d > the %u "
+                mr_log(MR_LOG_ERROR, "stage_too_deep", "%s: stages[%d] '%s': depth %d > the %u "
                         "layers of the model at %s\n", c->cfg.path, s, c->cfg.stages[s].name,
                         c->cfg.stages[s].arch.depth, wi->num_layers, ep->target);
         mrank__v1__worker_info_response__free_unpacked(wi, NULL);
@@ -267,7 +269,7 @@ static void probe_once(mr_coord *c) {
     if (!stopping && was != all_ok) {
         mr_rpc_server_set_health(c->srv, "", all_ok);
         mr_rpc_server_set_health(c->srv, MR_SERVICE_RANKER, all_ok);
-        fprintf(stderr, "mrank coordinator: %s\n",
+        mr_log(MR_LOG_INFO, "health", "%s\n",
                 all_ok ? "every pool answered: SERVING"
                        : "a pool has no live replica: NOT_SERVING");
     }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "coord_internal.h"
+#include "log.h"
 
 #define REDACT_MAX 2048
 
@@ -83,7 +84,7 @@ int mr__redact(const mr_coord *c, char *msg, size_t cap) {
     }
     out[o] = 0;
     if (!changed) return 0;
-    fprintf(stderr, "mrank coordinator: error for a client (addresses redacted in the reply): %s\n",
+    mr_log(MR_LOG_WARN, "client_error", "error for a client (addresses redacted in the reply): %s\n",
             msg);
     snprintf(msg, cap, "%s", out);
     return 1;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "coord_internal.h"
+#include "log.h"
 
 #define FULL_MS 200.0           /* a replica that refused (RESOURCE_EXHAUSTED) counts as full */
 
@@ -79,7 +80,7 @@ void mr__replica_failed(mr_coord *c, int p, int e, grpc_status_code st, double w
     pthread_mutex_unlock(&c->mu);
     if (eject <= 0) return;
     mr_coord_metrics_ejection(c->metrics, p);
-    fprintf(stderr, "mrank coordinator: replica %s of pool '%s' ejected for %.0f ms (status %d "
+    mr_log(MR_LOG_WARN, "replica_ejected", "replica %s of pool '%s' ejected for %.0f ms (status %d "
             "after %.0f ms)\n", ep->target, c->cfg.pools[p].name, eject, (int)st, wall_ms);
 }
 

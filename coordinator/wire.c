@@ -3,11 +3,13 @@
  * Ranker's InfoResponse. Sub-architectures go through rpc/subarch_pb.h; relevance scores
  * through calib.c (calibrated per stage, then made non-increasing down the ranking). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "coord_internal.h"
 #include "subarch_pb.h"
+#include "version.h"
 
 int mr__wire_score(const mr__req *r, const mr_cc_stage *st, const int *members, int n,
                    uint8_t **buf, size_t *len, mr_err *err) {
@@ -108,15 +110,18 @@ uint8_t *mr__wire_info(mr_coord *c, size_t *len) {
     Mrank__V1__ProfileInfo pi[MR_CC_MAX_PROFILES], *pip[MR_CC_MAX_PROFILES];
     char *pst[MR_CC_MAX_PROFILES][MR_CC_MAX_STAGES];
     char *tiers[MR_CC_MAX_TIERS];
-    char model[512];
+    char model[512], dtype[sizeof c->dtype];
     pthread_mutex_lock(&c->mu);
     memcpy(model, *c->model ? c->model : cfg->model, sizeof model);
     model[sizeof model - 1] = 0;
     out.untrained = c->untrained;
+    memcpy(dtype, c->dtype, sizeof dtype);
     pthread_mutex_unlock(&c->mu);
-    out.version = MR_COORD_VERSION;
+    char version[64];
+    snprintf(version, sizeof version, "mrank-coordinator %s", mr_version());
+    out.version = version;
     out.model = model;
-    out.dtype = "";
+    out.dtype = dtype;
     out.max_documents = (uint32_t)cfg->max_documents;
     out.max_tokens_per_pair = (uint32_t)cfg->max_tokens_per_pair;
     out.max_request_bytes = (uint32_t)cfg->max_request_bytes;

@@ -16,6 +16,7 @@
  * reused from gRPC's global subchannel pool); the old one is destroyed when its last call
  * completes. */
 #define _GNU_SOURCE
+#include "trace.h"
 #include "rpc.h"
 #include "tls.h"
 
@@ -68,7 +69,10 @@ typedef struct ucall {
     mr_rpc_done done;
     void *user;
     grpc_byte_buffer *send, *recv;
-    grpc_metadata md[2];
+    grpc_metadata md[3];
+    mr_trace_ctx trace;      /* the CLIENT span of this call (valid when the caller traces) */
+    uint64_t trace_start_ns;
+    char method[96];
     grpc_metadata_array init_md, trail_md;
     grpc_status_code status;
     grpc_slice details;
@@ -115,6 +119,11 @@ static void complete(ucall *u, int ok) {
             st = GRPC_STATUS_INTERNAL;
             snprintf(msg, sizeof msg, "OK status without a response message");
         }
+    }
+    if (u->trace.valid && mr_trace_exporting()) {
+        const char *attrs[] = {"rpc.system", "grpc", "rpc.method", u->method, NULL};
+        mr_trace_span(&u->trace, MR_SPAN_CLIENT, u->method, u->trace_start_ns, mr_trace_now_ns(),
+                      st == GRPC_STATUS_OK ? NULL : msg, attrs);
     }
     u->done(u->user, st, msg, resp, len);
     grpc_slice_unref(all);
@@ -320,7 +329,20 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     size_t n_md = 0;
-    if (opts && opts->traceparent && *opts->traceparent) {
+    if (opts && opts->trace && opts->trace->valid) {
+        /* a span of its own for this hop: the server's span is its child */
+        char tp[MR_TRACEPARENT_LEN + 1];
+        mr_trace_child(opts->trace, &u->trace);
+        u->trace_start_ns = mr_trace_now_ns();
+        snprintf(u->method, sizeof u->method, "%s", method);
+        mr_trace_format(&u->trace, tp);
+        u->md[n_md].key = grpc_slice_from_static_string("traceparent");
+        u->md[n_md++].value = grpc_slice_from_copied_string(tp);
+        if (*u->trace.tracestate) {
+            u->md[n_md].key = grpc_slice_from_static_string("tracestate");
+            u->md[n_md++].value = grpc_slice_from_copied_string(u->trace.tracestate);
+        }
+    } else if (opts && opts->traceparent && *opts->traceparent) {
         u->md[n_md].key = grpc_slice_from_static_string("traceparent");
         u->md[n_md++].value = grpc_slice_from_copied_string(opts->traceparent);
     }
@@ -359,18 +381,21 @@ int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *re
         pthread_mutex_unlock(&g->mu);
     }
     if (fired) {
-        if (ops[0].data.send_initial_metadata.count) grpc_slice_unref(u->md[0].value);
+        for (size_t i = 0; i < n_md; i++) grpc_slice_unref(u->md[i].value);
         u->status = GRPC_STATUS_CANCELLED;
         grpc_slice_unref(u->details);
         u->details = grpc_slice_from_copied_string("cancelled before it started");
         complete(u, 1);
         return 0;
     }
+    /* the values to release after start_batch, which copies them: u may complete (and be
+     * freed by the poller) before start_batch returns, so they are not read from u then */
+    grpc_slice md_values[sizeof u->md / sizeof u->md[0]];
+    for (size_t i = 0; i < n_md; i++) md_values[i] = u->md[i].value;
     MR_GRPC_HANDOFF(u);
     grpc_call_error e = u->call ? grpc_call_start_batch(u->call, ops, 6, u, NULL)
                                 : GRPC_CALL_ERROR;
-    /* metadata values are copied by start_batch */
-    for (size_t i = 0; i < n_md; i++) grpc_slice_unref(u->md[i].value);
+    for (size_t i = 0; i < n_md; i++) grpc_slice_unref(md_values[i]);
     if (e != GRPC_CALL_OK) {
         u->status = GRPC_STATUS_INTERNAL;
         grpc_slice_unref(u->details);

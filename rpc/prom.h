@@ -29,6 +29,12 @@ void mr_prom_family(mr_prom_text *t, const char *name, const char *type, const c
  * failure; the buffer is released either way. */
 char *mr_prom_text_take(mr_prom_text *t);
 
+/* mrank_build_info{version,revision,component} 1 and the process_* metrics of the Prometheus
+ * client libraries (process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+ * process_start_time_seconds, ...), from /proc/self (prom_process.c). component: "worker",
+ * "coordinator". */
+void mr_prom_process(mr_prom_text *t, const char *component);
+
 /* ---- histograms ---- */
 
 #define MR_PROM_MAX_BUCKETS 24

@@ -3,11 +3,15 @@
  * Messages are opaque bytes here (callers pack and unpack them with protobuf-c); methods are
  * named by their full path, e.g. "/mrank.v1.Worker/Score". The server owns one completion queue
  * polled by one thread; arriving calls are handed to a fixed pool of handler threads. It serves
- * grpc.health.v1.Health/Check itself and answers UNIMPLEMENTED for methods nobody registered.
+ * grpc.health.v1.Health/Check and Health/Watch itself (Watch streams are written by one watch
+ * thread: the current status at once, then each change, until the client cancels or shutdown
+ * sends NOT_SERVING and ends them UNAVAILABLE; at most 1024 open) and answers UNIMPLEMENTED
+ * for methods nobody registered.
  * The client side is a channel (round_robin over every address the target resolves to) with a
  * blocking unary call and an asynchronous one; asynchronous calls can be cancelled in groups.
- * TLS and mTLS from PEM files (tls.h) on both sides, optional; no client streaming, no
- * reflection.
+ * TLS and mTLS from PEM files (tls.h) on both sides, optional. Every server also answers gRPC
+ * server reflection (v1 and v1alpha, reflection.h) on bidirectional streams, each on a thread
+ * of its own; the client side has no streaming.
  *
  * Threading: every function may be called from any thread unless noted. A handler runs on a
  * handler thread and may return before the call is finished: it can pass the call to another
@@ -57,12 +61,21 @@ int mr_rpc_server_add_stream(mr_rpc_server *s, const char *method, mr_rpc_handle
  * threads finish it later. Same rules as add_unary otherwise. */
 int mr_rpc_server_add_inline(mr_rpc_server *s, const char *method, int stream, mr_rpc_handler h,
                              void *user);
+/* Registers a bidirectional-streaming method: the handler runs on a thread of its own (at most
+ * 16 such calls at once per server, more get RESOURCE_EXHAUSTED), reads the client's messages
+ * with mr_rpc_call_read, writes with mr_rpc_call_write and finishes the call as usual.
+ * mr_rpc_call_request is empty for these calls. */
+int mr_rpc_server_add_bidi(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user);
+/* The registered method paths (built-in ones included), i in [0, count). */
+int mr_rpc_server_method_count(const mr_rpc_server *s);
+const char *mr_rpc_server_method_path(const mr_rpc_server *s, int i);
 /* Binds, starts the threads and begins serving. *bound_port (may be NULL) receives the port,
  * useful with port 0. MR_EIO when the address cannot be bound. */
 int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err);
-/* Health status reported by grpc.health.v1.Health/Check for service ("" = the whole server).
- * Every service starts NOT_SERVING, "" included: call with serving=1 once ready. Unknown
- * services get NOT_FOUND, as the health protocol says. */
+/* Health status reported by grpc.health.v1.Health/Check and Watch for service ("" = the whole
+ * server). Every service starts NOT_SERVING, "" included: call with serving=1 once ready.
+ * Unknown services get NOT_FOUND from Check and SERVICE_UNKNOWN from Watch, as the health
+ * protocol says; a change reaches every Watch of the service. */
 void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving);
 /* Stops serving: every health status goes NOT_SERVING, new calls are refused, calls in flight
  * get up to drain_ms to finish, then are cancelled (handlers see mr_rpc_call_cancelled and must
@@ -89,6 +102,15 @@ int mr_rpc_call_cancelled(mr_rpc_call *call);
 /* Copies the value of request metadata key (lower case, e.g. "traceparent") into buf;
  * returns its length, or -1 when absent. */
 int mr_rpc_call_metadata(mr_rpc_call *call, const char *key, char *buf, size_t cap);
+/* Bidi calls: waits for the client's next message; 0 with *msg (malloc'd, the caller frees it)
+ * and *len, 1 when the client closed its side (no more messages), MR_ESTATE when the call is
+ * cancelled or not bidi, MR_ENOMEM. */
+int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len);
+/* The call's trace context (trace.h): a SERVER span whose parent is the client's traceparent
+ * metadata (a new trace when it sent none or a malformed one); exported when the call ends if
+ * the client sent a traceparent or the call is mrank.v1.Ranker's (untraced internal calls,
+ * such as probes, are not). Pass it as mr_rpc_opts.trace to calls made for this one. */
+const struct mr_trace_ctx *mr_rpc_call_trace(mr_rpc_call *c);
 /* Streams: sends one response message and waits until gRPC took it. 0, or MR_ESTATE when the
  * client is gone (finish the call anyway). Only from one thread at a time per call. */
 int mr_rpc_call_write(mr_rpc_call *call, const uint8_t *buf, size_t len);
@@ -158,6 +180,9 @@ typedef struct mr_rpc_opts {
     int wait_for_ready;         /* 1: wait for a connection (until the deadline) instead of
                                  * failing UNAVAILABLE at once */
     const char *traceparent;    /* W3C trace context sent as "traceparent" metadata, or NULL */
+    const struct mr_trace_ctx *trace; /* parent span (trace.h): the call gets a CLIENT span of
+                                 * its own, sent as traceparent/tracestate (overrides the
+                                 * field above); NULL: none */
     mr_rpc_cancel *cancel;      /* the call belongs to this group (NULL: none) */
 } mr_rpc_opts;
 

@@ -18,5 +18,11 @@
 
 /* grpc.health.v1.Health, answered by rpc/server.c itself */
 #define MR_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
+#define MR_METHOD_HEALTH_WATCH "/grpc.health.v1.Health/Watch"
+
+/* gRPC server reflection, answered by rpc/reflection.c (both versions, one handler) */
+#define MR_METHOD_REFLECTION_V1 "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+#define MR_METHOD_REFLECTION_V1ALPHA \
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 #endif

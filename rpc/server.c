@@ -14,7 +14,12 @@
  * live-call count. The completion queue is shut down only when that count is zero and the
  * server is destroyed, so no batch can ever be started on a shut-down queue.
  *
- * Lock order: s->mu, then call->mu; health uses its own s->health_mu, never with the others. */
+ * Health/Watch calls are linked on s->watchers by their inline handler; one watch thread
+ * (watch_main) writes each one's status when it changed and finishes those whose client went
+ * away (the close event wakes it) or, at shutdown, all of them.
+ *
+ * Lock order: s->mu, then call->mu; health uses its own s->health_mu, never with the others
+ * (the watch thread writes with no lock held). */
 #define _GNU_SOURCE
 #include "rpc.h"
 #include "rpc_methods.h"
@@ -36,12 +41,17 @@
 #include <grpc/support/time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "reflection.h"
+#include "rpc_status.h"
+#include "trace.h"
 #include "tsan/grpc_hb.h"
 
 #define MR__REQS_PER_METHOD 8
 #define MR__MAX_METHODS 32
+#define MR_RPC_MAX_WATCHERS 1024   /* Health/Watch streams open at once; more: RESOURCE_EXHAUSTED */
+#define MR_RPC_MAX_BIDI 16         /* bidi streams (reflection) open at once; more: RESOURCE_EXHAUSTED */
 
-enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_SHUTDOWN };
+enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_READ, TAG_SHUTDOWN };
 
 typedef struct tag {
     enum tag_kind kind;
@@ -54,6 +64,7 @@ typedef struct rpc_method {
     void *user;
     int stream;
     int inline_run;      /* runs on the queue thread (health, mr_rpc_server_add_inline) */
+    int bidi;            /* client streaming too: its own thread, messages by mr_rpc_call_read */
     void *reg;           /* grpc_server_register_method handle */
 } rpc_method;
 
@@ -78,7 +89,7 @@ struct mr_rpc_call {
     grpc_metadata_array md;
     uint8_t *req;
     size_t req_len;
-    tag close_tag, send_tag, write_tag;
+    tag close_tag, send_tag, write_tag, read_tag;
     int close_cancelled;     /* out-param of RECV_CLOSE_ON_SERVER */
     atomic_int cancelled;
     atomic_int refs;
@@ -92,6 +103,12 @@ struct mr_rpc_call {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int write_done, write_ok;
+    mr_trace_ctx trace;          /* this call's SERVER span */
+    int trace_record;            /* export it: the client traced, or a public (Ranker) call;
+                                  * untraced internal calls (probes, warm-ups) are not */
+    uint64_t trace_start_ns;
+    int read_done;
+    grpc_byte_buffer *read_buf;  /* RECV_MESSAGE's out-param: NULL at the end of the stream */
     struct mr_rpc_call *next;    /* handler queue */
 };
 
@@ -100,6 +117,16 @@ typedef struct health_entry {
     int serving;
     struct health_entry *next;
 } health_entry;
+
+/* One Health/Watch stream: the watch thread owns its call (finishes it) and is the only one
+ * that unlinks or frees it; sent is the status last written (-2: none yet). */
+typedef struct watcher {
+    mr_rpc_call *call;
+    char *service;
+    int sent;
+    int dead;                    /* a write failed: the client is gone */
+    struct watcher *next;
+} watcher;
 
 struct mr_rpc_server {
     char *addr;
@@ -123,11 +150,20 @@ struct mr_rpc_server {
     int shutting_down;       /* no re-arming */
     int shutdown_done;       /* the shutdown tag arrived */
     long live_calls;
+    int n_bidi;              /* bidi handler threads running (each ends with its call) */
     tag shutdown_tag;
 
     pthread_mutex_t health_mu;
     health_entry *health;
     atomic_int health_frozen;    /* shutdown began: statuses stay NOT_SERVING */
+    /* Health/Watch (under health_mu): streams, and the thread that writes their updates */
+    pthread_cond_t health_cv;    /* a status changed, a watcher arrived or left, or stopping */
+    watcher *watchers;
+    int n_watchers;
+    int health_dirty;            /* something for the watch thread to look at */
+    int watch_stop;              /* shutdown: finish every watch, accept no new one */
+    int watch_started;
+    pthread_t watch_thread;
 };
 
 static pthread_once_t log_once = PTHREAD_ONCE_INIT;
@@ -205,11 +241,25 @@ static mr_rpc_call *call_new(mr_rpc_server *s, slot *sl) {
     c->arrival_ms = now.tv_sec * 1e3 + now.tv_nsec / 1e6;
     c->md = sl->md;   /* moved */
     grpc_metadata_array_init(&sl->md);
+    {
+        char tp[MR_TRACEPARENT_LEN + 8];
+        mr_trace_ctx parent;
+        int have = mr_rpc_call_metadata(c, "traceparent", tp, sizeof tp) > 0 &&
+                   !mr_trace_parse(tp, &parent);
+        if (have && mr_rpc_call_metadata(c, "tracestate", parent.tracestate,
+                                         sizeof parent.tracestate) >= (int)sizeof parent.tracestate)
+            parent.tracestate[0] = 0;   /* longer than we keep: dropped, not cut */
+        mr_trace_child(have ? &parent : NULL, &c->trace);
+        c->trace_start_ns = mr_trace_now_ns();
+        c->trace_record = have || !strncmp(mr_rpc_call_method(c), "/" MR_SERVICE_RANKER "/",
+                                           strlen(MR_SERVICE_RANKER) + 2);
+    }
     c->req = req;
     c->req_len = len;
     c->close_tag = (tag){TAG_CLOSE, c};
     c->send_tag = (tag){TAG_SEND, c};
     c->write_tag = (tag){TAG_WRITE, c};
+    c->read_tag = (tag){TAG_READ, c};
     atomic_init(&c->refs, 2);
     atomic_init(&c->cancelled, 0);
     atomic_init(&c->finished, 0);
@@ -301,12 +351,48 @@ int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
     return ok ? 0 : MR_ESTATE;
 }
 
+int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len) {
+    *msg = NULL;
+    *len = 0;
+    if (!c->m || !c->m->bidi || atomic_load(&c->finished) || atomic_load(&c->cancelled))
+        return MR_ESTATE;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->read_buf;
+    c->read_buf = NULL;
+    pthread_mutex_lock(&c->mu);
+    c->read_done = 0;
+    pthread_mutex_unlock(&c->mu);
+    MR_GRPC_HANDOFF(&c->read_tag);
+    if (grpc_call_start_batch(c->call, &op, 1, &c->read_tag, NULL) != GRPC_CALL_OK)
+        return MR_ESTATE;
+    pthread_mutex_lock(&c->mu);
+    while (!c->read_done) pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    if (!c->read_buf) return atomic_load(&c->cancelled) ? MR_ESTATE : 1;
+    *msg = read_payload(c->read_buf, len);
+    grpc_byte_buffer_destroy(c->read_buf);
+    c->read_buf = NULL;
+    return *msg ? 0 : MR_ENOMEM;
+}
+
+const mr_trace_ctx *mr_rpc_call_trace(mr_rpc_call *c) { return &c->trace; }
+
 static void call_end(mr_rpc_call *c, grpc_status_code code, const char *message,
                      const uint8_t *resp, size_t len, int send_msg, const char *md_key,
                      const char *md_value) {
     if (atomic_exchange(&c->finished, 1)) {
         gpr_log(GPR_ERROR, "mrank rpc: %s finished twice (ignored)", mr_rpc_call_method(c));
         return;
+    }
+    const char *path = mr_rpc_call_method(c);
+    if (c->trace_record && mr_trace_exporting()) {
+        const char *attrs[] = {"rpc.system", "grpc", "rpc.method", path, "rpc.grpc.status_code",
+                               mr_rpc_status_name(code), NULL};
+        mr_trace_span(&c->trace, MR_SPAN_SERVER, path, c->trace_start_ns, mr_trace_now_ns(),
+                      code == GRPC_STATUS_OK ? NULL : (message && *message ? message : "error"),
+                      attrs);
     }
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);
@@ -360,13 +446,27 @@ void mr_rpc_call_fail_md(mr_rpc_call *c, grpc_status_code code, const char *mess
 
 /* ---- health ---- */
 
-static int health_get(mr_rpc_server *s, const char *service) {
-    int st = -1;
-    pthread_mutex_lock(&s->health_mu);
+/* 1 serving, 0 not, -1 unknown service; caller holds health_mu. */
+static int health_get_locked(mr_rpc_server *s, const char *service) {
     for (health_entry *e = s->health; e; e = e->next)
-        if (!strcmp(e->service, service)) st = e->serving;
+        if (!strcmp(e->service, service)) return e->serving;
+    return -1;
+}
+
+static int health_get(mr_rpc_server *s, const char *service) {
+    pthread_mutex_lock(&s->health_mu);
+    int st = health_get_locked(s, service);
     pthread_mutex_unlock(&s->health_mu);
     return st;
+}
+
+/* Packs a HealthCheckResponse for st (1, 0, -1 = SERVICE_UNKNOWN) into buf (>= 16 bytes). */
+static size_t health_pack(int st, uint8_t *buf) {
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = st > 0    ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                  : st == 0 ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                            : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    return grpc__health__v1__health_check_response__pack(&resp, buf);
 }
 
 void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving) {
@@ -383,6 +483,8 @@ void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving
         e = NULL;
     }
     if (e) e->serving = serving && !atomic_load(&s->health_frozen);
+    s->health_dirty = 1;
+    pthread_cond_signal(&s->health_cv);
     pthread_mutex_unlock(&s->health_mu);
 }
 
@@ -403,18 +505,124 @@ static void health_check(mr_rpc_call *c, void *user) {
         return;
     }
     grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
-    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = st ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-                     : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
     uint8_t buf[16];
-    size_t n = grpc__health__v1__health_check_response__pack(&resp, buf);
+    size_t n = health_pack(st, buf);
     mr_rpc_call_finish(c, buf, n);
+}
+
+/* Health/Watch arrives (on the queue thread, inline: it only links the call for the watch
+ * thread, which writes the current status at once and every change after). */
+static void health_watch(mr_rpc_call *c, void *user) {
+    mr_rpc_server *s = user;
+    Grpc__Health__V1__HealthCheckRequest *rq =
+        grpc__health__v1__health_check_request__unpack(NULL, c->req_len, c->req);
+    if (!rq) {
+        mr_rpc_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
+        return;
+    }
+    watcher *w = xcalloc(1, sizeof *w);
+    if (w) w->service = strdup(rq->service ? rq->service : "");
+    grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
+    if (!w || !w->service) {
+        if (w) free(w);
+        mr_rpc_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    w->call = c;
+    w->sent = -2;
+    pthread_mutex_lock(&s->health_mu);
+    int full = s->n_watchers >= MR_RPC_MAX_WATCHERS;
+    const char *why = s->watch_stop || !s->watch_started ? "server shutting down"
+                      : full                             ? "too many health watches"
+                                                         : NULL;
+    if (!why) {
+        w->next = s->watchers;
+        s->watchers = w;
+        s->n_watchers++;
+        s->health_dirty = 1;
+        pthread_cond_signal(&s->health_cv);
+    }
+    pthread_mutex_unlock(&s->health_mu);
+    if (why) {
+        free(w->service);
+        free(w);
+        mr_rpc_call_fail(c, full ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_UNAVAILABLE, why);
+    }
+}
+
+/* The watch thread: waits for a change, then (without the lock) writes each watcher's status
+ * when it differs from the one last sent and finishes the watches whose client is gone. At
+ * shutdown it writes the final NOT_SERVING and ends every watch with UNAVAILABLE. Writes are
+ * a few bytes each and block only until gRPC took them. */
+static void *watch_main(void *arg) {
+    mr_rpc_server *s = arg;
+    uint8_t buf[16];
+    pthread_mutex_lock(&s->health_mu);
+    for (;;) {
+        while (!s->health_dirty && !s->watch_stop) pthread_cond_wait(&s->health_cv, &s->health_mu);
+        int stop = s->watch_stop;
+        s->health_dirty = 0;
+        /* unlink the finished ones; note the status each live one should see */
+        watcher *done = NULL;
+        for (watcher **pp = &s->watchers; *pp;) {
+            watcher *w = *pp;
+            if (stop || w->dead || mr_rpc_call_cancelled(w->call)) {
+                *pp = w->next;
+                s->n_watchers--;
+                w->next = done;
+                done = w;
+            } else {
+                pp = &w->next;
+            }
+        }
+        int n_live = 0;
+        for (watcher *w = s->watchers; w; w = w->next) n_live++;
+        watcher **live = n_live ? xcalloc((size_t)n_live, sizeof *live) : NULL;
+        int *want = n_live ? xcalloc((size_t)n_live, sizeof *want) : NULL;
+        int k = 0;
+        if (live && want)
+            for (watcher *w = s->watchers; w; w = w->next) {
+                live[k] = w;
+                want[k++] = health_get_locked(s, w->service);
+            }
+        else if (n_live)
+            s->health_dirty = 1;   /* out of memory: try again at the next wake-up */
+        pthread_mutex_unlock(&s->health_mu);
+        /* only this thread unlinks or frees watchers: the pointers stay valid unlocked */
+        for (int i = 0; i < k; i++) {
+            if (want[i] == live[i]->sent) continue;
+            if (mr_rpc_call_write(live[i]->call, buf, health_pack(want[i], buf))) {
+                live[i]->dead = 1;
+            } else {
+                live[i]->sent = want[i];
+            }
+        }
+        int any_dead = 0;
+        for (int i = 0; i < k; i++) any_dead |= live[i]->dead;
+        free(live);
+        free(want);
+        while (done) {
+            watcher *w = done;
+            done = w->next;
+            if (stop && !mr_rpc_call_cancelled(w->call) && w->sent != 0)
+                mr_rpc_call_write(w->call, buf, health_pack(0, buf));
+            if (stop) mr_rpc_call_fail(w->call, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+            else mr_rpc_call_fail(w->call, GRPC_STATUS_CANCELLED, "watch ended");
+            free(w->service);
+            free(w);
+        }
+        pthread_mutex_lock(&s->health_mu);
+        if (any_dead) s->health_dirty = 1;
+        if (stop) break;
+    }
+    pthread_mutex_unlock(&s->health_mu);
+    return NULL;
 }
 
 /* ---- server ---- */
 
 static int add_method(mr_rpc_server *s, const char *path, mr_rpc_handler h, void *user,
-                      int stream, int inline_run) {
+                      int stream, int inline_run, int bidi) {
     if (!s || !path || !h || s->started || s->n_methods == MR__MAX_METHODS) return MR_EINVAL;
     for (int i = 0; i < s->n_methods; i++)
         if (!strcmp(s->methods[i].path, path)) return MR_EINVAL;
@@ -424,6 +632,7 @@ static int add_method(mr_rpc_server *s, const char *path, mr_rpc_handler h, void
     m->user = user;
     m->stream = stream;
     m->inline_run = inline_run;
+    m->bidi = bidi;
     s->n_methods++;
     return 0;
 }
@@ -449,17 +658,27 @@ int mr_rpc_server_set_tls(mr_rpc_server *s, mr_rpc_tls_server *tls, mr_err *err)
 
 int mr_rpc_server_add_unary(mr_rpc_server *s, const char *method, mr_rpc_handler h,
                             void *user) {
-    return add_method(s, method, h, user, 0, 0);
+    return add_method(s, method, h, user, 0, 0, 0);
 }
 
 int mr_rpc_server_add_stream(mr_rpc_server *s, const char *method, mr_rpc_handler h,
                              void *user) {
-    return add_method(s, method, h, user, 1, 0);
+    return add_method(s, method, h, user, 1, 0, 0);
+}
+
+int mr_rpc_server_add_bidi(mr_rpc_server *s, const char *method, mr_rpc_handler h, void *user) {
+    return add_method(s, method, h, user, 1, 0, 1);
+}
+
+int mr_rpc_server_method_count(const mr_rpc_server *s) { return s->n_methods; }
+
+const char *mr_rpc_server_method_path(const mr_rpc_server *s, int i) {
+    return i >= 0 && i < s->n_methods ? s->methods[i].path : NULL;
 }
 
 int mr_rpc_server_add_inline(mr_rpc_server *s, const char *method, int stream, mr_rpc_handler h,
                              void *user) {
-    return add_method(s, method, h, user, stream != 0, 1);
+    return add_method(s, method, h, user, stream != 0, 1, 0);
 }
 
 int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_threads,
@@ -484,7 +703,12 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&s->health_mu, NULL);
     s->shutdown_tag = (tag){TAG_SHUTDOWN, s};
-    int rc = add_method(s, MR_METHOD_HEALTH_CHECK, health_check, s, 0, 1);
+    pthread_cond_init(&s->health_cv, NULL);
+    int rc = add_method(s, MR_METHOD_HEALTH_CHECK, health_check, s, 0, 1, 0);
+    if (!rc) rc = add_method(s, MR_METHOD_HEALTH_WATCH, health_watch, s, 1, 1, 0);
+    if (!rc) rc = add_method(s, MR_METHOD_REFLECTION_V1, mr__rpc_reflection_info, s, 1, 0, 1);
+    if (!rc)
+        rc = add_method(s, MR_METHOD_REFLECTION_V1ALPHA, mr__rpc_reflection_info, s, 1, 0, 1);
     if (rc) {
         mr_rpc_server_free(s);
         return mr_err_set(err, rc, "rpc server: out of memory");
@@ -516,8 +740,10 @@ static void slot_arm(mr_rpc_server *s, slot *sl) {
     grpc_call_error e;
     MR_GRPC_HANDOFF(&sl->t);
     if (sl->m) {
+        /* a bidi method reads its messages itself: gRPC wants no payload slot for it */
         e = grpc_server_request_registered_call(s->srv, sl->m->reg, &sl->call, &sl->deadline,
-                                                &sl->md, &sl->payload, s->cq, s->cq, &sl->t);
+                                                &sl->md, sl->m->bidi ? NULL : &sl->payload,
+                                                s->cq, s->cq, &sl->t);
     } else {
         grpc_call_details_init(&sl->details);
         e = grpc_server_request_call(s->srv, &sl->call, &sl->details, &sl->md, s->cq, s->cq,
@@ -534,6 +760,47 @@ static void enqueue(mr_rpc_server *s, mr_rpc_call *c) {
     s->qtail = c;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+typedef struct bidi_job {
+    mr_rpc_server *s;
+    mr_rpc_call *c;
+} bidi_job;
+
+static void *bidi_main(void *arg) {
+    bidi_job *j = arg;
+    mr_rpc_server *s = j->s;
+    j->c->m->h(j->c, j->c->m->user);
+    free(j);
+    pthread_mutex_lock(&s->mu);
+    if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* A bidi call gets its own (detached) thread, at most MR_RPC_MAX_BIDI at once, so a client
+ * that keeps its stream open holds no handler thread. */
+static void start_bidi(mr_rpc_server *s, mr_rpc_call *c) {
+    bidi_job *j = xcalloc(1, sizeof *j);
+    pthread_mutex_lock(&s->mu);
+    int room = j && s->n_bidi < MR_RPC_MAX_BIDI && !s->shutting_down;
+    if (room) s->n_bidi++;
+    pthread_mutex_unlock(&s->mu);
+    if (room) {
+        *j = (bidi_job){s, c};
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&th, &at, bidi_main, j);
+        pthread_attr_destroy(&at);
+        if (!rc) return;
+        pthread_mutex_lock(&s->mu);
+        if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    free(j);
+    mr_rpc_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many streams open");
 }
 
 static void on_request(mr_rpc_server *s, slot *sl, int ok) {
@@ -563,6 +830,7 @@ static void on_request(mr_rpc_server *s, slot *sl, int ok) {
     slot_arm(s, sl);
     if (!c) return;
     if (m->inline_run) m->h(c, m->user);
+    else if (m->bidi) start_bidi(s, c);
     else enqueue(s, c);
 }
 
@@ -581,6 +849,12 @@ static void *cq_main(void *arg) {
         case TAG_GENERIC: on_request(s, (slot *)t, ev.success); break;
         case TAG_CLOSE:
             if (c->close_cancelled || !ev.success) atomic_store(&c->cancelled, 1);
+            if (c->m && c->m->h == health_watch) {   /* a watch may have ended: look */
+                pthread_mutex_lock(&s->health_mu);
+                s->health_dirty = 1;
+                pthread_cond_signal(&s->health_cv);
+                pthread_mutex_unlock(&s->health_mu);
+            }
             call_unref(c);
             break;
         case TAG_SEND: call_unref(c); break;
@@ -588,6 +862,17 @@ static void *cq_main(void *arg) {
             pthread_mutex_lock(&c->mu);
             c->write_done = 1;
             c->write_ok = ev.success;
+            pthread_cond_signal(&c->cv);
+            pthread_mutex_unlock(&c->mu);
+            break;
+        case TAG_READ:
+            pthread_mutex_lock(&c->mu);
+            c->read_done = 1;
+            if (!ev.success && c->read_buf) {   /* failed batch: no message */
+                grpc_byte_buffer_destroy(c->read_buf);
+                c->read_buf = NULL;
+            }
+            if (!ev.success) atomic_store(&c->cancelled, 1);
             pthread_cond_signal(&c->cv);
             pthread_mutex_unlock(&c->mu);
             break;
@@ -647,7 +932,9 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
     grpc_server_register_completion_queue(s->srv, s->cq, NULL);
     for (int i = 0; i < s->n_methods; i++) {
         s->methods[i].reg = grpc_server_register_method(
-            s->srv, s->methods[i].path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+            s->srv, s->methods[i].path, NULL,
+            s->methods[i].bidi ? GRPC_SRM_PAYLOAD_NONE : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+            0);
         if (!s->methods[i].reg) {
             mr_err_set(err, MR_EINVAL, "rpc server: cannot register %s", s->methods[i].path);
             goto fail;
@@ -677,6 +964,8 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
         }
         goto fail;
     }
+    /* without the watch thread, Watch answers UNAVAILABLE (health_watch) */
+    s->watch_started = pthread_create(&s->watch_thread, NULL, watch_main, s) == 0;
     s->workers = xcalloc((size_t)s->n_threads, sizeof *s->workers);
     for (int i = 0; s->workers && i < s->n_threads; i++) {
         if (pthread_create(&s->workers[i], NULL, worker_main, s)) break;
@@ -735,6 +1024,8 @@ void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms) {
     atomic_store(&s->health_frozen, 1);
     pthread_mutex_lock(&s->health_mu);
     for (health_entry *e = s->health; e; e = e->next) e->serving = 0;
+    s->watch_stop = 1;   /* watches get NOT_SERVING and end: they do not hold up the drain */
+    pthread_cond_signal(&s->health_cv);
     pthread_mutex_unlock(&s->health_mu);
     pthread_mutex_lock(&s->mu);
     s->shutting_down = 1;
@@ -751,8 +1042,12 @@ void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms) {
         rc = pthread_cond_timedwait(&s->idle_cv, &s->mu, &until);
     pthread_mutex_unlock(&s->mu);
     grpc_server_cancel_all_calls(s->srv);
+    /* joined after the cancel: a write stuck on a client that stopped reading fails now */
+    if (s->watch_started) pthread_join(s->watch_thread, NULL);
+    s->watch_started = 0;
     pthread_mutex_lock(&s->mu);
-    while (s->live_calls > 0 || !s->shutdown_done) pthread_cond_wait(&s->idle_cv, &s->mu);
+    while (s->live_calls > 0 || !s->shutdown_done || s->n_bidi > 0)
+        pthread_cond_wait(&s->idle_cv, &s->mu);
     s->stopping = 1;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
@@ -783,5 +1078,6 @@ void mr_rpc_server_free(mr_rpc_server *s) {
     pthread_cond_destroy(&s->cv);
     pthread_cond_destroy(&s->idle_cv);
     pthread_mutex_destroy(&s->health_mu);
+    pthread_cond_destroy(&s->health_cv);
     free(s);
 }

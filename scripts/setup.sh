@@ -6,9 +6,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev curl
       libopenblas-dev libcjson-dev libpcre2-dev libutf8proc-dev libcmocka-dev
-      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler grpc-proto
-      libmicrohttpd-dev libgnutls28-dev libssl-dev openssl python3-grpcio python3-protobuf golang-go golang-google-grpc-dev golang-goprotobuf-dev
-      python3 python3-torch python3-numpy python3-yaml gnuplot-nox
+      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev grpc-proto
+      libmicrohttpd-dev libgnutls28-dev libssl-dev openssl libcurl4-openssl-dev prometheus python3-grpcio python3-protobuf golang-go golang-google-grpc-dev golang-goprotobuf-dev
+      python3 python3-venv python3-pip python3-setuptools python3-torch python3-numpy python3-yaml gnuplot-nox
       wordnet-base   # noun glosses: labelled pairs for `mrank calibrate` (make_calibration_pairs.py)
       dnsmasq-base iproute2)   # the last two: tests/multihost.sh (cluster DNS, network namespaces)
 missing=()

@@ -82,6 +82,9 @@ static void info_handler(mr_rpc_call *call, void *user) {
     resp.ns_per_token_layer = atomic_load(&w->ns_per_tl);
     resp.backend = (char *)w->be->name;
     resp.untrained = w->m.untrained;
+    resp.dtype = (char *)(m->cfg.dtype == MR_DT_BF16  ? "bf16"
+                          : m->cfg.dtype == MR_DT_F16 ? "f16"
+                                                      : "f32");
     resp.n_adapters = (size_t)w->o.n_adapters;
     resp.adapters = (char **)w->o.adapter_names;
     size_t len = mrank__v1__worker_info_response__get_packed_size(&resp);

@@ -71,6 +71,7 @@ static char *render(void *user) {
                    "layers counts (D-k)/D of its tokens).");
     mr_prom_printf(&t, "mrank_worker_cancelled_tokens_total %.0f\n", m->saved);
     pthread_mutex_unlock(&m->mu);
+    mr_prom_process(&t, "worker");
     return mr_prom_text_take(&t);
 }
 

@@ -10,7 +10,7 @@ command -v go >/dev/null && command -v protoc-gen-go >/dev/null || exit 2
 gp=$(mktemp -d)
 trap 'rm -rf "$gp"' EXIT
 mkdir -p "$gp/src/mrankpb" "$gp/src/rerank_client"
-protoc -I"$repo/proto" --go_out=plugins=grpc,Mmrank.proto=mrankpb:"$gp/src/mrankpb" mrank.proto
+protoc -I"$repo/proto" --go_out=plugins=grpc,paths=source_relative,Mmrank.proto=mrankpb:"$gp/src/mrankpb" mrank.proto
 cp "$here/main.go" "$gp/src/rerank_client/"
 cd "$gp/src/rerank_client"
 GO111MODULE=off GOPATH="$gp:/usr/share/gocode" GOFLAGS= \

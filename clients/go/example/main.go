@@ -1,0 +1,56 @@
+// example: rerank three documents with the mrank Go client and print the ranking, the
+// partial rankings of RerankStream and the coordinator's Info as JSON lines.
+//
+//	go generate ./... && go run ./example -addr 127.0.0.1:7000
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/mrank/mrank/clients/go/mrank"
+	pb "github.com/mrank/mrank/clients/go/mrankpb"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:7000", "coordinator address")
+	flag.Parse()
+	c, err := mrank.Dial(*addr, mrank.Options{APIKey: os.Getenv("MRANK_API_KEY")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "example:", err)
+		os.Exit(1)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	req := mrank.Request("what is a fox", []string{"a fox is a small omnivorous mammal",
+		"paris is the capital of france", "foxes live in forests"})
+	req.TopN = 3
+	resp, err := c.Rerank(ctx, req)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "example: rerank:", err)
+		os.Exit(3)
+	}
+	var order []uint32
+	for _, r := range resp.Results {
+		order = append(order, r.Index)
+	}
+	partials := 0
+	err = c.RerankStream(ctx, req, func(r *pb.RerankResponse) error { partials++; return nil })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "example: stream:", err)
+		os.Exit(3)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "example: info:", err)
+		os.Exit(3)
+	}
+	b, _ := json.Marshal(map[string]interface{}{"order": order, "stream_messages": partials,
+		"dtype": info.Dtype, "version": info.Version})
+	fmt.Println(string(b))
+}

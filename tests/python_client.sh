@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# python_client.sh: the packaged Python client (clients/python) against a live cluster. The
+# package is built and installed offline into a venv under the build folder (--system-site-
+# packages: Debian's grpcio and protobuf; --no-build-isolation --no-deps: nothing fetched),
+# which generates its protobuf module once, at build time; then its README example runs
+# against `mrank worker` + `mrank coordinator`: sync rerank and info, RerankStream, asyncio
+# rerank, an API error as grpc.RpcError, and no protoc call at run time (PATH without it).
+# Usage: bash tests/python_client.sh path/to/mrank   (from the repo root)
+set -euo pipefail
+MRANK=$(readlink -f "${1:?usage: python_client.sh path/to/mrank}")
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+BUILD=$(dirname "$MRANK")
+work=$(mktemp -d /tmp/mr_pyc_XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f"; tail -8 "$f"; done >&2; exit 1; }
+
+venv=$BUILD/pyclient-venv
+rm -rf "$venv" "$work/src"
+$PY -m venv --system-site-packages "$venv" || fail "python3 -m venv (Debian python3-venv)"
+cp -r clients/python "$work/src"   # build a copy: the source tree stays clean
+MRANK_PROTO=$PWD/proto/mrank.proto "$venv/bin/pip" install -q --no-build-isolation --no-deps \
+  --no-index "$work/src" >"$work/pip.log" 2>&1 || fail "pip install: $(tail -5 "$work/pip.log")"
+echo "ok: mrank-client installed into $venv"
+
+"$MRANK" init-checkpoint --arch mistral --layers 4 --hidden 64 --heads 4 --kv-heads 2 \
+  --intermediate 128 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
+  --start-layer 1 --dtype f32 --seed 1 --out "$work/model" >/dev/null
+base=$(( 20000 + (RANDOM % 2000) * 10 + 9 ))
+PC=$base; PW=$((base+1))
+cat >"$work/cluster.json" <<JSON
+{
+  "model": "$work/model",
+  "coordinator": {"metrics_port": 0},
+  "pools": [{"name": "full", "addresses": ["127.0.0.1:$PW"]}],
+  "stages": [{"name": "half", "pool": "full", "depth": 2}, {"name": "full", "pool": "full", "depth": 4}],
+  "profiles": [{"name": "p", "stages": [{"stage": "half", "keep_top_k": 2}, {"stage": "full"}]}],
+  "tiers": [{"name": "exact", "budget_ms": 0, "priority": 1, "profile": "p"}],
+  "default_tier": "exact"
+}
+JSON
+"$MRANK" worker --model "$work/model" --listen 127.0.0.1:$PW --threads 1 2>"$work/worker.log" &
+pids+=($!)
+"$MRANK" coordinator --config "$work/cluster.json" --listen 127.0.0.1:$PC 2>"$work/coord.log" &
+pids+=($!)
+$PY tests/clients/rerank_client.py wait 127.0.0.1:$PC --timeout 120 >/dev/null ||
+  fail "coordinator not SERVING"
+
+# run from elsewhere, with no protoc on PATH: the stubs must come from the installed package
+(cd "$work" && PATH="$venv/bin" "$venv/bin/python" - 127.0.0.1:$PC) <<'PYEOF' || fail "client"
+import asyncio, sys
+import grpc
+from mrank_client import AsyncClient, Client, pb
+addr = sys.argv[1]
+docs = ["a fox is a small omnivorous mammal", "paris is the capital of france",
+        {"text": "foxes live in forests", "id": "d3"}]
+with Client(addr) as c:
+    r = c.rerank("what is a fox", docs, top_n=3, request_id="py-1", timeout=60)
+    assert isinstance(r, pb.RerankResponse)
+    assert sorted(x.index for x in r.results) == [0, 1, 2], r
+    assert r.request_id == "py-1"
+    assert [x.id for x in r.results if x.index == 2] == ["d3"], r
+    info = c.info(timeout=10)
+    assert info.dtype == "f32" and info.version.startswith("mrank-coordinator "), info
+    parts = list(c.rerank_stream("what is a fox", docs, timeout=60))
+    assert len(parts) == 2 and not parts[0].final and parts[-1].final, parts
+    try:
+        c.rerank("", docs, timeout=10)
+        raise SystemExit("an empty query was accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+async def main():
+    async with AsyncClient(addr) as c:
+        r = await c.rerank("what is a fox", docs, timeout=60)
+        assert sorted(x.index for x in r.results) == [0, 1, 2], r
+        i = await c.info(timeout=10)
+        assert i.dtype == "f32"
+asyncio.run(main())
+print("ok: sync rerank/info/stream/error and asyncio rerank/info")
+PYEOF
+echo PASS

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# tracing.sh: W3C trace context through the cascade and OTLP/HTTP JSON export, against a
+# tiny local collector (Python http.server recording every POST /v1/traces). A client sends a
+# Rerank with a traceparent; the coordinator (coordinator.otlp_endpoint in its config) and the
+# worker (--otlp-endpoint) export spans that must form one trace with the client's trace id:
+#   client span -> SERVER /mrank.v1.Ranker/Rerank -> INTERNAL "stage full" -> CLIENT
+#   /mrank.v1.Worker/Score -> SERVER /mrank.v1.Worker/Score (the worker's), each hop a new
+#   span id; the client's tracestate is carried along. A malformed traceparent starts a new
+#   trace instead.
+# Usage: bash tests/tracing.sh path/to/mrank   (from the repo root)
+set -euo pipefail
+MRANK=$(readlink -f "${1:?usage: tracing.sh path/to/mrank}")
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+work=$(mktemp -d /tmp/mr_trace_XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f"; tail -5 "$f"; done >&2; exit 1; }
+
+# the collector: appends each POSTed body as one line to spans.jsonl, answers 200 {}
+$PY - "$work" >"$work/collector.log" 2>&1 <<'PYEOF' &
+import http.server, json, sys
+out = sys.argv[1] + "/spans.jsonl"
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        ok = self.path == "/v1/traces" and self.headers.get("Content-Type") == "application/json"
+        if ok:
+            with open(out, "a") as f:
+                f.write(json.dumps(json.loads(body)) + "\n")
+        self.send_response(200 if ok else 400)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+open(sys.argv[1] + "/collector.port", "w").write(str(s.server_address[1]))
+s.serve_forever()
+PYEOF
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/collector.port" ] && break; sleep 0.1; done
+OTLP="http://127.0.0.1:$(cat "$work/collector.port")/v1/traces"
+
+"$MRANK" init-checkpoint --arch mistral --layers 4 --hidden 64 --heads 4 --kv-heads 2 \
+  --intermediate 128 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
+  --start-layer 1 --dtype f32 --seed 1 --out "$work/model" >/dev/null
+base=$(( 20000 + (RANDOM % 2000) * 10 + 8 ))
+PC=$base; PW=$((base+1))
+cat >"$work/cluster.json" <<JSON
+{
+  "model": "$work/model",
+  "coordinator": {"metrics_port": 0, "otlp_endpoint": "$OTLP"},
+  "pools": [{"name": "full", "addresses": ["127.0.0.1:$PW"]}],
+  "stages": [{"name": "full", "pool": "full", "depth": 4}],
+  "profiles": [{"name": "p", "stages": [{"stage": "full"}]}],
+  "tiers": [{"name": "exact", "budget_ms": 0, "priority": 1, "profile": "p"}],
+  "default_tier": "exact"
+}
+JSON
+"$MRANK" worker --model "$work/model" --listen 127.0.0.1:$PW --threads 1 --otlp-endpoint "$OTLP" \
+  2>"$work/worker.log" &
+wpid=$!
+pids+=($wpid)
+"$MRANK" coordinator --config "$work/cluster.json" --listen 127.0.0.1:$PC 2>"$work/coord.log" &
+cpid=$!
+pids+=($cpid)
+$PY tests/clients/rerank_client.py wait 127.0.0.1:$PC --timeout 120 >/dev/null ||
+  fail "coordinator not SERVING"
+
+TRACE=4bf92f3577b34da6a3ce929d0e0e4736
+PARENT=00f067aa0ba902b7
+protoc --python_out="$work" -Iproto mrank.proto
+$PY - "$work" 127.0.0.1:$PC "00-$TRACE-$PARENT-01" <<'PYEOF' || fail "Rerank with traceparent"
+import sys
+sys.path.insert(0, sys.argv[1])
+import grpc, mrank_pb2
+ch = grpc.insecure_channel(sys.argv[2])
+call = ch.unary_unary("/mrank.v1.Ranker/Rerank", request_serializer=lambda m: m.SerializeToString(),
+                      response_deserializer=mrank_pb2.RerankResponse.FromString)
+req = mrank_pb2.RerankRequest(query="what is a fox", request_id="trace-test-1")
+req.documents.add(text="a fox is a small mammal")
+req.documents.add(text="paris is in france")
+call(req, timeout=60, metadata=[("traceparent", sys.argv[3]), ("tracestate", "vendor=abc")])
+req.request_id = "trace-test-2"
+call(req, timeout=60, metadata=[("traceparent", "00-zz-not-a-trace")])
+PYEOF
+# the exporters send within ~0.5 s; SIGTERM flushes what is left
+kill -TERM "$cpid"; wait "$cpid" || fail "coordinator exit $?"
+kill -TERM "$wpid"; wait "$wpid" || fail "worker exit $?"
+$PY - "$work/spans.jsonl" "$TRACE" "$PARENT" <<'PYEOF' || fail "spans: $(head -c 3000 "$work/spans.jsonl")"
+import json, sys
+path, trace, parent = sys.argv[1:4]
+spans = []
+for line in open(path):
+    for rs in json.loads(line)["resourceSpans"]:
+        svc = {a["key"]: a["value"]["stringValue"] for a in rs["resource"]["attributes"]}["service.name"]
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                s["service"] = svc
+                spans.append(s)
+mine = [s for s in spans if s["traceId"] == trace]
+def one(name, service, kind):
+    got = [s for s in mine if s["name"] == name and s["service"] == service and s["kind"] == kind]
+    assert len(got) == 1, f"{name} {service}: {len(got)} spans in {[(s['name'], s['service']) for s in mine]}"
+    return got[0]
+rerank = one("/mrank.v1.Ranker/Rerank", "mrank-coordinator", 2)
+stage = one("stage full", "mrank-coordinator", 1)
+call = one("/mrank.v1.Worker/Score", "mrank-coordinator", 3)
+score = one("/mrank.v1.Worker/Score", "mrank-worker", 2)
+assert rerank["parentSpanId"] == parent, rerank
+assert stage["parentSpanId"] == rerank["spanId"], (stage, rerank)
+assert call["parentSpanId"] == stage["spanId"], (call, stage)
+assert score["parentSpanId"] == call["spanId"], (score, call)
+ids = [s["spanId"] for s in (rerank, stage, call, score)] + [parent]
+assert len(set(ids)) == 5, ids       # a new span id per hop
+assert all(len(i) == 16 for i in ids)
+assert score.get("traceState") == "vendor=abc", score
+for s in (rerank, stage, call, score):
+    assert int(s["startTimeUnixNano"]) <= int(s["endTimeUnixNano"]), s
+    assert s["status"]["code"] == 1, s
+# the malformed traceparent: a Rerank span of another trace, with no parent
+others = [s for s in spans if s["traceId"] != trace and s["name"] == "/mrank.v1.Ranker/Rerank"]
+assert others and "parentSpanId" not in others[0], others
+print(f"ok: {len(spans)} spans; client {parent} -> Rerank {rerank['spanId']} -> stage "
+      f"{stage['spanId']} -> Score call {call['spanId']} -> worker Score {score['spanId']}")
+PYEOF
+echo PASS
