@@ -121,6 +121,8 @@ typedef struct mr__sink_ops {
     void (*finish)(void *ctx, const uint8_t *resp, size_t len);
     /* a failure; retry_ms > 0: when the client may retry (overload) */
     void (*fail)(void *ctx, grpc_status_code code, const char *msg, double retry_ms);
+    /* the request's trace context (trace.h), parent of its stage spans; NULL: none */
+    const mr_trace_ctx *(*trace)(void *ctx);
 } mr__sink_ops;
 
 typedef struct mr__sink {

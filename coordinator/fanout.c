@@ -343,7 +343,8 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
         snprintf(msg, cap, "stage '%s' (pool '%s' replica %d): %.200s", st->name,
                  c->cfg.pools[p].name, failed_ep, s[k].msg);
         char tid[33] = "";
-        if (r->call) mr_trace_id_hex(mr_rpc_call_trace(r->call), tid);
+        const mr_trace_ctx *tc = r->sink.ops->trace ? r->sink.ops->trace(r->sink.ctx) : NULL;
+        if (tc) mr_trace_id_hex(tc, tid);
         mr_log_req(MR_LOG_WARN, "stage_failed", r->in ? r->in->request_id : NULL, tid,
                    "%s [replica %d is %s]\n", msg, failed_ep,
                 c->pools[p].ep[failed_ep].target);
@@ -480,7 +481,7 @@ done:
  * spans under it (launch passes r->stage_trace). */
 int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                      grpc_status_code *code, char *msg, size_t cap) {
-    mr_trace_child(r->call ? mr_rpc_call_trace(r->call) : NULL, &r->stage_trace);
+    mr_trace_child(r->sink.ops->trace ? r->sink.ops->trace(r->sink.ctx) : NULL, &r->stage_trace);
     uint64_t t0 = mr_trace_now_ns();
     int rc = fanout_stage(r, pos, active, n_active, code, msg, cap);
     if (mr_trace_exporting()) {

@@ -32,7 +32,9 @@ static void g_fail(void *ctx, grpc_status_code code, const char *msg, double ret
     }
 }
 
-static const mr__sink_ops k_grpc = {g_remaining, g_cancelled, g_metadata,
-                                    g_write,     g_finish,    g_fail};
+static const mr_trace_ctx *g_trace(void *ctx) { return mr_rpc_call_trace(ctx); }
+
+static const mr__sink_ops k_grpc = {g_remaining, g_cancelled, g_metadata, g_write,
+                                    g_finish,    g_fail,      g_trace};
 
 mr__sink mr__sink_grpc(mr_rpc_call *call) { return (mr__sink){&k_grpc, call}; }
