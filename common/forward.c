@@ -82,9 +82,10 @@ int mr_run_opts_check(const mr_run_opts *o, const mr_model *m, mr_err *err) {
     return 0;
 }
 
-/* Aligned f32 matrices are used in place; any other goes through a wbuf copy (weight_f32). */
-static int usable_in_place(const mr_tensor *t) {
-    return t->dtype == MR_DT_F32 && ((uintptr_t)t->data & 3) == 0;
+/* Matrices in the GEMM path's weight dtype, aligned to their element size, are used in place;
+ * any other goes through a wbuf copy (weight_view). */
+static int usable_in_place(const mr_tensor *t, mr_dtype want) {
+    return t->dtype == want && ((uintptr_t)t->data & (mr_dtype_size(want) - 1)) == 0;
 }
 
 static size_t max_matrix(const mr_config *c) {
@@ -106,13 +107,21 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
     c->max_len = max_len;
     size_t T = (size_t)max_tokens, d = (size_t)k->d_model;
     size_t qd = (size_t)k->n_heads * k->head_dim, kvd = (size_t)k->n_kv_heads * k->head_dim;
-    int max_rank = 0, all_in_place = 1;
+    int max_rank = 0, all_in_place = 1, n_shapes = 0, shapes[MR_GEMM_MAX_SHAPES][2];
+    mr_dtype want = mr_gemm_weight_dtype(m->gemm);
     for (int i = 0; i < k->n_layers; i++) {
         const mr_layer *L = &m->layers[i];
         const mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
         for (int j = 0; j < 7; j++) {
             /* by tensor, not by config dtype: a checkpoint may mix dtypes */
-            all_in_place &= usable_in_place(lins[j]->w);
+            all_in_place &= usable_in_place(lins[j]->w, want);
+            int s = 0;
+            while (s < n_shapes && (shapes[s][0] != lins[j]->out || shapes[s][1] != lins[j]->in))
+                s++;
+            if (s == n_shapes && n_shapes < MR_GEMM_MAX_SHAPES) {
+                shapes[n_shapes][0] = lins[j]->out;
+                shapes[n_shapes++][1] = lins[j]->in;
+            }
             for (int a = 0; a < lins[j]->n_lora; a++)
                 if (lins[j]->lora[a].rank > max_rank) max_rank = lins[j]->lora[a].rank;
         }
@@ -142,6 +151,12 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
         return mr_err_set(err, MR_ENOMEM, "out of memory for a context of %d tokens",
                           max_tokens);
     }
+    int rc = mr_gemm_ctx_new(&c->gemm, m->gemm, (const int (*)[2])shapes, n_shapes, max_tokens,
+                             err);
+    if (rc) {
+        mr_ctx_close(c);
+        return rc;
+    }
     c->ff_chunk = (int)ff_chunk;
     mr_rope_table(c->rope, max_len, k->head_dim, k->rope_theta);
     return 0;
@@ -153,28 +168,41 @@ void mr_ctx_close(mr_ctx *c) {
                     c->tmp_d, c->head_tmp, c->pos, c->off, c->len, c->nq, c->np, c->ns,
                     c->row_id, c->q_off, c->q_from, c->order, c->row_score};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    mr_gemm_ctx_free(c->gemm);
     memset(c, 0, sizeof *c);
 }
 
-/* The f32 view of a weight matrix: in place for aligned f32, else converted into
- * c->wbuf[slot]. */
-static const float *weight_f32(mr_ctx *c, const mr_tensor *t, int slot) {
-    if (usable_in_place(t)) return t->data;
-    size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 1 << 16;
+/* A weight matrix in the GEMM path's dtype (f32 or bf16): in place when usable, else converted
+ * into c->wbuf[slot]. */
+static const void *weight_view(mr_ctx *c, const mr_tensor *t, int slot) {
+    mr_dtype want = mr_gemm_weight_dtype(c->m->gemm);
+    if (usable_in_place(t, want)) return t->data;
+    size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 4096;
     size_t n_chunks = (n + chunk - 1) / chunk;
+    char *dst = (char *)c->wbuf[slot];
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n_chunks; i++) {
         size_t a = i * chunk, len = n - a < chunk ? n - a : chunk;
-        mr_to_f32(c->wbuf[slot] + a, (const char *)t->data + a * es, t->dtype, len);
+        const char *src = (const char *)t->data + a * es;
+        if (want == MR_DT_F32) {
+            mr_to_f32((float *)dst + a, src, t->dtype, len);
+        } else if (t->dtype == want) {
+            memcpy(dst + a * es, src, len * es); /* unaligned bf16 */
+        } else {
+            float tmp[4096]; /* bf16 from f32/f16 through f32 */
+            mr_to_f32(tmp, src, t->dtype, len);
+            mr_from_f32(dst + a * 2, tmp, want, len);
+        }
     }
-    return c->wbuf[slot];
+    return dst;
 }
 
 /* y (n, out) = x (n, in) W^T + b + sum over active unmerged adapters of x A^T B^T, with w the
- * f32 view of l->w. */
-static void linear_f32(mr_ctx *c, const mr_linear *l, const float *w, const float *x, int n,
-                       float *y, uint32_t mask) {
-    mr_matmul_wt(y, x, w, n, l->in, l->out, 0.0f);
+ * weight_view of l->w. A GEMM failure is kept in c->gemm_rc (the pass reports it). */
+static void linear_w(mr_ctx *c, const mr_linear *l, const void *w, const float *x, int n,
+                     float *y, uint32_t mask) {
+    int rc = mr_gemm_wt(c->gemm, y, x, w, n, l->in, l->out);
+    if (rc && !c->gemm_rc) c->gemm_rc = rc;
     if (l->b) {
         for (int i = 0; i < n; i++) mr_add(y + (size_t)i * l->out, l->b, (size_t)l->out);
     }
@@ -188,7 +216,7 @@ static void linear_f32(mr_ctx *c, const mr_linear *l, const float *w, const floa
 
 static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *y,
                    uint32_t mask) {
-    linear_f32(c, l, weight_f32(c, l->w, 0), x, n, y, mask);
+    linear_w(c, l, weight_view(c, l->w, 0), x, n, y, mask);
 }
 
 static void set_positions(mr_ctx *c, int n_rows) {
@@ -255,19 +283,19 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
     mr_add(c->x, c->xn, (size_t)n * d);
 
     mr_rmsnorm(c->xn, c->x, L->ffn_norm, n, d, k->rms_eps, m->norm_offset);
-    const float *wg = weight_f32(c, L->gate.w, 0), *wu = weight_f32(c, L->up.w, 1),
-                *wd = weight_f32(c, L->down.w, 2);
+    const void *wg = weight_view(c, L->gate.w, 0), *wu = weight_view(c, L->up.w, 1),
+               *wd = weight_view(c, L->down.w, 2);
     for (int t0 = 0; t0 < n; t0 += c->ff_chunk) {
         /* the chunk's output overwrites its own input rows of xn, already consumed */
         int nc = n - t0 < c->ff_chunk ? n - t0 : c->ff_chunk;
         float *xc = c->xn + (size_t)t0 * d;
-        linear_f32(c, &L->gate, wg, xc, nc, c->ff_a, mask);
-        linear_f32(c, &L->up, wu, xc, nc, c->ff_b, mask);
+        linear_w(c, &L->gate, wg, xc, nc, c->ff_a, mask);
+        linear_w(c, &L->up, wu, xc, nc, c->ff_b, mask);
         if (k->act == MR_ACT_GELU_TANH)
             mr_geglu_tanh(c->ff_a, c->ff_a, c->ff_b, (size_t)nc * k->d_ff);
         else
             mr_swiglu(c->ff_a, c->ff_a, c->ff_b, (size_t)nc * k->d_ff);
-        linear_f32(c, &L->down, wd, c->ff_a, nc, xc, mask);
+        linear_w(c, &L->down, wd, c->ff_a, nc, xc, mask);
     }
     if (L->post_ffn_norm)
         mr_rmsnorm(c->xn, c->xn, L->post_ffn_norm, n, d, k->rms_eps, m->norm_offset);
@@ -441,6 +469,7 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
     for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
     for (int r = 0; depth && r < n_rows; r++) depth[r] = 0;
     if (n_rows == 0) return 0;
+    c->gemm_rc = 0;
     embed_rows(c, rows, n_rows);
     int n_tok = c->off[n_rows - 1] + c->len[n_rows - 1];
     int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0;
@@ -463,6 +492,8 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
             e++;
         }
     }
+    if (c->gemm_rc)
+        return mr_err_set(err, c->gemm_rc, "GEMM path %s failed", mr_gemm_path_name(c->m->gemm));
     return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "gemm.h"
 #include "lora.h"
 #include "mr_err.h"
 #include "safetensors.h"
@@ -60,6 +61,8 @@ typedef struct mr_model_opts {
     const char *const *adapters;     /* adapter folders, applied in order */
     int n_adapters;
     int merge;                       /* 1: merge into the weights at load; 0: run-time */
+    const char *gemm;                /* GEMM mode (gemm.h): auto, f32, bf16, openblas; NULL:
+                                        the environment's MR_GEMM, else auto */
 } mr_model_opts;
 
 typedef struct mr_model {
@@ -79,6 +82,7 @@ typedef struct mr_model {
     int n_adapters;
     int merged;
     int untrained;                   /* DIR/SEEDED exists: seeded weights (seeded.h) */
+    mr_gemm_path gemm;               /* the linear layers' GEMM path, chosen at load */
 } mr_model;
 
 /* Loads DIR (config.json, the safetensors weights, tokenizer.json when present) and applies
@@ -143,10 +147,13 @@ typedef struct mr_ctx {
     float *ff_a, *ff_b;              /* (ff_chunk, dff): the MLP runs in token chunks */
     int ff_chunk;                    /* min(max_tokens, MR_FF_CHUNK) */
     float *lora_tmp;                 /* (max_tokens, max adapter rank) */
-    float *wbuf[3];                  /* (largest matrix) each: f32 copies of matrices not usable
-                                        in place (not f32, or not 4-byte aligned): [0] attention
-                                        projections and gate, [1] up, [2] down. NULL when every
-                                        matrix is aligned f32 */
+    float *wbuf[3];                  /* (largest matrix, 4 bytes an element) each: copies in the
+                                        GEMM path's weight dtype of matrices not usable in place
+                                        (another dtype, or unaligned): [0] attention projections
+                                        and gate, [1] up, [2] down. NULL when every matrix is
+                                        usable in place */
+    mr_gemm_ctx *gemm;               /* the GEMM path's primitives and buffers */
+    int gemm_rc;                     /* first GEMM failure of the pass (0: none) */
     float *rope;                     /* (max_len, hd/2, 2) */
     float *attn_scratch;             /* (n_threads, max_len) */
     float *last_probs;               /* (max_tokens) */
