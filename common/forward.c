@@ -142,7 +142,7 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
              (c->last_probs = malloc(4 * T)) && (c->tmp_d = malloc(4 * d)) &&
              (c->head_tmp = malloc(4 * d)) && (c->pos = malloc(4 * T));
     int32_t **ints[] = {&c->off, &c->len, &c->nq, &c->np, &c->ns, &c->row_id, &c->q_off,
-                        &c->q_from, &c->order};
+                        &c->q_from, &c->order, &c->g_off, &c->g_len, &c->pre_off, &c->pre_len};
     for (size_t i = 0; ok && i < sizeof ints / sizeof *ints; i++)
         ok = (*ints[i] = malloc(4 * (size_t)max_rows)) != NULL;
     ok = ok && (c->row_score = malloc(4 * (size_t)max_rows));
@@ -166,7 +166,8 @@ void mr_ctx_close(mr_ctx *c) {
     void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->ff_a, c->ff_b, c->lora_tmp,
                     c->wbuf[0], c->wbuf[1], c->wbuf[2], c->rope, c->attn_scratch, c->last_probs,
                     c->tmp_d, c->head_tmp, c->pos, c->off, c->len, c->nq, c->np, c->ns,
-                    c->row_id, c->q_off, c->q_from, c->order, c->row_score};
+                    c->row_id, c->q_off, c->q_from, c->order, c->row_score, c->g_off,
+                    c->g_len, c->pre_off, c->pre_len};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     mr_gemm_ctx_free(c->gemm);
     memset(c, 0, sizeof *c);
@@ -219,29 +220,39 @@ static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *
     linear_w(c, l, weight_view(c, l->w, 0), x, n, y, mask);
 }
 
+/* Prefix tokens sit at positions 0..g_len-1, a row's own tokens right after its prefix. */
 static void set_positions(mr_ctx *c, int n_rows) {
+    for (int g = 0; g < c->n_groups; g++)
+        for (int i = 0; i < c->g_len[g]; i++) c->pos[c->g_off[g] + i] = i;
     for (int r = 0; r < n_rows; r++)
-        for (int i = 0; i < c->len[r]; i++) c->pos[c->off[r] + i] = i;
+        for (int i = 0; i < c->len[r]; i++) c->pos[c->off[r] + i] = c->pre_len[r] + i;
 }
 
 /* Width compression in place (mr_pool): means, or weights = the attention each token got from
  * its row's last token in the previous layer. Returns the new token count. */
 static int compress(mr_ctx *c, int n_rows, int ratio, mr_pooling pooling) {
-    int out = mr_pool(c->x, c->x, c->off, c->nq, c->np, c->ns, n_rows, c->m->cfg.d_model, ratio,
-                      pooling == MR_POOL_ATTENTION ? c->last_probs : NULL, c->tmp_d, c->off,
-                      c->np);
-    for (int r = 0; r < n_rows; r++) c->len[r] = c->nq[r] + c->np[r] + c->ns[r];
+    /* rows' own tokens only (nq = 0): the query prefixes before pre_tok are never pooled */
+    size_t d = (size_t)c->m->cfg.d_model;
+    int out = mr_pool(c->x + (size_t)c->pre_tok * d, c->x, c->off, c->nq, c->np, c->ns, n_rows,
+                      (int)d, ratio, pooling == MR_POOL_ATTENTION ? c->last_probs : NULL,
+                      c->tmp_d, c->off, c->np);
+    for (int r = 0; r < n_rows; r++) {
+        c->off[r] += c->pre_tok;
+        c->len[r] = c->nq[r] + c->np[r] + c->ns[r];
+    }
     set_positions(c, n_rows);
-    return out;
+    return c->pre_tok + out;
 }
 
-/* Moves the last token of every row (residual and normed input) to rows 0..n_rows-1. */
+/* Moves the last token of every row (residual, normed input, position) to rows 0..n_rows-1
+ * (over the prefixes, whose keys and values are already computed). */
 static void gather_last(mr_ctx *c, int n_rows) {
     int d = c->m->cfg.d_model;
     for (int r = 0; r < n_rows; r++) {
-        int t = c->off[r] + c->len[r] - 1;
+        int t = c->off[r] + c->len[r] - 1; /* >= r: tokens only move towards the start */
         memmove(c->x + (size_t)r * d, c->x + (size_t)t * d, sizeof(float) * d);
         memmove(c->xn + (size_t)r * d, c->xn + (size_t)t * d, sizeof(float) * d);
+        c->pos[r] = c->pos[t];
         c->q_off[r] = r;
         c->q_from[r] = c->len[r] - 1;
     }
@@ -264,7 +275,7 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
     mr_rope(c->k, c->pos, n_tok, k->n_kv_heads, k->head_dim, c->rope);
     if (last) gather_last(c, n_rows);
     linear(c, &L->q, c->xn, n, c->q, mask);
-    mr_rope(c->q, last ? c->q_from : c->pos, n, k->n_heads, k->head_dim, c->rope);
+    mr_rope(c->q, c->pos, n, k->n_heads, k->head_dim, c->rope);
 
     float scale = 1.0f / sqrtf(k->query_pre_attn_scalar > 0 ? k->query_pre_attn_scalar
                                                             : (float)k->head_dim);
@@ -274,8 +285,17 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
         .n_heads = k->n_heads, .n_kv = k->n_kv_heads, .head_dim = k->head_dim,
         .scale = scale, .softcap = k->attn_softcap, .window = window,
         .last_probs = want_probs ? c->last_probs : NULL, .scratch = c->attn_scratch,
-        .max_len = c->max_len};
+        .max_len = c->max_len, .pre_off = c->pre_off, .pre_len = c->pre_len};
     mr_attention(&a);
+    if (!last) { /* the prefixes' own queries, each attending within its prefix */
+        mr_attn_args g = a;
+        g.off = c->g_off;
+        g.len = c->g_len;
+        g.n_rows = c->n_groups;
+        g.pre_off = g.pre_len = NULL;
+        g.last_probs = NULL;
+        mr_attention(&g);
+    }
 
     linear(c, &L->o, c->att, n, c->xn, mask);
     if (L->post_attn_norm)
@@ -383,7 +403,7 @@ static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
     int d = c->m->cfg.d_model;
     char *keep = (char *)c->q_from; /* free scratch: n_rows bytes */
     mr_prune_select(c->row_score, c->row_id, n_rows, p, keep, c->order);
-    int nr = 0, out = 0;
+    int nr = 0, out = c->pre_tok; /* the prefixes stay (rows of other requests may use them) */
     for (int r = 0; r < n_rows; r++) {
         if (!keep[r]) continue;
         memmove(c->x + (size_t)out * d, c->x + (size_t)c->off[r] * d,
@@ -396,6 +416,8 @@ static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
         c->np[nr] = c->np[r];
         c->ns[nr] = c->ns[r];
         c->row_id[nr] = c->row_id[r];
+        c->pre_off[nr] = c->pre_off[r];
+        c->pre_len[nr] = c->pre_len[r];
         out += c->len[r];
         nr++;
     }
@@ -434,29 +456,62 @@ int mr_rows_check(const mr_model *m, const mr_row *rows, int n_rows, int max_row
     return 0;
 }
 
-static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows) {
+static void embed_tokens(mr_ctx *c, const int32_t *ids, int n, int t) {
     const mr_model *m = c->m;
-    int d = m->cfg.d_model, t = 0;
+    int d = m->cfg.d_model;
     size_t row_bytes = (size_t)d * mr_dtype_size(m->embed->dtype);
+    for (int i = 0; i < n; i++, t++) {
+        float *xt = c->x + (size_t)t * d;
+        mr_to_f32(xt, (const char *)m->embed->data + ids[i] * row_bytes, m->embed->dtype,
+                  (size_t)d);
+        if (m->embed_scale != 1.0f)
+            for (int j = 0; j < d; j++) xt[j] *= m->embed_scale;
+    }
+}
+
+/* The stream: first one copy of each distinct query segment (a group; with share 0 one group per
+ * row), then every row's passage and suffix. Rows of a group are those whose query segments are
+ * equal token for token: causal attention makes the segment's states the same in all of them. */
+static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows, int share) {
+    int t = 0;
+    c->n_groups = 0;
     for (int r = 0; r < n_rows; r++) {
         const mr_row *w = &rows[r];
+        int g = 0;
+        if (share)
+            while (g < c->n_groups &&
+                   !(rows[c->row_id[g]].nq == w->nq &&
+                     (rows[c->row_id[g]].q == w->q ||
+                      !memcmp(rows[c->row_id[g]].q, w->q, sizeof(int32_t) * (size_t)w->nq))))
+                g++;
+        else
+            g = c->n_groups;
+        if (g == c->n_groups) { /* row_id[g] temporarily names the group's first row */
+            c->row_id[g] = r;
+            c->g_off[g] = t;
+            c->g_len[g] = w->nq;
+            embed_tokens(c, w->q, w->nq, t);
+            t += w->nq;
+            c->n_groups++;
+        }
+        c->q_off[r] = g; /* scratch until layer_forward: the row's group */
+    }
+    c->pre_tok = t;
+    for (int r = 0; r < n_rows; r++) {
+        const mr_row *w = &rows[r];
+        int g = c->q_off[r];
         c->off[r] = t;
-        c->len[r] = w->nq + w->np + w->ns;
-        c->nq[r] = w->nq;
+        c->len[r] = w->np + w->ns;
+        c->nq[r] = 0;
         c->np[r] = w->np;
         c->ns[r] = w->ns;
-        c->row_id[r] = r;
-        const int32_t *segs[3] = {w->q, w->p, w->s};
-        int lens[3] = {w->nq, w->np, w->ns};
-        for (int s = 0; s < 3; s++)
-            for (int i = 0; i < lens[s]; i++, t++) {
-                float *xt = c->x + (size_t)t * d;
-                mr_to_f32(xt, (const char *)m->embed->data + segs[s][i] * row_bytes,
-                          m->embed->dtype, (size_t)d);
-                if (m->embed_scale != 1.0f)
-                    for (int j = 0; j < d; j++) xt[j] *= m->embed_scale;
-            }
+        c->pre_off[r] = c->g_off[g];
+        c->pre_len[r] = c->g_len[g];
+        embed_tokens(c, w->p, w->np, t);
+        embed_tokens(c, w->s, w->ns, t + w->np);
+        t += w->np + w->ns;
     }
+    for (int r = 0; r < n_rows; r++) c->row_id[r] = r;
     set_positions(c, n_rows);
 }
 
@@ -470,8 +525,9 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
     for (int r = 0; depth && r < n_rows; r++) depth[r] = 0;
     if (n_rows == 0) return 0;
     c->gemm_rc = 0;
-    embed_rows(c, rows, n_rows);
+    embed_rows(c, rows, n_rows, !o->no_prefix_share);
     int n_tok = c->off[n_rows - 1] + c->len[n_rows - 1];
+    c->token_layers = 0;
     int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0;
     for (int l = 0; l < deepest && n_rows > 0; l++) {
         if (l > 0 && o->stop && o->stop(o->stop_user, l)) break;
@@ -484,6 +540,7 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
                          l + 1 < deepest;
         int last = l == deepest - 1;
         layer_forward(c, l, n_tok, n_rows, last, want_probs, o->adapter_mask);
+        c->token_layers += n_tok;
         if (last) n_tok = n_rows;
         if (e < o->n_exits && o->exits[e] == l + 1) {
             score_exit(c, e, n_rows, o, scores, depth);

@@ -33,6 +33,10 @@ typedef struct mr_attn_args {
     const int32_t *q_off;  /* (n_rows) first query of each row in q/out; NULL = off */
     const int32_t *q_from; /* (n_rows) position in the row of the first query; NULL = 0
                               (n queries per row = len - q_from) */
+    const int32_t *pre_off, *pre_len; /* (n_rows) NULL = none; else row r's keys are first the
+                              pre_len[r] tokens of a shared prefix at pre_off[r] in k/v, then its
+                              own len[r] tokens: its token i sits at position pre_len[r] + i.
+                              last_probs covers the row's own tokens only */
     int n_rows, n_heads, n_kv, head_dim;
     float scale;           /* logit scale, 1/sqrt(head_dim) or 1/sqrt(query_pre_attn_scalar) */
     float softcap;         /* 0 = off; else logits = softcap * tanh(logits / softcap) */
@@ -40,7 +44,7 @@ typedef struct mr_attn_args {
     float *last_probs;     /* optional (n_tok): attention of each row's last query to each of
                               its keys, summed over heads (for attention-weighted pooling) */
     float *scratch;        /* mr_attention_scratch(max_len, head_dim) floats */
-    int max_len;           /* longest row */
+    int max_len;           /* longest row, shared prefix included */
 } mr_attn_args;
 void mr_attention(const mr_attn_args *a);
 /* Floats of scratch mr_attention needs for rows of up to max_len tokens (all threads). */

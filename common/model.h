@@ -129,6 +129,10 @@ typedef struct mr_run_opts {
      * must be cheap (it runs once per layer) and must not touch the context. */
     int (*stop)(void *stop_user, int layer);
     void *stop_user;
+    /* 1: every row computes its own query prefix (the unshared path, for tests and benches);
+     * 0 (default): rows with identical query segments share one copy per pass (forward.c).
+     * Not part of the sub-architecture either: scores are the same within fp tolerance. */
+    int no_prefix_share;
 } mr_run_opts;
 
 /* Fills o with defaults: deepest exit only (n_layers), ratio 1, mean pooling, all unmerged
@@ -161,6 +165,13 @@ typedef struct mr_ctx {
     float *head_tmp;                 /* (d) */
     int32_t *pos;                    /* (max_tokens) */
     int32_t *off, *len, *nq, *np, *ns, *row_id, *q_off, *q_from; /* (max_rows) */
+    /* Query prefixes: the stream starts with n_groups distinct query segments (group g: tokens
+     * [g_off[g], g_off[g] + g_len[g])), computed once per pass; row r's own tokens (passage |
+     * suffix; nq[r] = 0) follow at off[r] and attend to its prefix at pre_off[r], pre_len[r] */
+    int32_t *g_off, *g_len, *pre_off, *pre_len; /* (max_rows) */
+    int n_groups, pre_tok;           /* prefix groups, tokens they take at the stream's start */
+    long long token_layers;          /* tokens through each layer's K/V, summed over layers, in
+                                        the last pass (the cost prefix sharing cuts) */
     float *row_score;                /* (max_rows) */
     int32_t *order;                  /* (max_rows) */
 } mr_ctx;

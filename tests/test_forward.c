@@ -545,6 +545,58 @@ static void test_missing_tensor(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- query-prefix sharing ---- */
+
+/* Rows with identical query segments share one copy of it per pass: the scores equal the
+ * unshared path's within BATCH_TOL (the same products in other GEMM row blocks) for several
+ * exits, widths (mean and attention pooling, which pool passage tokens only) and pruning, and
+ * the K/V token-layers drop by exactly the repeated prefixes. Two requests' queries (lengths 4
+ * and 6) are interleaved in one batch. */
+static void test_prefix_sharing(void **state) {
+    fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
+    static const int32_t qb[6] = {1, 10, 20, 21, 22, 12};
+    mr_row rows[6];
+    make_rows(rows, 6);
+    rows[1].q = rows[3].q = qb; /* rows 0, 2, 4, 5: query A (4 tokens); 1, 3: query B (6) */
+    rows[1].nq = rows[3].nq = 6;
+    rows[5].q = (const int32_t[]){1, 10, 11, 12}; /* equal to A by value, another pointer */
+    struct { int ratio, n_compress, layers[2], pooling, prune; } cases[] = {
+        {1, 0, {0, 0}, MR_POOL_MEAN, 0},      {2, 2, {1, 3}, MR_POOL_MEAN, 0},
+        {4, 2, {1, 2}, MR_POOL_ATTENTION, 0}, {8, 1, {0, 0}, MR_POOL_MEAN, 0},
+        {2, 1, {1, 0}, MR_POOL_ATTENTION, 1},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        mr_run_opts o;
+        float shared[6 * 4], unshared[6 * 4];
+        opts(&o, &f->m, 4, (int[]){1, 2, 3, 4});
+        o.ratio = cases[k].ratio;
+        o.n_compress = cases[k].n_compress;
+        memcpy(o.compress_layers, cases[k].layers, sizeof cases[k].layers);
+        o.pooling = cases[k].pooling;
+        if (cases[k].prune) {
+            o.n_prune = 1;
+            o.prune[0] = (mr_prune){.layer = 2, .top_k = 3};
+        }
+        score(f, rows, 6, &o, shared);
+        long long tl_shared = f->c.token_layers;
+        assert_int_equal(f->c.n_groups, 2);
+        o.no_prefix_share = 1;
+        score(f, rows, 6, &o, unshared);
+        long long tl_unshared = f->c.token_layers;
+        assert_int_equal(f->c.n_groups, 6);
+        for (int i = 0; i < 6 * 4; i++) {
+            if (isnan(unshared[i])) {
+                assert_true(isnan(shared[i])); /* pruned the same rows */
+                continue;
+            }
+            assert_close(shared[i], unshared[i], BATCH_TOL, "shared prefix");
+        }
+        /* 4 layers; repeated prefixes: query A 3 times (4 tokens), query B once (6 tokens) */
+        assert_int_equal(tl_unshared - tl_shared, 4 * (3 * 4 + 1 * 6));
+    }
+    free_fixture(f);
+}
+
 /* ---- GEMM paths (gemm.h) ---- */
 
 /* Scores 5 rows at exits 1..4 with the model in dir loaded under gemm mode. */
@@ -617,6 +669,7 @@ int main(void) {
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_missing_tensor),
         cmocka_unit_test(test_gemm_paths),
+        cmocka_unit_test(test_prefix_sharing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
