@@ -4,7 +4,8 @@
  * model's deepest exit, in one mr_model_score call, as llama-batched-bench prefills N
  * sequences of L tokens. Prints one JSON line: the GEMM path chosen at load (MR_GEMM), prefix
  * sharing on or off, tokens/s (N * L over the median wall time of the timed runs), the
- * token-layers through the K/V projections per pass, and the checksum of the scores.
+ * token-layers through the K/V projections per pass, and the checksum of the scores. A warm-up
+ * call on 2 rows precedes the timed runs.
  * Usage: bench_prefill MODEL [--rows N] [--len L] [--query Q] [--reps R] [--no-share] */
 #include <math.h>
 #include <stdint.h>
@@ -77,9 +78,9 @@ int main(int argc, char **argv) {
     mr_run_opts o;
     mr_run_opts_init(&o, &m);
     o.no_prefix_share = !share;
-    for (int i = -1; i < reps; i++) { /* one warm-up */
+    for (int i = -1; i < reps; i++) { /* a warm-up on 2 rows (oneDNN's JIT, first touches) */
         double t0 = now();
-        if (mr_model_score(&c, rows, n_rows, &o, scores, NULL, &err)) {
+        if (mr_model_score(&c, rows, i < 0 && n_rows > 2 ? 2 : n_rows, &o, scores, NULL, &err)) {
             fprintf(stderr, "score: %s\n", err.msg);
             return 1;
         }

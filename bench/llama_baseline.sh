@@ -8,8 +8,12 @@
 #   and Q8_0 (llama-quantize), then times llama-batched-bench -npp L -ntg 0 -npl NPL and
 #   bench_prefill (mrank, one mr_model_score call over the N rows at the deepest exit).
 # Called by bench/run_cpu.sh (LLAMA=0 skips it) or alone after a build of BUILD.
-# Environment (all optional): THREADS (2), ROUNDS (3), ROWS (64), LEN (304), NPL (llama.cpp's
-# parallel sequences, comma list, default "1,ROWS"), DTYPES (llama.cpp: "bf16 f32 q8_0"), GEMMS
+# llama.cpp's runs are short (one sequence: well under a second), so each round runs its
+# -npp list LLAMA_REPS times (one line each) and takes the median line, to sample the machine's
+# load over a span closer to mrank's run; the summary gives medians over rounds and the median of
+# the per-round ratios (both from the same round, the figure least hurt by other load).
+# Environment (all optional): THREADS (2), ROUNDS (3), LLAMA_REPS (10), ROWS (64), LEN (304),
+# NPL (llama.cpp's parallel sequences, comma list, default "1,ROWS"), DTYPES (llama.cpp: "bf16 f32 q8_0"), GEMMS
 # (mrank: "bf16 f32"), LAYERS HIDDEN HEADS KV_HEADS INTERMEDIATE (8 1024 16 8 2816), BUILD
 # (build-bench), BUILD_LLAMA (build-llama), OUT ($BUILD/llama-cmp), PYTHON (/usr/bin/python3).
 # OPENBLAS_CORETYPE is left as the environment has it (printed); it matters only to mrank's
@@ -19,6 +23,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
+LLAMA_REPS=${LLAMA_REPS:-10}
 ROWS=${ROWS:-64}
 LEN=${LEN:-304}
 NPL=${NPL:-1,$ROWS}
@@ -64,12 +69,17 @@ echo "== $ROUNDS interleaved rounds: llama.cpp ${DTYPES// /,} (npl $NPL), then m
 res=$OUT/results.tsv
 : > "$res"
 ctx=$(( ROWS * (LEN + 16) ))
+npp=$LEN
+for _ in $(seq 2 "$LLAMA_REPS"); do npp=$npp,$LEN; done
 for round in $(seq 1 "$ROUNDS"); do
   for dt in $DTYPES; do
     "$BUILD_LLAMA/bin/llama-batched-bench" -m "$OUT/model-$dt.gguf" -c "$ctx" -b 2048 -ub 512 \
-      -npp "$LEN" -ntg 0 -npl "$NPL" -t "$THREADS" -no-kvu 2>/dev/null |
-      awk -v r="$round" -v dt="$dt" -F'|' '$2 ~ /^ *[0-9]+ *$/ {
-        gsub(/ /, "", $4); gsub(/ /, "", $7); print r "\tllama.cpp-" dt "-npl" $4 "\t" $7 }' |
+      -npp "$npp" -ntg 0 -npl "$NPL" -t "$THREADS" -no-kvu 2>/dev/null |
+      awk -F'|' '$2 ~ /^ *[0-9]+ *$/ { gsub(/ /, "", $4); gsub(/ /, "", $7); print $4, $7 }' |
+      sort -k1,1n -k2,2g | awk -v r="$round" -v dt="$dt" '
+        { v[$1] = v[$1] " " $2; n[$1]++ }
+        END { for (k in v) { split(substr(v[k], 2), a, " "); m = a[int((n[k] + 1) / 2)];
+              print r "\tllama.cpp-" dt "-npl" k "\t" m } }' |
       tee -a "$res"
   done
   for g in $GEMMS; do
@@ -90,11 +100,22 @@ mrank = {k: v for k, v in med.items() if k.startswith("mrank")}
 print("median tokens/s over %d rounds" % max(len(v) for v in by.values()))
 for k in sorted(med):
     print("  %-28s %9.1f  (rounds: %s)" % (k, med[k], ", ".join("%.0f" % x for x in by[k])))
+rounds = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    r, name, tps = line.split("\t")
+    rounds[r][name] = float(tps)
+def ratio(a, b):  # median over rounds of a/b measured in the same round
+    v = [x[a] / x[b] for x in rounds.values() if a in x and b in x]
+    return statistics.median(v), v
 if llama and mrank:
     bl, bm = max(llama, key=llama.get), max(mrank, key=mrank.get)
-    print("best mrank (%s) / best llama.cpp (%s): %.2fx (target >= 1.2x)" % (bm, bl, med[bm] / med[bl]))
+    m, v = ratio(bm, bl)
+    print("best mrank (%s) / best llama.cpp (%s): %.2fx by medians; per-round %s, median %.2fx"
+          " (target >= 1.2x)" % (bm, bl, med[bm] / med[bl], ", ".join("%.2f" % x for x in v), m))
     f32l = [k for k in llama if "-f32-" in k]
     if "mrank-onednn-f32" in med and f32l:
         k = max(f32l, key=llama.get)
-        print("mrank onednn-f32 / %s: %.2fx (target >= 1.2x)" % (k, med["mrank-onednn-f32"] / med[k]))
+        m, v = ratio("mrank-onednn-f32", k)
+        print("mrank onednn-f32 / %s: %.2fx by medians; per-round %s, median %.2fx (target >= 1.2x)"
+              % (k, med["mrank-onednn-f32"] / med[k], ", ".join("%.2f" % x for x in v), m))
 EOF

@@ -1,7 +1,8 @@
 /* kernels.h: the fp32 CPU kernels of the forward pass, on packed variable-length rows.
  *
  * Activations are packed: row r occupies tokens [off[r], off[r] + len[r]) of a (n_tok, dim)
- * row-major buffer; there is no padding. Matrix products go to OpenBLAS; everything else is
+ * row-major buffer; there is no padding. mr_matmul_wt is OpenBLAS (LoRA, the trainer, the
+ * openblas-f32 path; the layers' GEMMs go through gemm.h's chosen path); everything else is
  * plain C the compiler vectorises, parallel over tokens or (row, head) with OpenMP.
  * Each kernel reads and writes caller-owned buffers and allocates nothing. Forward only: the
  * matching backward kernels are in trainer/backward.c, the GPU ones in common/cuda/. */
