@@ -51,12 +51,33 @@ void __real_mr_matmul_wt(float *y, const float *x, const float *w, int n, int in
                          float beta);
 void __wrap_mr_matmul_wt(float *y, const float *x, const float *w, int n, int in, int out,
                          float beta);
+static int in_gemm; /* inside mr_gemm_wt, whose OpenBLAS path calls mr_matmul_wt */
 void __wrap_mr_matmul_wt(float *y, const float *x, const float *w, int n, int in, int out,
                          float beta) {
+    if (in_gemm) {
+        __real_mr_matmul_wt(y, x, w, n, in, out, beta);
+        return;
+    }
     double t = now();
     __real_mr_matmul_wt(y, x, w, n, in, out, beta);
     k_time[K_MATMUL] += now() - t;
     k_flops += 2.0 * n * in * out;
+}
+
+/* the layers' GEMMs (gemm.h: OpenBLAS, oneDNN f32 or bf16), timed as "linear" */
+int __real_mr_gemm_wt(mr_gemm_ctx *g, float *y, const float *x, const void *w, int n, int in,
+                      int out);
+int __wrap_mr_gemm_wt(mr_gemm_ctx *g, float *y, const float *x, const void *w, int n, int in,
+                      int out);
+int __wrap_mr_gemm_wt(mr_gemm_ctx *g, float *y, const float *x, const void *w, int n, int in,
+                      int out) {
+    double t = now();
+    in_gemm = 1;
+    int rc = __real_mr_gemm_wt(g, y, x, w, n, in, out);
+    in_gemm = 0;
+    k_time[K_MATMUL] += now() - t;
+    k_flops += 2.0 * n * in * out;
+    return rc;
 }
 
 void __real_mr_attention(const mr_attn_args *a);

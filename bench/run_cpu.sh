@@ -5,6 +5,10 @@
 #   rows at the same thread count, and prints the final table:
 #   C pairs/s / PyTorch pairs/s per configuration (target >= 1.5x) and the engine's linear-layer
 #   efficiency vs the OpenBLAS sgemm peak measured in the same run (target >= 70%).
+#   Then (LLAMA=0 skips it) bench/llama_baseline.sh: llama.cpp built from third_party/llama.cpp
+#   against mrank's GEMM paths on a seeded Mistral-shaped bf16 checkpoint, 64 x 304-token
+#   prefill at THREADS threads, interleaved rounds (its header lists its settings; figures in
+#   docs/perf.md).
 #
 # Environment (all optional): THREADS (default 2), REPS (timed runs per config, default 3),
 # WARMUP (default 1), BATCH (torch batch size, 0 = all rows, default 0), LAYERS HIDDEN HEADS
@@ -32,7 +36,7 @@ export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
 echo "== build (Release) into $BUILD"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
 mkdir -p "$OUT"
-cmake --build "$BUILD" -j2 --target mrank bench_engine >/dev/null
+cmake --build "$BUILD" -j2 --target mrank bench_engine bench_prefill >/dev/null
 MRANK=$BUILD/mrank
 BENCH=$BUILD/bench/bench_engine
 
@@ -86,4 +90,9 @@ print("C/torch cpu-s: torch process CPU seconds / C process CPU seconds for the 
       " summary). Both are less sensitive than the wall-clock figures to other load on the cores.")
 EOF
 echo "results in $OUT (c.txt, torch.txt, summary.txt, rows.json, torch.json)"
+if [ "${LLAMA:-1}" != 0 ]; then
+  echo
+  echo "== llama.cpp baseline (bench/llama_baseline.sh)"
+  BUILD=$BUILD OUT=$BUILD/llama-cmp bench/llama_baseline.sh
+fi
 exit "$check"

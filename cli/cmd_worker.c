@@ -25,6 +25,8 @@ static void worker_usage(FILE *f) {
           "  --listen ADDR             gRPC address, e.g. 0.0.0.0:7001 or 127.0.0.1:0\n"
           "  --threads N               compute (OpenBLAS/OpenMP) threads (default: all CPUs)\n"
           "  --backend cpu|cuda|cuda-fp8  scorer backend (default cpu; cuda* need a CUDA build and a GPU)\n"
+          "  --gemm auto|f32|bf16|openblas  CPU GEMM path (default auto: bf16 on bf16 weights\n"
+          "                            where the CPU has AVX512-BF16; also env MR_GEMM)\n"
           "  --rpc-threads N           gRPC handler threads, which tokenize (default %d)\n"
           "  --max-batch-tokens N      tokens per model batch (default %d)\n"
           "  --max-wait-ms N           longest a request waits for a batch to fill (default %d)\n"
@@ -50,6 +52,7 @@ int mr_cmd_worker(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},          {"adapter", 1, 0, 'a'},
         {"listen", 1, 0, 'l'},         {"threads", 1, 0, 't'},        {"backend", 1, 0, 'B'},
+        {"gemm", 1, 0, 'G'},
         {"rpc-threads", 1, 0, 'r'},    {"max-batch-tokens", 1, 0, 'b'},
         {"max-wait-ms", 1, 0, 'w'},    {"max-inflight-tokens", 1, 0, 'i'},
         {"metrics-port", 1, 0, 'M'},   {"max-len", 1, 0, 'L'},
@@ -89,6 +92,7 @@ int mr_cmd_worker(int argc, char **argv) {
             break;
         }
         case 'B': o.backend = optarg; break;
+        case 'G': o.gemm = optarg; break;
         case 't': if (mr_cli_parse_int("--threads", optarg, &o.compute_threads)) goto done; break;
         case 'r': if (mr_cli_parse_int("--rpc-threads", optarg, &o.rpc_threads)) goto done; break;
         case 'b':

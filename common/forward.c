@@ -82,9 +82,10 @@ int mr_run_opts_check(const mr_run_opts *o, const mr_model *m, mr_err *err) {
     return 0;
 }
 
-/* Aligned f32 matrices are used in place; any other goes through a wbuf copy (weight_f32). */
-static int usable_in_place(const mr_tensor *t) {
-    return t->dtype == MR_DT_F32 && ((uintptr_t)t->data & 3) == 0;
+/* Matrices in the GEMM path's weight dtype, aligned to their element size, are used in place;
+ * any other goes through a wbuf copy (weight_view). */
+static int usable_in_place(const mr_tensor *t, mr_dtype want) {
+    return t->dtype == want && ((uintptr_t)t->data & (mr_dtype_size(want) - 1)) == 0;
 }
 
 static size_t max_matrix(const mr_config *c) {
@@ -106,13 +107,21 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
     c->max_len = max_len;
     size_t T = (size_t)max_tokens, d = (size_t)k->d_model;
     size_t qd = (size_t)k->n_heads * k->head_dim, kvd = (size_t)k->n_kv_heads * k->head_dim;
-    int max_rank = 0, all_in_place = 1;
+    int max_rank = 0, all_in_place = 1, n_shapes = 0, shapes[MR_GEMM_MAX_SHAPES][2];
+    mr_dtype want = mr_gemm_weight_dtype(m->gemm);
     for (int i = 0; i < k->n_layers; i++) {
         const mr_layer *L = &m->layers[i];
         const mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
         for (int j = 0; j < 7; j++) {
             /* by tensor, not by config dtype: a checkpoint may mix dtypes */
-            all_in_place &= usable_in_place(lins[j]->w);
+            all_in_place &= usable_in_place(lins[j]->w, want);
+            int s = 0;
+            while (s < n_shapes && (shapes[s][0] != lins[j]->out || shapes[s][1] != lins[j]->in))
+                s++;
+            if (s == n_shapes && n_shapes < MR_GEMM_MAX_SHAPES) {
+                shapes[n_shapes][0] = lins[j]->out;
+                shapes[n_shapes++][1] = lins[j]->in;
+            }
             for (int a = 0; a < lins[j]->n_lora; a++)
                 if (lins[j]->lora[a].rank > max_rank) max_rank = lins[j]->lora[a].rank;
         }
@@ -133,7 +142,7 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
              (c->last_probs = malloc(4 * T)) && (c->tmp_d = malloc(4 * d)) &&
              (c->head_tmp = malloc(4 * d)) && (c->pos = malloc(4 * T));
     int32_t **ints[] = {&c->off, &c->len, &c->nq, &c->np, &c->ns, &c->row_id, &c->q_off,
-                        &c->q_from, &c->order};
+                        &c->q_from, &c->order, &c->g_off, &c->g_len, &c->pre_off, &c->pre_len};
     for (size_t i = 0; ok && i < sizeof ints / sizeof *ints; i++)
         ok = (*ints[i] = malloc(4 * (size_t)max_rows)) != NULL;
     ok = ok && (c->row_score = malloc(4 * (size_t)max_rows));
@@ -141,6 +150,12 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
         mr_ctx_close(c);
         return mr_err_set(err, MR_ENOMEM, "out of memory for a context of %d tokens",
                           max_tokens);
+    }
+    int rc = mr_gemm_ctx_new(&c->gemm, m->gemm, (const int (*)[2])shapes, n_shapes, max_tokens,
+                             err);
+    if (rc) {
+        mr_ctx_close(c);
+        return rc;
     }
     c->ff_chunk = (int)ff_chunk;
     mr_rope_table(c->rope, max_len, k->head_dim, k->rope_theta);
@@ -151,30 +166,44 @@ void mr_ctx_close(mr_ctx *c) {
     void *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->ff_a, c->ff_b, c->lora_tmp,
                     c->wbuf[0], c->wbuf[1], c->wbuf[2], c->rope, c->attn_scratch, c->last_probs,
                     c->tmp_d, c->head_tmp, c->pos, c->off, c->len, c->nq, c->np, c->ns,
-                    c->row_id, c->q_off, c->q_from, c->order, c->row_score};
+                    c->row_id, c->q_off, c->q_from, c->order, c->row_score, c->g_off,
+                    c->g_len, c->pre_off, c->pre_len};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    mr_gemm_ctx_free(c->gemm);
     memset(c, 0, sizeof *c);
 }
 
-/* The f32 view of a weight matrix: in place for aligned f32, else converted into
- * c->wbuf[slot]. */
-static const float *weight_f32(mr_ctx *c, const mr_tensor *t, int slot) {
-    if (usable_in_place(t)) return t->data;
-    size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 1 << 16;
+/* A weight matrix in the GEMM path's dtype (f32 or bf16): in place when usable, else converted
+ * into c->wbuf[slot]. */
+static const void *weight_view(mr_ctx *c, const mr_tensor *t, int slot) {
+    mr_dtype want = mr_gemm_weight_dtype(c->m->gemm);
+    if (usable_in_place(t, want)) return t->data;
+    size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 4096;
     size_t n_chunks = (n + chunk - 1) / chunk;
+    char *dst = (char *)c->wbuf[slot];
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n_chunks; i++) {
         size_t a = i * chunk, len = n - a < chunk ? n - a : chunk;
-        mr_to_f32(c->wbuf[slot] + a, (const char *)t->data + a * es, t->dtype, len);
+        const char *src = (const char *)t->data + a * es;
+        if (want == MR_DT_F32) {
+            mr_to_f32((float *)dst + a, src, t->dtype, len);
+        } else if (t->dtype == want) {
+            memcpy(dst + a * es, src, len * es); /* unaligned bf16 */
+        } else {
+            float tmp[4096]; /* bf16 from f32/f16 through f32 */
+            mr_to_f32(tmp, src, t->dtype, len);
+            mr_from_f32(dst + a * 2, tmp, want, len);
+        }
     }
-    return c->wbuf[slot];
+    return dst;
 }
 
 /* y (n, out) = x (n, in) W^T + b + sum over active unmerged adapters of x A^T B^T, with w the
- * f32 view of l->w. */
-static void linear_f32(mr_ctx *c, const mr_linear *l, const float *w, const float *x, int n,
-                       float *y, uint32_t mask) {
-    mr_matmul_wt(y, x, w, n, l->in, l->out, 0.0f);
+ * weight_view of l->w. A GEMM failure is kept in c->gemm_rc (the pass reports it). */
+static void linear_w(mr_ctx *c, const mr_linear *l, const void *w, const float *x, int n,
+                     float *y, uint32_t mask) {
+    int rc = mr_gemm_wt(c->gemm, y, x, w, n, l->in, l->out);
+    if (rc && !c->gemm_rc) c->gemm_rc = rc;
     if (l->b) {
         for (int i = 0; i < n; i++) mr_add(y + (size_t)i * l->out, l->b, (size_t)l->out);
     }
@@ -188,32 +217,42 @@ static void linear_f32(mr_ctx *c, const mr_linear *l, const float *w, const floa
 
 static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *y,
                    uint32_t mask) {
-    linear_f32(c, l, weight_f32(c, l->w, 0), x, n, y, mask);
+    linear_w(c, l, weight_view(c, l->w, 0), x, n, y, mask);
 }
 
+/* Prefix tokens sit at positions 0..g_len-1, a row's own tokens right after its prefix. */
 static void set_positions(mr_ctx *c, int n_rows) {
+    for (int g = 0; g < c->n_groups; g++)
+        for (int i = 0; i < c->g_len[g]; i++) c->pos[c->g_off[g] + i] = i;
     for (int r = 0; r < n_rows; r++)
-        for (int i = 0; i < c->len[r]; i++) c->pos[c->off[r] + i] = i;
+        for (int i = 0; i < c->len[r]; i++) c->pos[c->off[r] + i] = c->pre_len[r] + i;
 }
 
 /* Width compression in place (mr_pool): means, or weights = the attention each token got from
  * its row's last token in the previous layer. Returns the new token count. */
 static int compress(mr_ctx *c, int n_rows, int ratio, mr_pooling pooling) {
-    int out = mr_pool(c->x, c->x, c->off, c->nq, c->np, c->ns, n_rows, c->m->cfg.d_model, ratio,
-                      pooling == MR_POOL_ATTENTION ? c->last_probs : NULL, c->tmp_d, c->off,
-                      c->np);
-    for (int r = 0; r < n_rows; r++) c->len[r] = c->nq[r] + c->np[r] + c->ns[r];
+    /* rows' own tokens only (nq = 0): the query prefixes before pre_tok are never pooled */
+    size_t d = (size_t)c->m->cfg.d_model;
+    int out = mr_pool(c->x + (size_t)c->pre_tok * d, c->x, c->off, c->nq, c->np, c->ns, n_rows,
+                      (int)d, ratio, pooling == MR_POOL_ATTENTION ? c->last_probs : NULL,
+                      c->tmp_d, c->off, c->np);
+    for (int r = 0; r < n_rows; r++) {
+        c->off[r] += c->pre_tok;
+        c->len[r] = c->nq[r] + c->np[r] + c->ns[r];
+    }
     set_positions(c, n_rows);
-    return out;
+    return c->pre_tok + out;
 }
 
-/* Moves the last token of every row (residual and normed input) to rows 0..n_rows-1. */
+/* Moves the last token of every row (residual, normed input, position) to rows 0..n_rows-1
+ * (over the prefixes, whose keys and values are already computed). */
 static void gather_last(mr_ctx *c, int n_rows) {
     int d = c->m->cfg.d_model;
     for (int r = 0; r < n_rows; r++) {
-        int t = c->off[r] + c->len[r] - 1;
+        int t = c->off[r] + c->len[r] - 1; /* >= r: tokens only move towards the start */
         memmove(c->x + (size_t)r * d, c->x + (size_t)t * d, sizeof(float) * d);
         memmove(c->xn + (size_t)r * d, c->xn + (size_t)t * d, sizeof(float) * d);
+        c->pos[r] = c->pos[t];
         c->q_off[r] = r;
         c->q_from[r] = c->len[r] - 1;
     }
@@ -236,7 +275,7 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
     mr_rope(c->k, c->pos, n_tok, k->n_kv_heads, k->head_dim, c->rope);
     if (last) gather_last(c, n_rows);
     linear(c, &L->q, c->xn, n, c->q, mask);
-    mr_rope(c->q, last ? c->q_from : c->pos, n, k->n_heads, k->head_dim, c->rope);
+    mr_rope(c->q, c->pos, n, k->n_heads, k->head_dim, c->rope);
 
     float scale = 1.0f / sqrtf(k->query_pre_attn_scalar > 0 ? k->query_pre_attn_scalar
                                                             : (float)k->head_dim);
@@ -246,8 +285,17 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
         .n_heads = k->n_heads, .n_kv = k->n_kv_heads, .head_dim = k->head_dim,
         .scale = scale, .softcap = k->attn_softcap, .window = window,
         .last_probs = want_probs ? c->last_probs : NULL, .scratch = c->attn_scratch,
-        .max_len = c->max_len};
+        .max_len = c->max_len, .pre_off = c->pre_off, .pre_len = c->pre_len};
     mr_attention(&a);
+    if (!last) { /* the prefixes' own queries, each attending within its prefix */
+        mr_attn_args g = a;
+        g.off = c->g_off;
+        g.len = c->g_len;
+        g.n_rows = c->n_groups;
+        g.pre_off = g.pre_len = NULL;
+        g.last_probs = NULL;
+        mr_attention(&g);
+    }
 
     linear(c, &L->o, c->att, n, c->xn, mask);
     if (L->post_attn_norm)
@@ -255,19 +303,19 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
     mr_add(c->x, c->xn, (size_t)n * d);
 
     mr_rmsnorm(c->xn, c->x, L->ffn_norm, n, d, k->rms_eps, m->norm_offset);
-    const float *wg = weight_f32(c, L->gate.w, 0), *wu = weight_f32(c, L->up.w, 1),
-                *wd = weight_f32(c, L->down.w, 2);
+    const void *wg = weight_view(c, L->gate.w, 0), *wu = weight_view(c, L->up.w, 1),
+               *wd = weight_view(c, L->down.w, 2);
     for (int t0 = 0; t0 < n; t0 += c->ff_chunk) {
         /* the chunk's output overwrites its own input rows of xn, already consumed */
         int nc = n - t0 < c->ff_chunk ? n - t0 : c->ff_chunk;
         float *xc = c->xn + (size_t)t0 * d;
-        linear_f32(c, &L->gate, wg, xc, nc, c->ff_a, mask);
-        linear_f32(c, &L->up, wu, xc, nc, c->ff_b, mask);
+        linear_w(c, &L->gate, wg, xc, nc, c->ff_a, mask);
+        linear_w(c, &L->up, wu, xc, nc, c->ff_b, mask);
         if (k->act == MR_ACT_GELU_TANH)
             mr_geglu_tanh(c->ff_a, c->ff_a, c->ff_b, (size_t)nc * k->d_ff);
         else
             mr_swiglu(c->ff_a, c->ff_a, c->ff_b, (size_t)nc * k->d_ff);
-        linear_f32(c, &L->down, wd, c->ff_a, nc, xc, mask);
+        linear_w(c, &L->down, wd, c->ff_a, nc, xc, mask);
     }
     if (L->post_ffn_norm)
         mr_rmsnorm(c->xn, c->xn, L->post_ffn_norm, n, d, k->rms_eps, m->norm_offset);
@@ -355,7 +403,7 @@ static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
     int d = c->m->cfg.d_model;
     char *keep = (char *)c->q_from; /* free scratch: n_rows bytes */
     mr_prune_select(c->row_score, c->row_id, n_rows, p, keep, c->order);
-    int nr = 0, out = 0;
+    int nr = 0, out = c->pre_tok; /* the prefixes stay (rows of other requests may use them) */
     for (int r = 0; r < n_rows; r++) {
         if (!keep[r]) continue;
         memmove(c->x + (size_t)out * d, c->x + (size_t)c->off[r] * d,
@@ -368,6 +416,8 @@ static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
         c->np[nr] = c->np[r];
         c->ns[nr] = c->ns[r];
         c->row_id[nr] = c->row_id[r];
+        c->pre_off[nr] = c->pre_off[r];
+        c->pre_len[nr] = c->pre_len[r];
         out += c->len[r];
         nr++;
     }
@@ -406,29 +456,62 @@ int mr_rows_check(const mr_model *m, const mr_row *rows, int n_rows, int max_row
     return 0;
 }
 
-static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows) {
+static void embed_tokens(mr_ctx *c, const int32_t *ids, int n, int t) {
     const mr_model *m = c->m;
-    int d = m->cfg.d_model, t = 0;
+    int d = m->cfg.d_model;
     size_t row_bytes = (size_t)d * mr_dtype_size(m->embed->dtype);
+    for (int i = 0; i < n; i++, t++) {
+        float *xt = c->x + (size_t)t * d;
+        mr_to_f32(xt, (const char *)m->embed->data + ids[i] * row_bytes, m->embed->dtype,
+                  (size_t)d);
+        if (m->embed_scale != 1.0f)
+            for (int j = 0; j < d; j++) xt[j] *= m->embed_scale;
+    }
+}
+
+/* The stream: first one copy of each distinct query segment (a group; with share 0 one group per
+ * row), then every row's passage and suffix. Rows of a group are those whose query segments are
+ * equal token for token: causal attention makes the segment's states the same in all of them. */
+static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows, int share) {
+    int t = 0;
+    c->n_groups = 0;
     for (int r = 0; r < n_rows; r++) {
         const mr_row *w = &rows[r];
+        int g = 0;
+        if (share)
+            while (g < c->n_groups &&
+                   !(rows[c->row_id[g]].nq == w->nq &&
+                     (rows[c->row_id[g]].q == w->q ||
+                      !memcmp(rows[c->row_id[g]].q, w->q, sizeof(int32_t) * (size_t)w->nq))))
+                g++;
+        else
+            g = c->n_groups;
+        if (g == c->n_groups) { /* row_id[g] temporarily names the group's first row */
+            c->row_id[g] = r;
+            c->g_off[g] = t;
+            c->g_len[g] = w->nq;
+            embed_tokens(c, w->q, w->nq, t);
+            t += w->nq;
+            c->n_groups++;
+        }
+        c->q_off[r] = g; /* scratch until layer_forward: the row's group */
+    }
+    c->pre_tok = t;
+    for (int r = 0; r < n_rows; r++) {
+        const mr_row *w = &rows[r];
+        int g = c->q_off[r];
         c->off[r] = t;
-        c->len[r] = w->nq + w->np + w->ns;
-        c->nq[r] = w->nq;
+        c->len[r] = w->np + w->ns;
+        c->nq[r] = 0;
         c->np[r] = w->np;
         c->ns[r] = w->ns;
-        c->row_id[r] = r;
-        const int32_t *segs[3] = {w->q, w->p, w->s};
-        int lens[3] = {w->nq, w->np, w->ns};
-        for (int s = 0; s < 3; s++)
-            for (int i = 0; i < lens[s]; i++, t++) {
-                float *xt = c->x + (size_t)t * d;
-                mr_to_f32(xt, (const char *)m->embed->data + segs[s][i] * row_bytes,
-                          m->embed->dtype, (size_t)d);
-                if (m->embed_scale != 1.0f)
-                    for (int j = 0; j < d; j++) xt[j] *= m->embed_scale;
-            }
+        c->pre_off[r] = c->g_off[g];
+        c->pre_len[r] = c->g_len[g];
+        embed_tokens(c, w->p, w->np, t);
+        embed_tokens(c, w->s, w->ns, t + w->np);
+        t += w->np + w->ns;
     }
+    for (int r = 0; r < n_rows; r++) c->row_id[r] = r;
     set_positions(c, n_rows);
 }
 
@@ -441,8 +524,10 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
     for (size_t i = 0; i < (size_t)n_rows * o->n_exits; i++) scores[i] = NAN;
     for (int r = 0; depth && r < n_rows; r++) depth[r] = 0;
     if (n_rows == 0) return 0;
-    embed_rows(c, rows, n_rows);
+    c->gemm_rc = 0;
+    embed_rows(c, rows, n_rows, !o->no_prefix_share);
     int n_tok = c->off[n_rows - 1] + c->len[n_rows - 1];
+    c->token_layers = 0;
     int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0;
     for (int l = 0; l < deepest && n_rows > 0; l++) {
         if (l > 0 && o->stop && o->stop(o->stop_user, l)) break;
@@ -455,6 +540,7 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
                          l + 1 < deepest;
         int last = l == deepest - 1;
         layer_forward(c, l, n_tok, n_rows, last, want_probs, o->adapter_mask);
+        c->token_layers += n_tok;
         if (last) n_tok = n_rows;
         if (e < o->n_exits && o->exits[e] == l + 1) {
             score_exit(c, e, n_rows, o, scores, depth);
@@ -463,6 +549,8 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
             e++;
         }
     }
+    if (c->gemm_rc)
+        return mr_err_set(err, c->gemm_rc, "GEMM path %s failed", mr_gemm_path_name(c->m->gemm));
     return 0;
 }
 

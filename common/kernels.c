@@ -92,60 +92,76 @@ static void softmax_masked(float *p, int j0, int n, float softcap) {
     for (int j = j0; j < n; j++) p[j] *= inv;
 }
 
-/* out (hd) = sum over j in [j0, n) of p[j] * v_j, v_j = v + j * stride; head_dim multiples of
- * ATT_IB accumulate a block at a time in registers. */
+/* out (hd) = sum over j in [j0, n) of p[j] * v_j, where v_j = vp + j * stride for j < pl (a
+ * shared prefix) and vr + (j - pl) * stride after; head_dim multiples of ATT_IB accumulate a
+ * block at a time in registers. */
 enum { ATT_IB = 64 };
-static void weighted_sum(float *out, const float *p, const float *v, int j0, int n, int stride,
-                         int hd) {
+static void weighted_sum(float *out, const float *p, const float *vp, int pl, const float *vr,
+                         int j0, int n, int stride, int hd) {
+    int ja = j0, jb = n < pl ? n : pl;     /* prefix keys [ja, jb) */
+    int jc = j0 > pl ? j0 : pl;            /* own keys [jc, n) */
     if (hd % ATT_IB) {
         memset(out, 0, sizeof(float) * (size_t)hd);
-        for (int j = j0; j < n; j++)
-            for (int i = 0; i < hd; i++) out[i] += p[j] * v[(size_t)j * stride + i];
+        for (int j = ja; j < jb; j++)
+            for (int i = 0; i < hd; i++) out[i] += p[j] * vp[(size_t)j * stride + i];
+        for (int j = jc; j < n; j++)
+            for (int i = 0; i < hd; i++) out[i] += p[j] * vr[(size_t)(j - pl) * stride + i];
         return;
     }
     for (int i0 = 0; i0 < hd; i0 += ATT_IB) {
         float acc[ATT_IB] = {0};
-        for (int j = j0; j < n; j++) {
-            const float *vj = v + (size_t)j * stride + i0;
+        for (int j = ja; j < jb; j++) {
+            const float *vj = vp + (size_t)j * stride + i0;
+            for (int i = 0; i < ATT_IB; i++) acc[i] += p[j] * vj[i];
+        }
+        for (int j = jc; j < n; j++) {
+            const float *vj = vr + (size_t)(j - pl) * stride + i0;
             for (int i = 0; i < ATT_IB; i++) acc[i] += p[j] * vj[i];
         }
         memcpy(out + i0, acc, sizeof acc);
     }
 }
 
-/* Every head of kv head kvh in row r. K is first transposed into kt (head_dim, len) so that the
- * logits of a query are head_dim contiguous axpys (vectorised, no horizontal sums); p (len)
- * holds one query's logits, then its probabilities. */
+/* Every head of kv head kvh in row r. K (the shared prefix's keys, then the row's own) is first
+ * transposed into kt (head_dim, keys) so that the logits of a query are head_dim contiguous
+ * axpys (vectorised, no horizontal sums); p (keys) holds one query's logits, then its
+ * probabilities. */
 static void attend_kv_head(const mr_attn_args *a, int r, int kvh, float *kt, float *p) {
     int hd = a->head_dim, group = a->n_heads / a->n_kv, len = a->len[r];
+    int pl = a->pre_len ? a->pre_len[r] : 0, nk = pl + len;
     int q_stride = a->n_heads * hd, kv_stride = a->n_kv * hd;
     int from = a->q_from ? a->q_from[r] : 0, qo = a->q_off ? a->q_off[r] : a->off[r];
     const float *kr = a->k + (size_t)a->off[r] * kv_stride + (size_t)kvh * hd;
     const float *vr = a->v + (size_t)a->off[r] * kv_stride + (size_t)kvh * hd;
+    const float *kp = pl ? a->k + (size_t)a->pre_off[r] * kv_stride + (size_t)kvh * hd : NULL;
+    const float *vp = pl ? a->v + (size_t)a->pre_off[r] * kv_stride + (size_t)kvh * hd : NULL;
+    for (int j = 0; j < pl; j++)
+        for (int i = 0; i < hd; i++) kt[(size_t)i * nk + j] = kp[(size_t)j * kv_stride + i];
     for (int j = 0; j < len; j++)
-        for (int i = 0; i < hd; i++) kt[(size_t)i * len + j] = kr[(size_t)j * kv_stride + i];
+        for (int i = 0; i < hd; i++) kt[(size_t)i * nk + pl + j] = kr[(size_t)j * kv_stride + i];
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         for (int t = from; t < len; t++) {
             size_t qi = (size_t)(qo + t - from);
             const float *qv = a->q + qi * q_stride + (size_t)h * hd;
             float *out = a->out + qi * q_stride + (size_t)h * hd;
-            int n = t + 1, j0 = a->window > 0 && t - a->window + 1 > 0 ? t - a->window + 1 : 0;
+            int tp = pl + t; /* the query's position among the keys */
+            int n = tp + 1, j0 = a->window > 0 && tp - a->window + 1 > 0 ? tp - a->window + 1 : 0;
             /* logits in blocks of ATT_JB keys held in registers across the head_dim loop; a
              * block may read up to ATT_JB - 1 floats past the row of kt (scratch is padded) */
             for (int jb = j0; jb < n; jb += ATT_JB) {
                 float acc[ATT_JB] = {0};
                 for (int i = 0; i < hd; i++) {
                     float qs = qv[i] * a->scale;
-                    const float *kti = kt + (size_t)i * len + jb;
+                    const float *kti = kt + (size_t)i * nk + jb;
                     for (int jj = 0; jj < ATT_JB; jj++) acc[jj] += qs * kti[jj];
                 }
                 memcpy(p + jb, acc, sizeof(float) * (size_t)(n - jb < ATT_JB ? n - jb : ATT_JB));
             }
             softmax_masked(p, j0, n, a->softcap);
-            weighted_sum(out, p, vr, j0, n, kv_stride, hd);
+            weighted_sum(out, p, vp, pl, vr, j0, n, kv_stride, hd);
             if (a->last_probs && t == len - 1) {
                 float *lp = a->last_probs + a->off[r];
-                for (int j = 0; j < n; j++) lp[j] += p[j];
+                for (int j = pl; j < n; j++) lp[j - pl] += p[j];
             }
         }
     }

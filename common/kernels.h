@@ -1,7 +1,8 @@
 /* kernels.h: the fp32 CPU kernels of the forward pass, on packed variable-length rows.
  *
  * Activations are packed: row r occupies tokens [off[r], off[r] + len[r]) of a (n_tok, dim)
- * row-major buffer; there is no padding. Matrix products go to OpenBLAS; everything else is
+ * row-major buffer; there is no padding. mr_matmul_wt is OpenBLAS (LoRA, the trainer, the
+ * openblas-f32 path; the layers' GEMMs go through gemm.h's chosen path); everything else is
  * plain C the compiler vectorises, parallel over tokens or (row, head) with OpenMP.
  * Each kernel reads and writes caller-owned buffers and allocates nothing. Forward only: the
  * matching backward kernels are in trainer/backward.c, the GPU ones in common/cuda/. */
@@ -33,6 +34,10 @@ typedef struct mr_attn_args {
     const int32_t *q_off;  /* (n_rows) first query of each row in q/out; NULL = off */
     const int32_t *q_from; /* (n_rows) position in the row of the first query; NULL = 0
                               (n queries per row = len - q_from) */
+    const int32_t *pre_off, *pre_len; /* (n_rows) NULL = none; else row r's keys are first the
+                              pre_len[r] tokens of a shared prefix at pre_off[r] in k/v, then its
+                              own len[r] tokens: its token i sits at position pre_len[r] + i.
+                              last_probs covers the row's own tokens only */
     int n_rows, n_heads, n_kv, head_dim;
     float scale;           /* logit scale, 1/sqrt(head_dim) or 1/sqrt(query_pre_attn_scalar) */
     float softcap;         /* 0 = off; else logits = softcap * tanh(logits / softcap) */
@@ -40,7 +45,7 @@ typedef struct mr_attn_args {
     float *last_probs;     /* optional (n_tok): attention of each row's last query to each of
                               its keys, summed over heads (for attention-weighted pooling) */
     float *scratch;        /* mr_attention_scratch(max_len, head_dim) floats */
-    int max_len;           /* longest row */
+    int max_len;           /* longest row, shared prefix included */
 } mr_attn_args;
 void mr_attention(const mr_attn_args *a);
 /* Floats of scratch mr_attention needs for rows of up to max_len tokens (all threads). */

@@ -288,6 +288,13 @@ int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_er
     for (int i = 0; i < c->n_layers; i++)
         if ((rc = bind_layer(m, i, err))) goto fail;
     if ((rc = bind_heads(m, err)) || (rc = load_tokenizer(m, err))) goto fail;
+    int all_bf16 = 1;
+    for (int i = 0; i < c->n_layers; i++) {
+        const mr_layer *L = &m->layers[i];
+        const mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (int j = 0; j < 7; j++) all_bf16 &= lins[j]->w->dtype == MR_DT_BF16;
+    }
+    if ((rc = mr_gemm_resolve(opts ? opts->gemm : NULL, all_bf16, &m->gemm, err))) goto fail;
     snprintf(path, sizeof path, "%s/SEEDED", dir);
     m->untrained = access(path, F_OK) == 0;
     int n_ad = opts ? opts->n_adapters : 0;

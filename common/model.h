@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "gemm.h"
 #include "lora.h"
 #include "mr_err.h"
 #include "safetensors.h"
@@ -60,6 +61,8 @@ typedef struct mr_model_opts {
     const char *const *adapters;     /* adapter folders, applied in order */
     int n_adapters;
     int merge;                       /* 1: merge into the weights at load; 0: run-time */
+    const char *gemm;                /* GEMM mode (gemm.h): auto, f32, bf16, openblas; NULL:
+                                        the environment's MR_GEMM, else auto */
 } mr_model_opts;
 
 typedef struct mr_model {
@@ -79,6 +82,7 @@ typedef struct mr_model {
     int n_adapters;
     int merged;
     int untrained;                   /* DIR/SEEDED exists: seeded weights (seeded.h) */
+    mr_gemm_path gemm;               /* the linear layers' GEMM path, chosen at load */
 } mr_model;
 
 /* Loads DIR (config.json, the safetensors weights, tokenizer.json when present) and applies
@@ -125,6 +129,10 @@ typedef struct mr_run_opts {
      * must be cheap (it runs once per layer) and must not touch the context. */
     int (*stop)(void *stop_user, int layer);
     void *stop_user;
+    /* 1: every row computes its own query prefix (the unshared path, for tests and benches);
+     * 0 (default): rows with identical query segments share one copy per pass (forward.c).
+     * Not part of the sub-architecture either: scores are the same within fp tolerance. */
+    int no_prefix_share;
 } mr_run_opts;
 
 /* Fills o with defaults: deepest exit only (n_layers), ratio 1, mean pooling, all unmerged
@@ -143,10 +151,13 @@ typedef struct mr_ctx {
     float *ff_a, *ff_b;              /* (ff_chunk, dff): the MLP runs in token chunks */
     int ff_chunk;                    /* min(max_tokens, MR_FF_CHUNK) */
     float *lora_tmp;                 /* (max_tokens, max adapter rank) */
-    float *wbuf[3];                  /* (largest matrix) each: f32 copies of matrices not usable
-                                        in place (not f32, or not 4-byte aligned): [0] attention
-                                        projections and gate, [1] up, [2] down. NULL when every
-                                        matrix is aligned f32 */
+    float *wbuf[3];                  /* (largest matrix, 4 bytes an element) each: copies in the
+                                        GEMM path's weight dtype of matrices not usable in place
+                                        (another dtype, or unaligned): [0] attention projections
+                                        and gate, [1] up, [2] down. NULL when every matrix is
+                                        usable in place */
+    mr_gemm_ctx *gemm;               /* the GEMM path's primitives and buffers */
+    int gemm_rc;                     /* first GEMM failure of the pass (0: none) */
     float *rope;                     /* (max_len, hd/2, 2) */
     float *attn_scratch;             /* (n_threads, max_len) */
     float *last_probs;               /* (max_tokens) */
@@ -154,6 +165,13 @@ typedef struct mr_ctx {
     float *head_tmp;                 /* (d) */
     int32_t *pos;                    /* (max_tokens) */
     int32_t *off, *len, *nq, *np, *ns, *row_id, *q_off, *q_from; /* (max_rows) */
+    /* Query prefixes: the stream starts with n_groups distinct query segments (group g: tokens
+     * [g_off[g], g_off[g] + g_len[g])), computed once per pass; row r's own tokens (passage |
+     * suffix; nq[r] = 0) follow at off[r] and attend to its prefix at pre_off[r], pre_len[r] */
+    int32_t *g_off, *g_len, *pre_off, *pre_len; /* (max_rows) */
+    int n_groups, pre_tok;           /* prefix groups, tokens they take at the stream's start */
+    long long token_layers;          /* tokens through each layer's K/V, summed over layers, in
+                                        the last pass (the cost prefix sharing cuts) */
     float *row_score;                /* (max_rows) */
     int32_t *order;                  /* (max_rows) */
 } mr_ctx;

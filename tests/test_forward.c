@@ -184,17 +184,21 @@ typedef struct fixture {
     mr_ctx c;
 } fixture;
 
-static fixture *make_fixture(mr_arch arch, const mr_model_opts *mo) {
+static fixture *make_fixture_dt(mr_arch arch, const mr_model_opts *mo, mr_dtype dt) {
     fixture *f = calloc(1, sizeof *f);
     mr_config cfg;
     mr_err err = {0};
-    tiny_config(&cfg, arch, MR_DT_F32);
+    tiny_config(&cfg, arch, dt);
     snprintf(f->dir, sizeof f->dir, "%s/tfwd-%d-%d", MR_BINARY_DIR, (int)getpid(), (int)arch);
     mkdir(f->dir, 0755);
     if (mr_seeded_write(&cfg, f->dir, 7, &err)) fail_msg("seeded: %s", err.msg);
     if (mr_model_load(&f->m, f->dir, mo, &err)) fail_msg("load: %s", err.msg);
     if (mr_ctx_init(&f->c, &f->m, 512, 16, 64, &err)) fail_msg("ctx: %s", err.msg);
     return f;
+}
+
+static fixture *make_fixture(mr_arch arch, const mr_model_opts *mo) {
+    return make_fixture_dt(arch, mo, MR_DT_F32);
 }
 
 static void free_fixture(fixture *f) {
@@ -541,6 +545,114 @@ static void test_missing_tensor(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- query-prefix sharing ---- */
+
+/* Rows with identical query segments share one copy of it per pass: the scores equal the
+ * unshared path's within BATCH_TOL (the same products in other GEMM row blocks) for several
+ * exits, widths (mean and attention pooling, which pool passage tokens only) and pruning, and
+ * the K/V token-layers drop by exactly the repeated prefixes. Two requests' queries (lengths 4
+ * and 6) are interleaved in one batch. */
+static void test_prefix_sharing(void **state) {
+    fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
+    static const int32_t qb[6] = {1, 10, 20, 21, 22, 12};
+    mr_row rows[6];
+    make_rows(rows, 6);
+    rows[1].q = rows[3].q = qb; /* rows 0, 2, 4, 5: query A (4 tokens); 1, 3: query B (6) */
+    rows[1].nq = rows[3].nq = 6;
+    rows[5].q = (const int32_t[]){1, 10, 11, 12}; /* equal to A by value, another pointer */
+    struct { int ratio, n_compress, layers[2], pooling, prune; } cases[] = {
+        {1, 0, {0, 0}, MR_POOL_MEAN, 0},      {2, 2, {1, 3}, MR_POOL_MEAN, 0},
+        {4, 2, {1, 2}, MR_POOL_ATTENTION, 0}, {8, 1, {0, 0}, MR_POOL_MEAN, 0},
+        {2, 1, {1, 0}, MR_POOL_ATTENTION, 1},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        mr_run_opts o;
+        float shared[6 * 4], unshared[6 * 4];
+        opts(&o, &f->m, 4, (int[]){1, 2, 3, 4});
+        o.ratio = cases[k].ratio;
+        o.n_compress = cases[k].n_compress;
+        memcpy(o.compress_layers, cases[k].layers, sizeof cases[k].layers);
+        o.pooling = cases[k].pooling;
+        if (cases[k].prune) {
+            o.n_prune = 1;
+            o.prune[0] = (mr_prune){.layer = 2, .top_k = 3};
+        }
+        score(f, rows, 6, &o, shared);
+        long long tl_shared = f->c.token_layers;
+        assert_int_equal(f->c.n_groups, 2);
+        o.no_prefix_share = 1;
+        score(f, rows, 6, &o, unshared);
+        long long tl_unshared = f->c.token_layers;
+        assert_int_equal(f->c.n_groups, 6);
+        for (int i = 0; i < 6 * 4; i++) {
+            if (isnan(unshared[i])) {
+                assert_true(isnan(shared[i])); /* pruned the same rows */
+                continue;
+            }
+            assert_close(shared[i], unshared[i], BATCH_TOL, "shared prefix");
+        }
+        /* 4 layers; repeated prefixes: query A 3 times (4 tokens), query B once (6 tokens) */
+        assert_int_equal(tl_unshared - tl_shared, 4 * (3 * 4 + 1 * 6));
+    }
+    free_fixture(f);
+}
+
+/* ---- GEMM paths (gemm.h) ---- */
+
+/* Scores 5 rows at exits 1..4 with the model in dir loaded under gemm mode. */
+static void score_with_gemm(mr_arch arch, mr_dtype dt, const char *gemm, float *out,
+                            char *path_name) {
+    mr_model_opts mo = {.gemm = gemm};
+    fixture *f = make_fixture_dt(arch, &mo, dt);
+    mr_row rows[5];
+    mr_run_opts o;
+    make_rows(rows, 5);
+    opts(&o, &f->m, 4, (int[]){1, 2, 3, 4});
+    score(f, rows, 5, &o, out);
+    strcpy(path_name, mr_gemm_path_name(f->m.gemm));
+    free_fixture(f);
+}
+
+/* The f32 paths agree with each other within BATCH_TOL (same f32 products, another summation
+ * order); the bf16 path (activations rounded to bf16, 8 significant bits, relative error up to
+ * 2^-9 = 2e-3 per operand) stays within BF16_TOL of f32 on the same bf16 weights. BF16_TOL:
+ * 4 layers of rounded activations on the seeded tiny models move scores by at most 5.1e-3
+ * relative to max(|score|, 1) (measured: llama 1.2e-3, qwen2 1.5e-3, gemma2 5.1e-3); ~6x. */
+#define BF16_TOL 0.03
+static void test_gemm_paths(void **state) {
+    mr_arch archs[3] = {MR_ARCH_LLAMA, MR_ARCH_QWEN2, MR_ARCH_GEMMA2};
+    for (int a = 0; a < 3; a++) {
+        float ob[20], f32[20], b32[20], b16[20];
+        char n1[32], n2[32], n3[32], n4[32];
+        score_with_gemm(archs[a], MR_DT_F32, "openblas", ob, n1);
+        score_with_gemm(archs[a], MR_DT_F32, "f32", f32, n2);
+        assert_string_equal(n1, "openblas-f32");
+        for (int i = 0; i < 20; i++) assert_close(f32[i], ob[i], BATCH_TOL, "f32 paths");
+        mr_err err = {0};
+        mr_gemm_path p;
+        if (mr_gemm_resolve("bf16", 1, &p, &err)) {
+            assert_int_equal(err.code, MR_EUNSUPPORTED); /* a build without oneDNN */
+            continue;
+        }
+        score_with_gemm(archs[a], MR_DT_BF16, "f32", b32, n3);
+        score_with_gemm(archs[a], MR_DT_BF16, "bf16", b16, n4);
+        assert_string_equal(n4, "onednn-bf16");
+        double worst = 0;
+        for (int i = 0; i < 20; i++) {
+            assert_close(b16[i], b32[i], BF16_TOL, "bf16 path");
+            worst = fmax(worst, fabs(b16[i] - b32[i]) / fmax(1.0, fabs(b32[i])));
+        }
+        /* the bf16 path is really another computation (catches a silent f32 fallback) */
+        assert_true(worst > 1e-6);
+        printf("gemm drift arch %d: bf16 vs f32 %.2e relative\n", (int)archs[a], worst);
+    }
+    mr_err err = {0};
+    mr_gemm_path p;
+    assert_int_equal(mr_gemm_resolve("fp8", 0, &p, &err), MR_EINVAL);
+    assert_int_equal(mr_gemm_resolve("openblas", 1, &p, &err), 0);
+    assert_int_equal(p, MR_GEMM_OPENBLAS_F32);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),
@@ -556,6 +668,8 @@ int main(void) {
         cmocka_unit_test(test_lora_merged_equals_unmerged),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_missing_tensor),
+        cmocka_unit_test(test_gemm_paths),
+        cmocka_unit_test(test_prefix_sharing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

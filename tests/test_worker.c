@@ -562,6 +562,8 @@ static void test_info_and_drain(void **state) {
     assert_int_equal(in->max_batch_tokens, 2048);
     assert_true(in->ns_per_token_layer > 0);
     assert_string_equal(in->dtype, "f32");   /* the checkpoint's --dtype */
+    /* the GEMM path chosen at load is reported (the fixture's f32 weights: never bf16 by auto) */
+    assert_true(!strcmp(in->gemm_path, "onednn-f32") || !strcmp(in->gemm_path, "openblas-f32"));
     mrank__v1__worker_info_response__free_unpacked(in, NULL);
     free(resp);
     /* a request waiting in the queue at shutdown is still answered */

@@ -81,6 +81,9 @@ static void info_handler(mr_rpc_call *call, void *user) {
     resp.max_inflight_tokens = (uint32_t)w->o.max_inflight_tokens;
     resp.ns_per_token_layer = atomic_load(&w->ns_per_tl);
     resp.backend = (char *)w->be->name;
+    /* the CPU GEMM path; GPU backends run their own GEMMs */
+    resp.gemm_path = (char *)(strcmp(w->be->name, "cpu") ? w->be->name
+                                                          : mr_gemm_path_name(m->gemm));
     resp.untrained = w->m.untrained;
     resp.dtype = (char *)(m->cfg.dtype == MR_DT_BF16  ? "bf16"
                           : m->cfg.dtype == MR_DT_F16 ? "f16"
@@ -196,7 +199,8 @@ int mr_worker_new(mr_worker **out, const mr_worker_opts *opts, mr_err *err) {
             }
     openblas_set_num_threads(w->o.compute_threads);
     omp_set_num_threads(w->o.compute_threads);
-    mr_model_opts mo = {.adapters = w->o.adapter_dirs, .n_adapters = w->o.n_adapters, .merge = 0};
+    mr_model_opts mo = {.adapters = w->o.adapter_dirs, .n_adapters = w->o.n_adapters, .merge = 0,
+                       .gemm = w->o.gemm};
     if ((rc = mr_model_load(&w->m, w->o.model_dir, &mo, err))) goto fail;
     w->loaded = 1;
     if (!w->m.tok) {

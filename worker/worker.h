@@ -37,6 +37,8 @@ typedef struct mr_worker_opts {
     int max_len;                 /* 0 -> MR_DEFAULT_MAX_LEN */
     const char *prompt;          /* NULL -> MR_DEFAULT_PROMPT */
     const char *backend;         /* scorer backend (backend.h): NULL -> "cpu", or "cuda" */
+    const char *gemm;            /* CPU GEMM mode (gemm.h): auto, f32, bf16, openblas; NULL ->
+                                    the environment's MR_GEMM, else auto */
     const char *tls_cert, *tls_key;   /* PEM files: serve TLS (NULL: plaintext) */
     const char *tls_client_ca;   /* PEM CA bundle: clients must present a cert it signed */
 } mr_worker_opts;

@@ -19,6 +19,8 @@ import mr_ref  # noqa: E402
 from grid import engine_rows, engine_scores  # noqa: E402
 
 RTOL, FLOOR = 1e-4, 1e-2   # grid.py's, with its reasons; measured worst here 5.2e-5 (d8)
+RTOL = float(os.environ.get("ORACLE_RTOL", RTOL))  # a low-precision path's bound (grid.py)
+FLOOR = float(os.environ.get("ORACLE_FLOOR", FLOOR))
 QUERY = "boundary layer transition on a heated flat plate"
 PASSAGES = [
     "measurements of boundary layer transition on a flat plate with heat transfer .",
