@@ -101,7 +101,7 @@ int mr_cmd_coordinator(int argc, char **argv) {
             "%d profiles, %d tiers)\n", port, config, cfg->n_pools, cfg->n_stages,
             cfg->n_profiles, cfg->n_tiers);
     if (mr_coord_http_port(co) >= 0)
-        fprintf(stderr, "mrank coordinator: http on port %d\n", mr_coord_http_port(co));
+        mr_log(MR_LOG_INFO, "http_serving", "http on port %d\n", mr_coord_http_port(co));
     int sig = 0;
     sigwait(&set, &sig);
     mr_log(MR_LOG_INFO, "draining", "%s: draining\n", strsignal(sig));

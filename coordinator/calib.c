@@ -22,6 +22,7 @@
 #include <cjson/cJSON.h>
 
 #include "coord_internal.h"
+#include "log.h"
 #include "textfile.h"
 
 #define CALIB_LIMIT (1 << 20)
@@ -122,8 +123,8 @@ int mr__calib_load(mr_coord *c, mr_err *err) {
     if (!rc) {
         int n = 0;
         for (int s = 0; s < c->cfg.n_stages; s++) n += c->calib->has[s];
-        fprintf(stderr, "mrank coordinator: %s: calibration of %d of %d stages\n", path, n,
-                c->cfg.n_stages);
+        mr_log(MR_LOG_INFO, "calibration", "%s: calibration of %d of %d stages\n", path, n,
+               c->cfg.n_stages);
     }
     return rc;
 }

@@ -60,7 +60,10 @@ $PY - "$work/up.log" <<'PYEOF' || fail "json log lines"
 import json, re, sys
 events = {}
 for n, line in enumerate(open(sys.argv[1]), 1):
-    o = json.loads(line)   # every line is one JSON object
+    try:
+        o = json.loads(line)   # every line is one JSON object
+    except ValueError:
+        raise AssertionError(f"line {n} is not JSON: {line!r}")
     for k in ("time", "level", "component", "event", "request_id", "trace_id", "msg"):
         assert k in o, f"line {n}: no {k}: {line}"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", o["time"]), o["time"]
