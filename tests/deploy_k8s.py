@@ -44,6 +44,19 @@ def arg(args, flag):
     return [args[i + 1] for i, a in enumerate(args) if a == flag]
 
 
+def probe_port(probe):
+    """The port a readiness probe checks: a gRPC probe's, or an exec probe's `mrank health
+    --addr localhost:PORT` (TLS ports, which the kubelet's gRPC probe cannot speak)."""
+    if "grpc" in probe:
+        return probe["grpc"]["port"]
+    cmd = [str(x) for x in probe.get("exec", {}).get("command", [])]
+    if cmd[:2] == ["mrank", "health"] and "--addr" in cmd:
+        addr = cmd[cmd.index("--addr") + 1]
+        if addr.startswith(("localhost:", "127.0.0.1:")):
+            return int(addr.rsplit(":", 1)[1])
+    return None
+
+
 def selects(selector, labels):
     return bool(selector) and labels.items() >= selector.items()
 
@@ -178,7 +191,7 @@ def check(objs, cfg, root, configmap_names):
         a = [str(x) for x in c["args"]]
         need(a[0] == "worker", "%s: not a worker" % svc_name)
         need(arg(a, "--listen") == ["0.0.0.0:%d" % port], "%s: --listen %s, dns port %d" % (svc_name, arg(a, "--listen"), port))
-        need(c["readinessProbe"]["grpc"]["port"] == port, "%s: readiness probe port" % svc_name)
+        need(probe_port(c["readinessProbe"]) == port, "%s: readiness probe port" % svc_name)
         model = arg(a, "--model")
         need(model == [cfg["model"]], "%s: --model %s, cluster.json model %s" % (svc_name, model, cfg["model"]))
         vols = {v["name"]: v for v in ps.get("volumes", [])}
@@ -222,5 +235,51 @@ def check(objs, cfg, root, configmap_names):
         svc = svcs.get("mrank")
         need(svc is not None and listen_port in [p["port"] for p in svc["spec"]["ports"]],
              "Service mrank lacks the coordinator port %d" % listen_port)
-        need(c["readinessProbe"]["grpc"]["port"] == listen_port, "coordinator readiness probe port")
+        need(probe_port(c["readinessProbe"]) == listen_port, "coordinator readiness probe port")
     return fail
+
+
+def check_secure(objs, cfg, sec_cfg):
+    """The secure overlay: its cluster.json is the base's plus a "security" section and nothing
+    else; every file that section names sits on a read-only Secret mount of the coordinator;
+    every worker serves mTLS (--tls-cert/--tls-key/--tls-client-ca) from files on a read-only
+    Secret mount and signed by the same internal CA the coordinator trusts. Returns problems."""
+    probs = []
+    rest = {k: v for k, v in sec_cfg.items() if k != "security"}
+    if rest != cfg:
+        probs.append("secure cluster.json differs from the base's beyond its security section")
+    sec = sec_cfg.get("security", {})
+    if not (sec.get("tls") and sec.get("internal") and sec.get("api_keys")):
+        probs.append("secure cluster.json lacks tls, internal or api_keys")
+
+    def secret_mounts(pod):
+        vols = {v["name"]: v for v in pod["spec"]["template"]["spec"].get("volumes", [])}
+        c = pod["spec"]["template"]["spec"]["containers"][0]
+        return [vm["mountPath"].rstrip("/") + "/" for vm in c.get("volumeMounts", [])
+                if "secret" in vols.get(vm["name"], {}) and vm.get("readOnly") is True]
+
+    def on_secret(path, mounts):
+        return any(path.startswith(m) for m in mounts)
+
+    deps = {d["metadata"]["name"]: d for d in objs if d["kind"] == "Deployment"}
+    co = deps.get("mrank-coordinator")
+    files = [sec.get("api_keys", "")] + list(sec.get("tls", {}).values()) + \
+        list(sec.get("internal", {}).values())
+    if co:
+        m = secret_mounts(co)
+        for f in files:
+            if not on_secret(f, m):
+                probs.append("coordinator: %s is not on a read-only Secret mount" % f)
+    for name, d in deps.items():
+        if d["metadata"]["labels"].get("role") != "worker":
+            continue
+        a = [str(x) for x in d["spec"]["template"]["spec"]["containers"][0]["args"]]
+        m = secret_mounts(d)
+        for flag, want in (("--tls-cert", "cert"), ("--tls-key", "key"), ("--tls-client-ca", "ca")):
+            v = arg(a, flag)
+            if len(v) != 1 or not on_secret(v[0], m):
+                probs.append("%s: %s %s is not one file on a read-only Secret mount" % (name, flag, v))
+            elif v[0] != sec.get("internal", {}).get(want):
+                probs.append("%s: %s %s, the coordinator's internal %s is %s" %
+                             (name, flag, v[0], want, sec.get("internal", {}).get(want)))
+    return probs

@@ -17,7 +17,7 @@ if ! command -v node >/dev/null || [ ! -f "$dir/node_modules/kubernetes-models/p
   echo "SKIP: node or $dir/node_modules/kubernetes-models missing (scripts/setup.sh installs it): the schema validation DID NOT RUN"
   exit 77
 fi
-for v in base overlays/cpu overlays/gpu; do
+for v in base overlays/cpu overlays/gpu overlays/secure; do
   echo "== $v"
   kubectl kustomize "deploy/k8s/$v" |
     /usr/bin/python3 -c 'import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))' |
