@@ -70,6 +70,8 @@ typedef struct hreq {
     char authz[AUTH_MAX];
     mr_http_answer ans;
     char id[48];
+    mr_trace_ctx trace;           /* this request's SERVER span (traceparent header's child) */
+    uint64_t trace_start_ns;
     pthread_mutex_t mu;
     int state, suspended, orphan;
     unsigned status;
@@ -103,7 +105,20 @@ static void hreq_free(hreq *q) {
 }
 
 /* The answer, from any thread: stored, and the connection resumed if it was suspended. */
+/* The span name of a request's shape: its path. */
+static const char *http_shape_path(mr_http_shape s) {
+    return s == MR_HTTP_COHERE_V2 ? "POST /v2/rerank"
+         : s == MR_HTTP_COHERE_V1 ? "POST /v1/rerank" : "POST /rerank";
+}
+
 static void answer(hreq *q, unsigned status, char *json, double retry_ms) {
+    if (mr_trace_exporting()) {   /* the request's span, as rpc/server.c records a call's */
+        char code[48];
+        snprintf(code, sizeof code, "HTTP %u", json ? status : 500u);
+        const char *attrs[] = {"http.status_code", code + 5, NULL};
+        mr_trace_span(&q->trace, MR_SPAN_SERVER, http_shape_path(q->shape), q->trace_start_ns,
+                      mr_trace_now_ns(), status >= 400 || !json ? code : NULL, attrs);
+    }
     pthread_mutex_lock(&q->mu);
     q->status = json ? status : MHD_HTTP_INTERNAL_SERVER_ERROR;
     q->resp = json;
@@ -148,9 +163,10 @@ static void s_fail(void *ctx, grpc_status_code code, const char *msg, double ret
     answer(ctx, http_status(code), mr_http_json_error(msg, mr_rpc_status_name(code)), retry_ms);
 }
 
-/* HTTP requests are not traced yet (no span of their own): their stages start new traces */
+static const mr_trace_ctx *s_trace(void *ctx) { return &((hreq *)ctx)->trace; }
+
 static const mr__sink_ops k_http = {s_remaining, s_cancelled, s_metadata, s_write,
-                                    s_finish,    s_fail,      NULL};
+                                    s_finish,    s_fail,      s_trace};
 
 static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status, char *json,
                                  double retry_ms, const char *allow) {
@@ -233,6 +249,18 @@ static enum MHD_Result start(struct mr__http *h, struct MHD_Connection *conn, co
         if (end == to || *end || !(ms > 0) || ms > 1e9) q->bad_timeout = 1;
         else q->deadline = q->t0 + ms;
     }
+    /* W3C trace context from the headers, as gRPC metadata is read (rpc/server.c) */
+    const char *tp = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
+    mr_trace_ctx parent;
+    int have = tp && !mr_trace_parse(tp, &parent);
+    const char *ts = have ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "tracestate") : NULL;
+    if (have) {
+        parent.tracestate[0] = 0;
+        if (ts && strlen(ts) < sizeof parent.tracestate)   /* longer: dropped, not cut */
+            snprintf(parent.tracestate, sizeof parent.tracestate, "%s", ts);
+    }
+    mr_trace_child(have ? &parent : NULL, &q->trace);
+    q->trace_start_ns = mr_trace_now_ns();
     const char *az = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
     if (az) snprintf(q->authz, sizeof q->authz, "%s", az);
     snprintf(q->id, sizeof q->id, "mrank-%lx-%lu", (unsigned long)q->t0,

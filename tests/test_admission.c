@@ -383,99 +383,117 @@ static void test_overload(void **state) {
     mr_err err = {0};
     size_t len[2];
     uint8_t *req[2] = {pack_request("hi", &len[0]), pack_request("lo", &len[1])};
-
-    /* S: the median of N_SERVICE sequential requests on an idle coordinator (no budget) */
-    mr_coord *c = start_coord(w, 0, &port);
+    mr_coord *c = NULL;
     mr_rpc_channel *ch = NULL;
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
-    double svc[N_SERVICE];
-    for (int i = 0; i < N_SERVICE + 1; i++) {   /* the first one warms the connections up */
-        uint8_t *resp = NULL;
-        size_t rlen = 0;
-        grpc_status_code st;
-        char msg[256];
-        double t = now_ms();
-        if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req[0], len[0], 20000, &resp, &rlen, &st,
-                         msg, sizeof msg))
-            fail_msg("idle Rerank: status %d: %s", (int)st, msg);
-        free(resp);
-        if (i) svc[i - 1] = now_ms() - t;
-    }
-    qsort(svc, N_SERVICE, sizeof svc[0], cmp_double);
-    double S = svc[N_SERVICE / 2], budget = ceil(BUDGET_X * S);
-    mr_rpc_channel_free(ch);
-    mr_coord_free(c);
-
-    /* overload: 2 x N_EACH at once, interleaved hi, lo, after N_SERVICE sequential requests
-     * of each tier have taught the new coordinator their service times (steady state) */
-    c = start_coord(w, budget, &port);
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
-    for (int i = 0; i < 2 * N_SERVICE; i++) {
-        uint8_t *resp = NULL;
-        size_t rlen = 0;
-        grpc_status_code st;
-        char msg[256];
-        if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req[i % 2], len[i % 2], 20000, &resp,
-                         &rlen, &st, msg, sizeof msg))
-            fail_msg("warm-up Rerank: status %d: %s", (int)st, msg);
-        free(resp);
-    }
+    outcome *o = NULL;
+    double S = 0, budget = 0, refusal_p50 = 0;
+    int answered[2] = {0}, refused_at_arrival = 0;
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    int n_done = 0;
-    outcome *o = calloc(2 * N_EACH, sizeof *o);
-    assert_non_null(o);
-    /* the client deadline is far beyond the budget: only the coordinator's admission can make
-     * the answers come within it */
-    mr_rpc_opts opts = {.timeout_ms = 20 * budget + 20000, .wait_for_ready = 1};
-    for (int i = 0; i < 2 * N_EACH; i++) {
-        o[i] = (outcome){.mu = &mu, .n_done = &n_done, .t_sent = now_ms()};
-        assert_int_equal(mr_rpc_unary_async(ch, "/mrank.v1.Ranker/Rerank", req[i % 2],
-                                            len[i % 2], &opts, on_done, &o[i]),
-                         0);
-    }
-    for (int k = 0; k < 1200; k++) {   /* at most 60 s */
-        pthread_mutex_lock(&mu);
-        int d = n_done;
-        pthread_mutex_unlock(&mu);
-        if (d == 2 * N_EACH) break;
-        usleep(50000);
-    }
-    pthread_mutex_lock(&mu);
-    int all_done = n_done;
-    pthread_mutex_unlock(&mu);
-    assert_int_equal(all_done, 2 * N_EACH);
-
-    int answered[2] = {0}, refused_at_arrival = 0, other = 0;
-    double refusal_ms[2 * N_EACH], worst = 0;
-    for (int i = 0; i < 2 * N_EACH; i++) {
-        int tier = i % 2;
-        if (o[i].ms > worst) worst = o[i].ms;
-        if (o[i].ms > budget + SLACK_X * S)
-            fail_msg("request %d (%s): %s after %.1f ms, budget %.0f ms, S %.1f ms", i,
-                     tier ? "lo" : "hi", o[i].st ? o[i].msg : "answered", o[i].ms, budget, S);
-        if (o[i].st == GRPC_STATUS_OK) {
-            answered[tier]++;
-        } else if (o[i].st == GRPC_STATUS_RESOURCE_EXHAUSTED &&
-                   strstr(o[i].msg, "cannot finish within")) {
-            refusal_ms[refused_at_arrival++] = o[i].ms;
-        } else {
-            /* shed from the queue (displaced or expired), or started on an estimate that
-             * proved optimistic and ran out of budget: never another status */
-            other++;
-            if (o[i].st != GRPC_STATUS_RESOURCE_EXHAUSTED &&
-                o[i].st != GRPC_STATUS_DEADLINE_EXCEEDED)
-                fail_msg("request %d (%s): status %d: %s after %.1f ms", i, tier ? "lo" : "hi",
-                         (int)o[i].st, o[i].msg, o[i].ms);
+    /* A round whose S was measured at one machine speed and whose load ran at another (the
+     * suite's other tests start or stop between the two) answers nothing at all: every
+     * request looks too slow for a budget of 4 x S. It proves nothing either way and is run
+     * again with S measured anew, at most 3 rounds. */
+    for (int round = 0;; round++) {
+        /* S: the median of N_SERVICE sequential requests on an idle coordinator (no budget) */
+        c = start_coord(w, 0, &port);
+        snprintf(target, sizeof target, "127.0.0.1:%d", port);
+        assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+        double svc[N_SERVICE];
+        for (int i = 0; i < N_SERVICE + 1; i++) {   /* the first one warms the connections up */
+            uint8_t *resp = NULL;
+            size_t rlen = 0;
+            grpc_status_code st;
+            char msg[256];
+            double t = now_ms();
+            if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req[0], len[0], 20000, &resp, &rlen,
+                             &st,
+                             msg, sizeof msg))
+                fail_msg("idle Rerank: status %d: %s", (int)st, msg);
+            free(resp);
+            if (i) svc[i - 1] = now_ms() - t;
         }
+        qsort(svc, N_SERVICE, sizeof svc[0], cmp_double);
+        S = svc[N_SERVICE / 2];
+        budget = ceil(BUDGET_X * S);
+        mr_rpc_channel_free(ch);
+        mr_coord_free(c);
+
+        /* overload: 2 x N_EACH at once, interleaved hi, lo, after N_SERVICE sequential requests
+         * of each tier have taught the new coordinator their service times (steady state) */
+        c = start_coord(w, budget, &port);
+        snprintf(target, sizeof target, "127.0.0.1:%d", port);
+        assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+        for (int i = 0; i < 2 * N_SERVICE; i++) {
+            uint8_t *resp = NULL;
+            size_t rlen = 0;
+            grpc_status_code st;
+            char msg[256];
+            if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req[i % 2], len[i % 2], 20000, &resp,
+                             &rlen, &st, msg, sizeof msg))
+                fail_msg("warm-up Rerank: status %d: %s", (int)st, msg);
+            free(resp);
+        }
+        int n_done = 0;
+        o = calloc(2 * N_EACH, sizeof *o);
+        assert_non_null(o);
+        /* the client deadline is far beyond the budget: only the coordinator's admission can make
+         * the answers come within it */
+        mr_rpc_opts opts = {.timeout_ms = 20 * budget + 20000, .wait_for_ready = 1};
+        for (int i = 0; i < 2 * N_EACH; i++) {
+            o[i] = (outcome){.mu = &mu, .n_done = &n_done, .t_sent = now_ms()};
+            assert_int_equal(mr_rpc_unary_async(ch, "/mrank.v1.Ranker/Rerank", req[i % 2],
+                                                len[i % 2], &opts, on_done, &o[i]),
+                             0);
+        }
+        for (int k = 0; k < 1200; k++) {   /* at most 60 s */
+            pthread_mutex_lock(&mu);
+            int d = n_done;
+            pthread_mutex_unlock(&mu);
+            if (d == 2 * N_EACH) break;
+            usleep(50000);
+        }
+        pthread_mutex_lock(&mu);
+        int all_done = n_done;
+        pthread_mutex_unlock(&mu);
+        assert_int_equal(all_done, 2 * N_EACH);
+
+        answered[0] = answered[1] = refused_at_arrival = 0;
+        int other = 0;
+        double refusal_ms[2 * N_EACH], worst = 0;
+        for (int i = 0; i < 2 * N_EACH; i++) {
+            int tier = i % 2;
+            if (o[i].ms > worst) worst = o[i].ms;
+            if (o[i].ms > budget + SLACK_X * S)
+                fail_msg("request %d (%s): %s after %.1f ms, budget %.0f ms, S %.1f ms", i,
+                         tier ? "lo" : "hi", o[i].st ? o[i].msg : "answered", o[i].ms, budget, S);
+            if (o[i].st == GRPC_STATUS_OK) {
+                answered[tier]++;
+            } else if (o[i].st == GRPC_STATUS_RESOURCE_EXHAUSTED &&
+                       strstr(o[i].msg, "cannot finish within")) {
+                refusal_ms[refused_at_arrival++] = o[i].ms;
+            } else {
+                /* shed from the queue (displaced or expired), or started on an estimate that
+                 * proved optimistic and ran out of budget: never another status */
+                other++;
+                if (o[i].st != GRPC_STATUS_RESOURCE_EXHAUSTED &&
+                    o[i].st != GRPC_STATUS_DEADLINE_EXCEEDED)
+                    fail_msg("request %d (%s): status %d: %s after %.1f ms", i, tier ? "lo" : "hi",
+                             (int)o[i].st, o[i].msg, o[i].ms);
+            }
+        }
+        qsort(refusal_ms, (size_t)refused_at_arrival, sizeof refusal_ms[0], cmp_double);
+        refusal_p50 = refused_at_arrival ? refusal_ms[refused_at_arrival / 2] : 0;
+        fprintf(stderr, "# S %.1f ms, budget %.0f ms: answered hi %d/%d lo %d/%d; refused at "
+                "arrival "
+                "%d (median %.2f ms), shed or out of time later %d; slowest %.1f ms\n", S, budget,
+                answered[0], N_EACH, answered[1], N_EACH, refused_at_arrival, refusal_p50, other,
+                worst);
+        if (answered[0] + answered[1] > 0 || round == 2) break;
+        fprintf(stderr, "# nothing answered: the machine's speed moved; S measured again\n");
+        free(o);
+        mr_rpc_channel_free(ch);
+        mr_coord_free(c);
     }
-    qsort(refusal_ms, (size_t)refused_at_arrival, sizeof refusal_ms[0], cmp_double);
-    double refusal_p50 = refused_at_arrival ? refusal_ms[refused_at_arrival / 2] : 0;
-    fprintf(stderr, "# S %.1f ms, budget %.0f ms: answered hi %d/%d lo %d/%d; refused at arrival "
-            "%d (median %.2f ms), shed or out of time later %d; slowest %.1f ms\n", S, budget,
-            answered[0], N_EACH, answered[1], N_EACH, refused_at_arrival, refusal_p50, other,
-            worst);
     assert_true(answered[0] >= 1);
     assert_true(answered[0] > answered[1]);
     assert_true(refused_at_arrival >= N_EACH / 2);   /* the overload is real */

@@ -6,7 +6,8 @@
 #   client span -> SERVER /mrank.v1.Ranker/Rerank -> INTERNAL "stage full" -> CLIENT
 #   /mrank.v1.Worker/Score -> SERVER /mrank.v1.Worker/Score (the worker's), each hop a new
 #   span id; the client's tracestate is carried along. A malformed traceparent starts a new
-#   trace instead.
+#   trace instead. The same over HTTP: POST /v2/rerank with a traceparent header gets a SERVER
+#   span "POST /v2/rerank" under the client's span, and the stage span under it.
 # Usage: bash tests/tracing.sh path/to/mrank   (from the repo root)
 set -euo pipefail
 MRANK=$(readlink -f "${1:?usage: tracing.sh path/to/mrank}")
@@ -53,11 +54,11 @@ OTLP="http://127.0.0.1:$(cat "$work/collector.port")/v1/traces"
   --intermediate 128 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
   --start-layer 1 --dtype f32 --seed 1 --out "$work/model" >/dev/null
 base=$(( 20000 + (RANDOM % 2000) * 10 + 8 ))
-PC=$base; PW=$((base+1))
+PC=$base; PW=$((base+1)); PH=$((base+2))
 cat >"$work/cluster.json" <<JSON
 {
   "model": "$work/model",
-  "coordinator": {"metrics_port": 0, "otlp_endpoint": "$OTLP"},
+  "coordinator": {"metrics_port": 0, "otlp_endpoint": "$OTLP", "http_listen": "127.0.0.1:$PH"},
   "pools": [{"name": "full", "addresses": ["127.0.0.1:$PW"]}],
   "stages": [{"name": "full", "pool": "full", "depth": 4}],
   "profiles": [{"name": "p", "stages": [{"stage": "full"}]}],
@@ -92,10 +93,21 @@ call(req, timeout=60, metadata=[("traceparent", sys.argv[3]), ("tracestate", "ve
 req.request_id = "trace-test-2"
 call(req, timeout=60, metadata=[("traceparent", "00-zz-not-a-trace")])
 PYEOF
+HTRACE=0af7651916cd43dd8448eb211c80319c
+HPARENT=b7ad6b7169203331
+$PY - "$PH" "00-$HTRACE-$HPARENT-01" <<'PYEOF' || fail "HTTP rerank with traceparent"
+import http.client, json, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=60)
+c.request("POST", "/v2/rerank", json.dumps({"query": "what is a fox",
+          "documents": ["a fox is a small mammal", "paris is in france"]}),
+          {"Content-Type": "application/json", "traceparent": sys.argv[2]})
+r = c.getresponse()
+assert r.status == 200, (r.status, r.read())
+PYEOF
 # the exporters send within ~0.5 s; SIGTERM flushes what is left
 kill -TERM "$cpid"; wait "$cpid" || fail "coordinator exit $?"
 kill -TERM "$wpid"; wait "$wpid" || fail "worker exit $?"
-$PY - "$work/spans.jsonl" "$TRACE" "$PARENT" <<'PYEOF' || fail "spans: $(head -c 3000 "$work/spans.jsonl")"
+$PY - "$work/spans.jsonl" "$TRACE" "$PARENT" "$HTRACE" "$HPARENT" <<'PYEOF' || fail "spans: $(head -c 3000 "$work/spans.jsonl")"
 import json, sys
 path, trace, parent = sys.argv[1:4]
 spans = []
@@ -129,6 +141,14 @@ for s in (rerank, stage, call, score):
 # the malformed traceparent: a Rerank span of another trace, with no parent
 others = [s for s in spans if s["traceId"] != trace and s["name"] == "/mrank.v1.Ranker/Rerank"]
 assert others and "parentSpanId" not in others[0], others
+# HTTP: the request's span under the client's, the stage under it
+htrace, hparent = sys.argv[4:6]
+hs = [s for s in spans if s["traceId"] == htrace]
+hreq = [s for s in hs if s["name"] == "POST /v2/rerank" and s["kind"] == 2]
+hstage = [s for s in hs if s["name"] == "stage full" and s["kind"] == 1]
+assert len(hreq) == 1 and hreq[0]["parentSpanId"] == hparent, hs
+assert len(hstage) == 1 and hstage[0]["parentSpanId"] == hreq[0]["spanId"], hs
+print(f"ok: HTTP {hparent} -> POST /v2/rerank {hreq[0]['spanId']} -> stage {hstage[0]['spanId']}")
 print(f"ok: {len(spans)} spans; client {parent} -> Rerank {rerank['spanId']} -> stage "
       f"{stage['spanId']} -> Score call {call['spanId']} -> worker Score {score['spanId']}")
 PYEOF
