@@ -18,17 +18,8 @@ MRANK=$(readlink -f "$1")
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 RC="$PY tests/clients/rerank_client.py"
-work=$(mktemp -d /tmp/mr_e2e_XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f"; tail -5 "$f"; done >&2; exit 1; }
+. tests/lib/harness.bash
+mr_harness e2e
 t_start=$(date +%s)
 step() { echo "[$(( $(date +%s) - t_start ))s] $*"; }
 

@@ -14,17 +14,9 @@ PY=/usr/bin/python3
 for t in go protoc protoc-gen-go; do
   command -v $t >/dev/null || { echo "FAIL: needs $t (scripts/setup.sh installs it)"; exit 1; }
 done
-work=$(mktemp -d /tmp/mr_goc_XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f"; tail -8 "$f"; done >&2; exit 1; }
+. tests/lib/harness.bash
+mr_harness goc
+MR_FAIL_TAIL=8
 
 cache=${TMPDIR:-/tmp}/mrank-go-module
 bin=$cache/example_$(cat clients/go/go.mod clients/go/mrank/*.go clients/go/example/*.go \

@@ -13,17 +13,8 @@ cd "$(dirname "$0")/.."
 command -v promtool >/dev/null || { echo "SKIP: promtool not installed (Debian prometheus)"; exit 77; }
 command -v curl >/dev/null || { echo "FAIL: needs curl (scripts/setup.sh installs it)"; exit 1; }
 PY=/usr/bin/python3
-work=$(mktemp -d /tmp/mr_promtool_XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f"; tail -5 "$f"; done >&2; exit 1; }
+. tests/lib/harness.bash
+mr_harness promtool
 
 base=$(( 20000 + (RANDOM % 2000) * 10 + 7 ))
 PC=$base; PW=$((base+1)); PM=$((base+2)); PWM=$((base+3))

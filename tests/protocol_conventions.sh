@@ -16,17 +16,10 @@ cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 CC="$PY tests/clients/conventions_client.py"
 RC="$PY tests/clients/rerank_client.py"
-work=$(mktemp -d /tmp/mr_conv_XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log "$work"/*.watch; do echo "== $f"; tail -8 "$f"; done >&2 2>/dev/null; exit 1; }
+. tests/lib/harness.bash
+mr_harness conv
+MR_FAIL_TAIL=8
+MR_FAIL_EXTRA='*.watch'
 # wait_line FILE REGEX [TRIES [AFTER]]: polls (0.1 s) until a line of FILE after its first
 # AFTER lines matches
 wait_line() {

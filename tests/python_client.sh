@@ -11,17 +11,9 @@ MRANK=$(readlink -f "${1:?usage: python_client.sh path/to/mrank}")
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 BUILD=$(dirname "$MRANK")
-work=$(mktemp -d /tmp/mr_pyc_XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f"; tail -8 "$f"; done >&2; exit 1; }
+. tests/lib/harness.bash
+mr_harness pyc
+MR_FAIL_TAIL=8
 
 venv=$BUILD/pyclient-venv
 rm -rf "$venv" "$work/src"

@@ -10,17 +10,8 @@ set -euo pipefail
 MRANK=$(readlink -f "${1:?usage: structured_logs.sh path/to/mrank}")
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
-work=$(mktemp -d /tmp/mr_logs_XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f"; tail -5 "$f"; done >&2; exit 1; }
+. tests/lib/harness.bash
+mr_harness logs
 
 for bad in "--log-level loud" "--log-format xml"; do
   # shellcheck disable=SC2086

@@ -13,17 +13,8 @@ set -euo pipefail
 MRANK=$(readlink -f "${1:?usage: tracing.sh path/to/mrank}")
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
-work=$(mktemp -d /tmp/mr_trace_XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f"; tail -5 "$f"; done >&2; exit 1; }
+. tests/lib/harness.bash
+mr_harness trace
 
 # the collector: appends each POSTed body as one line to spans.jsonl, answers 200 {}
 $PY - "$work" >"$work/collector.log" 2>&1 <<'PYEOF' &
