@@ -12,8 +12,8 @@
  * rounded up from retry-after-ms). A request waiting for its answer suspends its connection
  * (MHD_suspend_connection), so no daemon thread blocks; the sink's answer, on whatever thread
  * gives it, resumes it. A suspended connection does not notice its client leaving; the
- * request ends at its deadline or budget. TLS with security.tls's certificate and key (read at
- * start; a renewed certificate needs a restart, unlike the gRPC port); with tls.client_ca a
+ * request ends at its deadline or budget. TLS with security.tls's certificate and key (re-read
+ * when their files change, http_tls.c, as the gRPC port's are); with tls.client_ca a
  * client certificate is required and checked against it (GnuTLS).
  *
  * Threads: the daemon's (MHD_OPTION_THREAD_POOL_SIZE) accept, read, parse and submit; the
@@ -36,6 +36,7 @@
 
 #include "coord_internal.h"
 #include "http_json.h"
+#include "http_tls.h"
 #include "prom.h"
 #include "rpc_status.h"
 #include "textfile.h"
@@ -49,7 +50,8 @@
 struct mr__http {
     mr_coord *co;
     struct MHD_Daemon *d;
-    char *cert, *key, *trust;     /* PEM text (MHD keeps pointers to them) */
+    char *trust;                  /* client CA PEM text (MHD keeps a pointer to it) */
+    int tls;                      /* http_tls.c holds the certificate */
     atomic_int stopping;
     atomic_int arriving;          /* requests between the stopping check and the scheduler */
     _Atomic double drain_until;   /* monotonic ms: in-flight requests cancelled after */
@@ -405,8 +407,7 @@ static int address(const char *listen, struct sockaddr_storage *sa, unsigned *fl
 
 static void http_free(struct mr__http *h) {
     if (!h) return;
-    free(h->cert);
-    free(h->key);
+    if (h->tls) mr__https_cert_stop();
     free(h->trust);
     free(h);
 }
@@ -425,17 +426,16 @@ int mr__http_start(mr_coord *c, int *port, mr_err *err) {
     const mr_cc_security *sec = &c->cfg.security;
     if (*sec->tls_cert) {
         flags |= MHD_USE_TLS;
-        if ((rc = mr__read_text(sec->tls_cert, PEM_LIMIT, &h->cert, NULL, err)) ||
-            (rc = mr__read_text(sec->tls_key, PEM_LIMIT, &h->key, NULL, err)) ||
-            (*sec->tls_client_ca &&
+        if (!(rc = mr__https_cert_start(sec->tls_cert, sec->tls_key, err))) h->tls = 1;
+        if (rc || (*sec->tls_client_ca &&
              (rc = mr__read_text(sec->tls_client_ca, PEM_LIMIT, &h->trust, NULL, err)))) {
             http_free(h);
             return rc;
         }
     }
     struct MHD_OptionItem tls[] = {
-        {h->cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, h->cert},
-        {MHD_OPTION_HTTPS_MEM_KEY, 0, h->key},
+        {h->tls ? MHD_OPTION_HTTPS_CERT_CALLBACK : MHD_OPTION_END, 0,
+         (void *)mr__https_cert_retrieve},
         {h->trust ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_END, 0, h->trust},
         {MHD_OPTION_END, 0, NULL}};
     h->d = MHD_start_daemon(

@@ -18,7 +18,8 @@
 #  d. no listener of the cluster on a wildcard address (ss -ltnp over its processes);
 #  e. an invalid request's error names stage and pool, never a worker address;
 #  f. rotation: the server certificate and key are replaced (rename, as cert-manager does)
-#     while requests keep going, each one answered; new connections see the new certificate;
+#     while requests keep going, each one answered; new connections see the new certificate,
+#     on the gRPC port and on the HTTPS port (coordinator/http_tls.c) alike;
 #  g. bad files: a missing certificate and a bad key file are refused at start with a message
 #     naming the file and the field.
 # Only loopback; every wait is bounded in count; everything started is killed on exit (trap).
@@ -247,6 +248,12 @@ subject() {
     openssl x509 -noout -subject 2>/dev/null || true
 }
 echo "$(subject)" | grep -q "mrank coordinator" || fail "served subject before rotation: $(subject)"
+hsubject() {   # the HTTPS port's certificate (HTTP/1.1, no ALPN)
+  timeout 10 openssl s_client -connect "${H#https://}" -servername localhost -CAfile "$C/ca.pem" \
+    -cert "$C/client.pem" -key "$C/client-key.pem" </dev/null 2>/dev/null |
+    openssl x509 -noout -subject 2>/dev/null || true
+}
+echo "$(hsubject)" | grep -q "mrank coordinator" || fail "HTTPS subject before rotation: $(hsubject)"
 # the new certificate: same CA, another name
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=mrank rotated" \
   -keyout "$work/new-key.pem" -out "$work/new.csr" 2>/dev/null
@@ -281,6 +288,14 @@ echo "$seen" | grep -q "mrank rotated" || fail "new connections still see: $seen
 grep -q "certificate files changed: reloaded" "$work/up.log" || fail "no reload in the log"
 rr "$work/out" "${MTLS[@]}" --api-key "$KEY_ALL" || fail "after rotation: $(cat "$work/out")"
 echo "ok: new connections get the rotated certificate; requests still answered"
+hseen=
+for _ in $(seq 1 20); do
+  hseen=$(hsubject)
+  echo "$hseen" | grep -q "mrank rotated" && break
+  sleep 0.5
+done
+echo "$hseen" | grep -q "mrank rotated" || fail "new HTTPS connections still see: $hseen"
+echo "ok: the HTTPS port serves the rotated certificate too, without a restart"
 
 step "g. bad files are refused at start, naming the file and field"
 $PY - "$work" <<'PYEOF'
