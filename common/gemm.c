@@ -59,9 +59,11 @@ int mr_gemm_resolve(const char *mode, int all_bf16, mr_gemm_path *out, mr_err *e
                               "gemm bf16 needs oneDNN (this build has MR_ONEDNN off)");
         *out = MR_GEMM_ONEDNN_BF16;
     } else if (!strcmp(mode, "auto")) {
-        *out = dnnl && all_bf16 && cpu_has_bf16() ? MR_GEMM_ONEDNN_BF16
-               : dnnl                              ? MR_GEMM_ONEDNN_F32
-                                                   : MR_GEMM_OPENBLAS_F32;
+        /* OpenBLAS until the oneDNN paths' mismatch with one OpenMP thread is found: the worker
+         * test under OMP_THREAD_LIMIT=1 scored -1.055 where the engine said -1.362 with
+         * onednn-f32 (exact with openblas-f32); oneDNN stays opt-in ("f32", "bf16") */
+        (void)all_bf16, (void)cpu_has_bf16;   /* the rule to restore: bf16 on such CPUs */
+        *out = MR_GEMM_OPENBLAS_F32;
     } else {
         return mr_err_set(err, MR_EINVAL, "gemm mode '%s': use auto, f32, bf16 or openblas",
                           mode);

@@ -577,6 +577,7 @@ static void test_prefix_sharing(void **state) {
             o.n_prune = 1;
             o.prune[0] = (mr_prune){.layer = 2, .top_k = 3};
         }
+        o.no_prefix_share = 0;   /* opt-in (mr_run_opts_init) */
         score(f, rows, 6, &o, shared);
         long long tl_shared = f->c.token_layers;
         assert_int_equal(f->c.n_groups, 2);

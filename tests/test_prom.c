@@ -20,6 +20,7 @@
 #include <netinet/in.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,8 +71,9 @@ static void test_long_text_grows(void **state) {
     free(s);
 }
 
+/* user: an atomic_int counting the calls (the endpoint's thread writes it, the test reads it) */
 static char *render(void *user) {
-    (*(int *)user)++;
+    atomic_fetch_add((atomic_int *)user, 1);
     return strdup("a_total 7\n");
 }
 
@@ -91,7 +93,8 @@ static void http(int port, const char *req, char *buf, size_t cap) {
 }
 
 static void test_endpoint(void **state) {
-    int calls = 0, port = -1;
+    atomic_int calls = 0;
+    int port = -1;
     mr_prom_http *h = NULL;
     mr_err err = {0};
     assert_int_equal(mr_prom_http_new(&h, 0, render, &calls, &port, &err), 0);
@@ -101,12 +104,12 @@ static void test_endpoint(void **state) {
     assert_non_null(strstr(buf, " 200 "));
     assert_non_null(strstr(buf, "text/plain; version=0.0.4"));
     assert_non_null(strstr(buf, "\r\n\r\na_total 7\n"));
-    assert_int_equal(calls, 1);
+    assert_int_equal(atomic_load(&calls), 1);
     http(port, "GET /other HTTP/1.0\r\n\r\n", buf, sizeof buf);
     assert_non_null(strstr(buf, " 404 "));
     http(port, "POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n", buf, sizeof buf);
     assert_non_null(strstr(buf, " 405 "));
-    assert_int_equal(calls, 1);
+    assert_int_equal(atomic_load(&calls), 1);
     mr_prom_http_free(h);
     assert_int_equal(mr_prom_http_new(&h, 70000, render, &calls, NULL, &err), MR_EINVAL);
     mr_prom_http_free(NULL);
@@ -161,7 +164,7 @@ static unsigned wait_connections(const mr_prom_http *h, unsigned n) {
     return c;
 }
 
-static mr_prom_http *start(unsigned timeout_s, unsigned max_conn, unsigned per_ip, int *calls,
+static mr_prom_http *start(unsigned timeout_s, unsigned max_conn, unsigned per_ip, atomic_int *calls,
                            int *port) {
     mr_prom_http_opts o;
     mr_prom_http_opts_init(&o);
@@ -183,7 +186,7 @@ static void test_opts(void **state) {
     assert_int_equal(o.max_per_ip, 16);
     mr_prom_http *h = NULL;
     mr_err err = {0};
-    int calls = 0;
+    atomic_int calls = 0;
     o.max_per_ip = 0;
     assert_int_equal(mr_prom_http_start(&h, &o, render, &calls, NULL, &err), MR_EINVAL);
     assert_non_null(strstr(err.msg, "at least 1"));
@@ -193,7 +196,8 @@ static void test_opts(void **state) {
 /* The server closes an idle connection after the timeout (1 s here), and no earlier than half
  * of it (a server that closed at once would fail; load only delays the close). */
 static void test_idle_timeout(void **state) {
-    int calls = 0, port = -1;
+    atomic_int calls = 0;
+    int port = -1;
     mr_prom_http *h = start(1, 64, 16, &calls, &port);
     double t0 = now_s();
     int fd = dial(port, "127.0.0.1");
@@ -216,7 +220,8 @@ static void test_idle_timeout(void **state) {
  * may time out before the GET arrives: the answer and the closes are what is checked). */
 static void test_connection_limit(void **state) {
     for (int timeout_case = 0; timeout_case < 2; timeout_case++) {
-        int calls = 0, port = -1;
+        atomic_int calls = 0;
+    int port = -1;
         mr_prom_http *h = start(timeout_case ? 2 : 60, 3, 16, &calls, &port);
         int idle[3];
         for (int i = 0; i < 3; i++) idle[i] = dial(port, "127.0.0.1");
@@ -227,12 +232,12 @@ static void test_connection_limit(void **state) {
             struct pollfd p = {.fd = fd, .events = POLLIN};
             /* the correct server does not accept it at all: no answer, however long we wait */
             assert_int_equal(poll(&p, 1, 500), 0);
-            assert_int_equal(calls, 0);
+            assert_int_equal(atomic_load(&calls), 0);
             close(idle[0]);
             idle[0] = -1;
         }
         assert_true(answered(fd));
-        assert_int_equal(calls, 1);
+        assert_int_equal(atomic_load(&calls), 1);
         for (int i = 0; i < 3; i++) {
             if (idle[i] < 0) continue;
             if (timeout_case) {
@@ -248,7 +253,8 @@ static void test_connection_limit(void **state) {
 /* One address at its own limit (2) has a third connection closed unanswered, while another
  * address is served; once its idle ones close, it is served again. */
 static void test_per_ip_limit(void **state) {
-    int calls = 0, port = -1;
+    atomic_int calls = 0;
+    int port = -1;
     mr_prom_http *h = start(60, 64, 2, &calls, &port);
     int idle[2] = {dial(port, "127.0.0.1"), dial(port, "127.0.0.1")};
     assert_int_equal(wait_connections(h, 2), 2);
@@ -260,7 +266,7 @@ static void test_per_ip_limit(void **state) {
     close(idle[1]);
     assert_int_equal(wait_connections(h, 0), 0);
     assert_true(answered((send_get(fd = dial(port, "127.0.0.1")), fd)));
-    assert_int_equal(calls, 2);
+    assert_int_equal(atomic_load(&calls), 2);
     mr_prom_http_free(h);
 }
 
@@ -278,7 +284,8 @@ static void test_high_descriptors(void **state) {
     int fill[1200], n = 0, fd;
     while (n < 1200 && (fd = open("/dev/null", O_RDONLY)) >= 0 && fd < 1200) fill[n++] = fd;
     assert_true(fd >= 1023);
-    int calls = 0, port = -1;
+    atomic_int calls = 0;
+    int port = -1;
     mr_prom_http *h = start(10, 64, 16, &calls, &port);
     int c = dial(port, "127.0.0.1");
     assert_true(c > 1023);
