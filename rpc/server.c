@@ -488,14 +488,19 @@ void mr_rpc_server_set_health(mr_rpc_server *s, const char *service, int serving
     pthread_mutex_unlock(&s->health_mu);
 }
 
-static void health_check(mr_rpc_call *c, void *user) {
-    mr_rpc_server *s = user;
+/* The HealthCheckRequest of c (Check and Watch share it), or NULL with c failed
+ * INVALID_ARGUMENT; the caller frees it. */
+static Grpc__Health__V1__HealthCheckRequest *health_request(mr_rpc_call *c) {
     Grpc__Health__V1__HealthCheckRequest *rq =
         grpc__health__v1__health_check_request__unpack(NULL, c->req_len, c->req);
-    if (!rq) {
-        mr_rpc_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
-        return;
-    }
+    if (!rq) mr_rpc_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
+    return rq;
+}
+
+static void health_check(mr_rpc_call *c, void *user) {
+    mr_rpc_server *s = user;
+    Grpc__Health__V1__HealthCheckRequest *rq = health_request(c);
+    if (!rq) return;
     int st = health_get(s, rq->service ? rq->service : "");
     if (st < 0) {
         char msg[300];
@@ -514,12 +519,8 @@ static void health_check(mr_rpc_call *c, void *user) {
  * thread, which writes the current status at once and every change after). */
 static void health_watch(mr_rpc_call *c, void *user) {
     mr_rpc_server *s = user;
-    Grpc__Health__V1__HealthCheckRequest *rq =
-        grpc__health__v1__health_check_request__unpack(NULL, c->req_len, c->req);
-    if (!rq) {
-        mr_rpc_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
-        return;
-    }
+    Grpc__Health__V1__HealthCheckRequest *rq = health_request(c);
+    if (!rq) return;
     watcher *w = xcalloc(1, sizeof *w);
     if (w) w->service = strdup(rq->service ? rq->service : "");
     grpc__health__v1__health_check_request__free_unpacked(rq, NULL);
