@@ -120,7 +120,10 @@ static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double rese
     s->rt->inflight_tl += s->token_layers;
     if (s->attempts == 0 && !s->hedge) mr_retry_budget_call(&c->pools[p].retry);
     pthread_mutex_unlock(&c->mu);
-    int can_retry = pr->n_ep > 1 || *c->cfg.pools[p].dns;
+    /* an attempt is cut short only where a retry has another replica to go to: a DNS pool
+     * that resolves to one address gives its lone replica the whole budget (a slow replica is
+     * not a failed one; a dead link is found by keepalive) */
+    int can_retry = mr__pool_parallelism(c, p) > 1;
     s->timeout_ms = mr_attempt_timeout_ms(s->est_ms, rem_ms, reserve_ms, can_retry);
     if (!(s->timeout_ms < NO_BUDGET_TIMEOUT_MS)) s->timeout_ms = NO_BUDGET_TIMEOUT_MS;
     mr_rpc_opts o = {.timeout_ms = s->timeout_ms > 1 ? s->timeout_ms : 1, .cancel = s->group,

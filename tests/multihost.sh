@@ -164,7 +164,7 @@ rate() { $PY -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["ok
 
 # ---- 1. one full replica ----
 [ "$(replicas)" = 1 ] || { echo "FAIL: the coordinator reports $(replicas) full replicas, DNS has 1"; exit 1; }
-load warmup >/dev/null || { echo "FAIL: warm-up load had errors"; exit 1; }
+load warmup || { echo "FAIL: warm-up load had errors"; exit 1; }
 load one || { echo "FAIL: errors with one replica"; exit 1; }
 
 # ---- 2. scale the full pool 1 -> 3 by adding records ----

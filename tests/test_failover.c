@@ -16,7 +16,8 @@
  * SIGSTOPped process) or to refuse every Score with RESOURCE_EXHAUSTED, and that count what
  * they see: a hung replica of two is ejected and every request is still answered by the other;
  * a full pool gets a bounded number of retries (the pool's retry budget), a one-replica pool
- * none; a client that cancels gets the coordinator's outstanding Score calls cancelled (the
+ * none; a lone replica behind a DNS name that turns slow still answers every request of a
+ * tier without a budget, with no retry; a client that cancels gets the coordinator's outstanding Score calls cancelled (the
  * fake workers see the cancellation before their calls' own deadlines); a short-budget tier
  * hedges a call stuck on a hung replica and cancels the losing copy; a full later stage gives
  * a degraded answer where the tier allows it. Every wait is bounded
@@ -222,7 +223,11 @@ static void test_failover(void **state) {
 
 /* ---- fake workers ---- */
 
-typedef enum fake_mode { FAKE_OK = 0, FAKE_HANG, FAKE_FULL } fake_mode;
+typedef enum fake_mode { FAKE_OK = 0, FAKE_HANG, FAKE_FULL, FAKE_SLOW } fake_mode;
+
+/* FAKE_SLOW's delay: well past an attempt timeout's floor (MR_ATTEMPT_FLOOR_MS) and past
+ * MR_ATTEMPT_EST_FACTOR x any estimate the fake's claimed compute_ms can give */
+#define FAKE_SLOW_MS 900
 
 typedef struct fake {
     mr_rpc_server *srv;
@@ -277,6 +282,7 @@ static void fake_score(mr_rpc_call *call, void *user) {
         mr_rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "fake worker: full");
         return;
     }
+    if (mode == FAKE_SLOW) usleep(FAKE_SLOW_MS * 1000);   /* then answers as usual */
     size_t len;
     const uint8_t *body = mr_rpc_call_request(call, &len);
     Mrank__V1__ScoreRequest *rq = mrank__v1__score_request__unpack(NULL, len, body);
@@ -442,6 +448,40 @@ static void test_full_pool(void **state) {
     mr_rpc_channel_free(ch);
     mr_coord_free(c);
     for (int i = 0; i < 3; i++) fake_free(f[i]);
+}
+
+/* A DNS pool that resolves to one address (a one-replica Deployment behind a headless
+ * Service) whose replica turns slow, each Score taking FAKE_SLOW_MS while it claims 1 ms: a
+ * tier without a budget still gets every answer, and no call is retried. An attempt timeout
+ * from the cost model (3x the estimate) is for moving a call to another replica; with no other
+ * one it would only turn a slow answer into an error (what multihost.sh's warm-up met in CI
+ * when the cores were busy). */
+static void test_slow_lone_replica(void **state) {
+    enum { N_SLOW = 3 };
+    fake *f = fake_start(1.0);
+    char json[1024];
+    snprintf(json, sizeof json,
+             "{\"limits\": {\"max_documents\": 16, \"max_tokens_per_pair\": 64},"
+             " \"pools\": [{\"name\": \"p\", \"dns\": \"dns:///127.0.0.1:%d\"}],"
+             " \"stages\": [{\"name\": \"full\", \"pool\": \"p\", \"depth\": 4}],"
+             " \"profiles\": [{\"name\": \"one\", \"stages\": [{\"stage\": \"full\"}]}],"
+             " \"tiers\": [{\"name\": \"t\", \"profile\": \"one\", \"budget_ms\": 0}]}",
+             f->port);
+    int port = 0, mport = 0;
+    mr_coord *c = start_coord(json, &port, &mport);
+    for (int i = 0; i < 100 && scrape_metric(mport, "mrank_coord_pool_replicas{pool=\"p\"}") != 1;
+         i++)
+        usleep(50000);   /* the prober's first DNS answer; at most 5 s */
+    assert_true(scrape_metric(mport, "mrank_coord_pool_replicas{pool=\"p\"}") == 1);
+    mr_rpc_channel *ch = channel_to(port);
+    atomic_store(&f->mode, FAKE_SLOW);
+    for (int k = 0; k < N_SLOW; k++) assert_int_equal(rerank_status(ch, "t"), GRPC_STATUS_OK);
+    fprintf(stderr, "# lone slow replica: %d requests answered, %.0f retries\n", N_SLOW,
+            coord_retries(mport));
+    assert_true(coord_retries(mport) == 0);
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    fake_free(f);
 }
 
 /* A tier with a short budget hedges: with one of two replicas hung, a call sent to it is sent
@@ -612,6 +652,7 @@ int main(void) {
         cmocka_unit_test(test_failover),
         cmocka_unit_test(test_hung_replica),
         cmocka_unit_test(test_full_pool),
+        cmocka_unit_test(test_slow_lone_replica),
         cmocka_unit_test(test_client_cancel),
         cmocka_unit_test(test_hedge),
         cmocka_unit_test(test_full_later_stage),
