@@ -133,8 +133,23 @@ int mr__rpc_reflection_answer(const uint8_t *req, size_t len, const char *const 
     char msg[300];
     int rc = MR_ENOMEM;
     if (!order || !seen || !files || !sr || !srp) goto done;
+    /* the echo carries the request's known fields only: protobuf-c keeps unknown fields and
+     * would pack them back, one of field number 0 included, which it then refuses to unpack
+     * (fuzz/crashes/fuzz_reflection-crash-dca88c7d) */
+    Grpc__Reflection__V1__ServerReflectionRequest echo = *rq;
+    Grpc__Reflection__V1__ExtensionRequest ext;
+    echo.base.n_unknown_fields = 0;
+    echo.base.unknown_fields = NULL;
+    if (rq->message_request_case ==
+            GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_EXTENSION &&
+        rq->file_containing_extension) {
+        ext = *rq->file_containing_extension;
+        ext.base.n_unknown_fields = 0;
+        ext.base.unknown_fields = NULL;
+        echo.file_containing_extension = &ext;
+    }
     resp.valid_host = rq->host;
-    resp.original_request = rq;
+    resp.original_request = &echo;
     int found = -1;
     const char *what = "";
     switch (rq->message_request_case) {

@@ -162,14 +162,33 @@ static void test_garbage(void **state) {
     assert_int_equal(mr__rpc_reflection_answer(bad, sizeof bad, k_services, 2, &out, &len),
                      MR_EFORMAT);
     assert_null(out);
+    /* unknown fields are not echoed: this request is one fixed32 field numbered 0 (a
+     * non-minimal tag protobuf-c accepts); packed back, protobuf-c refused the answer */
+    const uint8_t field0[] = {0x85, 0x00, 0x2a, 0x00, 0x2a, 0x00};
+    assert_int_equal(mr__rpc_reflection_answer(field0, sizeof field0, k_services, 2, &out, &len),
+                     0);
+    Grpc__Reflection__V1__ServerReflectionResponse *r =
+        grpc__reflection__v1__server_reflection_response__unpack(NULL, len, out);
+    assert_non_null(r);
+    assert_non_null(r->original_request);
+    assert_int_equal(r->original_request->base.n_unknown_fields, 0);
+    assert_int_equal(r->error_response->error_code, 3);
+    grpc__reflection__v1__server_reflection_response__free_unpacked(r, NULL);
+    free(out);
+    out = NULL;
     /* seeded random bytes: any outcome but a crash; 0 or MR_EFORMAT only */
-    uint64_t r = 7;
+    uint64_t seed = 7;
     uint8_t buf[64];
     for (int it = 0; it < 2000; it++) {
-        size_t n = (uint32_t)mr_prng_next(&r) % sizeof buf;
-        for (size_t i = 0; i < n; i++) buf[i] = (uint8_t)(uint32_t)mr_prng_next(&r);
+        size_t n = (uint32_t)mr_prng_next(&seed) % sizeof buf;
+        for (size_t i = 0; i < n; i++) buf[i] = (uint8_t)(uint32_t)mr_prng_next(&seed);
         int rc = mr__rpc_reflection_answer(buf, n, k_services, 2, &out, &len);
         assert_true(rc == 0 || rc == MR_EFORMAT);
+        if (!rc) {   /* every answer unpacks */
+            r = grpc__reflection__v1__server_reflection_response__unpack(NULL, len, out);
+            assert_non_null(r);
+            grpc__reflection__v1__server_reflection_response__free_unpacked(r, NULL);
+        }
         free(out);
         out = NULL;
     }
