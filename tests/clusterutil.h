@@ -1,10 +1,24 @@
 /* clusterutil.h: helpers shared by the in-process cluster tests (static functions, included by
- * each test file that needs them): a worker serving the bundled models/mrank-tiny on a loopback
+ * each test file that needs them): shared test documents and a worker serving the bundled models/mrank-tiny on a loopback
  * port, small enough for the sanitizer build. */
 #ifndef MR_CLUSTERUTIL_H
 #define MR_CLUSTERUTIL_H
 
 #include "worker.h"
+
+/* Eight short documents and a query for them: four about boundary layers and heat transfer,
+ * four off topic, so that a ranking of them by the tiny model is not a tie. */
+#define K_TINY_N_DOCS 8
+#define K_TINY_QUERY "boundary layer transition on a heated flat plate"
+static const char *const k_tiny_docs[K_TINY_N_DOCS] = {
+    "measurements of boundary layer transition on a flat plate with heat transfer .",
+    "the opera season opened with a new production and a famous tenor .",
+    "laminar boundary layers at supersonic speed with wall cooling .",
+    "the committee voted to raise taxes on imported grain .",
+    "heat transfer in a turbulent boundary layer on a heated plate .",
+    "a recipe for bread with flour , water , salt and yeast .",
+    "transition from laminar to turbulent flow in a pipe .",
+    "the river flooded the valley after a week of rain ."};
 
 /* A worker on 127.0.0.1:0 over models/mrank-tiny with one compute thread; fails the test on
  * error. */

@@ -16,29 +16,14 @@ PY=/usr/bin/python3
 . tests/lib/harness.bash
 mr_harness promtool
 
-base=$(( 20000 + (RANDOM % 2000) * 10 + 7 ))
-PC=$base; PW=$((base+1)); PM=$((base+2)); PWM=$((base+3))
-"$MRANK" init-checkpoint --arch mistral --layers 4 --hidden 64 --heads 4 --kv-heads 2 \
-  --intermediate 128 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
-  --start-layer 1 --dtype f32 --seed 1 --out "$work/model" >/dev/null
-cat >"$work/cluster.json" <<JSON
-{
-  "model": "$work/model",
-  "pools": [{"name": "full", "addresses": ["127.0.0.1:$PW"]}],
-  "stages": [{"name": "full", "pool": "full", "depth": 4}],
-  "profiles": [{"name": "p", "stages": [{"stage": "full"}]}],
-  "tiers": [{"name": "exact", "budget_ms": 0, "priority": 1, "profile": "p"}],
-  "default_tier": "exact"
-}
-JSON
-"$MRANK" worker --model "$work/model" --listen 127.0.0.1:$PW --metrics-port $PWM --threads 1 \
-  2>"$work/worker.log" &
-pids+=($!)
-"$MRANK" coordinator --config "$work/cluster.json" --listen 127.0.0.1:$PC --metrics-port $PM \
-  2>"$work/coord.log" &
-pids+=($!)
+mr_ports 7
+PM=$P2 PWM=$P3
+mr_tiny_model
+mr_tiny_config one ""
+mr_start_worker --metrics-port "$PWM"
+mr_start_coordinator --metrics-port "$PM"
+mr_wait_serving
 RC="$PY tests/clients/rerank_client.py"
-$RC wait 127.0.0.1:$PC --timeout 120 >/dev/null || fail "coordinator not SERVING in 120 s"
 printf 'a fox is a small mammal\nparis is in france\n' >"$work/docs.txt"
 $RC rerank 127.0.0.1:$PC --query "what is a fox" --docs "$work/docs.txt" --timeout 60 \
   >"$work/rerank.json" || fail "rerank: $(cat "$work/rerank.json")"

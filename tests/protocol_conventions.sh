@@ -30,31 +30,11 @@ wait_line() {
   return 1
 }
 
-base=$(( 20000 + (RANDOM % 2000) * 10 + 5 ))
-PC=$base; PW=$((base+1))
-"$MRANK" init-checkpoint --arch mistral --layers 4 --hidden 64 --heads 4 --kv-heads 2 \
-  --intermediate 128 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
-  --start-layer 1 --dtype f32 --seed 1 --out "$work/model" >/dev/null
-cat >"$work/cluster.json" <<JSON
-{
-  "model": "$work/model",
-  "coordinator": {"metrics_port": 0},
-  "pools": [{"name": "full", "addresses": ["127.0.0.1:$PW"]}],
-  "stages": [{"name": "full", "pool": "full", "depth": 4}],
-  "profiles": [{"name": "p", "stages": [{"stage": "full"}]}],
-  "tiers": [{"name": "exact", "budget_ms": 0, "priority": 1, "profile": "p"}],
-  "default_tier": "exact"
-}
-JSON
-start_worker() {
-  "$MRANK" worker --model "$work/model" --listen 127.0.0.1:$PW --threads 1 2>>"$work/worker.log" &
-  wpid=$!
-  pids+=($wpid)
-}
-start_worker
-"$MRANK" coordinator --config "$work/cluster.json" --listen 127.0.0.1:$PC 2>"$work/coord.log" &
-cpid=$!
-pids+=($cpid)
+mr_ports 5
+mr_tiny_model
+mr_tiny_config one
+mr_start_worker
+mr_start_coordinator
 for _ in $(seq 300); do grep -q "serving on port" "$work/coord.log" && break; sleep 0.1; done
 
 echo "-- Health/Watch"
@@ -73,7 +53,7 @@ before=$(wc -l <"$work/all.watch")
 kill -KILL "$wpid"; wait "$wpid" 2>/dev/null || true
 wait_line "$work/all.watch" '^NOT_SERVING$' 600 "$before" || fail "no NOT_SERVING after the worker died"
 before=$(wc -l <"$work/all.watch")
-start_worker
+mr_start_worker
 wait_line "$work/all.watch" '^SERVING$' 900 "$before" || fail "no SERVING once a worker is back"
 # only changes are sent: no two equal statuses in a row
 $PY - "$work/all.watch" <<'PYEOF' || fail "repeated status: $(cat "$work/all.watch")"

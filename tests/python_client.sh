@@ -23,28 +23,12 @@ MRANK_PROTO=$PWD/proto/mrank.proto "$venv/bin/pip" install -q --no-build-isolati
   --no-index "$work/src" >"$work/pip.log" 2>&1 || fail "pip install: $(tail -5 "$work/pip.log")"
 echo "ok: mrank-client installed into $venv"
 
-"$MRANK" init-checkpoint --arch mistral --layers 4 --hidden 64 --heads 4 --kv-heads 2 \
-  --intermediate 128 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
-  --start-layer 1 --dtype f32 --seed 1 --out "$work/model" >/dev/null
-base=$(( 20000 + (RANDOM % 2000) * 10 + 9 ))
-PC=$base; PW=$((base+1))
-cat >"$work/cluster.json" <<JSON
-{
-  "model": "$work/model",
-  "coordinator": {"metrics_port": 0},
-  "pools": [{"name": "full", "addresses": ["127.0.0.1:$PW"]}],
-  "stages": [{"name": "half", "pool": "full", "depth": 2}, {"name": "full", "pool": "full", "depth": 4}],
-  "profiles": [{"name": "p", "stages": [{"stage": "half", "keep_top_k": 2}, {"stage": "full"}]}],
-  "tiers": [{"name": "exact", "budget_ms": 0, "priority": 1, "profile": "p"}],
-  "default_tier": "exact"
-}
-JSON
-"$MRANK" worker --model "$work/model" --listen 127.0.0.1:$PW --threads 1 2>"$work/worker.log" &
-pids+=($!)
-"$MRANK" coordinator --config "$work/cluster.json" --listen 127.0.0.1:$PC 2>"$work/coord.log" &
-pids+=($!)
-$PY tests/clients/rerank_client.py wait 127.0.0.1:$PC --timeout 120 >/dev/null ||
-  fail "coordinator not SERVING"
+mr_ports 9
+mr_tiny_model
+mr_tiny_config two
+mr_start_worker
+mr_start_coordinator
+mr_wait_serving
 
 # run from elsewhere, with no protoc on PATH: the stubs must come from the installed package
 (cd "$work" && PATH="$venv/bin" "$venv/bin/python" - 127.0.0.1:$PC) <<'PYEOF' || fail "client"

@@ -21,22 +21,10 @@ for bad in "--log-level loud" "--log-format xml"; do
 done
 echo "ok: bad --log-level / --log-format refused (exit 2)"
 
-"$MRANK" init-checkpoint --arch mistral --layers 4 --hidden 64 --heads 4 --kv-heads 2 \
-  --intermediate 128 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
-  --start-layer 1 --dtype f32 --seed 1 --out "$work/model" >/dev/null
-base=$(( 20000 + (RANDOM % 2000) * 10 + 3 ))
-PC=$base; PW=$((base+1)); PW2=$((base+2))
-cat >"$work/cluster.json" <<JSON
-{
-  "model": "$work/model",
-  "coordinator": {"listen": "127.0.0.1:$PC", "metrics_port": 0},
-  "pools": [{"name": "full", "addresses": ["127.0.0.1:$PW"]}],
-  "stages": [{"name": "full", "pool": "full", "depth": 4}],
-  "profiles": [{"name": "p", "stages": [{"stage": "full"}]}],
-  "tiers": [{"name": "exact", "budget_ms": 0, "priority": 1, "profile": "p"}],
-  "default_tier": "exact"
-}
-JSON
+mr_ports 3
+PW2=$P2
+mr_tiny_model
+mr_tiny_config one '"listen": "127.0.0.1:'"$PC"'", "metrics_port": 0'
 
 # mrank up with json: its own lines and its children's (they share its stderr)
 "$MRANK" up --config "$work/cluster.json" --threads 1 --log-format json --log-level info \

@@ -253,7 +253,7 @@ static void test_adaptive_limit(void **state) {
 
 /* N_DOCS documents (the 8 texts repeated) make S long against the fixed cost of one gRPC call,
  * which is all a refusal costs */
-enum { N_TEXTS = 8, N_DOCS = 48, N_EACH = 30, N_SERVICE = 5 };
+enum { N_TEXTS = K_TINY_N_DOCS, N_DOCS = 48, N_EACH = 30, N_SERVICE = 5 };
 #define BUDGET_X 4.0     /* budget = 4 S: a handful of requests fit, most of 2 x 30 cannot */
 /* Answers are due by the budget; an admitted request that started just in time may overrun it
  * by the error of its service estimate and the scheduling noise of a shared 2-core machine:
@@ -267,15 +267,7 @@ enum { N_TEXTS = 8, N_DOCS = 48, N_EACH = 30, N_SERVICE = 5 };
  * never waited for a slot. */
 #define REFUSAL_X 1.0
 
-static const char *const docs[N_TEXTS] = {
-    "measurements of boundary layer transition on a flat plate with heat transfer .",
-    "the opera season opened with a new production and a famous tenor .",
-    "laminar boundary layers at supersonic speed with wall cooling .",
-    "the committee voted to raise taxes on imported grain .",
-    "heat transfer in a turbulent boundary layer on a heated plate .",
-    "a recipe for bread with flour , water , salt and yeast .",
-    "transition from laminar to turbulent flow in a pipe .",
-    "the river flooded the valley after a week of rain ."};
+static const char *const *const docs = k_tiny_docs;
 
 static double now_ms(void) {
     struct timespec ts;
@@ -291,7 +283,7 @@ static uint8_t *pack_request(const char *tier, size_t *len) {
         d[i].text = (char *)docs[i % N_TEXTS];
         dp[i] = &d[i];
     }
-    rq.query = "boundary layer transition on a heated flat plate";
+    rq.query = K_TINY_QUERY;
     rq.tier = (char *)tier;
     rq.n_documents = N_DOCS;
     rq.documents = dp;

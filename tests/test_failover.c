@@ -51,7 +51,7 @@
 #include "clusterutil.h"
 #include "metricsutil.h"
 
-enum { N_DOCS = 8, N_AFTER = 6 };
+enum { N_DOCS = K_TINY_N_DOCS, N_AFTER = 6 };
 
 /* Scores before and after the failure come from the same CPU engine on the same rows; only
  * the batches differ (the surviving worker may pack both halves of a request into one batch),
@@ -61,16 +61,8 @@ enum { N_DOCS = 8, N_AFTER = 6 };
  * off by 1e-2 or more. */
 #define SCORE_TOL 1e-5
 
-static const char *const docs[N_DOCS] = {
-    "measurements of boundary layer transition on a flat plate with heat transfer .",
-    "the opera season opened with a new production and a famous tenor .",
-    "laminar boundary layers at supersonic speed with wall cooling .",
-    "the committee voted to raise taxes on imported grain .",
-    "heat transfer in a turbulent boundary layer on a heated plate .",
-    "a recipe for bread with flour , water , salt and yeast .",
-    "transition from laminar to turbulent flow in a pipe .",
-    "the river flooded the valley after a week of rain ."};
-static const char *const query = "boundary layer transition on a heated flat plate";
+static const char *const *const docs = k_tiny_docs;
+static const char *const query = K_TINY_QUERY;
 
 /* A port that was free a moment ago (the coordinator's metrics endpoint takes no port 0). */
 static int free_port(void) {

@@ -41,31 +41,13 @@ pids+=($!)
 for _ in $(seq 100); do [ -s "$work/collector.port" ] && break; sleep 0.1; done
 OTLP="http://127.0.0.1:$(cat "$work/collector.port")/v1/traces"
 
-"$MRANK" init-checkpoint --arch mistral --layers 4 --hidden 64 --heads 4 --kv-heads 2 \
-  --intermediate 128 --vocab-from third_party/tokenizers/llama2/tokenizer.json \
-  --start-layer 1 --dtype f32 --seed 1 --out "$work/model" >/dev/null
-base=$(( 20000 + (RANDOM % 2000) * 10 + 8 ))
-PC=$base; PW=$((base+1)); PH=$((base+2))
-cat >"$work/cluster.json" <<JSON
-{
-  "model": "$work/model",
-  "coordinator": {"metrics_port": 0, "otlp_endpoint": "$OTLP", "http_listen": "127.0.0.1:$PH"},
-  "pools": [{"name": "full", "addresses": ["127.0.0.1:$PW"]}],
-  "stages": [{"name": "full", "pool": "full", "depth": 4}],
-  "profiles": [{"name": "p", "stages": [{"stage": "full"}]}],
-  "tiers": [{"name": "exact", "budget_ms": 0, "priority": 1, "profile": "p"}],
-  "default_tier": "exact"
-}
-JSON
-"$MRANK" worker --model "$work/model" --listen 127.0.0.1:$PW --threads 1 --otlp-endpoint "$OTLP" \
-  2>"$work/worker.log" &
-wpid=$!
-pids+=($wpid)
-"$MRANK" coordinator --config "$work/cluster.json" --listen 127.0.0.1:$PC 2>"$work/coord.log" &
-cpid=$!
-pids+=($cpid)
-$PY tests/clients/rerank_client.py wait 127.0.0.1:$PC --timeout 120 >/dev/null ||
-  fail "coordinator not SERVING"
+mr_ports 8
+PH=$P2
+mr_tiny_model
+mr_tiny_config one '"metrics_port": 0, "otlp_endpoint": "'"$OTLP"'", "http_listen": "127.0.0.1:'"$PH"'"'
+mr_start_worker --otlp-endpoint "$OTLP"
+mr_start_coordinator
+mr_wait_serving
 
 TRACE=4bf92f3577b34da6a3ce929d0e0e4736
 PARENT=00f067aa0ba902b7
