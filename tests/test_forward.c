@@ -6,6 +6,7 @@
  * reached unchanged; bad input is refused with a message. Numerical parity with the spec is checked
  * against the PyTorch oracle in tests/oracle_grid.sh. */
 #include <math.h>
+#include <omp.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -551,9 +552,15 @@ static void test_missing_tensor(void **state) {
  * unshared path's within BATCH_TOL (the same products in other GEMM row blocks) for several
  * exits, widths (mean and attention pooling, which pool passage tokens only) and pruning, and
  * the K/V token-layers drop by exactly the repeated prefixes. Two requests' queries (lengths 4
- * and 6) are interleaved in one batch. */
-static void test_prefix_sharing(void **state) {
-    fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
+ * and 6) are interleaved in one batch. Sharing is the default. Run on the GEMM path gemm with
+ * OpenMP's default team, or (one_thread) with teams of one while omp_get_max_threads() still
+ * says more (max-active-levels 0, as OMP_THREAD_LIMIT=1 does): oneDNN's sgemm then left parts
+ * of the bigger products unwritten and the shared and unshared scores differed by up to 2e-2. */
+static void check_prefix_sharing(const char *gemm, int one_thread) {
+    mr_model_opts mo = {.gemm = gemm};
+    fixture *f = make_fixture(MR_ARCH_LLAMA, &mo);
+    int saved_levels = omp_get_max_active_levels();
+    if (one_thread) omp_set_max_active_levels(0);
     static const int32_t qb[6] = {1, 10, 20, 21, 22, 12};
     mr_row rows[6];
     make_rows(rows, 6);
@@ -569,6 +576,7 @@ static void test_prefix_sharing(void **state) {
         mr_run_opts o;
         float shared[6 * 4], unshared[6 * 4];
         opts(&o, &f->m, 4, (int[]){1, 2, 3, 4});
+        assert_int_equal(o.no_prefix_share, 0); /* the default */
         o.ratio = cases[k].ratio;
         o.n_compress = cases[k].n_compress;
         memcpy(o.compress_layers, cases[k].layers, sizeof cases[k].layers);
@@ -577,7 +585,6 @@ static void test_prefix_sharing(void **state) {
             o.n_prune = 1;
             o.prune[0] = (mr_prune){.layer = 2, .top_k = 3};
         }
-        o.no_prefix_share = 0;   /* opt-in (mr_run_opts_init) */
         score(f, rows, 6, &o, shared);
         long long tl_shared = f->c.token_layers;
         assert_int_equal(f->c.n_groups, 2);
@@ -590,12 +597,24 @@ static void test_prefix_sharing(void **state) {
                 assert_true(isnan(shared[i])); /* pruned the same rows */
                 continue;
             }
-            assert_close(shared[i], unshared[i], BATCH_TOL, "shared prefix");
+            char what[96];
+            snprintf(what, sizeof what, "shared prefix (%s, %s team, case %zu)",
+                     mr_gemm_path_name(f->m.gemm), one_thread ? "one-thread" : "default", k);
+            assert_close(shared[i], unshared[i], BATCH_TOL, what);
         }
         /* 4 layers; repeated prefixes: query A 3 times (4 tokens), query B once (6 tokens) */
         assert_int_equal(tl_unshared - tl_shared, 4 * (3 * 4 + 1 * 6));
     }
+    omp_set_max_active_levels(saved_levels);
     free_fixture(f);
+}
+
+/* Every f32 GEMM path of this build ("f32" is OpenBLAS where oneDNN is not built), each with
+ * both team sizes. */
+static void test_prefix_sharing(void **state) {
+    static const char *const gemms[] = {"openblas", "f32"};
+    for (int g = 0; g < 2; g++)
+        for (int one = 0; one < 2; one++) check_prefix_sharing(gemms[g], one);
 }
 
 /* ---- GEMM paths (gemm.h) ---- */
