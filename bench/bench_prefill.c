@@ -63,7 +63,8 @@ static int run_ab(mr_ctx *c, const mr_model *m, const mr_row *rows, int n_rows, 
                   int reps, const char *ref_mode, const char *model_dir) {
     mr_run_opts o;
     mr_run_opts_init(&o, m);
-    float *sh = malloc(sizeof(float) * (size_t)n_rows), *un = malloc(sizeof(float) * (size_t)n_rows);
+    size_t nr = (size_t)n_rows;
+    float *sh = malloc(sizeof(float) * nr), *un = malloc(sizeof(float) * nr);
     double *ts = malloc(sizeof(double) * (size_t)reps), *tu = malloc(sizeof(double) * (size_t)reps),
            *ratio = malloc(sizeof(double) * (size_t)reps);
     if (!sh || !un || !ts || !tu || !ratio) return 1;

@@ -21,8 +21,8 @@ cmake --build build-asan -j"$jobs"
 # worker, the in-process coordinator with failover, and the coordinator's config and cascade
 # rules) under TSan, with the engine's forward pass and GEMM paths (test_forward, test_gemm:
 # ~10 s; with one-thread teams they check every GEMM path against a reference and shared
-# query prefixes against unshared ones); about a minute on 2 cores after the build. No suppressions: libgrpc, absl,
-# libgomp and OpenBLAS are not instrumented, so TSan cannot see their own synchronisation:
+# query prefixes against unshared ones); about a minute on 2 cores after the build. No
+# suppressions: libgrpc, absl, libgomp and OpenBLAS are not instrumented, so TSan cannot see their own synchronisation:
 # ignore_noninstrumented_modules skips the accesses made inside them (every access of mrank code
 # is still checked), rpc/tsan/grpc_hb.c annotates the tags gRPC's completion queues hand between
 # threads, and OMP_THREAD_LIMIT=1 runs the engine's OpenMP loops on one thread (libgomp's

@@ -124,8 +124,9 @@ static int check_path(mr_gemm_path p) {
              * omp_get_max_threads() is unchanged, as under OMP_THREAD_LIMIT=1 */
             omp_set_max_active_levels(run_single ? 0 : saved_levels);
             char what[64];
-            snprintf(what, sizeof what, "made with %s, run with %s team",
-                     made_single ? "one-thread" : "default", run_single ? "a one-thread" : "the default");
+            snprintf(what, sizeof what, "made with %s team, run with %s team",
+                     made_single ? "a one-thread" : "the default",
+                     run_single ? "a one-thread" : "the default");
             check_ctx(g, p, what);
         }
         omp_set_max_active_levels(saved_levels);

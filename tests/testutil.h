@@ -37,8 +37,8 @@ static inline void tiny_config(mr_config *c, mr_arch arch, mr_dtype dt) {
 
 /* Writes DIR as a rank-2 (alpha 4) PEFT adapter over n modules: A ~ 0.2 U[-1,1), B ~ bscale
  * U[-1,1) (bscale 0: an adapter that changes nothing). Fails the test on error. */
-static inline void write_random_adapter(const char *dir, int n, char (*names)[64], const int64_t *in,
-                                 const int64_t *out, float bscale) {
+static inline void write_random_adapter(const char *dir, int n, char (*names)[64],
+                                        const int64_t *in, const int64_t *out, float bscale) {
     enum { R = 2 };
     const char **mods = calloc((size_t)n, sizeof *mods);
     float **A = calloc((size_t)n, sizeof *A), **B = calloc((size_t)n, sizeof *B);
