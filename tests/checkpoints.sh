@@ -104,7 +104,9 @@ PY
     matroyshka-*) envs+=(CHEAP_PORT=$p1 CHEAP_METRICS=$m1 FULL_PORT=$p2 FULL_METRICS=$m2) ;;
     *) envs+=(LIGHT_PORT=$p1 LIGHT_METRICS=$m1 FULL_PORT=$p2 FULL_METRICS=$m2) ;;
   esac
-  env "${envs[@]}" setsid bash "$ex/workers.sh" "$MRANK" > "$work/workers.log" 2>&1 &
+  # two workers share the 2 CI cores: OpenMP threads that spin while waiting would take the
+  # cores from the worker that computes (the first warm-ups then ran past their deadline)
+  env "${envs[@]}" OMP_WAIT_POLICY=passive setsid bash "$ex/workers.sh" "$MRANK" > "$work/workers.log" 2>&1 &
   local wpid=$!
   pids+=("-$wpid")  # its own process group: the trap stops workers.sh and both workers
   "$MRANK" coordinator --config "$work/cluster.json" --drain-ms 1000 > "$work/coord.log" 2>&1 &
