@@ -545,6 +545,52 @@ static void test_missing_tensor(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* Sharded weights (model-0000i-of-0000n.safetensors + index, as transformers writes them and
+ * `init-checkpoint --release` does) load through the index and score exactly as one file with
+ * the same seed: the same bytes under the same names. */
+static void test_sharded_weights(void **state) {
+    mr_config cfg;
+    mr_err err = {0};
+    mr_model m1, m3;
+    mr_ctx c1, c3;
+    char d1[256], d3[256], path[600];
+    tiny_config(&cfg, MR_ARCH_GEMMA2, MR_DT_BF16);
+    snprintf(d1, sizeof d1, "%s/tfwd-one-%d", MR_BINARY_DIR, (int)getpid());
+    snprintf(d3, sizeof d3, "%s/tfwd-shards-%d", MR_BINARY_DIR, (int)getpid());
+    mkdir(d1, 0755);
+    mkdir(d3, 0755);
+    assert_int_equal(mr_seeded_write(&cfg, d1, 5, &err), 0);
+    snprintf(path, sizeof path, "%s/config.json", d3);
+    assert_int_equal(mr_config_save(&cfg, path, &err), 0);
+    assert_int_equal(mr_seeded_write_weights(&cfg, d3, 5, 3, &err), 0);
+    for (int k = 1; k <= 3; k++) {
+        struct stat st;
+        snprintf(path, sizeof path, "%s/model-%05d-of-00003.safetensors", d3, k);
+        assert_int_equal(stat(path, &st), 0);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", d3);
+    assert_int_not_equal(access(path, F_OK), 0);
+    if (mr_model_load(&m1, d1, NULL, &err) || mr_model_load(&m3, d3, NULL, &err))
+        fail_msg("load: %s", err.msg);
+    assert_int_equal(mr_ctx_init(&c1, &m1, 512, 16, 64, &err), 0);
+    assert_int_equal(mr_ctx_init(&c3, &m3, 512, 16, 64, &err), 0);
+    mr_row rows[3];
+    mr_run_opts o;
+    float a[3 * 2], b[3 * 2];
+    make_rows(rows, 3);
+    opts(&o, &m1, 2, (int[]){2, 4});
+    if (mr_model_score(&c1, rows, 3, &o, a, NULL, &err) ||
+        mr_model_score(&c3, rows, 3, &o, b, NULL, &err))
+        fail_msg("score: %s", err.msg);
+    for (int i = 0; i < 6; i++) assert_true(a[i] == b[i]);
+    mr_ctx_close(&c1);
+    mr_ctx_close(&c3);
+    mr_model_close(&m1);
+    mr_model_close(&m3);
+    snprintf(path, sizeof path, "rm -rf %s %s", d1, d3);
+    assert_int_equal(system(path), 0);
+}
+
 /* ---- query-prefix sharing ---- */
 
 /* Rows with identical query segments share one copy of it per pass: the scores equal the
@@ -669,6 +715,7 @@ int main(void) {
         cmocka_unit_test(test_lora_merged_equals_unmerged),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_missing_tensor),
+        cmocka_unit_test(test_sharded_weights),
         cmocka_unit_test(test_gemm_paths),
         cmocka_unit_test(test_prefix_sharing),
     };
