@@ -150,7 +150,8 @@ for prof in cfg["profiles"]:
         want = arch(stages[names[x["stage"]]])
         assert (x["depth"], x["compress_ratio"]) == want, (prof["name"], x, want)
     assert any(x["stage"] == len(names) - 1 for x in res), (prof["name"], "last stage unreached")
-    print(f"profile {prof['name']}: " + ", ".join(
+    print(f"profile {prof['name']} ({r['total_ms'] / 1000:.1f} s; " + ", ".join(
+        f"{st['name']} {st['ms'] / 1000:.1f} s" for st in r["stages"]) + "): " + ", ".join(
         f"doc {x['index']}: stage {names[x['stage']]} depth {x['depth']} r {x['compress_ratio']} "
         f"raw {x['raw_score']:.4f}" for x in sorted(res, key=lambda x: x["index"])))
 # adapters: the shallowest one-stage profile whose stage names adapters (one comparison per
