@@ -2,7 +2,7 @@
 # release_speed.sh: CPU speed of the released checkpoints' example stages (docs/checkpoints.md,
 # "Speed"). Writes the seeded stand-in of NAME (or uses DIR when given), then for every stage of
 # deploy/examples/NAME/cluster.json times `mrank score` at that stage's depth, width and adapters
-# on 8 pairs (one query, 8 passages of 30-60 words), twice: the first run pays reading the
+# on 8 pairs (one query, 8 passages of 30 to 42 words), twice: the first run pays reading the
 # weights that the page cache does not hold yet, the second is the steady state. Prints one line
 # per stage and run: wall seconds, pairs/s, tokens/s (tokens from `mrank tokenize`).
 # Usage: bench/release_speed.sh MRANK NAME [DIR]   (from the repository root; removes a stand-in
@@ -27,7 +27,7 @@ query = "what is the capital of France?"
 words = ("Paris is the capital and most populous city of France with an estimated population "
          "of two million residents in an area of more than one hundred square kilometres and "
          "a long history as a centre of finance diplomacy commerce fashion and science").split()
-passages = [" ".join(words[: 30 + 4 * i]) for i in range(8)]
+passages = [" ".join(words[: 30 + 4 * i]) for i in range(8)]  # 30..42 words: the list has 42
 tok_cmd = [mrank, "tokenize", "--model", d, "--query", query, "--json"]
 for p in passages:
     tok_cmd += ["--passage", p]
