@@ -11,10 +11,8 @@ set -euo pipefail
 M=$(readlink -f "$1")
 name=$2
 dir=${3:-}
-own=0
 if [ -z "$dir" ]; then
   dir=${MR_BIG_TMP:-/tmp}/mrank-speed-$name-$$
-  own=1
   trap 'rm -rf "$dir"' EXIT
   "$M" init-checkpoint --release "$name" --seed 7 --out "$dir" > /dev/null
 fi

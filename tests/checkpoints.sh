@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 RC="$PY tests/clients/rerank_client.py"
 big=${MR_BIG_TMP:-/tmp}
 mr_harness ckpt
-MR_FAIL_TAIL=20
+MR_FAIL_TAIL=20  # read by the harness's fail
 t0=$(date +%s)
 step() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
 releases=("$@")
@@ -101,8 +101,8 @@ PY
   # the pools in file order are the workers.sh ports in order (first: cheap/light, then full)
   local envs=(MODEL="$dir")
   case $name in
-    matroyshka-*) envs+=(CHEAP_PORT=$p1 CHEAP_METRICS=$m1 FULL_PORT=$p2 FULL_METRICS=$m2) ;;
-    *) envs+=(LIGHT_PORT=$p1 LIGHT_METRICS=$m1 FULL_PORT=$p2 FULL_METRICS=$m2) ;;
+    matroyshka-*) envs+=("CHEAP_PORT=$p1" "CHEAP_METRICS=$m1" "FULL_PORT=$p2" "FULL_METRICS=$m2") ;;
+    *) envs+=("LIGHT_PORT=$p1" "LIGHT_METRICS=$m1" "FULL_PORT=$p2" "FULL_METRICS=$m2") ;;
   esac
   # two workers share the 2 CI cores: OpenMP threads that spin while waiting would take the
   # cores from the worker that computes (the first warm-ups then ran past their deadline)
