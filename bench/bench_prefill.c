@@ -6,8 +6,15 @@
  * sharing on or off, tokens/s (N * L over the median wall time of the timed runs), the
  * token-layers through the K/V projections per pass, and the checksum of the scores. A warm-up
  * call on 2 rows precedes the timed runs.
- * Usage: bench_prefill MODEL [--rows N] [--len L] [--query Q] [--reps R] [--no-share] */
+ * --ab instead times shared and unshared runs alternately in the same process (the order
+ * flips every rep) and prints one JSON line with both medians, their ratio and the median of
+ * the per-rep ratios (shared / unshared time), the OpenMP team size, and the largest score
+ * difference shared vs unshared, relative to max(|unshared|, 1) (the tests' convention); with
+ * --ref MODE also against the same rows scored unshared on GEMM mode MODE (e.g. openblas).
+ * Usage: bench_prefill MODEL [--rows N] [--len L] [--query Q] [--reps R] [--no-share]
+ *                            [--ab [--ref MODE]] */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,13 +35,106 @@ static int cmp_d(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Largest |a - b| / max(|b|, 1) over n scores. */
+static double max_rel(const float *a, const float *b, int n) {
+    double m = 0;
+    for (int i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]) / fmax(fabs((double)b[i]), 1.0);
+        if (!(d <= m)) m = d; /* NaN wins */
+    }
+    return m;
+}
+
+/* Scores rows once with sharing on or off; the wall time in seconds, or -1 (message printed). */
+static double timed_score(mr_ctx *c, const mr_row *rows, int n, mr_run_opts *o, int share,
+                          float *scores) {
+    mr_err err = {0};
+    o->no_prefix_share = !share;
+    double t0 = now();
+    if (mr_model_score(c, rows, n, o, scores, NULL, &err)) {
+        fprintf(stderr, "score: %s\n", err.msg);
+        return -1;
+    }
+    return now() - t0;
+}
+
+/* --ab: see the header. Returns the exit status. */
+static int run_ab(mr_ctx *c, const mr_model *m, const mr_row *rows, int n_rows, int len,
+                  int reps, const char *ref_mode, const char *model_dir) {
+    mr_run_opts o;
+    mr_run_opts_init(&o, m);
+    size_t nr = (size_t)n_rows;
+    float *sh = malloc(sizeof(float) * nr), *un = malloc(sizeof(float) * nr);
+    double *ts = malloc(sizeof(double) * (size_t)reps), *tu = malloc(sizeof(double) * (size_t)reps),
+           *ratio = malloc(sizeof(double) * (size_t)reps);
+    if (!sh || !un || !ts || !tu || !ratio) return 1;
+    if (timed_score(c, rows, n_rows < 2 ? n_rows : 2, &o, 1, sh) < 0) return 1; /* warm-up */
+    long long tl_sh = 0, tl_un = 0;
+    for (int i = 0; i < reps; i++) {
+        for (int k = 0; k < 2; k++) {
+            int share = (i + k) % 2 == 0; /* shared first on even reps */
+            double t = timed_score(c, rows, n_rows, &o, share, share ? sh : un);
+            if (t < 0) return 1;
+            *(share ? &ts[i] : &tu[i]) = t;
+            *(share ? &tl_sh : &tl_un) = c->token_layers;
+        }
+        ratio[i] = ts[i] / tu[i];
+    }
+    double rel_ref = 0;
+    const char *ref_name = "";
+    if (ref_mode) {
+        mr_model rm;
+        mr_ctx rc;
+        mr_err err = {0};
+        mr_model_opts mo = {.gemm = ref_mode};
+        float *ref = malloc(sizeof(float) * (size_t)n_rows);
+        if (!ref || mr_model_load(&rm, model_dir, &mo, &err) ||
+            mr_ctx_init(&rc, &rm, c->max_tokens, c->max_rows, c->max_len, &err)) {
+            fprintf(stderr, "reference: %s\n", err.msg[0] ? err.msg : "out of memory");
+            return 1;
+        }
+        if (timed_score(&rc, rows, n_rows, &o, 0, ref) < 0) return 1;
+        ref_name = mr_gemm_path_name(rm.gemm);
+        rel_ref = max_rel(sh, ref, n_rows);
+        double rel_un = max_rel(un, ref, n_rows);
+        if (rel_un > rel_ref) rel_ref = rel_un;
+        mr_ctx_close(&rc);
+        mr_model_close(&rm);
+        free(ref);
+    }
+    int team = 0;
+#pragma omp parallel
+#pragma omp single
+    team = omp_get_num_threads();
+    double rel_share = max_rel(sh, un, n_rows);
+    qsort(ts, (size_t)reps, sizeof *ts, cmp_d);
+    qsort(tu, (size_t)reps, sizeof *tu, cmp_d);
+    qsort(ratio, (size_t)reps, sizeof *ratio, cmp_d);
+    printf("{\"gemm\":\"%s\",\"omp_team\":%d,\"rows\":%d,\"len\":%d,\"reps\":%d,"
+           "\"median_shared_s\":%.4f,\"median_unshared_s\":%.4f,\"ratio_of_medians\":%.3f,"
+           "\"median_ratio\":%.3f,\"token_layers_shared\":%lld,\"token_layers_unshared\":%lld,"
+           "\"max_rel_shared_vs_unshared\":%.3g",
+           mr_gemm_path_name(m->gemm), team, n_rows, len, reps, ts[reps / 2], tu[reps / 2],
+           ts[reps / 2] / tu[reps / 2], ratio[reps / 2], tl_sh, tl_un, rel_share);
+    if (ref_mode)
+        printf(",\"ref_gemm\":\"%s\",\"max_rel_vs_ref_unshared\":%.3g", ref_name, rel_ref);
+    printf("}\n");
+    free(sh);
+    free(un);
+    free(ts);
+    free(tu);
+    free(ratio);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_prefill MODEL [--rows N] [--len L] [--query Q] [--reps R]"
-                        " [--no-share]\n");
+                        " [--no-share] [--ab [--ref MODE]]\n");
         return 2;
     }
-    int n_rows = 64, len = 304, nq = 12, ns = 14, reps = 3, share = 1;
+    int n_rows = 64, len = 304, nq = 12, ns = 14, reps = 3, share = 1, ab = 0;
+    const char *ref_mode = NULL;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "0";
         if (!strcmp(a, "--rows")) n_rows = atoi(v), i++;
@@ -42,12 +142,18 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--query")) nq = atoi(v), i++;
         else if (!strcmp(a, "--reps")) reps = atoi(v), i++;
         else if (!strcmp(a, "--no-share")) share = 0;
+        else if (!strcmp(a, "--ab")) ab = 1;
+        else if (!strcmp(a, "--ref")) ref_mode = v, i++;
         else {
             fprintf(stderr, "unknown option %s\n", a);
             return 2;
         }
     }
     int np = len - nq - ns;
+    if (ref_mode && !ab) {
+        fprintf(stderr, "--ref needs --ab\n");
+        return 2;
+    }
     if (n_rows < 1 || np < 1 || reps < 1 || reps > 100) {
         fprintf(stderr, "bad sizes\n");
         return 2;
@@ -75,6 +181,16 @@ int main(int argc, char **argv) {
     ids[0] = 1; /* BOS */
     for (int r = 0; r < n_rows; r++)
         rows[r] = (mr_row){ids, nq, ids + nq + ns + (size_t)r * np, np, ids + nq, ns};
+    if (ab) {
+        int rc = run_ab(&c, &m, rows, n_rows, len, reps, ref_mode, argv[1]);
+        mr_ctx_close(&c);
+        mr_model_close(&m);
+        free(ids);
+        free(rows);
+        free(scores);
+        free(t);
+        return rc;
+    }
     mr_run_opts o;
     mr_run_opts_init(&o, &m);
     o.no_prefix_share = !share;

@@ -1,6 +1,8 @@
 /* cmd_init.c: `mrank init-checkpoint`: writes a seeded re-ranker checkpoint in the Hugging Face
  * format (config.json, model.safetensors via seeded.c, and a copy of the tokenizer.json whose
- * vocabulary sizes the embeddings) for tests and benchmarks. */
+ * vocabulary sizes the embeddings) for tests and benchmarks; with --release NAME, a seeded
+ * stand-in of a released BAAI checkpoint (release.c: its config.json, tensor names, shards
+ * and adapters). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "release.h"
 #include "safetensors.h"
 #include "seeded.h"
 #include "tokenizer.h"
@@ -38,13 +41,18 @@ done:
 }
 
 static void init_usage(FILE *f) {
-    fputs("usage: mrank init-checkpoint --arch mistral|qwen2|gemma2 --layers N --hidden H\n"
+    fprintf(f, "usage: mrank init-checkpoint --arch mistral|qwen2|gemma2 --layers N --hidden H\n"
           "         --heads A --kv-heads K --intermediate I --vocab-from TOKENIZER_JSON\n"
           "         --start-layer S --dtype f32|bf16 --seed N --out DIR\n"
           "       [--shape mistral-7b|gemma2-9b] [--head-dim D] [--sliding-window W]\n"
           "       [--layer-sep N]\n"
-          "--shape fills in the real sizes; explicit options given after it override them.\n",
-          f);
+          "   or: mrank init-checkpoint --release %s\n"
+          "         --out DIR [--seed N] [--dtype bf16|f32] [--shards N] [--vocab-from TOKENIZER_JSON]\n"
+          "--shape fills in the real sizes; explicit options given after it override them.\n"
+          "--release writes the release's config.json, tensor names, shards and PEFT adapters\n"
+          "with seeded values (dtype default bf16; shards default: as published) and a local\n"
+          "stand-in tokenizer (default under third_party/tokenizers/); see docs/checkpoints.md.\n",
+          mr_release_names());
 }
 
 static int apply_shape(mr_config *c, const char *shape) {
@@ -91,6 +99,33 @@ static int set_arch(mr_config *c, const char *arch) {
     return 0;
 }
 
+/* --release: the options that shape a checkpoint are the release's, not the caller's. */
+static int init_release(const char *name, const char *out, const char *vocab, int seed,
+                        mr_dtype dt, int shards) {
+    const mr_release *r = mr_release_find(name);
+    mr_err err = {0};
+    char path[1024];
+    if (!r) {
+        fprintf(stderr, "mrank init-checkpoint: --release: '%s' is not %s\n", name,
+                mr_release_names());
+        return 2;
+    }
+    if (!vocab) vocab = r->tokenizer;
+    if (strlen(out) > 900) {
+        fputs("mrank init-checkpoint: --out: path too long\n", stderr);
+        return 2;
+    }
+    if (mr_release_write(r, out, vocab, (uint64_t)seed, dt, shards, &err)) goto fail;
+    snprintf(path, sizeof path, "%s/tokenizer.json", out);
+    if (copy_file(vocab, path, &err)) goto fail;
+    printf("wrote %s (seeded stand-in of %s, %s, %d adapter(s); see %s/SEEDED)\n", out, r->repo,
+           mr_dtype_name(dt), r->n_adapters, out);
+    return 0;
+fail:
+    fprintf(stderr, "mrank init-checkpoint: %s\n", err.msg);
+    return 1;
+}
+
 int mr_cmd_init_checkpoint(int argc, char **argv) {
     static const struct option opts[] = {
         {"arch", 1, 0, 'a'},         {"layers", 1, 0, 'l'},        {"hidden", 1, 0, 'H'},
@@ -98,12 +133,13 @@ int mr_cmd_init_checkpoint(int argc, char **argv) {
         {"vocab-from", 1, 0, 'v'},   {"start-layer", 1, 0, 's'},   {"dtype", 1, 0, 'd'},
         {"seed", 1, 0, 'S'},         {"out", 1, 0, 'o'},           {"shape", 1, 0, 'x'},
         {"head-dim", 1, 0, 'D'},     {"sliding-window", 1, 0, 'w'}, {"layer-sep", 1, 0, 'p'},
-        {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
+        {"release", 1, 0, 'R'},      {"shards", 1, 0, 'N'},        {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     mr_config c = {.arch = MR_ARCH_LLAMA, .max_pos = 4096, .rope_theta = 10000,
                    .rms_eps = 1e-6f, .bos_token_id = 1, .start_layer = 1, .layer_sep = 1,
                    .dtype = MR_DT_F32};
-    const char *vocab = NULL, *out = NULL;
-    int seed = 0, ch, bad = 0, have_arch = 0;
+    const char *vocab = NULL, *out = NULL, *release = NULL;
+    int seed = 0, ch, bad = 0, have_arch = 0, have_dtype = 0, shards = 0;
     mr_err err = {0};
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1 && !bad) {
@@ -120,6 +156,8 @@ int mr_cmd_init_checkpoint(int argc, char **argv) {
         case 'D': bad = mr_cli_parse_int("--head-dim", optarg, &c.head_dim); break;
         case 'w': bad = mr_cli_parse_int("--sliding-window", optarg, &c.sliding_window); break;
         case 'p': bad = mr_cli_parse_int("--layer-sep", optarg, &c.layer_sep); break;
+        case 'R': release = optarg; break;
+        case 'N': bad = mr_cli_parse_int("--shards", optarg, &shards); break;
         case 'v': vocab = optarg; break;
         case 'o': out = optarg; break;
         case 'd':
@@ -128,10 +166,21 @@ int mr_cmd_init_checkpoint(int argc, char **argv) {
                         optarg);
                 bad = 1;
             }
+            have_dtype = 1;
             break;
         case 'h': init_usage(stdout); return 0;
         default: bad = 1;
         }
+    }
+    if (!bad && release) {
+        if (have_arch || optind < argc || !out) {
+            fputs("mrank init-checkpoint: --release takes --out, and no --arch or --shape\n",
+                  stderr);
+            init_usage(stderr);
+            return 2;
+        }
+        return init_release(release, out, vocab, seed, have_dtype ? c.dtype : MR_DT_BF16,
+                            shards);
     }
     if (bad || optind < argc || !have_arch || !vocab || !out) {
         if (!bad) fputs("mrank init-checkpoint: --arch (or --shape), --vocab-from and --out are "

@@ -36,6 +36,8 @@ static void worker_usage(FILE *f) {
           "  --metrics-port P          Prometheus /metrics over HTTP (0 = any free port)\n"
           "  --max-len N               token budget of query + passage (default 512)\n"
           "  --prompt TEXT             instruction appended to every pair\n"
+          "  --warm-up-rows N          rows of the start-up speed measurement, 0..8 (default 8;\n"
+          "                            0: none, for large models on small CPUs)\n"
           "  --drain-ms N              on SIGTERM, how long in-flight work may finish (default 10000)\n"
           "  --tls-cert FILE           serve TLS with this PEM certificate chain (re-read on change)\n"
           "  --tls-key FILE            its PEM private key\n"
@@ -59,7 +61,7 @@ int mr_cmd_worker(int argc, char **argv) {
         {"prompt", 1, 0, 'P'},         {"drain-ms", 1, 0, 'd'},
         {"max-request-bytes", 1, 0, 'R'},
         {"tls-cert", 1, 0, 'C'},       {"tls-key", 1, 0, 'K'},        {"tls-client-ca", 1, 0, 'A'},
-        {"otlp-endpoint", 1, 0, 'O'},
+        {"otlp-endpoint", 1, 0, 'O'},  {"warm-up-rows", 1, 0, 'W'},
         {"help", 0, 0, 'h'},           MR_CLI_LOG_OPTIONS,            {0, 0, 0, 0}};
     mr_worker_opts o;
     mr_worker_opts_default(&o);
@@ -106,6 +108,15 @@ int mr_cmd_worker(int argc, char **argv) {
         case 'M': if (mr_cli_parse_int("--metrics-port", optarg, &o.metrics_port)) goto done; break;
         case 'L': if (mr_cli_parse_int("--max-len", optarg, &o.max_len)) goto done; break;
         case 'P': o.prompt = optarg; break;
+        case 'W':
+            if (mr_cli_parse_int("--warm-up-rows", optarg, &o.warm_up_rows)) goto done;
+            if (o.warm_up_rows < 0 || o.warm_up_rows > 8) {
+                fprintf(stderr, "mrank worker: --warm-up-rows: %d is not in 0..8\n",
+                        o.warm_up_rows);
+                goto done;
+            }
+            if (!o.warm_up_rows) o.warm_up_rows = -1;
+            break;
         case 'R':
             if (mr_cli_parse_int("--max-request-bytes", optarg, &o.max_request_bytes)) goto done;
             break;

@@ -25,10 +25,7 @@ void mr_run_opts_init(mr_run_opts *o, const mr_model *m) {
     o->ratio = 1;
     o->pooling = MR_POOL_MEAN;
     o->adapter_mask = m->merged ? 0 : (uint32_t)((1ull << m->n_adapters) - 1);
-    /* query-prefix sharing is opt-in: with one OpenMP thread its scores differ from the
-     * unshared path by up to 2e-2 (test_forward's prefix case, OMP_THREAD_LIMIT=1), a bug not
-     * found yet; at 2 threads they agree to 1e-5 */
-    o->no_prefix_share = 1;
+    o->no_prefix_share = 0; /* query prefixes are shared */
 }
 
 int mr_run_opts_check(const mr_run_opts *o, const mr_model *m, mr_err *err) {

@@ -6,11 +6,20 @@
  * power of two up to max_m: a call of n rows runs as the blocks of n's binary expansion, each
  * pointing the block's objects at the caller's buffers (set_data_handle), so a call creates
  * nothing. Activations are rounded to bf16 (nearest even) into the context's buffer first;
- * accumulation and output are f32. */
+ * accumulation and output are f32.
+ *
+ * oneDNN (OpenMP runtime) splits a product into omp_get_max_threads() parts and runs them in
+ * one parallel region, part i on thread i, without checking the team it got: a team smaller
+ * than omp_get_max_threads() (OMP_THREAD_LIMIT, OMP_DYNAMIC, max-active-levels, a call inside
+ * a parallel region) leaves the other parts of y unwritten (half of it with 2 threads and
+ * OMP_THREAD_LIMIT=1). Every oneDNN call here therefore runs with the calling thread's
+ * nthreads-var set to the team a parallel region will really get (team_fit), and restored
+ * after. */
 #include "gemm.h"
 
 #include "kernels.h"
 
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,11 +68,10 @@ int mr_gemm_resolve(const char *mode, int all_bf16, mr_gemm_path *out, mr_err *e
                               "gemm bf16 needs oneDNN (this build has MR_ONEDNN off)");
         *out = MR_GEMM_ONEDNN_BF16;
     } else if (!strcmp(mode, "auto")) {
-        /* OpenBLAS until the oneDNN paths' mismatch with one OpenMP thread is found: the worker
-         * test under OMP_THREAD_LIMIT=1 scored -1.055 where the engine said -1.362 with
-         * onednn-f32 (exact with openblas-f32); oneDNN stays opt-in ("f32", "bf16") */
-        (void)all_bf16, (void)cpu_has_bf16;   /* the rule to restore: bf16 on such CPUs */
-        *out = MR_GEMM_OPENBLAS_F32;
+        /* the fastest path measured (docs/perf.md) that keeps the checkpoint's precision */
+        *out = dnnl && all_bf16 && cpu_has_bf16() ? MR_GEMM_ONEDNN_BF16
+               : dnnl                              ? MR_GEMM_ONEDNN_F32
+                                                   : MR_GEMM_OPENBLAS_F32;
     } else {
         return mr_err_set(err, MR_EINVAL, "gemm mode '%s': use auto, f32, bf16 or openblas",
                           mode);
@@ -72,6 +80,29 @@ int mr_gemm_resolve(const char *mode, int all_bf16, mr_gemm_path *out, mr_err *e
 }
 
 #ifdef MR_HAVE_ONEDNN
+/* The calling thread's OpenMP settings that team_fit changes, for team_unfit. */
+typedef struct team_saved {
+    int nthreads, dynamic;
+} team_saved;
+
+/* Makes omp_get_max_threads() in this thread equal the team the next parallel region gets:
+ * dynamic adjustment off (it may shrink any region), then nthreads-var capped by the thread
+ * limit, and 1 inside an active region or where max-active-levels allows none. */
+static team_saved team_fit(void) {
+    team_saved s = {omp_get_max_threads(), omp_get_dynamic()};
+    int n = s.nthreads, limit = omp_get_thread_limit();
+    if (s.dynamic) omp_set_dynamic(0);
+    if (n > limit) n = limit;
+    if (omp_in_parallel() || omp_get_active_level() >= omp_get_max_active_levels()) n = 1;
+    if (n != s.nthreads) omp_set_num_threads(n);
+    return s;
+}
+
+static void team_unfit(team_saved s) {
+    if (omp_get_max_threads() != s.nthreads) omp_set_num_threads(s.nthreads);
+    if (s.dynamic) omp_set_dynamic(1);
+}
+
 enum { MAX_BLOCKS = 31 }; /* row blocks 2^0 .. 2^30 */
 
 typedef struct gemm_shape {
@@ -176,7 +207,10 @@ int mr_gemm_ctx_new(mr_gemm_ctx **gp, mr_gemm_path p, const int (*shapes)[2], in
             gemm_shape *sh = &g->shapes[g->n_shapes++];
             sh->out = shapes[s][0];
             sh->in = shapes[s][1];
-            if (shape_init(g, sh)) {
+            team_saved ts = team_fit(); /* a primitive may fix its thread split here */
+            int bad = shape_init(g, sh);
+            team_unfit(ts);
+            if (bad) {
                 mr_gemm_ctx_free(g);
                 return mr_err_set(err, MR_EUNSUPPORTED,
                                   "oneDNN: no bf16 matmul for a (%d, %d) weight", shapes[s][0],
@@ -229,15 +263,24 @@ static int bf16_wt(mr_gemm_ctx *g, float *y, const float *x, const uint16_t *w, 
 int mr_gemm_wt(mr_gemm_ctx *g, float *y, const float *x, const void *w, int n, int in, int out) {
     if (n <= 0 || out <= 0) return 0;
     if (n > g->max_m) return MR_ERANGE;
+    int rc = 0;
     switch (g->path) {
 #ifdef MR_HAVE_ONEDNN
-    case MR_GEMM_ONEDNN_BF16: return bf16_wt(g, y, x, w, n, in, out);
-    case MR_GEMM_ONEDNN_F32:
-        /* oneDNN's BLAS-like sgemm is row-major */
-        return dnnl_sgemm('N', 'T', n, out, in, 1.0f, x, in, w, in, 0.0f, y, out) == dnnl_success
-                   ? 0
-                   : MR_EUNSUPPORTED;
-#endif
-    default: mr_matmul_wt(y, x, w, n, in, out, 0.0f); return 0;
+    case MR_GEMM_ONEDNN_BF16:
+    case MR_GEMM_ONEDNN_F32: {
+        team_saved ts = team_fit();
+        if (g->path == MR_GEMM_ONEDNN_BF16)
+            rc = bf16_wt(g, y, x, w, n, in, out);
+        else /* oneDNN's BLAS-like sgemm is row-major */
+            rc = dnnl_sgemm('N', 'T', n, out, in, 1.0f, x, in, w, in, 0.0f, y, out) ==
+                         dnnl_success
+                     ? 0
+                     : MR_EUNSUPPORTED;
+        team_unfit(ts);
+        break;
     }
+#endif
+    default: mr_matmul_wt(y, x, w, n, in, out, 0.0f);
+    }
+    return rc;
 }

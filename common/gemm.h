@@ -4,9 +4,9 @@
  * "onednn-f32" (oneDNN's sgemm, which picks the widest ISA present, e.g. AVX-512) and
  * "onednn-bf16" (oneDNN matmul with bf16 weights and bf16 activations, f32 accumulation and
  * output; AVX512-BF16 where the CPU has it). The oneDNN paths exist in builds with MR_ONEDNN
- * (CMake option, ON when libdnnl is found). A mode string picks one: "auto" (openblas-f32 for
- * now: the oneDNN paths disagree with the engine when OpenMP runs one thread, a bug not found
- * yet, so they are opt-in), "f32" (onednn-f32 when built, else openblas-f32), "bf16",
+ * (CMake option, ON when libdnnl is found). A mode string picks one: "auto" (bf16 when oneDNN is
+ * built, the CPU has AVX512-BF16 and the checkpoint's matrices are bf16; else onednn-f32 when
+ * built; else openblas-f32), "f32" (onednn-f32 when built, else openblas-f32), "bf16",
  * "openblas". Drift of each path against f32 is stated in docs/engine.md.
  *
  * A mr_gemm_ctx is per scoring context (per thread): it holds the primitives (one per weight

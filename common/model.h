@@ -129,9 +129,9 @@ typedef struct mr_run_opts {
      * must be cheap (it runs once per layer) and must not touch the context. */
     int (*stop)(void *stop_user, int layer);
     void *stop_user;
-    /* 1 (default): every row computes its own query prefix; 0: rows with identical query
-     * segments share one copy per pass (forward.c). Opt-in until a mismatch seen with one
-     * OpenMP thread is found (see mr_run_opts_init); not part of the sub-architecture. */
+    /* 1: every row computes its own query prefix (the unshared path, for tests and benches);
+     * 0 (default): rows with identical query segments share one copy per pass (forward.c).
+     * Not part of the sub-architecture either: scores are the same within fp tolerance. */
     int no_prefix_share;
 } mr_run_opts;
 

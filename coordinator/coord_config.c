@@ -487,6 +487,7 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
     c->max_inflight = 256;
     c->safety = 1.2;
     c->call_overhead_ms = 2.0;
+    c->warmup_timeout_ms = 60000;
     strcpy(c->listen, "127.0.0.1:7100");
     cJSON *root = cJSON_Parse(json);
     if (!root) {
@@ -526,7 +527,8 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
     }
     const cJSON *pl = cJSON_GetObjectItemCaseSensitive(root, "planning");
     if (pl && !cJSON_IsNull(pl)) {
-        static const char *const pk[] = {"safety", "call_overhead_ms", NULL};
+        static const char *const pk[] = {"safety", "call_overhead_ms", "warmup_timeout_ms",
+                                         NULL};
         if (!cJSON_IsObject(pl)) {
             rc = bad(&x, MR_EFORMAT, "planning", "expected an object");
             goto done;
@@ -534,7 +536,9 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
         if ((rc = check_keys(&x, pl, "planning", pk)) ||
             (rc = get_num(&x, pl, "planning", "safety", &c->safety, 1, 100, 0, NULL)) ||
             (rc = get_num(&x, pl, "planning", "call_overhead_ms", &c->call_overhead_ms, 0, 1e4,
-                          0, NULL)))
+                          0, NULL)) ||
+            (rc = get_int(&x, pl, "planning", "warmup_timeout_ms", &c->warmup_timeout_ms, 1000,
+                          3600000)))
             goto done;
     }
     PARSE_LIST("pools", pools, n_pools, MR_CC_MAX_POOLS,

@@ -99,6 +99,7 @@ typedef struct mr_coord_config {
     int max_documents, max_tokens_per_pair, max_request_bytes, max_inflight;
     double safety;                         /* run a stage when est * safety <= remaining */
     double call_overhead_ms;               /* cost model: fixed cost per Score round trip */
+    int warmup_timeout_ms;                 /* deadline of each warm-up Score call (probe.c) */
     int n_pools, n_stages, n_profiles, n_tiers;
     int default_tier;
     mr_cc_pool pools[MR_CC_MAX_POOLS];

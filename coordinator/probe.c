@@ -143,7 +143,8 @@ static int warm_up(mr_coord *c, int p, int e) {
             grpc_status_code code;
             char msg[256];
             double t0 = mr__now_ms();
-            if (mr_rpc_unary(c->pools[p].ep[e].ch, MR_METHOD_SCORE, buf, len, 60000, &resp,
+            if (mr_rpc_unary(c->pools[p].ep[e].ch, MR_METHOD_SCORE, buf, len,
+                             c->cfg.warmup_timeout_ms, &resp,
                              &rlen, &code, msg, sizeof msg)) {
                 mr_log(MR_LOG_WARN, "warm_up_failed", "warm-up of stage '%s' on %s: %s\n", st->name,
                         c->pools[p].ep[e].target, msg);

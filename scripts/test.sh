@@ -19,14 +19,16 @@ cmake --build build-asan -j"$jobs"
 
 # ThreadSanitizer build: the threaded tests (gRPC server and client, the metrics endpoint, the
 # worker, the in-process coordinator with failover, and the coordinator's config and cascade
-# rules) under TSan; about a minute on 2 cores after the build. No suppressions: libgrpc, absl,
-# libgomp and OpenBLAS are not instrumented, so TSan cannot see their own synchronisation:
+# rules) under TSan, with the engine's forward pass and GEMM paths (test_forward, test_gemm:
+# ~10 s; with one-thread teams they check every GEMM path against a reference and shared
+# query prefixes against unshared ones); about a minute on 2 cores after the build. No
+# suppressions: libgrpc, absl, libgomp and OpenBLAS are not instrumented, so TSan cannot see their own synchronisation:
 # ignore_noninstrumented_modules skips the accesses made inside them (every access of mrank code
 # is still checked), rpc/tsan/grpc_hb.c annotates the tags gRPC's completion queues hand between
 # threads, and OMP_THREAD_LIMIT=1 runs the engine's OpenMP loops on one thread (libgomp's
 # barriers are invisible to TSan; the loops are data-parallel and run threaded in the builds
 # above).
-tsan_tests="test_rpc test_prom test_worker test_failover test_coord_config test_cascade test_admission test_discovery test_security"
+tsan_tests="test_forward test_gemm test_rpc test_prom test_worker test_failover test_coord_config test_cascade test_admission test_discovery test_security"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMR_TSAN=ON -DMR_CUDA=OFF >/dev/null
 cmake --build build-tsan -j"$jobs" --target mrank $tsan_tests
 (cd build-tsan &&

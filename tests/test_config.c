@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "release.h"
 
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
     return remove(p);
@@ -186,6 +187,41 @@ static void test_gemma2_lightweight(void **state) {
     assert_int_equal(c.start_layer, 8);
     assert_int_equal(c.layer_sep, 1);
     assert_int_equal(c.dtype, MR_DT_F32);
+}
+
+/* The config texts `init-checkpoint --release` writes read as the releases' shapes (facts from
+ * their model cards and configs; docs/checkpoints.md), every published key included. */
+static void test_release_configs(void **state) {
+    mr_config c;
+    mr_err err = {0};
+    const mr_release *g = mr_release_find("bge-reranker-v2.5-gemma2-lightweight"),
+                     *m = mr_release_find("matroyshka-reranker-passage");
+    assert_non_null(g);
+    assert_non_null(m);
+    assert_null(mr_release_find("Matroyshka-ReRanker-passage"));
+    assert_null(mr_release_find(NULL));
+    assert_int_equal(load_str(&c, g->config_json, &err), 0);
+    assert_string_equal(c.model_type, "cost_wise_gemma");
+    assert_int_equal(c.arch, MR_ARCH_GEMMA2);
+    assert_true(c.n_layers == 42 && c.d_model == 3584 && c.head_dim == 256 && c.d_ff == 14336);
+    assert_true(c.n_heads == 16 && c.n_kv_heads == 8 && c.vocab_size == 256000);
+    assert_true(c.start_layer == 8 && c.layer_sep == 1 && c.layer_wise == 1);
+    assert_true(c.query_pre_attn_scalar == 256.0f && c.tie_word_embeddings == 1);
+    assert_int_equal(c.dtype, MR_DT_F32); /* the release is stored in float32 */
+    assert_int_equal(g->shards, 4);
+    assert_int_equal(g->n_adapters, 0);
+    cJSON *j = cJSON_Parse(g->config_json);
+    assert_non_null(j);
+    assert_int_equal(cJSON_GetArraySize(j), 34); /* every published key, no more */
+    cJSON_Delete(j);
+    assert_int_equal(load_str(&c, m->config_json, &err), 0);
+    assert_string_equal(c.model_type, "cost_wise_mistral");
+    assert_int_equal(c.arch, MR_ARCH_LLAMA);
+    assert_true(c.n_layers == 32 && c.d_model == 4096 && c.n_kv_heads == 8 && c.vocab_size == 32000);
+    assert_true(c.start_layer == 4 && c.layer_sep == 1 && c.layer_wise == 1);
+    assert_int_equal(m->n_adapters, 1);
+    assert_string_equal(m->adapters[0].subdir, "compensate/layer/full");
+    assert_true(m->adapters[0].rank == 32 && m->adapters[0].alpha == 64.0f);
 }
 
 static void test_gemma2_defaults(void **state) {
@@ -425,6 +461,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_mistral, setup, teardown),
         cmocka_unit_test_setup_teardown(test_qwen2_tf5, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gemma2_lightweight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_release_configs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gemma2_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_architectures_fallback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsupported, setup, teardown),

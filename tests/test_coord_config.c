@@ -21,7 +21,7 @@ static const char k_good[] =
     "  \"coordinator\": {\"listen\": \"127.0.0.1:7300\", \"metrics_port\": 9300},\n"
     "  \"limits\": {\"max_documents\": 500, \"max_tokens_per_pair\": 256,\n"
     "             \"max_request_bytes\": 1048576, \"max_inflight\": 8},\n"
-    "  \"planning\": {\"safety\": 1.5, \"call_overhead_ms\": 3},\n"
+    "  \"planning\": {\"safety\": 1.5, \"call_overhead_ms\": 3, \"warmup_timeout_ms\": 120000},\n"
     "  \"pools\": [\n"
     "    {\"name\": \"cheap\", \"addresses\": [\"127.0.0.1:7301\", \"127.0.0.1:7302\"],\n"
     "     \"adapters\": {\"width2\": \"adapters/w2\"}, \"min_per_call\": 4},\n"
@@ -59,6 +59,7 @@ static void test_good(void **state) {
     assert_int_equal(c->max_request_bytes, 1048576);
     assert_int_equal(c->max_inflight, 8);
     assert_true(c->safety == 1.5);
+    assert_int_equal(c->warmup_timeout_ms, 120000);
     assert_int_equal(c->n_pools, 2);
     assert_int_equal(c->pools[0].n_addrs, 2);
     assert_string_equal(c->pools[0].addrs[1], "127.0.0.1:7302");
@@ -112,6 +113,7 @@ static void test_defaults(void **state) {
     assert_int_equal(c->max_documents, 1000);
     assert_int_equal(c->max_tokens_per_pair, 512);
     assert_int_equal(c->default_tier, 0);
+    assert_int_equal(c->warmup_timeout_ms, 60000);
     assert_true(c->tiers[0].budget_ms == 0);
     assert_int_equal(c->profiles[0].stages[0].keep.top_k, 0);
     assert_string_equal(c->model, "");
@@ -119,8 +121,10 @@ static void test_defaults(void **state) {
 }
 
 static void test_shipped_local(void **state) {
-    static const char *const files[] = {MR_SOURCE_DIR "/deploy/local.json",
-                                        MR_SOURCE_DIR "/deploy/local-d8.json"};
+    static const char *const files[] = {
+        MR_SOURCE_DIR "/deploy/local.json", MR_SOURCE_DIR "/deploy/local-d8.json",
+        MR_SOURCE_DIR "/deploy/examples/bge-reranker-v2.5-gemma2-lightweight/cluster.json",
+        MR_SOURCE_DIR "/deploy/examples/matroyshka-reranker-passage/cluster.json"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         mr_coord_config *c = calloc(1, sizeof *c);
         mr_err err = {0};
@@ -170,6 +174,7 @@ static const bad_case k_bad[] = {
     {"\"budget_ms\": 150", "\"budget_ms\": -1", "tiers[0].budget_ms"},
     {"\"max_documents\": 500", "\"max_documents\": 0", "limits.max_documents"},
     {"\"safety\": 1.5", "\"safety\": 0.5", "planning.safety"},
+    {"\"warmup_timeout_ms\": 120000", "\"warmup_timeout_ms\": 500", "planning.warmup_timeout_ms"},
     {"\"metrics_port\": 9300", "\"metrics_port\": 70000", "coordinator.metrics_port"},
     {"\"default_tier\"", "\"defaults_tier\"", "defaults_tier: unknown key"},
     {"\"name\": \"fast\"", "\"name\": \"fa st\"", "stages[0].name: 'fa st' is not a name"},

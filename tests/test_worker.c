@@ -98,9 +98,12 @@ typedef struct wfix {
     mr_rpc_channel *ch;
 } wfix;
 
+static int g_warm_up_rows; /* mr_worker_opts.warm_up_rows of the next start_worker */
+
 static void start_worker(wfix *f, int max_batch, int max_wait, int max_inflight) {
     mr_worker_opts o;
     mr_worker_opts_default(&o);
+    o.warm_up_rows = g_warm_up_rows;
     o.model_dir = model_dir;
     o.listen = "127.0.0.1:0";
     o.compute_threads = 2;
@@ -546,6 +549,37 @@ static void test_refusals_do_not_wait_for_admitted(void **state) {
     stop_worker(&f);
 }
 
+/* --warm-up-rows 0 (warm_up_rows < 0): no start-up measurement, so Info reports speed 0
+ * (unknown; the coordinator's warm-up measures), and the worker still scores. */
+static void test_no_warm_up(void **state) {
+    wfix f;
+    g_warm_up_rows = -1;
+    start_worker(&f, 2048, 2, 65536);
+    g_warm_up_rows = 0;
+    uint8_t *resp;
+    size_t rlen, len;
+    grpc_status_code st;
+    char msg[512];
+    assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Info", NULL, 0, 5000, &resp, &rlen, &st,
+                                  msg, sizeof msg), 0);
+    Mrank__V1__WorkerInfoResponse *in = mrank__v1__worker_info_response__unpack(NULL, rlen, resp);
+    assert_non_null(in);
+    assert_true(in->ns_per_token_layer == 0);
+    mrank__v1__worker_info_response__free_unpacked(in, NULL);
+    free(resp);
+    uint8_t *req = pack_req("q", passages, 2, NULL, 0, 0, NULL, 0, &len);
+    assert_int_equal(mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", req, len, 10000, &resp, &rlen,
+                                  &st, msg, sizeof msg), 0);
+    assert_int_equal(st, GRPC_STATUS_OK);
+    Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
+    assert_non_null(r);
+    assert_int_equal(r->n_passages, 2);
+    mrank__v1__score_response__free_unpacked(r, NULL);
+    free(resp);
+    free(req);
+    stop_worker(&f);
+}
+
 static void test_info_and_drain(void **state) {
     wfix f;
     start_worker(&f, 2048, 300, 65536);
@@ -706,6 +740,7 @@ int main(void) {
         cmocka_unit_test(test_refusals_do_not_wait_for_admitted),
         cmocka_unit_test(test_cancel_drops_queued_rows),
         cmocka_unit_test(test_cancel_stops_running_pass),
+        cmocka_unit_test(test_no_warm_up),
         cmocka_unit_test(test_info_and_drain),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

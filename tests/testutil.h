@@ -1,6 +1,6 @@
-/* testutil.h: helpers shared by the engine's cmocka tests (static functions, included by each
- * test file that needs them): a small seeded random stream, a tiny model config, and a random
- * PEFT adapter writer. */
+/* testutil.h: helpers shared by the engine's cmocka tests (static inline functions, included by
+ * each test file that needs them, unused ones without a warning): a small seeded random stream,
+ * a tiny model config, and a random PEFT adapter writer. */
 #ifndef MR_TESTUTIL_H
 #define MR_TESTUTIL_H
 
@@ -12,14 +12,14 @@
 #include "lora.h"
 
 /* Uniform in [-1, 1) from a 32-bit LCG. */
-static float frand(unsigned *s) {
+static inline float frand(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
 /* A 4-layer, 32-wide model of arch (Gemma2 with its softcaps and a 5-token sliding window),
  * exits at every layer, vocabulary 64. */
-static void tiny_config(mr_config *c, mr_arch arch, mr_dtype dt) {
+static inline void tiny_config(mr_config *c, mr_arch arch, mr_dtype dt) {
     *c = (mr_config){.arch = arch, .n_layers = 4, .d_model = 32, .n_heads = 4, .n_kv_heads = 2,
                      .head_dim = 8, .d_ff = 48, .vocab_size = 64, .max_pos = 256,
                      .rope_theta = 10000, .rms_eps = 1e-6f, .bos_token_id = 1,
@@ -37,8 +37,8 @@ static void tiny_config(mr_config *c, mr_arch arch, mr_dtype dt) {
 
 /* Writes DIR as a rank-2 (alpha 4) PEFT adapter over n modules: A ~ 0.2 U[-1,1), B ~ bscale
  * U[-1,1) (bscale 0: an adapter that changes nothing). Fails the test on error. */
-static void write_random_adapter(const char *dir, int n, char (*names)[64], const int64_t *in,
-                                 const int64_t *out, float bscale) {
+static inline void write_random_adapter(const char *dir, int n, char (*names)[64],
+                                        const int64_t *in, const int64_t *out, float bscale) {
     enum { R = 2 };
     const char **mods = calloc((size_t)n, sizeof *mods);
     float **A = calloc((size_t)n, sizeof *A), **B = calloc((size_t)n, sizeof *B);

@@ -35,6 +35,9 @@ typedef struct mr_worker_opts {
     int max_request_bytes;       /* largest Score request; 0 -> MR_WORKER_MAX_REQUEST_BYTES */
     int metrics_port;            /* -1 off, 0 any free port */
     int max_len;                 /* 0 -> MR_DEFAULT_MAX_LEN */
+    int warm_up_rows;            /* rows of the start-up speed measurement: 0 -> 8; < 0 none
+                                    (Info then reports speed 0, unknown; the coordinator's own
+                                    warm-up measures each stage) */
     const char *prompt;          /* NULL -> MR_DEFAULT_PROMPT */
     const char *backend;         /* scorer backend (backend.h): NULL -> "cpu", or "cuda" */
     const char *gemm;            /* CPU GEMM mode (gemm.h): auto, f32, bf16, openblas; NULL ->
