@@ -1,9 +1,14 @@
 /* clusterutil.h: helpers shared by the in-process cluster tests (static functions, included by
- * each test file that needs them): shared test documents and a worker serving the bundled models/mrank-tiny on a loopback
- * port, small enough for the sanitizer build. */
+ * each test file that needs them, after cmocka.h): shared test documents, a Rerank request
+ * over them, and a worker serving the bundled models/mrank-tiny on a loopback port, small
+ * enough for the sanitizer build. */
 #ifndef MR_CLUSTERUTIL_H
 #define MR_CLUSTERUTIL_H
 
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "mrank.pb-c.h"
 #include "worker.h"
 
 /* Eight short documents and a query for them: four about boundary layers and heat transfer,
@@ -19,6 +24,29 @@ static const char *const k_tiny_docs[K_TINY_N_DOCS] = {
     "a recipe for bread with flour , water , salt and yeast .",
     "transition from laminar to turbulent flow in a pipe .",
     "the river flooded the valley after a week of rain ."};
+
+/* A packed RerankRequest (malloc'd, *len its size) of K_TINY_QUERY over n_docs documents, the
+ * eight of k_tiny_docs over and over, for tier ("" = the default). */
+static uint8_t *tiny_rerank_request(const char *tier, int n_docs, size_t *len) {
+    enum { MAX_DOCS = 64 };
+    Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
+    Mrank__V1__Document d[MAX_DOCS], *dp[MAX_DOCS];
+    assert_true(n_docs >= 0 && n_docs <= MAX_DOCS);
+    for (int i = 0; i < n_docs; i++) {
+        mrank__v1__document__init(&d[i]);
+        d[i].text = (char *)k_tiny_docs[i % K_TINY_N_DOCS];
+        dp[i] = &d[i];
+    }
+    rq.query = K_TINY_QUERY;
+    rq.tier = (char *)tier;
+    rq.n_documents = (size_t)n_docs;
+    rq.documents = dp;
+    *len = mrank__v1__rerank_request__get_packed_size(&rq);
+    uint8_t *buf = malloc(*len + 1);
+    assert_non_null(buf);
+    mrank__v1__rerank_request__pack(&rq, buf);
+    return buf;
+}
 
 /* A worker on 127.0.0.1:0 over models/mrank-tiny with one compute thread; fails the test on
  * error. */

@@ -267,31 +267,11 @@ enum { N_TEXTS = K_TINY_N_DOCS, N_DOCS = 48, N_EACH = 30, N_SERVICE = 5 };
  * never waited for a slot. */
 #define REFUSAL_X 1.0
 
-static const char *const *const docs = k_tiny_docs;
 
 static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static uint8_t *pack_request(const char *tier, size_t *len) {
-    Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
-    Mrank__V1__Document d[N_DOCS], *dp[N_DOCS];
-    for (int i = 0; i < N_DOCS; i++) {
-        mrank__v1__document__init(&d[i]);
-        d[i].text = (char *)docs[i % N_TEXTS];
-        dp[i] = &d[i];
-    }
-    rq.query = K_TINY_QUERY;
-    rq.tier = (char *)tier;
-    rq.n_documents = N_DOCS;
-    rq.documents = dp;
-    *len = mrank__v1__rerank_request__get_packed_size(&rq);
-    uint8_t *buf = malloc(*len + 1);
-    assert_non_null(buf);
-    mrank__v1__rerank_request__pack(&rq, buf);
-    return buf;
 }
 
 static mr_coord *start_coord(mr_worker **w, double budget_ms, int *port) {
@@ -374,7 +354,8 @@ static void test_overload(void **state) {
     char target[64];
     mr_err err = {0};
     size_t len[2];
-    uint8_t *req[2] = {pack_request("hi", &len[0]), pack_request("lo", &len[1])};
+    uint8_t *req[2] = {tiny_rerank_request("hi", N_DOCS, &len[0]),
+                      tiny_rerank_request("lo", N_DOCS, &len[1])};
     mr_coord *c = NULL;
     mr_rpc_channel *ch = NULL;
     outcome *o = NULL;

@@ -61,8 +61,6 @@ enum { N_DOCS = K_TINY_N_DOCS, N_AFTER = 6 };
  * off by 1e-2 or more. */
 #define SCORE_TOL 1e-5
 
-static const char *const *const docs = k_tiny_docs;
-static const char *const query = K_TINY_QUERY;
 
 /* A port that was free a moment ago (the coordinator's metrics endpoint takes no port 0). */
 static int free_port(void) {
@@ -86,30 +84,10 @@ typedef struct ranking {
     float score[N_DOCS];      /* raw score by document index */
 } ranking;
 
-/* A packed RerankRequest of the eight documents for tier ("" = default), malloc'd. */
-static uint8_t *rerank_request(const char *tier, size_t *len) {
-    Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
-    Mrank__V1__Document d[N_DOCS], *dp[N_DOCS];
-    for (int i = 0; i < N_DOCS; i++) {
-        mrank__v1__document__init(&d[i]);
-        d[i].text = (char *)docs[i];
-        dp[i] = &d[i];
-    }
-    rq.query = (char *)query;
-    rq.tier = (char *)tier;
-    rq.n_documents = N_DOCS;
-    rq.documents = dp;
-    *len = mrank__v1__rerank_request__get_packed_size(&rq);
-    uint8_t *req = malloc(*len + 1);
-    assert_non_null(req);
-    mrank__v1__rerank_request__pack(&rq, req);
-    return req;
-}
-
 /* One Rerank of the eight documents in tier; its status (the response is dropped). */
 static grpc_status_code rerank_status(mr_rpc_channel *ch, const char *tier) {
     size_t len, rlen = 0;
-    uint8_t *req = rerank_request(tier, &len), *resp = NULL;
+    uint8_t *req = tiny_rerank_request(tier, N_DOCS, &len), *resp = NULL;
     grpc_status_code st;
     char msg[512];
     mr_rpc_unary(ch, MR_METHOD_RERANK, req, len, 20000, &resp, &rlen, &st, msg, sizeof msg);
@@ -120,7 +98,7 @@ static grpc_status_code rerank_status(mr_rpc_channel *ch, const char *tier) {
 
 static void rerank(mr_rpc_channel *ch, ranking *out) {
     size_t len, rlen = 0;
-    uint8_t *req = rerank_request("", &len), *resp = NULL;
+    uint8_t *req = tiny_rerank_request("", N_DOCS, &len), *resp = NULL;
     grpc_status_code st;
     char msg[512];
     int rc = mr_rpc_unary(ch, MR_METHOD_RERANK, req, len, 20000, &resp, &rlen, &st, msg,
@@ -536,7 +514,7 @@ static void test_full_later_stage(void **state) {
     mr_rpc_channel *ch = channel_to(port);
     atomic_store(&f[1]->mode, FAKE_FULL);
     size_t len, rlen = 0;
-    uint8_t *req = rerank_request("soft", &len), *resp = NULL;
+    uint8_t *req = tiny_rerank_request("soft", N_DOCS, &len), *resp = NULL;
     grpc_status_code st;
     char msg[512];
     if (mr_rpc_unary(ch, MR_METHOD_RERANK, req, len, 20000, &resp, &rlen, &st, msg, sizeof msg))
@@ -592,7 +570,7 @@ static void test_client_cancel(void **state) {
     assert_int_equal(mr_rpc_cancel_new(&g), 0);
     client_done d = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, GRPC_STATUS_OK};
     size_t len;
-    uint8_t *req = rerank_request("t", &len);
+    uint8_t *req = tiny_rerank_request("t", N_DOCS, &len);
     mr_rpc_opts o = {.timeout_ms = 60000, .cancel = g};
     assert_int_equal(mr_rpc_unary_async(ch, MR_METHOD_RERANK, req, len, &o, on_client_done, &d),
                      0);
