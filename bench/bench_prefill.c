@@ -127,6 +127,34 @@ static int run_ab(mr_ctx *c, const mr_model *m, const mr_row *rows, int n_rows, 
     return 0;
 }
 
+/* Times n_rows rows reps times (after a warm-up on 2 rows: oneDNN's JIT, first touches), with
+ * query-prefix sharing on or off, and prints one JSON line: the median, tokens/s, token-layers
+ * and the score sum. 0, or 1 on a scoring error. */
+static int run_timed(mr_ctx *ctx, mr_model *m, const mr_row *rows, int n_rows, int len,
+                     int reps, int share, float *scores, double *t) {
+    mr_err err = {0};
+    mr_run_opts o;
+    mr_run_opts_init(&o, m);
+    o.no_prefix_share = !share;
+    for (int i = -1; i < reps; i++) { /* a warm-up on 2 rows (oneDNN's JIT, first touches) */
+        double t0 = now();
+        if (mr_model_score(ctx, rows, i < 0 && n_rows > 2 ? 2 : n_rows, &o, scores, NULL,
+                           &err)) {
+            fprintf(stderr, "score: %s\n", err.msg);
+            return 1;
+        }
+        if (i >= 0) t[i] = now() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_d);
+    double sum = 0;
+    for (int r = 0; r < n_rows; r++) sum += scores[r];
+    printf("{\"gemm\":\"%s\",\"share\":%d,\"rows\":%d,\"len\":%d,\"tokens_per_s\":%.1f,"
+           "\"median_s\":%.4f,\"token_layers\":%lld,\"score_sum\":%.6f}\n",
+           mr_gemm_path_name(m->gemm), share, n_rows, len, n_rows * len / t[reps / 2],
+           t[reps / 2], ctx->token_layers, sum);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_prefill MODEL [--rows N] [--len L] [--query Q] [--reps R]"
@@ -181,39 +209,13 @@ int main(int argc, char **argv) {
     ids[0] = 1; /* BOS */
     for (int r = 0; r < n_rows; r++)
         rows[r] = (mr_row){ids, nq, ids + nq + ns + (size_t)r * np, np, ids + nq, ns};
-    if (ab) {
-        int rc = run_ab(&c, &m, rows, n_rows, len, reps, ref_mode, argv[1]);
-        mr_ctx_close(&c);
-        mr_model_close(&m);
-        free(ids);
-        free(rows);
-        free(scores);
-        free(t);
-        return rc;
-    }
-    mr_run_opts o;
-    mr_run_opts_init(&o, &m);
-    o.no_prefix_share = !share;
-    for (int i = -1; i < reps; i++) { /* a warm-up on 2 rows (oneDNN's JIT, first touches) */
-        double t0 = now();
-        if (mr_model_score(&c, rows, i < 0 && n_rows > 2 ? 2 : n_rows, &o, scores, NULL, &err)) {
-            fprintf(stderr, "score: %s\n", err.msg);
-            return 1;
-        }
-        if (i >= 0) t[i] = now() - t0;
-    }
-    qsort(t, (size_t)reps, sizeof *t, cmp_d);
-    double sum = 0;
-    for (int r = 0; r < n_rows; r++) sum += scores[r];
-    printf("{\"gemm\":\"%s\",\"share\":%d,\"rows\":%d,\"len\":%d,\"tokens_per_s\":%.1f,"
-           "\"median_s\":%.4f,\"token_layers\":%lld,\"score_sum\":%.6f}\n",
-           mr_gemm_path_name(m.gemm), share, n_rows, len, n_rows * len / t[reps / 2],
-           t[reps / 2], c.token_layers, sum);
+    int rc = ab ? run_ab(&c, &m, rows, n_rows, len, reps, ref_mode, argv[1])
+                : run_timed(&c, &m, rows, n_rows, len, reps, share, scores, t);
     mr_ctx_close(&c);
     mr_model_close(&m);
     free(ids);
     free(rows);
     free(scores);
     free(t);
-    return 0;
+    return rc;
 }
