@@ -213,7 +213,8 @@ mr_stage_decision mr__plan_stage(mr__req *r, int pos, const int *active, int n_a
 /* The first stage over every document of r: its token-layers (the request's work) and in
  * *est_ms the cost model's estimate of the whole profile, every stage counted as if it kept
  * every candidate (a conservative seed until real service times are known); in *first_ms the
- * first stage's alone (the cheapest answer: a degraded one). */
+ * stages up to the first neural one (the cheapest answer the pools give: a degraded one; a
+ * profile's leading lexical stages alone are mr__rerank_serve_pool_free's answer). */
 double mr__plan_request(mr__req *r, double *est_ms, double *first_ms);
 /* One relax step of the cost model of profile stage pos (cascade.h: a stage not run for lack
  * of budget observes nothing). */
@@ -306,6 +307,15 @@ void mr__rerank_arrive(mr_coord *c, mr__sink sink, double t0, const uint8_t *bod
  * caller frees r. 1 when its first stage's Score calls went out, whatever the outcome (its time
  * is service time: a stage that ran out of budget says the cluster is slow), else 0. */
 int mr__rerank_serve(mr__req *r);
+/* Instead of refusing a request for time or load: when its tier allows degraded answers and
+ * its profile starts with pool-free (lexical) stages followed by others, answers it from those
+ * stages alone (degraded=true, the rest marked skipped; microseconds per candidate, on the
+ * calling thread) and records its metrics: 1 (the caller frees r). 0 when it cannot (or the
+ * client went away): the caller refuses r. */
+int mr__rerank_serve_pool_free(mr__req *r);
+/* The leading pool-free (lexical) stages of r's profile when its tier allows degraded answers
+ * and the profile has stages after them (mr__rerank_serve_pool_free can answer r), else 0. */
+int mr__rerank_pool_free(const mr_coord *c, const mr__req *r);
 /* Fails a request that never ran (code, msg; retry_ms > 0 adds the trailing metadata
  * "retry-after-ms") and records its metrics; the caller frees r. Never blocks. */
 void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, double retry_ms);

@@ -20,7 +20,7 @@ typedef struct stage_tier {
 typedef struct tier_ctr {
     unsigned long outcome[MR_OUT_N], degraded, deadline_misses;
     mr_prom_hist latency;
-    unsigned long refusals[MR_REFUSE_N];
+    unsigned long refusals[MR_REFUSE_N], lexical[MR_REFUSE_N];
     mr_prom_hist wait;
     long queued;
     double queued_ms;
@@ -198,10 +198,10 @@ void mr_coord_metrics_wait(mr_coord_metrics *m, int tier, double ms) {
     pthread_mutex_unlock(&m->mu);
 }
 
-void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why) {
+void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why, int lexical) {
     if (!m || !ok_idx(tier, m->cfg->n_tiers) || !ok_idx(why, MR_REFUSE_N)) return;
     pthread_mutex_lock(&m->mu);
-    m->tier[tier].refusals[why]++;
+    (lexical ? m->tier[tier].lexical : m->tier[tier].refusals)[why]++;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -366,6 +366,13 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
         for (int r = 0; r < MR_REFUSE_N; r++)
             mr_prom_printf(&b, "mrank_coord_refusals_total{tier=\"%s\",reason=\"%s\"} %lu\n",
                            c->tiers[t].name, k_refusal[r], m->tier[t].refusals[r]);
+    HELP("mrank_coord_lexical_answers_total", "counter",
+         "Requests answered from their profile's pool-free (lexical) stages alone instead of "
+         "refused, by tier and the reason they could not run the whole profile.");
+    for (int t = 0; t < c->n_tiers; t++)
+        for (int r = 0; r < MR_REFUSE_N; r++)
+            mr_prom_printf(&b, "mrank_coord_lexical_answers_total{tier=\"%s\",reason=\"%s\"} "
+                           "%lu\n", c->tiers[t].name, k_refusal[r], m->tier[t].lexical[r]);
     pthread_mutex_unlock(&m->mu);
     mr_prom_process(&b, "coordinator");
     return mr_prom_text_take(&b);

@@ -71,7 +71,10 @@ void mr_coord_metrics_replicas(mr_coord_metrics *m, int pool, int n);
 void mr_coord_metrics_queue(mr_coord_metrics *m, int tier, int n, double est_ms);
 /* Time a request of tier spent queued (from arrival until it started or was removed). */
 void mr_coord_metrics_wait(mr_coord_metrics *m, int tier, double ms);
-void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why);
+/* A request of tier could not run its whole profile for reason why: refused (lexical 0,
+ * mrank_coord_refusals_total) or answered from its pool-free stages instead (lexical 1,
+ * mrank_coord_lexical_answers_total). */
+void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why, int lexical);
 /* 1 while some stage's pool of profile (index into cfg->profiles) has no live replica. */
 void mr_coord_metrics_profile_impaired(mr_coord_metrics *m, int profile, int impaired);
 /* The admission queue's current concurrency limit. */

@@ -34,12 +34,14 @@ static double stage_cost(mr__req *r, int pos, const int *active, int n_active, d
 double mr__plan_request(mr__req *r, double *est_ms, double *first_ms) {
     int n_stages = r->co->cfg.profiles[r->profile].n_stages;
     double tl0 = 0;
-    *est_ms = 0;
+    *est_ms = *first_ms = 0;
     for (int pos = 0; pos < n_stages; pos++) {
         double ms, tl = stage_cost(r, pos, NULL, r->n, &ms);
-        if (tl0 == 0) tl0 = tl;   /* the work: the first neural stage's (a lexical one costs 0) */
-        if (pos == 0) *first_ms = ms;
         *est_ms += ms;
+        if (tl0 == 0) {   /* the work: the first neural stage's (a lexical one costs 0) */
+            tl0 = tl;
+            *first_ms = *est_ms;
+        }
     }
     return tl0;
 }

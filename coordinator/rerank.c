@@ -39,10 +39,10 @@ static void skip_rest(mr__req *r, int pos, int n_active, double ms) {
         mr__req_stat(r, q, q == pos ? n_active : 0, 0, q == pos ? ms : 0, 1);
 }
 
-/* Runs the cascade over the documents of r: 0 (with *degraded and *miss set) or -1 with
- * code and msg. */
-static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_status_code *code,
-                       char *msg, size_t cap) {
+/* Runs the first n_run stages of the cascade over the documents of r (the rest are skipped:
+ * a degraded answer): 0 (with *degraded and *miss set) or -1 with code and msg. */
+static int run_cascade(mr__req *r, int n_run, int stream, int *degraded, int *miss,
+                       grpc_status_code *code, char *msg, size_t cap) {
     const mr_cc_profile *pr = &r->co->cfg.profiles[r->profile];
     int allow_degraded = r->co->cfg.tiers[r->tier].allow_degraded;
     int *active = malloc((size_t)r->n * sizeof *active);
@@ -58,6 +58,11 @@ static int run_cascade(mr__req *r, int stream, int *degraded, int *miss, grpc_st
     int n_active = r->n;
     for (int pos = 0; pos < pr->n_stages && n_active > 0; pos++) {
         const mr_cc_stage *st = mr__req_stage(r, pos);
+        if (pos == n_run) {
+            *miss = *degraded = 1;
+            skip_rest(r, pos, n_active, 0);
+            break;
+        }
         if (r->sink.ops->cancelled(r->sink.ctx)) {
             *code = GRPC_STATUS_CANCELLED;
             snprintf(msg, cap, "cancelled by the client");
@@ -137,12 +142,13 @@ void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, doubl
                                        mr__now_ms() - r->t0);
 }
 
-int mr__rerank_serve(mr__req *r) {
+/* Answers r from the first n_run stages of its profile; returns r->fanned_out. */
+static int serve(mr__req *r, int n_run) {
     mr_coord *c = r->co;
     grpc_status_code code = GRPC_STATUS_OK;
     char msg[400] = "";
     int degraded = 0, miss = 0;
-    if (run_cascade(r, r->stream, &degraded, &miss, &code, msg, sizeof msg)) goto fail;
+    if (run_cascade(r, n_run, r->stream, &degraded, &miss, &code, msg, sizeof msg)) goto fail;
     size_t blen;
     uint8_t *buf = mr__wire_ranking(r, 1, degraded, &blen);
     if (!buf) {
@@ -161,6 +167,22 @@ fail:
     mr_coord_metrics_request(c->metrics, r->tier, outcome_of(code), miss, mr__now_ms() - r->t0);
 done:
     return r->fanned_out;
+}
+
+int mr__rerank_serve(mr__req *r) { return serve(r, r->co->cfg.profiles[r->profile].n_stages); }
+
+int mr__rerank_pool_free(const mr_coord *c, const mr__req *r) {
+    const mr_cc_profile *pr = &c->cfg.profiles[r->profile];
+    int n = 0;
+    while (n < pr->n_stages && c->cfg.stages[pr->stages[n].stage].kind == MR_CC_LEXICAL) n++;
+    return c->cfg.tiers[r->tier].allow_degraded && n < pr->n_stages ? n : 0;
+}
+
+int mr__rerank_serve_pool_free(mr__req *r) {
+    int n = mr__rerank_pool_free(r->co, r);
+    if (n == 0 || r->sink.ops->cancelled(r->sink.ctx)) return 0;
+    serve(r, n);
+    return 1;
 }
 
 /* Arrival (rpc queue thread or the HTTP daemon's): parse, estimate, hand to the scheduler. */

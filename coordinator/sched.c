@@ -67,9 +67,14 @@ static void admitted_free(mr__req *r) {
     req_free(r);
 }
 
-/* Fails r (see mr__rerank_refuse); the caller frees it. */
+/* Fails r (see mr__rerank_refuse), or answers it from its pool-free stages where its tier
+ * allows (mr__rerank_serve_pool_free); the caller frees it. */
 static void refuse(mr__req *r, mr_refusal why, double retry_ms) {
     mr_coord *c = r->co;
+    if (why != MR_REFUSE_CANCELLED && why != MR_REFUSE_STOPPING && mr__rerank_serve_pool_free(r)) {
+        mr_coord_metrics_refusal(c->metrics, r->tier, why, 1);
+        return;
+    }
     char msg[300];
     grpc_status_code code = GRPC_STATUS_RESOURCE_EXHAUSTED;
     double waited = mr__now_ms() - r->t0;
@@ -109,7 +114,7 @@ static void refuse(mr__req *r, mr_refusal why, double retry_ms) {
         retry_ms = 0;
         break;
     }
-    mr_coord_metrics_refusal(c->metrics, r->tier, why);
+    mr_coord_metrics_refusal(c->metrics, r->tier, why, 0);
     mr__rerank_refuse(r, code, msg, retry_ms);
 }
 
@@ -236,12 +241,14 @@ void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_
     double retry = 0;
     pthread_mutex_lock(&s->mu);
     r->qi.service_ms = mr_admq_service_ms(&s->q, r->tier, r->qi.work, fallback_ms);
-    /* a tier with degraded answers may answer after the first stage of a longer profile: its
-     * share of the cost model's estimate, applied to the service time learnt under the
-     * current load (the cost model alone ignores the other requests sharing the pools) */
+    /* a tier with degraded answers may answer after the first neural stage of a longer
+     * profile: its share of the cost model's estimate, applied to the service time learnt
+     * under the current load (the cost model alone ignores the other requests sharing the
+     * pools). Not where the profile starts with pool-free stages: what cannot run in full is
+     * better answered from them at once than queued for a late partial answer. */
     const mr_coord_config *cfg = &r->co->cfg;
     if (cfg->tiers[r->tier].allow_degraded && cfg->profiles[r->profile].n_stages > 1 &&
-        fallback_ms > 0)
+        fallback_ms > 0 && !mr__rerank_pool_free(r->co, r))
         r->qi.min_service_ms = r->qi.service_ms * fmin(first_ms / fallback_ms, 1);
     mr_admq_verdict v = s->stopping ? MR_ADMQ_FULL
                                     : mr_admq_offer(&s->q, &r->qi, now, displaced, 1, &n_disp,

@@ -15,8 +15,10 @@
  * back within S (median), the high tier's answered share is above the low tier's, and every
  * request gets its answer (any status) within its budget plus SLACK_X * S. No absolute times:
  * everything is a ratio of S measured in the same run. Then the health of service
- * "profile/one" goes from SERVING to NOT_SERVING once both workers are gone. Every wait is
- * bounded. */
+ * "profile/one" goes from SERVING to NOT_SERVING once both workers are gone. The third runs
+ * the same overload on a profile that starts with a lexical stage, both tiers allowing degraded
+ * answers: nothing is refused, what cannot run in full is answered from BM25 alone at once.
+ * Every wait is bounded. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
@@ -274,18 +276,25 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static mr_coord *start_coord(mr_worker **w, double budget_ms, int *port) {
-    char json[1536];
+/* A coordinator over the two workers with max_inflight 2 and tiers "hi" (priority 2) and "lo"
+ * (priority 1) of budget_ms each (0: none) on profile "one": the full model, after a lexical
+ * stage that keeps every candidate when lexical (both tiers then allow degraded answers). */
+static mr_coord *start_coord(mr_worker **w, double budget_ms, int lexical, int *port) {
+    char json[2048];
+    const char *deg = lexical ? ", \"allow_degraded\": true" : "";
     snprintf(json, sizeof json,
              "{\"limits\": {\"max_documents\": 64, \"max_tokens_per_pair\": 64,"
              " \"max_inflight\": 2},"
              " \"pools\": [{\"name\": \"p\", \"addresses\": [\"127.0.0.1:%d\", \"127.0.0.1:%d\"]}],"
-             " \"stages\": [{\"name\": \"full\", \"pool\": \"p\", \"depth\": 4}],"
-             " \"profiles\": [{\"name\": \"one\", \"stages\": [{\"stage\": \"full\"}]}],"
+             " \"stages\": [{\"name\": \"full\", \"pool\": \"p\", \"depth\": 4},"
+             " {\"name\": \"bm25\", \"kind\": \"lexical\"}],"
+             " \"profiles\": [{\"name\": \"one\", \"stages\": [%s{\"stage\": \"full\"}]}],"
              " \"tiers\": [{\"name\": \"hi\", \"priority\": 2, \"profile\": \"one\","
-             " \"budget_ms\": %.0f}, {\"name\": \"lo\", \"priority\": 1, \"profile\": \"one\","
-             " \"budget_ms\": %.0f}], \"default_tier\": \"lo\"}",
-             mr_worker_port(w[0]), mr_worker_port(w[1]), budget_ms, budget_ms);
+             " \"budget_ms\": %.0f%s}, {\"name\": \"lo\", \"priority\": 1, \"profile\": \"one\","
+             " \"budget_ms\": %.0f%s}], \"default_tier\": \"lo\"}",
+             mr_worker_port(w[0]), mr_worker_port(w[1]),
+             lexical ? "{\"stage\": \"bm25\", \"keep_top_k\": 64}, " : "", budget_ms, deg,
+             budget_ms, deg);
     mr_coord_config *cfg = calloc(1, sizeof *cfg);
     mr_coord *c = NULL;
     mr_err err = {0};
@@ -299,27 +308,103 @@ static mr_coord *start_coord(mr_worker **w, double budget_ms, int *port) {
     return c;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 typedef struct outcome {
     pthread_mutex_t *mu;
     int *n_done;
     double t_sent, ms;
     grpc_status_code st;
     char msg[200];
-    int done;
+    int done, degraded, lexical_only;   /* lexical_only: only stage "bm25" ran */
 } outcome;
 
 static void on_done(void *user, grpc_status_code st, const char *msg, const uint8_t *resp,
                     size_t resp_len) {
-    (void)resp;
-    (void)resp_len;
     outcome *o = user;
+    Mrank__V1__RerankResponse *r =
+        st == GRPC_STATUS_OK ? mrank__v1__rerank_response__unpack(NULL, resp_len, resp) : NULL;
     pthread_mutex_lock(o->mu);
     o->ms = now_ms() - o->t_sent;
     o->st = st;
     snprintf(o->msg, sizeof o->msg, "%s", msg ? msg : "");
+    if (r) {
+        o->degraded = r->degraded;
+        o->lexical_only = r->n_stages == 2 && !strcmp(r->stages[0]->name, "bm25") &&
+                          !r->stages[0]->skipped && r->stages[1]->skipped;
+    } else if (st == GRPC_STATUS_OK) {
+        snprintf(o->msg, sizeof o->msg, "answer does not unpack");
+        o->st = GRPC_STATUS_INTERNAL;
+    }
     o->done = 1;
     (*o->n_done)++;
     pthread_mutex_unlock(o->mu);
+    mrank__v1__rerank_response__free_unpacked(r, NULL);
+}
+
+/* One Rerank on ch, waited for; fails the test unless it is answered. Its time in ms. */
+static double rerank_once(mr_rpc_channel *ch, const uint8_t *req, size_t len, const char *what) {
+    uint8_t *resp = NULL;
+    size_t rlen = 0;
+    grpc_status_code st;
+    char msg[256];
+    double t = now_ms();
+    if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req, len, 20000, &resp, &rlen, &st, msg,
+                     sizeof msg))
+        fail_msg("%s Rerank: status %d: %s", what, (int)st, msg);
+    free(resp);
+    return now_ms() - t;
+}
+
+/* S: the median time of N_SERVICE sequential requests req on an idle coordinator without a
+ * budget over the workers w (the first one warms the connections up). */
+static double idle_service_ms(mr_worker **w, const uint8_t *req, size_t len) {
+    int port = 0;
+    char target[64];
+    mr_err err = {0};
+    mr_rpc_channel *ch = NULL;
+    mr_coord *c = start_coord(w, 0, 0, &port);
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    double svc[N_SERVICE];
+    rerank_once(ch, req, len, "idle");
+    for (int i = 0; i < N_SERVICE; i++) svc[i] = rerank_once(ch, req, len, "idle");
+    qsort(svc, N_SERVICE, sizeof svc[0], cmp_double);
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    return svc[N_SERVICE / 2];
+}
+
+/* The overload: after N_SERVICE sequential requests of each tier have taught the coordinator
+ * their service times (steady state), 2 x N_EACH requests at once, interleaved hi (req[0]) and
+ * lo (req[1]), each with a client deadline far beyond the budget (only the coordinator's
+ * admission can make the answers come within it); waits (at most 60 s) until all are done.
+ * Returns o[2 * N_EACH] (the caller frees it). */
+static outcome *burst(mr_rpc_channel *ch, uint8_t *const *req, const size_t *len, double budget,
+                      pthread_mutex_t *mu) {
+    for (int i = 0; i < 2 * N_SERVICE; i++) rerank_once(ch, req[i % 2], len[i % 2], "warm-up");
+    int n_done = 0;
+    outcome *o = calloc(2 * N_EACH, sizeof *o);
+    assert_non_null(o);
+    mr_rpc_opts opts = {.timeout_ms = 20 * budget + 20000, .wait_for_ready = 1};
+    for (int i = 0; i < 2 * N_EACH; i++) {
+        o[i] = (outcome){.mu = mu, .n_done = &n_done, .t_sent = now_ms()};
+        assert_int_equal(mr_rpc_unary_async(ch, "/mrank.v1.Ranker/Rerank", req[i % 2],
+                                            len[i % 2], &opts, on_done, &o[i]),
+                         0);
+    }
+    int d = 0;
+    for (int k = 0; k < 1200 && d < 2 * N_EACH; k++) {   /* at most 60 s */
+        usleep(50000);
+        pthread_mutex_lock(mu);
+        d = n_done;
+        pthread_mutex_unlock(mu);
+    }
+    assert_int_equal(d, 2 * N_EACH);
+    return o;
 }
 
 /* grpc.health.v1 status of service: 1 SERVING, 0 NOT_SERVING, -1 any failure (NOT_FOUND). */
@@ -342,11 +427,6 @@ static int health(mr_rpc_channel *ch, const char *service) {
     return ok;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static void test_overload(void **state) {
     (void)state;
     mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
@@ -367,68 +447,12 @@ static void test_overload(void **state) {
      * request looks too slow for a budget of 4 x S. It proves nothing either way and is run
      * again with S measured anew, at most 3 rounds. */
     for (int round = 0;; round++) {
-        /* S: the median of N_SERVICE sequential requests on an idle coordinator (no budget) */
-        c = start_coord(w, 0, &port);
-        snprintf(target, sizeof target, "127.0.0.1:%d", port);
-        assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
-        double svc[N_SERVICE];
-        for (int i = 0; i < N_SERVICE + 1; i++) {   /* the first one warms the connections up */
-            uint8_t *resp = NULL;
-            size_t rlen = 0;
-            grpc_status_code st;
-            char msg[256];
-            double t = now_ms();
-            if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req[0], len[0], 20000, &resp, &rlen,
-                             &st,
-                             msg, sizeof msg))
-                fail_msg("idle Rerank: status %d: %s", (int)st, msg);
-            free(resp);
-            if (i) svc[i - 1] = now_ms() - t;
-        }
-        qsort(svc, N_SERVICE, sizeof svc[0], cmp_double);
-        S = svc[N_SERVICE / 2];
+        S = idle_service_ms(w, req[0], len[0]);
         budget = ceil(BUDGET_X * S);
-        mr_rpc_channel_free(ch);
-        mr_coord_free(c);
-
-        /* overload: 2 x N_EACH at once, interleaved hi, lo, after N_SERVICE sequential requests
-         * of each tier have taught the new coordinator their service times (steady state) */
-        c = start_coord(w, budget, &port);
+        c = start_coord(w, budget, 0, &port);
         snprintf(target, sizeof target, "127.0.0.1:%d", port);
         assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
-        for (int i = 0; i < 2 * N_SERVICE; i++) {
-            uint8_t *resp = NULL;
-            size_t rlen = 0;
-            grpc_status_code st;
-            char msg[256];
-            if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req[i % 2], len[i % 2], 20000, &resp,
-                             &rlen, &st, msg, sizeof msg))
-                fail_msg("warm-up Rerank: status %d: %s", (int)st, msg);
-            free(resp);
-        }
-        int n_done = 0;
-        o = calloc(2 * N_EACH, sizeof *o);
-        assert_non_null(o);
-        /* the client deadline is far beyond the budget: only the coordinator's admission can make
-         * the answers come within it */
-        mr_rpc_opts opts = {.timeout_ms = 20 * budget + 20000, .wait_for_ready = 1};
-        for (int i = 0; i < 2 * N_EACH; i++) {
-            o[i] = (outcome){.mu = &mu, .n_done = &n_done, .t_sent = now_ms()};
-            assert_int_equal(mr_rpc_unary_async(ch, "/mrank.v1.Ranker/Rerank", req[i % 2],
-                                                len[i % 2], &opts, on_done, &o[i]),
-                             0);
-        }
-        for (int k = 0; k < 1200; k++) {   /* at most 60 s */
-            pthread_mutex_lock(&mu);
-            int d = n_done;
-            pthread_mutex_unlock(&mu);
-            if (d == 2 * N_EACH) break;
-            usleep(50000);
-        }
-        pthread_mutex_lock(&mu);
-        int all_done = n_done;
-        pthread_mutex_unlock(&mu);
-        assert_int_equal(all_done, 2 * N_EACH);
+        o = burst(ch, req, len, budget, &mu);
 
         answered[0] = answered[1] = refused_at_arrival = 0;
         int other = 0;
@@ -492,12 +516,66 @@ static void test_overload(void **state) {
     mr_coord_free(c);
 }
 
+/* The same overload on a profile that starts with a lexical stage, both tiers allowing degraded
+ * answers: what admission cannot run through the pool (refused at arrival, shed or expired in
+ * the queue) is answered from the lexical stage alone instead (degraded, "full" skipped): every
+ * request is answered, within its budget plus SLACK_X * S, and the lexical answers come at once
+ * (median within REFUSAL_X * S, as a refusal would). */
+static void test_lexical_answers(void **state) {
+    (void)state;
+    mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
+    int port = 0;
+    char target[64];
+    mr_err err = {0};
+    size_t len[2];
+    uint8_t *req[2] = {tiny_rerank_request("hi", N_DOCS, &len[0]),
+                      tiny_rerank_request("lo", N_DOCS, &len[1])};
+    mr_rpc_channel *ch = NULL;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    double S = idle_service_ms(w, req[0], len[0]), budget = ceil(BUDGET_X * S);
+    mr_coord *c = start_coord(w, budget, 1, &port);
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    outcome *o = burst(ch, req, len, budget, &mu);
+    int full = 0, n_lex = 0;
+    double lex_ms[2 * N_EACH];
+    for (int i = 0; i < 2 * N_EACH; i++) {
+        if (o[i].st != GRPC_STATUS_OK)
+            fail_msg("request %d: status %d: %s after %.1f ms (a lexical answer was possible)", i,
+                     (int)o[i].st, o[i].msg, o[i].ms);
+        if (o[i].ms > budget + SLACK_X * S)
+            fail_msg("request %d: answered after %.1f ms, budget %.0f ms, S %.1f ms", i, o[i].ms,
+                     budget, S);
+        if (o[i].lexical_only) {
+            assert_true(o[i].degraded);
+            lex_ms[n_lex++] = o[i].ms;
+        }
+        full += !o[i].degraded;
+    }
+    qsort(lex_ms, (size_t)n_lex, sizeof lex_ms[0], cmp_double);
+    fprintf(stderr, "# S %.1f ms, budget %.0f ms: %d of %d answered by the full model, %d by the "
+            "lexical stage alone (median %.1f ms)\n", S, budget, full, 2 * N_EACH, n_lex,
+            n_lex ? lex_ms[n_lex / 2] : 0);
+    assert_true(n_lex >= N_EACH / 2);   /* the overload is real */
+    assert_true(lex_ms[n_lex / 2] <= REFUSAL_X * S);
+    mr_rpc_channel_free(ch);
+    free(o);
+    free(req[0]);
+    free(req[1]);
+    mr_coord_free(c);
+    for (int i = 0; i < 2; i++) {
+        mr_worker_shutdown(w[i], 1000);
+        mr_worker_free(w[i]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order),        cmocka_unit_test(test_low_share),
         cmocka_unit_test(test_no_time),      cmocka_unit_test(test_tier_bound),
         cmocka_unit_test(test_displace),     cmocka_unit_test(test_sweep),
         cmocka_unit_test(test_adaptive_limit), cmocka_unit_test(test_overload),
+        cmocka_unit_test(test_lexical_answers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,11 +8,14 @@ from outside with an independent grpcio client against a cluster started by `mra
 The cluster is deploy/local.json made two replicas per pool (free loopback ports), one compute
 thread per worker. Every figure is a ratio to, or is read beside, a capacity measured first in
 the same run:
-  capacity   closed loop on tier interactive (32 documents per request) at 4 and 8 in flight,
-             for --dur seconds each: answered requests per second (the larger of the two);
+  capacity   closed loop on tier interactive (32 documents per request) at 1, 2 and 4 in flight,
+             for --dur seconds each: requests answered in full (not degraded) per second (the
+             largest of the three);
   load       open-loop Poisson on tier interactive at 0.5x, 1x, 2x and 5x capacity: goodput
-             (requests answered within 1.5x the tier budget, per second, over capacity), p50/p99
-             of answered requests, p99 of refusals, degraded share, codes;
+             (requests answered in full within 1.5x the tier budget, per second, over
+             capacity), p50/p99 of answered requests, p99 of refusals, degraded share (of which
+             lexical: answered from the profile's lexical stage alone, every neural stage
+             skipped), codes;
   mixed      5x capacity split evenly between tiers interactive (priority 2) and standard
              (priority 1): answered share and p99 per tier (lower tiers should shed first);
   stop       0.5x capacity on interactive; one of the two cheap replicas SIGSTOPped for 6 s
@@ -134,26 +137,33 @@ def make_docs(n, seed):
     return [" ".join(rnd.choice(words) for _ in range(40)) + f" ({i})." for i in range(n)]
 
 
+def lexical_only(resp):
+    """1 when the answer came from the profile's leading lexical stage alone: every stage after
+    the first skipped (deploy/local.json's profiles start with their one lexical stage)."""
+    return len(resp.stages) > 1 and all(st.skipped for st in resp.stages[1:])
+
+
 class Recorder:
     def __init__(self):
         self.lock = threading.Lock()
-        self.rows = []   # (tag, sent_s, latency_ms, code, degraded)
+        self.rows = []   # (tag, sent_s, latency_ms, code, degraded, lexical only)
 
     def cb(self, tag, t0):
         def done(fut):
             lat = (time.monotonic() - t0) * 1e3
             try:
                 r = fut.result()
-                row = (tag, t0, lat, "OK", bool(r.degraded))
+                row = (tag, t0, lat, "OK", bool(r.degraded), lexical_only(r))
             except grpc.RpcError as e:
-                row = (tag, t0, lat, e.code().name, False)
+                row = (tag, t0, lat, e.code().name, False, False)
             with self.lock:
                 self.rows.append(row)
         return done
 
 
 def closed_loop(cl, req, conc, dur):
-    """Answered requests per second with conc calls always in flight, for dur seconds."""
+    """Requests answered in full (not degraded) per second with conc calls always in flight,
+    for dur seconds."""
     n_ok = [0]
     lock = threading.Lock()
     end = time.monotonic() + dur
@@ -161,9 +171,9 @@ def closed_loop(cl, req, conc, dur):
     def loop():
         while time.monotonic() < end:
             try:
-                cl.rerank(req, timeout=CLIENT_TIMEOUT_S)
+                r = cl.rerank(req, timeout=CLIENT_TIMEOUT_S)
                 with lock:
-                    n_ok[0] += 1
+                    n_ok[0] += not r.degraded
             except grpc.RpcError:
                 time.sleep(0.01)
 
@@ -212,7 +222,8 @@ def open_loop(cl, reqs, rate, dur, seed, during=None):
 def summarize(rows, wall, budget_ms, capacity):
     ok = [r for r in rows if r[3] == "OK"]
     refused = [r for r in rows if r[3] != "OK"]
-    in_budget = [r for r in ok if r[2] <= 1.5 * budget_ms] if budget_ms else ok
+    full = [r for r in ok if not r[4]]
+    in_budget = [r for r in full if r[2] <= 1.5 * budget_ms] if budget_ms else full
     codes = {}
     for r in refused:
         codes[r[3]] = codes.get(r[3], 0) + 1
@@ -222,6 +233,7 @@ def summarize(rows, wall, budget_ms, capacity):
             "p50_ms": pct([r[2] for r in ok], 0.5), "p99_ms": pct([r[2] for r in ok], 0.99),
             "refusal_p99_ms": pct([r[2] for r in refused], 0.99),
             "degraded_share": round(sum(r[4] for r in ok) / len(ok), 3) if ok else None,
+            "lexical_share": round(sum(r[5] for r in ok) / len(ok), 3) if ok else None,
             "codes": codes}
 
 
@@ -256,7 +268,7 @@ def main():
                 cl.rerank(small, timeout=CLIENT_TIMEOUT_S)
             except grpc.RpcError:
                 time.sleep(0.1)
-        capacity = max(closed_loop(cl, small, c, a.dur) for c in (4, 8))
+        capacity = max(closed_loop(cl, small, c, a.dur) for c in (1, 2, 4))
         emit({"point": "capacity", "tier": "interactive", "answered_per_s": round(capacity, 2),
               "docs": a.docs})
         time.sleep(1)
@@ -336,7 +348,7 @@ def main():
         results.close()
 
     print("\n| point | tier | answered share | goodput / capacity | p50 ms | p99 ms | "
-          "refusal p99 ms | degraded share | codes |")
+          "refusal p99 ms | degraded share (lexical) | codes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in table:
         if r["point"] == "capacity":
@@ -345,7 +357,8 @@ def main():
             continue
         print(f"| {r['point']} | {r['tier']} | {r['answered_share']} | "
               f"{r['goodput_x_capacity']} | {r['p50_ms']} | {r['p99_ms']} | "
-              f"{r['refusal_p99_ms']} | {r['degraded_share']} | {r['codes']} |")
+              f"{r['refusal_p99_ms']} | {r['degraded_share']} ({r['lexical_share']}) | "
+              f"{r['codes']} |")
     print("\nP5 targets: load 5x goodput >= 0.7, answered p99 <= 225 ms, refusal p99 <= 50 ms; "
           "SIGSTOP >= 0.97 answered; SIGKILL >= 0.97; huge >= 0.90 of the small answered.")
     print(f"raw: {out}/results.jsonl")
