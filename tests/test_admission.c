@@ -268,6 +268,11 @@ enum { N_TEXTS = K_TINY_N_DOCS, N_DOCS = 48, N_EACH = 30, N_SERVICE = 5 };
  * running one's service plus its own, over S: a median refusal within S is an answer that
  * never waited for a slot. */
 #define REFUSAL_X 1.0
+/* A lexical answer instead of a refusal also scores the 48 documents with BM25 on the thread
+ * that would have refused (measured 0.5-0.8 S in the burst of 60); one that waited for a slot
+ * until the full model no longer fitted comes after budget - 1.2 S = 2.8 S: a median within
+ * 2 S is an answer that did not wait for a slot. */
+#define LEXICAL_X 2.0
 
 
 static double now_ms(void) {
@@ -520,7 +525,7 @@ static void test_overload(void **state) {
  * answers: what admission cannot run through the pool (refused at arrival, shed or expired in
  * the queue) is answered from the lexical stage alone instead (degraded, "full" skipped): every
  * request is answered, within its budget plus SLACK_X * S, and the lexical answers come at once
- * (median within REFUSAL_X * S, as a refusal would). */
+ * (median within LEXICAL_X * S). */
 static void test_lexical_answers(void **state) {
     (void)state;
     mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
@@ -557,7 +562,7 @@ static void test_lexical_answers(void **state) {
             "lexical stage alone (median %.1f ms)\n", S, budget, full, 2 * N_EACH, n_lex,
             n_lex ? lex_ms[n_lex / 2] : 0);
     assert_true(n_lex >= N_EACH / 2);   /* the overload is real */
-    assert_true(lex_ms[n_lex / 2] <= REFUSAL_X * S);
+    assert_true(lex_ms[n_lex / 2] <= LEXICAL_X * S);
     mr_rpc_channel_free(ch);
     free(o);
     free(req[0]);
