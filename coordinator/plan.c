@@ -171,11 +171,20 @@ int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse
     const mr_cc_stage *a = &c->cfg.stages[sa], *b = &c->cfg.stages[sb];
     const mr_keep_rule *keep = &r->keep[pos];
     int p = a->pool, par = mr__pool_parallelism(c, p);
-    double tl_a = 0, tl_b = 0;
+    /* The deepest layer of a pass runs only K and V for every token, the rest for each row's
+     * last token; a fused pass goes on after the shallower exit, so its layer dA - 1 runs in
+     * full for every row. Counted as one more layer of every row (K and V are a small share
+     * of a layer: 8% of mrank-tiny's, less in larger GQA models), which is what makes fusion
+     * worth it only when the survivors' recomputed layers outweigh it (docs/perf.md). */
+    mr_subarch below = a->arch;
+    below.depth = a->arch.depth - 1;
+    double tl_a = 0, tl_b = 0, tl_last = 0;
     long tokens = 0, fused_tokens = 0;
     for (int i = 0; i < n_active; i++) {
         int d = active[i], np = r->passage_tokens[d];
-        tl_a += mr_subarch_token_layers(&a->arch, r->n_fixed, np);
+        double x = mr_subarch_token_layers(&a->arch, r->n_fixed, np);
+        tl_a += x;
+        tl_last += below.depth > 0 ? x - mr_subarch_token_layers(&below, r->n_fixed, np) : x;
         tl_b += mr_subarch_token_layers(&b->arch, r->n_fixed, np);
         tokens += r->n_fixed + np;
         fused_tokens += mr__fused_row_tokens(r, pos, d);
@@ -205,8 +214,8 @@ int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse
         mr_cost_model_estimate_ms(&c->cost[sa], tl_a, calls_a < par ? calls_a : par) +
         mr_cost_model_estimate_ms(&c->cost[sb], tl_b * kept / n_active,
                                   calls_b < par ? calls_b : par);
-    fp->est_ms = mr_cost_model_fused_ms(&c->cost[sa], &c->cost[sb], tl_a, mean_extra * rows_on,
-                                        calls_f < par ? calls_f : par);
+    fp->est_ms = mr_cost_model_fused_ms(&c->cost[sa], &c->cost[sb], tl_a + tl_last,
+                                        mean_extra * rows_on, calls_f < par ? calls_f : par);
     pthread_mutex_unlock(&c->mu);
     fp->n_calls = calls_f;
     if (pr->fuse == MR_CC_FUSE_AUTO && fp->est_ms > split_ms) return 0;
