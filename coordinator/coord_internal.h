@@ -228,7 +228,7 @@ int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_a
 double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active);
 
 /* ---- stages that continue (plan.c decides, fanout.c runs, rerank.c walks the cascade) ----
- * Consecutive profile stages pos and pos + 1 that can share one forward pass (mr__fusable)
+ * Consecutive profile stages pos and pos + 1 that can share one forward pass (plan.c)
  * may run as one Score call per group with exits [depth of pos, depth of pos + 1] and a prune
  * step at the shallower exit (cascade.h mr_cascade_fused_prune); the deeper stage's scores are
  * carried (mr__carry) until the cascade, having kept stage pos's survivors by the usual rule,
@@ -250,19 +250,13 @@ typedef struct mr__carry {
     double ms;                  /* the deeper stage's share of the pair's wall time */
 } mr__carry;
 
-/* 1 when profile stages pos and pos + 1 of cfg can share one pass: both neural, on one pool,
- * the deeper one deeper, the same adapters (in order), pooling and ratio, and the deeper
- * one's compress layers below the shallower depth are exactly the shallower one's. */
-int mr__fusable(const mr_coord_config *cfg, int profile, int pos);
-/* Whether stages pos and pos + 1 run fused over active[0..n_active): fusable, the profile's
- * "fuse" is not "never", the cost model's estimate of the pair is not above that of the two
- * stages split (for "auto"; "always" skips this), the pair's calls fit a worker batch and its
- * estimate fits the remaining budget. Fills *fp. */
+/* Whether stages pos and pos + 1 run fused over active[0..n_active): they can share one pass
+ * (both neural, on one pool, the deeper one deeper, the same adapters in order, pooling and
+ * ratio, and the deeper one's compress layers below the shallower depth exactly the
+ * shallower one's), the profile's "fuse" is not "never", the cost model's estimate of the
+ * pair is not above that of the two stages split (for "auto"; "always" skips this), the
+ * pair's calls fit a worker batch and its estimate fits the remaining budget. Fills *fp. */
 int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse_plan *fp);
-/* Tokens a fused call at stage pos counts for document d: exact once a neural stage before
- * pos tokenized, else limits.max_tokens_per_pair (a call with a prune step runs as one worker
- * batch and is refused when larger, so an estimate may not be short). */
-long mr__fused_row_tokens(const mr__req *r, int pos, int d);
 /* When c holds stage pos's scores for every active[0..n_active): writes them into r (as the
  * stage's own calls would: score, depth, truncation, tokens), *ms its share of the pair's
  * time, and returns 1; else 0 (the stage runs its own calls). c is emptied either way. */

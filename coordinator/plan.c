@@ -123,7 +123,8 @@ int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_a
 
 /* ---- stages that continue ---- */
 
-int mr__fusable(const mr_coord_config *cfg, int profile, int pos) {
+/* Whether profile stages pos and pos + 1 of cfg can share one pass (coord_internal.h). */
+static int fusable(const mr_coord_config *cfg, int profile, int pos) {
     const mr_cc_profile *pr = &cfg->profiles[profile];
     if (pos < 0 || pos + 1 >= pr->n_stages) return 0;
     const mr_cc_stage *a = &cfg->stages[pr->stages[pos].stage];
@@ -145,18 +146,21 @@ int mr__fusable(const mr_coord_config *cfg, int profile, int pos) {
     return 1;
 }
 
-long mr__fused_row_tokens(const mr__req *r, int pos, int d) {
+/* Tokens a fused call at stage pos counts for document d: exact once a neural stage before
+ * pos tokenized, else limits.max_tokens_per_pair (a call with a prune step runs as one worker
+ * batch and is refused when larger, so an estimate may not be short). */
+static long fused_row_tokens(const mr__req *r, int pos, int d) {
     if (pos > mr__first_neural(r)) return r->n_fixed + r->passage_tokens[d];   /* exact */
     return r->co->cfg.max_tokens_per_pair;
 }
 
-/* The most tokens (mr__fused_row_tokens) of a call when active[0..n_active) is split into
+/* The most tokens (fused_row_tokens) of a call when active[0..n_active) is split into
  * n_calls interleaved calls, as fanout.c splits them. */
 static long widest_call(const mr__req *r, int pos, const int *active, int n_active, int n_calls) {
     long most = 0;
     for (int k = 0; k < n_calls; k++) {
         long t = 0;
-        for (int i = k; i < n_active; i += n_calls) t += mr__fused_row_tokens(r, pos, active[i]);
+        for (int i = k; i < n_active; i += n_calls) t += fused_row_tokens(r, pos, active[i]);
         if (t > most) most = t;
     }
     return most;
@@ -165,7 +169,7 @@ static long widest_call(const mr__req *r, int pos, const int *active, int n_acti
 int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse_plan *fp) {
     mr_coord *c = r->co;
     const mr_cc_profile *pr = &c->cfg.profiles[r->profile];
-    if (pr->fuse == MR_CC_FUSE_NEVER || n_active <= 0 || !mr__fusable(&c->cfg, r->profile, pos))
+    if (pr->fuse == MR_CC_FUSE_NEVER || n_active <= 0 || !fusable(&c->cfg, r->profile, pos))
         return 0;
     int sa = pr->stages[pos].stage, sb = pr->stages[pos + 1].stage;
     const mr_cc_stage *a = &c->cfg.stages[sa], *b = &c->cfg.stages[sb];
@@ -187,7 +191,7 @@ int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse
         tl_last += below.depth > 0 ? x - mr_subarch_token_layers(&below, r->n_fixed, np) : x;
         tl_b += mr_subarch_token_layers(&b->arch, r->n_fixed, np);
         tokens += r->n_fixed + np;
-        fused_tokens += mr__fused_row_tokens(r, pos, d);
+        fused_tokens += fused_row_tokens(r, pos, d);
     }
     /* split: stage a over all, stage b over the keep rule's count bound (min_score cannot be
      * known before the scores: counted as keeping all, as mr__plan_rest_ms does), each over
