@@ -16,7 +16,8 @@
 #    DA keeping KEEP, then exit 8), closed loop (bench/cluster/loadgen, CONC in flight, DOCS
 #    documents per request), after 2 s of each unrecorded, alternated ROUNDS times in the same
 #    run (split first on odd rounds): requests/s of each (and the worker's passes and their
-#    mean tokens, from its /metrics), the median of each and fused / split.
+#    mean tokens, from its /metrics), the median of each and fused / split; then DUR seconds
+#    of profile "auto" (fuse auto): how many of its requests it ran fused.
 # Everything it starts is stopped on exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -63,7 +64,8 @@ cat >"$work/cluster.json" <<EOF
  "pools": [{"name": "p", "addresses": ["127.0.0.1:$pw"], "metrics_port_base": $((PORT_BASE + 3))}],
  "stages": [{"name": "a", "pool": "p", "depth": $DA}, {"name": "b", "pool": "p", "depth": 8}],
  "profiles": [{"name": "split", "fuse": "never", "stages": $stages},
-              {"name": "fused", "fuse": "always", "stages": $stages}],
+              {"name": "fused", "fuse": "always", "stages": $stages},
+              {"name": "auto", "stages": $stages}],
  "tiers": [{"name": "batch", "budget_ms": 0, "profile": "split"}]}
 EOF
 "$B/mrank" up --config "$work/cluster.json" --threads 1 >"$work/up.log" 2>&1 &
@@ -102,8 +104,19 @@ done
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then point split; point fused; else point fused; point split; fi
 done
-fused=$(curl -s "http://127.0.0.1:$pm/metrics" | sed -n 's/^mrank_coord_fused_stages_total{profile="fused"} //p')
-echo "# fused stage pairs counted on profile fused: $fused"
+cm() { curl -s "http://127.0.0.1:$pm/metrics" | sed -n "s/^$1 //p"; }
+echo "# fused stage pairs counted on profile fused: $(cm 'mrank_coord_fused_stages_total{profile="fused"}')"
+# what "auto" picks under the same load: its fused pairs against its requests
+a0=$(cm 'mrank_coord_stage_candidates_total{stage="a",tier="batch"}')
+f0=$(cm 'mrank_coord_fused_stages_total{profile="auto"}')
+"$B/bench/cluster/loadgen" --addr "127.0.0.1:$pc" --mode rerank --concurrency "$CONC" \
+  --duration "$DUR" --docs "$DOCS" --tier batch --profile auto --timeout-ms 30000 \
+  | sed -n 's/^JSON //p' >"$work/auto.json"
+a1=$(cm 'mrank_coord_stage_candidates_total{stage="a",tier="batch"}')
+f1=$(cm 'mrank_coord_fused_stages_total{profile="auto"}')
+echo "# auto: $(/usr/bin/python3 -c "print(round(float('$f1') - float('$f0')))") fused pairs in" \
+  "$(/usr/bin/python3 -c "print(round((float('$a1') - float('$a0')) / $DOCS))") requests," \
+  "$(/usr/bin/python3 -c "import json; print(json.load(open('$work/auto.json'))['throughput'])") req/s"
 /usr/bin/python3 - "$work/results.jsonl" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
