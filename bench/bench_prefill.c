@@ -11,8 +11,15 @@
  * the per-rep ratios (shared / unshared time), the OpenMP team size, and the largest score
  * difference shared vs unshared, relative to max(|unshared|, 1) (the tests' convention); with
  * --ref MODE also against the same rows scored unshared on GEMM mode MODE (e.g. openblas).
+ * --fused DA:K instead times a two-stage cascade over the rows, split (a pass to exit DA over
+ * every row, then a pass to the deepest exit over the K best) against fused (one pass with
+ * exits [DA, deepest] and a prune step keeping the best K at DA: what the coordinator sends
+ * for stages that continue, docs/cluster.md), alternately in the same process, and prints one
+ * JSON line: each way's token-layers (the engine's own count) and median time, their ratios,
+ * and the largest score difference of the K survivors at both exits, relative to
+ * max(|split|, 1).
  * Usage: bench_prefill MODEL [--rows N] [--len L] [--query Q] [--reps R] [--no-share]
- *                            [--ab [--ref MODE]] */
+ *                            [--ab [--ref MODE]] [--fused DA:K] */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -127,6 +134,98 @@ static int run_ab(mr_ctx *c, const mr_model *m, const mr_row *rows, int n_rows, 
     return 0;
 }
 
+/* One mr_model_score call of the --fused comparison; its token-layers, or -1 (printed). */
+static long long fused_pass(mr_ctx *c, const mr_row *rows, int n, const mr_run_opts *o,
+                            float *scores) {
+    mr_err err = {0};
+    if (mr_model_score(c, rows, n, o, scores, NULL, &err)) {
+        fprintf(stderr, "score: %s\n", err.msg);
+        return -1;
+    }
+    return c->token_layers;
+}
+
+/* --fused: see the header. Returns the exit status. */
+static int run_fused(mr_ctx *c, const mr_model *m, const mr_row *rows, int n_rows, int reps,
+                     int da, int k) {
+    mr_run_opts oa, ob, of;
+    mr_run_opts_init(&oa, m);
+    mr_run_opts_init(&ob, m);
+    mr_run_opts_init(&of, m);
+    int deep = ob.exits[ob.n_exits - 1];
+    oa.exits[0] = da;
+    of.n_exits = 2;
+    of.exits[0] = da;
+    of.exits[1] = deep;
+    of.n_prune = 1;
+    of.prune[0] = (mr_prune){.layer = da, .top_k = k};
+    size_t nr = (size_t)n_rows;
+    float *sa = malloc(sizeof(float) * nr), *sb = malloc(sizeof(float) * nr),
+          *sf = malloc(sizeof(float) * 2 * nr);
+    int *best = malloc(sizeof(int) * nr);
+    mr_row *sel = malloc(sizeof *sel * nr);
+    double *ts = malloc(sizeof(double) * (size_t)reps), *tf = malloc(sizeof(double) * (size_t)reps);
+    if (!sa || !sb || !sf || !best || !sel || !ts || !tf) return 1;
+    if (fused_pass(c, rows, n_rows < 2 ? n_rows : 2, &ob, sb) < 0) return 1;   /* warm-up */
+    long long tl_split = 0, tl_fused = 0;
+    for (int i = 0; i < reps; i++) {
+        for (int w = 0; w < 2; w++) {
+            int split = (i + w) % 2 == 0;   /* split first on even reps */
+            double t0 = now();
+            if (split) {
+                long long a = fused_pass(c, rows, n_rows, &oa, sa);
+                if (a < 0) return 1;
+                /* the K best at DA (score descending, index ascending), in request order */
+                char *taken = (char *)sf;   /* sf is free until the fused pass */
+                memset(taken, 0, nr);
+                for (int j = 0; j < k; j++) {
+                    int b = -1;
+                    for (int r = 0; r < n_rows; r++)
+                        if (!taken[r] && (b < 0 || sa[r] > sa[b])) b = r;
+                    taken[b] = 1;
+                }
+                int n_sel = 0;
+                for (int r = 0; r < n_rows; r++)
+                    if (taken[r]) best[n_sel] = r, sel[n_sel++] = rows[r];
+                long long b = fused_pass(c, sel, n_sel, &ob, sb);
+                if (b < 0) return 1;
+                ts[i] = now() - t0;
+                tl_split = a + b;
+            } else {
+                long long f = fused_pass(c, rows, n_rows, &of, sf);
+                if (f < 0) return 1;
+                tf[i] = now() - t0;
+                tl_fused = f;
+            }
+        }
+    }
+    double rel = 0;   /* survivors: exit DA and the deepest exit, fused against split */
+    for (int j = 0; j < k; j++) {
+        int r = best[j];
+        double da_d = fabs((double)sf[2 * r] - sa[r]) / fmax(fabs((double)sa[r]), 1.0);
+        double dd = fabs((double)sf[2 * r + 1] - sb[j]) / fmax(fabs((double)sb[j]), 1.0);
+        if (!(da_d <= rel)) rel = da_d;   /* NaN wins: a survivor the step dropped */
+        if (!(dd <= rel)) rel = dd;
+    }
+    qsort(ts, (size_t)reps, sizeof *ts, cmp_d);
+    qsort(tf, (size_t)reps, sizeof *tf, cmp_d);
+    printf("{\"gemm\":\"%s\",\"rows\":%d,\"exits\":[%d,%d],\"keep\":%d,\"reps\":%d,"
+           "\"token_layers_split\":%lld,\"token_layers_fused\":%lld,\"token_layers_ratio\":%.3f,"
+           "\"median_split_s\":%.4f,\"median_fused_s\":%.4f,\"time_ratio\":%.3f,"
+           "\"max_rel_fused_vs_split\":%.3g}\n",
+           mr_gemm_path_name(m->gemm), n_rows, da, deep, k, reps, tl_split, tl_fused,
+           (double)tl_fused / (double)tl_split, ts[reps / 2], tf[reps / 2],
+           tf[reps / 2] / ts[reps / 2], rel);
+    free(sa);
+    free(sb);
+    free(sf);
+    free(best);
+    free(sel);
+    free(ts);
+    free(tf);
+    return 0;
+}
+
 /* Times n_rows rows reps times (after a warm-up on 2 rows: oneDNN's JIT, first touches), with
  * query-prefix sharing on or off, and prints one JSON line: the median, tokens/s, token-layers
  * and the score sum. 0, or 1 on a scoring error. */
@@ -158,10 +257,10 @@ static int run_timed(mr_ctx *ctx, mr_model *m, const mr_row *rows, int n_rows, i
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_prefill MODEL [--rows N] [--len L] [--query Q] [--reps R]"
-                        " [--no-share] [--ab [--ref MODE]]\n");
+                        " [--no-share] [--ab [--ref MODE]] [--fused DA:K]\n");
         return 2;
     }
-    int n_rows = 64, len = 304, nq = 12, ns = 14, reps = 3, share = 1, ab = 0;
+    int n_rows = 64, len = 304, nq = 12, ns = 14, reps = 3, share = 1, ab = 0, da = 0, keep = 0;
     const char *ref_mode = NULL;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "0";
@@ -172,6 +271,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-share")) share = 0;
         else if (!strcmp(a, "--ab")) ab = 1;
         else if (!strcmp(a, "--ref")) ref_mode = v, i++;
+        else if (!strcmp(a, "--fused")) {
+            if (sscanf(v, "%d:%d", &da, &keep) != 2 || da < 1 || keep < 1) {
+                fprintf(stderr, "--fused: '%s' is not DA:K\n", v);
+                return 2;
+            }
+            i++;
+        }
         else {
             fprintf(stderr, "unknown option %s\n", a);
             return 2;
@@ -182,7 +288,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "--ref needs --ab\n");
         return 2;
     }
-    if (n_rows < 1 || np < 1 || reps < 1 || reps > 100) {
+    if (n_rows < 1 || np < 1 || reps < 1 || reps > 100 || keep > n_rows) {
         fprintf(stderr, "bad sizes\n");
         return 2;
     }
@@ -209,8 +315,9 @@ int main(int argc, char **argv) {
     ids[0] = 1; /* BOS */
     for (int r = 0; r < n_rows; r++)
         rows[r] = (mr_row){ids, nq, ids + nq + ns + (size_t)r * np, np, ids + nq, ns};
-    int rc = ab ? run_ab(&c, &m, rows, n_rows, len, reps, ref_mode, argv[1])
-                : run_timed(&c, &m, rows, n_rows, len, reps, share, scores, t);
+    int rc = da ? run_fused(&c, &m, rows, n_rows, reps, da, keep)
+             : ab ? run_ab(&c, &m, rows, n_rows, len, reps, ref_mode, argv[1])
+                  : run_timed(&c, &m, rows, n_rows, len, reps, share, scores, t);
     mr_ctx_close(&c);
     mr_model_close(&m);
     free(ids);

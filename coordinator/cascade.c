@@ -78,6 +78,22 @@ int mr_cascade_keep_bound(const mr_keep_rule *rule, int n) {
     return k;
 }
 
+int mr_cascade_fused_prune(const mr_keep_rule *rule, int n, int n_call, mr_fused_prune *step) {
+    int k = mr_cascade_keep_bound(rule, n);
+    if (k < n_call) {
+        *step = (mr_fused_prune){.top_k = k};
+        return 1;
+    }
+    if (!rule->has_min_score) return 0;
+    *step = (mr_fused_prune){.has_min_score = 1, .min_score = rule->min_score};
+    return 1;
+}
+
+int mr_cascade_fused_rows(const mr_keep_rule *rule, int n, int n_call) {
+    int k = mr_cascade_keep_bound(rule, n);
+    return k < n_call ? k : n_call;
+}
+
 int mr_cascade_keep_count(const float *scores, int n, const mr_keep_rule *rule) {
     int k = mr_cascade_keep_bound(rule, n);
     if (rule->has_min_score) {
@@ -135,6 +151,13 @@ void mr_cost_model_observe(mr_cost_model *m, double token_layers, double compute
 double mr_cost_model_estimate_ms(const mr_cost_model *m, double token_layers, int parallel) {
     if (parallel < 1) parallel = 1;
     return m->overhead_ms + token_layers * m->ns_per_tl / 1e6 / parallel;
+}
+
+double mr_cost_model_fused_ms(const mr_cost_model *a, const mr_cost_model *b, double tl_a,
+                              double tl_rest, int parallel) {
+    if (parallel < 1) parallel = 1;
+    double overhead = a->overhead_ms > b->overhead_ms ? a->overhead_ms : b->overhead_ms;
+    return overhead + (tl_a * a->ns_per_tl + tl_rest * b->ns_per_tl) / 1e6 / parallel;
 }
 
 int mr_cascade_n_calls(int n, long total_tokens, int n_workers, long max_call_tokens,

@@ -227,6 +227,38 @@ void mr_outlier_success(mr_outlier *o);
 #define MR_HEDGE_MIN_DELAY_MS 10.0
 double mr_hedge_delay_ms(double call_est_ms, double tier_budget_ms, double remaining_ms);
 
+/* ---- stages that continue (a fused stage pair, docs/cluster.md) ---- */
+
+/* The prune step a fused call of n_call of a stage's n candidates carries at the shallower
+ * stage's exit, so that the worker stops computing rows that cannot survive rule: top_k = the
+ * rule's count bound over all n candidates (top_k and fraction) when it is below n_call, else
+ * the rule's min_score, else none (*step unchanged, 0 returned). Every row the rule keeps over
+ * the n candidates is kept by the step of the call it is in: the global best k of a call's rows
+ * are among that call's best k (the worker breaks ties by lower row, so a call's rows must be
+ * in request order, as the merge rule breaks them), and min_score is per row. The step may keep
+ * more (a call's best k that are not the global best, rows of the best k under min_score): the
+ * coordinator selects the survivors itself from every row's shallower score, as an unfused
+ * cascade does, and drops the deeper scores of the others. */
+typedef struct mr_fused_prune {
+    int top_k;                  /* > 0: keep the best top_k rows of the call */
+    int has_min_score;          /* else (top_k 0): keep raw score >= min_score */
+    float min_score;
+} mr_fused_prune;
+int mr_cascade_fused_prune(const mr_keep_rule *rule, int n, int n_call, mr_fused_prune *step);
+
+/* Rows of a call of n_call (of a stage's n candidates) that a fused pass takes to the deeper
+ * exit at most: the count mr_cascade_fused_prune's step keeps, before min_score (unknown until
+ * the scores are in). */
+int mr_cascade_fused_rows(const mr_keep_rule *rule, int n, int n_call);
+
+/* Estimated wall time of a fused pair's calls: tl_a token-layers of the shallower stage (cost
+ * model a) and tl_rest of the deeper stage's layers beyond it (model b), spread over `parallel`
+ * concurrent calls (>= 1), plus one round trip (the larger overhead of the two). The unfused
+ * cascade pays mr_cost_model_estimate_ms of each stage, two round trips, and recomputes the
+ * survivors' shallower layers, but may split each stage over more replicas. */
+double mr_cost_model_fused_ms(const mr_cost_model *a, const mr_cost_model *b, double tl_a,
+                              double tl_rest, int parallel);
+
 /* The top_k and fraction part of a keep rule: at most how many of n survive. */
 int mr_cascade_keep_bound(const mr_keep_rule *rule, int n);
 

@@ -411,11 +411,19 @@ static int parse_fusion(const ctx *x, const cJSON *o, const char *path,
 
 static int parse_profile(const ctx *x, const cJSON *o, const char *path, const mr_coord_config *c,
                          mr_cc_profile *pr) {
-    static const char *const keys[] = {"name", "stages", "fusion", NULL};
-    char q[384];
+    static const char *const keys[] = {"name", "stages", "fusion", "fuse", NULL};
+    static const char *const fuse[] = {"auto", "never", "always"};   /* mr_cc_fuse order */
+    char q[384], fz[16] = "auto";
     int rc;
     if (!cJSON_IsObject(o)) return bad(x, MR_EFORMAT, path, "expected an object");
-    if ((rc = check_keys(x, o, path, keys)) || (rc = get_name(x, o, path, pr->name))) return rc;
+    if ((rc = check_keys(x, o, path, keys)) || (rc = get_name(x, o, path, pr->name)) ||
+        (rc = get_str(x, o, path, "fuse", fz, sizeof fz, 0)))
+        return rc;
+    for (pr->fuse = MR_CC_FUSE_AUTO; pr->fuse <= MR_CC_FUSE_ALWAYS; pr->fuse++)
+        if (!strcmp(fz, fuse[pr->fuse])) break;
+    snprintf(q, sizeof q, "%s.fuse", path);
+    if (pr->fuse > MR_CC_FUSE_ALWAYS)
+        return bad(x, MR_EINVAL, q, "expected \"auto\", \"never\" or \"always\", not '%s'", fz);
     const cJSON *st;
     if ((rc = get_array(x, o, path, "stages", &st, 1, MR_CC_MAX_STAGES))) return rc;
     for (int i = 0; i < cJSON_GetArraySize(st); i++) {

@@ -62,11 +62,17 @@ typedef struct mr_cc_profile_stage {
     mr_keep_bounds bounds;
 } mr_cc_profile_stage;
 
+/* "fuse": whether consecutive stages that can share one forward pass (docs/cluster.md,
+ * "Stages that continue") are sent as one Score call per group: the planner's cost comparison
+ * (auto), never, or whenever they can (always: operators and tests). */
+typedef enum mr_cc_fuse { MR_CC_FUSE_AUTO = 0, MR_CC_FUSE_NEVER, MR_CC_FUSE_ALWAYS } mr_cc_fuse;
+
 typedef struct mr_cc_profile {
     char name[MR_CC_NAME];
     int n_stages;
     mr_cc_profile_stage stages[MR_CC_MAX_STAGES];
     mr_fusion fusion;                      /* final phase (method MR_FUSION_NONE: none) */
+    mr_cc_fuse fuse;                       /* stages that continue (default auto) */
 } mr_cc_profile;
 
 typedef struct mr_cc_tier {

@@ -7,9 +7,10 @@
  *   request.c    the request: unpack and validate, per-candidate state, token estimates, stats
  *   sched.c      admission at arrival and the executor threads (queue rules: admission.c/.h)
  *   profile_health.c  health per profile, refreshed by sched.c's sweeper
- *   plan.c       whether a stage fits the remaining budget, and into how many calls it splits
- *   fanout.c     one stage's Score calls over a pool's replicas: attempt timeouts, retries,
- *                hedges, cancellation; folds answers
+ *   plan.c       whether a stage fits the remaining budget, into how many calls it splits, and
+ *                whether it runs fused with the next stage (one pass for both)
+ *   fanout.c     one stage's (or fused pair's) Score calls over a pool's replicas: attempt
+ *                timeouts, retries, hedges, cancellation; folds answers
  *   replicas.c   replica state (full, outlier, ejected) and the pick of a replica
  *   lexical_stage.c  a "lexical" stage: BM25 over the active candidates, in the executor
  *   fuse.c       the profile's fusion phase after the last stage (rules: fusion.h)
@@ -226,6 +227,43 @@ int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_a
  * alone. 0 when the tier allows degraded answers (the later stages may be skipped). */
 double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active);
 
+/* ---- stages that continue (plan.c decides, fanout.c runs, rerank.c walks the cascade) ----
+ * Consecutive profile stages pos and pos + 1 that can share one forward pass (plan.c)
+ * may run as one Score call per group with exits [depth of pos, depth of pos + 1] and a prune
+ * step at the shallower exit (cascade.h mr_cascade_fused_prune); the deeper stage's scores are
+ * carried (mr__carry) until the cascade, having kept stage pos's survivors by the usual rule,
+ * reaches stage pos + 1 (docs/cluster.md, "Stages that continue"). */
+
+/* A fused pair's plan (mr__plan_fuse). */
+typedef struct mr__fuse_plan {
+    int n_calls;                /* Score calls, each one pass over its rows */
+    double est_ms;              /* the cost model's estimate of the pair */
+} mr__fuse_plan;
+
+/* The deeper stage's scores of a fused pair, held until the cascade reaches that stage. */
+typedef struct mr__carry {
+    int pos;                    /* the profile stage position they belong to, -1: none */
+    int n;                      /* rows allocated (the request's documents) */
+    float *score;               /* (n) raw score at the deeper exit */
+    int *depth, *tokens;        /* (n) exit reached, tokens of the pair */
+    char *truncated, *have;     /* (n) have: the row reached the deeper exit */
+    double ms;                  /* the deeper stage's share of the pair's wall time */
+} mr__carry;
+
+/* Whether stages pos and pos + 1 run fused over active[0..n_active): they can share one pass
+ * (both neural, on one pool, the deeper one deeper, the same adapters in order, pooling and
+ * ratio, and the deeper one's compress layers below the shallower depth exactly the
+ * shallower one's), the profile's "fuse" is not "never", the cost model's estimate of the
+ * pair is not above that of the two stages split (for "auto"; "always" skips this), the
+ * pair's calls fit a worker batch and its estimate fits the remaining budget. Fills *fp. */
+int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse_plan *fp);
+/* When c holds stage pos's scores for every active[0..n_active): writes them into r (as the
+ * stage's own calls would: score, depth, truncation, tokens), *ms its share of the pair's
+ * time, and returns 1; else 0 (the stage runs its own calls). c is emptied either way. */
+int mr__carry_take(mr__req *r, mr__carry *c, int pos, const int *active, int n_active,
+                   double *ms);
+void mr__carry_free(mr__carry *c);
+
 /* ---- replicas.c ---- */
 
 /* How a failed Score status counts for the retry and ejection rules. */
@@ -254,6 +292,13 @@ void mr__replica_answered(mr_coord *c, int p, int e);
  * then. */
 int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                      grpc_status_code *code, char *msg, size_t cap);
+/* The same for the fused pair pos, pos + 1 (plan fp): stage pos's scores into r, stage
+ * pos + 1's into *carry (the rows that reached the deeper exit; carry->ms is the caller's to
+ * set), *share_pos the shallower stage's share of the pair's token-layers (what the caller
+ * splits the pair's time by). Counted in mrank_coord_fused_stages_total. */
+int mr__fanout_fused(mr__req *r, int pos, const int *active, int n_active,
+                     const mr__fuse_plan *fp, mr__carry *carry, double *share_pos,
+                     grpc_status_code *code, char *msg, size_t cap);
 
 /* ---- wire.c ---- */
 
@@ -261,6 +306,11 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
  * r (malloc'd into *buf), or MR_ENOMEM. */
 int mr__wire_score(const mr__req *r, const mr_cc_stage *st, const int *members, int n,
                    uint8_t **buf, size_t *len, mr_err *err);
+/* The same with exits [shallow, st's depth] and a prune step (NULL: none) at shallow: a fused
+ * pair's call (st is the deeper stage). shallow 0: mr__wire_score. */
+int mr__wire_score_fused(const mr__req *r, const mr_cc_stage *st, int shallow,
+                         const mr_fused_prune *prune, const int *members, int n, uint8_t **buf,
+                         size_t *len, mr_err *err);
 /* The current merged ranking as a packed RerankResponse (malloc'd), or NULL on OOM. */
 uint8_t *mr__wire_ranking(mr__req *r, int final, int degraded, size_t *len);
 /* The packed Ranker InfoResponse (malloc'd), or NULL on OOM. */

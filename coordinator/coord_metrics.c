@@ -40,6 +40,7 @@ struct mr_coord_metrics {
     long inflight;
     double limit;
     int impaired[MR_CC_MAX_PROFILES];
+    unsigned long fused[MR_CC_MAX_PROFILES];   /* stage pairs run as one pass */
     mr_prom_http *http;
     int n_keys;
     struct { char name[MR_CC_NAME]; unsigned long ok, denied; } keys[MR_COORD_METRICS_KEYS + 1];
@@ -212,6 +213,13 @@ void mr_coord_metrics_profile_impaired(mr_coord_metrics *m, int profile, int imp
     pthread_mutex_unlock(&m->mu);
 }
 
+void mr_coord_metrics_fused(mr_coord_metrics *m, int profile) {
+    if (!m || !ok_idx(profile, m->cfg->n_profiles)) return;
+    pthread_mutex_lock(&m->mu);
+    m->fused[profile]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
 void mr_coord_metrics_limit(mr_coord_metrics *m, double limit) {
     if (!m) return;
     pthread_mutex_lock(&m->mu);
@@ -360,6 +368,11 @@ char *mr_coord_metrics_render(mr_coord_metrics *m) {
     for (int p = 0; p < c->n_profiles; p++)
         mr_prom_printf(&b, "mrank_coord_profile_impaired{profile=\"%s\"} %d\n",
                        c->profiles[p].name, m->impaired[p]);
+    HELP("mrank_coord_fused_stages_total", "counter",
+         "Stage pairs of the profile run as one fused pass (stages that continue).");
+    for (int p = 0; p < c->n_profiles; p++)
+        mr_prom_printf(&b, "mrank_coord_fused_stages_total{profile=\"%s\"} %lu\n",
+                       c->profiles[p].name, m->fused[p]);
     HELP("mrank_coord_refusals_total", "counter",
          "Requests refused before they ran, by tier and reason.");
     for (int t = 0; t < c->n_tiers; t++)

@@ -8,7 +8,7 @@
  * cost model's current ns per token-layer; per API key name: calls accepted and refused, and
  * calls without a valid key; the admission queue: per tier queued requests and their
  * estimated ms, a queue-wait histogram and refusals by reason, and the adaptive concurrency
- * limit; per profile whether it is impaired. Served as Prometheus text at GET /metrics by
+ * limit; per profile whether it is impaired and how many stage pairs ran fused. Served as Prometheus text at GET /metrics by
  * rpc/prom.h's endpoint on its own thread. Recording takes one mutex briefly; the coordinator is the only
  * writer. */
 #ifndef MR_COORD_METRICS_H
@@ -77,6 +77,8 @@ void mr_coord_metrics_wait(mr_coord_metrics *m, int tier, double ms);
 void mr_coord_metrics_refusal(mr_coord_metrics *m, int tier, mr_refusal why, int lexical);
 /* 1 while some stage's pool of profile (index into cfg->profiles) has no live replica. */
 void mr_coord_metrics_profile_impaired(mr_coord_metrics *m, int profile, int impaired);
+/* A stage pair of profile ran as one fused pass (mrank_coord_fused_stages_total). */
+void mr_coord_metrics_fused(mr_coord_metrics *m, int profile);
 /* The admission queue's current concurrency limit. */
 void mr_coord_metrics_limit(mr_coord_metrics *m, double limit);
 

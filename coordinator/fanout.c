@@ -1,4 +1,4 @@
-/* fanout.c: one stage's Score calls (see coord_internal.h).
+/* fanout.c: one stage's Score calls, or a fused stage pair's (see coord_internal.h).
  *
  * The stage's candidates are split into interleaved groups (each call gets a similar mix of
  * long and short documents), each group is packed into a ScoreRequest and sent asynchronously
@@ -16,7 +16,10 @@
  * cancelled alone, and when the stage ends every copy still in flight is cancelled, so no
  * Score call outlives its request. The answers are folded into the request (scores, depth,
  * exact token counts) and into the stage's cost model. Completions run on the channels'
- * polling threads and only copy and signal. */
+ * polling threads and only copy and signal. A fused pair (stages that continue) goes out the
+ * same way, each call with both exits and a prune step at the shallower one and its rows in
+ * request order; the shallower exit's scores go into the request, the deeper one's into the
+ * carry (mr__carry) that the cascade takes when it reaches the deeper stage. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
@@ -32,6 +35,53 @@
 
 #define WAKE_MS 10.0            /* the loop looks at the client and the budget this often */
 #define NO_BUDGET_TIMEOUT_MS 60000.0    /* an attempt's cap when nothing else bounds it */
+
+/* ---- the carry of a fused pair (coord_internal.h) ---- */
+
+/* Room for n rows in c (allocated once per request, kept for its later pairs); MR_ENOMEM. */
+static int carry_alloc(mr__carry *c, int n) {
+    c->pos = -1;
+    if (c->n >= n) return 0;
+    mr__carry_free(c);
+    c->score = malloc((size_t)n * sizeof *c->score);
+    c->depth = malloc((size_t)n * sizeof *c->depth);
+    c->tokens = malloc((size_t)n * sizeof *c->tokens);
+    c->truncated = malloc((size_t)n);
+    c->have = calloc((size_t)n, 1);
+    if (!c->score || !c->depth || !c->tokens || !c->truncated || !c->have) {
+        mr__carry_free(c);
+        return MR_ENOMEM;
+    }
+    c->n = n;
+    return 0;
+}
+
+void mr__carry_free(mr__carry *c) {
+    free(c->score);
+    free(c->depth);
+    free(c->tokens);
+    free(c->truncated);
+    free(c->have);
+    *c = (mr__carry){.pos = -1};
+}
+
+int mr__carry_take(mr__req *r, mr__carry *c, int pos, const int *active, int n_active,
+                   double *ms) {
+    int ok = c->pos == pos && c->pos >= 0;
+    c->pos = -1;
+    for (int i = 0; ok && i < n_active; i++) ok = c->have[active[i]];
+    if (!ok) return 0;   /* never expected (the prune step keeps every survivor): run it */
+    for (int i = 0; i < n_active; i++) {
+        int d = active[i];
+        r->stage[d] = pos;
+        r->score[d] = c->score[d];
+        r->depth[d] = c->depth[d];
+        r->truncated[d] |= c->truncated[d];
+        r->total_tokens += c->tokens[d];
+    }
+    *ms = c->ms;
+    return 1;
+}
 
 /* ---- calls ---- */
 
@@ -179,9 +229,13 @@ static void wait_all(batch *b) {
 
 /* Folds the answers of every call into the request: scores, depth, truncation and, on the
  * first stage, the exact token counts (later stages are planned with them). Checks every
- * answer before writing anything, so a malformed one leaves r unchanged. */
-static int absorb(mr__req *r, int pos, const mr_cc_stage *st, slot *s, int n_slots,
-                  grpc_status_code *code, char *msg, size_t cap) {
+ * answer before writing anything, so a malformed one leaves r unchanged. A fused pair (deep:
+ * the deeper stage, else NULL) writes its shallower exit's scores into r as stage pos and its
+ * deeper exit's into *carry, and *share receives the shallower stage's share of the
+ * token-layers computed. */
+static int absorb(mr__req *r, int pos, const mr_cc_stage *st, const mr_cc_stage *deep,
+                  mr__carry *carry, double *share, slot *s, int n_slots, grpc_status_code *code,
+                  char *msg, size_t cap) {
     Mrank__V1__ScoreResponse **resp = calloc((size_t)n_slots, sizeof *resp);
     int rc = -1;
     if (!resp) {
@@ -201,13 +255,22 @@ static int absorb(mr__req *r, int pos, const mr_cc_stage *st, slot *s, int n_slo
         }
     }
     int si = (int)(st - r->co->cfg.stages), first = mr__first_neural(r);
+    int sd = deep ? (int)(deep - r->co->cfg.stages) : si;
+    double tl_shallow = 0, tl_all = 0;
+    if (carry) carry->pos = pos + 1;
     for (int k = 0; k < n_slots; k++) {
+        double tl_call = 0;     /* token-layers the call computed (a fused pass: exact) */
         for (int i = 0; i < s[k].n; i++) {
             const Mrank__V1__PassageScores *ps = resp[k]->passages[i];
             int d = s[k].members[i];
             r->stage[d] = pos;
-            r->score[d] = ps->n_scores ? ps->scores[ps->n_scores - 1] : NAN;
-            r->depth[d] = ps->depth ? (int)ps->depth : st->arch.depth;
+            if (deep) {   /* the shallower exit is the first of the two */
+                r->score[d] = ps->n_scores ? ps->scores[0] : NAN;
+                r->depth[d] = st->arch.depth;
+            } else {
+                r->score[d] = ps->n_scores ? ps->scores[ps->n_scores - 1] : NAN;
+                r->depth[d] = ps->depth ? (int)ps->depth : st->arch.depth;
+            }
             r->truncated[d] |= ps->truncated;
             if (pos == first) {   /* the first stage that tokenized */
                 r->prompt_tokens += ps->tokens;
@@ -217,14 +280,32 @@ static int absorb(mr__req *r, int pos, const mr_cc_stage *st, slot *s, int n_slo
                 }
             }
             r->total_tokens += ps->tokens;
+            if (!deep) continue;
+            double a = mr_subarch_token_layers(&st->arch, r->n_fixed, r->passage_tokens[d]);
+            int on = ps->n_scores == 2 && ps->depth >= (uint32_t)deep->arch.depth;
+            carry->have[d] = (char)on;
+            carry->score[d] = on ? ps->scores[1] : NAN;
+            carry->depth[d] = (int)ps->depth;
+            carry->tokens[d] = (int)ps->tokens;
+            carry->truncated[d] = (char)ps->truncated;
+            tl_shallow += a;
+            tl_call += on ? mr_subarch_token_layers(&deep->arch, r->n_fixed, r->passage_tokens[d])
+                          : a;
         }
-        pthread_mutex_lock(&r->co->mu);
-        mr_cost_model_observe(&r->co->cost[si], s[k].token_layers, resp[k]->compute_ms,
-                              s[k].wall_ms);
-        double ns = r->co->cost[si].ns_per_tl;
-        pthread_mutex_unlock(&r->co->mu);
-        mr_coord_metrics_cost(r->co->metrics, si, ns);
+        if (!deep) tl_call = s[k].token_layers;
+        tl_all += tl_call;
+        /* a fused call is one pass of both stages' sub-architectures on one pool: its speed
+         * per token-layer is an observation of both cost models */
+        for (int m = si;; m = sd) {
+            pthread_mutex_lock(&r->co->mu);
+            mr_cost_model_observe(&r->co->cost[m], tl_call, resp[k]->compute_ms, s[k].wall_ms);
+            double ns = r->co->cost[m].ns_per_tl;
+            pthread_mutex_unlock(&r->co->mu);
+            mr_coord_metrics_cost(r->co->metrics, m, ns);
+            if (m == sd) break;
+        }
     }
+    if (share) *share = tl_all > 0 ? tl_shallow / tl_all : 1;
     rc = 0;
 done:
     for (int k = 0; k < n_slots; k++)
@@ -357,12 +438,19 @@ static int on_done(mr__req *r, int p, const mr_cc_stage *st, slot *s, int k, dou
     return -1;
 }
 
+static int by_index(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* One stage's calls, or a fused pair's (fp, carry and share set: see mr__fanout_fused). */
 static int fanout_stage(mr__req *r, int pos, const int *active, int n_active,
-                     grpc_status_code *code, char *msg, size_t cap) {
+                        const mr__fuse_plan *fp, mr__carry *carry, double *share,
+                        grpc_status_code *code, char *msg, size_t cap) {
     mr_coord *c = r->co;
-    const mr_cc_stage *st = mr__req_stage(r, pos);
+    const mr_cc_stage *st = mr__req_stage(r, pos), *deep = fp ? mr__req_stage(r, pos + 1) : NULL;
     const int p = st->pool, si = (int)(st - c->cfg.stages);
-    int n_calls = mr__plan_calls(r, st, active, n_active), n_slots = n_calls;
+    int n_calls = fp ? fp->n_calls : mr__plan_calls(r, st, active, n_active), n_slots = n_calls;
     batch b = {.pending = 0};
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -373,8 +461,9 @@ static int fanout_stage(mr__req *r, int pos, const int *active, int n_active,
     slot *s = calloc(2 * (size_t)n_calls, sizeof *s);   /* the calls, then their hedges */
     int *members = malloc((size_t)n_active * sizeof *members);
     int rc = -1, n_ok = 0, answered = 0;
-    double reserve = mr__plan_rest_ms(r, pos, active, n_active);
-    if (!s || !members) {
+    /* a fused pair's budget left alone is what the stages after its deeper one need */
+    double reserve = mr__plan_rest_ms(r, fp ? pos + 1 : pos, active, n_active);
+    if (!s || !members || (fp && carry_alloc(carry, r->n))) {
         *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(msg, cap, "coordinator: out of memory");
         goto done;
@@ -384,10 +473,14 @@ static int fanout_stage(mr__req *r, int pos, const int *active, int n_active,
         s[k] = (slot){.b = &b, .owner = k, .twin = -1, .won = -1, .members = members + off,
                       .state = S_WAIT, .retry_at = 0, .hedge_at = INFINITY,
                       .status = GRPC_STATUS_UNKNOWN};
+        double deeper = 0;      /* a fused call: the deeper stage's token-layers of its rows */
         for (int i = k; i < n_active; i += n_calls) {
             s[k].members[s[k].n++] = active[i];
             s[k].token_layers += mr_subarch_token_layers(&st->arch, r->n_fixed,
                                                          r->passage_tokens[active[i]]);
+            if (fp)
+                deeper += mr_subarch_token_layers(&deep->arch, r->n_fixed,
+                                                  r->passage_tokens[active[i]]);
         }
         off += s[k].n;
         mr_err err = {0};
@@ -396,7 +489,19 @@ static int fanout_stage(mr__req *r, int pos, const int *active, int n_active,
             snprintf(msg, cap, "coordinator: out of memory");
             goto done;
         }
-        if (mr__wire_score(r, st, s[k].members, s[k].n, &s[k].req, &s[k].req_len, &err)) {
+        mr_fused_prune step;
+        int has_step = 0;
+        if (fp) {
+            /* request order within the call: the worker's prune breaks ties by lower row, as
+             * the merge rule does by lower index (cascade.h mr_cascade_fused_prune) */
+            qsort(s[k].members, (size_t)s[k].n, sizeof *s[k].members, by_index);
+            has_step = mr_cascade_fused_prune(&r->keep[pos], n_active, s[k].n, &step);
+            int on = mr_cascade_fused_rows(&r->keep[pos], n_active, s[k].n);
+            s[k].token_layers += (deeper - s[k].token_layers) * on / s[k].n;
+        }
+        if (fp ? mr__wire_score_fused(r, deep, st->arch.depth, has_step ? &step : NULL,
+                                      s[k].members, s[k].n, &s[k].req, &s[k].req_len, &err)
+               : mr__wire_score(r, st, s[k].members, s[k].n, &s[k].req, &s[k].req_len, &err)) {
             *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
             snprintf(msg, cap, "%s", err.msg);
             goto done;
@@ -466,7 +571,7 @@ done:
             s[k].ep = w->ep, s[k].wall_ms = w->wall_ms;
             w->resp = resp;
         }
-        rc = absorb(r, pos, st, s, n_calls, code, msg, cap);
+        rc = absorb(r, pos, st, deep, carry, share, s, n_calls, code, msg, cap);
     }
     for (int k = 0; s && k < n_slots; k++) {
         if (!s[k].hedge) free(s[k].req);
@@ -480,21 +585,37 @@ done:
     return rc;
 }
 
-/* The stage as one INTERNAL span (trace.h) under the request's; its Score calls are CLIENT
- * spans under it (launch passes r->stage_trace). */
-int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
-                     grpc_status_code *code, char *msg, size_t cap) {
+/* The stage (or fused pair) as one INTERNAL span (trace.h) under the request's; its Score
+ * calls are CLIENT spans under it (launch passes r->stage_trace). */
+static int traced(mr__req *r, int pos, const int *active, int n_active, const mr__fuse_plan *fp,
+                  mr__carry *carry, double *share, grpc_status_code *code, char *msg,
+                  size_t cap) {
     mr_trace_child(r->sink.ops->trace ? r->sink.ops->trace(r->sink.ctx) : NULL, &r->stage_trace);
     uint64_t t0 = mr_trace_now_ns();
-    int rc = fanout_stage(r, pos, active, n_active, code, msg, cap);
+    int rc = fanout_stage(r, pos, active, n_active, fp, carry, share, code, msg, cap);
     if (mr_trace_exporting()) {
         const mr_cc_stage *st = mr__req_stage(r, pos);
-        char name[MR_CC_NAME + 8];
-        snprintf(name, sizeof name, "stage %s", st->name);
+        char name[2 * MR_CC_NAME + 8];
+        snprintf(name, sizeof name, "stage %s%s%s", st->name, fp ? "+" : "",
+                 fp ? mr__req_stage(r, pos + 1)->name : "");
         const char *attrs[] = {"mrank.stage", st->name, "mrank.request_id",
                                r->in && r->in->request_id ? r->in->request_id : "", NULL};
         mr_trace_span(&r->stage_trace, MR_SPAN_INTERNAL, name, t0, mr_trace_now_ns(),
                       rc ? msg : NULL, attrs);
     }
+    return rc;
+}
+
+int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
+                     grpc_status_code *code, char *msg, size_t cap) {
+    return traced(r, pos, active, n_active, NULL, NULL, NULL, code, msg, cap);
+}
+
+int mr__fanout_fused(mr__req *r, int pos, const int *active, int n_active,
+                     const mr__fuse_plan *fp, mr__carry *carry, double *share_pos,
+                     grpc_status_code *code, char *msg, size_t cap) {
+    int rc = traced(r, pos, active, n_active, fp, carry, share_pos, code, msg, cap);
+    if (rc == 0) mr_coord_metrics_fused(r->co->metrics, r->profile);
+    else carry->pos = -1;   /* a failed pair carries nothing */
     return rc;
 }

@@ -1,8 +1,13 @@
 /* plan.c: stage planning (see coord_internal.h): the cost of a stage in token-layers, its
  * estimated wall time from the stage's cost model and the pool's parallelism, the decision to
  * run it, skip it (degraded answer) or fail the request, the number of Score calls it is
- * split into, and what the later stages need (the budget a stage's attempts leave alone). The rules themselves are cascade.c's; this file feeds them the request's and the
- * pool's figures. */
+ * split into, and what the later stages need (the budget a stage's attempts leave alone);
+ * whether two consecutive stages run as one fused pass (stages that continue: the pair can
+ * share a pass, and the profile's "fuse" or the cost model's comparison of both ways says so).
+ * The rules themselves are cascade.c's; this file feeds them the request's and the pool's
+ * figures. */
+#include <string.h>
+
 #include "coord_internal.h"
 
 #include "subarch.h"
@@ -87,21 +92,138 @@ double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active) {
     return rest * (c->cfg.safety > 1 ? c->cfg.safety : 1);
 }
 
+/* The most tokens one Score call on pool p should carry: the pool's max_call_tokens, else the
+ * smallest batch budget a replica reported (0: none known). batch_only: the smallest batch
+ * budget whatever max_call_tokens says, when that is smaller (a call with a prune step must
+ * fit one worker batch). */
+static long max_call_of(mr_coord *c, int p, int batch_only) {
+    const mr__pool *prt = &c->pools[p];
+    long max_call = c->cfg.pools[p].max_call_tokens, batch = 0;
+    pthread_mutex_lock(&c->mu);
+    for (int e = 0; e < prt->n_ep; e++)
+        if (prt->ep[e].info_ok && prt->ep[e].max_batch_tokens > 0 &&
+            (batch <= 0 || prt->ep[e].max_batch_tokens < batch))
+            batch = prt->ep[e].max_batch_tokens;
+    pthread_mutex_unlock(&c->mu);
+    if (max_call <= 0 || (batch_only && batch > 0 && batch < max_call)) return batch;
+    return max_call;
+}
+
+/* Score calls for n candidates of `tokens` tokens in all on pool p (cascade.h's split rule). */
+static int calls_of(mr_coord *c, int p, int n, long tokens) {
+    return mr_cascade_n_calls(n, tokens, mr__pool_parallelism(c, p), max_call_of(c, p, 0),
+                              c->cfg.pools[p].min_per_call);
+}
+
 int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active) {
-    mr_coord *c = r->co;
-    const mr_cc_pool *pc = &c->cfg.pools[st->pool];
-    const mr__pool *prt = &c->pools[st->pool];
     long tokens = 0;
     for (int i = 0; i < n_active; i++) tokens += r->n_fixed + r->passage_tokens[active[i]];
-    long max_call = pc->max_call_tokens;
-    if (max_call <= 0) {    /* the smallest batch budget a replica reported */
-        pthread_mutex_lock(&c->mu);
-        for (int e = 0; e < prt->n_ep; e++)
-            if (prt->ep[e].info_ok && prt->ep[e].max_batch_tokens > 0 &&
-                (max_call <= 0 || prt->ep[e].max_batch_tokens < max_call))
-                max_call = prt->ep[e].max_batch_tokens;
-        pthread_mutex_unlock(&c->mu);
+    return calls_of(r->co, st->pool, n_active, tokens);
+}
+
+/* ---- stages that continue ---- */
+
+/* Whether profile stages pos and pos + 1 of cfg can share one pass (coord_internal.h). */
+static int fusable(const mr_coord_config *cfg, int profile, int pos) {
+    const mr_cc_profile *pr = &cfg->profiles[profile];
+    if (pos < 0 || pos + 1 >= pr->n_stages) return 0;
+    const mr_cc_stage *a = &cfg->stages[pr->stages[pos].stage];
+    const mr_cc_stage *b = &cfg->stages[pr->stages[pos + 1].stage];
+    const mr_subarch *x = &a->arch, *y = &b->arch;
+    if (a->kind != MR_CC_NEURAL || b->kind != MR_CC_NEURAL || a->pool != b->pool ||
+        x->depth <= 0 || y->depth <= x->depth || x->ratio != y->ratio ||
+        x->pooling != y->pooling || x->n_adapters != y->n_adapters)
+        return 0;
+    for (int i = 0; i < x->n_adapters; i++)   /* the same adapters in the same order */
+        if (strcmp(x->adapters[i], y->adapters[i])) return 0;
+    /* up to the shallower exit both pass through the same widths: the deeper one's compress
+     * layers below that depth are exactly the shallower one's (all below its depth) */
+    int k = 0;
+    while (k < y->n_compress && y->compress_layers[k] < x->depth) k++;
+    if (k != x->n_compress) return 0;
+    for (int i = 0; i < k; i++)
+        if (x->compress_layers[i] != y->compress_layers[i]) return 0;
+    return 1;
+}
+
+/* Tokens a fused call at stage pos counts for document d: exact once a neural stage before
+ * pos tokenized, else limits.max_tokens_per_pair (a call with a prune step runs as one worker
+ * batch and is refused when larger, so an estimate may not be short). */
+static long fused_row_tokens(const mr__req *r, int pos, int d) {
+    if (pos > mr__first_neural(r)) return r->n_fixed + r->passage_tokens[d];   /* exact */
+    return r->co->cfg.max_tokens_per_pair;
+}
+
+/* The most tokens (fused_row_tokens) of a call when active[0..n_active) is split into
+ * n_calls interleaved calls, as fanout.c splits them. */
+static long widest_call(const mr__req *r, int pos, const int *active, int n_active, int n_calls) {
+    long most = 0;
+    for (int k = 0; k < n_calls; k++) {
+        long t = 0;
+        for (int i = k; i < n_active; i += n_calls) t += fused_row_tokens(r, pos, active[i]);
+        if (t > most) most = t;
     }
-    return mr_cascade_n_calls(n_active, tokens, mr__pool_parallelism(c, st->pool), max_call,
-                              pc->min_per_call);
+    return most;
+}
+
+int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse_plan *fp) {
+    mr_coord *c = r->co;
+    const mr_cc_profile *pr = &c->cfg.profiles[r->profile];
+    if (pr->fuse == MR_CC_FUSE_NEVER || n_active <= 0 || !fusable(&c->cfg, r->profile, pos))
+        return 0;
+    int sa = pr->stages[pos].stage, sb = pr->stages[pos + 1].stage;
+    const mr_cc_stage *a = &c->cfg.stages[sa], *b = &c->cfg.stages[sb];
+    const mr_keep_rule *keep = &r->keep[pos];
+    int p = a->pool, par = mr__pool_parallelism(c, p);
+    /* The deepest layer of a pass runs only K and V for every token, the rest for each row's
+     * last token; a fused pass goes on after the shallower exit, so its layer dA - 1 runs in
+     * full for every row. Counted as one more layer of every row (K and V are a small share
+     * of a layer: 8% of mrank-tiny's, less in larger GQA models), which is what makes fusion
+     * worth it only when the survivors' recomputed layers outweigh it (docs/perf.md). */
+    mr_subarch below = a->arch;
+    below.depth = a->arch.depth - 1;
+    double tl_a = 0, tl_b = 0, tl_last = 0;
+    long tokens = 0, fused_tokens = 0;
+    for (int i = 0; i < n_active; i++) {
+        int d = active[i], np = r->passage_tokens[d];
+        double x = mr_subarch_token_layers(&a->arch, r->n_fixed, np);
+        tl_a += x;
+        tl_last += below.depth > 0 ? x - mr_subarch_token_layers(&below, r->n_fixed, np) : x;
+        tl_b += mr_subarch_token_layers(&b->arch, r->n_fixed, np);
+        tokens += r->n_fixed + np;
+        fused_tokens += fused_row_tokens(r, pos, d);
+    }
+    /* split: stage a over all, stage b over the keep rule's count bound (min_score cannot be
+     * known before the scores: counted as keeping all, as mr__plan_rest_ms does), each over
+     * the replicas its own calls reach */
+    int kept = mr_cascade_keep_bound(keep, n_active);
+    int calls_a = calls_of(c, p, n_active, tokens);
+    int calls_b = calls_of(c, p, kept, (long)((double)tokens * kept / n_active));
+    /* fused: one pass per call, whose rows must fit one worker batch (the prune step makes
+     * it run alone and whole); a call of n_j rows takes at most mr_cascade_fused_rows of them
+     * past the shallower exit (the interleaved split gives every call a similar mix) */
+    int calls_f = calls_of(c, p, n_active, fused_tokens);
+    long limit = max_call_of(c, p, 1);
+    while (calls_f < n_active && limit > 0 && widest_call(r, pos, active, n_active, calls_f) > limit)
+        calls_f++;
+    if (limit > 0 && widest_call(r, pos, active, n_active, calls_f) > limit) return 0;
+    long rows_on = 0;
+    for (int k = 0; k < calls_f; k++) {
+        int n_j = n_active / calls_f + (k < n_active % calls_f);
+        rows_on += mr_cascade_fused_rows(keep, n_active, n_j);
+    }
+    double mean_extra = (tl_b - tl_a) / n_active;
+    pthread_mutex_lock(&c->mu);
+    double split_ms =
+        mr_cost_model_estimate_ms(&c->cost[sa], tl_a, calls_a < par ? calls_a : par) +
+        mr_cost_model_estimate_ms(&c->cost[sb], tl_b * kept / n_active,
+                                  calls_b < par ? calls_b : par);
+    fp->est_ms = mr_cost_model_fused_ms(&c->cost[sa], &c->cost[sb], tl_a + tl_last,
+                                        mean_extra * rows_on, calls_f < par ? calls_f : par);
+    pthread_mutex_unlock(&c->mu);
+    fp->n_calls = calls_f;
+    if (pr->fuse == MR_CC_FUSE_AUTO && fp->est_ms > split_ms) return 0;
+    /* the pair must fit the budget as a whole; else stage a runs alone (b may be skipped) */
+    return mr_cascade_decide(pos, fp->est_ms, mr__req_remaining_ms(r), c->cfg.safety, 0) ==
+           MR_STAGE_RUN;
 }

@@ -39,15 +39,74 @@ static void skip_rest(mr__req *r, int pos, int n_active, double ms) {
         mr__req_stat(r, q, q == pos ? n_active : 0, 0, q == pos ? ms : 0, 1);
 }
 
+/* Scores active[0..n_active) with profile stage pos (of the first n_run): from the carry of
+ * a fused pair that ended with it, else planned against the budget and sent, alone or fused
+ * with stage pos + 1 (its scores then go into cy); *ms the stage's time. 0 when scored, 1 when
+ * the cascade ends here (skipped: a degraded answer), -1 with code and msg on failure. */
+static int score_stage(mr__req *r, int pos, int n_run, const int *active, int n_active,
+                       mr__carry *cy, double *ms, int *degraded, int *miss,
+                       grpc_status_code *code, char *msg, size_t cap) {
+    const mr_cc_stage *st = mr__req_stage(r, pos);
+    if (mr__carry_take(r, cy, pos, active, n_active, ms)) return 0;
+    if (r->sink.ops->cancelled(r->sink.ctx)) {
+        *code = GRPC_STATUS_CANCELLED;
+        snprintf(msg, cap, "cancelled by the client");
+        return -1;
+    }
+    double est, rem;
+    mr_stage_decision dec = mr__plan_stage(r, pos, active, n_active, &est, &rem);
+    if (dec == MR_STAGE_FAIL) {
+        *miss = 1;
+        *code = GRPC_STATUS_DEADLINE_EXCEEDED;
+        snprintf(msg, cap,
+                 "stage '%s' needs about %.1f ms (%.1f with the planning safety factor), "
+                 "%.1f ms of the budget left%s",
+                 st->name, est, est * r->co->cfg.safety, rem > 0 ? rem : 0.0,
+                 pos > 0 ? " (tier does not allow degraded answers)" : "");
+        return -1;
+    }
+    if (dec == MR_STAGE_SKIP) {
+        *miss = *degraded = 1;
+        skip_rest(r, pos, n_active, 0);
+        return 1;
+    }
+    double t_stage = mr__now_ms(), share = 1;
+    r->fanned_out = 1;
+    mr__fuse_plan fp;
+    int fused = pos + 1 < n_run && mr__plan_fuse(r, pos, active, n_active, &fp);
+    int rc = st->kind == MR_CC_LEXICAL
+                 ? mr__lexical_stage(r, pos, active, n_active, code, msg, cap)
+             : fused ? mr__fanout_fused(r, pos, active, n_active, &fp, cy, &share, code, msg, cap)
+                     : mr__fanout_stage(r, pos, active, n_active, code, msg, cap);
+    *ms = mr__now_ms() - t_stage;
+    if (rc) {
+        *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;
+        if (pos > 0 && r->co->cfg.tiers[r->tier].allow_degraded &&
+            (*code == GRPC_STATUS_DEADLINE_EXCEEDED || *code == GRPC_STATUS_UNAVAILABLE ||
+             *code == GRPC_STATUS_RESOURCE_EXHAUSTED)) {
+            /* the ranking of the previous stages stands: this stage's candidates keep
+             * their earlier scores (a failed fan-out writes nothing) */
+            *degraded = 1;
+            *code = GRPC_STATUS_OK;
+            skip_rest(r, pos, n_active, *ms);
+            return 1;
+        }
+        return -1;
+    }
+    cy->ms = *ms * (1 - share);   /* a fused pair's time, split by token-layers */
+    *ms -= cy->ms;
+    return 0;
+}
+
 /* Runs the first n_run stages of the cascade over the documents of r (the rest are skipped:
  * a degraded answer): 0 (with *degraded and *miss set) or -1 with code and msg. */
 static int run_cascade(mr__req *r, int n_run, int stream, int *degraded, int *miss,
                        grpc_status_code *code, char *msg, size_t cap) {
     const mr_cc_profile *pr = &r->co->cfg.profiles[r->profile];
-    int allow_degraded = r->co->cfg.tiers[r->tier].allow_degraded;
     int *active = malloc((size_t)r->n * sizeof *active);
     mr_cand *cand = malloc((size_t)r->n * sizeof *cand);
     mr__fuse *fu = mr__fuse_begin(r);    /* NULL: no fusion phase */
+    mr__carry cy = {.pos = -1};          /* a fused pair's deeper scores */
     int rc = -1;
     if (!active || !cand) {
         *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
@@ -57,52 +116,16 @@ static int run_cascade(mr__req *r, int n_run, int stream, int *degraded, int *mi
     for (int i = 0; i < r->n; i++) active[i] = i;
     int n_active = r->n;
     for (int pos = 0; pos < pr->n_stages && n_active > 0; pos++) {
-        const mr_cc_stage *st = mr__req_stage(r, pos);
         if (pos == n_run) {
             *miss = *degraded = 1;
             skip_rest(r, pos, n_active, 0);
             break;
         }
-        if (r->sink.ops->cancelled(r->sink.ctx)) {
-            *code = GRPC_STATUS_CANCELLED;
-            snprintf(msg, cap, "cancelled by the client");
-            goto done;
-        }
-        double est, rem;
-        mr_stage_decision dec = mr__plan_stage(r, pos, active, n_active, &est, &rem);
-        if (dec == MR_STAGE_FAIL) {
-            *miss = 1;
-            *code = GRPC_STATUS_DEADLINE_EXCEEDED;
-            snprintf(msg, cap,
-                     "stage '%s' needs about %.1f ms (%.1f with the planning safety factor), "
-                     "%.1f ms of the budget left%s",
-                     st->name, est, est * r->co->cfg.safety, rem > 0 ? rem : 0.0,
-                     pos > 0 ? " (tier does not allow degraded answers)" : "");
-            goto done;
-        }
-        if (dec == MR_STAGE_SKIP) {
-            *miss = *degraded = 1;
-            skip_rest(r, pos, n_active, 0);
-            break;
-        }
-        double t_stage = mr__now_ms();
-        r->fanned_out = 1;
-        if (st->kind == MR_CC_LEXICAL ? mr__lexical_stage(r, pos, active, n_active, code, msg, cap)
-                                      : mr__fanout_stage(r, pos, active, n_active, code, msg, cap)) {
-            *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;
-            if (pos > 0 && allow_degraded &&
-                (*code == GRPC_STATUS_DEADLINE_EXCEEDED || *code == GRPC_STATUS_UNAVAILABLE ||
-                 *code == GRPC_STATUS_RESOURCE_EXHAUSTED)) {
-                /* the ranking of the previous stages stands: this stage's candidates keep
-                 * their earlier scores (a failed fan-out writes nothing) */
-                *degraded = 1;
-                *code = GRPC_STATUS_OK;
-                skip_rest(r, pos, n_active, mr__now_ms() - t_stage);
-                break;
-            }
-            goto done;
-        }
-        double ms = mr__now_ms() - t_stage;
+        double ms;
+        int sr = score_stage(r, pos, n_run, active, n_active, &cy, &ms, degraded, miss, code,
+                             msg, cap);
+        if (sr < 0) goto done;
+        if (sr > 0) break;
         mr__fuse_record(fu, r, pos, active, n_active);
         int kept = n_active;
         if (pos + 1 < pr->n_stages) {
@@ -131,6 +154,7 @@ static int run_cascade(mr__req *r, int n_run, int stream, int *degraded, int *mi
     rc = 0;
 done:
     mr__fuse_free(fu);
+    mr__carry_free(&cy);
     free(active);
     free(cand);
     return rc;

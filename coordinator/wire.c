@@ -13,7 +13,27 @@
 
 int mr__wire_score(const mr__req *r, const mr_cc_stage *st, const int *members, int n,
                    uint8_t **buf, size_t *len, mr_err *err) {
+    return mr__wire_score_fused(r, st, 0, NULL, members, n, buf, len, err);
+}
+
+int mr__wire_score_fused(const mr__req *r, const mr_cc_stage *st, int shallow,
+                         const mr_fused_prune *prune, const int *members, int n, uint8_t **buf,
+                         size_t *len, mr_err *err) {
     Mrank__V1__ScoreRequest sr = MRANK__V1__SCORE_REQUEST__INIT;
+    uint32_t exits[2] = {(uint32_t)shallow, (uint32_t)st->arch.depth};
+    Mrank__V1__PruneStep step = MRANK__V1__PRUNE_STEP__INIT, *steps[1] = {&step};
+    if (shallow > 0) {   /* a fused pair: both exits, the prune step at the shallower one */
+        sr.n_exits = 2;
+        sr.exits = exits;
+        if (prune) {
+            step.layer = (uint32_t)shallow;
+            step.top_k = (uint32_t)prune->top_k;
+            step.has_min_score = prune->top_k == 0 && prune->has_min_score;
+            step.min_score = prune->min_score;
+            sr.n_prune = 1;
+            sr.prune = steps;
+        }
+    }
     mr_subarch_pb arch;
     mr_subarch_to_pb(&arch, &st->arch);
     sr.query = r->in->query;

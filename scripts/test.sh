@@ -28,7 +28,7 @@ cmake --build build-asan -j"$jobs"
 # threads, and OMP_THREAD_LIMIT=1 runs the engine's OpenMP loops on one thread (libgomp's
 # barriers are invisible to TSan; the loops are data-parallel and run threaded in the builds
 # above).
-tsan_tests="test_forward test_gemm test_rpc test_prom test_worker test_failover test_coord_config test_cascade test_admission test_discovery test_security"
+tsan_tests="test_forward test_gemm test_rpc test_prom test_worker test_failover test_fused_stages test_coord_config test_cascade test_admission test_discovery test_security"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMR_TSAN=ON -DMR_CUDA=OFF >/dev/null
 cmake --build build-tsan -j"$jobs" --target mrank $tsan_tests
 (cd build-tsan &&

@@ -300,17 +300,7 @@ static mr_coord *start_coord(mr_worker **w, double budget_ms, int lexical, int *
              mr_worker_port(w[0]), mr_worker_port(w[1]),
              lexical ? "{\"stage\": \"bm25\", \"keep_top_k\": 64}, " : "", budget_ms, deg,
              budget_ms, deg);
-    mr_coord_config *cfg = calloc(1, sizeof *cfg);
-    mr_coord *c = NULL;
-    mr_err err = {0};
-    assert_non_null(cfg);
-    if (mr_coord_config_parse(cfg, "admission.json", json, &err)) fail_msg("config: %s", err.msg);
-    if (mr_coord_new(&c, cfg, "127.0.0.1:0", 0, &err) || mr_coord_start(c, port, &err))
-        fail_msg("coordinator: %s", err.msg);
-    free(cfg);
-    for (int i = 0; i < 600 && !mr_coord_ready(c); i++) usleep(50000);   /* at most 30 s */
-    assert_true(mr_coord_ready(c));
-    return c;
+    return start_cluster_coord(json, port, NULL);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -368,12 +358,8 @@ static double rerank_once(mr_rpc_channel *ch, const uint8_t *req, size_t len, co
  * budget over the workers w (the first one warms the connections up). */
 static double idle_service_ms(mr_worker **w, const uint8_t *req, size_t len) {
     int port = 0;
-    char target[64];
-    mr_err err = {0};
-    mr_rpc_channel *ch = NULL;
     mr_coord *c = start_coord(w, 0, 0, &port);
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    mr_rpc_channel *ch = channel_to(port);
     double svc[N_SERVICE];
     rerank_once(ch, req, len, "idle");
     for (int i = 0; i < N_SERVICE; i++) svc[i] = rerank_once(ch, req, len, "idle");
@@ -436,8 +422,6 @@ static void test_overload(void **state) {
     (void)state;
     mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
     int port = 0;
-    char target[64];
-    mr_err err = {0};
     size_t len[2];
     uint8_t *req[2] = {tiny_rerank_request("hi", N_DOCS, &len[0]),
                       tiny_rerank_request("lo", N_DOCS, &len[1])};
@@ -455,8 +439,7 @@ static void test_overload(void **state) {
         S = idle_service_ms(w, req[0], len[0]);
         budget = ceil(BUDGET_X * S);
         c = start_coord(w, budget, 0, &port);
-        snprintf(target, sizeof target, "127.0.0.1:%d", port);
-        assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+        ch = channel_to(port);
         o = burst(ch, req, len, budget, &mu);
 
         answered[0] = answered[1] = refused_at_arrival = 0;
@@ -530,8 +513,6 @@ static void test_lexical_answers(void **state) {
     (void)state;
     mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
     int port = 0;
-    char target[64];
-    mr_err err = {0};
     size_t len[2];
     uint8_t *req[2] = {tiny_rerank_request("hi", N_DOCS, &len[0]),
                       tiny_rerank_request("lo", N_DOCS, &len[1])};
@@ -539,8 +520,7 @@ static void test_lexical_answers(void **state) {
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     double S = idle_service_ms(w, req[0], len[0]), budget = ceil(BUDGET_X * S);
     mr_coord *c = start_coord(w, budget, 1, &port);
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    ch = channel_to(port);
     outcome *o = burst(ch, req, len, budget, &mu);
     int full = 0, n_lex = 0;
     double lex_ms[2 * N_EACH];

@@ -419,6 +419,68 @@ static void test_outlier(void **state) {
     assert_true(mr_outlier_failure(&o, 0, 2, 0) == MR_EJECT_BASE_MS);
 }
 
+/* Stages that continue: the prune step of a fused call never drops a row the keep rule keeps
+ * over all candidates, and the fused estimate pays one round trip. */
+static void test_fused_prune(void **state) {
+    mr_fused_prune st = {0};
+    mr_keep_rule none = {0}, top = {.top_k = 3}, frac = {.fraction = 0.25f},
+                 min = {.has_min_score = 1, .min_score = -1.5f},
+                 both = {.top_k = 3, .has_min_score = 1, .min_score = -1.5f};
+    assert_int_equal(mr_cascade_fused_prune(&none, 16, 16, &st), 0);   /* keeps all: no step */
+    assert_int_equal(mr_cascade_fused_prune(&top, 16, 16, &st), 1);
+    assert_int_equal(st.top_k, 3);
+    /* a call of 2 rows of 16: top 3 keeps them all, nothing to prune */
+    assert_int_equal(mr_cascade_fused_prune(&top, 16, 2, &st), 0);
+    assert_int_equal(mr_cascade_fused_rows(&top, 16, 2), 2);
+    /* fraction over all 16 candidates (4), not over the call's 8 rows (2) */
+    assert_int_equal(mr_cascade_fused_prune(&frac, 16, 8, &st), 1);
+    assert_int_equal(st.top_k, 4);
+    assert_int_equal(mr_cascade_fused_rows(&frac, 16, 8), 4);
+    assert_int_equal(mr_cascade_fused_prune(&min, 16, 8, &st), 1);
+    assert_true(st.top_k == 0 && st.has_min_score && st.min_score == -1.5f);
+    assert_int_equal(mr_cascade_fused_rows(&min, 16, 8), 8);
+    /* both: the count goes to the worker, min_score is the coordinator's selection */
+    assert_int_equal(mr_cascade_fused_prune(&both, 16, 8, &st), 1);
+    assert_int_equal(st.top_k, 3);
+    /* superset: over every split of 16 scores into interleaved calls, the rule's survivors
+     * are among the rows each call's step keeps (the worker's rule: best top_k of the call,
+     * ties by lower row; rows in request order) */
+    float sc[16];
+    for (int i = 0; i < 16; i++) sc[i] = (float)((i * 7) % 5) - 2.0f;   /* ties included */
+    const mr_keep_rule *rules[] = {&top, &frac, &min, &both};
+    for (int ri = 0; ri < 4; ri++)
+        for (int calls = 1; calls <= 5; calls++) {
+            mr_cand c[16];
+            for (int i = 0; i < 16; i++) c[i] = (mr_cand){i, 0, sc[i]};
+            int kept = mr_cascade_select(c, 16, rules[ri]);
+            for (int k = 0; k < calls; k++) {
+                int rows[16], n = 0;
+                for (int i = k; i < 16; i += calls) rows[n++] = i;
+                int has = mr_cascade_fused_prune(rules[ri], 16, n, &st);
+                for (int j = 0; j < kept; j++) {
+                    int d = c[j].index, row = -1;
+                    for (int i = 0; i < n; i++)
+                        if (rows[i] == d) row = i;
+                    if (row < 0 || !has) continue;
+                    if (st.top_k == 0) {
+                        assert_true(sc[d] >= st.min_score);
+                        continue;
+                    }
+                    int better = 0;   /* rows of the call ranked before d by the worker */
+                    for (int i = 0; i < n; i++)
+                        better += sc[rows[i]] > sc[d] || (sc[rows[i]] == sc[d] && i < row);
+                    assert_true(better < st.top_k);
+                }
+            }
+        }
+    mr_cost_model a, b;
+    mr_cost_model_init(&a, 1000, 0.2, 2);
+    mr_cost_model_init(&b, 1000, 0.2, 3);
+    /* 3 ms of round trip (the larger), (1e6 + 1e6) token-layers x 1000 ns / 2 calls */
+    assert_true(fabs(mr_cost_model_fused_ms(&a, &b, 1e6, 1e6, 2) - 1003.0) < 1e-9);
+    assert_true(fabs(mr_cost_model_fused_ms(&a, &b, 1e6, 0, 0) - 1003.0) < 1e-9);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sort_merge_rule), cmocka_unit_test(test_sort_ties_stable),
@@ -429,6 +491,7 @@ int main(void) {
         cmocka_unit_test(test_retry_budget),    cmocka_unit_test(test_retry_decide),
         cmocka_unit_test(test_backoff),         cmocka_unit_test(test_attempt_timeout),
         cmocka_unit_test(test_outlier),         cmocka_unit_test(test_hedge_delay),
+        cmocka_unit_test(test_fused_prune),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

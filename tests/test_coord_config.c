@@ -116,7 +116,19 @@ static void test_defaults(void **state) {
     assert_int_equal(c->warmup_timeout_ms, 60000);
     assert_true(c->tiers[0].budget_ms == 0);
     assert_int_equal(c->profiles[0].stages[0].keep.top_k, 0);
+    assert_int_equal(c->profiles[0].fuse, MR_CC_FUSE_AUTO);
     assert_string_equal(c->model, "");
+    /* "fuse" takes each of its values */
+    static const char *const fuse[] = {"auto", "never", "always"};
+    for (int k = 0; k < 3; k++) {
+        char json[sizeof minimal + 32];
+        const char *at = strstr(minimal, "\"stages\":[{\"stage\"");
+        assert_non_null(at);
+        snprintf(json, sizeof json, "%.*s\"fuse\":\"%s\",%s", (int)(at - minimal), minimal,
+                 fuse[k], at);
+        assert_int_equal(mr_coord_config_parse(c, "min.json", json, &err), 0);
+        assert_int_equal(c->profiles[0].fuse, k);
+    }
     free(c);
 }
 
@@ -148,6 +160,10 @@ static const bad_case k_bad[] = {
     {"[{\"stage\": \"deep\"}]}\n", "[{\"stage\": \"deep\"}, {\"stage\": \"x\"}]}\n",
      "profiles[1].stages[1].stage: unknown stage 'x'"},
     {"\"pool\": \"full\"", "\"pool\": \"gpu\"", "stages[1].pool: unknown pool 'gpu'"},
+    {"{\"name\": \"full-only\", \"stages\"", "{\"name\": \"full-only\", \"fuse\": \"often\", \"stages\"",
+     "profiles[1].fuse: expected \"auto\", \"never\" or \"always\", not 'often'"},
+    {"{\"name\": \"full-only\", \"stages\"", "{\"name\": \"full-only\", \"fuse\": true, \"stages\"",
+     "profiles[1].fuse: expected a string"},
     {"\"profile\": \"full-only\"", "\"profile\": \"nope\"", "tiers[1].profile: unknown profile"},
     {"\"default_tier\": \"batch\"", "\"default_tier\": \"bulk\"", "default_tier: unknown tier"},
     {"\"compress_ratio\": 2", "\"compress_ratio\": 3", "stages[0].compress_ratio: 3 is not"},

@@ -62,19 +62,6 @@ enum { N_DOCS = K_TINY_N_DOCS, N_AFTER = 6 };
 #define SCORE_TOL 1e-5
 
 
-/* A port that was free a moment ago (the coordinator's metrics endpoint takes no port 0). */
-static int free_port(void) {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_true(s >= 0);
-    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &len), 0);
-    close(s);
-    return ntohs(a.sin_port);
-}
-
-
 static double coord_retries(int port) {
     return scrape_metric(port, "mrank_coord_retries_total{pool=\"p\"}");
 }
@@ -122,32 +109,6 @@ static void rerank(mr_rpc_channel *ch, ranking *out) {
     mrank__v1__rerank_response__free_unpacked(r, NULL);
 }
 
-/* A started coordinator for the config text json, ready (every pool answered and warmed up,
- * waited for at most 30 s); *port is its gRPC port, *mport its metrics port. */
-static mr_coord *start_coord(const char *json, int *port, int *mport) {
-    mr_coord_config *cfg = calloc(1, sizeof *cfg);
-    mr_coord *c = NULL;
-    mr_err err = {0};
-    *mport = free_port();
-    assert_non_null(cfg);
-    if (mr_coord_config_parse(cfg, "failover.json", json, &err)) fail_msg("config: %s", err.msg);
-    if (mr_coord_new(&c, cfg, "127.0.0.1:0", *mport, &err) || mr_coord_start(c, port, &err))
-        fail_msg("coordinator: %s", err.msg);
-    free(cfg);
-    for (int i = 0; i < 600 && !mr_coord_ready(c); i++) usleep(50000);   /* at most 30 s */
-    assert_true(mr_coord_ready(c));
-    return c;
-}
-
-static mr_rpc_channel *channel_to(int port) {
-    char target[64];
-    mr_rpc_channel *ch = NULL;
-    mr_err err = {0};
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
-    return ch;
-}
-
 static void test_failover(void **state) {
     mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
     char json[1024];
@@ -159,7 +120,7 @@ static void test_failover(void **state) {
              " \"tiers\": [{\"name\": \"t\", \"profile\": \"one\"}]}",
              mr_worker_port(w[0]), mr_worker_port(w[1]));
     int port = 0, mport = 0;
-    mr_coord *c = start_coord(json, &port, &mport);
+    mr_coord *c = start_cluster_coord(json, &port, &mport);
     mr_rpc_channel *ch = channel_to(port);
 
     /* both replicas up: eight documents go out as two Score calls, one to each */
@@ -343,7 +304,7 @@ static void test_hung_replica(void **state) {
      * attempt on the hung replica gets at most half of it (cascade.h), the retry the rest */
     fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, 5000);
     int port = 0, mport = 0;
-    mr_coord *c = start_coord(json, &port, &mport);
+    mr_coord *c = start_cluster_coord(json, &port, &mport);
     mr_rpc_channel *ch = channel_to(port);
     ranking r;
     rerank(ch, &r);
@@ -378,7 +339,7 @@ static void test_full_pool(void **state) {
     char json[2048];
     fake_config(json, sizeof json, f[0]->port, f[1]->port, f[2]->port, 0);
     int port = 0, mport = 0;
-    mr_coord *c = start_coord(json, &port, &mport);
+    mr_coord *c = start_cluster_coord(json, &port, &mport);
     mr_rpc_channel *ch = channel_to(port);
     for (int i = 0; i < 3; i++) atomic_store(&f[i]->mode, FAKE_FULL);
     int calls0 = atomic_load(&f[0]->score_calls) + atomic_load(&f[1]->score_calls);
@@ -438,7 +399,7 @@ static void test_slow_lone_replica(void **state) {
              " \"tiers\": [{\"name\": \"t\", \"profile\": \"one\", \"budget_ms\": 0}]}",
              f->port);
     int port = 0, mport = 0;
-    mr_coord *c = start_coord(json, &port, &mport);
+    mr_coord *c = start_cluster_coord(json, &port, &mport);
     for (int i = 0; i < 100 && scrape_metric(mport, "mrank_coord_pool_replicas{pool=\"p\"}") != 1;
          i++)
         usleep(50000);   /* the prober's first DNS answer; at most 5 s */
@@ -465,7 +426,7 @@ static void test_hedge(void **state) {
      * loopback call of a fake under the sanitizers */
     fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, (int)MR_HEDGE_MAX_BUDGET_MS);
     int port = 0, mport = 0;
-    mr_coord *c = start_coord(json, &port, &mport);
+    mr_coord *c = start_cluster_coord(json, &port, &mport);
     mr_rpc_channel *ch = channel_to(port);
     atomic_store(&f[1]->mode, FAKE_HANG);
     int calls0 = atomic_load(&f[1]->score_calls);
@@ -510,7 +471,7 @@ static void test_full_later_stage(void **state) {
              "  {\"name\": \"hard\", \"profile\": \"two\"}]}",
              f[0]->port, f[1]->port);
     int port = 0, mport = 0;
-    mr_coord *c = start_coord(json, &port, &mport);
+    mr_coord *c = start_cluster_coord(json, &port, &mport);
     mr_rpc_channel *ch = channel_to(port);
     atomic_store(&f[1]->mode, FAKE_FULL);
     size_t len, rlen = 0;
@@ -561,7 +522,7 @@ static void test_client_cancel(void **state) {
     char json[2048];
     fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, 0);
     int port = 0, mport = 0;
-    mr_coord *c = start_coord(json, &port, &mport);
+    mr_coord *c = start_cluster_coord(json, &port, &mport);
     mr_rpc_channel *ch = channel_to(port);
     for (int i = 0; i < 2; i++) atomic_store(&f[i]->mode, FAKE_HANG);
     int calls0 = atomic_load(&f[0]->score_calls) + atomic_load(&f[1]->score_calls);
