@@ -213,14 +213,21 @@ int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse
         rows_on += mr_cascade_fused_rows(keep, n_active, n_j);
     }
     double mean_extra = (tl_b - tl_a) / n_active;
+    /* Both ways run the same model's layers on the same pool: their compute is valued at one
+     * speed, the mean of the two stages' learnt ones. The learnt speeds differ only by noise
+     * and batching; valuing a layer at one stage's speed on one side and at the other's on
+     * the other side would let that noise decide (measured: a split chosen for a pair whose
+     * fused pass computes less, while the machine was loaded). Each way keeps its own round
+     * trips. */
     pthread_mutex_lock(&c->mu);
-    double split_ms =
-        mr_cost_model_estimate_ms(&c->cost[sa], tl_a, calls_a < par ? calls_a : par) +
-        mr_cost_model_estimate_ms(&c->cost[sb], tl_b * kept / n_active,
-                                  calls_b < par ? calls_b : par);
-    fp->est_ms = mr_cost_model_fused_ms(&c->cost[sa], &c->cost[sb], tl_a + tl_last,
-                                        mean_extra * rows_on, calls_f < par ? calls_f : par);
+    mr_cost_model ma = c->cost[sa], mb = c->cost[sb];
     pthread_mutex_unlock(&c->mu);
+    ma.ns_per_tl = mb.ns_per_tl = 0.5 * (ma.ns_per_tl + mb.ns_per_tl);
+    double split_ms = mr_cost_model_estimate_ms(&ma, tl_a, calls_a < par ? calls_a : par) +
+                      mr_cost_model_estimate_ms(&mb, tl_b * kept / n_active,
+                                                calls_b < par ? calls_b : par);
+    fp->est_ms = mr_cost_model_fused_ms(&ma, &mb, tl_a + tl_last, mean_extra * rows_on,
+                                        calls_f < par ? calls_f : par);
     fp->n_calls = calls_f;
     if (pr->fuse == MR_CC_FUSE_AUTO && fp->est_ms > split_ms) return 0;
     /* the pair must fit the budget as a whole; else stage a runs alone (b may be skipped) */
