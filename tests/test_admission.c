@@ -347,8 +347,13 @@ static double rerank_once(mr_rpc_channel *ch, const uint8_t *req, size_t len, co
     grpc_status_code st;
     char msg[256];
     double t = now_ms();
+    int warm_up = !strcmp(what, "warm-up");
+    /* a warm-up request only teaches the budgeted coordinator its service times: one that
+     * ran out of budget while the machine's speed moved (the suite's other tests start or
+     * stop beside it) teaches it too, and proves nothing against admission */
     if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req, len, 20000, &resp, &rlen, &st, msg,
-                     sizeof msg))
+                     sizeof msg) &&
+        !(warm_up && (st == GRPC_STATUS_DEADLINE_EXCEEDED || st == GRPC_STATUS_RESOURCE_EXHAUSTED)))
         fail_msg("%s Rerank: status %d: %s", what, (int)st, msg);
     free(resp);
     return now_ms() - t;
