@@ -187,7 +187,15 @@ double mr_cascade_remaining_ms(double grpc_remaining_ms, double budget_ms, doubl
     return r;
 }
 
-void mr_retry_budget_init(mr_retry_budget *b) { b->tokens = MR_RETRY_TOKENS_MAX; }
+void mr_retry_budget_init(mr_retry_budget *b) { *b = (mr_retry_budget){MR_RETRY_TOKENS_MAX, 0}; }
+
+void mr_retry_budget_refill(mr_retry_budget *b, double now_ms) {
+    if (b->at_ms > 0 && now_ms > b->at_ms) {
+        b->tokens += (now_ms - b->at_ms) / 1000 * MR_RETRY_TOKENS_PER_S;
+        if (b->tokens > MR_RETRY_TOKENS_MAX) b->tokens = MR_RETRY_TOKENS_MAX;
+    }
+    if (now_ms > b->at_ms) b->at_ms = now_ms;
+}
 
 void mr_retry_budget_call(mr_retry_budget *b) {
     b->tokens += MR_RETRY_TOKENS_PER_CALL;

@@ -127,16 +127,24 @@ double mr_cascade_remaining_ms(double grpc_remaining_ms, double budget_ms, doubl
 
 /* A pool's retry budget, a token bucket as in gRPC's retry throttling: it starts full, every
  * original Score call adds MR_RETRY_TOKENS_PER_CALL (up to MR_RETRY_TOKENS_MAX) and every retry
- * costs one token; with less than one token left retries are refused. So retries stay below
- * about a tenth of the calls plus a burst of ten: enough for the calls in flight on a replica
- * that just died, never a storm against an overloaded pool. */
+ * costs one token; with less than one token left retries are refused. Time adds
+ * MR_RETRY_TOKENS_PER_S too (mr_retry_budget_refill), a floor as in Finagle's retry budget
+ * (minRetriesPerSec): a pool whose replica stays unreachable while gRPC's round robin still
+ * routes to it (a DNS pool until keepalive gives up) keeps losing calls faster than a tenth of
+ * the traffic buys back. So retries stay below a tenth of the calls plus 5 per second plus a
+ * burst of ten: enough for the calls in flight on a replica that just died, never a storm
+ * against an overloaded pool. */
 #define MR_RETRY_TOKENS_MAX 10.0
 #define MR_RETRY_TOKENS_PER_CALL 0.1
+#define MR_RETRY_TOKENS_PER_S 5.0
 typedef struct mr_retry_budget {
     double tokens;
+    double at_ms;               /* time of the last refill (0: none yet) */
 } mr_retry_budget;
 void mr_retry_budget_init(mr_retry_budget *b);
 void mr_retry_budget_call(mr_retry_budget *b);
+/* Adds MR_RETRY_TOKENS_PER_S for the time since the last refill (monotonic ms). */
+void mr_retry_budget_refill(mr_retry_budget *b, double now_ms);
 /* 1 (and one token spent) when a retry may go, else 0. */
 int mr_retry_budget_take(mr_retry_budget *b);
 /* The same for a hedge, which only spends from the upper half of the bucket: hedges never

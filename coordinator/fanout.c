@@ -334,6 +334,7 @@ static mr_retry_verdict on_failure(mr__req *r, int p, slot *s, double rem_ms) {
     double now = mr__now_ms();
     pthread_mutex_lock(&c->mu);
     int n_free = mr__replica_n_free(c, p, s->ep, now);
+    mr_retry_budget_refill(&pr->retry, now);
     mr_retry_verdict v = mr_retry_decide(mr__call_failure(s->status), s->attempts, n_other,
                                          n_free, rem_ms, s->est_ms, &pr->retry);
     pthread_mutex_unlock(&c->mu);
@@ -356,6 +357,7 @@ static int send_hedge(mr__req *r, int p, int si, slot *s, int k, int h, double r
     double now = mr__now_ms();
     s[k].hedge_at = INFINITY;
     pthread_mutex_lock(&c->mu);
+    mr_retry_budget_refill(&c->pools[p].retry, now);
     int ok = mr__replica_n_free(c, p, s[k].ep, now) > 0 &&
              mr_retry_budget_take_hedge(&c->pools[p].retry);
     pthread_mutex_unlock(&c->mu);

@@ -293,6 +293,20 @@ static void test_retry_budget(void **state) {
     n = 0;
     for (int i = 0; i < 100; i++) n += mr_retry_budget_take(&b);
     assert_int_equal(n, (int)(MR_RETRY_TOKENS_MAX / 2));
+    /* time refills it: nothing before a first refill time, then MR_RETRY_TOKENS_PER_S per
+     * second (1 s: 5 retries), never beyond the maximum, never backwards */
+    mr_retry_budget_refill(&b, 1000);
+    assert_int_equal(mr_retry_budget_take(&b), 0);
+    mr_retry_budget_refill(&b, 2000);
+    n = 0;
+    for (int i = 0; i < 100; i++) n += mr_retry_budget_take(&b);
+    assert_int_equal(n, (int)MR_RETRY_TOKENS_PER_S);
+    mr_retry_budget_refill(&b, 1500);   /* an earlier clock reading adds nothing */
+    assert_int_equal(mr_retry_budget_take(&b), 0);
+    mr_retry_budget_refill(&b, 100000);
+    n = 0;
+    for (int i = 0; i < 100; i++) n += mr_retry_budget_take(&b);
+    assert_int_equal(n, (int)MR_RETRY_TOKENS_MAX);
 }
 
 static void test_retry_decide(void **state) {
