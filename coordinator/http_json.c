@@ -73,6 +73,14 @@ static int get_int(const cJSON *o, const char *k, double lo, double hi, double *
     return 0;
 }
 
+/* err's message (a field's, from get_int and the like) under the path prefix; MR_EINVAL. The
+ * message is copied first: it is both the source and the destination. */
+static int in_field(mr_err *err, const char *prefix) {
+    char m[sizeof err->msg];
+    snprintf(m, sizeof m, "%s", err->msg);
+    return mr_err_set(err, MR_EINVAL, "%s.%s", prefix, m);
+}
+
 /* mrank's per-stage overrides: [{"stage", "keep_top_k", "keep_fraction", "min_score"}]. */
 static int get_overrides(const cJSON *o, Mrank__V1__RerankRequest *rq,
                          Mrank__V1__StageOverride **ovp, Mrank__V1__StageOverride *ov,
@@ -92,8 +100,10 @@ static int get_overrides(const cJSON *o, Mrank__V1__RerankRequest *rq,
         snprintf(k, sizeof k, "overrides[%d].stage", i);
         if (get_int(e, "stage", 0, 1e6, &stage, err) || stage < 0)
             return mr_err_set(err, MR_EINVAL, "%s: expected an integer in 0..1000000", k);
-        if (get_int(e, "keep_top_k", 0, 1e9, &top_k, err))
-            return mr_err_set(err, MR_EINVAL, "overrides[%d].%s", i, err->msg);
+        if (get_int(e, "keep_top_k", 0, 1e9, &top_k, err)) {
+            snprintf(k, sizeof k, "overrides[%d]", i);
+            return in_field(err, k);
+        }
         const cJSON *f = field(e, "keep_fraction"), *m = field(e, "min_score");
         if ((f && !cJSON_IsNumber(f)) || (m && !cJSON_IsNumber(m)))
             return mr_err_set(err, MR_EINVAL, "overrides[%d]: keep_fraction and min_score are "

@@ -90,6 +90,8 @@ static void test_refusals(void **state) {
         {MR_HTTP_COHERE_V1, "{\"query\": \"q\", \"documents\": [{\"txt\": \"a\"}]}", "documents[0]"},
         {MR_HTTP_COHERE_V2, "{\"query\": \"q\", \"documents\": [\"a\"], \"overrides\": [{}]}",
          "overrides[0].stage"},
+        {MR_HTTP_COHERE_V2, "{\"query\": \"q\", \"documents\": [\"a\"], \"overrides\": "
+         "[{\"stage\": 0, \"keep_top_k\": \"x\"}]}", "overrides[0].keep_top_k: expected an integer"},
         {MR_HTTP_TEI, "{\"query\": \"q\", \"documents\": [\"a\"]}", "texts"},
         {MR_HTTP_TEI, "{\"query\": \"q\", \"texts\": [\"a\"], \"truncation_direction\": \"Left\"}",
          "truncation_direction"},
