@@ -88,7 +88,7 @@ static int run_cascade(mr__req *r, int n_run, int stream, int *degraded, int *mi
         double t_stage = mr__now_ms();
         r->fanned_out = 1;
         if (st->kind == MR_CC_LEXICAL ? mr__lexical_stage(r, pos, active, n_active, code, msg, cap)
-                                      : mr__fanout_stage(r, pos, active, n_active, code, msg, cap)) {
+                                      : mr__chunk_stage(r, pos, active, n_active, code, msg, cap)) {
             *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;
             if (pos > 0 && allow_degraded &&
                 (*code == GRPC_STATUS_DEADLINE_EXCEEDED || *code == GRPC_STATUS_UNAVAILABLE ||

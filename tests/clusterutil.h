@@ -1,14 +1,19 @@
-/* clusterutil.h: helpers shared by the in-process cluster tests (static functions, included by
- * each test file that needs them, after cmocka.h): shared test documents, a Rerank request
- * over them, and a worker serving the bundled models/mrank-tiny on a loopback port, small
- * enough for the sanitizer build. */
+/* clusterutil.h: helpers shared by the in-process cluster tests (static inline functions,
+ * included by each test file that needs them, after cmocka.h): shared test documents, a Rerank
+ * request over them, a worker serving the bundled models/mrank-tiny on a loopback port, small
+ * enough for the sanitizer build, a coordinator started from config text and a channel to it. */
 #ifndef MR_CLUSTERUTIL_H
 #define MR_CLUSTERUTIL_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
+#include "coord_config.h"
+#include "coordinator.h"
 #include "mrank.pb-c.h"
+#include "rpc.h"
 #include "worker.h"
 
 /* Eight short documents and a query for them: four about boundary layers and heat transfer,
@@ -27,7 +32,7 @@ static const char *const k_tiny_docs[K_TINY_N_DOCS] = {
 
 /* A packed RerankRequest (malloc'd, *len its size) of K_TINY_QUERY over n_docs documents, the
  * eight of k_tiny_docs over and over, for tier ("" = the default). */
-static uint8_t *tiny_rerank_request(const char *tier, int n_docs, size_t *len) {
+static inline uint8_t *tiny_rerank_request(const char *tier, int n_docs, size_t *len) {
     enum { MAX_DOCS = 64 };
     Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
     Mrank__V1__Document d[MAX_DOCS], *dp[MAX_DOCS];
@@ -50,7 +55,7 @@ static uint8_t *tiny_rerank_request(const char *tier, int n_docs, size_t *len) {
 
 /* A worker on 127.0.0.1:0 over models/mrank-tiny with one compute thread; fails the test on
  * error. */
-static mr_worker *start_tiny_worker(void) {
+static inline mr_worker *start_tiny_worker(void) {
     mr_worker_opts o;
     mr_worker_opts_default(&o);
     o.model_dir = MR_SOURCE_DIR "/models/mrank-tiny";
@@ -64,6 +69,34 @@ static mr_worker *start_tiny_worker(void) {
     mr_err err = {0};
     if (mr_worker_new(&w, &o, &err)) fail_msg("worker: %s", err.msg);
     return w;
+}
+
+/* A started coordinator for the config text json (name for its messages) on 127.0.0.1:0 with
+ * its metrics on metrics_port (0: none), ready (every pool answered and warmed up, waited for at
+ * most 30 s); *port is its gRPC port. Fails the test on error. */
+static inline mr_coord *start_coord_json(const char *json, const char *name, int metrics_port,
+                                         int *port) {
+    mr_coord_config *cfg = calloc(1, sizeof *cfg);
+    mr_coord *c = NULL;
+    mr_err err = {0};
+    assert_non_null(cfg);
+    if (mr_coord_config_parse(cfg, name, json, &err)) fail_msg("config: %s", err.msg);
+    if (mr_coord_new(&c, cfg, "127.0.0.1:0", metrics_port, &err) || mr_coord_start(c, port, &err))
+        fail_msg("coordinator: %s", err.msg);
+    free(cfg);
+    for (int i = 0; i < 600 && !mr_coord_ready(c); i++) usleep(50000);   /* at most 30 s */
+    assert_true(mr_coord_ready(c));
+    return c;
+}
+
+/* A channel to 127.0.0.1:port. */
+static inline mr_rpc_channel *channel_to(int port) {
+    char target[64];
+    mr_rpc_channel *ch = NULL;
+    mr_err err = {0};
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    return ch;
 }
 
 #endif

@@ -295,17 +295,7 @@ static mr_coord *start_coord(mr_worker **w, double budget_ms, int lexical, int *
              mr_worker_port(w[0]), mr_worker_port(w[1]),
              lexical ? "{\"stage\": \"bm25\", \"keep_top_k\": 64}, " : "", budget_ms, deg,
              budget_ms, deg);
-    mr_coord_config *cfg = calloc(1, sizeof *cfg);
-    mr_coord *c = NULL;
-    mr_err err = {0};
-    assert_non_null(cfg);
-    if (mr_coord_config_parse(cfg, "admission.json", json, &err)) fail_msg("config: %s", err.msg);
-    if (mr_coord_new(&c, cfg, "127.0.0.1:0", 0, &err) || mr_coord_start(c, port, &err))
-        fail_msg("coordinator: %s", err.msg);
-    free(cfg);
-    for (int i = 0; i < 600 && !mr_coord_ready(c); i++) usleep(50000);   /* at most 30 s */
-    assert_true(mr_coord_ready(c));
-    return c;
+    return start_coord_json(json, "admission.json", 0, port);
 }
 
 static int cmp_double(const void *a, const void *b) {

@@ -122,30 +122,11 @@ static void rerank(mr_rpc_channel *ch, ranking *out) {
     mrank__v1__rerank_response__free_unpacked(r, NULL);
 }
 
-/* A started coordinator for the config text json, ready (every pool answered and warmed up,
- * waited for at most 30 s); *port is its gRPC port, *mport its metrics port. */
+/* A started coordinator for the config text json, ready; *port is its gRPC port, *mport its
+ * metrics port. */
 static mr_coord *start_coord(const char *json, int *port, int *mport) {
-    mr_coord_config *cfg = calloc(1, sizeof *cfg);
-    mr_coord *c = NULL;
-    mr_err err = {0};
     *mport = free_port();
-    assert_non_null(cfg);
-    if (mr_coord_config_parse(cfg, "failover.json", json, &err)) fail_msg("config: %s", err.msg);
-    if (mr_coord_new(&c, cfg, "127.0.0.1:0", *mport, &err) || mr_coord_start(c, port, &err))
-        fail_msg("coordinator: %s", err.msg);
-    free(cfg);
-    for (int i = 0; i < 600 && !mr_coord_ready(c); i++) usleep(50000);   /* at most 30 s */
-    assert_true(mr_coord_ready(c));
-    return c;
-}
-
-static mr_rpc_channel *channel_to(int port) {
-    char target[64];
-    mr_rpc_channel *ch = NULL;
-    mr_err err = {0};
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
-    return ch;
+    return start_coord_json(json, "failover.json", *mport, port);
 }
 
 static void test_failover(void **state) {
