@@ -1,6 +1,7 @@
 /* request.c: one Rerank request's state: unpacking, the NUL-byte check of its strings
  * (rpc/pb_nul.h) and validation against the published limits, the tier/profile/keep-rule
- * resolution, the per-candidate arrays with their token estimates, the remaining budget and the
+ * resolution, the per-candidate arrays with their token estimates (a row per document, then one
+ * per chunk when the request asks for chunking: chunk.c), the remaining budget and the
  * per-stage statistics (see coord_internal.h). */
 #define _GNU_SOURCE
 #include <math.h>
