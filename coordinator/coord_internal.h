@@ -5,6 +5,8 @@
  *   rerank.c     the handlers: parse at arrival and submit; once started, stage by stage
  *                plan -> fan out -> keep, answer
  *   request.c    the request: unpack and validate, per-candidate state, token estimates, stats
+ *   chunk.c      chunking: long documents split into overlapping windows (rows after the
+ *                documents'); the first neural stage scores every chunk, later ones the best
  *   sched.c      admission at arrival and the executor threads (queue rules: admission.c/.h)
  *   profile_health.c  health per profile, refreshed by sched.c's sweeper
  *   plan.c       whether a stage fits the remaining budget, into how many calls it splits, and
@@ -155,6 +157,10 @@ typedef struct mr__req {
     int *depth;                 /* (n) */
     int *passage_tokens;        /* (n) estimated, exact after stage 0 */
     int *truncated;             /* (n) */
+    /* The arrays above have a row per document, then (chunking) one per chunk of a document
+     * split in several (chunk.c); the ranking reads the documents' rows only. */
+    struct mr__chunks *chunks;  /* chunk.c: NULL when the request asks for no chunking */
+    int stage_rows[MR_CC_MAX_STAGES];   /* Score rows each profile stage sent (StageStats) */
     long prompt_tokens, total_tokens;
     int n_stats;
     Mrank__V1__StageStats stats[MR_CC_MAX_STAGES];
@@ -172,6 +178,17 @@ int mr__req_parse(mr__req *r, const uint8_t *body, size_t len, mr_err *err);
 /* Per-candidate state and token estimates for an admitted request. MR_ENOMEM. */
 int mr__req_start(mr__req *r, mr_err *err);
 void mr__req_close(mr__req *r);
+/* Estimated tokens of so many bytes of text (~3.5 bytes a token), until a stage reports exact
+ * counts. */
+double mr__est_tokens(size_t bytes);
+/* Estimated query segment + suffix tokens of r's pairs (before exact counts). */
+int mr__req_fixed_tokens(const mr__req *r);
+/* Passage tokens a pair has room for under max_tokens_per_pair with n_fixed fixed tokens. */
+int mr__req_passage_room(const mr__req *r, int n_fixed);
+/* Estimated passage tokens of so many bytes, capped at the room (r->n_fixed). */
+int mr__req_est_passage(const mr__req *r, size_t bytes);
+/* The text a row scores: a document's, or a chunk's (chunk.c). */
+const char *mr__req_text(const mr__req *r, int row);
 /* The stage at profile position pos. */
 const mr_cc_stage *mr__req_stage(const mr__req *r, int pos);
 /* Milliseconds left: the smaller of the gRPC deadline and the tier budget. */
@@ -299,6 +316,46 @@ int mr__fanout_stage(mr__req *r, int pos, const int *active, int n_active,
 int mr__fanout_fused(mr__req *r, int pos, const int *active, int n_active,
                      const mr__fuse_plan *fp, mr__carry *carry, double *share_pos,
                      grpc_status_code *code, char *msg, size_t cap);
+
+/* ---- chunk.c ---- */
+
+#define MR_CHUNK_MAX_CHUNKS 16  /* chunks per document, the bound of chunking.max_chunks */
+
+typedef struct mr__chunks mr__chunks;
+
+/* A chunk's bytes in its document's text. */
+typedef struct mr__span {
+    uint32_t start, len;
+} mr__span;
+
+/* Splits text[0..len) into at most max_chunks windows of whole whitespace-delimited words of
+ * `window` estimated tokens (mr__est_tokens of each word and one space; at least one word,
+ * cut at max_bytes on a UTF-8 boundary), a new one every `stride` tokens; spans into out (room
+ * for max_chunks). Returns the count (>= 1: a text that fits one window, or has no word, is
+ * one chunk, all of it); *cut = 1 when words after the last chunk are left out. */
+int mr__chunk_split(const char *text, size_t len, int window, int stride, int max_chunks,
+                    size_t max_bytes, mr__span *out, int *cut);
+/* Validates r->in->chunking (MR_EINVAL/MR_ERANGE naming the field); no-op when absent/off. */
+int mr__chunk_check(const mr__req *r, mr_err *err);
+/* Splits r's documents (r->n, r->n_fixed set): r->chunks, and *rows += the chunk rows.
+ * MR_ERANGE when the chunks outnumber limits.max_documents, MR_ENOMEM. No-op when off. */
+int mr__chunk_start(mr__req *r, int *rows, mr_err *err);
+/* Once the row arrays exist: each split document's row gets the estimate of all its chunks
+ * (the first neural stage's cost) and truncated when words were left out. */
+void mr__chunk_rows(mr__req *r);
+/* The text of chunk row `row` (>= r->n). */
+const char *mr__chunk_text(const mr__req *r, int row);
+void mr__chunk_free(mr__req *r);
+/* Profile stage pos (neural) over the documents active[0..n_active): mr__fanout_stage over
+ * their rows (without chunking, the documents themselves; with it, every chunk at the first
+ * neural stage, the best chunk after), the document taking its best chunk's result. Records
+ * the rows in r->stage_rows[pos]. Same contract as mr__fanout_stage. */
+int mr__chunk_stage(mr__req *r, int pos, const int *active, int n_active,
+                    grpc_status_code *code, char *msg, size_t cap);
+/* With chunking, the winning chunk of document d (index, byte offset and length): 1, or 0
+ * when none (no chunking, or no neural stage scored d). */
+int mr__chunk_result(const mr__req *r, int d, uint32_t *index, uint32_t *offset,
+                     uint32_t *length);
 
 /* ---- wire.c ---- */
 

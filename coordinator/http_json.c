@@ -3,7 +3,8 @@
  * Requests: Cohere v2 (`query`, `documents` as strings, `top_n`, `max_tokens_per_doc`,
  * `return_documents`, `model`), Cohere v1 / Jina (the same, documents also `{"text": ...}`),
  * TEI (`query`, `texts`, `raw_scores`, `return_text`, `truncate`, `truncation_direction`),
- * each with mrank's optional knobs (`profile`, `tier`, `overrides`, `request_id`). Fields
+ * each with mrank's optional knobs (`profile`, `tier`, `overrides`, `request_id`, `chunking`:
+ * its results then carry `chunk`, `chunk_offset`, `chunk_length`). Fields
  * other clients send that mrank has no use for (`rank_fields`, `max_chunks_per_doc`, ...) are
  * ignored; a known field of the wrong type is an error naming it. JSON strings cannot carry a
  * NUL character here (cJSON's strings end at it, which would silently cut a document): the
@@ -73,6 +74,14 @@ static int get_int(const cJSON *o, const char *k, double lo, double hi, double *
     return 0;
 }
 
+/* err's message (a field's, from get_int and the like) under the path prefix; MR_EINVAL. The
+ * message is copied first: it is both the source and the destination. */
+static int in_field(mr_err *err, const char *prefix) {
+    char m[sizeof err->msg];
+    snprintf(m, sizeof m, "%s", err->msg);
+    return mr_err_set(err, MR_EINVAL, "%s.%s", prefix, m);
+}
+
 /* mrank's per-stage overrides: [{"stage", "keep_top_k", "keep_fraction", "min_score"}]. */
 static int get_overrides(const cJSON *o, Mrank__V1__RerankRequest *rq,
                          Mrank__V1__StageOverride **ovp, Mrank__V1__StageOverride *ov,
@@ -92,8 +101,10 @@ static int get_overrides(const cJSON *o, Mrank__V1__RerankRequest *rq,
         snprintf(k, sizeof k, "overrides[%d].stage", i);
         if (get_int(e, "stage", 0, 1e6, &stage, err) || stage < 0)
             return mr_err_set(err, MR_EINVAL, "%s: expected an integer in 0..1000000", k);
-        if (get_int(e, "keep_top_k", 0, 1e9, &top_k, err))
-            return mr_err_set(err, MR_EINVAL, "overrides[%d].%s", i, err->msg);
+        if (get_int(e, "keep_top_k", 0, 1e9, &top_k, err)) {
+            snprintf(k, sizeof k, "overrides[%d]", i);
+            return in_field(err, k);
+        }
         const cJSON *f = field(e, "keep_fraction"), *m = field(e, "min_score");
         if ((f && !cJSON_IsNumber(f)) || (m && !cJSON_IsNumber(m)))
             return mr_err_set(err, MR_EINVAL, "overrides[%d]: keep_fraction and min_score are "
@@ -107,6 +118,28 @@ static int get_overrides(const cJSON *o, Mrank__V1__RerankRequest *rq,
     }
     rq->n_overrides = (size_t)n;
     rq->overrides = ovp;
+    return 0;
+}
+
+/* mrank's chunking: {"window", "stride", "max_chunks"} (request.c/chunk.c validate them). */
+static int get_chunking(const cJSON *o, Mrank__V1__RerankRequest *rq, Mrank__V1__Chunking *ch,
+                        mr_http_answer *a, mr_err *err) {
+    const cJSON *v = field(o, "chunking");
+    if (!v) return 0;
+    if (!cJSON_IsObject(v))
+        return mr_err_set(err, MR_EINVAL, "chunking: expected an object {\"window\", "
+                          "\"stride\", \"max_chunks\"}");
+    static const char *const keys[3] = {"window", "stride", "max_chunks"};
+    double x[3] = {0, 0, 0};
+    for (int i = 0; i < 3; i++)
+        if (get_int(v, keys[i], 0, 4294967295.0, &x[i], err))
+            return in_field(err, "chunking");
+    mrank__v1__chunking__init(ch);
+    ch->window = (uint32_t)x[0];
+    ch->stride = (uint32_t)x[1];
+    ch->max_chunks = (uint32_t)x[2];
+    rq->chunking = ch;
+    a->chunking = ch->window || ch->stride || ch->max_chunks;
     return 0;
 }
 
@@ -130,6 +163,7 @@ int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, uint
     if (!root) return mr_err_set(err, MR_EFORMAT, "request body: not valid JSON");
     Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
     Mrank__V1__StageOverride ov[MAX_OVERRIDES], *ovp[MAX_OVERRIDES];
+    Mrank__V1__Chunking chunking;
     Mrank__V1__Document *docs = NULL, **docp = NULL;
     int rc = 0;
     if (!cJSON_IsObject(root)) {
@@ -144,7 +178,8 @@ int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, uint
         (rc = get_str(root, "profile", &profile, err)) ||
         (rc = get_str(root, "tier", &tier, err)) ||
         (rc = get_str(root, "request_id", &rid, err)) ||
-        (rc = get_overrides(root, &rq, ovp, ov, MAX_OVERRIDES, err)))
+        (rc = get_overrides(root, &rq, ovp, ov, MAX_OVERRIDES, err)) ||
+        (rc = get_chunking(root, &rq, &chunking, a, err)))
         goto done;
     if (!query) {
         rc = mr_err_set(err, MR_EINVAL, "query: missing");
@@ -221,8 +256,17 @@ done:
     return rc;
 }
 
+/* With chunking, the result's winning chunk (none when no neural stage scored it). */
+static void add_chunk(cJSON *o, const Mrank__V1__RerankResult *x, const mr_http_answer *a) {
+    if (!a->chunking || !x->chunk_length) return;
+    cJSON_AddNumberToObject(o, "chunk", x->chunk);
+    cJSON_AddNumberToObject(o, "chunk_offset", x->chunk_offset);
+    cJSON_AddNumberToObject(o, "chunk_length", x->chunk_length);
+}
+
 /* v1/v2: {"index", "relevance_score", "document"?} plus mrank's figures. */
-static cJSON *cohere_result(const Mrank__V1__RerankResult *x, int docs) {
+static cJSON *cohere_result(const Mrank__V1__RerankResult *x, const mr_http_answer *a) {
+    int docs = a->return_documents;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "index", x->index);
     cJSON_AddNumberToObject(o, "relevance_score", x->relevance_score);
@@ -232,6 +276,7 @@ static cJSON *cohere_result(const Mrank__V1__RerankResult *x, int docs) {
     }
     cJSON_AddNumberToObject(o, "raw_score", x->raw_score);
     cJSON_AddNumberToObject(o, "stage", x->stage);
+    add_chunk(o, x, a);
     return o;
 }
 
@@ -250,6 +295,7 @@ char *mr_http_json_response(const uint8_t *resp, size_t len, const mr_http_answe
                                                               : x->relevance_score);
             if (a->return_documents && x->document)
                 cJSON_AddStringToObject(o, "text", x->document->text ? x->document->text : "");
+            add_chunk(o, x, a);
             cJSON_AddItemToArray(root, o);
         }
     } else {
@@ -258,7 +304,7 @@ char *mr_http_json_response(const uint8_t *resp, size_t len, const mr_http_answe
                                                                             : id);
         cJSON *res = cJSON_AddArrayToObject(root, "results");
         for (size_t k = 0; k < r->n_results; k++)
-            cJSON_AddItemToArray(res, cohere_result(r->results[k], a->return_documents));
+            cJSON_AddItemToArray(res, cohere_result(r->results[k], a));
         cJSON *meta = cJSON_AddObjectToObject(root, "meta");
         cJSON *ver = cJSON_AddObjectToObject(meta, "api_version");
         cJSON_AddStringToObject(ver, "version", a->shape == MR_HTTP_COHERE_V2 ? "2" : "1");

@@ -24,6 +24,7 @@ typedef struct mr_http_answer {
     int return_documents;    /* v1/v2 return_documents, TEI return_text */
     int raw_scores;          /* TEI raw_scores: "score" is the head's logit */
     char model[128];         /* echoed (v1: Jina's "model") */
+    int chunking;            /* the request asked for chunking: results name their chunk */
 } mr_http_answer;
 
 /* Parses body (len bytes, untrusted) of shape into a packed RerankRequest (*out malloc'd,

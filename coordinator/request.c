@@ -1,6 +1,7 @@
 /* request.c: one Rerank request's state: unpacking, the NUL-byte check of its strings
  * (rpc/pb_nul.h) and validation against the published limits, the tier/profile/keep-rule
- * resolution, the per-candidate arrays with their token estimates, the remaining budget and the
+ * resolution, the per-candidate arrays with their token estimates (a row per document, then one
+ * per chunk when the request asks for chunking: chunk.c), the remaining budget and the
  * per-stage statistics (see coord_internal.h). */
 #define _GNU_SOURCE
 #include <math.h>
@@ -16,6 +17,24 @@
 #define BYTES_PER_TOKEN 3.5
 #define FIXED_TOKENS 20
 #define SUFFIX_TOKENS 16
+
+double mr__est_tokens(size_t bytes) { return (double)bytes / BYTES_PER_TOKEN; }
+
+int mr__req_fixed_tokens(const mr__req *r) {
+    int maxp = r->co->cfg.max_tokens_per_pair;
+    int f = (int)mr__est_tokens(strlen(r->in->query)) + FIXED_TOKENS;
+    return f > maxp * 3 / 4 + FIXED_TOKENS ? maxp * 3 / 4 + FIXED_TOKENS : f;
+}
+
+int mr__req_passage_room(const mr__req *r, int n_fixed) {
+    int room = r->co->cfg.max_tokens_per_pair - (n_fixed - SUFFIX_TOKENS);
+    return room > 1 ? room : 1;
+}
+
+int mr__req_est_passage(const mr__req *r, size_t bytes) {
+    long pt = (long)mr__est_tokens(bytes) + 3, cap = mr__req_passage_room(r, r->n_fixed);
+    return (int)(pt < cap ? pt : cap);
+}
 
 /* "a, b, c" of n names at stride bytes apart, into buf. */
 static const char *known_names(char *buf, size_t cap, const char *first, size_t stride, int n) {
@@ -76,30 +95,33 @@ int mr__req_parse(mr__req *r, const uint8_t *body, size_t len, mr_err *err) {
                                      what, err);
         if (rc) return rc;
     }
-    return 0;
+    return mr__chunk_check(r, err);
 }
 
 int mr__req_start(mr__req *r, mr_err *err) {
     r->n = (int)r->in->n_documents;
-    r->stage = malloc((size_t)r->n * sizeof *r->stage);
-    r->score = malloc((size_t)r->n * sizeof *r->score);
-    r->depth = calloc((size_t)r->n, sizeof *r->depth);
-    r->passage_tokens = malloc((size_t)r->n * sizeof *r->passage_tokens);
-    r->truncated = calloc((size_t)r->n, sizeof *r->truncated);
+    r->n_fixed = mr__req_fixed_tokens(r);
+    int rows = r->n, rc = mr__chunk_start(r, &rows, err);   /* documents, then their chunks */
+    if (rc) return rc;
+    r->stage = malloc((size_t)rows * sizeof *r->stage);
+    r->score = malloc((size_t)rows * sizeof *r->score);
+    r->depth = calloc((size_t)rows, sizeof *r->depth);
+    r->passage_tokens = malloc((size_t)rows * sizeof *r->passage_tokens);
+    r->truncated = calloc((size_t)rows, sizeof *r->truncated);
     r->fused_stage = -1;
     if (!r->stage || !r->score || !r->depth || !r->passage_tokens || !r->truncated)
         return mr_err_set(err, MR_ENOMEM, "coordinator: out of memory");
-    int maxp = r->co->cfg.max_tokens_per_pair;
-    r->n_fixed = (int)(strlen(r->in->query) / BYTES_PER_TOKEN) + FIXED_TOKENS;
-    if (r->n_fixed > maxp * 3 / 4 + FIXED_TOKENS) r->n_fixed = maxp * 3 / 4 + FIXED_TOKENS;
-    long cap = maxp - (r->n_fixed - SUFFIX_TOKENS) > 1 ? maxp - (r->n_fixed - SUFFIX_TOKENS) : 1;
-    for (int i = 0; i < r->n; i++) {
+    for (int i = 0; i < rows; i++) {
         r->stage[i] = -1;
         r->score[i] = NAN;
-        long pt = (long)(strlen(r->in->documents[i]->text) / BYTES_PER_TOKEN) + 3;
-        r->passage_tokens[i] = (int)(pt < cap ? pt : cap);
+        r->passage_tokens[i] = mr__req_est_passage(r, strlen(mr__req_text(r, i)));
     }
+    mr__chunk_rows(r);
     return 0;
+}
+
+const char *mr__req_text(const mr__req *r, int row) {
+    return row < r->n ? r->in->documents[row]->text : mr__chunk_text(r, row);
 }
 
 void mr__req_close(mr__req *r) {
@@ -109,6 +131,7 @@ void mr__req_close(mr__req *r) {
     free(r->depth);
     free(r->passage_tokens);
     free(r->truncated);
+    mr__chunk_free(r);
     if (r->in) mrank__v1__rerank_request__free_unpacked(r->in, NULL);
     r->in = NULL;
 }
@@ -135,6 +158,7 @@ void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped)
     s->kept = (uint32_t)kept;
     s->ms = ms;
     s->skipped = skipped;
+    s->rows = (uint32_t)r->stage_rows[pos];
     r->n_stats++;
     mr_coord_metrics_stage(r->co->metrics, si, r->tier, in, kept, pos > 0 && !skipped, skipped,
                            ms);

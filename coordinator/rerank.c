@@ -47,7 +47,10 @@ static int score_stage(mr__req *r, int pos, int n_run, const int *active, int n_
                        mr__carry *cy, double *ms, int *degraded, int *miss,
                        grpc_status_code *code, char *msg, size_t cap) {
     const mr_cc_stage *st = mr__req_stage(r, pos);
-    if (mr__carry_take(r, cy, pos, active, n_active, ms)) return 0;
+    if (mr__carry_take(r, cy, pos, active, n_active, ms)) {
+        r->stage_rows[pos] = n_active;
+        return 0;
+    }
     if (r->sink.ops->cancelled(r->sink.ctx)) {
         *code = GRPC_STATUS_CANCELLED;
         snprintf(msg, cap, "cancelled by the client");
@@ -73,11 +76,13 @@ static int score_stage(mr__req *r, int pos, int n_run, const int *active, int n_
     double t_stage = mr__now_ms(), share = 1;
     r->fanned_out = 1;
     mr__fuse_plan fp;
-    int fused = pos + 1 < n_run && mr__plan_fuse(r, pos, active, n_active, &fp);
+    /* a chunked request's rows are its chunks' (chunk.c maps them): never fused */
+    int fused = pos + 1 < n_run && !r->chunks && mr__plan_fuse(r, pos, active, n_active, &fp);
+    if (fused) r->stage_rows[pos] = n_active;
     int rc = st->kind == MR_CC_LEXICAL
                  ? mr__lexical_stage(r, pos, active, n_active, code, msg, cap)
              : fused ? mr__fanout_fused(r, pos, active, n_active, &fp, cy, &share, code, msg, cap)
-                     : mr__fanout_stage(r, pos, active, n_active, code, msg, cap);
+                     : mr__chunk_stage(r, pos, active, n_active, code, msg, cap);
     *ms = mr__now_ms() - t_stage;
     if (rc) {
         *miss |= *code == GRPC_STATUS_DEADLINE_EXCEEDED;

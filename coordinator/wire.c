@@ -39,11 +39,12 @@ int mr__wire_score_fused(const mr__req *r, const mr_cc_stage *st, int shallow,
     sr.query = r->in->query;
     sr.arch = &arch.msg;
     sr.max_len = (uint32_t)r->co->cfg.max_tokens_per_pair;
-    sr.truncate = r->in->truncate;
+    /* chunk windows are estimates: the worker cuts one that does not fit (truncated) */
+    sr.truncate = r->chunks ? MRANK__V1__TRUNCATE__TRUNCATE_END : r->in->truncate;
     char **pass = malloc((size_t)(n ? n : 1) * sizeof *pass);
     *buf = NULL;
     if (!pass) return mr_err_set(err, MR_ENOMEM, "coordinator: out of memory");
-    for (int i = 0; i < n; i++) pass[i] = r->in->documents[members[i]]->text;
+    for (int i = 0; i < n; i++) pass[i] = (char *)mr__req_text(r, members[i]);
     sr.n_passages = (size_t)n;
     sr.passages = pass;
     *len = mrank__v1__score_request__get_packed_size(&sr);
@@ -87,6 +88,7 @@ uint8_t *mr__wire_ranking(mr__req *r, int final, int degraded, size_t *len) {
             x->compress_ratio = (uint32_t)st->arch.ratio;
         }
         x->truncated = r->truncated[d];
+        mr__chunk_result(r, d, &x->chunk, &x->chunk_offset, &x->chunk_length);
         if (r->in->return_documents) {
             mrank__v1__document__init(&docs[k]);
             docs[k].text = r->in->documents[d]->text;

@@ -1,7 +1,8 @@
 /* test_http_json.c: the HTTP front end's JSON bodies (coordinator/http_json.c): each shape's
  * request becomes the RerankRequest it means (Cohere v2 strings, v1 {"text"} objects, TEI
- * texts with its truncate default, mrank's knobs), mistyped fields and NUL characters are
- * refused naming the field, and a RerankResponse renders in each shape's answer form. */
+ * texts with its truncate default, mrank's knobs, chunking included), mistyped fields and NUL
+ * characters are refused naming the field, and a RerankResponse renders in each shape's answer
+ * form (with a result's chunk only when chunking was asked). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -54,7 +55,28 @@ static void test_shapes(void **state) {
     assert_true(r->overrides[0]->has_min_score);
     assert_int_equal(r->truncate, MRANK__V1__TRUNCATE__TRUNCATE_END);
     assert_string_equal(a.model, "m");
+    assert_null(r->chunking);
+    assert_false(a.chunking);
     mrank__v1__rerank_request__free_unpacked(r, NULL);
+    /* mrank's chunking, in every shape (the coordinator validates the values) */
+    static const char *const chunked[3] = {
+        "{\"query\": \"q\", \"documents\": [\"x\"], \"chunking\": "
+        "{\"window\": 24, \"stride\": 12, \"max_chunks\": 4}}",
+        "{\"query\": \"q\", \"documents\": [{\"text\": \"x\"}], \"chunking\": "
+        "{\"window\": 24, \"stride\": 12, \"max_chunks\": 4}}",
+        "{\"query\": \"q\", \"texts\": [\"x\"], \"chunking\": "
+        "{\"window\": 24, \"stride\": 12, \"max_chunks\": 4}}"};
+    const mr_http_shape shapes[3] = {MR_HTTP_COHERE_V2, MR_HTTP_COHERE_V1, MR_HTTP_TEI};
+    for (int i = 0; i < 3; i++) {
+        r = parse(chunked[i], shapes[i], &a, &err);
+        assert_non_null(r);
+        assert_non_null(r->chunking);
+        assert_int_equal(r->chunking->window, 24);
+        assert_int_equal(r->chunking->stride, 12);
+        assert_int_equal(r->chunking->max_chunks, 4);
+        assert_true(a.chunking);
+        mrank__v1__rerank_request__free_unpacked(r, NULL);
+    }
     r = parse("{\"query\": \"q\", \"documents\": [{\"text\": \"x\"}, \"y\"]}", MR_HTTP_COHERE_V1,
               &a, &err);
     assert_non_null(r);
@@ -90,7 +112,13 @@ static void test_refusals(void **state) {
         {MR_HTTP_COHERE_V1, "{\"query\": \"q\", \"documents\": [{\"txt\": \"a\"}]}", "documents[0]"},
         {MR_HTTP_COHERE_V2, "{\"query\": \"q\", \"documents\": [\"a\"], \"overrides\": [{}]}",
          "overrides[0].stage"},
+        {MR_HTTP_COHERE_V2, "{\"query\": \"q\", \"documents\": [\"a\"], \"overrides\": "
+         "[{\"stage\": 0, \"keep_top_k\": \"x\"}]}", "overrides[0].keep_top_k: expected an integer"},
         {MR_HTTP_TEI, "{\"query\": \"q\", \"documents\": [\"a\"]}", "texts"},
+        {MR_HTTP_COHERE_V2, "{\"query\": \"q\", \"documents\": [\"a\"], \"chunking\": 24}",
+         "chunking: expected an object"},
+        {MR_HTTP_TEI, "{\"query\": \"q\", \"texts\": [\"a\"], \"chunking\": "
+         "{\"window\": 24, \"stride\": -1}}", "chunking.stride: expected an integer"},
         {MR_HTTP_TEI, "{\"query\": \"q\", \"texts\": [\"a\"], \"truncation_direction\": \"Left\"}",
          "truncation_direction"},
     };
@@ -140,8 +168,26 @@ static void test_answers(void **state) {
     assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(r0, "document"), "text")
                             ->valuestring, "first");
     assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "meta"), "api_version"));
+    assert_null(cJSON_GetObjectItem(r0, "chunk"));   /* no chunking asked */
     cJSON_Delete(j);
     free(txt);
+    /* with chunking: each result names its winning chunk (none when no chunk scored it) */
+    x[0].chunk = 3, x[0].chunk_offset = 40, x[0].chunk_length = 90;
+    n = mrank__v1__rerank_response__pack(&resp, buf);
+    for (int shape = 0; shape < 2; shape++) {
+        a = (mr_http_answer){.shape = shape ? MR_HTTP_TEI : MR_HTTP_COHERE_V1, .chunking = 1};
+        txt = mr_http_json_response(buf, n, &a, "gen-id");
+        j = cJSON_Parse(txt);
+        cJSON *list = shape ? j : cJSON_GetObjectItem(j, "results");
+        cJSON *c0 = cJSON_GetArrayItem(list, 0), *c1 = cJSON_GetArrayItem(list, 1);
+        assert_non_null(cJSON_GetObjectItem(c0, "chunk"));
+        assert_int_equal(cJSON_GetObjectItem(c0, "chunk")->valueint, 3);
+        assert_int_equal(cJSON_GetObjectItem(c0, "chunk_offset")->valueint, 40);
+        assert_int_equal(cJSON_GetObjectItem(c0, "chunk_length")->valueint, 90);
+        assert_null(cJSON_GetObjectItem(c1, "chunk"));
+        cJSON_Delete(j);
+        free(txt);
+    }
     a = (mr_http_answer){.shape = MR_HTTP_TEI, .raw_scores = 1};
     txt = mr_http_json_response(buf, n, &a, "gen-id");
     j = cJSON_Parse(txt);
