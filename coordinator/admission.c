@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 #define EWMA_ALPHA 0.2          /* weight of one completed request in ms_per_work */
-#define SLOW_RATIO 2.0          /* ms per unit this many times the recent best: saturated */
+#define SLOW_RATIO 1.5          /* ms per unit this many times the recent best: saturated */
 #define BEST_DRIFT 1.002        /* the best ms per unit forgets at 0.2% per completion */
 #define DECREASE 0.9            /* multiplicative decrease of the limit per slow completion */
 #define RELAX 0.95              /* ms per unit after a refusal for service time alone */

@@ -21,7 +21,7 @@
  * (client cancelled), are swept out.
  *
  * The concurrency limit adapts (AIMD) between 1 and max_running: -10% per completed request
- * that took more than twice the recent best ms per work unit of its tier (the pools are
+ * that took more than 1.5 times the recent best ms per work unit of its tier (the pools are
  * saturated: more concurrency only adds latency), +1/limit per fast completion while requests
  * wait. tests/test_admission.c checks every rule. */
 #ifndef MR_ADMISSION_H
