@@ -93,6 +93,14 @@ CU_HELPER int free_port(void) {
     return ntohs(a.sin_port);
 }
 
+/* Shuts down (draining up to 1 s) and frees the n workers of w. */
+CU_HELPER void stop_workers(mr_worker **w, int n) {
+    for (int i = 0; i < n; i++) {
+        mr_worker_shutdown(w[i], 1000);
+        mr_worker_free(w[i]);
+    }
+}
+
 /* A started coordinator for the config text json, ready (every pool answered and warmed up,
  * waited for at most 30 s); *port is its gRPC port, *mport its metrics port (mport NULL:
  * none). */

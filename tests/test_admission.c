@@ -423,13 +423,36 @@ static int health(mr_rpc_channel *ch, const char *service) {
     return ok;
 }
 
+/* The overload tests' cluster side: two workers, and a request of N_DOCS documents for each
+ * tier ("hi", "lo"). */
+typedef struct rig {
+    mr_worker *w[2];
+    uint8_t *req[2];
+    size_t len[2];
+} rig;
+
+static void rig_start(rig *k) {
+    for (int t = 0; t < 2; t++) {
+        k->w[t] = start_tiny_worker();
+        k->req[t] = tiny_rerank_request(t ? "lo" : "hi", N_DOCS, &k->len[t]);
+    }
+}
+
+/* Frees the requests, and the workers unless gone (a test that stopped them sets gone). */
+static void rig_free(rig *k, int gone) {
+    free(k->req[0]);
+    free(k->req[1]);
+    if (!gone) stop_workers(k->w, 2);
+}
+
 static void test_overload(void **state) {
     (void)state;
-    mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
+    rig k;
+    rig_start(&k);
+    mr_worker **w = k.w;
+    uint8_t **req = k.req;
+    size_t *len = k.len;
     int port = 0;
-    size_t len[2];
-    uint8_t *req[2] = {tiny_rerank_request("hi", N_DOCS, &len[0]),
-                      tiny_rerank_request("lo", N_DOCS, &len[1])};
     mr_coord *c = NULL;
     mr_rpc_channel *ch = NULL;
     outcome *o = NULL;
@@ -492,20 +515,16 @@ static void test_overload(void **state) {
     /* health per profile: serving with its pool up, not once both workers are gone (the
      * prober polls a ready pool every 2 s; the profile's health follows within 250 ms) */
     int h = 0;
-    for (int k = 0; k < 100 && (h = health(ch, "profile/one")) != 1; k++) usleep(50000);
+    for (int i = 0; i < 100 && (h = health(ch, "profile/one")) != 1; i++) usleep(50000);
     assert_int_equal(h, 1);   /* at most 5 s */
     assert_int_equal(health(ch, "profile/nope"), -1);
-    mr_worker_shutdown(w[0], 1000);
-    mr_worker_shutdown(w[1], 1000);
-    mr_worker_free(w[0]);
-    mr_worker_free(w[1]);
-    for (int k = 0; k < 300 && (h = health(ch, "profile/one")) == 1; k++) usleep(50000);
+    stop_workers(w, 2);
+    for (int i = 0; i < 300 && (h = health(ch, "profile/one")) == 1; i++) usleep(50000);
     assert_int_equal(h, 0);   /* at most 15 s */
 
     mr_rpc_channel_free(ch);
     free(o);
-    free(req[0]);
-    free(req[1]);
+    rig_free(&k, 1);
     mr_coord_free(c);
 }
 
@@ -516,17 +535,15 @@ static void test_overload(void **state) {
  * (median within LEXICAL_X * S). */
 static void test_lexical_answers(void **state) {
     (void)state;
-    mr_worker *w[2] = {start_tiny_worker(), start_tiny_worker()};
+    rig k;
+    rig_start(&k);
     int port = 0;
-    size_t len[2];
-    uint8_t *req[2] = {tiny_rerank_request("hi", N_DOCS, &len[0]),
-                      tiny_rerank_request("lo", N_DOCS, &len[1])};
     mr_rpc_channel *ch = NULL;
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    double S = idle_service_ms(w, req[0], len[0]), budget = ceil(BUDGET_X * S);
-    mr_coord *c = start_coord(w, budget, 1, &port);
+    double S = idle_service_ms(k.w, k.req[0], k.len[0]), budget = ceil(BUDGET_X * S);
+    mr_coord *c = start_coord(k.w, budget, 1, &port);
     ch = channel_to(port);
-    outcome *o = burst(ch, req, len, budget, &mu);
+    outcome *o = burst(ch, k.req, k.len, budget, &mu);
     int full = 0, n_lex = 0;
     double lex_ms[2 * N_EACH];
     for (int i = 0; i < 2 * N_EACH; i++) {
@@ -550,13 +567,8 @@ static void test_lexical_answers(void **state) {
     assert_true(lex_ms[n_lex / 2] <= LEXICAL_X * S);
     mr_rpc_channel_free(ch);
     free(o);
-    free(req[0]);
-    free(req[1]);
     mr_coord_free(c);
-    for (int i = 0; i < 2; i++) {
-        mr_worker_shutdown(w[i], 1000);
-        mr_worker_free(w[i]);
-    }
+    rig_free(&k, 0);
 }
 
 int main(void) {

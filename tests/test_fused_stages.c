@@ -275,8 +275,7 @@ static void test_same_answers(void **state) {
     run_cases(ch, &w, 1, mport, cs, (int)(sizeof cs / sizeof *cs), 1);
     mr_rpc_channel_free(ch);
     mr_coord_free(c);
-    mr_worker_shutdown(w, 1000);
-    mr_worker_free(w);
+    stop_workers(&w, 1);
 }
 
 static void test_auto(void **state) {
@@ -306,8 +305,7 @@ static void test_auto(void **state) {
     assert_true(fused_count(mport, "auto") == N_AUTO);
     mr_rpc_channel_free(ch);
     mr_coord_free(c);
-    mr_worker_shutdown(w, 1000);
-    mr_worker_free(w);
+    stop_workers(&w, 1);
 }
 
 static void test_split_calls(void **state) {
@@ -326,10 +324,7 @@ static void test_split_calls(void **state) {
     run_cases(ch, w, 2, mport, cs, (int)(sizeof cs / sizeof *cs), 0);
     mr_rpc_channel_free(ch);
     mr_coord_free(c);
-    for (int i = 0; i < 2; i++) {
-        mr_worker_shutdown(w[i], 1000);
-        mr_worker_free(w[i]);
-    }
+    stop_workers(w, 2);
 }
 
 int main(void) {
