@@ -255,15 +255,25 @@ static void run_cases(mr_rpc_channel *ch, mr_worker *const *w, int n_w, int mpor
     fprintf(stderr, "# largest raw score difference fused vs split: %.3g\n", worst);
 }
 
+/* One worker whose batch holds 16 documents of at most 64 tokens (2048 tokens), and a
+ * coordinator over it with config()'s profiles; *mport its metrics port. */
+static mr_coord *one_worker_cluster(mr_worker **w, mr_rpc_channel **ch, int *mport) {
+    *w = start_worker(2048);
+    char addrs[64], json[2048];
+    snprintf(addrs, sizeof addrs, "\"127.0.0.1:%d\"", mr_worker_port(*w));
+    config(json, sizeof json, addrs);
+    int port = 0;
+    mr_coord *c = start_cluster_coord(json, &port, mport);
+    *ch = channel_to(port);
+    return c;
+}
+
 static void test_same_answers(void **state) {
     (void)state;
-    mr_worker *w = start_worker(2048);   /* 16 documents of at most 64 tokens: one batch */
-    char addrs[64], json[2048];
-    snprintf(addrs, sizeof addrs, "\"127.0.0.1:%d\"", mr_worker_port(w));
-    config(json, sizeof json, addrs);
-    int port = 0, mport = 0;
-    mr_coord *c = start_cluster_coord(json, &port, &mport);
-    mr_rpc_channel *ch = channel_to(port);
+    mr_worker *w;
+    mr_rpc_channel *ch;
+    int mport = 0;
+    mr_coord *c = one_worker_cluster(&w, &ch, &mport);
     float ms = pick_min_score(ch);
     const scase cs[] = {{8, {0}},
                         {8, {.top_k = 3}},
@@ -280,13 +290,10 @@ static void test_same_answers(void **state) {
 
 static void test_auto(void **state) {
     (void)state;
-    mr_worker *w = start_worker(2048);
-    char addrs[64], json[2048];
-    snprintf(addrs, sizeof addrs, "\"127.0.0.1:%d\"", mr_worker_port(w));
-    config(json, sizeof json, addrs);
-    int port = 0, mport = 0;
-    mr_coord *c = start_cluster_coord(json, &port, &mport);
-    mr_rpc_channel *ch = channel_to(port);
+    mr_worker *w;
+    mr_rpc_channel *ch;
+    int mport = 0;
+    mr_coord *c = one_worker_cluster(&w, &ch, &mport);
     /* survivors of at least half: their two recomputed layers outweigh the full layer 1 a
      * fused pass runs for every row (plan.c), so the compute favours fusion too, whatever the
      * cost model learnt of the round trip */
