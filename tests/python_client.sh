@@ -4,7 +4,8 @@
 # packages: Debian's grpcio and protobuf; --no-build-isolation --no-deps: nothing fetched),
 # which generates its protobuf module once, at build time; then its README example runs
 # against `mrank worker` + `mrank coordinator`: sync rerank and info, RerankStream, asyncio
-# rerank, an API error as grpc.RpcError, and no protoc call at run time (PATH without it).
+# rerank, an API error as grpc.RpcError, chunking of a long document (and its validation), and
+# no protoc call at run time (PATH without it).
 # Usage: bash tests/python_client.sh path/to/mrank   (from the repo root)
 set -euo pipefail
 MRANK=$(readlink -f "${1:?usage: python_client.sh path/to/mrank}")
@@ -53,6 +54,18 @@ with Client(addr) as c:
         raise SystemExit("an empty query was accepted")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    # chunking: a document longer than one window is scored in chunks, and says which won
+    long_doc = " ".join(["the committee met on tuesday to discuss the budget"] * 6 +
+                        ["a fox is a small omnivorous mammal"])
+    r = c.rerank("what is a fox", [long_doc, docs[1]], timeout=60,
+                 chunking={"window": 16, "stride": 8, "max_chunks": 8})
+    won = [x for x in r.results if x.index == 0][0]
+    assert won.chunk_length > 0 and won.chunk_offset + won.chunk_length <= len(long_doc), won
+    try:
+        c.rerank("what is a fox", docs, timeout=10, chunking={"window": 8, "stride": 16})
+        raise SystemExit("a stride above the window was accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "stride" in e.details(), e
 async def main():
     async with AsyncClient(addr) as c:
         r = await c.rerank("what is a fox", docs, timeout=60)
@@ -60,6 +73,6 @@ async def main():
         i = await c.info(timeout=10)
         assert i.dtype == "f32"
 asyncio.run(main())
-print("ok: sync rerank/info/stream/error and asyncio rerank/info")
+print("ok: sync rerank/info/stream/error/chunking and asyncio rerank/info")
 PYEOF
 echo PASS

@@ -40,9 +40,11 @@ def _credentials(ca, cert, key):
                                         certificate_chain=_read(cert) if cert else None)
 
 
-def _request(query, documents, top_n, profile, tier, request_id):
+def _request(query, documents, top_n, profile, tier, request_id, chunking=None):
     req = pb.RerankRequest(query=query, top_n=top_n, profile=profile, tier=tier,
                            request_id=request_id)
+    if chunking:   # {"window", "stride", "max_chunks"} (docs/cluster.md "Chunking")
+        req.chunking.CopyFrom(pb.Chunking(**chunking))
     for d in documents:
         if isinstance(d, str):
             req.documents.add(text=d)
@@ -86,16 +88,18 @@ class Client(_Base):
         self._methods(self._ch)
 
     def rerank(self, query, documents, top_n=0, profile="", tier="", request_id="",
-               timeout=None, traceparent=None):
-        """documents: strings or {"text", "id"} dicts. Returns a RerankResponse."""
-        return self._rerank(_request(query, documents, top_n, profile, tier, request_id),
+               timeout=None, traceparent=None, chunking=None):
+        """documents: strings or {"text", "id"} dicts; chunking: None (long documents cut at
+        the token budget) or {"window", "stride", "max_chunks"}. Returns a RerankResponse."""
+        return self._rerank(_request(query, documents, top_n, profile, tier, request_id,
+                                     chunking),
                             timeout=timeout, metadata=self._metadata(traceparent))
 
     def rerank_stream(self, query, documents, timeout=None, traceparent=None, **kw):
         """Yields a partial RerankResponse (final=False) after each stage, then the final."""
         yield from self._stream(_request(query, documents, kw.get("top_n", 0),
                                          kw.get("profile", ""), kw.get("tier", ""),
-                                         kw.get("request_id", "")),
+                                         kw.get("request_id", ""), kw.get("chunking")),
                                 timeout=timeout, metadata=self._metadata(traceparent))
 
     def info(self, timeout=None):
@@ -121,8 +125,9 @@ class AsyncClient(_Base):
         self._methods(self._ch)
 
     async def rerank(self, query, documents, top_n=0, profile="", tier="", request_id="",
-                     timeout=None, traceparent=None):
-        return await self._rerank(_request(query, documents, top_n, profile, tier, request_id),
+                     timeout=None, traceparent=None, chunking=None):
+        return await self._rerank(_request(query, documents, top_n, profile, tier, request_id,
+                                           chunking),
                                   timeout=timeout, metadata=self._metadata(traceparent))
 
     async def info(self, timeout=None):
