@@ -422,7 +422,7 @@ int mr__rerank_serve(mr__req *r);
 int mr__rerank_serve_pool_free(mr__req *r);
 /* The leading pool-free (lexical) stages of r's profile when its tier allows degraded answers
  * and the profile has stages after them (mr__rerank_serve_pool_free can answer r), else 0. */
-int mr__rerank_pool_free(const mr_coord *c, const mr__req *r);
+int mr__rerank_pool_free(const mr__req *r);
 /* Fails a request that never ran (code, msg; retry_ms > 0 adds the trailing metadata
  * "retry-after-ms") and records its metrics; the caller frees r. Never blocks. */
 void mr__rerank_refuse(mr__req *r, grpc_status_code code, const char *msg, double retry_ms);

@@ -200,15 +200,16 @@ done:
 
 int mr__rerank_serve(mr__req *r) { return serve(r, r->co->cfg.profiles[r->profile].n_stages); }
 
-int mr__rerank_pool_free(const mr_coord *c, const mr__req *r) {
-    const mr_cc_profile *pr = &c->cfg.profiles[r->profile];
-    int n = 0;
-    while (n < pr->n_stages && c->cfg.stages[pr->stages[n].stage].kind == MR_CC_LEXICAL) n++;
-    return c->cfg.tiers[r->tier].allow_degraded && n < pr->n_stages ? n : 0;
+int mr__rerank_pool_free(const mr__req *r) {
+    int n = mr__first_neural(r);   /* the leading lexical stages */
+    return r->co->cfg.tiers[r->tier].allow_degraded &&
+                   n < r->co->cfg.profiles[r->profile].n_stages
+               ? n
+               : 0;
 }
 
 int mr__rerank_serve_pool_free(mr__req *r) {
-    int n = mr__rerank_pool_free(r->co, r);
+    int n = mr__rerank_pool_free(r);
     if (n == 0 || r->sink.ops->cancelled(r->sink.ctx)) return 0;
     serve(r, n);
     return 1;

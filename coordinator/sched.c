@@ -248,7 +248,7 @@ void mr__sched_submit(mr__req *r, double work, double fallback_ms, double first_
      * better answered from them at once than queued for a late partial answer. */
     const mr_coord_config *cfg = &r->co->cfg;
     if (cfg->tiers[r->tier].allow_degraded && cfg->profiles[r->profile].n_stages > 1 &&
-        fallback_ms > 0 && !mr__rerank_pool_free(r->co, r))
+        fallback_ms > 0 && !mr__rerank_pool_free(r))
         r->qi.min_service_ms = r->qi.service_ms * fmin(first_ms / fallback_ms, 1);
     mr_admq_verdict v = s->stopping ? MR_ADMQ_FULL
                                     : mr_admq_offer(&s->q, &r->qi, now, displaced, 1, &n_disp,
