@@ -340,21 +340,20 @@ static void on_done(void *user, grpc_status_code st, const char *msg, const uint
     mrank__v1__rerank_response__free_unpacked(r, NULL);
 }
 
-/* One Rerank on ch, waited for; fails the test unless it is answered. Its time in ms. */
-static double rerank_once(mr_rpc_channel *ch, const uint8_t *req, size_t len, const char *what) {
+/* One Rerank on ch, waited for; fails the test unless it is answered, or (warm_up) ran out of
+ * budget or room: a warm-up request only teaches the budgeted coordinator its service times,
+ * one that ran out of budget while the machine's speed moved (the suite's other tests start or
+ * stop beside it) teaches it too, and proves nothing against admission. Its time in ms. */
+static double rerank_once(mr_rpc_channel *ch, const uint8_t *req, size_t len, int warm_up) {
     uint8_t *resp = NULL;
     size_t rlen = 0;
     grpc_status_code st;
     char msg[256];
     double t = now_ms();
-    int warm_up = !strcmp(what, "warm-up");
-    /* a warm-up request only teaches the budgeted coordinator its service times: one that
-     * ran out of budget while the machine's speed moved (the suite's other tests start or
-     * stop beside it) teaches it too, and proves nothing against admission */
     if (mr_rpc_unary(ch, "/mrank.v1.Ranker/Rerank", req, len, 20000, &resp, &rlen, &st, msg,
                      sizeof msg) &&
         !(warm_up && (st == GRPC_STATUS_DEADLINE_EXCEEDED || st == GRPC_STATUS_RESOURCE_EXHAUSTED)))
-        fail_msg("%s Rerank: status %d: %s", what, (int)st, msg);
+        fail_msg("%s Rerank: status %d: %s", warm_up ? "warm-up" : "idle", (int)st, msg);
     free(resp);
     return now_ms() - t;
 }
@@ -366,8 +365,8 @@ static double idle_service_ms(mr_worker **w, const uint8_t *req, size_t len) {
     mr_coord *c = start_coord(w, 0, 0, &port);
     mr_rpc_channel *ch = channel_to(port);
     double svc[N_SERVICE];
-    rerank_once(ch, req, len, "idle");
-    for (int i = 0; i < N_SERVICE; i++) svc[i] = rerank_once(ch, req, len, "idle");
+    rerank_once(ch, req, len, 0);
+    for (int i = 0; i < N_SERVICE; i++) svc[i] = rerank_once(ch, req, len, 0);
     qsort(svc, N_SERVICE, sizeof svc[0], cmp_double);
     mr_rpc_channel_free(ch);
     mr_coord_free(c);
@@ -381,7 +380,7 @@ static double idle_service_ms(mr_worker **w, const uint8_t *req, size_t len) {
  * Returns o[2 * N_EACH] (the caller frees it). */
 static outcome *burst(mr_rpc_channel *ch, uint8_t *const *req, const size_t *len, double budget,
                       pthread_mutex_t *mu) {
-    for (int i = 0; i < 2 * N_SERVICE; i++) rerank_once(ch, req[i % 2], len[i % 2], "warm-up");
+    for (int i = 0; i < 2 * N_SERVICE; i++) rerank_once(ch, req[i % 2], len[i % 2], 1);
     int n_done = 0;
     outcome *o = calloc(2 * N_EACH, sizeof *o);
     assert_non_null(o);
