@@ -17,7 +17,8 @@
  * neural stage scores every chunk of its active documents; a document takes its best chunk's
  * score (NaN lowest, ties to the earlier chunk) into its own row, which the keep rule, fusion and
  * the ranking read exactly as without chunking; later stages score that chunk's row only and copy
- * its result to the document's row. A lexical stage scores documents whole (rerank.c calls it,
+ * its result to the document's row, so what the first neural stage leaves to them is planned
+ * for its documents, not its chunk rows (mr__chunk_docs). A lexical stage scores documents whole (rerank.c calls it,
  * not this file). Before the first neural stage, a split document's row carries the estimate of
  * all its chunks (each with its own query segment and suffix), so admission and planning count
  * the work the chunks cost; after it, its best chunk's exact count. The total of chunks is
@@ -42,6 +43,7 @@ struct mr__chunks {
     int *best;                  /* (n) row of its best chunk, -1 before the first neural stage */
     mr__span *span;             /* (n * max) chunk c of document d at d * max + c */
     int *rows;                  /* (every row) the rows of the stage running */
+    int *owner;                 /* (chunk rows) the document of row r->n + i */
     char **text;                /* (chunk rows) NUL-terminated copies, in arena */
     char *arena;
 };
@@ -160,8 +162,9 @@ int mr__chunk_start(mr__req *r, int *rows, mr_err *err) {
     *rows = r->n + (int)extra;
     k->rows = malloc((size_t)*rows * sizeof *k->rows);
     k->text = malloc((size_t)(extra ? extra : 1) * sizeof *k->text);
+    k->owner = malloc((size_t)(extra ? extra : 1) * sizeof *k->owner);
     k->arena = malloc(bytes ? bytes : 1);
-    if (!k->rows || !k->text || !k->arena)
+    if (!k->rows || !k->text || !k->owner || !k->arena)
         return mr_err_set(err, MR_ENOMEM, "coordinator: out of memory");
     char *a = k->arena;
     for (int d = 0; d < r->n; d++) {
@@ -171,6 +174,7 @@ int mr__chunk_start(mr__req *r, int *rows, mr_err *err) {
             memcpy(a, r->in->documents[d]->text + sp[c].start, sp[c].len);
             a[sp[c].len] = 0;
             k->text[k->first[d] - r->n + c] = a;
+            k->owner[k->first[d] - r->n + c] = d;
             a += sp[c].len + 1;
         }
     }
@@ -200,6 +204,7 @@ void mr__chunk_free(mr__req *r) {
     free(k->span);
     free(k->rows);
     free(k->text);
+    free(k->owner);
     free(k->arena);
     free(k);
     r->chunks = NULL;
@@ -241,6 +246,18 @@ int mr__chunk_stage(mr__req *r, int pos, const int *active, int n_active,
         r->passage_tokens[d] = r->passage_tokens[b];   /* later stages score this chunk */
     }
     return 0;
+}
+
+int mr__chunk_docs(const mr__req *r, int pos, const int *rows, int n_rows) {
+    const mr__chunks *k = r->chunks;
+    if (!k || pos != mr__first_neural(r)) return n_rows;
+    int docs = 0, last = -1;
+    for (int i = 0; i < n_rows; i++) {     /* a document's chunk rows are consecutive */
+        int d = rows[i] < r->n ? rows[i] : k->owner[rows[i] - r->n];
+        docs += d != last;
+        last = d;
+    }
+    return docs;
 }
 
 int mr__chunk_result(const mr__req *r, int d, uint32_t *index, uint32_t *offset,

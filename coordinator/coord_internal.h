@@ -240,8 +240,10 @@ void mr__plan_relax(mr__req *r, int pos);
 /* Number of Score calls for active[0..n_active) on the stage's pool. */
 int mr__plan_calls(mr__req *r, const mr_cc_stage *st, const int *active, int n_active);
 /* What the profile stages after pos need (ms, with the safety factor) if active[0..n_active)
- * ran them, shrunk by the keep rules' top_k and fraction: the budget a stage's attempts leave
- * alone. 0 when the tier allows degraded answers (the later stages may be skipped). */
+ * ran them, shrunk by the keep rules' top_k and fraction (applied to documents: a chunked
+ * request's rows at its first neural stage count as their documents, mr__chunk_docs): the
+ * budget a stage's attempts leave alone. 0 when the tier allows degraded answers (the later
+ * stages may be skipped). */
 double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active);
 
 /* ---- stages that continue (plan.c decides, fanout.c runs, rerank.c walks the cascade) ----
@@ -352,6 +354,11 @@ void mr__chunk_free(mr__req *r);
  * the rows in r->stage_rows[pos]. Same contract as mr__fanout_stage. */
 int mr__chunk_stage(mr__req *r, int pos, const int *active, int n_active,
                     grpc_status_code *code, char *msg, size_t cap);
+/* The documents that rows[0..n_rows) of profile stage pos stand for, the count the next
+ * stage's keep rule bounds: at the first neural stage of a chunked request, the documents
+ * whose chunks they are (each document's rows consecutive, as mr__chunk_stage lists them);
+ * else n_rows. */
+int mr__chunk_docs(const mr__req *r, int pos, const int *rows, int n_rows);
 /* With chunking, the winning chunk of document d (index, byte offset and length): 1, or 0
  * when none (no chunking, or no neural stage scored d). */
 int mr__chunk_result(const mr__req *r, int d, uint32_t *index, uint32_t *offset,

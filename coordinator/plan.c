@@ -75,7 +75,7 @@ double mr__plan_rest_ms(mr__req *r, int pos, const int *active, int n_active) {
     const mr_cc_profile *pr = &c->cfg.profiles[r->profile];
     if (c->cfg.tiers[r->tier].allow_degraded || n_active <= 0) return 0;
     double rest = 0;
-    int n = n_active;
+    int n = mr__chunk_docs(r, pos, active, n_active);   /* keep rules count documents */
     for (int q = pos + 1; q < pr->n_stages && n > 0; q++) {
         n = mr_cascade_keep_bound(&r->keep[q - 1], n);
         int si = pr->stages[q].stage;

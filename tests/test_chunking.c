@@ -17,6 +17,9 @@
  *   test_escalation: a two-stage profile scores every chunk at depth 2, then only the winning
  *     chunk at depth 4: the second stage's rows are the documents' count, and L's final score
  *     is its winning chunk's depth-4 score alone.
+ *   test_planning: at the first neural stage the rows are chunks, but the next stage scores one
+ *     row per document: the budget reserved for it (mr__plan_rest_ms) counts the documents
+ *     (mr__chunk_docs), a request of R and two L reserving what 3 rows cost, not 1 + 2n.
  *   test_refusals: invalid options get INVALID_ARGUMENT naming the field; chunks outnumbering
  *     limits.max_documents are refused; max_chunks bounds a document's chunks (truncated set).
  * Scores are compared within SCORE_TOL (test_failover.c's: the same rows in other batches). */
@@ -299,6 +302,63 @@ static void test_escalation(void **state) {
     cluster_stop(&k);
 }
 
+static void test_planning(void **state) {
+    (void)state;
+    cluster k;
+    cluster_start(&k);
+    char *texts[MR_CHUNK_MAX_CHUNKS];
+    mr__span sp[MR_CHUNK_MAX_CHUNKS];
+    int n = chunks_of_l(texts, sp);
+    for (int c = 0; c < n; c++) free(texts[c]);
+    Mrank__V1__Document d[3], *dp[3];
+    const char *docs[3] = {R_TEXT, L_TEXT, L_TEXT};
+    for (int i = 0; i < 3; i++) {
+        mrank__v1__document__init(&d[i]);
+        d[i].text = (char *)docs[i];
+        dp[i] = &d[i];
+    }
+    Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
+    Mrank__V1__Chunking ch = MRANK__V1__CHUNKING__INIT;
+    ch.window = WINDOW, ch.stride = STRIDE;
+    rq.query = QUERY;
+    rq.profile = "two";           /* half keeps 16, then full */
+    rq.n_documents = 3;
+    rq.documents = dp;
+    rq.chunking = &ch;
+    uint8_t body[4096];
+    size_t len = mrank__v1__rerank_request__pack(&rq, body);
+    mr__req *r = calloc(1, sizeof *r);
+    assert_non_null(r);
+    r->co = k.c;
+    mr_err err = {0};
+    if (mr__req_parse(r, body, len, &err) || mr__req_start(r, &err)) fail_msg("%s", err.msg);
+    assert_false(k.c->cfg.tiers[r->tier].allow_degraded);   /* else nothing is reserved */
+    /* the first stage's rows as mr__chunk_stage lists them: R's own, then each L's chunks */
+    int rows[1 + 2 * MR_CHUNK_MAX_CHUNKS], m = 0;
+    rows[m++] = 0;
+    for (int c = 0; c < 2 * n; c++) rows[m++] = 3 + c;
+    assert_int_equal(mr__chunk_docs(r, 0, rows, m), 3);
+    assert_int_equal(mr__chunk_docs(r, 1, rows, 3), 3);     /* later stages: rows are docs */
+    double chunked = mr__plan_rest_ms(r, 0, rows, m);
+    mr__chunks *saved = r->chunks;                         /* the same rows as documents */
+    r->chunks = NULL;
+    double as_rows = mr__plan_rest_ms(r, 0, rows, m);
+    r->chunks = saved;
+    /* rest = safety (overhead + kept x mean token-layers x ns / parallelism), kept = the keep
+     * rule's bound (top 16) of the count: the row-dependent part scales by 3 / min(16, m);
+     * 1e-9 relative covers the double arithmetic */
+    int si = k.c->cfg.profiles[r->profile].stages[1].stage, kept = m < 16 ? m : 16;
+    double fixed = k.c->cost[si].overhead_ms * (k.c->cfg.safety > 1 ? k.c->cfg.safety : 1);
+    assert_true(as_rows > chunked);
+    double want = (as_rows - fixed) * 3 / kept, got = chunked - fixed;
+    if (!(fabs(got - want) <= 1e-9 * fabs(want)))
+        fail_msg("reserve for 3 documents %.9g, expected %.9g (%d rows, %d kept: %.9g)", got,
+                 want, m, kept, as_rows - fixed);
+    mr__req_close(r);
+    free(r);
+    cluster_stop(&k);
+}
+
 static void test_refusals(void **state) {
     (void)state;
     cluster k;
@@ -349,6 +409,7 @@ int main(void) {
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_long_document),
         cmocka_unit_test(test_escalation),
+        cmocka_unit_test(test_planning),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
