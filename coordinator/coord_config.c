@@ -355,10 +355,12 @@ static int parse_profile_stage(const ctx *x, const cJSON *o, const char *path,
 }
 
 /* "fusion": {"method": "weighted" | "rrf", "normalize": "minmax" | "zscore", "k": K,
- * "weights": {"stage": w, ...}} (fusion.h); the stages named are the profile's. */
+ * "weights": {"stage": w, ...}, "input_order": w} (fusion.h); the stages named are the
+ * profile's; input_order weighs the request's own order. */
 static int parse_fusion(const ctx *x, const cJSON *o, const char *path,
                         const mr_coord_config *c, mr_cc_profile *pr) {
-    static const char *const keys[] = {"method", "normalize", "k", "weights", NULL};
+    static const char *const keys[] = {"method", "normalize", "k", "weights", "input_order",
+                                       NULL};
     char q[640], method[16] = "", norm[16] = "minmax";
     mr_fusion *f = &pr->fusion;
     int rc;
@@ -382,6 +384,7 @@ static int parse_fusion(const ctx *x, const cJSON *o, const char *path,
     join(q, sizeof q, path, "k");
     if (f->method != MR_FUSION_RRF && cJSON_GetObjectItemCaseSensitive(o, "k"))
         return bad(x, MR_EINVAL, q, "only rrf takes k");
+    if ((rc = get_num(x, o, path, "input_order", &f->input_weight, 0, 1e6, 0, NULL))) return rc;
     const cJSON *w = cJSON_GetObjectItemCaseSensitive(o, "weights");
     join(q, sizeof q, path, "weights");
     if (!w || cJSON_IsNull(w)) {

@@ -59,7 +59,7 @@ int mr__fuse_finish(mr__fuse *f, mr__req *r) {
         row[p] = dst;
     }
     float *out = rows + (size_t)f->n_pos * r->n;
-    if ((rc = mr_fusion_apply(fu, row, deepest, m, out, &err))) goto done;
+    if ((rc = mr_fusion_apply(fu, row, deepest, m, group, out, &err))) goto done;
     for (int k = 0; k < m; k++) {
         r->logit[group[k]] = r->score[group[k]];
         r->score[group[k]] = out[k];

@@ -10,6 +10,9 @@
  *             lowest normalised value;
  *   rrf:      reciprocal-rank fusion, sum of weight / (k + rank), rank 1-based in the stage's
  *             order over the group (the merge rule: score desc, NaN last, index asc).
+ * The request's own order can join the sum as one more term (input_weight > 0): the order the
+ * caller sent, usually its retriever's ranking, scored -position (earlier is better) and then
+ * normalised or ranked like a stage's scores.
  * A fused stage deeper than the deepest that ran (a degraded answer) drops out of the sum. */
 #ifndef MR_FUSION_H
 #define MR_FUSION_H
@@ -36,6 +39,7 @@ typedef struct mr_fusion {
     int n;                      /* fused stages */
     int pos[MR_FUSION_MAX];     /* their positions in the profile */
     double weight[MR_FUSION_MAX];
+    double input_weight;        /* the request order's weight ("input_order"; 0: not fused) */
 } mr_fusion;
 
 #define MR_FUSION_DEFAULT_K 60.0
@@ -48,9 +52,9 @@ void mr_fusion_normalize(float *x, int n, mr_fusion_norm norm);
 int mr_fusion_ranks(const float *x, int n, int *rank, mr_err *err);
 
 /* Fuses: scores[p] (p in [0, deepest]) holds profile position p's raw scores of the group's
- * n members (a row may be NULL for a position that is not fused); out[0..n) the fused scores.
- * MR_ENOMEM. */
+ * n members (a row may be NULL for a position that is not fused); input[0..n) their positions
+ * in the request (read when f->input_weight > 0); out[0..n) the fused scores. MR_ENOMEM. */
 int mr_fusion_apply(const mr_fusion *f, const float *const *scores, int deepest, int n,
-                    float *out, mr_err *err);
+                    const int *input, float *out, mr_err *err);
 
 #endif

@@ -1,6 +1,6 @@
 /* test_fusion.c: score fusion (coordinator/fusion.c: per-request normalisation, ranks, the
- * weighted sum and reciprocal-rank fusion, the deepest-stage cut) and the config of the lexical
- * stage and of a profile's "fusion" (coordinator/coord_config.c). */
+ * weighted sum and reciprocal-rank fusion, the deepest-stage cut, the request order as a term)
+ * and the config of the lexical stage and of a profile's "fusion" (coordinator/coord_config.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,17 +59,17 @@ static void test_weighted(void **state) {
                    .pos = {0, 1}, .weight = {0.75, 0.25}};
     float out[3];
     mr_err err = {0};
-    assert_int_equal(mr_fusion_apply(&f, rows, 1, 3, out, &err), 0);
+    assert_int_equal(mr_fusion_apply(&f, rows, 1, 3, NULL, out, &err), 0);
     assert_float_equal(out[0], 0.75, TOL);
     assert_float_equal(out[1], 0.5, TOL);
     assert_float_equal(out[2], 0.25, TOL);
     /* the deeper stage did not run: only stage 0 counts */
-    assert_int_equal(mr_fusion_apply(&f, rows, 0, 3, out, &err), 0);
+    assert_int_equal(mr_fusion_apply(&f, rows, 0, 3, NULL, out, &err), 0);
     assert_float_equal(out[0], 0.75, TOL);
     assert_float_equal(out[2], 0, TOL);
     /* a row that is NULL (position not recorded) drops out too */
     const float *rows2[] = {NULL, s1};
-    assert_int_equal(mr_fusion_apply(&f, rows2, 1, 3, out, &err), 0);
+    assert_int_equal(mr_fusion_apply(&f, rows2, 1, 3, NULL, out, &err), 0);
     assert_float_equal(out[0], 0, TOL);
     assert_float_equal(out[2], 0.25, TOL);
 }
@@ -80,11 +80,37 @@ static void test_rrf(void **state) {
     mr_fusion f = {.method = MR_FUSION_RRF, .k = 60, .n = 2, .pos = {0, 1}, .weight = {1, 2}};
     float out[3];
     mr_err err = {0};
-    assert_int_equal(mr_fusion_apply(&f, rows, 1, 3, out, &err), 0);
+    assert_int_equal(mr_fusion_apply(&f, rows, 1, 3, NULL, out, &err), 0);
     assert_float_equal(out[0], 1.0 / 61 + 2.0 / 63, TOL);
     assert_float_equal(out[1], 1.0 / 62 + 2.0 / 62, TOL);
     assert_float_equal(out[2], 1.0 / 63 + 2.0 / 61, TOL);
     assert_true(out[2] > out[1] && out[1] > out[0]);   /* the heavier stage decides */
+}
+
+/* The request order as a term: the group's members sit at request positions 4, 0 and 9. */
+static void test_input_order(void **state) {
+    float s0[] = {10, 5, 0};               /* the stage orders member 0 > 1 > 2 */
+    const float *rows[] = {s0};
+    int input[] = {4, 0, 9};               /* the request orders member 1 > 0 > 2 */
+    mr_fusion f = {.method = MR_FUSION_WEIGHTED, .norm = MR_FUSION_MINMAX, .n = 1,
+                   .pos = {0}, .weight = {0.25}, .input_weight = 0.75};
+    float out[3];
+    mr_err err = {0};
+    assert_int_equal(mr_fusion_apply(&f, rows, 0, 3, input, out, &err), 0);
+    /* minmax of -position: -4 -> (9 - 4) / 9, 0 -> 1, -9 -> 0 */
+    assert_float_equal(out[0], 0.25 + 0.75 * 5.0 / 9, TOL);
+    assert_float_equal(out[1], 0.25 * 0.5 + 0.75, TOL);
+    assert_float_equal(out[2], 0, TOL);
+    f.input_weight = 0;                    /* weight 0: the order is not read */
+    assert_int_equal(mr_fusion_apply(&f, rows, 0, 3, NULL, out, &err), 0);
+    assert_float_equal(out[1], 0.125, TOL);
+    mr_fusion r = {.method = MR_FUSION_RRF, .k = 60, .n = 1, .pos = {0}, .weight = {1},
+                   .input_weight = 2};
+    assert_int_equal(mr_fusion_apply(&r, rows, 0, 3, input, out, &err), 0);
+    assert_float_equal(out[0], 1.0 / 61 + 2.0 / 62, TOL);
+    assert_float_equal(out[1], 1.0 / 62 + 2.0 / 61, TOL);
+    assert_float_equal(out[2], 1.0 / 63 + 2.0 / 63, TOL);
+    assert_true(out[1] > out[0]);          /* the heavier request order decides */
 }
 
 static const char k_cfg[] =
@@ -93,7 +119,7 @@ static const char k_cfg[] =
     "{\"name\":\"s\",\"pool\":\"p\",\"depth\":2}],"
     "\"profiles\":[{\"name\":\"x\",\"stages\":[{\"stage\":\"bm25\",\"keep_top_k\":30},"
     "{\"stage\":\"s\"}],\"fusion\":{\"method\":\"weighted\",\"normalize\":\"zscore\","
-    "\"weights\":{\"s\":0.3,\"bm25\":0.7}}},"
+    "\"weights\":{\"s\":0.3,\"bm25\":0.7},\"input_order\":0.25}},"
     "{\"name\":\"r\",\"stages\":[{\"stage\":\"bm25\"},{\"stage\":\"s\"}],"
     "\"fusion\":{\"method\":\"rrf\",\"k\":10}}],"
     "\"tiers\":[{\"name\":\"t\",\"profile\":\"x\"}]}";
@@ -116,11 +142,13 @@ static void test_config_good(void **state) {
     assert_int_equal(f->pos[0], 1);        /* "s" is position 1 of the profile */
     assert_float_equal(f->weight[0], 0.3, TOL);
     assert_int_equal(f->pos[1], 0);
+    assert_float_equal(f->input_weight, 0.25, TOL);
     const mr_fusion *r = &c->profiles[1].fusion;
     assert_int_equal(r->method, MR_FUSION_RRF);
     assert_float_equal(r->k, 10, TOL);
     assert_int_equal(r->n, 2);             /* no weights: every stage, weight 1 */
     assert_float_equal(r->weight[1], 1, TOL);
+    assert_float_equal(r->input_weight, 0, TOL);   /* not fused unless named */
     free(c);
 }
 
@@ -140,6 +168,8 @@ static const struct {
     {"\"s\":0.3", "\"s\":-0.3", "profiles[0].fusion.weights.s: expected a weight"},
     {",\"weights\":{\"s\":0.3,\"bm25\":0.7}", "", "profiles[0].fusion.weights: missing"},
     {"\"k\":10", "\"k\":0", "profiles[1].fusion.k"},
+    {"\"input_order\":0.25", "\"input_order\":-1", "profiles[0].fusion.input_order: -1"},
+    {"\"input_order\":0.25", "\"input_order\":\"yes\"", "fusion.input_order: expected a"},
     {"\"method\":\"rrf\"", "\"method\":\"rrf\",\"normalize\":\"minmax\"", "rrf fuses ranks"},
     {"\"normalize\":\"zscore\"", "\"normalize\":\"zscore\",\"k\":5", "fusion.k: only rrf"},
     {"\"method\":\"rrf\"", "\"method\":\"rrf\",\"alpha\":1", "fusion.alpha: unknown key"},
@@ -170,6 +200,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_normalize_minmax), cmocka_unit_test(test_normalize_zscore),
         cmocka_unit_test(test_ranks),            cmocka_unit_test(test_weighted),
+        cmocka_unit_test(test_input_order),
         cmocka_unit_test(test_rrf),              cmocka_unit_test(test_config_good),
         cmocka_unit_test(test_config_bad),
     };

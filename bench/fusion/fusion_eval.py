@@ -3,17 +3,21 @@
 queries and reported on the second half, by replaying the coordinator offline over scores mrank
 produced (bench/fusion/run.sh makes them; docs/results.md has the figures).
 
-    fusion_eval.py --runs DIR --profile bm25:30,cheap:0,full:0 [--grid 20] COLLECTION_DIR...
+    fusion_eval.py --runs DIR --profile bm25:30,cheap:0,full:0 [--grid 20] [--input-order]
+                   [--lex lex|lexgen|lexcorpus] COLLECTION_DIR...
 
-DIR holds, per collection C: C.lex.run (`mrank lexicon score`, the coordinator's BM25 code,
-candidates' own statistics as the shipped profile; C.lexcorpus.run with the collection's
-lexicon, --lex lexcorpus), C.cheap.run and C.full.run (`mrank eval
+DIR holds, per collection C: C.lex.run (`mrank lexicon score`, the coordinator's BM25 code, with
+the candidates' own statistics), C.lexgen.run (with the general-English lexicon shipped beside
+the bundled model, models/mrank-tiny/lexicon.txt: the shipped profile), C.lexcorpus.run (with
+the collection's own lexicon), C.cheap.run and C.full.run (`mrank eval
 --out`, the workers' scoring at the served max_len), C.cheap.log / C.full.log (their FLOPs per
 pair). Candidates are the collection's bm25_top100.run in its order (the request order).
 
 Replay (coordinator/rerank.c, fuse.c, fusion.h): each stage scores the survivors of the previous
 one and keep_top_k keeps the best (score desc, index asc); the final order is deeper stage first;
-the group the deepest stage scored gets sum(w * minmax(stage score)) in place of its score.
+the group the deepest stage scored gets sum(w * minmax(stage score)) in place of its score, plus
+w_input * minmax(-request position) with --input-order (fusion's "input_order": the request's
+own order, here the BM25 run's).
 Judged queries (a grade > 0, queries.jsonl order) split in halves, the first ceil(n/2) first.
 Weights: a grid of --grid steps per unit summing to 1, best mean nDCG@10 on the first half, the
 first best in grid order (the lexical weight descending: ties keep the lexical order). "pooled"
@@ -30,6 +34,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "shared", "tools"))
 from bm25_eval import ndcg_at, read_jsonl, read_qrels  # noqa: E402
+
+
+INPUT = "input_order"     # the weights' key of the request order's term
 
 
 def read_run(path):
@@ -66,6 +73,9 @@ def replay(cands, scores, profile, weights):
             if pos <= deepest and w:
                 norm = minmax([scores[name][cands[i]] for i in group])
                 fused = [f + w * v for f, v in zip(fused, norm)]
+        w = weights.get(INPUT, 0.0)
+        if w:
+            fused = [f + w * v for f, v in zip(fused, minmax([-i for i in group]))]
         for i, f in zip(group, fused):
             score[i] = f
     order = sorted(range(n), key=lambda i: (-stage_of[i], -score[i], i))
@@ -128,20 +138,28 @@ def main():
     ap.add_argument("--runs", required=True)
     ap.add_argument("--profile", default="bm25:30,cheap:0,full:0")
     ap.add_argument("--grid", type=int, default=20)
-    ap.add_argument("--lex", default="lex", help="lexical run suffix: lex (the candidates' "
-                    "statistics, as shipped) or lexcorpus (the collection's lexicon)")
+    ap.add_argument("--lex", default="lexgen", help="lexical run suffix: lex (the candidates' "
+                    "statistics), lexgen (the general lexicon, as shipped) or lexcorpus (the "
+                    "collection's lexicon)")
+    ap.add_argument("--input-order", action="store_true",
+                    help="fuse the request order too (fusion's input_order)")
     ap.add_argument("collections", nargs="+")
     a = ap.parse_args()
     profile = [(s.split(":")[0], int(s.split(":")[1])) for s in a.profile.split(",")]
-    names = [s for s, _ in profile]
+    names = [s for s, _ in profile] + ([INPUT] if a.input_order else [])
     colls = [Coll(c, a.runs, a.lex) for c in a.collections]
     cand = list(grid(names, a.grid))
     first = [[c.ndcg(c.first, profile, w) for w in cand] for c in colls]
     pooled = max(range(len(cand)), key=lambda k: (mean([f[k] for f in first]), -k))
-    out = {"profile": a.profile, "grid_steps": a.grid, "lexical": a.lex, "pooled_weights": cand[pooled],
+    # the same choice among weights without the neural stages: what they add
+    lex_only = [k for k, w in enumerate(cand) if all(not w[s] for s in names
+                                                       if s not in ("bm25", INPUT))]
+    out = {"profile": a.profile, "grid_steps": a.grid, "lexical": a.lex,
+           "input_order": a.input_order, "pooled_weights": cand[pooled],
            "collections": []}
     for c, f in zip(colls, first):
         best = max(range(len(cand)), key=lambda k: (f[k], -k))
+        best_lex = max(lex_only, key=lambda k: (f[k], -k))
         out["collections"].append({
             "collection": c.name, "judged": len(c.first) + len(c.second),
             "n_first": len(c.first), "n_second": len(c.second),
@@ -155,7 +173,9 @@ def main():
                 "lexical_stage": round(c.ndcg(c.second, [("bm25", 0)], None), 4),
                 "neural_full": round(c.ndcg(c.second, [("full", 0)], None), 4),
                 "profile_own_weights": round(c.ndcg(c.second, profile, cand[best]), 4),
-                "profile_pooled_weights": round(c.ndcg(c.second, profile, cand[pooled]), 4)},
+                "profile_pooled_weights": round(c.ndcg(c.second, profile, cand[pooled]), 4),
+                "no_neural_own_weights": round(c.ndcg(c.second, profile, cand[best_lex]), 4)},
+            "no_neural_weights": cand[best_lex],
             "compute_vs_full_on_all": round(c.compute(c.second, profile), 4),
         })
     print(json.dumps(out, indent=1))
