@@ -23,10 +23,11 @@ cat "$log"
 addr=$(sed -n 's/^coordinator: //p' "$log" | head -1)
 [ -n "$addr" ] || { echo "cluster did not come up" >&2; exit 1; }
 docs=$(mktemp)
+# in the order a first-stage retriever (BM25) ranks them for the query, as callers send them
 printf '%s\n' "Paris is the capital and most populous city of France." \
-  "The population of China is over 1.4 billion people." \
+  "France is a country in Western Europe; its capital is Paris." \
   "Berlin is the capital of Germany." \
-  "France is a country in Western Europe; its capital is Paris." > "$docs"
+  "The population of China is over 1.4 billion people." > "$docs"
 ./build/mrank rerank --addr "$addr" --query "what is the capital of France?" --docs "$docs"
 if [ "${KEEP_RUNNING:-0}" = 1 ]; then
   echo "cluster running at $addr; Ctrl-C to stop"

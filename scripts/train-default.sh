@@ -7,7 +7,9 @@
 #             teacher + cascade term), a curriculum: keyword queries over 12-word passages, then
 #             keyword and natural queries over 30-word passages
 #   comp      factorized compensation: vertical (r = 1) and width-2/4/8 LoRA adapters
-# then copies the result to models/mrank-tiny (MODEL=... to write elsewhere).
+# then copies the result to models/mrank-tiny (MODEL=... to write elsewhere) with lexicon.txt:
+# the general-English statistics (`mrank lexicon build` over lm.txt, the Brown paragraphs and
+# WordNet glosses) that the default profile's lexical stage uses (docs/cluster.md).
 # NAIVE=1 also trains the naive-truncation baseline (--full-only, same budget) for the ablation.
 # LAYERS (default 4), CASCADE_STEP (cascade anchor spacing, default 0: max(1, layers / 4)),
 # CASCADE_WEIGHT (stage-2 cascade term weight, default 1, the spec's), RR2_LR (stage-2 learning
@@ -59,8 +61,15 @@ fi
 stage comp --stage compensate --init $O/rr2 --data $D/mid/rerank-train.jsonl --steps 300 \
     --batch 2 --group 16 --max-len 80 --lr $COMP_LR --lora-rank 8 --lora-alpha 16 --lora-dropout 0.1
 
+[ -s $O/lexicon.txt ] || {
+    python3 -c 'import json, sys
+for i, line in enumerate(open(sys.argv[1], encoding="utf-8")):
+    print(json.dumps({"_id": str(i), "text": line.strip()}))' $D/lm.txt > $O/general.jsonl
+    $M lexicon build --corpus $O/general.jsonl --out $O/lexicon.txt
+}
+
 mkdir -p "$MODEL/adapters"
-cp $O/rr2/config.json $O/rr2/model.safetensors $O/rr2/tokenizer.json "$MODEL/"
+cp $O/rr2/config.json $O/rr2/model.safetensors $O/rr2/tokenizer.json $O/lexicon.txt "$MODEL/"
 for a in vertical width-2 width-4 width-8; do
     mkdir -p "$MODEL/adapters/$a"
     cp $O/comp/$a/adapter_config.json $O/comp/$a/adapter_model.safetensors "$MODEL/adapters/$a/"

@@ -3,12 +3,14 @@
 # tests/fusion_e2e.sh path/to/mrank (from the repo root). deploy/local.json (its default
 # profile: bm25 -> half-r2 -> full with weighted fusion) on free loopback ports with the bundled
 # models/mrank-tiny, plus single-stage profiles to read each stage's raw scores:
-#  1. the README's request: both Paris sentences rank above "Berlin is the capital of Germany.",
-#     and relevance_score is non-increasing down the response;
-#  2. on a sample of MEDLINE queries (40 BM25 candidates each): the coordinator's lexical
-#     stage equals `mrank lexicon score` (the code bench/fusion/ evaluates with), and the
-#     default profile's ranking and fused scores equal bench/fusion/fusion_eval.py's offline
-#     replay of the per-stage scores: the weights chosen offline mean what the cluster serves.
+#  1. the README's request (scripts/run.sh's documents in its order): both Paris sentences rank
+#     above "Berlin is the capital of Germany.", and relevance_score is non-increasing down the
+#     response;
+#  2. on a sample of MEDLINE queries (40 BM25 candidates each, in the run's order): the
+#     coordinator's lexical stage equals `mrank lexicon score` with the stage's lexicon (the code
+#     bench/fusion/ evaluates with), and the default profile's ranking and fused scores equal
+#     bench/fusion/fusion_eval.py's offline replay of the per-stage scores and the request order
+#     (input_order): the weights chosen offline mean what the cluster serves.
 # Only loopback; every wait is bounded (a long gRPC deadline: the sanitizer build scores
 # slowly, and admission refuses what the deadline cannot fit); everything started is killed.
 set -euo pipefail
@@ -56,10 +58,11 @@ ADDR=127.0.0.1:$PC
 rr() { "$MRANK" rerank --addr "$ADDR" --tier exact --timeout-ms 300000 --json "$@" 2>>"$work/rr.err"; }
 
 echo "== 1. the README's request"
+# scripts/run.sh's documents, in its (a retriever's) order
 printf '%s\n' "Paris is the capital and most populous city of France." \
-  "The population of China is over 1.4 billion people." \
+  "France is a country in Western Europe; its capital is Paris." \
   "Berlin is the capital of Germany." \
-  "France is a country in Western Europe; its capital is Paris." > "$work/docs.txt"
+  "The population of China is over 1.4 billion people." > "$work/docs.txt"
 rr --query "what is the capital of France?" --docs "$work/docs.txt" > "$work/readme.json" ||
   fail "rerank"
 $PY - "$work/readme.json" <<'PYEOF' || fail "README request"
@@ -69,7 +72,7 @@ order = [x["index"] for x in r["results"]]
 rel = [x["relevance_score"] for x in r["results"]]
 print("  order", order, "relevance", [round(v, 4) for v in rel])
 assert r["profile"] == "cascade" and [s["name"] for s in r["stages"]] == ["bm25", "half-r2", "full"]
-assert set(order[:2]) == {0, 3}, order
+assert set(order[:2]) == {0, 1}, order
 assert all(a >= b for a, b in zip(rel, rel[1:])), rel
 PYEOF
 
@@ -99,7 +102,12 @@ with open(os.path.join(mini, "corpus.jsonl"), "w") as c, \
                 f.write(t + "\n")
         open(os.path.join(w, "q%d.query" % k), "w").write(queries[q]["text"])
 PYEOF
-"$MRANK" lexicon score --collection "$work/mini" --out "$work/mini.lex.run" || fail "lexicon score"
+# the lexical stage's statistics as the config names them (none: the candidates')
+lexicon=$($PY -c 'import json, sys
+c = json.load(open(sys.argv[1]))
+print(next(s for s in c["stages"] if s.get("kind") == "lexical").get("lexicon", ""))' "$work/up.json")
+"$MRANK" lexicon score --collection "$work/mini" ${lexicon:+--lexicon "$lexicon"} \
+  --out "$work/mini.lex.run" || fail "lexicon score"
 for k in 0 1; do
   q=$(cat "$work/q$k.query")
   for p in cascade lexical-only cheap-only full-only; do
@@ -132,7 +140,8 @@ for k in range(2):
         a, b = raw["bm25"][i], offline[qids[k]][i]
         assert abs(a - b) <= 1e-4 * max(1, abs(b)), (k, i, a, b)
     got = json.load(open(os.path.join(w, "q%d.cascade.json" % k)))["results"]
-    want = replay(list(range(n)), raw, profile, fus["weights"])
+    weights = dict(fus["weights"], input_order=fus.get("input_order", 0))
+    want = replay(list(range(n)), raw, profile, weights)
     # the cascade's neural scores come from other batches than the single-stage profiles':
     # equal up to float32 noise (1e-3 after min-max scaling), so compare scores, not tie order
     # the fused group (the deepest stage's candidates) reports its fused score as
