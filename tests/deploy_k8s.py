@@ -236,6 +236,17 @@ def check(objs, cfg, root, configmap_names):
         need(svc is not None and listen_port in [p["port"] for p in svc["spec"]["ports"]],
              "Service mrank lacks the coordinator port %d" % listen_port)
         need(probe_port(c["readinessProbe"]) == listen_port, "coordinator readiness probe port")
+        # a lexical stage's lexicon is a file of the image (deploy/Dockerfile copies
+        # models/mrank-tiny to /opt/mrank/models/mrank-tiny): a relative path from the
+        # container's workingDir /opt/mrank, which names the same file in this checkout
+        for st in cfg["stages"]:
+            lex = st.get("lexicon")
+            if st.get("kind") != "lexical" or not lex:
+                continue
+            need(not lex.startswith("/") and lex.startswith("models/mrank-tiny/") and
+                 c.get("workingDir") == "/opt/mrank" and os.path.exists(os.path.join(root, lex)),
+                 "coordinator: lexicon %s is not models/mrank-tiny/... under workingDir /opt/mrank "
+                 "(workingDir %s)" % (lex, c.get("workingDir")))
     return fail
 
 
