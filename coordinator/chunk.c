@@ -18,8 +18,8 @@
  * score (NaN lowest, ties to the earlier chunk) into its own row, which the keep rule, fusion and
  * the ranking read exactly as without chunking; later stages score that chunk's row only and copy
  * its result to the document's row, so what the first neural stage leaves to them is planned
- * for its documents, not its chunk rows (mr__chunk_docs). A lexical stage scores documents whole (rerank.c calls it,
- * not this file). Before the first neural stage, a split document's row carries the estimate of
+ * for its documents, not its chunk rows (mr__chunk_docs). A lexical stage scores documents
+ * whole (rerank.c calls it, not this file). Before the first neural stage, a split document's row carries the estimate of
  * all its chunks (each with its own query segment and suffix), so admission and planning count
  * the work the chunks cost; after it, its best chunk's exact count. The total of chunks is
  * bounded by limits.max_documents, so a request never scores more rows than it may send
