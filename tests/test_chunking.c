@@ -130,12 +130,10 @@ static void cluster_stop(cluster *k) {
     mr_worker_free(k->w);
 }
 
-/* One Rerank of docs[0..n) with profile and chunking (window 0: none): the response (free
- * with mrank__v1__rerank_response__free_unpacked), or NULL with *st and msg on a failure. */
-static Mrank__V1__RerankResponse *rerank(cluster *k, const char *const *docs, int n,
-                                         const char *profile, unsigned window, unsigned stride,
-                                         unsigned max_chunks, grpc_status_code *st, char *msg,
-                                         size_t cap) {
+/* A packed RerankRequest of QUERY over docs[0..n) with profile and chunking (window 0: none),
+ * malloc'd, its size in *len. */
+static uint8_t *pack_request(const char *const *docs, int n, const char *profile,
+                             unsigned window, unsigned stride, unsigned max_chunks, size_t *len) {
     Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
     Mrank__V1__Document d[MAX_DOCS + 1], *dp[MAX_DOCS + 1];
     Mrank__V1__Chunking ch = MRANK__V1__CHUNKING__INIT;
@@ -151,10 +149,21 @@ static Mrank__V1__RerankResponse *rerank(cluster *k, const char *const *docs, in
     rq.documents = dp;
     ch.window = window, ch.stride = stride, ch.max_chunks = max_chunks;
     if (window || stride || max_chunks) rq.chunking = &ch;
-    size_t len = mrank__v1__rerank_request__get_packed_size(&rq), rlen = 0;
-    uint8_t *req = malloc(len + 1), *resp = NULL;
+    *len = mrank__v1__rerank_request__get_packed_size(&rq);
+    uint8_t *req = malloc(*len + 1);
     assert_non_null(req);
     mrank__v1__rerank_request__pack(&rq, req);
+    return req;
+}
+
+/* One Rerank of docs[0..n) with profile and chunking (window 0: none): the response (free
+ * with mrank__v1__rerank_response__free_unpacked), or NULL with *st and msg on a failure. */
+static Mrank__V1__RerankResponse *rerank(cluster *k, const char *const *docs, int n,
+                                         const char *profile, unsigned window, unsigned stride,
+                                         unsigned max_chunks, grpc_status_code *st, char *msg,
+                                         size_t cap) {
+    size_t len, rlen = 0;
+    uint8_t *req = pack_request(docs, n, profile, window, stride, max_chunks, &len), *resp = NULL;
     int rc = mr_rpc_unary(k->ch, MR_METHOD_RERANK, req, len, 20000, &resp, &rlen, st, msg, cap);
     free(req);
     if (rc) {
@@ -310,23 +319,9 @@ static void test_planning(void **state) {
     mr__span sp[MR_CHUNK_MAX_CHUNKS];
     int n = chunks_of_l(texts, sp);
     for (int c = 0; c < n; c++) free(texts[c]);
-    Mrank__V1__Document d[3], *dp[3];
     const char *docs[3] = {R_TEXT, L_TEXT, L_TEXT};
-    for (int i = 0; i < 3; i++) {
-        mrank__v1__document__init(&d[i]);
-        d[i].text = (char *)docs[i];
-        dp[i] = &d[i];
-    }
-    Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
-    Mrank__V1__Chunking ch = MRANK__V1__CHUNKING__INIT;
-    ch.window = WINDOW, ch.stride = STRIDE;
-    rq.query = QUERY;
-    rq.profile = "two";           /* half keeps 16, then full */
-    rq.n_documents = 3;
-    rq.documents = dp;
-    rq.chunking = &ch;
-    uint8_t body[4096];
-    size_t len = mrank__v1__rerank_request__pack(&rq, body);
+    size_t len;       /* profile two: half keeps 16, then full */
+    uint8_t *body = pack_request(docs, 3, "two", WINDOW, STRIDE, 0, &len);
     mr__req *r = calloc(1, sizeof *r);
     assert_non_null(r);
     r->co = k.c;
@@ -356,6 +351,7 @@ static void test_planning(void **state) {
                  want, m, kept, as_rows - fixed);
     mr__req_close(r);
     free(r);
+    free(body);
     cluster_stop(&k);
 }
 
