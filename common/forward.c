@@ -115,7 +115,8 @@ int mr_ctx_init(mr_ctx *c, const mr_model *m, int max_tokens, int max_rows, int 
         const mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
         for (int j = 0; j < 7; j++) {
             /* by tensor, not by config dtype: a checkpoint may mix dtypes */
-            all_in_place &= usable_in_place(lins[j]->w, want);
+            /* the int8 path's weights are the model's mr_gemm_q8 copies */
+            all_in_place &= m->gemm == MR_GEMM_ONEDNN_INT8 || usable_in_place(lins[j]->w, want);
             int s = 0;
             while (s < n_shapes && (shapes[s][0] != lins[j]->out || shapes[s][1] != lins[j]->in))
                 s++;
@@ -174,9 +175,11 @@ void mr_ctx_close(mr_ctx *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* A weight matrix in the GEMM path's dtype (f32 or bf16): in place when usable, else converted
- * into c->wbuf[slot]. */
-static const void *weight_view(mr_ctx *c, const mr_tensor *t, int slot) {
+/* l's weight matrix in the GEMM path's form: its mr_gemm_q8 on the int8 path; else in the
+ * path's dtype (f32 or bf16), in place when usable, else converted into c->wbuf[slot]. */
+static const void *weight_view(mr_ctx *c, const mr_linear *l, int slot) {
+    if (c->m->gemm == MR_GEMM_ONEDNN_INT8) return &l->q8;
+    const mr_tensor *t = l->w;
     mr_dtype want = mr_gemm_weight_dtype(c->m->gemm);
     if (usable_in_place(t, want)) return t->data;
     size_t n = (size_t)t->numel, es = mr_dtype_size(t->dtype), chunk = 4096;
@@ -200,10 +203,12 @@ static const void *weight_view(mr_ctx *c, const mr_tensor *t, int slot) {
 }
 
 /* y (n, out) = x (n, in) W^T + b + sum over active unmerged adapters of x A^T B^T, with w the
- * weight_view of l->w. A GEMM failure is kept in c->gemm_rc (the pass reports it). */
+ * weight_view of l. again: x is the previous linear's x, unchanged (mr_gemm_wt_again). A GEMM
+ * failure is kept in c->gemm_rc (the pass reports it). */
 static void linear_w(mr_ctx *c, const mr_linear *l, const void *w, const float *x, int n,
-                     float *y, uint32_t mask) {
-    int rc = mr_gemm_wt(c->gemm, y, x, w, n, l->in, l->out);
+                     float *y, uint32_t mask, int again) {
+    int rc = again ? mr_gemm_wt_again(c->gemm, y, x, w, n, l->in, l->out)
+                   : mr_gemm_wt(c->gemm, y, x, w, n, l->in, l->out);
     if (rc && !c->gemm_rc) c->gemm_rc = rc;
     if (l->b) {
         for (int i = 0; i < n; i++) mr_add(y + (size_t)i * l->out, l->b, (size_t)l->out);
@@ -217,8 +222,8 @@ static void linear_w(mr_ctx *c, const mr_linear *l, const void *w, const float *
 }
 
 static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *y,
-                   uint32_t mask) {
-    linear_w(c, l, weight_view(c, l->w, 0), x, n, y, mask);
+                   uint32_t mask, int again) {
+    linear_w(c, l, weight_view(c, l, 0), x, n, y, mask, again);
 }
 
 /* Prefix tokens sit at positions 0..g_len-1, a row's own tokens right after its prefix. */
@@ -271,11 +276,13 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
                      ? k->sliding_window : 0;
 
     mr_rmsnorm(c->xn, c->x, L->attn_norm, n_tok, d, k->rms_eps, m->norm_offset);
-    linear(c, &L->k, c->xn, n_tok, c->k, mask);
-    linear(c, &L->v, c->xn, n_tok, c->v, mask);
+    /* k, v and q read the same normed activations (q only the rows' last tokens at the
+     * deepest layer, gathered first): converted once for the low-precision paths */
+    linear(c, &L->k, c->xn, n_tok, c->k, mask, 0);
+    linear(c, &L->v, c->xn, n_tok, c->v, mask, 1);
     mr_rope(c->k, c->pos, n_tok, k->n_kv_heads, k->head_dim, c->rope);
     if (last) gather_last(c, n_rows);
-    linear(c, &L->q, c->xn, n, c->q, mask);
+    linear(c, &L->q, c->xn, n, c->q, mask, !last);
     mr_rope(c->q, c->pos, n, k->n_heads, k->head_dim, c->rope);
 
     float scale = 1.0f / sqrtf(k->query_pre_attn_scalar > 0 ? k->query_pre_attn_scalar
@@ -298,25 +305,25 @@ static void layer_forward(mr_ctx *c, int l, int n_tok, int n_rows, int last, int
         mr_attention(&g);
     }
 
-    linear(c, &L->o, c->att, n, c->xn, mask);
+    linear(c, &L->o, c->att, n, c->xn, mask, 0);
     if (L->post_attn_norm)
         mr_rmsnorm(c->xn, c->xn, L->post_attn_norm, n, d, k->rms_eps, m->norm_offset);
     mr_add(c->x, c->xn, (size_t)n * d);
 
     mr_rmsnorm(c->xn, c->x, L->ffn_norm, n, d, k->rms_eps, m->norm_offset);
-    const void *wg = weight_view(c, L->gate.w, 0), *wu = weight_view(c, L->up.w, 1),
-               *wd = weight_view(c, L->down.w, 2);
+    const void *wg = weight_view(c, &L->gate, 0), *wu = weight_view(c, &L->up, 1),
+               *wd = weight_view(c, &L->down, 2);
     for (int t0 = 0; t0 < n; t0 += c->ff_chunk) {
         /* the chunk's output overwrites its own input rows of xn, already consumed */
         int nc = n - t0 < c->ff_chunk ? n - t0 : c->ff_chunk;
         float *xc = c->xn + (size_t)t0 * d;
-        linear_w(c, &L->gate, wg, xc, nc, c->ff_a, mask);
-        linear_w(c, &L->up, wu, xc, nc, c->ff_b, mask);
+        linear_w(c, &L->gate, wg, xc, nc, c->ff_a, mask, 0);
+        linear_w(c, &L->up, wu, xc, nc, c->ff_b, mask, 1);
         if (k->act == MR_ACT_GELU_TANH)
             mr_geglu_tanh(c->ff_a, c->ff_a, c->ff_b, (size_t)nc * k->d_ff);
         else
             mr_swiglu(c->ff_a, c->ff_a, c->ff_b, (size_t)nc * k->d_ff);
-        linear_w(c, &L->down, wd, c->ff_a, nc, xc, mask);
+        linear_w(c, &L->down, wd, c->ff_a, nc, xc, mask, 0);
     }
     if (L->post_ffn_norm)
         mr_rmsnorm(c->xn, c->xn, L->post_ffn_norm, n, d, k->rms_eps, m->norm_offset);

@@ -308,6 +308,13 @@ int mr_model_load(mr_model *m, const char *dir, const mr_model_opts *opts, mr_er
         m->n_adapters++;
         if ((rc = apply_adapter(m, i, m->merged, err))) goto fail;
     }
+    if (m->gemm == MR_GEMM_ONEDNN_INT8) /* after merging: the merged weights are quantized */
+        for (int i = 0; i < c->n_layers; i++) {
+            mr_layer *L = &m->layers[i];
+            mr_linear *lins[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+            for (int j = 0; j < 7; j++)
+                if ((rc = mr_gemm_q8_new(&lins[j]->q8, lins[j]->w, err))) goto fail;
+        }
     return 0;
 fail:
     mr_model_close(m);
@@ -316,6 +323,7 @@ fail:
 
 static void linear_close(mr_linear *l) {
     free(l->b);
+    mr_gemm_q8_free(&l->q8);
     for (int i = 0; i < l->n_lora; i++) {
         free(l->lora[i].A);
         free(l->lora[i].B);

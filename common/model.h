@@ -31,11 +31,13 @@
 
 typedef enum mr_pooling { MR_POOL_MEAN = 0, MR_POOL_ATTENTION = 1 } mr_pooling;
 
-/* One linear map: W (out, in) in the checkpoint's dtype, optional bias (out), and the
+/* One linear map: W (out, in) in the checkpoint's dtype (and, on the int8 GEMM path, its s8
+ * copy, quantized after merged adapters are applied), optional bias (out), and the
  * unmerged low-rank updates of the loaded adapters (A (rank, in), B (out, rank), f32, with the
  * adapter's scale already folded into A). */
 typedef struct mr_linear {
     const mr_tensor *w;              /* (out, in), any dtype, in the mapping */
+    mr_gemm_q8 q8;                   /* the int8 GEMM path's quantized W, owned; else zeroed */
     float *b;                        /* (out) f32 or NULL, owned */
     int in, out;
     int n_lora;
@@ -61,7 +63,7 @@ typedef struct mr_model_opts {
     const char *const *adapters;     /* adapter folders, applied in order */
     int n_adapters;
     int merge;                       /* 1: merge into the weights at load; 0: run-time */
-    const char *gemm;                /* GEMM mode (gemm.h): auto, f32, bf16, openblas; NULL:
+    const char *gemm;                /* GEMM mode (gemm.h): auto, f32, bf16, int8, openblas; NULL:
                                         the environment's MR_GEMM, else auto */
 } mr_model_opts;
 

@@ -8,6 +8,11 @@
 # rounding), accumulated over up to 8 layers of every GEMM input; measured worst 5.4e-2 here
 # (mrank-tiny-d8, exit 8, vertical adapter merged; docs/engine.md has the grid's figure), ~3x
 # margin. A missing or wrong term (a layer, an adapter) moves these scores by 0.5 or more.
+# Then the int8 path (MR_GEMM=int8: weights s8 per output channel, activations s8 per token)
+# against |c - ref| <= 0.4 * max(|ref|, 1): s8 keeps 7 bits of each row's largest element on
+# both operands of every GEMM (2^-8 of the row maximum per element, more for small elements);
+# measured worst 1.36e-1 here (mrank-tiny-d8, exit 8, vertical adapter unmerged), ~3x margin.
+# It catches a lost layer or scale, not a subtle drift: the rankings' figure is docs/perf.md's.
 # Usage: oracle_grid.sh MRANK
 set -euo pipefail
 work=$(mktemp -d)
@@ -20,4 +25,10 @@ if MR_GEMM=bf16 "$1" score --model models/mrank-tiny \
     models/mrank-tiny-d8
 else
   echo "no bf16 GEMM path in this build: bf16 drift check skipped"
+fi
+if MR_GEMM=int8 "$1" score --model models/mrank-tiny --query q --passage p >/dev/null 2>&1; then
+  MR_GEMM=int8 ORACLE_FLOOR=1 ORACLE_RTOL=0.4 /usr/bin/python3 tests/oracle/bundled.py "$1" \
+    models/mrank-tiny models/mrank-tiny-d8
+else
+  echo "no int8 GEMM path in this build: int8 drift check skipped"
 fi

@@ -685,6 +685,11 @@ static void score_with_gemm(mr_arch arch, mr_dtype dt, const char *gemm, float *
  * 4 layers of rounded activations on the seeded tiny models move scores by at most 5.1e-3
  * relative to max(|score|, 1) (measured: llama 1.2e-3, qwen2 1.5e-3, gemma2 5.1e-3); ~6x. */
 #define BF16_TOL 0.03
+/* INT8_TOL: s8 keeps 7 bits of each row (its largest element / 254 per element, 2e-3 of the
+ * largest and more of a small element) on both operands of every GEMM; measured on the same 4
+ * layers: llama 5.7e-3, qwen2 3.5e-3, gemma2 2.55e-2 (its (1 + w) norms and soft caps amplify);
+ * ~4x. (A silent f32 fallback is caught by the drift having to exceed 1e-6.) */
+#define INT8_TOL 0.1
 static void test_gemm_paths(void **state) {
     mr_arch archs[3] = {MR_ARCH_LLAMA, MR_ARCH_QWEN2, MR_ARCH_GEMMA2};
     for (int a = 0; a < 3; a++) {
@@ -711,6 +716,16 @@ static void test_gemm_paths(void **state) {
         /* the bf16 path is really another computation (catches a silent f32 fallback) */
         assert_true(worst > 1e-6);
         printf("gemm drift arch %d: bf16 vs f32 %.2e relative\n", (int)archs[a], worst);
+        float i8[20];
+        score_with_gemm(archs[a], MR_DT_F32, "int8", i8, n4);
+        assert_string_equal(n4, "onednn-int8");
+        worst = 0;
+        for (int i = 0; i < 20; i++) {
+            assert_close(i8[i], f32[i], INT8_TOL, "int8 path");
+            worst = fmax(worst, fabs(i8[i] - f32[i]) / fmax(1.0, fabs(f32[i])));
+        }
+        assert_true(worst > 1e-6);
+        printf("gemm drift arch %d: int8 vs f32 %.2e relative\n", (int)archs[a], worst);
     }
     mr_err err = {0};
     mr_gemm_path p;

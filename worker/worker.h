@@ -40,7 +40,7 @@ typedef struct mr_worker_opts {
                                     warm-up measures each stage) */
     const char *prompt;          /* NULL -> MR_DEFAULT_PROMPT */
     const char *backend;         /* scorer backend (backend.h): NULL -> "cpu", or "cuda" */
-    const char *gemm;            /* CPU GEMM mode (gemm.h): auto, f32, bf16, openblas; NULL ->
+    const char *gemm;            /* CPU GEMM mode (gemm.h): auto, f32, bf16, int8, openblas; NULL ->
                                     the environment's MR_GEMM, else auto */
     const char *tls_cert, *tls_key;   /* PEM files: serve TLS (NULL: plaintext) */
     const char *tls_client_ca;   /* PEM CA bundle: clients must present a cert it signed */
