@@ -53,7 +53,8 @@ static float quantize_row(int8_t *q, const float *x, int in) {
     float mx = 0, poison = 0;
 #pragma omp simd reduction(max : mx) reduction(+ : poison)
     for (int k = 0; k < in; k++) {
-        mx = fmaxf(mx, fabsf(x[k]));
+        float a = fabsf(x[k]);
+        mx = a > mx ? a : mx;  /* not fmaxf: its NaN rule keeps GCC from vectorising */
         poison += x[k] * 0.0f; /* NaN when x[k] is Inf or NaN, else 0 */
     }
     if (poison != 0.0f || !(mx <= FLT_MAX)) {
