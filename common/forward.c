@@ -364,16 +364,21 @@ static void score_exit(mr_ctx *c, int e, int n_rows, const mr_run_opts *o, float
     }
 }
 
-/* 1 when row a ranks before row b: higher score first (NaN lowest), then lower row_id. Row ids
- * are distinct, so this is a strict total order and any correct sort ranks the same. */
-static int ranks_before(const float *score, const int32_t *row_id, int32_t a, int32_t b) {
+/* 1 when row a ranks before row b: lower group first (group may be NULL: one group), then
+ * higher score (NaN lowest), then lower row_id. Row ids are distinct, so this is a strict total
+ * order and any correct sort ranks the same. */
+static int ranks_before(const float *score, const int32_t *row_id, const int32_t *group,
+                        int32_t a, int32_t b) {
+    if (group && group[row_id[a]] != group[row_id[b]])
+        return group[row_id[a]] < group[row_id[b]];
     float sa = isnan(score[a]) ? -INFINITY : score[a], sb = isnan(score[b]) ? -INFINITY : score[b];
     return sa != sb ? sa > sb : row_id[a] < row_id[b];
 }
 
 /* Heapsort of order (n) by ranks_before, in place: qsort_r may malloc (glibc's merge sort does
  * past 1 KB), and the scoring pass allocates nothing. */
-static void rank_rows(const float *score, const int32_t *row_id, int32_t *order, int n) {
+static void rank_rows(const float *score, const int32_t *row_id, const int32_t *group,
+                      int32_t *order, int n) {
     for (int end = n, start = n / 2; end > 1;) {
         int root;
         if (start > 0) {
@@ -385,8 +390,8 @@ static void rank_rows(const float *score, const int32_t *row_id, int32_t *order,
             root = 0;
         }
         for (int c; (c = 2 * root + 1) < end; root = c) {
-            if (c + 1 < end && ranks_before(score, row_id, order[c], order[c + 1])) c++;
-            if (!ranks_before(score, row_id, order[root], order[c])) break;
+            if (c + 1 < end && ranks_before(score, row_id, group, order[c], order[c + 1])) c++;
+            if (!ranks_before(score, row_id, group, order[root], order[c])) break;
             int32_t t = order[root];
             order[root] = order[c];
             order[c] = t;
@@ -394,23 +399,28 @@ static void rank_rows(const float *score, const int32_t *row_id, int32_t *order,
     }
 }
 
-void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_prune *p,
-                     char *keep, int32_t *order) {
+void mr_prune_select(const float *score, const int32_t *row_id, const int32_t *group, int n,
+                     const mr_prune *p, char *keep, int32_t *order) {
     for (int r = 0; r < n; r++) {
         order[r] = r;
         keep[r] = p->top_k == 0 && score[r] >= p->min_score;
     }
     if (p->top_k > 0) {
-        rank_rows(score, row_id, order, n);
-        for (int i = 0; i < n && i < p->top_k; i++) keep[order[i]] = 1;
+        rank_rows(score, row_id, group, order, n); /* each group's rows together, best first */
+        for (int i = 0, taken = 0; i < n; i++, taken++) {
+            if (i > 0 && group && group[row_id[order[i]]] != group[row_id[order[i - 1]]])
+                taken = 0; /* the next group starts */
+            if (taken < p->top_k) keep[order[i]] = 1;
+        }
     }
 }
 
 /* Keeps the rows that pass p and packs them to the front; returns the new row count. */
-static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p) {
+static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p,
+                      const int32_t *group) {
     int d = c->m->cfg.d_model;
     char *keep = (char *)c->q_from; /* free scratch: n_rows bytes */
-    mr_prune_select(c->row_score, c->row_id, n_rows, p, keep, c->order);
+    mr_prune_select(c->row_score, c->row_id, group, n_rows, p, keep, c->order);
     int nr = 0, out = c->pre_tok; /* the prefixes stay (rows of other requests may use them) */
     for (int r = 0; r < n_rows; r++) {
         if (!keep[r]) continue;
@@ -553,7 +563,7 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
         if (e < o->n_exits && o->exits[e] == l + 1) {
             score_exit(c, e, n_rows, o, scores, depth);
             if (pi < o->n_prune && o->prune[pi].layer == l + 1)
-                n_rows = prune_rows(c, n_rows, &n_tok, &o->prune[pi++]);
+                n_rows = prune_rows(c, n_rows, &n_tok, &o->prune[pi++], o->prune_group);
             e++;
         }
     }

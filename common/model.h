@@ -107,7 +107,8 @@ typedef struct mr_row {
 
 typedef struct mr_prune {
     int layer;                       /* an exit layer of the run */
-    int top_k;                       /* > 0: keep the best top_k rows (ties: lower index) */
+    int top_k;                       /* > 0: keep the best top_k rows of each prune group
+                                        (ties: lower index) */
     float min_score;                 /* used when top_k == 0: keep raw score >= min_score */
 } mr_prune;
 
@@ -131,6 +132,12 @@ typedef struct mr_run_opts {
      * must be cheap (it runs once per layer) and must not touch the context. */
     int (*stop)(void *stop_user, int layer);
     void *stop_user;
+    /* Optional prune groups (NULL: all rows are one group). Not part of the sub-architecture
+     * either: prune_group[r] is row r's group (e.g. the request it came from, when a worker
+     * batches several requests with the same prune schedule), and a top_k step keeps the best
+     * top_k rows of each group, as if each group were scored alone. min_score steps are per
+     * row anyway. The caller's array (n_rows entries) must outlive the call. */
+    const int32_t *prune_group;
     /* 1: every row computes its own query prefix (the unshared path, for tests and benches);
      * 0 (default): rows with identical query segments share one copy per pass (forward.c).
      * Not part of the sub-architecture either: scores are the same within fp tolerance. */
@@ -198,10 +205,11 @@ int mr_rows_check(const mr_model *m, const mr_row *rows, int n_rows, int max_row
                   int max_tokens, mr_err *err);
 
 /* Prune step p over n surviving rows with raw scores score (n) and request indices row_id (n):
- * keep[r] = 1 for the top_k best (ties: lower row_id first; NaN ranks lowest), or for
- * score >= min_score when top_k is 0. order (n) is scratch. Shared by every backend. */
-void mr_prune_select(const float *score, const int32_t *row_id, int n, const mr_prune *p,
-                     char *keep, int32_t *order);
+ * keep[r] = 1 for the top_k best of each group (ties: lower row_id first; NaN ranks lowest;
+ * group: NULL, or the run's prune_group, indexed by row_id), or for score >= min_score when
+ * top_k is 0. order (n) is scratch. Shared by every backend. */
+void mr_prune_select(const float *score, const int32_t *row_id, const int32_t *group, int n,
+                     const mr_prune *p, char *keep, int32_t *order);
 
 /* Linear FLOPs of one row of nq + np + ns tokens under o (2 * MACs of the linear layers,
  * attention excluded): the cost figure `mrank eval` (cli/cmd_eval.c) and the benches

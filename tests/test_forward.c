@@ -439,6 +439,57 @@ static void write_adapter(const char *dir, const mr_model *m, float bscale) {
     free(in), free(out), free(names);
 }
 
+/* Prune groups (a worker batching several requests' fused calls): one pass over two groups of
+ * rows, interleaved, with top-k steps at exits 1 and 2 gives each group exactly the scores and
+ * depths it gets scored alone (BATCH_TOL: other row blocks); with one group (no prune_group)
+ * the same pass keeps only top_k rows in all, so this fails where groups are ignored. Both
+ * groups share the query segment, as a fused stage pair's calls of one query would. */
+static void test_prune_groups(void **state) {
+    fixture *f = make_fixture(MR_ARCH_LLAMA, NULL);
+    mr_row rows[8], sub[8];
+    make_rows(rows, 8);
+    static const int32_t group[8] = {0, 1, 1, 0, 0, 1, 0, 1};
+    mr_run_opts o;
+    opts(&o, &f->m, 3, (int[]){1, 2, 4});
+    o.n_prune = 2;
+    o.prune[0] = (mr_prune){.layer = 1, .top_k = 3};
+    o.prune[1] = (mr_prune){.layer = 2, .top_k = 2};
+    float all[8 * 3], alone[8 * 3];
+    int depth[8], depth_alone[8];
+    mr_err err = {0};
+    o.prune_group = group;
+    assert_int_equal(mr_model_score(&f->c, rows, 8, &o, all, depth, &err), 0);
+    o.prune_group = NULL;
+    int kept_total = 0;
+    for (int g = 0; g < 2; g++) {
+        int idx[8], n = 0;
+        for (int r = 0; r < 8; r++)
+            if (group[r] == g) idx[n] = r, sub[n++] = rows[r];
+        assert_int_equal(mr_model_score(&f->c, sub, n, &o, alone, depth_alone, &err), 0);
+        int kept = 0;
+        for (int i = 0; i < n; i++) {
+            int r = idx[i];
+            assert_int_equal(depth[r], depth_alone[i]);
+            kept += depth_alone[i] == 4;
+            for (int e = 0; e < 3; e++) {
+                if (isnan(alone[i * 3 + e])) {
+                    assert_true(isnan(all[r * 3 + e]));
+                    continue;
+                }
+                assert_close(all[r * 3 + e], alone[i * 3 + e], BATCH_TOL, "group vs alone");
+            }
+        }
+        assert_int_equal(kept, 2); /* top 2 of each group reach exit 4 */
+        kept_total += kept;
+    }
+    assert_int_equal(kept_total, 4);
+    score(f, rows, 8, &o, all); /* one group: 2 rows in all */
+    int one_group = 0;
+    for (int r = 0; r < 8; r++) one_group += !isnan(all[r * 3 + 2]);
+    assert_int_equal(one_group, 2);
+    free_fixture(f);
+}
+
 static void test_lora_merged_equals_unmerged(void **state) {
     fixture *base = make_fixture(MR_ARCH_LLAMA, NULL);
     char ad[300], ad0[300];
@@ -746,6 +797,7 @@ int main(void) {
         cmocka_unit_test(test_stop_between_layers),
         cmocka_unit_test(test_compression),
         cmocka_unit_test(test_pruning),
+        cmocka_unit_test(test_prune_groups),
         cmocka_unit_test(test_lora_merged_equals_unmerged),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_missing_tensor),

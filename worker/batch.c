@@ -8,9 +8,11 @@
  * request's run options as the batch key and waits until the same-key queued tokens reach
  * max_batch_tokens or the oldest has waited max_wait_ms; it packs rows FIFO up to the budget
  * (a large request may be split over several batches, rows being independent), runs one
- * backend score and hands the scores back. Requests with a prune schedule run alone and whole
- * (top-k pruning ranks the rows of one request against each other). The batcher answers the
- * calls it completes. */
+ * backend score and hands the scores back. Requests with a prune schedule (a fused stage
+ * pair's calls) batch only with others of the same key and prune schedule, each whole (top-k
+ * pruning ranks the rows of one request against each other) and each its own prune group of the
+ * pass (mr_run_opts.prune_group), so each is pruned as if alone; they wait for a batch to fill
+ * like any other. The batcher answers the calls it completes. */
 #define _GNU_SOURCE
 #include <omp.h>
 #include <stdio.h>
@@ -98,6 +100,16 @@ static void req_cancel_locked(mr_worker *w, wreq *r, const char *when) {
 
 /* ---- the batcher ---- */
 
+/* Prune schedules equal, step by step (min_score bit for bit). */
+static int same_prune(const mr_run_opts *a, const mr_run_opts *b) {
+    if (a->n_prune != b->n_prune) return 0;
+    for (int i = 0; i < a->n_prune; i++)
+        if (a->prune[i].layer != b->prune[i].layer || a->prune[i].top_k != b->prune[i].top_k ||
+            memcmp(&a->prune[i].min_score, &b->prune[i].min_score, sizeof(float)))
+            return 0;
+    return 1;
+}
+
 static int same_key(const mr_run_opts *a, const mr_run_opts *b) {
     if (a->n_exits != b->n_exits || a->ratio != b->ratio || a->n_compress != b->n_compress ||
         a->pooling != b->pooling || a->adapter_mask != b->adapter_mask)
@@ -105,6 +117,12 @@ static int same_key(const mr_run_opts *a, const mr_run_opts *b) {
     return !memcmp(a->exits, b->exits, (size_t)a->n_exits * sizeof a->exits[0]) &&
            !memcmp(a->compress_layers, b->compress_layers,
                    (size_t)a->n_compress * sizeof a->compress_layers[0]);
+}
+
+/* r may share head's batch: the same key, and with a prune schedule the same schedule. */
+static int batchable(const wreq *head, const wreq *r) {
+    return r->alone == head->alone && same_key(&r->run, &head->run) &&
+           (!head->alone || same_prune(&r->run, &head->run));
 }
 
 static void unlink_locked(mr_worker *w, wreq *r) {
@@ -157,15 +175,20 @@ static int batch_stop(void *user, int layer) {
     return 1;
 }
 
-/* Packs rows FIFO from the queued requests with head's key (head alone and whole when it has
- * a prune schedule) up to max_batch_tokens and max_rows; returns the number of entries. */
+/* Packs rows FIFO from the queued requests with head's key up to max_batch_tokens and
+ * max_rows; returns the number of entries. A head with a prune schedule is taken whole (its
+ * size was checked at admission), then other queued requests with its key and schedule, each
+ * whole where it fits. */
 static int form_batch_locked(mr_worker *w, wreq *head, int *n_rows, long *n_tok) {
     int ne = 0, nr = 0;
     long tok = 0;
     double t = mr__now_s();
     for (wreq *r = w->qhead, *nx; r; r = nx) {
         nx = r->next;
-        if (head->alone ? r != head : (r->alone || !same_key(&r->run, &head->run))) continue;
+        if (!batchable(head, r)) continue;
+        if (head->alone && r != head &&
+            (nr + r->n > w->max_rows || tok + rows_tokens(w, r, 0, r->n) > w->o.max_batch_tokens))
+            continue; /* runs whole or not at all: maybe in the next batch */
         int row0 = r->next_row, k = 0;
         while (row0 + k < r->n && nr + k < w->max_rows) {
             long rt = mr__wreq_row_tokens(w, r, row0 + k);
@@ -179,7 +202,7 @@ static int form_batch_locked(mr_worker *w, wreq *head, int *n_rows, long *n_tok)
         w->entries[ne++] = (bentry){r, row0, k};
         nr += k;
         if (r->next_row == r->n) unlink_locked(w, r);
-        if (head->alone || r->next_row < r->n) break;   /* alone, or the batch is full */
+        if (r->next_row < r->n) break;   /* the batch is full */
     }
     *n_rows = nr;
     *n_tok = tok;
@@ -190,11 +213,13 @@ static void run_batch(mr_worker *w, int ne, int nr, long ntok) {
     mr_run_opts o = w->entries[0].r->run;   /* the batch key, plus this batch's stop check */
     o.stop = batch_stop;
     o.stop_user = w;
+    o.prune_group = o.n_prune ? w->bgroup : NULL; /* each request pruned as if alone */
     int k = 0;
     for (int e = 0; e < ne; e++) {
         const bentry *b = &w->entries[e];
         for (int i = 0; i < b->nrows; i++) {
             const mr_ids *p = &b->r->p[b->row0 + i];
+            w->bgroup[k] = e;
             w->rows[k++] = (mr_row){b->r->q.v, (int)b->r->q.n, p->v, (int)p->n, w->suffix.v,
                                     (int)w->suffix.n};
         }
@@ -258,10 +283,10 @@ void *mr__batcher_main(void *arg) {
             pthread_cond_wait(&w->cv, &w->mu);
             continue;
         }
-        if (!head->alone && !w->stopping) {
+        if (!w->stopping) {
             long tok = 0;
             for (wreq *r = w->qhead; r && tok < w->o.max_batch_tokens; r = r->next)
-                if (!r->alone && same_key(&r->run, &head->run))
+                if (batchable(head, r))
                     for (int i = r->next_row; i < r->n; i++) tok += mr__wreq_row_tokens(w, r, i);
             double until = head->t_admit + w->o.max_wait_ms * 1e-3, now = mr__now_s();
             if (tok < w->o.max_batch_tokens && now < until) {

@@ -237,7 +237,8 @@ int mr_worker_new(mr_worker **out, const mr_worker_opts *opts, mr_err *err) {
     w->rows = calloc((size_t)w->max_rows, sizeof *w->rows);
     w->bscores = calloc((size_t)w->max_rows * nh, sizeof *w->bscores);
     w->bdepth = calloc((size_t)w->max_rows, sizeof *w->bdepth);
-    if (!w->entries || !w->rows || !w->bscores || !w->bdepth) {
+    w->bgroup = calloc((size_t)w->max_rows, sizeof *w->bgroup);
+    if (!w->entries || !w->rows || !w->bscores || !w->bdepth || !w->bgroup) {
         rc = mr_err_set(err, MR_ENOMEM, "worker: out of memory");
         goto fail;
     }
@@ -303,6 +304,7 @@ void mr_worker_free(mr_worker *w) {
     free(w->rows);
     free(w->bscores);
     free(w->bdepth);
+    free(w->bgroup);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w);

@@ -32,7 +32,8 @@ typedef struct mr__wmetrics mr__wmetrics;   /* worker_metrics.c */
 typedef struct wreq {
     mr_rpc_call *call;
     mr_run_opts run;
-    int alone;                  /* prune schedule: runs alone and whole */
+    int alone;                  /* prune schedule: runs whole, batched only with requests
+                                 * of the same key and schedule, each its own prune group */
     mr_ids q;                   /* query segment */
     mr_ids *p;                  /* (n) passage segments */
     int *truncated;             /* (n) */
@@ -83,6 +84,7 @@ struct mr_worker {
     mr_row *rows;               /* (max_rows) */
     float *bscores;             /* (max_rows, n_heads_exit) */
     int *bdepth;                /* (max_rows) */
+    int32_t *bgroup;            /* (max_rows) prune group of each row: its entry */
 };
 
 double mr__now_s(void);

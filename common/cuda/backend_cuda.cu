@@ -858,9 +858,10 @@ static int compress(cctx *c, int n_rows, int *n_tok, int ratio, int attention, m
 
 
 /* Keeps the rows passing p (scores of exit e are on the host in h_score); packs them. */
-static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p, mr_err *err) {
+static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p,
+                 const int32_t *group, mr_err *err) {
     const float *sc = c->h_score + (size_t)e * c->R;
-    mr_prune_select(sc, c->row_id, n_rows, p, c->keep, c->order);
+    mr_prune_select(sc, c->row_id, group, n_rows, p, c->keep, c->order);
     RC(ctx_sync_stage(c, err));
     int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt;
     int nr = 0, out = 0;
@@ -1046,7 +1047,7 @@ static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, m
             /* a pruning step at the deepest exit changes nothing observable: skipped */
             if (pi < o->n_prune && o->prune[pi].layer == l + 1 && !last) {
                 CK(cudaStreamSynchronize(c->st));
-                int nr = prune(c, e, n_rows, &n_tok, &o->prune[pi++], err);
+                int nr = prune(c, e, n_rows, &n_tok, &o->prune[pi++], o->prune_group, err);
                 if (nr < 0) return nr;
                 n_rows = nr;
             }
