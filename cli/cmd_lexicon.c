@@ -13,27 +13,37 @@
 #include "trec_run.h"
 
 static void usage(FILE *f) {
-    fputs("usage: mrank lexicon build --corpus FILE.jsonl --out FILE\n"
+    fputs("usage: mrank lexicon build --corpus FILE.jsonl --out FILE [--stem english|none]\n"
           "         statistics (N, average length, document frequencies) of the \"title\" +\n"
-          "         \"text\" of each line, for a lexical stage's \"lexicon\"\n"
+          "         \"text\" of each line, for a lexical stage's \"lexicon\"; terms stemmed\n"
+          "         (default english: Snowball) or not, as the file records\n"
           "       mrank lexicon score --collection DIR [--lexicon FILE] [--candidates RUN]\n"
-          "                           [--k1 X] [--b X] --out RUN\n"
+          "                           [--k1 X] [--b X] [--stem english|none] --out RUN\n"
           "         BM25 of the lexical stage over each query's candidates (default\n"
           "         DIR/bm25_top100.run; without --lexicon the candidates' own statistics),\n"
-          "         written as a TREC run (candidates in the input order, score = BM25)\n",
+          "         written as a TREC run (candidates in the input order, score = BM25);\n"
+          "         stemming: the lexicon's, else --stem (default english, as the stage's)\n",
           f);
 }
 
 static int build(int argc, char **argv) {
     const char *corpus = NULL, *out = NULL;
+    mr_bm25_stem stem = MR_BM25_STEM_ENGLISH;
+    mr_err err = {0};
     static const struct option opts[] = {{"corpus", 1, 0, 'c'}, {"out", 1, 0, 'o'},
-                                         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+                                         {"stem", 1, 0, 's'}, {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (o == 'c') corpus = optarg;
         else if (o == 'o') out = optarg;
-        else {
+        else if (o == 's') {
+            if (mr_bm25_stem_parse(optarg, &stem, &err)) {
+                fprintf(stderr, "mrank lexicon: --stem: %s\n", err.msg);
+                return 2;
+            }
+        } else {
             usage(o == 'h' ? stdout : stderr);
             return o == 'h' ? 0 : 2;
         }
@@ -42,13 +52,13 @@ static int build(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    mr_err err = {0};
     long docs = 0, terms = 0;
-    if (mr_lexicon_build(corpus, out, &docs, &terms, &err)) {
+    if (mr_lexicon_build(corpus, out, stem, &docs, &terms, &err)) {
         fprintf(stderr, "mrank lexicon: %s\n", err.msg);
         return 1;
     }
-    printf("%s: %ld documents, %ld terms\n", out, docs, terms);
+    printf("%s: %ld documents, %ld terms (stem %s)\n", out, docs, terms,
+           mr_bm25_stem_name(stem));
     return 0;
 }
 
@@ -64,12 +74,12 @@ static int parse_double(const char *opt, const char *s, double lo, double hi, do
 }
 
 static int score(int argc, char **argv) {
-    const char *coll = NULL, *lexf = NULL, *cands = NULL, *out = NULL;
-    mr_bm25_params p = {MR_BM25_DEFAULT_K1, MR_BM25_DEFAULT_B};
+    const char *coll = NULL, *lexf = NULL, *cands = NULL, *out = NULL, *stem = NULL;
+    mr_bm25_params p = {MR_BM25_DEFAULT_K1, MR_BM25_DEFAULT_B, MR_BM25_STEM_ENGLISH};
     static const struct option opts[] = {
         {"collection", 1, 0, 'c'}, {"lexicon", 1, 0, 'l'}, {"candidates", 1, 0, 'r'},
         {"k1", 1, 0, 'k'},         {"b", 1, 0, 'b'},       {"out", 1, 0, 'o'},
-        {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+        {"stem", 1, 0, 's'},       {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -77,6 +87,7 @@ static int score(int argc, char **argv) {
         else if (o == 'l') lexf = optarg;
         else if (o == 'r') cands = optarg;
         else if (o == 'o') out = optarg;
+        else if (o == 's') stem = optarg;
         else if (o == 'k') {
             if (parse_double("--k1", optarg, 0, 100, &p.k1)) return 2;
         } else if (o == 'b') {
@@ -106,6 +117,8 @@ static int score(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/bm25_top100.run", coll);
     if (mr_trec_run_load(&run, cands ? cands : path, &err)) goto fail;
     if (lexf && mr_lexicon_load(&lx, lexf, &err)) goto fail;
+    if (stem && mr_bm25_stem_parse(stem, &p.stem, &err)) goto fail;
+    if (lexf && !stem) p.stem = lx.stem; /* mr_bm25_score refuses another --stem */
     if (!(fo = fopen(out, "w"))) {
         mr_err_errno(&err, "%s", out);
         goto fail;

@@ -1,11 +1,37 @@
-/* bm25.c: the lexical stage's tokenizer and BM25 scoring over a request's candidates (see
- * bm25.h for the rules; the lexicon file is lexicon.c's). */
+/* bm25.c: the lexical stage's tokenizer (with optional Snowball stemming, libstemmer) and BM25
+ * scoring over a request's candidates (see bm25.h for the rules; the lexicon file is
+ * lexicon.c's). */
 #include "bm25.h"
 
+#include <libstemmer.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
+
+const char *mr_bm25_stem_name(mr_bm25_stem s) {
+    return s == MR_BM25_STEM_ENGLISH ? "english" : "none";
+}
+
+int mr_bm25_stem_parse(const char *name, mr_bm25_stem *s, mr_err *err) {
+    if (!strcmp(name, "none")) *s = MR_BM25_STEM_NONE;
+    else if (!strcmp(name, "english")) *s = MR_BM25_STEM_ENGLISH;
+    else return mr_err_set(err, MR_EINVAL, "stem '%s': use none or english", name);
+    return 0;
+}
+
+/* The libstemmer object itself: mr_bm25_stemmer is only its name here. */
+int mr_bm25_stemmer_new(mr_bm25_stemmer **st, mr_bm25_stem kind, mr_err *err) {
+    *st = NULL;
+    if (kind == MR_BM25_STEM_NONE) return 0;
+    if (!(*st = (mr_bm25_stemmer *)sb_stemmer_new("english", "UTF_8")))
+        return mr_err_set(err, MR_ENOMEM, "stemmer: out of memory");
+    return 0;
+}
+
+void mr_bm25_stemmer_free(mr_bm25_stemmer *st) {
+    if (st) sb_stemmer_delete((struct sb_stemmer *)st);
+}
 
 /* shared/tools/bm25_eval.py's English stopwords, sorted bytewise (binary search). */
 static const char *const STOP[] = {
@@ -53,7 +79,8 @@ static int word_char(utf8proc_int32_t cp) {
     }
 }
 
-long mr_bm25_tokenize(const char *text, size_t n, mr_bm25_token_fn fn, void *user) {
+long mr_bm25_tokenize(const char *text, size_t n, mr_bm25_stemmer *st, mr_bm25_token_fn fn,
+                      void *user) {
     char term[MR_BM25_MAX_TERM];
     size_t len = 0, i = 0;
     int in_word = 0;
@@ -74,7 +101,14 @@ long mr_bm25_tokenize(const char *text, size_t n, mr_bm25_token_fn fn, void *use
             in_word = 1;
         } else if (in_word) {
             if (len > 0 && !is_stop(term, len)) {
-                fn(term, len, user);
+                if (st) {
+                    struct sb_stemmer *sb = (struct sb_stemmer *)st;
+                    const sb_symbol *s = sb_stemmer_stem(sb, (const sb_symbol *)term, (int)len);
+                    if (!s) return -1;
+                    fn((const char *)s, (size_t)sb_stemmer_length(sb), user);
+                } else {
+                    fn(term, len, user);
+                }
                 count++;
             }
             len = 0;
@@ -137,11 +171,17 @@ static void count_doc(const char *t, size_t len, void *user) {
 
 int mr_bm25_score(const mr_lexicon *lx, const mr_bm25_params *p, const char *query,
                   const char *const *docs, int n, float *out, mr_err *err) {
+    if (lx && lx->stem != p->stem)
+        return mr_err_set(err, MR_EINVAL, "bm25: the lexicon's terms are stemmed '%s', the "
+                          "scoring asks for '%s'", mr_bm25_stem_name(lx->stem),
+                          mr_bm25_stem_name(p->stem));
     qset s = {calloc(MAX_QTERMS, sizeof(qterm)), 0, 0, 0};
-    if (!s.q) {
+    mr_bm25_stemmer *st = NULL;
+    if (!s.q || mr_bm25_stemmer_new(&st, p->stem, err)) {
+        free(s.q);
         return mr_err_set(err, MR_ENOMEM, "bm25: out of memory");
     }
-    mr_bm25_tokenize(query, strlen(query), add_query, &s);
+    int oom = mr_bm25_tokenize(query, strlen(query), st, add_query, &s) < 0;
     double n_docs, avgdl = 0;
     if (lx) {
         n_docs = (double)lx->n_docs;
@@ -152,7 +192,7 @@ int mr_bm25_score(const mr_lexicon *lx, const mr_bm25_params *p, const char *que
         for (int d = 0; d < n; d++) {
             s.dl = 0;
             s.doc = d;
-            mr_bm25_tokenize(docs[d], strlen(docs[d]), count_doc, &s);
+            oom |= mr_bm25_tokenize(docs[d], strlen(docs[d]), st, count_doc, &s) < 0;
             avgdl += (double)s.dl;
         }
         avgdl = n > 0 ? avgdl / n : 0;
@@ -166,7 +206,7 @@ int mr_bm25_score(const mr_lexicon *lx, const mr_bm25_params *p, const char *que
         for (int i = 0; i < s.n; i++) s.q[i].tf = 0;
         s.dl = 0;
         s.doc = n + d;                  /* df is not counted again */
-        mr_bm25_tokenize(docs[d], strlen(docs[d]), count_doc, &s);
+        oom |= mr_bm25_tokenize(docs[d], strlen(docs[d]), st, count_doc, &s) < 0;
         double norm = p->k1 * (1 - p->b + (avgdl > 0 ? p->b * (double)s.dl / avgdl : 0));
         double sc = 0;
         for (int i = 0; i < s.n; i++)
@@ -175,5 +215,6 @@ int mr_bm25_score(const mr_lexicon *lx, const mr_bm25_params *p, const char *que
         out[d] = (float)sc;
     }
     free(s.q);
-    return 0;
+    mr_bm25_stemmer_free(st);
+    return oom ? mr_err_set(err, MR_ENOMEM, "bm25: the stemmer ran out of memory") : 0;
 }

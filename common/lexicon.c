@@ -94,6 +94,21 @@ int mr_lexicon_parse(mr_lexicon *lx, const char *name, const char *text, size_t 
     if (!next_line(&r, &s, &n) || n != sizeof magic - 1 || memcmp(s, magic, n))
         return mr_err_set(err, MR_EFORMAT, "%s: line 1: not a lexicon (expected '%s')", name,
                           magic);
+    /* optional "stem NAME" (files written before it have none: unstemmed) */
+    rd before = r;
+    mr_bm25_stem stem = MR_BM25_STEM_NONE;
+    if (next_line(&r, &s, &n) && n > 5 && !memcmp(s, "stem ", 5)) {
+        char buf[32];
+        mr_err e = {0};
+        size_t vl = n - 5 < sizeof buf - 1 ? n - 5 : sizeof buf - 1;
+        memcpy(buf, s + 5, vl);
+        buf[vl] = 0;
+        if (n - 5 >= sizeof buf || mr_bm25_stem_parse(buf, &stem, &e))
+            return mr_err_set(err, MR_EFORMAT, "%s: line %ld: stem: use none or english", name,
+                              r.line);
+    } else {
+        r = before;
+    }
     double docs, avgdl, terms;
     int rc;
     if ((rc = header(&r, "docs", 1, 1e12, 1, &docs)) ||
@@ -102,8 +117,9 @@ int mr_lexicon_parse(mr_lexicon *lx, const char *name, const char *text, size_t 
         return rc;
     /* every term line takes at least 4 bytes ("1\tx\n" without the last newline: 3) */
     if (terms > (double)(r.end - r.p) / 3 + 1)
-        return mr_err_set(err, MR_EFORMAT, "%s: line 4: terms: %.0f terms cannot fit in the "
-                          "%ld bytes left", name, terms, (long)(r.end - r.p));
+        return mr_err_set(err, MR_EFORMAT, "%s: line %ld: terms: %.0f terms cannot fit in the "
+                          "%ld bytes left", name, r.line, terms, (long)(r.end - r.p));
+    lx->stem = stem;
     lx->n_docs = (long)docs;
     lx->avgdl = avgdl;
     lx->n_terms = (long)terms;
@@ -201,6 +217,7 @@ typedef struct htab {
     size_t cap, n;
     long doc, dl;
     int oom;
+    mr_bm25_stemmer *st;
 } htab;
 
 static uint64_t hash(const char *s, size_t n) {
@@ -255,14 +272,20 @@ static int by_term(const void *a, const void *b) {
 /* Tokenizes the string field key of JSON object o, if present. */
 static void add_field(htab *h, const cJSON *o, const char *key) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (cJSON_IsString(v)) mr_bm25_tokenize(v->valuestring, strlen(v->valuestring), add_term, h);
+    if (cJSON_IsString(v) &&
+        mr_bm25_tokenize(v->valuestring, strlen(v->valuestring), h->st, add_term, h) < 0)
+        h->oom = 1;
 }
 
-int mr_lexicon_build(const char *corpus, const char *out, long *n_docs, long *n_terms,
-                     mr_err *err) {
-    FILE *fp = fopen(corpus, "rb");
-    if (!fp) return mr_err_errno(err, "%s", corpus);
+int mr_lexicon_build(const char *corpus, const char *out, mr_bm25_stem stem, long *n_docs,
+                     long *n_terms, mr_err *err) {
     htab h = {0};
+    if (mr_bm25_stemmer_new(&h.st, stem, err)) return MR_ENOMEM;
+    FILE *fp = fopen(corpus, "rb");
+    if (!fp) {
+        mr_bm25_stemmer_free(h.st);
+        return mr_err_errno(err, "%s", corpus);
+    }
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -311,8 +334,8 @@ int mr_lexicon_build(const char *corpus, const char *out, long *n_docs, long *n_
         rc = mr_err_errno(err, "%s", out);
         goto done;
     }
-    fprintf(o, "mrank-lexicon 1\ndocs %ld\navgdl %.17g\nterms %zu\n", h.doc,
-            (double)total / (double)h.doc, m);
+    fprintf(o, "mrank-lexicon 1\nstem %s\ndocs %ld\navgdl %.17g\nterms %zu\n",
+            mr_bm25_stem_name(stem), h.doc, (double)total / (double)h.doc, m);
     for (size_t i = 0; i < m; i++) fprintf(o, "%ld\t%s\n", h.e[i].df, h.e[i].term);
     if (fclose(o)) rc = mr_err_set(err, MR_EIO, "%s: write error", out);
     *n_docs = h.doc;
@@ -322,5 +345,6 @@ done:
     free(h.e);
     free(line);
     fclose(fp);
+    mr_bm25_stemmer_free(h.st);
     return rc;
 }

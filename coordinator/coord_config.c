@@ -227,11 +227,21 @@ static int parse_lexical(const ctx *x, const cJSON *o, const char *path, mr_cc_s
     s->pool = -1;
     s->k1 = MR_BM25_DEFAULT_K1;
     s->b = MR_BM25_DEFAULT_B;
+    s->stem = -1;
+    char stem[16] = "";
     int rc;
     if ((rc = get_num(x, o, path, "k1", &s->k1, 0, 100, 0, NULL)) ||
         (rc = get_num(x, o, path, "b", &s->b, 0, 1, 0, NULL)) ||
-        (rc = get_file(x, o, path, "lexicon", s->lexicon, 0)))
+        (rc = get_file(x, o, path, "lexicon", s->lexicon, 0)) ||
+        (rc = get_str(x, o, path, "stem", stem, sizeof stem, 0)))
         return rc;
+    if (*stem) {
+        mr_bm25_stem k;
+        mr_err e = {0};
+        join(q, sizeof q, path, "stem");
+        if (mr_bm25_stem_parse(stem, &k, &e)) return bad(x, MR_EINVAL, q, "%s", e.msg);
+        s->stem = (int)k;
+    }
     return 0;
 }
 
@@ -239,7 +249,7 @@ static int parse_stage(const ctx *x, const cJSON *o, const char *path, mr_coord_
                        mr_cc_stage *s) {
     static const char *const keys[] = {"name", "kind", "pool", "depth", "compress_ratio",
                                        "compress_layers", "pooling", "adapters", "k1", "b",
-                                       "lexicon", NULL};
+                                       "lexicon", "stem", NULL};
     char q[384], pool[MR_CC_NAME] = "", kind[16] = "neural";
     int rc;
     if (!cJSON_IsObject(o)) return bad(x, MR_EFORMAT, path, "expected an object");
@@ -249,7 +259,7 @@ static int parse_stage(const ctx *x, const cJSON *o, const char *path, mr_coord_
     snprintf(q, sizeof q, "%s.kind", path);
     if (!strcmp(kind, "lexical")) return parse_lexical(x, o, path, s);
     if (strcmp(kind, "neural")) return bad(x, MR_EINVAL, q, "'%s' is not neural or lexical", kind);
-    static const char *const lexical_only[] = {"k1", "b", "lexicon", NULL};
+    static const char *const lexical_only[] = {"k1", "b", "lexicon", "stem", NULL};
     for (const char *const *k = lexical_only; *k; k++)
         if (cJSON_GetObjectItemCaseSensitive(o, *k)) {
             join(q, sizeof q, path, *k);

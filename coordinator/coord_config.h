@@ -54,6 +54,8 @@ typedef struct mr_cc_stage {
     mr_subarch arch;                       /* depth > 0; adapters are names of the pool's */
     double k1, b;                          /* lexical: BM25 parameters */
     char lexicon[MR_CC_PATH];              /* lexical: statistics file ("": the candidates') */
+    int stem;                              /* lexical: mr_bm25_stem, or -1 (unset: the
+                                              lexicon's stemming, english without one) */
 } mr_cc_stage;
 
 typedef struct mr_cc_profile_stage {

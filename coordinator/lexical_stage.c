@@ -10,8 +10,12 @@
 
 int mr__lexical_load(mr_coord *c, mr_err *err) {
     for (int s = 0; s < c->cfg.n_stages; s++) {
-        const mr_cc_stage *st = &c->cfg.stages[s];
-        if (st->kind != MR_CC_LEXICAL || !*st->lexicon) continue;
+        mr_cc_stage *st = &c->cfg.stages[s];
+        if (st->kind != MR_CC_LEXICAL) continue;
+        if (!*st->lexicon) {
+            if (st->stem < 0) st->stem = MR_BM25_STEM_ENGLISH;
+            continue;
+        }
         if (!(c->lex[s] = calloc(1, sizeof *c->lex[s])))
             return mr_err_set(err, MR_ENOMEM, "coordinator: out of memory");
         mr_err e = {0};
@@ -19,6 +23,12 @@ int mr__lexical_load(mr_coord *c, mr_err *err) {
         if (rc)
             return mr_err_set(err, rc, "%s: stages[%d] '%s': lexicon: %s", c->cfg.path, s,
                               st->name, e.msg);
+        if (st->stem >= 0 && st->stem != (int)c->lex[s]->stem)
+            return mr_err_set(err, MR_EINVAL, "%s: stages[%d] '%s': stem '%s', but the terms of "
+                              "lexicon %s are stemmed '%s'", c->cfg.path, s, st->name,
+                              mr_bm25_stem_name((mr_bm25_stem)st->stem), st->lexicon,
+                              mr_bm25_stem_name(c->lex[s]->stem));
+        st->stem = (int)c->lex[s]->stem; /* unset: the lexicon's */
     }
     return 0;
 }
@@ -46,7 +56,8 @@ int mr__lexical_stage(mr__req *r, int pos, const int *active, int n_active,
     const char **docs = calloc((size_t)(n_active > 0 ? n_active : 1), sizeof *docs);
     float *sc = malloc((size_t)(n_active > 0 ? n_active : 1) * sizeof *sc);
     mr_err err = {0};
-    mr_bm25_params p = {st->k1, st->b};
+    mr_bm25_params p = {st->k1, st->b,
+                        st->stem >= 0 ? (mr_bm25_stem)st->stem : MR_BM25_STEM_ENGLISH};
     int rc = -1;
     if (docs && sc) {
         for (int i = 0; i < n_active; i++) docs[i] = r->in->documents[active[i]]->text;

@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     const char *docs[] = {"paris is the capital of france", "", "a b c d e f g"};
     float s[3];
-    mr_bm25_params p = {MR_BM25_DEFAULT_K1, MR_BM25_DEFAULT_B};
+    mr_bm25_params p = {MR_BM25_DEFAULT_K1, MR_BM25_DEFAULT_B, lx.stem};
     if (mr_bm25_score(&lx, &p, "capital france b", docs, 3, s, &err)) abort();
     for (int i = 0; i < 3; i++)
         if (!isfinite(s[i]) || s[i] < 0) abort();

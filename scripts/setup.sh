@@ -5,7 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs=(build-essential cmake pkg-config git clang libclang-rt-14-dev curl
-      libopenblas-dev libdnnl-dev libcjson-dev libpcre2-dev libutf8proc-dev libcmocka-dev
+      libopenblas-dev libdnnl-dev libcjson-dev libpcre2-dev libutf8proc-dev libstemmer-dev libcmocka-dev
       libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler libprotobuf-dev grpc-proto
       libmicrohttpd-dev libgnutls28-dev libssl-dev openssl libcurl4-openssl-dev prometheus python3-grpcio python3-protobuf golang-go golang-google-grpc-dev golang-goprotobuf-dev
       python3 python3-venv python3-pip python3-setuptools python3-torch python3-numpy python3-yaml gnuplot-nox

@@ -8,7 +8,7 @@
 #             keyword and natural queries over 30-word passages
 #   comp      factorized compensation: vertical (r = 1) and width-2/4/8 LoRA adapters
 # then copies the result to models/mrank-tiny (MODEL=... to write elsewhere) with lexicon.txt:
-# the general-English statistics (`mrank lexicon build` over lm.txt, the Brown paragraphs and
+# the general-English statistics (`mrank lexicon build --stem english` over lm.txt, the Brown paragraphs and
 # WordNet glosses) that the default profile's lexical stage uses (docs/cluster.md).
 # NAIVE=1 also trains the naive-truncation baseline (--full-only, same budget) for the ablation.
 # LAYERS (default 4), CASCADE_STEP (cascade anchor spacing, default 0: max(1, layers / 4)),
@@ -65,7 +65,7 @@ stage comp --stage compensate --init $O/rr2 --data $D/mid/rerank-train.jsonl --s
     python3 -c 'import json, sys
 for i, line in enumerate(open(sys.argv[1], encoding="utf-8")):
     print(json.dumps({"_id": str(i), "text": line.strip()}))' $D/lm.txt > $O/general.jsonl
-    $M lexicon build --corpus $O/general.jsonl --out $O/lexicon.txt
+    $M lexicon build --corpus $O/general.jsonl --stem english --out $O/lexicon.txt
 }
 
 mkdir -p "$MODEL/adapters"

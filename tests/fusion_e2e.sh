@@ -3,6 +3,7 @@
 # tests/fusion_e2e.sh path/to/mrank (from the repo root). deploy/local.json (its default
 # profile: bm25 -> half-r2 -> full with weighted fusion) on free loopback ports with the bundled
 # models/mrank-tiny, plus single-stage profiles to read each stage's raw scores:
+#  0. a lexical stage configured with another stemming than its lexicon's is refused at start;
 #  1. the README's request (scripts/run.sh's documents in its order): both Paris sentences rank
 #     above "Berlin is the capital of Germany.", and relevance_score is non-increasing down the
 #     response;
@@ -46,6 +47,18 @@ c["profiles"].append({"name": "lexical-only", "stages": [{"stage": "bm25"}]})
 c["tiers"].append({"name": "exact", "budget_ms": 0, "priority": 1, "profile": "cascade"})
 json.dump(c, open(out, "w"))
 PYEOF
+echo "== 0. a stage whose stemming is not its lexicon's is refused at start, naming both"
+$PY - "$work/up.json" "$work/bad.json" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+next(s for s in c["stages"] if s["name"] == "bm25")["stem"] = "none"
+json.dump(c, open(sys.argv[2], "w"))
+PYEOF
+if timeout 60 "$MRANK" coordinator --config "$work/bad.json" > "$work/bad.log" 2>&1; then
+  fail "a coordinator with stem none on a stemmed lexicon started"
+fi
+grep -q "stem 'none', but the terms of lexicon .* are stemmed 'english'" "$work/bad.log" ||
+  { cat "$work/bad.log" >&2; fail "no clear error for the stemming mismatch"; }
 "$MRANK" up --config "$work/up.json" --threads 1 > "$work/up.log" 2>&1 &
 uppid=$!
 for _ in $(seq 1 240); do

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bm25.h"
 #include "coord_config.h"
 #include "fusion.h"
 
@@ -115,7 +116,7 @@ static void test_input_order(void **state) {
 
 static const char k_cfg[] =
     "{\"pools\":[{\"name\":\"p\",\"addresses\":[\"h:1\"]}],"
-    "\"stages\":[{\"name\":\"bm25\",\"kind\":\"lexical\",\"k1\":1.2,\"b\":0.75},"
+    "\"stages\":[{\"name\":\"bm25\",\"kind\":\"lexical\",\"k1\":1.2,\"b\":0.75,\"stem\":\"english\"},"
     "{\"name\":\"s\",\"pool\":\"p\",\"depth\":2}],"
     "\"profiles\":[{\"name\":\"x\",\"stages\":[{\"stage\":\"bm25\",\"keep_top_k\":30},"
     "{\"stage\":\"s\"}],\"fusion\":{\"method\":\"weighted\",\"normalize\":\"zscore\","
@@ -134,6 +135,7 @@ static void test_config_good(void **state) {
     assert_int_equal(c->stages[0].pool, -1);
     assert_float_equal(c->stages[0].k1, 1.2, TOL);
     assert_float_equal(c->stages[0].b, 0.75, TOL);
+    assert_int_equal(c->stages[0].stem, MR_BM25_STEM_ENGLISH);
     assert_int_equal(c->stages[1].kind, MR_CC_NEURAL);
     const mr_fusion *f = &c->profiles[0].fusion;
     assert_int_equal(f->method, MR_FUSION_WEIGHTED);
@@ -162,6 +164,9 @@ static const struct {
     {"\"b\":0.75", "\"b\":1.5", "stages[0].b"},
     {"\"k1\":1.2", "\"k1\":-1", "stages[0].k1"},
     {"\"b\":0.75", "\"b\":0.75,\"lexicon\":\"/nonexistent/lex\"", "stages[0].lexicon"},
+    {"\"stem\":\"english\"", "\"stem\":\"porter\"", "stages[0].stem: stem 'porter'"},
+    {"\"stem\":\"english\"", "\"stem\":3", "stages[0].stem"},
+    {"\"pool\":\"p\",\"depth\":2", "\"pool\":\"p\",\"depth\":2,\"stem\":\"none\"", "stages[1].stem: only"},
     {"\"method\":\"weighted\"", "\"method\":\"sum\"", "profiles[0].fusion.method"},
     {"\"normalize\":\"zscore\"", "\"normalize\":\"l2\"", "profiles[0].fusion.normalize"},
     {"\"s\":0.3", "\"deep\":0.3", "profiles[0].fusion.weights.deep: not a stage"},
