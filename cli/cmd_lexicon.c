@@ -26,10 +26,17 @@ static void usage(FILE *f) {
           f);
 }
 
+/* --stem's value into *stem; a message and -1 for another. */
+static int parse_stem(const char *s, mr_bm25_stem *stem) {
+    mr_err err = {0};
+    if (!mr_bm25_stem_parse(s, stem, &err)) return 0;
+    fprintf(stderr, "mrank lexicon: --stem: %s\n", err.msg);
+    return -1;
+}
+
 static int build(int argc, char **argv) {
     const char *corpus = NULL, *out = NULL;
     mr_bm25_stem stem = MR_BM25_STEM_ENGLISH;
-    mr_err err = {0};
     static const struct option opts[] = {{"corpus", 1, 0, 'c'}, {"out", 1, 0, 'o'},
                                          {"stem", 1, 0, 's'}, {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -39,10 +46,7 @@ static int build(int argc, char **argv) {
         if (o == 'c') corpus = optarg;
         else if (o == 'o') out = optarg;
         else if (o == 's') {
-            if (mr_bm25_stem_parse(optarg, &stem, &err)) {
-                fprintf(stderr, "mrank lexicon: --stem: %s\n", err.msg);
-                return 2;
-            }
+            if (parse_stem(optarg, &stem)) return 2;
         } else {
             usage(o == 'h' ? stdout : stderr);
             return o == 'h' ? 0 : 2;
@@ -52,6 +56,7 @@ static int build(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    mr_err err = {0};
     long docs = 0, terms = 0;
     if (mr_lexicon_build(corpus, out, stem, &docs, &terms, &err)) {
         fprintf(stderr, "mrank lexicon: %s\n", err.msg);
@@ -74,7 +79,8 @@ static int parse_double(const char *opt, const char *s, double lo, double hi, do
 }
 
 static int score(int argc, char **argv) {
-    const char *coll = NULL, *lexf = NULL, *cands = NULL, *out = NULL, *stem = NULL;
+    const char *coll = NULL, *lexf = NULL, *cands = NULL, *out = NULL;
+    int stem_given = 0;
     mr_bm25_params p = {MR_BM25_DEFAULT_K1, MR_BM25_DEFAULT_B, MR_BM25_STEM_ENGLISH};
     static const struct option opts[] = {
         {"collection", 1, 0, 'c'}, {"lexicon", 1, 0, 'l'}, {"candidates", 1, 0, 'r'},
@@ -87,8 +93,10 @@ static int score(int argc, char **argv) {
         else if (o == 'l') lexf = optarg;
         else if (o == 'r') cands = optarg;
         else if (o == 'o') out = optarg;
-        else if (o == 's') stem = optarg;
-        else if (o == 'k') {
+        else if (o == 's') {
+            if (parse_stem(optarg, &p.stem)) return 2;
+            stem_given = 1;
+        } else if (o == 'k') {
             if (parse_double("--k1", optarg, 0, 100, &p.k1)) return 2;
         } else if (o == 'b') {
             if (parse_double("--b", optarg, 0, 1, &p.b)) return 2;
@@ -117,8 +125,7 @@ static int score(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/bm25_top100.run", coll);
     if (mr_trec_run_load(&run, cands ? cands : path, &err)) goto fail;
     if (lexf && mr_lexicon_load(&lx, lexf, &err)) goto fail;
-    if (stem && mr_bm25_stem_parse(stem, &p.stem, &err)) goto fail;
-    if (lexf && !stem) p.stem = lx.stem; /* mr_bm25_score refuses another --stem */
+    if (lexf && !stem_given) p.stem = lx.stem; /* mr_bm25_score refuses another --stem */
     if (!(fo = fopen(out, "w"))) {
         mr_err_errno(&err, "%s", out);
         goto fail;

@@ -90,18 +90,21 @@ int mr_gemm_q8_new(mr_gemm_q8 *w, const mr_tensor *t, mr_err *err) {
     int out = (int)t->shape[0], in = (int)t->shape[1];
     w->out = out;
     w->in = in;
-    float *row = malloc(sizeof(float) * (size_t)in);
-    if (!row || !(w->q = malloc((size_t)out * in)) || !(w->scale = malloc(sizeof(float) * out))) {
-        free(row);
+    /* blocks of rows widened to f32, then quantized as activations are (in parallel) */
+    int block = in >= (1 << 18) ? 1 : (1 << 18) / in;
+    float *buf = malloc(sizeof(float) * (size_t)block * in);
+    if (!buf || !(w->q = malloc((size_t)out * in)) || !(w->scale = malloc(sizeof(float) * out))) {
+        free(buf);
         mr_gemm_q8_free(w);
         return mr_err_set(err, MR_ENOMEM, "out of memory for the int8 copy of %s", t->name);
     }
     size_t es = mr_dtype_size(t->dtype);
-    for (int o = 0; o < out; o++) {
-        mr_to_f32(row, (const char *)t->data + (size_t)o * in * es, t->dtype, (size_t)in);
-        w->scale[o] = quantize_row(w->q + (size_t)o * in, row, in);
+    for (int o = 0; o < out; o += block) {
+        int nb = out - o < block ? out - o : block;
+        mr_to_f32(buf, (const char *)t->data + (size_t)o * in * es, t->dtype, (size_t)nb * in);
+        mr_gemm_quantize_rows(w->q + (size_t)o * in, w->scale + o, buf, nb, in);
     }
-    free(row);
+    free(buf);
     return 0;
 }
 

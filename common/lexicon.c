@@ -100,12 +100,11 @@ int mr_lexicon_parse(mr_lexicon *lx, const char *name, const char *text, size_t 
     if (next_line(&r, &s, &n) && n > 5 && !memcmp(s, "stem ", 5)) {
         char buf[32];
         mr_err e = {0};
-        size_t vl = n - 5 < sizeof buf - 1 ? n - 5 : sizeof buf - 1;
+        size_t vl = n - 5 < sizeof buf ? n - 5 : sizeof buf - 1; /* longer: no stemmer's name */
         memcpy(buf, s + 5, vl);
         buf[vl] = 0;
-        if (n - 5 >= sizeof buf || mr_bm25_stem_parse(buf, &stem, &e))
-            return mr_err_set(err, MR_EFORMAT, "%s: line %ld: stem: use none or english", name,
-                              r.line);
+        if (mr_bm25_stem_parse(buf, &stem, &e))
+            return mr_err_set(err, MR_EFORMAT, "%s: line %ld: %s", name, r.line, e.msg);
     } else {
         r = before;
     }

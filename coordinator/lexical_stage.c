@@ -56,8 +56,7 @@ int mr__lexical_stage(mr__req *r, int pos, const int *active, int n_active,
     const char **docs = calloc((size_t)(n_active > 0 ? n_active : 1), sizeof *docs);
     float *sc = malloc((size_t)(n_active > 0 ? n_active : 1) * sizeof *sc);
     mr_err err = {0};
-    mr_bm25_params p = {st->k1, st->b,
-                        st->stem >= 0 ? (mr_bm25_stem)st->stem : MR_BM25_STEM_ENGLISH};
+    mr_bm25_params p = {st->k1, st->b, (mr_bm25_stem)st->stem}; /* set by mr__lexical_load */
     int rc = -1;
     if (docs && sc) {
         for (int i = 0; i < n_active; i++) docs[i] = r->in->documents[active[i]]->text;

@@ -8,11 +8,11 @@
  * request's run options as the batch key and waits until the same-key queued tokens reach
  * max_batch_tokens or the oldest has waited max_wait_ms; it packs rows FIFO up to the budget
  * (a large request may be split over several batches, rows being independent), runs one
- * backend score and hands the scores back. Requests with a prune schedule (a fused stage
- * pair's calls) batch only with others of the same key and prune schedule, each whole (top-k
- * pruning ranks the rows of one request against each other) and each its own prune group of the
- * pass (mr_run_opts.prune_group), so each is pruned as if alone; they wait for a batch to fill
- * like any other. The batcher answers the calls it completes. */
+ * backend score and hands the scores back. The key includes the prune schedule: requests
+ * with one (a fused stage pair's calls) batch only with others of the same schedule, each
+ * whole (top-k pruning ranks the rows of one request against each other) and each its own
+ * prune group of the pass (mr_run_opts.prune_group), so each is pruned as if alone; they wait
+ * for a batch to fill like any other. The batcher answers the calls it completes. */
 #define _GNU_SOURCE
 #include <omp.h>
 #include <stdio.h>
@@ -110,19 +110,15 @@ static int same_prune(const mr_run_opts *a, const mr_run_opts *b) {
     return 1;
 }
 
+/* The batch key: the sub-architecture, the exits and the prune schedule. */
 static int same_key(const mr_run_opts *a, const mr_run_opts *b) {
     if (a->n_exits != b->n_exits || a->ratio != b->ratio || a->n_compress != b->n_compress ||
         a->pooling != b->pooling || a->adapter_mask != b->adapter_mask)
         return 0;
     return !memcmp(a->exits, b->exits, (size_t)a->n_exits * sizeof a->exits[0]) &&
            !memcmp(a->compress_layers, b->compress_layers,
-                   (size_t)a->n_compress * sizeof a->compress_layers[0]);
-}
-
-/* r may share head's batch: the same key, and with a prune schedule the same schedule. */
-static int batchable(const wreq *head, const wreq *r) {
-    return r->alone == head->alone && same_key(&r->run, &head->run) &&
-           (!head->alone || same_prune(&r->run, &head->run));
+                   (size_t)a->n_compress * sizeof a->compress_layers[0]) &&
+           same_prune(a, b);
 }
 
 static void unlink_locked(mr_worker *w, wreq *r) {
@@ -185,7 +181,7 @@ static int form_batch_locked(mr_worker *w, wreq *head, int *n_rows, long *n_tok)
     double t = mr__now_s();
     for (wreq *r = w->qhead, *nx; r; r = nx) {
         nx = r->next;
-        if (!batchable(head, r)) continue;
+        if (!same_key(&r->run, &head->run)) continue;
         if (head->alone && r != head &&
             (nr + r->n > w->max_rows || tok + rows_tokens(w, r, 0, r->n) > w->o.max_batch_tokens))
             continue; /* runs whole or not at all: maybe in the next batch */
@@ -286,7 +282,7 @@ void *mr__batcher_main(void *arg) {
         if (!w->stopping) {
             long tok = 0;
             for (wreq *r = w->qhead; r && tok < w->o.max_batch_tokens; r = r->next)
-                if (batchable(head, r))
+                if (same_key(&r->run, &head->run))
                     for (int i = r->next_row; i < r->n; i++) tok += mr__wreq_row_tokens(w, r, i);
             double until = head->t_admit + w->o.max_wait_ms * 1e-3, now = mr__now_s();
             if (tok < w->o.max_batch_tokens && now < until) {

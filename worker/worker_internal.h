@@ -32,8 +32,7 @@ typedef struct mr__wmetrics mr__wmetrics;   /* worker_metrics.c */
 typedef struct wreq {
     mr_rpc_call *call;
     mr_run_opts run;
-    int alone;                  /* prune schedule: runs whole, batched only with requests
-                                 * of the same key and schedule, each its own prune group */
+    int alone;                  /* prune schedule: runs whole, each its own prune group */
     mr_ids q;                   /* query segment */
     mr_ids *p;                  /* (n) passage segments */
     int *truncated;             /* (n) */
