@@ -39,6 +39,8 @@ static void worker_usage(FILE *f) {
           "  --prompt TEXT             instruction appended to every pair\n"
           "  --warm-up-rows N          rows of the start-up speed measurement, 0..8 (default 8;\n"
           "                            0: none, for large models on small CPUs)\n"
+          "  --no-prefix-share         compute the query prefix once per row instead of once\n"
+          "                            per request (same scores; for measuring the sharing)\n"
           "  --drain-ms N              on SIGTERM, how long in-flight work may finish (default 10000)\n"
           "  --tls-cert FILE           serve TLS with this PEM certificate chain (re-read on change)\n"
           "  --tls-key FILE            its PEM private key\n"
@@ -63,6 +65,7 @@ int mr_cmd_worker(int argc, char **argv) {
         {"max-request-bytes", 1, 0, 'R'},
         {"tls-cert", 1, 0, 'C'},       {"tls-key", 1, 0, 'K'},        {"tls-client-ca", 1, 0, 'A'},
         {"otlp-endpoint", 1, 0, 'O'},  {"warm-up-rows", 1, 0, 'W'},
+        {"no-prefix-share", 0, 0, 'N'},
         {"help", 0, 0, 'h'},           MR_CLI_LOG_OPTIONS,            {0, 0, 0, 0}};
     mr_worker_opts o;
     mr_worker_opts_default(&o);
@@ -126,6 +129,7 @@ int mr_cmd_worker(int argc, char **argv) {
         case 'K': o.tls_key = optarg; break;
         case 'A': o.tls_client_ca = optarg; break;
         case 'O': otlp = optarg; break;
+        case 'N': o.no_prefix_share = 1; break;
         case 'h': worker_usage(stdout); rc = 0; goto done;
         default:
             if (mr_cli_log_option(ch, optarg, "mrank worker") == 1) break;

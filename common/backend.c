@@ -38,6 +38,8 @@ static int cpu_score(void *ctx, const mr_row *rows, int n_rows, const mr_run_opt
     return mr_model_score(ctx, rows, n_rows, o, scores, depth, err);
 }
 
+static long long cpu_token_layers(void *ctx) { return ((const mr_ctx *)ctx)->token_layers; }
+
 const mr_backend mr_backend_cpu = {
     .name = "cpu",
     .available = NULL,          /* always */
@@ -45,6 +47,7 @@ const mr_backend mr_backend_cpu = {
     .ctx_free = cpu_ctx_free,
     .score = cpu_score,
     .describe = NULL,           /* "cpu" */
+    .token_layers = cpu_token_layers,
 };
 
 /* ---- registry ---- */
@@ -97,4 +100,8 @@ int mr_backend_score(const mr_backend *b, void *ctx, const mr_row *rows, int n_r
 const char *mr_backend_describe(const mr_backend *b, void *ctx) {
     if (!b) return "none";
     return b->describe && ctx ? b->describe(ctx) : b->name;
+}
+
+long long mr_backend_token_layers(const mr_backend *b, void *ctx) {
+    return b && ctx && b->token_layers ? b->token_layers(ctx) : -1;
 }

@@ -39,6 +39,10 @@ typedef struct mr_backend {
     /* optional: one line describing the device of ctx (e.g. "NVIDIA H100 80GB HBM3, sm_90");
      * NULL = the backend name */
     const char *(*describe)(void *ctx);
+    /* optional: tokens through each layer's K/V projections, summed over layers, in the last
+     * score call on ctx (mr_ctx.token_layers: what prefix sharing and pruning cut); NULL =
+     * not counted */
+    long long (*token_layers)(void *ctx);
 } mr_backend;
 
 /* The table named name ("cpu", "cuda", "cuda-fp8"): a lookup, NULL when unknown or not built
@@ -57,6 +61,8 @@ void mr_backend_ctx_free(const mr_backend *b, void *ctx);
 int mr_backend_score(const mr_backend *b, void *ctx, const mr_row *rows, int n_rows,
                      const mr_run_opts *o, float *scores, int *depth, mr_err *err);
 const char *mr_backend_describe(const mr_backend *b, void *ctx);
+/* The last score call's token-layers on ctx, or -1 when the backend does not count them. */
+long long mr_backend_token_layers(const mr_backend *b, void *ctx);
 
 /* The tables themselves (the GPU backend in common/cuda/ defines mr_backend_cuda and
  * mr_backend_cuda_fp8, in CUDA builds only). */

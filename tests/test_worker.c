@@ -61,8 +61,8 @@ static int group_teardown(void **state) {
     return system(cmd) ? -1 : 0;
 }
 
-/* What `mrank score` computes: scores (n, n_exits). */
-static void ref_score(const char *query, const char *const *passages, int n,
+/* What `mrank score` computes: scores (n, n_exits); returns the pass's token-layers. */
+static long long ref_score(const char *query, const char *const *passages, int n,
                       const mr_run_opts *o, float *scores) {
     mr_err err = {0};
     mr_ids q = {0}, s = {0};
@@ -84,6 +84,7 @@ static void ref_score(const char *query, const char *const *passages, int n,
     mr_ctx ctx = {0};
     assert_int_equal(mr_ctx_init(&ctx, &ref_model, total, n, longest, &err), 0);
     assert_int_equal(mr_model_score(&ctx, rows, n, o, scores, depth, &err), 0);
+    long long token_layers = ctx.token_layers;
     mr_ctx_close(&ctx);
     for (int i = 0; i < n; i++) mr_ids_close(&p[i]);
     mr_ids_close(&q);
@@ -91,6 +92,7 @@ static void ref_score(const char *query, const char *const *passages, int n,
     free(p);
     free(rows);
     free(depth);
+    return token_layers;
 }
 
 typedef struct wfix {
@@ -98,12 +100,14 @@ typedef struct wfix {
     mr_rpc_channel *ch;
 } wfix;
 
-static int g_warm_up_rows; /* mr_worker_opts.warm_up_rows of the next start_worker */
+static int g_warm_up_rows;     /* mr_worker_opts.warm_up_rows of the next start_worker */
+static int g_no_prefix_share; /* mr_worker_opts.no_prefix_share of the next start_worker */
 
 static void start_worker(wfix *f, int max_batch, int max_wait, int max_inflight) {
     mr_worker_opts o;
     mr_worker_opts_default(&o);
     o.warm_up_rows = g_warm_up_rows;
+    o.no_prefix_share = g_no_prefix_share;
     o.model_dir = model_dir;
     o.listen = "127.0.0.1:0";
     o.compute_threads = 2;
@@ -212,6 +216,48 @@ static void test_scores_match_engine(void **state) {
         free(resp);
     }
     stop_worker(&f);
+}
+
+/* --no-prefix-share: the same scores, and the worker's mrank_worker_token_layers_total counts
+ * what the engine computed for the same rows, shared (the query prefix once per request) and
+ * unshared (once per row); sharing counts fewer, by the query's (n - 1) copies per layer. */
+static void test_prefix_share_counted(void **state) {
+    uint32_t e4 = 4;
+    long long counted[2];
+    for (int unshared = 0; unshared < 2; unshared++) {
+        g_no_prefix_share = unshared;
+        wfix f;
+        start_worker(&f, 2048, 2, 65536);
+        g_no_prefix_share = 0;
+        mr_run_opts o;
+        mr_run_opts_init(&o, &ref_model);
+        o.n_exits = 1;
+        o.exits[0] = 4;
+        o.no_prefix_share = unshared;
+        float ref[5];
+        long long ref_tl = ref_score("what is a fox", passages, 5, &o, ref);
+        size_t len;
+        uint8_t *req = pack_req("what is a fox", passages, 5, &e4, 1, 0, NULL, 0, &len);
+        int port = mr_worker_metrics_port(f.w);
+        double tl0 = scrape_metric(port, "mrank_worker_token_layers_total");
+        uint8_t *resp = NULL;
+        size_t rlen = 0;
+        grpc_status_code st;
+        char msg[512];
+        if (mr_rpc_unary(f.ch, "/mrank.v1.Worker/Score", req, len, 10000, &resp, &rlen, &st,
+                         msg, sizeof msg))
+            fail_msg("status %d: %s", st, msg);
+        check_resp(resp, rlen, ref, 5, 1);
+        /* the warm-up pass counts too: only this call's delta is compared */
+        counted[unshared] = (long long)(scrape_metric(port, "mrank_worker_token_layers_total") - tl0);
+        fprintf(stderr, "# %s: %lld token-layers (engine %lld)\n",
+                unshared ? "unshared" : "shared", counted[unshared], ref_tl);
+        assert_true(counted[unshared] == ref_tl);
+        free(req);
+        free(resp);
+        stop_worker(&f);
+    }
+    assert_true(counted[0] < counted[1]);
 }
 
 /* One asynchronous call. done is set last by on_done; st starts at a status no call ends
@@ -822,6 +868,7 @@ static void test_cancel_stops_running_pass(void **state) { check_cancel(16384, 0
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scores_match_engine),
+        cmocka_unit_test(test_prefix_share_counted),
         cmocka_unit_test(test_batching_and_split),
         cmocka_unit_test(test_prune_calls_share_batch),
         cmocka_unit_test(test_invalid),

@@ -229,7 +229,8 @@ static void run_batch(mr_worker *w, int ne, int nr, long ntok) {
     /* the share of the layers the pass ran: all of them, or those before the stop */
     int layers = o.exits[o.n_exits - 1];
     double ran = w->stopped_at ? (double)w->stopped_at / layers : 1.0;
-    mr__wmetrics_batch(w->met, (int)ntok, (double)ntok * ran);
+    mr__wmetrics_batch(w->met, (int)ntok, (double)ntok * ran,
+                       rc ? 0 : mr_backend_token_layers(w->be, w->bctx));
     pthread_mutex_lock(&w->mu);
     k = 0;
     for (int e = 0; e < ne; e++) {

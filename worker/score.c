@@ -32,6 +32,7 @@ static int parse_request(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *
     if ((rc = mr_subarch_from_pb(&a, rq->arch, err)) ||
         (rc = mr_subarch_to_run_opts(&a, m, w->o.adapter_names, w->o.n_adapters, o, err)))
         return rc;
+    o->no_prefix_share = w->o.no_prefix_share;
     if (rq->n_exits > MR_MAX_EXITS)
         return mr_err_set(err, MR_EINVAL, "%zu exits, at most %d", rq->n_exits, MR_MAX_EXITS);
     if (rq->n_exits) {

@@ -244,7 +244,8 @@ int mr_worker_new(mr_worker **out, const mr_worker_opts *opts, mr_err *err) {
     }
     char host[128];
     mr_prom_host_of(w->o.listen, host, sizeof host);   /* metrics beside the gRPC listener */
-    if ((rc = mr__wmetrics_new(&w->met, host, w->o.metrics_port, &w->metrics_port, err)))
+    if ((rc = mr__wmetrics_new(&w->met, host, w->o.metrics_port, &w->metrics_port,
+                               mr_backend_token_layers(w->be, w->bctx) >= 0, err)))
         goto fail;
     if ((rc = mr_rpc_server_new(&w->srv, w->o.listen, w->o.rpc_threads, err)) ||
         (rc = setup_tls(w, err)) ||

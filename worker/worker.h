@@ -44,6 +44,8 @@ typedef struct mr_worker_opts {
                                     the environment's MR_GEMM, else auto */
     const char *tls_cert, *tls_key;   /* PEM files: serve TLS (NULL: plaintext) */
     const char *tls_client_ca;   /* PEM CA bundle: clients must present a cert it signed */
+    int no_prefix_share;         /* 1: every row computes its own copy of the query prefix
+                                    (mr_run_opts.no_prefix_share; for measuring the sharing) */
 } mr_worker_opts;
 
 void mr_worker_opts_default(mr_worker_opts *o);

@@ -104,15 +104,17 @@ void *mr__batcher_main(void *arg);
 /* ---- worker_metrics.c ---- */
 
 /* port -1: no HTTP endpoint (the counters still work); 0: any free port. host: the address
- * to bind (the gRPC listener's host; NULL/"" all interfaces). */
+ * to bind (the gRPC listener's host; NULL/"" all interfaces). counts_tl: the backend counts
+ * token-layers (mrank_worker_token_layers_total is served, from 0). */
 int mr__wmetrics_new(mr__wmetrics **out, const char *host, int port, int *bound_port,
-                     mr_err *err);
+                     int counts_tl, mr_err *err);
 void mr__wmetrics_free(mr__wmetrics *m);
 void mr__wmetrics_request(mr__wmetrics *m, int grpc_code, double queue_s, double compute_s,
                           double total_s);
 /* A batch of tokens ran; computed: the tokens it computed (tokens x layers run / layers, less
- * when its pass stopped early). */
-void mr__wmetrics_batch(mr__wmetrics *m, int tokens, double computed);
+ * when its pass stopped early); token_layers: the backend's count of its token-layers
+ * (mr_backend_token_layers; < 0 when the backend does not count them). */
+void mr__wmetrics_batch(mr__wmetrics *m, int tokens, double computed, long long token_layers);
 /* rows of cancelled calls dropped (from the queue or a stopped pass), saved: the tokens they did
  * not compute (a row dropped after k of its D layers saves its tokens x (D - k) / D). */
 void mr__wmetrics_cancelled(mr__wmetrics *m, long rows, double saved);

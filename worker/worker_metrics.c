@@ -3,6 +3,7 @@
  * Histograms mrank_worker_{queue,compute,request}_seconds and mrank_worker_batch_tokens, the
  * gauge mrank_worker_inflight_tokens, counters mrank_worker_requests_total{code},
  * mrank_worker_rejected_total, mrank_worker_computed_tokens_total,
+ * mrank_worker_token_layers_total (where the backend counts them),
  * mrank_worker_cancelled_rows_total and mrank_worker_cancelled_tokens_total. Updates take one mutex (a few per request, never per token);
  * the text format and the HTTP endpoint are rpc/prom.h's. */
 #define _GNU_SOURCE
@@ -27,7 +28,8 @@ struct mr__wmetrics {
     mr_prom_hist queue, compute, request, batch;
     unsigned long long requests[MR_RPC_N_STATUS];
     unsigned long long rejected, cancelled_rows;
-    double computed, saved;
+    double computed, saved, token_layers;
+    int counts_tl;   /* the backend counts token-layers */
     long inflight;
     mr_prom_http *http;
 };
@@ -63,6 +65,12 @@ static char *render(void *user) {
                    "Tokens run through the model (a pass stopped after k of its D layers "
                    "counts k/D of its tokens).");
     mr_prom_printf(&t, "mrank_worker_computed_tokens_total %.0f\n", m->computed);
+    if (m->counts_tl) {
+        mr_prom_family(&t, "mrank_worker_token_layers_total", "counter",
+                       "Tokens through each layer's K/V projections, summed over layers (the "
+                       "engine's count: query-prefix sharing and pruning lower it).");
+        mr_prom_printf(&t, "mrank_worker_token_layers_total %.0f\n", m->token_layers);
+    }
     mr_prom_family(&t, "mrank_worker_cancelled_rows_total", "counter",
                    "Rows of cancelled or expired calls dropped before their pass ended.");
     mr_prom_printf(&t, "mrank_worker_cancelled_rows_total %llu\n", m->cancelled_rows);
@@ -76,12 +84,13 @@ static char *render(void *user) {
 }
 
 int mr__wmetrics_new(mr__wmetrics **out, const char *host, int port, int *bound_port,
-                     mr_err *err) {
+                     int counts_tl, mr_err *err) {
     *out = NULL;
     if (bound_port) *bound_port = -1;
     mr__wmetrics *m = calloc(1, sizeof *m);
     if (!m) return mr_err_set(err, MR_ENOMEM, "metrics: out of memory");
     pthread_mutex_init(&m->mu, NULL);
+    m->counts_tl = counts_tl;
     mr_prom_hist_init(&m->queue, sec_bounds, N_SEC_BUCKETS);
     mr_prom_hist_init(&m->compute, sec_bounds, N_SEC_BUCKETS);
     mr_prom_hist_init(&m->request, sec_bounds, N_SEC_BUCKETS);
@@ -119,11 +128,12 @@ void mr__wmetrics_request(mr__wmetrics *m, int grpc_code, double queue_s, double
     pthread_mutex_unlock(&m->mu);
 }
 
-void mr__wmetrics_batch(mr__wmetrics *m, int tokens, double computed) {
+void mr__wmetrics_batch(mr__wmetrics *m, int tokens, double computed, long long token_layers) {
     if (!m) return;
     pthread_mutex_lock(&m->mu);
     mr_prom_hist_observe(&m->batch, tokens);
     m->computed += computed;
+    if (token_layers > 0) m->token_layers += (double)token_layers;
     pthread_mutex_unlock(&m->mu);
 }
 

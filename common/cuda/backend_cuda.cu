@@ -1092,6 +1092,7 @@ extern "C" const mr_backend mr_backend_cuda = {
     cuda_ctx_free,     /* ctx_free */
     cuda_score,        /* score */
     cuda_describe,     /* describe */
+    NULL,              /* token_layers: not counted */
 };
 
 /* The same engine with e4m3 linear layers: weights and GEMM inputs scaled per tensor (the
@@ -1103,4 +1104,5 @@ extern "C" const mr_backend mr_backend_cuda_fp8 = {
     cuda_ctx_free,     /* ctx_free */
     cuda_score,        /* score */
     cuda_describe,     /* describe */
+    NULL,              /* token_layers: not counted */
 };
