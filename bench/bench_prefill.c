@@ -147,12 +147,13 @@ static long long fused_pass(mr_ctx *c, const mr_row *rows, int n, const mr_run_o
 
 /* --fused: see the header. Returns the exit status. */
 static int run_fused(mr_ctx *c, const mr_model *m, const mr_row *rows, int n_rows, int reps,
-                     int da, int k) {
+                     int da, int k, int share) {
     mr_run_opts oa, ob, of;
     mr_run_opts_init(&oa, m);
     mr_run_opts_init(&ob, m);
     mr_run_opts_init(&of, m);
     int deep = ob.exits[ob.n_exits - 1];
+    oa.no_prefix_share = ob.no_prefix_share = of.no_prefix_share = !share;
     oa.exits[0] = da;
     of.n_exits = 2;
     of.exits[0] = da;
@@ -209,11 +210,11 @@ static int run_fused(mr_ctx *c, const mr_model *m, const mr_row *rows, int n_row
     }
     qsort(ts, (size_t)reps, sizeof *ts, cmp_d);
     qsort(tf, (size_t)reps, sizeof *tf, cmp_d);
-    printf("{\"gemm\":\"%s\",\"rows\":%d,\"exits\":[%d,%d],\"keep\":%d,\"reps\":%d,"
+    printf("{\"gemm\":\"%s\",\"share\":%d,\"rows\":%d,\"exits\":[%d,%d],\"keep\":%d,\"reps\":%d,"
            "\"token_layers_split\":%lld,\"token_layers_fused\":%lld,\"token_layers_ratio\":%.3f,"
            "\"median_split_s\":%.4f,\"median_fused_s\":%.4f,\"time_ratio\":%.3f,"
            "\"max_rel_fused_vs_split\":%.3g}\n",
-           mr_gemm_path_name(m->gemm), n_rows, da, deep, k, reps, tl_split, tl_fused,
+           mr_gemm_path_name(m->gemm), share, n_rows, da, deep, k, reps, tl_split, tl_fused,
            (double)tl_fused / (double)tl_split, ts[reps / 2], tf[reps / 2],
            tf[reps / 2] / ts[reps / 2], rel);
     free(sa);
@@ -315,7 +316,7 @@ int main(int argc, char **argv) {
     ids[0] = 1; /* BOS */
     for (int r = 0; r < n_rows; r++)
         rows[r] = (mr_row){ids, nq, ids + nq + ns + (size_t)r * np, np, ids + nq, ns};
-    int rc = da ? run_fused(&c, &m, rows, n_rows, reps, da, keep)
+    int rc = da ? run_fused(&c, &m, rows, n_rows, reps, da, keep, share)
              : ab ? run_ab(&c, &m, rows, n_rows, len, reps, ref_mode, argv[1])
                   : run_timed(&c, &m, rows, n_rows, len, reps, share, scores, t);
     mr_ctx_close(&c);

@@ -415,13 +415,37 @@ void mr_prune_select(const float *score, const int32_t *row_id, const int32_t *g
     }
 }
 
-/* Keeps the rows that pass p and packs them to the front; returns the new row count. */
+/* Packs to the stream's front the query prefixes that a row kept by keep attends to; a prefix
+ * whose rows were all dropped is not computed further. Groups lie in stream order and tokens
+ * only move towards the start, so a row's rewritten pre_off never equals a later group's old
+ * offset. */
+static void prune_prefixes(mr_ctx *c, int n_rows, const char *keep) {
+    int d = c->m->cfg.d_model, ng = 0, out = 0;
+    for (int g = 0; g < c->n_groups; g++) {
+        int used = 0, old = c->g_off[g];
+        for (int r = 0; r < n_rows && !used; r++) used = keep[r] && c->pre_off[r] == old;
+        if (!used) continue;
+        for (int r = 0; r < n_rows; r++)
+            if (c->pre_off[r] == old) c->pre_off[r] = out;
+        memmove(c->x + (size_t)out * d, c->x + (size_t)old * d, sizeof(float) * c->g_len[g] * d);
+        c->g_off[ng] = out;
+        c->g_len[ng] = c->g_len[g];
+        out += c->g_len[g];
+        ng++;
+    }
+    c->n_groups = ng;
+    c->pre_tok = out;
+}
+
+/* Keeps the rows that pass p and packs them, and the prefixes they use, to the front; returns
+ * the new row count. */
 static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p,
                       const int32_t *group) {
     int d = c->m->cfg.d_model;
     char *keep = (char *)c->q_from; /* free scratch: n_rows bytes */
     mr_prune_select(c->row_score, c->row_id, group, n_rows, p, keep, c->order);
-    int nr = 0, out = c->pre_tok; /* the prefixes stay (rows of other requests may use them) */
+    prune_prefixes(c, n_rows, keep);
+    int nr = 0, out = c->pre_tok;
     for (int r = 0; r < n_rows; r++) {
         if (!keep[r]) continue;
         memmove(c->x + (size_t)out * d, c->x + (size_t)c->off[r] * d,

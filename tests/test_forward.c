@@ -684,11 +684,11 @@ static void check_prefix_sharing(const char *gemm, int one_thread) {
         }
         score(f, rows, 6, &o, shared);
         long long tl_shared = f->c.token_layers;
-        assert_int_equal(f->c.n_groups, 2);
+        int groups_shared = f->c.n_groups;
         o.no_prefix_share = 1;
         score(f, rows, 6, &o, unshared);
         long long tl_unshared = f->c.token_layers;
-        assert_int_equal(f->c.n_groups, 6);
+        int groups_unshared = f->c.n_groups;
         for (int i = 0; i < 6 * 4; i++) {
             if (isnan(unshared[i])) {
                 assert_true(isnan(shared[i])); /* pruned the same rows */
@@ -700,7 +700,26 @@ static void check_prefix_sharing(const char *gemm, int one_thread) {
             assert_close(shared[i], unshared[i], BATCH_TOL, what);
         }
         /* 4 layers; repeated prefixes: query A 3 times (4 tokens), query B once (6 tokens) */
-        assert_int_equal(tl_unshared - tl_shared, 4 * (3 * 4 + 1 * 6));
+        if (!cases[k].prune) {
+            assert_int_equal(groups_shared, 2);
+            assert_int_equal(groups_unshared, 6);
+            assert_int_equal(tl_unshared - tl_shared, 4 * (3 * 4 + 1 * 6));
+            continue;
+        }
+        /* pruned at layer 2: layers 2 and 3 carry only the kept rows' prefixes (a prefix
+         * whose rows were all dropped is not computed further), so the repeated ones there
+         * are the kept rows' less one per distinct kept query */
+        int kept_nq = 0, kept_a = 0, kept_b = 0;
+        for (int r = 0; r < 6; r++) {
+            if (isnan(unshared[r * 4 + 3])) continue;
+            kept_nq += rows[r].nq;
+            if (rows[r].nq == 6) kept_b = 1;
+            else kept_a = 1;
+        }
+        assert_int_equal(groups_shared, kept_a + kept_b);
+        assert_int_equal(groups_unshared, 3);
+        assert_int_equal(tl_unshared - tl_shared,
+                         2 * (3 * 4 + 1 * 6) + 2 * (kept_nq - 4 * kept_a - 6 * kept_b));
     }
     omp_set_max_active_levels(saved_levels);
     free_fixture(f);
