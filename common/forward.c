@@ -2,8 +2,9 @@
  * returns a score at every requested exit, compresses passage tokens at the listed layers,
  * drops pruned rows at exits, and at the deepest exit runs only the last token of each row.
  *
- * Layout: the residual stream c->x holds the current tokens of the surviving rows packed
- * back to back (row r: tokens [off[r], off[r] + len[r]) = query | passage | suffix). Width
+ * Layout (prefix.h): the residual stream c->x holds one copy of each distinct query prefix,
+ * then the current own tokens of the surviving rows packed back to back (row r: tokens
+ * [off[r], off[r] + len[r]) = passage | suffix, attending to its prefix first). Width
  * compression and pruning rewrite that layout in place, front to back, which is safe because
  * every token only moves towards the start. An optional stop check (mr_run_opts.stop) may end
  * the pass between layers. mr_ctx_init sizes every buffer once;
@@ -12,6 +13,7 @@
  * packed layout and the order of the calls. */
 #include "kernels.h"
 #include "model.h"
+#include "prefix.h"
 
 #include <math.h>
 #include <omp.h>
@@ -228,10 +230,8 @@ static void linear(mr_ctx *c, const mr_linear *l, const float *x, int n, float *
 
 /* Prefix tokens sit at positions 0..g_len-1, a row's own tokens right after its prefix. */
 static void set_positions(mr_ctx *c, int n_rows) {
-    for (int g = 0; g < c->n_groups; g++)
-        for (int i = 0; i < c->g_len[g]; i++) c->pos[c->g_off[g] + i] = i;
-    for (int r = 0; r < n_rows; r++)
-        for (int i = 0; i < c->len[r]; i++) c->pos[c->off[r] + i] = c->pre_len[r] + i;
+    mr_prefix_positions(c->g_off, c->g_len, c->n_groups, c->off, c->len, c->pre_len, n_rows,
+                        c->pos);
 }
 
 /* Width compression in place (mr_pool): means, or weights = the attention each token got from
@@ -416,25 +416,14 @@ void mr_prune_select(const float *score, const int32_t *row_id, const int32_t *g
 }
 
 /* Packs to the stream's front the query prefixes that a row kept by keep attends to; a prefix
- * whose rows were all dropped is not computed further. Groups lie in stream order and tokens
- * only move towards the start, so a row's rewritten pre_off never equals a later group's old
- * offset. */
-static void prune_prefixes(mr_ctx *c, int n_rows, const char *keep) {
-    int d = c->m->cfg.d_model, ng = 0, out = 0;
-    for (int g = 0; g < c->n_groups; g++) {
-        int used = 0, old = c->g_off[g];
-        for (int r = 0; r < n_rows && !used; r++) used = keep[r] && c->pre_off[r] == old;
-        if (!used) continue;
-        for (int r = 0; r < n_rows; r++)
-            if (c->pre_off[r] == old) c->pre_off[r] = out;
-        memmove(c->x + (size_t)out * d, c->x + (size_t)old * d, sizeof(float) * c->g_len[g] * d);
-        c->g_off[ng] = out;
-        c->g_len[ng] = c->g_len[g];
-        out += c->g_len[g];
-        ng++;
-    }
-    c->n_groups = ng;
-    c->pre_tok = out;
+ * whose rows were all dropped is not computed further. old (n_groups) is scratch. */
+static void prune_prefixes(mr_ctx *c, int n_rows, const char *keep, int32_t *old) {
+    int d = c->m->cfg.d_model;
+    c->n_groups = mr_prefix_prune(c->g_off, c->g_len, c->n_groups, c->pre_off, n_rows, keep, old,
+                                  &c->pre_tok);
+    for (int g = 0; g < c->n_groups; g++) /* towards the start, in order: memmove is safe */
+        memmove(c->x + (size_t)c->g_off[g] * d, c->x + (size_t)old[g] * d,
+                sizeof(float) * c->g_len[g] * d);
 }
 
 /* Keeps the rows that pass p and packs them, and the prefixes they use, to the front; returns
@@ -444,7 +433,7 @@ static int prune_rows(mr_ctx *c, int n_rows, int *n_tok, const mr_prune *p,
     int d = c->m->cfg.d_model;
     char *keep = (char *)c->q_from; /* free scratch: n_rows bytes */
     mr_prune_select(c->row_score, c->row_id, group, n_rows, p, keep, c->order);
-    prune_prefixes(c, n_rows, keep);
+    prune_prefixes(c, n_rows, keep, c->order); /* order: free again */
     int nr = 0, out = c->pre_tok;
     for (int r = 0; r < n_rows; r++) {
         if (!keep[r]) continue;
@@ -511,37 +500,23 @@ static void embed_tokens(mr_ctx *c, const int32_t *ids, int n, int t) {
     }
 }
 
-/* The stream: first one copy of each distinct query segment (a group; with share 0 one group per
- * row), then every row's passage and suffix. Rows of a group are those whose query segments are
- * equal token for token: causal attention makes the segment's states the same in all of them. */
+/* The stream (prefix.h): first one copy of each distinct query segment (a group; with share 0
+ * one group per row), then every row's passage and suffix. */
 static void embed_rows(mr_ctx *c, const mr_row *rows, int n_rows, int share) {
+    int32_t *group = c->q_off, *first = c->row_id; /* scratch until layer_forward */
     int t = 0;
-    c->n_groups = 0;
-    for (int r = 0; r < n_rows; r++) {
-        const mr_row *w = &rows[r];
-        int g = 0;
-        if (share)
-            while (g < c->n_groups &&
-                   !(rows[c->row_id[g]].nq == w->nq &&
-                     (rows[c->row_id[g]].q == w->q ||
-                      !memcmp(rows[c->row_id[g]].q, w->q, sizeof(int32_t) * (size_t)w->nq))))
-                g++;
-        else
-            g = c->n_groups;
-        if (g == c->n_groups) { /* row_id[g] temporarily names the group's first row */
-            c->row_id[g] = r;
-            c->g_off[g] = t;
-            c->g_len[g] = w->nq;
-            embed_tokens(c, w->q, w->nq, t);
-            t += w->nq;
-            c->n_groups++;
-        }
-        c->q_off[r] = g; /* scratch until layer_forward: the row's group */
+    c->n_groups = mr_prefix_group(rows, n_rows, share, group, first);
+    for (int g = 0; g < c->n_groups; g++) {
+        const mr_row *w = &rows[first[g]];
+        c->g_off[g] = t;
+        c->g_len[g] = w->nq;
+        embed_tokens(c, w->q, w->nq, t);
+        t += w->nq;
     }
     c->pre_tok = t;
     for (int r = 0; r < n_rows; r++) {
         const mr_row *w = &rows[r];
-        int g = c->q_off[r];
+        int g = group[r];
         c->off[r] = t;
         c->len[r] = w->np + w->ns;
         c->nq[r] = 0;

@@ -6,7 +6,8 @@
  * and a device is present (cudaGetDeviceCount > 0, through the table's `available` slot), it
  * equals the CPU backend within bf16 tolerances on tiny seeded checkpoints (llama, qwen2,
  * gemma2; f32 and bf16 storage) across exits, widths, both poolings, unmerged and merged
- * adapters and pruning, and cuda-fp8 is near it. Without a device (or without a CUDA build)
+ * adapters and pruning, with query prefixes shared (two per pass) and unshared, with the CPU's
+ * token-layer count, and cuda-fp8 is near it. Without a device (or without a CUDA build)
  * each case prints that it did not run and the binary exits 77, which ctest reports as
  * Skipped, never Passed.
  *
@@ -46,15 +47,17 @@ static void rm_dir(const char *dir) {
     if (system(cmd)) { /* best effort */ }
 }
 
-/* n rows, row i with 3 + 7 * i passage tokens (up to 80: several attention tiles) */
+/* n rows, row i with 3 + 7 * i passage tokens (up to 80: several attention tiles); every
+ * third row has another query (5 tokens), so a pass has two shared query prefixes */
 static int32_t g_ids[MAXR][96];
 static void make_rows(mr_row *rows, int n) {
-    static const int32_t q[4] = {1, 10, 11, 12}, s[3] = {13, 14, 15};
+    static const int32_t q[4] = {1, 10, 11, 12}, q2[5] = {1, 10, 20, 21, 22}, s[3] = {13, 14, 15};
     unsigned st = 9;
     for (int i = 0; i < n; i++) {
         int np = 3 + 7 * i;
         for (int j = 0; j < np; j++) g_ids[i][j] = 2 + (int32_t)((frand(&st) + 1) * 30);
-        rows[i] = (mr_row){q, 4, g_ids[i], np, s, 3};
+        rows[i] = i % 3 == 2 ? (mr_row){q2, 5, g_ids[i], np, s, 3}
+                             : (mr_row){q, 4, g_ids[i], np, s, 3};
     }
 }
 
@@ -336,6 +339,17 @@ static void parity_model(const mr_backend *cuda, const char *tag, const char *di
         score_with(cpu, cc, rows, MAXR, &o, sc, dc);
         score_with(cuda, gc, rows, MAXR, &o, sg, dg);
         compare(what, &o, sc, sg, dc, dg, MAXR);
+        if (!o.n_prune) /* the same layout: the same tokens through each layer's K/V */
+            assert_int_equal(mr_backend_token_layers(cuda, gc),
+                             mr_backend_token_layers(cpu, cc));
+        /* every row with its own copy of the query (the GPU's shared prefixes are not yet
+         * proven on a device: both layouts against the CPU) */
+        mr_run_opts ou = o;
+        char what_u[200];
+        ou.no_prefix_share = 1;
+        snprintf(what_u, sizeof what_u, "%s, prefix unshared", what);
+        score_with(cuda, gc, rows, MAXR, &ou, sg, dg);
+        compare(what_u, &ou, sc, sg, dc, dg, MAXR);
         /* one row alone and a subset: packing must not matter on the GPU either */
         score_with(cuda, gc, rows + 3, 1, &o, sg, dg);
         score_with(cpu, cc, rows + 3, 1, &o, sc, dc);

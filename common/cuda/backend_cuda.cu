@@ -10,16 +10,20 @@
  * the linear weights to e4m3 (one scale per tensor) after upload and scales each GEMM input to
  * e4m3 on the device; unmerged LoRA products stay bf16.
  *
- * The layout is forward.c's: the current tokens of the surviving rows packed back to back in
- * an f32 residual stream. The host keeps the row layout (off/len/segments, a few ints per row)
- * and, whenever it changes (start, width compression, pruning, the deepest layer), stages the
- * per-token positions, attention tiles and gather maps through one pinned buffer; compression
- * and pruning then run on the device as gathers into a second residual buffer. Exit scores stay
+ * The layout is forward.c's (prefix.h): one copy of each distinct query prefix, then the
+ * current own tokens of the surviving rows packed back to back in an f32 residual stream;
+ * every row attends to its prefix's keys and values, computed once per pass (query-prefix
+ * sharing; mr_run_opts.no_prefix_share gives every row its own copy). The host keeps the row
+ * layout (off/len/segments and the prefix groups, a few ints per row) and, whenever it
+ * changes (start, width compression, pruning, the deepest layer), stages the per-token
+ * positions, attention tiles (mr_prefix_tiles) and gather maps through one pinned buffer;
+ * compression and pruning then run on the device as gathers into a second residual buffer. Exit scores stay
  * on the device until the end of the pass, except at pruning exits, where they come back to
  * the host (one synchronisation) to pick the survivors with forward.c's tie rule.
  *
- * Not implemented: query-prefix sharing, per-channel FP8 scales, CUDA graphs. Measured on an
- * H100 against the CPU engine and transformers: docs/cuda.md. */
+ * Not implemented: per-channel FP8 scales, CUDA graphs. Measured on an H100 against the CPU
+ * engine and transformers: docs/cuda.md (query-prefix sharing, added later, has not run on a
+ * device yet: its layout is tested on the CPU, tests/test_prefix.c). */
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -32,6 +36,7 @@
 extern "C" {
 #include "backend.h"
 #include "kernels.h"
+#include "prefix.h"
 }
 #include "cuda/kernels.cuh"
 
@@ -426,12 +431,16 @@ typedef struct cctx {
     int32_t *d_arena;                /* device mirror of h_arena */
     /* pinned staging, regions of h_arena (ints): */
     int32_t *h_arena;
-    size_t a_ids, a_pos, a_src, a_cnt, a_tiles, a_off, a_len, a_lsrc, a_qpos, a_ltiles, a_n;
+    size_t a_ids, a_pos, a_src, a_cnt, a_tiles, a_tpre, a_off, a_len, a_poff, a_plen, a_lsrc,
+        a_qpos, a_ltiles, a_ltpre, a_n;
     int n_tiles;
     float *h_score;                  /* pinned (MR_MAX_EXITS, R) */
     cudaEvent_t staged;              /* recorded after the last copy out of h_arena */
-    /* host row layout (like mr_ctx) */
+    /* host row layout (like mr_ctx; prefix.h) */
     int32_t *off, *len, *nq, *np, *ns, *row_id, *order;
+    int32_t *g_off, *g_len, *pre_off, *pre_len, *grp; /* (R) prefix groups; grp: scratch */
+    int n_groups, pre_tok;
+    long long token_layers;          /* tokens through each layer's K/V in the last pass */
     char *keep;
     int32_t *ex_rows;                /* (MR_MAX_EXITS, R) row ids at each exit */
     int ex_n[MR_MAX_EXITS];
@@ -485,8 +494,9 @@ static void cuda_ctx_free(void *p) {
     if (c->cb) cublasDestroy(c->cb);
     if (c->st) cudaStreamDestroy(c->st);
     weights_put(c->w);
-    void *host[] = {c->off, c->len, c->nq, c->np, c->ns, c->row_id, c->order, c->keep,
-                    c->ex_rows};
+    void *host[] = {c->off,   c->len,     c->nq,   c->np,  c->ns,     c->row_id,
+                    c->order, c->g_off,   c->g_len, c->pre_off, c->pre_len, c->grp,
+                    c->keep,  c->ex_rows};
     for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
     free(c);
 }
@@ -521,24 +531,32 @@ static int ctx_alloc(cctx *c, mr_err *err) {
                               "cuda: %s allocating %zu bytes for a context of %d tokens",
                               cudaGetErrorString(e), bufs[i].bytes, c->T);
     }
-    /* staging arena: ids, pos, map src/cnt (T each), tiles (4 per tile), off, len, last-token
-     * src and pos (R each), last-mode tiles (4 R) */
-    size_t max_tiles = T / ATT_BQ + R + 1, o = 0;
+    /* staging arena: ids, pos, map src/cnt (T each), tiles (4 per tile) and their prefixes (2
+     * per tile), off, len, prefix offset and length, last-token src and pos (R each), last-mode
+     * tiles (4 R) and their prefixes (2 R). Tiles: at most T / ATT_BQ + one per sequence (R
+     * rows and at most R prefix groups), mr_prefix_tiles' bound */
+    size_t max_tiles = T / ATT_BQ + 2 * R + 1, o = 0;
     c->a_ids = o, o += T;
     c->a_pos = o, o += T;
     c->a_src = o, o += T;
     c->a_cnt = o, o += T;
     c->a_tiles = o, o += 4 * max_tiles;
+    c->a_tpre = o, o += 2 * max_tiles;
     c->a_off = o, o += R;
     c->a_len = o, o += R;
+    c->a_poff = o, o += R;
+    c->a_plen = o, o += R;
     c->a_lsrc = o, o += R;
     c->a_qpos = o, o += R;
     c->a_ltiles = o, o += 4 * R;
+    c->a_ltpre = o, o += 2 * R;
     c->a_n = o;
     CK(cudaMalloc((void **)&c->d_arena, o * 4));
     CK(cudaMallocHost((void **)&c->h_arena, o * 4));
     CK(cudaMallocHost((void **)&c->h_score, (size_t)MR_MAX_EXITS * R * 4));
-    int32_t **ints[] = {&c->off, &c->len, &c->nq, &c->np, &c->ns, &c->row_id, &c->order};
+    int32_t **ints[] = {&c->off,    &c->len,   &c->nq,      &c->np,      &c->ns,  &c->row_id,
+                        &c->order,  &c->g_off, &c->g_len,   &c->pre_off, &c->pre_len,
+                        &c->grp};
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
         if (!(*ints[i] = (int32_t *)malloc(R * 4)))
             return mr_err_set(err, MR_ENOMEM, "out of memory for a cuda context");
@@ -635,6 +653,7 @@ static int cuda_fp8_ctx_new(const mr_model *m, int max_tokens, int max_rows, int
 }
 
 static const char *cuda_describe(void *ctx) { return ((cctx *)ctx)->desc; }
+static long long cuda_token_layers(void *ctx) { return ((cctx *)ctx)->token_layers; }
 
 /* ---- GEMM: y (n, ldy) = beta * y + x (n, ldx) . W^T, W (out, in), y f32 ----
  * bf16 x and W, or (f8 given) e4m3 x and W with per-tensor scales on the device:
@@ -773,8 +792,9 @@ static int linear(cctx *c, const dlin *l, const bf16 *x, int n, float *y, int ld
 
 /* ---- layout staging ---- */
 
+/* Own tokens of the rows packed after the prefixes (nq is 0: the query is the prefix). */
 static void set_layout_host(cctx *c, int n_rows, int *n_tok) {
-    int t = 0;
+    int t = c->pre_tok;
     for (int r = 0; r < n_rows; r++) {
         c->len[r] = c->nq[r] + c->np[r] + c->ns[r];
         c->off[r] = t;
@@ -784,39 +804,43 @@ static void set_layout_host(cctx *c, int n_rows, int *n_tok) {
 }
 
 /* Stages positions, attention tiles, rows and the last-token arrays of the current layout
- * (rows packed from 0). The caller waited for the arena (ctx_sync_stage). */
+ * (prefixes, then rows packed). The caller waited for the arena (ctx_sync_stage). */
 static int upload_layout(cctx *c, int n_rows, int n_tok, mr_err *err) {
     int32_t *A = c->h_arena;
-    int32_t *pos = A + c->a_pos, *tiles = A + c->a_tiles, *off = A + c->a_off,
-            *len = A + c->a_len, *lsrc = A + c->a_lsrc, *qpos = A + c->a_qpos,
-            *lt = A + c->a_ltiles;
-    int nt = 0;
+    int32_t *off = A + c->a_off, *len = A + c->a_len, *poff = A + c->a_poff,
+            *plen = A + c->a_plen, *lsrc = A + c->a_lsrc, *qpos = A + c->a_qpos,
+            *lt = A + c->a_ltiles, *ltp = A + c->a_ltpre;
+    mr_prefix_positions(c->g_off, c->g_len, c->n_groups, c->off, c->len, c->pre_len, n_rows,
+                        A + c->a_pos);
+    int nt = mr_prefix_tiles(c->g_off, c->g_len, c->n_groups, c->off, c->len, c->pre_off,
+                             c->pre_len, n_rows, ATT_BQ, A + c->a_tiles, A + c->a_tpre);
     for (int r = 0; r < n_rows; r++) {
-        int o = c->off[r], L = c->len[r];
-        for (int i = 0; i < L; i++) pos[o + i] = i;
-        for (int p0 = 0; p0 < L; p0 += ATT_BQ, nt++) {
-            tiles[4 * nt] = o;
-            tiles[4 * nt + 1] = p0;
-            tiles[4 * nt + 2] = L - p0 < ATT_BQ ? L - p0 : ATT_BQ;
-            tiles[4 * nt + 3] = o + p0;
-        }
+        int o = c->off[r], L = c->len[r], pl = c->pre_len[r];
         off[r] = o;
         len[r] = L;
+        poff[r] = c->pre_off[r];
+        plen[r] = pl;
         lsrc[r] = o + L - 1;
-        qpos[r] = L - 1;
+        qpos[r] = pl + L - 1;
         lt[4 * r] = o;
-        lt[4 * r + 1] = L - 1;
+        lt[4 * r + 1] = pl + L - 1;
         lt[4 * r + 2] = 1;
         lt[4 * r + 3] = r;
+        ltp[2 * r] = c->pre_off[r];
+        ltp[2 * r + 1] = pl;
     }
     c->n_tiles = nt;
     RC(stage_copy(c, c->a_pos, (size_t)n_tok, err));
     RC(stage_copy(c, c->a_tiles, 4 * (size_t)nt, err));
+    RC(stage_copy(c, c->a_tpre, 2 * (size_t)nt, err));
     RC(stage_copy(c, c->a_off, (size_t)n_rows, err));
     RC(stage_copy(c, c->a_len, (size_t)n_rows, err));
+    RC(stage_copy(c, c->a_poff, (size_t)n_rows, err));
+    RC(stage_copy(c, c->a_plen, (size_t)n_rows, err));
     RC(stage_copy(c, c->a_lsrc, (size_t)n_rows, err));
     RC(stage_copy(c, c->a_qpos, (size_t)n_rows, err));
     RC(stage_copy(c, c->a_ltiles, 4 * (size_t)n_rows, err));
+    RC(stage_copy(c, c->a_ltpre, 2 * (size_t)n_rows, err));
     CK(cudaEventRecord(c->staged, c->st));
     return 0;
 }
@@ -835,11 +859,12 @@ static int run_map(cctx *c, int n_out, const float *weights, mr_err *err) {
     return 0;
 }
 
-/* Width compression (mr_pool on the device). */
+/* Width compression (mr_pool on the device); the prefixes are copied as they are. */
 static int compress(cctx *c, int n_rows, int *n_tok, int ratio, int attention, mr_err *err) {
     RC(ctx_sync_stage(c, err));
     int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt;
     int out = 0;
+    for (; out < c->pre_tok; out++) src[out] = out, cnt[out] = 1;
     for (int r = 0; r < n_rows; r++) {
         int s = c->off[r], q = c->nq[r], p = c->np[r], groups = (p + ratio - 1) / ratio;
         for (int i = 0; i < q; i++, out++) src[out] = s + i, cnt[out] = 1;
@@ -857,14 +882,19 @@ static int compress(cctx *c, int n_rows, int *n_tok, int ratio, int attention, m
 }
 
 
-/* Keeps the rows passing p (scores of exit e are on the host in h_score); packs them. */
+/* Keeps the rows passing p (scores of exit e are on the host in h_score) and the prefixes
+ * they use (forward.c's prune_rows); packs them. */
 static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p,
                  const int32_t *group, mr_err *err) {
     const float *sc = c->h_score + (size_t)e * c->R;
     mr_prune_select(sc, c->row_id, group, n_rows, p, c->keep, c->order);
     RC(ctx_sync_stage(c, err));
-    int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt;
+    int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt, *old = c->grp;
+    c->n_groups = mr_prefix_prune(c->g_off, c->g_len, c->n_groups, c->pre_off, n_rows, c->keep,
+                                  old, &c->pre_tok);
     int nr = 0, out = 0;
+    for (int g = 0; g < c->n_groups; g++)
+        for (int i = 0; i < c->g_len[g]; i++, out++) src[out] = old[g] + i, cnt[out] = 1;
     for (int r = 0; r < n_rows; r++) {
         if (!c->keep[r]) continue;
         for (int i = 0; i < c->len[r]; i++, out++) src[out] = c->off[r] + i, cnt[out] = 1;
@@ -872,6 +902,8 @@ static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p,
         c->np[nr] = c->np[r];
         c->ns[nr] = c->ns[r];
         c->row_id[nr] = c->row_id[r];
+        c->pre_off[nr] = c->pre_off[r];
+        c->pre_len[nr] = c->pre_len[r];
         nr++;
     }
     RC(run_map(c, out, NULL, err));
@@ -890,8 +922,8 @@ static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p,
 
 /* ---- the pass ---- */
 
-static int launch_attention(cctx *c, const float *q, const int32_t *tiles, int n_tiles,
-                            int window, mr_err *err) {
+static int launch_attention(cctx *c, const float *q, const int32_t *tiles,
+                            const int32_t *pre, int n_tiles, int window, mr_err *err) {
     const mr_config *k = &c->m->cfg;
     int hd = k->head_dim, kvd = k->n_kv_heads * hd;
     att_args a;
@@ -903,6 +935,7 @@ static int launch_attention(cctx *c, const float *q, const int32_t *tiles, int n
     a.out = c->att;
     a.out_ld = k->n_heads * hd;
     a.tiles = (const int4 *)tiles;
+    a.pre = (const int2 *)pre;
     a.n_heads = k->n_heads;
     a.n_kv = k->n_kv_heads;
     a.hd = hd;
@@ -947,13 +980,15 @@ static int layer(cctx *c, int l, int n_tok, int n_rows, int last, int want_probs
     k_rope<<<blocks((size_t)n * k->n_heads * (hd / 2), 256), 256, 0, c->st>>>(
         c->q, qd, last ? D + c->a_qpos : D + c->a_pos, n, k->n_heads, hd, c->rope);
     RC(launch_attention(c, c->q, last ? D + c->a_ltiles : D + c->a_tiles,
-                        last ? n_rows : c->n_tiles, window, err));
+                        last ? D + c->a_ltpre : D + c->a_tpre, last ? n_rows : c->n_tiles,
+                        window, err));
     if (want_probs) {
         float scale = 1.0f / sqrtf(k->query_pre_attn_scalar > 0 ? k->query_pre_attn_scalar
                                                                 : (float)k->head_dim);
         k_last_probs<<<n_rows, 256, 0, c->st>>>(c->q, qd, c->kv, 2 * kvd, D + c->a_off,
-                                                D + c->a_len, k->n_heads, k->n_kv_heads, hd,
-                                                scale, k->attn_softcap, window, c->probs_tmp,
+                                                D + c->a_len, D + c->a_poff, D + c->a_plen,
+                                                k->n_heads, k->n_kv_heads, hd, scale,
+                                                k->attn_softcap, window, c->probs_tmp,
                                                 c->probs);
     }
     if (last) {
@@ -1005,17 +1040,29 @@ static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, m
     int d = m->cfg.d_model, n_tok = 0;
     RC(ctx_sync_stage(c, err));
     int32_t *ids = c->h_arena + c->a_ids;
+    /* the stream (prefix.h): each distinct query segment once, then the rows' own tokens;
+     * row_id holds the groups' first rows until it is set below */
+    c->n_groups = mr_prefix_group(rows, n_rows, !o->no_prefix_share, c->grp, c->row_id);
+    for (int g = 0; g < c->n_groups; g++) {
+        const mr_row *w = &rows[c->row_id[g]];
+        c->g_off[g] = n_tok;
+        c->g_len[g] = w->nq;
+        memcpy(ids + n_tok, w->q, (size_t)w->nq * 4);
+        n_tok += w->nq;
+    }
+    c->pre_tok = n_tok;
     for (int r = 0; r < n_rows; r++) {
         const mr_row *w = &rows[r];
-        c->nq[r] = w->nq;
+        c->nq[r] = 0;
         c->np[r] = w->np;
         c->ns[r] = w->ns;
-        c->row_id[r] = r;
-        memcpy(ids + n_tok, w->q, (size_t)w->nq * 4);
-        memcpy(ids + n_tok + w->nq, w->p, (size_t)w->np * 4);
-        memcpy(ids + n_tok + w->nq + w->np, w->s, (size_t)w->ns * 4);
-        n_tok += w->nq + w->np + w->ns;
+        c->pre_off[r] = c->g_off[c->grp[r]];
+        c->pre_len[r] = c->g_len[c->grp[r]];
+        memcpy(ids + n_tok, w->p, (size_t)w->np * 4);
+        memcpy(ids + n_tok + w->np, w->s, (size_t)w->ns * 4);
+        n_tok += w->np + w->ns;
     }
+    for (int r = 0; r < n_rows; r++) c->row_id[r] = r;
     set_layout_host(c, n_rows, &n_tok);
     RC(stage_copy(c, c->a_ids, (size_t)n_tok, err));
     if (c->w->embed_f32)
@@ -1026,6 +1073,7 @@ static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, m
                                                 c->d_arena + c->a_ids, d, m->embed_scale);
     RC(upload_layout(c, n_rows, n_tok, err));
     int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0, last_mode = 0;
+    c->token_layers = 0;
     for (int l = 0; l < deepest && n_rows > 0; l++) {
         if (l > 0 && o->stop && o->stop(o->stop_user, l)) break; /* as in forward.c */
         if (ci < o->n_compress && o->compress_layers[ci] == l) {
@@ -1038,6 +1086,7 @@ static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, m
                          l + 1 < deepest;
         int last = l == deepest - 1;
         RC(layer(c, l, n_tok, n_rows, last, want_probs, o->adapter_mask, err));
+        c->token_layers += n_tok;
         if (last) {
             n_tok = n_rows;
             last_mode = 1;
@@ -1092,7 +1141,7 @@ extern "C" const mr_backend mr_backend_cuda = {
     cuda_ctx_free,     /* ctx_free */
     cuda_score,        /* score */
     cuda_describe,     /* describe */
-    NULL,              /* token_layers: not counted */
+    cuda_token_layers, /* token_layers */
 };
 
 /* The same engine with e4m3 linear layers: weights and GEMM inputs scaled per tensor (the
@@ -1104,5 +1153,5 @@ extern "C" const mr_backend mr_backend_cuda_fp8 = {
     cuda_ctx_free,     /* ctx_free */
     cuda_score,        /* score */
     cuda_describe,     /* describe */
-    NULL,              /* token_layers: not counted */
+    cuda_token_layers, /* token_layers */
 };

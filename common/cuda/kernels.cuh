@@ -200,13 +200,13 @@ __global__ void k_glu(bf16 *act, const float *gu, int n, int dff, int gelu_tanh)
 /* ---- width compression, pruning and last-token gathers (one block per output token) ----
  * y[o] = sum over t in [src[o], src[o] + cnt[o]) of w_t x[t], w_t = weights[t] / sum(weights)
  * over the group (its mean when weights is NULL or the group's weights sum to 0): mr_pool's
- * rule. cnt 1 (or cnt NULL) is an exact copy. y must not alias x. */
+ * rule. cnt 1 (or cnt NULL) is an exact copy, whatever its weight. y must not alias x. */
 __global__ void k_pool(float *y, const float *x, int d, const int32_t *src, const int32_t *cnt,
                        const float *weights) {
     size_t o = blockIdx.x;
     int t0 = src[o], n = cnt ? cnt[o] : 1;
     double ws = 0.0;
-    if (weights)
+    if (weights && n > 1)
         for (int t = 0; t < n; t++) ws += weights[t0 + t];
     for (int j = threadIdx.x; j < d; j += blockDim.x) {
         float acc = 0.0f;
@@ -259,9 +259,12 @@ __global__ void k_exit(const float *x, int d, const int32_t *off, const int32_t 
  * its 16 x BK scores (S = Q K^T), applies scale, softcap and the causal / sliding-window mask,
  * updates an online softmax (running max and sum per query row) and adds P V, with P rounded
  * to bf16, into an f32 accumulator held in registers (16 x HD per warp).
- * A tile is {key offset of the row, position of its first query, number of queries, index of
- * its first query in q/out}: the full pass uses tiles of every row, the deepest layer one
- * tile per row holding its last token only (last-token mode).
+ * A tile is {key offset of the row's own tokens, position of its first query, number of
+ * queries, index of its first query in q/out} with its prefix {key offset, length} beside it
+ * (prefix.h, mr_prefix_tiles): key position j < length is the shared query prefix's token j,
+ * the rest the row's own token j - length. The full pass uses tiles of every prefix group
+ * (prefix {0, 0}) and every row, the deepest layer one tile per row holding its last token
+ * only (last-token mode).
  * HD is the head dim (a multiple of 4) rounded up to 32, 64, 128 or 256: the dims past hd
  * are zero in Q, K and V and are not written. Rows are padded by 8 bf16 in shared memory, so
  * the fragment loads (one 32-bit word per lane, rows g = lane / 4) hit 32 distinct banks. */
@@ -273,6 +276,7 @@ struct att_args {
     const float *k, *v; int kv_ld;     /* (n_tok, kv_ld), kv head g at column g * hd */
     bf16 *out; int out_ld;             /* (n_q, out_ld) */
     const int4 *tiles;
+    const int2 *pre;                   /* per tile: {prefix key offset, prefix length} */
     int n_heads, n_kv, hd;
     float scale, softcap;
     int window;
@@ -300,13 +304,14 @@ __device__ __forceinline__ uint32_t pack_bf16_raw(bf16 lo, bf16 hi) {
     return (uint32_t)__bfloat16_as_ushort(lo) | (uint32_t)__bfloat16_as_ushort(hi) << 16;
 }
 
-/* N rows x HD dims of an f32 matrix (row i at src + i * ld; dims past hd and rows past
- * `valid` zero) into bf16 shared memory with row stride HD + 8. Each thread moves N * HD / 512
- * float4s, 4 loads in flight at a time (the loads are what this kernel waits on). hd is a
- * multiple of 4 and ld and src 16-byte aligned. */
+/* N rows x HD dims of an f32 matrix (row i at src + i * ld, plus jump floats from row split
+ * on: a key block that straddles a shared prefix and the row's own keys; dims past hd and rows
+ * past `valid` zero) into bf16 shared memory with row stride HD + 8. Each thread moves
+ * N * HD / 512 float4s, 4 loads in flight at a time (the loads are what this kernel waits
+ * on). hd is a multiple of 4 and ld, src and jump 16-byte aligned. */
 template <int HD, int N>
-__device__ __forceinline__ void att_load(bf16 *dst, const float *src, size_t ld, int valid,
-                                         int hd) {
+__device__ __forceinline__ void att_load(bf16 *dst, const float *src, int split, long long jump,
+                                         size_t ld, int valid, int hd) {
     constexpr int SP = HD + 8, H4 = HD / 4, PER = N * H4 / (ATT_NW * 32), B = PER < 4 ? PER : 4;
     static_assert(PER % B == 0, "whole batches");
 #pragma unroll
@@ -315,7 +320,8 @@ __device__ __forceinline__ void att_load(bf16 *dst, const float *src, size_t ld,
 #pragma unroll
         for (int b = 0; b < B; b++) {
             int i = (i0 + b) * (ATT_NW * 32) + threadIdx.x, r = i / H4, dq = 4 * (i % H4);
-            v[b] = r < valid && dq < hd ? *(const float4 *)(src + (size_t)r * ld + dq)
+            const float *row = src + (size_t)r * ld + (r < split ? 0 : jump);
+            v[b] = r < valid && dq < hd ? *(const float4 *)(row + dq)
                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
 #pragma unroll
@@ -334,13 +340,14 @@ __global__ void __launch_bounds__(ATT_NW * 32, HD <= 128 ? 3 : 2) k_attention(at
     extern __shared__ __align__(16) unsigned char att_sm[];
     bf16 *Qs = (bf16 *)att_sm, *Ks = Qs + ATT_BQ * SP, *Vs = Ks + BK * SP;
     const int4 tl = a.tiles[blockIdx.x];
-    const int key_off = tl.x, p0 = tl.y, nq = tl.z, q_base = tl.w;
+    const int2 pr = a.pre[blockIdx.x];
+    const int key_off = tl.x, p0 = tl.y, nq = tl.z, q_base = tl.w, pre_off = pr.x, pre_len = pr.y;
     const int h = blockIdx.y, kvh = h / (a.n_heads / a.n_kv), hd = a.hd;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
     const int wq = warp * 16; /* the warp's first query within the tile */
 
-    att_load<HD, ATT_BQ>(Qs, a.q + (size_t)q_base * a.q_ld + (size_t)h * hd, (size_t)a.q_ld, nq,
-                         hd);
+    att_load<HD, ATT_BQ>(Qs, a.q + (size_t)q_base * a.q_ld + (size_t)h * hd, ATT_BQ, 0,
+                         (size_t)a.q_ld, nq, hd);
     float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < ND; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
@@ -350,11 +357,14 @@ __global__ void __launch_bounds__(ATT_NW * 32, HD <= 128 ? 3 : 2) k_attention(at
     const size_t kv_col = (size_t)kvh * hd;
     for (int j0 = k_lo; j0 < k_hi; j0 += BK) {
         __syncthreads(); /* the previous block is consumed */
-        int nk = min(BK, k_hi - j0);
-        att_load<HD, BK>(Ks, a.k + (size_t)(key_off + j0) * a.kv_ld + kv_col, (size_t)a.kv_ld, nk,
-                         hd);
-        att_load<HD, BK>(Vs, a.v + (size_t)(key_off + j0) * a.kv_ld + kv_col, (size_t)a.kv_ld, nk,
-                         hd);
+        /* keys j0 .. j0 + nk - 1: the first `split` from the prefix, the rest the row's own */
+        /* key position j's row: pre_off + j below pre_len, key_off + j - pre_len from there;
+         * the block's first `split` keys are the prefix's */
+        int nk = min(BK, k_hi - j0), split = min(max(pre_len - j0, 0), nk);
+        size_t first = (size_t)(split ? pre_off + j0 : key_off + j0 - pre_len) * a.kv_ld + kv_col;
+        long long jump = split ? (long long)(key_off - pre_len - pre_off) * a.kv_ld : 0;
+        att_load<HD, BK>(Ks, a.k + first, split, jump, (size_t)a.kv_ld, nk, hd);
+        att_load<HD, BK>(Vs, a.v + first, split, jump, (size_t)a.kv_ld, nk, hd);
         __syncthreads();
         if (wq >= nq || j0 > q_last) continue; /* no queries, or every key is in the future */
         if (a.window > 0 && j0 + BK - 1 < q_first - a.window + 1) continue; /* all too old */
@@ -449,35 +459,49 @@ __global__ void __launch_bounds__(ATT_NW * 32, HD <= 128 ? 3 : 2) k_attention(at
     }
 }
 
-/* Attention of each row's last query to each of its keys, summed over heads (attention
+/* Attention of each row's last query to each of its own keys, summed over heads (attention
  * pooling weights, mr_attention's last_probs): one block per row, heads in order so the sums
- * are deterministic; scratch (n_tok) holds one head's logits at the row's own offset. */
+ * are deterministic. Row r's own tokens are [off[r], off[r] + len[r]) and its shared prefix
+ * (NULL pre_off: none) pre_len[r] tokens at pre_off[r]; the softmax spans both, probs get the
+ * own keys'. scratch (n_tok) holds one head's own logits at the row's own offset; the prefix's
+ * are recomputed rather than stored. */
+__device__ __forceinline__ float last_logit(const float *qt, const float *kj, int hd, float scale,
+                                            float softcap) {
+    float dot = 0.0f;
+    for (int dd = 0; dd < hd; dd++) dot += qt[dd] * kj[dd];
+    float s = dot * scale;
+    return softcap > 0.0f ? softcap * tanhf(s / softcap) : s;
+}
+
 __global__ void k_last_probs(const float *q, int q_ld, const float *k, int kv_ld,
-                             const int32_t *off, const int32_t *len, int n_heads, int n_kv,
-                             int hd, float scale, float softcap, int window, float *scratch,
-                             float *probs) {
+                             const int32_t *off, const int32_t *len, const int32_t *pre_off,
+                             const int32_t *pre_len, int n_heads, int n_kv, int hd, float scale,
+                             float softcap, int window, float *scratch, float *probs) {
     __shared__ float sh[33];
-    int r = blockIdx.x, o = off[r], L = len[r], t = L - 1;
-    const float *qt = q + (size_t)(o + t) * q_ld;
+    int r = blockIdx.x, o = off[r], L = len[r];
+    int pl = pre_off ? pre_len[r] : 0, po = pl ? pre_off[r] : 0, t = pl + L - 1;
+    const float *qrow = q + (size_t)(o + L - 1) * q_ld;
     float *sc = scratch + o, *pr = probs + o;
     for (int j = threadIdx.x; j < L; j += blockDim.x) pr[j] = 0.0f;
     for (int h = 0; h < n_heads; h++) {
         int kvh = h / (n_heads / n_kv);
+        const float *qt = qrow + (size_t)h * hd;
+        size_t col = (size_t)kvh * hd;
         float mx = -INFINITY;
-        for (int j = threadIdx.x; j < L; j += blockDim.x) {
+        for (int j = threadIdx.x; j < pl + L; j += blockDim.x) { /* key positions */
             float s = -INFINITY;
-            if (!(window > 0 && t - j >= window)) {
-                const float *kj = k + (size_t)(o + j) * kv_ld + (size_t)kvh * hd;
-                float dot = 0.0f;
-                for (int dd = 0; dd < hd; dd++) dot += qt[(size_t)h * hd + dd] * kj[dd];
-                s = dot * scale;
-                if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-            }
-            sc[j] = s;
+            if (!(window > 0 && t - j >= window))
+                s = last_logit(qt, k + (size_t)(j < pl ? po + j : o + j - pl) * kv_ld + col, hd,
+                               scale, softcap);
+            if (j >= pl) sc[j - pl] = s;
             mx = fmaxf(mx, s);
         }
         mx = block_max(mx, sh);
         float sum = 0.0f;
+        for (int j = threadIdx.x; j < pl; j += blockDim.x)
+            if (!(window > 0 && t - j >= window))
+                sum += expf(last_logit(qt, k + (size_t)(po + j) * kv_ld + col, hd, scale,
+                                       softcap) - mx);
         for (int j = threadIdx.x; j < L; j += blockDim.x) {
             float e = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
             sc[j] = e;
@@ -486,6 +510,7 @@ __global__ void k_last_probs(const float *q, int q_ld, const float *k, int kv_ld
         sum = block_sum(sum, sh);
         float inv = 1.0f / sum;
         for (int j = threadIdx.x; j < L; j += blockDim.x) pr[j] += sc[j] * inv;
+        __syncthreads(); /* the next head writes sc by key position: other threads */
     }
 }
 
