@@ -160,6 +160,11 @@ double mr_cost_model_fused_ms(const mr_cost_model *a, const mr_cost_model *b, do
     return overhead + (tl_a * a->ns_per_tl + tl_rest * b->ns_per_tl) / 1e6 / parallel;
 }
 
+int mr_cascade_fuse_auto(double split_ms, double fused_ms, double split_tl, double fused_tl,
+                         int busy) {
+    return busy ? !(fused_tl > split_tl) : !(fused_ms > split_ms);
+}
+
 int mr_cascade_n_calls(int n, long total_tokens, int n_workers, long max_call_tokens,
                        int min_per_call) {
     if (n <= 0) return 0;

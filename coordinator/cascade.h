@@ -267,6 +267,15 @@ int mr_cascade_fused_rows(const mr_keep_rule *rule, int n, int n_call);
 double mr_cost_model_fused_ms(const mr_cost_model *a, const mr_cost_model *b, double tl_a,
                               double tl_rest, int parallel);
 
+/* The "auto" choice for a stage pair (1: fuse, 0: split). On an idle pool a request's latency
+ * is its compute plus its round trips: the smaller wall estimate wins (split_ms, fused_ms), and
+ * the round trip a fused pair saves may outweigh the rows it carries past the shallower exit.
+ * On a busy pool (calls of other requests in flight there) requests queue behind one another,
+ * the pool's capacity sets everyone's latency and a round trip is time waiting, not
+ * computing: the way with fewer token-layers wins (split_tl, fused_tl). Ties fuse. */
+int mr_cascade_fuse_auto(double split_ms, double fused_ms, double split_tl, double fused_tl,
+                         int busy);
+
 /* The top_k and fraction part of a keep rule: at most how many of n survive. */
 int mr_cascade_keep_bound(const mr_keep_rule *rule, int n);
 

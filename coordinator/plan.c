@@ -221,15 +221,23 @@ int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse
      * trips. */
     pthread_mutex_lock(&c->mu);
     mr_cost_model ma = c->cost[sa], mb = c->cost[sb];
+    int busy = 0;   /* this coordinator's calls in flight on the pool (they queue ahead) */
+    for (int e = 0; e < c->pools[p].n_ep; e++) busy |= c->pools[p].ep[e].inflight_tl > 0;
     pthread_mutex_unlock(&c->mu);
     ma.ns_per_tl = mb.ns_per_tl = 0.5 * (ma.ns_per_tl + mb.ns_per_tl);
+    double tl_kept = tl_b * kept / n_active, tl_on = mean_extra * rows_on;
     double split_ms = mr_cost_model_estimate_ms(&ma, tl_a, calls_a < par ? calls_a : par) +
-                      mr_cost_model_estimate_ms(&mb, tl_b * kept / n_active,
-                                                calls_b < par ? calls_b : par);
-    fp->est_ms = mr_cost_model_fused_ms(&ma, &mb, tl_a + tl_last, mean_extra * rows_on,
+                      mr_cost_model_estimate_ms(&mb, tl_kept, calls_b < par ? calls_b : par);
+    fp->est_ms = mr_cost_model_fused_ms(&ma, &mb, tl_a + tl_last, tl_on,
                                         calls_f < par ? calls_f : par);
     fp->n_calls = calls_f;
-    if (pr->fuse == MR_CC_FUSE_AUTO && fp->est_ms > split_ms) return 0;
+    /* auto: the wall estimates on an idle pool, the token-layers on a busy one (cascade.h;
+     * measured at saturation, docs/perf.md: on mrank-tiny-d8 at exit 3 keeping 4 of 16, where
+     * the fused pass computes more, the wall estimates chose fusion for every request and it
+     * ran at 0.88 of split's requests/s) */
+    if (pr->fuse == MR_CC_FUSE_AUTO &&
+        !mr_cascade_fuse_auto(split_ms, fp->est_ms, tl_a + tl_kept, tl_a + tl_last + tl_on, busy))
+        return 0;
     /* the pair must fit the budget as a whole; else stage a runs alone (b may be skipped) */
     return mr_cascade_decide(pos, fp->est_ms, mr__req_remaining_ms(r), c->cfg.safety, 0) ==
            MR_STAGE_RUN;

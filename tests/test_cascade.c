@@ -493,6 +493,14 @@ static void test_fused_prune(void **state) {
     /* 3 ms of round trip (the larger), (1e6 + 1e6) token-layers x 1000 ns / 2 calls */
     assert_true(fabs(mr_cost_model_fused_ms(&a, &b, 1e6, 1e6, 2) - 1003.0) < 1e-9);
     assert_true(fabs(mr_cost_model_fused_ms(&a, &b, 1e6, 0, 0) - 1003.0) < 1e-9);
+    /* auto: idle, the wall estimates decide (fusing saves a round trip though it computes
+     * more); busy, the token-layers do; ties fuse */
+    assert_true(mr_cascade_fuse_auto(12.0, 10.0, 80, 84, 0) == 1);
+    assert_true(mr_cascade_fuse_auto(12.0, 10.0, 80, 84, 1) == 0);
+    assert_true(mr_cascade_fuse_auto(9.0, 10.0, 160, 128, 0) == 0);
+    assert_true(mr_cascade_fuse_auto(9.0, 10.0, 160, 128, 1) == 1);
+    assert_true(mr_cascade_fuse_auto(10.0, 10.0, 80, 80, 0) == 1);
+    assert_true(mr_cascade_fuse_auto(10.0, 10.0, 80, 80, 1) == 1);
 }
 
 int main(void) {
