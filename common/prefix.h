@@ -35,7 +35,9 @@ void mr_prefix_positions(const int32_t *g_off, const int32_t *g_len, int n_group
 /* After a prune step: keeps the groups a row with keep[r] set uses, packed from the stream's
  * start in their order. Rewrites g_off/g_len (the kept groups), pre_off of every row whose
  * group is kept, and old_off[g] = the kept group g's offset before (the gather a backend
- * runs); *pre_tok = the tokens the kept groups take. Returns the new number of groups. */
+ * runs); *pre_tok = the tokens the kept groups take. Returns the new number of groups. A
+ * group is known by its offset, so every group must have at least one token (mr_rows_check
+ * refuses a row without query tokens). */
 int mr_prefix_prune(int32_t *g_off, int32_t *g_len, int n_groups, int32_t *pre_off, int n_rows,
                     const char *keep, int32_t *old_off, int *pre_tok);
 

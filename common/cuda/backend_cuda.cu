@@ -531,25 +531,28 @@ static int ctx_alloc(cctx *c, mr_err *err) {
                               "cuda: %s allocating %zu bytes for a context of %d tokens",
                               cudaGetErrorString(e), bufs[i].bytes, c->T);
     }
-    /* staging arena: ids, pos, map src/cnt (T each), tiles (4 per tile) and their prefixes (2
-     * per tile), off, len, prefix offset and length, last-token src and pos (R each), last-mode
-     * tiles (4 R) and their prefixes (2 R). Tiles: at most T / ATT_BQ + one per sequence (R
-     * rows and at most R prefix groups), mr_prefix_tiles' bound */
+    /* staging arena: tiles (4 per tile) and last-mode tiles (4 R), their prefixes (2 per
+     * tile, 2 R), then ids, pos, map src/cnt (T each), off, len, prefix offset and length,
+     * last-token src and pos (R each). Tiles: at most T / ATT_BQ + one per sequence (R rows and
+     * at most R prefix groups), mr_prefix_tiles' bound. k_attention reads a tile as one int4
+     * (a 16-byte load) and its prefix as an int2: the 4-int regions come first and the 2-int
+     * ones next, so each starts at a multiple of its vector's size whatever T and R are (an
+     * int4 region after T-sized and R-sized ones was misaligned for odd T / ATT_BQ + R). */
     size_t max_tiles = T / ATT_BQ + 2 * R + 1, o = 0;
+    c->a_tiles = o, o += 4 * max_tiles;
+    c->a_ltiles = o, o += 4 * R;
+    c->a_tpre = o, o += 2 * max_tiles;
+    c->a_ltpre = o, o += 2 * R;
     c->a_ids = o, o += T;
     c->a_pos = o, o += T;
     c->a_src = o, o += T;
     c->a_cnt = o, o += T;
-    c->a_tiles = o, o += 4 * max_tiles;
-    c->a_tpre = o, o += 2 * max_tiles;
     c->a_off = o, o += R;
     c->a_len = o, o += R;
     c->a_poff = o, o += R;
     c->a_plen = o, o += R;
     c->a_lsrc = o, o += R;
     c->a_qpos = o, o += R;
-    c->a_ltiles = o, o += 4 * R;
-    c->a_ltpre = o, o += 2 * R;
     c->a_n = o;
     CK(cudaMalloc((void **)&c->d_arena, o * 4));
     CK(cudaMallocHost((void **)&c->h_arena, o * 4));
