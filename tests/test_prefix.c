@@ -4,7 +4,9 @@
  * its own group's new place; and the tile list (what the CUDA backend's attention kernel runs
  * over, its key rule written out here as a plain loop) gives the same attention outputs as
  * mr_attention over the same layout, the CPU engine's own (forward.c), on random layouts with
- * and without a sliding window and softcap. The kernel itself needs a GPU: test_backend_cuda. */
+ * and without a sliding window and softcap; the CUDA backend's staging arena (cuda/arena.h)
+ * holds every region apart, within its length, and starts the tile regions the kernel reads as
+ * int4 and int2 at multiples of 4 and 2 ints. The kernel itself needs a GPU: test_backend_cuda. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "cuda/arena.h"
 #include "kernels.h"
 #include "prefix.h"
 #include "testutil.h"
@@ -252,6 +255,41 @@ static void test_tiles_detect_wrong_keys(void **state) {
     assert_true(worst > 100 * TILE_TOL);
 }
 
+/* The arena for contexts from 1 token and 1 row up: the int4 and int2 regions aligned, every
+ * region of its size (max_tiles: mr_prefix_tiles' bound, which check_tiles asserts) and no two
+ * overlapping. The first layout with the prefix regions (2026-12-04) failed the alignment for
+ * test_backend's own context, T 1,024 and R 12. */
+static void test_cuda_arena(void **state) {
+    (void)state;
+    const size_t Ts[] = {1, 63, 64, 65, 1024, 4096, 8192, 16384, 16448};
+    const size_t Rs[] = {1, 2, 3, 12, 64, 3276, 4096};
+    for (size_t i = 0; i < sizeof Ts / sizeof *Ts; i++)
+        for (size_t j = 0; j < sizeof Rs / sizeof *Rs; j++)
+            for (size_t bq = 16; bq <= 64; bq *= 2) {
+                size_t T = Ts[i], R = Rs[j];
+                mr_cuda_arena a;
+                mr_cuda_arena_layout(T, R, bq, &a);
+                assert_true(a.max_tiles >= T / bq + 2 * R);
+                assert_int_equal(a.tiles % 4, 0);
+                assert_int_equal(a.ltiles % 4, 0);
+                assert_int_equal(a.tpre % 2, 0);
+                assert_int_equal(a.ltpre % 2, 0);
+                struct { size_t at, size; } reg[] = {
+                    {a.tiles, 4 * a.max_tiles}, {a.ltiles, 4 * R}, {a.tpre, 2 * a.max_tiles},
+                    {a.ltpre, 2 * R}, {a.ids, T}, {a.pos, T}, {a.src, T}, {a.cnt, T},
+                    {a.off, R}, {a.len, R}, {a.poff, R}, {a.plen, R}, {a.lsrc, R}, {a.qpos, R}};
+                size_t n = sizeof reg / sizeof *reg, total = 0;
+                for (size_t x = 0; x < n; x++) {
+                    assert_true(reg[x].at + reg[x].size <= a.n);
+                    total += reg[x].size;
+                    for (size_t y = 0; y < x; y++)
+                        assert_true(reg[x].at + reg[x].size <= reg[y].at ||
+                                    reg[y].at + reg[y].size <= reg[x].at);
+                }
+                assert_true(total == a.n);
+            }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_group),
@@ -259,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_prune),
         cmocka_unit_test(test_tiles_equal_engine_attention),
         cmocka_unit_test(test_tiles_detect_wrong_keys),
+        cmocka_unit_test(test_cuda_arena),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

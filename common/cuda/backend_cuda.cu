@@ -34,6 +34,7 @@
 #include <string.h>
 
 extern "C" {
+#include "arena.h"
 #include "backend.h"
 #include "kernels.h"
 #include "prefix.h"
@@ -431,8 +432,7 @@ typedef struct cctx {
     int32_t *d_arena;                /* device mirror of h_arena */
     /* pinned staging, regions of h_arena (ints): */
     int32_t *h_arena;
-    size_t a_ids, a_pos, a_src, a_cnt, a_tiles, a_tpre, a_off, a_len, a_poff, a_plen, a_lsrc,
-        a_qpos, a_ltiles, a_ltpre, a_n;
+    mr_cuda_arena ar;
     int n_tiles;
     float *h_score;                  /* pinned (MR_MAX_EXITS, R) */
     cudaEvent_t staged;              /* recorded after the last copy out of h_arena */
@@ -531,31 +531,10 @@ static int ctx_alloc(cctx *c, mr_err *err) {
                               "cuda: %s allocating %zu bytes for a context of %d tokens",
                               cudaGetErrorString(e), bufs[i].bytes, c->T);
     }
-    /* staging arena: tiles (4 per tile) and last-mode tiles (4 R), their prefixes (2 per
-     * tile, 2 R), then ids, pos, map src/cnt (T each), off, len, prefix offset and length,
-     * last-token src and pos (R each). Tiles: at most T / ATT_BQ + one per sequence (R rows and
-     * at most R prefix groups), mr_prefix_tiles' bound. k_attention reads a tile as one int4
-     * (a 16-byte load) and its prefix as an int2: the 4-int regions come first and the 2-int
-     * ones next, so each starts at a multiple of its vector's size whatever T and R are (an
-     * int4 region after T-sized and R-sized ones was misaligned for odd T / ATT_BQ + R). */
-    size_t max_tiles = T / ATT_BQ + 2 * R + 1, o = 0;
-    c->a_tiles = o, o += 4 * max_tiles;
-    c->a_ltiles = o, o += 4 * R;
-    c->a_tpre = o, o += 2 * max_tiles;
-    c->a_ltpre = o, o += 2 * R;
-    c->a_ids = o, o += T;
-    c->a_pos = o, o += T;
-    c->a_src = o, o += T;
-    c->a_cnt = o, o += T;
-    c->a_off = o, o += R;
-    c->a_len = o, o += R;
-    c->a_poff = o, o += R;
-    c->a_plen = o, o += R;
-    c->a_lsrc = o, o += R;
-    c->a_qpos = o, o += R;
-    c->a_n = o;
-    CK(cudaMalloc((void **)&c->d_arena, o * 4));
-    CK(cudaMallocHost((void **)&c->h_arena, o * 4));
+    /* staging arena (arena.h) */
+    mr_cuda_arena_layout(T, R, ATT_BQ, &c->ar);
+    CK(cudaMalloc((void **)&c->d_arena, c->ar.n * 4));
+    CK(cudaMallocHost((void **)&c->h_arena, c->ar.n * 4));
     CK(cudaMallocHost((void **)&c->h_score, (size_t)MR_MAX_EXITS * R * 4));
     int32_t **ints[] = {&c->off,    &c->len,   &c->nq,      &c->np,      &c->ns,  &c->row_id,
                         &c->order,  &c->g_off, &c->g_len,   &c->pre_off, &c->pre_len,
@@ -810,13 +789,13 @@ static void set_layout_host(cctx *c, int n_rows, int *n_tok) {
  * (prefixes, then rows packed). The caller waited for the arena (ctx_sync_stage). */
 static int upload_layout(cctx *c, int n_rows, int n_tok, mr_err *err) {
     int32_t *A = c->h_arena;
-    int32_t *off = A + c->a_off, *len = A + c->a_len, *poff = A + c->a_poff,
-            *plen = A + c->a_plen, *lsrc = A + c->a_lsrc, *qpos = A + c->a_qpos,
-            *lt = A + c->a_ltiles, *ltp = A + c->a_ltpre;
+    int32_t *off = A + c->ar.off, *len = A + c->ar.len, *poff = A + c->ar.poff,
+            *plen = A + c->ar.plen, *lsrc = A + c->ar.lsrc, *qpos = A + c->ar.qpos,
+            *lt = A + c->ar.ltiles, *ltp = A + c->ar.ltpre;
     mr_prefix_positions(c->g_off, c->g_len, c->n_groups, c->off, c->len, c->pre_len, n_rows,
-                        A + c->a_pos);
+                        A + c->ar.pos);
     int nt = mr_prefix_tiles(c->g_off, c->g_len, c->n_groups, c->off, c->len, c->pre_off,
-                             c->pre_len, n_rows, ATT_BQ, A + c->a_tiles, A + c->a_tpre);
+                             c->pre_len, n_rows, ATT_BQ, A + c->ar.tiles, A + c->ar.tpre);
     for (int r = 0; r < n_rows; r++) {
         int o = c->off[r], L = c->len[r], pl = c->pre_len[r];
         off[r] = o;
@@ -833,17 +812,17 @@ static int upload_layout(cctx *c, int n_rows, int n_tok, mr_err *err) {
         ltp[2 * r + 1] = pl;
     }
     c->n_tiles = nt;
-    RC(stage_copy(c, c->a_pos, (size_t)n_tok, err));
-    RC(stage_copy(c, c->a_tiles, 4 * (size_t)nt, err));
-    RC(stage_copy(c, c->a_tpre, 2 * (size_t)nt, err));
-    RC(stage_copy(c, c->a_off, (size_t)n_rows, err));
-    RC(stage_copy(c, c->a_len, (size_t)n_rows, err));
-    RC(stage_copy(c, c->a_poff, (size_t)n_rows, err));
-    RC(stage_copy(c, c->a_plen, (size_t)n_rows, err));
-    RC(stage_copy(c, c->a_lsrc, (size_t)n_rows, err));
-    RC(stage_copy(c, c->a_qpos, (size_t)n_rows, err));
-    RC(stage_copy(c, c->a_ltiles, 4 * (size_t)n_rows, err));
-    RC(stage_copy(c, c->a_ltpre, 2 * (size_t)n_rows, err));
+    RC(stage_copy(c, c->ar.pos, (size_t)n_tok, err));
+    RC(stage_copy(c, c->ar.tiles, 4 * (size_t)nt, err));
+    RC(stage_copy(c, c->ar.tpre, 2 * (size_t)nt, err));
+    RC(stage_copy(c, c->ar.off, (size_t)n_rows, err));
+    RC(stage_copy(c, c->ar.len, (size_t)n_rows, err));
+    RC(stage_copy(c, c->ar.poff, (size_t)n_rows, err));
+    RC(stage_copy(c, c->ar.plen, (size_t)n_rows, err));
+    RC(stage_copy(c, c->ar.lsrc, (size_t)n_rows, err));
+    RC(stage_copy(c, c->ar.qpos, (size_t)n_rows, err));
+    RC(stage_copy(c, c->ar.ltiles, 4 * (size_t)n_rows, err));
+    RC(stage_copy(c, c->ar.ltpre, 2 * (size_t)n_rows, err));
     CK(cudaEventRecord(c->staged, c->st));
     return 0;
 }
@@ -851,11 +830,11 @@ static int upload_layout(cctx *c, int n_rows, int n_tok, mr_err *err) {
 /* Gathers x into x2 by the staged map (n_out tokens) and swaps the buffers. */
 static int run_map(cctx *c, int n_out, const float *weights, mr_err *err) {
     int d = c->m->cfg.d_model;
-    RC(stage_copy(c, c->a_src, (size_t)n_out, err));
-    RC(stage_copy(c, c->a_cnt, (size_t)n_out, err));
+    RC(stage_copy(c, c->ar.src, (size_t)n_out, err));
+    RC(stage_copy(c, c->ar.cnt, (size_t)n_out, err));
     if (n_out > 0)
-        k_pool<<<n_out, 256, 0, c->st>>>(c->x2, c->x, d, c->d_arena + c->a_src,
-                                         c->d_arena + c->a_cnt, weights);
+        k_pool<<<n_out, 256, 0, c->st>>>(c->x2, c->x, d, c->d_arena + c->ar.src,
+                                         c->d_arena + c->ar.cnt, weights);
     float *t = c->x;
     c->x = c->x2;
     c->x2 = t;
@@ -865,7 +844,7 @@ static int run_map(cctx *c, int n_out, const float *weights, mr_err *err) {
 /* Width compression (mr_pool on the device); the prefixes are copied as they are. */
 static int compress(cctx *c, int n_rows, int *n_tok, int ratio, int attention, mr_err *err) {
     RC(ctx_sync_stage(c, err));
-    int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt;
+    int32_t *src = c->h_arena + c->ar.src, *cnt = c->h_arena + c->ar.cnt;
     int out = 0;
     for (; out < c->pre_tok; out++) src[out] = out, cnt[out] = 1;
     for (int r = 0; r < n_rows; r++) {
@@ -892,7 +871,7 @@ static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p,
     const float *sc = c->h_score + (size_t)e * c->R;
     mr_prune_select(sc, c->row_id, group, n_rows, p, c->keep, c->order);
     RC(ctx_sync_stage(c, err));
-    int32_t *src = c->h_arena + c->a_src, *cnt = c->h_arena + c->a_cnt, *old = c->grp;
+    int32_t *src = c->h_arena + c->ar.src, *cnt = c->h_arena + c->ar.cnt, *old = c->grp;
     c->n_groups = mr_prefix_prune(c->g_off, c->g_len, c->n_groups, c->pre_off, n_rows, c->keep,
                                   old, &c->pre_tok);
     int nr = 0, out = 0;
@@ -913,8 +892,8 @@ static int prune(cctx *c, int e, int n_rows, int *n_tok, const mr_prune *p,
     /* pooling weights of a compression right after this exit move with their tokens (as in
      * forward.c's prune_rows) */
     if (out > 0)
-        k_pool<<<out, 32, 0, c->st>>>(c->probs_tmp, c->probs, 1, c->d_arena + c->a_src,
-                                      c->d_arena + c->a_cnt, NULL);
+        k_pool<<<out, 32, 0, c->st>>>(c->probs_tmp, c->probs, 1, c->d_arena + c->ar.src,
+                                      c->d_arena + c->ar.cnt, NULL);
     float *pt = c->probs;
     c->probs = c->probs_tmp;
     c->probs_tmp = pt;
@@ -972,24 +951,24 @@ static int layer(cctx *c, int l, int n_tok, int n_rows, int last, int want_probs
     k_resid_norm<<<n_tok, 256, 0, c->st>>>(c->x, NULL, NULL, L->attn_norm, c->xn, d, eps, wo);
     RC(linear(c, &L->kv, c->xn, n_tok, c->kv, 2 * kvd, mask, err));
     k_rope<<<blocks((size_t)n_tok * k->n_kv_heads * (hd / 2), 256), 256, 0, c->st>>>(
-        c->kv, 2 * kvd, D + c->a_pos, n_tok, k->n_kv_heads, hd, c->rope);
+        c->kv, 2 * kvd, D + c->ar.pos, n_tok, k->n_kv_heads, hd, c->rope);
     const bf16 *qin = c->xn;
     if (last) { /* the rows' last tokens move to rows 0..n_rows-1 */
-        k_gather_bf16<<<n_rows, 256, 0, c->st>>>(c->xn_last, c->xn, d, D + c->a_lsrc);
-        k_pool<<<n_rows, 256, 0, c->st>>>(c->x2, c->x, d, D + c->a_lsrc, NULL, NULL);
+        k_gather_bf16<<<n_rows, 256, 0, c->st>>>(c->xn_last, c->xn, d, D + c->ar.lsrc);
+        k_pool<<<n_rows, 256, 0, c->st>>>(c->x2, c->x, d, D + c->ar.lsrc, NULL, NULL);
         qin = c->xn_last; /* x and x2 swap after the attention */
     }
     RC(linear(c, &L->q, qin, n, c->q, qd, mask, err));
     k_rope<<<blocks((size_t)n * k->n_heads * (hd / 2), 256), 256, 0, c->st>>>(
-        c->q, qd, last ? D + c->a_qpos : D + c->a_pos, n, k->n_heads, hd, c->rope);
-    RC(launch_attention(c, c->q, last ? D + c->a_ltiles : D + c->a_tiles,
-                        last ? D + c->a_ltpre : D + c->a_tpre, last ? n_rows : c->n_tiles,
+        c->q, qd, last ? D + c->ar.qpos : D + c->ar.pos, n, k->n_heads, hd, c->rope);
+    RC(launch_attention(c, c->q, last ? D + c->ar.ltiles : D + c->ar.tiles,
+                        last ? D + c->ar.ltpre : D + c->ar.tpre, last ? n_rows : c->n_tiles,
                         window, err));
     if (want_probs) {
         float scale = 1.0f / sqrtf(k->query_pre_attn_scalar > 0 ? k->query_pre_attn_scalar
                                                                 : (float)k->head_dim);
-        k_last_probs<<<n_rows, 256, 0, c->st>>>(c->q, qd, c->kv, 2 * kvd, D + c->a_off,
-                                                D + c->a_len, D + c->a_poff, D + c->a_plen,
+        k_last_probs<<<n_rows, 256, 0, c->st>>>(c->q, qd, c->kv, 2 * kvd, D + c->ar.off,
+                                                D + c->ar.len, D + c->ar.poff, D + c->ar.plen,
                                                 k->n_heads, k->n_kv_heads, hd, scale,
                                                 k->attn_softcap, window, c->probs_tmp,
                                                 c->probs);
@@ -1026,7 +1005,7 @@ static int score_exit(cctx *c, int e, int n_rows, int last_mode, const mr_run_op
     for (int a = 0; a < m->n_adapters; a++)
         if (o->adapter_mask >> a & 1 && c->w->head_delta[a])
             eh.delta[eh.n_delta++] = c->w->head_delta[a] + (size_t)h * d;
-    k_exit<<<n_rows, 256, 0, c->st>>>(c->x, d, c->d_arena + c->a_off, c->d_arena + c->a_len,
+    k_exit<<<n_rows, 256, 0, c->st>>>(c->x, d, c->d_arena + c->ar.off, c->d_arena + c->ar.len,
                                       last_mode, c->w->final_norm, k->rms_eps, m->norm_offset,
                                       eh, k->final_softcap, c->d_score + (size_t)e * c->R);
     CK(cudaGetLastError());
@@ -1042,7 +1021,7 @@ static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, m
     const mr_model *m = c->m;
     int d = m->cfg.d_model, n_tok = 0;
     RC(ctx_sync_stage(c, err));
-    int32_t *ids = c->h_arena + c->a_ids;
+    int32_t *ids = c->h_arena + c->ar.ids;
     /* the stream (prefix.h): each distinct query segment once, then the rows' own tokens;
      * row_id holds the groups' first rows until it is set below */
     c->n_groups = mr_prefix_group(rows, n_rows, !o->no_prefix_share, c->grp, c->row_id);
@@ -1067,13 +1046,13 @@ static int pass(cctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o, m
     }
     for (int r = 0; r < n_rows; r++) c->row_id[r] = r;
     set_layout_host(c, n_rows, &n_tok);
-    RC(stage_copy(c, c->a_ids, (size_t)n_tok, err));
+    RC(stage_copy(c, c->ar.ids, (size_t)n_tok, err));
     if (c->w->embed_f32)
         k_embed<float><<<n_tok, 256, 0, c->st>>>(c->x, (const float *)c->w->embed,
-                                                 c->d_arena + c->a_ids, d, m->embed_scale);
+                                                 c->d_arena + c->ar.ids, d, m->embed_scale);
     else
         k_embed<bf16><<<n_tok, 256, 0, c->st>>>(c->x, (const bf16 *)c->w->embed,
-                                                c->d_arena + c->a_ids, d, m->embed_scale);
+                                                c->d_arena + c->ar.ids, d, m->embed_scale);
     RC(upload_layout(c, n_rows, n_tok, err));
     int deepest = o->exits[o->n_exits - 1], ci = 0, e = 0, pi = 0, last_mode = 0;
     c->token_layers = 0;
