@@ -459,9 +459,12 @@ static void test_overload(void **state) {
     int answered[2] = {0}, refused_at_arrival = 0;
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     /* A round whose S was measured at one machine speed and whose load ran at another (the
-     * suite's other tests start or stop between the two) answers nothing at all: every
-     * request looks too slow for a budget of 4 x S. It proves nothing either way and is run
-     * again with S measured anew, at most 3 rounds. */
+     * suite's other tests start or stop between the two) answers almost nothing: every request
+     * looks too slow for a budget of 4 x S (the full suite failed so twice: 0 of 60 answered,
+     * and 1 hi and 1 lo answered with 57 refused at arrival). Two answers or fewer are too few
+     * to compare the tiers (a quiet machine answers 2-3 hi and no lo): such a round proves
+     * nothing either way and is run again with S measured anew, at most 3 rounds; the
+     * assertions below judge the last. */
     for (int round = 0;; round++) {
         S = idle_service_ms(w, req[0], len[0]);
         budget = ceil(BUDGET_X * S);
@@ -500,8 +503,8 @@ static void test_overload(void **state) {
                 "%d (median %.2f ms), shed or out of time later %d; slowest %.1f ms\n", S, budget,
                 answered[0], N_EACH, answered[1], N_EACH, refused_at_arrival, refusal_p50, other,
                 worst);
-        if (answered[0] + answered[1] > 0 || round == 2) break;
-        fprintf(stderr, "# nothing answered: the machine's speed moved; S measured again\n");
+        if (answered[0] + answered[1] > 2 || round == 2) break;
+        fprintf(stderr, "# too few answered to compare tiers: S measured again\n");
         free(o);
         mr_rpc_channel_free(ch);
         mr_coord_free(c);
