@@ -65,6 +65,8 @@ typedef struct mr__endpoint {
     double full_until;          /* monotonic ms: refused with RESOURCE_EXHAUSTED lately */
     mr_outlier outlier;         /* consecutive failures and ejections (cascade.h) */
     double inflight_tl;         /* token-layers of this coordinator's Score calls in flight */
+    int inflight_calls;         /* and their number (a fused call's token-layers are fractional:
+                                 * the sum need not return to exactly 0) */
     int info_ok;
     int warmed;                 /* answered a warm-up Score for every stage of its pool */
     double ns_per_tl;

@@ -131,6 +131,7 @@ static void on_score_done(void *user, grpc_status_code status, const char *msg,
     pthread_mutex_lock(&s->co->mu);
     s->rt->inflight_tl -= s->token_layers;
     if (s->rt->inflight_tl < 0) s->rt->inflight_tl = 0;
+    s->rt->inflight_calls--;
     pthread_mutex_unlock(&s->co->mu);
     s->status = status;
     snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
@@ -168,6 +169,7 @@ static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double rese
     pthread_mutex_lock(&c->mu);
     s->est_ms = mr_cost_model_estimate_ms(&c->cost[si], s->token_layers + s->rt->inflight_tl, 1);
     s->rt->inflight_tl += s->token_layers;
+    s->rt->inflight_calls++;
     if (s->attempts == 0 && !s->hedge) mr_retry_budget_call(&c->pools[p].retry);
     pthread_mutex_unlock(&c->mu);
     /* an attempt is cut short only where a retry has another replica to go to: a DNS pool
@@ -198,6 +200,7 @@ static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double rese
         pthread_mutex_unlock(&s->b->mu);
         pthread_mutex_lock(&c->mu);
         s->rt->inflight_tl -= s->token_layers;
+        s->rt->inflight_calls--;
         pthread_mutex_unlock(&c->mu);
         return -1;
     }

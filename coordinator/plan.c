@@ -222,7 +222,7 @@ int mr__plan_fuse(mr__req *r, int pos, const int *active, int n_active, mr__fuse
     pthread_mutex_lock(&c->mu);
     mr_cost_model ma = c->cost[sa], mb = c->cost[sb];
     int busy = 0;   /* this coordinator's calls in flight on the pool (they queue ahead) */
-    for (int e = 0; e < c->pools[p].n_ep; e++) busy |= c->pools[p].ep[e].inflight_tl > 0;
+    for (int e = 0; e < c->pools[p].n_ep; e++) busy |= c->pools[p].ep[e].inflight_calls > 0;
     pthread_mutex_unlock(&c->mu);
     ma.ns_per_tl = mb.ns_per_tl = 0.5 * (ma.ns_per_tl + mb.ns_per_tl);
     double tl_kept = tl_b * kept / n_active, tl_on = mean_extra * rows_on;
