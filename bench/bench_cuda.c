@@ -4,13 +4,15 @@
  *   bench_cuda --model DIR [--backend cuda|cpu] [--lengths uniform|ir] [--ir DIR]
  *              [--queries N] [--cands 100] [--len 224] [--max-len 512] [--exit L]
  *              [--ratio R --compress L] [--dump-rows FILE] [--seeded 7b|small|tiny]
- *              [--drift BACKEND]
+ *              [--drift BACKEND] [--query-len 16] [--prefix-share 1|0]
  *
  * Passage lengths: "uniform" = every passage --len tokens (224); "ir" = drawn (seeded) from
  * the document lengths of a BEIR collection (--ir, default ../shared/data/ir/cranfield), in
  * tokens estimated as ceil(chars / 4) when the model folder has no tokenizer, capped so a row
  * fits --max-len. Token ids are seeded random ids (the timing does not depend on them). Query
- * segment 16 tokens, suffix 8. --seeded writes a seeded checkpoint of that shape into --model
+ * segment --query-len tokens (16), the same in every row of a batch, as one query's candidates
+ * are; suffix 8. --prefix-share 0 makes every row compute its own copy of the query segment
+ * (mr_run_opts.no_prefix_share), the path without query-prefix sharing. --seeded writes a seeded checkpoint of that shape into --model
  * first (7b: Mistral-7B shape, bf16; 14.5 GB on disk).
  *
  * Prints pairs/s and TFLOP/s (linear-layer FLOPs, mr_model_row_flops: attention excluded) over
@@ -162,6 +164,7 @@ int main(int argc, char **argv) {
     const char *model = NULL, *backend = "cuda", *lengths = "uniform", *dump = NULL;
     const char *ir = "../shared/data/ir/cranfield", *seeded = NULL, *drift = NULL;
     int queries = 20, cands = 100, len = 224, max_len = 512, exit_l = 0, ratio = 1, comp = -1;
+    int nq = 16, share = 1;
     for (int i = 1; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int used = 1;
@@ -180,13 +183,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--exit")) exit_l = atoi(v);
         else if (!strcmp(a, "--ratio")) ratio = atoi(v);
         else if (!strcmp(a, "--compress")) comp = atoi(v);
+        else if (!strcmp(a, "--query-len")) nq = atoi(v);
+        else if (!strcmp(a, "--prefix-share")) share = atoi(v);
         else used = 0;
         if (!used) {
             fprintf(stderr, "usage: see the top of bench/bench_cuda.c (bad argument '%s')\n", a);
             return 2;
         }
     }
-    if (!model || queries < 1 || cands < 1 || max_len < 32) {
+    if (!model || queries < 1 || cands < 1 || max_len < 32 || nq < 1 || nq > max_len / 2) {
         fprintf(stderr, "bench_cuda: --model DIR is required (see bench/bench_cuda.c)\n");
         return 2;
     }
@@ -217,7 +222,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     /* rows: queries x cands */
-    enum { NQ = 16, NS = 8 };
+    enum { NS = 8 };
     int *doc_len = NULL, n_docs = 0;
     if (!strcmp(lengths, "ir")) {
         n_docs = ir_lengths(ir, &doc_len);
@@ -234,17 +239,19 @@ int main(int argc, char **argv) {
     size_t max_batch = 0;
     for (int r = 0; r < n_rows; r++) {
         int np = n_docs ? doc_len[rng(&s) % (uint64_t)n_docs] : len;
-        if (np > max_len - NQ - NS) np = max_len - NQ - NS;
+        if (np > max_len - nq - NS) np = max_len - nq - NS;
         if (np < 1) np = 1;
         int32_t *t = ids + (size_t)r * max_len;
-        for (int i = 0; i < NQ + np + NS; i++) t[i] = 2 + (int32_t)(rng(&s) % (uint64_t)(vocab - 2));
+        for (int i = 0; i < nq + np + NS; i++) t[i] = 2 + (int32_t)(rng(&s) % (uint64_t)(vocab - 2));
         t[0] = m.cfg.bos_token_id;
-        rows[r] = (mr_row){t, NQ, t + NQ, np, t + NQ + np, NS};
-        if (NQ + np + NS > longest) longest = NQ + np + NS;
+        if (r % cands) /* the batch's query: its first row's segment */
+            memcpy(t, ids + (size_t)(r - r % cands) * max_len, sizeof(int32_t) * (size_t)nq);
+        rows[r] = (mr_row){t, nq, t + nq, np, t + nq + np, NS};
+        if (nq + np + NS > longest) longest = nq + np + NS;
     }
     for (int qi = 0; qi < queries; qi++) {
         size_t tok = 0;
-        for (int r = 0; r < cands; r++) tok += NQ + rows[qi * cands + r].np + NS;
+        for (int r = 0; r < cands; r++) tok += nq + rows[qi * cands + r].np + NS;
         if (tok > max_batch) max_batch = tok;
     }
     if (dump) {
@@ -273,6 +280,7 @@ int main(int argc, char **argv) {
     if (exit_l > 0) o.exits[0] = exit_l;
     o.ratio = ratio;
     if (comp >= 0) o.n_compress = 1, o.compress_layers[0] = comp;
+    o.no_prefix_share = !share;
     void *ctx = NULL;
     if (mr_backend_ctx_new(b, &m, (int)max_batch, cands, longest, &ctx, &err)) {
         fprintf(stderr, "bench_cuda: %s\n", err.msg);
@@ -281,6 +289,7 @@ int main(int argc, char **argv) {
     float *scores = malloc(sizeof(float) * cands * o.n_exits);
     double flops = 0, t0 = 0;
     long pairs = 0;
+    long long tl = 0;
     for (int qi = -1; qi < queries; qi++) { /* qi = -1: warm-up on the first batch */
         const mr_row *batch = rows + (size_t)(qi < 0 ? 0 : qi) * cands;
         if (qi == 0) t0 = now();
@@ -290,6 +299,8 @@ int main(int argc, char **argv) {
         }
         if (qi < 0) continue;
         pairs += cands;
+        long long t = mr_backend_token_layers(b, ctx);
+        tl = t < 0 || tl < 0 ? -1 : tl + t;
         for (int r = 0; r < cands; r++)
             flops += mr_model_row_flops(&m, &o, batch[r].nq, batch[r].np, batch[r].ns);
     }
@@ -299,8 +310,11 @@ int main(int argc, char **argv) {
            o.exits[o.n_exits - 1], o.ratio);
     printf("lengths %s: %d queries x %d candidates, longest row %d, largest batch %zu tokens\n",
            n_docs ? ir : "uniform", queries, cands, longest, max_batch);
-    printf("pairs/s %.1f  TFLOP/s %.2f (linear layers)  ms/query %.2f\n", pairs / dt,
-           flops / dt / 1e12, dt * 1e3 / queries);
+    printf("pairs/s %.1f  TFLOP/s %.2f (linear layers, every row's own query counted)  "
+           "ms/query %.2f\n", pairs / dt, flops / dt / 1e12, dt * 1e3 / queries);
+    if (tl >= 0)
+        printf("query-prefix sharing %s: %.0f token-layers per query\n", share ? "on" : "off",
+               (double)tl / queries);
     int rc = drift ? report_drift(b, ctx, drift, &m, rows, queries, cands, max_batch,
                                    longest, &o) : 0;
     mr_backend_ctx_free(b, ctx);
