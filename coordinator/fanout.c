@@ -534,7 +534,7 @@ static int fanout_stage(mr__req *r, int pos, const int *active, int n_active,
                 goto done;
         if (n_ok == n_calls) break;
         /* attempts and hedges due */
-        double wake = now + WAKE_MS;
+        double wake = now + (rem < WAKE_MS ? rem : WAKE_MS);   /* the budget's end on time */
         for (int k = 0; k < n_slots; k++) {
             slot_state ks = state_of(&s[k]);
             if (ks == S_WAIT && s[k].retry_at <= now) {
