@@ -3,13 +3,14 @@
 # the build's other packages (the device tool's machines: no OpenBLAS, gRPC, cJSON...; nothing
 # can be installed there). Builds build-gpu (Release, sm_90, no oneDNN, no -march=native: the
 # other machine's CPU may lack this one's instructions), then writes DIR/bin (mrank,
-# test_backend, bench_cuda), DIR/libs.tar.xz (every shared library they load except glibc,
+# test_backend, bench_cuda, loadgen), DIR/libs.tar.xz (every shared library they load except glibc,
 # libstdc++, libgcc_s and CUDA's, which that machine has newer or its own) and DIR/env.sh.
 # On the other machine, from the repo root: `source DIR/env.sh` unpacks into /tmp/mrank-gpu,
-# finds CUDA's libraries, and puts wrappers at build/mrank, build/test_backend and
-# build/bench_cuda that run the carried binaries with those libraries (only the wrappers see
+# finds CUDA's libraries, and puts wrappers at build/mrank, build/test_backend,
+# build/bench_cuda and build/bench/cluster/loadgen that run the carried binaries with those libraries (only the wrappers see
 # them: python3 keeps its own OpenSSL and zlib). Then `build/test_backend cuda`,
-# `bash scripts/gpu_check.sh OUT bundled-d8` and bench_cuda run as here.
+# `bash scripts/gpu_check.sh OUT bundled-d8`, bench_cuda and `NO_BUILD=1 BACKEND=cuda PY=python3
+# bash bench/cluster/saturation.sh` run as here.
 # About 16 MB: the device tool carries at most 64 MB with the tracked files (models/ take 48).
 # Usage: bash scripts/gpu_bundle.sh [DIR]   (default .devkit; add it to .git/info/exclude)
 set -euo pipefail
@@ -17,9 +18,9 @@ cd "$(dirname "$0")/.."
 dir=${1:-.devkit}
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMR_ONEDNN=OFF -DMR_NATIVE=OFF \
   -DMR_CUDA=ON > /dev/null
-cmake --build build-gpu -j"$(nproc)" --target mrank test_backend bench_cuda > /dev/null
+cmake --build build-gpu -j"$(nproc)" --target mrank test_backend bench_cuda loadgen > /dev/null
 rm -rf "$dir" && mkdir -p "$dir/bin"
-bins=(mrank test_backend bench_cuda)
+bins=(mrank test_backend bench_cuda bench/cluster/loadgen)   # paths in the build folder
 for b in "${bins[@]}"; do cp "build-gpu/$b" "$dir/bin/"; done
 libs=$(mktemp -d)
 trap 'rm -rf "$libs"' EXIT
@@ -40,7 +41,9 @@ for _n in libcublasLt.so.13 libcublas.so.13 libcudart.so.13; do
   if [ -n "\$_p" ]; then _ldp="\$_ldp:\$(dirname "\$_p")"; else echo "env.sh: no \$_n found" >&2; fi
 done
 for _b in ${bins[*]}; do
-  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s/bin/%s "\$@"\n' "\$_ldp" "\$_k" "\$_b" > "build/\$_b"
+  mkdir -p "build/\$(dirname "\$_b")"
+  printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s/bin/%s "\$@"\n' "\$_ldp" "\$_k" "\${_b##*/}" \
+    > "build/\$_b"
   chmod +x "build/\$_b"
 done
 export MR_GPU_LD_LIBRARY_PATH=\$_ldp   # for tools that must run the binary itself (compute-sanitizer)

@@ -13,7 +13,10 @@
 # default 8), WARM_S (unrecorded seconds per profile after each start, default 2), START_S (how
 # long a start may take, default 60), TIMEOUT_MS (per request, default 30000), ENGINE_REPS
 # (step 1's repetitions, default 21; 0 skips it), PORT_BASE (coordinator, its metrics, the
-# worker, its metrics: +0..+3; default 17400).
+# worker, its metrics: +0..+3; default 17400), BACKEND (the worker's scorer backend, default
+# cpu; cuda on a GPU), NO_BUILD (1: use BUILD_DIR's binaries as they are, for a machine without
+# the build's tools: scripts/gpu_bundle.sh), PY (the python3 that reads the results, default
+# /usr/bin/python3).
 #
 # 1. The engine's own token-layer count (bench_prefill --fused DA:KEEP, DOCS rows of 64 tokens,
 #    the model's deepest exit as the second stage): the split cascade's two passes against the
@@ -49,10 +52,12 @@ START_S=${START_S:-60}
 TIMEOUT_MS=${TIMEOUT_MS:-30000}
 ENGINE_REPS=${ENGINE_REPS:-21}
 PORT_BASE=${PORT_BASE:-17400}
+BACKEND=${BACKEND:-cpu}
+PY=${PY:-/usr/bin/python3}
 case "$SHARE" in both) arms="on off" ;; on) arms="on" ;;
   *) echo "SHARE: '$SHARE' is not both or on" >&2; exit 2 ;; esac
 
-cmake --build "$B" --target mrank loadgen bench_prefill >/dev/null
+[ "${NO_BUILD:-0}" = 1 ] || cmake --build "$B" --target mrank loadgen bench_prefill >/dev/null
 work=$(mktemp -d /tmp/mr_saturation_XXXXXX)
 pids=""
 stop_cluster() {
@@ -71,7 +76,7 @@ echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD)$(git diff --quie
   "nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg), OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}," \
   "MR_GEMM=${MR_GEMM:-unset}"
 echo "# MODEL=$MODEL DA=$DA KEEP=$KEEP DB=$DB DOCS=$DOCS CONC=$CONC DUR=$DUR ROUNDS=$ROUNDS" \
-  "SHARE=$SHARE THREADS=$THREADS"
+  "SHARE=$SHARE THREADS=$THREADS BACKEND=$BACKEND"
 
 # ---- 1. the engine ----
 if [ "$ENGINE_REPS" -gt 0 ]; then
@@ -99,7 +104,8 @@ start_cluster() {   # start_cluster on|off: the worker (prefix sharing as given)
   local flag=""
   [ "$1" = off ] && flag=--no-prefix-share
   OMP_NUM_THREADS=$THREADS "$B/mrank" worker --model "$MODEL" --listen "127.0.0.1:$pw" \
-    --threads "$THREADS" --metrics-port "$pwm" --warm-up-rows "$WARM_UP_ROWS" $flag \
+    --threads "$THREADS" --metrics-port "$pwm" --warm-up-rows "$WARM_UP_ROWS" \
+    --backend "$BACKEND" $flag \
     >"$work/worker.log" 2>&1 &
   pids="$pids $!"
   "$B/mrank" coordinator --config "$work/cluster.json" --listen "127.0.0.1:$pc" \
@@ -116,8 +122,14 @@ start_cluster() {   # start_cluster on|off: the worker (prefix sharing as given)
     sleep 0.5
   done
 }
-wm() { curl -s "http://127.0.0.1:$pwm/metrics" | sed -n "s/^$1 //p"; }   # worker series
-cm() { curl -s "http://127.0.0.1:$pm/metrics" | sed -n "s/^$1 //p"; }    # coordinator series
+scrape() {   # scrape PORT: a /metrics page (curl, or python3 where there is no curl)
+  if command -v curl >/dev/null; then curl -s "http://127.0.0.1:$1/metrics"
+  else "$PY" -c 'import sys, urllib.request as u
+sys.stdout.write(u.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1]).read().decode())' "$1"
+  fi
+}
+wm() { scrape "$pwm" | sed -n "s/^$1 //p"; }   # worker series
+cm() { scrape "$pm" | sed -n "s/^$1 //p"; }    # coordinator series
 load() {   # load PROFILE SECONDS [loadgen options...]: closed loop, its JSON line on stdout
   local p=$1 d=$2
   shift 2
@@ -132,7 +144,7 @@ point() {   # point ARM PROFILE: one recorded point, its JSON line into results
   load "$2" "$DUR" --warmup-s 1 --label "$2" >"$work/point.json"
   b1=$(wm mrank_worker_batch_tokens_count) t1=$(wm mrank_worker_batch_tokens_sum)
   l1=$(wm mrank_worker_token_layers_total) a1=$(cm "$cand")
-  /usr/bin/python3 -c 'import json, sys
+  "$PY" -c 'import json, sys
 r = json.load(open(sys.argv[1])); v = [float(x) for x in sys.argv[3:11]]
 b, req = v[1] - v[0], (v[7] - v[6]) / float(sys.argv[2])
 r["share"] = sys.argv[11]; r["worker_passes"] = b
@@ -157,7 +169,7 @@ for r in $(seq 1 "$ROUNDS"); do
       load auto "$DUR" >"$work/auto.json"
       a1=$(cm 'mrank_coord_stage_candidates_total{stage="a",tier="batch"}')
       f1=$(cm 'mrank_coord_fused_stages_total{profile="auto"}')
-      /usr/bin/python3 -c 'import json, sys
+      "$PY" -c 'import json, sys
 t = json.load(open(sys.argv[1]))["throughput"]; f = float(sys.argv[3]) - float(sys.argv[2])
 n = (float(sys.argv[5]) - float(sys.argv[4])) / float(sys.argv[6])
 print(f"# auto (prefix sharing on): {f:.0f} fused pairs in {n:.0f} requests, {t} req/s")' \
@@ -167,7 +179,7 @@ print(f"# auto (prefix sharing on): {f:.0f} fused pairs in {n:.0f} requests, {t}
   done
 done
 
-/usr/bin/python3 - "$work/results.jsonl" <<'PY'
+"$PY" - "$work/results.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 by, tok, tl = {}, {}, {}
