@@ -191,7 +191,12 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (!model || queries < 1 || cands < 1 || max_len < 32 || nq < 1 || nq > max_len / 2) {
+    if (nq < 1 || nq > max_len / 2 || (share != 0 && share != 1)) {
+        fprintf(stderr, "bench_cuda: --query-len must be 1..max_len/2 and --prefix-share 0 or "
+                "1\n");
+        return 2;
+    }
+    if (!model || queries < 1 || cands < 1 || max_len < 32) {
         fprintf(stderr, "bench_cuda: --model DIR is required (see bench/bench_cuda.c)\n");
         return 2;
     }

@@ -207,14 +207,16 @@ static void test_cpu_equals_model_score(void **state) {
 
 /* ---- CUDA vs CPU ---- */
 
-static int g_checked; /* scores compared, for the summary line */
+static int g_checked;  /* scores compared, for the summary line */
+static double g_worst; /* the largest |gpu - cpu| / max(|cpu|, CUDA_FLOOR) seen, likewise */
 static int g_skipped; /* CUDA cases that called skip(): main exits 77 when all did */
 
 /* Tolerance of one CUDA score against the CPU's: |gpu - cpu| <= CUDA_RTOL * max(|cpu|,
  * CUDA_FLOOR), per score. Both numbers come from an emulation of the GPU's rounding in the
  * float64 oracle (tests/oracle/cuda_rounding.py) on this file's nine checkpoints and cases: every
  * GEMM input (activations and weights) rounded to bf16, q/k/v and the softmax probabilities
- * rounded to bf16 in attention, everything else exact. Not yet re-run on a GPU.
+ * rounded to bf16 in attention, everything else exact. On an H200 (2026-12-04, 6,522 scores,
+ * query prefixes shared and unshared) the worst was 1.47e-2 of max(|cpu|, 1).
  *  - CUDA_RTOL 3e-2: the emulated worst is 1.65e-2 of max(|cpu|, 1) (gemma2 f32, attention
  *    pooling, exit 4); 3e-2 leaves ~2x for what the emulation leaves out (cuBLAS and flash
  *    attention summation orders, the online softmax, fast exp). A wrong kernel is off by O(1).
@@ -292,6 +294,8 @@ static void compare(const char *what, const mr_run_opts *o, const float *cpu, co
                 continue;
             }
             g_checked++;
+            double rel = fabs(g - c) / fmax(fabs(c), CUDA_FLOOR);
+            if (rel > g_worst) g_worst = rel;
             if (!(fabs(g - c) <= cuda_tol(c)))
                 fail_msg("%s: exit %d row %d: gpu %.6g cpu %.6g (tol %.3g)", what, o->exits[e],
                          r, g, c, cuda_tol(c));
@@ -352,8 +356,10 @@ static void parity_model(const mr_backend *cuda, const char *tag, const char *di
         snprintf(what_u, sizeof what_u, "%s, prefix unshared", what);
         score_with(cuda, gc, rows, MAXR, &ou, sg, dg);
         compare(what_u, &ou, sc, sg, dc, dg, MAXR);
-        /* sharing took effect: 12 rows under two queries put fewer tokens through layer 0 */
-        if (!(tl_shared < mr_backend_token_layers(cuda, gc)))
+        /* sharing took effect: with the same rows kept by both passes (a borderline row may
+         * flip between them), 12 rows under two queries put fewer tokens through the layers */
+        for (int k = 0; k < MAXR * o.n_exits; k++) same_kept &= isnan(sc[k]) == isnan(sg[k]);
+        if (same_kept && !(tl_shared < mr_backend_token_layers(cuda, gc)))
             fail_msg("%s: token-layers shared %lld, unshared %lld", what, tl_shared,
                      mr_backend_token_layers(cuda, gc));
         /* one row alone and a subset: packing must not matter on the GPU either */
@@ -432,7 +438,8 @@ static void test_cuda_equals_cpu(void **state) {
         parity_model(cuda, tag, dir, NULL, 0);
         rm_dir(dir);
     }
-    printf("[  NOTE    ] CUDA parity: %d scores within tolerance\n", g_checked);
+    printf("[  NOTE    ] CUDA parity: %d scores within tolerance; worst |gpu - cpu| / "
+           "max(|cpu|, %g) %.4f (bound %g)\n", g_checked, CUDA_FLOOR, g_worst, CUDA_RTOL);
 }
 
 /* ---- cuda-fp8 vs CPU ----

@@ -19,7 +19,7 @@
 # /usr/bin/python3).
 #
 # 1. The engine's own token-layer count (bench_prefill --fused DA:KEEP, DOCS rows of 64 tokens,
-#    the model's deepest exit as the second stage): the split cascade's two passes against the
+#    the model's deepest exit as the second stage; always the CPU engine, whatever BACKEND): the split cascade's two passes against the
 #    fused pass, and their median times.
 # 2. Saturation of a cluster: one `mrank worker` and a coordinator whose profiles "split" (fuse
 #    never) and "fused" (fuse always) run the same two stages (exit DA keeping KEEP, then exit
@@ -58,6 +58,10 @@ case "$SHARE" in both) arms="on off" ;; on) arms="on" ;;
   *) echo "SHARE: '$SHARE' is not both or on" >&2; exit 2 ;; esac
 
 [ "${NO_BUILD:-0}" = 1 ] || cmake --build "$B" --target mrank loadgen bench_prefill >/dev/null
+if [ "$ENGINE_REPS" -gt 0 ] && [ ! -x "$B/bench/bench_prefill" ]; then
+  echo "saturation.sh: $B/bench/bench_prefill is missing (ENGINE_REPS=0 skips step 1)" >&2
+  exit 2
+fi
 work=$(mktemp -d /tmp/mr_saturation_XXXXXX)
 pids=""
 stop_cluster() {
@@ -125,7 +129,7 @@ start_cluster() {   # start_cluster on|off: the worker (prefix sharing as given)
 scrape() {   # scrape PORT: a /metrics page (curl, or python3 where there is no curl)
   if command -v curl >/dev/null; then curl -s "http://127.0.0.1:$1/metrics"
   else "$PY" -c 'import sys, urllib.request as u
-sys.stdout.write(u.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1]).read().decode())' "$1"
+sys.stdout.write(u.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=10).read().decode())' "$1"
   fi
 }
 wm() { scrape "$pwm" | sed -n "s/^$1 //p"; }   # worker series

@@ -464,7 +464,8 @@ __global__ void __launch_bounds__(ATT_NW * 32, HD <= 128 ? 3 : 2) k_attention(at
  * are deterministic. Row r's own tokens are [off[r], off[r] + len[r]) and its shared prefix
  * (NULL pre_off: none) pre_len[r] tokens at pre_off[r]; the softmax spans both, probs get the
  * own keys'. scratch (n_tok) holds one head's own logits at the row's own offset; the prefix's
- * are recomputed rather than stored. */
+ * are not stored: each thread folds its prefix keys into a running maximum and a sum of
+ * exponentials relative to it (the online softmax), rescaled to the block's maximum after. */
 __device__ __forceinline__ float last_logit(const float *qt, const float *kj, int hd, float scale,
                                             float softcap) {
     float dot = 0.0f;
@@ -487,21 +488,22 @@ __global__ void k_last_probs(const float *q, int q_ld, const float *k, int kv_ld
         int kvh = h / (n_heads / n_kv);
         const float *qt = qrow + (size_t)h * hd;
         size_t col = (size_t)kvh * hd;
-        float mx = -INFINITY;
-        for (int j = threadIdx.x; j < pl + L; j += blockDim.x) { /* key positions */
+        float mx = -INFINITY, pm = -INFINITY, ps = 0.0f; /* ps: sum of exp(logit - pm) */
+        for (int j = threadIdx.x; j < pl; j += blockDim.x) { /* prefix keys */
+            if (window > 0 && t - j >= window) continue;
+            float s = last_logit(qt, k + (size_t)(po + j) * kv_ld + col, hd, scale, softcap);
+            if (s > pm) ps = ps * expf(pm - s) + 1.0f, pm = s; /* expf(-inf) = 0 at the first */
+            else ps += expf(s - pm);
+        }
+        for (int j = pl + threadIdx.x; j < pl + L; j += blockDim.x) { /* own keys */
             float s = -INFINITY;
             if (!(window > 0 && t - j >= window))
-                s = last_logit(qt, k + (size_t)(j < pl ? po + j : o + j - pl) * kv_ld + col, hd,
-                               scale, softcap);
-            if (j >= pl) sc[j - pl] = s;
+                s = last_logit(qt, k + (size_t)(o + j - pl) * kv_ld + col, hd, scale, softcap);
+            sc[j - pl] = s;
             mx = fmaxf(mx, s);
         }
-        mx = block_max(mx, sh);
-        float sum = 0.0f;
-        for (int j = threadIdx.x; j < pl; j += blockDim.x)
-            if (!(window > 0 && t - j >= window))
-                sum += expf(last_logit(qt, k + (size_t)(po + j) * kv_ld + col, hd, scale,
-                                       softcap) - mx);
+        mx = block_max(fmaxf(mx, pm), sh); /* finite: the row's last key is never masked */
+        float sum = ps > 0.0f ? ps * expf(pm - mx) : 0.0f;
         for (int j = threadIdx.x; j < L; j += blockDim.x) {
             float e = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
             sc[j] = e;
