@@ -12,8 +12,9 @@
  * fits --max-len. Token ids are seeded random ids (the timing does not depend on them). Query
  * segment --query-len tokens (16), the same in every row of a batch, as one query's candidates
  * are; suffix 8. --prefix-share 0 makes every row compute its own copy of the query segment
- * (mr_run_opts.no_prefix_share), the path without query-prefix sharing. --seeded writes a seeded checkpoint of that shape into --model
- * first (7b: Mistral-7B shape, bf16; 14.5 GB on disk).
+ * (mr_run_opts.no_prefix_share), the path without query-prefix sharing. --seeded writes a
+ * seeded checkpoint of that shape into --model first (7b: Mistral-7B shape, bf16; 14.5 GB on
+ * disk).
  *
  * Prints pairs/s and TFLOP/s (linear-layer FLOPs, mr_model_row_flops: attention excluded) over
  * the timed batches after one warm-up batch. --dump-rows writes the rows (one JSON line per row:
@@ -247,7 +248,8 @@ int main(int argc, char **argv) {
         if (np > max_len - nq - NS) np = max_len - nq - NS;
         if (np < 1) np = 1;
         int32_t *t = ids + (size_t)r * max_len;
-        for (int i = 0; i < nq + np + NS; i++) t[i] = 2 + (int32_t)(rng(&s) % (uint64_t)(vocab - 2));
+        for (int i = 0; i < nq + np + NS; i++)
+            t[i] = 2 + (int32_t)(rng(&s) % (uint64_t)(vocab - 2));
         t[0] = m.cfg.bos_token_id;
         if (r % cands) /* the batch's query: its first row's segment */
             memcpy(t, ids + (size_t)(r - r % cands) * max_len, sizeof(int32_t) * (size_t)nq);

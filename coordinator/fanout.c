@@ -125,14 +125,20 @@ typedef struct slot {
     double token_layers;
 } slot;
 
-static void on_score_done(void *user, grpc_status_code status, const char *msg,
-                          const uint8_t *resp, size_t resp_len) {
-    slot *s = user;
+/* Takes s's call off its replica's in-flight work (launch added it): when it completes, or
+ * when it could not start. */
+static void release_inflight(slot *s) {
     pthread_mutex_lock(&s->co->mu);
     s->rt->inflight_tl -= s->token_layers;
     if (s->rt->inflight_tl < 0) s->rt->inflight_tl = 0;
     s->rt->inflight_calls--;
     pthread_mutex_unlock(&s->co->mu);
+}
+
+static void on_score_done(void *user, grpc_status_code status, const char *msg,
+                          const uint8_t *resp, size_t resp_len) {
+    slot *s = user;
+    release_inflight(s);
     s->status = status;
     snprintf(s->msg, sizeof s->msg, "%s", msg ? msg : "");
     s->wall_ms = mr__now_ms() - s->t_start;
@@ -198,10 +204,7 @@ static int launch(mr__req *r, int p, int si, slot *s, double rem_ms, double rese
         s->b->pending--;
         s->state = S_WAIT;
         pthread_mutex_unlock(&s->b->mu);
-        pthread_mutex_lock(&c->mu);
-        s->rt->inflight_tl -= s->token_layers;
-        s->rt->inflight_calls--;
-        pthread_mutex_unlock(&c->mu);
+        release_inflight(s);
         return -1;
     }
     return 0;

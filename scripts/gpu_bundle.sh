@@ -7,9 +7,9 @@
 # libstdc++, libgcc_s and CUDA's, which that machine has newer or its own) and DIR/env.sh.
 # On the other machine, from the repo root: `source DIR/env.sh` unpacks into /tmp/mrank-gpu,
 # finds CUDA's libraries, and puts wrappers at build/mrank, build/test_backend,
-# build/bench_cuda and build/bench/cluster/loadgen that run the carried binaries with those libraries (only the wrappers see
-# them: python3 keeps its own OpenSSL and zlib). Then `build/test_backend cuda`,
-# `bash scripts/gpu_check.sh OUT bundled-d8`, bench_cuda and `NO_BUILD=1 BACKEND=cuda PY=python3
+# build/bench_cuda and build/bench/cluster/loadgen that run the carried binaries with those
+# libraries (only the wrappers see them: python3 keeps its own OpenSSL and zlib). Then
+# `build/test_backend cuda`, `bash scripts/gpu_check.sh OUT bundled-d8`, bench_cuda and `NO_BUILD=1 BACKEND=cuda PY=python3
 # ENGINE_REPS=0 bash bench/cluster/saturation.sh` run as here (bench_prefill is not carried).
 # Files git ignores do not travel with the tree: the seeded checks borrow
 # third_party/tokenizers/llama2/tokenizer.json, which must be carried too.
@@ -27,7 +27,8 @@ for b in "${bins[@]}"; do cp "build-gpu/$b" "$dir/bin/"; done
 libs=$(mktemp -d)
 trap 'rm -rf "$libs"' EXIT
 for b in "${bins[@]}"; do ldd "build-gpu/$b"; done | awk '$2 == "=>" {print $3}' | sort -u |
-  grep -v -E '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+)\.so|/libcu(blas|blasLt|dart)\.so|/cuda' |
+  grep -v -E '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+)\.so' |
+  grep -v -E '/libcu(blas|blasLt|dart)\.so|/cuda' |
   while read -r so; do cp -L "$so" "$libs/"; done
 tar -cf - -C "$libs" . | xz -9 -T"$(nproc)" > "$dir/libs.tar.xz"
 # test_backend writes its seeded checkpoints under the build folder it was compiled in
@@ -48,7 +49,8 @@ for _b in ${bins[*]}; do
     > "build/\$_b"
   chmod +x "build/\$_b"
 done
-export MR_GPU_LD_LIBRARY_PATH=\$_ldp   # for tools that must run the binary itself (compute-sanitizer)
+# for tools that must run the binary itself (compute-sanitizer)
+export MR_GPU_LD_LIBRARY_PATH=\$_ldp
 unset _k _ldp _n _p _b
 EOF
 du -sh "$dir"

@@ -320,6 +320,13 @@ static void compare(const char *what, const mr_run_opts *o, const float *cpu, co
     }
 }
 
+/* 1 when a and b (n scores) leave the same entries NaN: the same rows scored at every exit */
+static int same_scored(const float *a, const float *b, int n) {
+    for (int k = 0; k < n; k++)
+        if (isnan(a[k]) != isnan(b[k])) return 0;
+    return 1;
+}
+
 static void parity_model(const mr_backend *cuda, const char *tag, const char *dir,
                          const mr_model_opts *mo, uint32_t mask) {
     mr_model m;
@@ -345,8 +352,7 @@ static void parity_model(const mr_backend *cuda, const char *tag, const char *di
         compare(what, &o, sc, sg, dc, dg, MAXR);
         /* the same layout (and, with pruning, the same rows kept at every exit: then the same
          * prefixes are kept too): the same tokens through each layer's K/V */
-        int same_kept = 1;
-        for (int k = 0; k < MAXR * o.n_exits; k++) same_kept &= isnan(sc[k]) == isnan(sg[k]);
+        int same_kept = same_scored(sc, sg, MAXR * o.n_exits);
         long long tl_shared = mr_backend_token_layers(cuda, gc);
         if (same_kept) assert_int_equal(tl_shared, mr_backend_token_layers(cpu, cc));
         /* every row with its own copy of the query: both layouts against the CPU */
@@ -358,7 +364,7 @@ static void parity_model(const mr_backend *cuda, const char *tag, const char *di
         compare(what_u, &ou, sc, sg, dc, dg, MAXR);
         /* sharing took effect: with the same rows kept by both passes (a borderline row may
          * flip between them), 12 rows under two queries put fewer tokens through the layers */
-        for (int k = 0; k < MAXR * o.n_exits; k++) same_kept &= isnan(sc[k]) == isnan(sg[k]);
+        same_kept = same_kept && same_scored(sc, sg, MAXR * o.n_exits);
         if (same_kept && !(tl_shared < mr_backend_token_layers(cuda, gc)))
             fail_msg("%s: token-layers shared %lld, unshared %lld", what, tl_shared,
                      mr_backend_token_layers(cuda, gc));
@@ -454,8 +460,8 @@ static void test_cuda_equals_cpu(void **state) {
  * at that same head dim 128, exit 4, and 0.09 at most at head dim 8; the GPUs measured 1.4x
  * to 1.7x more), while the faults this test is for are off by about 1 or more (a doubled
  * scale gives 1, a lost one orders of magnitude, a wrong layout ~1.4 for uncorrelated
- * scores): 0.3 is ~1.4x the worst measured noise and ~3x below the smallest fault. The fp8 scores must also differ
- * from the bf16 backend's (else the e4m3 path did not run). */
+ * scores): 0.3 is ~1.4x the worst measured noise and ~3x below the smallest fault. The fp8
+ * scores must also differ from the bf16 backend's (else the e4m3 path did not run). */
 #define FP8_REL_L2 0.3
 
 static double rel_l2(const float *a, const float *b, int n, int stride, int e) {

@@ -19,8 +19,8 @@
 # /usr/bin/python3).
 #
 # 1. The engine's own token-layer count (bench_prefill --fused DA:KEEP, DOCS rows of 64 tokens,
-#    the model's deepest exit as the second stage; always the CPU engine, whatever BACKEND): the split cascade's two passes against the
-#    fused pass, and their median times.
+#    the model's deepest exit as the second stage; always the CPU engine, whatever BACKEND):
+#    the split cascade's two passes against the fused pass, and their median times.
 # 2. Saturation of a cluster: one `mrank worker` and a coordinator whose profiles "split" (fuse
 #    never) and "fused" (fuse always) run the same two stages (exit DA keeping KEEP, then exit
 #    DB), closed loop (bench/cluster/loadgen, CONC in flight, DOCS documents per request).
@@ -129,7 +129,8 @@ start_cluster() {   # start_cluster on|off: the worker (prefix sharing as given)
 scrape() {   # scrape PORT: a /metrics page (curl, or python3 where there is no curl)
   if command -v curl >/dev/null; then curl -s "http://127.0.0.1:$1/metrics"
   else "$PY" -c 'import sys, urllib.request as u
-sys.stdout.write(u.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=10).read().decode())' "$1"
+url = "http://127.0.0.1:%s/metrics" % sys.argv[1]
+sys.stdout.write(u.urlopen(url, timeout=10).read().decode())' "$1"
   fi
 }
 wm() { scrape "$pwm" | sed -n "s/^$1 //p"; }   # worker series
