@@ -1,15 +1,12 @@
 /* backend.c: the backend registry, the mr_backend_* wrappers and the CPU backend (a thin
  * wrapper over mr_ctx_init / mr_model_score in forward.c). Not a device layer: the GPU backend
- * lives in common/cuda/, and this is the only engine file that knows whether it was built in
- * (MR_HAVE_CUDA is defined for this file alone by CMakeLists.txt). */
+ * lives in common/cuda/ (a module that cuda_module.c loads on first use), and this is the only
+ * engine file that knows whether it was built (MR_HAVE_CUDA is defined for this file alone by
+ * CMakeLists.txt). */
 #include "backend.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef MR_HAVE_CUDA
-extern const mr_backend mr_backend_cuda, mr_backend_cuda_fp8; /* common/cuda/ */
-#endif
 
 /* ---- cpu ---- */
 

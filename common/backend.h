@@ -6,7 +6,7 @@
  * before an exit, the same depth output and the same validation errors. "cpu" wraps
  * mr_ctx_init / mr_model_score; "cuda" and "cuda-fp8" (the GPU backend in common/cuda/) run the
  * pass on one GPU and exist only in builds configured with CUDA (MR_HAVE_CUDA, known to
- * backend.c alone). This header is the whole interface: nothing else of the engine knows a
+ * backend.c alone), where the backend is a module loaded on first use (common/cuda_module.c). This header is the whole interface: nothing else of the engine knows a
  * device.
  *
  * Contexts are per thread, like mr_ctx: sized once by ctx_new for max_tokens packed tokens,
@@ -64,9 +64,11 @@ const char *mr_backend_describe(const mr_backend *b, void *ctx);
 /* The last score call's token-layers on ctx, or -1 when the backend does not count them. */
 long long mr_backend_token_layers(const mr_backend *b, void *ctx);
 
-/* The tables themselves (the GPU backend in common/cuda/ defines mr_backend_cuda and
- * mr_backend_cuda_fp8, in CUDA builds only). */
+/* The tables themselves. mr_backend_cuda and mr_backend_cuda_fp8 (common/cuda_module.c) load
+ * the GPU module, libmrank_cuda.so, on first use; mr_backend_get returns them in CUDA builds
+ * only. */
 extern const mr_backend mr_backend_cpu;
+extern const mr_backend mr_backend_cuda, mr_backend_cuda_fp8;
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,8 @@
 # the build's other packages (the device tool's machines: no OpenBLAS, gRPC, cJSON...; nothing
 # can be installed there). Builds build-gpu (Release, sm_90, no oneDNN, no -march=native: the
 # other machine's CPU may lack this one's instructions), then writes DIR/bin (mrank,
-# test_backend, bench_cuda, loadgen), DIR/libs.tar.xz (every shared library they load except glibc,
+# test_backend, bench_cuda, loadgen and the GPU module libmrank_cuda.so, which they load from
+# beside themselves), DIR/libs.tar.xz (every shared library they load except glibc,
 # libstdc++, libgcc_s and CUDA's, which that machine has newer or its own) and DIR/env.sh.
 # On the other machine, from the repo root: `source DIR/env.sh` unpacks into /tmp/mrank-gpu,
 # finds CUDA's libraries, and puts wrappers at build/mrank, build/test_backend,
@@ -20,13 +21,15 @@ cd "$(dirname "$0")/.."
 dir=${1:-.devkit}
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DMR_ONEDNN=OFF -DMR_NATIVE=OFF \
   -DMR_CUDA=ON > /dev/null
-cmake --build build-gpu -j"$(nproc)" --target mrank test_backend bench_cuda loadgen > /dev/null
+cmake --build build-gpu -j"$(nproc)" --target mrank mrank_cuda test_backend bench_cuda \
+  loadgen > /dev/null
 rm -rf "$dir" && mkdir -p "$dir/bin"
 bins=(mrank test_backend bench_cuda bench/cluster/loadgen)   # paths in the build folder
-for b in "${bins[@]}"; do cp "build-gpu/$b" "$dir/bin/"; done
+for b in "${bins[@]}" libmrank_cuda.so; do cp "build-gpu/$b" "$dir/bin/"; done
 libs=$(mktemp -d)
 trap 'rm -rf "$libs"' EXIT
-for b in "${bins[@]}"; do ldd "build-gpu/$b"; done | awk '$2 == "=>" {print $3}' | sort -u |
+for b in "${bins[@]}" libmrank_cuda.so; do ldd "build-gpu/$b"; done |
+  awk '$2 == "=>" {print $3}' | sort -u |
   grep -v -E '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+)\.so' |
   grep -v -E '/libcu(blas|blasLt|dart)\.so|/cuda' |
   while read -r so; do cp -L "$so" "$libs/"; done

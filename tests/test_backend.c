@@ -1,7 +1,8 @@
 /* test_backend.c: the scorer backends through their ops table (backend.h), in two groups.
  *
  * CPU group (no argument; ctest test_backend): the "cpu" table gives exactly mr_model_score's
- * scores, depths and errors.
+ * scores, depths and errors, with no CUDA library mapped; CUDA builds load the GPU module on
+ * first use, with a clear error when it is missing.
  * CUDA group (argument "cuda"; ctest test_backend_cuda): when the build has the CUDA backend
  * and a device is present (cudaGetDeviceCount > 0, through the table's `available` slot), it
  * equals the CPU backend within bf16 tolerances on tiny seeded checkpoints (llama, qwen2,
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -151,6 +153,57 @@ static void test_registry(void **state) {
     assert_int_equal(mr_backend_get("cuda") != NULL, built);
     assert_int_equal(mr_backend_get("cuda-fp8") != NULL, built);
     mr_backend_ctx_free(cpu, NULL); /* NULL is a no-op */
+}
+
+/* 1 when a file whose path contains s is mapped into this process (/proc/self/maps) */
+static int mapped(const char *s) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[1024];
+    int hit = 0;
+    assert_non_null(f);
+    while (!hit && fgets(line, sizeof line, f)) hit = strstr(line, s) != NULL;
+    fclose(f);
+    return hit;
+}
+
+/* The GPU backend is a module loaded on first use (common/cuda_module.c), so CPU scoring (the
+ * cases before this one) maps no CUDA library. In a CUDA build, asking whether "cuda" can run
+ * loads libmrank_cuda.so from beside this binary: the answer is then the module's own (yes, or
+ * "no CUDA device"), never a failure to load it, and cuBLASLt is mapped. A module that is not
+ * there (MR_CUDA_MODULE, in a child process: loading happens once) fails both tables with
+ * MR_EUNSUPPORTED and a message naming the path. */
+static void test_cuda_loaded_on_demand(void **state) {
+    assert_false(mapped("libcublas"));
+    assert_false(mapped("libmrank_cuda"));
+    const mr_backend *cuda = mr_backend_get("cuda"), *f8 = mr_backend_get("cuda-fp8");
+    if (!cuda) {
+        printf("[  NOTE    ] no CUDA build: checked only that nothing of CUDA is mapped\n");
+        return;
+    }
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        static const char *const path = "/nonexistent/libmrank_cuda.so";
+        mr_err e1 = {0}, e2 = {0};
+        setenv("MR_CUDA_MODULE", path, 1);
+        int ok = mr_backend_available(cuda, &e1) == MR_EUNSUPPORTED &&
+                 mr_backend_available(f8, &e2) == MR_EUNSUPPORTED && strstr(e1.msg, path) &&
+                 !strcmp(e1.msg, e2.msg) && !mapped("libcublas");
+        if (!ok) fprintf(stderr, "child: %s | %s\n", e1.msg, e2.msg);
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    mr_err err = {0};
+    int rc = mr_backend_available(cuda, &err);
+    printf("[  NOTE    ] cuda available: %d%s%s\n", rc, rc ? ", " : "", rc ? err.msg : "");
+    if (rc) {
+        assert_int_equal(rc, MR_EUNSUPPORTED);
+        assert_non_null(strstr(err.msg, "no CUDA device"));
+    }
+    assert_true(mapped("libmrank_cuda.so"));
+    assert_true(mapped("libcublasLt"));
 }
 
 static void same_float(float a, float b, const char *what) {
@@ -567,6 +620,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest cpu_tests[] = {
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_cpu_equals_model_score),
+        cmocka_unit_test(test_cuda_loaded_on_demand), /* after the CPU cases: it loads CUDA */
     };
     const struct CMUnitTest cuda_tests[] = {
         cmocka_unit_test(test_cuda_equals_cpu),

@@ -1,5 +1,8 @@
-/* backend_cuda.cu: the CUDA scorer backends (mr_backend_cuda and mr_backend_cuda_fp8, see
- * backend.h): the pass of common/forward.c on one GPU, with the same options and results.
+/* backend_cuda.cu: the CUDA scorer backends ("cuda" and "cuda-fp8", see backend.h): the pass
+ * of common/forward.c on one GPU, with the same options and results. Built as its own module,
+ * libmrank_cuda.so, which exports one record (module.h) and is loaded by common/cuda_module.c
+ * the first time a process asks for a CUDA table; the engine functions it calls come from the
+ * executable that loads it (exports.list).
  *
  * Weights are uploaded once per model from the mapped checkpoint (shared by every context of
  * that model on the device, reference-counted): linear weights as bf16 (k|v and gate|up fused
@@ -22,8 +25,7 @@
  * the host (one synchronisation) to pick the survivors with forward.c's tie rule.
  *
  * Not implemented: per-channel FP8 scales, CUDA graphs. Measured on an H100 against the CPU
- * engine and transformers: docs/cuda.md (query-prefix sharing, added later, has not run on a
- * device yet: its layout is tested on the CPU, tests/test_prefix.c). */
+ * engine and transformers, and on an H200 with query-prefix sharing: docs/cuda.md. */
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -37,6 +39,7 @@ extern "C" {
 #include "arena.h"
 #include "backend.h"
 #include "kernels.h"
+#include "module.h"
 #include "prefix.h"
 }
 #include "cuda/kernels.cuh"
@@ -1116,7 +1119,7 @@ static int cuda_score(void *ctx, const mr_row *rows, int n_rows, const mr_run_op
     return 0;
 }
 
-extern "C" const mr_backend mr_backend_cuda = {
+static const mr_backend cuda_bf16 = {
     "cuda",            /* name */
     cuda_available,    /* available: a device is present */
     cuda_ctx_new,      /* ctx_new */
@@ -1128,7 +1131,7 @@ extern "C" const mr_backend mr_backend_cuda = {
 
 /* The same engine with e4m3 linear layers: weights and GEMM inputs scaled per tensor (the
  * inputs' scale measured on the device per call), f32 accumulation and output. */
-extern "C" const mr_backend mr_backend_cuda_fp8 = {
+static const mr_backend cuda_fp8 = {
     "cuda-fp8",        /* name */
     cuda_available,    /* available: a device is present */
     cuda_fp8_ctx_new,  /* ctx_new */
@@ -1136,4 +1139,12 @@ extern "C" const mr_backend mr_backend_cuda_fp8 = {
     cuda_score,        /* score */
     cuda_describe,     /* describe */
     cuda_token_layers, /* token_layers */
+};
+
+/* The module's one export (module.h), found by common/cuda_module.c with dlsym. */
+extern "C" __attribute__((visibility("default"))) const mr_cuda_module mr_cuda_module_record = {
+    MR_CUDA_MODULE_ABI,   /* abi */
+    MR_CUDA_MODULE_SIZES, /* sizes */
+    &cuda_bf16,           /* bf16 */
+    &cuda_fp8,            /* fp8 */
 };
