@@ -7,10 +7,7 @@ them; docs/perf.md has the figures).
 
 DIR holds, per collection C: C.full.run / C.full.log (`mrank eval --out` of the full model and
 its log with the linear FLOPs per pair) and C.NAME.run / C.NAME.log per sub-model NAME. A profile
-is its stages in order, NAME:K (keep the best K for the next stage), the last one `full`; a
-stage written +NAME continues the pass of the stage before it (the coordinator's fused stages:
-same pool, adapters and width up to the shallower exit, one Score with an in-pass prune), so it
-costs only the layers past that stage's exit: its FLOPs per pair minus the previous stage's.
+is its stages in order, NAME:K (keep the best K for the next stage), the last one `full`.
 Candidates: the collection's bm25_top100.run in its order, all judged queries. The cascade is
 the coordinator's (bench/fusion/fusion_eval.py's replay): each stage scores the survivors of
 the one before, the best K (score desc, request order) go on, the final order is the deepest
@@ -32,11 +29,10 @@ from fusion_eval import flops, mean, read_run, replay  # noqa: E402
 
 
 def parse_profile(text):
-    """[(name, keep, continues)] of "NAME:K,+NAME:K,..." (see the top)"""
     stages = []
     for s in text.split(","):
         name, _, keep = s.partition(":")
-        stages.append((name.lstrip("+"), int(keep or 0), name.startswith("+")))
+        stages.append((name, int(keep or 0)))
     return stages
 
 
@@ -47,7 +43,7 @@ def main():
     ap.add_argument("collections", nargs="+")
     a = ap.parse_args()
     profiles = [parse_profile(p) for p in a.profiles.split(";") if p]
-    names = sorted({s for p in profiles for s, _, _ in p} | {"full"})
+    names = sorted({s for p in profiles for s, _ in p} | {"full"})
     cells = {i: [] for i in range(len(profiles))}
     ok = [True] * len(profiles)
     heads = []
@@ -66,21 +62,20 @@ def main():
                 cands = list(bm25[q])
                 sc = {s: runs[s][q] for s in names}
                 full_top = {d for d, _ in replay(cands, sc, [("full", 0)], None)[:10]}
-                top = {d for d, _ in replay(cands, sc, [(s, k) for s, k, _ in prof], None)[:10]}
+                top = {d for d, _ in replay(cands, sc, prof, None)[:10]}
                 ov.append(len(full_top & top) / len(full_top))
                 n = m = len(cands)
-                used, prev = 0.0, None
-                for s, keep, cont in prof:
-                    used += m * (fl[s] - (fl[prev] if cont else 0.0))
-                    m, prev = (min(m, keep) if keep else m), s
+                used = 0.0
+                for s, keep in prof:
+                    used += m * fl[s]
+                    m = min(m, keep) if keep else m
                 cp.append(used / (n * fl["full"]))
             o, p = mean(ov), mean(cp)
             ok[i] &= o >= 0.95 and p <= 0.25
             cells[i].append("%.3f / %.3f" % (o, p))
     print("| profile (top-10 overlap / compute) | " + " | ".join(heads) + " |")
     print("|---|" + "---|" * len(heads))
-    label = [" → ".join("%s%s%s" % ("+" if c else "", s, " K %d" % k if k else "")
-                        for s, k, c in p) for p in profiles]
+    label = [" → ".join("%s%s" % (s, " K %d" % k if k else "") for s, k in p) for p in profiles]
     for i in range(len(profiles)):
         print("| %s | %s |" % (label[i], " | ".join(cells[i])))
     met = [label[i] for i in range(len(profiles)) if ok[i]]

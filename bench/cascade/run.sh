@@ -5,9 +5,8 @@
 # For each collection of ../shared/data/ir, all judged queries, the BM25 top-100 in run order,
 # models/mrank-tiny-d8 at the served max_len 64: `mrank eval --out` of the full model (exit 8)
 # and of cheap sub-models (exit E, width R, the bundled vertical + width-R compensation
-# adapters) and plain early exits (exit E, full width, no adapters: what a stage that continues
-# into the full model's pass scores); then bench/cascade/cascade_eval.py replays cascades of two
-# and three stages (below), restarted and continued. Resumable: a step whose output exists is skipped. Runs niced; about 3.5 minutes of
+# adapters); then bench/cascade/cascade_eval.py replays cascades of two and three stages
+# (below). Resumable: a step whose output exists is skipped. Runs niced; about 3.5 minutes of
 # both cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,8 +14,7 @@ B=${1:-build}
 O=${2:-out/cascade}
 IR=../shared/data/ir
 M=models/mrank-tiny-d8
-CHEAP="1:1 1:4 2:4 2:8 3:8"     # exit:ratio, with the compensation adapters
-PLAIN="1 2 3"                   # exits, full width, no adapters (named eE-plain)
+CHEAP="1:1 1:4 2:4 2:8 3:8"     # exit:ratio
 mkdir -p "$O"
 for c in cranfield medline cacm npl; do
   [ -s "$O/$c.full.log" ] ||
@@ -29,11 +27,6 @@ for c in cranfield medline cacm npl; do
     [ "$r" -gt 1 ] && args+=(--adapter "$M/adapters/width-$r")
     nice "$B/mrank" eval --quiet --model $M --collection $IR/$c --max-len 64 "${args[@]}" \
       --out "$O/$c.$name.run" > "$O/$c.$name.log"
-  done
-  for e in $PLAIN; do
-    [ -s "$O/$c.e$e-plain.log" ] ||
-      nice "$B/mrank" eval --quiet --model $M --collection $IR/$c --max-len 64 --exits "$e" \
-        --out "$O/$c.e$e-plain.run" > "$O/$c.e$e-plain.log"
   done
 done
 # two stages (each cheap model, keep 15/20/30) and three (exit 1, keep 30/40/50, then exit 2
