@@ -6,8 +6,8 @@
  * before an exit, the same depth output and the same validation errors. "cpu" wraps
  * mr_ctx_init / mr_model_score; "cuda" and "cuda-fp8" (the GPU backend in common/cuda/) run the
  * pass on one GPU and exist only in builds configured with CUDA (MR_HAVE_CUDA, known to
- * backend.c alone), where the backend is a module loaded on first use (common/cuda_module.c). This header is the whole interface: nothing else of the engine knows a
- * device.
+ * backend.c alone), where the backend is a module loaded on first use (common/cuda_module.c).
+ * This header is the whole interface: nothing else of the engine knows a device.
  *
  * Contexts are per thread, like mr_ctx: sized once by ctx_new for max_tokens packed tokens,
  * max_rows rows and rows of at most max_len tokens; score allocates nothing. The model must

@@ -2,7 +2,7 @@
  *
  * CPU group (no argument; ctest test_backend): the "cpu" table gives exactly mr_model_score's
  * scores, depths and errors, with no CUDA library mapped; CUDA builds load the GPU module on
- * first use, with a clear error when it is missing.
+ * first use. Group "module" (ctest test_backend_module_*): modules the loader must refuse.
  * CUDA group (argument "cuda"; ctest test_backend_cuda): when the build has the CUDA backend
  * and a device is present (cudaGetDeviceCount > 0, through the table's `available` slot), it
  * equals the CPU backend within bf16 tolerances on tiny seeded checkpoints (llama, qwen2,
@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -169,32 +168,16 @@ static int mapped(const char *s) {
 /* The GPU backend is a module loaded on first use (common/cuda_module.c), so CPU scoring (the
  * cases before this one) maps no CUDA library. In a CUDA build, asking whether "cuda" can run
  * loads libmrank_cuda.so from beside this binary: the answer is then the module's own (yes, or
- * "no CUDA device"), never a failure to load it, and cuBLASLt is mapped. A module that is not
- * there (MR_CUDA_MODULE, in a child process: loading happens once) fails both tables with
- * MR_EUNSUPPORTED and a message naming the path. */
+ * "no CUDA device"), never a failure to load it, and cuBLASLt is mapped. (Modules it must
+ * refuse: test_module_refused, one process each.) */
 static void test_cuda_loaded_on_demand(void **state) {
     assert_false(mapped("libcublas"));
     assert_false(mapped("libmrank_cuda"));
-    const mr_backend *cuda = mr_backend_get("cuda"), *f8 = mr_backend_get("cuda-fp8");
+    const mr_backend *cuda = mr_backend_get("cuda");
     if (!cuda) {
         printf("[  NOTE    ] no CUDA build: checked only that nothing of CUDA is mapped\n");
         return;
     }
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        static const char *const path = "/nonexistent/libmrank_cuda.so";
-        mr_err e1 = {0}, e2 = {0};
-        setenv("MR_CUDA_MODULE", path, 1);
-        int ok = mr_backend_available(cuda, &e1) == MR_EUNSUPPORTED &&
-                 mr_backend_available(f8, &e2) == MR_EUNSUPPORTED && strstr(e1.msg, path) &&
-                 !strcmp(e1.msg, e2.msg) && !mapped("libcublas");
-        if (!ok) fprintf(stderr, "child: %s | %s\n", e1.msg, e2.msg);
-        _exit(ok ? 0 : 1);
-    }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     mr_err err = {0};
     int rc = mr_backend_available(cuda, &err);
     printf("[  NOTE    ] cuda available: %d%s%s\n", rc, rc ? ", " : "", rc ? err.msg : "");
@@ -204,6 +187,31 @@ static void test_cuda_loaded_on_demand(void **state) {
     }
     assert_true(mapped("libmrank_cuda.so"));
     assert_true(mapped("libcublasLt"));
+}
+
+/* Group "module" (ctest test_backend_module_*, each with its own MR_CUDA_MODULE: loading
+ * happens once per process): the CUDA tables, called directly so that every build tests the
+ * loader, refuse a module that is missing, from another build or not mrank's, with
+ * MR_EUNSUPPORTED and a message containing g_expect; both tables the same, the refusal
+ * repeated on the next call, ctx_new failing the same way, and nothing of CUDA mapped. */
+static const char *g_expect;
+static void test_module_refused(void **state) {
+    mr_err e1 = {0}, e2 = {0}, e3 = {0};
+    void *ctx = (void *)&e3;
+    assert_int_equal(mr_backend_available(&mr_backend_cuda, &e1), MR_EUNSUPPORTED);
+    printf("[  NOTE    ] %s\n", e1.msg);
+    assert_non_null(strstr(e1.msg, g_expect));
+    assert_non_null(strstr(e1.msg, getenv("MR_CUDA_MODULE")));
+    assert_int_equal(mr_backend_available(&mr_backend_cuda_fp8, &e2), MR_EUNSUPPORTED);
+    assert_string_equal(e1.msg, e2.msg);
+    memset(&e2, 0, sizeof e2);
+    assert_int_equal(mr_backend_available(&mr_backend_cuda, &e2), MR_EUNSUPPORTED);
+    assert_string_equal(e1.msg, e2.msg);
+    assert_int_equal(mr_backend_ctx_new(&mr_backend_cuda, NULL, 64, 4, 32, &ctx, &e3),
+                     MR_EUNSUPPORTED);
+    assert_null(ctx);
+    assert_string_equal(e1.msg, e3.msg);
+    assert_false(mapped("libcublas"));
 }
 
 static void same_float(float a, float b, const char *what) {
@@ -628,9 +636,18 @@ int main(int argc, char **argv) {
     };
     enum { N_CUDA = sizeof cuda_tests / sizeof cuda_tests[0] };
     if (argc == 1) return cmocka_run_group_tests_name("cpu", cpu_tests, NULL, NULL);
+    if (argc == 3 && !strcmp(argv[1], "module")) {
+        const struct CMUnitTest module_tests[] = {cmocka_unit_test(test_module_refused)};
+        if (!getenv("MR_CUDA_MODULE")) {
+            fprintf(stderr, "test_backend module: set MR_CUDA_MODULE\n");
+            return 2;
+        }
+        g_expect = argv[2];
+        return cmocka_run_group_tests_name("module", module_tests, NULL, NULL);
+    }
     if (argc == 3 && !strcmp(argv[1], "write")) return write_checkpoints(argv[2]);
     if (argc != 2 || strcmp(argv[1], "cuda")) {
-        fprintf(stderr, "usage: %s [cuda | write DIR]\n", argv[0]);
+        fprintf(stderr, "usage: %s [cuda | write DIR | module EXPECTED-MESSAGE]\n", argv[0]);
         return 2;
     }
     int failed = cmocka_run_group_tests_name("cuda", cuda_tests, NULL, NULL);
