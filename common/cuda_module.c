@@ -105,9 +105,9 @@ static const mr_backend *real(int i, mr_err *err) {
     return g_real[i];
 }
 
-/* Forwarders. available and ctx_new may come first and load; the others get a context that
- * ctx_new made, so the module is loaded by then. */
-#define MR__CUDA_FORWARDERS(I, P)                                                              \
+/* One forwarding table VAR named NAME for the module's table I. available and ctx_new may come
+ * first and load; the others get a context that ctx_new made, so the module is loaded by then. */
+#define MR__CUDA_FORWARDERS(I, P, VAR, NAME)                                                   \
     static int P##available(mr_err *err) {                                                     \
         const mr_backend *b = real(I, err);                                                    \
         return b ? mr_backend_available(b, err) : g_why.code;                                  \
@@ -126,27 +126,16 @@ static const mr_backend *real(int i, mr_err *err) {
     static const char *P##describe(void *ctx) { return mr_backend_describe(g_real[I], ctx); }  \
     static long long P##token_layers(void *ctx) {                                              \
         return mr_backend_token_layers(g_real[I], ctx);                                        \
-    }
+    }                                                                                          \
+    const mr_backend VAR = {                                                                   \
+        .name = NAME,                                                                          \
+        .available = P##available,                                                             \
+        .ctx_new = P##ctx_new,                                                                 \
+        .ctx_free = P##ctx_free,                                                               \
+        .score = P##score,                                                                     \
+        .describe = P##describe,                                                               \
+        .token_layers = P##token_layers,                                                       \
+    };
 
-MR__CUDA_FORWARDERS(0, bf16_)
-MR__CUDA_FORWARDERS(1, fp8_)
-
-const mr_backend mr_backend_cuda = {
-    .name = "cuda",
-    .available = bf16_available,     /* loads the module; then a device is present */
-    .ctx_new = bf16_ctx_new,
-    .ctx_free = bf16_ctx_free,
-    .score = bf16_score,
-    .describe = bf16_describe,
-    .token_layers = bf16_token_layers,
-};
-
-const mr_backend mr_backend_cuda_fp8 = {
-    .name = "cuda-fp8",
-    .available = fp8_available,      /* loads the module; then a device is present */
-    .ctx_new = fp8_ctx_new,
-    .ctx_free = fp8_ctx_free,
-    .score = fp8_score,
-    .describe = fp8_describe,
-    .token_layers = fp8_token_layers,
-};
+MR__CUDA_FORWARDERS(0, bf16_, mr_backend_cuda, "cuda")
+MR__CUDA_FORWARDERS(1, fp8_, mr_backend_cuda_fp8, "cuda-fp8")
