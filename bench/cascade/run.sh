@@ -38,7 +38,7 @@ done
 P=""
 for e in e1-r1 e2-r4 e3-r8; do for k in 15 20 30; do P="$P$e:$k,full;"; done; done
 for k1 in 30 40 50; do for k2 in 12 15 20; do P="${P}e1-r1:$k1,e2-r4:$k2,full;"; done; done
-# pooled from the embeddings (docs/perf.md, "Two more levers"): alone, and after exit 1
+# pooled from the embeddings (docs/perf.md, "Three more levers"): alone, and after exit 1
 for e in e2-r4z e2-r8z e3-r8z e3-r4z; do for k in 15 20 25; do P="$P$e:$k,full;"; done; done
 for k1 in 40 50 60; do for k2 in 15 18 20; do P="${P}e1-r1:$k1,e2-r8z:$k2,full;"; done; done
 nice python3 bench/cascade/cascade_eval.py --runs "$O" --profiles "$P" \
