@@ -54,17 +54,19 @@ static void *open_module(char *where, size_t n) {
         return dlopen(env, RTLD_NOW | RTLD_LOCAL);
     }
     char exe[PATH_MAX];
+    const char *dir = "(executable unknown)";
     ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (k > 0) {
         exe[k] = '\0';
-        char *slash = strrchr(exe, '/');
+        char *slash = strrchr(exe, '/'); /* also drops " (deleted)" after an in-place upgrade */
         if (slash) {
             *slash = '\0';
+            dir = exe;
             snprintf(where, n, "%s/%s", exe, MODULE_FILE);
             if (access(where, F_OK) == 0) return dlopen(where, RTLD_NOW | RTLD_LOCAL);
         }
     }
-    snprintf(where, n, "%s (library search path)", MODULE_FILE);
+    snprintf(where, n, "%s (not in %s; library search path)", MODULE_FILE, dir);
     return dlopen(MODULE_FILE, RTLD_NOW | RTLD_LOCAL);
 }
 
@@ -79,6 +81,7 @@ static void load(void) {
     }
     const mr_cuda_module *rec = dlsym(h, MR_CUDA_MODULE_SYMBOL);
     static const unsigned want[] = MR_CUDA_MODULE_SIZES;
+    _Static_assert(sizeof want == sizeof rec->sizes, "MR_CUDA_MODULE_N_SIZES is out of date");
     if (!rec) {
         mr_err_set(&g_why, MR_EUNSUPPORTED, "cuda backend: %s has no %s: not an mrank module",
                    where, MR_CUDA_MODULE_SYMBOL);
@@ -87,12 +90,16 @@ static void load(void) {
                    "cuda backend: %s was built for another mrank (module abi %d, this %d, or "
                    "structure sizes differ): install the module of this build",
                    where, rec->abi, MR_CUDA_MODULE_ABI);
+    } else if (!rec->bf16 || !rec->fp8) {
+        mr_err_set(&g_why, MR_EUNSUPPORTED, "cuda backend: %s: its record has no backend tables",
+                   where);
     } else {
         g_real[0] = rec->bf16;
         g_real[1] = rec->fp8;
         return;
     }
-    dlclose(h);
+    /* A refused module stays mapped: the refusal is final for the process, and unloading a
+     * module that brought the CUDA runtime in is not safe. */
 }
 
 /* The module's table i (0 cuda, 1 cuda-fp8), loading it on first use; NULL with err set. */

@@ -15,7 +15,8 @@ O=${2:-out/cascade}
 IR=../shared/data/ir
 M=models/mrank-tiny-d8
 # exit:ratio[:compress layers]; without layers, the engine's default (every layer from 1 below
-# the deepest exit); with layers from 0 on (pooling the embeddings), the name ends in z
+# the deepest exit); with layers given (here all from 0 on: pooling the embeddings), the name
+# ends in z (outputs are reused by name: remove them after changing a z entry's layers)
 CHEAP="1:1 1:4 2:4 2:8 3:8 2:4:0 2:8:0 3:8:0 3:4:0,2"
 mkdir -p "$O"
 for c in cranfield medline cacm npl; do

@@ -13,9 +13,12 @@
 /* The symbol the loader looks up (dlsym). */
 #define MR_CUDA_MODULE_SYMBOL "mr_cuda_module_record"
 
+/* How many sizes MR_CUDA_MODULE_SIZES lists (the loader asserts it at compile time). */
+#define MR_CUDA_MODULE_N_SIZES 5
+
 typedef struct mr_cuda_module {
     int abi;                  /* MR_CUDA_MODULE_ABI */
-    unsigned sizes[5];        /* MR_CUDA_MODULE_SIZES as the module saw them */
+    unsigned sizes[MR_CUDA_MODULE_N_SIZES]; /* MR_CUDA_MODULE_SIZES as the module saw them */
     const mr_backend *bf16;   /* the "cuda" table */
     const mr_backend *fp8;    /* the "cuda-fp8" table */
 } mr_cuda_module;
