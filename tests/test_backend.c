@@ -272,6 +272,25 @@ static int g_checked;  /* scores compared, for the summary line */
 static double g_worst; /* the largest |gpu - cpu| / max(|cpu|, CUDA_FLOOR) seen, likewise */
 static int g_skipped; /* CUDA cases that called skip(): main exits 77 when all did */
 
+/* Skips the calling CUDA case WHAT (counted in g_skipped) where the build has no CUDA backend
+ * or the machine no device. Only a missing device is a skip: a module that does not load (the
+ * table's available slot fails otherwise) fails the case. */
+static void require_device(const mr_backend *b, const char *what) {
+    mr_err err = {0};
+    if (!b) {
+        printf("[  NOTE    ] CUDA backend not built (no nvcc at configure time): %s DID NOT RUN\n",
+               what);
+        g_skipped++;
+        skip();
+    }
+    if (mr_backend_available(b, &err)) {
+        if (!strstr(err.msg, "no CUDA device")) fail_msg("%s", err.msg);
+        printf("[  NOTE    ] %s: %s DID NOT RUN (needs a GPU)\n", err.msg, what);
+        g_skipped++;
+        skip();
+    }
+}
+
 /* Tolerance of one CUDA score against the CPU's: |gpu - cpu| <= CUDA_RTOL * max(|cpu|,
  * CUDA_FLOOR), per score. Both numbers come from an emulation of the GPU's rounding in the
  * float64 oracle (tests/oracle/cuda_rounding.py) on this file's nine checkpoints and cases: every
@@ -448,19 +467,7 @@ static void parity_model(const mr_backend *cuda, const char *tag, const char *di
 static void test_cuda_equals_cpu(void **state) {
     const mr_backend *cuda = mr_backend_get("cuda");
     mr_err err = {0};
-    if (!cuda) {
-        printf("[  NOTE    ] CUDA backend not built (no nvcc at configure time): the CUDA "
-               "parity test DID NOT RUN\n");
-        g_skipped++;
-        skip();
-    }
-    if (mr_backend_available(cuda, &err)) {
-        /* only a missing device is a skip: a module that does not load is a failure */
-        if (!strstr(err.msg, "no CUDA device")) fail_msg("%s", err.msg);
-        printf("[  NOTE    ] %s: the CUDA parity test DID NOT RUN (needs a GPU)\n", err.msg);
-        g_skipped++;
-        skip();
-    }
+    require_device(cuda, "the CUDA parity test");
     static const mr_arch arch[3] = {MR_ARCH_LLAMA, MR_ARCH_QWEN2, MR_ARCH_GEMMA2};
     static const char *const an[3] = {"llama", "qwen2", "gemma2"};
     for (int a = 0; a < 3; a++)
@@ -541,18 +548,7 @@ static void test_cuda_fp8_near_cpu(void **state) {
     const mr_backend *f8 = mr_backend_get("cuda-fp8"), *bf = mr_backend_get("cuda");
     const mr_backend *cpu = mr_backend_get("cpu");
     mr_err err = {0};
-    if (!f8) {
-        printf("[  NOTE    ] CUDA backend not built: the FP8 test DID NOT RUN\n");
-        g_skipped++;
-        skip();
-    }
-    if (mr_backend_available(f8, &err)) {
-        /* only a missing device is a skip: a module that does not load is a failure */
-        if (!strstr(err.msg, "no CUDA device")) fail_msg("%s", err.msg);
-        printf("[  NOTE    ] %s: the FP8 test DID NOT RUN (needs a GPU)\n", err.msg);
-        g_skipped++;
-        skip();
-    }
+    require_device(f8, "the FP8 test");
     static const int hds[2] = {8, 128};
     double worst = 0;
     for (int h = 0; h < 2; h++) {
