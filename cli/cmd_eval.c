@@ -26,10 +26,9 @@
 
 typedef struct eargs {
     const char *model, *coll, *out, *prompt, *run_name;
-    const char *adapters[MR_MAX_ADAPTERS];
-    int n_adapters, max_queries, max_len, exits_given, quiet;
-    mr_subarch arch;             /* width (--compress-ratio, --compress-layers) */
-    mr_run_opts run;             /* exits; the rest comes from arch once the model is loaded */
+    int max_queries, max_len, quiet;
+    mr_cli_submodel sub;         /* exits, width, adapters (merged) */
+    mr_run_opts run;             /* from sub once the model is loaded */
     /* --grid */
     int grid, n_ratios, ratios[4], heldout_max, heldout_group;
     const char *comp, *reference, *tsv, *label, *heldout;
@@ -69,8 +68,7 @@ static void eval_usage(FILE *f) {
 /* 0: evaluate with *a; 1: --help printed (exit status 0); -1: usage error, reported. */
 static int parse_eargs(int argc, char **argv, eargs *a) {
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'},        {"collection", 1, 0, 'c'},    {"exits", 1, 0, 'e'},
-        {"compress-ratio", 1, 0, 'r'}, {"compress-layers", 1, 0, 'l'}, {"adapter", 1, 0, 'a'},
+        {"model", 1, 0, 'm'},        {"collection", 1, 0, 'c'},    MR_CLI_SUBMODEL_OPTIONS,
         {"max-queries", 1, 0, 'n'},  {"max-len", 1, 0, 'L'},       {"prompt", 1, 0, 'P'},
         {"candidates", 1, 0, 'C'},   {"out", 1, 0, 'o'},           {"quiet", 0, 0, 'q'},
         {"grid", 0, 0, 1000},        {"grid-ratios", 1, 0, 1001},  {"comp", 1, 0, 1002},
@@ -78,7 +76,7 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
         {"heldout", 1, 0, 1006},     {"heldout-max", 1, 0, 1007},  {"heldout-group", 1, 0, 1008},
         {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
-    mr_subarch_default(&a->arch);
+    mr_cli_submodel_init(&a->sub);
     a->max_len = 256;
     a->prompt = MR_DEFAULT_PROMPT;
     a->out = "mrank-eval.run";
@@ -87,30 +85,13 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
     int ch, n;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if ((n = mr_cli_submodel_option(&a->sub, ch, optarg, "mrank eval"))) {
+            if (n < 0) return -1;
+            continue;
+        }
         switch (ch) {
         case 'm': a->model = optarg; break;
         case 'c': a->coll = optarg; break;
-        case 'e':
-            if ((n = mr_cli_parse_ints("--exits", optarg, a->run.exits, MR_MAX_EXITS)) < 1)
-                return -1;
-            a->run.n_exits = n, a->exits_given = 1;
-            break;
-        case 'r':
-            if (mr_cli_parse_int("--compress-ratio", optarg, &a->arch.ratio)) return -1;
-            break;
-        case 'l':
-            if ((n = mr_cli_parse_ints("--compress-layers", optarg, a->arch.compress_layers,
-                                       MR_MAX_COMPRESS)) < 0)
-                return -1;
-            a->arch.n_compress = n;
-            break;
-        case 'a':
-            if (a->n_adapters == MR_MAX_ADAPTERS) {
-                fprintf(stderr, "mrank eval: at most %d adapters\n", MR_MAX_ADAPTERS);
-                return -1;
-            }
-            a->adapters[a->n_adapters++] = optarg;
-            break;
         case 'n': if (mr_cli_parse_int("--max-queries", optarg, &a->max_queries)) return -1; break;
         case 'L': if (mr_cli_parse_int("--max-len", optarg, &a->max_len)) return -1; break;
         case 'P': a->prompt = optarg; break;
@@ -226,7 +207,7 @@ int mr_cmd_eval(int argc, char **argv) {
     int pr = parse_eargs(argc, argv, &a);
     if (pr) return pr > 0 ? 0 : 2;
     if (a.grid) return eval_grid(&a);
-    mr_model_opts mo = {.adapters = a.adapters, .n_adapters = a.n_adapters, .merge = 1};
+    mr_model_opts mo = {.adapters = a.sub.adapters, .n_adapters = a.sub.n_adapters, .merge = 1};
     if (mr_model_load(&m, a.model, &mo, &err)) goto fail;
     loaded = 1;
     if (!m.tok) {
@@ -234,11 +215,7 @@ int mr_cmd_eval(int argc, char **argv) {
         goto fail;
     }
     mr_run_opts o;
-    if (mr_subarch_to_run_opts(&a.arch, &m, NULL, 0, &o, &err)) goto fail;
-    if (a.exits_given) {
-        o.n_exits = a.run.n_exits;
-        memcpy(o.exits, a.run.exits, sizeof o.exits);
-    }
+    if (mr_cli_submodel_run_opts(&a.sub, &m, &o, &err)) goto fail;
     if (o.ratio > 1 && o.n_compress == 0)   /* default: every layer below the deepest exit */
         for (int l = 1; l < o.exits[o.n_exits - 1]; l++) o.compress_layers[o.n_compress++] = l;
     a.run = o;
@@ -460,7 +437,7 @@ static int eval_grid(eargs *a) {
     /* adapters: --adapter (always on), then DIR/vertical, DIR/width-R (run-time, unmerged) */
     const char *ad[MR_MAX_ADAPTERS];
     int nad = 0, vbit = -1, wbit[4] = {-1, -1, -1, -1};
-    for (int i = 0; i < a->n_adapters; i++) ad[nad++] = a->adapters[i];
+    for (int i = 0; i < a->sub.n_adapters; i++) ad[nad++] = a->sub.adapters[i];
     uint32_t base_mask = (uint32_t)((1u << nad) - 1);
     if (a->comp) {
         struct stat st;
@@ -471,7 +448,7 @@ static int eval_grid(eargs *a) {
             snprintf(wdir[r], sizeof wdir[r], "%s/width-%d", a->comp, a->ratios[r]);
             if (!stat(wdir[r], &st) && nad < MR_MAX_ADAPTERS) wbit[r] = nad, ad[nad++] = wdir[r];
         }
-        if (vbit < 0 && nad == a->n_adapters) {
+        if (vbit < 0 && nad == a->sub.n_adapters) {
             fprintf(stderr, "mrank eval: --comp %s: no vertical/ or width-R/ adapter\n", a->comp);
             return 1;
         }
@@ -487,7 +464,7 @@ static int eval_grid(eargs *a) {
     mr_run_opts o[4];
     for (int r = 0; r < R; r++) {
         /* width r: --compress-layers, or every layer below the deepest exit */
-        mr_subarch w = a->arch;
+        mr_subarch w = a->sub.arch;
         w.depth = 0;
         w.ratio = a->ratios[r];
         if (w.ratio == 1) w.n_compress = 0;

@@ -16,12 +16,10 @@ typedef struct args {
     const char *model, *query, *prompt, *backend;
     const char **passages;
     int n_passages;
-    const char *adapters[MR_MAX_ADAPTERS];
-    int n_adapters, unmerged, json, max_len;
-    mr_subarch arch;                 /* width and pooling (--compress-*, --pooling) */
-    mr_run_opts run;                 /* exits, prune steps, sigmoid, head rule; the rest of
-                                        it comes from arch once the model is loaded */
-    int exits_given;
+    int unmerged, json, max_len;
+    mr_cli_submodel sub;             /* exits, width, adapters; --pooling sets sub.arch's */
+    mr_run_opts run;                 /* prune steps, sigmoid, head rule; the rest of it comes
+                                        from sub once the model is loaded */
 } args;
 
 static void score_usage(FILE *f, const char *cmd) {
@@ -70,28 +68,30 @@ static int parse_args(int argc, char **argv, args *a, int scoring) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},          {"query", 1, 0, 'q'},         {"passage", 1, 0, 'p'},
         {"prompt", 1, 0, 'P'},         {"max-len", 1, 0, 'L'},       {"json", 0, 0, 'j'},
-        {"adapter", 1, 0, 'a'},        {"unmerged", 0, 0, 'u'},      {"exits", 1, 0, 'e'},
-        {"compress-ratio", 1, 0, 'r'}, {"compress-layers", 1, 0, 'c'},
-        {"pooling", 1, 0, 'o'},        {"sigmoid", 0, 0, 's'},      {"head-by-position", 0, 0, 'H'},
-        {"prune", 1, 0, 'x'},          {"backend", 1, 0, 'B'},       {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"unmerged", 0, 0, 'u'},       {"pooling", 1, 0, 'o'},       {"sigmoid", 0, 0, 's'},
+        {"head-by-position", 0, 0, 'H'}, {"prune", 1, 0, 'x'},       {"backend", 1, 0, 'B'},
+        {"help", 0, 0, 'h'},           MR_CLI_SUBMODEL_OPTIONS,      {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->prompt = MR_DEFAULT_PROMPT;
     a->max_len = MR_DEFAULT_MAX_LEN;
-    mr_subarch_default(&a->arch);
+    mr_cli_submodel_init(&a->sub);
     a->backend = "cpu";
     const char *cmd = argv[0];
     if (!(a->passages = calloc((size_t)argc, sizeof *a->passages))) {
         fprintf(stderr, "mrank %s: out of memory for %d arguments\n", cmd, argc);
         return -1;
     }
-    int ch, n;
+    int ch, sub, li = -1;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (!scoring && ch != 'h' && ch != '?' && !strchr("mqpPLj", ch)) {
-            fprintf(stderr, "mrank %s: option '%s' only applies to mrank score\n", cmd,
-                    argv[optind - 1]);
+    while ((ch = getopt_long(argc, argv, "", opts, &li)) != -1) {
+        if (!scoring && ch != 'h' && ch != '?' && (ch > 127 || !strchr("mqpPLj", ch))) {
+            fprintf(stderr, "mrank %s: option --%s only applies to mrank score\n", cmd,
+                    opts[li].name);
             return -1;
+        }
+        if ((sub = mr_cli_submodel_option(&a->sub, ch, optarg, "mrank score"))) {
+            if (sub < 0) return -1;
+            continue;
         }
         switch (ch) {
         case 'm': a->model = optarg; break;
@@ -100,32 +100,10 @@ static int parse_args(int argc, char **argv, args *a, int scoring) {
         case 'P': a->prompt = optarg; break;
         case 'L': if (mr_cli_parse_int("--max-len", optarg, &a->max_len)) return -1; break;
         case 'j': a->json = 1; break;
-        case 'a':
-            if (a->n_adapters == MR_MAX_ADAPTERS) {
-                fprintf(stderr, "mrank: at most %d adapters\n", MR_MAX_ADAPTERS);
-                return -1;
-            }
-            a->adapters[a->n_adapters++] = optarg;
-            break;
         case 'u': a->unmerged = 1; break;
-        case 'e':
-            if ((n = mr_cli_parse_ints("--exits", optarg, a->run.exits, MR_MAX_EXITS)) < 1)
-                return -1;
-            a->run.n_exits = n;
-            a->exits_given = 1;
-            break;
-        case 'r':
-            if (mr_cli_parse_int("--compress-ratio", optarg, &a->arch.ratio)) return -1;
-            break;
-        case 'c':
-            if ((n = mr_cli_parse_ints("--compress-layers", optarg, a->arch.compress_layers,
-                                       MR_MAX_COMPRESS)) < 0)
-                return -1;
-            a->arch.n_compress = n;
-            break;
         case 'o': {
             mr_err perr = {0};
-            if (mr_pooling_parse(optarg, &a->arch.pooling, &perr)) {
+            if (mr_pooling_parse(optarg, &a->sub.arch.pooling, &perr)) {
                 fprintf(stderr, "mrank: --%s\n", perr.msg);
                 return -1;
             }
@@ -293,7 +271,7 @@ int mr_cmd_score(int argc, char **argv) {
                 mr_backend_names());
         goto done;
     }
-    mr_model_opts mo = {.adapters = a.adapters, .n_adapters = a.n_adapters,
+    mr_model_opts mo = {.adapters = a.sub.adapters, .n_adapters = a.sub.n_adapters,
                         .merge = !a.unmerged};
     if (mr_model_load(&m, a.model, &mo, &err)) goto fail;
     loaded = 1;
@@ -305,11 +283,7 @@ int mr_cmd_score(int argc, char **argv) {
     /* the sub-architecture gives width, pooling and the adapters (every unmerged one);
      * the flags add exits, prune steps, sigmoid and the head rule */
     mr_run_opts o;
-    if (mr_subarch_to_run_opts(&a.arch, &m, NULL, 0, &o, &err)) goto fail;
-    if (a.exits_given) {
-        o.n_exits = a.run.n_exits;
-        memcpy(o.exits, a.run.exits, sizeof o.exits);
-    }
+    if (mr_cli_submodel_run_opts(&a.sub, &m, &o, &err)) goto fail;
     o.n_prune = a.run.n_prune;
     memcpy(o.prune, a.run.prune, sizeof o.prune);
     o.sigmoid = a.run.sigmoid;

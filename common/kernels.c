@@ -44,8 +44,11 @@ void mr_rope_table(float *cos_sin, int max_pos, int head_dim, double theta) {
     }
 }
 
-void mr_rope(float *x, const int32_t *pos, int n_tok, int n_heads, int head_dim,
-             const float *cos_sin) {
+/* (a, b) -> (a c - b s, b c + a s) per pair, with s's sign flipped by dir = -1: the inverse
+ * rotation (its transpose), which is RoPE's backward. Negating s is exact, so both
+ * directions round as if written out. */
+static void rope_rotate(float *x, const int32_t *pos, int n_tok, int n_heads, int head_dim,
+                        const float *cos_sin, float dir) {
     int half = head_dim / 2;
 #pragma omp parallel for schedule(static) if (n_tok > 16)
     for (int t = 0; t < n_tok; t++) {
@@ -53,13 +56,23 @@ void mr_rope(float *x, const int32_t *pos, int n_tok, int n_heads, int head_dim,
         for (int h = 0; h < n_heads; h++) {
             float *v = x + ((size_t)t * n_heads + h) * head_dim;
             for (int i = 0; i < half; i++) {
-                float c = cs[2 * i], s = cs[2 * i + 1];
+                float c = cs[2 * i], s = dir * cs[2 * i + 1];
                 float a = v[i], b = v[i + half];
                 v[i] = a * c - b * s;
                 v[i + half] = b * c + a * s;
             }
         }
     }
+}
+
+void mr_rope(float *x, const int32_t *pos, int n_tok, int n_heads, int head_dim,
+             const float *cos_sin) {
+    rope_rotate(x, pos, n_tok, n_heads, head_dim, cos_sin, 1.0f);
+}
+
+void mr_rope_inverse(float *x, const int32_t *pos, int n_tok, int n_heads, int head_dim,
+                     const float *cos_sin) {
+    rope_rotate(x, pos, n_tok, n_heads, head_dim, cos_sin, -1.0f);
 }
 
 float mr_dot(const float *a, const float *b, int d) {

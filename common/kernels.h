@@ -22,6 +22,9 @@ void mr_rmsnorm(float *y, const float *x, const float *w, int n, int d, float ep
  * each token's position; cos_sin (max_pos, head_dim/2, 2) from mr_rope_table. */
 void mr_rope(float *x, const int32_t *pos, int n_tok, int n_heads, int head_dim,
              const float *cos_sin);
+/* The inverse rotation, in place: RoPE's backward (trainer/tpass.c) on a gradient. */
+void mr_rope_inverse(float *x, const int32_t *pos, int n_tok, int n_heads, int head_dim,
+                     const float *cos_sin);
 void mr_rope_table(float *cos_sin, int max_pos, int head_dim, double theta);
 
 /* Attention arguments, packed rows (see top). */

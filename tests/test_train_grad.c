@@ -145,7 +145,7 @@ static void test_rope(void **state) {
     c.x = rnd(n, 1), c.y = zeros(n), c.R = rnd(n, 1);
     float *dx = malloc(sizeof(float) * n);
     memcpy(dx, c.R, sizeof(float) * n);
-    mr_rope_backward(dx, c.pos, c.n, c.h, c.hd, c.tab);
+    mr_rope_inverse(dx, c.pos, c.n, c.h, c.hd, c.tab);
     check_grad("rope dx", rope_loss, &c, c.x, dx, n, 1e-2f);
     free(c.tab), free(c.x), free(c.y), free(c.R), free(dx);
 }

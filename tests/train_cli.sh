@@ -97,6 +97,11 @@ out2=$("$mrank" score --model rrA --adapter cA/vertical --adapter cA/width-2 --q
       --compress-layers 1)
 [ "$(echo "$out2" | wc -l)" = 2 ] || fail "score with adapters: $out2"
 [ "$out" != "$out2" ] || fail "adapters changed nothing"
+# the sub-model options are score's: tokenize names the one it refuses (not its value)
+if msg=$("$mrank" tokenize --model rrA --query q --passage p --exits 1 2>&1); then
+    fail "tokenize accepted --exits"
+fi
+case $msg in *"option --exits only applies to mrank score"*) ;; *) fail "tokenize --exits: $msg" ;; esac
 # eval on a tiny collection: 2 queries, 3 docs; q1 judged (d2 grade 2, d3 grade 1), q2 unjudged
 mkdir -p coll/qrels
 printf '{"_id": "d1", "title": "", "text": "dogs bark"}\n{"_id": "d2", "title": "wing", "text": "the wing gives lift"}\n{"_id": "d3", "text": "lift of a wing"}\n' > coll/corpus.jsonl

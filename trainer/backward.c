@@ -60,25 +60,6 @@ void mr_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, 
     }
 }
 
-/* ---- RoPE: (a, b) -> (a c - b s, b c + a s) is a rotation; its transpose rotates back. ---- */
-void mr_rope_backward(float *dx, const int32_t *pos, int n_tok, int n_heads, int head_dim,
-                      const float *cos_sin) {
-    int half = head_dim / 2;
-#pragma omp parallel for schedule(static) if (n_tok > 16)
-    for (int t = 0; t < n_tok; t++) {
-        const float *cs = cos_sin + (size_t)pos[t] * half * 2;
-        for (int h = 0; h < n_heads; h++) {
-            float *v = dx + ((size_t)t * n_heads + h) * head_dim;
-            for (int i = 0; i < half; i++) {
-                float c = cs[2 * i], s = cs[2 * i + 1];
-                float da = v[i], db = v[i + half];
-                v[i] = da * c + db * s;
-                v[i + half] = db * c - da * s;
-            }
-        }
-    }
-}
-
 /* ---- attention ----
  * Per query: z_j = cap tanh(scale q.k_j / cap) (or scale q.k_j), p = softmax(z) over the
  * visible keys, out = sum_j p_j v_j.  Backward: dv_j += p_j dout; dp_j = dout.v_j;

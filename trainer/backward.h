@@ -31,9 +31,8 @@ void mr_matmul_wt_backward(float *dx, float *dw, float *db, const float *dy, con
 void mr_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
                          int n, int d, float eps, float w_offset);
 
-/* ---- RoPE -- forward mr_rope: the backward is the inverse rotation, in place on dx ---- */
-void mr_rope_backward(float *dx, const int32_t *pos, int n_tok, int n_heads, int head_dim,
-                      const float *cos_sin);
+/* ---- RoPE -- forward mr_rope: the backward is its inverse rotation, mr_rope_inverse
+ * (common/kernels.h), in place on the gradient ---- */
 
 /* ---- attention -- forward mr_attention ---- */
 /* Floats of scratch mr_attention_backward needs: (n_threads, 2 * max_len). */

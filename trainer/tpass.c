@@ -290,8 +290,8 @@ static void layer_bwd(mr_tmodel *m, mr_tcache *c, int l, const float *dout, floa
     memset(c->dv, 0, sizeof(float) * (size_t)n * kvd);
     mr_attn_args a = attn_args(m, c, L, l, c->n_rows);
     mr_attention_backward(&a, c->datt, c->dq, c->dk, c->dv, c->attn_bscratch);
-    mr_rope_backward(c->dq, L->pos, n, k->n_heads, k->head_dim, m->rope);
-    mr_rope_backward(c->dk, L->pos, n, k->n_kv_heads, k->head_dim, m->rope);
+    mr_rope_inverse(c->dq, L->pos, n, k->n_heads, k->head_dim, m->rope);
+    mr_rope_inverse(c->dk, L->pos, n, k->n_kv_heads, k->head_dim, m->rope);
     float *dxn1 = c->dn;
     memset(dxn1, 0, sizeof(float) * nd);
     lin_bwd(m, c, l, MR_LQ, c->dq, L->xn1, n, L->lt[MR_LQ], dxn1);
