@@ -1,8 +1,9 @@
 /* test_worker.c: the worker (worker/) in process, driven over loopback gRPC by the C
  * client of rpc.h: scores equal a direct mr_model_score run (what `mrank score` does) to 1e-5
  * at several exits and widths, also when requests are batched together or split over batches;
- * INVALID_ARGUMENT messages (NUL bytes inside strings among them); admission
- * (RESOURCE_EXHAUSTED while admitted work still waits); queued deadlines; cancellation (a call
+ * INVALID_ARGUMENT messages (NUL bytes inside strings among them, a token the checkpoint has
+ * no embedding for); admission (RESOURCE_EXHAUSTED while admitted work still waits, and at
+ * once for a call over the whole budget, before its passages are all tokenized); queued deadlines; cancellation (a call
  * whose deadline passes mid-way stops costing compute, counted by the worker's metrics against
  * an identical call run whole); Info; drain at shutdown. Timing is asserted only as an order of
  * events in one run (a refusal before a queued request's answer), never as a duration. The
@@ -102,13 +103,14 @@ typedef struct wfix {
 
 static int g_warm_up_rows;     /* mr_worker_opts.warm_up_rows of the next start_worker */
 static int g_no_prefix_share; /* mr_worker_opts.no_prefix_share of the next start_worker */
+static const char *g_model;   /* another model folder for the next start_worker, or NULL */
 
 static void start_worker(wfix *f, int max_batch, int max_wait, int max_inflight) {
     mr_worker_opts o;
     mr_worker_opts_default(&o);
     o.warm_up_rows = g_warm_up_rows;
     o.no_prefix_share = g_no_prefix_share;
-    o.model_dir = model_dir;
+    o.model_dir = g_model ? g_model : model_dir;
     o.listen = "127.0.0.1:0";
     o.compute_threads = 2;
     o.max_batch_tokens = max_batch;
@@ -545,6 +547,92 @@ static void test_invalid(void **state) {
     stop_worker(&f);
 }
 
+/* Sends rq and expects code with needle in the message. */
+static void expect_status(mr_rpc_channel *ch, const Mrank__V1__ScoreRequest *rq,
+                          grpc_status_code code, const char *needle) {
+    size_t len = mrank__v1__score_request__get_packed_size(rq);
+    uint8_t *b = malloc(len + 1), *resp = NULL;
+    mrank__v1__score_request__pack(rq, b);
+    size_t rlen;
+    grpc_status_code st;
+    char msg[512];
+    int rc = mr_rpc_unary(ch, "/mrank.v1.Worker/Score", b, len, 10000, &resp, &rlen, &st, msg,
+                          sizeof msg);
+    free(b);
+    free(resp);
+    if (code == GRPC_STATUS_OK) {
+        if (rc) fail_msg("expected OK, got %d '%s'", st, msg);
+        return;
+    }
+    if (rc != MR_EIO || st != code || !strstr(msg, needle))
+        fail_msg("expected status %d with '%s', got rc %d, %d '%s'", code, needle, rc, st, msg);
+}
+
+/* A tokenizer that knows a piece the checkpoint has no embedding for (here an added token, id
+ * 32000, beside a 32000-row embedding): the call that holds it fails alone with
+ * INVALID_ARGUMENT naming the passage or the query, before it is queued, so it cannot fail a
+ * batch it would share with other calls; other calls are scored. */
+static void test_token_outside_vocab(void **state) {
+    char dir[300], cmd[2048];
+    snprintf(dir, sizeof dir, "%s_oov", model_dir);
+    snprintf(cmd, sizeof cmd,
+             "rm -rf %s && cp -r %s %s && sed -i '0,/\"added_tokens\": \\[/s//\"added_tokens\": "
+             "[{\"id\": 32000, \"content\": \"<zzz>\", \"single_word\": false, "
+             "\"lstrip\": false, \"rstrip\": false, \"normalized\": false, "
+             "\"special\": false},/' %s/tokenizer.json && grep -q '<zzz>' %s/tokenizer.json",
+             dir, model_dir, dir, dir, dir);
+    assert_int_equal(system(cmd), 0);
+    g_model = dir;
+    wfix f;
+    start_worker(&f, 2048, 2, 65536);
+    g_model = NULL;
+    Mrank__V1__ScoreRequest rq = MRANK__V1__SCORE_REQUEST__INIT;
+    char *ps[2] = {(char *)"a fox is a small mammal", (char *)"hello <zzz> world"};
+    rq.query = (char *)"what is a fox";
+    rq.passages = ps;
+    rq.n_passages = 2;
+    expect_status(f.ch, &rq, GRPC_STATUS_INVALID_ARGUMENT, "passage 1: token ");
+    expect_status(f.ch, &rq, GRPC_STATUS_INVALID_ARGUMENT,
+                  "has id 32000, outside the model's vocabulary 0..31999");
+    rq.n_passages = 1;
+    expect_status(f.ch, &rq, GRPC_STATUS_OK, NULL);
+    rq.query = (char *)"<zzz>";
+    expect_status(f.ch, &rq, GRPC_STATUS_INVALID_ARGUMENT, "query: token");
+    stop_worker(&f);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A call over the whole in-flight budget is refused at once (RESOURCE_EXHAUSTED, retrying
+ * cannot help), from a lower bound when that already exceeds the budget: 20,000 empty
+ * passages hold at least 20,000 x (query + suffix) tokens, past 3,000 before any passage is
+ * tokenized ("at least" in the message); and a call that passes the budget part-way. */
+static void test_too_large_refused_early(void **state) {
+    wfix f;
+    start_worker(&f, 2048, 2, 3000);
+    enum { N = 20000 };
+    char **ps = malloc(sizeof *ps * N);
+    for (int i = 0; i < N; i++) ps[i] = (char *)"";
+    Mrank__V1__ScoreRequest rq = MRANK__V1__SCORE_REQUEST__INIT;
+    rq.query = (char *)"what is a fox";
+    rq.passages = ps;
+    rq.n_passages = N;
+    expect_status(f.ch, &rq, GRPC_STATUS_RESOURCE_EXHAUSTED, "(request at least ");
+    expect_status(f.ch, &rq, GRPC_STATUS_RESOURCE_EXHAUSTED, "retrying cannot help");
+    /* 40 passages of ~1,450 words: the bound fits, the third passage passes 3,000 */
+    char *longp = malloc(8000);
+    longp[0] = 0;
+    for (int i = 0; i < 700; i++) strcat(longp, "word ");
+    for (int i = 0; i < 40; i++) ps[i] = longp;
+    rq.n_passages = 40;
+    expect_status(f.ch, &rq, GRPC_STATUS_RESOURCE_EXHAUSTED, "retrying cannot help");
+    rq.n_passages = 1;   /* one of them is scored */
+    expect_status(f.ch, &rq, GRPC_STATUS_OK, NULL);
+    free(longp);
+    free(ps);
+    stop_worker(&f);
+}
+
 /* Two requests wait in the queue (different keys, long max-wait); the third exceeds the
  * in-flight budget and is refused while both still wait; a request that passes its deadline in
  * the queue gets DEADLINE_EXCEEDED while a request queued before it still waits, and is dropped.
@@ -872,6 +960,8 @@ int main(void) {
         cmocka_unit_test(test_batching_and_split),
         cmocka_unit_test(test_prune_calls_share_batch),
         cmocka_unit_test(test_invalid),
+        cmocka_unit_test(test_token_outside_vocab),
+        cmocka_unit_test(test_too_large_refused_early),
         cmocka_unit_test(test_overload_and_deadline),
         cmocka_unit_test(test_refusals_do_not_wait_for_admitted),
         cmocka_unit_test(test_cancel_drops_queued_rows),

@@ -67,13 +67,23 @@ static int parse_request(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *
     return 0;
 }
 
-/* The query segment (once) and every passage segment into r, with r->tokens. MR_ENOMEM, or
- * MR_EINVAL / MR_ERANGE with a message naming the passage. */
+/* A request that can never be admitted: more tokens than the whole in-flight budget (or, with
+ * a prune schedule, than one batch). Known from a lower bound before every passage is
+ * tokenized, so a request of millions of empty passages costs no memory or time first. */
+#define TOO_LARGE 1
+
+/* The query segment (once) and every passage segment into r, with r->tokens. 0; TOO_LARGE
+ * with r->tokens a lower bound over the budget; MR_ENOMEM, or MR_EINVAL / MR_ERANGE with a
+ * message naming the passage. */
 static int tokenize(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *r, int max_len,
                     mr_err *err) {
     mr_err e = {0};
     int tq = 0;
     r->n = (int)rq->n_passages;
+    if (r->alone && r->n > w->max_rows)
+        return mr_err_set(err, MR_EINVAL,
+                          "a request with a prune schedule runs as one batch: %d passages "
+                          "exceed the worker's %d rows", r->n, w->max_rows);
     r->p = calloc((size_t)r->n, sizeof *r->p);
     r->truncated = calloc((size_t)r->n, sizeof *r->truncated);
     r->scores = calloc((size_t)r->n * r->run.n_exits, sizeof *r->scores);
@@ -82,19 +92,27 @@ static int tokenize(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *r, in
         return mr_err_set(err, MR_ENOMEM, "worker out of memory");
     int rc = mr_input_query(w->m.tok, w->m.cfg.bos_token_id, rq->query, max_len, &r->q, &tq, &e);
     if (rc) return mr_err_set(err, rc, "query: %s", e.msg);
+    if ((rc = mr_input_check_vocab(&r->q, w->m.cfg.vocab_size, "query", err))) return rc;
     if (tq && rq->truncate == MRANK__V1__TRUNCATE__TRUNCATE_NONE)
         return mr_err_set(err, MR_EINVAL, "query does not fit max_len %d (truncate=TRUNCATE_NONE)",
                         max_len);
+    /* every row holds the query segment and the suffix at least */
+    r->tokens = (long)r->n * (long)(r->q.n + w->suffix.n);
+    if (r->tokens > w->o.max_inflight_tokens) return TOO_LARGE;
     r->tokens = 0;
     for (int i = 0; i < r->n; i++) {
+        char what[32];
+        snprintf(what, sizeof what, "passage %d", i);
         r->truncated[i] = tq;
         if ((rc = mr_input_passage(w->m.tok, rq->passages[i], max_len, r->q.n, &r->p[i],
                                    &r->truncated[i], &e)))
-            return mr_err_set(err, rc, "passage %d: %s", i, e.msg);
+            return mr_err_set(err, rc, "%s: %s", what, e.msg);
+        if ((rc = mr_input_check_vocab(&r->p[i], w->m.cfg.vocab_size, what, err))) return rc;
         if (r->truncated[i] && rq->truncate == MRANK__V1__TRUNCATE__TRUNCATE_NONE)
             return mr_err_set(err, MR_EINVAL, "passage %d does not fit max_len %d with the query "
                             "(truncate=TRUNCATE_NONE)", i, max_len);
         r->tokens += mr__wreq_row_tokens(w, r, i);
+        if (r->tokens > w->o.max_inflight_tokens && i + 1 < r->n) return TOO_LARGE;
     }
     if (r->alone && (r->tokens > w->o.max_batch_tokens || r->n > w->max_rows))
         return mr_err_set(err, MR_EINVAL,
@@ -106,10 +124,12 @@ static int tokenize(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *r, in
 
 /* The refusal of r while in tokens are in flight, with a retry hint: the time the worker needs
  * to compute what is in flight (its warm-up rate x r's depth), or, for a request over the
- * whole budget, that retrying cannot help. */
-static void overload_message(const mr_worker *w, const wreq *r, long in, char *msg, size_t cap) {
-    int n = snprintf(msg, cap, "worker overloaded: %ld tokens in flight, budget %d (request %ld)",
-                     in, w->o.max_inflight_tokens, r->tokens);
+ * whole budget, that retrying cannot help. partial: r->tokens only counts part of r (tokenize
+ * stopped early: TOO_LARGE). */
+static void overload_message(const mr_worker *w, const wreq *r, int partial, long in, char *msg,
+                             size_t cap) {
+    int n = snprintf(msg, cap, "worker overloaded: %ld tokens in flight, budget %d (request %s%ld)",
+                     in, w->o.max_inflight_tokens, partial ? "at least " : "", r->tokens);
     if (n < 0 || (size_t)n >= cap) return;
     if (r->tokens > w->o.max_inflight_tokens) {
         snprintf(msg + n, cap - (size_t)n, "; larger than the whole budget: split it, retrying "
@@ -131,7 +151,7 @@ void mr__on_score(mr_rpc_call *call, void *user) {
     const uint8_t *b = mr_rpc_call_request(call, &len);
     Mrank__V1__ScoreRequest *rq = mrank__v1__score_request__unpack(NULL, len, b);
     wreq *r = calloc(1, sizeof *r);
-    int max_len = 0;
+    int max_len = 0, trc = 0;
     if (!r) {
         code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         snprintf(msg, sizeof msg, "worker out of memory");
@@ -146,9 +166,17 @@ void mr__on_score(mr_rpc_call *call, void *user) {
         snprintf(msg, sizeof msg, "%s", err.msg);
         goto fail;
     }
-    if (parse_request(w, rq, r, &max_len, &err) || tokenize(w, rq, r, max_len, &err)) {
-        code = mr_rpc_status_of(err.code);
-        snprintf(msg, sizeof msg, "%s", err.msg);
+    if (parse_request(w, rq, r, &max_len, &err) || (trc = tokenize(w, rq, r, max_len, &err))) {
+        if (trc == TOO_LARGE) {
+            code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            pthread_mutex_lock(&w->mu);
+            long in = w->inflight;
+            pthread_mutex_unlock(&w->mu);
+            overload_message(w, r, 1, in, msg, sizeof msg);
+        } else {
+            code = mr_rpc_status_of(err.code);
+            snprintf(msg, sizeof msg, "%s", err.msg);
+        }
         goto fail;
     }
     mrank__v1__score_request__free_unpacked(rq, NULL);
@@ -166,7 +194,7 @@ void mr__on_score(mr_rpc_call *call, void *user) {
     if (w->inflight + r->tokens > w->o.max_inflight_tokens) {
         long in = w->inflight;
         pthread_mutex_unlock(&w->mu);
-        overload_message(w, r, in, msg, sizeof msg);
+        overload_message(w, r, 0, in, msg, sizeof msg);
         mr__wmetrics_rejected(w->met);
         mr_rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
         mr__wreq_free(r);
@@ -183,7 +211,8 @@ void mr__on_score(mr_rpc_call *call, void *user) {
 fail:
     if (rq) mrank__v1__score_request__free_unpacked(rq, NULL);
     mr__wreq_free(r);
-    mr__wmetrics_request(w->met, code, 0, 0, mr__now_s() - t0);
+    if (trc == TOO_LARGE) mr__wmetrics_rejected(w->met);   /* as an over-budget refusal */
+    else mr__wmetrics_request(w->met, code, 0, 0, mr__now_s() - t0);
     mr_rpc_call_fail(call, code, msg);
 }
 
