@@ -1,7 +1,9 @@
 /* lora.c: PEFT LoRA adapter folders: adapter_config.json plus adapter_model.safetensors.
  *
- * Loading checks the PEFT keys that change the maths (peft_type, r, lora_alpha, use_rslora,
- * per-module rank/alpha patterns we do not implement) and maps the tensors; lookups check each
+ * Loading checks the PEFT keys that change the maths (peft_type, r, lora_alpha, use_rslora;
+ * per-module rank/alpha patterns, DoRA, fan_in_fan_out, trained biases and saved modules,
+ * which we do not implement, are refused) and maps the tensors, which must all be LoRA
+ * matrices; lookups check each
  * pair's shapes against the base module so a mismatched adapter fails with the tensor's name
  * instead of corrupting a forward pass. Saving writes a folder PEFT itself loads. */
 #include "lora.h"
@@ -29,6 +31,43 @@ static int check_no_pattern(const cJSON *root, const char *path, const char *key
     return 0;
 }
 
+/* A key whose non-default value changes the maths in a way we do not implement: use_dora and
+ * fan_in_fan_out (true), bias ("none"), modules_to_save (null or empty). Loading such an
+ * adapter as plain LoRA would score silently wrong. */
+static int check_plain_lora(const cJSON *root, const char *path, mr_err *err) {
+    const cJSON *v;
+    static const char *const flags[] = {"use_dora", "fan_in_fan_out"};
+    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++) {
+        v = cJSON_GetObjectItemCaseSensitive(root, flags[i]);
+        if (v && !cJSON_IsNull(v) && !cJSON_IsFalse(v))
+            return mr_err_set(err, MR_EUNSUPPORTED, "%s: key '%s': only false is supported",
+                              path, flags[i]);
+    }
+    v = cJSON_GetObjectItemCaseSensitive(root, "bias");
+    if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none")))
+        return mr_err_set(err, MR_EUNSUPPORTED, "%s: key 'bias': only \"none\" is supported "
+                          "(trained biases are not applied)", path);
+    v = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
+    if (v && !cJSON_IsNull(v) && !(cJSON_IsArray(v) && !v->child))
+        return mr_err_set(err, MR_EUNSUPPORTED, "%s: key 'modules_to_save': saved full modules "
+                          "are not supported", path);
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+/* 'A' or 'B' for a LoRA matrix's tensor name (either spelling), else 0. */
+static char lora_part(const char *name) {
+    static const char *const sufs[] = {".lora_A.weight", ".lora_A.default.weight",
+                                       ".lora_B.weight", ".lora_B.default.weight"};
+    for (int i = 0; i < 4; i++)
+        if (ends_with(name, sufs[i])) return i < 2 ? 'A' : 'B';
+    return 0;
+}
+
 static int parse_adapter_config(mr_adapter *a, const cJSON *root, const char *path,
                                 mr_err *err) {
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
@@ -48,7 +87,8 @@ static int parse_adapter_config(mr_adapter *a, const cJSON *root, const char *pa
         return mr_err_set(err, MR_EFORMAT, "%s: key 'use_rslora': expected true or false", path);
     int rc;
     if ((rc = check_no_pattern(root, path, "rank_pattern", err)) ||
-        (rc = check_no_pattern(root, path, "alpha_pattern", err)))
+        (rc = check_no_pattern(root, path, "alpha_pattern", err)) ||
+        (rc = check_plain_lora(root, path, err)))
         return rc;
     a->rank = (int)r->valuedouble;
     a->alpha = (float)alpha->valuedouble;
@@ -73,6 +113,12 @@ int mr_adapter_load(mr_adapter *a, const char *dir, mr_err *err) {
     else if (!(rc = parse_adapter_config(a, root, path, err))) {
         snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
         rc = mr_st_load_file(&a->st, path, err);
+        /* a tensor that is not a LoRA matrix (DoRA's magnitudes, a saved module) would be
+         * ignored, and the adapter applied without it */
+        for (size_t i = 0; rc == 0 && i < a->st.n_tensors; i++)
+            if (!lora_part(a->st.tensors[i].name))
+                rc = mr_err_set(err, MR_EUNSUPPORTED, "%s: tensor '%s': not a LoRA A or B "
+                                "matrix (not supported)", path, a->st.tensors[i].name);
     }
     cJSON_Delete(root);
     free(text);
@@ -121,17 +167,9 @@ int mr_adapter_find(const mr_adapter *a, const char *module, int64_t in, int64_t
     return 0;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), m = strlen(suf);
-    return n >= m && strcmp(s + n - m, suf) == 0;
-}
-
 size_t mr_adapter_count(const mr_adapter *a) {
     size_t n = 0;
-    for (size_t i = 0; i < a->st.n_tensors; i++) {
-        const char *name = a->st.tensors[i].name;
-        n += ends_with(name, ".lora_A.weight") || ends_with(name, ".lora_A.default.weight");
-    }
+    for (size_t i = 0; i < a->st.n_tensors; i++) n += lora_part(a->st.tensors[i].name) == 'A';
     return n;
 }
 

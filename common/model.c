@@ -93,6 +93,19 @@ static int bind_heads(mr_model *m, mr_err *err) {
         return mr_err_set(err, MR_EFORMAT,
                           "%s: no exit heads (lm_head.0.linear_head.weight): not a layer-wise "
                           "re-ranker checkpoint", m->dir);
+    /* heads are numbered without gaps: one past a gap would be silently dropped, and the model
+     * served shallower than its checkpoint */
+    for (size_t i = 0; i < m->st.n_tensors; i++) {
+        int k, used = 0;
+        if (sscanf(m->st.tensors[i].name, "lm_head.%d.%n", &k, &used) == 1 && used && k >= n)
+            return mr_err_set(err, MR_EFORMAT,
+                              "%s: tensor %s: exit head %d is present but head %d is missing "
+                              "(heads are lm_head.0.. without gaps)", m->dir,
+                              m->st.tensors[i].name, k, n);
+    }
+    if (n > MR_MAX_EXITS)
+        return mr_err_set(err, MR_EFORMAT, "%s: %d exit heads, at most %d", m->dir, n,
+                          MR_MAX_EXITS);
     if (c->start_layer + (int64_t)(n - 1) * c->layer_sep > c->n_layers)
         return mr_err_set(err, MR_EFORMAT,
                           "%s: %d exit heads from start_layer %d every %d layers exceed "

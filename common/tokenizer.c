@@ -1133,6 +1133,8 @@ static int load_merge(ld *L, const cJSON *m, uint32_t rank, sbuf *tmp) {
         b = cJSON_GetArrayItem(m, 1)->valuestring; bl = strlen(b);
     } else
         return mr_err_set(L->err, MR_EFORMAT, "%s: model.merges[%u]: expected a string or a pair of strings", L->path, rank);
+    if (al == 0 || bl == 0)   /* a merge joins two pieces; an empty one joins nothing */
+        return mr_err_set(L->err, MR_EFORMAT, "%s: model.merges[%u]: empty piece", L->path, rank);
     size_t skip = t->cont_prefix ? strlen(t->cont_prefix) : 0;   /* HF strips the prefix of b */
     if (skip > bl) skip = bl;
     tmp->n = 0;

@@ -5,6 +5,7 @@
  * merged LoRA; a stop check (mr_run_opts.stop) ends the pass between layers, leaving the exits
  * reached unchanged; bad input is refused with a message. Numerical parity with the spec is checked
  * against the PyTorch oracle in tests/oracle_grid.sh. */
+#define _GNU_SOURCE /* memmem */
 #include <math.h>
 #include <omp.h>
 #include <setjmp.h>
@@ -597,6 +598,39 @@ static void test_missing_tensor(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* Exit heads numbered with a gap (lm_head.1 renamed away in the file's header: same length, so
+ * the file stays valid) are refused, naming the head past the gap; loading only the heads
+ * before it served the model shallower than its checkpoint, without a word. */
+static void test_exit_head_gap(void **state) {
+    mr_config cfg;
+    mr_err err = {0};
+    mr_model m;
+    char dir[256], path[600];
+    tiny_config(&cfg, MR_ARCH_LLAMA, MR_DT_F32);
+    snprintf(dir, sizeof dir, "%s/tfwd-headgap-%d", MR_BINARY_DIR, (int)getpid());
+    mkdir(dir, 0755);
+    assert_int_equal(mr_seeded_write(&cfg, dir, 1, &err), 0);
+    assert_int_equal(mr_model_load(&m, dir, NULL, &err), 0);   /* as written: 4 heads */
+    assert_int_equal(m.n_heads_exit, 4);
+    mr_model_close(&m);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    char head[4096];
+    size_t n = fread(head, 1, sizeof head, f);
+    const char *from = "\"lm_head.1.linear_head.weight\"", *to = "\"lm_xead.1.linear_head.weight\"";
+    char *at = memmem(head, n, from, strlen(from));
+    assert_non_null(at);
+    assert_int_equal(fseek(f, at - head, SEEK_SET), 0);
+    assert_int_equal(fwrite(to, 1, strlen(to), f), strlen(to));
+    fclose(f);
+    assert_int_equal(mr_model_load(&m, dir, NULL, &err), MR_EFORMAT);
+    if (!strstr(err.msg, "exit head 2 is present but head 1 is missing"))
+        fail_msg("message: %s", err.msg);
+    snprintf(path, sizeof path, "rm -rf %s", dir);
+    assert_int_equal(system(path), 0);
+}
+
 /* Sharded weights (model-0000i-of-0000n.safetensors + index, as transformers writes them and
  * `init-checkpoint --release` does) load through the index and score exactly as one file with
  * the same seed: the same bytes under the same names. */
@@ -820,6 +854,7 @@ int main(void) {
         cmocka_unit_test(test_lora_merged_equals_unmerged),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_missing_tensor),
+        cmocka_unit_test(test_exit_head_gap),
         cmocka_unit_test(test_sharded_weights),
         cmocka_unit_test(test_gemm_paths),
         cmocka_unit_test(test_prefix_sharing),

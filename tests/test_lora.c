@@ -236,9 +236,38 @@ static void test_bad_configs(void **state) {
     expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,"
                       "\"rank_pattern\":{\"q_proj\":8}}", MR_EUNSUPPORTED, "rank_pattern");
     expect_bad_config("{\"peft_type\":\"LORA\",", MR_EFORMAT, "adapter_config.json");
+    /* keys that change the maths in ways the engine does not implement: refused, not ignored */
+    expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"use_dora\":true}",
+                      MR_EUNSUPPORTED, "'use_dora'");
+    expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"fan_in_fan_out\":true}",
+                      MR_EUNSUPPORTED, "'fan_in_fan_out'");
+    expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"bias\":\"all\"}",
+                      MR_EUNSUPPORTED, "'bias'");
+    expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,"
+                      "\"modules_to_save\":[\"score\"]}", MR_EUNSUPPORTED, "'modules_to_save'");
 
     mr_adapter a;
     mr_err err = {0};
+    /* a tensor besides the LoRA matrices (DoRA's magnitude vector) is refused by name */
+    write_text(in_dir("adapter_config.json"), "{\"peft_type\":\"LORA\",\"r\":2,\"lora_alpha\":4}");
+    mr_st_writer *w = NULL;
+    const int64_t sa[2] = {2, 4}, sb[2] = {4, 2}, sm[1] = {4};
+    const float z[8] = {0};
+    assert_int_equal(mr_st_writer_new(&w, in_dir("adapter_model.safetensors"), &err), 0);
+    assert_int_equal(mr_st_writer_declare(w, "base_model.model.m.lora_A.weight", MR_DT_F32, 2, sa,
+                                          &err), 0);
+    assert_int_equal(mr_st_writer_declare(w, "base_model.model.m.lora_B.weight", MR_DT_F32, 2, sb,
+                                          &err), 0);
+    assert_int_equal(mr_st_writer_declare(w, "base_model.model.m.lora_magnitude_vector", MR_DT_F32,
+                                          1, sm, &err), 0);
+    assert_int_equal(mr_st_writer_put(w, z, 8, &err), 0);
+    assert_int_equal(mr_st_writer_put(w, z, 8, &err), 0);
+    assert_int_equal(mr_st_writer_put(w, z, 4, &err), 0);
+    assert_int_equal(mr_st_writer_finish(w, &err), 0);
+    assert_int_equal(mr_adapter_load(&a, g_dir, &err), MR_EUNSUPPORTED);
+    if (!strstr(err.msg, "'base_model.model.m.lora_magnitude_vector': not a LoRA A or B matrix"))
+        fail_msg("message: %s", err.msg);
+    assert_null(a.st.tensors);
     assert_int_equal(mr_adapter_load(&a, "/nonexistent/adapter", &err), MR_ENOTFOUND);
     assert_non_null(strstr(err.msg, "/nonexistent/adapter/adapter_config.json"));
     /* config fine, tensors missing */

@@ -267,6 +267,12 @@ static void test_malformed(void **st) {
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}, \"merges\": []}}", "model.vocab[\"a\"]"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}", "model.merges[0]"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [7]}}", "model.merges[0]"},
+        /* an empty piece in a merge (it read before its string when the pre-tokenizer's cut
+         * rule was derived) */
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"\": 0, \"a\": 1, \"\xe2\x96\x81\": 2},"
+         " \"merges\": [[\"\", \"\xe2\x96\x81\"]]}}", "model.merges[0]: empty piece"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"\": 0, \"a\": 1}, \"merges\": [\"a \"]}}",
+         "model.merges[0]: empty piece"},
         {"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", "model.type"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": [], \"byte_fallback\": 1}}", "byte_fallback"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}, \"normalizer\": {\"type\": \"Sequence\","
