@@ -767,16 +767,26 @@ static int encode_segment(enc *e, const char *s, size_t n, bool first) {
     return rc;
 }
 
-/* Rust strings are valid UTF-8; anything else is refused (the whole text, even when only a
- * prefix is encoded, so that a cut never changes which inputs are accepted). */
-static int check_utf8(const char *text, size_t len, mr_err *err) {
+int mr_utf8_valid(const char *text, size_t len, size_t *bad_at) {
     for (size_t i = 0; i < len;) {
         if ((unsigned char)text[i] < 0x80) { i++; continue; }   /* ASCII: most of any text */
         utf8proc_int32_t c;
         utf8proc_ssize_t r = utf8proc_iterate((const utf8proc_uint8_t *)text + i, (utf8proc_ssize_t)(len - i), &c);
-        if (r <= 0) return mr_err_set(err, MR_EINVAL, "tokenizer: input is not valid UTF-8 at byte %zu", i);
+        if (r <= 0) {
+            if (bad_at) *bad_at = i;
+            return 0;
+        }
         i += (size_t)r;
     }
+    return 1;
+}
+
+/* Rust strings are valid UTF-8; anything else is refused (the whole text, even when only a
+ * prefix is encoded, so that a cut never changes which inputs are accepted). */
+static int check_utf8(const char *text, size_t len, mr_err *err) {
+    size_t at;
+    if (!mr_utf8_valid(text, len, &at))
+        return mr_err_set(err, MR_EINVAL, "tokenizer: input is not valid UTF-8 at byte %zu", at);
     return 0;
 }
 

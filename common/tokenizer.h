@@ -26,6 +26,10 @@ void mr_ids_close(mr_ids *ids);
 
 typedef struct mr_tokenizer mr_tokenizer;
 
+/* 1 when text[0..len) is valid UTF-8 (what every tokenizer accepts); 0 otherwise, with the
+ * offset of the first bad byte in *bad_at (when not NULL). */
+int mr_utf8_valid(const char *text, size_t len, size_t *bad_at);
+
 /* A heap tokenizer from a tokenizer.json path (*out NULL on error); free with
  * mr_tokenizer_free, which accepts NULL. Immutable after load, shareable by threads. */
 int mr_tokenizer_new(mr_tokenizer **out, const char *path, mr_err *err);

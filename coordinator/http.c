@@ -6,8 +6,9 @@
  * tier, admission, the cascade, deadlines and metrics are gRPC's. Here only what is HTTP's:
  * routing (404, 405), the body size (413 from Content-Length, or from the bytes received,
  * before buffering past limits.max_request_bytes), the API key ("authorization: Bearer KEY",
- * 401 before anything is parsed), readiness (503), the deadline header X-Request-Timeout-Ms
- * (milliseconds from arrival; the tier budget still applies), and gRPC statuses mapped to
+ * 401 from the headers, before any body is read), readiness (503), the deadline header
+ * X-Request-Timeout-Ms (milliseconds from when the whole body is in, as gRPC's clock starts
+ * with the whole message; the tier budget still applies), and gRPC statuses mapped to
  * HTTP ones with a JSON {"message", "status"} body (429 carries Retry-After in whole seconds,
  * rounded up from retry-after-ms). A request waiting for its answer suspends its connection
  * (MHD_suspend_connection), so no daemon thread blocks; the sink's answer, on whatever thread
@@ -67,7 +68,9 @@ typedef struct hreq {
     char *body;
     size_t len;
     int too_large;
-    double t0, deadline;          /* monotonic ms; deadline INFINITY: none */
+    double t0, deadline;          /* monotonic ms, set once the body is in (as gRPC's clock
+                                     starts with the whole message); deadline INFINITY: none */
+    double timeout_ms;            /* X-Request-Timeout-Ms, or INFINITY */
     int bad_timeout;
     char authz[AUTH_MAX];
     mr_http_answer ans;
@@ -138,10 +141,12 @@ static double s_remaining(void *ctx) {
     return isfinite(q->deadline) ? q->deadline - mr__now_ms() : MR_RPC_NO_DEADLINE_MS;
 }
 
+/* Only the shutdown drain cancels an HTTP request (a suspended connection does not notice its
+ * client leaving): a deadline that passes acts through s_remaining, so the request ends as
+ * DEADLINE_EXCEEDED (504) or with a degraded answer, never as "cancelled by the client". */
 static int s_cancelled(void *ctx) {
     hreq *q = ctx;
-    double now = mr__now_ms();
-    return now >= q->deadline || (atomic_load(&q->h->stopping) && now >= q->h->drain_until);
+    return atomic_load(&q->h->stopping) && mr__now_ms() >= q->h->drain_until;
 }
 
 static int s_metadata(void *ctx, const char *key, char *buf, size_t cap) {
@@ -172,7 +177,17 @@ static const mr__sink_ops k_http = {s_remaining, s_cancelled, s_metadata, s_writ
 
 static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status, char *json,
                                  double retry_ms, const char *allow) {
-    if (!json) return MHD_NO;
+    if (!json) {   /* the answer could not be made (out of memory): say so if we can */
+        static char k_oom[] = "{\"message\":\"coordinator: out of memory making the answer\","
+                              "\"status\":\"INTERNAL\"}";
+        struct MHD_Response *r =
+            MHD_create_response_from_buffer(strlen(k_oom), k_oom, MHD_RESPMEM_PERSISTENT);
+        if (!r) return MHD_NO;
+        MHD_add_response_header(r, "Content-Type", "application/json");
+        enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, r);
+        MHD_destroy_response(r);
+        return ret;
+    }
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(json), json, MHD_RESPMEM_MUST_FREE);
     if (!r) {
@@ -188,6 +203,8 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status, c
         MHD_add_response_header(r, "Retry-After-Ms", v);
     }
     if (allow) MHD_add_response_header(r, "Allow", allow);
+    if (status == MHD_HTTP_UNAUTHORIZED)   /* RFC 7235: a 401 names its scheme */
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"mrank\"");
     enum MHD_Result ret = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
     return ret;
@@ -243,13 +260,13 @@ static enum MHD_Result start(struct mr__http *h, struct MHD_Connection *conn, co
     q->conn = conn;
     q->shape = shape;
     q->t0 = mr__now_ms();
-    q->deadline = INFINITY;
+    q->deadline = q->timeout_ms = INFINITY;
     const char *to = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Timeout-Ms");
     if (to) {
         char *end;
         double ms = strtod(to, &end);
         if (end == to || *end || !(ms > 0) || ms > 1e9) q->bad_timeout = 1;
-        else q->deadline = q->t0 + ms;
+        else q->timeout_ms = ms;
     }
     /* W3C trace context from the headers, as gRPC metadata is read (rpc/server.c) */
     const char *tp = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
@@ -267,6 +284,13 @@ static enum MHD_Result start(struct mr__http *h, struct MHD_Connection *conn, co
     if (az) snprintf(q->authz, sizeof q->authz, "%s", az);
     snprintf(q->id, sizeof q->id, "mrank-%lx-%lu", (unsigned long)q->t0,
              (unsigned long)atomic_fetch_add(&h->seq, 1));
+    /* the key needs the headers only: a client without one never gets a body buffered */
+    mr__sink sink = {&k_http, q};
+    if (!mr__auth_check(h->co, &sink, 0)) {
+        hreq_free(q);
+        return send_error(conn, MHD_HTTP_UNAUTHORIZED, GRPC_STATUS_UNAUTHENTICATED,
+                          MR__AUTH_MISSING, NULL);
+    }
     *con_cls = q;
     return MHD_YES;
 }
@@ -296,9 +320,6 @@ static enum MHD_Result submit_checked(struct mr__http *h, hreq *q) {
         return send_error(q->conn, MHD_HTTP_SERVICE_UNAVAILABLE, GRPC_STATUS_UNAVAILABLE,
                           "coordinator shutting down", NULL);
     mr__sink sink = {&k_http, q};
-    if (!mr__auth_check(c, &sink, 0))
-        return send_error(q->conn, MHD_HTTP_UNAUTHORIZED, GRPC_STATUS_UNAUTHENTICATED,
-                          MR__AUTH_MISSING, NULL);
     if (!mr_coord_ready(c))
         return send_error(q->conn, MHD_HTTP_SERVICE_UNAVAILABLE, GRPC_STATUS_UNAVAILABLE,
                           "coordinator not ready: a worker pool has no live replica yet", NULL);
@@ -309,8 +330,10 @@ static enum MHD_Result submit_checked(struct mr__http *h, hreq *q) {
     uint8_t *pb;
     size_t pb_len;
     mr_err err = {0};
-    if (mr_http_json_request(q->body ? q->body : "", q->len, q->shape, &pb, &pb_len, &q->ans,
-                             &err))
+    q->t0 = mr__now_ms();   /* the clock starts with the whole body, as gRPC's does */
+    q->deadline = q->t0 + q->timeout_ms;
+    if (mr_http_json_request(q->body ? q->body : "", q->len, q->shape, c->cfg.max_documents,
+                             &pb, &pb_len, &q->ans, &err))
         return send_error(q->conn, err.code == MR_ENOMEM ? MHD_HTTP_SERVICE_UNAVAILABLE
                                                          : MHD_HTTP_BAD_REQUEST,
                           mr_rpc_status_of(err.code), err.msg, NULL);

@@ -145,8 +145,8 @@ static int get_chunking(const cJSON *o, Mrank__V1__RerankRequest *rq, Mrank__V1_
 
 #define MAX_OVERRIDES 16
 
-int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, uint8_t **out,
-                         size_t *out_len, mr_http_answer *a, mr_err *err) {
+int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, int max_documents,
+                         uint8_t **out, size_t *out_len, mr_http_answer *a, mr_err *err) {
     *out = NULL;
     *out_len = 0;
     memset(a, 0, sizeof *a);
@@ -215,6 +215,11 @@ int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, uint
         goto done;
     }
     int n = cJSON_GetArraySize(dl);
+    if (n > max_documents) {   /* the message the gRPC path gives (request.c) */
+        rc = mr_err_set(err, MR_ERANGE, "%d documents, the limit is %d (Info.max_documents)", n,
+                        max_documents);
+        goto done;
+    }
     docs = calloc((size_t)(n ? n : 1), sizeof *docs);
     docp = calloc((size_t)(n ? n : 1), sizeof *docp);
     if (!docs || !docp) {

@@ -29,10 +29,11 @@ typedef struct mr_http_answer {
 
 /* Parses body (len bytes, untrusted) of shape into a packed RerankRequest (*out malloc'd,
  * *out_len) and fills *a. MR_EFORMAT (not JSON, a NUL character), MR_EINVAL (a field of the
- * wrong type or value; the message names it), MR_ENOMEM. Counts and lengths are checked
- * later, by the coordinator's validation of the RerankRequest. */
-int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, uint8_t **out,
-                         size_t *out_len, mr_http_answer *a, mr_err *err);
+ * wrong type or value; the message names it), MR_ERANGE (more than max_documents documents:
+ * refused before any is converted), MR_ENOMEM. Other counts and lengths are checked later, by
+ * the coordinator's validation of the RerankRequest. */
+int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, int max_documents,
+                         uint8_t **out, size_t *out_len, mr_http_answer *a, mr_err *err);
 
 /* The answer of shape for a packed RerankResponse (resp, len) as a malloc'd JSON text; id
  * stands for the response id when the request had no request_id. NULL on OOM or a response

@@ -11,6 +11,7 @@
 
 #include "coord_internal.h"
 #include "pb_nul.h"
+#include "tokenizer.h"
 
 /* Token estimates until stage 0 reports exact counts: ~3.5 bytes per token, and the fixed part
  * of a pair (BOS, "A: ", "\n", "B: ", the suffix and prompt) ~20 tokens, 16 of them suffix. */
@@ -51,9 +52,8 @@ int mr__req_parse(mr__req *r, const uint8_t *body, size_t len, mr_err *err) {
         return mr_err_set(err, MR_EINVAL, "malformed RerankRequest");
     const Mrank__V1__RerankRequest *in = r->in;
     char known[256];
-    if (len > (size_t)cfg->max_request_bytes)
-        return mr_err_set(err, MR_ERANGE, "request is %zu bytes, the limit is %d "
-                          "(Info.max_request_bytes)", len, cfg->max_request_bytes);
+    /* the size limit is the transport's: gRPC's max receive size, the HTTP body's (http.c);
+     * a JSON body becomes a RerankRequest of a different size */
     /* before any string is read: protobuf-c's strings end at the first NUL of the wire's */
     int nul = mr_pb_find_nul(body, len, &mr_pb_nul_rerank_request, err);
     if (nul) return nul;
@@ -62,6 +62,17 @@ int mr__req_parse(mr__req *r, const uint8_t *body, size_t len, mr_err *err) {
     if (in->n_documents > (size_t)cfg->max_documents)
         return mr_err_set(err, MR_ERANGE, "%zu documents, the limit is %d (Info.max_documents)",
                           in->n_documents, cfg->max_documents);
+    /* text that no tokenizer accepts is refused here, whatever stages run: a lexical-only or
+     * degraded answer would otherwise echo the bytes back (and JSON cannot carry them) */
+    size_t bad;
+    if (!mr_utf8_valid(in->query, strlen(in->query), &bad))
+        return mr_err_set(err, MR_EINVAL, "query is not valid UTF-8 (byte %zu)", bad);
+    for (size_t i = 0; i < in->n_documents; i++) {
+        const char *t = in->documents[i]->text ? in->documents[i]->text : "";
+        if (!mr_utf8_valid(t, strlen(t), &bad))
+            return mr_err_set(err, MR_EINVAL, "documents[%zu] is not valid UTF-8 (byte %zu)", i,
+                              bad);
+    }
     if (in->truncate != MRANK__V1__TRUNCATE__TRUNCATE_END &&
         in->truncate != MRANK__V1__TRUNCATE__TRUNCATE_NONE)
         return mr_err_set(err, MR_EINVAL, "truncate: unknown value %d", (int)in->truncate);

@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t len = 0;
     mr_http_answer a;
     mr_err err = {0};
-    if (mr_http_json_request((const char *)data + 1, size - 1, shape, &pb, &len, &a, &err)) {
+    if (mr_http_json_request((const char *)data + 1, size - 1, shape, 1000, &pb, &len, &a, &err)) {
         if (pb || !err.code || !err.msg[0]) abort();
         return 0;
     }

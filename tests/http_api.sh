@@ -12,10 +12,12 @@
 #     (tests/clients/rerank_client.py) ranks the same documents in the same order with the
 #     same scores;
 #  c. errors, JSON {"message"} with the status a client expects: 400 (not JSON, missing or
-#     mistyped fields, \u0000, unknown tier, too many documents, bad timeout header), 401 (no or
-#     unknown key), 403 (key outside its tiers), 404, 405 (+ Allow), 413 (Content-Length, and a
+#     mistyped fields, \u0000, invalid UTF-8, unknown tier, too many documents, bad timeout
+#     header), 401 (no or unknown key; from the headers, before the body; WWW-Authenticate),
+#     403 (key outside its tiers), 404, 405 (+ Allow), 413 (Content-Length, and a
 #     chunked body with no length), 429 + Retry-After (overload), 503 (a coordinator whose
-#     pools never answered), 504 (X-Request-Timeout-Ms: 1);
+#     pools never answered), 504 (X-Request-Timeout-Ms: 1; a deadline passing in the queue is
+#     never 503); a slow upload does not count against the budget or the deadline;
 #  d. keep-alive (several requests on one connection), metrics counted under the tier;
 #  e. `mrank calibrate` fits both stages from WordNet pairs (scripts/make_calibration_pairs.py)
 #     with a positive slope and a log loss no worse than the identity.
@@ -204,6 +206,53 @@ expect(413, "/v2/rerank", json.dumps({"query": Q, "documents": ["x" * 70000]}),
 expect(504, "/v2/rerank", {"query": Q, "documents": docs * 20},
        "1 ms deadline", headers=dict(AUTH, **{"X-Request-Timeout-Ms": "1"}))
 expect(503, "/v2/rerank", {"query": Q, "documents": docs}, "pools never ready", port=int(PD))
+
+# c. 401 from the headers alone, with the scheme (RFC 7235): a client without a key is
+# answered before it sends the body it announced (nothing is buffered for it)
+import socket, time, random
+s = socket.create_connection((u.hostname, u.port), timeout=10)
+s.sendall(b"POST /v2/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+          b"Content-Length: 60000\r\n\r\n")
+head = s.recv(65536).decode("latin-1")   # times out (fails) if the server waits for the body
+s.close()
+check(head.startswith("HTTP/1.1 401"), f"no key, body not sent: {head[:80]!r}")
+check("www-authenticate: bearer" in head.lower(), f"401 without WWW-Authenticate: {head!r}")
+print("ok 401 before the body, WWW-Authenticate: Bearer")
+# c. text that is not UTF-8 is refused by name (a lexical or degraded answer echoed it back,
+# which JSON cannot carry)
+st, js, _ = call("/v2/rerank", b'{"query": "q", "documents": ["ok", "ab\xffcd"]}')
+check(st == 400 and "documents[1] is not valid UTF-8" in js.get("message", ""),
+      f"invalid UTF-8: HTTP {st} {js}")
+print(f"ok 400 invalid UTF-8: {js['message']}")
+# c. the clock starts once the body is in (as gRPC's, with the whole message): a body sent
+# with a 1 s pause still gets its 200 ms tier budget and its 500 ms deadline header
+body = json.dumps({"query": Q, "documents": docs, "tier": "tight"}).encode()
+def slow_body():
+    yield body[:20]
+    time.sleep(1.0)
+    yield body[20:]
+for extra in ({}, {"X-Request-Timeout-Ms": "500"}):
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    c.request("POST", "/v2/rerank", body=slow_body(),
+              headers=dict(AUTH, **{"Content-Length": str(len(body))}, **extra))
+    r = c.getresponse()
+    raw = r.read()
+    c.close()
+    check(r.status == 200, f"slow upload {extra}: HTTP {r.status} {raw[:200]!r}")
+print("ok a slow upload does not count against the budget or the deadline header")
+# c. a deadline that passes while queued is a 504 (or a degraded 200), never "cancelled by the
+# client" (503): 24 requests at once on max_inflight 2, deadlines 100-600 ms
+res = []
+def deadline_call(ms):
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    res.append(call("/v2/rerank", {"query": Q, "documents": docs * 2},
+                    headers=dict(AUTH, **{"X-Request-Timeout-Ms": str(ms)}), c=c))
+ts = [threading.Thread(target=deadline_call, args=(random.randint(100, 600),)) for _ in range(24)]
+for t in ts: t.start()
+for t in ts: t.join()
+codes = sorted({r[0] for r in res})
+check(set(codes) <= {200, 429, 504} and len(res) == 24, f"queued deadlines: {codes}")
+print(f"ok queued deadlines end as {codes}")
 
 # c. 429: tier "tight" (200 ms budget, max_inflight 2), 24 requests at once, each alone well
 # within the budget; the queue ahead cannot all finish in time, so some are refused. Up to 3

@@ -20,7 +20,7 @@ static Mrank__V1__RerankRequest *parse(const char *body, mr_http_shape shape, mr
                                        mr_err *err) {
     uint8_t *pb = NULL;
     size_t len = 0;
-    if (mr_http_json_request(body, strlen(body), shape, &pb, &len, a, err)) {
+    if (mr_http_json_request(body, strlen(body), shape, 1000, &pb, &len, a, err)) {
         assert_null(pb);
         return NULL;
     }
@@ -138,6 +138,18 @@ static void test_refusals(void **state) {
     assert_non_null(r);
     assert_string_equal(r->documents[0]->text, "a\\u0000");
     mrank__v1__rerank_request__free_unpacked(r, NULL);
+    /* more documents than the limit: refused by count before any is converted, with the
+     * message the gRPC path gives */
+    uint8_t *pb = (uint8_t *)"";
+    size_t len = 1;
+    const char *three = "{\"query\": \"q\", \"documents\": [\"a\", \"b\", \"c\"]}";
+    assert_int_equal(mr_http_json_request(three, strlen(three), MR_HTTP_COHERE_V2, 2, &pb, &len,
+                                          &a, &err), MR_ERANGE);
+    assert_null(pb);
+    assert_string_equal(err.msg, "3 documents, the limit is 2 (Info.max_documents)");
+    assert_int_equal(mr_http_json_request(three, strlen(three), MR_HTTP_COHERE_V2, 3, &pb, &len,
+                                          &a, &err), 0);
+    free(pb);
 }
 
 static void test_answers(void **state) {
