@@ -5,6 +5,7 @@
 
 #include <libstemmer.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -134,22 +135,39 @@ typedef struct qterm {
     double idf;
 } qterm;
 
+#define QSLOTS (4 * MAX_QTERMS)     /* open addressing, at most a quarter full */
+
 typedef struct qset {
     qterm *q;
     int n;
     long dl;                     /* tokens of the current document */
     long doc;
+    short slot[QSLOTS];          /* 1 + index into q, 0 empty: every document token is looked
+                                    up here, so a long query costs no more per token */
 } qset;
 
-static qterm *find(qset *s, const char *t, size_t len) {
-    for (int i = 0; i < s->n; i++)
-        if (s->q[i].len == len && !memcmp(s->q[i].t, t, len)) return &s->q[i];
-    return NULL;
+static unsigned term_hash(const char *t, size_t len) {   /* FNV-1a */
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)t[i]) * 16777619u;
+    return h;
+}
+
+/* The query term t[0..len) or NULL; *at receives the slot where it is, or the empty slot where
+ * it would go. */
+static qterm *find(qset *s, const char *t, size_t len, unsigned *at) {
+    unsigned i = term_hash(t, len) & (QSLOTS - 1);
+    for (; s->slot[i]; i = (i + 1) & (QSLOTS - 1)) {
+        qterm *q = &s->q[s->slot[i] - 1];
+        if (q->len == len && !memcmp(q->t, t, len)) break;
+    }
+    if (at) *at = i;
+    return s->slot[i] ? &s->q[s->slot[i] - 1] : NULL;
 }
 
 static void add_query(const char *t, size_t len, void *user) {
     qset *s = user;
-    qterm *q = find(s, t, len);
+    unsigned at;
+    qterm *q = find(s, t, len, &at);
     if (q) q->qtf++;
     else if (s->n < MAX_QTERMS) {
         q = &s->q[s->n++];
@@ -157,13 +175,14 @@ static void add_query(const char *t, size_t len, void *user) {
         q->len = len;
         q->qtf = 1;
         q->seen = -1;
+        s->slot[at] = (short)s->n;
     }
 }
 
 static void count_doc(const char *t, size_t len, void *user) {
     qset *s = user;
     s->dl++;
-    qterm *q = find(s, t, len);
+    qterm *q = find(s, t, len, NULL);
     if (!q) return;
     q->tf++;
     if (q->seen != s->doc) q->seen = s->doc, q->df++;
@@ -175,7 +194,7 @@ int mr_bm25_score(const mr_lexicon *lx, const mr_bm25_params *p, const char *que
         return mr_err_set(err, MR_EINVAL, "bm25: the lexicon's terms are stemmed '%s', the "
                           "scoring asks for '%s'", mr_bm25_stem_name(lx->stem),
                           mr_bm25_stem_name(p->stem));
-    qset s = {calloc(MAX_QTERMS, sizeof(qterm)), 0, 0, 0};
+    qset s = {.q = calloc(MAX_QTERMS, sizeof(qterm))};
     mr_bm25_stemmer *st = NULL;
     if (!s.q || mr_bm25_stemmer_new(&st, p->stem, err)) {
         free(s.q);

@@ -34,6 +34,11 @@ int mr_cascade_override(mr_keep_rule *rule, const mr_keep_bounds *b, const mr_ke
         if (!isfinite(ov->min_score) || fabsf(ov->min_score) > 1e6f)
             return mr_err_set(err, MR_ERANGE, "%s.min_score: %g is not a finite score", what,
                               (double)ov->min_score);
+        if (rule->has_min_score && ov->min_score < rule->min_score)
+            return mr_err_set(err, MR_ERANGE,
+                              "%s.min_score: %g is below this stage's threshold %g (a request "
+                              "may only raise it)", what, (double)ov->min_score,
+                              (double)rule->min_score);
         r.has_min_score = 1;
         r.min_score = ov->min_score;
     }
@@ -71,8 +76,11 @@ int mr_cascade_keep_bound(const mr_keep_rule *rule, int n) {
     int k = n;
     if (rule->top_k > 0 && rule->top_k < k) k = rule->top_k;
     if (rule->fraction > 0) {
-        /* the 1e-6 slack keeps 0.5 * 10 at 5 despite float rounding */
+        /* the 1e-6 slack keeps 0.5 * 10 at 5 despite float rounding; a fraction keeps at
+         * least one (a tiny fraction of a few candidates would otherwise keep none, and a
+         * fused pass would get a prune step of top_k 0) */
         int f = (int)ceil((double)rule->fraction * n - 1e-6);
+        if (f < 1) f = 1;
         if (f < k) k = f;
     }
     return k;

@@ -91,6 +91,15 @@ int mr__chunk_split(const char *text, size_t len, int window, int stride, int ma
         if (end - s > max_bytes) {
             end = s + max_bytes;
             while (end > s && ((unsigned char)text[end] & 0xC0) == 0x80) end--;
+            /* the next chunk starts at the first word that starts at or after the cut (a word
+             * cut in two loses its tail), never later: the words between the cut and the
+             * window's stride point would otherwise be skipped */
+            size_t q = end, qe;
+            while (q < len && q > 0 && !is_space((unsigned char)text[q - 1]) &&
+                   !is_space((unsigned char)text[q]))
+                q++;
+            size_t w = next_word(text, len, q, &qe);
+            if (w < len && w > s && (last || w < next)) next = w, last = 0;
         }
         out[n++] = (mr__span){(uint32_t)s, (uint32_t)(end - s)};
         if (last) break;

@@ -419,6 +419,10 @@ static int parse_fusion(const ctx *x, const cJSON *o, const char *path,
         f->pos[f->n] = p;
         f->weight[f->n++] = it->valuedouble;
     }
+    double sum = f->input_weight;
+    for (int j = 0; j < f->n; j++) sum += f->weight[j];
+    if (!(sum > 0))   /* every fused score 0: the group would come back in request order */
+        return bad(x, MR_EINVAL, q, "every weight is 0 (and input_order too): nothing to fuse");
     return 0;
 }
 

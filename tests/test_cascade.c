@@ -128,6 +128,29 @@ static void test_override_bounds(void **state) {
     mr_keep_override negk = {.top_k = -1};
     assert_int_equal(mr_cascade_override(&r, &b, &negk, "overrides[0]", &err), MR_ERANGE);
     assert_memory_equal(&r, &before, sizeof r);
+    /* a threshold may be raised, never lowered: -1e6 would send every candidate on */
+    mr_keep_override low = {.has_min_score = 1, .min_score = -1e6f};
+    assert_int_equal(mr_cascade_override(&r, &b, &low, "overrides[0]", &err), MR_ERANGE);
+    assert_non_null(strstr(err.msg, "overrides[0].min_score: -1e+06 is below this stage's "
+                                    "threshold -2"));
+    assert_memory_equal(&r, &before, sizeof r);
+    mr_keep_override high = {.has_min_score = 1, .min_score = -1};
+    assert_int_equal(mr_cascade_override(&r, &b, &high, "overrides[0]", &err), 0);
+    assert_true(r.min_score == -1.0f);
+}
+
+/* A fraction keeps at least one candidate, however small: 1e-6 of one document is one, and a
+ * fused pass gets a prune step that keeps one, never top_k 0. */
+static void test_tiny_fraction(void **state) {
+    mr_keep_rule tiny = {.fraction = 1e-6f};
+    assert_int_equal(mr_cascade_keep_bound(&tiny, 1), 1);
+    assert_int_equal(mr_cascade_keep_bound(&tiny, 1000), 1);
+    assert_int_equal(mr_cascade_keep_bound(&tiny, 0), 0);
+    mr_fused_prune st = {0};
+    assert_int_equal(mr_cascade_fused_prune(&tiny, 4, 4, &st), 1);
+    assert_int_equal(st.top_k, 1);
+    float sc[3] = {0.1f, 0.3f, 0.2f};
+    assert_int_equal(mr_cascade_keep_count(sc, 3, &tiny), 1);
 }
 
 static mr_subarch arch(int depth, int ratio, int n_compress, const int *layers) {
@@ -507,6 +530,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sort_merge_rule), cmocka_unit_test(test_sort_ties_stable),
         cmocka_unit_test(test_keep_rules),      cmocka_unit_test(test_override_bounds),
+        cmocka_unit_test(test_tiny_fraction),
         cmocka_unit_test(test_token_layers),    cmocka_unit_test(test_cost_model),
         cmocka_unit_test(test_n_calls),         cmocka_unit_test(test_decide),
         cmocka_unit_test(test_remaining),       cmocka_unit_test(test_sigmoid),

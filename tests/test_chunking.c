@@ -81,6 +81,25 @@ static void test_split(void **state) {
     assert_int_equal(sp[0].start, 0);
     assert_int_equal(sp[0].len, 5);
     assert_int_equal(sp[1].start, 12);  /* the next word */
+    /* a window (6 tokens: about 6 of these words) cut by the byte cap (60 bytes: 3 words, far
+     * apart with 20 spaces each) resumes at the first word after the cut, not at the window's
+     * stride point: no word between them is skipped */
+    char far[400] = "";
+    for (int i = 0; i < 12; i++) {
+        char wd[32];
+        snprintf(wd, sizeof wd, "w%02d                    ", i);
+        strcat(far, wd);
+    }
+    n = mr__chunk_split(far, strlen(far), 6, 6, 16, 60, sp, &cut);
+    assert_true(n >= 4);
+    assert_int_equal(cut, 0);
+    int seen[12] = {0};
+    for (int c = 0; c < n; c++)
+        for (uint32_t b = sp[c].start; b < sp[c].start + sp[c].len; b++)
+            if (far[b] == 'w') seen[atoi(far + b + 1)] = 1;
+    for (int i = 0; i < 12; i++)
+        if (!seen[i]) fail_msg("word w%02d is in no chunk (%d chunks)", i, n);
+    for (int c = 1; c < n; c++) assert_true(sp[c].start > sp[c - 1].start);
 }
 
 /* ---- a cluster ---- */

@@ -178,6 +178,10 @@ static const struct {
     {"\"method\":\"rrf\"", "\"method\":\"rrf\",\"normalize\":\"minmax\"", "rrf fuses ranks"},
     {"\"normalize\":\"zscore\"", "\"normalize\":\"zscore\",\"k\":5", "fusion.k: only rrf"},
     {"\"method\":\"rrf\"", "\"method\":\"rrf\",\"alpha\":1", "fusion.alpha: unknown key"},
+    /* all weights 0: every fused score 0, the group in request order */
+    {"\"weights\":{\"s\":0.3,\"bm25\":0.7},\"input_order\":0.25",
+     "\"weights\":{\"s\":0,\"bm25\":0},\"input_order\":0",
+     "profiles[0].fusion.weights: every weight is 0"},
 };
 
 static void test_config_bad(void **state) {
