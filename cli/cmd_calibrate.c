@@ -51,9 +51,15 @@ static void pairs_free(pairs *p) {
 /* Reads the jsonl (blank lines skipped); -1 after a message naming the line. */
 static int pairs_load(pairs *p, const char *path) {
     char *txt = NULL;
+    size_t len = 0;
     mr_err err = {0};
-    if (mr__read_text(path, PAIRS_LIMIT, &txt, NULL, &err)) {
+    if (mr__read_text(path, PAIRS_LIMIT, &txt, &len, &err)) {
         fprintf(stderr, "mrank calibrate: %s\n", err.msg);
+        return -1;
+    }
+    if (strlen(txt) != len) {   /* the lines after it would be dropped without a word */
+        fprintf(stderr, "mrank calibrate: %s: a NUL byte at offset %zu\n", path, strlen(txt));
+        free(txt);
         return -1;
     }
     int cap = 0, line = 0, rc = 0;
@@ -66,7 +72,10 @@ static int pairs_load(pairs *p, const char *path) {
         const cJSON *q = cJSON_GetObjectItemCaseSensitive(o, "query");
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "passage");
         const cJSON *l = cJSON_GetObjectItemCaseSensitive(o, "label");
-        int lab = cJSON_IsBool(l) ? cJSON_IsTrue(l) : cJSON_IsNumber(l) ? l->valuedouble > 0 : -1;
+        int lab = cJSON_IsBool(l)                                  ? cJSON_IsTrue(l)
+                  : cJSON_IsNumber(l) && l->valuedouble == 0 ? 0
+                  : cJSON_IsNumber(l) && l->valuedouble == 1 ? 1
+                                                             : -1;   /* 0.4 is neither */
         if (!cJSON_IsString(q) || !*q->valuestring || !cJSON_IsString(d) || lab < 0) {
             fprintf(stderr, "mrank calibrate: %s: line %d: expected {\"query\": string, "
                     "\"passage\": string, \"label\": 0/1 or true/false}\n", path, line);

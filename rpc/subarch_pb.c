@@ -25,7 +25,10 @@ int mr_subarch_from_pb(mr_subarch *a, const Mrank__V1__SubArch *m, mr_err *err) 
     mr_subarch_default(a);
     if (!m) return 0;
     a->depth = clamp_layer(m->depth);
-    a->ratio = m->compress_ratio ? (int)(m->compress_ratio > 64 ? 64 : m->compress_ratio) : 1;
+    if (m->compress_ratio > 64)   /* refused by its own value, not a clamped one */
+        return mr_err_set(err, MR_EINVAL, "compress_ratio %u is not 1, 2, 4 or 8",
+                          m->compress_ratio);
+    a->ratio = m->compress_ratio ? (int)m->compress_ratio : 1;
     if (m->n_compress_layers > MR_MAX_COMPRESS)
         return mr_err_set(err, MR_ERANGE, "more than %d compress_layers", MR_MAX_COMPRESS);
     for (size_t i = 0; i < m->n_compress_layers; i++)

@@ -294,6 +294,16 @@ $PY scripts/make_calibration_pairs.py "$work/pairs.jsonl" --queries 60 >/dev/nul
   fail "making pairs (Debian wordnet-base, scripts/setup.sh)"
 "$MRANK" calibrate --config "$work/up.json" --pairs "$work/pairs.jsonl" --out "$work/cal.json" \
   >"$work/cal.out" || fail "mrank calibrate: $(cat "$work/cal.out")"
+# pairs files it must refuse, naming the file: a label that is neither 0/1 nor true/false, and
+# a NUL byte (the lines after it were dropped without a word)
+printf '{"query":"q","passage":"p","label":0.4}\n' >"$work/bad1.jsonl"
+printf '{"query":"q","passage":"p","label":1}\n\0{"query":"q","passage":"p","label":0}\n' \
+  >"$work/bad2.jsonl"
+for b in "bad1.jsonl:line 1: expected" "bad2.jsonl:a NUL byte at offset 38"; do
+  if msg=$("$MRANK" calibrate --config "$work/up.json" --pairs "$work/${b%%:*}" \
+      --out "$work/x.json" 2>&1); then fail "calibrate accepted ${b%%:*}"; fi
+  case $msg in *"${b%%:*}: ${b#*:}"*) ;; *) fail "calibrate ${b%%:*}: $msg" ;; esac
+done
 $PY - "$work/cal.json" <<'PYEOF' || fail "calibration.json: $(cat "$work/cal.json")"
 import json, sys
 c = json.load(open(sys.argv[1]))

@@ -501,6 +501,8 @@ static void test_invalid(void **state) {
     rq.n_exits = 0;
     arch.compress_ratio = 3;
     expect_invalid(f.ch, &rq, "ratio");
+    arch.compress_ratio = 1000;   /* named by its own value, not a clamped one */
+    expect_invalid(f.ch, &rq, "compress_ratio 1000 is not 1, 2, 4 or 8");
     arch.compress_ratio = 0;
     arch.pooling = (char *)"max";
     expect_invalid(f.ch, &rq, "pooling 'max'");

@@ -136,7 +136,12 @@ static void overload_message(const mr_worker *w, const wreq *r, int partial, lon
                  "cannot help");
         return;
     }
-    double ms = (double)in * r->run.exits[r->run.n_exits - 1] * atomic_load(&w->ns_per_tl) * 1e-6;
+    double ns = atomic_load(&w->ns_per_tl);
+    if (!(ns > 0)) {   /* no warm-up (--warm-up-rows 0): the speed is unknown, so no time */
+        snprintf(msg + n, cap - (size_t)n, "; retry later or on another replica");
+        return;
+    }
+    double ms = (double)in * r->run.exits[r->run.n_exits - 1] * ns * 1e-6;
     snprintf(msg + n, cap - (size_t)n, "; retry after ~%.0f ms or on another replica",
              ms < 1 ? 1 : ms);
 }
