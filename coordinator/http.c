@@ -102,6 +102,36 @@ static unsigned http_status(grpc_status_code c) {
     }
 }
 
+/* TEI's /rerank speaks its own error dialect (serving conventions): validation is 422, a
+ * failing backend 424, and the body adds {"error", "error_type"}. Others keep the status. */
+static unsigned shape_status(mr_http_shape shape, unsigned status) {
+    if (shape != MR_HTTP_TEI) return status;
+    if (status == MHD_HTTP_BAD_REQUEST) return MHD_HTTP_UNPROCESSABLE_CONTENT;
+    if (status == MHD_HTTP_INTERNAL_SERVER_ERROR) return MHD_HTTP_FAILED_DEPENDENCY;
+    return status;
+}
+
+/* TEI's error_type for a (shaped) status; NULL for the other shapes. */
+static const char *tei_type(mr_http_shape shape, unsigned status) {
+    if (shape != MR_HTTP_TEI) return NULL;
+    switch (status) {
+    case MHD_HTTP_CONTENT_TOO_LARGE:
+    case MHD_HTTP_UNPROCESSABLE_CONTENT: return "Validation";
+    case MHD_HTTP_TOO_MANY_REQUESTS: return "Overloaded";
+    case MHD_HTTP_SERVICE_UNAVAILABLE: return "Unhealthy";
+    case MHD_HTTP_UNAUTHORIZED:
+    case MHD_HTTP_FORBIDDEN: return "Unauthorized";
+    default: return "Backend";
+    }
+}
+
+/* The error answer of shape: status (shaped) and its JSON (NULL on OOM). */
+static char *error_json(mr_http_shape shape, unsigned *status, grpc_status_code code,
+                        const char *msg) {
+    *status = shape_status(shape, *status);
+    return mr_http_json_error(msg, mr_rpc_status_name(code), tei_type(shape, *status));
+}
+
 static void hreq_free(hreq *q) {
     free(q->body);
     free(q->resp);
@@ -167,7 +197,10 @@ static void s_finish(void *ctx, const uint8_t *resp, size_t len) {
 }
 
 static void s_fail(void *ctx, grpc_status_code code, const char *msg, double retry_ms) {
-    answer(ctx, http_status(code), mr_http_json_error(msg, mr_rpc_status_name(code)), retry_ms);
+    hreq *q = ctx;
+    unsigned st = http_status(code);
+    char *json = error_json(q->shape, &st, code, msg);
+    answer(q, st, json, retry_ms);
 }
 
 static const mr_trace_ctx *s_trace(void *ctx) { return &((hreq *)ctx)->trace; }
@@ -210,9 +243,11 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status, c
     return ret;
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status,
-                                  grpc_status_code code, const char *msg, const char *allow) {
-    return send_json(conn, status, mr_http_json_error(msg, mr_rpc_status_name(code)), 0, allow);
+static enum MHD_Result send_error(struct MHD_Connection *conn, mr_http_shape shape,
+                                  unsigned status, grpc_status_code code, const char *msg,
+                                  const char *allow) {
+    char *json = error_json(shape, &status, code, msg);
+    return send_json(conn, status, json, 0, allow);
 }
 
 /* With tls.client_ca: 0 when the client presented a certificate that verifies. */
@@ -235,13 +270,13 @@ static enum MHD_Result start(struct mr__http *h, struct MHD_Connection *conn, co
     if (!strcmp(url, "/v2/rerank")) shape = MR_HTTP_COHERE_V2;
     else if (!strcmp(url, "/v1/rerank")) shape = MR_HTTP_COHERE_V1;
     else if (!strcmp(url, "/rerank")) shape = MR_HTTP_TEI;
-    else return send_error(conn, MHD_HTTP_NOT_FOUND, GRPC_STATUS_NOT_FOUND,
+    else return send_error(conn, MR_HTTP_COHERE_V2, MHD_HTTP_NOT_FOUND, GRPC_STATUS_NOT_FOUND,
                            "unknown path (POST /v2/rerank, /v1/rerank or /rerank)", NULL);
     if (strcmp(method, "POST"))
-        return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, GRPC_STATUS_UNIMPLEMENTED,
+        return send_error(conn, shape, MHD_HTTP_METHOD_NOT_ALLOWED, GRPC_STATUS_UNIMPLEMENTED,
                           "only POST is served here", "POST");
     if (h->trust && client_cert_bad(conn))
-        return send_error(conn, MHD_HTTP_UNAUTHORIZED, GRPC_STATUS_UNAUTHENTICATED,
+        return send_error(conn, shape, MHD_HTTP_UNAUTHORIZED, GRPC_STATUS_UNAUTHENTICATED,
                           "a client certificate signed by the configured CA is required",
                           NULL);
     long max = h->co->cfg.max_request_bytes;
@@ -250,7 +285,7 @@ static enum MHD_Result start(struct mr__http *h, struct MHD_Connection *conn, co
         char m[160];
         snprintf(m, sizeof m, "request body is %.64s bytes, the limit is %ld "
                  "(Info.max_request_bytes)", cl, max);
-        return send_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, GRPC_STATUS_INVALID_ARGUMENT, m,
+        return send_error(conn, shape, MHD_HTTP_CONTENT_TOO_LARGE, GRPC_STATUS_INVALID_ARGUMENT, m,
                           NULL);
     }
     hreq *q = calloc(1, sizeof *q);
@@ -288,7 +323,7 @@ static enum MHD_Result start(struct mr__http *h, struct MHD_Connection *conn, co
     mr__sink sink = {&k_http, q};
     if (!mr__auth_check(h->co, &sink, 0)) {
         hreq_free(q);
-        return send_error(conn, MHD_HTTP_UNAUTHORIZED, GRPC_STATUS_UNAUTHENTICATED,
+        return send_error(conn, shape, MHD_HTTP_UNAUTHORIZED, GRPC_STATUS_UNAUTHENTICATED,
                           MR__AUTH_MISSING, NULL);
     }
     *con_cls = q;
@@ -304,7 +339,7 @@ static enum MHD_Result submit(struct mr__http *h, hreq *q) {
     if (q->too_large) {
         snprintf(m, sizeof m, "request body is over the limit of %d bytes "
                  "(Info.max_request_bytes)", c->cfg.max_request_bytes);
-        return send_error(q->conn, MHD_HTTP_CONTENT_TOO_LARGE, GRPC_STATUS_INVALID_ARGUMENT, m,
+        return send_error(q->conn, q->shape, MHD_HTTP_CONTENT_TOO_LARGE, GRPC_STATUS_INVALID_ARGUMENT, m,
                           NULL);
     }
     atomic_fetch_add(&h->arriving, 1);
@@ -317,14 +352,14 @@ static enum MHD_Result submit(struct mr__http *h, hreq *q) {
 static enum MHD_Result submit_checked(struct mr__http *h, hreq *q) {
     mr_coord *c = h->co;
     if (atomic_load(&h->stopping))
-        return send_error(q->conn, MHD_HTTP_SERVICE_UNAVAILABLE, GRPC_STATUS_UNAVAILABLE,
+        return send_error(q->conn, q->shape, MHD_HTTP_SERVICE_UNAVAILABLE, GRPC_STATUS_UNAVAILABLE,
                           "coordinator shutting down", NULL);
     mr__sink sink = {&k_http, q};
     if (!mr_coord_ready(c))
-        return send_error(q->conn, MHD_HTTP_SERVICE_UNAVAILABLE, GRPC_STATUS_UNAVAILABLE,
+        return send_error(q->conn, q->shape, MHD_HTTP_SERVICE_UNAVAILABLE, GRPC_STATUS_UNAVAILABLE,
                           "coordinator not ready: a worker pool has no live replica yet", NULL);
     if (q->bad_timeout)
-        return send_error(q->conn, MHD_HTTP_BAD_REQUEST, GRPC_STATUS_INVALID_ARGUMENT,
+        return send_error(q->conn, q->shape, MHD_HTTP_BAD_REQUEST, GRPC_STATUS_INVALID_ARGUMENT,
                           "X-Request-Timeout-Ms: expected milliseconds, a number in (0, 1e9]",
                           NULL);
     uint8_t *pb;
@@ -333,10 +368,13 @@ static enum MHD_Result submit_checked(struct mr__http *h, hreq *q) {
     q->t0 = mr__now_ms();   /* the clock starts with the whole body, as gRPC's does */
     q->deadline = q->t0 + q->timeout_ms;
     if (mr_http_json_request(q->body ? q->body : "", q->len, q->shape, c->cfg.max_documents,
-                             &pb, &pb_len, &q->ans, &err))
-        return send_error(q->conn, err.code == MR_ENOMEM ? MHD_HTTP_SERVICE_UNAVAILABLE
-                                                         : MHD_HTTP_BAD_REQUEST,
-                          mr_rpc_status_of(err.code), err.msg, NULL);
+                             &pb, &pb_len, &q->ans, &err)) {
+        /* too many documents: TEI says 413 ("too many inputs"), the others 400 */
+        unsigned st = err.code == MR_ENOMEM                            ? MHD_HTTP_SERVICE_UNAVAILABLE
+                      : err.code == MR_ERANGE && q->shape == MR_HTTP_TEI ? MHD_HTTP_CONTENT_TOO_LARGE
+                                                                       : MHD_HTTP_BAD_REQUEST;
+        return send_error(q->conn, q->shape, st, mr_rpc_status_of(err.code), err.msg, NULL);
+    }
     free(q->body);   /* the RerankRequest holds what is needed */
     q->body = NULL;
     q->state = WAITING;

@@ -350,11 +350,15 @@ char *mr_http_json_response(const uint8_t *resp, size_t len, const mr_http_answe
     return txt;
 }
 
-char *mr_http_json_error(const char *msg, const char *status) {
+char *mr_http_json_error(const char *msg, const char *status, const char *tei_type) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     cJSON_AddStringToObject(o, "message", msg ? msg : "");
     cJSON_AddStringToObject(o, "status", status ? status : "");
+    if (tei_type) {   /* TEI's own error fields, beside ours */
+        cJSON_AddStringToObject(o, "error", msg ? msg : "");
+        cJSON_AddStringToObject(o, "error_type", tei_type);
+    }
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return txt;

@@ -41,7 +41,8 @@ int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, int 
 char *mr_http_json_response(const uint8_t *resp, size_t len, const mr_http_answer *a,
                             const char *id);
 
-/* {"message": msg, "status": status} as a malloc'd JSON text (NULL on OOM). */
-char *mr_http_json_error(const char *msg, const char *status);
+/* {"message": msg, "status": status} as a malloc'd JSON text (NULL on OOM); with tei_type
+ * (TEI's /rerank) also TEI's {"error": msg, "error_type": tei_type}. */
+char *mr_http_json_error(const char *msg, const char *status, const char *tei_type);
 
 #endif

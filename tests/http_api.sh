@@ -134,8 +134,18 @@ for x, y in zip(tei, v2n["results"]):
 st, teir, _ = call("/rerank", {"query": Q, "texts": docs, "raw_scores": True, "truncate": True})
 for x, y in zip(teir, v2n["results"]):
     check("text" not in x and abs(x["score"] - y["raw_score"]) < 1e-5, f"TEI raw {x} vs {y}")
-# TEI without truncate: a pair longer than max_tokens_per_pair (64) is an error, as in TEI
-expect(400, "/rerank", {"query": Q, "texts": [" ".join(["word"] * 200)]}, "TEI, no truncate")
+# TEI without truncate: a pair longer than max_tokens_per_pair (64) is an error, as in TEI,
+# in TEI's dialect: 422 (validation) with {"error", "error_type"} beside mrank's fields; too
+# many texts is TEI's 413
+r = expect(422, "/rerank", {"query": Q, "texts": [" ".join(["word"] * 200)]}, "TEI, no truncate")
+st, js, _ = call("/rerank", {"query": Q, "texts": [" ".join(["word"] * 200)]})
+check(js.get("error_type") == "Validation" and js.get("error") == js["message"],
+      f"TEI error fields: {js}")
+st, js, _ = call("/rerank", {"query": Q, "texts": ["d"] * 201})
+check(st == 413 and js.get("error_type") == "Validation" and "201 documents" in js["error"],
+      f"TEI, 201 texts: HTTP {st} {js}")
+st, js, _ = call("/v2/rerank", {"query": Q, "documents": ["d"] * 201})
+check(st == 400 and "error" not in js, f"Cohere v2, 201 documents: HTTP {st} {js}")
 # mrank's knobs: a profile, an override
 st, one, _ = call("/v2/rerank", {"query": Q, "documents": docs, "profile": "cheap-only"})
 check(st == 200 and {x["stage"] for x in one["results"]} == {0} and

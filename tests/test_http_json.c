@@ -209,9 +209,17 @@ static void test_answers(void **state) {
     assert_null(cJSON_GetObjectItem(t1, "text"));   /* return_text was not asked */
     cJSON_Delete(j);
     free(txt);
-    txt = mr_http_json_error("bad \"thing\"", "INVALID_ARGUMENT");
+    txt = mr_http_json_error("bad \"thing\"", "INVALID_ARGUMENT", NULL);
     j = cJSON_Parse(txt);
     assert_string_equal(cJSON_GetObjectItem(j, "message")->valuestring, "bad \"thing\"");
+    assert_null(cJSON_GetObjectItem(j, "error"));
+    cJSON_Delete(j);
+    free(txt);
+    txt = mr_http_json_error("too many", "RESOURCE_EXHAUSTED", "Overloaded");   /* TEI's too */
+    j = cJSON_Parse(txt);
+    assert_string_equal(cJSON_GetObjectItem(j, "error")->valuestring, "too many");
+    assert_string_equal(cJSON_GetObjectItem(j, "error_type")->valuestring, "Overloaded");
+    assert_string_equal(cJSON_GetObjectItem(j, "status")->valuestring, "RESOURCE_EXHAUSTED");
     cJSON_Delete(j);
     free(txt);
 }
