@@ -145,7 +145,7 @@ static int parse_limits(const ctx *x, const cJSON *root, mr_coord_config *c) {
     int rc;
     if ((rc = check_keys(x, l, "limits", keys)) ||
         (rc = get_int(x, l, "limits", "max_documents", &c->max_documents, 1, 100000)) ||
-        (rc = get_int(x, l, "limits", "max_tokens_per_pair", &c->max_tokens_per_pair, 16,
+        (rc = get_int(x, l, "limits", "max_tokens_per_pair", &c->max_tokens_per_pair, 32,
                       131072)) ||
         (rc = get_int(x, l, "limits", "max_request_bytes", &c->max_request_bytes, 1024,
                       64.0 * 1024 * 1024)) ||

@@ -189,6 +189,8 @@ static const bad_case k_bad[] = {
     {"\"allow_degraded\": true", "\"allow_degraded\": 1", "tiers[0].allow_degraded"},
     {"\"budget_ms\": 150", "\"budget_ms\": -1", "tiers[0].budget_ms"},
     {"\"max_documents\": 500", "\"max_documents\": 0", "limits.max_documents"},
+    /* below the request framing's own estimate (20 tokens): no room for any passage */
+    {"\"max_tokens_per_pair\": 256", "\"max_tokens_per_pair\": 16", "limits.max_tokens_per_pair"},
     {"\"safety\": 1.5", "\"safety\": 0.5", "planning.safety"},
     {"\"warmup_timeout_ms\": 120000", "\"warmup_timeout_ms\": 500", "planning.warmup_timeout_ms"},
     {"\"metrics_port\": 9300", "\"metrics_port\": 70000", "coordinator.metrics_port"},
