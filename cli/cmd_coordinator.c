@@ -46,6 +46,8 @@ int mr_cmd_coordinator(int argc, char **argv) {
                  "  --http-listen  also serve HTTP/JSON (POST /v2/rerank, /v1/rerank, /rerank;\n"
                  "             docs/cluster.md); default coordinator.http_listen, \"off\": none\n"
                  "  --check   validate FILE, print a summary and exit (0 when valid)\n"
+                 "  --drain-ms N  at SIGTERM, finish the requests in flight for up to N ms\n"
+                 "            (default 5000) before exiting\n"
                  "  --otlp-endpoint URL  export spans as OTLP/HTTP JSON to URL (default: the\n"
                  "            config's coordinator.otlp_endpoint; none when both are unset)\n"
                  MR_CLI_LOG_USAGE);

@@ -115,7 +115,11 @@ int mr__calib_load(mr_coord *c, mr_err *err) {
     char *txt = NULL;
     mr_err e2 = {0};
     if (mr__read_text(path, CALIB_LIMIT, &txt, NULL, &e2)) {
-        if (e2.code == MR_ENOTFOUND) return 0;   /* none: identity */
+        if (e2.code == MR_ENOTFOUND) {   /* none: identity, said once at start */
+            mr_log(MR_LOG_WARN, "calibration", "%s: not found: relevance scores are "
+                   "sigmoid(raw), uncalibrated (`mrank calibrate` writes it)\n", path);
+            return 0;
+        }
         return mr_err_set(err, e2.code, "%s", e2.msg);
     }
     int rc = mr__calib_parse(&c->calib, &c->cfg, path, txt, err);

@@ -5,7 +5,8 @@
 # tests/deploy_k8s.py: restricted Pod Security on every pod, drain-matched shutdown, PDBs,
 # topology spread, NetworkPolicies, HPAs on mrank's own metrics through the Prometheus Adapter
 # rules, and names, ports, adapters and paths that agree with cluster.json. The Dockerfile's
-# "# runtime:" comment lists the packages its apt line installs. Where kubectl is installed,
+# "# runtime:" comment lists the packages its apt line installs; it builds without
+# -march=native and runs from /opt/mrank. Where kubectl is installed,
 # tests/deploy_kustomize.sh runs the same checks on the rendered base and overlays and
 # tests/deploy_schema.sh validates them against the API schemas; tests/deploy_image_libs.sh
 # checks the runtime packages against the libraries a Release `mrank` links.
@@ -46,6 +47,12 @@ apt = set(w for w in a.group(1).split() if not w.startswith("-")) if a else set(
 if apt != listed:
     fail.append("Dockerfile: runtime packages only in the comment %s, only on the apt line %s"
                 % (sorted(listed - apt), sorted(apt - listed)))
+# the image runs on other nodes than its build host, from the folder its configs are relative to
+build = dockerfile.split("FROM debian:bookworm-slim", 1)[0].replace("\\\n", " ")
+if "-DMR_NATIVE=OFF" not in build:
+    fail.append("Dockerfile: the build does not set -DMR_NATIVE=OFF (-march=native of the build host)")
+if not re.search(r"^WORKDIR /opt/mrank$", runtime, re.M):
+    fail.append("Dockerfile: the runtime stage has no WORKDIR /opt/mrank (relative lexicon paths)")
 for f in fail:
     print("FAIL:", f)
 print("deploy_check: %d objects, %d pools, %d problems" % (len(objs), len(cfg["pools"]), len(fail)))

@@ -236,6 +236,13 @@ def check(objs, cfg, root, configmap_names):
         need(svc is not None and listen_port in [p["port"] for p in svc["spec"]["ports"]],
              "Service mrank lacks the coordinator port %d" % listen_port)
         need(probe_port(c["readinessProbe"]) == listen_port, "coordinator readiness probe port")
+        # the coordinator reads MODEL/calibration.json: the model folder must be mounted there
+        # (read-only, the workers' claim), or every relevance score is silently uncalibrated
+        pvc_mounts = [vm["mountPath"].rstrip("/") + "/" for vm in c.get("volumeMounts", [])
+                      if "persistentVolumeClaim" in vols.get(vm["name"], {}) and vm.get("readOnly")]
+        need(any((cfg["model"].rstrip("/") + "/").startswith(m) for m in pvc_mounts),
+             "coordinator: the model folder %s (its calibration.json) is not on a read-only "
+             "PersistentVolumeClaim mount" % cfg["model"])
         # a lexical stage's lexicon is a file of the image (deploy/Dockerfile copies
         # models/mrank-tiny to /opt/mrank/models/mrank-tiny): a relative path from the
         # container's workingDir /opt/mrank, which names the same file in this checkout
@@ -271,6 +278,25 @@ def check_secure(objs, cfg, sec_cfg):
 
     def on_secret(path, mounts):
         return any(path.startswith(m) for m in mounts)
+
+    # a Secret's files are root-owned: the pod's uid reads them only through the "other" bits
+    # of the mode, or the group bits with fsGroup equal to the pod's group (the secure overlay
+    # once mounted 0440 without fsGroup on the coordinator: it could not read its own keys)
+    for d in objs:
+        if d["kind"] != "Deployment":
+            continue
+        ps = d["spec"]["template"]["spec"]
+        psc = ps.get("securityContext", {})
+        for v in ps.get("volumes", []):
+            if "secret" not in v:
+                continue
+            mode = v["secret"].get("defaultMode", 0o644)
+            readable = mode & 0o004 or (mode & 0o040 and psc.get("fsGroup") is not None and
+                                        psc.get("fsGroup") == psc.get("runAsGroup"))
+            if not readable:
+                probs.append("%s: Secret volume %s (mode %o) is unreadable by uid %s (fsGroup %s)" %
+                             (d["metadata"]["name"], v["name"], mode, psc.get("runAsUser"),
+                              psc.get("fsGroup")))
 
     deps = {d["metadata"]["name"]: d for d in objs if d["kind"] == "Deployment"}
     co = deps.get("mrank-coordinator")
