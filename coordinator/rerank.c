@@ -211,6 +211,10 @@ int mr__rerank_pool_free(const mr__req *r) {
 int mr__rerank_serve_pool_free(mr__req *r) {
     int n = mr__rerank_pool_free(r);
     if (n == 0 || r->sink.ops->cancelled(r->sink.ctx)) return 0;
+    /* no partial rankings here: this runs on the thread that refused the request (the rpc
+     * queue thread at arrival, the sweeper), and a stream's write waits for the queue thread
+     * and the client's flow control; the lexical answer goes out whole, with finish */
+    r->stream = 0;
     serve(r, n);
     return 1;
 }

@@ -111,8 +111,11 @@ int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len);
  * the client sent a traceparent or the call is mrank.v1.Ranker's (untraced internal calls,
  * such as probes, are not). Pass it as mr_rpc_opts.trace to calls made for this one. */
 const struct mr_trace_ctx *mr_rpc_call_trace(mr_rpc_call *c);
-/* Streams: sends one response message and waits until gRPC took it. 0, or MR_ESTATE when the
- * client is gone (finish the call anyway). Only from one thread at a time per call. */
+/* Streams: sends one response message and waits until gRPC took it, at most until the call's
+ * deadline and 30 s: a client that stops reading gets its call cancelled then. 0, or MR_ESTATE
+ * when the client is gone or too slow, or when called on the server's completion-queue
+ * thread (which would wait for itself); finish the call anyway. Only from one thread at a time
+ * per call. */
 int mr_rpc_call_write(mr_rpc_call *call, const uint8_t *buf, size_t len);
 /* Ends the call with OK and a last message (resp may be NULL with len 0 for a stream that has
  * nothing more to send; a unary call always sends one message). */

@@ -50,6 +50,12 @@
 #define MR__MAX_METHODS 32
 #define MR_RPC_MAX_WATCHERS 1024   /* Health/Watch streams open at once; more: RESOURCE_EXHAUSTED */
 #define MR_RPC_MAX_BIDI 16         /* bidi streams (reflection) open at once; more: RESOURCE_EXHAUSTED */
+/* How long a write may wait for the client to take a message (HTTP/2 flow control): the call's
+ * deadline, at most this; a health watch's at most HEALTH_WRITE_MS, so that one watcher that
+ * stops reading cannot hold the other watchers' updates for long. Past it the call is
+ * cancelled. */
+#define MR_RPC_WRITE_MAX_MS 30000
+#define HEALTH_WRITE_MS 2000
 
 enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_READ, TAG_SHUTDOWN };
 
@@ -264,7 +270,11 @@ static mr_rpc_call *call_new(mr_rpc_server *s, slot *sl) {
     atomic_init(&c->cancelled, 0);
     atomic_init(&c->finished, 0);
     pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
+    pthread_condattr_t ca;   /* monotonic: a write's bound (write_within) is a duration */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_mutex_lock(&s->mu);
     s->live_calls++;
     pthread_mutex_unlock(&s->mu);
@@ -323,8 +333,17 @@ static grpc_byte_buffer *make_buffer(const uint8_t *p, size_t len) {
     return bb;
 }
 
-int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
-    if (atomic_load(&c->finished) || atomic_load(&c->cancelled)) return MR_ESTATE;
+/* The completion-queue thread: a write there would wait for its own completion forever. */
+static _Thread_local int t_on_cq_thread;
+
+static void abs_deadline(struct timespec *ts, int ms);
+
+/* Sends one message and waits until gRPC has taken it, at most cap_ms: a client that stops
+ * reading (HTTP/2 flow control) would otherwise hold the writing thread for ever. Past the
+ * bound the call is cancelled (its completion then comes at once) and the write fails. */
+static int write_within(mr_rpc_call *c, const uint8_t *buf, size_t len, int cap_ms) {
+    if (t_on_cq_thread || atomic_load(&c->finished) || atomic_load(&c->cancelled))
+        return MR_ESTATE;
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);
     int n = 0;
@@ -344,11 +363,27 @@ int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
     if (grpc_call_start_batch(c->call, ops, (size_t)n, &c->write_tag, NULL) != GRPC_CALL_OK)
         return MR_ESTATE;
     c->sent_md = 1;
+    struct timespec until;
+    abs_deadline(&until, cap_ms);
+    int timed_out = 0;
     pthread_mutex_lock(&c->mu);
-    while (!c->write_done) pthread_cond_wait(&c->cv, &c->mu);
-    int ok = c->write_ok;
+    while (!c->write_done && !timed_out)
+        timed_out = pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT;
+    if (!c->write_done) {   /* stuck: cancel, then the batch completes (failed) promptly */
+        pthread_mutex_unlock(&c->mu);
+        grpc_call_cancel(c->call, NULL);
+        pthread_mutex_lock(&c->mu);
+        while (!c->write_done) pthread_cond_wait(&c->cv, &c->mu);
+    }
+    int ok = c->write_ok && !timed_out;
     pthread_mutex_unlock(&c->mu);
     return ok ? 0 : MR_ESTATE;
+}
+
+int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
+    double rem = mr_rpc_call_remaining_ms(c);
+    int cap = rem < MR_RPC_WRITE_MAX_MS ? (rem > 1 ? (int)rem : 1) : MR_RPC_WRITE_MAX_MS;
+    return write_within(c, buf, len, cap);
 }
 
 int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len) {
@@ -592,7 +627,7 @@ static void *watch_main(void *arg) {
         /* only this thread unlinks or frees watchers: the pointers stay valid unlocked */
         for (int i = 0; i < k; i++) {
             if (want[i] == live[i]->sent) continue;
-            if (mr_rpc_call_write(live[i]->call, buf, health_pack(want[i], buf))) {
+            if (write_within(live[i]->call, buf, health_pack(want[i], buf), HEALTH_WRITE_MS)) {
                 live[i]->dead = 1;
             } else {
                 live[i]->sent = want[i];
@@ -606,7 +641,7 @@ static void *watch_main(void *arg) {
             watcher *w = done;
             done = w->next;
             if (stop && !mr_rpc_call_cancelled(w->call) && w->sent != 0)
-                mr_rpc_call_write(w->call, buf, health_pack(0, buf));
+                write_within(w->call, buf, health_pack(0, buf), HEALTH_WRITE_MS);
             if (stop) mr_rpc_call_fail(w->call, GRPC_STATUS_UNAVAILABLE, "server shutting down");
             else mr_rpc_call_fail(w->call, GRPC_STATUS_CANCELLED, "watch ended");
             free(w->service);
@@ -837,6 +872,7 @@ static void on_request(mr_rpc_server *s, slot *sl, int ok) {
 
 static void *cq_main(void *arg) {
     mr_rpc_server *s = arg;
+    t_on_cq_thread = 1;
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
                                                    NULL);

@@ -25,6 +25,8 @@ set -euo pipefail
 MRANK=$(readlink -f "$1")
 cd "$(dirname "$0")/.."
 . tests/clients/http_cluster.bash
+$PY -c 'import json; print(json.dumps(["document number %d about the capital of a country" % i for i in range(200)]))' \
+  >"$work/docs200.json"
 
 # c. 503: a coordinator whose pools are dead, HTTP on a free port
 read -r PD < <($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -301,6 +303,24 @@ ok = [l for l in m.splitlines() if l.startswith('mrank_coord_requests_total{tier
 check(ok and float(ok[0].split()[-1]) >= 10, f"metrics: {ok}")
 print(f"PASS: {n_checks} checks")
 PYEOF
+
+# f. a RerankStream refused at arrival (its deadline shorter than the cascade's estimate) gets
+# the lexical answer computed on the rpc queue thread; a partial ranking written there waited
+# for that same thread for ever and the coordinator stopped answering anything (health
+# included). Deadlines of 5-80 ms from a connected channel (--warm) put some of these calls on
+# that path (tier standard: lexical first, degraded answers allowed); health must answer.
+for t in 0.005 0.01 0.02 0.04 0.08; do
+  $PY tests/clients/rerank_client.py stream "$ADDR" --query "capital of france" --warm \
+    --tier standard --docs "$work/docs200.json" --api-key "$KEY_ALL" --timeout $t \
+    >/dev/null 2>&1 || true
+done
+"$MRANK" health --addr "$ADDR" --timeout-ms 5000 >/dev/null ||
+  fail "the coordinator stopped answering health after short-deadline RerankStreams"
+$PY tests/clients/rerank_client.py stream "$ADDR" --query "capital of france" \
+  --docs "$work/docs200.json" --api-key "$KEY_ALL" --timeout 60 >"$work/s.jsonl" ||
+  fail "RerankStream after the short ones"
+tail -1 "$work/s.jsonl" | grep -q '"final": true' || fail "no final message: $(tail -c 300 "$work/s.jsonl")"
+echo "ok RerankStream refused at arrival: the coordinator still answers"
 
 # e. `mrank calibrate` against the running workers, from WordNet pairs (never shared/data/ir)
 $PY scripts/make_calibration_pairs.py "$work/pairs.jsonl" --queries 60 >/dev/null ||

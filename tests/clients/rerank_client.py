@@ -9,6 +9,7 @@ proto/mrank.proto; calls go through grpc's generic channel.unary_unary / unary_s
         [--timeout S] [--override STAGE:TOP_K]...     prints the RerankResponse as JSON, or
         {"code": "INVALID_ARGUMENT", "message": ...} and exits 3 on a non-OK status
   rerank_client.py stream ADDR --query Q --docs FILE ...   RerankStream: one JSON line per message
+                                                          (--warm: connect before sending)
   rerank_client.py info ADDR                                InfoResponse as JSON
   rerank_client.py wait ADDR [--timeout S]                  polls grpc.health.v1 until SERVING
   rerank_client.py garbage ADDR                             sends bytes that are not a
@@ -162,6 +163,9 @@ def main():
     ap.add_argument("--override", action="append", default=[])
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--warm", action="store_true",
+                    help="stream: connect first (an Info call), so --timeout counts from the "
+                         "request's arrival rather than from connecting")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--ca", help="TLS: PEM CA that verifies the server")
     ap.add_argument("--cert", help="mTLS: client certificate (PEM), with --key")
@@ -193,6 +197,10 @@ def main():
     elif a.cmd == "stream":
         stream = ch.unary_stream("/mrank.v1.Ranker/RerankStream", request_serializer=ser,
                                  response_deserializer=pb.RerankResponse.FromString)
+        if a.warm:
+            ch.unary_unary("/mrank.v1.Ranker/Info", request_serializer=ser,
+                           response_deserializer=pb.InfoResponse.FromString)(
+                pb.InfoRequest(), timeout=30)
         try:
             for msg in stream(build_request(pb, a), timeout=a.timeout):
                 print(json.dumps(to_json(msg)))
