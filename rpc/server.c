@@ -157,6 +157,9 @@ struct mr_rpc_server {
     int shutdown_done;       /* the shutdown tag arrived */
     long live_calls;
     int n_bidi;              /* bidi handler threads running (each ends with its call) */
+    mr_rpc_call *bidi_calls[MR_RPC_MAX_BIDI]; /* their calls, each with a reference held here,
+                                                so shutdown can cancel a stream that waits on
+                                                a silent client instead of draining for it */
     tag shutdown_tag;
 
     pthread_mutex_t health_mu;
@@ -806,11 +809,15 @@ typedef struct bidi_job {
 static void *bidi_main(void *arg) {
     bidi_job *j = arg;
     mr_rpc_server *s = j->s;
-    j->c->m->h(j->c, j->c->m->user);
+    mr_rpc_call *c = j->c;
+    c->m->h(c, c->m->user);
     free(j);
     pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < MR_RPC_MAX_BIDI; i++)
+        if (s->bidi_calls[i] == c) s->bidi_calls[i] = NULL;
     if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
     pthread_mutex_unlock(&s->mu);
+    call_unref(c);   /* the registry's reference (it takes s->mu itself) */
     return NULL;
 }
 
@@ -820,7 +827,15 @@ static void start_bidi(mr_rpc_server *s, mr_rpc_call *c) {
     bidi_job *j = xcalloc(1, sizeof *j);
     pthread_mutex_lock(&s->mu);
     int room = j && s->n_bidi < MR_RPC_MAX_BIDI && !s->shutting_down;
-    if (room) s->n_bidi++;
+    if (room) {
+        s->n_bidi++;
+        for (int i = 0; i < MR_RPC_MAX_BIDI; i++)
+            if (!s->bidi_calls[i]) {
+                atomic_fetch_add(&c->refs, 1);
+                s->bidi_calls[i] = c;
+                break;
+            }
+    }
     pthread_mutex_unlock(&s->mu);
     if (room) {
         *j = (bidi_job){s, c};
@@ -832,8 +847,11 @@ static void start_bidi(mr_rpc_server *s, mr_rpc_call *c) {
         pthread_attr_destroy(&at);
         if (!rc) return;
         pthread_mutex_lock(&s->mu);
+        for (int i = 0; i < MR_RPC_MAX_BIDI; i++)
+            if (s->bidi_calls[i] == c) s->bidi_calls[i] = NULL;
         if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
         pthread_mutex_unlock(&s->mu);
+        call_unref(c);
     }
     free(j);
     mr_rpc_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many streams open");
@@ -1066,6 +1084,10 @@ void mr_rpc_server_shutdown(mr_rpc_server *s, int drain_ms) {
     pthread_mutex_unlock(&s->health_mu);
     pthread_mutex_lock(&s->mu);
     s->shutting_down = 1;
+    /* bidi streams (reflection) wait on their client, not on work: end them now, as the
+     * watches, rather than drain for them */
+    for (int i = 0; i < MR_RPC_MAX_BIDI; i++)
+        if (s->bidi_calls[i]) grpc_call_cancel(s->bidi_calls[i]->call, NULL);
     pthread_mutex_unlock(&s->mu);
     MR_GRPC_HANDOFF(&s->shutdown_tag);
     grpc_server_shutdown_and_notify(s->srv, s->cq, &s->shutdown_tag);

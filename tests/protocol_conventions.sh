@@ -34,7 +34,7 @@ mr_ports 5
 mr_tiny_model
 mr_tiny_config one
 mr_start_worker
-mr_start_coordinator
+mr_start_coordinator --drain-ms 60000   # the shutdown check below: a drain it must not wait out
 for _ in $(seq 300); do grep -q "serving on port" "$work/coord.log" && break; sleep 0.1; done
 
 echo "-- Health/Watch"
@@ -88,9 +88,21 @@ PYEOF
   echo "ok: reflection $v lists and describes the coordinator's and the worker's services"
 done
 
-echo "-- shutdown ends open watches"
+echo "-- shutdown ends open watches and silent reflection streams"
+# a reflection stream that stays open without a word waits on its client, not on work: the
+# drain (--drain-ms 60000 here) must not wait for it (it did: SIGTERM took the whole drain)
+$CC silent "127.0.0.1:$PC" >"$work/silent.out" 2>&1 &
+spid=$!
+pids+=("$spid")
+wait_line "$work/silent.out" '^OPEN$' 300 || fail "the silent reflection stream did not open"
+t0=$(date +%s)
 kill -TERM "$cpid"
+for _ in $(seq 300); do kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$cpid" 2>/dev/null &&
+  fail "coordinator still draining 30 s after SIGTERM (drain 60 s): the silent stream held it"
 wait "$cpid" || fail "coordinator exit status $? after SIGTERM"
+echo "ok: SIGTERM with a silent reflection stream open: exited after $(( $(date +%s) - t0 )) s"
+wait_line "$work/silent.out" '^END ' 100 || fail "the silent stream did not end: $(cat "$work/silent.out")"
 wait_line "$work/all.watch" '^END UNAVAILABLE$' 100 || fail "the watch did not end UNAVAILABLE"
 tail -2 "$work/all.watch" | head -1 | grep -qx NOT_SERVING || fail "no NOT_SERVING before the end"
 wait_line "$work/unknown.watch" '^END UNAVAILABLE$' 100 || fail "the unknown-service watch did not end"

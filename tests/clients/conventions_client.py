@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -136,6 +137,33 @@ def reflect(a):
     return 0
 
 
+def silent(a):
+    """A reflection stream that asks once and then stays open without a word, until the server
+    ends it: prints OPEN after the first answer, then END and the status code."""
+    r = load(f"grpc/reflection/{a.version}/reflection.proto")
+    ch = grpc.insecure_channel(a.addr)
+    stub = ch.stream_stream(f"/grpc.reflection.{a.version}.ServerReflection/ServerReflectionInfo",
+                            request_serializer=lambda m: m.SerializeToString(),
+                            response_deserializer=r.ServerReflectionResponse.FromString)
+    done = threading.Event()
+
+    def reqs():
+        yield r.ServerReflectionRequest(list_services="")
+        done.wait(a.timeout)
+
+    it = stub(reqs(), timeout=a.timeout)
+    next(it)
+    print("OPEN", flush=True)
+    try:
+        for _ in it:
+            pass
+        print("END OK", flush=True)
+    except grpc.RpcError as e:
+        print("END", e.code().name, flush=True)
+    done.set()
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -149,8 +177,12 @@ def main():
     f.add_argument("addr")
     f.add_argument("--version", default="v1", choices=["v1", "v1alpha"])
     f.add_argument("--timeout", type=float, default=30)
+    q = sub.add_parser("silent")
+    q.add_argument("addr")
+    q.add_argument("--version", default="v1", choices=["v1", "v1alpha"])
+    q.add_argument("--timeout", type=float, default=120)
     a = p.parse_args()
-    return watch(a) if a.cmd == "watch" else reflect(a)
+    return {"watch": watch, "reflect": reflect, "silent": silent}[a.cmd](a)
 
 
 if __name__ == "__main__":
