@@ -416,10 +416,13 @@ int mr_rpc_cancel_fire(mr_rpc_cancel *g) {
     int n = 0;
     if (!g) return 0;
     pthread_mutex_lock(&g->mu);
+    /* a second fire cancels nothing new (a call joining a fired group is cancelled as it
+     * joins): counting the list again would count a call twice */
+    int again = g->fired;
     g->fired = 1;
     /* completions run on the pollers and wait for this lock in group_leave: every call in the
      * list still holds its grpc_call */
-    for (ucall *u = g->head; u; u = u->next, n++) grpc_call_cancel(u->call, NULL);
+    for (ucall *u = again ? NULL : g->head; u; u = u->next, n++) grpc_call_cancel(u->call, NULL);
     pthread_mutex_unlock(&g->mu);
     return n;
 }

@@ -172,7 +172,8 @@ int mr_rpc_unary(mr_rpc_channel *ch, const char *method, const uint8_t *req, siz
 typedef struct mr_rpc_cancel mr_rpc_cancel;
 /* 0, or MR_ENOMEM. */
 int mr_rpc_cancel_new(mr_rpc_cancel **out);
-/* Cancels the group's calls in flight; returns how many it cancelled. Idempotent. */
+/* Cancels the group's calls in flight; returns how many it cancelled (0 when fired before:
+ * nothing is counted twice). Idempotent. */
 int mr_rpc_cancel_fire(mr_rpc_cancel *g);
 /* 1 once fired. */
 int mr_rpc_cancel_fired(mr_rpc_cancel *g);
