@@ -5,6 +5,7 @@
  * know the model: its callers (`mrank score`, `mrank eval`, the worker) make mr_rows of them. */
 #include "input.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,12 +49,17 @@ int mr_input_suffix(const mr_tokenizer *t, const char *prompt, mr_ids *out, mr_e
     return rc ? rc : encode_prefixed(t, "", prompt, -1, out, NULL, err);
 }
 
-int mr_input_check_vocab(const mr_ids *ids, int vocab_size, const char *what, mr_err *err) {
-    for (size_t i = 0; i < ids->n; i++)
-        if (ids->v[i] < 0 || ids->v[i] >= vocab_size)
-            return mr_err_set(err, MR_EINVAL,
-                              "%s: token %zu has id %d, outside the model's vocabulary 0..%d "
-                              "(the tokenizer knows more pieces than the checkpoint embeds)",
-                              what, i, (int)ids->v[i], vocab_size - 1);
+int mr_input_check_vocab(const mr_ids *ids, int vocab_size, const char *what, int index,
+                         mr_err *err) {
+    for (size_t i = 0; i < ids->n; i++) {
+        if (ids->v[i] >= 0 && ids->v[i] < vocab_size) continue;
+        char name[64];
+        if (index >= 0) snprintf(name, sizeof name, "%s %d", what, index);
+        else snprintf(name, sizeof name, "%s", what);
+        return mr_err_set(err, MR_EINVAL,
+                          "%s: token %zu has id %d, outside the model's vocabulary 0..%d "
+                          "(the tokenizer knows more pieces than the checkpoint embeds)",
+                          name, i, (int)ids->v[i], vocab_size - 1);
+    }
     return 0;
 }

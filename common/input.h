@@ -22,9 +22,11 @@ int mr_input_query(const mr_tokenizer *t, int32_t bos, const char *query, int ma
 int mr_input_passage(const mr_tokenizer *t, const char *passage, int max_len, size_t query_len,
                      mr_ids *out, int *truncated, mr_err *err);
 int mr_input_suffix(const mr_tokenizer *t, const char *prompt, mr_ids *out, mr_err *err);
-/* MR_EINVAL naming what ("passage 3") when a token id of ids is outside the model's
- * vocabulary [0, vocab_size): a tokenizer may know more pieces than the checkpoint has
- * embeddings (a newer tokenizer beside an older model), and such a row cannot be scored. */
-int mr_input_check_vocab(const mr_ids *ids, int vocab_size, const char *what, mr_err *err);
+/* MR_EINVAL naming what, with index when it is >= 0 ("passage 3"), when a token id of ids is
+ * outside the model's vocabulary [0, vocab_size): a tokenizer may know more pieces than the
+ * checkpoint has embeddings (a newer tokenizer beside an older model), and such a row cannot
+ * be scored. (The engine's mr_rows_check refuses such ids too, for a whole batch.) */
+int mr_input_check_vocab(const mr_ids *ids, int vocab_size, const char *what, int index,
+                         mr_err *err);
 
 #endif

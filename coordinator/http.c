@@ -339,8 +339,8 @@ static enum MHD_Result submit(struct mr__http *h, hreq *q) {
     if (q->too_large) {
         snprintf(m, sizeof m, "request body is over the limit of %d bytes "
                  "(Info.max_request_bytes)", c->cfg.max_request_bytes);
-        return send_error(q->conn, q->shape, MHD_HTTP_CONTENT_TOO_LARGE, GRPC_STATUS_INVALID_ARGUMENT, m,
-                          NULL);
+        return send_error(q->conn, q->shape, MHD_HTTP_CONTENT_TOO_LARGE,
+                          GRPC_STATUS_INVALID_ARGUMENT, m, NULL);
     }
     atomic_fetch_add(&h->arriving, 1);
     enum MHD_Result ret = submit_checked(h, q);
@@ -370,9 +370,9 @@ static enum MHD_Result submit_checked(struct mr__http *h, hreq *q) {
     if (mr_http_json_request(q->body ? q->body : "", q->len, q->shape, c->cfg.max_documents,
                              &pb, &pb_len, &q->ans, &err)) {
         /* too many documents: TEI says 413 ("too many inputs"), the others 400 */
-        unsigned st = err.code == MR_ENOMEM                            ? MHD_HTTP_SERVICE_UNAVAILABLE
-                      : err.code == MR_ERANGE && q->shape == MR_HTTP_TEI ? MHD_HTTP_CONTENT_TOO_LARGE
-                                                                       : MHD_HTTP_BAD_REQUEST;
+        unsigned st = MHD_HTTP_BAD_REQUEST;
+        if (err.code == MR_ENOMEM) st = MHD_HTTP_SERVICE_UNAVAILABLE;
+        else if (err.code == MR_ERANGE && q->shape == MR_HTTP_TEI) st = MHD_HTTP_CONTENT_TOO_LARGE;
         return send_error(q->conn, q->shape, st, mr_rpc_status_of(err.code), err.msg, NULL);
     }
     free(q->body);   /* the RerankRequest holds what is needed */

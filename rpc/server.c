@@ -806,18 +806,24 @@ typedef struct bidi_job {
     mr_rpc_call *c;
 } bidi_job;
 
+/* The end of a bidi call's handler thread (or of its failed start): out of the registry, one
+ * thread fewer, and the registry's reference dropped (call_unref takes s->mu itself). */
+static void bidi_end(mr_rpc_server *s, mr_rpc_call *c) {
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < MR_RPC_MAX_BIDI; i++)
+        if (s->bidi_calls[i] == c) s->bidi_calls[i] = NULL;
+    if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
+    pthread_mutex_unlock(&s->mu);
+    call_unref(c);
+}
+
 static void *bidi_main(void *arg) {
     bidi_job *j = arg;
     mr_rpc_server *s = j->s;
     mr_rpc_call *c = j->c;
     c->m->h(c, c->m->user);
     free(j);
-    pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < MR_RPC_MAX_BIDI; i++)
-        if (s->bidi_calls[i] == c) s->bidi_calls[i] = NULL;
-    if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
-    pthread_mutex_unlock(&s->mu);
-    call_unref(c);   /* the registry's reference (it takes s->mu itself) */
+    bidi_end(s, c);
     return NULL;
 }
 
@@ -846,12 +852,7 @@ static void start_bidi(mr_rpc_server *s, mr_rpc_call *c) {
         int rc = pthread_create(&th, &at, bidi_main, j);
         pthread_attr_destroy(&at);
         if (!rc) return;
-        pthread_mutex_lock(&s->mu);
-        for (int i = 0; i < MR_RPC_MAX_BIDI; i++)
-            if (s->bidi_calls[i] == c) s->bidi_calls[i] = NULL;
-        if (--s->n_bidi == 0) pthread_cond_broadcast(&s->idle_cv);
-        pthread_mutex_unlock(&s->mu);
-        call_unref(c);
+        bidi_end(s, c);
     }
     free(j);
     mr_rpc_call_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many streams open");

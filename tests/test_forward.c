@@ -579,15 +579,22 @@ static void test_bad_input(void **state) {
     free_fixture(f);
 }
 
+/* A tiny seeded Llama checkpoint (f32, seed 1) of *cfg in a fresh folder dir (cap bytes) under
+ * the build folder, named by tag; the caller removes it. */
+static void seeded_folder(mr_config *cfg, const char *tag, char *dir, size_t cap) {
+    mr_err err = {0};
+    tiny_config(cfg, MR_ARCH_LLAMA, MR_DT_F32);
+    snprintf(dir, cap, "%s/tfwd-%s-%d", MR_BINARY_DIR, tag, (int)getpid());
+    mkdir(dir, 0755);
+    if (mr_seeded_write(cfg, dir, 1, &err)) fail_msg("seeded %s: %s", dir, err.msg);
+}
+
 static void test_missing_tensor(void **state) {
     mr_config cfg;
     mr_err err = {0};
     mr_model m;
     char dir[256], cmd[600];
-    tiny_config(&cfg, MR_ARCH_LLAMA, MR_DT_F32);
-    snprintf(dir, sizeof dir, "%s/tfwd-missing-%d", MR_BINARY_DIR, (int)getpid());
-    mkdir(dir, 0755);
-    assert_int_equal(mr_seeded_write(&cfg, dir, 1, &err), 0);
+    seeded_folder(&cfg, "missing", dir, sizeof dir);
     /* declare one more layer than the file has */
     cfg.n_layers = 5;
     snprintf(cmd, sizeof cmd, "%s/config.json", dir);
@@ -606,10 +613,7 @@ static void test_exit_head_gap(void **state) {
     mr_err err = {0};
     mr_model m;
     char dir[256], path[600];
-    tiny_config(&cfg, MR_ARCH_LLAMA, MR_DT_F32);
-    snprintf(dir, sizeof dir, "%s/tfwd-headgap-%d", MR_BINARY_DIR, (int)getpid());
-    mkdir(dir, 0755);
-    assert_int_equal(mr_seeded_write(&cfg, dir, 1, &err), 0);
+    seeded_folder(&cfg, "headgap", dir, sizeof dir);
     assert_int_equal(mr_model_load(&m, dir, NULL, &err), 0);   /* as written: 4 heads */
     assert_int_equal(m.n_heads_exit, 4);
     mr_model_close(&m);

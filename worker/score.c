@@ -92,7 +92,7 @@ static int tokenize(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *r, in
         return mr_err_set(err, MR_ENOMEM, "worker out of memory");
     int rc = mr_input_query(w->m.tok, w->m.cfg.bos_token_id, rq->query, max_len, &r->q, &tq, &e);
     if (rc) return mr_err_set(err, rc, "query: %s", e.msg);
-    if ((rc = mr_input_check_vocab(&r->q, w->m.cfg.vocab_size, "query", err))) return rc;
+    if ((rc = mr_input_check_vocab(&r->q, w->m.cfg.vocab_size, "query", -1, err))) return rc;
     if (tq && rq->truncate == MRANK__V1__TRUNCATE__TRUNCATE_NONE)
         return mr_err_set(err, MR_EINVAL, "query does not fit max_len %d (truncate=TRUNCATE_NONE)",
                         max_len);
@@ -101,20 +101,19 @@ static int tokenize(mr_worker *w, const Mrank__V1__ScoreRequest *rq, wreq *r, in
     if (r->tokens > w->o.max_inflight_tokens) return TOO_LARGE;
     r->tokens = 0;
     for (int i = 0; i < r->n; i++) {
-        char what[32];
-        snprintf(what, sizeof what, "passage %d", i);
         r->truncated[i] = tq;
         if ((rc = mr_input_passage(w->m.tok, rq->passages[i], max_len, r->q.n, &r->p[i],
                                    &r->truncated[i], &e)))
-            return mr_err_set(err, rc, "%s: %s", what, e.msg);
-        if ((rc = mr_input_check_vocab(&r->p[i], w->m.cfg.vocab_size, what, err))) return rc;
+            return mr_err_set(err, rc, "passage %d: %s", i, e.msg);
+        if ((rc = mr_input_check_vocab(&r->p[i], w->m.cfg.vocab_size, "passage", i, err)))
+            return rc;
         if (r->truncated[i] && rq->truncate == MRANK__V1__TRUNCATE__TRUNCATE_NONE)
             return mr_err_set(err, MR_EINVAL, "passage %d does not fit max_len %d with the query "
                             "(truncate=TRUNCATE_NONE)", i, max_len);
         r->tokens += mr__wreq_row_tokens(w, r, i);
         if (r->tokens > w->o.max_inflight_tokens && i + 1 < r->n) return TOO_LARGE;
     }
-    if (r->alone && (r->tokens > w->o.max_batch_tokens || r->n > w->max_rows))
+    if (r->alone && r->tokens > w->o.max_batch_tokens)   /* rows: refused above */
         return mr_err_set(err, MR_EINVAL,
                           "a request with a prune schedule runs as one batch: %ld tokens, "
                           "%d passages exceed the worker's %d tokens / %d rows",

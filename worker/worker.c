@@ -212,7 +212,8 @@ int mr_worker_new(mr_worker **out, const mr_worker_opts *opts, mr_err *err) {
         goto fail;
     }
     if ((rc = mr_input_suffix(w->m.tok, w->prompt, &w->suffix, err)) ||
-        (rc = mr_input_check_vocab(&w->suffix, w->m.cfg.vocab_size, "worker: the prompt", err)))
+        (rc = mr_input_check_vocab(&w->suffix, w->m.cfg.vocab_size, "worker: the prompt", -1,
+                                         err)))
         goto fail;
     /* a row is at most max_len + suffix tokens; every row has at least 2 + suffix */
     long row_max = w->o.max_len + (long)w->suffix.n + 2;
