@@ -61,7 +61,7 @@ typedef struct mr__endpoint {
     mr_rpc_channel *ch;
     /* under mr_coord.mu */
     double down_until;          /* monotonic ms: ejected (skipped by the fan-out) until then;
-                                 * the prober clears it when the replica answers Info */
+                                 * the prober clears it when the replica scores again */
     double full_until;          /* monotonic ms: refused with RESOURCE_EXHAUSTED lately */
     mr_outlier outlier;         /* consecutive failures and ejections (cascade.h) */
     double inflight_tl;         /* token-layers of this coordinator's Score calls in flight */
@@ -69,6 +69,7 @@ typedef struct mr__endpoint {
                                  * the sum need not return to exactly 0) */
     int info_ok;
     int warmed;                 /* answered a warm-up Score for every stage of its pool */
+    int probing;                /* a probe of it is in flight (probe.c) */
     double ns_per_tl;
     int num_layers, max_batch_tokens;
 } mr__endpoint;
@@ -93,7 +94,7 @@ struct mr_coord {
     mr__pool pools[MR_CC_MAX_POOLS];
     int max_priority;
     pthread_mutex_t mu;
-    pthread_cond_t cv;          /* wakes the prober at shutdown */
+    pthread_cond_t cv;          /* wakes the prober at shutdown and when a probe ends */
     mr_cost_model cost[MR_CC_MAX_STAGES];
     struct mr__sched *sched;    /* sched.c */
     int ready, stopping, prober_started, shut;
@@ -101,6 +102,8 @@ struct mr_coord {
     char dtype[8];               /* the workers' model dtype (Worker Info), "" until known */
     int untrained;
     pthread_t prober;
+    int n_probing;              /* probes in flight (under mu) */
+    mr_rpc_cancel *probe_cancel;    /* the probes' calls, cancelled at shutdown */
     struct mr__auth *auth;      /* API keys (auth.c), NULL when none are configured */
     struct mr__http *http;      /* the HTTP/JSON front end (http.c), NULL when off */
     char http_listen[128];      /* its address ("" off) */
@@ -504,7 +507,8 @@ int mr__dns_count(const char *host, const char *port, int *n, uint64_t *sig, mr_
  * mrank_coord_pool_replicas; a changed set renews the pool's channel (rpc.h) so that gRPC
  * balances over the new addresses too. */
 int mr__prober_start(mr_coord *c, mr_err *err);
-/* Wakes and joins the prober; no-op when it never started. */
+/* Wakes and joins the prober, cancels the probes' calls in flight and waits for them to end;
+ * no-op when it never started. */
 void mr__prober_stop(mr_coord *c);
 
 #endif

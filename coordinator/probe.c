@@ -1,11 +1,14 @@
 /* probe.c: the coordinator's prober thread (see coord_internal.h). Every 2 s (200 ms while
  * not ready) it resolves each DNS pool's name (the replica count the planner uses; a changed
  * address set renews the pool's channel, since gRPC would not look again until a connection
- * fails), then asks every replica for Worker Info (layers, batch budget, measured speed),
- * warms up each replica once per stage of its pool (two small Score calls: the first pays the
- * worker's lazy start-up, the second seeds the stage's cost model), and sets the health status:
- * SERVING once every pool has a replica that answered and warmed up. A replica the fan-out
- * ejected (down_until, fanout.c) is back as soon as it answers Worker Info. */
+ * fails), then probes every replica not still being probed, each on a thread of its own:
+ * Worker Info (layers, batch budget, measured speed), a warm-up once per stage of its pool
+ * (two small Score calls: the first pays the worker's lazy start-up, the second seeds the
+ * stage's cost model), and for a replica the fan-out ejected (down_until, replicas.c) a small
+ * Score call that brings it back before its ejection ends (Worker Info alone would bring back
+ * a replica whose Score hangs). After waiting at most ROUND_WAIT_MS for the probes, it sets
+ * the health status: SERVING once every pool has a replica that answered and warmed up. A
+ * replica whose calls hang holds only its own probe; shutdown cancels the probes' calls. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <netdb.h>
@@ -115,72 +118,97 @@ static void resolve_pools(mr_coord *c) {
     }
 }
 
-/* Sends two small Score calls per stage of pool p to endpoint e: the first pays the worker's
- * lazy start-up (kernels, buffers) before a client does, the second seeds the stage's cost
- * model with a measured speed. 0 when every call succeeded. */
-static int warm_up(mr_coord *c, int p, int e) {
+/* One small Score call of stage s to endpoint e of its pool, within timeout_ms. With seed
+ * set, a first observation of the stage's speed seeds its cost model. 0 when it answered. */
+static int score_check(mr_coord *c, int s, int e, double timeout_ms, int seed) {
     static char *const passages[] = {
         "Warm-up passage one: the coordinator checks this replica before serving.",
         "Warm-up passage two, a little longer than the first, so rows differ in length.",
         "Three.", "Warm-up passage four closes the batch."};
-    for (int s = 0; s < c->cfg.n_stages; s++) {
-        const mr_cc_stage *st = &c->cfg.stages[s];
-        if (st->pool != p) continue;
-        Mrank__V1__ScoreRequest sr = MRANK__V1__SCORE_REQUEST__INIT;
-        mr_subarch_pb arch;
-        mr_subarch_to_pb(&arch, &st->arch);
-        sr.query = "what does the warm-up check?";
-        sr.arch = &arch.msg;
-        sr.n_passages = 4;
-        sr.passages = (char **)passages;
-        uint8_t buf[2048];
-        size_t len = mrank__v1__score_request__get_packed_size(&sr);
-        if (len > sizeof buf) return -1;
-        mrank__v1__score_request__pack(&sr, buf);
-        for (int round = 0; round < 2; round++) {
-            uint8_t *resp = NULL;
-            size_t rlen = 0;
-            grpc_status_code code;
-            char msg[256];
-            double t0 = mr__now_ms();
-            if (mr_rpc_unary(c->pools[p].ep[e].ch, MR_METHOD_SCORE, buf, len,
-                             c->cfg.warmup_timeout_ms, &resp,
-                             &rlen, &code, msg, sizeof msg)) {
-                mr_log(MR_LOG_WARN, "warm_up_failed", "warm-up of stage '%s' on %s: %s\n", st->name,
-                        c->pools[p].ep[e].target, msg);
-                return -1;
-            }
-            double wall = mr__now_ms() - t0;
-            Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
-            free(resp);
-            if (!r) return -1;
-            if (round == 1) {
-                double tl = 0;
-                for (size_t i = 0; i < r->n_passages; i++) {
-                    int tok = (int)r->passages[i]->tokens;
-                    int pt = (int)r->passages[i]->passage_tokens;
-                    tl += mr_subarch_token_layers(&st->arch, tok - pt, pt);
-                }
-                pthread_mutex_lock(&c->mu);
-                if (c->cost[s].n_obs == 0 && tl > 0 && r->compute_ms > 0) {
-                    c->cost[s].ns_per_tl = r->compute_ms * 1e6 / tl;
-                    c->cost[s].overhead_ms = wall > r->compute_ms ? wall - r->compute_ms : 0;
-                    c->cost[s].n_obs = 1;
-                }
-                pthread_mutex_unlock(&c->mu);
-            }
-            mrank__v1__score_response__free_unpacked(r, NULL);
-        }
+    const mr_cc_stage *st = &c->cfg.stages[s];
+    mr__endpoint *ep = &c->pools[st->pool].ep[e];
+    Mrank__V1__ScoreRequest sr = MRANK__V1__SCORE_REQUEST__INIT;
+    mr_subarch_pb arch;
+    mr_subarch_to_pb(&arch, &st->arch);
+    sr.query = "what does the warm-up check?";
+    sr.arch = &arch.msg;
+    sr.n_passages = 4;
+    sr.passages = (char **)passages;
+    uint8_t buf[2048];
+    size_t len = mrank__v1__score_request__get_packed_size(&sr);
+    if (len > sizeof buf) return -1;
+    mrank__v1__score_request__pack(&sr, buf);
+    uint8_t *resp = NULL;
+    size_t rlen = 0;
+    grpc_status_code code;
+    char msg[256];
+    double t0 = mr__now_ms();
+    mr_rpc_opts o = {.timeout_ms = timeout_ms, .cancel = c->probe_cancel};
+    if (mr_rpc_unary_opts(ep->ch, MR_METHOD_SCORE, buf, len, &o, &resp, &rlen, &code, msg,
+                          sizeof msg)) {
+        mr_log(MR_LOG_WARN, "warm_up_failed", "check of stage '%s' on %s: %s\n", st->name,
+               ep->target, msg);
+        return -1;
     }
+    double wall = mr__now_ms() - t0;
+    Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
+    free(resp);
+    if (!r) return -1;
+    if (seed) {
+        double tl = 0;
+        for (size_t i = 0; i < r->n_passages; i++) {
+            int tok = (int)r->passages[i]->tokens;
+            int pt = (int)r->passages[i]->passage_tokens;
+            tl += mr_subarch_token_layers(&st->arch, tok - pt, pt);
+        }
+        pthread_mutex_lock(&c->mu);
+        if (c->cost[s].n_obs == 0 && tl > 0 && r->compute_ms > 0) {
+            c->cost[s].ns_per_tl = r->compute_ms * 1e6 / tl;
+            c->cost[s].overhead_ms = wall > r->compute_ms ? wall - r->compute_ms : 0;
+            c->cost[s].n_obs = 1;
+        }
+        pthread_mutex_unlock(&c->mu);
+    }
+    mrank__v1__score_response__free_unpacked(r, NULL);
     return 0;
 }
 
-/* One replica's probe: Worker Info, then the warm-up until it succeeds once. */
+/* Two checks per stage of pool p on endpoint e: the first pays the worker's lazy start-up
+ * (kernels, buffers) before a client does, the second seeds the stage's cost model with a
+ * measured speed. 0 when every call succeeded. */
+static int warm_up(mr_coord *c, int p, int e) {
+    for (int s = 0; s < c->cfg.n_stages; s++)
+        if (c->cfg.stages[s].pool == p)
+            for (int round = 0; round < 2; round++)
+                if (score_check(c, s, e, c->cfg.warmup_timeout_ms, round == 1)) return -1;
+    return 0;
+}
+
+/* Whether an ejected replica of pool p scores again: one check of the pool's first stage,
+ * bounded by MR_ATTEMPT_EST_FACTOR x the stage's estimate for it (at least BACK_FLOOR_MS, at
+ * most the warm-up's timeout). Worker Info alone proves too little: a replica whose Score
+ * hangs still answers it, and would be back in the fan-out after every probe. */
+#define BACK_FLOOR_MS 1000.0
+static int scores_again(mr_coord *c, int p, int e) {
+    for (int s = 0; s < c->cfg.n_stages; s++) {
+        if (c->cfg.stages[s].pool != p) continue;
+        /* the check's 4 rows: about 16 query and template tokens and 16 passage tokens each */
+        double tl = 4 * mr_subarch_token_layers(&c->cfg.stages[s].arch, 16, 16);
+        pthread_mutex_lock(&c->mu);
+        double t = MR_ATTEMPT_EST_FACTOR * mr_cost_model_estimate_ms(&c->cost[s], tl, 1);
+        pthread_mutex_unlock(&c->mu);
+        if (!(t >= BACK_FLOOR_MS)) t = BACK_FLOOR_MS;
+        if (t > c->cfg.warmup_timeout_ms) t = c->cfg.warmup_timeout_ms;
+        return score_check(c, s, e, t, 0) == 0;
+    }
+    return 1;   /* a pool no stage uses: nothing to check */
+}
+
+/* One replica's probe: Worker Info, the warm-up until it succeeds once, and for an ejected
+ * replica the check that it scores again. */
 typedef struct probe_job {
     mr_coord *c;
     int p, e;
-    pthread_t th;
-    int started;
 } probe_job;
 
 static void *probe_endpoint(void *arg) {
@@ -192,20 +220,23 @@ static void *probe_endpoint(void *arg) {
     size_t rlen = 0;
     grpc_status_code st;
     char msg[128];
-    int rc = mr_rpc_unary(ep->ch, MR_METHOD_WORKER_INFO, NULL, 0, 1000, &resp, &rlen, &st, msg,
-                          sizeof msg);
+    mr_rpc_opts o = {.timeout_ms = 1000, .cancel = c->probe_cancel};
+    int rc = mr_rpc_unary_opts(ep->ch, MR_METHOD_WORKER_INFO, NULL, 0, &o, &resp, &rlen, &st,
+                               msg, sizeof msg);
     Mrank__V1__WorkerInfoResponse *wi =
         rc ? NULL : mrank__v1__worker_info_response__unpack(NULL, rlen, resp);
     free(resp);
     pthread_mutex_lock(&c->mu);
-    int warmed = wi ? ep->warmed : 0;
+    int warmed = wi ? ep->warmed : 0, ready = c->ready;
+    double down_until = ep->down_until;
     pthread_mutex_unlock(&c->mu);
     if (wi && !warmed) warmed = warm_up(c, j->p, j->e) == 0;
+    int back = wi && warmed && down_until > mr__now_ms() && scores_again(c, j->p, j->e);
     pthread_mutex_lock(&c->mu);
     ep->info_ok = wi != NULL;
     ep->warmed = warmed;
-    int back = wi && ep->down_until > mr__now_ms();
-    if (wi) ep->down_until = 0;     /* it answers: an ejected replica is back */
+    back = back && ep->down_until == down_until;    /* not ejected again meanwhile */
+    if (back) ep->down_until = 0;   /* it scores: an ejected replica is back before its time */
     if (wi) {
         ep->ns_per_tl = wi->ns_per_token_layer;
         ep->num_layers = (int)wi->num_layers;
@@ -216,35 +247,67 @@ static void *probe_endpoint(void *arg) {
     }
     pthread_mutex_unlock(&c->mu);
     if (back)
-        mr_log(MR_LOG_INFO, "replica_back", "ejected replica %s answers again: back in its pool\n",
+        mr_log(MR_LOG_INFO, "replica_back", "ejected replica %s scores again: back in its pool\n",
                 ep->target);
     if (wi) {
         for (int s = 0; s < c->cfg.n_stages; s++)
             if (c->cfg.stages[s].pool == j->p && wi->num_layers &&
-                (uint32_t)c->cfg.stages[s].arch.depth > wi->num_layers && !c->ready)
+                (uint32_t)c->cfg.stages[s].arch.depth > wi->num_layers && !ready)
                 mr_log(MR_LOG_ERROR, "stage_too_deep", "%s: stages[%d] '%s': depth %d > the %u "
                         "layers of the model at %s\n", c->cfg.path, s, c->cfg.stages[s].name,
                         c->cfg.stages[s].arch.depth, wi->num_layers, ep->target);
         mrank__v1__worker_info_response__free_unpacked(wi, NULL);
     }
+    pthread_mutex_lock(&c->mu);
+    ep->probing = 0;
+    c->n_probing--;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    free(j);
     return NULL;
 }
 
-/* Probes every replica in parallel, seeds cost models from Worker Info until observations
- * exist, and sets health: SERVING iff every pool has a replica that answered and warmed up. */
+/* Starts a probe of every replica not still being probed, waits for them at most
+ * ROUND_WAIT_MS (a replica whose calls hang delays neither the others nor the health), seeds
+ * cost models from Worker Info until observations exist, and sets health: SERVING iff every
+ * pool has a replica that answered and warmed up. */
+#define ROUND_WAIT_MS 1500
 static void probe_once(mr_coord *c) {
-    probe_job jobs[MR_CC_MAX_POOLS * MR_CC_MAX_ADDRS];
-    int n = 0;
     resolve_pools(c);
     for (int p = 0; p < c->cfg.n_pools; p++)
         for (int e = 0; e < c->pools[p].n_ep; e++) {
-            jobs[n] = (probe_job){c, p, e, 0, 0};
-            jobs[n].started = pthread_create(&jobs[n].th, NULL, probe_endpoint, &jobs[n]) == 0;
-            if (!jobs[n].started) probe_endpoint(&jobs[n]);
-            n++;
+            pthread_mutex_lock(&c->mu);
+            int busy = c->pools[p].ep[e].probing;
+            if (!busy) c->pools[p].ep[e].probing = 1, c->n_probing++;
+            pthread_mutex_unlock(&c->mu);
+            if (busy) continue;
+            probe_job *j = malloc(sizeof *j);
+            pthread_t th;
+            pthread_attr_t at;
+            int started = 0;
+            if (j) {
+                *j = (probe_job){c, p, e};
+                if (!pthread_attr_init(&at)) {
+                    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+                    started = pthread_create(&th, &at, probe_endpoint, j) == 0;
+                    pthread_attr_destroy(&at);
+                }
+                if (!started) probe_endpoint(j);    /* no thread: probe it here */
+            } else {
+                pthread_mutex_lock(&c->mu);
+                c->pools[p].ep[e].probing = 0;
+                c->n_probing--;
+                pthread_mutex_unlock(&c->mu);
+            }
         }
-    for (int i = 0; i < n; i++)
-        if (jobs[i].started) pthread_join(jobs[i].th, NULL);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += ROUND_WAIT_MS % 1000 * 1000000L;
+    ts.tv_sec += ROUND_WAIT_MS / 1000 + ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&c->mu);
+    while (c->n_probing > 0 && !c->stopping && pthread_cond_timedwait(&c->cv, &c->mu, &ts) == 0) {}
+    pthread_mutex_unlock(&c->mu);
     int all_ok = 1;
     pthread_mutex_lock(&c->mu);
     for (int p = 0; p < c->cfg.n_pools; p++) {
@@ -295,8 +358,13 @@ static void *prober_main(void *arg) {
 }
 
 int mr__prober_start(mr_coord *c, mr_err *err) {
-    if (pthread_create(&c->prober, NULL, prober_main, c))
+    if (mr_rpc_cancel_new(&c->probe_cancel))
+        return mr_err_set(err, MR_ENOMEM, "coordinator: out of memory for the prober");
+    if (pthread_create(&c->prober, NULL, prober_main, c)) {
+        mr_rpc_cancel_free(c->probe_cancel);
+        c->probe_cancel = NULL;
         return mr_err_set(err, MR_ENOMEM, "coordinator: cannot start the prober thread");
+    }
     c->prober_started = 1;
     return 0;
 }
@@ -308,5 +376,11 @@ void mr__prober_stop(mr_coord *c) {
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->prober, NULL);
+    mr_rpc_cancel_fire(c->probe_cancel);     /* a warm-up of a hung replica ends now */
+    pthread_mutex_lock(&c->mu);
+    while (c->n_probing > 0) pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    mr_rpc_cancel_free(c->probe_cancel);
+    c->probe_cancel = NULL;
     c->prober_started = 0;
 }

@@ -4,7 +4,7 @@
  * ejects it (down_until) after consecutive failures or one severe one; an answer resets that.
  * The pick goes round-robin over replicas neither ejected nor full, then full ones, then the
  * ejected one whose ejection ends first. The prober (probe.c) ends an ejection when the
- * replica answers Worker Info. All state is under mr_coord.mu. */
+ * replica answers Worker Info and a small Score call. All state is under mr_coord.mu. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>

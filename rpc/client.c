@@ -474,6 +474,13 @@ static void sync_done(void *user, grpc_status_code status, const char *msg, cons
 int mr_rpc_unary(mr_rpc_channel *ch, const char *method, const uint8_t *req, size_t req_len,
                  double timeout_ms, uint8_t **resp, size_t *resp_len, grpc_status_code *status,
                  char *msg, size_t msg_cap) {
+    mr_rpc_opts o = {.timeout_ms = timeout_ms};
+    return mr_rpc_unary_opts(ch, method, req, req_len, &o, resp, resp_len, status, msg, msg_cap);
+}
+
+int mr_rpc_unary_opts(mr_rpc_channel *ch, const char *method, const uint8_t *req,
+                      size_t req_len, const mr_rpc_opts *o, uint8_t **resp, size_t *resp_len,
+                      grpc_status_code *status, char *msg, size_t msg_cap) {
     if (resp) *resp = NULL;
     if (resp_len) *resp_len = 0;
     if (msg && msg_cap) msg[0] = 0;
@@ -481,8 +488,7 @@ int mr_rpc_unary(mr_rpc_channel *ch, const char *method, const uint8_t *req, siz
     sync_wait w = {.msg = msg, .msg_cap = msg_cap};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
-    mr_rpc_opts o = {.timeout_ms = timeout_ms};
-    int rc = mr_rpc_unary_async(ch, method, req, req_len, &o, sync_done, &w);
+    int rc = mr_rpc_unary_async(ch, method, req, req_len, o, sync_done, &w);
     if (rc == 0) {
         pthread_mutex_lock(&w.mu);
         while (!w.done) pthread_cond_wait(&w.cv, &w.mu);

@@ -194,6 +194,11 @@ typedef struct mr_rpc_opts {
  * free the channel from it). resp is valid only during the callback. */
 typedef void (*mr_rpc_done)(void *user, grpc_status_code status, const char *msg,
                             const uint8_t *resp, size_t resp_len);
+/* mr_rpc_unary with options (a cancel group, wait_for_ready, trace context). */
+int mr_rpc_unary_opts(mr_rpc_channel *ch, const char *method, const uint8_t *req,
+                      size_t req_len, const mr_rpc_opts *opts, uint8_t **resp, size_t *resp_len,
+                      grpc_status_code *status, char *msg, size_t msg_cap);
+
 /* Starts a unary call and returns at once; done runs exactly once when it completes (also on
  * a start failure, then with a non-OK status). 0, or MR_EINVAL/MR_ENOMEM (done not run). */
 int mr_rpc_unary_async(mr_rpc_channel *ch, const char *method, const uint8_t *req,

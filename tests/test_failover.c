@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -154,7 +155,9 @@ static void test_failover(void **state) {
 
 /* ---- fake workers ---- */
 
-typedef enum fake_mode { FAKE_OK = 0, FAKE_HANG, FAKE_FULL, FAKE_SLOW } fake_mode;
+/* FAKE_HANG: nothing answers (a stopped process); FAKE_HANG_SCORE: Score hangs while Worker
+ * Info still answers (a wedged scoring thread) */
+typedef enum fake_mode { FAKE_OK = 0, FAKE_HANG, FAKE_HANG_SCORE, FAKE_FULL, FAKE_SLOW } fake_mode;
 
 /* FAKE_SLOW's delay: well past an attempt timeout's floor (MR_ATTEMPT_FLOOR_MS) and past
  * MR_ATTEMPT_EST_FACTOR x any estimate the fake's claimed compute_ms can give */
@@ -165,7 +168,8 @@ typedef struct fake {
     int port;
     double compute_ms;          /* what it claims each Score took: feeds the cost model */
     atomic_int mode;
-    atomic_int score_calls;     /* Score calls received, in any mode */
+    atomic_int score_calls;     /* Score calls received, in any mode, the prober's included */
+    atomic_int check_calls;     /* ... of which the prober's (warm-up and ejection checks) */
     atomic_int hung;            /* hung calls that ended */
     atomic_int hung_cancelled;  /* ... of which by a cancellation before their own deadline */
 } fake;
@@ -204,19 +208,23 @@ static void fake_info(mr_rpc_call *call, void *user) {
 static void fake_score(mr_rpc_call *call, void *user) {
     fake *f = user;
     atomic_fetch_add(&f->score_calls, 1);
+    size_t len;
+    const uint8_t *body = mr_rpc_call_request(call, &len);
+    Mrank__V1__ScoreRequest *rq = mrank__v1__score_request__unpack(NULL, len, body);
+    if (rq && rq->query && !strcmp(rq->query, "what does the warm-up check?"))
+        atomic_fetch_add(&f->check_calls, 1);     /* probe.c's query */
     int mode = atomic_load(&f->mode);
-    if (mode == FAKE_HANG) {
+    if (mode == FAKE_HANG || mode == FAKE_HANG_SCORE) {
+        if (rq) mrank__v1__score_request__free_unpacked(rq, NULL);
         fake_hang(f, call);
         return;
     }
     if (mode == FAKE_FULL) {
+        if (rq) mrank__v1__score_request__free_unpacked(rq, NULL);
         mr_rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "fake worker: full");
         return;
     }
     if (mode == FAKE_SLOW) usleep(FAKE_SLOW_MS * 1000);   /* then answers as usual */
-    size_t len;
-    const uint8_t *body = mr_rpc_call_request(call, &len);
-    Mrank__V1__ScoreRequest *rq = mrank__v1__score_request__unpack(NULL, len, body);
     if (!rq || rq->n_passages > 64) {
         if (rq) mrank__v1__score_request__free_unpacked(rq, NULL);
         mr_rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "fake worker: bad request");
@@ -326,6 +334,82 @@ static void test_hung_replica(void **state) {
 
     mr_rpc_channel_free(ch);
     mr_coord_free(c);
+    fake_free(f[0]);
+    fake_free(f[1]);
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* One of two replicas hangs on Score while it still answers Worker Info: the prober's check
+ * (a small Score call) keeps it out until its ejection ends, so its ejections keep doubling.
+ * Once the fan-out has ejected it a third time (for 4 s), 3 s of requests send it no call,
+ * though the prober (every 2 s, plus its 1 s check) tried the check meanwhile. */
+static void test_hung_score(void **state) {
+    enum { MAX_REQUESTS = 3000 };   /* bounds both loops beside their time limits */
+    fake *f[2] = {fake_start(1.0), fake_start(1.0)};
+    char json[2048];
+    fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, 5000);   /* no hedging */
+    int port = 0, mport = 0;
+    mr_coord *c = start_cluster_coord(json, &port, &mport);
+    mr_rpc_channel *ch = channel_to(port);
+    ranking r;
+    atomic_store(&f[1]->mode, FAKE_HANG_SCORE);
+    int check0 = atomic_load(&f[1]->check_calls);    /* the warm-up's are done: it is ready */
+    double t0 = now_ms();
+    int k = 0;
+    for (; k < MAX_REQUESTS && now_ms() - t0 < 30000 &&
+           scrape_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}") < 3; k++)
+        rerank(ch, &r);   /* each answered in full by the other replica */
+    assert_true(scrape_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}") == 3);
+    int fan0 = atomic_load(&f[1]->score_calls) - atomic_load(&f[1]->check_calls);
+    double t1 = now_ms();
+    int n = 0;
+    for (; n < MAX_REQUESTS && now_ms() - t1 < 3000; n++) rerank(ch, &r);
+    int fan = atomic_load(&f[1]->score_calls) - atomic_load(&f[1]->check_calls) - fan0;
+    int checks = atomic_load(&f[1]->check_calls) - check0;
+    fprintf(stderr, "# Score hung, Info answering: 3 ejections after %d requests (%.1f s); then "
+            "%d requests in %.1f s sent it %d calls; the prober checked it %d times\n", k,
+            (t1 - t0) / 1000, n, (now_ms() - t1) / 1000, fan, checks);
+    assert_int_equal(fan, 0);    /* before: back after every probe that Worker Info answered */
+    assert_true(checks >= 1);
+    assert_true(scrape_metric(mport, "mrank_coord_ejections_total{pool=\"p\"}") == 3);
+
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    fake_free(f[0]);
+    fake_free(f[1]);
+}
+
+/* A replica whose Score hangs from the start (its warm-up waits the warm-up timeout, 60 s)
+ * holds only its own probe: the coordinator still becomes ready on the other replica, notices
+ * within a few probe rounds when that one stops answering too, and shuts down without waiting
+ * for the hung warm-up. Before, every probe round waited for every replica's probe. */
+static void test_hung_warm_up(void **state) {
+    fake *f[2] = {fake_start(1.0), fake_start(1.0)};
+    char json[2048];
+    fake_config(json, sizeof json, f[0]->port, f[1]->port, 0, 5000);
+    atomic_store(&f[1]->mode, FAKE_HANG_SCORE);
+    int port = 0;
+    mr_coord *c = start_cluster_coord(json, &port, NULL);   /* ready within 30 s, or fails */
+    assert_true(atomic_load(&f[1]->check_calls) >= 1);     /* its warm-up is under way */
+    atomic_store(&f[0]->mode, FAKE_HANG);
+    double t0 = now_ms();
+    while (mr_coord_ready(c) && now_ms() - t0 < 20000) usleep(50000);
+    double lost_ms = now_ms() - t0;
+    assert_false(mr_coord_ready(c));
+    double t1 = now_ms();
+    mr_coord_free(c);
+    double shut_ms = now_ms() - t1;
+    fprintf(stderr, "# hung warm-up: NOT_SERVING %.1f s after the last replica hung; shutdown "
+            "took %.1f s\n", lost_ms / 1000, shut_ms / 1000);
+    /* not timings of this machine but which wait ends them: a probe round takes at most
+     * ROUND_WAIT_MS (1.5 s) + the 2 s step, a shutdown the drain of nothing; the hung warm-up
+     * would hold either for up to its 60 s timeout */
+    assert_true(shut_ms < 15000);
     fake_free(f[0]);
     fake_free(f[1]);
 }
@@ -583,6 +667,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_failover),
         cmocka_unit_test(test_hung_replica),
+        cmocka_unit_test(test_hung_score),
+        cmocka_unit_test(test_hung_warm_up),
         cmocka_unit_test(test_full_pool),
         cmocka_unit_test(test_slow_lone_replica),
         cmocka_unit_test(test_client_cancel),
