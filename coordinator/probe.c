@@ -118,8 +118,10 @@ static void resolve_pools(mr_coord *c) {
     }
 }
 
-/* One small Score call of stage s to endpoint e of its pool, within timeout_ms. With seed
- * set, a first observation of the stage's speed seeds its cost model. 0 when it answered. */
+/* One small Score call of stage s to endpoint e of its pool, within timeout_ms. seed 1: a
+ * first observation of the stage's speed seeds its cost model; seed < 0: an ejected
+ * replica's check, whose failure (expected while it stays broken) is logged at debug level
+ * only (its ejection was logged). 0 when it answered. */
 static int score_check(mr_coord *c, int s, int e, double timeout_ms, int seed) {
     static char *const passages[] = {
         "Warm-up passage one: the coordinator checks this replica before serving.",
@@ -146,15 +148,16 @@ static int score_check(mr_coord *c, int s, int e, double timeout_ms, int seed) {
     mr_rpc_opts o = {.timeout_ms = timeout_ms, .cancel = c->probe_cancel};
     if (mr_rpc_unary_opts(ep->ch, MR_METHOD_SCORE, buf, len, &o, &resp, &rlen, &code, msg,
                           sizeof msg)) {
-        mr_log(MR_LOG_WARN, "warm_up_failed", "check of stage '%s' on %s: %s\n", st->name,
-               ep->target, msg);
+        mr_log(seed < 0 ? MR_LOG_DEBUG : MR_LOG_WARN, "probe_score_failed",
+               "%s of stage '%s' on %s: %s\n", seed < 0 ? "ejection check" : "warm-up",
+               st->name, ep->target, msg);
         return -1;
     }
     double wall = mr__now_ms() - t0;
     Mrank__V1__ScoreResponse *r = mrank__v1__score_response__unpack(NULL, rlen, resp);
     free(resp);
     if (!r) return -1;
-    if (seed) {
+    if (seed > 0) {
         double tl = 0;
         for (size_t i = 0; i < r->n_passages; i++) {
             int tok = (int)r->passages[i]->tokens;
@@ -199,7 +202,7 @@ static int scores_again(mr_coord *c, int p, int e) {
         pthread_mutex_unlock(&c->mu);
         if (!(t >= BACK_FLOOR_MS)) t = BACK_FLOOR_MS;
         if (t > c->cfg.warmup_timeout_ms) t = c->cfg.warmup_timeout_ms;
-        return score_check(c, s, e, t, 0) == 0;
+        return score_check(c, s, e, t, -1) == 0;
     }
     return 1;   /* a pool no stage uses: nothing to check */
 }
