@@ -8,6 +8,7 @@
  * (scripts/ablation.sh, docs/results.md). */
 #include <cjson/cJSON.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,7 +43,8 @@ static void eval_usage(FILE *f) {
           "                         every layer from 1 below the deepest exit)\n"
           "  --adapter DIR          PEFT adapter (repeatable, merged in order)\n"
           "  --max-queries N        first N judged queries of the run (default all)\n"
-          "  --max-len N            query + passage token budget (default 256)\n"
+          "  --max-len N            query + passage token budget (default 256; at most\n"
+          "                         the model's max_position_embeddings less the prompt)\n"
           "  --prompt TEXT          instruction (default: the spec's)\n"
           "  --candidates FILE      run to re-rank (default COLLECTION/bm25_top100.run)\n"
           "  --out FILE             TREC run of the model (default mrank-eval.run)\n"
@@ -60,10 +62,23 @@ static void eval_usage(FILE *f) {
           "                         of this grid, written to --out)\n"
           "  --heldout FILE         re-ranking jsonl: mean listwise CE (-log softmax of the\n"
           "                         positive) per point over --heldout-max rows (default 100)\n"
-          "                         of 1 positive + --heldout-group - 1 negatives (default 16)\n"
-          "  --tsv FILE             per-point table for plotting; --label NAME its system column\n",
+          "                         of 1 positive + up to --heldout-group - 1 negatives (default\n"
+          "                         16, at most 64); a line: {\"query\", \"pos\": [..], \"neg\": [..]}\n"
+          "  --tsv FILE             per-point table for plotting; --label NAME its system column\n"
+          "inputs (eval/*.h; an error names file:line):\n"
+          "  corpus.jsonl, queries.jsonl  {\"_id\", \"text\", optional \"title\"} a line; an _id\n"
+          "                         given twice is refused\n"
+          "  qrels/test.tsv         query-id corpus-id score (header \"query-id ...\"), or without\n"
+          "                         a header TREC qrels: qid iteration docid grade; int grades,\n"
+          "                         > 0 relevant; a (query, doc) judged twice is refused\n"
+          "  runs                   qid Q0 docid rank score tag; a query's lines may be apart;\n"
+          "                         its documents ranked by score, then rank, then file order;\n"
+          "                         a document given twice for a query is refused\n",
           f);
 }
+
+/* --max-len's bound before the model is loaded (then: its positions, ctx_sizes) */
+#define EVAL_MAX_LEN (1 << 20)
 
 /* 0: evaluate with *a; 1: --help printed (exit status 0); -1: usage error, reported. */
 static int parse_eargs(int argc, char **argv, eargs *a) {
@@ -114,11 +129,17 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
         case 1004: a->tsv = optarg; break;
         case 1005: a->label = optarg; break;
         case 1006: a->heldout = optarg; break;
-        case 1007: if (mr_cli_parse_int("--heldout-max", optarg, &a->heldout_max)) return -1; break;
+        case 1007:
+            if (mr_cli_parse_int("--heldout-max", optarg, &a->heldout_max) ||
+                a->heldout_max < 1 || a->heldout_max > 100000) { /* ~1.5 KiB a row (hrow) */
+                fprintf(stderr, "mrank eval: --heldout-max must be in [1, 100000]\n");
+                return -1;
+            }
+            break;
         case 1008:
             if (mr_cli_parse_int("--heldout-group", optarg, &a->heldout_group) ||
-                a->heldout_group < 2) {
-                fprintf(stderr, "mrank eval: --heldout-group must be >= 2\n");
+                a->heldout_group < 2 || a->heldout_group > 64) { /* hrow holds 64 passages */
+                fprintf(stderr, "mrank eval: --heldout-group must be in [2, 64]\n");
                 return -1;
             }
             break;
@@ -139,8 +160,8 @@ static int parse_eargs(int argc, char **argv, eargs *a) {
         fprintf(stderr, "mrank eval: --grid without ratio 1 needs --reference\n");
         return -1;
     }
-    if (a->max_len < 8) {
-        fprintf(stderr, "mrank eval: --max-len must be >= 8\n");
+    if (a->max_len < 8 || a->max_len > EVAL_MAX_LEN) { /* the model's bound: ctx_sizes */
+        fprintf(stderr, "mrank eval: --max-len must be in [8, %d]\n", EVAL_MAX_LEN);
         return -1;
     }
     return 0;
@@ -150,7 +171,55 @@ typedef struct cand { int idx; float s; } cand;
 static int cand_cmp(const void *x, const void *y) {
     const cand *a = x, *b = y;
     if (a->s != b->s) return a->s < b->s ? 1 : -1;
-    return a->idx - b->idx; /* ties keep the BM25 order */
+    return (a->idx > b->idx) - (a->idx < b->idx); /* ties keep the BM25 order */
+}
+
+/* The scoring context's sizes for queries of up to maxc candidates, rows of up to max_len +
+ * n_suffix tokens: refused (naming --max-len) when a row would pass the model's positions or a
+ * query's rows would hold more tokens than an int counts. */
+static int ctx_sizes(const mr_model *m, int max_len, size_t n_suffix, int maxc, int *row_cap,
+                     int *tokens, mr_err *err) {
+    long long row = (long long)max_len + (long long)n_suffix, t = row * maxc;
+    if (row > m->cfg.max_pos)
+        return mr_err_set(err, MR_EINVAL, "--max-len %d: rows of up to %lld tokens (%zu of the "
+                          "prompt) exceed the model's max_position_embeddings %d", max_len, row,
+                          n_suffix, m->cfg.max_pos);
+    if (t > INT_MAX)
+        return mr_err_set(err, MR_EINVAL, "--max-len %d: a query of %d candidates needs up to "
+                          "%lld tokens, more than %d", max_len, maxc, t, INT_MAX);
+    *row_cap = (int)row, *tokens = (int)t;
+    return 0;
+}
+
+/* Refuses a score that is not finite (NaN would make the ranking's order inconsistent), naming
+ * the query, the document and the exit: scores[i * o->n_exits + e] of candidate i of query q. */
+static int check_scores(const float *scores, int n, const mr_run_opts *o, const mr_trec_run *run,
+                        int q, mr_err *err) {
+    for (int i = 0; i < n; i++)
+        for (int e = 0; e < o->n_exits; e++) {
+            float s = scores[(size_t)i * o->n_exits + e];
+            if (!isfinite(s))
+                return mr_err_set(err, MR_ERANGE, "query %.60s, document %.60s: the model's "
+                                  "score at exit %d is %g, not a finite number", run->qid[q],
+                                  run->doc[run->first[q] + i], o->exits[e], (double)s);
+        }
+    return 0;
+}
+
+/* Closes *f (NULL after) and refuses any error in writing it, naming path. */
+static int close_written(FILE **f, const char *path, mr_err *err) {
+    FILE *x = *f;
+    *f = NULL;
+    int bad = ferror(x);
+    if (fclose(x)) return mr_err_errno(err, "%s: write", path);
+    return bad ? mr_err_set(err, MR_EIO, "%s: write error", path) : 0;
+}
+
+/* A buffer for the gains > 0 of any one query of qrels (mr_qrels_gains); NULL: out of memory. */
+static int *ideal_buffer(const mr_qrels *qrels, mr_err *err) {
+    int *v = malloc(sizeof(int) * (size_t)(qrels->max_gains > 0 ? qrels->max_gains : 1));
+    if (!v) mr_err_set(err, MR_ENOMEM, "out of memory");
+    return v;
 }
 
 /* The inputs of query q of the run: its query segment (qids), each candidate's passage segment
@@ -201,7 +270,7 @@ int mr_cmd_eval(int argc, char **argv) {
     mr_ids qids = {0}, sids = {0}, *pids = NULL;
     mr_row *rows = NULL;
     float *scores = NULL;
-    int *gains = NULL, ideal[4096];
+    int *gains = NULL, *ideal = NULL;
     cand *cs = NULL;
     double *ndcg = NULL, *mrr = NULL;
     int pr = parse_eargs(argc, argv, &a);
@@ -226,6 +295,7 @@ int mr_cmd_eval(int argc, char **argv) {
     if (mr_texts_load(&queries, path, &err)) goto fail;
     snprintf(path, sizeof path, "%s/qrels/test.tsv", a.coll);
     if (mr_qrels_load(&qrels, path, &err)) goto fail;
+    if (!(ideal = ideal_buffer(&qrels, &err))) goto fail;
     if (a.run_name) snprintf(path, sizeof path, "%s", a.run_name);
     else snprintf(path, sizeof path, "%s/bm25_top100.run", a.coll);
     if (mr_trec_run_load(&run, path, &err)) goto fail;
@@ -245,8 +315,9 @@ int mr_cmd_eval(int argc, char **argv) {
         goto fail;
     }
     if (mr_input_suffix(m.tok, a.prompt, &sids, &err)) goto fail;
-    int row_cap = a.max_len + (int)sids.n;
-    if (mr_ctx_init(&ctx, &m, maxc * row_cap, maxc, row_cap, &err)) goto fail;
+    int row_cap, max_tokens;
+    if (ctx_sizes(&m, a.max_len, sids.n, maxc, &row_cap, &max_tokens, &err)) goto fail;
+    if (mr_ctx_init(&ctx, &m, max_tokens, maxc, row_cap, &err)) goto fail;
     ctx_ok = 1;
     int E = a.run.n_exits, nq = 0;
     double bm_ndcg = 0, bm_mrr = 0, rnd_ndcg = 0, rnd_mrr = 0, flops = 0;
@@ -261,7 +332,11 @@ int mr_cmd_eval(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &ts0);
     for (int q = 0; q < run.n_q && (!a.max_queries || nq < a.max_queries); q++) {
         const char *qid = run.qid[q];
-        int n_ideal = mr_qrels_gains(&qrels, qid, ideal, 4096);
+        int n_ideal = mr_qrels_gains(&qrels, qid, ideal, qrels.max_gains);
+        if (n_ideal < 0) {
+            mr_err_set(&err, n_ideal, "query %s: gains do not fit", qid); /* cannot happen */
+            goto fail;
+        }
         if (n_ideal == 0) continue; /* unjudged: skipped, as trec_eval */
         int n = query_rows(&m, a.max_len, &run, q, &queries, &corpus, &qrels, &qids, pids,
                            &sids, rows, gains, &err);
@@ -269,7 +344,9 @@ int mr_cmd_eval(int argc, char **argv) {
         for (int i = 0; i < n; i++)
             flops += mr_model_row_flops(&m, &a.run, rows[i].nq, rows[i].np, rows[i].ns);
         pairs += n;
-        if (mr_model_score(&ctx, rows, n, &a.run, scores, NULL, &err)) goto fail;
+        if (mr_model_score(&ctx, rows, n, &a.run, scores, NULL, &err) ||
+            check_scores(scores, n, &a.run, &run, q, &err))
+            goto fail;
         bm_ndcg += mr_ndcg_at(gains, n, ideal, n_ideal, 10);
         bm_mrr += mr_mrr_at(gains, n, 10);
         rnd_ndcg += mr_ndcg_at_random(gains, n, ideal, n_ideal, 10);
@@ -303,6 +380,7 @@ int mr_cmd_eval(int argc, char **argv) {
         mr_err_set(&err, MR_EINVAL, "no judged query in the run");
         goto fail;
     }
+    if (close_written(&out, a.out, &err)) goto fail;
     double wall = (double)(ts1.tv_sec - ts0.tv_sec) + 1e-9 * (double)(ts1.tv_nsec - ts0.tv_nsec);
     printf("collection %s: %d judged queries, %ld pairs, max_len %d, ratio %d, %d compress "
            "layers\n", a.coll, nq, pairs, a.max_len, a.run.ratio, a.run.n_compress);
@@ -329,6 +407,7 @@ done:
         for (int i = 0; i < maxc2; i++) mr_ids_close(&pids[i]);
     }
     free(pids), free(rows), free(scores), free(gains), free(cs), free(ndcg), free(mrr);
+    free(ideal);
     mr_ids_close(&qids), mr_ids_close(&sids);
     mr_texts_close(&corpus), mr_texts_close(&queries);
     mr_qrels_close(&qrels), mr_trec_run_close(&run);
@@ -362,58 +441,70 @@ typedef struct gpoint {
 /* Held-out rows: query, positive and negatives, tokenized. */
 typedef struct hrow { mr_ids q; mr_ids p[64]; int n; } hrow;
 
+/* Reads up to --heldout-max rows of a->heldout, one JSON object a line: {"query": text, "pos":
+ * [text, ...], "neg": [text, ...]}; the first positive and up to --heldout-group - 1 negatives
+ * are kept. Blank lines are skipped; anything else that is not such a row is refused, naming
+ * path:line and the field, as is a file without a row. */
 static int load_heldout(const eargs *a, const mr_model *m, hrow **out, int *n_out, mr_err *err) {
     FILE *f = fopen(a->heldout, "r");
     if (!f) return mr_err_errno(err, "%s", a->heldout);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    int n = 0, rc = 0, G = a->heldout_group < 64 ? a->heldout_group : 64;
-    hrow *h = calloc((size_t)(a->heldout_max > 0 ? a->heldout_max : 1), sizeof *h);
+    int n = 0, rc = 0, ln = 0, G = a->heldout_group;
+    hrow *h = calloc((size_t)a->heldout_max, sizeof *h);
     if (!h) { fclose(f); return mr_err_set(err, MR_ENOMEM, "out of memory"); }
+    *out = h; /* the caller closes what was read, on error too */
     while (n < a->heldout_max && (len = getline(&line, &cap, f)) > 0) {
-        cJSON *j = cJSON_ParseWithLength(line, (size_t)len);
+        ln++;
+        if (strspn(line, " \t\r\n") == (size_t)len) continue;
+        const char *end = NULL;
+        cJSON *j = cJSON_ParseWithLengthOpts(line, (size_t)len, &end, 0);
         const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "query");
         const cJSON *pos = cJSON_GetObjectItemCaseSensitive(j, "pos");
         const cJSON *neg = cJSON_GetObjectItemCaseSensitive(j, "neg");
-        if (!cJSON_IsString(q) || !cJSON_GetArraySize(pos) || cJSON_GetArraySize(neg) < 1) {
+        const cJSON *p0 = cJSON_GetArrayItem(pos, 0), *it;
+        const char *bad = NULL;
+        if (strlen(line) != (size_t)len) bad = "a NUL byte";
+        else if (!cJSON_IsObject(j) || strspn(end, " \t\r\n") != strlen(end))
+            bad = "not one JSON object";
+        else if (!cJSON_IsString(q)) bad = "\"query\" is not a string";
+        else if (!cJSON_IsArray(pos) || !cJSON_IsString(p0))
+            bad = "\"pos\" is not an array whose first item is a string";
+        else if (!cJSON_IsArray(neg) || cJSON_GetArraySize(neg) < 1)
+            bad = "\"neg\" is not a non-empty array";
+        else
+            cJSON_ArrayForEach(it, neg) if (!cJSON_IsString(it)) bad = "\"neg\" holds a non-string";
+        if (bad) {
             cJSON_Delete(j);
-            continue;
-        }
-        int tq = 0, tr = 0;
-        if ((rc = mr_input_query(m->tok, m->cfg.bos_token_id, q->valuestring, a->max_len, &h[n].q,
-                                 &tq, err))) {
-            cJSON_Delete(j);
+            rc = mr_err_set(err, MR_EFORMAT, "%s:%d: %s", a->heldout, ln, bad);
             break;
         }
-        const cJSON *it = cJSON_GetArrayItem(pos, 0);
-        int k = 0;
-        if (!cJSON_IsString(it)) { /* the positive must come first */
-            cJSON_Delete(j);
-            mr_ids_close(&h[n].q);
-            continue;
-        }
-        rc = mr_input_passage(m->tok, it->valuestring, a->max_len, h[n].q.n, &h[n].p[k++], &tr,
-                              err);
+        int tq = 0, tr = 0, k = 0;
+        rc = mr_input_query(m->tok, m->cfg.bos_token_id, q->valuestring, a->max_len, &h[n].q, &tq,
+                            err);
+        if (!rc)
+            rc = mr_input_passage(m->tok, p0->valuestring, a->max_len, h[n].q.n, &h[n].p[k++],
+                                  &tr, err);
         cJSON_ArrayForEach(it, neg) {
             if (rc || k >= G) break;
-            if (cJSON_IsString(it))
-                rc = mr_input_passage(m->tok, it->valuestring, a->max_len, h[n].q.n, &h[n].p[k++],
-                                      &tr, err);
+            rc = mr_input_passage(m->tok, it->valuestring, a->max_len, h[n].q.n, &h[n].p[k++], &tr,
+                                  err);
         }
         cJSON_Delete(j);
-        if (rc) break;
-        h[n].n = k;
-        if (k >= 2) n++;
-        else {
-            mr_ids_close(&h[n].q);
-            for (int i = 0; i < k; i++) mr_ids_close(&h[n].p[i]);
-            memset(&h[n], 0, sizeof h[n]);
+        h[n++].n = k;
+        if (rc) {
+            char why[MR_ERR_MSG_LEN];
+            snprintf(why, sizeof why, "%s", err->msg);
+            mr_err_set(err, rc, "%s:%d: %s", a->heldout, ln, why);
+            break;
         }
     }
+    if (!rc && ferror(f)) rc = mr_err_errno(err, "%s: read", a->heldout);
+    if (!rc && n == 0) rc = mr_err_set(err, MR_EFORMAT, "%s: no held-out row", a->heldout);
     free(line);
     fclose(f);
-    *out = h, *n_out = n;
+    *n_out = n;
     return rc;
 }
 
@@ -430,7 +521,7 @@ static int eval_grid(eargs *a) {
     mr_ids qids = {0}, sids = {0}, *pids = NULL;
     mr_row *rows = NULL;
     float *scores = NULL;
-    int *gains = NULL, *refpos = NULL, *rg = NULL, ideal[4096];
+    int *gains = NULL, *refpos = NULL, *rg = NULL, *ideal = NULL;
     cand *cs = NULL;
     gpoint *pt = NULL;
     hrow *hr = NULL;
@@ -483,6 +574,7 @@ static int eval_grid(eargs *a) {
     if (mr_texts_load(&queries, path, &err)) goto fail;
     snprintf(path, sizeof path, "%s/qrels/test.tsv", a->coll);
     if (mr_qrels_load(&qrels, path, &err)) goto fail;
+    if (!(ideal = ideal_buffer(&qrels, &err))) goto fail;
     if (a->run_name) snprintf(path, sizeof path, "%s", a->run_name);
     else snprintf(path, sizeof path, "%s/bm25_top100.run", a->coll);
     if (mr_trec_run_load(&run, path, &err)) goto fail;
@@ -510,8 +602,9 @@ static int eval_grid(eargs *a) {
         goto fail;
     }
     if (mr_input_suffix(m.tok, a->prompt, &sids, &err)) goto fail;
-    int row_cap = a->max_len + (int)sids.n;
-    if (mr_ctx_init(&ctx, &m, maxc * row_cap, maxc, row_cap, &err)) goto fail;
+    int row_cap, max_tokens;
+    if (ctx_sizes(&m, a->max_len, sids.n, maxc, &row_cap, &max_tokens, &err)) goto fail;
+    if (mr_ctx_init(&ctx, &m, max_tokens, maxc, row_cap, &err)) goto fail;
     ctx_ok = 1;
     int nq = 0;
     long pairs = 0;
@@ -522,7 +615,11 @@ static int eval_grid(eargs *a) {
            rnd_top = 0, wall[4] = {0};
     for (int q = 0; q < run.n_q && (!a->max_queries || nq < a->max_queries); q++) {
         const char *qid = run.qid[q];
-        int n_ideal = mr_qrels_gains(&qrels, qid, ideal, 4096);
+        int n_ideal = mr_qrels_gains(&qrels, qid, ideal, qrels.max_gains);
+        if (n_ideal < 0) {
+            mr_err_set(&err, n_ideal, "query %s: gains do not fit", qid); /* cannot happen */
+            goto fail;
+        }
         if (n_ideal == 0) continue;
         int n = query_rows(&m, a->max_len, &run, q, &queries, &corpus, &qrels, &qids, pids,
                            &sids, rows, gains, &err);
@@ -553,7 +650,9 @@ static int eval_grid(eargs *a) {
         for (int r = 0; r < R; r++) {
             struct timespec t0, t1;
             clock_gettime(CLOCK_MONOTONIC, &t0);
-            if (mr_model_score(&ctx, rows, n, &o[r], scores, NULL, &err)) goto fail;
+            if (mr_model_score(&ctx, rows, n, &o[r], scores, NULL, &err) ||
+                check_scores(scores, n, &o[r], &run, q, &err))
+                goto fail;
             clock_gettime(CLOCK_MONOTONIC, &t1);
             wall[r] += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
             if (r == 0 && !a->reference) { /* ratio 1, deepest exit: the full model */
@@ -611,6 +710,13 @@ static int eval_grid(eargs *a) {
                                    sids.v, (int)sids.n};
             for (int r = 0; r < R; r++) {
                 if (mr_model_score(&ctx, rows, n, &o[r], scores, NULL, &err)) goto fail;
+                for (int i = 0; i < n * E; i++)
+                    if (!isfinite(scores[i])) {
+                        mr_err_set(&err, MR_ERANGE, "%s: held-out row %d: the model's score at "
+                                   "exit %d is %g, not a finite number", a->heldout, h + 1,
+                                   o[r].exits[i % E], (double)scores[i]);
+                        goto fail;
+                    }
                 for (int e = 0; e < E; e++) {
                     double mx = -INFINITY, z = 0;
                     for (int i = 0; i < n; i++)
@@ -622,6 +728,7 @@ static int eval_grid(eargs *a) {
             }
         }
     }
+    if (close_written(&out, a->out, &err)) goto fail;
     double full = full_flops / (double)pairs;
     printf("collection %s: %d judged queries, %ld pairs, max_len %d, system %s%s%s\n", a->coll, nq,
            pairs, a->max_len, a->label, a->reference ? ", reference " : "",
@@ -660,6 +767,7 @@ static int eval_grid(eargs *a) {
     printf("; adapters:");
     for (int i = 0; i < nad; i++) printf(" %s", ad[i]);
     printf("%s\n", a->reference ? "" : "; full-model run written to --out");
+    if (tsv && close_written(&tsv, a->tsv, &err)) goto fail;
     rc = 0;
     goto done;
 fail:
@@ -675,6 +783,7 @@ done:
         for (int i = 0; i < 64; i++) mr_ids_close(&hr[h].p[i]);
     }
     free(hr), free(pids), free(rows), free(scores), free(gains), free(refpos), free(rg), free(cs);
+    free(ideal);
     free(pt);
     mr_ids_close(&qids), mr_ids_close(&sids);
     mr_texts_close(&corpus), mr_texts_close(&queries);

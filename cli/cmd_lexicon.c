@@ -21,7 +21,8 @@ static void usage(FILE *f) {
           "                           [--k1 X] [--b X] [--stem english|none] --out RUN\n"
           "         BM25 of the lexical stage over each query's candidates (default\n"
           "         DIR/bm25_top100.run; without --lexicon the candidates' own statistics),\n"
-          "         written as a TREC run (candidates in the input order, score = BM25);\n"
+          "         written as a TREC run (candidates in the run's order: score, then\n"
+          "         rank; score = BM25);\n"
           "         stemming: the lexicon's, else --stem (default english, as the stage's)\n",
           f);
 }
@@ -157,7 +158,8 @@ static int score(int argc, char **argv) {
             fprintf(fo, "%s Q0 %s %d %.9g lexical\n", run.qid[q], run.doc[run.first[q] + i],
                     i + 1, (double)sc[i]);
     }
-    if (fclose(fo)) {
+    int werr = ferror(fo); /* an earlier failed write that the close may not repeat */
+    if (fclose(fo) || werr) {
         fo = NULL;
         mr_err_set(&err, MR_EIO, "%s: write error", out);
         goto fail;

@@ -8,9 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct kv { char *id, *text; } kv;
+typedef struct kv { char *id, *text; int line; } kv;
 static int kv_cmp(const void *a, const void *b) {
-    return strcmp(((const kv *)a)->id, ((const kv *)b)->id);
+    const kv *x = a, *y = b;
+    int c = strcmp(x->id, y->id);
+    return c ? c : (x->line > y->line) - (x->line < y->line);
+}
+
+/* Whether s (len bytes) is JSON whitespace only: a blank line. */
+static int blank(const char *s, ssize_t len) {
+    for (ssize_t i = 0; i < len; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n') return 0;
+    return 1;
 }
 
 /* Frees the n entries of v (either string may be NULL) and v. */
@@ -30,7 +39,7 @@ int mr_texts_load(mr_texts *t, const char *path, mr_err *err) {
     int n = 0, rc = 0, lineno = 0;
     while ((len = getline(&line, &lcap, f)) > 0) {
         lineno++;
-        if (len <= 1) continue;
+        if (blank(line, len)) continue;
         cJSON *j = cJSON_ParseWithLength(line, (size_t)len);
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "_id");
         const cJSON *tx = cJSON_GetObjectItemCaseSensitive(j, "text");
@@ -53,7 +62,7 @@ int mr_texts_load(mr_texts *t, const char *path, mr_err *err) {
         }
         const char *title = cJSON_IsString(ti) ? ti->valuestring : "";
         size_t tl = strlen(title);
-        v[n].id = strdup(id->valuestring);
+        v[n].id = strdup(id->valuestring), v[n].line = lineno;
         if (tl && strncmp(tx->valuestring, title, tl)) {
             size_t xl = strlen(tx->valuestring);
             v[n].text = malloc(tl + xl + 2);
@@ -72,8 +81,18 @@ int mr_texts_load(mr_texts *t, const char *path, mr_err *err) {
             break;
         }
     }
+    if (!rc && ferror(f)) rc = mr_err_errno(err, "%s:%d: read", path, lineno + 1);
     free(line);
     fclose(f);
+    if (!rc && v) { /* one text per id: the first repeat in the file is named */
+        qsort(v, (size_t)n, sizeof *v, kv_cmp);
+        int dup = -1;
+        for (int i = 1; i < n; i++)
+            if (!strcmp(v[i].id, v[i - 1].id) && (dup < 0 || v[i].line < v[dup].line)) dup = i;
+        if (dup >= 0)
+            rc = mr_err_set(err, MR_EFORMAT, "%s:%d: _id %.60s repeated (first at line %d)", path,
+                            v[dup].line, v[dup].id, v[dup - 1].line);
+    }
     if (!rc) {
         t->id = malloc(sizeof(char *) * (size_t)(n ? n : 1));
         t->text = malloc(sizeof(char *) * (size_t)(n ? n : 1));
@@ -85,7 +104,6 @@ int mr_texts_load(mr_texts *t, const char *path, mr_err *err) {
         memset(t, 0, sizeof *t);
         return rc;
     }
-    if (v) qsort(v, (size_t)n, sizeof *v, kv_cmp);
     for (int i = 0; i < n; i++) t->id[i] = v[i].id, t->text[i] = v[i].text;
     t->n = n;
     free(v);

@@ -15,7 +15,8 @@ typedef struct mr_texts {
     char **id, **text;
     int n;
 } mr_texts;
-/* t is caller-owned; MR_EFORMAT names the bad line; on error t holds nothing. */
+/* t is caller-owned; lines of only whitespace are skipped; MR_EFORMAT names the bad line, or
+ * an "_id" given twice (file:line, the id); on error t holds nothing. */
 int mr_texts_load(mr_texts *t, const char *path, mr_err *err);
 const char *mr_texts_get(const mr_texts *t, const char *id); /* NULL when absent */
 void mr_texts_close(mr_texts *t); /* accepts NULL, idempotent */
