@@ -5,7 +5,9 @@
  * resumable state (parameters + AdamW moments + step) in the output folder. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +38,8 @@ typedef struct targs {
     unsigned long long seed;
 } targs;
 
+#define MAX_LM_BATCH 256 /* sequences per LM micro-batch (micro_step's arrays) */
+
 static void train_usage(FILE *f) {
     fputs("usage: mrank train --stage lm|rerank|compensate --data FILE --out DIR [options]\n"
           "  --init DIR            start from this checkpoint (required for rerank/compensate)\n"
@@ -44,17 +48,20 @@ static void train_usage(FILE *f) {
           "    --layers N --hidden D --heads H --kv-heads K --ff F --start-layer S\n"
           "    --mimetic S         key = query projection (x S) in one query head per KV head\n"
           "  --steps N             optimizer steps (default 100)\n"
-          "  --batch B             sequences (lm) or query groups per micro-batch (default 4/2)\n"
+          "  --batch B             sequences (lm, at most 256) or query groups per micro-batch\n"
+          "                        (default 4/2)\n"
           "  --accum A             micro-batches per step (default 1)\n"
           "  --lr X --warmup N --weight-decay X --clip X\n"
           "  --seq-len N           lm: tokens per sequence (default 128)\n"
           "  --group G             rerank: candidates per query (default 8)\n"
           "  --max-len N           rerank: query + passage token budget (default 160)\n"
-          "  --query-max-len N     rerank: query tokens (default 32)\n"
+          "  --query-max-len N     rerank: query tokens (default 32, >= 6; must leave --max-len\n"
+          "                        room for passage tokens)\n"
           "  --no-cascade          rerank: no cascade term\n"
           "  --full-only           rerank: full width, loss at the deepest exit only, no cascade\n"
           "                        (the naive-truncation baseline)\n"
-          "  --cascade-step K --width-step S  anchors / compress-layer spacing (0 = auto)\n"
+          "  --cascade-step K --width-step S  anchors / compress-layer spacing (0 = auto;\n"
+          "                        K at most the deepest exit layer D, S at most D/2)\n"
           "  --cascade-weight W    rerank: weight of the cascade term in the loss (default 1,\n"
           "                        the spec's; > 1 favours agreement with the anchors)\n"
           "  --pooling mean|attention  rerank/compensate: pool compressed passage tokens by\n"
@@ -67,6 +74,7 @@ static void train_usage(FILE *f) {
           "  --ratios 2,4,8        compensate: horizontal adapters (default 2,4,8)\n"
           "  --no-vertical         compensate: skip the vertical (r = 1) adapter\n"
           "  --seed N --save-every N --resume --stop-after N (stop after N steps, for tests)\n"
+          "                        --resume refuses a state of a run with other settings\n"
           "  --quiet               no progress bar\n",
           f);
 }
@@ -143,11 +151,17 @@ static int parse_targs(int argc, char **argv, targs *a) {
         case 23: a->no_vertical = 1; break;
         case 24:
             if ((a->n_ratios = mr_cli_parse_ints("--ratios", optarg, a->ratios, 4)) < 0) return -1;
-            for (int i = 0; i < a->n_ratios; i++)
+            for (int i = 0; i < a->n_ratios; i++) {
                 if (a->ratios[i] != 2 && a->ratios[i] != 4 && a->ratios[i] != 8) {
                     fprintf(stderr, "mrank train: --ratios: each of 2, 4, 8\n");
                     return -1;
                 }
+                for (int k = 0; k < i; k++)
+                    if (a->ratios[k] == a->ratios[i]) {
+                        fprintf(stderr, "mrank train: --ratios: %d twice\n", a->ratios[i]);
+                        return -1;
+                    }
+            }
             break;
         case 25: if (parse_float("--lr", optarg, &a->lr)) return -1; break;
         case 26: if (parse_float("--weight-decay", optarg, &a->wd)) return -1; break;
@@ -226,9 +240,19 @@ static int parse_targs(int argc, char **argv, targs *a) {
     if (a->lr < 0) a->lr = st == 0 ? 1e-3f : st == 1 ? 2e-4f : 2e-5f;
     if (a->warmup < 0) a->warmup = a->steps / 10;
     if (a->steps < 1 || a->accum < 1 || a->group < 2 || a->group > 512 || a->seq_len < 2 ||
-        a->max_len < 8 || a->query_max < 4 || a->lora_rank < 1) {
+        a->max_len < 8 || a->query_max < 6 || a->lora_rank < 1) {
         fprintf(stderr, "mrank train: --steps, --accum >= 1, --group in 2..512, --seq-len >= 2, "
-                        "--max-len >= 8, --lora-rank >= 1\n");
+                        "--max-len >= 8, --query-max-len >= 6, --lora-rank >= 1\n");
+        return -1;
+    }
+    if (st == 0 && a->batch > MAX_LM_BATCH) { /* micro_step's arrays */
+        fprintf(stderr, "mrank train: --batch %d: --stage lm takes at most %d sequences per "
+                        "micro-batch (use --accum for more)\n", a->batch, MAX_LM_BATCH);
+        return -1;
+    }
+    if (st == 2 && a->no_vertical && a->n_ratios == 0) {
+        fprintf(stderr, "mrank train: --stage compensate with --no-vertical and no --ratios "
+                        "trains no adapter\n");
         return -1;
     }
     return 0;
@@ -275,6 +299,7 @@ typedef struct job {
     mr_rr_data *rr;
     const char *state_path, *label;
     int *steps_done;          /* across jobs, for --stop-after */
+    const mr_state_meta *meta; /* the run's settings, recorded in and checked against the state */
 } job;
 
 static int micro_step(const job *j, mr_tmodel *m, mr_tcache *c, int step, int mi, double *loss,
@@ -284,8 +309,8 @@ static int micro_step(const job *j, mr_tmodel *m, mr_tcache *c, int step, int mi
     uint64_t rng = mr_seed_mix(a->seed, (uint64_t)step, (uint64_t)mi);
     int64_t base = ((int64_t)step * a->accum + mi) * a->batch;
     if (j->kind == 0) {
-        const int32_t *seqs[256];
-        int lens[256], B = a->batch < 256 ? a->batch : 256;
+        const int32_t *seqs[MAX_LM_BATCH];
+        int lens[MAX_LM_BATCH], B = a->batch; /* <= MAX_LM_BATCH (parse_targs) */
         for (int b = 0; b < B; b++) {
             int k = mr_stream_index(a->seed, j->lm->n, base + b);
             seqs[b] = j->lm->ids + j->lm->off[k];
@@ -314,8 +339,14 @@ static int micro_step(const job *j, mr_tmodel *m, mr_tcache *c, int step, int mi
             w.ratio = j->fixed_ratio;
             if (w.n_compress == 0) { /* a horizontal adapter always sees compression */
                 mr_twidth t;
+                int tries = 0; /* each try compresses with p >= 1/2 (check_model_args) */
                 do mr_twidth_sample(&t, m, a->width_step, &rng);
-                while (t.n_compress == 0 && m->cfg.n_layers > 1);
+                while (t.n_compress == 0 && m->cfg.n_layers > 1 && ++tries < 1000);
+                if (t.n_compress == 0 && m->cfg.n_layers > 1) {
+                    free(rows), free(teacher);
+                    return mr_err_set(err, MR_ESTATE, "width-%d: no compress layer drawn "
+                                      "(--width-step %d)", j->fixed_ratio, a->width_step);
+                }
                 w.n_compress = t.n_compress;
                 memcpy(w.compress_layers, t.compress_layers, sizeof(int) * t.n_compress);
             }
@@ -349,9 +380,14 @@ static int run_job(const job *j, mr_tmodel *m, mr_err *err) {
         (rc = mr_adamw_init(&opt, m->n_train, a->lr, a->warmup, a->steps, a->wd, err)))
         goto done;
     opt.clip = a->clip;
+    mr_state_meta meta = *j->meta;
+    meta.n_params = m->n_params;
     if (a->resume && file_exists(j->state_path)) {
-        if ((rc = mr_state_load(j->state_path, m, &opt, err))) goto done;
+        if ((rc = mr_state_load(j->state_path, m, &opt, &meta, err))) goto done;
         fprintf(stderr, "[%s] resumed at step %d from %s\n", j->label, opt.step, j->state_path);
+    } else if (a->resume) {
+        fprintf(stderr, "[%s] --resume: no state %s to resume, starting at step 0\n", j->label,
+                j->state_path);
     }
     progress p = {.label = j->label, .total = a->steps, .first = opt.step,
                   .tty = isatty(2), .quiet = a->quiet, .t0 = now_s()};
@@ -380,7 +416,7 @@ static int run_job(const job *j, mr_tmodel *m, mr_err *err) {
         (*j->steps_done)++;
         int stop = a->stop_after && *j->steps_done >= a->stop_after && step + 1 < a->steps;
         if ((a->save_every && (step + 1) % a->save_every == 0) || step + 1 == a->steps || stop)
-            if ((rc = mr_state_save(j->state_path, m, &opt, err))) goto done;
+            if ((rc = mr_state_save(j->state_path, m, &opt, &meta, err))) goto done;
         if (stop) {
             fprintf(stderr, "[%s] stopped after step %d (state in %s)\n", j->label, step + 1,
                         j->state_path);
@@ -445,6 +481,69 @@ static int mkdir_p(const char *dir, mr_err *err) {
     return 0;
 }
 
+/* snprintf of a path into buf (PATH_MAX); MR_EINVAL when it does not fit. */
+static int fmt_path(char *buf, mr_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fmt_path(char *buf, mr_err *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf, PATH_MAX, fmt, ap);
+    va_end(ap);
+    if (k < 0 || k >= PATH_MAX)
+        return mr_err_set(err, MR_EINVAL, "path too long (%d bytes or more): %.64s...",
+                          PATH_MAX, buf);
+    return 0;
+}
+
+/* Tokens of text under tok (no special tokens), or -1. */
+static int n_tokens(const mr_tokenizer *tok, const char *text, mr_err *err) {
+    mr_ids ids = {0};
+    int n = mr_tokenizer_encode(tok, text, strlen(text), &ids, err) ? -1 : (int)ids.n;
+    mr_ids_close(&ids);
+    return n;
+}
+
+/* rerank / compensate: the longest query segment (input.h: BOS, tok("A: " + query) cut to
+ * 3/4 of the limit the loader gives, tok("\n")) must leave --max-len room for a passage token
+ * after "B:", or rows of long queries carry no passage at all. */
+static int check_query_budget(const targs *a, const mr_tokenizer *tok, mr_err *err) {
+    int nl = n_tokens(tok, "\n", err), nb = n_tokens(tok, "B:", err);
+    if (nl < 0 || nb < 0) return MR_EINVAL;
+    int qm = a->query_max < a->max_len ? a->query_max : a->max_len;
+    int qseg = 1 + (qm * 4 / 3 + 1) * 3 / 4 + nl;
+    if (a->max_len - qseg <= nb)
+        return mr_err_set(err, MR_EINVAL,
+                          "--query-max-len %d leaves no passage tokens in --max-len %d: a long "
+                          "query takes %d of them and \"B:\" %d more; raise --max-len or lower "
+                          "--query-max-len", a->query_max, a->max_len, qseg, nb);
+    return 0;
+}
+
+/* rerank / compensate, once the model is loaded (D = its deepest exit layer): the width
+ * sampler compresses layers that are multiples of the spacing in [S, D - S], so S > D/2 would
+ * never compress; cascade anchors are spaced by K <= D; a horizontal adapter needs a layer to
+ * compress. */
+static int check_model_args(const targs *a, int st, int fixed_ratio, const mr_tmodel *m,
+                            mr_err *err) {
+    if (st == 0) return 0;
+    int D = mr_tmodel_deepest(m);
+    if (a->width_step > D / 2)
+        return mr_err_set(err, MR_EINVAL,
+                          "--width-step %d: at most %d (half the deepest exit layer %d of %s), "
+                          "else no layer is ever compressed", a->width_step, D / 2, D, a->init);
+    if (a->cascade_step > D)
+        return mr_err_set(err, MR_EINVAL,
+                          "--cascade-step %d: at most %d (the deepest exit layer of %s)",
+                          a->cascade_step, D, a->init);
+    if (st == 2 && fixed_ratio > 1 && m->cfg.n_layers > 1 &&
+        !mr_twidth_can_compress(m, a->width_step))
+        return mr_err_set(err, MR_EINVAL,
+                          "--ratios: %s (deepest exit layer %d) has no layer to compress at "
+                          "spacing %d for a width-%d adapter", a->init, D,
+                          mr_twidth_step(m, a->width_step), fixed_ratio);
+    return 0;
+}
+
 int mr_cmd_train(int argc, char **argv) {
     targs a;
     mr_err err = {0};
@@ -453,22 +552,25 @@ int mr_cmd_train(int argc, char **argv) {
     mr_rr_data rr = {0};
     mr_tmodel m = {0};
     int rc = 1, loaded = 0, steps_done = 0, st;
-    char tok_path[1024], init_dir[1024], path[1200], state[1200];
+    char tok_path[PATH_MAX], init_dir[PATH_MAX], path[PATH_MAX], state[PATH_MAX];
     int pr = parse_targs(argc, argv, &a);
     if (pr) return pr > 0 ? 0 : 2;
     st = !strcmp(a.stage, "lm") ? 0 : !strcmp(a.stage, "rerank") ? 1 : 2;
     if (mkdir_p(a.out, &err)) goto fail;
-    if (a.tokenizer) snprintf(tok_path, sizeof tok_path, "%s", a.tokenizer);
-    else if (a.init) snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", a.init);
-    else {
+    if (a.tokenizer) {
+        if (fmt_path(tok_path, &err, "%s", a.tokenizer)) goto fail;
+    } else if (a.init) {
+        if (fmt_path(tok_path, &err, "%s/tokenizer.json", a.init)) goto fail;
+    } else {
         mr_err_set(&err, MR_EINVAL, "--tokenizer FILE is needed for a new model");
         goto fail;
     }
     if (mr_tokenizer_new(&tok, tok_path, &err)) goto fail;
+    if (st > 0 && check_query_budget(&a, tok, &err)) goto fail;
 
     /* the starting checkpoint */
     if (a.init) {
-        snprintf(init_dir, sizeof init_dir, "%s", a.init);
+        if (fmt_path(init_dir, &err, "%s", a.init)) goto fail;
     } else {
         mr_config c = {.arch = MR_ARCH_LLAMA, .n_layers = a.layers, .d_model = a.hidden,
                        .n_heads = a.heads, .n_kv_heads = a.kv_heads,
@@ -481,29 +583,48 @@ int mr_cmd_train(int argc, char **argv) {
         snprintf(c.model_type, sizeof c.model_type, "cost_wise_mistral");
         int32_t bos = mr_tokenizer_token_id(tok, "<s>");
         if (bos >= 0) c.bos_token_id = bos;
-        snprintf(init_dir, sizeof init_dir, "%s/init", a.out);
+        if (fmt_path(init_dir, &err, "%s/init", a.out) ||
+            fmt_path(path, &err, "%s/model.safetensors", init_dir))
+            goto fail;
         if (mr_config_validate(&c, "(new model)", &err) || mkdir_p(init_dir, &err)) goto fail;
-        snprintf(path, sizeof path, "%s/model.safetensors", init_dir);
         if (!(a.resume && file_exists(path))) {
             if (mr_seeded_write(&c, init_dir, a.seed, &err)) goto fail;
-            snprintf(path, sizeof path, "%s/tokenizer.json", init_dir);
-            if (mr_copy_file(tok_path, path, &err)) goto fail;
+            if (fmt_path(path, &err, "%s/tokenizer.json", init_dir) ||
+                mr_copy_file(tok_path, path, &err))
+                goto fail;
         }
     }
 
     /* data */
+    int max_len = st == 0 ? a.seq_len : a.max_len + 128;
     {
         mr_config c;
-        snprintf(path, sizeof path, "%s/config.json", init_dir);
-        if (mr_config_load(&c, path, &err)) goto fail;
-        int rcd = st == 0 ? mr_lm_data_load(&lm, a.data, tok, c.bos_token_id, a.seq_len, &err)
+        if (fmt_path(path, &err, "%s/config.json", init_dir) || mr_config_load(&c, path, &err))
+            goto fail;
+        int rcd = st == 0 ? mr_lm_data_load(&lm, a.data, tok, c.bos_token_id, a.seq_len,
+                                            c.vocab_size, &err)
                           : mr_rr_data_load(&rr, a.data, tok, c.bos_token_id, a.query_max,
-                                            a.max_len, &err);
+                                            a.max_len, max_len, c.vocab_size, &err);
         if (rcd) goto fail;
         fprintf(stderr, "%s: %d %s\n", a.data, st == 0 ? lm.n : rr.n,
                 st == 0 ? "sequences" : "queries");
     }
-    int max_len = st == 0 ? a.seq_len : a.max_len + 128;
+    /* what a resume state must match (run_job adds the model's parameter count) */
+    mr_state_meta meta = {
+        .stage = a.stage, .seed = a.seed, .batch = a.batch, .accum = a.accum,
+        .group = a.group, .steps = a.steps, .warmup = a.warmup, .seq_len = a.seq_len,
+        .max_len = a.max_len, .query_max = a.query_max, .lr = a.lr, .weight_decay = a.wd,
+        .clip = a.clip, .lora_rank = a.lora_rank, .lora_alpha = a.lora_alpha,
+        .lora_dropout = a.lora_dropout, .cascade = a.cascade, .cascade_step = a.cascade_step,
+        .width_step = a.width_step, .full_only = a.full_only, .keep_heads = a.keep_heads,
+        .pooling = (int)a.pooling, .cascade_weight = a.cascade_weight};
+    if (st != 1) /* the cascade, full-only and head options act in --stage rerank only */
+        meta.cascade = meta.cascade_step = meta.full_only = meta.keep_heads = 0,
+        meta.cascade_weight = 0;
+    if (st != 2) meta.lora_rank = 0, meta.lora_alpha = meta.lora_dropout = 0;
+    if (st == 0) meta.group = meta.max_len = meta.query_max = meta.width_step = meta.pooling = 0;
+    else meta.seq_len = 0;
+    if (mr_file_fingerprint(a.data, &meta.data_size, &meta.data_hash, &err)) goto fail;
 
     if (st < 2) {
         mr_tmodel_opts o = {.mode = MR_TRAIN_FULL, .seed = a.seed, .max_len = max_len};
@@ -512,10 +633,11 @@ int mr_cmd_train(int argc, char **argv) {
         fprintf(stderr, "model %s: %d layers, d %d, %zu parameters, exits %d..%d\n", init_dir,
                 m.cfg.n_layers, m.cfg.d_model, m.n_params, m.exit_layer[0],
                 m.exit_layer[m.n_exits - 1]);
+        if (check_model_args(&a, st, 1, &m, &err)) goto fail;
         if (st == 1 && !a.keep_heads && init_heads_yes(&m, tok, &err)) goto fail;
         if (st == 0 && !a.init && a.mimetic > 0) mimetic_init(&m, a.mimetic);
-        snprintf(state, sizeof state, "%s/train.state", a.out);
-        job j = {&a, st, 1, &lm, &rr, state, a.stage, &steps_done};
+        if (fmt_path(state, &err, "%s/train.state", a.out)) goto fail;
+        job j = {&a, st, 1, &lm, &rr, state, a.stage, &steps_done, &meta};
         int r = run_job(&j, &m, &err);
         if (r < 0) goto fail;
         if (r == 1) {
@@ -529,12 +651,13 @@ int mr_cmd_train(int argc, char **argv) {
         if (!a.no_vertical) list[n++] = 1;
         for (int i = 0; i < a.n_ratios; i++) list[n++] = a.ratios[i];
         for (int i = 0; i < n; i++) {
-            char sub[1100], label[32];
+            char sub[PATH_MAX], label[32];
             if (list[i] == 1) snprintf(label, sizeof label, "vertical");
             else snprintf(label, sizeof label, "width-%d", list[i]);
-            snprintf(sub, sizeof sub, "%s/%s", a.out, label);
-            snprintf(state, sizeof state, "%s/%s.state", a.out, label);
-            snprintf(path, sizeof path, "%s/adapter_config.json", sub);
+            if (fmt_path(sub, &err, "%s/%s", a.out, label) ||
+                fmt_path(state, &err, "%s/%s.state", a.out, label) ||
+                fmt_path(path, &err, "%s/adapter_config.json", sub))
+                goto fail;
             if (a.resume && file_exists(path)) {
                 fprintf(stderr, "[%s] done already (%s)\n", label, sub);
                 continue;
@@ -544,7 +667,10 @@ int mr_cmd_train(int argc, char **argv) {
                                 .seed = a.seed + (uint64_t)list[i], .max_len = max_len};
             if (mr_tmodel_load(&m, init_dir, &o, &err)) goto fail;
             loaded = 1;
-            job j = {&a, 2, list[i], &lm, &rr, state, label, &steps_done};
+            if (check_model_args(&a, st, list[i], &m, &err)) goto fail;
+            mr_state_meta am = meta;
+            am.adapter = list[i];
+            job j = {&a, 2, list[i], &lm, &rr, state, label, &steps_done, &am};
             int r = run_job(&j, &m, &err);
             if (r < 0) goto fail;
             if (r == 1) {

@@ -4,6 +4,7 @@
 #include "data.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,8 +44,16 @@ int mr_stream_index(uint64_t seed, int n, int64_t i) {
 
 /* ---- LM text ---- */
 
+/* path:line: ids's vocabulary fault (mr_input_check_vocab), when it has one. */
+static int check_vocab(const mr_ids *ids, int vocab_size, const char *what, int index,
+                       const char *path, int lineno, mr_err *err) {
+    mr_err e = {0};
+    if (vocab_size <= 0 || !mr_input_check_vocab(ids, vocab_size, what, index, &e)) return 0;
+    return mr_err_set(err, e.code, "%s:%d: %.200s", path, lineno, e.msg);
+}
+
 int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int32_t bos,
-                    int seq_len, mr_err *err) {
+                    int seq_len, int vocab_size, mr_err *err) {
     memset(d, 0, sizeof *d);
     if (seq_len < 2) return mr_err_set(err, MR_EINVAL, "seq_len must be >= 2");
     FILE *f = fopen(path, "r");
@@ -53,14 +62,16 @@ int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int3
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
-    int rc = 0;
+    int rc = 0, lineno = 0;
     size_t cap_off = 0;
     while ((n = getline(&line, &cap, f)) > 0 && !rc) {
+        lineno++;
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
         if (!n) continue;
         mr_ids doc = {0};
         if ((rc = mr_ids_push(&doc, bos)) ||
-            (rc = mr_tokenizer_encode(t, line, (size_t)n, &doc, err))) {
+            (rc = mr_tokenizer_encode(t, line, (size_t)n, &doc, err)) ||
+            (rc = check_vocab(&doc, vocab_size, "text", -1, path, lineno, err))) {
             mr_ids_close(&doc);
             break;
         }
@@ -122,14 +133,14 @@ static int str_array(const cJSON *a) {
 }
 
 int mr_rr_data_load(mr_rr_data *d, const char *path, const mr_tokenizer *t, int32_t bos,
-                    int query_max, int max_len, mr_err *err) {
+                    int query_max, int max_len, int row_max, int vocab_size, mr_err *err) {
     memset(d, 0, sizeof *d);
     FILE *f = fopen(path, "r");
     if (!f) return mr_err_errno(err, "%s", path);
     char *line = NULL;
     size_t cap = 0, cap_ex = 0;
     ssize_t n;
-    int rc = 0, lineno = 0;
+    int rc = 0, lineno = 0, first_line = 0, first_scored = 0;
     while ((n = getline(&line, &cap, f)) > 0 && !rc) {
         lineno++;
         cJSON *j = cJSON_ParseWithLength(line, (size_t)n);
@@ -161,6 +172,17 @@ int mr_rr_data_load(mr_rr_data *d, const char *path, const mr_tokenizer *t, int3
                             path, lineno);
             break;
         }
+        /* the teacher term is per batch: one unscored example would drop it for its batch */
+        if (!first_line) {
+            first_line = lineno, first_scored = scored;
+        } else if (scored != first_scored) {
+            cJSON_Delete(j);
+            rc = mr_err_set(err, MR_EFORMAT,
+                            "%s:%d: %s pos_scores/neg_scores but line %d %s: every line or none "
+                            "must carry teacher scores", path, lineno, scored ? "has" : "has no",
+                            first_line, first_scored ? "has" : "does not");
+            break;
+        }
         if ((size_t)d->n == cap_ex) {
             cap_ex = cap_ex ? 2 * cap_ex : 256;
             mr_rr_example *e = realloc(d->ex, sizeof *e * cap_ex);
@@ -180,14 +202,28 @@ int mr_rr_data_load(mr_rr_data *d, const char *path, const mr_tokenizer *t, int3
         if (!rc) rc = mr_input_query(t, bos, q->valuestring, qm * 4 / 3 + 1, &e->q, &tq, err);
         if (!rc)
             rc = mr_input_suffix(t, pr ? pr->valuestring : MR_DEFAULT_PROMPT, &e->s, err);
+        if (!rc) rc = check_vocab(&e->q, vocab_size, "query", -1, path, lineno, err);
+        if (!rc) rc = check_vocab(&e->s, vocab_size, "prompt", -1, path, lineno, err);
         for (int i = 0; i < np + nn && !rc; i++) {
-            const cJSON *s = cJSON_GetArrayItem(i < np ? pos : neg, i < np ? i : i - np);
+            const char *side = i < np ? "pos" : "neg";
+            int k = i < np ? i : i - np;
+            const cJSON *s = cJSON_GetArrayItem(i < np ? pos : neg, k);
             rc = mr_input_passage(t, s->valuestring, max_len, e->q.n, &e->p[i], &tq, err);
-            if (scored) {
-                const cJSON *v = cJSON_GetArrayItem(i < np ? ps : ns, i < np ? i : i - np);
+            if (!rc) rc = check_vocab(&e->p[i], vocab_size, side, k, path, lineno, err);
+            size_t len = e->q.n + e->p[i].n + e->s.n;
+            if (!rc && row_max > 0 && len > (size_t)row_max)
+                rc = mr_err_set(err, MR_ERANGE,
+                                "%s:%d: query + %s[%d] + prompt are %zu tokens (prompt %zu), "
+                                "over the %d a training row may have (--max-len + 128)",
+                                path, lineno, side, k, len, e->s.n, row_max);
+            if (!rc && scored) {
+                const cJSON *v = cJSON_GetArrayItem(i < np ? ps : ns, k);
                 if (!cJSON_IsNumber(v))
                     rc = mr_err_set(err, MR_EFORMAT, "%s:%d: scores must be numbers", path,
                                     lineno);
+                else if (!isfinite((float)v->valuedouble))
+                    rc = mr_err_set(err, MR_EFORMAT, "%s:%d: %s_scores[%d]: %g is not a finite "
+                                    "float", path, lineno, side, k, v->valuedouble);
                 else
                     e->score[i] = (float)v->valuedouble;
             }

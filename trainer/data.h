@@ -22,9 +22,10 @@ typedef struct mr_lm_data {
     int64_t *off;         /* (n + 1) */
     int n;
 } mr_lm_data;
-/* d is caller-owned; on error it holds nothing. */
+/* d is caller-owned; on error it holds nothing. vocab_size > 0: a token id outside
+ * [0, vocab_size) is refused with path:line (mr_input_check_vocab). */
 int mr_lm_data_load(mr_lm_data *d, const char *path, const mr_tokenizer *t, int32_t bos,
-                    int seq_len, mr_err *err);
+                    int seq_len, int vocab_size, mr_err *err);
 void mr_lm_data_close(mr_lm_data *d); /* accepts NULL, idempotent */
 
 /* ---- re-ranking jsonl: {query, pos[], neg[], pos_scores?, neg_scores?, prompt?} ---- */
@@ -39,9 +40,13 @@ typedef struct mr_rr_data {
     int n;
 } mr_rr_data;
 /* d is caller-owned; on error it holds nothing. max_len: token budget of query + passage
- * (input.h), query_max: cap on the query segment. */
+ * (input.h), query_max: cap on the query segment. Refused at load, with path:line, rather than
+ * when a batch draws the example: malformed lines, teacher scores on some lines but not all
+ * (the teacher term is per batch), a score that is not a finite float, a row (query + passage
+ * + prompt) longer than row_max (the training pass's limit; 0: unchecked), a token id outside
+ * [0, vocab_size) (vocab_size 0: unchecked). */
 int mr_rr_data_load(mr_rr_data *d, const char *path, const mr_tokenizer *t, int32_t bos,
-                    int query_max, int max_len, mr_err *err);
+                    int query_max, int max_len, int row_max, int vocab_size, mr_err *err);
 void mr_rr_data_close(mr_rr_data *d); /* accepts NULL, idempotent */
 
 /* Index of the i-th example of the seeded stream over n examples. */

@@ -14,6 +14,7 @@
 int mr_tloss_anchor(const mr_tmodel *m, const mr_loss_opts *o, int l) {
     int D = mr_tmodel_deepest(m);
     int k = o->cascade_step > 0 ? o->cascade_step : (D / 4 > 1 ? D / 4 : 1);
+    if (k > D) k = D; /* same anchors (every a(l) is D), and k (l + 1 + k - 1) cannot overflow */
     int a = k * ((l + 1 + k - 1) / k);
     if (a > D || l >= D) a = D;
     for (int e = 0; e < m->n_exits; e++) /* round up to an exit layer */

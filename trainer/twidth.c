@@ -27,10 +27,20 @@ int mr_twidth_check(const mr_twidth *w, const mr_tmodel *m, mr_err *err) {
     return 0;
 }
 
+int mr_twidth_step(const mr_tmodel *m, int step) {
+    int D = mr_tmodel_deepest(m);
+    return step > 0 ? step : D / 8 > 1 ? D / 8 : 1;
+}
+
+int mr_twidth_can_compress(const mr_tmodel *m, int step) {
+    step = mr_twidth_step(m, step);
+    return step <= mr_tmodel_deepest(m) - step;
+}
+
 void mr_twidth_sample(mr_twidth *w, const mr_tmodel *m, int step, uint64_t *rng) {
     static const int ratios[4] = {1, 2, 4, 8};
     int D = mr_tmodel_deepest(m);
-    if (step <= 0) step = D / 8 > 1 ? D / 8 : 1;
+    step = mr_twidth_step(m, step);
     memset(w, 0, sizeof *w);
     w->ratio = ratios[mr_prng_next(rng) & 3];
     for (int l = step; l <= D - step && w->n_compress < MR_MAX_COMPRESS; l += step)

@@ -33,5 +33,10 @@ int mr_twidth_check(const mr_twidth *w, const mr_tmodel *m, mr_err *err);
  * for 32 layers) is included with probability 1/2. *rng is a splitmix64 state (prng.h). Sets
  * pooling to MR_POOL_MEAN: the caller chooses the pooling after sampling. */
 void mr_twidth_sample(mr_twidth *w, const mr_tmodel *m, int step, uint64_t *rng);
+/* The spacing mr_twidth_sample uses for step (0: max(1, D/8)). */
+int mr_twidth_step(const mr_tmodel *m, int step);
+/* 1 when mr_twidth_sample(m, step) can pick a compress layer (spacing <= D/2), else 0: then
+ * every sampled width is full (n_compress 0). */
+int mr_twidth_can_compress(const mr_tmodel *m, int step);
 
 #endif
