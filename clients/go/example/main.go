@@ -1,7 +1,9 @@
 // example: rerank three documents with the mrank Go client and print the ranking, the
-// partial rankings of RerankStream and the coordinator's Info as JSON lines.
+// partial rankings of RerankStream and the coordinator's Info as JSON lines. An API key comes
+// from $MRANK_API_KEY; it needs TLS (-tls: system root CAs, or -ca CA.pem), or -insecure to
+// send it over plaintext anyway (a loopback test cluster).
 //
-//	go generate ./... && go run ./example -addr 127.0.0.1:7000
+//	./mrank-example -addr 127.0.0.1:7100   (build: clients/go/README.md)
 package main
 
 import (
@@ -17,9 +19,13 @@ import (
 )
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:7000", "coordinator address")
+	addr := flag.String("addr", "127.0.0.1:7100", "coordinator address")
+	useTLS := flag.Bool("tls", false, "TLS, verified against the system's root CAs")
+	ca := flag.String("ca", "", "TLS, verified against this CA (PEM file)")
+	insecure := flag.Bool("insecure", false, "send $MRANK_API_KEY over plaintext anyway")
 	flag.Parse()
-	c, err := mrank.Dial(*addr, mrank.Options{APIKey: os.Getenv("MRANK_API_KEY")})
+	c, err := mrank.Dial(*addr, mrank.Options{TLS: *useTLS, CA: *ca, Insecure: *insecure,
+		APIKey: os.Getenv("MRANK_API_KEY")})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "example:", err)
 		os.Exit(1)
