@@ -9,6 +9,7 @@
  * native Mistral/Qwen2/Gemma2 classes, plus our layer-wise keys. */
 #include "config.h"
 
+#include "json.h"
 #include "textfile.h"
 
 #include <cjson/cJSON.h>
@@ -312,11 +313,10 @@ int mr_config_load(mr_config *c, const char *path, mr_err *err) {
     if (rc)
         return rc;
     cJSON *root = NULL;
-    if (memchr(text, 0, len)) { /* cJSON would stop there and accept a prefix */
-        rc = mr_err_set(err, MR_EFORMAT, "%s: NUL byte in the text", path);
+    if (!(root = mr__json_parse(text, len, path, err))) {
+        rc = MR_EFORMAT;
         goto cleanup;
     }
-    root = cJSON_Parse(text);
     if (!cJSON_IsObject(root)) {
         rc = mr_err_set(err, MR_EFORMAT, "%s: not a JSON object", path);
         goto cleanup;

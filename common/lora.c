@@ -8,6 +8,7 @@
  * instead of corrupting a forward pass. Saving writes a folder PEFT itself loads. */
 #include "lora.h"
 
+#include "json.h"
 #include "textfile.h"
 
 #include <cjson/cJSON.h>
@@ -104,11 +105,14 @@ int mr_adapter_load(mr_adapter *a, const char *dir, mr_err *err) {
         return mr_err_set(err, MR_EINVAL, "adapter folder name too long: %.100s...", dir);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     char *text = NULL;
-    int rc = mr__read_text(path, LORA_MAX_CONFIG, &text, NULL, err);
+    size_t n_text = 0;
+    int rc = mr__read_text(path, LORA_MAX_CONFIG, &text, &n_text, err);
     if (rc)
         return rc;
-    cJSON *root = cJSON_Parse(text);
-    if (!cJSON_IsObject(root))
+    cJSON *root = mr__json_parse(text, n_text, path, err);
+    if (!root)
+        rc = MR_EFORMAT;
+    else if (!cJSON_IsObject(root))
         rc = mr_err_set(err, MR_EFORMAT, "%s: not a JSON object", path);
     else if (!(rc = parse_adapter_config(a, root, path, err))) {
         snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);

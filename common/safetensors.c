@@ -14,6 +14,7 @@
  * by mr_st_writer pad the header so that the data region starts at a multiple of 8. */
 #include "safetensors.h"
 
+#include "json.h"
 #include "textfile.h"
 
 #include <cjson/cJSON.h>
@@ -559,10 +560,14 @@ static int open_index(mr_st_set *set, const char *dir, const char *ipath, mr_err
     const char **shards = NULL;
     size_t n_shards = 0;
     cJSON *root = NULL;
-    int rc = mr__read_text(ipath, ST_MAX_INDEX, &text, NULL, err);
+    size_t len = 0;
+    int rc = mr__read_text(ipath, ST_MAX_INDEX, &text, &len, err);
     if (rc)
         return rc;
-    root = cJSON_Parse(text);
+    if (!(root = mr__json_parse(text, len, ipath, err))) {
+        rc = MR_EFORMAT;
+        goto cleanup;
+    }
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     if (!cJSON_IsObject(wm) || !wm->child) {
         rc = mr_err_set(err, MR_EFORMAT, "%s: not JSON with a non-empty weight_map object",

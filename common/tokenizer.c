@@ -17,6 +17,7 @@
  * one tokenizer may be shared by many threads. Nothing is cached globally. */
 #include "tokenizer.h"
 
+#include "json.h"
 #include "textfile.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -1414,14 +1415,9 @@ int mr_tokenizer_new(mr_tokenizer **out, const char *path, mr_err *err) {
     char *buf = NULL;
     int rc = mr__read_text(path, TOK_MAX_BYTES, &buf, &len, err);
     if (rc) return rc;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
-    if (!root) {
-        size_t at = end && end >= buf ? (size_t)(end - buf) : 0;
-        free(buf);
-        return mr_err_set(err, MR_EFORMAT, "%s: JSON parse error near byte %zu", path, at);
-    }
+    cJSON *root = mr__json_parse(buf, len, path, err);
     free(buf);
+    if (!root) return MR_EFORMAT;
     mr_tokenizer *t = calloc(1, sizeof *t);
     if (!t) { cJSON_Delete(root); return mr_err_set(err, MR_ENOMEM, "%s: out of memory", path); }
     t->unk_id = -1;

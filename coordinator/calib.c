@@ -22,6 +22,7 @@
 #include <cjson/cJSON.h>
 
 #include "coord_internal.h"
+#include "json.h"
 #include "log.h"
 #include "textfile.h"
 
@@ -67,7 +68,8 @@ void mr_calib_stage_key(const mr_coord_config *cfg, int stage, char *buf, size_t
 int mr__calib_parse(struct mr__calib **out, const mr_coord_config *cfg, const char *name,
                     const char *json, mr_err *err) {
     *out = NULL;
-    cJSON *root = cJSON_Parse(json);
+    cJSON *root = mr__json_parse(json, strlen(json), name, err);
+    if (!root) return MR_EFORMAT;
     const cJSON *ent = root ? cJSON_GetObjectItemCaseSensitive(root, "subarchs") : NULL;
     if (!ent || !cJSON_IsObject(ent)) {
         cJSON_Delete(root);

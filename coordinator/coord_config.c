@@ -4,6 +4,7 @@
 #include "coord_config.h"
 
 #include "bm25.h"
+#include "json.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -285,9 +286,10 @@ static int parse_stage(const ctx *x, const cJSON *o, const char *path, mr_coord_
         snprintf(q, sizeof q, "%s.compress_layers[%d]", path, i);
         if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
             return bad(x, MR_EFORMAT, q, "expected an integer layer");
+        if (v->valuedouble < 0 || v->valuedouble >= a->depth) /* before the (int) cast */
+            return bad(x, MR_ERANGE, q, "layer %g is not in [0, depth %d)", v->valuedouble,
+                       a->depth);
         int l = (int)v->valuedouble;
-        if (l < 0 || l >= a->depth)
-            return bad(x, MR_ERANGE, q, "layer %d is not in [0, depth %d)", l, a->depth);
         if (a->n_compress && l <= a->compress_layers[a->n_compress - 1])
             return bad(x, MR_EINVAL, q, "layers must be strictly increasing");
         a->compress_layers[a->n_compress++] = l;
@@ -514,14 +516,8 @@ int mr_coord_config_parse(mr_coord_config *c, const char *name, const char *json
     c->call_overhead_ms = 2.0;
     c->warmup_timeout_ms = 60000;
     strcpy(c->listen, "127.0.0.1:7100");
-    cJSON *root = cJSON_Parse(json);
-    if (!root) {
-        const char *at = cJSON_GetErrorPtr();
-        long off = at && at >= json ? (long)(at - json) : -1;
-        int line = 1;
-        for (long i = 0; i < off; i++) line += json[i] == '\n';
-        return mr_err_set(err, MR_EFORMAT, "%s: line %d: not valid JSON", name, line);
-    }
+    cJSON *root = mr__json_parse(json, strlen(json), name, err);
+    if (!root) return MR_EFORMAT;
     if (!cJSON_IsObject(root)) {
         rc = bad(&x, MR_EFORMAT, "$", "expected a JSON object");
         goto done;

@@ -18,26 +18,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "mrank.pb-c.h"
+#include "json.h"
 
-/* 1 when the JSON text holds a NUL byte or a \u0000 escape inside a string. */
-static int has_nul(const char *s, size_t n) {
-    int in_str = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!s[i]) return 1;
-        if (!in_str) {
-            in_str = s[i] == '"';
-            continue;
-        }
-        if (s[i] == '"') {
-            in_str = 0;
-        } else if (s[i] == '\\' && i + 1 < n) {
-            if (s[i + 1] == 'u' && i + 5 < n && !strncmp(s + i + 2, "0000", 4)) return 1;
-            i++;   /* the escaped character */
-        }
-    }
-    return 0;
-}
+#include "mrank.pb-c.h"
 
 static const cJSON *field(const cJSON *o, const char *k) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -151,16 +134,8 @@ int mr_http_json_request(const char *body, size_t len, mr_http_shape shape, int 
     *out_len = 0;
     memset(a, 0, sizeof *a);
     a->shape = shape;
-    if (has_nul(body, len))
-        return mr_err_set(err, MR_EFORMAT, "request body: NUL characters are not accepted");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    while (root && end < body + len && *end && strchr(" \t\r\n", *end)) end++;
-    if (root && end != body + len) {   /* cJSON stops after the first value: more is not JSON */
-        cJSON_Delete(root);
-        root = NULL;
-    }
-    if (!root) return mr_err_set(err, MR_EFORMAT, "request body: not valid JSON");
+    cJSON *root = mr__json_parse(body, len, "request body", err);
+    if (!root) return MR_EFORMAT;
     Mrank__V1__RerankRequest rq = MRANK__V1__RERANK_REQUEST__INIT;
     Mrank__V1__StageOverride ov[MAX_OVERRIDES], *ovp[MAX_OVERRIDES];
     Mrank__V1__Chunking chunking;

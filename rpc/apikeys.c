@@ -11,6 +11,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "json.h"
+
 #define FILE_MAX (1 << 20)
 #define KEY_MAX 4096
 
@@ -94,8 +96,8 @@ static int parse_entry(const char *file, const cJSON *o, int idx, entry *e, mr_e
 
 int mr_apikeys_parse(mr_apikeys **out, const char *name, const char *json, mr_err *err) {
     *out = NULL;
-    cJSON *root = cJSON_Parse(json);
-    if (!root) return mr_err_set(err, MR_EFORMAT, "%s: not valid JSON", name);
+    cJSON *root = mr__json_parse(json, strlen(json), name, err);
+    if (!root) return MR_EFORMAT;
     int rc = 0;
     mr_apikeys *k = calloc(1, sizeof *k);
     if (!k) {

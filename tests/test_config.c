@@ -336,6 +336,11 @@ static void test_bad_values(void **state) {
     expect_bad("{\"model_type\":\"mistral\",", MR_EFORMAT, NULL);
     expect_bad("[]", MR_EFORMAT, NULL);
     expect_bad("", MR_EFORMAT, NULL);
+    /* cJSON_Parse read the first value and stopped: a second one was ignored */
+    expect_bad("{" BASE ",\"num_attention_heads\":4}\n{\"num_hidden_layers\":2}", MR_EFORMAT,
+               "line 2: text after the JSON value");
+    expect_bad("{" BASE ",\"num_attention_heads\":4,\"model_type\":\"mis\\u0000tral\"}",
+               MR_EFORMAT, "a NUL character");
 
     mr_config c;
     mr_err err = {0};

@@ -150,7 +150,8 @@ static void test_shipped_local(void **state) {
 }
 
 typedef struct bad_case {
-    const char *from, *to;      /* textual edit of k_good; from NULL: to is the whole file */
+    const char *from, *to;      /* textual edit of k_good; from NULL: to is the whole file;
+                                   from "": to appended to k_good */
     const char *path;           /* expected in the message */
 } bad_case;
 
@@ -169,6 +170,12 @@ static const bad_case k_bad[] = {
     {"\"compress_ratio\": 2", "\"compress_ratio\": 3", "stages[0].compress_ratio: 3 is not"},
     {"\"compress_layers\": [2]", "\"compress_layers\": [4]", "stages[0].compress_layers[0]"},
     {"\"compress_layers\": [2]", "\"compress_layers\": [2, 1]", "stages[0].compress_layers[1]"},
+    /* 1e10 was cast to int before its range check (undefined behaviour) */
+    {"\"compress_layers\": [2]", "\"compress_layers\": [1e10]",
+     "stages[0].compress_layers[0]: layer 1e+10 is not in [0, depth"},
+    /* cJSON_Parse stopped after the first value and at a \u0000: both read a prefix */
+    {"\"name\": \"fast\"", "\"name\": \"fa\\u0000st\"", "a NUL character"},
+    {"", "\n{\"model\": \"other\"}\n", "text after the JSON value"},
     {"\"compress_layers\": [2], ", "", "stages[0].compress_layers: compress_ratio 2 needs"},
     {"\"depth\": 8", "\"depth\": 0", "stages[1].depth"},
     {"\"depth\": 8", "\"depth\": \"8\"", "stages[1].depth: expected a number"},
@@ -209,6 +216,10 @@ static const bad_case k_bad[] = {
 
 static char *edit(const char *from, const char *to) {
     if (!from) return strdup(to);
+    if (!*from) { /* k_good with to appended */
+        char *s = malloc(strlen(k_good) + strlen(to) + 1);
+        return strcat(strcpy(s, k_good), to);
+    }
     const char *at = strstr(k_good, from);
     if (!at) return NULL;
     size_t n = strlen(k_good) - strlen(from) + strlen(to) + 1;

@@ -85,7 +85,7 @@ static void test_apikeys(void **state) {
         {"[{\"name\": \"a\", \"sha256\": \"" SHA1 "\", \"tiers\": [\"a\"]},"
          " {\"name\": \"b\", \"sha256\": \"" SHA1 "\", \"tiers\": [\"a\"]}]", "[1].sha256: the same key"},
         {"[{\"name\": \"a\", \"sha256\": \"" SHA1 "\", \"tiers\": [7]}]", "[0].tiers[0]: expected a string"},
-        {"not json", "keys.json: not valid JSON"},
+        {"not json", "keys.json: line 1: not valid JSON"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err = (mr_err){0};
