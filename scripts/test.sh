@@ -4,15 +4,20 @@
 # first two and the threaded tests on the third, then a fuzz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+phase() { echo "== test.sh: $1 at ${SECONDS} s"; }   # each phase's start, for the CI log
+phase setup
 bash scripts/setup.sh
 jobs=$(nproc)
+phase "optimised build"
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
+phase "ctest (optimised)"
 (cd build && ctest --output-on-failure -j"$jobs")
 
 # Sanitizer build: the unit and worker tests again under ASan + UBSan (the long numeric and
 # cluster scripts, label slow, ran above); no -march=native, no CUDA.
+phase "ASan build and ctest -LE slow"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMR_SANITIZE=ON -DMR_CUDA=OFF >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs" -LE slow)
@@ -29,6 +34,7 @@ cmake --build build-asan -j"$jobs"
 # barriers are invisible to TSan; the loops are data-parallel and run threaded in the builds
 # above).
 tsan_tests="test_forward test_gemm test_rpc test_prom test_worker test_failover test_fused_stages test_coord_config test_cascade test_admission test_discovery test_security"
+phase "TSan build and tests"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMR_TSAN=ON -DMR_CUDA=OFF >/dev/null
 cmake --build build-tsan -j"$jobs" --target mrank $tsan_tests
 (cd build-tsan &&
@@ -37,7 +43,9 @@ cmake --build build-tsan -j"$jobs" --target mrank $tsan_tests
 
 # Fuzz smoke run: every parser of untrusted bytes (safetensors, config JSON, tokenizer input,
 # protobuf requests) under libFuzzer + ASan/UBSan for a bounded time each.
+phase "fuzz build and smoke"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMR_FUZZ=ON -DMR_NATIVE=OFF \
   -DMR_CUDA=OFF >/dev/null
 cmake --build build-fuzz -j"$jobs" --target $(cd fuzz && ls fuzz_*.c | sed 's/\.c$//' | tr '\n' ' ')
 bash scripts/fuzz.sh build-fuzz "${MR_FUZZ_SECONDS:-20}"
+phase done
