@@ -164,8 +164,10 @@ func TestStreamCancelledWhenFnFails(t *testing.T) {
 	}
 	select {
 	case <-s.cancelled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the stream was not cancelled within 5 s of fn's error")
+	// 30 s: a stream that is never cancelled fails; 5 s failed once beside the suite's
+	// heaviest tests (a 14.5 GB checkpoint write and the oracle grid on the same 2 cores)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stream was not cancelled within 30 s of fn's error")
 	}
 }
 
