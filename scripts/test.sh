@@ -47,5 +47,5 @@ phase "fuzz build and smoke"
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DMR_FUZZ=ON -DMR_NATIVE=OFF \
   -DMR_CUDA=OFF >/dev/null
 cmake --build build-fuzz -j"$jobs" --target $(cd fuzz && ls fuzz_*.c | sed 's/\.c$//' | tr '\n' ' ')
-bash scripts/fuzz.sh build-fuzz "${MR_FUZZ_SECONDS:-20}"
+bash scripts/fuzz.sh build-fuzz "${MR_FUZZ_SECONDS:-15}"
 phase done
