@@ -191,19 +191,24 @@ static int ctx_sizes(const mr_model *m, int max_len, size_t n_suffix, int maxc, 
     return 0;
 }
 
-/* Refuses a score that is not finite (NaN would make the ranking's order inconsistent), naming
- * the query, the document and the exit: scores[i * o->n_exits + e] of candidate i of query q. */
+/* The index of the first of scores[0..n) that is not finite (NaN would make a ranking's order
+ * inconsistent), or -1. */
+static long first_nonfinite(const float *scores, long n) {
+    for (long i = 0; i < n; i++)
+        if (!isfinite(scores[i])) return i;
+    return -1;
+}
+
+/* Refuses a score that is not finite, naming the query, the document and the exit:
+ * scores[i * o->n_exits + e] of candidate i of query q. */
 static int check_scores(const float *scores, int n, const mr_run_opts *o, const mr_trec_run *run,
                         int q, mr_err *err) {
-    for (int i = 0; i < n; i++)
-        for (int e = 0; e < o->n_exits; e++) {
-            float s = scores[(size_t)i * o->n_exits + e];
-            if (!isfinite(s))
-                return mr_err_set(err, MR_ERANGE, "query %.60s, document %.60s: the model's "
-                                  "score at exit %d is %g, not a finite number", run->qid[q],
-                                  run->doc[run->first[q] + i], o->exits[e], (double)s);
-        }
-    return 0;
+    long i = first_nonfinite(scores, (long)n * o->n_exits);
+    if (i < 0) return 0;
+    return mr_err_set(err, MR_ERANGE, "query %.60s, document %.60s: the model's score at exit %d "
+                      "is %g, not a finite number", run->qid[q],
+                      run->doc[run->first[q] + i / o->n_exits], o->exits[i % o->n_exits],
+                      (double)scores[i]);
 }
 
 /* Closes *f (NULL after) and refuses any error in writing it, naming path. */
@@ -710,13 +715,13 @@ static int eval_grid(eargs *a) {
                                    sids.v, (int)sids.n};
             for (int r = 0; r < R; r++) {
                 if (mr_model_score(&ctx, rows, n, &o[r], scores, NULL, &err)) goto fail;
-                for (int i = 0; i < n * E; i++)
-                    if (!isfinite(scores[i])) {
-                        mr_err_set(&err, MR_ERANGE, "%s: held-out row %d: the model's score at "
-                                   "exit %d is %g, not a finite number", a->heldout, h + 1,
-                                   o[r].exits[i % E], (double)scores[i]);
-                        goto fail;
-                    }
+                long bad = first_nonfinite(scores, (long)n * E);
+                if (bad >= 0) {
+                    mr_err_set(&err, MR_ERANGE, "%s: held-out row %d: the model's score at exit "
+                               "%d is %g, not a finite number", a->heldout, h + 1,
+                               o[r].exits[bad % E], (double)scores[bad]);
+                    goto fail;
+                }
                 for (int e = 0; e < E; e++) {
                     double mx = -INFINITY, z = 0;
                     for (int i = 0; i < n; i++)
