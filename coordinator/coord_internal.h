@@ -200,6 +200,10 @@ const mr_cc_stage *mr__req_stage(const mr__req *r, int pos);
 double mr__req_remaining_ms(const mr__req *r);
 /* Records a stage's figures for the answer and the metrics. */
 void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped);
+/* Records stage pos as reached by no candidate (the stage before it kept none): in the answer
+ * with candidates_in 0, not skipped (the answer is not degraded); not in the metrics, as it
+ * did not run. */
+void mr__req_stat_unreached(mr__req *r, int pos);
 
 /* ---- sched.c ---- */
 

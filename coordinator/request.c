@@ -158,7 +158,8 @@ double mr__req_remaining_ms(const mr__req *r) {
     return mr_cascade_remaining_ms(g, r->co->cfg.tiers[r->tier].budget_ms, mr__now_ms() - r->t0);
 }
 
-void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped) {
+/* Appends stage pos's entry to the answer's stages; returns its index in cfg->stages. */
+static int stat_entry(mr__req *r, int pos, int in, int kept, double ms, int skipped) {
     const mr_coord_config *cfg = &r->co->cfg;
     int si = cfg->profiles[r->profile].stages[pos].stage;
     Mrank__V1__StageStats *s = &r->stats[r->n_stats];
@@ -171,6 +172,13 @@ void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped)
     s->skipped = skipped;
     s->rows = (uint32_t)r->stage_rows[pos];
     r->n_stats++;
+    return si;
+}
+
+void mr__req_stat(mr__req *r, int pos, int in, int kept, double ms, int skipped) {
+    int si = stat_entry(r, pos, in, kept, ms, skipped);
     mr_coord_metrics_stage(r->co->metrics, si, r->tier, in, kept, pos > 0 && !skipped, skipped,
                            ms);
 }
+
+void mr__req_stat_unreached(mr__req *r, int pos) { stat_entry(r, pos, 0, 0, 0, 0); }

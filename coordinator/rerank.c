@@ -120,7 +120,8 @@ static int run_cascade(mr__req *r, int n_run, int stream, int *degraded, int *mi
     }
     for (int i = 0; i < r->n; i++) active[i] = i;
     int n_active = r->n;
-    for (int pos = 0; pos < pr->n_stages && n_active > 0; pos++) {
+    int pos = 0;
+    for (; pos < pr->n_stages && n_active > 0; pos++) {
         if (pos == n_run) {
             *miss = *degraded = 1;
             skip_rest(r, pos, n_active, 0);
@@ -155,6 +156,8 @@ static int run_cascade(mr__req *r, int n_run, int stream, int *degraded, int *mi
             }
         }
     }
+    /* a keep rule that kept none: every stage still has its entry */
+    for (; n_active == 0 && pos < pr->n_stages; pos++) mr__req_stat_unreached(r, pos);
     mr__fuse_finish(fu, r);   /* out of memory: the unfused ranking stands */
     rc = 0;
 done:

@@ -334,11 +334,41 @@ static void test_split_calls(void **state) {
     stop_workers(w, 2);
 }
 
+/* A keep rule that keeps no candidate (min_score above every first-stage score): both
+ * profiles answer from the first stage alone, not degraded, and the answer still lists both
+ * stages, the second with no candidates (before, it was left out of `stages`); the second
+ * stage counts no escalation in the metrics, as it never ran. rerank() asserts the two
+ * entries, not skipped, and an answer that is not degraded. */
+static void test_none_kept(void **state) {
+    (void)state;
+    mr_worker *w;
+    mr_rpc_channel *ch;
+    int mport = 0;
+    mr_coord *c = one_worker_cluster(&w, &ch, &mport);
+    const char *esc = "mrank_coord_stage_escalations_total{stage=\"s4\",tier=\"t\"}";
+    double e0 = scrape_metric(mport, esc);
+    rule none = {.has_min = 1, .min_score = 1e5f};   /* logits of mrank-tiny are far below */
+    answer split, fused;
+    rerank(ch, "split", 12, &none, &split);
+    rerank(ch, "fused", 12, &none, &fused);
+    same(&split, &fused, "none kept");
+    assert_int_equal(split.in[0], 12);
+    assert_int_equal(split.kept[0], 0);
+    assert_int_equal(split.in[1], 0);
+    assert_int_equal(split.kept[1], 0);
+    for (int i = 0; i < split.n; i++) assert_int_equal(split.stage[i], 0);
+    assert_true(scrape_metric(mport, esc) == e0);
+    mr_rpc_channel_free(ch);
+    mr_coord_free(c);
+    stop_workers(&w, 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_answers),
         cmocka_unit_test(test_auto),
         cmocka_unit_test(test_split_calls),
+        cmocka_unit_test(test_none_kept),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
