@@ -547,7 +547,7 @@ static void test_lexical_answers(void **state) {
     ch = channel_to(port);
     outcome *o = burst(ch, k.req, k.len, budget, &mu);
     int full = 0, n_lex = 0;
-    double lex_ms[2 * N_EACH];
+    double lex_ms[2 * N_EACH], worst = 0;
     for (int i = 0; i < 2 * N_EACH; i++) {
         if (o[i].st != GRPC_STATUS_OK)
             fail_msg("request %d: status %d: %s after %.1f ms (a lexical answer was possible)", i,
@@ -555,6 +555,7 @@ static void test_lexical_answers(void **state) {
         if (o[i].ms > budget + SLACK_X * S)
             fail_msg("request %d: answered after %.1f ms, budget %.0f ms, S %.1f ms", i, o[i].ms,
                      budget, S);
+        if (o[i].ms > worst) worst = o[i].ms;
         if (o[i].lexical_only) {
             assert_true(o[i].degraded);
             lex_ms[n_lex++] = o[i].ms;
@@ -563,8 +564,8 @@ static void test_lexical_answers(void **state) {
     }
     qsort(lex_ms, (size_t)n_lex, sizeof lex_ms[0], cmp_double);
     fprintf(stderr, "# S %.1f ms, budget %.0f ms: %d of %d answered by the full model, %d by the "
-            "lexical stage alone (median %.1f ms)\n", S, budget, full, 2 * N_EACH, n_lex,
-            n_lex ? lex_ms[n_lex / 2] : 0);
+            "lexical stage alone (median %.1f ms); slowest answer %.1f ms\n", S, budget, full,
+            2 * N_EACH, n_lex, n_lex ? lex_ms[n_lex / 2] : 0, worst);
     assert_true(n_lex >= N_EACH / 2);   /* the overload is real */
     assert_true(lex_ms[n_lex / 2] <= LEXICAL_X * S);
     mr_rpc_channel_free(ch);
