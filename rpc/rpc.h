@@ -30,6 +30,7 @@
 #include "mr_err.h"
 
 #define MR_RPC_MAX_MESSAGE (64 * 1024 * 1024)
+#define MR_RPC_WRITE_MAX_MS 30000   /* default and largest wait of a stream write */
 /* mr_rpc_call_remaining_ms when the client set no deadline. */
 #define MR_RPC_NO_DEADLINE_MS 1e12
 
@@ -46,6 +47,10 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
  * only before start, else MR_EINVAL. gRPC refuses a larger message with RESOURCE_EXHAUSTED as
  * it arrives, before any handler runs or anything is parsed. */
 int mr_rpc_server_set_max_receive(mr_rpc_server *s, int bytes, mr_err *err);
+/* Longest wait of one stream write for a client that does not take it (ms, 1..
+ * MR_RPC_WRITE_MAX_MS; default MR_RPC_WRITE_MAX_MS): see mr_rpc_call_write. Only before start,
+ * else MR_EINVAL. */
+int mr_rpc_server_set_write_max(mr_rpc_server *s, int ms, mr_err *err);
 /* Serves TLS (mTLS when tls has a client CA) instead of plaintext; takes ownership of tls
  * (also on failure). Only before start, else MR_EINVAL. */
 typedef struct mr_rpc_tls_server mr_rpc_tls_server;
@@ -112,7 +117,8 @@ int mr_rpc_call_read(mr_rpc_call *c, uint8_t **msg, size_t *len);
  * such as probes, are not). Pass it as mr_rpc_opts.trace to calls made for this one. */
 const struct mr_trace_ctx *mr_rpc_call_trace(mr_rpc_call *c);
 /* Streams: sends one response message and waits until gRPC took it, at most until the call's
- * deadline and 30 s: a client that stops reading gets its call cancelled then. 0, or MR_ESTATE
+ * deadline and the server's write cap (30 s unless set): a client that stops reading gets its
+ * call cancelled then. 0, or MR_ESTATE
  * when the client is gone or too slow, or when called on the server's completion-queue
  * thread (which would wait for itself); finish the call anyway. Only from one thread at a time
  * per call. */

@@ -51,10 +51,9 @@
 #define MR_RPC_MAX_WATCHERS 1024   /* Health/Watch streams open at once; more: RESOURCE_EXHAUSTED */
 #define MR_RPC_MAX_BIDI 16         /* bidi streams (reflection) open at once; more: RESOURCE_EXHAUSTED */
 /* How long a write may wait for the client to take a message (HTTP/2 flow control): the call's
- * deadline, at most this; a health watch's at most HEALTH_WRITE_MS, so that one watcher that
- * stops reading cannot hold the other watchers' updates for long. Past it the call is
- * cancelled. */
-#define MR_RPC_WRITE_MAX_MS 30000
+ * deadline, at most the server's write cap (MR_RPC_WRITE_MAX_MS unless set); a health watch's
+ * at most HEALTH_WRITE_MS, so that one watcher that stops reading cannot hold the other
+ * watchers' updates for long. Past it the call is cancelled. */
 #define HEALTH_WRITE_MS 2000
 
 enum tag_kind { TAG_REQ, TAG_GENERIC, TAG_CLOSE, TAG_SEND, TAG_WRITE, TAG_READ, TAG_SHUTDOWN };
@@ -138,6 +137,7 @@ struct mr_rpc_server {
     char *addr;
     int n_threads;
     int max_recv;               /* GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH */
+    int write_max_ms;           /* a stream write's longest wait (mr_rpc_call_write) */
     mr_rpc_tls_server *tls;     /* owned; NULL: plaintext */
     grpc_server *srv;
     grpc_completion_queue *cq;
@@ -385,7 +385,8 @@ static int write_within(mr_rpc_call *c, const uint8_t *buf, size_t len, int cap_
 
 int mr_rpc_call_write(mr_rpc_call *c, const uint8_t *buf, size_t len) {
     double rem = mr_rpc_call_remaining_ms(c);
-    int cap = rem < MR_RPC_WRITE_MAX_MS ? (rem > 1 ? (int)rem : 1) : MR_RPC_WRITE_MAX_MS;
+    int max = c->s->write_max_ms;
+    int cap = rem < max ? (rem > 1 ? (int)rem : 1) : max;
     return write_within(c, buf, len, cap);
 }
 
@@ -685,6 +686,15 @@ int mr_rpc_server_set_max_receive(mr_rpc_server *s, int bytes, mr_err *err) {
     return 0;
 }
 
+int mr_rpc_server_set_write_max(mr_rpc_server *s, int ms, mr_err *err) {
+    if (!s || s->started) return mr_err_set(err, MR_EINVAL, "rpc server: write cap set after start");
+    if (ms < 1 || ms > MR_RPC_WRITE_MAX_MS)
+        return mr_err_set(err, MR_EINVAL, "rpc server: write cap %d ms is outside 1..%d", ms,
+                          MR_RPC_WRITE_MAX_MS);
+    s->write_max_ms = ms;
+    return 0;
+}
+
 int mr_rpc_server_set_tls(mr_rpc_server *s, mr_rpc_tls_server *tls, mr_err *err) {
     if (!s || s->started) {
         mr_rpc_tls_server_free(tls);
@@ -733,6 +743,7 @@ int mr_rpc_server_new(mr_rpc_server **out, const char *listen_addr, int n_thread
     }
     s->n_threads = n_threads;
     s->max_recv = MR_RPC_MAX_MESSAGE;
+    s->write_max_ms = MR_RPC_WRITE_MAX_MS;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     pthread_condattr_t ca;

@@ -2,7 +2,8 @@
  * loopback: unary echo, metadata, UNIMPLEMENTED, deadlines and the cancelled flag, health,
  * a port clash, shutdown with calls in flight (run under MR_SANITIZE for leaks), and inline
  * methods (run on the completion-queue thread while every handler thread is busy; arrival
- * time; failing with trailing metadata). */
+ * time; failing with trailing metadata), and a stream whose client stops reading (the write
+ * gives up after the server's write cap and cancels the call; the server serves others). */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -487,6 +488,151 @@ static void test_shutdown_in_flight(void **state) {
     mr_rpc_server_shutdown(f->s, 100);
 }
 
+/* ---- a client that stops reading a stream ---- */
+
+/* The flood handler writes FLOOD_MAX messages of FLOOD_MSG bytes (100 MB: far beyond HTTP/2's
+ * flow-control windows and loopback's socket buffers, so a client that reads nothing cannot
+ * take them all) until a write fails. */
+enum { FLOOD_MSG = 256 * 1024, FLOOD_MAX = 400, FLOOD_CAP_MS = 1000 };
+static atomic_int flood_written, flood_failed, flood_done;
+
+static void flood(mr_rpc_call *call, void *user) {
+    (void)user;
+    uint8_t *buf = calloc(FLOOD_MSG, 1);
+    for (int i = 0; buf && i < FLOOD_MAX; i++) {
+        if (mr_rpc_call_write(call, buf, FLOOD_MSG)) {
+            atomic_store(&flood_failed, 1);
+            break;
+        }
+        atomic_fetch_add(&flood_written, 1);
+    }
+    free(buf);
+    if (atomic_load(&flood_failed))
+        mr_rpc_call_fail(call, GRPC_STATUS_CANCELLED, "client too slow");
+    else
+        mr_rpc_call_finish(call, NULL, 0);
+    atomic_store(&flood_done, 1);
+}
+
+/* Waits (at most ms) for tag on cq; 1 when it came with success, 0 failed, -1 none came. */
+static int cq_wait(grpc_completion_queue *cq, void *tag, int ms) {
+    grpc_event ev = grpc_completion_queue_pluck(
+        cq, tag, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN)),
+        NULL);
+    return ev.type == GRPC_OP_COMPLETE ? ev.success != 0 : -1;
+}
+
+/* A server-streaming call with no deadline whose client never asks for a message: the
+ * server's writes stall on flow control, and mr_rpc_call_write gives up after the server's
+ * write cap (set to FLOOD_CAP_MS here; 30 s by default) and cancels the call, so the handler
+ * thread is not held by that client (before the cap, it waited for as long as the client
+ * kept the connection: the bounded wait below fails). Meanwhile the server answers others. */
+static void test_stalled_reader(void **state) {
+    (void)state;
+    mr_rpc_server *s = NULL;
+    mr_rpc_channel *ch = NULL;
+    mr_err err = {0};
+    int port = 0;
+    atomic_store(&flood_written, 0);
+    atomic_store(&flood_failed, 0);
+    atomic_store(&flood_done, 0);
+    assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 2, &err), 0);
+    assert_int_equal(mr_rpc_server_set_write_max(s, 0, &err), MR_EINVAL);
+    assert_int_equal(mr_rpc_server_set_write_max(s, MR_RPC_WRITE_MAX_MS + 1, &err), MR_EINVAL);
+    assert_int_equal(mr_rpc_server_set_write_max(s, FLOOD_CAP_MS, &err), 0);
+    assert_int_equal(mr_rpc_server_add_stream(s, "/t.T/Flood", flood, NULL), 0);
+    assert_int_equal(mr_rpc_server_add_unary(s, "/t.T/Echo", echo, "echo"), 0);
+    assert_int_equal(mr_rpc_server_start(s, &port, &err), 0);
+    assert_int_equal(mr_rpc_server_set_write_max(s, 500, &err), MR_EINVAL);   /* after start */
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+
+    /* the stalled client: gRPC core directly (mr_rpc's client reads every message) */
+    grpc_channel_credentials *cr = grpc_insecure_credentials_create();
+    grpc_channel *gch = grpc_channel_create(target, cr, NULL);
+    grpc_channel_credentials_release(cr);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_slice method = grpc_slice_from_static_string("/t.T/Flood");
+    grpc_call *call = grpc_channel_create_call(gch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method,
+                                               NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    assert_non_null(call);
+    grpc_slice empty = grpc_empty_slice();
+    grpc_byte_buffer *req = grpc_raw_byte_buffer_create(&empty, 1);
+    grpc_metadata_array init_md, trail_md;
+    grpc_metadata_array_init(&init_md);
+    grpc_metadata_array_init(&trail_md);
+    grpc_status_code st = GRPC_STATUS_OK;
+    grpc_slice details;
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = req;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+    assert_int_equal(grpc_call_start_batch(call, ops, 4, (void *)1, NULL), GRPC_CALL_OK);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[0].data.recv_status_on_client.trailing_metadata = &trail_md;
+    ops[0].data.recv_status_on_client.status = &st;
+    ops[0].data.recv_status_on_client.status_details = &details;
+    assert_int_equal(grpc_call_start_batch(call, ops, 1, (void *)2, NULL), GRPC_CALL_OK);
+    assert_int_equal(cq_wait(cq, (void *)1, 10000), 1);
+
+    /* the writes stall: the server still answers another call while the flood waits */
+    for (int i = 0; i < 5000 && atomic_load(&flood_written) == 0; i++) usleep(1000);
+    assert_true(atomic_load(&flood_written) > 0);
+    uint8_t *resp = NULL;
+    size_t n = 0;
+    grpc_status_code est;
+    char msg[256];
+    assert_int_equal(mr_rpc_unary(ch, "/t.T/Echo", (const uint8_t *)"x", 1, 5000, &resp, &n,
+                                  &est, msg, sizeof msg), 0);
+    free(resp);
+
+    /* the handler gives up on its own: bounded far beyond the cap, it must end */
+    for (int i = 0; i < 20000 && !atomic_load(&flood_done); i++) usleep(1000);
+    int written = atomic_load(&flood_written);
+    fprintf(stderr, "# stalled reader: %d of %d messages of %d KB taken before the write gave "
+            "up\n", written, FLOOD_MAX, FLOOD_MSG / 1024);
+    assert_true(atomic_load(&flood_done));
+    assert_true(atomic_load(&flood_failed));
+    assert_true(written < FLOOD_MAX);
+    /* the client, reading again, gets at most what was taken, then the cancellation (gRPC
+     * holds the status back until the messages before it are read) */
+    int got = 0;
+    for (;;) {
+        grpc_byte_buffer *m = NULL;
+        memset(ops, 0, sizeof ops);
+        ops[0].op = GRPC_OP_RECV_MESSAGE;
+        ops[0].data.recv_message.recv_message = &m;
+        assert_int_equal(grpc_call_start_batch(call, ops, 1, (void *)3, NULL), GRPC_CALL_OK);
+        assert_true(cq_wait(cq, (void *)3, 10000) >= 0);
+        if (!m) break;
+        grpc_byte_buffer_destroy(m);
+        assert_true(++got <= written);
+    }
+    assert_int_equal(cq_wait(cq, (void *)2, 10000), 1);
+    assert_int_equal(st, GRPC_STATUS_CANCELLED);
+
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&init_md);
+    grpc_metadata_array_destroy(&trail_md);
+    grpc_byte_buffer_destroy(req);
+    grpc_call_unref(call);
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(cq);
+    grpc_channel_destroy(gch);
+    mr_rpc_channel_free(ch);
+    mr_rpc_server_shutdown(s, 1000);
+    mr_rpc_server_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_echo, setup, teardown),
@@ -500,6 +646,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_port_clash, setup, teardown),
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test_setup_teardown(test_shutdown_in_flight, setup, teardown),
+        cmocka_unit_test(test_stalled_reader),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
