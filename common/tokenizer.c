@@ -1415,6 +1415,13 @@ int mr_tokenizer_new(mr_tokenizer **out, const char *path, mr_err *err) {
     char *buf = NULL;
     int rc = mr__read_text(path, TOK_MAX_BYTES, &buf, &len, err);
     if (rc) return rc;
+    /* HF reads the file into a Rust String: invalid UTF-8 anywhere refuses it (a token with
+     * such bytes failed later, in the normalizer, with a message that did not name the file) */
+    size_t bad;
+    if (!mr_utf8_valid(buf, len, &bad)) {
+        free(buf);
+        return mr_err_set(err, MR_EFORMAT, "%s: not valid UTF-8 at byte %zu", path, bad);
+    }
     cJSON *root = mr__json_parse(buf, len, path, err);
     free(buf);
     if (!root) return MR_EFORMAT;

@@ -256,6 +256,10 @@ static void test_malformed(void **st) {
     expect_bad_file("", 0, "JSON");
     expect_bad_file("[]", 2, "top level");
     expect_bad_file("{\"normalizer\": null}", 20, "model");
+    /* invalid UTF-8 in a string (fuzz_tokenizer_json: an added token's content failed in the
+     * normalizer with a message that did not name the file) */
+    expect_bad_file("{\"added_tokens\": [{\"id\": 0, \"content\": \"<\xff>\"}]}", 47,
+                    "not valid UTF-8 at byte 41");
     const char *cases[][2] = {
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": [], \"merges\": []}}", "model.vocab"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}", "model.vocab"},
