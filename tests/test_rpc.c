@@ -195,62 +195,95 @@ static void test_deadline_and_cancel(void **state) {
     assert_int_equal(atomic_load(&slow_saw_cancel), 1);
 }
 
-/* A raw gRPC core call (rpc.h's client does not expose trailing metadata): calls method on
- * target with an empty message and copies the trailing metadata value of key into buf ("" when
- * absent); returns the status. 5 s deadline. */
-static grpc_status_code raw_call_trailer(const char *target, const char *method, const char *key,
-                                         char *buf, size_t cap) {
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    grpc_channel *chan = grpc_channel_create(target, creds, NULL);
-    grpc_channel_credentials_release(creds);
-    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
-                                   gpr_time_from_millis(5000, GPR_TIMESPAN));
-    grpc_slice m = grpc_slice_from_static_string(method);
-    grpc_call *call = grpc_channel_create_call(chan, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
-                                               dl, NULL);
+/* A raw gRPC core call, for what rpc.h's client does not expose: trailing metadata, and a
+ * stream that is left unread. */
+typedef struct raw_call {
+    grpc_channel *chan;
+    grpc_completion_queue *cq;
+    grpc_call *call;
+    grpc_byte_buffer *req;
     grpc_metadata_array init_md, trail_md;
-    grpc_metadata_array_init(&init_md);
-    grpc_metadata_array_init(&trail_md);
-    grpc_slice payload = grpc_slice_from_static_string("a");
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&payload, 1);
-    grpc_status_code st = GRPC_STATUS_UNKNOWN;
+    grpc_status_code st;
     grpc_slice details;
-    grpc_op ops[5];
+} raw_call;
+
+/* Waits (at most ms) for tag on r's queue; 1 when it came with success, 0 failed, -1 none came. */
+static int raw_wait(raw_call *r, void *tag, int ms) {
+    grpc_event ev = grpc_completion_queue_pluck(
+        r->cq, tag,
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN)), NULL);
+    return ev.type == GRPC_OP_COMPLETE ? ev.success != 0 : -1;
+}
+
+/* Starts a call of method on target with deadline dl: sends the message "a" and the close and
+ * asks for the initial metadata (tag 1), and in a batch of its own for the status (tag 2: it
+ * completes once the messages before it were read). raw_close frees it. */
+static void raw_open(raw_call *r, const char *target, const char *method, gpr_timespec dl) {
+    memset(r, 0, sizeof *r);
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    r->chan = grpc_channel_create(target, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    r->cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_slice m = grpc_slice_from_static_string(method);
+    r->call = grpc_channel_create_call(r->chan, NULL, GRPC_PROPAGATE_DEFAULTS, r->cq, m, NULL, dl,
+                                       NULL);
+    assert_non_null(r->call);
+    grpc_metadata_array_init(&r->init_md);
+    grpc_metadata_array_init(&r->trail_md);
+    grpc_slice payload = grpc_slice_from_static_string("a");
+    r->req = grpc_raw_byte_buffer_create(&payload, 1);
+    r->st = GRPC_STATUS_UNKNOWN;
+    grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = bb;
+    ops[1].data.send_message.send_message = r->req;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
     ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
-    ops[4].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[4].data.recv_status_on_client.trailing_metadata = &trail_md;
-    ops[4].data.recv_status_on_client.status = &st;
-    ops[4].data.recv_status_on_client.status_details = &details;
-    assert_int_equal(grpc_call_start_batch(call, ops, 5, (void *)1, NULL), GRPC_CALL_OK);
-    grpc_event ev = grpc_completion_queue_pluck(
-        cq, (void *)1, gpr_time_add(dl, gpr_time_from_millis(1000, GPR_TIMESPAN)), NULL);
-    assert_int_equal(ev.type, GRPC_OP_COMPLETE);
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &r->init_md;
+    assert_int_equal(grpc_call_start_batch(r->call, ops, 4, (void *)1, NULL), GRPC_CALL_OK);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[0].data.recv_status_on_client.trailing_metadata = &r->trail_md;
+    ops[0].data.recv_status_on_client.status = &r->st;
+    ops[0].data.recv_status_on_client.status_details = &r->details;
+    assert_int_equal(grpc_call_start_batch(r->call, ops, 1, (void *)2, NULL), GRPC_CALL_OK);
+}
+
+/* Frees r; its status (tag 2) must have come. */
+static void raw_close(raw_call *r) {
+    grpc_slice_unref(r->details);
+    grpc_metadata_array_destroy(&r->init_md);
+    grpc_metadata_array_destroy(&r->trail_md);
+    grpc_byte_buffer_destroy(r->req);
+    grpc_call_unref(r->call);
+    grpc_completion_queue_shutdown(r->cq);
+    while (grpc_completion_queue_pluck(r->cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+               .type != GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(r->cq);
+    grpc_channel_destroy(r->chan);
+}
+
+/* Calls method on target (5 s deadline) and copies the trailing metadata value of key into buf
+ * ("" when absent); returns the status. */
+static grpc_status_code raw_call_trailer(const char *target, const char *method, const char *key,
+                                         char *buf, size_t cap) {
+    raw_call r;
+    raw_open(&r, target, method,
+             gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(5000, GPR_TIMESPAN)));
+    assert_true(raw_wait(&r, (void *)1, 6000) >= 0);
+    assert_true(raw_wait(&r, (void *)2, 6000) >= 0);
     buf[0] = 0;
-    for (size_t i = 0; i < trail_md.count; i++)
-        if (grpc_slice_str_cmp(trail_md.metadata[i].key, key) == 0) {
-            size_t n = GRPC_SLICE_LENGTH(trail_md.metadata[i].value);
+    for (size_t i = 0; i < r.trail_md.count; i++)
+        if (grpc_slice_str_cmp(r.trail_md.metadata[i].key, key) == 0) {
+            size_t n = GRPC_SLICE_LENGTH(r.trail_md.metadata[i].value);
             if (n >= cap) n = cap - 1;
-            memcpy(buf, GRPC_SLICE_START_PTR(trail_md.metadata[i].value), n);
+            memcpy(buf, GRPC_SLICE_START_PTR(r.trail_md.metadata[i].value), n);
             buf[n] = 0;
         }
-    grpc_slice_unref(details);
-    grpc_metadata_array_destroy(&init_md);
-    grpc_metadata_array_destroy(&trail_md);
-    grpc_byte_buffer_destroy(bb);
-    grpc_call_unref(call);
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN) {
-    }
-    grpc_completion_queue_destroy(cq);
-    grpc_channel_destroy(chan);
+    grpc_status_code st = r.st;
+    raw_close(&r);
     return st;
 }
 
@@ -514,14 +547,6 @@ static void flood(mr_rpc_call *call, void *user) {
     atomic_store(&flood_done, 1);
 }
 
-/* Waits (at most ms) for tag on cq; 1 when it came with success, 0 failed, -1 none came. */
-static int cq_wait(grpc_completion_queue *cq, void *tag, int ms) {
-    grpc_event ev = grpc_completion_queue_pluck(
-        cq, tag, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN)),
-        NULL);
-    return ev.type == GRPC_OP_COMPLETE ? ev.success != 0 : -1;
-}
-
 /* A server-streaming call with no deadline whose client never asks for a message: the
  * server's writes stall on flow control, and mr_rpc_call_write gives up after the server's
  * write cap (set to FLOOD_CAP_MS here; 30 s by default) and cancels the call, so the handler
@@ -548,38 +573,10 @@ static void test_stalled_reader(void **state) {
     snprintf(target, sizeof target, "127.0.0.1:%d", port);
     assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
 
-    /* the stalled client: gRPC core directly (mr_rpc's client reads every message) */
-    grpc_channel_credentials *cr = grpc_insecure_credentials_create();
-    grpc_channel *gch = grpc_channel_create(target, cr, NULL);
-    grpc_channel_credentials_release(cr);
-    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    grpc_slice method = grpc_slice_from_static_string("/t.T/Flood");
-    grpc_call *call = grpc_channel_create_call(gch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method,
-                                               NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    assert_non_null(call);
-    grpc_slice empty = grpc_empty_slice();
-    grpc_byte_buffer *req = grpc_raw_byte_buffer_create(&empty, 1);
-    grpc_metadata_array init_md, trail_md;
-    grpc_metadata_array_init(&init_md);
-    grpc_metadata_array_init(&trail_md);
-    grpc_status_code st = GRPC_STATUS_OK;
-    grpc_slice details;
-    grpc_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = req;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
-    assert_int_equal(grpc_call_start_batch(call, ops, 4, (void *)1, NULL), GRPC_CALL_OK);
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[0].data.recv_status_on_client.trailing_metadata = &trail_md;
-    ops[0].data.recv_status_on_client.status = &st;
-    ops[0].data.recv_status_on_client.status_details = &details;
-    assert_int_equal(grpc_call_start_batch(call, ops, 1, (void *)2, NULL), GRPC_CALL_OK);
-    assert_int_equal(cq_wait(cq, (void *)1, 10000), 1);
+    /* the stalled client: asks for no message */
+    raw_call r;
+    raw_open(&r, target, "/t.T/Flood", gpr_inf_future(GPR_CLOCK_REALTIME));
+    assert_int_equal(raw_wait(&r, (void *)1, 10000), 1);
 
     /* the writes stall: the server still answers another call while the flood waits */
     for (int i = 0; i < 5000 && atomic_load(&flood_written) == 0; i++) usleep(1000);
@@ -605,29 +602,19 @@ static void test_stalled_reader(void **state) {
     int got = 0;
     for (;;) {
         grpc_byte_buffer *m = NULL;
-        memset(ops, 0, sizeof ops);
-        ops[0].op = GRPC_OP_RECV_MESSAGE;
-        ops[0].data.recv_message.recv_message = &m;
-        assert_int_equal(grpc_call_start_batch(call, ops, 1, (void *)3, NULL), GRPC_CALL_OK);
-        assert_true(cq_wait(cq, (void *)3, 10000) >= 0);
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_RECV_MESSAGE;
+        op.data.recv_message.recv_message = &m;
+        assert_int_equal(grpc_call_start_batch(r.call, &op, 1, (void *)3, NULL), GRPC_CALL_OK);
+        assert_true(raw_wait(&r, (void *)3, 10000) >= 0);
         if (!m) break;
         grpc_byte_buffer_destroy(m);
         assert_true(++got <= written);
     }
-    assert_int_equal(cq_wait(cq, (void *)2, 10000), 1);
-    assert_int_equal(st, GRPC_STATUS_CANCELLED);
-
-    grpc_slice_unref(details);
-    grpc_metadata_array_destroy(&init_md);
-    grpc_metadata_array_destroy(&trail_md);
-    grpc_byte_buffer_destroy(req);
-    grpc_call_unref(call);
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-           GRPC_QUEUE_SHUTDOWN) {
-    }
-    grpc_completion_queue_destroy(cq);
-    grpc_channel_destroy(gch);
+    assert_int_equal(raw_wait(&r, (void *)2, 10000), 1);
+    assert_int_equal(r.st, GRPC_STATUS_CANCELLED);
+    raw_close(&r);
     mr_rpc_channel_free(ch);
     mr_rpc_server_shutdown(s, 1000);
     mr_rpc_server_free(s);
