@@ -9,13 +9,13 @@
 # compensate with no adapter; paths longer than the old fixed buffers.
 set -euo pipefail
 mrank=$(realpath "$1")
-root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$(dirname "$0")/.."
+root=$PWD
 tok=$root/third_party/tokenizers/llama2/tokenizer.json
-t=$(mktemp -d)
-trap 'rm -rf "$t"' EXIT
-cd "$t"
+. tests/lib/harness.bash   # $work (removed at exit) and fail
+mr_harness train_checks
+cd "$work"
 export OMP_NUM_THREADS=1
-fail() { echo "FAIL: $*" >&2; exit 1; }
 # refuse NAME PATTERN CMD...: CMD fails (within 60 s) and its output contains PATTERN
 refuse() {
     local name=$1 pat=$2 msg

@@ -8,13 +8,13 @@
 # definitions; --mimetic sets the init it documents.
 set -euo pipefail
 mrank=$(realpath "$1")
-root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$(dirname "$0")/.."
+root=$PWD
 tok=$root/third_party/tokenizers/llama2/tokenizer.json
-t=$(mktemp -d)
-trap 'rm -rf "$t"' EXIT
-cd "$t"
+. tests/lib/harness.bash   # $work (removed at exit) and fail
+mr_harness train_cli
+cd "$work"
 export OMP_NUM_THREADS=1
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 cat > lm.txt <<'TXT'
 The jury said Friday an investigation of the recent primary election produced no evidence.
