@@ -553,8 +553,10 @@ static void test_lexical_answers(void **state) {
             fail_msg("request %d: status %d: %s after %.1f ms (a lexical answer was possible)", i,
                      (int)o[i].st, o[i].msg, o[i].ms);
         if (o[i].ms > budget + SLACK_X * S)
-            fail_msg("request %d: answered after %.1f ms, budget %.0f ms, S %.1f ms", i, o[i].ms,
-                     budget, S);
+            fail_msg("request %d: answered after %.1f ms, budget %.0f ms, S %.1f ms (%s)", i,
+                     o[i].ms, budget, S, o[i].lexical_only ? "lexical stage only"
+                                         : o[i].degraded ? "degraded after the full stage began"
+                                                         : "full model");
         if (o[i].ms > worst) worst = o[i].ms;
         if (o[i].lexical_only) {
             assert_true(o[i].degraded);
