@@ -94,8 +94,10 @@ void mr_rpc_server_free(mr_rpc_server *s);
 const uint8_t *mr_rpc_call_request(mr_rpc_call *call, size_t *len);
 /* The method path this call was registered under. */
 const char *mr_rpc_call_method(mr_rpc_call *call);
-/* CLOCK_MONOTONIC time in ms at which the call and its message arrived (taken on the
- * completion-queue thread before any handler runs): budgets are charged from here. */
+/* CLOCK_MONOTONIC time in ms at which the call and its message arrived: taken when the
+ * completion-queue thread took the call's event, which it does for every ready event between
+ * two handlers, so a call that arrived during an inline handler is stamped when that handler
+ * returns, not after the handlers queued before it. Budgets are charged from here. */
 double mr_rpc_call_arrival_ms(mr_rpc_call *call);
 /* Milliseconds until the client's deadline (negative once passed; MR_RPC_NO_DEADLINE_MS when
  * none). The deadline arrives rounded up (a 5000 ms deadline may read 5009 ms). */

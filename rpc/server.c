@@ -6,7 +6,10 @@
  * deadline passed: sets the cancelled flag), a call's final send, a stream write, and the
  * server's shutdown notification. Arrived calls go on a mutex+condvar queue drained by the
  * handler threads; health checks and the methods registered inline (mr_rpc_server_add_inline)
- * run on the queue thread itself, the moment the call and its message arrived.
+ * run on the queue thread itself, the moment the call and its message arrived. Between two
+ * events it handles, the queue thread takes every event that is ready into a backlog and
+ * stamps each arrived call then (cq_take), so an inline handler's time does not delay the
+ * arrival time of the calls that came during it.
  *
  * Call lifetime: a call starts with two references, the owner's (whoever must finish it) and
  * the close batch's. Finishing turns the owner's reference into the send batch's; each batch
@@ -47,6 +50,12 @@
 #include "tsan/grpc_hb.h"
 
 #define MR__REQS_PER_METHOD 8
+/* Inline methods (admission at arrival) keep more calls requested, so that a burst is matched
+ * and stamped as it arrives rather than as slots are re-armed one handler at a time. */
+#define MR__REQS_INLINE 64
+/* Completion events the queue thread holds between handlers (cq_main): each is stamped when
+ * taken, so a call's arrival time is not delayed by the handlers that ran before it. */
+#define MR__CQ_BACKLOG 256
 #define MR__MAX_METHODS 32
 #define MR_RPC_MAX_WATCHERS 1024   /* Health/Watch streams open at once; more: RESOURCE_EXHAUSTED */
 #define MR_RPC_MAX_BIDI 16         /* bidi streams (reflection) open at once; more: RESOURCE_EXHAUSTED */
@@ -83,6 +92,7 @@ typedef struct slot {
     grpc_metadata_array md;
     grpc_byte_buffer *payload;
     grpc_call_details details;
+    double seen_ms;          /* monotonic ms when the queue thread took its event */
 } slot;
 
 struct mr_rpc_call {
@@ -245,9 +255,7 @@ static mr_rpc_call *call_new(mr_rpc_server *s, slot *sl) {
     c->m = sl->m;
     c->call = sl->call;
     c->deadline = gpr_convert_clock_type(sl->deadline, GPR_CLOCK_MONOTONIC);
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    c->arrival_ms = now.tv_sec * 1e3 + now.tv_nsec / 1e6;
+    c->arrival_ms = sl->seen_ms;
     c->md = sl->md;   /* moved */
     grpc_metadata_array_init(&sl->md);
     {
@@ -900,15 +908,50 @@ static void on_request(mr_rpc_server *s, slot *sl, int ok) {
     else enqueue(s, c);
 }
 
+static double mono_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec * 1e3 + now.tv_nsec / 1e6;
+}
+
+/* The queue thread's backlog: events taken from the completion queue, handled in order. */
+typedef struct cq_backlog {
+    grpc_event ev[MR__CQ_BACKLOG];
+    int head, n, shut;
+} cq_backlog;
+
+/* Takes every event ready on the queue (waiting for one when the backlog is empty) into b, up
+ * to its size, and stamps each new call with the time it was taken: the handlers of earlier
+ * events (an inline Rerank's admission, a refusal) run after, and a call's clock (its
+ * deadline budget at the coordinator) starts before them. */
+static void cq_take(mr_rpc_server *s, cq_backlog *b) {
+    while (!b->shut && b->n < MR__CQ_BACKLOG) {
+        int wait = b->n == 0;
+        grpc_event ev = grpc_completion_queue_next(
+            s->cq, wait ? gpr_inf_future(GPR_CLOCK_REALTIME) : gpr_inf_past(GPR_CLOCK_REALTIME),
+            NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) b->shut = 1;
+        if (ev.type != GRPC_OP_COMPLETE) {
+            if (wait && !b->shut) continue;
+            break;
+        }
+        MR_GRPC_TAKEN(ev.tag);
+        tag *t = ev.tag;
+        if (t->kind == TAG_REQ || t->kind == TAG_GENERIC) ((slot *)t)->seen_ms = mono_ms();
+        b->ev[(b->head + b->n++) % MR__CQ_BACKLOG] = ev;
+    }
+}
+
 static void *cq_main(void *arg) {
     mr_rpc_server *s = arg;
     t_on_cq_thread = 1;
+    cq_backlog b = {.n = 0};
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-                                                   NULL);
-        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-        if (ev.type != GRPC_OP_COMPLETE) continue;
-        MR_GRPC_TAKEN(ev.tag);
+        cq_take(s, &b);
+        if (b.n == 0) break;   /* shut down, every event handled */
+        grpc_event ev = b.ev[b.head];
+        b.head = (b.head + 1) % MR__CQ_BACKLOG;
+        b.n--;
         tag *t = ev.tag;
         mr_rpc_call *c = t->p;
         switch (t->kind) {
@@ -1039,7 +1082,8 @@ int mr_rpc_server_start(mr_rpc_server *s, int *bound_port, mr_err *err) {
         s->n_workers++;
     }
     for (int i = 0; i < s->n_methods; i++) {
-        for (int k = 0; k < MR__REQS_PER_METHOD; k++) {
+        int n_req = s->methods[i].inline_run ? MR__REQS_INLINE : MR__REQS_PER_METHOD;
+        for (int k = 0; k < n_req; k++) {
             slot *sl = xcalloc(1, sizeof *sl);
             if (!sl) break;
             *sl = (slot){.t = {TAG_REQ, NULL}, .s = s, .m = &s->methods[i]};

@@ -2,9 +2,11 @@
  * loopback: unary echo, metadata, UNIMPLEMENTED, deadlines and the cancelled flag, health,
  * a port clash, shutdown with calls in flight (run under MR_SANITIZE for leaks), and inline
  * methods (run on the completion-queue thread while every handler thread is busy; arrival
- * time; failing with trailing metadata), and a stream whose client stops reading (the write
+ * time; failing with trailing metadata), arrival stamps of calls that queued behind an
+ * inline handler, and a stream whose client stops reading (the write
  * gives up after the server's write cap and cancels the call; the server serves others). */
 #define _GNU_SOURCE
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -447,6 +449,69 @@ static void on_done(void *user, grpc_status_code status, const char *msg, const 
     atomic_fetch_add(&r->n, 1);   /* publishes the writes above */
 }
 
+/* Inline handlers that hold the queue thread for HOLD_MS each, recording their calls' arrival
+ * times. */
+enum { N_HOLD = 4, HOLD_MS = 100 };
+static _Atomic double hold_arrival[N_HOLD];
+static atomic_int hold_n;
+
+static void hold(mr_rpc_call *call, void *user) {
+    (void)user;
+    int i = atomic_fetch_add(&hold_n, 1);
+    if (i < N_HOLD) atomic_store(&hold_arrival[i], mr_rpc_call_arrival_ms(call));
+    usleep(HOLD_MS * 1000);
+    mr_rpc_call_finish(call, (const uint8_t *)"ok", 2);
+}
+
+/* Calls that arrive together while the queue thread runs an inline handler are stamped when
+ * that handler returns, all of them, not each when its own turn comes: a coordinator charges
+ * the wait behind earlier admissions to the request's budget. N_HOLD calls sent at once, each
+ * held HOLD_MS on the queue thread: their arrival times span under 2 x HOLD_MS (one handler,
+ * plus the sends' spread); stamped in turn they spanned (N_HOLD - 1) x HOLD_MS = 3 x HOLD_MS. */
+static void test_arrival_stamps(void **state) {
+    (void)state;
+    mr_rpc_server *s = NULL;
+    mr_rpc_channel *ch = NULL;
+    mr_err err = {0};
+    int port = 0;
+    atomic_store(&hold_n, 0);
+    assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 1, &err), 0);
+    assert_int_equal(mr_rpc_server_add_inline(s, "/t.T/Hold", 0, hold, NULL), 0);
+    assert_int_equal(mr_rpc_server_start(s, &port, &err), 0);
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    uint8_t *resp = NULL;
+    size_t n = 0;
+    grpc_status_code st;
+    char msg[256];
+    assert_int_equal(mr_rpc_unary(ch, "/t.T/Hold", (const uint8_t *)"a", 1, 5000, &resp, &n, &st,
+                                  msg, sizeof msg), 0);   /* connected */
+    free(resp);
+    atomic_store(&hold_n, 0);
+    static async_res r;
+    memset(&r, 0, sizeof r);
+    mr_rpc_opts o = {.timeout_ms = 10000, .wait_for_ready = 1};
+    double t0 = now_ms();
+    for (int i = 0; i < N_HOLD; i++)
+        assert_int_equal(mr_rpc_unary_async(ch, "/t.T/Hold", (const uint8_t *)"a", 1, &o,
+                                            on_done, &r), 0);
+    for (int i = 0; i < 5000 && atomic_load(&r.n) < N_HOLD; i++) usleep(1000);
+    assert_int_equal(atomic_load(&r.n), N_HOLD);
+    double lo = INFINITY, hi = -INFINITY;
+    for (int i = 0; i < N_HOLD; i++) {
+        double a = atomic_load(&hold_arrival[i]);
+        assert_true(a >= t0);
+        lo = a < lo ? a : lo;
+        hi = a > hi ? a : hi;
+    }
+    fprintf(stderr, "# %d calls held %d ms each on the queue thread: arrival times span %.1f ms\n",
+            N_HOLD, HOLD_MS, hi - lo);
+    assert_true(hi - lo < 2 * HOLD_MS);
+    mr_rpc_channel_free(ch);
+    mr_rpc_server_free(s);
+}
+
 static void test_async_metadata(void **state) {
     fixture *f = *state;
     static async_res r;
@@ -627,6 +692,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_deadline_and_cancel, setup, teardown),
         cmocka_unit_test(test_server_args),
         cmocka_unit_test(test_inline),
+        cmocka_unit_test(test_arrival_stamps),
         cmocka_unit_test(test_max_receive),
         cmocka_unit_test_setup_teardown(test_health, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_metadata, setup, teardown),
