@@ -23,8 +23,9 @@ cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs" -LE slow)
 
 # ThreadSanitizer build: the threaded tests (gRPC server and client, the metrics endpoint, the
-# worker, the in-process coordinator with failover and with chunking, the coordinator's config
-# and cascade rules, and one tokenizer shared by concurrent encoders) under TSan, with the engine's forward pass and GEMM paths (test_forward, test_gemm:
+# worker, the in-process coordinator with failover and with chunking, its HTTP/JSON front end,
+# the coordinator's config and cascade rules, and one tokenizer shared by concurrent encoders)
+# under TSan, with the engine's forward pass and GEMM paths (test_forward, test_gemm:
 # ~10 s; with one-thread teams they check every GEMM path against a reference and shared
 # query prefixes against unshared ones); about a minute on 2 cores after the build. No
 # suppressions: libgrpc, absl, libgomp and OpenBLAS are not instrumented, so TSan cannot see their own synchronisation:
@@ -33,7 +34,7 @@ cmake --build build-asan -j"$jobs"
 # threads, and OMP_THREAD_LIMIT=1 runs the engine's OpenMP loops on one thread (libgomp's
 # barriers are invisible to TSan; the loops are data-parallel and run threaded in the builds
 # above).
-tsan_tests="test_forward test_gemm test_rpc test_prom test_worker test_failover test_fused_stages test_coord_config test_cascade test_admission test_discovery test_security test_chunking test_tokenizer_threads"
+tsan_tests="test_forward test_gemm test_rpc test_prom test_worker test_failover test_fused_stages test_coord_config test_cascade test_admission test_discovery test_security test_chunking test_tokenizer_threads test_http"
 phase "TSan build and tests"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMR_TSAN=ON -DMR_CUDA=OFF >/dev/null
 cmake --build build-tsan -j"$jobs" --target mrank ${tsan_tests/test_tokenizer_threads/test_tokenizer}
