@@ -359,6 +359,7 @@ static void score_exit(mr_ctx *c, int e, int n_rows, const mr_run_opts *o, float
         if (k->final_softcap > 0) s = k->final_softcap * tanhf(s / k->final_softcap);
         c->row_score[r] = s;
         int id = c->row_id[r];
+        if (!isfinite(s) && c->bad_row < 0) c->bad_row = id, c->bad_exit = layer;
         scores[(size_t)id * o->n_exits + e] = o->sigmoid ? 1.0f / (1.0f + expf(-s)) : s;
         if (depth) depth[id] = layer;
     }
@@ -542,6 +543,7 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
     for (int r = 0; depth && r < n_rows; r++) depth[r] = 0;
     if (n_rows == 0) return 0;
     c->gemm_rc = 0;
+    c->bad_row = c->bad_exit = -1;
     embed_rows(c, rows, n_rows, !o->no_prefix_share);
     int n_tok = c->off[n_rows - 1] + c->len[n_rows - 1];
     c->token_layers = 0;
@@ -568,6 +570,11 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
     }
     if (c->gemm_rc)
         return mr_err_set(err, c->gemm_rc, "GEMM path %s failed", mr_gemm_path_name(c->m->gemm));
+    /* a NaN or infinite score would rank silently wrong: the weights (or an adapter's) overflow */
+    if (c->bad_row >= 0)
+        return mr_err_set(err, MR_ERANGE, "row %d: its score at exit %d is not finite (the "
+                          "model's or an adapter's weights overflow on it)", c->bad_row,
+                          c->bad_exit);
     return 0;
 }
 

@@ -21,6 +21,9 @@
 
 #define LORA_MAX_RANK 65536
 #define LORA_MAX_CONFIG (1u << 20)
+/* |lora_alpha| above this is no trained adapter (PEFT's are 1..512), and one past FLT_MAX was
+ * undefined in the conversion to the float scale */
+#define LORA_MAX_ALPHA 1e6
 #define LORA_PREFIX "base_model.model."
 
 /* rank_pattern / alpha_pattern give some modules another r or alpha; we apply one scale. */
@@ -69,6 +72,24 @@ static char lora_part(const char *name) {
     return 0;
 }
 
+/* A NaN or infinity in a LoRA matrix would make every score it touches NaN: refused, naming
+ * the tensor and the element. */
+static int check_finite(const mr_tensor *t, const char *path, mr_err *err) {
+    enum { CHUNK = 4096 };
+    float buf[CHUNK];
+    size_t esz = mr_dtype_size(t->dtype);
+    for (int64_t i = 0; i < t->numel; i += CHUNK) {
+        size_t n = (size_t)(t->numel - i < CHUNK ? t->numel - i : CHUNK);
+        mr_to_f32(buf, (const char *)t->data + (size_t)i * esz, t->dtype, n);
+        for (size_t j = 0; j < n; j++)
+            if (!isfinite(buf[j]))
+                return mr_err_set(err, MR_EFORMAT, "%s: tensor '%s': element %lld is %s", path,
+                                  t->name, (long long)(i + (int64_t)j),
+                                  isnan(buf[j]) ? "NaN" : "infinite");
+    }
+    return 0;
+}
+
 static int parse_adapter_config(mr_adapter *a, const cJSON *root, const char *path,
                                 mr_err *err) {
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
@@ -81,8 +102,9 @@ static int parse_adapter_config(mr_adapter *a, const cJSON *root, const char *pa
         return mr_err_set(err, MR_EFORMAT, "%s: key 'r': expected an integer in [1, %d]", path,
                           LORA_MAX_RANK);
     const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
-    if (!cJSON_IsNumber(alpha) || !isfinite(alpha->valuedouble))
-        return mr_err_set(err, MR_EFORMAT, "%s: key 'lora_alpha': expected a number", path);
+    if (!cJSON_IsNumber(alpha) || !(fabs(alpha->valuedouble) <= LORA_MAX_ALPHA))
+        return mr_err_set(err, MR_EFORMAT, "%s: key 'lora_alpha': expected a number in [-%g, %g]",
+                          path, LORA_MAX_ALPHA, LORA_MAX_ALPHA);
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
     if (rs && !cJSON_IsBool(rs) && !cJSON_IsNull(rs))
         return mr_err_set(err, MR_EFORMAT, "%s: key 'use_rslora': expected true or false", path);
@@ -123,6 +145,8 @@ int mr_adapter_load(mr_adapter *a, const char *dir, mr_err *err) {
             if (!lora_part(a->st.tensors[i].name))
                 rc = mr_err_set(err, MR_EUNSUPPORTED, "%s: tensor '%s': not a LoRA A or B "
                                 "matrix (not supported)", path, a->st.tensors[i].name);
+            else
+                rc = check_finite(&a->st.tensors[i], path, err);
     }
     cJSON_Delete(root);
     free(text);

@@ -135,9 +135,23 @@ int mr_model_head_of(const mr_model *m, int layer) {
     return k < m->n_heads_exit ? k : -1;
 }
 
+/* Whether x is finite and within the range of dtype dt (f16 stops at 65504). */
+static int fits(mr_dtype dt, float x) {
+    return isfinite(x) && (dt != MR_DT_F16 || fabsf(x) <= 65504.0f);
+}
+
+/* The refusal of an adapter whose update makes a weight of the matrix named what non-finite
+ * or out of dt's range (a NaN or infinity would reach every score). */
+static int out_of_range(const mr_adapter *ad, const char *what, mr_dtype dt, mr_err *err) {
+    return mr_err_set(err, MR_EFORMAT, "%s: applied to %s it gives a weight that is not a "
+                      "finite %s (lora_alpha or the LoRA values are out of range)", ad->path,
+                      what, mr_dtype_name(dt));
+}
+
 /* W (out, in) += scale * B (out, r) . A (r, in), in W's own dtype, a block of rows at a time. */
-static int merge_pair(mr_model *m, const mr_tensor *w, const mr_tensor *A, const mr_tensor *B,
-                      float scale, mr_err *err) {
+static int merge_pair(mr_model *m, const mr_adapter *ad, const mr_tensor *w, const mr_tensor *A,
+                      const mr_tensor *B, mr_err *err) {
+    float scale = ad->scale;
     int out = (int)w->shape[0], in = (int)w->shape[1], r = (int)A->shape[0];
     enum { BLOCK = 64 };
     float *a = malloc(sizeof(float) * (size_t)r * in);
@@ -159,6 +173,11 @@ static int merge_pair(mr_model *m, const mr_tensor *w, const mr_tensor *A, const
         mr_to_f32(wb, wrow, w->dtype, (size_t)nr * in);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, in, r, scale, b, r, a, in,
                     1.0f, wb, in);
+        for (size_t i = 0; i < (size_t)nr * in; i++)
+            if (!fits(w->dtype, wb[i])) {
+                rc = out_of_range(ad, w->name, w->dtype, err);
+                goto done;
+            }
         mr_from_f32(wrow, wb, w->dtype, (size_t)nr * in);
     }
 done:
@@ -188,8 +207,9 @@ static int keep_pair(mr_linear *lin, int idx, const mr_adapter *ad, const mr_ten
     }
     mr_to_f32(l->A, A->data, A->dtype, (size_t)A->numel);
     mr_to_f32(l->B, B->data, B->dtype, (size_t)B->numel);
-    for (int64_t i = 0; i < A->numel; i++) l->A[i] *= ad->scale;
-    lin->n_lora++;
+    lin->n_lora++;   /* owned now: the model's close frees A and B */
+    for (int64_t i = 0; i < A->numel; i++)
+        if (!isfinite(l->A[i] *= ad->scale)) return out_of_range(ad, lin->w->name, MR_DT_F32, err);
     return 0;
 }
 
@@ -209,6 +229,11 @@ static int head_delta(float *dst, const mr_tensor *A, const mr_tensor *B, float 
         for (int i = 0; i < d; i++) dst[i] += scale * bj * a[i];
     }
     free(a);
+    for (int i = 0; i < d; i++)
+        if (!isfinite(dst[i]))
+            return mr_err_set(err, MR_EFORMAT, "%s: tensor '%s': the exit head's update is not "
+                              "finite (lora_alpha or the LoRA values are out of range)", A->file,
+                              A->name);
     return 0;
 }
 
@@ -231,7 +256,7 @@ static int apply_adapter(mr_model *m, int idx, int merge, mr_err *err) {
                 return rc;
             if (!A) continue;
             used++;
-            rc = merge ? merge_pair(m, lins[j]->w, A, B, ad->scale, err)
+            rc = merge ? merge_pair(m, ad, lins[j]->w, A, B, err)
                        : keep_pair(lins[j], idx, ad, A, B, err);
             if (rc) return rc;
         }

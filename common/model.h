@@ -167,6 +167,7 @@ typedef struct mr_ctx {
                                         usable in place */
     mr_gemm_ctx *gemm;               /* the GEMM path's primitives and buffers */
     int gemm_rc;                     /* first GEMM failure of the pass (0: none) */
+    int bad_row, bad_exit;           /* first row and exit whose score was not finite (-1) */
     float *rope;                     /* (max_len, hd/2, 2) */
     float *attn_scratch;             /* (n_threads, max_len) */
     float *last_probs;               /* (max_tokens) */
@@ -194,7 +195,9 @@ void mr_ctx_close(mr_ctx *c);
 
 /* Scores n_rows rows: scores (n_rows, n_exits) raw (or sigmoid) scores in exit order; rows
  * pruned before an exit get NAN there. depth (n_rows, optional) receives the deepest exit
- * layer each row reached. Rows are validated (lengths, ids < vocab) before any compute. */
+ * layer each row reached. Rows are validated (lengths, ids < vocab) before any compute. A
+ * computed score that is not finite fails the pass (MR_ERANGE naming the row and exit): a NaN
+ * would rank silently wrong. */
 int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o,
                    float *scores, int *depth, mr_err *err);
 

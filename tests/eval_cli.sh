@@ -98,7 +98,8 @@ expect "$(refused "$mrank" eval --model m --collection c --grid --grid-ratios 1 
 expect "$(refused "$mrank" eval --model m --collection c --grid --grid-ratios 1 --out g.run \
           --heldout h.jsonl --heldout-group 65 --quiet)" "--heldout-group must be in [2, 64]"
 
-# a model whose deepest exit scores NaN
+# a model whose deepest exit scores NaN: the engine refuses the pass (common/forward.c), before
+# eval's own check of the scores it gets
 cp -r m mnan
 /usr/bin/python3 - mnan/model.safetensors <<'PY'
 import json, struct, sys
@@ -111,7 +112,7 @@ b[s:e] = struct.pack("<f", float("nan")) * ((e - s) // 4)
 open(p, "wb").write(b)
 PY
 expect "$(refused "$mrank" eval --model mnan --collection c --out x.run --quiet)" \
-    "the model's score at exit 2 is nan, not a finite number"
+    "row 0: its score at exit 2 is not finite"
 expect "$(refused "$mrank" eval --model mnan --collection c --grid --grid-ratios 1 --out x.run \
-          --quiet)" "not a finite number"
+          --quiet)" "its score at exit 2 is not finite"
 echo "eval_cli: ok"

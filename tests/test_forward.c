@@ -491,6 +491,54 @@ static void test_prune_groups(void **state) {
     free_fixture(f);
 }
 
+/* An adapter whose update overflows (r 1, lora_alpha 1e6, every value 1e20: the update is
+ * 1e46) must not serve NaN scores: merged, the load refuses it naming the adapter and the
+ * weight; unmerged (A x scale stays finite), the pass refuses the row whose score is not
+ * finite (before, both scored every row NaN). */
+static void test_lora_overflow(void **state) {
+    (void)state;
+    fixture *base = make_fixture(MR_ARCH_LLAMA, NULL);
+    const mr_config *c = &base->m.cfg;
+    char ad[300];
+    snprintf(ad, sizeof ad, "%s/adapter-huge", base->dir);
+    mkdir(ad, 0755);
+    const char *mods[] = {"model.layers.0.self_attn.q_proj"};
+    int64_t in[] = {c->d_model}, out[] = {(int64_t)c->n_heads * c->head_dim};
+    float *A = malloc(sizeof(float) * (size_t)in[0]), *B = malloc(sizeof(float) * (size_t)out[0]);
+    for (int i = 0; i < in[0]; i++) A[i] = 1e20f;
+    for (int i = 0; i < out[0]; i++) B[i] = 1e20f;
+    mr_err err = {0};
+    assert_int_equal(mr_adapter_save(ad, 1, 1e6f, 0.0f, 1, mods, in, out,
+                                     (const float *const *)&A, (const float *const *)&B,
+                                     MR_DT_F32, &err), 0);
+    free(A), free(B);
+    const char *ads[] = {ad};
+    mr_model m;
+    mr_model_opts mo = {.adapters = ads, .n_adapters = 1, .merge = 1};
+    assert_int_equal(mr_model_load(&m, base->dir, &mo, &err), MR_EFORMAT);
+    if (!strstr(err.msg, ad) || !strstr(err.msg, "model.layers.0.self_attn.q_proj.weight") ||
+        !strstr(err.msg, "not a finite F32"))
+        fail_msg("merged: %s", err.msg);
+    mo.merge = 0;
+    assert_int_equal(mr_model_load(&m, base->dir, &mo, &err), 0);
+    mr_ctx cu;
+    assert_int_equal(mr_ctx_init(&cu, &m, 256, 4, 64, &err), 0);
+    mr_row rows[3];
+    mr_run_opts o;
+    float s[3 * 2];
+    make_rows(rows, 3);
+    opts(&o, &m, 2, (int[]){2, 4});
+    o.adapter_mask = 1;
+    assert_int_equal(mr_model_score(&cu, rows, 3, &o, s, NULL, &err), MR_ERANGE);
+    if (!strstr(err.msg, "row 0: its score at exit 2 is not finite")) fail_msg("unmerged: %s", err.msg);
+    o.adapter_mask = 0;   /* the base model through the same context still scores */
+    assert_int_equal(mr_model_score(&cu, rows, 3, &o, s, NULL, &err), 0);
+    for (int i = 0; i < 6; i++) assert_true(isfinite(s[i]));
+    mr_ctx_close(&cu);
+    mr_model_close(&m);
+    free_fixture(base);
+}
+
 static void test_lora_merged_equals_unmerged(void **state) {
     fixture *base = make_fixture(MR_ARCH_LLAMA, NULL);
     char ad[300], ad0[300];
@@ -856,6 +904,7 @@ int main(void) {
         cmocka_unit_test(test_pruning),
         cmocka_unit_test(test_prune_groups),
         cmocka_unit_test(test_lora_merged_equals_unmerged),
+        cmocka_unit_test(test_lora_overflow),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_missing_tensor),
         cmocka_unit_test(test_exit_head_gap),

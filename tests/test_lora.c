@@ -231,6 +231,9 @@ static void test_bad_configs(void **state) {
     expect_bad_config("{\"peft_type\":\"LORA\",\"r\":0,\"lora_alpha\":8}", MR_EFORMAT, "'r'");
     expect_bad_config("{\"peft_type\":\"LORA\",\"r\":2.5,\"lora_alpha\":8}", MR_EFORMAT, "'r'");
     expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4}", MR_EFORMAT, "lora_alpha");
+    /* beyond float: the conversion to the scale was undefined (fuzz_adapter) */
+    expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":1e300}", MR_EFORMAT,
+                      "lora_alpha");
     expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"use_rslora\":\"no\"}",
                       MR_EFORMAT, "use_rslora");
     expect_bad_config("{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,"
@@ -277,6 +280,30 @@ static void test_bad_configs(void **state) {
     assert_non_null(strstr(err.msg, "adapter_model.safetensors"));
 }
 
+/* A NaN or an infinity in a LoRA matrix is refused at load, naming the tensor and the element:
+ * it would make every score it touches NaN (fuzz_adapter found both accepted). */
+static void test_non_finite(void **state) {
+    (void)state;
+    float *A[3], *B[3];
+    save_three(MR_DT_F32, A, B);
+    const float bad[2] = {NAN, INFINITY};
+    for (int k = 0; k < 2; k++) {
+        B[2][5] = bad[k];
+        mr_err err = {0};
+        assert_int_equal(mr_adapter_save(g_dir, 4, 8.0f, 0.0f, 3, MODULES, IN, OUT,
+                                         (const float *const *)A, (const float *const *)B,
+                                         k ? MR_DT_BF16 : MR_DT_F32, &err), 0);
+        mr_adapter a;
+        assert_int_equal(mr_adapter_load(&a, g_dir, &err), MR_EFORMAT);
+        if (!strstr(err.msg, "adapter_model.safetensors") ||
+            !strstr(err.msg, "model.layers.1.self_attn.q_proj.lora_B.weight': element 5 is") ||
+            !strstr(err.msg, k ? "infinite" : "NaN"))
+            fail_msg("message: %s", err.msg);
+        assert_null(a.st.tensors);
+    }
+    free_three(A, B);
+}
+
 static void test_save_errors(void **state) {
     float x[4] = {0};
     const float *p[1] = {x};
@@ -305,6 +332,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_default_infix_and_rslora, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_configs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_save_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_non_finite, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
