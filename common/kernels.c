@@ -244,7 +244,9 @@ static inline float exp_vec(float x) {
     float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
               r * (1.0f / 720))))));
-    int32_t bits = ((int32_t)n + 127) << 23;
+    /* a NaN x (an overflowing model) is carried by p; its n must not reach the int
+     * conversion, which is undefined for NaN (UBSan: a left shift of INT_MIN + 127) */
+    int32_t bits = ((int32_t)(n == n ? n : 0.0f) + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
