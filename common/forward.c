@@ -572,7 +572,7 @@ int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts 
         return mr_err_set(err, c->gemm_rc, "GEMM path %s failed", mr_gemm_path_name(c->m->gemm));
     /* a NaN or infinite score would rank silently wrong: the weights (or an adapter's) overflow */
     if (c->bad_row >= 0)
-        return mr_err_set(err, MR_ERANGE, "row %d: its score at exit %d is not finite (the "
+        return mr_err_set(err, MR_ENUMERIC, "row %d: its score at exit %d is not finite (the "
                           "model's or an adapter's weights overflow on it)", c->bad_row,
                           c->bad_exit);
     return 0;

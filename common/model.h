@@ -196,8 +196,9 @@ void mr_ctx_close(mr_ctx *c);
 /* Scores n_rows rows: scores (n_rows, n_exits) raw (or sigmoid) scores in exit order; rows
  * pruned before an exit get NAN there. depth (n_rows, optional) receives the deepest exit
  * layer each row reached. Rows are validated (lengths, ids < vocab) before any compute. A
- * computed score that is not finite fails the pass (MR_ERANGE naming the row and exit): a NaN
- * would rank silently wrong. */
+ * computed score that is not finite fails the pass (MR_ENUMERIC naming the row and exit; a
+ * server answers INTERNAL: the model is at fault, not the request): a NaN would rank silently
+ * wrong. */
 int mr_model_score(mr_ctx *c, const mr_row *rows, int n_rows, const mr_run_opts *o,
                    float *scores, int *depth, mr_err *err);
 

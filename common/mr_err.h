@@ -18,7 +18,8 @@
     X(MR_ENOTFOUND, -5, "not found")                                      \
     X(MR_EUNSUPPORTED, -6, "unsupported")                                 \
     X(MR_ERANGE, -7, "value out of range")                                \
-    X(MR_ESTATE, -8, "invalid state")
+    X(MR_ESTATE, -8, "invalid state")                                     \
+    X(MR_ENUMERIC, -9, "non-finite result")
 
 enum {
 #define MR__ERR_ENUM(name, value, text) name = value,
