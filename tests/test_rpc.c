@@ -82,6 +82,21 @@ typedef struct fixture {
     int port;
 } fixture;
 
+/* Starts s on its loopback port and opens a channel to it; target (TARGET_CAP bytes) receives
+ * "127.0.0.1:PORT" and *port (may be NULL) the port. */
+enum { TARGET_CAP = 64 };
+static mr_rpc_channel *start_loopback(mr_rpc_server *s, int *port, char *target) {
+    mr_err err = {0};
+    mr_rpc_channel *ch = NULL;
+    int p = 0;
+    assert_int_equal(mr_rpc_server_start(s, &p, &err), 0);
+    assert_true(p > 0);
+    snprintf(target, TARGET_CAP, "127.0.0.1:%d", p);
+    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    if (port) *port = p;
+    return ch;
+}
+
 static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
     mr_err err = {0};
@@ -90,11 +105,8 @@ static int setup(void **state) {
     assert_int_equal(mr_rpc_server_add_unary(f->s, "/t.T/Echo", echo, "echo"), MR_EINVAL);
     assert_int_equal(mr_rpc_server_add_unary(f->s, "/t.T/Fail", fail_handler, NULL), 0);
     assert_int_equal(mr_rpc_server_add_unary(f->s, "/t.T/Slow", slow, NULL), 0);
-    assert_int_equal(mr_rpc_server_start(f->s, &f->port, &err), 0);
-    assert_true(f->port > 0);
-    char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", f->port);
-    assert_int_equal(mr_rpc_channel_new(&f->ch, target, &err), 0);
+    char target[TARGET_CAP];
+    f->ch = start_loopback(f->s, &f->port, target);
     atomic_store(&slow_saw_cancel, 0);
     atomic_store(&slow_started, 0);
     atomic_store(&slow_done, 0);
@@ -300,15 +312,12 @@ static void test_inline(void **state) {
     mr_rpc_server *s = NULL;
     mr_rpc_channel *ch = NULL;
     mr_err err = {0};
-    int port = 0;
     assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 1, &err), 0);
     assert_int_equal(mr_rpc_server_add_unary(s, "/t.T/Slow", slow, NULL), 0);
     assert_int_equal(mr_rpc_server_add_inline(s, "/t.T/Shed", 0, shed, NULL), 0);
     assert_int_equal(mr_rpc_server_add_inline(s, "/t.T/Shed", 0, shed, NULL), MR_EINVAL);
-    assert_int_equal(mr_rpc_server_start(s, &port, &err), 0);
-    char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    char target[TARGET_CAP];
+    ch = start_loopback(s, NULL, target);
     atomic_store(&slow_started, 0);
     atomic_store(&slow_done, 0);
     atomic_int async_done = 0;
@@ -360,17 +369,14 @@ static void test_max_receive(void **state) {
     mr_rpc_server *s = NULL;
     mr_rpc_channel *ch = NULL;
     mr_err err = {0};
-    int port = 0;
     assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 1, &err), 0);
     assert_int_equal(mr_rpc_server_set_max_receive(s, 0, &err), MR_EINVAL);
     assert_int_equal(mr_rpc_server_set_max_receive(s, MR_RPC_MAX_MESSAGE + 1, &err), MR_EINVAL);
     assert_int_equal(mr_rpc_server_set_max_receive(s, 1024, &err), 0);
     assert_int_equal(mr_rpc_server_add_unary(s, "/t.T/Echo", echo, "echo"), 0);
-    assert_int_equal(mr_rpc_server_start(s, &port, &err), 0);
+    char target[TARGET_CAP];
+    ch = start_loopback(s, NULL, target);
     assert_int_equal(mr_rpc_server_set_max_receive(s, 2048, &err), MR_EINVAL);   /* after start */
-    char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
     uint8_t big[2048], *resp = NULL;
     size_t n = 0;
     grpc_status_code st;
@@ -473,14 +479,11 @@ static void test_arrival_stamps(void **state) {
     mr_rpc_server *s = NULL;
     mr_rpc_channel *ch = NULL;
     mr_err err = {0};
-    int port = 0;
     atomic_store(&hold_n, 0);
     assert_int_equal(mr_rpc_server_new(&s, "127.0.0.1:0", 1, &err), 0);
     assert_int_equal(mr_rpc_server_add_inline(s, "/t.T/Hold", 0, hold, NULL), 0);
-    assert_int_equal(mr_rpc_server_start(s, &port, &err), 0);
-    char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
+    char target[TARGET_CAP];
+    ch = start_loopback(s, NULL, target);
     uint8_t *resp = NULL;
     size_t n = 0;
     grpc_status_code st;
@@ -622,7 +625,6 @@ static void test_stalled_reader(void **state) {
     mr_rpc_server *s = NULL;
     mr_rpc_channel *ch = NULL;
     mr_err err = {0};
-    int port = 0;
     atomic_store(&flood_written, 0);
     atomic_store(&flood_failed, 0);
     atomic_store(&flood_done, 0);
@@ -632,11 +634,9 @@ static void test_stalled_reader(void **state) {
     assert_int_equal(mr_rpc_server_set_write_max(s, FLOOD_CAP_MS, &err), 0);
     assert_int_equal(mr_rpc_server_add_stream(s, "/t.T/Flood", flood, NULL), 0);
     assert_int_equal(mr_rpc_server_add_unary(s, "/t.T/Echo", echo, "echo"), 0);
-    assert_int_equal(mr_rpc_server_start(s, &port, &err), 0);
+    char target[TARGET_CAP];
+    ch = start_loopback(s, NULL, target);
     assert_int_equal(mr_rpc_server_set_write_max(s, 500, &err), MR_EINVAL);   /* after start */
-    char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    assert_int_equal(mr_rpc_channel_new(&ch, target, &err), 0);
 
     /* the stalled client: asks for no message */
     raw_call r;
